@@ -1,0 +1,71 @@
+//! The one error vocabulary: every failure a client can see maps to an
+//! [`ErrorCode`] (the wire `Error.code`), which in turn fixes whether it is
+//! retryable, its HTTP status and the log level it deserves.
+
+pub use crate::pb::ErrorCode;
+
+impl ErrorCode {
+    /// Whether retrying the same request later may succeed.
+    pub fn retryable(self) -> bool {
+        matches!(self, ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::Internal)
+    }
+
+    /// HTTP status for the same condition on the HTTP API.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadFrame | ErrorCode::InvalidArgument | ErrorCode::Unspecified => 400,
+            ErrorCode::Unauthenticated => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound => 404,
+            ErrorCode::TooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::Unavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+
+    /// Server-side faults are logged as errors; client mistakes at debug.
+    pub fn is_server_fault(self) -> bool {
+        matches!(self, ErrorCode::Unavailable | ErrorCode::Internal)
+    }
+
+    /// Builds the wire error with this code.
+    pub fn with_message(self, message: impl Into<String>) -> crate::pb::Error {
+        crate::pb::Error {
+            code: self as i32,
+            message: message.into(),
+            retryable: self.retryable(),
+        }
+    }
+}
+
+/// WebSocket close codes the server uses (RFC 6455 plus the 4000-4999
+/// private range). Documented in docs/protocol.md.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum CloseCode {
+    /// The client closed, or the server ends a healthy connection.
+    Normal = 1000,
+    /// Idle timeout: nothing heard from the client for too long.
+    GoingAway = 1001,
+    /// Authentication failed or missing, or the client kept violating limits.
+    PolicyViolation = 1008,
+    /// A frame exceeded the maximum frame size.
+    TooLarge = 1009,
+    /// An unexpected server fault.
+    InternalError = 1011,
+    /// The server is shutting down or restarting; reconnect.
+    ServiceRestart = 1012,
+    /// The same (user, device) connected again; this connection was replaced.
+    Replaced = 4001,
+    /// The client did not read fast enough; its messages stay pending.
+    SlowConsumer = 4002,
+    /// Deliveries stayed unacknowledged through every resend.
+    AckTimeout = 4003,
+}
+
+impl CloseCode {
+    pub fn code(self) -> u16 {
+        self as u16
+    }
+}

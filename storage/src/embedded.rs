@@ -1,0 +1,760 @@
+//! The embedded backend: one redb file in the data directory, no external
+//! service. Presence is in memory (a single node's connections die with it).
+//!
+//! All writes go through one writer thread that drains its queue into a single
+//! write transaction per batch (group commit): concurrent senders share one
+//! fsync. A batch is durable (fsync'd) when it holds an append; acks and device
+//! registrations alone commit without fsync, and the next durable commit
+//! persists them too. Reads run on tokio's blocking pool against MVCC
+//! snapshots and never wait for the writer.
+
+use crate::keys::{Key, Reader};
+use crate::{
+    Appended, Conversation, DeviceKey, DeviceRegistration, DeviceRegistry, HistoryPage, HistoryQuery, MessageStore,
+    NewMessage, PendingCursor, PendingStore, PresenceEntry, PresenceRegistry, Result, StorageError,
+};
+use async_trait::async_trait;
+use dashmap::DashMap;
+use im_core::pb::Message;
+use prost::Message as _;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// (conversation, seq) -> protobuf `Message`.
+const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
+/// msg_id -> (conversation, seq).
+const MSG_INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("msg_index");
+/// conversation -> (tenant, member a, member b, last seq).
+const CONVERSATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("conversations");
+/// (tenant, sender, client_msg_id) -> msg_id.
+const IDEMPOTENCY: TableDefinition<&[u8], &str> = TableDefinition::new("idempotency");
+/// (tenant, user, device, conversation, seq) -> msg_id. Device "" holds the
+/// messages of a user who has no device yet.
+const PENDING: TableDefinition<&[u8], &str> = TableDefinition::new("pending");
+/// (tenant, user, device) -> number of pending entries.
+const PENDING_COUNT: TableDefinition<&[u8], u64> = TableDefinition::new("pending_count");
+/// (tenant, user, device) -> last seen, ms since the epoch.
+const DEVICES: TableDefinition<&[u8], u64> = TableDefinition::new("devices");
+
+/// The device slot of a user who has not connected from any device yet.
+/// Real device ids are never empty.
+const USER_SLOT: &str = "";
+
+/// Tuning of the embedded backend.
+#[derive(Debug, Clone)]
+pub struct EmbeddedOptions {
+    /// Most operations applied in one write transaction.
+    pub max_batch: usize,
+    /// Bound of the writer's queue; callers wait when it is full.
+    pub queue: usize,
+    /// Devices remembered per user; the least recently seen is forgotten.
+    pub max_devices_per_user: usize,
+    /// redb page cache.
+    pub cache_bytes: usize,
+}
+
+impl Default for EmbeddedOptions {
+    fn default() -> Self {
+        Self { max_batch: 512, queue: 8192, max_devices_per_user: 16, cache_bytes: 64 << 20 }
+    }
+}
+
+enum WriteOp {
+    Append(NewMessage, oneshot::Sender<Result<Appended>>),
+    Ack(DeviceKey, Vec<String>, oneshot::Sender<Result<usize>>),
+    Register(DeviceKey, oneshot::Sender<Result<DeviceRegistration>>),
+    /// Stop after the ops queued before this one.
+    Close,
+}
+
+impl WriteOp {
+    fn durable(&self) -> bool {
+        matches!(self, WriteOp::Append(..))
+    }
+}
+
+/// Messages, pending ids and devices in one redb database.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    tx: mpsc::Sender<WriteOp>,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    path: PathBuf,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `dir/dongdong.redb`.
+    pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Arc<Self>> {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StorageError::Unavailable(format!("cannot create data directory {}: {e}", dir.display())))?;
+        let path = dir.join("dongdong.redb");
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create(&path)
+            .map_err(|e| StorageError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
+        let db = Arc::new(db);
+        init_tables(&db)?;
+        let (tx, rx) = mpsc::channel(options.queue.max(1));
+        let writer_db = db.clone();
+        let writer = std::thread::Builder::new()
+            .name("dongdong-store-writer".into())
+            .spawn(move || writer_loop(&writer_db, rx, &options))
+            .map_err(|e| StorageError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+        Ok(Arc::new(Self { db, tx, writer: Mutex::new(Some(writer)), path }))
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops accepting writes, lets the writer finish its queue, persists
+    /// everything with a final durable commit and waits for it. Later writes
+    /// fail with `Unavailable`.
+    pub async fn close(&self) {
+        let handle = self.writer.lock().ok().and_then(|mut w| w.take());
+        let Some(handle) = handle else { return };
+        // The writer applies what is queued before the Close, then stops.
+        let _ = self.tx.send(WriteOp::Close).await;
+        let _ = tokio::task::spawn_blocking(move || handle.join()).await;
+    }
+
+    async fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteOp) -> Result<T> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.tx
+            .send(make(reply_tx))
+            .await
+            .map_err(|_| StorageError::Unavailable("the store is closed".into()))?;
+        reply_rx
+            .await
+            .map_err(|_| StorageError::Unavailable("the store writer stopped".into()))?
+    }
+
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Database) -> Result<T> + Send + 'static) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| StorageError::Unavailable(format!("read task failed: {e}")))?
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Unavailable(e.to_string())
+}
+
+fn corrupt(what: &str) -> StorageError {
+    StorageError::Corrupt(what.to_string())
+}
+
+fn init_tables(db: &Database) -> Result<()> {
+    let txn = db.begin_write().map_err(unavailable)?;
+    txn.open_table(MESSAGES).map_err(unavailable)?;
+    txn.open_table(MSG_INDEX).map_err(unavailable)?;
+    txn.open_table(CONVERSATIONS).map_err(unavailable)?;
+    txn.open_table(IDEMPOTENCY).map_err(unavailable)?;
+    txn.open_table(PENDING).map_err(unavailable)?;
+    txn.open_table(PENDING_COUNT).map_err(unavailable)?;
+    txn.open_table(DEVICES).map_err(unavailable)?;
+    txn.commit().map_err(unavailable)
+}
+
+fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteOp>, options: &EmbeddedOptions) {
+    let mut batch = Vec::with_capacity(options.max_batch);
+    let mut closing = false;
+    while !closing {
+        let Some(first) = rx.blocking_recv() else { break };
+        closing = matches!(first, WriteOp::Close);
+        if !closing {
+            batch.push(first);
+        }
+        while !closing && batch.len() < options.max_batch {
+            match rx.try_recv() {
+                Ok(WriteOp::Close) => closing = true,
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        if !batch.is_empty() {
+            apply_batch(db, &mut batch, options);
+        }
+    }
+    // Whatever is still queued is rejected when `rx` drops: callers see
+    // "the store writer stopped".
+    drop(rx);
+    // Queue closed and drained: persist what non-durable commits left behind.
+    if let Ok(mut txn) = db.begin_write() {
+        let _ = txn.set_durability(Durability::Immediate);
+        if let Err(e) = txn.commit() {
+            tracing::error!(error = %e, "final durable commit failed");
+        }
+    }
+}
+
+/// Replies held until the batch commits.
+enum Reply {
+    Append(oneshot::Sender<Result<Appended>>, Appended),
+    Ack(oneshot::Sender<Result<usize>>, usize),
+    Register(oneshot::Sender<Result<DeviceRegistration>>, DeviceRegistration),
+}
+
+impl Reply {
+    fn fail(self, e: &StorageError) {
+        match self {
+            Reply::Append(tx, _) => drop(tx.send(Err(e.clone()))),
+            Reply::Ack(tx, _) => drop(tx.send(Err(e.clone()))),
+            Reply::Register(tx, _) => drop(tx.send(Err(e.clone()))),
+        }
+    }
+
+    fn succeed(self) {
+        match self {
+            Reply::Append(tx, v) => drop(tx.send(Ok(v))),
+            Reply::Ack(tx, v) => drop(tx.send(Ok(v))),
+            Reply::Register(tx, v) => drop(tx.send(Ok(v))),
+        }
+    }
+}
+
+fn fail_op(op: WriteOp, e: &StorageError) {
+    match op {
+        WriteOp::Append(_, tx) => drop(tx.send(Err(e.clone()))),
+        WriteOp::Ack(_, _, tx) => drop(tx.send(Err(e.clone()))),
+        WriteOp::Register(_, tx) => drop(tx.send(Err(e.clone()))),
+        WriteOp::Close => {}
+    }
+}
+
+/// Keeps a successful result for after the commit; fails the caller at once
+/// otherwise (and the batch with it).
+fn hold<T>(
+    tx: oneshot::Sender<Result<T>>,
+    result: Result<T>,
+    wrap: fn(oneshot::Sender<Result<T>>, T) -> Reply,
+) -> Result<Reply> {
+    match result {
+        Ok(v) => Ok(wrap(tx, v)),
+        Err(e) => {
+            let _ = tx.send(Err(e.clone()));
+            Err(e)
+        }
+    }
+}
+
+fn apply_batch(db: &Database, batch: &mut Vec<WriteOp>, options: &EmbeddedOptions) {
+    let started = Instant::now();
+    let durable = batch.iter().any(WriteOp::durable);
+    let size = batch.len();
+    let mut txn = match db.begin_write() {
+        Ok(t) => t,
+        Err(e) => {
+            let e = unavailable(e);
+            batch.drain(..).for_each(|op| fail_op(op, &e));
+            return;
+        }
+    };
+    let durability = if durable { Durability::Immediate } else { Durability::None };
+    if let Err(e) = txn.set_durability(durability) {
+        let e = unavailable(e);
+        batch.drain(..).for_each(|op| fail_op(op, &e));
+        return;
+    }
+    let mut replies = Vec::with_capacity(size);
+    let mut failure = None;
+    {
+        let tables = Tables::open(&txn);
+        match tables {
+            Err(e) => failure = Some(e),
+            Ok(mut t) => {
+                for op in batch.drain(..) {
+                    if let Some(e) = &failure {
+                        fail_op(op, e);
+                        continue;
+                    }
+                    let outcome = match op {
+                        WriteOp::Append(msg, tx) => hold(tx, t.append(msg), Reply::Append),
+                        WriteOp::Ack(dev, ids, tx) => hold(tx, t.ack(&dev, &ids), Reply::Ack),
+                        WriteOp::Register(dev, tx) => {
+                            hold(tx, t.register(&dev, options.max_devices_per_user), Reply::Register)
+                        }
+                        WriteOp::Close => continue,
+                    };
+                    match outcome {
+                        Ok(reply) => replies.push(reply),
+                        Err(e) => failure = Some(e),
+                    }
+                }
+            }
+        }
+    }
+    if let Some(e) = failure {
+        // Nothing of this batch is kept: abort, and fail every caller.
+        let _ = txn.abort();
+        replies.into_iter().for_each(|r| r.fail(&e));
+        metrics::counter!("dongdong_store_commit_failures_total").increment(1);
+        tracing::error!(error = %e, "store batch failed; every operation in it was rejected");
+        return;
+    }
+    match txn.commit() {
+        Ok(()) => {
+            metrics::histogram!("dongdong_store_batch_size").record(size as f64);
+            metrics::histogram!("dongdong_store_commit_seconds", "durable" => if durable { "true" } else { "false" })
+                .record(started.elapsed().as_secs_f64());
+            replies.into_iter().for_each(Reply::succeed);
+        }
+        Err(e) => {
+            let e = unavailable(e);
+            metrics::counter!("dongdong_store_commit_failures_total").increment(1);
+            tracing::error!(error = %e, "store commit failed; every operation in the batch was rejected");
+            replies.into_iter().for_each(|r| r.fail(&e));
+        }
+    }
+}
+
+/// The tables of one write transaction.
+struct Tables<'txn> {
+    messages: Table<'txn, &'static [u8], &'static [u8]>,
+    msg_index: Table<'txn, &'static str, &'static [u8]>,
+    conversations: Table<'txn, &'static str, &'static [u8]>,
+    idempotency: Table<'txn, &'static [u8], &'static str>,
+    pending: Table<'txn, &'static [u8], &'static str>,
+    pending_count: Table<'txn, &'static [u8], u64>,
+    devices: Table<'txn, &'static [u8], u64>,
+}
+
+fn device_prefix(tenant: &str, user: &str) -> Vec<u8> {
+    Key::new().s(tenant).s(user).into_vec()
+}
+
+fn device_key(tenant: &str, user: &str, device: &str) -> Vec<u8> {
+    Key::new().s(tenant).s(user).s(device).into_vec()
+}
+
+fn pending_key(tenant: &str, user: &str, device: &str, conversation: &str, seq: u64) -> Vec<u8> {
+    Key::new().s(tenant).s(user).s(device).s(conversation).n(seq).into_vec()
+}
+
+fn message_key(conversation: &str, seq: u64) -> Vec<u8> {
+    Key::new().s(conversation).n(seq).into_vec()
+}
+
+fn decode_message(bytes: &[u8]) -> Result<Message> {
+    Message::decode(bytes).map_err(|e| StorageError::Corrupt(format!("message record: {e}")))
+}
+
+fn decode_conversation(id: &str, bytes: &[u8]) -> Result<Conversation> {
+    let mut r = Reader::new(bytes);
+    let (Some(tenant), Some(a), Some(b), Some(last_seq)) = (r.s(), r.s(), r.s(), r.n()) else {
+        return Err(corrupt("conversation record"));
+    };
+    Ok(Conversation {
+        tenant: tenant.to_string(),
+        conversation_id: id.to_string(),
+        members: [a.to_string(), b.to_string()],
+        last_seq,
+    })
+}
+
+fn encode_conversation(c: &Conversation) -> Vec<u8> {
+    Key::new().s(&c.tenant).s(&c.members[0]).s(&c.members[1]).n(c.last_seq).into_vec()
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn redb::WriteTransaction) -> Result<Self> {
+        Ok(Self {
+            messages: txn.open_table(MESSAGES).map_err(unavailable)?,
+            msg_index: txn.open_table(MSG_INDEX).map_err(unavailable)?,
+            conversations: txn.open_table(CONVERSATIONS).map_err(unavailable)?,
+            idempotency: txn.open_table(IDEMPOTENCY).map_err(unavailable)?,
+            pending: txn.open_table(PENDING).map_err(unavailable)?,
+            pending_count: txn.open_table(PENDING_COUNT).map_err(unavailable)?,
+            devices: txn.open_table(DEVICES).map_err(unavailable)?,
+        })
+    }
+
+    fn message_by_id(&self, msg_id: &str) -> Result<Option<Message>> {
+        let Some(pos) = self.msg_index.get(msg_id).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        let pos = pos.value().to_vec();
+        let mut r = Reader::new(&pos);
+        let (Some(conv), Some(seq)) = (r.s(), r.n()) else {
+            return Err(corrupt("message index record"));
+        };
+        match self.messages.get(message_key(conv, seq).as_slice()).map_err(unavailable)? {
+            Some(v) => decode_message(v.value()).map(Some),
+            None => Err(corrupt("message index points at a missing message")),
+        }
+    }
+
+    fn append(&mut self, new: NewMessage) -> Result<Appended> {
+        let idem_key = Key::new().s(&new.tenant).s(&new.from_user).s(&new.client_msg_id).into_vec();
+        let existing = self.idempotency.get(idem_key.as_slice()).map_err(unavailable)?.map(|v| v.value().to_string());
+        if let Some(msg_id) = existing {
+            let message = self.message_by_id(&msg_id)?.ok_or_else(|| corrupt("idempotency key without message"))?;
+            return Ok(Appended { message, duplicate: true });
+        }
+
+        let mut conv = match self.conversations.get(new.conversation_id.as_str()).map_err(unavailable)? {
+            Some(v) => decode_conversation(&new.conversation_id, v.value())?,
+            None => {
+                let mut members = [new.from_user.clone(), new.to_user.clone()];
+                members.sort();
+                Conversation {
+                    tenant: new.tenant.clone(),
+                    conversation_id: new.conversation_id.clone(),
+                    members,
+                    last_seq: 0,
+                }
+            }
+        };
+        if conv.tenant != new.tenant || !conv.has_member(&new.from_user) || !conv.has_member(&new.to_user) {
+            return Err(corrupt("conversation id collides with another conversation"));
+        }
+        conv.last_seq += 1;
+        let message = Message {
+            msg_id: im_core::new_msg_id(),
+            conversation_id: new.conversation_id.clone(),
+            seq: conv.last_seq,
+            from_user: new.from_user.clone(),
+            from_device: new.from_device.clone(),
+            to_user: new.to_user.clone(),
+            content: Some(new.content),
+            client_msg_id: new.client_msg_id,
+            server_time_ms: im_core::now_ms(),
+        };
+        self.messages
+            .insert(message_key(&conv.conversation_id, conv.last_seq).as_slice(), message.encode_to_vec().as_slice())
+            .map_err(unavailable)?;
+        let pos = Key::new().s(&conv.conversation_id).n(conv.last_seq).into_vec();
+        self.msg_index.insert(message.msg_id.as_str(), pos.as_slice()).map_err(unavailable)?;
+        self.idempotency.insert(idem_key.as_slice(), message.msg_id.as_str()).map_err(unavailable)?;
+        self.conversations
+            .insert(conv.conversation_id.as_str(), encode_conversation(&conv).as_slice())
+            .map_err(unavailable)?;
+
+        // Every device of the recipient, every other device of the sender.
+        let mut targets: Vec<(String, String)> = Vec::new();
+        let recipient_devices = self.devices_of(&new.tenant, &new.to_user)?;
+        if recipient_devices.is_empty() && new.to_user != new.from_user {
+            targets.push((new.to_user.clone(), USER_SLOT.to_string()));
+        }
+        targets.extend(recipient_devices.into_iter().map(|(d, _)| (new.to_user.clone(), d)));
+        if new.to_user != new.from_user {
+            targets.extend(self.devices_of(&new.tenant, &new.from_user)?.into_iter().map(|(d, _)| (new.from_user.clone(), d)));
+        }
+        for (user, device) in targets {
+            if user == new.from_user && device == new.from_device {
+                continue;
+            }
+            self.add_pending(&new.tenant, &user, &device, &conv.conversation_id, message.seq, &message.msg_id)?;
+        }
+        Ok(Appended { message, duplicate: false })
+    }
+
+    fn devices_of(&self, tenant: &str, user: &str) -> Result<Vec<(String, u64)>> {
+        let prefix = device_prefix(tenant, user);
+        let mut out = Vec::new();
+        for item in self.devices.range(prefix.as_slice()..).map_err(unavailable)? {
+            let (k, v) = item.map_err(unavailable)?;
+            let k = k.value();
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let mut r = Reader::new(&k[prefix.len()..]);
+            let device = r.s().ok_or_else(|| corrupt("device key"))?;
+            out.push((device.to_string(), v.value()));
+        }
+        Ok(out)
+    }
+
+    fn bump_count(&mut self, dev: &[u8], delta: i64) -> Result<()> {
+        let current = self.pending_count.get(dev).map_err(unavailable)?.map(|v| v.value()).unwrap_or(0);
+        let next = current.saturating_add_signed(delta);
+        if next == 0 {
+            self.pending_count.remove(dev).map_err(unavailable)?;
+        } else {
+            self.pending_count.insert(dev, next).map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    fn add_pending(&mut self, tenant: &str, user: &str, device: &str, conv: &str, seq: u64, msg_id: &str) -> Result<()> {
+        let key = pending_key(tenant, user, device, conv, seq);
+        if self.pending.insert(key.as_slice(), msg_id).map_err(unavailable)?.is_none() {
+            self.bump_count(&device_key(tenant, user, device), 1)?;
+        }
+        Ok(())
+    }
+
+    fn ack(&mut self, dev: &DeviceKey, msg_ids: &[String]) -> Result<usize> {
+        let mut removed = 0;
+        for msg_id in msg_ids {
+            let Some(pos) = self.msg_index.get(msg_id.as_str()).map_err(unavailable)?.map(|v| v.value().to_vec()) else {
+                continue;
+            };
+            let mut r = Reader::new(&pos);
+            let (Some(conv), Some(seq)) = (r.s(), r.n()) else {
+                return Err(corrupt("message index record"));
+            };
+            let key = pending_key(&dev.tenant, &dev.user, &dev.device, conv, seq);
+            if self.pending.remove(key.as_slice()).map_err(unavailable)?.is_some() {
+                removed += 1;
+            }
+        }
+        if removed > 0 {
+            self.bump_count(&device_key(&dev.tenant, &dev.user, &dev.device), -(removed as i64))?;
+        }
+        Ok(removed)
+    }
+
+    /// Removes every pending entry of one device slot; returns them.
+    fn take_pending(&mut self, tenant: &str, user: &str, device: &str) -> Result<Vec<(String, u64, String)>> {
+        let prefix = device_key(tenant, user, device);
+        let mut keys = Vec::new();
+        for item in self.pending.range(prefix.as_slice()..).map_err(unavailable)? {
+            let (k, v) = item.map_err(unavailable)?;
+            let k = k.value();
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let mut r = Reader::new(&k[prefix.len()..]);
+            let (Some(conv), Some(seq)) = (r.s(), r.n()) else {
+                return Err(corrupt("pending key"));
+            };
+            keys.push((k.to_vec(), conv.to_string(), seq, v.value().to_string()));
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for (k, conv, seq, msg_id) in keys {
+            self.pending.remove(k.as_slice()).map_err(unavailable)?;
+            out.push((conv, seq, msg_id));
+        }
+        self.pending_count.remove(prefix.as_slice()).map_err(unavailable)?;
+        Ok(out)
+    }
+
+    fn register(&mut self, dev: &DeviceKey, max_devices: usize) -> Result<DeviceRegistration> {
+        let key = device_key(&dev.tenant, &dev.user, &dev.device);
+        let now = im_core::now_ms();
+        let known = self.devices_of(&dev.tenant, &dev.user)?;
+        let mut reg = DeviceRegistration::default();
+        if known.iter().any(|(d, _)| d == &dev.device) {
+            self.devices.insert(key.as_slice(), now).map_err(unavailable)?;
+            return Ok(reg);
+        }
+        reg.new_device = true;
+        if known.is_empty() {
+            let claimed = self.take_pending(&dev.tenant, &dev.user, USER_SLOT)?;
+            reg.claimed = claimed.len() as u64;
+            for (conv, seq, msg_id) in claimed {
+                self.add_pending(&dev.tenant, &dev.user, &dev.device, &conv, seq, &msg_id)?;
+            }
+        } else if known.len() >= max_devices.max(1) {
+            if let Some((oldest, _)) = known.iter().min_by_key(|(_, seen)| *seen) {
+                self.devices.remove(device_key(&dev.tenant, &dev.user, oldest).as_slice()).map_err(unavailable)?;
+                self.take_pending(&dev.tenant, &dev.user, oldest)?;
+                reg.evicted = Some(oldest.clone());
+            }
+        }
+        self.devices.insert(key.as_slice(), now).map_err(unavailable)?;
+        Ok(reg)
+    }
+}
+
+#[async_trait]
+impl MessageStore for EmbeddedStore {
+    async fn append(&self, msg: NewMessage) -> Result<Appended> {
+        self.submit(|tx| WriteOp::Append(msg, tx)).await
+    }
+
+    async fn get(&self, conversation_id: &str, seq: u64) -> Result<Option<Message>> {
+        let key = message_key(conversation_id, seq);
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(MESSAGES).map_err(unavailable)?;
+            match table.get(key.as_slice()).map_err(unavailable)? {
+                Some(v) => decode_message(v.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn conversation(&self, tenant: &str, conversation_id: &str) -> Result<Option<Conversation>> {
+        let (tenant, id) = (tenant.to_string(), conversation_id.to_string());
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
+            let Some(v) = table.get(id.as_str()).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let conv = decode_conversation(&id, v.value())?;
+            Ok((conv.tenant == tenant).then_some(conv))
+        })
+        .await
+    }
+
+    async fn history(&self, q: HistoryQuery) -> Result<HistoryPage> {
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(MESSAGES).map_err(unavailable)?;
+            let limit = q.limit.max(1);
+            let mut messages = Vec::with_capacity(limit.min(256));
+            let has_more;
+            if q.before_seq > 0 {
+                let lo = message_key(&q.conversation_id, 0);
+                let hi = message_key(&q.conversation_id, q.before_seq);
+                let mut iter = table.range(lo.as_slice()..hi.as_slice()).map_err(unavailable)?.rev();
+                for item in iter.by_ref().take(limit) {
+                    let (_, v) = item.map_err(unavailable)?;
+                    messages.push(decode_message(v.value())?);
+                }
+                has_more = iter.next().is_some();
+                messages.reverse();
+            } else {
+                let lo = message_key(&q.conversation_id, q.after_seq.saturating_add(1));
+                let hi = message_key(&q.conversation_id, u64::MAX);
+                let mut iter = table.range(lo.as_slice()..=hi.as_slice()).map_err(unavailable)?;
+                for item in iter.by_ref().take(limit) {
+                    let (_, v) = item.map_err(unavailable)?;
+                    messages.push(decode_message(v.value())?);
+                }
+                has_more = iter.next().is_some();
+            }
+            Ok(HistoryPage { messages, has_more })
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl PendingStore for EmbeddedStore {
+    async fn pending(&self, device: &DeviceKey, after: Option<&PendingCursor>, limit: usize) -> Result<Vec<Message>> {
+        let prefix = device_key(&device.tenant, &device.user, &device.device);
+        let start = match after {
+            Some(c) => {
+                let mut k = pending_key(&device.tenant, &device.user, &device.device, &c.conversation_id, c.seq);
+                k.push(0); // strictly after
+                k
+            }
+            None => prefix.clone(),
+        };
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let pending = txn.open_table(PENDING).map_err(unavailable)?;
+            let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for item in pending.range(start.as_slice()..).map_err(unavailable)? {
+                if out.len() >= limit {
+                    break;
+                }
+                let (k, _) = item.map_err(unavailable)?;
+                let k = k.value();
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let mut r = Reader::new(&k[prefix.len()..]);
+                let (Some(conv), Some(seq)) = (r.s(), r.n()) else {
+                    return Err(corrupt("pending key"));
+                };
+                if let Some(v) = messages.get(message_key(conv, seq).as_slice()).map_err(unavailable)? {
+                    out.push(decode_message(v.value())?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn pending_count(&self, device: &DeviceKey) -> Result<u64> {
+        let key = device_key(&device.tenant, &device.user, &device.device);
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(PENDING_COUNT).map_err(unavailable)?;
+            Ok(table.get(key.as_slice()).map_err(unavailable)?.map(|v| v.value()).unwrap_or(0))
+        })
+        .await
+    }
+
+    async fn ack(&self, device: &DeviceKey, msg_ids: &[String]) -> Result<usize> {
+        if msg_ids.is_empty() {
+            return Ok(0);
+        }
+        let (device, ids) = (device.clone(), msg_ids.to_vec());
+        self.submit(|tx| WriteOp::Ack(device, ids, tx)).await
+    }
+}
+
+#[async_trait]
+impl DeviceRegistry for EmbeddedStore {
+    async fn register_device(&self, device: &DeviceKey) -> Result<DeviceRegistration> {
+        let device = device.clone();
+        self.submit(|tx| WriteOp::Register(device, tx)).await
+    }
+}
+
+/// Presence of one node's connections, in memory.
+#[derive(Default)]
+pub struct MemoryPresence {
+    users: DashMap<(String, String), Vec<PresenceEntry>>,
+}
+
+#[async_trait]
+impl PresenceRegistry for MemoryPresence {
+    async fn register(&self, entry: PresenceEntry) -> Result<Option<PresenceEntry>> {
+        let key = (entry.device.tenant.clone(), entry.device.user.clone());
+        let mut entries = self.users.entry(key).or_default();
+        let replaced = match entries.iter().position(|e| e.device.device == entry.device.device) {
+            Some(i) => Some(std::mem::replace(&mut entries[i], entry)),
+            None => {
+                entries.push(entry);
+                None
+            }
+        };
+        Ok(replaced)
+    }
+
+    async fn unregister(&self, device: &DeviceKey, epoch: u64) -> Result<bool> {
+        let key = (device.tenant.clone(), device.user.clone());
+        let mut removed = false;
+        self.users.remove_if_mut(&key, |_, entries| {
+            let before = entries.len();
+            entries.retain(|e| !(e.device.device == device.device && e.epoch == epoch));
+            removed = entries.len() < before;
+            entries.is_empty()
+        });
+        Ok(removed)
+    }
+
+    async fn lookup(&self, tenant: &str, user: &str) -> Result<Vec<PresenceEntry>> {
+        Ok(self.users.get(&(tenant.to_string(), user.to_string())).map(|e| e.clone()).unwrap_or_default())
+    }
+}
+
+impl crate::Backends {
+    /// The embedded backend on `dir`. Keep the returned store to close it.
+    pub fn embedded(dir: &Path, options: EmbeddedOptions) -> Result<(Self, Arc<EmbeddedStore>)> {
+        let store = EmbeddedStore::open(dir, options)?;
+        let backends = Self {
+            messages: store.clone(),
+            pending: store.clone(),
+            devices: store.clone(),
+            presence: Arc::new(MemoryPresence::default()),
+        };
+        Ok((backends, store))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn fresh() -> (crate::Backends, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, _) = crate::Backends::embedded(dir.path(), EmbeddedOptions::default()).unwrap();
+        (b, dir)
+    }
+
+    crate::conformance_suite!(fresh);
+}

@@ -1,0 +1,126 @@
+//! Storage for dongdong behind narrow async traits, named after what the
+//! gateway and dispatch need:
+//!
+//! - [`MessageStore`]: append a message (idempotent by sender and
+//!   `client_msg_id`, allocating the conversation's next `seq`, marking it
+//!   pending for the recipients' devices, all atomically), read history.
+//! - [`PendingStore`]: the ids still unacknowledged per device.
+//! - [`DeviceRegistry`]: the devices a user has connected from.
+//! - [`PresenceRegistry`]: where each (tenant, user, device) is connected now.
+//!
+//! Idempotency, seq allocation and pending marking are one call on purpose:
+//! splitting them lets a crash between steps leave a seq gap, a stored but
+//! never-pending message, or a retried send stored twice. Each implementation
+//! makes the one call atomic in its own way.
+//!
+//! [`embedded`] keeps everything in one redb file; [`conformance`] is the test
+//! suite every implementation must pass.
+
+pub mod conformance;
+pub mod embedded;
+mod keys;
+mod model;
+
+pub use model::*;
+
+use async_trait::async_trait;
+use im_core::pb::Message;
+use std::sync::Arc;
+
+/// What can go wrong in a storage call. Both variants are retryable from the
+/// client's point of view; neither means the data was partly written.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StorageError {
+    /// The backend could not be reached or could not make the write durable.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// A stored record could not be decoded.
+    #[error("corrupt storage record: {0}")]
+    Corrupt(String),
+}
+
+impl StorageError {
+    pub fn code(&self) -> im_core::ErrorCode {
+        match self {
+            StorageError::Unavailable(_) => im_core::ErrorCode::Unavailable,
+            StorageError::Corrupt(_) => im_core::ErrorCode::Internal,
+        }
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// Durable message log.
+#[async_trait]
+pub trait MessageStore: Send + Sync + 'static {
+    /// Stores `msg` durably and returns it with its `msg_id` and `seq`, or, if
+    /// the same sender already appended the same `client_msg_id`, returns that
+    /// earlier message with `duplicate = true` and changes nothing.
+    ///
+    /// A fresh message is marked pending, in the same atomic step, for every
+    /// known device of `to_user` and every known device of `from_user` except
+    /// `from_device`. If `to_user` has no known device yet, it is kept pending
+    /// for the user and handed to the first device that registers.
+    ///
+    /// When this returns `Ok`, the message survives a crash.
+    async fn append(&self, msg: NewMessage) -> Result<Appended>;
+
+    /// One message by position.
+    async fn get(&self, conversation_id: &str, seq: u64) -> Result<Option<Message>>;
+
+    /// The conversation's members, if it exists in `tenant`.
+    async fn conversation(&self, tenant: &str, conversation_id: &str) -> Result<Option<Conversation>>;
+
+    /// A page of history in ascending `seq` (see [`HistoryQuery`]).
+    async fn history(&self, query: HistoryQuery) -> Result<HistoryPage>;
+}
+
+/// Per-device pending ids.
+#[async_trait]
+pub trait PendingStore: Send + Sync + 'static {
+    /// Up to `limit` pending messages of `device`, ordered by conversation and
+    /// then by `seq`, strictly after `after` when given.
+    async fn pending(&self, device: &DeviceKey, after: Option<&PendingCursor>, limit: usize) -> Result<Vec<Message>>;
+
+    /// How many messages are pending for `device`.
+    async fn pending_count(&self, device: &DeviceKey) -> Result<u64>;
+
+    /// Removes these ids from `device`'s pending set; unknown ids are ignored.
+    /// Returns how many were removed. Need not be durable at once: a lost ack
+    /// only causes a duplicate delivery.
+    async fn ack(&self, device: &DeviceKey, msg_ids: &[String]) -> Result<usize>;
+}
+
+/// The devices each user has connected from.
+#[async_trait]
+pub trait DeviceRegistry: Send + Sync + 'static {
+    /// Records that `device` connected. A user's first device takes over the
+    /// messages kept pending for the user. Past the per-user device limit, the
+    /// device seen least recently is forgotten with its pending set.
+    async fn register_device(&self, device: &DeviceKey) -> Result<DeviceRegistration>;
+}
+
+/// Where devices are connected right now.
+#[async_trait]
+pub trait PresenceRegistry: Send + Sync + 'static {
+    /// Registers `entry`, replacing any entry of the same device, and returns
+    /// the replaced one so its connection can be closed.
+    async fn register(&self, entry: PresenceEntry) -> Result<Option<PresenceEntry>>;
+
+    /// Removes the device's entry only if it still has `epoch`, so a late
+    /// close of an old connection never removes a newer one. Returns whether
+    /// an entry was removed.
+    async fn unregister(&self, device: &DeviceKey, epoch: u64) -> Result<bool>;
+
+    /// Every connected device of the user.
+    async fn lookup(&self, tenant: &str, user: &str) -> Result<Vec<PresenceEntry>>;
+}
+
+/// One storage backend: an implementation of every trait.
+#[derive(Clone)]
+pub struct Backends {
+    pub messages: Arc<dyn MessageStore>,
+    pub pending: Arc<dyn PendingStore>,
+    pub devices: Arc<dyn DeviceRegistry>,
+    pub presence: Arc<dyn PresenceRegistry>,
+}
