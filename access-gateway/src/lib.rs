@@ -1,0 +1,21 @@
+//! The access gateway: accepts WebSocket connections at `/ws`, authenticates
+//! them, and runs each connection's protocol (see [`connection`]).
+
+pub mod auth;
+pub mod config;
+pub mod connection;
+mod server;
+
+pub use auth::{AuthError, Claims, TokenSigner};
+pub use config::GatewayConfig;
+pub use server::{serve, websocket_config};
+
+use dispatch::Dispatcher;
+use std::sync::Arc;
+
+/// Everything a connection needs, shared by all of them.
+pub struct Gateway {
+    pub config: GatewayConfig,
+    pub signer: Arc<TokenSigner>,
+    pub dispatch: Arc<Dispatcher>,
+}

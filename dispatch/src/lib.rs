@@ -1,0 +1,256 @@
+//! Dispatch: the reliable path of a chat message.
+//!
+//! `send` validates, appends to the [`MessageStore`](storage::MessageStore)
+//! (idempotent, seq-allocating, pending-marking, durable), pushes the stored
+//! message to the recipients' live connections through the router, and only
+//! then answers with the stored `msg_id` and `seq`. Acks remove pending ids;
+//! history is paged by seq.
+//!
+//! Order: appends of one conversation on this node run under that
+//! conversation's lock together with their push, so pushes of a conversation
+//! leave this node in `seq` order. The append and push run in their own task:
+//! a sender that disconnects mid-send cannot cancel a push after the store.
+
+use im_core::pb::{self, Message, content};
+use im_core::{ErrorCode, ids::validate_id};
+use session_router::Router;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::time::Instant;
+use storage::{Backends, DeviceKey, HistoryQuery, NewMessage, PendingCursor, StorageError};
+use tokio::sync::Mutex;
+
+/// A client-visible failure: a code and a sentence for the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct DispatchError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl DispatchError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+
+    pub fn to_wire(&self) -> pb::Error {
+        self.code.with_message(self.message.clone())
+    }
+}
+
+impl From<StorageError> for DispatchError {
+    fn from(e: StorageError) -> Self {
+        metrics::counter!("dongdong_storage_errors_total").increment(1);
+        tracing::error!(error = %e, "storage call failed");
+        // The client learns that it may retry; the details stay in our logs.
+        let message = match e {
+            StorageError::Unavailable(_) => "storage is unavailable; retry later",
+            StorageError::Corrupt(_) => "internal storage error",
+        };
+        DispatchError::new(e.code(), message)
+    }
+}
+
+pub type Result<T, E = DispatchError> = std::result::Result<T, E>;
+
+/// Bounds of the dispatch layer.
+#[derive(Debug, Clone)]
+pub struct DispatchLimits {
+    /// History page size when the client asks for 0.
+    pub history_default: usize,
+    /// Largest history page.
+    pub history_max: usize,
+    /// Largest custom JSON payload, text or url, in bytes (the frame limit
+    /// bounds the total; this bounds each field).
+    pub max_field_bytes: usize,
+}
+
+impl Default for DispatchLimits {
+    fn default() -> Self {
+        Self { history_default: 50, history_max: 200, max_field_bytes: 32 * 1024 }
+    }
+}
+
+/// Conversation locks are striped: bounded memory whatever the number of
+/// conversations, at the price of rare waits between unrelated ones.
+const LOCK_STRIPES: usize = 4096;
+
+pub struct Dispatcher {
+    backends: Backends,
+    router: Arc<Router>,
+    limits: DispatchLimits,
+    locks: Box<[Mutex<()>]>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl Dispatcher {
+    pub fn new(backends: Backends, router: Arc<Router>, limits: DispatchLimits) -> Arc<Self> {
+        Arc::new(Self {
+            backends,
+            router,
+            limits,
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            hasher: Default::default(),
+        })
+    }
+
+    pub fn router(&self) -> &Arc<Router> {
+        &self.router
+    }
+
+    pub fn backends(&self) -> &Backends {
+        &self.backends
+    }
+
+    fn lock_of(&self, conversation_id: &str) -> &Mutex<()> {
+        let mut h = self.hasher.build_hasher();
+        conversation_id.hash(&mut h);
+        &self.locks[(h.finish() as usize) % self.locks.len()]
+    }
+
+    /// Stores and delivers one message from `sender`. Returns the ack to send
+    /// back: only after the message is durably stored.
+    pub async fn send(self: &Arc<Self>, sender: &DeviceKey, req: pb::Send) -> Result<pb::SendAck> {
+        let started = Instant::now();
+        validate_id("client_msg_id", &req.client_msg_id).map_err(invalid)?;
+        validate_id("to_user", &req.to_user).map_err(invalid)?;
+        let content = req.content.ok_or_else(|| invalid("content is required".into()))?;
+        self.validate_content(&content)?;
+        let conversation_id = im_core::conversation_id(&sender.tenant, &sender.user, &req.to_user);
+        let new = NewMessage {
+            tenant: sender.tenant.clone(),
+            conversation_id,
+            from_user: sender.user.clone(),
+            from_device: sender.device.clone(),
+            to_user: req.to_user,
+            client_msg_id: req.client_msg_id,
+            content,
+        };
+        let this = self.clone();
+        let appended = tokio::spawn(async move {
+            let _order = this.lock_of(&new.conversation_id).lock().await;
+            let tenant = new.tenant.clone();
+            let appended = this.backends.messages.append(new).await?;
+            if !appended.duplicate {
+                this.router.deliver(&tenant, Arc::new(appended.message.clone())).await;
+            }
+            Ok::<_, DispatchError>(appended)
+        })
+        .await
+        .map_err(|e| DispatchError::new(ErrorCode::Internal, format!("send task failed: {e}")))??;
+        let m = &appended.message;
+        if appended.duplicate {
+            metrics::counter!("dongdong_duplicate_sends_total").increment(1);
+        } else {
+            metrics::counter!("dongdong_messages_total").increment(1);
+            metrics::histogram!("dongdong_send_seconds").record(started.elapsed().as_secs_f64());
+        }
+        Ok(pb::SendAck {
+            client_msg_id: m.client_msg_id.clone(),
+            msg_id: m.msg_id.clone(),
+            conversation_id: m.conversation_id.clone(),
+            seq: m.seq,
+            server_time_ms: m.server_time_ms,
+            duplicate: appended.duplicate,
+        })
+    }
+
+    fn validate_content(&self, content: &pb::Content) -> Result<()> {
+        let max = self.limits.max_field_bytes;
+        let too_long = |what: &str, s: &str| {
+            (s.len() > max).then(|| DispatchError::new(ErrorCode::TooLarge, format!("{what} is longer than {max} bytes")))
+        };
+        let err = match &content.kind {
+            None => Some(invalid("content has no kind: set text, image, file or custom".into())),
+            Some(content::Kind::Text(t)) if t.is_empty() => Some(invalid("text must not be empty".into())),
+            Some(content::Kind::Text(t)) => too_long("text", t),
+            Some(content::Kind::Image(i)) if i.url.is_empty() => Some(invalid("image.url is required".into())),
+            Some(content::Kind::Image(i)) => too_long("image.url", &i.url),
+            Some(content::Kind::File(f)) if f.url.is_empty() => Some(invalid("file.url is required".into())),
+            Some(content::Kind::File(f)) => too_long("file.url", &f.url).or_else(|| too_long("file.name", &f.name)),
+            Some(content::Kind::Custom(c)) if c.r#type.is_empty() => Some(invalid("custom.type is required".into())),
+            Some(content::Kind::Custom(c)) => too_long("custom.json", &c.json).or_else(|| {
+                (!c.json.is_empty() && serde_json::from_str::<serde::de::IgnoredAny>(&c.json).is_err())
+                    .then(|| invalid("custom.json is not valid JSON".into()))
+            }),
+        };
+        err.map_or(Ok(()), Err)
+    }
+
+    /// Removes acknowledged ids from the device's pending set.
+    pub async fn ack(&self, device: &DeviceKey, msg_ids: &[String]) -> Result<usize> {
+        if msg_ids.iter().any(|id| id.len() > 64) {
+            return Err(invalid("msg_ids are UUID strings".into()));
+        }
+        Ok(self.backends.pending.ack(device, msg_ids).await?)
+    }
+
+    /// Records the device and takes over what was pending for its user if it
+    /// is the user's first device.
+    pub async fn register_device(&self, device: &DeviceKey) -> Result<storage::DeviceRegistration> {
+        Ok(self.backends.devices.register_device(device).await?)
+    }
+
+    pub async fn pending_count(&self, device: &DeviceKey) -> Result<u64> {
+        Ok(self.backends.pending.pending_count(device).await?)
+    }
+
+    /// The next page of the device's pending messages after `cursor`.
+    pub async fn pending_page(
+        &self,
+        device: &DeviceKey,
+        cursor: Option<&PendingCursor>,
+        limit: usize,
+    ) -> Result<Vec<Message>> {
+        Ok(self.backends.pending.pending(device, cursor, limit).await?)
+    }
+
+    /// One stored message, for a resend.
+    pub async fn message(&self, conversation_id: &str, seq: u64) -> Result<Option<Message>> {
+        Ok(self.backends.messages.get(conversation_id, seq).await?)
+    }
+
+    /// A page of a conversation the requester is a member of.
+    pub async fn history(&self, who: &DeviceKey, req: pb::SyncRequest) -> Result<pb::HistoryPage> {
+        let conversation_id = match (req.conversation_id.is_empty(), req.with_user.is_empty()) {
+            (false, true) => req.conversation_id,
+            (true, false) => {
+                validate_id("with_user", &req.with_user).map_err(invalid)?;
+                im_core::conversation_id(&who.tenant, &who.user, &req.with_user)
+            }
+            (true, true) => return Err(invalid("set conversation_id or with_user".into())),
+            (false, false) => return Err(invalid("set conversation_id or with_user, not both".into())),
+        };
+        if conversation_id.len() > 64 {
+            return Err(invalid("conversation_id is too long".into()));
+        }
+        if req.after_seq > 0 && req.before_seq > 0 {
+            return Err(invalid("set after_seq or before_seq, not both".into()));
+        }
+        let Some(conv) = self.backends.messages.conversation(&who.tenant, &conversation_id).await? else {
+            return Err(DispatchError::new(ErrorCode::NotFound, "no such conversation"));
+        };
+        if !conv.has_member(&who.user) {
+            return Err(DispatchError::new(ErrorCode::Forbidden, "not a member of this conversation"));
+        }
+        let limit = match req.limit as usize {
+            0 => self.limits.history_default,
+            n => n.min(self.limits.history_max),
+        };
+        let page = self
+            .backends
+            .messages
+            .history(HistoryQuery {
+                conversation_id: conversation_id.clone(),
+                after_seq: req.after_seq,
+                before_seq: req.before_seq,
+                limit,
+            })
+            .await?;
+        Ok(pb::HistoryPage { conversation_id, messages: page.messages, has_more: page.has_more })
+    }
+}
+
+fn invalid(message: String) -> DispatchError {
+    DispatchError::new(ErrorCode::InvalidArgument, message)
+}

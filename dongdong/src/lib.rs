@@ -1,0 +1,83 @@
+//! The dongdong server assembled from its parts: storage, router, dispatch,
+//! gateway and the HTTP endpoints. [`run`] takes already-bound listeners and a
+//! shutdown token, so tests bind port 0 and own the trigger.
+
+pub mod config;
+mod http;
+pub mod secret;
+
+pub use config::{Config, ConfigError, Overrides};
+
+use access_gateway::{Gateway, TokenSigner};
+use anyhow::Context;
+use dispatch::Dispatcher;
+use session_router::Router;
+use std::sync::Arc;
+use storage::Backends;
+use storage::embedded::{EmbeddedOptions, EmbeddedStore};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+/// Opens the configured storage backend. The embedded store is returned too,
+/// so that shutdown can close it.
+pub fn open_storage(config: &Config) -> anyhow::Result<(Backends, Option<Arc<EmbeddedStore>>)> {
+    match config.storage.backend {
+        config::Backend::Embedded => {
+            let options = EmbeddedOptions {
+                max_devices_per_user: config.storage.max_devices_per_user,
+                ..EmbeddedOptions::default()
+            };
+            let (backends, store) = Backends::embedded(&config.storage.data_dir, options)
+                .with_context(|| format!("cannot open the data directory {}", config.storage.data_dir.display()))?;
+            Ok((backends, Some(store)))
+        }
+    }
+}
+
+/// Runs a server on the configured storage until `shutdown` fires.
+pub async fn run(
+    ws: TcpListener,
+    http: TcpListener,
+    config: Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let (backends, store) = open_storage(&config)?;
+    let result = run_with_backends(ws, http, &config, backends, shutdown).await;
+    if let Some(store) = store {
+        store.close().await;
+        info!("storage closed");
+    }
+    result
+}
+
+/// Runs a server on the given backends until `shutdown` fires: stops
+/// accepting, closes every connection with 1012, then returns.
+pub async fn run_with_backends(
+    ws: TcpListener,
+    http: TcpListener,
+    config: &Config,
+    backends: Backends,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let metrics = http::install_metrics();
+    let secret = secret::resolve(config)?;
+    let node_id = if config.server.node_id.is_empty() {
+        format!("n-{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
+    } else {
+        config.server.node_id.clone()
+    };
+    let router = Arc::new(Router::new(node_id.as_str(), backends.presence.clone(), config.limits.delivery_queue));
+    let dispatch = Dispatcher::new(backends, router.clone(), config.dispatch());
+    let gateway = Arc::new(Gateway { config: config.gateway(), signer: Arc::new(TokenSigner::new(&secret)), dispatch });
+    let ws_addr = ws.local_addr()?;
+    let http_addr = http.local_addr()?;
+    info!(node_id, ws = %format!("ws://{ws_addr}/ws"), http = %format!("http://{http_addr}"), "dongdong serving");
+
+    let http_task = tokio::spawn(http::serve(http, router, node_id.clone(), metrics, shutdown.clone()));
+    access_gateway::serve(ws, gateway, shutdown.clone()).await;
+    shutdown.cancel();
+    http_task.await.context("HTTP task failed")??;
+    info!("all connections closed");
+    Ok(())
+}

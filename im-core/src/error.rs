@@ -48,6 +48,8 @@ pub enum CloseCode {
     Normal = 1000,
     /// Idle timeout: nothing heard from the client for too long.
     GoingAway = 1001,
+    /// The client broke the WebSocket protocol (bad framing, text not UTF-8).
+    ProtocolError = 1002,
     /// Authentication failed or missing, or the client kept violating limits.
     PolicyViolation = 1008,
     /// A frame exceeded the maximum frame size.
@@ -56,6 +58,8 @@ pub enum CloseCode {
     InternalError = 1011,
     /// The server is shutting down or restarting; reconnect.
     ServiceRestart = 1012,
+    /// A dependency (storage) failed; reconnect after a pause.
+    TryAgainLater = 1013,
     /// The same (user, device) connected again; this connection was replaced.
     Replaced = 4001,
     /// The client did not read fast enough; its messages stay pending.

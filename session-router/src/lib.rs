@@ -1,0 +1,287 @@
+//! The session router: the table of this node's live connections, their
+//! registration in the presence registry, and the push of a stored message
+//! straight to every connection of its recipients. No polling anywhere: a
+//! connection receives what the router hands it.
+//!
+//! Invariants:
+//! - A push never blocks. A connection whose delivery queue is full is a slow
+//!   consumer and is closed; its messages stay pending in storage.
+//! - A push to a stale or unknown connection loses nothing: the message is
+//!   pending for the device and is replayed on its next connection.
+//! - Closing a connection removes only its own presence entry (epoch compare).
+
+use dashmap::DashMap;
+use im_core::CloseCode;
+use im_core::pb::Message;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use storage::{DeviceKey, PresenceEntry, PresenceRegistry, StorageError};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Why a connection is being closed from outside its own task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KickReason {
+    pub code: CloseCode,
+    pub message: &'static str,
+}
+
+/// Lets the router (or anyone holding it) close a connection with a reason.
+#[derive(Debug, Default)]
+pub struct Kick {
+    token: CancellationToken,
+    reason: OnceLock<KickReason>,
+}
+
+impl Kick {
+    /// Asks the connection to close; the first reason given wins.
+    pub fn kick(&self, code: CloseCode, message: &'static str) {
+        let _ = self.reason.set(KickReason { code, message });
+        self.token.cancel();
+    }
+
+    /// Resolves once the connection has been kicked.
+    pub async fn kicked(&self) -> KickReason {
+        self.token.cancelled().await;
+        self.reason().unwrap_or(KickReason { code: CloseCode::Normal, message: "closed" })
+    }
+
+    pub fn reason(&self) -> Option<KickReason> {
+        self.reason.get().copied()
+    }
+}
+
+/// What the router keeps per local connection.
+struct LocalConn {
+    device: DeviceKey,
+    epoch: u64,
+    deliveries: mpsc::Sender<Arc<Message>>,
+    kick: Arc<Kick>,
+}
+
+/// A registered connection: its id, epoch, the queue of messages the router
+/// pushes to it, and its kick switch. Unregister it with [`Router::unregister`].
+pub struct Registration {
+    pub conn_id: u64,
+    pub epoch: u64,
+    pub deliveries: mpsc::Receiver<Arc<Message>>,
+    pub kick: Arc<Kick>,
+}
+
+/// Routes messages to connections.
+pub struct Router {
+    node_id: Arc<str>,
+    presence: Arc<dyn PresenceRegistry>,
+    local: DashMap<u64, LocalConn>,
+    next_conn_id: AtomicU64,
+    last_epoch: AtomicU64,
+    delivery_queue: usize,
+}
+
+impl Router {
+    /// `delivery_queue` bounds each connection's queue of pushed messages.
+    pub fn new(node_id: impl Into<Arc<str>>, presence: Arc<dyn PresenceRegistry>, delivery_queue: usize) -> Self {
+        Self {
+            node_id: node_id.into(),
+            presence,
+            local: DashMap::new(),
+            next_conn_id: AtomicU64::new(1),
+            last_epoch: AtomicU64::new(0),
+            delivery_queue: delivery_queue.max(1),
+        }
+    }
+
+    pub fn node_id(&self) -> &Arc<str> {
+        &self.node_id
+    }
+
+    /// Connections currently registered on this node.
+    pub fn local_connections(&self) -> usize {
+        self.local.len()
+    }
+
+    /// A fresh epoch: milliseconds since the epoch in the high bits, strictly
+    /// increasing within the process, so a newer connection of a device
+    /// (also after a restart) has a larger epoch.
+    fn next_epoch(&self) -> u64 {
+        let now = im_core::now_ms() << 16;
+        let mut prev = self.last_epoch.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(prev + 1);
+            match self.last_epoch.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return next,
+                Err(p) => prev = p,
+            }
+        }
+    }
+
+    /// Registers a connection of `device` on this node and in presence. An
+    /// older connection of the same device on this node is closed with
+    /// [`CloseCode::Replaced`].
+    pub async fn register(&self, device: DeviceKey) -> Result<Registration, StorageError> {
+        let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
+        let epoch = self.next_epoch();
+        let (tx, rx) = mpsc::channel(self.delivery_queue);
+        let kick = Arc::new(Kick::default());
+        self.local.insert(
+            conn_id,
+            LocalConn { device: device.clone(), epoch, deliveries: tx, kick: kick.clone() },
+        );
+        let entry = PresenceEntry { device, node_id: self.node_id.clone(), conn_id, epoch };
+        match self.presence.register(entry).await {
+            Ok(Some(old)) => self.close_replaced(&old),
+            Ok(None) => {}
+            Err(e) => {
+                self.local.remove(&conn_id);
+                return Err(e);
+            }
+        }
+        metrics::gauge!("dongdong_connections").set(self.local.len() as f64);
+        Ok(Registration { conn_id, epoch, deliveries: rx, kick })
+    }
+
+    fn close_replaced(&self, old: &PresenceEntry) {
+        if old.node_id != self.node_id {
+            // Cross-node replacement arrives with cluster mode; until then the
+            // old node's connection lives until it closes or expires.
+            tracing::info!(node = %old.node_id, conn_id = old.conn_id, "device reconnected; its old connection is on another node");
+            return;
+        }
+        if let Some(conn) = self.local.get(&old.conn_id) {
+            conn.kick.kick(CloseCode::Replaced, "replaced by a newer connection of the same device");
+        }
+    }
+
+    /// Removes the connection from this node and, if it is still the
+    /// device's current connection, from presence.
+    pub async fn unregister(&self, conn_id: u64) {
+        let Some((_, conn)) = self.local.remove(&conn_id) else { return };
+        metrics::gauge!("dongdong_connections").set(self.local.len() as f64);
+        if let Err(e) = self.presence.unregister(&conn.device, conn.epoch).await {
+            // The entry then expires with its TTL where presence has one.
+            tracing::warn!(error = %e, conn_id, "presence unregister failed");
+        }
+    }
+
+    /// Pushes a stored message to every connected device of its recipient and
+    /// every other connected device of its sender. Never waits on a
+    /// connection; returns how many connections it was handed to.
+    pub async fn deliver(&self, tenant: &str, message: Arc<Message>) -> usize {
+        let mut entries = match self.presence.lookup(tenant, &message.to_user).await {
+            Ok(e) => e,
+            Err(e) => {
+                // Nothing is lost: the message is pending for every device.
+                tracing::warn!(error = %e, "presence lookup failed; delivery left to replay");
+                metrics::counter!("dongdong_push_lookup_failures_total").increment(1);
+                return 0;
+            }
+        };
+        if message.from_user != message.to_user {
+            match self.presence.lookup(tenant, &message.from_user).await {
+                Ok(e) => entries.extend(e),
+                Err(e) => tracing::warn!(error = %e, "presence lookup failed for the sender's devices"),
+            }
+        }
+        let mut pushed = 0;
+        for entry in entries {
+            if entry.device.user == message.from_user && entry.device.device == message.from_device {
+                continue;
+            }
+            if entry.node_id != self.node_id {
+                metrics::counter!("dongdong_push_remote_skipped_total").increment(1);
+                continue;
+            }
+            if self.push_local(entry.conn_id, entry.epoch, &message) {
+                pushed += 1;
+            }
+        }
+        metrics::counter!("dongdong_pushes_total").increment(pushed as u64);
+        pushed
+    }
+
+    fn push_local(&self, conn_id: u64, epoch: u64, message: &Arc<Message>) -> bool {
+        let Some(conn) = self.local.get(&conn_id) else { return false };
+        if conn.epoch != epoch {
+            return false;
+        }
+        match conn.deliveries.try_send(message.clone()) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                metrics::counter!("dongdong_slow_consumers_total").increment(1);
+                conn.kick.kick(CloseCode::SlowConsumer, "delivery queue full: the client reads too slowly");
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Closes every local connection of the device (e.g. an admin action).
+    pub fn kick_device(&self, device: &DeviceKey, code: CloseCode, message: &'static str) {
+        for conn in self.local.iter().filter(|c| &c.device == device) {
+            conn.kick.kick(code, message);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use storage::embedded::MemoryPresence;
+
+    fn router(queue: usize) -> Router {
+        Router::new("node-1", Arc::new(MemoryPresence::default()), queue)
+    }
+
+    fn msg(from: &str, from_device: &str, to: &str) -> Arc<Message> {
+        Arc::new(Message {
+            msg_id: im_core::new_msg_id(),
+            from_user: from.into(),
+            from_device: from_device.into(),
+            to_user: to.into(),
+            seq: 1,
+            ..Default::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn pushes_to_recipient_and_other_sender_devices_only() {
+        let r = router(8);
+        let mut bob = r.register(DeviceKey::new("t", "bob", "b1")).await.unwrap();
+        let mut alice1 = r.register(DeviceKey::new("t", "alice", "a1")).await.unwrap();
+        let mut alice2 = r.register(DeviceKey::new("t", "alice", "a2")).await.unwrap();
+        let mut other_tenant = r.register(DeviceKey::new("u", "bob", "b1")).await.unwrap();
+        let m = msg("alice", "a1", "bob");
+        assert_eq!(r.deliver("t", m.clone()).await, 2);
+        assert_eq!(bob.deliveries.try_recv().unwrap(), m);
+        assert_eq!(alice2.deliveries.try_recv().unwrap(), m);
+        assert!(alice1.deliveries.try_recv().is_err());
+        assert!(other_tenant.deliveries.try_recv().is_err());
+    }
+
+    #[tokio::test]
+    async fn full_queue_kicks_as_slow_consumer() {
+        let r = router(2);
+        let bob = r.register(DeviceKey::new("t", "bob", "b1")).await.unwrap();
+        for _ in 0..2 {
+            assert_eq!(r.deliver("t", msg("alice", "a1", "bob")).await, 1);
+        }
+        assert_eq!(r.deliver("t", msg("alice", "a1", "bob")).await, 0);
+        assert_eq!(bob.kick.kicked().await.code, CloseCode::SlowConsumer);
+    }
+
+    #[tokio::test]
+    async fn reconnect_replaces_and_late_close_keeps_new_entry() {
+        let r = router(8);
+        let dev = DeviceKey::new("t", "bob", "b1");
+        let old = r.register(dev.clone()).await.unwrap();
+        let mut new = r.register(dev.clone()).await.unwrap();
+        assert!(new.epoch > old.epoch);
+        assert_eq!(old.kick.kicked().await.code, CloseCode::Replaced);
+        r.unregister(old.conn_id).await;
+        assert_eq!(r.deliver("t", msg("alice", "a1", "bob")).await, 1);
+        assert!(new.deliveries.try_recv().is_ok());
+        r.unregister(new.conn_id).await;
+        assert_eq!(r.deliver("t", msg("alice", "a1", "bob")).await, 0);
+        assert_eq!(r.local_connections(), 0);
+    }
+}

@@ -1,0 +1,84 @@
+//! The accept loop. A connection permit is taken before `accept`, so at the
+//! limit new connections wait in the kernel's backlog instead of costing
+//! memory here. Errors of one connection never reach the loop.
+
+use crate::{Gateway, GatewayConfig, connection};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, info, warn};
+
+/// The WebSocket path.
+pub const WS_PATH: &str = "/ws";
+
+/// tungstenite settings from the gateway limits: small I/O buffers (the
+/// defaults allocate 128 KiB per connection) and the frame size limit.
+pub fn websocket_config(config: &GatewayConfig) -> WebSocketConfig {
+    let buffer = config.io_buffer_bytes.max(1024);
+    WebSocketConfig::default()
+        .read_buffer_size(buffer)
+        .write_buffer_size(buffer)
+        .max_write_buffer_size(buffer + 4 * config.max_frame_bytes)
+        .max_message_size(Some(config.max_frame_bytes))
+        .max_frame_size(Some(config.max_frame_bytes))
+}
+
+/// Accepts connections on `listener` until `shutdown` fires, then closes
+/// every connection (code 1012) and returns when all have finished.
+pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(gw.config.max_connections.max(1)));
+    let tracker = TaskTracker::new();
+    let ws_config = websocket_config(&gw.config);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let (tcp, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Typically EMFILE: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let gw = gw.clone();
+        let conn_shutdown = shutdown.child_token();
+        tracker.spawn(async move {
+            let _permit = permit;
+            let handshake = tokio_tungstenite::accept_hdr_async_with_config(tcp, check_path, Some(ws_config));
+            match tokio::time::timeout(gw.config.auth_timeout, handshake).await {
+                Ok(Ok(ws)) => connection::handle_socket(ws, gw, conn_shutdown, peer.to_string()).await,
+                Ok(Err(e)) => debug!(%peer, error = %e, "WebSocket handshake failed"),
+                Err(_) => debug!(%peer, "WebSocket handshake timed out"),
+            }
+        });
+    }
+    tracker.close();
+    info!(connections = tracker.len(), "listener closed; waiting for connections to close");
+    tracker.wait().await;
+}
+
+#[allow(clippy::result_large_err)]
+fn check_path(req: &Request, resp: Response) -> Result<Response, ErrorResponse> {
+    if req.uri().path() == WS_PATH {
+        return Ok(resp);
+    }
+    let mut err = ErrorResponse::new(Some(format!("not found: the WebSocket endpoint is {WS_PATH}\n")));
+    *err.status_mut() = StatusCode::NOT_FOUND;
+    Err(err)
+}

@@ -1,0 +1,325 @@
+//! Configuration: defaults, then `--config FILE` (TOML), then `DONGDONG_*`
+//! environment variables (`__` separates sections: `DONGDONG_AUTH__SECRET`),
+//! then command-line flags. Validated at start-up; errors name the key.
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub auth: AuthConfig,
+    pub limits: LimitsConfig,
+    pub timeouts: TimeoutsConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// WebSocket listen address; the endpoint is ws://ADDR/ws.
+    pub listen: SocketAddr,
+    /// HTTP listen address for /healthz and /metrics.
+    pub http: SocketAddr,
+    /// This node's id in presence entries; generated and logged when empty.
+    pub node_id: String,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// One data directory, no external service.
+    Embedded,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub backend: Backend,
+    /// Data directory of the embedded backend (and of the generated dev secret).
+    pub data_dir: PathBuf,
+    /// Devices remembered per user; the least recently seen is forgotten.
+    pub max_devices_per_user: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// HS256 secret shared by every node. Empty: a dev secret is generated on
+    /// first start and kept in the data directory.
+    pub secret: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    pub max_frame_bytes: usize,
+    pub outbound_queue: usize,
+    pub delivery_queue: usize,
+    pub max_inflight: usize,
+    pub max_sends_in_flight: usize,
+    pub max_resends: u32,
+    pub rate_per_sec: u32,
+    pub rate_burst: u32,
+    pub max_connections: usize,
+    pub history_page_default: usize,
+    pub history_page_max: usize,
+    pub io_buffer_bytes: usize,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsConfig {
+    #[serde(with = "humantime_serde")]
+    pub auth: Duration,
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    #[serde(with = "humantime_serde")]
+    pub ack: Duration,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// tracing filter, e.g. "info" or "info,access_gateway=debug". RUST_LOG wins.
+    pub filter: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let gw = access_gateway::GatewayConfig::default();
+        let dispatch = dispatch::DispatchLimits::default();
+        Self {
+            server: ServerConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 7800)),
+                http: SocketAddr::from(([127, 0, 0, 1], 7801)),
+                node_id: String::new(),
+            },
+            storage: StorageConfig {
+                backend: Backend::Embedded,
+                data_dir: PathBuf::from("./dongdong-data"),
+                max_devices_per_user: storage::embedded::EmbeddedOptions::default().max_devices_per_user,
+            },
+            auth: AuthConfig { secret: String::new() },
+            limits: LimitsConfig {
+                max_frame_bytes: gw.max_frame_bytes,
+                outbound_queue: gw.outbound_queue,
+                delivery_queue: gw.delivery_queue,
+                max_inflight: gw.max_inflight,
+                max_sends_in_flight: gw.max_sends_in_flight,
+                max_resends: gw.max_resends,
+                rate_per_sec: gw.rate_per_sec,
+                rate_burst: gw.rate_burst,
+                max_connections: gw.max_connections,
+                history_page_default: dispatch.history_default,
+                history_page_max: dispatch.history_max,
+                io_buffer_bytes: gw.io_buffer_bytes,
+            },
+            timeouts: TimeoutsConfig { auth: gw.auth_timeout, idle: gw.idle_timeout, ack: gw.ack_timeout },
+            log: LogConfig { filter: "info".into() },
+        }
+    }
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Config::default().server
+    }
+}
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Config::default().storage
+    }
+}
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Config::default().auth
+    }
+}
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Config::default().limits
+    }
+}
+impl Default for TimeoutsConfig {
+    fn default() -> Self {
+        Config::default().timeouts
+    }
+}
+impl Default for LogConfig {
+    fn default() -> Self {
+        Config::default().log
+    }
+}
+
+/// A configuration problem, with the key at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {0} does not exist")]
+    MissingFile(PathBuf),
+    #[error("invalid configuration: {0}")]
+    Parse(String),
+    #[error("invalid configuration: {key}: {reason}")]
+    Invalid { key: &'static str, reason: String },
+}
+
+/// Overrides from command-line flags.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads defaults, the file, `DONGDONG_*` variables and the flags, then validates.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::MissingFile(path.to_path_buf()));
+            }
+            figment = figment.merge(Toml::file_exact(path));
+        }
+        figment = figment.merge(Env::prefixed("DONGDONG_").split("__"));
+        let mut config: Config = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
+        if let Some(a) = overrides.listen {
+            config.server.listen = a;
+        }
+        if let Some(a) = overrides.http {
+            config.server.http = a;
+        }
+        if let Some(d) = &overrides.data_dir {
+            config.storage.data_dir = d.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.to_string() });
+        let l = &self.limits;
+        if !(1024..=16 << 20).contains(&l.max_frame_bytes) {
+            return invalid("limits.max_frame_bytes", "must be between 1024 and 16777216");
+        }
+        for (key, v) in [
+            ("limits.outbound_queue", l.outbound_queue),
+            ("limits.delivery_queue", l.delivery_queue),
+            ("limits.max_inflight", l.max_inflight),
+            ("limits.max_sends_in_flight", l.max_sends_in_flight),
+            ("limits.max_connections", l.max_connections),
+            ("limits.history_page_default", l.history_page_default),
+            ("limits.history_page_max", l.history_page_max),
+            ("limits.rate_per_sec", l.rate_per_sec as usize),
+            ("limits.rate_burst", l.rate_burst as usize),
+            ("storage.max_devices_per_user", self.storage.max_devices_per_user),
+        ] {
+            if v == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        if l.history_page_default > l.history_page_max {
+            return invalid("limits.history_page_default", "must not exceed limits.history_page_max");
+        }
+        if l.history_page_max > 1000 {
+            return invalid("limits.history_page_max", "must be at most 1000");
+        }
+        if !(1024..=1 << 20).contains(&l.io_buffer_bytes) {
+            return invalid("limits.io_buffer_bytes", "must be between 1024 and 1048576");
+        }
+        if l.outbound_queue < 16 {
+            return invalid("limits.outbound_queue", "must be at least 16");
+        }
+        let t = &self.timeouts;
+        for (key, v) in [("timeouts.auth", t.auth), ("timeouts.idle", t.idle), ("timeouts.ack", t.ack)] {
+            if v < Duration::from_millis(10) {
+                return invalid(key, "must be at least 10ms");
+            }
+        }
+        if !self.auth.secret.is_empty() && self.auth.secret.len() < 16 {
+            return invalid("auth.secret", "must be at least 16 bytes (or empty for a generated dev secret)");
+        }
+        if !self.server.node_id.is_empty() {
+            if let Err(e) = im_core::ids::validate_id("server.node_id", &self.server.node_id) {
+                return Err(ConfigError::Invalid { key: "server.node_id", reason: e });
+            }
+        }
+        Ok(())
+    }
+
+    pub fn gateway(&self) -> access_gateway::GatewayConfig {
+        let l = &self.limits;
+        access_gateway::GatewayConfig {
+            max_frame_bytes: l.max_frame_bytes,
+            outbound_queue: l.outbound_queue,
+            delivery_queue: l.delivery_queue,
+            max_inflight: l.max_inflight,
+            max_sends_in_flight: l.max_sends_in_flight,
+            auth_timeout: self.timeouts.auth,
+            idle_timeout: self.timeouts.idle,
+            ack_timeout: self.timeouts.ack,
+            max_resends: l.max_resends,
+            rate_per_sec: l.rate_per_sec,
+            rate_burst: l.rate_burst,
+            max_connections: l.max_connections,
+            io_buffer_bytes: l.io_buffer_bytes,
+        }
+    }
+
+    pub fn dispatch(&self) -> dispatch::DispatchLimits {
+        dispatch::DispatchLimits {
+            history_default: self.limits.history_page_default,
+            history_max: self.limits.history_page_max,
+            // Each field well inside one frame.
+            max_field_bytes: self.limits.max_frame_bytes,
+        }
+    }
+}
+
+/// figment's message, which names the key and the source that set it.
+fn describe(e: figment::Error) -> String {
+    e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_documented_example_parses() {
+        Config::default().validate().unwrap();
+        let example = include_str!("../../dongdong.example.toml");
+        let parsed: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(example))
+            .extract()
+            .unwrap();
+        assert_eq!(parsed, Config::default(), "the example config shows the defaults");
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("bad.toml", "[limits]\nmax_frame_bytes = 10\n")?;
+            let e = Config::load(Some(Path::new("bad.toml")), &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains("limits.max_frame_bytes"), "{e}");
+            jail.create_file("typo.toml", "[limits]\nmax_frame_byte = 10\n")?;
+            let e = Config::load(Some(Path::new("typo.toml")), &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains("max_frame_byte"), "{e}");
+            jail.set_env("DONGDONG_TIMEOUTS__IDLE", "soon");
+            let e = Config::load(None, &Overrides::default()).unwrap_err();
+            assert!(e.to_string().contains("idle"), "{e}");
+            jail.set_env("DONGDONG_TIMEOUTS__IDLE", "30s");
+            jail.set_env("DONGDONG_AUTH__SECRET", "0123456789abcdef0123");
+            let c = Config::load(None, &Overrides::default()).unwrap();
+            assert_eq!(c.timeouts.idle, Duration::from_secs(30));
+            assert_eq!(c.auth.secret, "0123456789abcdef0123");
+            Ok(())
+        });
+    }
+}

@@ -1,0 +1,83 @@
+//! HTTP endpoints: `/healthz` and `/metrics` (Prometheus text format).
+
+use axum::Router as Http;
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use session_router::Router;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// The process-wide metrics recorder (installed once, shared by every server
+/// in the process, e.g. in tests).
+pub(crate) fn install_metrics() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let builder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("_seconds".into()),
+                    &[0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0],
+                )
+                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("dongdong_store_batch_size".into()), &[
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+                ]));
+            match builder.and_then(|b| b.install_recorder().map_err(Into::into)) {
+                Ok(handle) => handle,
+                Err(e) => {
+                    tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
+                    PrometheusBuilder::new().build_recorder().handle()
+                }
+            }
+        })
+        .clone()
+}
+
+#[derive(Clone)]
+struct AppState {
+    router: Arc<Router>,
+    node_id: String,
+    metrics: PrometheusHandle,
+}
+
+pub(crate) async fn serve(
+    listener: TcpListener,
+    router: Arc<Router>,
+    node_id: String,
+    metrics: PrometheusHandle,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let upkeep = metrics.clone();
+    let upkeep_stop = shutdown.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => upkeep.run_upkeep(),
+                _ = upkeep_stop.cancelled() => break,
+            }
+        }
+    });
+    let app = Http::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(render_metrics))
+        .with_state(AppState { router, node_id, metrics });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    Ok(())
+}
+
+async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "node_id": s.node_id,
+        "connections": s.router.local_connections(),
+        "storage": "embedded",
+    }))
+}
+
+async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
+    ([("content-type", "text/plain; version=0.0.4")], s.metrics.render())
+}

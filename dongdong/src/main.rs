@@ -1,0 +1,163 @@
+//! The `dongdong` command: `serve` runs a node, `token` mints a token.
+
+use clap::{Parser, Subcommand};
+use dongdong::{Config, ConfigError, Overrides};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "dongdong", version, about = "Instant-messaging and customer-service chat backend")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// TOML config file (see dongdong.example.toml).
+    #[arg(long, short = 'c')]
+    config: Option<PathBuf>,
+    /// Data directory (overrides [storage] data_dir).
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a server node.
+    Serve {
+        #[command(flatten)]
+        common: Common,
+        /// WebSocket listen address (overrides [server] listen).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// HTTP listen address for /healthz and /metrics (overrides [server] http).
+        #[arg(long)]
+        http: Option<SocketAddr>,
+    },
+    /// Print a token signed with the configured (or generated dev) secret.
+    Token {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        user: String,
+        /// customer, agent or admin
+        #[arg(long, default_value = "customer")]
+        role: im_core::Role,
+        /// Validity, e.g. 30m, 24h, 7d.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve { common, listen, http } => {
+            let overrides = Overrides { listen, http, data_dir: common.data };
+            let config = match Config::load(common.config.as_deref(), &overrides) {
+                Ok(c) => c,
+                Err(e) => return config_error(e),
+            };
+            init_tracing(&config.log.filter);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("dongdong: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("dongdong: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Token { common, tenant, user, role, ttl } => {
+            let overrides = Overrides { data_dir: common.data, ..Overrides::default() };
+            let config = match Config::load(common.config.as_deref(), &overrides) {
+                Ok(c) => c,
+                Err(e) => return config_error(e),
+            };
+            let secret = match dongdong::secret::resolve(&config) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("dongdong: {e:#}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match access_gateway::TokenSigner::new(&secret).mint(&tenant, &user, role, ttl) {
+                Ok(token) => {
+                    println!("{token}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("dongdong: {e}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+fn config_error(e: ConfigError) -> ExitCode {
+    eprintln!("dongdong: {e}");
+    ExitCode::from(2)
+}
+
+fn init_tracing(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let ws = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.listen): {e}", config.server.listen))?;
+    let http = tokio::net::TcpListener::bind(config.server.http)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.http): {e}", config.server.http))?;
+    // One line on stdout for scripts and tests that start us on port 0.
+    println!("dongdong listening ws=ws://{}/ws http=http://{}", ws.local_addr()?, http.local_addr()?);
+    let shutdown = CancellationToken::new();
+    tokio::spawn(signal_shutdown(shutdown.clone()));
+    dongdong::run(ws, http, config, shutdown).await
+}
+
+async fn signal_shutdown(shutdown: CancellationToken) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    shutdown.cancel();
+}
