@@ -298,6 +298,8 @@ struct Inflight {
 
 struct Replay {
     cursor: Option<PendingCursor>,
+    /// Size of the page being loaded: a shorter answer ends the pass.
+    requested: usize,
     /// A push arrived (and was dropped) during this pass: run another.
     dirty: bool,
     started: Instant,
@@ -335,7 +337,7 @@ impl Conn {
             kick: session.registration.kick,
             deliveries: session.registration.deliveries,
             inflight: HashMap::new(),
-            replay: Some(Replay { cursor: None, dirty: false, started: Instant::now() }),
+            replay: Some(Replay { cursor: None, requested: 0, dirty: false, started: Instant::now() }),
             sends,
             rejected_in_row: 0,
             last_heard: Instant::now(),
@@ -362,6 +364,10 @@ impl Conn {
             if page.is_none() {
                 page = self.next_replay_page();
             }
+            // Replay waits for half the writer queue to be free, so replies
+            // and resends always find room.
+            let half_queue = (self.gw.config.outbound_queue / 2).max(1);
+            let replay_blocked = page.is_none() && self.replay.is_some() && self.window_room() > 0;
             let idle_deadline = self.last_heard + if self.pinged { idle } else { idle / 2 };
             tokio::select! {
                 biased;
@@ -373,6 +379,7 @@ impl Conn {
                         return exit;
                     }
                 }
+                _ = async { drop(self.out.reserve_many(half_queue).await) }, if replay_blocked => {}
                 item = stream.next() => {
                     self.last_heard = Instant::now();
                     self.pinged = false;
@@ -419,13 +426,20 @@ impl Conn {
         }
     }
 
-    /// Starts loading the next replay page if the window has room.
-    fn next_replay_page(&self) -> Option<PageFuture> {
-        let replay = self.replay.as_ref()?;
-        let room = self.gw.config.max_inflight.saturating_sub(self.inflight.len()).min(REPLAY_PAGE);
+    /// Deliveries the ack window still allows.
+    fn window_room(&self) -> usize {
+        self.gw.config.max_inflight.saturating_sub(self.inflight.len())
+    }
+
+    /// Starts loading the next replay page if the ack window and the writer
+    /// queue have room.
+    fn next_replay_page(&mut self) -> Option<PageFuture> {
+        let room = self.window_room().min(REPLAY_PAGE).min(self.out.capacity() / 2);
+        let replay = self.replay.as_mut()?;
         if room == 0 {
             return None;
         }
+        replay.requested = room;
         let dispatch = self.gw.dispatch.clone();
         let device = self.device.clone();
         let cursor = replay.cursor.clone();
@@ -440,8 +454,8 @@ impl Conn {
                 return Err(close(CloseCode::TryAgainLater, "could not read pending messages; reconnect later"));
             }
         };
-        let requested = self.gw.config.max_inflight.saturating_sub(self.inflight.len()).min(REPLAY_PAGE);
         let Some(replay) = self.replay.as_mut() else { return Ok(()) };
+        let requested = replay.requested;
         if let Some(last) = messages.last() {
             replay.cursor = Some(PendingCursor::of(last));
         }

@@ -1,0 +1,89 @@
+//! The real `dongdong` binary as a child process, for crash and signal tests.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+/// Builds the binary once per test run (a no-op when it is fresh) and
+/// returns its path.
+pub fn binary() -> PathBuf {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| {
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/<test binary>
+        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "-q", "-p", "dongdong", "--bin", "dongdong"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("run cargo build for the dongdong binary");
+        assert!(status.success(), "cargo build -p dongdong failed");
+        let path = profile_dir.join("dongdong");
+        assert!(path.exists(), "{} missing after build", path.display());
+        path
+    })
+    .clone()
+}
+
+pub struct ChildServer {
+    child: Child,
+    pub ws_url: String,
+    pub http_url: String,
+    stderr_log: PathBuf,
+}
+
+impl ChildServer {
+    /// Starts `dongdong serve` on `data_dir` with ports chosen by the OS.
+    pub fn start(data_dir: &Path) -> Self {
+        let stderr_log = data_dir.with_extension("stderr.log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&stderr_log).unwrap();
+        let mut child = Command::new(binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data"])
+            .arg(data_dir)
+            .env("DONGDONG_AUTH__SECRET", crate::SECRET)
+            .env("DONGDONG_SERVER__NODE_ID", "child-node")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn dongdong");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|w| w.strip_prefix(name))
+                .unwrap_or_else(|| panic!("no {name} in {line:?}; log at {}", stderr_log.display()))
+                .to_string()
+        };
+        let (ws_url, http_url) = (field("ws="), field("http="));
+        Self { child, ws_url, http_url, stderr_log }
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// SIGTERM, then waits for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        assert!(status.success());
+        self.child.wait().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_log).unwrap_or_default()
+    }
+}
+
+impl Drop for ChildServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

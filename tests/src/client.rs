@@ -1,0 +1,226 @@
+//! A real WebSocket client speaking the dongdong protocol, in either encoding.
+
+use futures_util::{SinkExt, StreamExt};
+use im_core::pb::{self, Frame, frame::Body};
+use im_core::{Encoding, ErrorCode};
+use std::collections::VecDeque;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// How long a test waits for a frame it expects.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+pub struct Client {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pub encoding: Encoding,
+    next_req: u64,
+    /// Frames read while waiting for something else (pushes during a request).
+    buffered: VecDeque<Frame>,
+    pub auth_ok: Option<pb::AuthOk>,
+}
+
+/// What ended a connection, as seen by the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Closed {
+    Frame(u16, String),
+    NoFrame,
+}
+
+impl Client {
+    pub async fn connect(url: &str, encoding: Encoding) -> Self {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("WebSocket connect");
+        Self { ws, encoding, next_req: 1, buffered: VecDeque::new(), auth_ok: None }
+    }
+
+    /// Connects and authenticates; panics if the server refuses.
+    pub async fn login(url: &str, token: &str, device: &str) -> Self {
+        let mut c = Self::connect(url, Encoding::Protobuf).await;
+        c.auth(token, device).await.expect("auth");
+        c
+    }
+
+    pub fn next_req_id(&mut self) -> u64 {
+        self.next_req += 1;
+        self.next_req
+    }
+
+    pub async fn send_frame(&mut self, frame: &Frame) {
+        let bytes = im_core::encode_frame(self.encoding, frame);
+        let msg = match self.encoding {
+            Encoding::Protobuf => WsMessage::binary(bytes),
+            Encoding::Json => WsMessage::text(String::from_utf8(bytes).unwrap()),
+        };
+        self.ws.send(msg).await.expect("send frame");
+    }
+
+    pub async fn send_raw(&mut self, msg: WsMessage) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+        self.ws.send(msg).await
+    }
+
+    /// The next frame from the server, or None when the connection ended.
+    pub async fn recv(&mut self, wait: Duration) -> Option<Result<Frame, Closed>> {
+        if let Some(f) = self.buffered.pop_front() {
+            return Some(Ok(f));
+        }
+        self.recv_socket(wait).await
+    }
+
+    async fn recv_socket(&mut self, wait: Duration) -> Option<Result<Frame, Closed>> {
+        loop {
+            let item = tokio::time::timeout(wait, self.ws.next()).await.ok()?;
+            let frame = match item {
+                Some(Ok(WsMessage::Binary(b))) => im_core::decode_frame(Encoding::Protobuf, &b).expect("server frame"),
+                Some(Ok(WsMessage::Text(t))) => im_core::decode_frame(Encoding::Json, t.as_bytes()).expect("server frame"),
+                Some(Ok(WsMessage::Close(Some(CloseFrame { code, reason })))) => {
+                    return Some(Err(Closed::Frame(code.into(), reason.to_string())));
+                }
+                Some(Ok(WsMessage::Close(None))) | None | Some(Err(_)) => return Some(Err(Closed::NoFrame)),
+                Some(Ok(_)) => continue,
+            };
+            return Some(Ok(frame));
+        }
+    }
+
+    /// The next frame; panics on timeout or close.
+    pub async fn next_frame(&mut self) -> Frame {
+        match self.recv(WAIT).await {
+            Some(Ok(f)) => f,
+            Some(Err(c)) => panic!("connection closed while waiting for a frame: {c:?}"),
+            None => panic!("no frame within {WAIT:?}"),
+        }
+    }
+
+    /// Waits for the reply to `req_id`, keeping other frames for later.
+    pub async fn reply(&mut self, req_id: u64) -> Frame {
+        let is_reply = |f: &Frame| f.req_id == req_id && !matches!(f.body, Some(Body::Deliver(_)));
+        if let Some(i) = self.buffered.iter().position(is_reply) {
+            return self.buffered.remove(i).expect("position is in range");
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv_socket(left).await {
+                Some(Ok(f)) if is_reply(&f) => return f,
+                Some(Ok(f)) => self.buffered.push_back(f),
+                Some(Err(c)) => panic!("connection closed while waiting for reply {req_id}: {c:?}"),
+                None => panic!("no reply to {req_id} within {WAIT:?}"),
+            }
+        }
+    }
+
+    pub async fn request(&mut self, body: Body) -> Frame {
+        let req_id = self.next_req_id();
+        self.send_frame(&Frame { req_id, body: Some(body) }).await;
+        self.reply(req_id).await
+    }
+
+    pub async fn auth(&mut self, token: &str, device: &str) -> Result<pb::AuthOk, pb::Error> {
+        let auth = pb::Auth { token: token.into(), device_id: device.into() };
+        match self.request(Body::Auth(auth)).await.body {
+            Some(Body::AuthOk(ok)) => {
+                self.auth_ok = Some(ok.clone());
+                Ok(ok)
+            }
+            Some(Body::Error(e)) => Err(e),
+            other => panic!("unexpected reply to Auth: {other:?}"),
+        }
+    }
+
+    pub async fn send(&mut self, to: &str, client_msg_id: &str, content: pb::Content) -> Result<pb::SendAck, pb::Error> {
+        let send = pb::Send { client_msg_id: client_msg_id.into(), to_user: to.into(), content: Some(content) };
+        match self.request(Body::Send(send)).await.body {
+            Some(Body::SendAck(a)) => Ok(a),
+            Some(Body::Error(e)) => Err(e),
+            other => panic!("unexpected reply to Send: {other:?}"),
+        }
+    }
+
+    pub async fn send_text(&mut self, to: &str, client_msg_id: &str, text: &str) -> Result<pb::SendAck, pb::Error> {
+        self.send(to, client_msg_id, text_content(text)).await
+    }
+
+    /// Sends without waiting for the ack; returns the req_id.
+    pub async fn send_text_nowait(&mut self, to: &str, client_msg_id: &str, text: &str) -> u64 {
+        let req_id = self.next_req_id();
+        let send = pb::Send { client_msg_id: client_msg_id.into(), to_user: to.into(), content: Some(text_content(text)) };
+        self.send_frame(&Frame { req_id, body: Some(Body::Send(send)) }).await;
+        req_id
+    }
+
+    pub async fn ack(&mut self, msg_ids: Vec<String>) {
+        let req_id = self.next_req_id();
+        self.send_frame(&Frame { req_id, body: Some(Body::Ack(pb::Ack { msg_ids })) }).await;
+    }
+
+    pub async fn sync(&mut self, req: pb::SyncRequest) -> Result<pb::HistoryPage, pb::Error> {
+        match self.request(Body::SyncRequest(req)).await.body {
+            Some(Body::HistoryPage(p)) => Ok(p),
+            Some(Body::Error(e)) => Err(e),
+            other => panic!("unexpected reply to SyncRequest: {other:?}"),
+        }
+    }
+
+    /// The next Deliver; panics if another frame comes first.
+    pub async fn next_deliver(&mut self) -> pb::Deliver {
+        match self.next_frame().await.body {
+            Some(Body::Deliver(d)) => d,
+            other => panic!("expected Deliver, got {other:?}"),
+        }
+    }
+
+    /// Reads `n` deliveries and acks each.
+    pub async fn receive_and_ack(&mut self, n: usize) -> Vec<pb::Deliver> {
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let d = self.next_deliver().await;
+            self.ack(vec![d.message.as_ref().unwrap().msg_id.clone()]).await;
+            out.push(d);
+        }
+        out
+    }
+
+    /// Reads until the server closes; returns the close (frames before it are skipped).
+    pub async fn closed(&mut self) -> Closed {
+        self.buffered.clear();
+        loop {
+            match self.recv_socket(WAIT).await {
+                Some(Ok(_)) => continue,
+                Some(Err(c)) => return c,
+                None => panic!("connection still open after {WAIT:?}"),
+            }
+        }
+    }
+
+    /// Reads frames until an Error arrives; returns it.
+    pub async fn next_error(&mut self) -> pb::Error {
+        loop {
+            if let Some(Body::Error(e)) = self.next_frame().await.body {
+                return e;
+            }
+        }
+    }
+
+    pub fn buffered_len(&self) -> usize {
+        self.buffered.len()
+    }
+
+    pub async fn close(mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+pub fn text_content(text: &str) -> pb::Content {
+    pb::Content { kind: Some(pb::content::Kind::Text(text.into())) }
+}
+
+pub fn code(e: &pb::Error) -> ErrorCode {
+    ErrorCode::try_from(e.code).unwrap_or(ErrorCode::Unspecified)
+}
+
+/// The message of a Deliver.
+pub fn msg(d: &pb::Deliver) -> &pb::Message {
+    d.message.as_ref().expect("Deliver carries a message")
+}

@@ -1,0 +1,6 @@
+//! Integration scenarios over real WebSockets. Each module is one concern.
+
+mod bad_input;
+mod messaging;
+mod process;
+mod reliability;
