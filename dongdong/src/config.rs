@@ -104,9 +104,12 @@ impl Default for Config {
             storage: StorageConfig {
                 backend: Backend::Embedded,
                 data_dir: PathBuf::from("./dongdong-data"),
-                max_devices_per_user: storage::embedded::EmbeddedOptions::default().max_devices_per_user,
+                max_devices_per_user: storage::embedded::EmbeddedOptions::default()
+                    .max_devices_per_user,
             },
-            auth: AuthConfig { secret: String::new() },
+            auth: AuthConfig {
+                secret: String::new(),
+            },
             limits: LimitsConfig {
                 max_frame_bytes: gw.max_frame_bytes,
                 outbound_queue: gw.outbound_queue,
@@ -121,8 +124,14 @@ impl Default for Config {
                 history_page_max: dispatch.history_max,
                 io_buffer_bytes: gw.io_buffer_bytes,
             },
-            timeouts: TimeoutsConfig { auth: gw.auth_timeout, idle: gw.idle_timeout, ack: gw.ack_timeout },
-            log: LogConfig { filter: "info".into() },
+            timeouts: TimeoutsConfig {
+                auth: gw.auth_timeout,
+                idle: gw.idle_timeout,
+                ack: gw.ack_timeout,
+            },
+            log: LogConfig {
+                filter: "info".into(),
+            },
         }
     }
 }
@@ -188,7 +197,9 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Env::prefixed("DONGDONG_").split("__"));
-        let mut config: Config = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
+        let mut config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(describe(e)))?;
         if let Some(a) = overrides.listen {
             config.server.listen = a;
         }
@@ -203,10 +214,18 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.to_string() });
+        let invalid = |key, reason: &str| {
+            Err(ConfigError::Invalid {
+                key,
+                reason: reason.to_string(),
+            })
+        };
         let l = &self.limits;
         if !(1024..=16 << 20).contains(&l.max_frame_bytes) {
-            return invalid("limits.max_frame_bytes", "must be between 1024 and 16777216");
+            return invalid(
+                "limits.max_frame_bytes",
+                "must be between 1024 and 16777216",
+            );
         }
         for (key, v) in [
             ("limits.outbound_queue", l.outbound_queue),
@@ -218,14 +237,20 @@ impl Config {
             ("limits.history_page_max", l.history_page_max),
             ("limits.rate_per_sec", l.rate_per_sec as usize),
             ("limits.rate_burst", l.rate_burst as usize),
-            ("storage.max_devices_per_user", self.storage.max_devices_per_user),
+            (
+                "storage.max_devices_per_user",
+                self.storage.max_devices_per_user,
+            ),
         ] {
             if v == 0 {
                 return invalid(key, "must be at least 1");
             }
         }
         if l.history_page_default > l.history_page_max {
-            return invalid("limits.history_page_default", "must not exceed limits.history_page_max");
+            return invalid(
+                "limits.history_page_default",
+                "must not exceed limits.history_page_max",
+            );
         }
         if l.history_page_max > 1000 {
             return invalid("limits.history_page_max", "must be at most 1000");
@@ -237,18 +262,28 @@ impl Config {
             return invalid("limits.outbound_queue", "must be at least 16");
         }
         let t = &self.timeouts;
-        for (key, v) in [("timeouts.auth", t.auth), ("timeouts.idle", t.idle), ("timeouts.ack", t.ack)] {
+        for (key, v) in [
+            ("timeouts.auth", t.auth),
+            ("timeouts.idle", t.idle),
+            ("timeouts.ack", t.ack),
+        ] {
             if v < Duration::from_millis(10) {
                 return invalid(key, "must be at least 10ms");
             }
         }
         if !self.auth.secret.is_empty() && self.auth.secret.len() < 16 {
-            return invalid("auth.secret", "must be at least 16 bytes (or empty for a generated dev secret)");
+            return invalid(
+                "auth.secret",
+                "must be at least 16 bytes (or empty for a generated dev secret)",
+            );
         }
-        if !self.server.node_id.is_empty() {
-            if let Err(e) = im_core::ids::validate_id("server.node_id", &self.server.node_id) {
-                return Err(ConfigError::Invalid { key: "server.node_id", reason: e });
-            }
+        if !self.server.node_id.is_empty()
+            && let Err(e) = im_core::ids::validate_id("server.node_id", &self.server.node_id)
+        {
+            return Err(ConfigError::Invalid {
+                key: "server.node_id",
+                reason: e,
+            });
         }
         Ok(())
     }
@@ -284,7 +319,10 @@ impl Config {
 
 /// figment's message, which names the key and the source that set it.
 fn describe(e: figment::Error) -> String {
-    e.into_iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; ")
+    e.into_iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 #[cfg(test)]
@@ -299,10 +337,15 @@ mod tests {
             .merge(Toml::string(example))
             .extract()
             .unwrap();
-        assert_eq!(parsed, Config::default(), "the example config shows the defaults");
+        assert_eq!(
+            parsed,
+            Config::default(),
+            "the example config shows the defaults"
+        );
     }
 
     #[test]
+    #[allow(clippy::result_large_err)]
     fn errors_name_the_key() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("bad.toml", "[limits]\nmax_frame_bytes = 10\n")?;

@@ -25,7 +25,7 @@ pub(crate) fn install_metrics() -> PrometheusHandle {
                 .and_then(|b| b.set_buckets_for_metric(Matcher::Full("dongdong_store_batch_size".into()), &[
                     1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
                 ]));
-            match builder.and_then(|b| b.install_recorder().map_err(Into::into)) {
+            match builder.and_then(|b| b.install_recorder()) {
                 Ok(handle) => handle,
                 Err(e) => {
                     tracing::warn!(error = %e, "metrics recorder not installed; /metrics will be empty");
@@ -64,8 +64,14 @@ pub(crate) async fn serve(
     let app = Http::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
-        .with_state(AppState { router, node_id, metrics });
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+        .with_state(AppState {
+            router,
+            node_id,
+            metrics,
+        });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await?;
     Ok(())
 }
 
@@ -79,5 +85,8 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
-    ([("content-type", "text/plain; version=0.0.4")], s.metrics.render())
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
 }

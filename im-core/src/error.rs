@@ -7,7 +7,10 @@ pub use crate::pb::ErrorCode;
 impl ErrorCode {
     /// Whether retrying the same request later may succeed.
     pub fn retryable(self) -> bool {
-        matches!(self, ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::Internal)
+        matches!(
+            self,
+            ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::Internal
+        )
     }
 
     /// HTTP status for the same condition on the HTTP API.

@@ -43,7 +43,10 @@ impl Kick {
     /// Resolves once the connection has been kicked.
     pub async fn kicked(&self) -> KickReason {
         self.token.cancelled().await;
-        self.reason().unwrap_or(KickReason { code: CloseCode::Normal, message: "closed" })
+        self.reason().unwrap_or(KickReason {
+            code: CloseCode::Normal,
+            message: "closed",
+        })
     }
 
     pub fn reason(&self) -> Option<KickReason> {
@@ -80,7 +83,11 @@ pub struct Router {
 
 impl Router {
     /// `delivery_queue` bounds each connection's queue of pushed messages.
-    pub fn new(node_id: impl Into<Arc<str>>, presence: Arc<dyn PresenceRegistry>, delivery_queue: usize) -> Self {
+    pub fn new(
+        node_id: impl Into<Arc<str>>,
+        presence: Arc<dyn PresenceRegistry>,
+        delivery_queue: usize,
+    ) -> Self {
         Self {
             node_id: node_id.into(),
             presence,
@@ -108,7 +115,12 @@ impl Router {
         let mut prev = self.last_epoch.load(Ordering::Relaxed);
         loop {
             let next = now.max(prev + 1);
-            match self.last_epoch.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
+            match self.last_epoch.compare_exchange_weak(
+                prev,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
                 Ok(_) => return next,
                 Err(p) => prev = p,
             }
@@ -125,9 +137,19 @@ impl Router {
         let kick = Arc::new(Kick::default());
         self.local.insert(
             conn_id,
-            LocalConn { device: device.clone(), epoch, deliveries: tx, kick: kick.clone() },
+            LocalConn {
+                device: device.clone(),
+                epoch,
+                deliveries: tx,
+                kick: kick.clone(),
+            },
         );
-        let entry = PresenceEntry { device, node_id: self.node_id.clone(), conn_id, epoch };
+        let entry = PresenceEntry {
+            device,
+            node_id: self.node_id.clone(),
+            conn_id,
+            epoch,
+        };
         match self.presence.register(entry).await {
             Ok(Some(old)) => self.close_replaced(&old),
             Ok(None) => {}
@@ -137,7 +159,12 @@ impl Router {
             }
         }
         metrics::gauge!("dongdong_connections").set(self.local.len() as f64);
-        Ok(Registration { conn_id, epoch, deliveries: rx, kick })
+        Ok(Registration {
+            conn_id,
+            epoch,
+            deliveries: rx,
+            kick,
+        })
     }
 
     fn close_replaced(&self, old: &PresenceEntry) {
@@ -148,14 +175,19 @@ impl Router {
             return;
         }
         if let Some(conn) = self.local.get(&old.conn_id) {
-            conn.kick.kick(CloseCode::Replaced, "replaced by a newer connection of the same device");
+            conn.kick.kick(
+                CloseCode::Replaced,
+                "replaced by a newer connection of the same device",
+            );
         }
     }
 
     /// Removes the connection from this node and, if it is still the
     /// device's current connection, from presence.
     pub async fn unregister(&self, conn_id: u64) {
-        let Some((_, conn)) = self.local.remove(&conn_id) else { return };
+        let Some((_, conn)) = self.local.remove(&conn_id) else {
+            return;
+        };
         metrics::gauge!("dongdong_connections").set(self.local.len() as f64);
         if let Err(e) = self.presence.unregister(&conn.device, conn.epoch).await {
             // The entry then expires with its TTL where presence has one.
@@ -179,12 +211,15 @@ impl Router {
         if message.from_user != message.to_user {
             match self.presence.lookup(tenant, &message.from_user).await {
                 Ok(e) => entries.extend(e),
-                Err(e) => tracing::warn!(error = %e, "presence lookup failed for the sender's devices"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence lookup failed for the sender's devices")
+                }
             }
         }
         let mut pushed = 0;
         for entry in entries {
-            if entry.device.user == message.from_user && entry.device.device == message.from_device {
+            if entry.device.user == message.from_user && entry.device.device == message.from_device
+            {
                 continue;
             }
             if entry.node_id != self.node_id {
@@ -200,7 +235,9 @@ impl Router {
     }
 
     fn push_local(&self, conn_id: u64, epoch: u64, message: &Arc<Message>) -> bool {
-        let Some(conn) = self.local.get(&conn_id) else { return false };
+        let Some(conn) = self.local.get(&conn_id) else {
+            return false;
+        };
         if conn.epoch != epoch {
             return false;
         }
@@ -208,7 +245,10 @@ impl Router {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!("dongdong_slow_consumers_total").increment(1);
-                conn.kick.kick(CloseCode::SlowConsumer, "delivery queue full: the client reads too slowly");
+                conn.kick.kick(
+                    CloseCode::SlowConsumer,
+                    "delivery queue full: the client reads too slowly",
+                );
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -247,8 +287,14 @@ mod tests {
     async fn pushes_to_recipient_and_other_sender_devices_only() {
         let r = router(8);
         let mut bob = r.register(DeviceKey::new("t", "bob", "b1")).await.unwrap();
-        let mut alice1 = r.register(DeviceKey::new("t", "alice", "a1")).await.unwrap();
-        let mut alice2 = r.register(DeviceKey::new("t", "alice", "a2")).await.unwrap();
+        let mut alice1 = r
+            .register(DeviceKey::new("t", "alice", "a1"))
+            .await
+            .unwrap();
+        let mut alice2 = r
+            .register(DeviceKey::new("t", "alice", "a2"))
+            .await
+            .unwrap();
         let mut other_tenant = r.register(DeviceKey::new("u", "bob", "b1")).await.unwrap();
         let m = msg("alice", "a1", "bob");
         assert_eq!(r.deliver("t", m.clone()).await, 2);
