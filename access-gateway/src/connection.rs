@@ -681,7 +681,11 @@ impl Conn {
             }
         };
         let req_id = frame.req_id;
-        if !self.rate_check(req_id)? {
+        // Acks of deliveries this connection made are the client keeping up,
+        // not load it creates: they never count against the rate limit.
+        let acks_own_deliveries = matches!(&frame.body, Some(Body::Ack(a))
+            if !a.msg_ids.is_empty() && a.msg_ids.iter().all(|id| self.inflight.contains_key(id)));
+        if !acks_own_deliveries && !self.rate_check(req_id)? {
             return Ok(());
         }
         let Some(body) = frame.body else {

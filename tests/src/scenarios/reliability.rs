@@ -179,3 +179,45 @@ async fn shutdown_closes_connections_with_1012() {
         )
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_of_own_deliveries_do_not_count_against_the_rate_limit() {
+    let s = TestServer::start_with(|c| {
+        c.limits.rate_per_sec = 1;
+        c.limits.rate_burst = 20;
+    })
+    .await;
+    let mut bob = s.login("acme", "bob", "b1").await;
+    let mut alice = s.login("acme", "alice", "a1").await;
+    for i in 0..20 {
+        alice.send_text("bob", &format!("m{i}"), "x").await.unwrap();
+    }
+    // Twenty single-id acks, then ten pings: the pings fit in the burst only
+    // if the acks were not counted.
+    bob.receive_and_ack(20).await;
+    for _ in 0..10 {
+        match bob.request(Body::Ping(pb::Ping {})).await.body {
+            Some(Body::Pong(_)) => {}
+            other => panic!("expected Pong, got {other:?}"),
+        }
+    }
+    // Acks of ids this connection never delivered do count.
+    let mut limited = false;
+    for _ in 0..30 {
+        let req_id = bob.next_req_id();
+        bob.send_frame(&pb::Frame {
+            req_id,
+            body: Some(Body::Ack(pb::Ack {
+                msg_ids: vec!["unknown".into()],
+            })),
+        })
+        .await;
+        let ping = bob.request(Body::Ping(pb::Ping {})).await;
+        if matches!(ping.body, Some(Body::Error(_))) {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "unknown acks are rate limited like any frame");
+    s.stop().await;
+}
