@@ -10,11 +10,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let descriptor = fds.encode_to_vec();
     let descriptor_path = out.join("dongdong_descriptor.bin");
     std::fs::write(&descriptor_path, &descriptor)?;
-    prost_build::Config::new()
-        .file_descriptor_set_path(&descriptor_path)
-        .compile_fds(fds)?;
-    pbjson_build::Builder::new()
-        .register_descriptors(&descriptor)?
-        .build(&[".dongdong.v1"])?;
+    prost_build::Config::new().file_descriptor_set_path(&descriptor_path).compile_fds(fds)?;
+    pbjson_build::Builder::new().register_descriptors(&descriptor)?.build(&[".dongdong.v1"])?;
     Ok(())
 }

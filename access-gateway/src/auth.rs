@@ -44,31 +44,15 @@ impl TokenSigner {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.leeway = 5;
         validation.set_required_spec_claims(&["exp"]);
-        Self {
-            encoding: EncodingKey::from_secret(secret),
-            decoding: DecodingKey::from_secret(secret),
-            validation,
-        }
+        Self { encoding: EncodingKey::from_secret(secret), decoding: DecodingKey::from_secret(secret), validation }
     }
 
     /// A token for `user` of `tenant` with `role`, valid for `ttl`.
-    pub fn mint(
-        &self,
-        tenant: &str,
-        user: &str,
-        role: Role,
-        ttl: Duration,
-    ) -> Result<String, AuthError> {
+    pub fn mint(&self, tenant: &str, user: &str, role: Role, ttl: Duration) -> Result<String, AuthError> {
         validate_id("tenant", tenant).map_err(AuthError::BadClaim)?;
         validate_id("user", user).map_err(AuthError::BadClaim)?;
         let now = im_core::now_ms() / 1000;
-        let claims = Claims {
-            tenant: tenant.into(),
-            sub: user.into(),
-            role,
-            exp: now + ttl.as_secs(),
-            iat: now,
-        };
+        let claims = Claims { tenant: tenant.into(), sub: user.into(), role, exp: now + ttl.as_secs(), iat: now };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| AuthError::Malformed(e.to_string()))
     }
@@ -78,8 +62,8 @@ impl TokenSigner {
         if token.len() > 4096 {
             return Err(AuthError::Malformed("longer than 4096 bytes".into()));
         }
-        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map_err(|e| match e.kind() {
+        let data =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map_err(|e| match e.kind() {
                 ErrorKind::ExpiredSignature => AuthError::Expired,
                 ErrorKind::InvalidSignature => AuthError::BadSignature,
                 _ => AuthError::Malformed(e.to_string()),
@@ -98,38 +82,18 @@ mod tests {
     #[test]
     fn mint_verify_and_reject() {
         let s = TokenSigner::new(b"secret-one");
-        let t = s
-            .mint("acme", "alice", Role::Agent, Duration::from_secs(60))
-            .unwrap();
+        let t = s.mint("acme", "alice", Role::Agent, Duration::from_secs(60)).unwrap();
         let c = s.verify(&t).unwrap();
-        assert_eq!(
-            (c.tenant.as_str(), c.sub.as_str(), c.role),
-            ("acme", "alice", Role::Agent)
-        );
-        assert_eq!(
-            TokenSigner::new(b"other").verify(&t),
-            Err(AuthError::BadSignature)
-        );
-        assert!(matches!(
-            s.verify("not-a-jwt"),
-            Err(AuthError::Malformed(_))
-        ));
+        assert_eq!((c.tenant.as_str(), c.sub.as_str(), c.role), ("acme", "alice", Role::Agent));
+        assert_eq!(TokenSigner::new(b"other").verify(&t), Err(AuthError::BadSignature));
+        assert!(matches!(s.verify("not-a-jwt"), Err(AuthError::Malformed(_))));
         let expired = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),
-            &Claims {
-                tenant: "acme".into(),
-                sub: "a".into(),
-                role: Role::Customer,
-                exp: 1000,
-                iat: 0,
-            },
+            &Claims { tenant: "acme".into(), sub: "a".into(), role: Role::Customer, exp: 1000, iat: 0 },
             &EncodingKey::from_secret(b"secret-one"),
         )
         .unwrap();
         assert_eq!(s.verify(&expired), Err(AuthError::Expired));
-        assert!(
-            s.mint("", "alice", Role::Agent, Duration::from_secs(1))
-                .is_err()
-        );
+        assert!(s.mint("", "alice", Role::Agent, Duration::from_secs(1)).is_err());
     }
 }

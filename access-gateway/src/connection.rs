@@ -64,10 +64,7 @@ const WRITER_GRACE: Duration = Duration::from_secs(5);
 /// Serves one WebSocket connection until it closes.
 pub async fn handle_socket<S>(ws: S, gw: Arc<Gateway>, shutdown: CancellationToken, peer: String)
 where
-    S: Stream<Item = Result<WsMessage, WsError>>
-        + Sink<WsMessage, Error = WsError>
-        + Send
-        + 'static,
+    S: Stream<Item = Result<WsMessage, WsError>> + Sink<WsMessage, Error = WsError> + Send + 'static,
 {
     let span = tracing::info_span!(
         "conn",
@@ -93,9 +90,7 @@ where
                 span.record("device", session.device.device.as_str());
                 info!(role = %session.role, pending = session.pending_count, "authenticated");
                 let conn_id = session.registration.conn_id;
-                let exit = Conn::new(gw.clone(), out_tx.clone(), session)
-                    .run(&mut stream, &shutdown)
-                    .await;
+                let exit = Conn::new(gw.clone(), out_tx.clone(), session).run(&mut stream, &shutdown).await;
                 gw.dispatch.router().unregister(conn_id).await;
                 exit
             }
@@ -107,10 +102,7 @@ where
             let _ = out_tx.try_send(Out::Close(code, reason));
         }
         drop(out_tx);
-        if tokio::time::timeout(WRITER_GRACE, &mut writer)
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(WRITER_GRACE, &mut writer).await.is_err() {
             writer.abort();
         }
         metrics::counter!("dongdong_connections_closed_total").increment(1);
@@ -134,10 +126,7 @@ where
                     }
                 }
                 Out::Close(code, reason) => {
-                    let frame = CloseFrame {
-                        code: code.code().into(),
-                        reason: reason.as_ref().into(),
-                    };
+                    let frame = CloseFrame { code: code.code().into(), reason: reason.as_ref().into() };
                     let _ = sink.send(WsMessage::Close(Some(frame))).await;
                     break 'outer;
                 }
@@ -162,10 +151,7 @@ fn encode(encoding: Encoding, frame: &Frame) -> WsMessage {
 
 fn error_frame(req_id: u64, code: ErrorCode, message: impl Into<String>) -> Frame {
     metrics::counter!("dongdong_errors_total", "code" => code.as_str_name()).increment(1);
-    Frame {
-        req_id,
-        body: Some(Body::Error(code.with_message(message))),
-    }
+    Frame { req_id, body: Some(Body::Error(code.with_message(message))) }
 }
 
 /// One data message read from the socket.
@@ -181,17 +167,13 @@ fn classify(item: Option<Result<WsMessage, WsError>>, max_frame: usize) -> Incom
         Some(Ok(WsMessage::Text(t))) => Incoming::Data(Encoding::Json, t.as_bytes().to_vec()),
         Some(Ok(WsMessage::Binary(b))) => Incoming::Data(Encoding::Protobuf, b.to_vec()),
         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => Incoming::Heard,
-        Some(Err(WsError::Capacity(e))) => Incoming::Exit(close(
-            CloseCode::TooLarge,
-            format!("frame too large ({e}); the limit is {max_frame} bytes"),
-        )),
-        Some(Err(WsError::Protocol(e))) => Incoming::Exit(close(
-            CloseCode::ProtocolError,
-            format!("WebSocket protocol error: {e}"),
-        )),
-        Some(Err(WsError::Utf8(_))) => {
-            Incoming::Exit(close(CloseCode::ProtocolError, "text message is not UTF-8"))
+        Some(Err(WsError::Capacity(e))) => {
+            Incoming::Exit(close(CloseCode::TooLarge, format!("frame too large ({e}); the limit is {max_frame} bytes")))
         }
+        Some(Err(WsError::Protocol(e))) => {
+            Incoming::Exit(close(CloseCode::ProtocolError, format!("WebSocket protocol error: {e}")))
+        }
+        Some(Err(WsError::Utf8(_))) => Incoming::Exit(close(CloseCode::ProtocolError, "text message is not UTF-8")),
         Some(Err(_)) => Incoming::Exit(Exit::Gone),
     }
 }
@@ -218,15 +200,8 @@ where
 {
     let deadline = Instant::now() + gw.config.auth_timeout;
     let max_frame = gw.config.max_frame_bytes;
-    let reject = |encoding: Encoding,
-                  req_id: u64,
-                  code: ErrorCode,
-                  message: String,
-                  close_code: CloseCode| {
-        let _ = out.try_send(Out::Ws(encode(
-            encoding,
-            &error_frame(req_id, code, message.clone()),
-        )));
+    let reject = |encoding: Encoding, req_id: u64, code: ErrorCode, message: String, close_code: CloseCode| {
+        let _ = out.try_send(Out::Ws(encode(encoding, &error_frame(req_id, code, message.clone()))));
         close(close_code, message)
     };
     let (encoding, payload) = loop {
@@ -243,13 +218,7 @@ where
             Incoming::Data(enc, payload) => break (enc, payload),
             Incoming::Heard => continue,
             Incoming::Exit(Exit::Close(CloseCode::TooLarge, reason)) => {
-                return Err(reject(
-                    Encoding::Json,
-                    0,
-                    ErrorCode::TooLarge,
-                    reason.into_owned(),
-                    CloseCode::TooLarge,
-                ));
+                return Err(reject(Encoding::Json, 0, ErrorCode::TooLarge, reason.into_owned(), CloseCode::TooLarge));
             }
             Incoming::Exit(exit) => return Err(exit),
         }
@@ -257,13 +226,7 @@ where
     let frame = match im_core::decode_frame(encoding, &payload) {
         Ok(f) => f,
         Err(e) => {
-            return Err(reject(
-                encoding,
-                0,
-                ErrorCode::BadFrame,
-                e.to_string(),
-                CloseCode::PolicyViolation,
-            ));
+            return Err(reject(encoding, 0, ErrorCode::BadFrame, e.to_string(), CloseCode::PolicyViolation));
         }
     };
     let req_id = frame.req_id;
@@ -287,52 +250,22 @@ where
                 AuthError::Expired => "token expired".to_string(),
                 other => other.to_string(),
             };
-            return Err(reject(
-                encoding,
-                req_id,
-                ErrorCode::Unauthenticated,
-                message,
-                CloseCode::PolicyViolation,
-            ));
+            return Err(reject(encoding, req_id, ErrorCode::Unauthenticated, message, CloseCode::PolicyViolation));
         }
     };
     if let Err(e) = im_core::ids::validate_id("device_id", &auth.device_id) {
-        return Err(reject(
-            encoding,
-            req_id,
-            ErrorCode::InvalidArgument,
-            e,
-            CloseCode::PolicyViolation,
-        ));
+        return Err(reject(encoding, req_id, ErrorCode::InvalidArgument, e, CloseCode::PolicyViolation));
     }
     let device = DeviceKey::new(claims.tenant, claims.sub, auth.device_id);
     let unavailable = |e: dispatch::DispatchError| {
         warn!(error = %e, "could not register the connection");
-        reject(
-            encoding,
-            req_id,
-            e.code,
-            e.message,
-            CloseCode::TryAgainLater,
-        )
+        reject(encoding, req_id, e.code, e.message, CloseCode::TryAgainLater)
     };
-    let registration = gw
-        .dispatch
-        .register_device(&device)
-        .await
-        .map_err(unavailable)?;
+    let registration = gw.dispatch.register_device(&device).await.map_err(unavailable)?;
     if let Some(evicted) = &registration.evicted {
-        info!(
-            evicted,
-            "device limit reached; forgot the least recently seen device"
-        );
+        info!(evicted, "device limit reached; forgot the least recently seen device");
     }
-    let registration = gw
-        .dispatch
-        .router()
-        .register(device.clone())
-        .await
-        .map_err(|e| unavailable(e.into()))?;
+    let registration = gw.dispatch.router().register(device.clone()).await.map_err(|e| unavailable(e.into()))?;
     let pending_count = match gw.dispatch.pending_count(&device).await {
         Ok(n) => n,
         Err(e) => {
@@ -353,13 +286,7 @@ where
         })),
     };
     let _ = out.try_send(Out::Ws(encode(encoding, &ok)));
-    Ok(Session {
-        device,
-        role: claims.role,
-        encoding,
-        registration,
-        pending_count,
-    })
+    Ok(Session { device, role: claims.role, encoding, registration, pending_count })
 }
 
 struct Inflight {
@@ -410,12 +337,7 @@ impl Conn {
             kick: session.registration.kick,
             deliveries: session.registration.deliveries,
             inflight: HashMap::new(),
-            replay: Some(Replay {
-                cursor: None,
-                requested: 0,
-                dirty: false,
-                started: Instant::now(),
-            }),
+            replay: Some(Replay { cursor: None, requested: 0, dirty: false, started: Instant::now() }),
             sends,
             rejected_in_row: 0,
             last_heard: Instant::now(),
@@ -511,19 +433,13 @@ impl Conn {
 
     /// Deliveries the ack window still allows.
     fn window_room(&self) -> usize {
-        self.gw
-            .config
-            .max_inflight
-            .saturating_sub(self.inflight.len())
+        self.gw.config.max_inflight.saturating_sub(self.inflight.len())
     }
 
     /// Starts loading the next replay page if the ack window and the writer
     /// queue have room.
     fn next_replay_page(&mut self) -> Option<PageFuture> {
-        let room = self
-            .window_room()
-            .min(REPLAY_PAGE)
-            .min(self.out.capacity() / 2);
+        let room = self.window_room().min(REPLAY_PAGE).min(self.out.capacity() / 2);
         let replay = self.replay.as_mut()?;
         if room == 0 {
             return None;
@@ -532,9 +448,7 @@ impl Conn {
         let dispatch = self.gw.dispatch.clone();
         let device = self.device.clone();
         let cursor = replay.cursor.clone();
-        Some(Box::pin(async move {
-            dispatch.pending_page(&device, cursor.as_ref(), room).await
-        }))
+        Some(Box::pin(async move { dispatch.pending_page(&device, cursor.as_ref(), room).await }))
     }
 
     fn on_replay_page(&mut self, result: dispatch::Result<Vec<Message>>) -> Result<(), Exit> {
@@ -542,10 +456,7 @@ impl Conn {
             Ok(m) => m,
             Err(e) => {
                 self.emit(&error_frame(0, e.code, e.message.clone()));
-                return Err(close(
-                    CloseCode::TryAgainLater,
-                    "could not read pending messages; reconnect later",
-                ));
+                return Err(close(CloseCode::TryAgainLater, "could not read pending messages; reconnect later"));
             }
         };
         let Some(replay) = self.replay.as_mut() else {
@@ -561,8 +472,7 @@ impl Conn {
                 replay.cursor = None;
                 replay.dirty = false;
             } else {
-                metrics::histogram!("dongdong_replay_seconds")
-                    .record(replay.started.elapsed().as_secs_f64());
+                metrics::histogram!("dongdong_replay_seconds").record(replay.started.elapsed().as_secs_f64());
                 self.replay = None;
             }
         }
@@ -585,17 +495,10 @@ impl Conn {
             return Ok(());
         }
         if self.inflight.len() >= self.gw.config.max_inflight {
-            return Err(close(
-                CloseCode::SlowConsumer,
-                "too many unacknowledged deliveries",
-            ));
+            return Err(close(CloseCode::SlowConsumer, "too many unacknowledged deliveries"));
         }
         let message = Arc::unwrap_or_clone(message);
-        if self.deliver(message, false) {
-            Ok(())
-        } else {
-            Err(close(CloseCode::SlowConsumer, "outbound queue full"))
-        }
+        if self.deliver(message, false) { Ok(()) } else { Err(close(CloseCode::SlowConsumer, "outbound queue full")) }
     }
 
     fn deliver(&mut self, message: Message, replay: bool) -> bool {
@@ -606,13 +509,7 @@ impl Conn {
             resends: 0,
         };
         let msg_id = message.msg_id.clone();
-        let frame = Frame {
-            req_id: 0,
-            body: Some(Body::Deliver(pb::Deliver {
-                message: Some(message),
-                replay,
-            })),
-        };
+        let frame = Frame { req_id: 0, body: Some(Body::Deliver(pb::Deliver { message: Some(message), replay })) };
         let ok = self.emit(&frame);
         if ok {
             self.inflight.insert(msg_id, entry);
@@ -635,10 +532,7 @@ impl Conn {
         expired.sort_by(|a, b| (&a.1, a.2).cmp(&(&b.1, b.2)));
         for (msg_id, conversation_id, seq, resends) in expired {
             if resends >= self.gw.config.max_resends {
-                return Err(close(
-                    CloseCode::AckTimeout,
-                    "deliveries stayed unacknowledged",
-                ));
+                return Err(close(CloseCode::AckTimeout, "deliveries stayed unacknowledged"));
             }
             let message = match self.gw.dispatch.message(&conversation_id, seq).await {
                 Ok(Some(m)) => m,
@@ -651,13 +545,8 @@ impl Conn {
                     continue;
                 }
             };
-            let frame = Frame {
-                req_id: 0,
-                body: Some(Body::Deliver(pb::Deliver {
-                    message: Some(message),
-                    replay: true,
-                })),
-            };
+            let frame =
+                Frame { req_id: 0, body: Some(Body::Deliver(pb::Deliver { message: Some(message), replay: true })) };
             if !self.emit(&frame) {
                 return Err(close(CloseCode::SlowConsumer, "outbound queue full"));
             }
@@ -689,11 +578,7 @@ impl Conn {
             return Ok(());
         }
         let Some(body) = frame.body else {
-            self.emit(&error_frame(
-                req_id,
-                ErrorCode::BadFrame,
-                "frame has no body",
-            ));
+            self.emit(&error_frame(req_id, ErrorCode::BadFrame, "frame has no body"));
             return Ok(());
         };
         match body {
@@ -708,29 +593,17 @@ impl Conn {
             }
             Body::SyncRequest(req) => {
                 let reply = match self.gw.dispatch.history(&self.device, req).await {
-                    Ok(page) => Frame {
-                        req_id,
-                        body: Some(Body::HistoryPage(page)),
-                    },
+                    Ok(page) => Frame { req_id, body: Some(Body::HistoryPage(page)) },
                     Err(e) => error_frame(req_id, e.code, e.message),
                 };
                 self.emit(&reply);
             }
             Body::Ping(_) => {
-                let pong = pb::Pong {
-                    server_time_ms: im_core::now_ms(),
-                };
-                self.emit(&Frame {
-                    req_id,
-                    body: Some(Body::Pong(pong)),
-                });
+                let pong = pb::Pong { server_time_ms: im_core::now_ms() };
+                self.emit(&Frame { req_id, body: Some(Body::Pong(pong)) });
             }
             Body::Auth(_) => {
-                self.emit(&error_frame(
-                    req_id,
-                    ErrorCode::InvalidArgument,
-                    "already authenticated",
-                ));
+                self.emit(&error_frame(req_id, ErrorCode::InvalidArgument, "already authenticated"));
             }
             other => {
                 let name = server_frame_name(&other);
@@ -751,19 +624,12 @@ impl Conn {
         self.rejected_in_row += 1;
         if self.rejected_in_row > self.gw.config.rate_burst {
             metrics::counter!("dongdong_rate_limit_closes_total").increment(1);
-            return Err(close(
-                CloseCode::PolicyViolation,
-                "rate limit exceeded persistently",
-            ));
+            return Err(close(CloseCode::PolicyViolation, "rate limit exceeded persistently"));
         }
         let limit = self.gw.config.rate_per_sec;
         // try_send directly: error replies to a flood must never count as a
         // slow consumer of its own making.
-        let frame = error_frame(
-            req_id,
-            ErrorCode::RateLimited,
-            format!("more than {limit} frames per second"),
-        );
+        let frame = error_frame(req_id, ErrorCode::RateLimited, format!("more than {limit} frames per second"));
         let _ = self.out.try_send(Out::Ws(encode(self.encoding, &frame)));
         Ok(false)
     }
@@ -778,20 +644,12 @@ impl Conn {
             ));
             return;
         };
-        let (dispatch, device, out, kick, encoding) = (
-            self.gw.dispatch.clone(),
-            self.device.clone(),
-            self.out.clone(),
-            self.kick.clone(),
-            self.encoding,
-        );
+        let (dispatch, device, out, kick, encoding) =
+            (self.gw.dispatch.clone(), self.device.clone(), self.out.clone(), self.kick.clone(), self.encoding);
         tokio::spawn(
             async move {
                 let reply = match dispatch.send(&device, send).await {
-                    Ok(ack) => Frame {
-                        req_id,
-                        body: Some(Body::SendAck(ack)),
-                    },
+                    Ok(ack) => Frame { req_id, body: Some(Body::SendAck(ack)) },
                     Err(e) => error_frame(req_id, e.code, e.message),
                 };
                 drop(permit);
@@ -810,10 +668,7 @@ fn emit_to(out: &mpsc::Sender<Out>, kick: &Kick, encoding: Encoding, frame: &Fra
         }
         Err(mpsc::error::TrySendError::Full(_)) => {
             metrics::counter!("dongdong_slow_consumers_total").increment(1);
-            kick.kick(
-                CloseCode::SlowConsumer,
-                "outbound queue full: the client reads too slowly",
-            );
+            kick.kick(CloseCode::SlowConsumer, "outbound queue full: the client reads too slowly");
             false
         }
         Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -828,8 +683,6 @@ fn server_frame_name(body: &Body) -> &'static str {
         Body::HistoryPage(_) => "HistoryPage",
         Body::Pong(_) => "Pong",
         Body::Error(_) => "Error",
-        Body::Auth(_) | Body::Send(_) | Body::Ack(_) | Body::SyncRequest(_) | Body::Ping(_) => {
-            "a client frame"
-        }
+        Body::Auth(_) | Body::Send(_) | Body::Ack(_) | Body::SyncRequest(_) | Body::Ping(_) => "a client frame",
     }
 }

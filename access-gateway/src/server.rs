@@ -60,22 +60,16 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: Cancellati
         let conn_shutdown = shutdown.child_token();
         tracker.spawn(async move {
             let _permit = permit;
-            let handshake =
-                tokio_tungstenite::accept_hdr_async_with_config(tcp, check_path, Some(ws_config));
+            let handshake = tokio_tungstenite::accept_hdr_async_with_config(tcp, check_path, Some(ws_config));
             match tokio::time::timeout(gw.config.auth_timeout, handshake).await {
-                Ok(Ok(ws)) => {
-                    connection::handle_socket(ws, gw, conn_shutdown, peer.to_string()).await
-                }
+                Ok(Ok(ws)) => connection::handle_socket(ws, gw, conn_shutdown, peer.to_string()).await,
                 Ok(Err(e)) => debug!(%peer, error = %e, "WebSocket handshake failed"),
                 Err(_) => debug!(%peer, "WebSocket handshake timed out"),
             }
         });
     }
     tracker.close();
-    info!(
-        connections = tracker.len(),
-        "listener closed; waiting for connections to close"
-    );
+    info!(connections = tracker.len(), "listener closed; waiting for connections to close");
     tracker.wait().await;
 }
 
@@ -84,9 +78,7 @@ fn check_path(req: &Request, resp: Response) -> Result<Response, ErrorResponse> 
     if req.uri().path() == WS_PATH {
         return Ok(resp);
     }
-    let mut err = ErrorResponse::new(Some(format!(
-        "not found: the WebSocket endpoint is {WS_PATH}\n"
-    )));
+    let mut err = ErrorResponse::new(Some(format!("not found: the WebSocket endpoint is {WS_PATH}\n")));
     *err.status_mut() = StatusCode::NOT_FOUND;
     Err(err)
 }

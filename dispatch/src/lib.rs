@@ -30,10 +30,7 @@ pub struct DispatchError {
 
 impl DispatchError {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self {
-            code,
-            message: message.into(),
-        }
+        Self { code, message: message.into() }
     }
 
     pub fn to_wire(&self) -> pb::Error {
@@ -70,11 +67,7 @@ pub struct DispatchLimits {
 
 impl Default for DispatchLimits {
     fn default() -> Self {
-        Self {
-            history_default: 50,
-            history_max: 200,
-            max_field_bytes: 32 * 1024,
-        }
+        Self { history_default: 50, history_max: 200, max_field_bytes: 32 * 1024 }
     }
 }
 
@@ -119,9 +112,7 @@ impl Dispatcher {
         let started = Instant::now();
         validate_id("client_msg_id", &req.client_msg_id).map_err(invalid)?;
         validate_id("to_user", &req.to_user).map_err(invalid)?;
-        let content = req
-            .content
-            .ok_or_else(|| invalid("content is required".into()))?;
+        let content = req.content.ok_or_else(|| invalid("content is required".into()))?;
         self.validate_content(&content)?;
         let conversation_id = im_core::conversation_id(&sender.tenant, &sender.user, &req.to_user);
         let new = NewMessage {
@@ -139,9 +130,7 @@ impl Dispatcher {
             let tenant = new.tenant.clone();
             let appended = this.backends.messages.append(new).await?;
             if !appended.duplicate {
-                this.router
-                    .deliver(&tenant, Arc::new(appended.message.clone()))
-                    .await;
+                this.router.deliver(&tenant, Arc::new(appended.message.clone())).await;
             }
             Ok::<_, DispatchError>(appended)
         })
@@ -167,38 +156,21 @@ impl Dispatcher {
     fn validate_content(&self, content: &pb::Content) -> Result<()> {
         let max = self.limits.max_field_bytes;
         let too_long = |what: &str, s: &str| {
-            (s.len() > max).then(|| {
-                DispatchError::new(
-                    ErrorCode::TooLarge,
-                    format!("{what} is longer than {max} bytes"),
-                )
-            })
+            (s.len() > max)
+                .then(|| DispatchError::new(ErrorCode::TooLarge, format!("{what} is longer than {max} bytes")))
         };
         let err = match &content.kind {
-            None => Some(invalid(
-                "content has no kind: set text, image, file or custom".into(),
-            )),
-            Some(content::Kind::Text(t)) if t.is_empty() => {
-                Some(invalid("text must not be empty".into()))
-            }
+            None => Some(invalid("content has no kind: set text, image, file or custom".into())),
+            Some(content::Kind::Text(t)) if t.is_empty() => Some(invalid("text must not be empty".into())),
             Some(content::Kind::Text(t)) => too_long("text", t),
-            Some(content::Kind::Image(i)) if i.url.is_empty() => {
-                Some(invalid("image.url is required".into()))
-            }
+            Some(content::Kind::Image(i)) if i.url.is_empty() => Some(invalid("image.url is required".into())),
             Some(content::Kind::Image(i)) => too_long("image.url", &i.url),
-            Some(content::Kind::File(f)) if f.url.is_empty() => {
-                Some(invalid("file.url is required".into()))
-            }
-            Some(content::Kind::File(f)) => {
-                too_long("file.url", &f.url).or_else(|| too_long("file.name", &f.name))
-            }
-            Some(content::Kind::Custom(c)) if c.r#type.is_empty() => {
-                Some(invalid("custom.type is required".into()))
-            }
+            Some(content::Kind::File(f)) if f.url.is_empty() => Some(invalid("file.url is required".into())),
+            Some(content::Kind::File(f)) => too_long("file.url", &f.url).or_else(|| too_long("file.name", &f.name)),
+            Some(content::Kind::Custom(c)) if c.r#type.is_empty() => Some(invalid("custom.type is required".into())),
             Some(content::Kind::Custom(c)) => too_long("custom.json", &c.json).or_else(|| {
-                (!c.json.is_empty()
-                    && serde_json::from_str::<serde::de::IgnoredAny>(&c.json).is_err())
-                .then(|| invalid("custom.json is not valid JSON".into()))
+                (!c.json.is_empty() && serde_json::from_str::<serde::de::IgnoredAny>(&c.json).is_err())
+                    .then(|| invalid("custom.json is not valid JSON".into()))
             }),
         };
         err.map_or(Ok(()), Err)
@@ -256,22 +228,11 @@ impl Dispatcher {
         if req.after_seq > 0 && req.before_seq > 0 {
             return Err(invalid("set after_seq or before_seq, not both".into()));
         }
-        let Some(conv) = self
-            .backends
-            .messages
-            .conversation(&who.tenant, &conversation_id)
-            .await?
-        else {
-            return Err(DispatchError::new(
-                ErrorCode::NotFound,
-                "no such conversation",
-            ));
+        let Some(conv) = self.backends.messages.conversation(&who.tenant, &conversation_id).await? else {
+            return Err(DispatchError::new(ErrorCode::NotFound, "no such conversation"));
         };
         if !conv.has_member(&who.user) {
-            return Err(DispatchError::new(
-                ErrorCode::Forbidden,
-                "not a member of this conversation",
-            ));
+            return Err(DispatchError::new(ErrorCode::Forbidden, "not a member of this conversation"));
         }
         let limit = match req.limit as usize {
             0 => self.limits.history_default,
@@ -287,11 +248,7 @@ impl Dispatcher {
                 limit,
             })
             .await?;
-        Ok(pb::HistoryPage {
-            conversation_id,
-            messages: page.messages,
-            has_more: page.has_more,
-        })
+        Ok(pb::HistoryPage { conversation_id, messages: page.messages, has_more: page.has_more })
     }
 }
 

@@ -104,12 +104,9 @@ impl Default for Config {
             storage: StorageConfig {
                 backend: Backend::Embedded,
                 data_dir: PathBuf::from("./dongdong-data"),
-                max_devices_per_user: storage::embedded::EmbeddedOptions::default()
-                    .max_devices_per_user,
+                max_devices_per_user: storage::embedded::EmbeddedOptions::default().max_devices_per_user,
             },
-            auth: AuthConfig {
-                secret: String::new(),
-            },
+            auth: AuthConfig { secret: String::new() },
             limits: LimitsConfig {
                 max_frame_bytes: gw.max_frame_bytes,
                 outbound_queue: gw.outbound_queue,
@@ -124,14 +121,8 @@ impl Default for Config {
                 history_page_max: dispatch.history_max,
                 io_buffer_bytes: gw.io_buffer_bytes,
             },
-            timeouts: TimeoutsConfig {
-                auth: gw.auth_timeout,
-                idle: gw.idle_timeout,
-                ack: gw.ack_timeout,
-            },
-            log: LogConfig {
-                filter: "info".into(),
-            },
+            timeouts: TimeoutsConfig { auth: gw.auth_timeout, idle: gw.idle_timeout, ack: gw.ack_timeout },
+            log: LogConfig { filter: "info".into() },
         }
     }
 }
@@ -197,9 +188,7 @@ impl Config {
             figment = figment.merge(Toml::file_exact(path));
         }
         figment = figment.merge(Env::prefixed("DONGDONG_").split("__"));
-        let mut config: Config = figment
-            .extract()
-            .map_err(|e| ConfigError::Parse(describe(e)))?;
+        let mut config: Config = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
         if let Some(a) = overrides.listen {
             config.server.listen = a;
         }
@@ -214,18 +203,10 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key, reason: &str| {
-            Err(ConfigError::Invalid {
-                key,
-                reason: reason.to_string(),
-            })
-        };
+        let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.to_string() });
         let l = &self.limits;
         if !(1024..=16 << 20).contains(&l.max_frame_bytes) {
-            return invalid(
-                "limits.max_frame_bytes",
-                "must be between 1024 and 16777216",
-            );
+            return invalid("limits.max_frame_bytes", "must be between 1024 and 16777216");
         }
         for (key, v) in [
             ("limits.outbound_queue", l.outbound_queue),
@@ -237,20 +218,14 @@ impl Config {
             ("limits.history_page_max", l.history_page_max),
             ("limits.rate_per_sec", l.rate_per_sec as usize),
             ("limits.rate_burst", l.rate_burst as usize),
-            (
-                "storage.max_devices_per_user",
-                self.storage.max_devices_per_user,
-            ),
+            ("storage.max_devices_per_user", self.storage.max_devices_per_user),
         ] {
             if v == 0 {
                 return invalid(key, "must be at least 1");
             }
         }
         if l.history_page_default > l.history_page_max {
-            return invalid(
-                "limits.history_page_default",
-                "must not exceed limits.history_page_max",
-            );
+            return invalid("limits.history_page_default", "must not exceed limits.history_page_max");
         }
         if l.history_page_max > 1000 {
             return invalid("limits.history_page_max", "must be at most 1000");
@@ -262,28 +237,18 @@ impl Config {
             return invalid("limits.outbound_queue", "must be at least 16");
         }
         let t = &self.timeouts;
-        for (key, v) in [
-            ("timeouts.auth", t.auth),
-            ("timeouts.idle", t.idle),
-            ("timeouts.ack", t.ack),
-        ] {
+        for (key, v) in [("timeouts.auth", t.auth), ("timeouts.idle", t.idle), ("timeouts.ack", t.ack)] {
             if v < Duration::from_millis(10) {
                 return invalid(key, "must be at least 10ms");
             }
         }
         if !self.auth.secret.is_empty() && self.auth.secret.len() < 16 {
-            return invalid(
-                "auth.secret",
-                "must be at least 16 bytes (or empty for a generated dev secret)",
-            );
+            return invalid("auth.secret", "must be at least 16 bytes (or empty for a generated dev secret)");
         }
         if !self.server.node_id.is_empty()
             && let Err(e) = im_core::ids::validate_id("server.node_id", &self.server.node_id)
         {
-            return Err(ConfigError::Invalid {
-                key: "server.node_id",
-                reason: e,
-            });
+            return Err(ConfigError::Invalid { key: "server.node_id", reason: e });
         }
         Ok(())
     }
@@ -317,10 +282,21 @@ impl Config {
     }
 }
 
-/// figment's message, which names the key and the source that set it.
+/// One line per problem: the dotted key (as in the TOML file, whatever the
+/// source), what is wrong, and where the value came from.
 fn describe(e: figment::Error) -> String {
     e.into_iter()
-        .map(|e| e.to_string())
+        .map(|e| {
+            let key = e.path.join(".").to_lowercase();
+            let source = match &e.metadata {
+                Some(m) => match &m.source {
+                    Some(src) => format!(" (from {} {src})", m.name),
+                    None => format!(" (from {})", m.name),
+                },
+                None => String::new(),
+            };
+            if key.is_empty() { format!("{}{source}", e.kind) } else { format!("{key}: {}{source}", e.kind) }
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -333,15 +309,9 @@ mod tests {
     fn defaults_are_valid_and_documented_example_parses() {
         Config::default().validate().unwrap();
         let example = include_str!("../../dongdong.example.toml");
-        let parsed: Config = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::string(example))
-            .extract()
-            .unwrap();
-        assert_eq!(
-            parsed,
-            Config::default(),
-            "the example config shows the defaults"
-        );
+        let parsed: Config =
+            Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(example)).extract().unwrap();
+        assert_eq!(parsed, Config::default(), "the example config shows the defaults");
     }
 
     #[test]
@@ -354,9 +324,10 @@ mod tests {
             jail.create_file("typo.toml", "[limits]\nmax_frame_byte = 10\n")?;
             let e = Config::load(Some(Path::new("typo.toml")), &Overrides::default()).unwrap_err();
             assert!(e.to_string().contains("max_frame_byte"), "{e}");
+            assert!(e.to_string().contains("typo.toml"), "{e}");
             jail.set_env("DONGDONG_TIMEOUTS__IDLE", "soon");
             let e = Config::load(None, &Overrides::default()).unwrap_err();
-            assert!(e.to_string().contains("idle"), "{e}");
+            assert!(e.to_string().contains("timeouts.idle: "), "{e}");
             jail.set_env("DONGDONG_TIMEOUTS__IDLE", "30s");
             jail.set_env("DONGDONG_AUTH__SECRET", "0123456789abcdef0123");
             let c = Config::load(None, &Overrides::default()).unwrap();

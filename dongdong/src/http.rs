@@ -22,9 +22,12 @@ pub(crate) fn install_metrics() -> PrometheusHandle {
                     Matcher::Suffix("_seconds".into()),
                     &[0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0],
                 )
-                .and_then(|b| b.set_buckets_for_metric(Matcher::Full("dongdong_store_batch_size".into()), &[
-                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
-                ]));
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("dongdong_store_batch_size".into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0],
+                    )
+                });
             match builder.and_then(|b| b.install_recorder()) {
                 Ok(handle) => handle,
                 Err(e) => {
@@ -61,17 +64,12 @@ pub(crate) async fn serve(
             }
         }
     });
-    let app = Http::new()
-        .route("/healthz", get(healthz))
-        .route("/metrics", get(render_metrics))
-        .with_state(AppState {
-            router,
-            node_id,
-            metrics,
-        });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await?;
+    let app = Http::new().route("/healthz", get(healthz)).route("/metrics", get(render_metrics)).with_state(AppState {
+        router,
+        node_id,
+        metrics,
+    });
+    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     Ok(())
 }
 
@@ -85,8 +83,5 @@ async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
 }
 
 async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {
-    (
-        [("content-type", "text/plain; version=0.0.4")],
-        s.metrics.render(),
-    )
+    ([("content-type", "text/plain; version=0.0.4")], s.metrics.render())
 }

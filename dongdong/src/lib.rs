@@ -29,12 +29,7 @@ pub fn open_storage(config: &Config) -> anyhow::Result<(Backends, Option<Arc<Emb
                 ..EmbeddedOptions::default()
             };
             let (backends, store) = Backends::embedded(&config.storage.data_dir, options)
-                .with_context(|| {
-                    format!(
-                        "cannot open the data directory {}",
-                        config.storage.data_dir.display()
-                    )
-                })?;
+                .with_context(|| format!("cannot open the data directory {}", config.storage.data_dir.display()))?;
             Ok((backends, Some(store)))
         }
     }
@@ -72,28 +67,14 @@ pub async fn run_with_backends(
     } else {
         config.server.node_id.clone()
     };
-    let router = Arc::new(Router::new(
-        node_id.as_str(),
-        backends.presence.clone(),
-        config.limits.delivery_queue,
-    ));
+    let router = Arc::new(Router::new(node_id.as_str(), backends.presence.clone(), config.limits.delivery_queue));
     let dispatch = Dispatcher::new(backends, router.clone(), config.dispatch());
-    let gateway = Arc::new(Gateway {
-        config: config.gateway(),
-        signer: Arc::new(TokenSigner::new(&secret)),
-        dispatch,
-    });
+    let gateway = Arc::new(Gateway { config: config.gateway(), signer: Arc::new(TokenSigner::new(&secret)), dispatch });
     let ws_addr = ws.local_addr()?;
     let http_addr = http.local_addr()?;
     info!(node_id, ws = %format!("ws://{ws_addr}/ws"), http = %format!("http://{http_addr}"), "dongdong serving");
 
-    let http_task = tokio::spawn(http::serve(
-        http,
-        router,
-        node_id.clone(),
-        metrics,
-        shutdown.clone(),
-    ));
+    let http_task = tokio::spawn(http::serve(http, router, node_id.clone(), metrics, shutdown.clone()));
     access_gateway::serve(ws, gateway, shutdown.clone()).await;
     shutdown.cancel();
     http_task.await.context("HTTP task failed")??;

@@ -9,11 +9,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(
-    name = "dongdong",
-    version,
-    about = "Instant-messaging and customer-service chat backend"
-)]
+#[command(name = "dongdong", version, about = "Instant-messaging and customer-service chat backend")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,25 +58,14 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve {
-            common,
-            listen,
-            http,
-        } => {
-            let overrides = Overrides {
-                listen,
-                http,
-                data_dir: common.data,
-            };
+        Command::Serve { common, listen, http } => {
+            let overrides = Overrides { listen, http, data_dir: common.data };
             let config = match Config::load(common.config.as_deref(), &overrides) {
                 Ok(c) => c,
                 Err(e) => return config_error(e),
             };
             init_tracing(&config.log.filter);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("dongdong: cannot start the runtime: {e}");
@@ -96,17 +81,8 @@ fn main() -> ExitCode {
                 }
             }
         }
-        Command::Token {
-            common,
-            tenant,
-            user,
-            role,
-            ttl,
-        } => {
-            let overrides = Overrides {
-                data_dir: common.data,
-                ..Overrides::default()
-            };
+        Command::Token { common, tenant, user, role, ttl } => {
+            let overrides = Overrides { data_dir: common.data, ..Overrides::default() };
             let config = match Config::load(common.config.as_deref(), &overrides) {
                 Ok(c) => c,
                 Err(e) => return config_error(e),
@@ -152,23 +128,12 @@ fn init_tracing(filter: &str) {
 async fn serve(config: Config) -> anyhow::Result<()> {
     let ws = tokio::net::TcpListener::bind(config.server.listen)
         .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot listen on {} (server.listen): {e}",
-                config.server.listen
-            )
-        })?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.listen): {e}", config.server.listen))?;
     let http = tokio::net::TcpListener::bind(config.server.http)
         .await
-        .map_err(|e| {
-            anyhow::anyhow!("cannot listen on {} (server.http): {e}", config.server.http)
-        })?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.http): {e}", config.server.http))?;
     // One line on stdout for scripts and tests that start us on port 0.
-    println!(
-        "dongdong listening ws=ws://{}/ws http=http://{}",
-        ws.local_addr()?,
-        http.local_addr()?
-    );
+    println!("dongdong listening ws=ws://{}/ws http=http://{}", ws.local_addr()?, http.local_addr()?);
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
     dongdong::run(ws, http, config, shutdown).await

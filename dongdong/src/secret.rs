@@ -24,15 +24,10 @@ pub fn resolve(config: &Config) -> anyhow::Result<Vec<u8>> {
             return Ok(existing.as_bytes().to_vec());
         }
     }
-    std::fs::create_dir_all(&config.storage.data_dir).with_context(|| {
-        format!(
-            "cannot create the data directory {}",
-            config.storage.data_dir.display()
-        )
-    })?;
+    std::fs::create_dir_all(&config.storage.data_dir)
+        .with_context(|| format!("cannot create the data directory {}", config.storage.data_dir.display()))?;
     let secret = hex::encode(rand::random::<[u8; 32]>());
-    write_private(&path, &secret)
-        .with_context(|| format!("cannot write the dev secret to {}", path.display()))?;
+    write_private(&path, &secret).with_context(|| format!("cannot write the dev secret to {}", path.display()))?;
     tracing::warn!(
         path = %path.display(),
         "no [auth] secret configured: generated a dev secret; set DONGDONG_AUTH__SECRET for production and clusters"
@@ -44,12 +39,7 @@ pub fn resolve(config: &Config) -> anyhow::Result<Vec<u8>> {
 fn write_private(path: &std::path::Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(path)?;
     f.write_all(contents.as_bytes())?;
     f.sync_all()
 }

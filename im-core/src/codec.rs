@@ -51,9 +51,7 @@ mod tests {
             body: Some(Body::Send(Send {
                 client_msg_id: "c1".into(),
                 to_user: "bob".into(),
-                content: Some(Content {
-                    kind: Some(content::Kind::Text("hi".into())),
-                }),
+                content: Some(Content { kind: Some(content::Kind::Text("hi".into())) }),
             })),
         }
     }
@@ -69,21 +67,11 @@ mod tests {
 
     #[test]
     fn json_is_canonical_camel_case_with_string_u64() {
-        let f = Frame {
-            req_id: 7,
-            body: Some(Body::Auth(Auth {
-                token: "t".into(),
-                device_id: "d".into(),
-            })),
-        };
+        let f = Frame { req_id: 7, body: Some(Body::Auth(Auth { token: "t".into(), device_id: "d".into() })) };
         let json = String::from_utf8(encode_frame(Encoding::Json, &f)).unwrap();
         assert_eq!(json, r#"{"reqId":"7","auth":{"token":"t","deviceId":"d"}}"#);
         // Numbers are accepted for 64-bit fields too, as the JSON mapping allows.
-        let parsed = decode_frame(
-            Encoding::Json,
-            br#"{"reqId":7,"auth":{"token":"t","deviceId":"d"}}"#,
-        )
-        .unwrap();
+        let parsed = decode_frame(Encoding::Json, br#"{"reqId":7,"auth":{"token":"t","deviceId":"d"}}"#).unwrap();
         assert_eq!(parsed, f);
     }
 

@@ -7,10 +7,7 @@ pub use crate::pb::ErrorCode;
 impl ErrorCode {
     /// Whether retrying the same request later may succeed.
     pub fn retryable(self) -> bool {
-        matches!(
-            self,
-            ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::Internal
-        )
+        matches!(self, ErrorCode::Unavailable | ErrorCode::RateLimited | ErrorCode::Internal)
     }
 
     /// HTTP status for the same condition on the HTTP API.
@@ -34,11 +31,7 @@ impl ErrorCode {
 
     /// Builds the wire error with this code.
     pub fn with_message(self, message: impl Into<String>) -> crate::pb::Error {
-        crate::pb::Error {
-            code: self as i32,
-            message: message.into(),
-            retryable: self.retryable(),
-        }
+        crate::pb::Error { code: self as i32, message: message.into(), retryable: self.retryable() }
     }
 }
 

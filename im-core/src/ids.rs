@@ -15,11 +15,7 @@ pub type ConversationId = String;
 /// node derive the same id; the tenant is part of the hash, so equal user ids
 /// in two tenants never share a conversation.
 pub fn conversation_id(tenant: &str, user_a: &str, user_b: &str) -> ConversationId {
-    let (a, b) = if user_a <= user_b {
-        (user_a, user_b)
-    } else {
-        (user_b, user_a)
-    };
+    let (a, b) = if user_a <= user_b { (user_a, user_b) } else { (user_b, user_a) };
     let mut h = Sha256::new();
     h.update(tenant.as_bytes());
     h.update([0u8]);
@@ -83,9 +79,7 @@ impl std::str::FromStr for Role {
             "customer" => Ok(Role::Customer),
             "agent" => Ok(Role::Agent),
             "admin" => Ok(Role::Admin),
-            other => Err(format!(
-                "unknown role {other:?}: expected customer, agent or admin"
-            )),
+            other => Err(format!("unknown role {other:?}: expected customer, agent or admin")),
         }
     }
 }
@@ -99,10 +93,7 @@ pub struct TenantUser {
 
 impl TenantUser {
     pub fn new(tenant: impl Into<String>, user: impl Into<String>) -> Self {
-        Self {
-            tenant: tenant.into(),
-            user: user.into(),
-        }
+        Self { tenant: tenant.into(), user: user.into() }
     }
 }
 
@@ -118,10 +109,7 @@ mod tests {
         assert_eq!(ab.len(), 33);
         assert!(ab.starts_with('c'));
         // The separator keeps ("a", "bc") and ("ab", "c") apart.
-        assert_ne!(
-            conversation_id("t", "a", "bc"),
-            conversation_id("t", "ab", "c")
-        );
+        assert_ne!(conversation_id("t", "a", "bc"), conversation_id("t", "ab", "c"));
     }
 
     #[test]

@@ -43,10 +43,7 @@ impl Kick {
     /// Resolves once the connection has been kicked.
     pub async fn kicked(&self) -> KickReason {
         self.token.cancelled().await;
-        self.reason().unwrap_or(KickReason {
-            code: CloseCode::Normal,
-            message: "closed",
-        })
+        self.reason().unwrap_or(KickReason { code: CloseCode::Normal, message: "closed" })
     }
 
     pub fn reason(&self) -> Option<KickReason> {
@@ -83,11 +80,7 @@ pub struct Router {
 
 impl Router {
     /// `delivery_queue` bounds each connection's queue of pushed messages.
-    pub fn new(
-        node_id: impl Into<Arc<str>>,
-        presence: Arc<dyn PresenceRegistry>,
-        delivery_queue: usize,
-    ) -> Self {
+    pub fn new(node_id: impl Into<Arc<str>>, presence: Arc<dyn PresenceRegistry>, delivery_queue: usize) -> Self {
         Self {
             node_id: node_id.into(),
             presence,
@@ -115,12 +108,7 @@ impl Router {
         let mut prev = self.last_epoch.load(Ordering::Relaxed);
         loop {
             let next = now.max(prev + 1);
-            match self.last_epoch.compare_exchange_weak(
-                prev,
-                next,
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            ) {
+            match self.last_epoch.compare_exchange_weak(prev, next, Ordering::Relaxed, Ordering::Relaxed) {
                 Ok(_) => return next,
                 Err(p) => prev = p,
             }
@@ -135,21 +123,8 @@ impl Router {
         let epoch = self.next_epoch();
         let (tx, rx) = mpsc::channel(self.delivery_queue);
         let kick = Arc::new(Kick::default());
-        self.local.insert(
-            conn_id,
-            LocalConn {
-                device: device.clone(),
-                epoch,
-                deliveries: tx,
-                kick: kick.clone(),
-            },
-        );
-        let entry = PresenceEntry {
-            device,
-            node_id: self.node_id.clone(),
-            conn_id,
-            epoch,
-        };
+        self.local.insert(conn_id, LocalConn { device: device.clone(), epoch, deliveries: tx, kick: kick.clone() });
+        let entry = PresenceEntry { device, node_id: self.node_id.clone(), conn_id, epoch };
         match self.presence.register(entry).await {
             Ok(Some(old)) => self.close_replaced(&old),
             Ok(None) => {}
@@ -159,12 +134,7 @@ impl Router {
             }
         }
         metrics::gauge!("dongdong_connections").set(self.local.len() as f64);
-        Ok(Registration {
-            conn_id,
-            epoch,
-            deliveries: rx,
-            kick,
-        })
+        Ok(Registration { conn_id, epoch, deliveries: rx, kick })
     }
 
     fn close_replaced(&self, old: &PresenceEntry) {
@@ -175,10 +145,7 @@ impl Router {
             return;
         }
         if let Some(conn) = self.local.get(&old.conn_id) {
-            conn.kick.kick(
-                CloseCode::Replaced,
-                "replaced by a newer connection of the same device",
-            );
+            conn.kick.kick(CloseCode::Replaced, "replaced by a newer connection of the same device");
         }
     }
 
@@ -218,8 +185,7 @@ impl Router {
         }
         let mut pushed = 0;
         for entry in entries {
-            if entry.device.user == message.from_user && entry.device.device == message.from_device
-            {
+            if entry.device.user == message.from_user && entry.device.device == message.from_device {
                 continue;
             }
             if entry.node_id != self.node_id {
@@ -245,10 +211,7 @@ impl Router {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!("dongdong_slow_consumers_total").increment(1);
-                conn.kick.kick(
-                    CloseCode::SlowConsumer,
-                    "delivery queue full: the client reads too slowly",
-                );
+                conn.kick.kick(CloseCode::SlowConsumer, "delivery queue full: the client reads too slowly");
                 false
             }
             Err(mpsc::error::TrySendError::Closed(_)) => false,
@@ -287,14 +250,8 @@ mod tests {
     async fn pushes_to_recipient_and_other_sender_devices_only() {
         let r = router(8);
         let mut bob = r.register(DeviceKey::new("t", "bob", "b1")).await.unwrap();
-        let mut alice1 = r
-            .register(DeviceKey::new("t", "alice", "a1"))
-            .await
-            .unwrap();
-        let mut alice2 = r
-            .register(DeviceKey::new("t", "alice", "a2"))
-            .await
-            .unwrap();
+        let mut alice1 = r.register(DeviceKey::new("t", "alice", "a1")).await.unwrap();
+        let mut alice2 = r.register(DeviceKey::new("t", "alice", "a2")).await.unwrap();
         let mut other_tenant = r.register(DeviceKey::new("u", "bob", "b1")).await.unwrap();
         let m = msg("alice", "a1", "bob");
         assert_eq!(r.deliver("t", m.clone()).await, 2);

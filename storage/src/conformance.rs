@@ -49,9 +49,7 @@ fn tenant() -> String {
 }
 
 fn text(s: &str) -> Content {
-    Content {
-        kind: Some(content::Kind::Text(s.to_string())),
-    }
+    Content { kind: Some(content::Kind::Text(s.to_string())) }
 }
 
 fn new_message(tenant: &str, from: &str, from_device: &str, to: &str, cmid: &str) -> NewMessage {
@@ -67,11 +65,7 @@ fn new_message(tenant: &str, from: &str, from_device: &str, to: &str, cmid: &str
 }
 
 async fn send(b: &Backends, tenant: &str, from: &str, to: &str, cmid: &str) -> Message {
-    let out = b
-        .messages
-        .append(new_message(tenant, from, "dev0", to, cmid))
-        .await
-        .unwrap();
+    let out = b.messages.append(new_message(tenant, from, "dev0", to, cmid)).await.unwrap();
     assert!(!out.duplicate, "{cmid} was not sent before");
     out.message
 }
@@ -80,11 +74,7 @@ async fn all_pending(b: &Backends, device: &DeviceKey, page: usize) -> Vec<Messa
     let mut out: Vec<Message> = Vec::new();
     let mut cursor: Option<PendingCursor> = None;
     loop {
-        let batch = b
-            .pending
-            .pending(device, cursor.as_ref(), page)
-            .await
-            .unwrap();
+        let batch = b.pending.pending(device, cursor.as_ref(), page).await.unwrap();
         assert!(batch.len() <= page);
         let Some(last) = batch.last() else { break };
         cursor = Some(PendingCursor::of(last));
@@ -99,10 +89,7 @@ pub async fn append_assigns_gap_free_seq_per_conversation(b: &Backends) {
     for i in 1..=5u64 {
         let m = send(b, &t, "alice", "bob", &format!("ab{i}")).await;
         assert_eq!(m.seq, i);
-        assert_eq!(
-            m.conversation_id,
-            im_core::conversation_id(&t, "alice", "bob")
-        );
+        assert_eq!(m.conversation_id, im_core::conversation_id(&t, "alice", "bob"));
         assert_eq!((m.from_user.as_str(), m.to_user.as_str()), ("alice", "bob"));
         assert!(m.server_time_ms > 0);
         uuid_v7(&m.msg_id);
@@ -116,12 +103,7 @@ pub async fn append_assigns_gap_free_seq_per_conversation(b: &Backends) {
     assert_eq!(send(b, &t, "bob", "alice", "ba1").await.seq, 6);
     let unique: HashSet<_> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len());
-    let conv = b
-        .messages
-        .conversation(&t, &im_core::conversation_id(&t, "bob", "alice"))
-        .await
-        .unwrap()
-        .unwrap();
+    let conv = b.messages.conversation(&t, &im_core::conversation_id(&t, "bob", "alice")).await.unwrap().unwrap();
     assert_eq!(conv.last_seq, 6);
     assert_eq!(conv.members, ["alice".to_string(), "bob".to_string()]);
 }
@@ -134,23 +116,14 @@ fn uuid_v7(id: &str) {
 pub async fn append_is_idempotent_per_sender(b: &Backends) {
     let t = tenant();
     let first = send(b, &t, "alice", "bob", "same").await;
-    let again = b
-        .messages
-        .append(new_message(&t, "alice", "other-device", "bob", "same"))
-        .await
-        .unwrap();
+    let again = b.messages.append(new_message(&t, "alice", "other-device", "bob", "same")).await.unwrap();
     assert!(again.duplicate);
     assert_eq!(again.message, first);
     // The same client_msg_id from another sender is another message.
     let bobs = send(b, &t, "bob", "alice", "same").await;
     assert_eq!(bobs.seq, 2);
     assert_ne!(bobs.msg_id, first.msg_id);
-    let conv = b
-        .messages
-        .conversation(&t, &first.conversation_id)
-        .await
-        .unwrap()
-        .unwrap();
+    let conv = b.messages.conversation(&t, &first.conversation_id).await.unwrap().unwrap();
     assert_eq!(conv.last_seq, 2);
 }
 
@@ -161,17 +134,9 @@ pub async fn concurrent_appends_are_gap_free(b: &Backends) {
         for i in 0..50 {
             let (b, t) = (b.clone(), t.clone());
             tasks.push(tokio::spawn(async move {
-                let (from, to) = if sender % 2 == 0 {
-                    ("alice", "bob")
-                } else {
-                    ("bob", "alice")
-                };
+                let (from, to) = if sender % 2 == 0 { ("alice", "bob") } else { ("bob", "alice") };
                 let dev = format!("d{sender}");
-                let m = b
-                    .messages
-                    .append(new_message(&t, from, &dev, to, &format!("{sender}-{i}")))
-                    .await
-                    .unwrap();
+                let m = b.messages.append(new_message(&t, from, &dev, to, &format!("{sender}-{i}"))).await.unwrap();
                 m.message.seq
             }));
         }
@@ -185,12 +150,7 @@ pub async fn concurrent_appends_are_gap_free(b: &Backends) {
     let conv = im_core::conversation_id(&t, "alice", "bob");
     let page = b
         .messages
-        .history(HistoryQuery {
-            conversation_id: conv,
-            after_seq: 0,
-            before_seq: 0,
-            limit: 500,
-        })
+        .history(HistoryQuery { conversation_id: conv, after_seq: 0, before_seq: 0, limit: 500 })
         .await
         .unwrap();
     assert_eq!(page.messages.len(), 200);
@@ -206,36 +166,17 @@ pub async fn pending_for_recipient_devices_and_other_sender_devices(b: &Backends
     for d in [&a1, &a2, &b1, &b2] {
         assert!(b.devices.register_device(d).await.unwrap().new_device);
     }
-    assert!(
-        !b.devices.register_device(&a1).await.unwrap().new_device,
-        "seen before"
-    );
-    let m = b
-        .messages
-        .append(new_message(&t, "alice", "a1", "bob", "m1"))
-        .await
-        .unwrap()
-        .message;
+    assert!(!b.devices.register_device(&a1).await.unwrap().new_device, "seen before");
+    let m = b.messages.append(new_message(&t, "alice", "a1", "bob", "m1")).await.unwrap().message;
     for d in [&a2, &b1, &b2] {
         assert_eq!(b.pending.pending_count(d).await.unwrap(), 1, "{d:?}");
         assert_eq!(all_pending(b, d, 10).await, vec![m.clone()]);
     }
-    assert_eq!(
-        b.pending.pending_count(&a1).await.unwrap(),
-        0,
-        "the sending device gets a SendAck instead"
-    );
+    assert_eq!(b.pending.pending_count(&a1).await.unwrap(), 0, "the sending device gets a SendAck instead");
     assert!(all_pending(b, &a1, 10).await.is_empty());
     // A duplicate marks nothing again.
-    b.pending
-        .ack(&b1, std::slice::from_ref(&m.msg_id))
-        .await
-        .unwrap();
-    let dup = b
-        .messages
-        .append(new_message(&t, "alice", "a1", "bob", "m1"))
-        .await
-        .unwrap();
+    b.pending.ack(&b1, std::slice::from_ref(&m.msg_id)).await.unwrap();
+    let dup = b.messages.append(new_message(&t, "alice", "a1", "bob", "m1")).await.unwrap();
     assert!(dup.duplicate);
     assert_eq!(b.pending.pending_count(&b1).await.unwrap(), 0);
 }
@@ -272,21 +213,9 @@ pub async fn pending_pages_in_conversation_seq_order(b: &Backends) {
         assert_eq!(got.len(), 12, "page size {page}");
         let ids: HashSet<_> = got.iter().map(|m| m.msg_id.clone()).collect();
         assert_eq!(ids.len(), 12);
-        for conv in got
-            .iter()
-            .map(|m| m.conversation_id.clone())
-            .collect::<HashSet<_>>()
-        {
-            let seqs: Vec<u64> = got
-                .iter()
-                .filter(|m| m.conversation_id == conv)
-                .map(|m| m.seq)
-                .collect();
-            assert_eq!(
-                seqs,
-                vec![1, 2, 3, 4],
-                "conversation {conv} in seq order, page size {page}"
-            );
+        for conv in got.iter().map(|m| m.conversation_id.clone()).collect::<HashSet<_>>() {
+            let seqs: Vec<u64> = got.iter().filter(|m| m.conversation_id == conv).map(|m| m.seq).collect();
+            assert_eq!(seqs, vec![1, 2, 3, 4], "conversation {conv} in seq order, page size {page}");
         }
     }
 }
@@ -297,41 +226,18 @@ pub async fn ack_removes_pending_and_counts(b: &Backends) {
     b.devices.register_device(&bob).await.unwrap();
     let ms: Vec<Message> = send_many(b, &t, 3).await;
     assert_eq!(b.pending.pending_count(&bob).await.unwrap(), 3);
-    let removed = b
-        .pending
-        .ack(&bob, &[ms[0].msg_id.clone(), ms[2].msg_id.clone()])
-        .await
-        .unwrap();
+    let removed = b.pending.ack(&bob, &[ms[0].msg_id.clone(), ms[2].msg_id.clone()]).await.unwrap();
     assert_eq!(removed, 2);
     assert_eq!(b.pending.pending_count(&bob).await.unwrap(), 1);
     assert_eq!(all_pending(b, &bob, 10).await, vec![ms[1].clone()]);
-    assert_eq!(
-        b.pending.ack(&bob, &[ms[0].msg_id.clone()]).await.unwrap(),
-        0,
-        "acking twice is harmless"
-    );
-    assert_eq!(
-        b.pending
-            .ack(&bob, &["no-such-id".to_string()])
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(b.pending.ack(&bob, &[ms[0].msg_id.clone()]).await.unwrap(), 0, "acking twice is harmless");
+    assert_eq!(b.pending.ack(&bob, &["no-such-id".to_string()]).await.unwrap(), 0);
     assert_eq!(b.pending.ack(&bob, &[]).await.unwrap(), 0);
     // Another device's ack does not touch bob's set.
     let other = DeviceKey::new(&t, "bob", "b2");
-    assert_eq!(
-        b.pending
-            .ack(&other, &[ms[1].msg_id.clone()])
-            .await
-            .unwrap(),
-        0
-    );
+    assert_eq!(b.pending.ack(&other, &[ms[1].msg_id.clone()]).await.unwrap(), 0);
     assert_eq!(b.pending.pending_count(&bob).await.unwrap(), 1);
-    assert_eq!(
-        b.pending.ack(&bob, &[ms[1].msg_id.clone()]).await.unwrap(),
-        1
-    );
+    assert_eq!(b.pending.ack(&bob, &[ms[1].msg_id.clone()]).await.unwrap(), 1);
     assert_eq!(b.pending.pending_count(&bob).await.unwrap(), 0);
     assert!(all_pending(b, &bob, 10).await.is_empty());
 }
@@ -350,12 +256,7 @@ pub async fn history_pages_both_ways(b: &Backends) {
         send(b, &t, "alice", "bob", &format!("h{i}")).await;
     }
     let conv = im_core::conversation_id(&t, "alice", "bob");
-    let q = |after_seq, before_seq, limit| HistoryQuery {
-        conversation_id: conv.clone(),
-        after_seq,
-        before_seq,
-        limit,
-    };
+    let q = |after_seq, before_seq, limit| HistoryQuery { conversation_id: conv.clone(), after_seq, before_seq, limit };
     let seqs = |p: &crate::HistoryPage| p.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
     let p = b.messages.history(q(0, 0, 4)).await.unwrap();
     assert_eq!((seqs(&p), p.has_more), (vec![1, 2, 3, 4], true));
@@ -374,12 +275,7 @@ pub async fn history_pages_both_ways(b: &Backends) {
     let other = im_core::conversation_id(&t, "alice", "nobody");
     let p = b
         .messages
-        .history(HistoryQuery {
-            conversation_id: other,
-            after_seq: 0,
-            before_seq: 0,
-            limit: 10,
-        })
+        .history(HistoryQuery { conversation_id: other, after_seq: 0, before_seq: 0, limit: 10 })
         .await
         .unwrap();
     assert!(p.messages.is_empty() && !p.has_more);
@@ -390,47 +286,17 @@ pub async fn tenants_are_walls(b: &Backends) {
     let bob_b = DeviceKey::new(&tb, "bob", "b1");
     b.devices.register_device(&bob_b).await.unwrap();
     let m = send(b, &ta, "alice", "bob", "x").await;
-    assert!(
-        b.messages
-            .conversation(&ta, &m.conversation_id)
-            .await
-            .unwrap()
-            .is_some()
-    );
-    assert!(
-        b.messages
-            .conversation(&tb, &m.conversation_id)
-            .await
-            .unwrap()
-            .is_none()
-    );
-    assert_eq!(
-        b.pending.pending_count(&bob_b).await.unwrap(),
-        0,
-        "bob of tenant B is another person"
-    );
-    assert_eq!(
-        b.pending
-            .ack(&bob_b, std::slice::from_ref(&m.msg_id))
-            .await
-            .unwrap(),
-        0
-    );
+    assert!(b.messages.conversation(&ta, &m.conversation_id).await.unwrap().is_some());
+    assert!(b.messages.conversation(&tb, &m.conversation_id).await.unwrap().is_none());
+    assert_eq!(b.pending.pending_count(&bob_b).await.unwrap(), 0, "bob of tenant B is another person");
+    assert_eq!(b.pending.ack(&bob_b, std::slice::from_ref(&m.msg_id)).await.unwrap(), 0);
     // The same sender and client_msg_id in another tenant is another message.
-    let other = b
-        .messages
-        .append(new_message(&tb, "alice", "dev0", "bob", "x"))
-        .await
-        .unwrap();
+    let other = b.messages.append(new_message(&tb, "alice", "dev0", "bob", "x")).await.unwrap();
     assert!(!other.duplicate);
     assert_ne!(other.message.conversation_id, m.conversation_id);
     assert_eq!(b.pending.pending_count(&bob_b).await.unwrap(), 1);
-    let entry = |t: &str| PresenceEntry {
-        device: DeviceKey::new(t, "bob", "b1"),
-        node_id: "n1".into(),
-        conn_id: 1,
-        epoch: 1,
-    };
+    let entry =
+        |t: &str| PresenceEntry { device: DeviceKey::new(t, "bob", "b1"), node_id: "n1".into(), conn_id: 1, epoch: 1 };
     b.presence.register(entry(&ta)).await.unwrap();
     assert!(b.presence.lookup(&tb, "bob").await.unwrap().is_empty());
     assert_eq!(b.presence.lookup(&ta, "bob").await.unwrap().len(), 1);
@@ -445,44 +311,18 @@ pub async fn presence_replace_and_compare_and_delete(b: &Backends) {
         epoch,
     };
     assert!(b.presence.lookup(&t, "alice").await.unwrap().is_empty());
-    assert_eq!(
-        b.presence.register(entry("phone", 1, 10)).await.unwrap(),
-        None
-    );
-    assert_eq!(
-        b.presence.register(entry("laptop", 2, 11)).await.unwrap(),
-        None
-    );
+    assert_eq!(b.presence.register(entry("phone", 1, 10)).await.unwrap(), None);
+    assert_eq!(b.presence.register(entry("laptop", 2, 11)).await.unwrap(), None);
     let replaced = b.presence.register(entry("phone", 3, 12)).await.unwrap();
     assert_eq!(replaced, Some(entry("phone", 1, 10)));
     let mut found = b.presence.lookup(&t, "alice").await.unwrap();
     found.sort_by_key(|e| e.conn_id);
     assert_eq!(found, vec![entry("laptop", 2, 11), entry("phone", 3, 12)]);
     // The old phone connection closes late: it must not remove the new one.
-    assert!(
-        !b.presence
-            .unregister(&DeviceKey::new(&t, "alice", "phone"), 10)
-            .await
-            .unwrap()
-    );
+    assert!(!b.presence.unregister(&DeviceKey::new(&t, "alice", "phone"), 10).await.unwrap());
     assert_eq!(b.presence.lookup(&t, "alice").await.unwrap().len(), 2);
-    assert!(
-        b.presence
-            .unregister(&DeviceKey::new(&t, "alice", "phone"), 12)
-            .await
-            .unwrap()
-    );
-    assert!(
-        b.presence
-            .unregister(&DeviceKey::new(&t, "alice", "laptop"), 11)
-            .await
-            .unwrap()
-    );
-    assert!(
-        !b.presence
-            .unregister(&DeviceKey::new(&t, "alice", "laptop"), 11)
-            .await
-            .unwrap()
-    );
+    assert!(b.presence.unregister(&DeviceKey::new(&t, "alice", "phone"), 12).await.unwrap());
+    assert!(b.presence.unregister(&DeviceKey::new(&t, "alice", "laptop"), 11).await.unwrap());
+    assert!(!b.presence.unregister(&DeviceKey::new(&t, "alice", "laptop"), 11).await.unwrap());
     assert!(b.presence.lookup(&t, "alice").await.unwrap().is_empty());
 }

@@ -10,9 +10,8 @@
 
 use crate::keys::{Key, Reader};
 use crate::{
-    Appended, Conversation, DeviceKey, DeviceRegistration, DeviceRegistry, HistoryPage,
-    HistoryQuery, MessageStore, NewMessage, PendingCursor, PendingStore, PresenceEntry,
-    PresenceRegistry, Result, StorageError,
+    Appended, Conversation, DeviceKey, DeviceRegistration, DeviceRegistry, HistoryPage, HistoryQuery, MessageStore,
+    NewMessage, PendingCursor, PendingStore, PresenceEntry, PresenceRegistry, Result, StorageError,
 };
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -28,15 +27,14 @@ use tokio::sync::{mpsc, oneshot};
 const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
 /// msg_id -> (conversation, seq).
 const MSG_INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("msg_index");
-/// conversation -> (tenant, member a, member b, last seq).
+/// conversation -> (tenant, member a, member b). Written once, with seq 1;
+/// the last seq is the last key of the conversation in `messages`.
 const CONVERSATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("conversations");
 /// (tenant, sender, client_msg_id) -> msg_id.
 const IDEMPOTENCY: TableDefinition<&[u8], &str> = TableDefinition::new("idempotency");
 /// (tenant, user, device, conversation, seq) -> msg_id. Device "" holds the
 /// messages of a user who has no device yet.
 const PENDING: TableDefinition<&[u8], &str> = TableDefinition::new("pending");
-/// (tenant, user, device) -> number of pending entries.
-const PENDING_COUNT: TableDefinition<&[u8], u64> = TableDefinition::new("pending_count");
 /// (tenant, user, device) -> last seen, ms since the epoch.
 const DEVICES: TableDefinition<&[u8], u64> = TableDefinition::new("devices");
 
@@ -59,12 +57,7 @@ pub struct EmbeddedOptions {
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        Self {
-            max_batch: 512,
-            queue: 8192,
-            max_devices_per_user: 16,
-            cache_bytes: 64 << 20,
-        }
+        Self { max_batch: 512, queue: 8192, max_devices_per_user: 16, cache_bytes: 64 << 20 }
     }
 }
 
@@ -93,19 +86,13 @@ pub struct EmbeddedStore {
 impl EmbeddedStore {
     /// Opens (or creates) `dir/dongdong.redb`.
     pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Arc<Self>> {
-        std::fs::create_dir_all(dir).map_err(|e| {
-            StorageError::Unavailable(format!(
-                "cannot create data directory {}: {e}",
-                dir.display()
-            ))
-        })?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| StorageError::Unavailable(format!("cannot create data directory {}: {e}", dir.display())))?;
         let path = dir.join("dongdong.redb");
         let db = Database::builder()
             .set_cache_size(options.cache_bytes)
             .create(&path)
-            .map_err(|e| {
-                StorageError::Unavailable(format!("cannot open {}: {e}", path.display()))
-            })?;
+            .map_err(|e| StorageError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         let db = Arc::new(db);
         init_tables(&db)?;
         let (tx, rx) = mpsc::channel(options.queue.max(1));
@@ -113,15 +100,8 @@ impl EmbeddedStore {
         let writer = std::thread::Builder::new()
             .name("dongdong-store-writer".into())
             .spawn(move || writer_loop(&writer_db, rx, &options))
-            .map_err(|e| {
-                StorageError::Unavailable(format!("cannot start the writer thread: {e}"))
-            })?;
-        Ok(Arc::new(Self {
-            db,
-            tx,
-            writer: Mutex::new(Some(writer)),
-            path,
-        }))
+            .map_err(|e| StorageError::Unavailable(format!("cannot start the writer thread: {e}")))?;
+        Ok(Arc::new(Self { db, tx, writer: Mutex::new(Some(writer)), path }))
     }
 
     /// The database file.
@@ -140,24 +120,13 @@ impl EmbeddedStore {
         let _ = tokio::task::spawn_blocking(move || handle.join()).await;
     }
 
-    async fn submit<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteOp,
-    ) -> Result<T> {
+    async fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteOp) -> Result<T> {
         let (reply_tx, reply_rx) = oneshot::channel();
-        self.tx
-            .send(make(reply_tx))
-            .await
-            .map_err(|_| StorageError::Unavailable("the store is closed".into()))?;
-        reply_rx
-            .await
-            .map_err(|_| StorageError::Unavailable("the store writer stopped".into()))?
+        self.tx.send(make(reply_tx)).await.map_err(|_| StorageError::Unavailable("the store is closed".into()))?;
+        reply_rx.await.map_err(|_| StorageError::Unavailable("the store writer stopped".into()))?
     }
 
-    async fn read<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Database) -> Result<T> + Send + 'static) -> Result<T> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || f(&db))
             .await
@@ -180,7 +149,6 @@ fn init_tables(db: &Database) -> Result<()> {
     txn.open_table(CONVERSATIONS).map_err(unavailable)?;
     txn.open_table(IDEMPOTENCY).map_err(unavailable)?;
     txn.open_table(PENDING).map_err(unavailable)?;
-    txn.open_table(PENDING_COUNT).map_err(unavailable)?;
     txn.open_table(DEVICES).map_err(unavailable)?;
     txn.commit().map_err(unavailable)
 }
@@ -223,10 +191,7 @@ fn writer_loop(db: &Database, mut rx: mpsc::Receiver<WriteOp>, options: &Embedde
 enum Reply {
     Append(oneshot::Sender<Result<Appended>>, Appended),
     Ack(oneshot::Sender<Result<usize>>, usize),
-    Register(
-        oneshot::Sender<Result<DeviceRegistration>>,
-        DeviceRegistration,
-    ),
+    Register(oneshot::Sender<Result<DeviceRegistration>>, DeviceRegistration),
 }
 
 impl Reply {
@@ -284,11 +249,7 @@ fn apply_batch(db: &Database, batch: &mut Vec<WriteOp>, options: &EmbeddedOption
             return;
         }
     };
-    let durability = if durable {
-        Durability::Immediate
-    } else {
-        Durability::None
-    };
+    let durability = if durable { Durability::Immediate } else { Durability::None };
     if let Err(e) = txn.set_durability(durability) {
         let e = unavailable(e);
         batch.drain(..).for_each(|op| fail_op(op, &e));
@@ -309,11 +270,9 @@ fn apply_batch(db: &Database, batch: &mut Vec<WriteOp>, options: &EmbeddedOption
                     let outcome = match op {
                         WriteOp::Append(msg, tx) => hold(tx, t.append(msg), Reply::Append),
                         WriteOp::Ack(dev, ids, tx) => hold(tx, t.ack(&dev, &ids), Reply::Ack),
-                        WriteOp::Register(dev, tx) => hold(
-                            tx,
-                            t.register(&dev, options.max_devices_per_user),
-                            Reply::Register,
-                        ),
+                        WriteOp::Register(dev, tx) => {
+                            hold(tx, t.register(&dev, options.max_devices_per_user), Reply::Register)
+                        }
                         WriteOp::Close => continue,
                     };
                     match outcome {
@@ -355,7 +314,6 @@ struct Tables<'txn> {
     conversations: Table<'txn, &'static str, &'static [u8]>,
     idempotency: Table<'txn, &'static [u8], &'static str>,
     pending: Table<'txn, &'static [u8], &'static str>,
-    pending_count: Table<'txn, &'static [u8], u64>,
     devices: Table<'txn, &'static [u8], u64>,
 }
 
@@ -368,13 +326,7 @@ fn device_key(tenant: &str, user: &str, device: &str) -> Vec<u8> {
 }
 
 fn pending_key(tenant: &str, user: &str, device: &str, conversation: &str, seq: u64) -> Vec<u8> {
-    Key::new()
-        .s(tenant)
-        .s(user)
-        .s(device)
-        .s(conversation)
-        .n(seq)
-        .into_vec()
+    Key::new().s(tenant).s(user).s(device).s(conversation).n(seq).into_vec()
 }
 
 fn message_key(conversation: &str, seq: u64) -> Vec<u8> {
@@ -385,9 +337,9 @@ fn decode_message(bytes: &[u8]) -> Result<Message> {
     Message::decode(bytes).map_err(|e| StorageError::Corrupt(format!("message record: {e}")))
 }
 
-fn decode_conversation(id: &str, bytes: &[u8]) -> Result<Conversation> {
+fn decode_conversation(id: &str, bytes: &[u8], last_seq: u64) -> Result<Conversation> {
     let mut r = Reader::new(bytes);
-    let (Some(tenant), Some(a), Some(b), Some(last_seq)) = (r.s(), r.s(), r.s(), r.n()) else {
+    let (Some(tenant), Some(a), Some(b)) = (r.s(), r.s(), r.s()) else {
         return Err(corrupt("conversation record"));
     };
     Ok(Conversation {
@@ -399,12 +351,19 @@ fn decode_conversation(id: &str, bytes: &[u8]) -> Result<Conversation> {
 }
 
 fn encode_conversation(c: &Conversation) -> Vec<u8> {
-    Key::new()
-        .s(&c.tenant)
-        .s(&c.members[0])
-        .s(&c.members[1])
-        .n(c.last_seq)
-        .into_vec()
+    Key::new().s(&c.tenant).s(&c.members[0]).s(&c.members[1]).into_vec()
+}
+
+/// The highest seq stored in a conversation, 0 if none.
+fn last_seq<T: ReadableTable<&'static [u8], &'static [u8]>>(messages: &T, conversation: &str) -> Result<u64> {
+    let lo = message_key(conversation, 0);
+    let hi = message_key(conversation, u64::MAX);
+    let last = messages.range(lo.as_slice()..=hi.as_slice()).map_err(unavailable)?.next_back();
+    let Some(item) = last else { return Ok(0) };
+    let (k, _) = item.map_err(unavailable)?;
+    let k = k.value();
+    let seq = k.get(k.len().saturating_sub(8)..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+    seq.ok_or_else(|| corrupt("message key"))
 }
 
 impl<'txn> Tables<'txn> {
@@ -415,7 +374,6 @@ impl<'txn> Tables<'txn> {
             conversations: txn.open_table(CONVERSATIONS).map_err(unavailable)?,
             idempotency: txn.open_table(IDEMPOTENCY).map_err(unavailable)?,
             pending: txn.open_table(PENDING).map_err(unavailable)?,
-            pending_count: txn.open_table(PENDING_COUNT).map_err(unavailable)?,
             devices: txn.open_table(DEVICES).map_err(unavailable)?,
         })
     }
@@ -429,67 +387,42 @@ impl<'txn> Tables<'txn> {
         let (Some(conv), Some(seq)) = (r.s(), r.n()) else {
             return Err(corrupt("message index record"));
         };
-        match self
-            .messages
-            .get(message_key(conv, seq).as_slice())
-            .map_err(unavailable)?
-        {
+        match self.messages.get(message_key(conv, seq).as_slice()).map_err(unavailable)? {
             Some(v) => decode_message(v.value()).map(Some),
             None => Err(corrupt("message index points at a missing message")),
         }
     }
 
     fn append(&mut self, new: NewMessage) -> Result<Appended> {
-        let idem_key = Key::new()
-            .s(&new.tenant)
-            .s(&new.from_user)
-            .s(&new.client_msg_id)
-            .into_vec();
-        let existing = self
-            .idempotency
-            .get(idem_key.as_slice())
-            .map_err(unavailable)?
-            .map(|v| v.value().to_string());
+        let idem_key = Key::new().s(&new.tenant).s(&new.from_user).s(&new.client_msg_id).into_vec();
+        let existing = self.idempotency.get(idem_key.as_slice()).map_err(unavailable)?.map(|v| v.value().to_string());
         if let Some(msg_id) = existing {
-            let message = self
-                .message_by_id(&msg_id)?
-                .ok_or_else(|| corrupt("idempotency key without message"))?;
-            return Ok(Appended {
-                message,
-                duplicate: true,
-            });
+            let message = self.message_by_id(&msg_id)?.ok_or_else(|| corrupt("idempotency key without message"))?;
+            return Ok(Appended { message, duplicate: true });
         }
 
-        let mut conv = match self
-            .conversations
-            .get(new.conversation_id.as_str())
-            .map_err(unavailable)?
-        {
-            Some(v) => decode_conversation(&new.conversation_id, v.value())?,
-            None => {
-                let mut members = [new.from_user.clone(), new.to_user.clone()];
-                members.sort();
-                Conversation {
-                    tenant: new.tenant.clone(),
-                    conversation_id: new.conversation_id.clone(),
-                    members,
-                    last_seq: 0,
-                }
+        let seq = last_seq(&self.messages, &new.conversation_id)? + 1;
+        if seq == 1 {
+            let mut members = [new.from_user.clone(), new.to_user.clone()];
+            members.sort();
+            let conv = Conversation {
+                tenant: new.tenant.clone(),
+                conversation_id: new.conversation_id.clone(),
+                members,
+                last_seq: 0,
+            };
+            let existing = self.conversations.get(new.conversation_id.as_str()).map_err(unavailable)?.is_some();
+            if existing {
+                return Err(corrupt("conversation record without messages"));
             }
-        };
-        if conv.tenant != new.tenant
-            || !conv.has_member(&new.from_user)
-            || !conv.has_member(&new.to_user)
-        {
-            return Err(corrupt(
-                "conversation id collides with another conversation",
-            ));
+            self.conversations
+                .insert(conv.conversation_id.as_str(), encode_conversation(&conv).as_slice())
+                .map_err(unavailable)?;
         }
-        conv.last_seq += 1;
         let message = Message {
             msg_id: im_core::new_msg_id(),
             conversation_id: new.conversation_id.clone(),
-            seq: conv.last_seq,
+            seq,
             from_user: new.from_user.clone(),
             from_device: new.from_device.clone(),
             to_user: new.to_user.clone(),
@@ -498,73 +431,36 @@ impl<'txn> Tables<'txn> {
             server_time_ms: im_core::now_ms(),
         };
         self.messages
-            .insert(
-                message_key(&conv.conversation_id, conv.last_seq).as_slice(),
-                message.encode_to_vec().as_slice(),
-            )
+            .insert(message_key(&new.conversation_id, seq).as_slice(), message.encode_to_vec().as_slice())
             .map_err(unavailable)?;
-        let pos = Key::new()
-            .s(&conv.conversation_id)
-            .n(conv.last_seq)
-            .into_vec();
-        self.msg_index
-            .insert(message.msg_id.as_str(), pos.as_slice())
-            .map_err(unavailable)?;
-        self.idempotency
-            .insert(idem_key.as_slice(), message.msg_id.as_str())
-            .map_err(unavailable)?;
-        self.conversations
-            .insert(
-                conv.conversation_id.as_str(),
-                encode_conversation(&conv).as_slice(),
-            )
-            .map_err(unavailable)?;
-
+        let pos = Key::new().s(&new.conversation_id).n(seq).into_vec();
+        self.msg_index.insert(message.msg_id.as_str(), pos.as_slice()).map_err(unavailable)?;
+        self.idempotency.insert(idem_key.as_slice(), message.msg_id.as_str()).map_err(unavailable)?;
         // Every device of the recipient, every other device of the sender.
         let mut targets: Vec<(String, String)> = Vec::new();
         let recipient_devices = self.devices_of(&new.tenant, &new.to_user)?;
         if recipient_devices.is_empty() && new.to_user != new.from_user {
             targets.push((new.to_user.clone(), USER_SLOT.to_string()));
         }
-        targets.extend(
-            recipient_devices
-                .into_iter()
-                .map(|(d, _)| (new.to_user.clone(), d)),
-        );
+        targets.extend(recipient_devices.into_iter().map(|(d, _)| (new.to_user.clone(), d)));
         if new.to_user != new.from_user {
             targets.extend(
-                self.devices_of(&new.tenant, &new.from_user)?
-                    .into_iter()
-                    .map(|(d, _)| (new.from_user.clone(), d)),
+                self.devices_of(&new.tenant, &new.from_user)?.into_iter().map(|(d, _)| (new.from_user.clone(), d)),
             );
         }
         for (user, device) in targets {
             if user == new.from_user && device == new.from_device {
                 continue;
             }
-            self.add_pending(
-                &new.tenant,
-                &user,
-                &device,
-                &conv.conversation_id,
-                message.seq,
-                &message.msg_id,
-            )?;
+            self.add_pending(&new.tenant, &user, &device, &new.conversation_id, message.seq, &message.msg_id)?;
         }
-        Ok(Appended {
-            message,
-            duplicate: false,
-        })
+        Ok(Appended { message, duplicate: false })
     }
 
     fn devices_of(&self, tenant: &str, user: &str) -> Result<Vec<(String, u64)>> {
         let prefix = device_prefix(tenant, user);
         let mut out = Vec::new();
-        for item in self
-            .devices
-            .range(prefix.as_slice()..)
-            .map_err(unavailable)?
-        {
+        for item in self.devices.range(prefix.as_slice()..).map_err(unavailable)? {
             let (k, v) = item.map_err(unavailable)?;
             let k = k.value();
             if !k.starts_with(&prefix) {
@@ -577,22 +473,6 @@ impl<'txn> Tables<'txn> {
         Ok(out)
     }
 
-    fn bump_count(&mut self, dev: &[u8], delta: i64) -> Result<()> {
-        let current = self
-            .pending_count
-            .get(dev)
-            .map_err(unavailable)?
-            .map(|v| v.value())
-            .unwrap_or(0);
-        let next = current.saturating_add_signed(delta);
-        if next == 0 {
-            self.pending_count.remove(dev).map_err(unavailable)?;
-        } else {
-            self.pending_count.insert(dev, next).map_err(unavailable)?;
-        }
-        Ok(())
-    }
-
     fn add_pending(
         &mut self,
         tenant: &str,
@@ -603,25 +483,14 @@ impl<'txn> Tables<'txn> {
         msg_id: &str,
     ) -> Result<()> {
         let key = pending_key(tenant, user, device, conv, seq);
-        if self
-            .pending
-            .insert(key.as_slice(), msg_id)
-            .map_err(unavailable)?
-            .is_none()
-        {
-            self.bump_count(&device_key(tenant, user, device), 1)?;
-        }
+        self.pending.insert(key.as_slice(), msg_id).map_err(unavailable)?;
         Ok(())
     }
 
     fn ack(&mut self, dev: &DeviceKey, msg_ids: &[String]) -> Result<usize> {
         let mut removed = 0;
         for msg_id in msg_ids {
-            let Some(pos) = self
-                .msg_index
-                .get(msg_id.as_str())
-                .map_err(unavailable)?
-                .map(|v| v.value().to_vec())
+            let Some(pos) = self.msg_index.get(msg_id.as_str()).map_err(unavailable)?.map(|v| v.value().to_vec())
             else {
                 continue;
             };
@@ -630,38 +499,18 @@ impl<'txn> Tables<'txn> {
                 return Err(corrupt("message index record"));
             };
             let key = pending_key(&dev.tenant, &dev.user, &dev.device, conv, seq);
-            if self
-                .pending
-                .remove(key.as_slice())
-                .map_err(unavailable)?
-                .is_some()
-            {
+            if self.pending.remove(key.as_slice()).map_err(unavailable)?.is_some() {
                 removed += 1;
             }
-        }
-        if removed > 0 {
-            self.bump_count(
-                &device_key(&dev.tenant, &dev.user, &dev.device),
-                -(removed as i64),
-            )?;
         }
         Ok(removed)
     }
 
     /// Removes every pending entry of one device slot; returns them.
-    fn take_pending(
-        &mut self,
-        tenant: &str,
-        user: &str,
-        device: &str,
-    ) -> Result<Vec<(String, u64, String)>> {
+    fn take_pending(&mut self, tenant: &str, user: &str, device: &str) -> Result<Vec<(String, u64, String)>> {
         let prefix = device_key(tenant, user, device);
         let mut keys = Vec::new();
-        for item in self
-            .pending
-            .range(prefix.as_slice()..)
-            .map_err(unavailable)?
-        {
+        for item in self.pending.range(prefix.as_slice()..).map_err(unavailable)? {
             let (k, v) = item.map_err(unavailable)?;
             let k = k.value();
             if !k.starts_with(&prefix) {
@@ -678,9 +527,6 @@ impl<'txn> Tables<'txn> {
             self.pending.remove(k.as_slice()).map_err(unavailable)?;
             out.push((conv, seq, msg_id));
         }
-        self.pending_count
-            .remove(prefix.as_slice())
-            .map_err(unavailable)?;
         Ok(out)
     }
 
@@ -690,9 +536,7 @@ impl<'txn> Tables<'txn> {
         let known = self.devices_of(&dev.tenant, &dev.user)?;
         let mut reg = DeviceRegistration::default();
         if known.iter().any(|(d, _)| d == &dev.device) {
-            self.devices
-                .insert(key.as_slice(), now)
-                .map_err(unavailable)?;
+            self.devices.insert(key.as_slice(), now).map_err(unavailable)?;
             return Ok(reg);
         }
         reg.new_device = true;
@@ -706,16 +550,12 @@ impl<'txn> Tables<'txn> {
             && let Some((oldest, _)) = known.iter().min_by_key(|(_, seen)| *seen)
         {
             {
-                self.devices
-                    .remove(device_key(&dev.tenant, &dev.user, oldest).as_slice())
-                    .map_err(unavailable)?;
+                self.devices.remove(device_key(&dev.tenant, &dev.user, oldest).as_slice()).map_err(unavailable)?;
                 self.take_pending(&dev.tenant, &dev.user, oldest)?;
                 reg.evicted = Some(oldest.clone());
             }
         }
-        self.devices
-            .insert(key.as_slice(), now)
-            .map_err(unavailable)?;
+        self.devices.insert(key.as_slice(), now).map_err(unavailable)?;
         Ok(reg)
     }
 }
@@ -739,11 +579,7 @@ impl MessageStore for EmbeddedStore {
         .await
     }
 
-    async fn conversation(
-        &self,
-        tenant: &str,
-        conversation_id: &str,
-    ) -> Result<Option<Conversation>> {
+    async fn conversation(&self, tenant: &str, conversation_id: &str) -> Result<Option<Conversation>> {
         let (tenant, id) = (tenant.to_string(), conversation_id.to_string());
         self.read(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
@@ -751,7 +587,8 @@ impl MessageStore for EmbeddedStore {
             let Some(v) = table.get(id.as_str()).map_err(unavailable)? else {
                 return Ok(None);
             };
-            let conv = decode_conversation(&id, v.value())?;
+            let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+            let conv = decode_conversation(&id, v.value(), last_seq(&messages, &id)?)?;
             Ok((conv.tenant == tenant).then_some(conv))
         })
         .await
@@ -767,10 +604,7 @@ impl MessageStore for EmbeddedStore {
             if q.before_seq > 0 {
                 let lo = message_key(&q.conversation_id, 0);
                 let hi = message_key(&q.conversation_id, q.before_seq);
-                let mut iter = table
-                    .range(lo.as_slice()..hi.as_slice())
-                    .map_err(unavailable)?
-                    .rev();
+                let mut iter = table.range(lo.as_slice()..hi.as_slice()).map_err(unavailable)?.rev();
                 for item in iter.by_ref().take(limit) {
                     let (_, v) = item.map_err(unavailable)?;
                     messages.push(decode_message(v.value())?);
@@ -780,9 +614,7 @@ impl MessageStore for EmbeddedStore {
             } else {
                 let lo = message_key(&q.conversation_id, q.after_seq.saturating_add(1));
                 let hi = message_key(&q.conversation_id, u64::MAX);
-                let mut iter = table
-                    .range(lo.as_slice()..=hi.as_slice())
-                    .map_err(unavailable)?;
+                let mut iter = table.range(lo.as_slice()..=hi.as_slice()).map_err(unavailable)?;
                 for item in iter.by_ref().take(limit) {
                     let (_, v) = item.map_err(unavailable)?;
                     messages.push(decode_message(v.value())?);
@@ -797,22 +629,11 @@ impl MessageStore for EmbeddedStore {
 
 #[async_trait]
 impl PendingStore for EmbeddedStore {
-    async fn pending(
-        &self,
-        device: &DeviceKey,
-        after: Option<&PendingCursor>,
-        limit: usize,
-    ) -> Result<Vec<Message>> {
+    async fn pending(&self, device: &DeviceKey, after: Option<&PendingCursor>, limit: usize) -> Result<Vec<Message>> {
         let prefix = device_key(&device.tenant, &device.user, &device.device);
         let start = match after {
             Some(c) => {
-                let mut k = pending_key(
-                    &device.tenant,
-                    &device.user,
-                    &device.device,
-                    &c.conversation_id,
-                    c.seq,
-                );
+                let mut k = pending_key(&device.tenant, &device.user, &device.device, &c.conversation_id, c.seq);
                 k.push(0); // strictly after
                 k
             }
@@ -836,10 +657,7 @@ impl PendingStore for EmbeddedStore {
                 let (Some(conv), Some(seq)) = (r.s(), r.n()) else {
                     return Err(corrupt("pending key"));
                 };
-                if let Some(v) = messages
-                    .get(message_key(conv, seq).as_slice())
-                    .map_err(unavailable)?
-                {
+                if let Some(v) = messages.get(message_key(conv, seq).as_slice()).map_err(unavailable)? {
                     out.push(decode_message(v.value())?);
                 }
             }
@@ -852,12 +670,16 @@ impl PendingStore for EmbeddedStore {
         let key = device_key(&device.tenant, &device.user, &device.device);
         self.read(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(PENDING_COUNT).map_err(unavailable)?;
-            Ok(table
-                .get(key.as_slice())
-                .map_err(unavailable)?
-                .map(|v| v.value())
-                .unwrap_or(0))
+            let table = txn.open_table(PENDING).map_err(unavailable)?;
+            let mut n = 0;
+            for item in table.range(key.as_slice()..).map_err(unavailable)? {
+                let (k, _) = item.map_err(unavailable)?;
+                if !k.value().starts_with(&key) {
+                    break;
+                }
+                n += 1;
+            }
+            Ok(n)
         })
         .await
     }
@@ -890,10 +712,7 @@ impl PresenceRegistry for MemoryPresence {
     async fn register(&self, entry: PresenceEntry) -> Result<Option<PresenceEntry>> {
         let key = (entry.device.tenant.clone(), entry.device.user.clone());
         let mut entries = self.users.entry(key).or_default();
-        let replaced = match entries
-            .iter()
-            .position(|e| e.device.device == entry.device.device)
-        {
+        let replaced = match entries.iter().position(|e| e.device.device == entry.device.device) {
             Some(i) => Some(std::mem::replace(&mut entries[i], entry)),
             None => {
                 entries.push(entry);
@@ -916,11 +735,7 @@ impl PresenceRegistry for MemoryPresence {
     }
 
     async fn lookup(&self, tenant: &str, user: &str) -> Result<Vec<PresenceEntry>> {
-        Ok(self
-            .users
-            .get(&(tenant.to_string(), user.to_string()))
-            .map(|e| e.clone())
-            .unwrap_or_default())
+        Ok(self.users.get(&(tenant.to_string(), user.to_string())).map(|e| e.clone()).unwrap_or_default())
     }
 }
 
@@ -951,9 +766,7 @@ mod tests {
     crate::conformance_suite!(fresh);
 
     fn text(s: &str) -> im_core::pb::Content {
-        im_core::pb::Content {
-            kind: Some(im_core::pb::content::Kind::Text(s.into())),
-        }
+        im_core::pb::Content { kind: Some(im_core::pb::content::Kind::Text(s.into())) }
     }
 
     fn new_message(cmid: &str) -> NewMessage {
@@ -977,14 +790,7 @@ mod tests {
             store.register_device(&bob).await.unwrap();
             let mut ids = Vec::new();
             for i in 0..3 {
-                ids.push(
-                    store
-                        .append(new_message(&format!("m{i}")))
-                        .await
-                        .unwrap()
-                        .message
-                        .msg_id,
-                );
+                ids.push(store.append(new_message(&format!("m{i}"))).await.unwrap().message.msg_id);
             }
             // Acks commit without fsync; close must persist them.
             store.ack(&bob, &ids[..1]).await.unwrap();
@@ -995,30 +801,18 @@ mod tests {
         };
         let store = EmbeddedStore::open(dir.path(), EmbeddedOptions::default()).unwrap();
         assert_eq!(store.pending_count(&bob).await.unwrap(), 2);
-        let pending: Vec<String> = store
-            .pending(&bob, None, 10)
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|m| m.msg_id)
-            .collect();
+        let pending: Vec<String> = store.pending(&bob, None, 10).await.unwrap().into_iter().map(|m| m.msg_id).collect();
         assert_eq!(pending, ids[1..].to_vec());
         let again = store.append(new_message("m0")).await.unwrap();
         assert!(again.duplicate, "idempotency survives a restart");
-        assert_eq!(
-            store.append(new_message("m3")).await.unwrap().message.seq,
-            4
-        );
+        assert_eq!(store.append(new_message("m3")).await.unwrap().message.seq, 4);
         store.close().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn device_limit_forgets_the_least_recently_seen() {
         let dir = tempfile::tempdir().unwrap();
-        let options = EmbeddedOptions {
-            max_devices_per_user: 2,
-            ..EmbeddedOptions::default()
-        };
+        let options = EmbeddedOptions { max_devices_per_user: 2, ..EmbeddedOptions::default() };
         let store = EmbeddedStore::open(dir.path(), options).unwrap();
         let dev = |d: &str| DeviceKey::new("t", "bob", d);
         store.register_device(&dev("old")).await.unwrap();
@@ -1028,11 +822,7 @@ mod tests {
         assert_eq!(store.pending_count(&dev("old")).await.unwrap(), 1);
         let reg = store.register_device(&dev("third")).await.unwrap();
         assert_eq!(reg.evicted.as_deref(), Some("old"));
-        assert_eq!(
-            store.pending_count(&dev("old")).await.unwrap(),
-            0,
-            "forgotten with its pending set"
-        );
+        assert_eq!(store.pending_count(&dev("old")).await.unwrap(), 0, "forgotten with its pending set");
         assert_eq!(store.pending_count(&dev("recent")).await.unwrap(), 1);
         store.append(new_message("m1")).await.unwrap();
         assert_eq!(store.pending_count(&dev("third")).await.unwrap(), 1);

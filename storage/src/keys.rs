@@ -15,8 +15,7 @@ impl Key {
         // Ids are validated to at most 128 bytes long before they get here;
         // clamp anyway so a longer one can never be mis-framed.
         let bytes = &part.as_bytes()[..part.len().min(u16::MAX as usize)];
-        self.0
-            .extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+        self.0.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
         self.0.extend_from_slice(bytes);
         self
     }
@@ -66,9 +65,6 @@ mod tests {
         let a = Key::new().s("c").n(9).into_vec();
         let b = Key::new().s("c").n(10).into_vec();
         assert!(a < b);
-        assert_ne!(
-            Key::new().s("ab").s("c").into_vec(),
-            Key::new().s("a").s("bc").into_vec()
-        );
+        assert_ne!(Key::new().s("ab").s("c").into_vec(), Key::new().s("a").s("bc").into_vec());
     }
 }

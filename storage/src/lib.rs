@@ -69,11 +69,7 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn get(&self, conversation_id: &str, seq: u64) -> Result<Option<Message>>;
 
     /// The conversation's members, if it exists in `tenant`.
-    async fn conversation(
-        &self,
-        tenant: &str,
-        conversation_id: &str,
-    ) -> Result<Option<Conversation>>;
+    async fn conversation(&self, tenant: &str, conversation_id: &str) -> Result<Option<Conversation>>;
 
     /// A page of history in ascending `seq` (see [`HistoryQuery`]).
     async fn history(&self, query: HistoryQuery) -> Result<HistoryPage>;
@@ -84,12 +80,7 @@ pub trait MessageStore: Send + Sync + 'static {
 pub trait PendingStore: Send + Sync + 'static {
     /// Up to `limit` pending messages of `device`, ordered by conversation and
     /// then by `seq`, strictly after `after` when given.
-    async fn pending(
-        &self,
-        device: &DeviceKey,
-        after: Option<&PendingCursor>,
-        limit: usize,
-    ) -> Result<Vec<Message>>;
+    async fn pending(&self, device: &DeviceKey, after: Option<&PendingCursor>, limit: usize) -> Result<Vec<Message>>;
 
     /// How many messages are pending for `device`.
     async fn pending_count(&self, device: &DeviceKey) -> Result<u64>;

@@ -68,16 +68,8 @@ pub struct DeviceKey {
 }
 
 impl DeviceKey {
-    pub fn new(
-        tenant: impl Into<String>,
-        user: impl Into<String>,
-        device: impl Into<String>,
-    ) -> Self {
-        Self {
-            tenant: tenant.into(),
-            user: user.into(),
-            device: device.into(),
-        }
+    pub fn new(tenant: impl Into<String>, user: impl Into<String>, device: impl Into<String>) -> Self {
+        Self { tenant: tenant.into(), user: user.into(), device: device.into() }
     }
 }
 
@@ -90,10 +82,7 @@ pub struct PendingCursor {
 
 impl PendingCursor {
     pub fn of(message: &Message) -> Self {
-        Self {
-            conversation_id: message.conversation_id.clone(),
-            seq: message.seq,
-        }
+        Self { conversation_id: message.conversation_id.clone(), seq: message.seq }
     }
 }
 

@@ -19,9 +19,7 @@ pub fn binary() -> PathBuf {
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             cmd.arg("--release");
         }
-        let status = cmd
-            .status()
-            .expect("run cargo build for the dongdong binary");
+        let status = cmd.status().expect("run cargo build for the dongdong binary");
         assert!(status.success(), "cargo build -p dongdong failed");
         let path = profile_dir.join("dongdong");
         assert!(path.exists(), "{} missing after build", path.display());
@@ -41,20 +39,9 @@ impl ChildServer {
     /// Starts `dongdong serve` on `data_dir` with ports chosen by the OS.
     pub fn start(data_dir: &Path) -> Self {
         let stderr_log = data_dir.with_extension("stderr.log");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&stderr_log)
-            .unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&stderr_log).unwrap();
         let mut child = Command::new(binary())
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--http",
-                "127.0.0.1:0",
-                "--data",
-            ])
+            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data"])
             .arg(data_dir)
             .env("DONGDONG_AUTH__SECRET", crate::SECRET)
             .env("DONGDONG_SERVER__NODE_ID", "child-node")
@@ -73,12 +60,7 @@ impl ChildServer {
                 .to_string()
         };
         let (ws_url, http_url) = (field("ws="), field("http="));
-        Self {
-            child,
-            ws_url,
-            http_url,
-            stderr_log,
-        }
+        Self { child, ws_url, http_url, stderr_log }
     }
 
     /// SIGKILL: no chance to flush anything.
@@ -89,10 +71,7 @@ impl ChildServer {
 
     /// SIGTERM, then waits for the exit status.
     pub fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .unwrap();
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
         self.child.wait().unwrap()
     }

@@ -31,16 +31,8 @@ pub enum Closed {
 
 impl Client {
     pub async fn connect(url: &str, encoding: Encoding) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(url)
-            .await
-            .expect("WebSocket connect");
-        Self {
-            ws,
-            encoding,
-            next_req: 1,
-            buffered: VecDeque::new(),
-            auth_ok: None,
-        }
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("WebSocket connect");
+        Self { ws, encoding, next_req: 1, buffered: VecDeque::new(), auth_ok: None }
     }
 
     /// Connects and authenticates; panics if the server refuses.
@@ -64,10 +56,7 @@ impl Client {
         self.ws.send(msg).await.expect("send frame");
     }
 
-    pub async fn send_raw(
-        &mut self,
-        msg: WsMessage,
-    ) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    pub async fn send_raw(&mut self, msg: WsMessage) -> Result<(), tokio_tungstenite::tungstenite::Error> {
         self.ws.send(msg).await
     }
 
@@ -83,9 +72,7 @@ impl Client {
         loop {
             let item = tokio::time::timeout(wait, self.ws.next()).await.ok()?;
             let frame = match item {
-                Some(Ok(WsMessage::Binary(b))) => {
-                    im_core::decode_frame(Encoding::Protobuf, &b).expect("server frame")
-                }
+                Some(Ok(WsMessage::Binary(b))) => im_core::decode_frame(Encoding::Protobuf, &b).expect("server frame"),
                 Some(Ok(WsMessage::Text(t))) => {
                     im_core::decode_frame(Encoding::Json, t.as_bytes()).expect("server frame")
                 }
@@ -130,19 +117,12 @@ impl Client {
 
     pub async fn request(&mut self, body: Body) -> Frame {
         let req_id = self.next_req_id();
-        self.send_frame(&Frame {
-            req_id,
-            body: Some(body),
-        })
-        .await;
+        self.send_frame(&Frame { req_id, body: Some(body) }).await;
         self.reply(req_id).await
     }
 
     pub async fn auth(&mut self, token: &str, device: &str) -> Result<pb::AuthOk, pb::Error> {
-        let auth = pb::Auth {
-            token: token.into(),
-            device_id: device.into(),
-        };
+        let auth = pb::Auth { token: token.into(), device_id: device.into() };
         match self.request(Body::Auth(auth)).await.body {
             Some(Body::AuthOk(ok)) => {
                 self.auth_ok = Some(ok.clone());
@@ -159,11 +139,7 @@ impl Client {
         client_msg_id: &str,
         content: pb::Content,
     ) -> Result<pb::SendAck, pb::Error> {
-        let send = pb::Send {
-            client_msg_id: client_msg_id.into(),
-            to_user: to.into(),
-            content: Some(content),
-        };
+        let send = pb::Send { client_msg_id: client_msg_id.into(), to_user: to.into(), content: Some(content) };
         match self.request(Body::Send(send)).await.body {
             Some(Body::SendAck(a)) => Ok(a),
             Some(Body::Error(e)) => Err(e),
@@ -171,38 +147,22 @@ impl Client {
         }
     }
 
-    pub async fn send_text(
-        &mut self,
-        to: &str,
-        client_msg_id: &str,
-        text: &str,
-    ) -> Result<pb::SendAck, pb::Error> {
+    pub async fn send_text(&mut self, to: &str, client_msg_id: &str, text: &str) -> Result<pb::SendAck, pb::Error> {
         self.send(to, client_msg_id, text_content(text)).await
     }
 
     /// Sends without waiting for the ack; returns the req_id.
     pub async fn send_text_nowait(&mut self, to: &str, client_msg_id: &str, text: &str) -> u64 {
         let req_id = self.next_req_id();
-        let send = pb::Send {
-            client_msg_id: client_msg_id.into(),
-            to_user: to.into(),
-            content: Some(text_content(text)),
-        };
-        self.send_frame(&Frame {
-            req_id,
-            body: Some(Body::Send(send)),
-        })
-        .await;
+        let send =
+            pb::Send { client_msg_id: client_msg_id.into(), to_user: to.into(), content: Some(text_content(text)) };
+        self.send_frame(&Frame { req_id, body: Some(Body::Send(send)) }).await;
         req_id
     }
 
     pub async fn ack(&mut self, msg_ids: Vec<String>) {
         let req_id = self.next_req_id();
-        self.send_frame(&Frame {
-            req_id,
-            body: Some(Body::Ack(pb::Ack { msg_ids })),
-        })
-        .await;
+        self.send_frame(&Frame { req_id, body: Some(Body::Ack(pb::Ack { msg_ids })) }).await;
     }
 
     pub async fn sync(&mut self, req: pb::SyncRequest) -> Result<pb::HistoryPage, pb::Error> {
@@ -226,8 +186,7 @@ impl Client {
         let mut out = Vec::with_capacity(n);
         for _ in 0..n {
             let d = self.next_deliver().await;
-            self.ack(vec![d.message.as_ref().unwrap().msg_id.clone()])
-                .await;
+            self.ack(vec![d.message.as_ref().unwrap().msg_id.clone()]).await;
             out.push(d);
         }
         out
@@ -264,9 +223,7 @@ impl Client {
 }
 
 pub fn text_content(text: &str) -> pb::Content {
-    pb::Content {
-        kind: Some(pb::content::Kind::Text(text.into())),
-    }
+    pb::Content { kind: Some(pb::content::Kind::Text(text.into())) }
 }
 
 pub fn code(e: &pb::Error) -> ErrorCode {

@@ -69,9 +69,7 @@ impl TestServer {
         let shutdown = CancellationToken::new();
         let task = {
             let (config, backends, shutdown) = (config.clone(), backends.clone(), shutdown.clone());
-            tokio::spawn(async move {
-                dongdong::run_with_backends(ws, http, &config, backends, shutdown).await
-            })
+            tokio::spawn(async move { dongdong::run_with_backends(ws, http, &config, backends, shutdown).await })
         };
         Self {
             ws_url,
@@ -91,9 +89,7 @@ impl TestServer {
     }
 
     pub fn token_with_role(&self, tenant: &str, user: &str, role: Role) -> String {
-        self.signer
-            .mint(tenant, user, role, Duration::from_secs(3600))
-            .unwrap()
+        self.signer.mint(tenant, user, role, Duration::from_secs(3600)).unwrap()
     }
 
     /// An authenticated protobuf client.
@@ -105,20 +101,11 @@ impl TestServer {
     pub async fn wait_presence(&self, tenant: &str, user: &str, n: usize) {
         let deadline = tokio::time::Instant::now() + crate::client::WAIT;
         loop {
-            let found = self
-                .backends
-                .presence
-                .lookup(tenant, user)
-                .await
-                .unwrap()
-                .len();
+            let found = self.backends.presence.lookup(tenant, user).await.unwrap().len();
             if found == n {
                 return;
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{user} has {found} presence entries, expected {n}"
-            );
+            assert!(tokio::time::Instant::now() < deadline, "{user} has {found} presence entries, expected {n}");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

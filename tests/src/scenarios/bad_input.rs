@@ -14,20 +14,13 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 /// A pair of well-behaved users exchanging messages until told to stop.
 /// Returns how many round trips they completed.
 fn bystanders(s: &TestServer, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<usize> {
-    let (url, ta, tb) = (
-        s.ws_url.clone(),
-        s.token("acme", "good-a"),
-        s.token("acme", "good-b"),
-    );
+    let (url, ta, tb) = (s.ws_url.clone(), s.token("acme", "good-a"), s.token("acme", "good-b"));
     tokio::spawn(async move {
         let mut a = Client::login(&url, &ta, "d").await;
         let mut b = Client::login(&url, &tb, "d").await;
         let mut rounds = 0;
         while !stop.load(Ordering::SeqCst) || rounds < 3 {
-            let ack = a
-                .send_text("good-b", &format!("m{rounds}"), "still fine?")
-                .await
-                .expect("bystander send");
+            let ack = a.send_text("good-b", &format!("m{rounds}"), "still fine?").await.expect("bystander send");
             let d = b.next_deliver().await;
             assert_eq!(d.message.unwrap().msg_id, ack.msg_id);
             b.ack(vec![ack.msg_id]).await;
@@ -79,9 +72,7 @@ async fn bad_input_gets_clear_errors_and_never_hurts_others() {
 
     // Garbage before Auth.
     let mut c = Client::connect(&url, Encoding::Protobuf).await;
-    c.send_raw(WsMessage::binary(vec![0xff, 0xff, 0xff, 0xff, 0xff]))
-        .await
-        .unwrap();
+    c.send_raw(WsMessage::binary(vec![0xff, 0xff, 0xff, 0xff, 0xff])).await.unwrap();
     expect_error_and_close(&mut c, ErrorCode::BadFrame, CloseCode::PolicyViolation).await;
     let mut c = Client::connect(&url, Encoding::Json).await;
     c.send_raw(WsMessage::text("{not json")).await.unwrap();
@@ -89,65 +80,29 @@ async fn bad_input_gets_clear_errors_and_never_hurts_others() {
 
     // A frame before Auth.
     let mut c = Client::connect(&url, Encoding::Protobuf).await;
-    let send = pb::Send {
-        client_msg_id: "x".into(),
-        to_user: "bob".into(),
-        content: None,
-    };
-    c.send_frame(&Frame {
-        req_id: 9,
-        body: Some(Body::Send(send)),
-    })
-    .await;
-    let e = expect_error_and_close(
-        &mut c,
-        ErrorCode::Unauthenticated,
-        CloseCode::PolicyViolation,
-    )
-    .await;
-    assert!(
-        e.message.contains("first frame must be Auth"),
-        "{}",
-        e.message
-    );
+    let send = pb::Send { client_msg_id: "x".into(), to_user: "bob".into(), content: None };
+    c.send_frame(&Frame { req_id: 9, body: Some(Body::Send(send)) }).await;
+    let e = expect_error_and_close(&mut c, ErrorCode::Unauthenticated, CloseCode::PolicyViolation).await;
+    assert!(e.message.contains("first frame must be Auth"), "{}", e.message);
 
     // Bad, foreign and expired tokens; a missing device id.
     for (token, device, want, words) in [
-        (
-            "garbage".to_string(),
-            "d",
-            ErrorCode::Unauthenticated,
-            "malformed",
-        ),
+        ("garbage".to_string(), "d", ErrorCode::Unauthenticated, "malformed"),
         (
             access_gateway::TokenSigner::new(b"another-secret-entirely")
-                .mint(
-                    "acme",
-                    "alice",
-                    im_core::Role::Customer,
-                    Duration::from_secs(60),
-                )
+                .mint("acme", "alice", im_core::Role::Customer, Duration::from_secs(60))
                 .unwrap(),
             "d",
             ErrorCode::Unauthenticated,
             "signature",
         ),
         (expired_token(), "d", ErrorCode::Unauthenticated, "expired"),
-        (
-            s.token("acme", "alice"),
-            "",
-            ErrorCode::InvalidArgument,
-            "device_id",
-        ),
+        (s.token("acme", "alice"), "", ErrorCode::InvalidArgument, "device_id"),
     ] {
         let mut c = Client::connect(&url, Encoding::Protobuf).await;
         let e = c.auth(&token, device).await.unwrap_err();
         assert_eq!(code(&e), want);
-        assert!(
-            e.message.contains(words),
-            "{:?} should mention {words}",
-            e.message
-        );
+        assert!(e.message.contains(words), "{:?} should mention {words}", e.message);
         assert!(!e.retryable);
         assert!(matches!(c.closed().await, Closed::Frame(1008, _)));
     }
@@ -163,39 +118,22 @@ async fn bad_input_gets_clear_errors_and_never_hurts_others() {
     // After Auth: garbage, wrong-direction frames, an empty frame and a second
     // Auth each get an Error, and the connection stays usable.
     let mut c = s.login("acme", "clumsy", "d").await;
-    c.send_raw(WsMessage::binary(vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f]))
-        .await
-        .unwrap();
+    c.send_raw(WsMessage::binary(vec![0x0a, 0xff, 0xff, 0xff, 0xff, 0x0f])).await.unwrap();
     assert_eq!(code(&c.next_error().await), ErrorCode::BadFrame);
     let ok = pb::AuthOk::default();
     let r = c.request(Body::AuthOk(ok)).await;
-    let Some(Body::Error(e)) = r.body else {
-        panic!("expected Error")
-    };
+    let Some(Body::Error(e)) = r.body else { panic!("expected Error") };
     assert_eq!(code(&e), ErrorCode::BadFrame);
     assert!(e.message.contains("server-to-client"), "{}", e.message);
     let req_id = c.next_req_id();
     c.send_frame(&Frame { req_id, body: None }).await;
-    let Some(Body::Error(e)) = c.reply(req_id).await.body else {
-        panic!("expected Error")
-    };
+    let Some(Body::Error(e)) = c.reply(req_id).await.body else { panic!("expected Error") };
     assert_eq!(code(&e), ErrorCode::BadFrame);
-    let again = pb::Auth {
-        token: s.token("acme", "clumsy"),
-        device_id: "d".into(),
-    };
-    let Some(Body::Error(e)) = c.request(Body::Auth(again)).await.body else {
-        panic!("expected Error")
-    };
+    let again = pb::Auth { token: s.token("acme", "clumsy"), device_id: "d".into() };
+    let Some(Body::Error(e)) = c.request(Body::Auth(again)).await.body else { panic!("expected Error") };
     assert_eq!(code(&e), ErrorCode::InvalidArgument);
-    let bad_send = pb::Send {
-        client_msg_id: "a".repeat(500),
-        to_user: "bob".into(),
-        content: None,
-    };
-    let Some(Body::Error(e)) = c.request(Body::Send(bad_send)).await.body else {
-        panic!("expected Error")
-    };
+    let bad_send = pb::Send { client_msg_id: "a".repeat(500), to_user: "bob".into(), content: None };
+    let Some(Body::Error(e)) = c.request(Body::Send(bad_send)).await.body else { panic!("expected Error") };
     assert_eq!(code(&e), ErrorCode::InvalidArgument);
     assert!(c.send_text("bob", "fine", "still works").await.is_ok());
 
@@ -206,10 +144,7 @@ async fn bad_input_gets_clear_errors_and_never_hurts_others() {
         if flood
             .send_raw(WsMessage::binary(im_core::encode_frame(
                 Encoding::Protobuf,
-                &Frame {
-                    req_id: i,
-                    body: Some(Body::Ping(pb::Ping {})),
-                },
+                &Frame { req_id: i, body: Some(Body::Ping(pb::Ping {})) },
             )))
             .await
             .is_err()
@@ -219,10 +154,7 @@ async fn bad_input_gets_clear_errors_and_never_hurts_others() {
     }
     loop {
         match flood.recv(crate::client::WAIT).await {
-            Some(Ok(Frame {
-                body: Some(Body::Error(e)),
-                ..
-            })) => {
+            Some(Ok(Frame { body: Some(Body::Error(e)), .. })) => {
                 assert_eq!(code(&e), ErrorCode::RateLimited);
                 assert!(e.retryable);
                 limited.fetch_add(1, Ordering::SeqCst);
@@ -239,11 +171,7 @@ async fn bad_input_gets_clear_errors_and_never_hurts_others() {
 
     // The wrong path is refused at the handshake.
     let wrong = url.replace("/ws", "/nope");
-    assert!(
-        tokio_tungstenite::connect_async(wrong.as_str())
-            .await
-            .is_err()
-    );
+    assert!(tokio_tungstenite::connect_async(wrong.as_str()).await.is_err());
 
     stop.store(true, Ordering::SeqCst);
     let rounds = good.await.expect("the bystanders never failed");
@@ -255,12 +183,7 @@ async fn bad_input_gets_clear_errors_and_never_hurts_others() {
 async fn no_auth_within_the_timeout_is_closed() {
     let s = TestServer::start_with(|c| c.timeouts.auth = Duration::from_millis(300)).await;
     let mut c = Client::connect(&s.ws_url, Encoding::Json).await;
-    let e = expect_error_and_close(
-        &mut c,
-        ErrorCode::Unauthenticated,
-        CloseCode::PolicyViolation,
-    )
-    .await;
+    let e = expect_error_and_close(&mut c, ErrorCode::Unauthenticated, CloseCode::PolicyViolation).await;
     assert!(e.message.contains("no Auth frame"), "{}", e.message);
     s.stop().await;
 }

@@ -9,9 +9,7 @@ use im_core::{Encoding, ErrorCode};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use storage::{
-    Appended, Conversation, HistoryPage, HistoryQuery, MessageStore, NewMessage, StorageError,
-};
+use storage::{Appended, Conversation, HistoryPage, HistoryQuery, MessageStore, NewMessage, StorageError};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn send_ack_deliver_ack_then_nothing_pending() {
@@ -21,21 +19,13 @@ async fn send_ack_deliver_ack_then_nothing_pending() {
     let ack = alice.send_text("bob", "c-1", "hello bob").await.unwrap();
     assert_eq!(ack.seq, 1);
     assert_eq!(ack.client_msg_id, "c-1");
-    assert_eq!(
-        ack.conversation_id,
-        im_core::conversation_id("acme", "alice", "bob")
-    );
+    assert_eq!(ack.conversation_id, im_core::conversation_id("acme", "alice", "bob"));
     assert!(!ack.duplicate);
     let d = bob.next_deliver().await;
     assert!(!d.replay);
     let m = msg(&d);
     assert_eq!(
-        (
-            m.msg_id.as_str(),
-            m.seq,
-            m.from_user.as_str(),
-            m.from_device.as_str()
-        ),
+        (m.msg_id.as_str(), m.seq, m.from_user.as_str(), m.from_device.as_str()),
         (ack.msg_id.as_str(), 1, "alice", "a1")
     );
     assert_eq!(m.content, Some(text_content("hello bob")));
@@ -47,11 +37,7 @@ async fn send_ack_deliver_ack_then_nothing_pending() {
     bob.close().await;
     s.wait_presence("acme", "bob", 0).await;
     let again = s.login("acme", "bob", "b1").await;
-    assert_eq!(
-        again.auth_ok.as_ref().unwrap().pending_count,
-        0,
-        "acked messages are not pending"
-    );
+    assert_eq!(again.auth_ok.as_ref().unwrap().pending_count, 0, "acked messages are not pending");
     s.stop().await;
 }
 
@@ -62,12 +48,7 @@ async fn acked_send_survives_a_restart_on_the_same_data() {
     let mut alice = s.login("acme", "alice", "a1").await;
     let mut acks = Vec::new();
     for i in 0..20 {
-        acks.push(
-            alice
-                .send_text("bob", &format!("m{i}"), &format!("text {i}"))
-                .await
-                .unwrap(),
-        );
+        acks.push(alice.send_text("bob", &format!("m{i}"), &format!("text {i}")).await.unwrap());
     }
     s.stop().await;
     let (backends, store) = dongdong::open_storage(&config).unwrap();
@@ -76,10 +57,7 @@ async fn acked_send_survives_a_restart_on_the_same_data() {
     assert_eq!(bob.auth_ok.as_ref().unwrap().pending_count, 20);
     let got = bob.receive_and_ack(20).await;
     let ids: Vec<_> = got.iter().map(|d| msg(d).msg_id.clone()).collect();
-    assert_eq!(
-        ids,
-        acks.iter().map(|a| a.msg_id.clone()).collect::<Vec<_>>()
-    );
+    assert_eq!(ids, acks.iter().map(|a| a.msg_id.clone()).collect::<Vec<_>>());
     assert!(got.iter().all(|d| d.replay));
     s.stop().await;
 }
@@ -94,9 +72,7 @@ struct FlakyStore {
 impl MessageStore for FlakyStore {
     async fn append(&self, msg: NewMessage) -> Result<Appended, StorageError> {
         if self.failing.load(Ordering::SeqCst) {
-            return Err(StorageError::Unavailable(
-                "injected fault: disk gone".into(),
-            ));
+            return Err(StorageError::Unavailable("injected fault: disk gone".into()));
         }
         self.inner.append(msg).await
     }
@@ -116,10 +92,7 @@ async fn failed_store_gives_retryable_error_and_no_ack() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let config = test_config(dir.path());
     let (mut backends, store) = dongdong::open_storage(&config).unwrap();
-    let flaky = Arc::new(FlakyStore {
-        inner: backends.messages.clone(),
-        failing: AtomicBool::new(true),
-    });
+    let flaky = Arc::new(FlakyStore { inner: backends.messages.clone(), failing: AtomicBool::new(true) });
     backends.messages = flaky.clone();
     let s = TestServer::start_on(config, backends, store, dir).await;
     let mut bob = s.login("acme", "bob", "b1").await;
@@ -133,11 +106,7 @@ async fn failed_store_gives_retryable_error_and_no_ack() {
     assert_eq!(ack.seq, 1, "the failed attempt used no seq");
     assert!(!ack.duplicate);
     let d = bob.next_deliver().await;
-    assert_eq!(
-        msg(&d).msg_id,
-        ack.msg_id,
-        "the first thing bob ever receives is the stored message"
-    );
+    assert_eq!(msg(&d).msg_id, ack.msg_id, "the first thing bob ever receives is the stored message");
     s.stop().await;
 }
 
@@ -148,10 +117,7 @@ async fn same_client_msg_id_gives_same_ids_and_one_delivery() {
     let mut alice = s.login("acme", "alice", "a1").await;
     let first = alice.send_text("bob", "dup", "once").await.unwrap();
     let second = alice.send_text("bob", "dup", "once").await.unwrap();
-    assert_eq!(
-        (second.msg_id.as_str(), second.seq),
-        (first.msg_id.as_str(), first.seq)
-    );
+    assert_eq!((second.msg_id.as_str(), second.seq), (first.msg_id.as_str(), first.seq));
     assert!(second.duplicate);
     // From another device of the same sender too.
     let mut alice2 = s.login("acme", "alice", "a2").await;
@@ -160,12 +126,7 @@ async fn same_client_msg_id_gives_same_ids_and_one_delivery() {
     let next = alice.send_text("bob", "other", "twice").await.unwrap();
     assert_eq!(next.seq, 2, "no seq was spent on the duplicates");
     // Bob sees "once" exactly once, then "twice".
-    let seen: Vec<u64> = bob
-        .receive_and_ack(2)
-        .await
-        .iter()
-        .map(|d| msg(d).seq)
-        .collect();
+    let seen: Vec<u64> = bob.receive_and_ack(2).await.iter().map(|d| msg(d).seq).collect();
     assert_eq!(seen, vec![1, 2]);
     s.stop().await;
 }
@@ -179,11 +140,7 @@ async fn concurrent_senders_get_gap_free_seq_and_devices_see_seq_order() {
     const PER_DEVICE: usize = 25;
     let mut senders = Vec::new();
     for i in 0..8 {
-        let (me, peer) = if i % 2 == 0 {
-            ("alice", "bob")
-        } else {
-            ("bob", "alice")
-        };
+        let (me, peer) = if i % 2 == 0 { ("alice", "bob") } else { ("bob", "alice") };
         let mut c = s.login("acme", me, &format!("d{i}")).await;
         senders.push(tokio::spawn(async move {
             // Pipeline all sends, then collect the acks.
@@ -208,17 +165,8 @@ async fn concurrent_senders_get_gap_free_seq_and_devices_see_seq_order() {
     all.sort_unstable();
     assert_eq!(all, (1..=(8 * PER_DEVICE) as u64).collect::<Vec<_>>());
     for watcher in [&mut alice_watch, &mut bob_watch] {
-        let seqs: Vec<u64> = watcher
-            .receive_and_ack(8 * PER_DEVICE)
-            .await
-            .iter()
-            .map(|d| msg(d).seq)
-            .collect();
-        assert_eq!(
-            seqs,
-            (1..=(8 * PER_DEVICE) as u64).collect::<Vec<_>>(),
-            "delivered in seq order"
-        );
+        let seqs: Vec<u64> = watcher.receive_and_ack(8 * PER_DEVICE).await.iter().map(|d| msg(d).seq).collect();
+        assert_eq!(seqs, (1..=(8 * PER_DEVICE) as u64).collect::<Vec<_>>(), "delivered in seq order");
     }
     s.stop().await;
 }
@@ -254,33 +202,21 @@ async fn reconnect_replays_pending_in_order_before_live() {
     let mut alice = s.login("acme", "alice", "a1").await;
     let mut carol = s.login("acme", "carol", "c1").await;
     for i in 0..30 {
-        alice
-            .send_text("bob", &format!("a{i}"), "from alice")
-            .await
-            .unwrap();
+        alice.send_text("bob", &format!("a{i}"), "from alice").await.unwrap();
         if i % 3 == 0 {
-            carol
-                .send_text("bob", &format!("c{i}"), "from carol")
-                .await
-                .unwrap();
+            carol.send_text("bob", &format!("c{i}"), "from carol").await.unwrap();
         }
     }
     // Keep sending while bob connects: live messages must wait for the replay.
     let sender = tokio::spawn(async move {
         for i in 30..60 {
-            alice
-                .send_text("bob", &format!("a{i}"), "live")
-                .await
-                .unwrap();
+            alice.send_text("bob", &format!("a{i}"), "live").await.unwrap();
         }
         alice
     });
     let mut bob = s.login("acme", "bob", "b1").await;
     let pending = bob.auth_ok.as_ref().unwrap().pending_count;
-    assert!(
-        pending >= 40,
-        "30 from alice and 10 from carol were pending, got {pending}"
-    );
+    assert!(pending >= 40, "30 from alice and 10 from carol were pending, got {pending}");
     let _alice = sender.await.unwrap();
     let got = bob.receive_and_ack(70).await;
     let ids: HashSet<_> = got.iter().map(|d| msg(d).msg_id.clone()).collect();
@@ -289,15 +225,8 @@ async fn reconnect_replays_pending_in_order_before_live() {
     let mut last_seq = std::collections::HashMap::new();
     for d in &got {
         let m = msg(d);
-        let prev = last_seq
-            .insert(m.conversation_id.clone(), m.seq)
-            .unwrap_or(0);
-        assert_eq!(
-            m.seq,
-            prev + 1,
-            "conversation {} in seq order without gaps",
-            m.conversation_id
-        );
+        let prev = last_seq.insert(m.conversation_id.clone(), m.seq).unwrap_or(0);
+        assert_eq!(m.seq, prev + 1, "conversation {} in seq order without gaps", m.conversation_id);
         if !d.replay {
             replay_over = true;
         } else {
@@ -337,103 +266,51 @@ async fn history_pages_both_ways_and_checks_membership() {
     let s = TestServer::start().await;
     let mut alice = s.login("acme", "alice", "a1").await;
     for i in 0..25 {
-        alice
-            .send_text("bob", &format!("h{i}"), &format!("msg {i}"))
-            .await
-            .unwrap();
+        alice.send_text("bob", &format!("h{i}"), &format!("msg {i}")).await.unwrap();
     }
     let conv = im_core::conversation_id("acme", "alice", "bob");
     let seqs = |p: &pb::HistoryPage| p.messages.iter().map(|m| m.seq).collect::<Vec<_>>();
-    let p = alice
-        .sync(pb::SyncRequest {
-            conversation_id: conv.clone(),
-            limit: 10,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let p =
+        alice.sync(pb::SyncRequest { conversation_id: conv.clone(), limit: 10, ..Default::default() }).await.unwrap();
     assert_eq!((seqs(&p), p.has_more), ((1..=10).collect(), true));
     let p = alice
-        .sync(pb::SyncRequest {
-            conversation_id: conv.clone(),
-            after_seq: 20,
-            limit: 10,
-            ..Default::default()
-        })
+        .sync(pb::SyncRequest { conversation_id: conv.clone(), after_seq: 20, limit: 10, ..Default::default() })
         .await
         .unwrap();
     assert_eq!((seqs(&p), p.has_more), ((21..=25).collect(), false));
     // Paging back from the newest, as a chat window does.
     let p = alice
-        .sync(pb::SyncRequest {
-            with_user: "bob".into(),
-            before_seq: u64::MAX,
-            limit: 10,
-            ..Default::default()
-        })
+        .sync(pb::SyncRequest { with_user: "bob".into(), before_seq: u64::MAX, limit: 10, ..Default::default() })
         .await
         .unwrap();
     assert_eq!((seqs(&p), p.has_more), ((16..=25).collect(), true));
     assert_eq!(p.conversation_id, conv);
     let p = alice
-        .sync(pb::SyncRequest {
-            conversation_id: conv.clone(),
-            before_seq: 16,
-            limit: 0,
-            ..Default::default()
-        })
+        .sync(pb::SyncRequest { conversation_id: conv.clone(), before_seq: 16, limit: 0, ..Default::default() })
         .await
         .unwrap();
     assert_eq!((seqs(&p), p.has_more), ((1..=15).collect(), false));
     // The server caps the page size.
     let p = alice
-        .sync(pb::SyncRequest {
-            conversation_id: conv.clone(),
-            limit: 100_000,
-            ..Default::default()
-        })
+        .sync(pb::SyncRequest { conversation_id: conv.clone(), limit: 100_000, ..Default::default() })
         .await
         .unwrap();
     assert_eq!(p.messages.len(), 25);
     // Bob may read it too; mallory may not.
     let mut bob = s.login("acme", "bob", "b1").await;
     assert_eq!(
-        bob.sync(pb::SyncRequest {
-            conversation_id: conv.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .messages
-        .len(),
+        bob.sync(pb::SyncRequest { conversation_id: conv.clone(), ..Default::default() }).await.unwrap().messages.len(),
         25
     );
     let mut mallory = s.login("acme", "mallory", "m1").await;
-    let e = mallory
-        .sync(pb::SyncRequest {
-            conversation_id: conv.clone(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let e = mallory.sync(pb::SyncRequest { conversation_id: conv.clone(), ..Default::default() }).await.unwrap_err();
     assert_eq!(code(&e), ErrorCode::Forbidden);
-    let e = mallory
-        .sync(pb::SyncRequest {
-            conversation_id: "cnope".into(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let e = mallory.sync(pb::SyncRequest { conversation_id: "cnope".into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(code(&e), ErrorCode::NotFound);
     let e = mallory.sync(pb::SyncRequest::default()).await.unwrap_err();
     assert_eq!(code(&e), ErrorCode::InvalidArgument);
     let e = alice
-        .sync(pb::SyncRequest {
-            conversation_id: conv,
-            after_seq: 1,
-            before_seq: 5,
-            ..Default::default()
-        })
+        .sync(pb::SyncRequest { conversation_id: conv, after_seq: 1, before_seq: 5, ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(code(&e), ErrorCode::InvalidArgument);
@@ -449,45 +326,25 @@ async fn tenants_are_walls() {
     let ack = alice.send_text("bob", "t1", "acme only").await.unwrap();
     assert_eq!(msg(&bob.next_deliver().await).msg_id, ack.msg_id);
     // bob of globex gets nothing: his next frame is the Pong to his own Ping.
-    match bob_other
-        .request(pb::frame::Body::Ping(pb::Ping {}))
-        .await
-        .body
-    {
+    match bob_other.request(pb::frame::Body::Ping(pb::Ping {})).await.body {
         Some(pb::frame::Body::Pong(_)) => {}
         other => panic!("globex bob received {other:?}"),
     }
     assert_eq!(bob_other.buffered_len(), 0);
     let e = bob_other
-        .sync(pb::SyncRequest {
-            conversation_id: ack.conversation_id.clone(),
-            ..Default::default()
-        })
+        .sync(pb::SyncRequest { conversation_id: ack.conversation_id.clone(), ..Default::default() })
         .await
         .unwrap_err();
     assert_eq!(code(&e), ErrorCode::NotFound);
-    let p = bob_other
-        .sync(pb::SyncRequest {
-            with_user: "alice".into(),
-            ..Default::default()
-        })
-        .await;
-    assert_eq!(
-        code(&p.unwrap_err()),
-        ErrorCode::NotFound,
-        "alice of globex never wrote to globex bob"
-    );
+    let p = bob_other.sync(pb::SyncRequest { with_user: "alice".into(), ..Default::default() }).await;
+    assert_eq!(code(&p.unwrap_err()), ErrorCode::NotFound, "alice of globex never wrote to globex bob");
     // A reply from globex bob to "alice" goes to globex alice, never to acme alice.
     let r = bob_other.send_text("alice", "x", "hello?").await.unwrap();
     assert_ne!(r.conversation_id, ack.conversation_id);
     assert_eq!(r.seq, 1);
     let mine = alice.request(pb::frame::Body::Ping(pb::Ping {})).await;
     assert!(matches!(mine.body, Some(pb::frame::Body::Pong(_))));
-    assert_eq!(
-        alice.buffered_len(),
-        0,
-        "acme alice received nothing from globex"
-    );
+    assert_eq!(alice.buffered_len(), 0, "acme alice received nothing from globex");
     s.stop().await;
 }
 
@@ -512,16 +369,10 @@ async fn json_text_frames_work_end_to_end() {
     assert_eq!(msg(&d).content, Some(image));
     assert_eq!(msg(&d).msg_id, ack.msg_id);
     // Invalid content is refused with a clear code.
-    let e = alice
-        .send("bob", "j2", pb::Content { kind: None })
-        .await
-        .unwrap_err();
+    let e = alice.send("bob", "j2", pb::Content { kind: None }).await.unwrap_err();
     assert_eq!(code(&e), ErrorCode::InvalidArgument);
     let bad_json = pb::Content {
-        kind: Some(pb::content::Kind::Custom(pb::Custom {
-            r#type: "order".into(),
-            json: "{oops".into(),
-        })),
+        kind: Some(pb::content::Kind::Custom(pb::Custom { r#type: "order".into(), json: "{oops".into() })),
     };
     let e = alice.send("bob", "j3", bad_json).await.unwrap_err();
     assert_eq!(code(&e), ErrorCode::InvalidArgument);

@@ -42,10 +42,7 @@ async fn never_acking_client_is_closed_and_keeps_its_pending() {
     alice.send_text("bob", "n1", "never acked").await.unwrap();
     assert_eq!(
         bob.closed().await,
-        Closed::Frame(
-            CloseCode::AckTimeout.code(),
-            "deliveries stayed unacknowledged".into()
-        )
+        Closed::Frame(CloseCode::AckTimeout.code(), "deliveries stayed unacknowledged".into())
     );
     s.wait_presence("acme", "bob", 0).await;
     let mut bob = s.login("acme", "bob", "b1").await;
@@ -59,25 +56,14 @@ async fn ping_pong_and_websocket_ping() {
     let s = TestServer::start().await;
     let mut c = s.login("acme", "alice", "a1").await;
     let req_id = c.next_req_id();
-    c.send_frame(&pb::Frame {
-        req_id,
-        body: Some(Body::Ping(pb::Ping {})),
-    })
-    .await;
+    c.send_frame(&pb::Frame { req_id, body: Some(Body::Ping(pb::Ping {})) }).await;
     let reply = c.reply(req_id).await;
     assert_eq!(reply.req_id, req_id);
-    let Some(Body::Pong(p)) = reply.body else {
-        panic!("expected Pong")
-    };
+    let Some(Body::Pong(p)) = reply.body else { panic!("expected Pong") };
     assert!(p.server_time_ms > 0);
     // A WebSocket-level ping is answered by a WebSocket pong; the connection stays usable.
-    c.send_raw(WsMessage::Ping(b"hb".to_vec().into()))
-        .await
-        .unwrap();
-    assert!(matches!(
-        c.request(Body::Ping(pb::Ping {})).await.body,
-        Some(Body::Pong(_))
-    ));
+    c.send_raw(WsMessage::Ping(b"hb".to_vec().into())).await.unwrap();
+    assert!(matches!(c.request(Body::Ping(pb::Ping {})).await.body, Some(Body::Pong(_))));
     s.stop().await;
 }
 
@@ -88,19 +74,13 @@ async fn silent_connection_is_pinged_then_closed_and_unregistered() {
     s.wait_presence("acme", "quiet", 1).await;
     // Not reading means not answering the server's WebSocket ping.
     tokio::time::sleep(Duration::from_millis(900)).await;
-    assert_eq!(
-        quiet.closed().await,
-        Closed::Frame(CloseCode::GoingAway.code(), "idle timeout".into())
-    );
+    assert_eq!(quiet.closed().await, Closed::Frame(CloseCode::GoingAway.code(), "idle timeout".into()));
     s.wait_presence("acme", "quiet", 0).await;
     // A client that keeps answering stays.
     let mut chatty = s.login("acme", "chatty", "c1").await;
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(150)).await;
-        assert!(matches!(
-            chatty.request(Body::Ping(pb::Ping {})).await.body,
-            Some(Body::Pong(_))
-        ));
+        assert!(matches!(chatty.request(Body::Ping(pb::Ping {})).await.body, Some(Body::Pong(_))));
     }
     s.stop().await;
 }
@@ -112,10 +92,7 @@ async fn same_device_reconnecting_replaces_the_old_connection() {
     let mut new = s.login("acme", "bob", "phone").await;
     assert_eq!(
         old.closed().await,
-        Closed::Frame(
-            CloseCode::Replaced.code(),
-            "replaced by a newer connection of the same device".into()
-        )
+        Closed::Frame(CloseCode::Replaced.code(), "replaced by a newer connection of the same device".into())
     );
     // The old connection's close did not remove the new one's presence.
     s.wait_presence("acme", "bob", 1).await;
@@ -139,28 +116,13 @@ async fn slow_consumer_is_disconnected_and_loses_nothing() {
     let big = "x".repeat(60_000);
     let mut sent = Vec::new();
     for i in 0..120 {
-        sent.push(
-            alice
-                .send_text("bob", &format!("s{i}"), &big)
-                .await
-                .unwrap()
-                .msg_id,
-        );
+        sent.push(alice.send_text("bob", &format!("s{i}"), &big).await.unwrap().msg_id);
     }
     s.wait_presence("acme", "bob", 0).await;
     drop(bob);
     let mut bob = s.login("acme", "bob", "b1").await;
-    assert_eq!(
-        bob.auth_ok.as_ref().unwrap().pending_count,
-        120,
-        "nothing acked, nothing lost"
-    );
-    let got: Vec<String> = bob
-        .receive_and_ack(120)
-        .await
-        .iter()
-        .map(|d| msg(d).msg_id.clone())
-        .collect();
+    assert_eq!(bob.auth_ok.as_ref().unwrap().pending_count, 120, "nothing acked, nothing lost");
+    let got: Vec<String> = bob.receive_and_ack(120).await.iter().map(|d| msg(d).msg_id.clone()).collect();
     assert_eq!(got, sent);
     bob.close().await;
     s.stop().await;
@@ -171,13 +133,7 @@ async fn shutdown_closes_connections_with_1012() {
     let s = TestServer::start().await;
     let mut c = s.login("acme", "alice", "a1").await;
     s.stop().await;
-    assert_eq!(
-        c.closed().await,
-        Closed::Frame(
-            CloseCode::ServiceRestart.code(),
-            "server shutting down".into()
-        )
-    );
+    assert_eq!(c.closed().await, Closed::Frame(CloseCode::ServiceRestart.code(), "server shutting down".into()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,13 +161,7 @@ async fn acks_of_own_deliveries_do_not_count_against_the_rate_limit() {
     let mut limited = false;
     for _ in 0..30 {
         let req_id = bob.next_req_id();
-        bob.send_frame(&pb::Frame {
-            req_id,
-            body: Some(Body::Ack(pb::Ack {
-                msg_ids: vec!["unknown".into()],
-            })),
-        })
-        .await;
+        bob.send_frame(&pb::Frame { req_id, body: Some(Body::Ack(pb::Ack { msg_ids: vec!["unknown".into()] })) }).await;
         let ping = bob.request(Body::Ping(pb::Ping {})).await;
         if matches!(ping.body, Some(Body::Error(_))) {
             limited = true;
