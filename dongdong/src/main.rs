@@ -126,6 +126,8 @@ fn init_tracing(filter: &str) {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
+    // Before listening: whoever sees us listening can mint tokens with it.
+    dongdong::secret::resolve(&config)?;
     let ws = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.listen): {e}", config.server.listen))?;
