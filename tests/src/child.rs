@@ -69,9 +69,9 @@ impl ChildServer {
         self.child.wait().unwrap();
     }
 
-    /// SIGTERM, then waits for the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+    /// Sends a signal (`"TERM"`, `"INT"`), then waits for the exit status.
+    pub fn signal(mut self, signal: &str) -> std::process::ExitStatus {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
         assert!(status.success());
         self.child.wait().unwrap()
     }

@@ -67,16 +67,22 @@ async fn kill_9_loses_nothing_acked_and_replays_the_rest() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_closes_with_1012_and_exits_0() {
+async fn sigterm_and_sigint_close_with_1012_and_exit_0() {
+    for signal in ["TERM", "INT"] {
+        stop_with(signal).await;
+    }
+}
+
+async fn stop_with(signal: &'static str) {
     let dir = tempfile::tempdir().unwrap();
     let server = ChildServer::start(&dir.path().join("data"));
     let signer = access_gateway::TokenSigner::new(crate::SECRET.as_bytes());
     let token = signer.mint("acme", "alice", im_core::Role::Customer, std::time::Duration::from_secs(60)).unwrap();
     let mut c = Client::connect(&server.ws_url, Encoding::Json).await;
     c.auth(&token, "d").await.unwrap();
-    let status = tokio::task::spawn_blocking(move || server.terminate()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || server.signal(signal)).await.unwrap();
     assert_eq!(c.closed().await, Closed::Frame(CloseCode::ServiceRestart.code(), "server shutting down".into()));
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(status.code(), Some(0), "SIG{signal}");
 }
 
 #[test]
@@ -130,4 +136,47 @@ async fn token_command_signs_with_the_servers_dev_secret() {
     assert!(!bad.status.success());
     let _ = child.kill();
     let _ = child.wait();
+}
+
+/// A minimal HTTP/1.0 GET: (status, body).
+pub async fn http_get(base: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_and_prometheus_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::start(&dir.path().join("data"));
+    let signer = access_gateway::TokenSigner::new(crate::SECRET.as_bytes());
+    let token = |u: &str| signer.mint("acme", u, im_core::Role::Customer, std::time::Duration::from_secs(60)).unwrap();
+    let mut bob = Client::login(&server.ws_url, &token("bob"), "b1").await;
+    let mut alice = Client::login(&server.ws_url, &token("alice"), "a1").await;
+    alice.send_text("bob", "m1", "counted").await.unwrap();
+    bob.receive_and_ack(1).await;
+    let (status, body) = http_get(&server.http_url, "/healthz").await;
+    assert_eq!(status, 200);
+    let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["node_id"], "child-node");
+    assert_eq!(health["connections"], 2);
+    let (status, body) = http_get(&server.http_url, "/metrics").await;
+    assert_eq!(status, 200);
+    for metric in [
+        "dongdong_messages_total 1",
+        "dongdong_connections 2",
+        "dongdong_send_seconds_bucket",
+        "dongdong_store_commit_seconds_bucket",
+        "dongdong_deliveries_total{replay=\"false\"} 1",
+    ] {
+        assert!(body.contains(metric), "/metrics lacks {metric:?}:\n{body}");
+    }
+    assert_eq!(http_get(&server.http_url, "/nope").await.0, 404);
 }
