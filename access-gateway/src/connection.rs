@@ -534,7 +534,7 @@ impl Conn {
             if resends >= self.gw.config.max_resends {
                 return Err(close(CloseCode::AckTimeout, "deliveries stayed unacknowledged"));
             }
-            let message = match self.gw.dispatch.message(&conversation_id, seq).await {
+            let message = match self.gw.dispatch.message(&self.device.tenant, &conversation_id, seq).await {
                 Ok(Some(m)) => m,
                 Ok(None) => {
                     self.inflight.remove(&msg_id);

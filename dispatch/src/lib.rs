@@ -205,8 +205,8 @@ impl Dispatcher {
     }
 
     /// One stored message, for a resend.
-    pub async fn message(&self, conversation_id: &str, seq: u64) -> Result<Option<Message>> {
-        Ok(self.backends.messages.get(conversation_id, seq).await?)
+    pub async fn message(&self, tenant: &str, conversation_id: &str, seq: u64) -> Result<Option<Message>> {
+        Ok(self.backends.messages.get(tenant, conversation_id, seq).await?)
     }
 
     /// A page of a conversation the requester is a member of.
@@ -242,6 +242,7 @@ impl Dispatcher {
             .backends
             .messages
             .history(HistoryQuery {
+                tenant: who.tenant.clone(),
                 conversation_id: conversation_id.clone(),
                 after_seq: req.after_seq,
                 before_seq: req.before_seq,

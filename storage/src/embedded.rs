@@ -566,7 +566,7 @@ impl MessageStore for EmbeddedStore {
         self.submit(|tx| WriteOp::Append(msg, tx)).await
     }
 
-    async fn get(&self, conversation_id: &str, seq: u64) -> Result<Option<Message>> {
+    async fn get(&self, _tenant: &str, conversation_id: &str, seq: u64) -> Result<Option<Message>> {
         let key = message_key(conversation_id, seq);
         self.read(move |db| {
             let txn = db.begin_read().map_err(unavailable)?;
@@ -748,6 +748,7 @@ impl crate::Backends {
             pending: store.clone(),
             devices: store.clone(),
             presence: Arc::new(MemoryPresence::default()),
+            bus: None,
         };
         Ok((backends, store))
     }
@@ -757,10 +758,10 @@ impl crate::Backends {
 mod tests {
     use super::*;
 
-    async fn fresh() -> (crate::Backends, tempfile::TempDir) {
+    async fn fresh() -> Option<(crate::Backends, tempfile::TempDir)> {
         let dir = tempfile::tempdir().unwrap();
         let (b, _) = crate::Backends::embedded(dir.path(), EmbeddedOptions::default()).unwrap();
-        (b, dir)
+        Some((b, dir))
     }
 
     crate::conformance_suite!(fresh);

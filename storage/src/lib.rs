@@ -16,6 +16,7 @@
 //! [`embedded`] keeps everything in one redb file; [`conformance`] is the test
 //! suite every implementation must pass.
 
+pub mod cluster;
 pub mod conformance;
 pub mod embedded;
 mod keys;
@@ -66,7 +67,7 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn append(&self, msg: NewMessage) -> Result<Appended>;
 
     /// One message by position.
-    async fn get(&self, conversation_id: &str, seq: u64) -> Result<Option<Message>>;
+    async fn get(&self, tenant: &str, conversation_id: &str, seq: u64) -> Result<Option<Message>>;
 
     /// The conversation's members, if it exists in `tenant`.
     async fn conversation(&self, tenant: &str, conversation_id: &str) -> Result<Option<Conversation>>;
@@ -78,8 +79,10 @@ pub trait MessageStore: Send + Sync + 'static {
 /// Per-device pending ids.
 #[async_trait]
 pub trait PendingStore: Send + Sync + 'static {
-    /// Up to `limit` pending messages of `device`, ordered by conversation and
-    /// then by `seq`, strictly after `after` when given.
+    /// Up to `limit` pending messages of `device`, strictly after `after` when
+    /// given (a cursor made from the last message of the previous page). Each
+    /// conversation's messages come in `seq` order; how conversations
+    /// interleave is up to the implementation.
     async fn pending(&self, device: &DeviceKey, after: Option<&PendingCursor>, limit: usize) -> Result<Vec<Message>>;
 
     /// How many messages are pending for `device`.
@@ -116,6 +119,19 @@ pub trait PresenceRegistry: Send + Sync + 'static {
     async fn lookup(&self, tenant: &str, user: &str) -> Result<Vec<PresenceEntry>>;
 }
 
+/// Carries pushes between the nodes of a cluster: each node receives on its
+/// own channel. Delivery is best effort; what a lost push carried is still
+/// pending and is resent or replayed.
+#[async_trait]
+pub trait NodeBus: Send + Sync + 'static {
+    /// Sends `payload` to `node_id`'s channel.
+    async fn publish(&self, node_id: &str, payload: Vec<u8>) -> Result<()>;
+
+    /// Receives what is published to `node_id` until the receiver is dropped,
+    /// resubscribing by itself after a connection loss.
+    async fn subscribe(&self, node_id: &str) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>>;
+}
+
 /// One storage backend: an implementation of every trait.
 #[derive(Clone)]
 pub struct Backends {
@@ -123,4 +139,6 @@ pub struct Backends {
     pub pending: Arc<dyn PendingStore>,
     pub devices: Arc<dyn DeviceRegistry>,
     pub presence: Arc<dyn PresenceRegistry>,
+    /// Cross-node pushes; `None` for single-node backends.
+    pub bus: Option<Arc<dyn NodeBus>>,
 }

@@ -44,6 +44,7 @@ impl Conversation {
 /// Which page of a conversation's history to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HistoryQuery {
+    pub tenant: String,
     pub conversation_id: String,
     /// With `before_seq > 0`: the newest `limit` messages with seq < before_seq.
     /// Otherwise the oldest `limit` messages with seq > `after_seq`.
@@ -73,16 +74,17 @@ impl DeviceKey {
     }
 }
 
-/// Position in a device's pending set: the last (conversation, seq) read.
+/// Position in a device's pending set: the last message of the previous page.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PendingCursor {
     pub conversation_id: String,
     pub seq: u64,
+    pub msg_id: String,
 }
 
 impl PendingCursor {
     pub fn of(message: &Message) -> Self {
-        Self { conversation_id: message.conversation_id.clone(), seq: message.seq }
+        Self { conversation_id: message.conversation_id.clone(), seq: message.seq, msg_id: message.msg_id.clone() }
     }
 }
 

@@ -76,8 +76,8 @@ impl MessageStore for FlakyStore {
         }
         self.inner.append(msg).await
     }
-    async fn get(&self, c: &str, seq: u64) -> Result<Option<Message>, StorageError> {
-        self.inner.get(c, seq).await
+    async fn get(&self, t: &str, c: &str, seq: u64) -> Result<Option<Message>, StorageError> {
+        self.inner.get(t, c, seq).await
     }
     async fn conversation(&self, t: &str, c: &str) -> Result<Option<Conversation>, StorageError> {
         self.inner.conversation(t, c).await

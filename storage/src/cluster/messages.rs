@@ -1,0 +1,537 @@
+//! Messages in MongoDB, pending ids and devices in Redis.
+//!
+//! `append` keeps the trait's promise (idempotent, gap-free seq, pending
+//! marked, durable) without a distributed transaction:
+//! 1. a message already stored under (tenant, sender, client_msg_id) is
+//!    returned as a duplicate (unique index `idempotency`);
+//! 2. the pending marks go to Redis *before* the insert, so a stored message
+//!    is never without them; marks whose message never got stored (the insert
+//!    failed, the node died) are dropped when a replay finds no message older
+//!    than [`ORPHAN_AGE`];
+//! 3. the seq is the conversation's last seq + 1 and the insert is guarded by
+//!    the unique index `conv_seq`: when another node took that seq first the
+//!    insert fails, the last seq is re-read and the append retries. A failed
+//!    insert consumes no seq, so seqs stay gap-free.
+//!
+//! Inserts of concurrent senders are batched into `insert_many` calls.
+
+use super::{ClusterOptions, devices_key, pending_key, redis_err};
+use crate::{
+    Appended, Conversation, DeviceKey, DeviceRegistration, DeviceRegistry, HistoryPage, HistoryQuery, MessageStore,
+    NewMessage, PendingCursor, PendingStore, Result, StorageError,
+};
+use async_trait::async_trait;
+use dashmap::DashMap;
+use futures_util::TryStreamExt;
+use im_core::pb::{Content, Message};
+use mongodb::bson::{Binary, Document, doc, spec::BinarySubtype};
+use mongodb::options::{Acknowledgment, IndexOptions, WriteConcern};
+use mongodb::{Collection, IndexModel};
+use prost::Message as _;
+use redis::aio::ConnectionManager;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, oneshot};
+
+/// A pending mark whose message is still missing after this long belongs to
+/// an insert that failed; replay removes it.
+const ORPHAN_AGE: Duration = Duration::from_secs(60);
+/// Appends retried after losing a seq race to another node.
+const SEQ_RETRIES: usize = 32;
+/// Conversations whose last seq this node caches.
+const SEQ_CACHE_MAX: usize = 100_000;
+
+/// Why one document of a batch was not inserted.
+#[derive(Debug)]
+enum InsertError {
+    DuplicateKey,
+    Failed(StorageError),
+}
+
+type InsertReply = oneshot::Sender<std::result::Result<(), InsertError>>;
+
+/// Appends of one conversation on one node are serialized (striped locks:
+/// bounded memory), so seq races happen only between nodes.
+const LOCK_STRIPES: usize = 1024;
+
+pub struct ClusterStore {
+    locks: Box<[tokio::sync::Mutex<()>]>,
+    hasher: std::collections::hash_map::RandomState,
+    redis: ConnectionManager,
+    messages: Collection<Document>,
+    inserts: mpsc::Sender<(Document, InsertReply)>,
+    last_seq: DashMap<String, u64>,
+    max_devices: usize,
+}
+
+fn mongo_err(what: &'static str) -> impl Fn(mongodb::error::Error) -> StorageError {
+    move |e| {
+        metrics::counter!("dongdong_mongo_errors_total").increment(1);
+        StorageError::Unavailable(format!("mongodb {what}: {e}"))
+    }
+}
+
+impl ClusterStore {
+    pub(crate) async fn connect(redis: ConnectionManager, options: &ClusterOptions) -> Result<Arc<Self>> {
+        let url = &options.mongo_url;
+        let unreachable =
+            |e: mongodb::error::Error| StorageError::Unavailable(format!("cannot reach MongoDB at {url}: {e}"));
+        let mut client_options = mongodb::options::ClientOptions::parse(url).await.map_err(unreachable)?;
+        client_options.server_selection_timeout = Some(options.mongo_timeout);
+        client_options.connect_timeout = Some(options.mongo_timeout);
+        client_options.app_name = Some("dongdong".into());
+        let client = mongodb::Client::with_options(client_options).map_err(unreachable)?;
+        let db = client.database(&options.mongo_database);
+        db.run_command(doc! { "ping": 1 }).await.map_err(unreachable)?;
+        let messages: Collection<Document> = db.collection("messages");
+        let unique = |name: &str| IndexOptions::builder().unique(true).name(name.to_string()).build();
+        messages
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "tenant": 1, "conv": 1, "seq": 1 })
+                    .options(unique("conv_seq"))
+                    .build(),
+            )
+            .await
+            .map_err(unreachable)?;
+        messages
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "tenant": 1, "from": 1, "cmid": 1 })
+                    .options(unique("idempotency"))
+                    .build(),
+            )
+            .await
+            .map_err(unreachable)?;
+        let w = match options.write_concern.parse::<u32>() {
+            Ok(n) => Acknowledgment::Nodes(n),
+            Err(_) if options.write_concern == "majority" => Acknowledgment::Majority,
+            Err(_) => Acknowledgment::Custom(options.write_concern.clone()),
+        };
+        let write_concern = WriteConcern::builder().w(w).journal(options.journal).build();
+        let (tx, rx) = mpsc::channel(options.max_batch * 8);
+        tokio::spawn(insert_loop(messages.clone(), write_concern, rx, options.max_batch.max(1)));
+        Ok(Arc::new(Self {
+            locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
+            hasher: Default::default(),
+            redis,
+            messages,
+            inserts: tx,
+            last_seq: DashMap::new(),
+            max_devices: options.max_devices_per_user.max(1),
+        }))
+    }
+
+    async fn insert(&self, doc: Document) -> std::result::Result<(), InsertError> {
+        let (tx, rx) = oneshot::channel();
+        self.inserts
+            .send((doc, tx))
+            .await
+            .map_err(|_| InsertError::Failed(StorageError::Unavailable("message inserter stopped".into())))?;
+        rx.await.map_err(|_| InsertError::Failed(StorageError::Unavailable("message inserter stopped".into())))?
+    }
+
+    async fn find_idempotent(&self, new: &NewMessage) -> Result<Option<Message>> {
+        let found = self
+            .messages
+            .find_one(doc! { "tenant": &new.tenant, "from": &new.from_user, "cmid": &new.client_msg_id })
+            .await
+            .map_err(mongo_err("find"))?;
+        found.map(|d| decode(&d)).transpose()
+    }
+
+    async fn read_last_seq(&self, tenant: &str, conversation: &str) -> Result<u64> {
+        let last = self
+            .messages
+            .find_one(doc! { "tenant": tenant, "conv": conversation })
+            .sort(doc! { "seq": -1 })
+            .projection(doc! { "seq": 1 })
+            .await
+            .map_err(mongo_err("find last seq"))?;
+        Ok(last.and_then(|d| d.get_i64("seq").ok()).unwrap_or(0) as u64)
+    }
+
+    fn remember_seq(&self, conversation: &str, seq: u64) {
+        if self.last_seq.len() >= SEQ_CACHE_MAX {
+            self.last_seq.clear();
+        }
+        let mut entry = self.last_seq.entry(conversation.to_string()).or_insert(0);
+        *entry = (*entry).max(seq);
+    }
+
+    /// The devices the message is pending for: the recipient's, or the
+    /// recipient's user slot when it has none, and the sender's other devices.
+    async fn pending_keys(&self, new: &NewMessage) -> Result<Vec<String>> {
+        let mut conn = self.redis.clone();
+        let recipient: Vec<String> = redis::cmd("HKEYS")
+            .arg(devices_key(&new.tenant, &new.to_user))
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("HKEYS"))?;
+        let mut keys = Vec::new();
+        if recipient.is_empty() && new.to_user != new.from_user {
+            keys.push(pending_key(&new.tenant, &new.to_user, ""));
+        }
+        keys.extend(recipient.iter().map(|d| pending_key(&new.tenant, &new.to_user, d)));
+        if new.to_user != new.from_user {
+            let sender: Vec<String> = redis::cmd("HKEYS")
+                .arg(devices_key(&new.tenant, &new.from_user))
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err("HKEYS"))?;
+            keys.extend(sender.iter().map(|d| pending_key(&new.tenant, &new.from_user, d)));
+        }
+        let own = pending_key(&new.tenant, &new.from_user, &new.from_device);
+        keys.retain(|k| k != &own);
+        keys.dedup();
+        Ok(keys)
+    }
+
+    async fn mark_pending(&self, keys: &[String], seq: u64, msg_id: &str) -> Result<()> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("ZADD").arg(k).arg(seq).arg(msg_id).ignore();
+        }
+        pipe.query_async::<()>(&mut self.redis.clone()).await.map_err(redis_err("ZADD"))
+    }
+
+    async fn unmark_pending(&self, keys: &[String], msg_id: &str) {
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.cmd("ZREM").arg(k).arg(msg_id).ignore();
+        }
+        // Best effort: a mark left behind is an orphan that replay removes.
+        let _ = pipe.query_async::<()>(&mut self.redis.clone()).await;
+    }
+
+    async fn messages_by_ids(&self, ids: &[String]) -> Result<Vec<Message>> {
+        let cursor = self.messages.find(doc! { "_id": { "$in": ids } }).await.map_err(mongo_err("find"))?;
+        let docs: Vec<Document> = cursor.try_collect().await.map_err(mongo_err("find"))?;
+        docs.iter().map(decode).collect()
+    }
+}
+
+async fn insert_loop(
+    messages: Collection<Document>,
+    write_concern: WriteConcern,
+    mut rx: mpsc::Receiver<(Document, InsertReply)>,
+    max_batch: usize,
+) {
+    let mut batch = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let started = Instant::now();
+        let (docs, replies): (Vec<Document>, Vec<InsertReply>) = batch.drain(..).unzip();
+        let size = docs.len();
+        let result = messages.insert_many(docs).ordered(false).write_concern(write_concern.clone()).await;
+        metrics::histogram!("dongdong_mongo_insert_seconds").record(started.elapsed().as_secs_f64());
+        metrics::histogram!("dongdong_store_batch_size").record(size as f64);
+        let mut outcomes: Vec<std::result::Result<(), InsertError>> = (0..size).map(|_| Ok(())).collect();
+        if let Err(e) = result {
+            metrics::counter!("dongdong_mongo_errors_total").increment(1);
+            match *e.kind {
+                mongodb::error::ErrorKind::InsertMany(ref failure) if failure.write_concern_error.is_none() => {
+                    for w in failure.write_errors.iter().flatten() {
+                        if let Some(slot) = outcomes.get_mut(w.index) {
+                            *slot = Err(if w.code == 11000 {
+                                InsertError::DuplicateKey
+                            } else {
+                                InsertError::Failed(StorageError::Unavailable(format!("mongodb insert: {}", w.message)))
+                            });
+                        }
+                    }
+                }
+                _ => {
+                    // Nothing is known to be durable: every caller retries; a
+                    // retry finds an inserted document through `idempotency`.
+                    for slot in outcomes.iter_mut() {
+                        *slot = Err(InsertError::Failed(StorageError::Unavailable(format!("mongodb insert: {e}"))));
+                    }
+                }
+            }
+        }
+        for (reply, outcome) in replies.into_iter().zip(outcomes) {
+            let _ = reply.send(outcome);
+        }
+    }
+}
+
+fn encode(m: &Message, tenant: &str) -> Document {
+    let content = m.content.as_ref().map(|c| c.encode_to_vec()).unwrap_or_default();
+    doc! {
+        "_id": &m.msg_id,
+        "tenant": tenant,
+        "conv": &m.conversation_id,
+        "seq": m.seq as i64,
+        "from": &m.from_user,
+        "fromDevice": &m.from_device,
+        "to": &m.to_user,
+        "cmid": &m.client_msg_id,
+        "ts": m.server_time_ms as i64,
+        "content": Binary { subtype: BinarySubtype::Generic, bytes: content },
+    }
+}
+
+fn decode(d: &Document) -> Result<Message> {
+    let bad = |field: &str| StorageError::Corrupt(format!("message document field {field}"));
+    let s = |field: &'static str| d.get_str(field).map(str::to_string).map_err(|_| bad(field));
+    let content = d.get_binary_generic("content").map_err(|_| bad("content"))?;
+    Ok(Message {
+        msg_id: s("_id")?,
+        conversation_id: s("conv")?,
+        seq: d.get_i64("seq").map_err(|_| bad("seq"))? as u64,
+        from_user: s("from")?,
+        from_device: s("fromDevice")?,
+        to_user: s("to")?,
+        content: Some(Content::decode(content.as_slice()).map_err(|_| bad("content"))?),
+        client_msg_id: s("cmid")?,
+        server_time_ms: d.get_i64("ts").map_err(|_| bad("ts"))? as u64,
+    })
+}
+
+/// The creation time of a UUIDv7 msg_id, ms since the epoch.
+fn msg_id_time_ms(msg_id: &str) -> Option<u64> {
+    let hex: String = msg_id.chars().filter(|c| *c != '-').take(12).collect();
+    u64::from_str_radix(&hex, 16).ok()
+}
+
+#[async_trait]
+impl MessageStore for ClusterStore {
+    async fn append(&self, new: NewMessage) -> Result<Appended> {
+        use std::hash::BuildHasher;
+        let stripe = (self.hasher.hash_one(&new.conversation_id) as usize) % self.locks.len();
+        let _serial = self.locks[stripe].lock().await;
+        if let Some(message) = self.find_idempotent(&new).await? {
+            return Ok(Appended { message, duplicate: true });
+        }
+        let keys = self.pending_keys(&new).await?;
+        let cached = self.last_seq.get(&new.conversation_id).map(|v| *v);
+        let mut last = match cached {
+            Some(s) => s,
+            None => self.read_last_seq(&new.tenant, &new.conversation_id).await?,
+        };
+        let mut message = Message {
+            msg_id: im_core::new_msg_id(),
+            conversation_id: new.conversation_id.clone(),
+            seq: 0,
+            from_user: new.from_user.clone(),
+            from_device: new.from_device.clone(),
+            to_user: new.to_user.clone(),
+            content: Some(new.content.clone()),
+            client_msg_id: new.client_msg_id.clone(),
+            server_time_ms: 0,
+        };
+        for _ in 0..SEQ_RETRIES {
+            message.seq = last + 1;
+            message.server_time_ms = im_core::now_ms();
+            self.mark_pending(&keys, message.seq, &message.msg_id).await?;
+            match self.insert(encode(&message, &new.tenant)).await {
+                Ok(()) => {
+                    self.remember_seq(&new.conversation_id, message.seq);
+                    return Ok(Appended { message, duplicate: false });
+                }
+                Err(InsertError::DuplicateKey) => {
+                    if let Some(existing) = self.find_idempotent(&new).await? {
+                        self.unmark_pending(&keys, &message.msg_id).await;
+                        return Ok(Appended { message: existing, duplicate: true });
+                    }
+                    // Another node stored this seq first.
+                    metrics::counter!("dongdong_seq_conflicts_total").increment(1);
+                    last = self.read_last_seq(&new.tenant, &new.conversation_id).await?.max(last + 1);
+                }
+                Err(InsertError::Failed(e)) => {
+                    self.unmark_pending(&keys, &message.msg_id).await;
+                    self.last_seq.remove(&new.conversation_id);
+                    return Err(e);
+                }
+            }
+        }
+        self.unmark_pending(&keys, &message.msg_id).await;
+        Err(StorageError::Unavailable("too much contention for the conversation's next seq".into()))
+    }
+
+    async fn get(&self, tenant: &str, conversation_id: &str, seq: u64) -> Result<Option<Message>> {
+        let found = self
+            .messages
+            .find_one(doc! { "tenant": tenant, "conv": conversation_id, "seq": seq as i64 })
+            .await
+            .map_err(mongo_err("find"))?;
+        found.map(|d| decode(&d)).transpose()
+    }
+
+    async fn conversation(&self, tenant: &str, conversation_id: &str) -> Result<Option<Conversation>> {
+        let last = self
+            .messages
+            .find_one(doc! { "tenant": tenant, "conv": conversation_id })
+            .sort(doc! { "seq": -1 })
+            .await
+            .map_err(mongo_err("find"))?;
+        let Some(last) = last else { return Ok(None) };
+        let m = decode(&last)?;
+        let mut members = [m.from_user, m.to_user];
+        members.sort();
+        Ok(Some(Conversation {
+            tenant: tenant.to_string(),
+            conversation_id: conversation_id.to_string(),
+            members,
+            last_seq: m.seq,
+        }))
+    }
+
+    async fn history(&self, q: HistoryQuery) -> Result<HistoryPage> {
+        let limit = q.limit.max(1) as i64;
+        let (filter, order) = if q.before_seq > 0 {
+            let before = q.before_seq.min(i64::MAX as u64) as i64;
+            (doc! { "tenant": &q.tenant, "conv": &q.conversation_id, "seq": { "$lt": before } }, -1)
+        } else {
+            let after = q.after_seq.min(i64::MAX as u64) as i64;
+            (doc! { "tenant": &q.tenant, "conv": &q.conversation_id, "seq": { "$gt": after } }, 1)
+        };
+        let cursor =
+            self.messages.find(filter).sort(doc! { "seq": order }).limit(limit + 1).await.map_err(mongo_err("find"))?;
+        let docs: Vec<Document> = cursor.try_collect().await.map_err(mongo_err("find"))?;
+        let has_more = docs.len() as i64 > limit;
+        let mut messages = docs.iter().take(limit as usize).map(decode).collect::<Result<Vec<_>>>()?;
+        if order < 0 {
+            messages.reverse();
+        }
+        Ok(HistoryPage { messages, has_more })
+    }
+}
+
+/// Returns a page of a device's pending set after a cursor, as
+/// [msg_id, score, msg_id, score, ...]. The set is ordered by (seq, msg_id).
+const PENDING_PAGE: &str = r#"
+local start = 0
+if ARGV[1] ~= '' then
+  local rank = redis.call('ZRANK', KEYS[1], ARGV[2])
+  if rank then
+    start = rank + 1
+  else
+    start = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[1])
+    for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1])) do
+      if m <= ARGV[2] then start = start + 1 end
+    end
+  end
+end
+return redis.call('ZRANGE', KEYS[1], start, start + tonumber(ARGV[3]) - 1, 'WITHSCORES')
+"#;
+
+/// Registers a device; a user's first device takes over the user slot; past
+/// the limit the least recently seen device is forgotten with its pending set.
+/// KEYS: devices hash, the device's pending set, the user slot's pending set.
+/// ARGV: device, now ms, max devices, pending key prefix. Returns
+/// {new (0/1), claimed, evicted device or ''}.
+const REGISTER_DEVICE: &str = r#"
+local device, now, max, prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
+if redis.call('HEXISTS', KEYS[1], device) == 1 then
+  redis.call('HSET', KEYS[1], device, now)
+  return {0, 0, ''}
+end
+local known = redis.call('HLEN', KEYS[1])
+local claimed, evicted = 0, ''
+if known == 0 then
+  claimed = redis.call('ZCARD', KEYS[3])
+  if claimed > 0 then
+    redis.call('ZUNIONSTORE', KEYS[2], 2, KEYS[2], KEYS[3], 'AGGREGATE', 'MAX')
+    redis.call('DEL', KEYS[3])
+  end
+elseif known >= max then
+  local all = redis.call('HGETALL', KEYS[1])
+  local oldest, seen = nil, nil
+  for i = 1, #all, 2 do
+    local t = tonumber(all[i + 1])
+    if seen == nil or t < seen then oldest, seen = all[i], t end
+  end
+  redis.call('HDEL', KEYS[1], oldest)
+  redis.call('DEL', prefix .. oldest)
+  evicted = oldest
+end
+redis.call('HSET', KEYS[1], device, now)
+return {1, claimed, evicted}
+"#;
+
+#[async_trait]
+impl PendingStore for ClusterStore {
+    async fn pending(&self, device: &DeviceKey, after: Option<&PendingCursor>, limit: usize) -> Result<Vec<Message>> {
+        let key = pending_key(&device.tenant, &device.user, &device.device);
+        let (seq, msg_id) = match after {
+            Some(c) => (c.seq.to_string(), c.msg_id.clone()),
+            None => (String::new(), String::new()),
+        };
+        let mut conn = self.redis.clone();
+        let page: Vec<(String, u64)> = redis::Script::new(PENDING_PAGE)
+            .key(&key)
+            .arg(seq)
+            .arg(msg_id)
+            .arg(limit.max(1))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_err("pending page"))?;
+        if page.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = page.iter().map(|(id, _)| id.clone()).collect();
+        let mut found: std::collections::HashMap<String, Message> =
+            self.messages_by_ids(&ids).await?.into_iter().map(|m| (m.msg_id.clone(), m)).collect();
+        let now = im_core::now_ms();
+        let mut out = Vec::with_capacity(page.len());
+        let mut orphans = Vec::new();
+        for (id, _) in page {
+            match found.remove(&id) {
+                Some(m) => out.push(m),
+                None if msg_id_time_ms(&id).is_some_and(|t| t + ORPHAN_AGE.as_millis() as u64 <= now) => {
+                    orphans.push(id)
+                }
+                // Possibly still being inserted: leave it for the live push.
+                None => {}
+            }
+        }
+        if !orphans.is_empty() {
+            tracing::info!(count = orphans.len(), "removing pending marks of messages that were never stored");
+            let _: std::result::Result<(), _> = redis::cmd("ZREM").arg(&key).arg(&orphans).query_async(&mut conn).await;
+        }
+        Ok(out)
+    }
+
+    async fn pending_count(&self, device: &DeviceKey) -> Result<u64> {
+        let key = pending_key(&device.tenant, &device.user, &device.device);
+        redis::cmd("ZCARD").arg(key).query_async(&mut self.redis.clone()).await.map_err(redis_err("ZCARD"))
+    }
+
+    async fn ack(&self, device: &DeviceKey, msg_ids: &[String]) -> Result<usize> {
+        if msg_ids.is_empty() {
+            return Ok(0);
+        }
+        let key = pending_key(&device.tenant, &device.user, &device.device);
+        redis::cmd("ZREM").arg(key).arg(msg_ids).query_async(&mut self.redis.clone()).await.map_err(redis_err("ZREM"))
+    }
+}
+
+#[async_trait]
+impl DeviceRegistry for ClusterStore {
+    async fn register_device(&self, device: &DeviceKey) -> Result<DeviceRegistration> {
+        let prefix = pending_key(&device.tenant, &device.user, "");
+        let (new, claimed, evicted): (u8, u64, String) = redis::Script::new(REGISTER_DEVICE)
+            .key(devices_key(&device.tenant, &device.user))
+            .key(pending_key(&device.tenant, &device.user, &device.device))
+            .key(&prefix)
+            .arg(&device.device)
+            .arg(im_core::now_ms())
+            .arg(self.max_devices)
+            .arg(&prefix)
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(redis_err("register device"))?;
+        Ok(DeviceRegistration { new_device: new == 1, claimed, evicted: (!evicted.is_empty()).then_some(evicted) })
+    }
+}

@@ -1,0 +1,163 @@
+//! The cluster backend: Redis for presence, devices, pending ids and the
+//! cross-node bus; MongoDB for the message log. Any number of identical nodes
+//! share them. The key schema and the collection are documented in
+//! docs/storage.md.
+//!
+//! Redis keys of one user share the hash tag `{<len(tenant)>:<tenant>:<user>}`,
+//! so every script touches a single Redis Cluster slot.
+
+mod bus;
+mod messages;
+mod presence;
+
+pub use bus::RedisBus;
+pub use messages::ClusterStore;
+pub use presence::RedisPresence;
+
+use crate::{Backends, Result, StorageError};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Where and how to reach Redis and MongoDB.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub redis_url: String,
+    pub mongo_url: String,
+    /// MongoDB database holding the `messages` collection.
+    pub mongo_database: String,
+    /// Write concern of message inserts: "majority" or a number of nodes.
+    pub write_concern: String,
+    /// Whether inserts wait for the journal.
+    pub journal: bool,
+    /// Longest wait for one Redis reply.
+    pub redis_timeout: Duration,
+    /// Longest wait for MongoDB to pick a server / connect.
+    pub mongo_timeout: Duration,
+    /// Presence entries expire this long after their node last refreshed them.
+    pub presence_ttl: Duration,
+    /// Devices remembered per user.
+    pub max_devices_per_user: usize,
+    /// Most documents per insert_many.
+    pub max_batch: usize,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> Self {
+        Self {
+            redis_url: "redis://127.0.0.1:6379".into(),
+            mongo_url: "mongodb://127.0.0.1:27017".into(),
+            mongo_database: "dongdong".into(),
+            write_concern: "majority".into(),
+            journal: true,
+            redis_timeout: Duration::from_secs(2),
+            mongo_timeout: Duration::from_secs(5),
+            presence_ttl: Duration::from_secs(60),
+            max_devices_per_user: 16,
+            max_batch: 256,
+        }
+    }
+}
+
+/// The hash tag of a user: every Redis key of the user carries it.
+pub(crate) fn user_tag(tenant: &str, user: &str) -> String {
+    format!("{{{}:{tenant}:{user}}}", tenant.len())
+}
+
+pub(crate) fn devices_key(tenant: &str, user: &str) -> String {
+    format!("dd:{}:devices", user_tag(tenant, user))
+}
+
+pub(crate) fn pending_key(tenant: &str, user: &str, device: &str) -> String {
+    format!("dd:{}:pending:{device}", user_tag(tenant, user))
+}
+
+pub(crate) fn presence_key(tenant: &str, user: &str) -> String {
+    format!("dd:{}:presence", user_tag(tenant, user))
+}
+
+pub(crate) fn redis_err(what: &'static str) -> impl Fn(redis::RedisError) -> StorageError {
+    move |e| {
+        metrics::counter!("dongdong_redis_errors_total").increment(1);
+        StorageError::Unavailable(format!("redis {what}: {e}"))
+    }
+}
+
+/// Connects to Redis with explicit timeouts; the manager reconnects by itself.
+pub async fn connect_redis(url: &str, timeout: Duration) -> Result<ConnectionManager> {
+    let client =
+        redis::Client::open(url).map_err(|e| StorageError::Unavailable(format!("invalid redis_url {url:?}: {e}")))?;
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(timeout))
+        .set_connection_timeout(Some(timeout))
+        .set_number_of_retries(2)
+        .set_max_delay(Duration::from_secs(1));
+    let mut conn = tokio::time::timeout(timeout * 2, ConnectionManager::new_with_config(client, config))
+        .await
+        .map_err(|_| StorageError::Unavailable(format!("cannot reach Redis at {url}: timed out")))?
+        .map_err(|e| StorageError::Unavailable(format!("cannot reach Redis at {url}: {e}")))?;
+    let _: String = redis::cmd("PING")
+        .query_async(&mut conn)
+        .await
+        .map_err(|e| StorageError::Unavailable(format!("cannot reach Redis at {url}: {e}")))?;
+    Ok(conn)
+}
+
+impl Backends {
+    /// The cluster backend for node `node_id`. Fails with a message naming
+    /// Redis or MongoDB when either cannot be reached.
+    pub async fn cluster(options: ClusterOptions, node_id: &str) -> Result<(Self, Arc<ClusterStore>)> {
+        let redis = connect_redis(&options.redis_url, options.redis_timeout).await?;
+        let store = ClusterStore::connect(redis.clone(), &options).await?;
+        let presence = RedisPresence::start(redis.clone(), node_id, options.presence_ttl);
+        let bus = RedisBus::new(&options.redis_url, redis, options.redis_timeout)?;
+        let backends = Self {
+            messages: store.clone(),
+            pending: store.clone(),
+            devices: store.clone(),
+            presence,
+            bus: Some(Arc::new(bus)),
+        };
+        Ok((backends, store))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conformance::required_env;
+
+    async fn fresh() -> Option<(Backends, ())> {
+        let options = ClusterOptions {
+            redis_url: required_env("DONGDONG_TEST_REDIS_URL")?,
+            mongo_url: required_env("DONGDONG_TEST_MONGO_URL")?,
+            mongo_database: "dongdong_conformance".into(),
+            ..ClusterOptions::default()
+        };
+        let node = format!("conformance-{}", im_core::new_msg_id());
+        let (backends, _) = Backends::cluster(options, &node).await.unwrap();
+        Some((backends, ()))
+    }
+
+    crate::conformance_suite!(fresh);
+
+    #[tokio::test]
+    async fn unreachable_servers_are_named() {
+        let options = ClusterOptions {
+            redis_url: "redis://127.0.0.1:1".into(),
+            redis_timeout: Duration::from_millis(200),
+            ..ClusterOptions::default()
+        };
+        let e = Backends::cluster(options, "n").await.err().unwrap();
+        assert!(e.to_string().contains("cannot reach Redis at redis://127.0.0.1:1"), "{e}");
+        let Some(redis_url) = std::env::var("DONGDONG_TEST_REDIS_URL").ok() else { return };
+        let options = ClusterOptions {
+            redis_url,
+            mongo_url: "mongodb://127.0.0.1:1".into(),
+            mongo_timeout: Duration::from_millis(300),
+            ..ClusterOptions::default()
+        };
+        let e = Backends::cluster(options, "n").await.err().unwrap();
+        assert!(e.to_string().contains("cannot reach MongoDB at mongodb://127.0.0.1:1"), "{e}");
+    }
+}

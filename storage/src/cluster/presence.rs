@@ -1,0 +1,162 @@
+//! Presence in Redis: one hash per user, field = device, value =
+//! `epoch <TAB> node <TAB> conn_id <TAB> expires_ms`. Each node refreshes the
+//! entries of its own connections every third of the TTL; entries of a node
+//! that stopped refreshing are ignored once expired and removed lazily.
+//! Removal compares the epoch, so a late close never removes a newer entry.
+
+use super::{presence_key, redis_err};
+use crate::{DeviceKey, PresenceEntry, PresenceRegistry, Result};
+use async_trait::async_trait;
+use dashmap::DashMap;
+use redis::aio::ConnectionManager;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+/// Sets the entry and returns the one it replaced. KEYS: presence hash.
+/// ARGV: device, value, key ttl ms.
+const REGISTER: &str = r#"
+local old = redis.call('HGET', KEYS[1], ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+return old
+"#;
+
+/// Removes (ARGV[3] == '') or rewrites (ARGV[3] = new value) the entry only
+/// if it still has the epoch ARGV[2]. KEYS: presence hash. ARGV: device,
+/// epoch, new value, key ttl ms. Returns 1 when it matched.
+const COMPARE_AND_SET: &str = r#"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if not v then return 0 end
+local epoch = string.match(v, '^([^\t]*)')
+if epoch ~= ARGV[2] then return 0 end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ARGV[4])
+end
+return 1
+"#;
+
+pub struct RedisPresence {
+    redis: ConnectionManager,
+    ttl: Duration,
+    /// Entries this node registered, refreshed until unregistered.
+    local: DashMap<DeviceKey, PresenceEntry>,
+}
+
+fn encode(e: &PresenceEntry, expires_ms: u64) -> String {
+    format!("{}\t{}\t{}\t{}", e.epoch, e.node_id, e.conn_id, expires_ms)
+}
+
+fn decode(device: DeviceKey, v: &str) -> Option<(PresenceEntry, u64)> {
+    let mut parts = v.split('\t');
+    let epoch = parts.next()?.parse().ok()?;
+    let node_id: Arc<str> = parts.next()?.into();
+    let conn_id = parts.next()?.parse().ok()?;
+    let expires = parts.next()?.parse().ok()?;
+    Some((PresenceEntry { device, node_id, conn_id, epoch }, expires))
+}
+
+impl RedisPresence {
+    /// Starts the refresh task of `node_id`'s entries; it ends with the registry.
+    pub fn start(redis: ConnectionManager, node_id: &str, ttl: Duration) -> Arc<Self> {
+        let this = Arc::new(Self { redis, ttl, local: DashMap::new() });
+        tokio::spawn(refresh_loop(Arc::downgrade(&this), ttl / 3, node_id.to_string()));
+        this
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.ttl.as_millis() as u64
+    }
+
+    async fn refresh_all(&self) {
+        let entries: Vec<PresenceEntry> = self.local.iter().map(|e| e.value().clone()).collect();
+        if entries.is_empty() {
+            return;
+        }
+        let expires = im_core::now_ms() + self.ttl_ms();
+        let mut pipe = redis::pipe();
+        for e in &entries {
+            pipe.invoke_script(
+                redis::Script::new(COMPARE_AND_SET)
+                    .key(presence_key(&e.device.tenant, &e.device.user))
+                    .arg(&e.device.device)
+                    .arg(e.epoch)
+                    .arg(encode(e, expires))
+                    .arg(self.ttl_ms()),
+            );
+        }
+        match pipe.query_async::<Vec<u8>>(&mut self.redis.clone()).await {
+            Ok(matched) => {
+                for (e, ok) in entries.iter().zip(matched) {
+                    if ok == 0 {
+                        // Replaced elsewhere: stop refreshing it.
+                        self.local.remove_if(&e.device, |_, cur| cur.epoch == e.epoch);
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "presence refresh failed; entries expire unless the next one succeeds")
+            }
+        }
+    }
+}
+
+async fn refresh_loop(this: Weak<RedisPresence>, every: Duration, node_id: String) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(this) = this.upgrade() else { break };
+        this.refresh_all().await;
+        metrics::gauge!("dongdong_presence_local_entries", "node" => node_id.clone()).set(this.local.len() as f64);
+    }
+}
+
+#[async_trait]
+impl PresenceRegistry for RedisPresence {
+    async fn register(&self, entry: PresenceEntry) -> Result<Option<PresenceEntry>> {
+        let key = presence_key(&entry.device.tenant, &entry.device.user);
+        let now = im_core::now_ms();
+        let old: Option<String> = redis::Script::new(REGISTER)
+            .key(key)
+            .arg(&entry.device.device)
+            .arg(encode(&entry, now + self.ttl_ms()))
+            .arg(self.ttl_ms())
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(redis_err("presence register"))?;
+        self.local.insert(entry.device.clone(), entry.clone());
+        Ok(old.and_then(|v| decode(entry.device.clone(), &v)).filter(|(_, expires)| *expires > now).map(|(e, _)| e))
+    }
+
+    async fn unregister(&self, device: &DeviceKey, epoch: u64) -> Result<bool> {
+        self.local.remove_if(device, |_, e| e.epoch == epoch);
+        let removed: u8 = redis::Script::new(COMPARE_AND_SET)
+            .key(presence_key(&device.tenant, &device.user))
+            .arg(&device.device)
+            .arg(epoch)
+            .arg("")
+            .arg(self.ttl_ms())
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(redis_err("presence unregister"))?;
+        Ok(removed == 1)
+    }
+
+    async fn lookup(&self, tenant: &str, user: &str) -> Result<Vec<PresenceEntry>> {
+        let all: Vec<(String, String)> = redis::cmd("HGETALL")
+            .arg(presence_key(tenant, user))
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(redis_err("presence lookup"))?;
+        let now = im_core::now_ms();
+        Ok(all
+            .into_iter()
+            .filter_map(|(device, v)| decode(DeviceKey::new(tenant, user, device), &v))
+            .filter(|(_, expires)| *expires > now)
+            .map(|(e, _)| e)
+            .collect())
+    }
+}
