@@ -61,11 +61,11 @@ trap cleanup EXIT
 wait_port "$redis_port" redis-server
 wait_port "$mongo_port" secantusdb
 
-export DONGDONG_TEST_REDIS_URL="redis://127.0.0.1:$redis_port"
-export DONGDONG_TEST_MONGO_URL="mongodb://127.0.0.1:$mongo_port"
+export DDTEST_REDIS_URL="redis://127.0.0.1:$redis_port"
+export DDTEST_MONGO_URL="mongodb://127.0.0.1:$mongo_port"
 # Failure tests start servers of their own with these.
-export DONGDONG_TEST_REDIS_SERVER="$(command -v redis-server)"
-export DONGDONG_TEST_SECANTUS_PYTHON="$venv/bin/python"
+export DDTEST_REDIS_SERVER="$(command -v redis-server)"
+export DDTEST_SECANTUS_PYTHON="$venv/bin/python"
 
 # --- tests ----------------------------------------------------------------------
 # Build first: the crash and signal tests run the server binary as a child process.

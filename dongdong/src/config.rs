@@ -27,8 +27,6 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// HTTP listen address for /healthz and /metrics.
     pub http: SocketAddr,
-    /// This node's id in presence entries; generated and logged when empty.
-    pub node_id: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -36,6 +34,8 @@ pub struct ServerConfig {
 pub enum Backend {
     /// One data directory, no external service.
     Embedded,
+    /// Redis and MongoDB shared by any number of identical nodes.
+    Cluster,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -46,6 +46,22 @@ pub struct StorageConfig {
     pub data_dir: PathBuf,
     /// Devices remembered per user; the least recently seen is forgotten.
     pub max_devices_per_user: usize,
+    /// This node's id in presence entries and its bus channel; generated and
+    /// logged when empty. Must be unique within a cluster.
+    pub node_id: String,
+    /// Cluster backend: Redis for presence, pending ids and the node bus.
+    pub redis_url: String,
+    /// Cluster backend: MongoDB for the message log.
+    pub mongo_url: String,
+    pub mongo_database: String,
+    /// Write concern of message inserts: "majority" or a number of members.
+    pub mongo_write_concern: String,
+    /// Whether message inserts wait for the MongoDB journal.
+    pub mongo_journal: bool,
+    /// Cluster backend: presence entries of a node that stops refreshing
+    /// them expire after this long.
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -95,16 +111,23 @@ impl Default for Config {
     fn default() -> Self {
         let gw = access_gateway::GatewayConfig::default();
         let dispatch = dispatch::DispatchLimits::default();
+        let cluster = storage::cluster::ClusterOptions::default();
         Self {
             server: ServerConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 7800)),
                 http: SocketAddr::from(([127, 0, 0, 1], 7801)),
-                node_id: String::new(),
             },
             storage: StorageConfig {
                 backend: Backend::Embedded,
                 data_dir: PathBuf::from("./dongdong-data"),
                 max_devices_per_user: storage::embedded::EmbeddedOptions::default().max_devices_per_user,
+                node_id: String::new(),
+                redis_url: cluster.redis_url,
+                mongo_url: cluster.mongo_url,
+                mongo_database: cluster.mongo_database,
+                mongo_write_concern: cluster.write_concern,
+                mongo_journal: cluster.journal,
+                presence_ttl: cluster.presence_ttl,
             },
             auth: AuthConfig { secret: String::new() },
             limits: LimitsConfig {
@@ -245,10 +268,28 @@ impl Config {
         if !self.auth.secret.is_empty() && self.auth.secret.len() < 16 {
             return invalid("auth.secret", "must be at least 16 bytes (or empty for a generated dev secret)");
         }
-        if !self.server.node_id.is_empty()
-            && let Err(e) = im_core::ids::validate_id("server.node_id", &self.server.node_id)
-        {
-            return Err(ConfigError::Invalid { key: "server.node_id", reason: e });
+        let s = &self.storage;
+        if !s.node_id.is_empty() {
+            if let Err(e) = im_core::ids::validate_id("storage.node_id", &s.node_id) {
+                return Err(ConfigError::Invalid { key: "storage.node_id", reason: e });
+            }
+            if s.node_id.contains(['{', '}', ' ']) {
+                return invalid("storage.node_id", "must not contain braces or spaces");
+            }
+        }
+        if s.backend == Backend::Cluster {
+            if !s.redis_url.starts_with("redis://") && !s.redis_url.starts_with("rediss://") {
+                return invalid("storage.redis_url", "must start with redis:// or rediss://");
+            }
+            if !s.mongo_url.starts_with("mongodb://") && !s.mongo_url.starts_with("mongodb+srv://") {
+                return invalid("storage.mongo_url", "must start with mongodb:// or mongodb+srv://");
+            }
+            if s.mongo_database.is_empty() {
+                return invalid("storage.mongo_database", "must not be empty");
+            }
+            if s.presence_ttl < Duration::from_secs(1) {
+                return invalid("storage.presence_ttl", "must be at least 1s");
+            }
         }
         Ok(())
     }
@@ -269,6 +310,30 @@ impl Config {
             rate_burst: l.rate_burst,
             max_connections: l.max_connections,
             io_buffer_bytes: l.io_buffer_bytes,
+        }
+    }
+
+    /// The cluster backend's options.
+    pub fn cluster(&self) -> storage::cluster::ClusterOptions {
+        let s = &self.storage;
+        storage::cluster::ClusterOptions {
+            redis_url: s.redis_url.clone(),
+            mongo_url: s.mongo_url.clone(),
+            mongo_database: s.mongo_database.clone(),
+            write_concern: s.mongo_write_concern.clone(),
+            journal: s.mongo_journal,
+            presence_ttl: s.presence_ttl,
+            max_devices_per_user: s.max_devices_per_user,
+            ..storage::cluster::ClusterOptions::default()
+        }
+    }
+
+    /// `storage.node_id`, or a fresh id when it is empty.
+    pub fn node_id(&self) -> String {
+        if self.storage.node_id.is_empty() {
+            format!("n-{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
+        } else {
+            self.storage.node_id.clone()
         }
     }
 

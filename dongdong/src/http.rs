@@ -43,6 +43,7 @@ pub(crate) fn install_metrics() -> PrometheusHandle {
 struct AppState {
     router: Arc<Router>,
     node_id: String,
+    health: Arc<dyn storage::HealthCheck>,
     metrics: PrometheusHandle,
 }
 
@@ -50,6 +51,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     router: Arc<Router>,
     node_id: String,
+    health: Arc<dyn storage::HealthCheck>,
     metrics: PrometheusHandle,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -67,19 +69,37 @@ pub(crate) async fn serve(
     let app = Http::new().route("/healthz", get(healthz)).route("/metrics", get(render_metrics)).with_state(AppState {
         router,
         node_id,
+        health,
         metrics,
     });
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     Ok(())
 }
 
+/// 200 when every storage dependency answers, 503 otherwise.
 async fn healthz(State(s): State<AppState>) -> impl IntoResponse {
-    axum::Json(serde_json::json!({
-        "status": "ok",
+    let checks = tokio::time::timeout(Duration::from_secs(3), s.health.check())
+        .await
+        .unwrap_or_else(|_| vec![("storage", Err("health check timed out".to_string()))]);
+    let healthy = checks.iter().all(|(_, r)| r.is_ok());
+    let storage: serde_json::Map<String, serde_json::Value> = checks
+        .into_iter()
+        .map(|(name, r)| {
+            let v = match r {
+                Ok(()) => serde_json::json!("ok"),
+                Err(e) => serde_json::json!({ "error": e }),
+            };
+            (name.to_string(), v)
+        })
+        .collect();
+    let status = if healthy { axum::http::StatusCode::OK } else { axum::http::StatusCode::SERVICE_UNAVAILABLE };
+    let body = serde_json::json!({
+        "status": if healthy { "ok" } else { "unavailable" },
         "node_id": s.node_id,
         "connections": s.router.local_connections(),
-        "storage": "embedded",
-    }))
+        "storage": storage,
+    });
+    (status, axum::Json(body))
 }
 
 async fn render_metrics(State(s): State<AppState>) -> impl IntoResponse {

@@ -19,10 +19,14 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-/// Opens the configured storage backend. The embedded store is returned too,
-/// so that shutdown can close it.
-pub fn open_storage(config: &Config) -> anyhow::Result<(Backends, Option<Arc<EmbeddedStore>>)> {
+/// Opens the configured storage backend for node `node_id`. The embedded
+/// store is returned too, so that shutdown can close it.
+pub async fn open_storage(config: &Config, node_id: &str) -> anyhow::Result<(Backends, Option<Arc<EmbeddedStore>>)> {
     match config.storage.backend {
+        config::Backend::Cluster => {
+            let (backends, _) = Backends::cluster(config.cluster(), node_id).await?;
+            Ok((backends, None))
+        }
         config::Backend::Embedded => {
             let options = EmbeddedOptions {
                 max_devices_per_user: config.storage.max_devices_per_user,
@@ -42,8 +46,9 @@ pub async fn run(
     config: Config,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let (backends, store) = open_storage(&config)?;
-    let result = run_with_backends(ws, http, &config, backends, shutdown).await;
+    let node_id = config.node_id();
+    let (backends, store) = open_storage(&config, &node_id).await?;
+    let result = run_with_backends(ws, http, &config, &node_id, backends, shutdown).await;
     if let Some(store) = store {
         store.close().await;
         info!("storage closed");
@@ -57,24 +62,24 @@ pub async fn run_with_backends(
     ws: TcpListener,
     http: TcpListener,
     config: &Config,
+    node_id: &str,
     backends: Backends,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let metrics = http::install_metrics();
     let secret = secret::resolve(config)?;
-    let node_id = if config.server.node_id.is_empty() {
-        format!("n-{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
-    } else {
-        config.server.node_id.clone()
-    };
-    let router = Arc::new(Router::new(node_id.as_str(), backends.presence.clone(), config.limits.delivery_queue));
+    let health = backends.health.clone();
+    let router = Arc::new(Router::new(node_id, backends.presence.clone(), config.limits.delivery_queue));
+    if let Some(bus) = &backends.bus {
+        router.attach_bus(bus.clone(), shutdown.clone()).await.context("cannot subscribe to the node bus")?;
+    }
     let dispatch = Dispatcher::new(backends, router.clone(), config.dispatch());
     let gateway = Arc::new(Gateway { config: config.gateway(), signer: Arc::new(TokenSigner::new(&secret)), dispatch });
     let ws_addr = ws.local_addr()?;
     let http_addr = http.local_addr()?;
     info!(node_id, ws = %format!("ws://{ws_addr}/ws"), http = %format!("http://{http_addr}"), "dongdong serving");
 
-    let http_task = tokio::spawn(http::serve(http, router, node_id.clone(), metrics, shutdown.clone()));
+    let http_task = tokio::spawn(http::serve(http, router, node_id.to_string(), health, metrics, shutdown.clone()));
     access_gateway::serve(ws, gateway, shutdown.clone()).await;
     shutdown.cancel();
     http_task.await.context("HTTP task failed")??;

@@ -13,9 +13,10 @@
 use dashmap::DashMap;
 use im_core::CloseCode;
 use im_core::pb::Message;
+use prost::Message as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use storage::{DeviceKey, PresenceEntry, PresenceRegistry, StorageError};
+use storage::{DeviceKey, NodeBus, PresenceEntry, PresenceRegistry, StorageError};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -76,6 +77,20 @@ pub struct Router {
     next_conn_id: AtomicU64,
     last_epoch: AtomicU64,
     delivery_queue: usize,
+    bus: OnceLock<Arc<dyn NodeBus>>,
+}
+
+/// What travels on the node bus: `[kind][conn_id: 8 bytes BE][epoch: 8 bytes BE][body]`.
+const BUS_DELIVER: u8 = 1;
+const BUS_KICK_REPLACED: u8 = 2;
+
+fn bus_frame(kind: u8, conn_id: u64, epoch: u64, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(17 + body.len());
+    out.push(kind);
+    out.extend_from_slice(&conn_id.to_be_bytes());
+    out.extend_from_slice(&epoch.to_be_bytes());
+    out.extend_from_slice(body);
+    out
 }
 
 impl Router {
@@ -88,6 +103,55 @@ impl Router {
             next_conn_id: AtomicU64::new(1),
             last_epoch: AtomicU64::new(0),
             delivery_queue: delivery_queue.max(1),
+            bus: OnceLock::new(),
+        }
+    }
+
+    /// Joins a cluster: pushes for connections on other nodes go over `bus`,
+    /// and what other nodes publish to this node is handed to its
+    /// connections until `shutdown`.
+    pub async fn attach_bus(
+        self: &Arc<Self>,
+        bus: Arc<dyn NodeBus>,
+        shutdown: CancellationToken,
+    ) -> Result<(), StorageError> {
+        let mut inbox = bus.subscribe(&self.node_id).await?;
+        let _ = self.bus.set(bus);
+        let this = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let payload = tokio::select! {
+                    p = inbox.recv() => match p { Some(p) => p, None => break },
+                    _ = shutdown.cancelled() => break,
+                };
+                let Some(router) = this.upgrade() else { break };
+                router.on_bus(&payload);
+            }
+        });
+        Ok(())
+    }
+
+    fn on_bus(&self, payload: &[u8]) {
+        let (Some(&kind), Some(conn), Some(epoch)) = (payload.first(), payload.get(1..9), payload.get(9..17)) else {
+            metrics::counter!("dongdong_bus_malformed_total").increment(1);
+            return;
+        };
+        let conn_id = u64::from_be_bytes(conn.try_into().unwrap_or_default());
+        let epoch = u64::from_be_bytes(epoch.try_into().unwrap_or_default());
+        match kind {
+            BUS_DELIVER => match Message::decode(&payload[17..]) {
+                Ok(m) => {
+                    metrics::counter!("dongdong_bus_received_total").increment(1);
+                    self.push_local(conn_id, epoch, &Arc::new(m));
+                }
+                Err(_) => metrics::counter!("dongdong_bus_malformed_total").increment(1),
+            },
+            BUS_KICK_REPLACED => {
+                if let Some(conn) = self.local.get(&conn_id).filter(|c| c.epoch == epoch) {
+                    conn.kick.kick(CloseCode::Replaced, "replaced by a newer connection of the same device");
+                }
+            }
+            _ => metrics::counter!("dongdong_bus_malformed_total").increment(1),
         }
     }
 
@@ -139,9 +203,14 @@ impl Router {
 
     fn close_replaced(&self, old: &PresenceEntry) {
         if old.node_id != self.node_id {
-            // Cross-node replacement arrives with cluster mode; until then the
-            // old node's connection lives until it closes or expires.
-            tracing::info!(node = %old.node_id, conn_id = old.conn_id, "device reconnected; its old connection is on another node");
+            if let Some(bus) = self.bus.get().cloned() {
+                let (node, payload) = (old.node_id.clone(), bus_frame(BUS_KICK_REPLACED, old.conn_id, old.epoch, &[]));
+                tokio::spawn(async move {
+                    if let Err(e) = bus.publish(&node, payload).await {
+                        tracing::warn!(error = %e, node = %node, "could not tell the old node to close a replaced connection");
+                    }
+                });
+            }
             return;
         }
         if let Some(conn) = self.local.get(&old.conn_id) {
@@ -189,7 +258,18 @@ impl Router {
                 continue;
             }
             if entry.node_id != self.node_id {
-                metrics::counter!("dongdong_push_remote_skipped_total").increment(1);
+                // Published in order while the caller holds the conversation's
+                // order; a lost publish leaves the message pending.
+                match self.bus.get() {
+                    Some(bus) => {
+                        let payload = bus_frame(BUS_DELIVER, entry.conn_id, entry.epoch, &message.encode_to_vec());
+                        match bus.publish(&entry.node_id, payload).await {
+                            Ok(()) => pushed += 1,
+                            Err(e) => tracing::warn!(error = %e, "cross-node push failed; left to resend and replay"),
+                        }
+                    }
+                    None => metrics::counter!("dongdong_push_remote_skipped_total").increment(1),
+                }
                 continue;
             }
             if self.push_local(entry.conn_id, entry.epoch, &message) {

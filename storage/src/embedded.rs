@@ -701,6 +701,14 @@ impl DeviceRegistry for EmbeddedStore {
     }
 }
 
+#[async_trait]
+impl crate::HealthCheck for EmbeddedStore {
+    async fn check(&self) -> Vec<(&'static str, std::result::Result<(), String>)> {
+        let closed = self.writer.lock().map(|w| w.is_none()).unwrap_or(true);
+        vec![("embedded", if closed { Err("the store is closed".into()) } else { Ok(()) })]
+    }
+}
+
 /// Presence of one node's connections, in memory.
 #[derive(Default)]
 pub struct MemoryPresence {
@@ -749,6 +757,7 @@ impl crate::Backends {
             devices: store.clone(),
             presence: Arc::new(MemoryPresence::default()),
             bus: None,
+            health: store.clone(),
         };
         Ok((backends, store))
     }

@@ -132,6 +132,13 @@ pub trait NodeBus: Send + Sync + 'static {
     async fn subscribe(&self, node_id: &str) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>>;
 }
 
+/// Reachability of the backend's servers, for `/healthz`.
+#[async_trait]
+pub trait HealthCheck: Send + Sync + 'static {
+    /// One entry per dependency: its name and whether it answered.
+    async fn check(&self) -> Vec<(&'static str, std::result::Result<(), String>)>;
+}
+
 /// One storage backend: an implementation of every trait.
 #[derive(Clone)]
 pub struct Backends {
@@ -141,4 +148,5 @@ pub struct Backends {
     pub presence: Arc<dyn PresenceRegistry>,
     /// Cross-node pushes; `None` for single-node backends.
     pub bus: Option<Arc<dyn NodeBus>>,
+    pub health: Arc<dyn HealthCheck>,
 }

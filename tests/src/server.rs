@@ -26,7 +26,7 @@ pub fn test_config(dir: &std::path::Path) -> Config {
     let mut config = Config::default();
     config.auth.secret = SECRET.into();
     config.storage.data_dir = dir.to_path_buf();
-    config.server.node_id = "test-node".into();
+    config.storage.node_id = "test-node".into();
     config
 }
 
@@ -50,7 +50,7 @@ impl TestServer {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let mut config = test_config(dir.path());
         tweak(&mut config);
-        let (backends, store) = dongdong::open_storage(&config).unwrap();
+        let (backends, store) = dongdong::open_storage(&config, "test-node").await.unwrap();
         Self::start_on(config, backends, store, dir).await
     }
 
@@ -69,7 +69,9 @@ impl TestServer {
         let shutdown = CancellationToken::new();
         let task = {
             let (config, backends, shutdown) = (config.clone(), backends.clone(), shutdown.clone());
-            tokio::spawn(async move { dongdong::run_with_backends(ws, http, &config, backends, shutdown).await })
+            tokio::spawn(async move {
+                dongdong::run_with_backends(ws, http, &config, "test-node", backends, shutdown).await
+            })
         };
         Self {
             ws_url,

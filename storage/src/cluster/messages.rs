@@ -518,6 +518,17 @@ impl PendingStore for ClusterStore {
 }
 
 #[async_trait]
+impl crate::HealthCheck for ClusterStore {
+    async fn check(&self) -> Vec<(&'static str, std::result::Result<(), String>)> {
+        let mut conn = self.redis.clone();
+        let redis = redis::cmd("PING").query_async::<String>(&mut conn).await.map(drop).map_err(|e| e.to_string());
+        let db = self.messages.client().database(self.messages.namespace().db.as_str());
+        let mongo = db.run_command(doc! { "ping": 1 }).await.map(drop).map_err(|e| e.to_string());
+        vec![("redis", redis), ("mongodb", mongo)]
+    }
+}
+
+#[async_trait]
 impl DeviceRegistry for ClusterStore {
     async fn register_device(&self, device: &DeviceKey) -> Result<DeviceRegistration> {
         let prefix = pending_key(&device.tenant, &device.user, "");

@@ -117,6 +117,7 @@ impl Backends {
             devices: store.clone(),
             presence,
             bus: Some(Arc::new(bus)),
+            health: store.clone(),
         };
         Ok((backends, store))
     }
@@ -129,8 +130,8 @@ mod tests {
 
     async fn fresh() -> Option<(Backends, ())> {
         let options = ClusterOptions {
-            redis_url: required_env("DONGDONG_TEST_REDIS_URL")?,
-            mongo_url: required_env("DONGDONG_TEST_MONGO_URL")?,
+            redis_url: required_env("DDTEST_REDIS_URL")?,
+            mongo_url: required_env("DDTEST_MONGO_URL")?,
             mongo_database: "dongdong_conformance".into(),
             ..ClusterOptions::default()
         };
@@ -150,7 +151,7 @@ mod tests {
         };
         let e = Backends::cluster(options, "n").await.err().unwrap();
         assert!(e.to_string().contains("cannot reach Redis at redis://127.0.0.1:1"), "{e}");
-        let Some(redis_url) = std::env::var("DONGDONG_TEST_REDIS_URL").ok() else { return };
+        let Some(redis_url) = std::env::var("DDTEST_REDIS_URL").ok() else { return };
         let options = ClusterOptions {
             redis_url,
             mongo_url: "mongodb://127.0.0.1:1".into(),

@@ -2,8 +2,8 @@
 //! gets a clear Error code (and a close where it makes sense) while a
 //! well-behaved client keeps chatting throughout.
 
-use crate::client::{Client, Closed, code};
-use crate::server::TestServer;
+use dongdong_tests::client::{Client, Closed, code};
+use dongdong_tests::server::TestServer;
 use im_core::pb::{self, Frame, frame::Body};
 use im_core::{CloseCode, Encoding, ErrorCode};
 use std::sync::Arc;
@@ -54,7 +54,7 @@ fn expired_token() -> String {
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
         &claims,
-        &jsonwebtoken::EncodingKey::from_secret(crate::SECRET.as_bytes()),
+        &jsonwebtoken::EncodingKey::from_secret(dongdong_tests::SECRET.as_bytes()),
     )
     .unwrap()
 }
@@ -153,7 +153,7 @@ async fn bad_input_gets_clear_errors_and_never_hurts_others() {
         }
     }
     loop {
-        match flood.recv(crate::client::WAIT).await {
+        match flood.recv(dongdong_tests::client::WAIT).await {
             Some(Ok(Frame { body: Some(Body::Error(e)), .. })) => {
                 assert_eq!(code(&e), ErrorCode::RateLimited);
                 assert!(e.retryable);

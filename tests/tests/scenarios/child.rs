@@ -3,29 +3,11 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 
-/// Builds the binary once per test run (a no-op when it is fresh) and
-/// returns its path.
+/// The server binary this package builds from `dongdong/src/main.rs`, with
+/// the same dependency features as the tests (so no rebuild between runs).
 pub fn binary() -> PathBuf {
-    static PATH: OnceLock<PathBuf> = OnceLock::new();
-    PATH.get_or_init(|| {
-        let exe = std::env::current_exe().unwrap();
-        // target/<profile>/deps/<test binary>
-        let profile_dir = exe.parent().and_then(Path::parent).unwrap().to_path_buf();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.args(["build", "-q", "-p", "dongdong", "--bin", "dongdong"]);
-        if profile_dir.file_name().is_some_and(|n| n == "release") {
-            cmd.arg("--release");
-        }
-        let status = cmd.status().expect("run cargo build for the dongdong binary");
-        assert!(status.success(), "cargo build -p dongdong failed");
-        let path = profile_dir.join("dongdong");
-        assert!(path.exists(), "{} missing after build", path.display());
-        path
-    })
-    .clone()
+    PathBuf::from(env!("CARGO_BIN_EXE_dongdong-test-server"))
 }
 
 pub struct ChildServer {
@@ -43,8 +25,8 @@ impl ChildServer {
         let mut child = Command::new(binary())
             .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data"])
             .arg(data_dir)
-            .env("DONGDONG_AUTH__SECRET", crate::SECRET)
-            .env("DONGDONG_SERVER__NODE_ID", "child-node")
+            .env("DONGDONG_AUTH__SECRET", dongdong_tests::SECRET)
+            .env("DONGDONG_STORAGE__NODE_ID", "child-node")
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -83,6 +65,9 @@ impl ChildServer {
 
 impl Drop for ChildServer {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- log of the dongdong child ({}) ---\n{}", self.stderr_log.display(), self.log());
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -1,9 +1,9 @@
 //! The 1:1 message path: persist before ack, idempotency, order, fan-out to
 //! devices, replay on connect, history, tenants.
 
-use crate::client::{Client, code, msg, text_content};
-use crate::server::{TestServer, test_config};
 use async_trait::async_trait;
+use dongdong_tests::client::{Client, code, msg, text_content};
+use dongdong_tests::server::{TestServer, test_config};
 use im_core::pb::{self, Message};
 use im_core::{Encoding, ErrorCode};
 use std::collections::HashSet;
@@ -51,7 +51,7 @@ async fn acked_send_survives_a_restart_on_the_same_data() {
         acks.push(alice.send_text("bob", &format!("m{i}"), &format!("text {i}")).await.unwrap());
     }
     s.stop().await;
-    let (backends, store) = dongdong::open_storage(&config).unwrap();
+    let (backends, store) = dongdong::open_storage(&config, "test-node").await.unwrap();
     let s = TestServer::start_on(config, backends, store, dir).await;
     let mut bob = s.login("acme", "bob", "b1").await;
     assert_eq!(bob.auth_ok.as_ref().unwrap().pending_count, 20);
@@ -91,7 +91,7 @@ impl MessageStore for FlakyStore {
 async fn failed_store_gives_retryable_error_and_no_ack() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let config = test_config(dir.path());
-    let (mut backends, store) = dongdong::open_storage(&config).unwrap();
+    let (mut backends, store) = dongdong::open_storage(&config, "test-node").await.unwrap();
     let flaky = Arc::new(FlakyStore { inner: backends.messages.clone(), failing: AtomicBool::new(true) });
     backends.messages = flaky.clone();
     let s = TestServer::start_on(config, backends, store, dir).await;

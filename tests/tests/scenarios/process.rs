@@ -1,7 +1,7 @@
 //! The real binary: crash safety under kill -9, SIGTERM, config errors, tokens.
 
-use crate::child::{ChildServer, binary};
-use crate::client::{Client, Closed, msg};
+use super::child::{ChildServer, binary};
+use dongdong_tests::client::{Client, Closed, msg};
 use im_core::{CloseCode, Encoding};
 use std::collections::HashSet;
 use std::process::Command;
@@ -10,7 +10,7 @@ use std::process::Command;
 async fn kill_9_loses_nothing_acked_and_replays_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let signer = access_gateway::TokenSigner::new(crate::SECRET.as_bytes());
+    let signer = access_gateway::TokenSigner::new(dongdong_tests::SECRET.as_bytes());
     let token = |u: &str| signer.mint("acme", u, im_core::Role::Customer, std::time::Duration::from_secs(600)).unwrap();
 
     let server = ChildServer::start(&data);
@@ -76,7 +76,7 @@ async fn sigterm_and_sigint_close_with_1012_and_exit_0() {
 async fn stop_with(signal: &'static str) {
     let dir = tempfile::tempdir().unwrap();
     let server = ChildServer::start(&dir.path().join("data"));
-    let signer = access_gateway::TokenSigner::new(crate::SECRET.as_bytes());
+    let signer = access_gateway::TokenSigner::new(dongdong_tests::SECRET.as_bytes());
     let token = signer.mint("acme", "alice", im_core::Role::Customer, std::time::Duration::from_secs(60)).unwrap();
     let mut c = Client::connect(&server.ws_url, Encoding::Json).await;
     c.auth(&token, "d").await.unwrap();
@@ -155,7 +155,7 @@ pub async fn http_get(base: &str, path: &str) -> (u16, String) {
 async fn healthz_and_prometheus_metrics() {
     let dir = tempfile::tempdir().unwrap();
     let server = ChildServer::start(&dir.path().join("data"));
-    let signer = access_gateway::TokenSigner::new(crate::SECRET.as_bytes());
+    let signer = access_gateway::TokenSigner::new(dongdong_tests::SECRET.as_bytes());
     let token = |u: &str| signer.mint("acme", u, im_core::Role::Customer, std::time::Duration::from_secs(60)).unwrap();
     let mut bob = Client::login(&server.ws_url, &token("bob"), "b1").await;
     let mut alice = Client::login(&server.ws_url, &token("alice"), "a1").await;

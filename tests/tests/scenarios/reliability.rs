@@ -1,8 +1,8 @@
 //! Timers and bounds: resend after the ack timeout, heartbeats, idle close,
 //! replaced connections, slow consumers, presence on close.
 
-use crate::client::{Closed, msg};
-use crate::server::TestServer;
+use dongdong_tests::client::{Closed, msg};
+use dongdong_tests::server::TestServer;
 use im_core::CloseCode;
 use im_core::pb::{self, frame::Body};
 use std::time::Duration;
