@@ -3,4 +3,6 @@
 //! server binary (`dongdong-test-server`, the same `main.rs` as `dongdong`)
 //! as a child process.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod scenarios;
