@@ -57,6 +57,10 @@ fn close(code: CloseCode, reason: impl Into<Cow<'static, str>>) -> Exit {
 
 /// Most pending messages fetched per replay page.
 const REPLAY_PAGE: usize = 256;
+/// Failed reads of a replay page retried before the connection is closed
+/// (1013), each after a longer pause.
+const REPLAY_RETRIES: u32 = 4;
+const REPLAY_RETRY_BACKOFF: Duration = Duration::from_millis(250);
 /// How long the writer may take to flush the final frames after the read
 /// loop ended, before the socket is dropped.
 const WRITER_GRACE: Duration = Duration::from_secs(5);
@@ -302,6 +306,8 @@ struct Replay {
     requested: usize,
     /// A push arrived (and was dropped) during this pass: run another.
     dirty: bool,
+    /// Consecutive failed page reads; the next read waits a little longer.
+    failures: u32,
     started: Instant,
 }
 
@@ -337,7 +343,7 @@ impl Conn {
             kick: session.registration.kick,
             deliveries: session.registration.deliveries,
             inflight: HashMap::new(),
-            replay: Some(Replay { cursor: None, requested: 0, dirty: false, started: Instant::now() }),
+            replay: Some(Replay { cursor: None, requested: 0, dirty: false, failures: 0, started: Instant::now() }),
             sends,
             rejected_in_row: 0,
             last_heard: Instant::now(),
@@ -406,6 +412,11 @@ impl Conn {
                         Incoming::Exit(exit) => return exit,
                     }
                 }
+                _ = self.kick.resync_requested() => {
+                    if self.replay.is_none() {
+                        self.replay = Some(Replay { cursor: None, requested: 0, dirty: false, failures: 0, started: Instant::now() });
+                    }
+                }
                 Some(message) = self.deliveries.recv() => {
                     if let Err(exit) = self.on_push(message) {
                         return exit;
@@ -448,19 +459,33 @@ impl Conn {
         let dispatch = self.gw.dispatch.clone();
         let device = self.device.clone();
         let cursor = replay.cursor.clone();
-        Some(Box::pin(async move { dispatch.pending_page(&device, cursor.as_ref(), room).await }))
+        let backoff = REPLAY_RETRY_BACKOFF * replay.failures;
+        Some(Box::pin(async move {
+            if !backoff.is_zero() {
+                tokio::time::sleep(backoff).await;
+            }
+            dispatch.pending_page(&device, cursor.as_ref(), room).await
+        }))
     }
 
     fn on_replay_page(&mut self, result: dispatch::Result<Vec<Message>>) -> Result<(), Exit> {
+        let Some(replay) = self.replay.as_mut() else {
+            return Ok(());
+        };
         let messages = match result {
-            Ok(m) => m,
+            Ok(m) => {
+                replay.failures = 0;
+                m
+            }
+            Err(e) if replay.failures < REPLAY_RETRIES => {
+                warn!(error = %e, "reading pending messages failed; retrying");
+                replay.failures += 1;
+                return Ok(());
+            }
             Err(e) => {
                 self.emit(&error_frame(0, e.code, e.message.clone()));
                 return Err(close(CloseCode::TryAgainLater, "could not read pending messages; reconnect later"));
             }
-        };
-        let Some(replay) = self.replay.as_mut() else {
-            return Ok(());
         };
         let requested = replay.requested;
         if let Some(last) = messages.last() {

@@ -62,6 +62,12 @@ pub struct StorageConfig {
     /// them expire after this long.
     #[serde(with = "humantime_serde")]
     pub presence_ttl: Duration,
+    /// Cluster backend: longest wait for a Redis reply, and for MongoDB to
+    /// answer (server selection); past it a send fails with UNAVAILABLE.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub mongo_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -128,6 +134,8 @@ impl Default for Config {
                 mongo_write_concern: cluster.write_concern,
                 mongo_journal: cluster.journal,
                 presence_ttl: cluster.presence_ttl,
+                redis_timeout: cluster.redis_timeout,
+                mongo_timeout: cluster.mongo_timeout,
             },
             auth: AuthConfig { secret: String::new() },
             limits: LimitsConfig {
@@ -323,6 +331,8 @@ impl Config {
             write_concern: s.mongo_write_concern.clone(),
             journal: s.mongo_journal,
             presence_ttl: s.presence_ttl,
+            redis_timeout: s.redis_timeout,
+            mongo_timeout: s.mongo_timeout,
             max_devices_per_user: s.max_devices_per_user,
             ..storage::cluster::ClusterOptions::default()
         }

@@ -32,6 +32,7 @@ pub struct KickReason {
 pub struct Kick {
     token: CancellationToken,
     reason: OnceLock<KickReason>,
+    resync: tokio::sync::Notify,
 }
 
 impl Kick {
@@ -49,6 +50,17 @@ impl Kick {
 
     pub fn reason(&self) -> Option<KickReason> {
         self.reason.get().copied()
+    }
+
+    /// Asks the connection to replay its pending set again: pushes meant for
+    /// it may have been lost.
+    pub fn request_resync(&self) {
+        self.resync.notify_one();
+    }
+
+    /// Resolves when a resync was requested.
+    pub async fn resync_requested(&self) {
+        self.resync.notified().await;
     }
 }
 
@@ -132,6 +144,16 @@ impl Router {
     }
 
     fn on_bus(&self, payload: &[u8]) {
+        if payload.is_empty() {
+            tracing::info!(
+                connections = self.local.len(),
+                "node bus resubscribed; connections replay what they may have missed"
+            );
+            for conn in self.local.iter() {
+                conn.kick.request_resync();
+            }
+            return;
+        }
         let (Some(&kind), Some(conn), Some(epoch)) = (payload.first(), payload.get(1..9), payload.get(9..17)) else {
             metrics::counter!("dongdong_bus_malformed_total").increment(1);
             return;

@@ -128,7 +128,8 @@ pub trait NodeBus: Send + Sync + 'static {
     async fn publish(&self, node_id: &str, payload: Vec<u8>) -> Result<()>;
 
     /// Receives what is published to `node_id` until the receiver is dropped,
-    /// resubscribing by itself after a connection loss.
+    /// resubscribing by itself after a connection loss. An empty payload
+    /// means the subscription was re-established: pushes may have been lost.
     async fn subscribe(&self, node_id: &str) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>>;
 }
 

@@ -160,6 +160,18 @@ impl Client {
         req_id
     }
 
+    /// Acks without panicking when the connection is gone.
+    pub async fn try_ack(&mut self, msg_ids: Vec<String>) -> bool {
+        let req_id = self.next_req_id();
+        let frame = Frame { req_id, body: Some(Body::Ack(pb::Ack { msg_ids })) };
+        let bytes = im_core::encode_frame(self.encoding, &frame);
+        let msg = match self.encoding {
+            Encoding::Protobuf => WsMessage::binary(bytes),
+            Encoding::Json => WsMessage::text(String::from_utf8(bytes).unwrap()),
+        };
+        self.ws.send(msg).await.is_ok()
+    }
+
     pub async fn ack(&mut self, msg_ids: Vec<String>) {
         let req_id = self.next_req_id();
         self.send_frame(&Frame { req_id, body: Some(Body::Ack(pb::Ack { msg_ids })) }).await;

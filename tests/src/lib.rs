@@ -6,6 +6,7 @@
 
 pub mod client;
 pub mod server;
+pub mod services;
 
 pub use client::Client;
 pub use server::TestServer;

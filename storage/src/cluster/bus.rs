@@ -73,6 +73,10 @@ async fn subscriber(client: redis::Client, channel: String, first: redis::aio::P
                 Ok(p) => {
                     tracing::info!(channel, "resubscribed to the node bus");
                     backoff = Duration::from_millis(50);
+                    // Tell the node that pushes may have been lost meanwhile.
+                    if tx.send(Vec::new()).await.is_err() {
+                        return;
+                    }
                     p
                 }
                 Err(e) => {

@@ -20,13 +20,31 @@ pub struct ChildServer {
 impl ChildServer {
     /// Starts `dongdong serve` on `data_dir` with ports chosen by the OS.
     pub fn start(data_dir: &Path) -> Self {
+        Self::start_with(data_dir, "child-node", &[])
+    }
+
+    /// A node of a cluster on the given Redis and MongoDB.
+    pub fn start_cluster(data_dir: &Path, node_id: &str, redis_url: &str, mongo_url: &str, database: &str) -> Self {
+        let env = [
+            ("DONGDONG_STORAGE__BACKEND", "cluster"),
+            ("DONGDONG_STORAGE__REDIS_URL", redis_url),
+            ("DONGDONG_STORAGE__MONGO_URL", mongo_url),
+            ("DONGDONG_STORAGE__MONGO_DATABASE", database),
+            // Fast failure detection for the failure tests.
+            ("DONGDONG_TIMEOUTS__ACK", "1s"),
+        ];
+        Self::start_with(data_dir, node_id, &env)
+    }
+
+    pub fn start_with(data_dir: &Path, node_id: &str, env: &[(&str, &str)]) -> Self {
         let stderr_log = data_dir.with_extension("stderr.log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&stderr_log).unwrap();
         let mut child = Command::new(binary())
             .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data"])
             .arg(data_dir)
             .env("DONGDONG_AUTH__SECRET", dongdong_tests::SECRET)
-            .env("DONGDONG_STORAGE__NODE_ID", "child-node")
+            .env("DONGDONG_STORAGE__NODE_ID", node_id)
+            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log))
@@ -43,6 +61,10 @@ impl ChildServer {
         };
         let (ws_url, http_url) = (field("ws="), field("http="));
         Self { child, ws_url, http_url, stderr_log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGKILL: no chance to flush anything.

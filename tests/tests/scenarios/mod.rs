@@ -2,6 +2,7 @@
 
 mod bad_input;
 pub mod child;
+mod cluster;
 mod messaging;
-mod process;
+pub mod process;
 mod reliability;

@@ -1,0 +1,274 @@
+//! Cluster mode with real `dongdong serve` processes sharing Redis and
+//! MongoDB (secantusdb): chat across nodes, a node killed with SIGKILL, Redis
+//! restarted under traffic, MongoDB stopped and started.
+
+use super::child::ChildServer;
+use super::process::http_get;
+use dongdong_tests::client::{Client, Closed, code, msg};
+use dongdong_tests::services::{PrivateMongo, PrivateRedis, required};
+use im_core::pb::{self, frame::Body};
+use im_core::{CloseCode, ErrorCode};
+use std::collections::HashSet;
+use std::time::Duration;
+
+struct Cluster {
+    nodes: Vec<ChildServer>,
+    tenant: String,
+    signer: access_gateway::TokenSigner,
+    dir: tempfile::TempDir,
+    redis_url: String,
+    mongo_url: String,
+    database: String,
+}
+
+impl Cluster {
+    fn start(n: usize, redis_url: String, mongo_url: String) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let id = im_core::new_msg_id().replace('-', "");
+        let database = format!("dd_{}", &id[20..]);
+        let mut c = Self {
+            nodes: Vec::new(),
+            tenant: format!("t{}", &id[16..]),
+            signer: access_gateway::TokenSigner::new(dongdong_tests::SECRET.as_bytes()),
+            dir,
+            redis_url,
+            mongo_url,
+            database,
+        };
+        for i in 0..n {
+            c.add_node(i);
+        }
+        c
+    }
+
+    fn add_node(&mut self, i: usize) {
+        let data = self.dir.path().join(format!("node{i}"));
+        let node =
+            ChildServer::start_cluster(&data, &format!("node{i}"), &self.redis_url, &self.mongo_url, &self.database);
+        if i < self.nodes.len() {
+            self.nodes[i] = node;
+        } else {
+            self.nodes.push(node);
+        }
+    }
+
+    fn token(&self, user: &str) -> String {
+        self.signer.mint(&self.tenant, user, im_core::Role::Customer, Duration::from_secs(600)).unwrap()
+    }
+
+    async fn login(&self, node: usize, user: &str, device: &str) -> Client {
+        Client::login(&self.nodes[node].ws_url, &self.token(user), device).await
+    }
+}
+
+fn shared_servers() -> Option<(String, String)> {
+    Some((required("DDTEST_REDIS_URL")?, required("DDTEST_MONGO_URL")?))
+}
+
+/// Sends with the same client_msg_id until acked, as a client does when it
+/// gets a retryable error. Returns the ack and how many retryable errors it saw.
+async fn send_until_acked(c: &mut Client, to: &str, cmid: &str) -> (pb::SendAck, usize) {
+    let mut errors = 0;
+    for _ in 0..200 {
+        match c.send_text(to, cmid, cmid).await {
+            Ok(ack) => return (ack, errors),
+            Err(e) => {
+                assert!(e.retryable, "only retryable errors are expected, got {e:?}");
+                errors += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    panic!("{cmid} was never acked");
+}
+
+/// Receives (and acks) until every id in `want` arrived, reconnecting to
+/// `url` with `device` if the connection closes.
+async fn receive_all(mut c: Client, url: &str, token: &str, device: &str, want: &HashSet<String>) -> HashSet<String> {
+    let mut got = HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !want.is_subset(&got) {
+        assert!(tokio::time::Instant::now() < deadline, "missing {} messages", want.difference(&got).count());
+        match c.recv(Duration::from_secs(5)).await {
+            Some(Ok(pb::Frame { body: Some(Body::Deliver(d)), .. })) => {
+                let id = msg(&d).msg_id.clone();
+                c.try_ack(vec![id.clone()]).await;
+                got.insert(id);
+            }
+            Some(Ok(_)) | None => {}
+            Some(Err(closed)) => {
+                eprintln!("{device} was disconnected ({closed:?}); reconnecting");
+                c = Client::login(url, token, device).await;
+            }
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_chat_across_nodes_and_devices() {
+    let Some((redis, mongo)) = shared_servers() else { return };
+    let c = Cluster::start(3, redis, mongo);
+    let mut a1 = c.login(0, "alice", "a1").await;
+    let mut b1 = c.login(1, "bob", "b1").await;
+    let mut b2 = c.login(2, "bob", "b2").await;
+    let mut a2 = c.login(2, "alice", "a2").await;
+    assert_eq!(a1.auth_ok.as_ref().unwrap().node_id, "node0");
+    assert_eq!(b1.auth_ok.as_ref().unwrap().node_id, "node1");
+
+    let ack = a1.send_text("bob", "hello", "from node0").await.unwrap();
+    assert_eq!(ack.seq, 1);
+    for c in [&mut b1, &mut b2, &mut a2] {
+        assert_eq!(msg(&c.next_deliver().await).msg_id, ack.msg_id);
+        c.ack(vec![ack.msg_id.clone()]).await;
+    }
+    let reply = b1.send_text("alice", "reply", "from node1").await.unwrap();
+    assert_eq!(reply.seq, 2);
+    for c in [&mut a1, &mut a2, &mut b2] {
+        assert_eq!(msg(&c.next_deliver().await).msg_id, reply.msg_id);
+        c.ack(vec![reply.msg_id.clone()]).await;
+    }
+
+    // Concurrent senders of one conversation on three nodes: gap-free seq.
+    let mut senders = Vec::new();
+    for (node, user, peer) in [(0, "alice", "bob"), (1, "alice", "bob"), (2, "bob", "alice")] {
+        let mut s = c.login(node, user, &format!("sender{node}")).await;
+        senders.push(tokio::spawn(async move {
+            let reqs: Vec<u64> = {
+                let mut r = Vec::new();
+                for i in 0..20 {
+                    r.push(s.send_text_nowait(peer, &format!("n{node}-{i}"), "concurrent").await);
+                }
+                r
+            };
+            let mut acks = Vec::new();
+            for r in reqs {
+                match s.reply(r).await.body {
+                    Some(Body::SendAck(a)) => acks.push(a),
+                    other => panic!("expected SendAck, got {other:?}"),
+                }
+            }
+            acks
+        }));
+    }
+    let mut acks = Vec::new();
+    for s in senders {
+        acks.extend(s.await.unwrap());
+    }
+    let mut seqs: Vec<u64> = acks.iter().map(|a| a.seq).collect();
+    seqs.sort_unstable();
+    assert_eq!(seqs, (3..=62).collect::<Vec<u64>>(), "gap-free across nodes");
+    // bob's device on node2 gets all 60, whichever node stored them.
+    let want: HashSet<String> = acks.iter().map(|a| a.msg_id.clone()).collect();
+    let got = receive_all(b2, &c.nodes[2].ws_url, &c.token("bob"), "b2", &want).await;
+    assert!(want.is_subset(&got));
+
+    // The same device connecting on another node replaces the old connection.
+    let _b1_again = c.login(0, "bob", "b1").await;
+    assert_eq!(
+        b1.closed().await,
+        Closed::Frame(CloseCode::Replaced.code(), "replaced by a newer connection of the same device".into())
+    );
+    let (status, body) = http_get(&c.nodes[0].http_url, "/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"redis\":\"ok\"") && body.contains("\"mongodb\":\"ok\""), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_node_loses_nothing_acked_and_users_move_to_another() {
+    let Some((redis, mongo)) = shared_servers() else { return };
+    let c = Cluster::start(3, redis, mongo);
+    let bob = c.login(0, "bob", "phone").await;
+    let mut alice = c.login(1, "alice", "a1").await;
+    let mut reqs = Vec::new();
+    for i in 0..60 {
+        reqs.push(alice.send_text_nowait("bob", &format!("k{i}"), "in flight").await);
+    }
+    let mut acked = HashSet::new();
+    for (i, r) in reqs.into_iter().enumerate() {
+        if i == 20 {
+            // bob's node dies with pushes to him in flight.
+            let victim = c.nodes[0].pid().to_string();
+            assert!(std::process::Command::new("kill").args(["-9", &victim]).status().unwrap().success());
+        }
+        if let Some(Body::SendAck(a)) = alice.reply(r).await.body {
+            acked.insert(a.msg_id);
+        }
+    }
+    assert_eq!(acked.len(), 60, "alice's node was not affected");
+    drop(bob);
+    // bob comes back through another node and gets every acked message.
+    let bob = c.login(2, "bob", "phone").await;
+    let got = receive_all(bob, &c.nodes[2].ws_url, &c.token("bob"), "phone", &acked).await;
+    assert!(acked.is_subset(&got));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_under_traffic_loses_nothing_and_recovers() {
+    let Some(mongo) = required("DDTEST_MONGO_URL") else { return };
+    let redis_dir = tempfile::tempdir().unwrap();
+    let Some(mut redis) = PrivateRedis::start(redis_dir.path()) else { return };
+    let c = Cluster::start(2, redis.url(), mongo);
+    let bob = c.login(1, "bob", "b1").await;
+    let mut alice = c.login(0, "alice", "a1").await;
+    let mut acked = HashSet::new();
+    let mut retryable_errors = 0;
+    for i in 0..80 {
+        if i == 30 {
+            redis.restart();
+        }
+        let (ack, errors) = send_until_acked(&mut alice, "bob", &format!("r{i}")).await;
+        retryable_errors += errors;
+        acked.insert(ack.msg_id);
+    }
+    assert_eq!(acked.len(), 80);
+    eprintln!("retryable errors during the Redis restart: {retryable_errors}");
+    let got = receive_all(bob, &c.nodes[1].ws_url, &c.token("bob"), "b1", &acked).await;
+    assert!(acked.is_subset(&got));
+    // Recovered without a restart: a new conversation works end to end.
+    let mut carol = c.login(1, "carol", "c1").await;
+    let ack = alice.send_text("carol", "after", "recovered").await.unwrap();
+    assert_eq!(msg(&carol.next_deliver().await).msg_id, ack.msg_id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mongodb_down_gives_retryable_errors_and_no_ack_then_recovers() {
+    let Some(redis) = required("DDTEST_REDIS_URL") else { return };
+    let mongo_dir = tempfile::tempdir().unwrap();
+    let Some(mut mongo) = PrivateMongo::start(&mongo_dir.path().join("db")) else { return };
+    let mut c = Cluster::start(0, redis, mongo.url());
+    let data = c.dir.path().join("node0");
+    c.nodes.push(ChildServer::start_with(
+        &data,
+        "node0",
+        &[
+            ("DONGDONG_STORAGE__BACKEND", "cluster"),
+            ("DONGDONG_STORAGE__REDIS_URL", &c.redis_url),
+            ("DONGDONG_STORAGE__MONGO_URL", &c.mongo_url),
+            ("DONGDONG_STORAGE__MONGO_DATABASE", &c.database),
+            ("DONGDONG_STORAGE__MONGO_TIMEOUT", "1s"),
+        ],
+    ));
+    let mut bob = c.login(0, "bob", "b1").await;
+    let mut alice = c.login(0, "alice", "a1").await;
+    let before = alice.send_text("bob", "before", "stored").await.unwrap();
+    assert_eq!(msg(&bob.next_deliver().await).msg_id, before.msg_id);
+
+    mongo.stop();
+    let e = alice.send_text("bob", "during", "not stored").await.unwrap_err();
+    assert_eq!(code(&e), ErrorCode::Unavailable);
+    assert!(e.retryable);
+    let (status, body) = http_get(&c.nodes[0].http_url, "/healthz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("mongodb"), "{body}");
+
+    mongo.resume();
+    let (ack, _) = send_until_acked(&mut alice, "bob", "during").await;
+    assert_eq!(ack.seq, 2, "the failed attempt used no seq");
+    let d = bob.next_deliver().await;
+    assert_eq!(msg(&d).msg_id, ack.msg_id);
+    assert_eq!(msg(&d).seq, 2);
+    let history = alice.sync(pb::SyncRequest { with_user: "bob".into(), ..Default::default() }).await.unwrap();
+    assert_eq!(history.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
+    assert_eq!(http_get(&c.nodes[0].http_url, "/healthz").await.0, 200);
+}
