@@ -181,7 +181,9 @@ impl Dispatcher {
         if msg_ids.iter().any(|id| id.len() > 64) {
             return Err(invalid("msg_ids are UUID strings".into()));
         }
-        Ok(self.backends.pending.ack(device, msg_ids).await?)
+        let removed = self.backends.pending.ack(device, msg_ids).await?;
+        metrics::counter!("dongdong_pending_acked_total").increment(removed as u64);
+        Ok(removed)
     }
 
     /// Records the device and takes over what was pending for its user if it

@@ -3,7 +3,7 @@
 //! resubscribes after a loss. Messages published while it was away are lost,
 //! which the pending resend/replay covers.
 
-use super::redis_err;
+use super::{CallTimer, redis_err};
 use crate::{NodeBus, Result, StorageError};
 use async_trait::async_trait;
 use futures_util::StreamExt;
@@ -35,6 +35,7 @@ impl RedisBus {
 #[async_trait]
 impl NodeBus for RedisBus {
     async fn publish(&self, node_id: &str, payload: Vec<u8>) -> Result<()> {
+        let _timer = CallTimer::new("redis", "publish");
         let _receivers: u64 = redis::cmd("PUBLISH")
             .arg(channel(node_id))
             .arg(payload)

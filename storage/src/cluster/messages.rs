@@ -15,7 +15,7 @@
 //!
 //! Inserts of concurrent senders are batched into `insert_many` calls.
 
-use super::{ClusterOptions, devices_key, pending_key, redis_err};
+use super::{CallTimer, ClusterOptions, devices_key, pending_key, redis_err};
 use crate::{
     Appended, Conversation, DeviceKey, DeviceRegistration, DeviceRegistry, HistoryPage, HistoryQuery, MessageStore,
     NewMessage, PendingCursor, PendingStore, Result, StorageError,
@@ -307,6 +307,7 @@ fn msg_id_time_ms(msg_id: &str) -> Option<u64> {
 #[async_trait]
 impl MessageStore for ClusterStore {
     async fn append(&self, new: NewMessage) -> Result<Appended> {
+        let _timer = CallTimer::new("mongodb+redis", "append");
         use std::hash::BuildHasher;
         let stripe = (self.hasher.hash_one(&new.conversation_id) as usize) % self.locks.len();
         let _serial = self.locks[stripe].lock().await;
@@ -334,6 +335,7 @@ impl MessageStore for ClusterStore {
             message.seq = last + 1;
             message.server_time_ms = im_core::now_ms();
             self.mark_pending(&keys, message.seq, &message.msg_id).await?;
+            metrics::counter!("dongdong_pending_marked_total").increment(keys.len() as u64);
             match self.insert(encode(&message, &new.tenant)).await {
                 Ok(()) => {
                     self.remember_seq(&new.conversation_id, message.seq);
@@ -360,6 +362,7 @@ impl MessageStore for ClusterStore {
     }
 
     async fn get(&self, tenant: &str, conversation_id: &str, seq: u64) -> Result<Option<Message>> {
+        let _timer = CallTimer::new("mongodb", "get");
         let found = self
             .messages
             .find_one(doc! { "tenant": tenant, "conv": conversation_id, "seq": seq as i64 })
@@ -369,6 +372,7 @@ impl MessageStore for ClusterStore {
     }
 
     async fn conversation(&self, tenant: &str, conversation_id: &str) -> Result<Option<Conversation>> {
+        let _timer = CallTimer::new("mongodb", "conversation");
         let last = self
             .messages
             .find_one(doc! { "tenant": tenant, "conv": conversation_id })
@@ -388,6 +392,7 @@ impl MessageStore for ClusterStore {
     }
 
     async fn history(&self, q: HistoryQuery) -> Result<HistoryPage> {
+        let _timer = CallTimer::new("mongodb", "history");
         let limit = q.limit.max(1) as i64;
         let (filter, order) = if q.before_seq > 0 {
             let before = q.before_seq.min(i64::MAX as u64) as i64;
@@ -463,6 +468,7 @@ return {1, claimed, evicted}
 #[async_trait]
 impl PendingStore for ClusterStore {
     async fn pending(&self, device: &DeviceKey, after: Option<&PendingCursor>, limit: usize) -> Result<Vec<Message>> {
+        let _timer = CallTimer::new("mongodb+redis", "pending");
         let key = pending_key(&device.tenant, &device.user, &device.device);
         let (seq, msg_id) = match after {
             Some(c) => (c.seq.to_string(), c.msg_id.clone()),
@@ -504,11 +510,13 @@ impl PendingStore for ClusterStore {
     }
 
     async fn pending_count(&self, device: &DeviceKey) -> Result<u64> {
+        let _timer = CallTimer::new("redis", "pending_count");
         let key = pending_key(&device.tenant, &device.user, &device.device);
         redis::cmd("ZCARD").arg(key).query_async(&mut self.redis.clone()).await.map_err(redis_err("ZCARD"))
     }
 
     async fn ack(&self, device: &DeviceKey, msg_ids: &[String]) -> Result<usize> {
+        let _timer = CallTimer::new("redis", "ack");
         if msg_ids.is_empty() {
             return Ok(0);
         }
@@ -531,6 +539,7 @@ impl crate::HealthCheck for ClusterStore {
 #[async_trait]
 impl DeviceRegistry for ClusterStore {
     async fn register_device(&self, device: &DeviceKey) -> Result<DeviceRegistration> {
+        let _timer = CallTimer::new("redis", "register_device");
         let prefix = pending_key(&device.tenant, &device.user, "");
         let (new, claimed, evicted): (u8, u64, String) = redis::Script::new(REGISTER_DEVICE)
             .key(devices_key(&device.tenant, &device.user))

@@ -76,6 +76,27 @@ pub(crate) fn presence_key(tenant: &str, user: &str) -> String {
     format!("dd:{}:presence", user_tag(tenant, user))
 }
 
+/// Records how long one storage call took, when dropped:
+/// `dongdong_storage_call_seconds{system, op}`.
+pub(crate) struct CallTimer {
+    system: &'static str,
+    op: &'static str,
+    started: std::time::Instant,
+}
+
+impl CallTimer {
+    pub(crate) fn new(system: &'static str, op: &'static str) -> Self {
+        Self { system, op, started: std::time::Instant::now() }
+    }
+}
+
+impl Drop for CallTimer {
+    fn drop(&mut self) {
+        metrics::histogram!("dongdong_storage_call_seconds", "system" => self.system, "op" => self.op)
+            .record(self.started.elapsed().as_secs_f64());
+    }
+}
+
 pub(crate) fn redis_err(what: &'static str) -> impl Fn(redis::RedisError) -> StorageError {
     move |e| {
         metrics::counter!("dongdong_redis_errors_total").increment(1);

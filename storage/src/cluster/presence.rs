@@ -4,7 +4,7 @@
 //! that stopped refreshing are ignored once expired and removed lazily.
 //! Removal compares the epoch, so a late close never removes a newer entry.
 
-use super::{presence_key, redis_err};
+use super::{CallTimer, presence_key, redis_err};
 use crate::{DeviceKey, PresenceEntry, PresenceRegistry, Result};
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -117,6 +117,7 @@ async fn refresh_loop(this: Weak<RedisPresence>, every: Duration, node_id: Strin
 #[async_trait]
 impl PresenceRegistry for RedisPresence {
     async fn register(&self, entry: PresenceEntry) -> Result<Option<PresenceEntry>> {
+        let _timer = CallTimer::new("redis", "presence_register");
         let key = presence_key(&entry.device.tenant, &entry.device.user);
         let now = im_core::now_ms();
         let old: Option<String> = redis::Script::new(REGISTER)
@@ -132,6 +133,7 @@ impl PresenceRegistry for RedisPresence {
     }
 
     async fn unregister(&self, device: &DeviceKey, epoch: u64) -> Result<bool> {
+        let _timer = CallTimer::new("redis", "presence_unregister");
         self.local.remove_if(device, |_, e| e.epoch == epoch);
         let removed: u8 = redis::Script::new(COMPARE_AND_SET)
             .key(presence_key(&device.tenant, &device.user))
@@ -146,6 +148,7 @@ impl PresenceRegistry for RedisPresence {
     }
 
     async fn lookup(&self, tenant: &str, user: &str) -> Result<Vec<PresenceEntry>> {
+        let _timer = CallTimer::new("redis", "presence_lookup");
         let all: Vec<(String, String)> = redis::cmd("HGETALL")
             .arg(presence_key(tenant, user))
             .query_async(&mut self.redis.clone())

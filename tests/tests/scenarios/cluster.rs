@@ -172,6 +172,18 @@ async fn three_nodes_chat_across_nodes_and_devices() {
     let (status, body) = http_get(&c.nodes[0].http_url, "/healthz").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"redis\":\"ok\"") && body.contains("\"mongodb\":\"ok\""), "{body}");
+    let (_, metrics) = http_get(&c.nodes[0].http_url, "/metrics").await;
+    for metric in [
+        "dongdong_bus_published_total",
+        "dongdong_bus_received_total",
+        "dongdong_mongo_insert_seconds_bucket",
+        "dongdong_pending_marked_total",
+        "dongdong_pending_acked_total",
+        "dongdong_storage_call_seconds_bucket{system=\"redis\",op=\"presence_lookup\"",
+        "dongdong_storage_call_seconds_bucket{system=\"mongodb+redis\",op=\"append\"",
+    ] {
+        assert!(metrics.contains(metric), "/metrics lacks {metric}:\n{metrics}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
