@@ -298,6 +298,11 @@ impl Config {
             if s.presence_ttl < Duration::from_secs(1) {
                 return invalid("storage.presence_ttl", "must be at least 1s");
             }
+            for (key, v) in [("storage.redis_timeout", s.redis_timeout), ("storage.mongo_timeout", s.mongo_timeout)] {
+                if v < Duration::from_millis(100) {
+                    return invalid(key, "must be at least 100ms");
+                }
+            }
         }
         Ok(())
     }
