@@ -8,8 +8,10 @@
 //!
 //! ```text
 //! cargo run --release -p dongdong-tests --example quick_load -- \
-//!     ws://127.0.0.1:7800/ws SECRET PAIRS WINDOW SECONDS
+//!     ws://127.0.0.1:7800/ws[,ws://...] SECRET PAIRS WINDOW SECONDS
 //! ```
+//! With several URLs (nodes of a cluster), pair i's sender connects to node
+//! i mod n and its receiver to the next node, so every message crosses nodes.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use dongdong_tests::Client;
@@ -20,7 +22,8 @@ use std::time::{Duration, Instant};
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let url = args.get(1).cloned().unwrap_or_else(|| "ws://127.0.0.1:7800/ws".into());
+    let urls: Vec<String> =
+        args.get(1).map(|a| a.split(',').map(str::to_string).collect()).unwrap_or_else(|| vec!["ws://127.0.0.1:7800/ws".into()]);
     let secret = args.get(2).cloned().unwrap_or_else(|| dongdong_tests::SECRET.into());
     let pairs: usize = args.get(3).map(|a| a.parse().unwrap()).unwrap_or(100);
     let window: usize = args.get(4).map(|a| a.parse().unwrap()).unwrap_or(10);
@@ -33,8 +36,8 @@ async fn main() {
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
     for p in 0..pairs {
-        let mut rx = Client::login(&url, &token(&format!("r{p}")), "d").await;
-        let mut tx = Client::login(&url, &token(&format!("s{p}")), "d").await;
+        let mut rx = Client::login(&urls[(p + 1) % urls.len()], &token(&format!("r{p}")), "d").await;
+        let mut tx = Client::login(&urls[p % urls.len()], &token(&format!("s{p}")), "d").await;
         receivers.push(tokio::spawn(async move {
             let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).unwrap();
             let mut seen = HashSet::new();
@@ -96,8 +99,9 @@ async fn main() {
     let lost = acked.iter().filter(|id| !seen.contains(*id)).count();
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "pairs={pairs} window={window} duration={send_secs:.1}s acked={} delivered={} msg/s={:.0} \
+        "nodes={} pairs={pairs} window={window} duration={send_secs:.1}s acked={} delivered={} msg/s={:.0} \
          latency_ms p50={:.2} p90={:.2} p99={:.2} p99.9={:.2} max={:.2} errors={errors} acked_but_not_delivered={lost}",
+        urls.len(),
         acked.len(),
         hist.len(),
         hist.len() as f64 / send_secs,

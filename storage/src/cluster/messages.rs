@@ -2,8 +2,9 @@
 //!
 //! `append` keeps the trait's promise (idempotent, gap-free seq, pending
 //! marked, durable) without a distributed transaction:
-//! 1. a message already stored under (tenant, sender, client_msg_id) is
-//!    returned as a duplicate (unique index `idempotency`);
+//! 1. a message already stored under (tenant, sender, client_msg_id) makes the
+//!    insert fail on the unique index `idempotency`; that message is returned
+//!    as a duplicate;
 //! 2. the pending marks go to Redis *before* the insert, so a stored message
 //!    is never without them; marks whose message never got stored (the insert
 //!    failed, the node died) are dropped when a replay finds no message older
@@ -311,9 +312,9 @@ impl MessageStore for ClusterStore {
         use std::hash::BuildHasher;
         let stripe = (self.hasher.hash_one(&new.conversation_id) as usize) % self.locks.len();
         let _serial = self.locks[stripe].lock().await;
-        if let Some(message) = self.find_idempotent(&new).await? {
-            return Ok(Appended { message, duplicate: true });
-        }
+        // No look-up first: the unique index `idempotency` rejects a repeated
+        // client_msg_id at insert, which costs MongoDB one operation per send
+        // instead of two.
         let keys = self.pending_keys(&new).await?;
         let cached = self.last_seq.get(&new.conversation_id).map(|v| *v);
         let mut last = match cached {
