@@ -22,8 +22,10 @@ use std::time::{Duration, Instant};
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let urls: Vec<String> =
-        args.get(1).map(|a| a.split(',').map(str::to_string).collect()).unwrap_or_else(|| vec!["ws://127.0.0.1:7800/ws".into()]);
+    let urls: Vec<String> = args
+        .get(1)
+        .map(|a| a.split(',').map(str::to_string).collect())
+        .unwrap_or_else(|| vec!["ws://127.0.0.1:7800/ws".into()]);
     let secret = args.get(2).cloned().unwrap_or_else(|| dongdong_tests::SECRET.into());
     let pairs: usize = args.get(3).map(|a| a.parse().unwrap()).unwrap_or(100);
     let window: usize = args.get(4).map(|a| a.parse().unwrap()).unwrap_or(10);

@@ -44,12 +44,14 @@ impl Cluster {
     fn add_node(&mut self, i: usize) {
         let data = self.dir.path().join(format!("node{i}"));
         let node =
-            ChildServer::start_cluster(&data, &format!("node{i}"), &self.redis_url, &self.mongo_url, &self.database);
-        if i < self.nodes.len() {
-            self.nodes[i] = node;
-        } else {
-            self.nodes.push(node);
-        }
+            ChildServer::start_cluster(&data, &self.node_id(i), &self.redis_url, &self.mongo_url, &self.database);
+        self.nodes.push(node);
+    }
+
+    /// Node ids are unique per test: tests running at once share Redis, and
+    /// with it the bus channels.
+    fn node_id(&self, i: usize) -> String {
+        format!("{}-node{i}", self.database)
     }
 
     fn token(&self, user: &str) -> String {
@@ -113,8 +115,8 @@ async fn three_nodes_chat_across_nodes_and_devices() {
     let mut b1 = c.login(1, "bob", "b1").await;
     let mut b2 = c.login(2, "bob", "b2").await;
     let mut a2 = c.login(2, "alice", "a2").await;
-    assert_eq!(a1.auth_ok.as_ref().unwrap().node_id, "node0");
-    assert_eq!(b1.auth_ok.as_ref().unwrap().node_id, "node1");
+    assert_eq!(a1.auth_ok.as_ref().unwrap().node_id, c.node_id(0));
+    assert_eq!(b1.auth_ok.as_ref().unwrap().node_id, c.node_id(1));
 
     let ack = a1.send_text("bob", "hello", "from node0").await.unwrap();
     assert_eq!(ack.seq, 1);
@@ -250,9 +252,10 @@ async fn mongodb_down_gives_retryable_errors_and_no_ack_then_recovers() {
     let Some(mut mongo) = PrivateMongo::start(&mongo_dir.path().join("db")) else { return };
     let mut c = Cluster::start(0, redis, mongo.url());
     let data = c.dir.path().join("node0");
+    let node_id = c.node_id(0);
     c.nodes.push(ChildServer::start_with(
         &data,
-        "node0",
+        &node_id,
         &[
             ("DONGDONG_STORAGE__BACKEND", "cluster"),
             ("DONGDONG_STORAGE__REDIS_URL", &c.redis_url),
