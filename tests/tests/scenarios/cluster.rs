@@ -287,3 +287,29 @@ async fn mongodb_down_gives_retryable_errors_and_no_ack_then_recovers() {
     assert_eq!(history.messages.iter().map(|m| m.seq).collect::<Vec<_>>(), vec![1, 2]);
     assert_eq!(http_get(&c.nodes[0].http_url, "/healthz").await.0, 200);
 }
+
+#[test]
+fn unreachable_redis_or_mongodb_stops_start_up_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let serve = |redis: &str, mongo: &str| {
+        std::process::Command::new(super::child::binary())
+            .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data"])
+            .arg(dir.path())
+            .env("DONGDONG_AUTH__SECRET", dongdong_tests::SECRET)
+            .env("DONGDONG_STORAGE__BACKEND", "cluster")
+            .env("DONGDONG_STORAGE__REDIS_URL", redis)
+            .env("DONGDONG_STORAGE__MONGO_URL", mongo)
+            .env("DONGDONG_STORAGE__MONGO_TIMEOUT", "300ms")
+            .output()
+            .unwrap()
+    };
+    let out = serve("redis://127.0.0.1:1", "mongodb://127.0.0.1:1");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach Redis at redis://127.0.0.1:1"), "{err}");
+    let Some(redis) = required("DDTEST_REDIS_URL") else { return };
+    let out = serve(&redis, "mongodb://127.0.0.1:1");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach MongoDB at mongodb://127.0.0.1:1"), "{err}");
+}
