@@ -84,4 +84,77 @@ mod tests {
         assert!(decode_frame(Encoding::Json, b"[]").is_err());
         assert!(decode_frame(Encoding::Json, b"{\"send\":5}").is_err());
     }
+
+    mod properties {
+        use super::*;
+        use crate::pb::{Ack, Ping, SyncRequest};
+        use proptest::prelude::*;
+
+        fn content() -> impl Strategy<Value = Content> {
+            prop_oneof![
+                any::<String>().prop_map(|t| Content { kind: Some(content::Kind::Text(t)) }),
+                (any::<String>(), any::<u32>(), any::<u32>(), any::<u64>()).prop_map(
+                    |(url, width, height, size_bytes)| {
+                        Content {
+                            kind: Some(content::Kind::Image(crate::pb::Image { url, width, height, size_bytes })),
+                        }
+                    }
+                ),
+                (any::<String>(), any::<String>()).prop_map(|(r#type, json)| Content {
+                    kind: Some(content::Kind::Custom(crate::pb::Custom { r#type, json }))
+                }),
+            ]
+        }
+
+        fn frame() -> impl Strategy<Value = Frame> {
+            let body = prop_oneof![
+                (any::<String>(), any::<String>()).prop_map(|(token, device_id)| Body::Auth(Auth { token, device_id })),
+                (any::<String>(), any::<String>(), proptest::option::of(content()))
+                    .prop_map(|(client_msg_id, to_user, content)| Body::Send(Send { client_msg_id, to_user, content })),
+                proptest::collection::vec(any::<String>(), 0..8).prop_map(|msg_ids| Body::Ack(Ack { msg_ids })),
+                (any::<String>(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(
+                    |(conversation_id, after_seq, before_seq, limit)| Body::SyncRequest(SyncRequest {
+                        conversation_id,
+                        after_seq,
+                        before_seq,
+                        limit,
+                        with_user: String::new(),
+                    })
+                ),
+                Just(Body::Ping(Ping {})),
+            ];
+            (any::<u64>(), proptest::option::of(body)).prop_map(|(req_id, body)| Frame { req_id, body })
+        }
+
+        proptest! {
+            #[test]
+            fn any_frame_round_trips_in_both_encodings(f in frame()) {
+                for enc in [Encoding::Protobuf, Encoding::Json] {
+                    let bytes = encode_frame(enc, &f);
+                    prop_assert_eq!(decode_frame(enc, &bytes).unwrap(), f.clone());
+                }
+            }
+
+            #[test]
+            fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+                let _ = decode_frame(Encoding::Protobuf, &bytes);
+                let _ = decode_frame(Encoding::Json, &bytes);
+            }
+
+            #[test]
+            fn mutated_valid_frames_never_panic(f in frame(), flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8)) {
+                for enc in [Encoding::Protobuf, Encoding::Json] {
+                    let mut bytes = encode_frame(enc, &f);
+                    if bytes.is_empty() {
+                        continue;
+                    }
+                    for (at, byte) in &flips {
+                        let i = at % bytes.len();
+                        bytes[i] = *byte;
+                    }
+                    let _ = decode_frame(enc, &bytes);
+                }
+            }
+        }
+    }
 }
