@@ -182,4 +182,35 @@ mod tests {
         let e = Backends::cluster(options, "n").await.err().unwrap();
         assert!(e.to_string().contains("cannot reach MongoDB at mongodb://127.0.0.1:1"), "{e}");
     }
+
+    #[tokio::test]
+    async fn presence_is_refreshed_recreated_and_expires_with_its_node() {
+        let Some(url) = required_env("DDTEST_REDIS_URL") else { return };
+        let redis = connect_redis(&url, Duration::from_secs(2)).await.unwrap();
+        let tenant = format!("t{}", im_core::new_msg_id());
+        let device = crate::DeviceKey::new(&tenant, "alice", "phone");
+        let ttl = Duration::from_millis(600);
+        let presence = RedisPresence::start(redis.clone(), "node-x", ttl);
+        let entry = crate::PresenceEntry { device: device.clone(), node_id: "node-x".into(), conn_id: 7, epoch: 42 };
+        use crate::PresenceRegistry;
+        presence.register(entry.clone()).await.unwrap();
+        // Refreshed past its TTL.
+        tokio::time::sleep(ttl * 2).await;
+        assert_eq!(presence.lookup(&tenant, "alice").await.unwrap(), vec![entry.clone()]);
+        // Redis loses the hash: the next refresh puts it back.
+        let _: () =
+            redis::cmd("DEL").arg(presence_key(&tenant, "alice")).query_async(&mut redis.clone()).await.unwrap();
+        tokio::time::sleep(ttl).await;
+        assert_eq!(presence.lookup(&tenant, "alice").await.unwrap(), vec![entry.clone()]);
+        // A newer connection elsewhere is never overwritten by the refresh.
+        let other = RedisPresence::start(redis.clone(), "node-y", ttl);
+        let newer = crate::PresenceEntry { node_id: "node-y".into(), conn_id: 1, epoch: 43, ..entry.clone() };
+        assert_eq!(other.register(newer.clone()).await.unwrap(), Some(entry.clone()));
+        tokio::time::sleep(ttl).await;
+        assert_eq!(presence.lookup(&tenant, "alice").await.unwrap(), vec![newer.clone()]);
+        // node-y stops (its refresh task ends with it): its entry expires.
+        drop(other);
+        tokio::time::sleep(ttl * 2).await;
+        assert!(presence.lookup(&tenant, "alice").await.unwrap().is_empty());
+    }
 }

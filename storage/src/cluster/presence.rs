@@ -2,7 +2,8 @@
 //! `epoch <TAB> node <TAB> conn_id <TAB> expires_ms`. Each node refreshes the
 //! entries of its own connections every third of the TTL; entries of a node
 //! that stopped refreshing are ignored once expired and removed lazily.
-//! Removal compares the epoch, so a late close never removes a newer entry.
+//! Removal compares the epoch, so a late close never removes a newer entry;
+//! a refresh re-creates an entry Redis lost, and never overwrites a newer one.
 
 use super::{CallTimer, presence_key, redis_err};
 use crate::{DeviceKey, PresenceEntry, PresenceRegistry, Result};
@@ -21,21 +22,27 @@ redis.call('PEXPIRE', KEYS[1], ARGV[3])
 return old
 "#;
 
-/// Removes (ARGV[3] == '') or rewrites (ARGV[3] = new value) the entry only
-/// if it still has the epoch ARGV[2]. KEYS: presence hash. ARGV: device,
-/// epoch, new value, key ttl ms. Returns 1 when it matched.
-const COMPARE_AND_SET: &str = r#"
+/// Refreshes this node's entry: rewrites it if it still has the epoch
+/// ARGV[2], re-creates it if it is gone (Redis lost it), leaves a newer one
+/// alone. KEYS: presence hash. ARGV: device, epoch, value, key ttl ms.
+/// Returns 1 when the entry is (again) ours, 0 when it was replaced.
+const REFRESH: &str = r#"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
-if not v then return 0 end
-local epoch = string.match(v, '^([^\t]*)')
-if epoch ~= ARGV[2] then return 0 end
-if ARGV[3] == '' then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-else
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], ARGV[4])
-end
+if v and string.match(v, '^([^\t]*)') ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
 return 1
+"#;
+
+/// Removes the entry only if it still has the epoch ARGV[2]. KEYS: presence
+/// hash. ARGV: device, epoch. Returns 1 when it removed it.
+const COMPARE_AND_DELETE: &str = r#"
+local v = redis.call('HGET', KEYS[1], ARGV[1])
+if v and string.match(v, '^([^\t]*)') == ARGV[2] then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  return 1
+end
+return 0
 "#;
 
 pub struct RedisPresence {
@@ -76,10 +83,17 @@ impl RedisPresence {
             return;
         }
         let expires = im_core::now_ms() + self.ttl_ms();
+        let script = redis::Script::new(REFRESH);
+        // A pipeline runs scripts by hash (EVALSHA): load it first, every
+        // time, since a restarted Redis has forgotten it.
+        if let Err(e) = script.load_async(&mut self.redis.clone()).await {
+            tracing::warn!(error = %e, "presence refresh failed; entries expire unless the next one succeeds");
+            return;
+        }
         let mut pipe = redis::pipe();
         for e in &entries {
             pipe.invoke_script(
-                redis::Script::new(COMPARE_AND_SET)
+                script
                     .key(presence_key(&e.device.tenant, &e.device.user))
                     .arg(&e.device.device)
                     .arg(e.epoch)
@@ -135,12 +149,10 @@ impl PresenceRegistry for RedisPresence {
     async fn unregister(&self, device: &DeviceKey, epoch: u64) -> Result<bool> {
         let _timer = CallTimer::new("redis", "presence_unregister");
         self.local.remove_if(device, |_, e| e.epoch == epoch);
-        let removed: u8 = redis::Script::new(COMPARE_AND_SET)
+        let removed: u8 = redis::Script::new(COMPARE_AND_DELETE)
             .key(presence_key(&device.tenant, &device.user))
             .arg(&device.device)
             .arg(epoch)
-            .arg("")
-            .arg(self.ttl_ms())
             .invoke_async(&mut self.redis.clone())
             .await
             .map_err(redis_err("presence unregister"))?;
