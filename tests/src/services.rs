@@ -25,6 +25,15 @@ fn wait_for_port(port: u16, what: &str) {
     }
 }
 
+/// Kills the child if there is one and waits until its port is free.
+fn stop_child(child: &mut Option<Child>, port: u16) {
+    if let Some(mut c) = child.take() {
+        let _ = c.kill();
+        let _ = c.wait();
+        wait_for_port_closed(port);
+    }
+}
+
 fn wait_for_port_closed(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
@@ -72,20 +81,13 @@ impl PrivateRedis {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-            wait_for_port_closed(self.port);
-        }
+        stop_child(&mut self.child, self.port);
     }
 }
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop();
     }
 }
 
@@ -110,11 +112,7 @@ impl PrivateMongo {
     }
 
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-            wait_for_port_closed(self.port);
-        }
+        stop_child(&mut self.child, self.port);
     }
 
     /// Starts it (again) on the same port and data.
@@ -135,9 +133,6 @@ impl PrivateMongo {
 
 impl Drop for PrivateMongo {
     fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.stop();
     }
 }

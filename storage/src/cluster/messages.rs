@@ -85,25 +85,17 @@ impl ClusterStore {
         let db = client.database(&options.mongo_database);
         db.run_command(doc! { "ping": 1 }).await.map_err(unreachable)?;
         let messages: Collection<Document> = db.collection("messages");
-        let unique = |name: &str| IndexOptions::builder().unique(true).name(name.to_string()).build();
-        messages
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "tenant": 1, "conv": 1, "seq": 1 })
-                    .options(unique("conv_seq"))
-                    .build(),
-            )
-            .await
-            .map_err(unreachable)?;
-        messages
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "tenant": 1, "from": 1, "cmid": 1 })
-                    .options(unique("idempotency"))
-                    .build(),
-            )
-            .await
-            .map_err(unreachable)?;
+        let indexes = [
+            ("conv_seq", doc! { "tenant": 1, "conv": 1, "seq": 1 }),
+            ("idempotency", doc! { "tenant": 1, "from": 1, "cmid": 1 }),
+        ];
+        for (name, keys) in indexes {
+            let options = IndexOptions::builder().unique(true).name(name.to_string()).build();
+            messages
+                .create_index(IndexModel::builder().keys(keys).options(options).build())
+                .await
+                .map_err(unreachable)?;
+        }
         let w = match options.write_concern.parse::<u32>() {
             Ok(n) => Acknowledgment::Nodes(n),
             Err(_) if options.write_concern == "majority" => Acknowledgment::Majority,
