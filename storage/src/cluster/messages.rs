@@ -37,8 +37,10 @@ use tokio::sync::{mpsc, oneshot};
 /// A pending mark whose message is still missing after this long belongs to
 /// an insert that failed; replay removes it.
 const ORPHAN_AGE: Duration = Duration::from_secs(60);
-/// Appends retried after losing a seq race to another node.
-const SEQ_RETRIES: usize = 32;
+/// How long an append may keep retrying after losing seq races to other
+/// nodes. The node that just won a seq knows the next one, so a loser can lose
+/// several times in a row while the winner's burst lasts.
+const SEQ_RACE_BUDGET: Duration = Duration::from_secs(10);
 /// Conversations whose last seq this node caches.
 const SEQ_CACHE_MAX: usize = 100_000;
 
@@ -291,6 +293,14 @@ fn decode(d: &Document) -> Result<Message> {
     })
 }
 
+/// A pseudo-random number of microseconds below `max`, from the clock: only
+/// used to de-synchronize retries.
+fn rand_micros(max: u64) -> u64 {
+    let nanos =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    u64::from(nanos.wrapping_mul(2_654_435_761)) % max.max(1)
+}
+
 /// The creation time of a UUIDv7 msg_id, ms since the epoch.
 fn msg_id_time_ms(msg_id: &str) -> Option<u64> {
     let hex: String = msg_id.chars().filter(|c| *c != '-').take(12).collect();
@@ -324,7 +334,8 @@ impl MessageStore for ClusterStore {
             client_msg_id: new.client_msg_id.clone(),
             server_time_ms: 0,
         };
-        for _ in 0..SEQ_RETRIES {
+        let deadline = Instant::now() + SEQ_RACE_BUDGET;
+        while Instant::now() < deadline {
             message.seq = last + 1;
             message.server_time_ms = im_core::now_ms();
             self.mark_pending(&keys, message.seq, &message.msg_id).await?;
@@ -341,6 +352,8 @@ impl MessageStore for ClusterStore {
                     }
                     // Another node stored this seq first.
                     metrics::counter!("dongdong_seq_conflicts_total").increment(1);
+                    // A short random pause lets the other node's burst pass.
+                    tokio::time::sleep(Duration::from_micros(rand_micros(2_000))).await;
                     last = self.read_last_seq(&new.tenant, &new.conversation_id).await?.max(last + 1);
                 }
                 Err(InsertError::Failed(e)) => {

@@ -50,6 +50,9 @@ pub struct RedisPresence {
     ttl: Duration,
     /// Entries this node registered, refreshed until unregistered.
     local: DashMap<DeviceKey, PresenceEntry>,
+    /// Held by a refresh cycle from its snapshot to its last write, and by
+    /// unregister: a refresh never re-creates an entry removed meanwhile.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 fn encode(e: &PresenceEntry, expires_ms: u64) -> String {
@@ -68,7 +71,7 @@ fn decode(device: DeviceKey, v: &str) -> Option<(PresenceEntry, u64)> {
 impl RedisPresence {
     /// Starts the refresh task of `node_id`'s entries; it ends with the registry.
     pub fn start(redis: ConnectionManager, node_id: &str, ttl: Duration) -> Arc<Self> {
-        let this = Arc::new(Self { redis, ttl, local: DashMap::new() });
+        let this = Arc::new(Self { redis, ttl, local: DashMap::new(), refreshing: tokio::sync::Mutex::new(()) });
         tokio::spawn(refresh_loop(Arc::downgrade(&this), ttl / 3, node_id.to_string()));
         this
     }
@@ -78,6 +81,7 @@ impl RedisPresence {
     }
 
     async fn refresh_all(&self) {
+        let _exclusive = self.refreshing.lock().await;
         let entries: Vec<PresenceEntry> = self.local.iter().map(|e| e.value().clone()).collect();
         if entries.is_empty() {
             return;
@@ -120,6 +124,8 @@ impl RedisPresence {
 async fn refresh_loop(this: Weak<RedisPresence>, every: Duration, node_id: String) {
     let mut tick = tokio::time::interval(every.max(Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is immediate; entries just registered need no refresh.
+    tick.tick().await;
     loop {
         tick.tick().await;
         let Some(this) = this.upgrade() else { break };
@@ -148,6 +154,7 @@ impl PresenceRegistry for RedisPresence {
 
     async fn unregister(&self, device: &DeviceKey, epoch: u64) -> Result<bool> {
         let _timer = CallTimer::new("redis", "presence_unregister");
+        let _exclusive = self.refreshing.lock().await;
         self.local.remove_if(device, |_, e| e.epoch == epoch);
         let removed: u8 = redis::Script::new(COMPARE_AND_DELETE)
             .key(presence_key(&device.tenant, &device.user))
