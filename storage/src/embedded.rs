@@ -37,6 +37,11 @@ const IDEMPOTENCY: TableDefinition<&[u8], &str> = TableDefinition::new("idempote
 const PENDING: TableDefinition<&[u8], &str> = TableDefinition::new("pending");
 /// (tenant, user, device) -> last seen, ms since the epoch.
 const DEVICES: TableDefinition<&[u8], u64> = TableDefinition::new("devices");
+/// Puts (Some) or deletes (None) of customer-service records, by key.
+pub(crate) type Records = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Customer-service records: (kind, tenant, id) -> JSON (see `crate::cs::embedded`).
+pub(crate) const CS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cs");
 
 /// The device slot of a user who has not connected from any device yet.
 /// Real device ids are never empty.
@@ -65,13 +70,15 @@ enum WriteOp {
     Append(NewMessage, oneshot::Sender<Result<Appended>>),
     Ack(DeviceKey, Vec<String>, oneshot::Sender<Result<usize>>),
     Register(DeviceKey, oneshot::Sender<Result<DeviceRegistration>>),
+    /// Puts (Some) or deletes (None) customer-service records; durable.
+    Records(Records, oneshot::Sender<Result<()>>),
     /// Stop after the ops queued before this one.
     Close,
 }
 
 impl WriteOp {
     fn durable(&self) -> bool {
-        matches!(self, WriteOp::Append(..))
+        matches!(self, WriteOp::Append(..) | WriteOp::Records(..))
     }
 }
 
@@ -107,6 +114,29 @@ impl EmbeddedStore {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Queues customer-service records for the writer, which applies them
+    /// in queue order; the receiver answers once they are durable.
+    pub(crate) async fn queue_records(&self, records: Records) -> Result<oneshot::Receiver<Result<()>>> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.tx
+            .send(WriteOp::Records(records, reply_tx))
+            .await
+            .map_err(|_| StorageError::Unavailable("the store is closed".into()))?;
+        Ok(reply_rx)
+    }
+
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
+    }
+
+    /// Runs a read against a snapshot on the blocking pool.
+    pub(crate) async fn read_db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.read(f).await
     }
 
     /// Stops accepting writes, lets the writer finish its queue, persists
@@ -150,6 +180,7 @@ fn init_tables(db: &Database) -> Result<()> {
     txn.open_table(IDEMPOTENCY).map_err(unavailable)?;
     txn.open_table(PENDING).map_err(unavailable)?;
     txn.open_table(DEVICES).map_err(unavailable)?;
+    txn.open_table(CS).map_err(unavailable)?;
     txn.commit().map_err(unavailable)
 }
 
@@ -192,6 +223,7 @@ enum Reply {
     Append(oneshot::Sender<Result<Appended>>, Appended),
     Ack(oneshot::Sender<Result<usize>>, usize),
     Register(oneshot::Sender<Result<DeviceRegistration>>, DeviceRegistration),
+    Records(oneshot::Sender<Result<()>>),
 }
 
 impl Reply {
@@ -200,6 +232,7 @@ impl Reply {
             Reply::Append(tx, _) => drop(tx.send(Err(e.clone()))),
             Reply::Ack(tx, _) => drop(tx.send(Err(e.clone()))),
             Reply::Register(tx, _) => drop(tx.send(Err(e.clone()))),
+            Reply::Records(tx) => drop(tx.send(Err(e.clone()))),
         }
     }
 
@@ -208,6 +241,7 @@ impl Reply {
             Reply::Append(tx, v) => drop(tx.send(Ok(v))),
             Reply::Ack(tx, v) => drop(tx.send(Ok(v))),
             Reply::Register(tx, v) => drop(tx.send(Ok(v))),
+            Reply::Records(tx) => drop(tx.send(Ok(()))),
         }
     }
 }
@@ -217,6 +251,7 @@ fn fail_op(op: WriteOp, e: &StorageError) {
         WriteOp::Append(_, tx) => drop(tx.send(Err(e.clone()))),
         WriteOp::Ack(_, _, tx) => drop(tx.send(Err(e.clone()))),
         WriteOp::Register(_, tx) => drop(tx.send(Err(e.clone()))),
+        WriteOp::Records(_, tx) => drop(tx.send(Err(e.clone()))),
         WriteOp::Close => {}
     }
 }
@@ -273,6 +308,13 @@ fn apply_batch(db: &Database, batch: &mut Vec<WriteOp>, options: &EmbeddedOption
                         WriteOp::Register(dev, tx) => {
                             hold(tx, t.register(&dev, options.max_devices_per_user), Reply::Register)
                         }
+                        WriteOp::Records(records, tx) => match t.records(records) {
+                            Ok(()) => Ok(Reply::Records(tx)),
+                            Err(e) => {
+                                let _ = tx.send(Err(e.clone()));
+                                Err(e)
+                            }
+                        },
                         WriteOp::Close => continue,
                     };
                     match outcome {
@@ -315,6 +357,7 @@ struct Tables<'txn> {
     idempotency: Table<'txn, &'static [u8], &'static str>,
     pending: Table<'txn, &'static [u8], &'static str>,
     devices: Table<'txn, &'static [u8], u64>,
+    cs: Table<'txn, &'static [u8], &'static [u8]>,
 }
 
 fn device_prefix(tenant: &str, user: &str) -> Vec<u8> {
@@ -375,7 +418,18 @@ impl<'txn> Tables<'txn> {
             idempotency: txn.open_table(IDEMPOTENCY).map_err(unavailable)?,
             pending: txn.open_table(PENDING).map_err(unavailable)?,
             devices: txn.open_table(DEVICES).map_err(unavailable)?,
+            cs: txn.open_table(CS).map_err(unavailable)?,
         })
+    }
+
+    fn records(&mut self, records: Records) -> Result<()> {
+        for (key, value) in records {
+            match value {
+                Some(v) => self.cs.insert(key.as_slice(), v.as_slice()).map_err(unavailable)?,
+                None => self.cs.remove(key.as_slice()).map_err(unavailable)?,
+            };
+        }
+        Ok(())
     }
 
     fn message_by_id(&self, msg_id: &str) -> Result<Option<Message>> {
@@ -758,6 +812,7 @@ impl crate::Backends {
             presence: Arc::new(MemoryPresence::default()),
             bus: None,
             health: store.clone(),
+            cs: crate::cs::embedded::EmbeddedCs::open(store.clone())?,
         };
         Ok((backends, store))
     }

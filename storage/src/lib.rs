@@ -18,6 +18,7 @@
 
 pub mod cluster;
 pub mod conformance;
+pub mod cs;
 pub mod embedded;
 mod keys;
 mod model;
@@ -150,4 +151,6 @@ pub struct Backends {
     /// Cross-node pushes; `None` for single-node backends.
     pub bus: Option<Arc<dyn NodeBus>>,
     pub health: Arc<dyn HealthCheck>,
+    /// Customer-service queues, sessions and left messages.
+    pub cs: Arc<dyn cs::CsStore>,
 }

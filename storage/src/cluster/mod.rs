@@ -7,10 +7,12 @@
 //! so every script touches a single Redis Cluster slot.
 
 mod bus;
+mod cs;
 mod messages;
 mod presence;
 
 pub use bus::RedisBus;
+pub use cs::RedisCs;
 pub use messages::ClusterStore;
 pub use presence::RedisPresence;
 
@@ -40,6 +42,8 @@ pub struct ClusterOptions {
     pub max_devices_per_user: usize,
     /// Most documents per insert_many.
     pub max_batch: usize,
+    /// How long ended service sessions and claimed left messages are kept.
+    pub cs_retention: Duration,
 }
 
 impl Default for ClusterOptions {
@@ -55,6 +59,7 @@ impl Default for ClusterOptions {
             presence_ttl: Duration::from_secs(60),
             max_devices_per_user: 16,
             max_batch: 256,
+            cs_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
 }
@@ -131,7 +136,7 @@ impl Backends {
         let redis = connect_redis(&options.redis_url, options.redis_timeout).await?;
         let store = ClusterStore::connect(redis.clone(), &options).await?;
         let presence = RedisPresence::start(redis.clone(), node_id, options.presence_ttl);
-        let bus = RedisBus::new(&options.redis_url, redis, options.redis_timeout)?;
+        let bus = RedisBus::new(&options.redis_url, redis.clone(), options.redis_timeout)?;
         let backends = Self {
             messages: store.clone(),
             pending: store.clone(),
@@ -139,6 +144,7 @@ impl Backends {
             presence,
             bus: Some(Arc::new(bus)),
             health: store.clone(),
+            cs: Arc::new(RedisCs::new(redis, options.cs_retention)),
         };
         Ok((backends, store))
     }

@@ -1,0 +1,311 @@
+//! Customer-service state of the embedded backend: each tenant's
+//! [`TenantState`] in memory, loaded from redb on first use, every change
+//! persisted as JSON records in the `cs` table through the store's writer.
+//!
+//! A command runs under one lock: apply to memory, queue the changed records
+//! to the writer (which keeps queue order), release the lock, then wait until
+//! the records are durable before answering. If a write fails, the tenant's
+//! state is dropped from memory and reloaded from disk by the next command,
+//! so memory never runs ahead of what is stored for long.
+//!
+//! Keys are (kind, tenant, id): `g` groups, `a` agents, `s` waiting or active
+//! sessions, `S` ended sessions, `l` unclaimed left messages, `L` claimed
+//! ones, `q` quick replies. Only `g`, `a`, `s`, `l` are loaded into memory.
+
+use super::engine::{Dirty, TenantState};
+use super::*;
+use crate::embedded::{CS, EmbeddedStore, Records};
+use crate::keys::{Key, Reader};
+use crate::{Result, StorageError};
+use redb::{ReadableDatabase, ReadableTable};
+use serde::de::DeserializeOwned;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use tokio::sync::Mutex;
+
+/// The embedded [`CsStore`].
+pub struct EmbeddedCs {
+    store: Arc<EmbeddedStore>,
+    state: Mutex<State>,
+}
+
+struct State {
+    tenants: HashMap<String, TenantState>,
+    /// Every tenant with records, for the sweep.
+    known: BTreeSet<String>,
+}
+
+fn key(kind: &str, tenant: &str, id: &str) -> Vec<u8> {
+    Key::new().s(kind).s(tenant).s(id).into_vec()
+}
+
+fn prefix(kind: &str, tenant: &str) -> Vec<u8> {
+    Key::new().s(kind).s(tenant).into_vec()
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Unavailable(e.to_string())
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(v).map_err(|e| StorageError::Corrupt(format!("cannot encode a cs record: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt(format!("cs record: {e}")))
+}
+
+/// Every record under `prefix`, decoded.
+fn scan<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    prefix: &[u8],
+) -> Result<Vec<T>> {
+    let mut out = Vec::new();
+    for item in table.range(prefix..).map_err(unavailable)? {
+        let (k, v) = item.map_err(unavailable)?;
+        if !k.value().starts_with(prefix) {
+            break;
+        }
+        out.push(decode(v.value())?);
+    }
+    Ok(out)
+}
+
+impl EmbeddedCs {
+    /// Customer-service state on `store`'s database.
+    pub fn open(store: Arc<EmbeddedStore>) -> Result<Arc<Self>> {
+        let txn = store.db().begin_read().map_err(unavailable)?;
+        let table = txn.open_table(CS).map_err(unavailable)?;
+        let mut known = BTreeSet::new();
+        for kind in ["g", "a"] {
+            let p = Key::new().s(kind).into_vec();
+            for item in table.range(p.as_slice()..).map_err(unavailable)? {
+                let (k, _) = item.map_err(unavailable)?;
+                let k = k.value();
+                if !k.starts_with(&p) {
+                    break;
+                }
+                if let Some(t) = Reader::new(&k[p.len()..]).s() {
+                    known.insert(t.to_string());
+                }
+            }
+        }
+        drop(table);
+        drop(txn);
+        Ok(Arc::new(Self { store, state: Mutex::new(State { tenants: HashMap::new(), known }) }))
+    }
+
+    async fn load(&self, tenant: &str) -> Result<TenantState> {
+        let tenant = tenant.to_string();
+        self.store
+            .read_db(move |db| {
+                let txn = db.begin_read().map_err(unavailable)?;
+                let table = txn.open_table(CS).map_err(unavailable)?;
+                let groups: Vec<Group> = scan(&table, &prefix("g", &tenant))?;
+                let agents: Vec<Agent> = scan(&table, &prefix("a", &tenant))?;
+                let sessions: Vec<Session> = scan(&table, &prefix("s", &tenant))?;
+                let left: Vec<LeftMessage> = scan(&table, &prefix("l", &tenant))?;
+                Ok(TenantState::from_records(&tenant, groups, agents, sessions, left))
+            })
+            .await
+    }
+
+    async fn get_record<T: DeserializeOwned + Send + 'static>(&self, key: Vec<u8>) -> Result<Option<T>> {
+        self.store
+            .read_db(move |db| {
+                let txn = db.begin_read().map_err(unavailable)?;
+                let table = txn.open_table(CS).map_err(unavailable)?;
+                match table.get(key.as_slice()).map_err(unavailable)? {
+                    Some(v) => decode(v.value()).map(Some),
+                    None => Ok(None),
+                }
+            })
+            .await
+    }
+
+    /// The tenant's state, loaded if needed.
+    async fn tenant<'a>(&self, state: &'a mut State, tenant: &str) -> Result<&'a mut TenantState> {
+        if !state.tenants.contains_key(tenant) {
+            let loaded = self.load(tenant).await?;
+            state.tenants.insert(tenant.to_string(), loaded);
+        }
+        state.tenants.get_mut(tenant).ok_or_else(|| unavailable("tenant state vanished"))
+    }
+
+    /// Loads an ended session or a claimed left message the command refers
+    /// to, so the engine can answer about it.
+    async fn preload(&self, ts: &mut TenantState, command: &CsCommand) -> Result<()> {
+        match command {
+            CsCommand::Rate { session_id, .. } | CsCommand::End { session_id, .. }
+                if !ts.sessions.contains_key(session_id) =>
+            {
+                if let Some(s) = self.get_record::<Session>(key("S", &ts.tenant, session_id)).await? {
+                    ts.sessions.insert(s.id.clone(), s);
+                }
+            }
+            CsCommand::Claim { id, .. } if !ts.left.contains_key(id) => {
+                if let Some(m) = self.get_record::<LeftMessage>(key("L", &ts.tenant, id)).await? {
+                    ts.left.insert(m.id.clone(), m);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The records to write for what the last command changed.
+    fn records(ts: &TenantState, dirty: BTreeSet<Dirty>) -> Result<Records> {
+        let t = ts.tenant.as_str();
+        let mut out = Vec::with_capacity(dirty.len() + 2);
+        for d in dirty {
+            match d {
+                Dirty::Group(id) => out.push((key("g", t, &id), ts.groups.get(&id).map(encode).transpose()?)),
+                Dirty::Agent(id) => out.push((key("a", t, &id), ts.agents.get(&id).map(encode).transpose()?)),
+                Dirty::Session(id) => match ts.sessions.get(&id) {
+                    Some(s) if s.state == SessionState::Ended => {
+                        out.push((key("s", t, &id), None));
+                        out.push((key("S", t, &id), Some(encode(s)?)));
+                    }
+                    Some(s) => out.push((key("s", t, &id), Some(encode(s)?))),
+                    None => out.push((key("s", t, &id), None)),
+                },
+                Dirty::LeftMessage(id) => match ts.left.get(&id) {
+                    Some(m) if !m.claimed_by.is_empty() => {
+                        out.push((key("l", t, &id), None));
+                        out.push((key("L", t, &id), Some(encode(m)?)));
+                    }
+                    Some(m) => out.push((key("l", t, &id), Some(encode(m)?))),
+                    None => out.push((key("l", t, &id), None)),
+                },
+            }
+        }
+        Ok(out)
+    }
+
+    /// Runs `f` on the tenant's state under the lock (for queries).
+    async fn with_tenant<T>(&self, tenant: &str, f: impl FnOnce(&TenantState) -> T) -> Result<T> {
+        let mut state = self.state.lock().await;
+        let ts = self.tenant(&mut state, tenant).await?;
+        Ok(f(ts))
+    }
+}
+
+#[async_trait]
+impl CsStore for EmbeddedCs {
+    async fn execute(&self, tenant: &str, command: CsCommand, now_ms: u64) -> Result<CsOutcome> {
+        let durable = {
+            let mut state = self.state.lock().await;
+            let ts = self.tenant(&mut state, tenant).await?;
+            self.preload(ts, &command).await?;
+            let outcome = ts.apply(command, now_ms);
+            let dirty = ts.take_dirty();
+            let records = Self::records(ts, dirty);
+            ts.evict_finished();
+            let queued = match records {
+                Ok(r) if r.is_empty() => None,
+                Ok(r) => match self.store.queue_records(r).await {
+                    Ok(rx) => Some(rx),
+                    Err(e) => {
+                        state.tenants.remove(tenant);
+                        return Err(e);
+                    }
+                },
+                Err(e) => {
+                    state.tenants.remove(tenant);
+                    return Err(e);
+                }
+            };
+            state.known.insert(tenant.to_string());
+            (queued, outcome)
+        };
+        let (queued, outcome) = durable;
+        if let Some(rx) = queued {
+            let written = rx.await.map_err(|_| unavailable("the store writer stopped")).and_then(|r| r);
+            if let Err(e) = written {
+                // Memory ran ahead of the disk: reload before the next command.
+                self.state.lock().await.tenants.remove(tenant);
+                return Err(e);
+            }
+        }
+        Ok(outcome)
+    }
+
+    async fn groups(&self, tenant: &str) -> Result<Vec<Group>> {
+        self.with_tenant(tenant, |ts| ts.groups.values().cloned().collect()).await
+    }
+
+    async fn group_view(&self, tenant: &str, group: &str) -> Result<Option<GroupView>> {
+        self.with_tenant(tenant, |ts| {
+            let g = ts.groups.get(group)?;
+            Some(GroupView {
+                group: g.clone(),
+                agents: g.members.iter().filter_map(|m| ts.agents.get(m)).cloned().collect(),
+                queue: ts.snapshot(group, 0),
+                waiting: ts.waiting(group).into_iter().cloned().collect(),
+                active: ts.active(group).into_iter().cloned().collect(),
+            })
+        })
+        .await
+    }
+
+    async fn agent(&self, tenant: &str, agent: &str) -> Result<Option<Agent>> {
+        self.with_tenant(tenant, |ts| ts.agents.get(agent).cloned()).await
+    }
+
+    async fn session(&self, tenant: &str, session_id: &str) -> Result<Option<Session>> {
+        if let Some(s) = self.with_tenant(tenant, |ts| ts.sessions.get(session_id).cloned()).await? {
+            return Ok(Some(s));
+        }
+        self.get_record(key("S", tenant, session_id)).await
+    }
+
+    async fn user_sessions(&self, tenant: &str, user: &str) -> Result<Vec<Session>> {
+        self.with_tenant(tenant, |ts| ts.user_sessions(user).into_iter().cloned().collect()).await
+    }
+
+    async fn left_messages(&self, tenant: &str, group: &str, limit: usize) -> Result<Vec<LeftMessage>> {
+        let mut out: Vec<LeftMessage> =
+            self.with_tenant(tenant, |ts| ts.left.values().filter(|m| m.group == group).cloned().collect()).await?;
+        out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        out.truncate(limit);
+        Ok(out)
+    }
+
+    async fn put_quick_reply(&self, tenant: &str, reply: QuickReply) -> Result<()> {
+        let record = (key("q", tenant, &reply.id), Some(encode(&reply)?));
+        self.store.queue_records(vec![record]).await?.await.map_err(|_| unavailable("the store writer stopped"))?
+    }
+
+    async fn delete_quick_reply(&self, tenant: &str, id: &str) -> Result<bool> {
+        let existed = self.quick_reply(tenant, id).await?.is_some();
+        if existed {
+            let record = (key("q", tenant, id), None);
+            self.store
+                .queue_records(vec![record])
+                .await?
+                .await
+                .map_err(|_| unavailable("the store writer stopped"))??;
+        }
+        Ok(existed)
+    }
+
+    async fn quick_replies(&self, tenant: &str, groups: &[String], owner: &str) -> Result<Vec<QuickReply>> {
+        let p = prefix("q", tenant);
+        let all: Vec<QuickReply> = self
+            .store
+            .read_db(move |db| {
+                let txn = db.begin_read().map_err(unavailable)?;
+                scan(&txn.open_table(CS).map_err(unavailable)?, &p)
+            })
+            .await?;
+        Ok(QuickReply::visible(all, groups, owner))
+    }
+
+    async fn quick_reply(&self, tenant: &str, id: &str) -> Result<Option<QuickReply>> {
+        self.get_record(key("q", tenant, id)).await
+    }
+
+    async fn tenants(&self) -> Result<Vec<String>> {
+        Ok(self.state.lock().await.known.iter().cloned().collect())
+    }
+}
