@@ -21,7 +21,7 @@ use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use im_core::pb::{self, Frame, Message, frame::Body};
 use im_core::{CloseCode, Encoding, ErrorCode};
-use session_router::{Kick, Registration};
+use session_router::{Kick, Push, Registration};
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::future::Future;
@@ -94,8 +94,11 @@ where
                 span.record("device", session.device.device.as_str());
                 info!(role = %session.role, pending = session.pending_count, "authenticated");
                 let conn_id = session.registration.conn_id;
+                let caller = cs_queue::Caller { device: session.device.clone(), role: session.role };
+                gw.cs.on_connect(&caller).await;
                 let exit = Conn::new(gw.clone(), out_tx.clone(), session).run(&mut stream, &shutdown).await;
                 gw.dispatch.router().unregister(conn_id).await;
+                gw.cs.on_disconnect(&caller).await;
                 exit
             }
         };
@@ -319,8 +322,9 @@ struct Conn {
     out: mpsc::Sender<Out>,
     encoding: Encoding,
     device: DeviceKey,
+    role: im_core::Role,
     kick: Arc<Kick>,
-    deliveries: mpsc::Receiver<Arc<Message>>,
+    deliveries: mpsc::Receiver<Push>,
     inflight: HashMap<String, Inflight>,
     replay: Option<Replay>,
     sends: Arc<Semaphore>,
@@ -340,6 +344,7 @@ impl Conn {
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             encoding: session.encoding,
             device: session.device,
+            role: session.role,
             kick: session.registration.kick,
             deliveries: session.registration.deliveries,
             inflight: HashMap::new(),
@@ -417,8 +422,14 @@ impl Conn {
                         self.replay = Some(Replay { cursor: None, requested: 0, dirty: false, failures: 0, started: Instant::now() });
                     }
                 }
-                Some(message) = self.deliveries.recv() => {
-                    if let Err(exit) = self.on_push(message) {
+                Some(push) = self.deliveries.recv() => {
+                    let pushed = match push {
+                        Push::Message(message) => self.on_push(message),
+                        Push::Event(frame) => {
+                            if self.emit(&frame) { Ok(()) } else { Err(close(CloseCode::SlowConsumer, "outbound queue full")) }
+                        }
+                    };
+                    if let Err(exit) = pushed {
                         return exit;
                     }
                 }
@@ -617,8 +628,25 @@ impl Conn {
                 }
             }
             Body::SyncRequest(req) => {
-                let reply = match self.gw.dispatch.history(&self.device, req).await {
+                let reply = match self.history(req).await {
                     Ok(page) => Frame { req_id, body: Some(Body::HistoryPage(page)) },
+                    Err(e) => error_frame(req_id, e.code, e.message),
+                };
+                self.emit(&reply);
+            }
+            body @ (Body::RequestService(_)
+            | Body::CancelRequest(_)
+            | Body::LeaveMessage(_)
+            | Body::EndSession(_)
+            | Body::Rate(_)
+            | Body::SetStatus(_)
+            | Body::AcceptSession(_)
+            | Body::TransferSession(_)
+            | Body::CsStateRequest(_)
+            | Body::ClaimLeftMessage(_)) => {
+                let caller = self.caller();
+                let reply = match self.gw.cs.handle(&caller, body).await {
+                    Ok(body) => Frame { req_id, body: Some(body) },
                     Err(e) => error_frame(req_id, e.code, e.message),
                 };
                 self.emit(&reply);
@@ -637,6 +665,26 @@ impl Conn {
             }
         }
         Ok(())
+    }
+
+    fn caller(&self) -> cs_queue::Caller {
+        cs_queue::Caller { device: self.device.clone(), role: self.role }
+    }
+
+    /// A history page: of a conversation the user is a member of, or, with
+    /// `session_id`, of a conversation of a service session they are part of.
+    async fn history(&self, req: pb::SyncRequest) -> dispatch::Result<pb::HistoryPage> {
+        if req.session_id.is_empty() {
+            return self.gw.dispatch.history(&self.device, req).await;
+        }
+        if req.conversation_id.is_empty() {
+            return Err(dispatch::DispatchError::new(
+                ErrorCode::InvalidArgument,
+                "with session_id, set conversation_id (one of the session's conversations)",
+            ));
+        }
+        self.gw.cs.may_read(&self.caller(), &req.session_id, &req.conversation_id).await?;
+        self.gw.dispatch.history_as(&self.device, req, true).await
     }
 
     /// Applies the per-connection rate limit. Returns whether the frame may be
@@ -708,6 +756,14 @@ fn server_frame_name(body: &Body) -> &'static str {
         Body::HistoryPage(_) => "HistoryPage",
         Body::Pong(_) => "Pong",
         Body::Error(_) => "Error",
-        Body::Auth(_) | Body::Send(_) | Body::Ack(_) | Body::SyncRequest(_) | Body::Ping(_) => "a client frame",
+        Body::QueueUpdate(_) => "QueueUpdate",
+        Body::SessionAssigned(_) => "SessionAssigned",
+        Body::SessionTransferred(_) => "SessionTransferred",
+        Body::SessionEnded(_) => "SessionEnded",
+        Body::LeftMessageNotice(_) => "LeftMessageNotice",
+        Body::LeaveMessageOffer(_) => "LeaveMessageOffer",
+        Body::CsState(_) => "CsState",
+        Body::CsOk(_) => "CsOk",
+        _ => "a client frame",
     }
 }

@@ -18,4 +18,5 @@ pub struct Gateway {
     pub config: GatewayConfig,
     pub signer: Arc<TokenSigner>,
     pub dispatch: Arc<Dispatcher>,
+    pub cs: Arc<cs_queue::CsService>,
 }

@@ -17,7 +17,80 @@ pub struct Config {
     pub auth: AuthConfig,
     pub limits: LimitsConfig,
     pub timeouts: TimeoutsConfig,
+    pub cs: CsSection,
     pub log: LogConfig,
+}
+
+/// Customer service.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CsSection {
+    /// A disconnected agent keeps their sessions this long.
+    #[serde(with = "humantime_serde")]
+    pub agent_grace: Duration,
+    /// How often each node checks max waits and grace periods.
+    #[serde(with = "humantime_serde")]
+    pub sweep_interval: Duration,
+    /// Cluster backend: ended sessions and claimed left messages are kept
+    /// this long in Redis (their messages stay in the history for good).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Groups created at start-up when they do not exist yet.
+    pub groups: Vec<SeedGroup>,
+}
+
+/// A service group created from the config file.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SeedGroup {
+    pub tenant: String,
+    pub id: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub policy: storage::cs::Policy,
+    #[serde(default = "default_max_queue")]
+    pub max_queue: u32,
+    #[serde(with = "humantime_serde", default = "default_max_wait")]
+    pub max_wait: Duration,
+    /// Every agent of the tenant who goes online joins the group.
+    #[serde(default)]
+    pub auto_join: bool,
+    #[serde(default = "default_capacity")]
+    pub default_capacity: u32,
+    /// Agents added at start-up, with the default capacity.
+    #[serde(default)]
+    pub agents: Vec<String>,
+}
+
+fn default_max_queue() -> u32 {
+    storage::cs::GroupSpec::default().max_queue
+}
+fn default_max_wait() -> Duration {
+    Duration::from_millis(storage::cs::GroupSpec::default().max_wait_ms)
+}
+fn default_capacity() -> u32 {
+    storage::cs::GroupSpec::default().default_capacity
+}
+
+impl SeedGroup {
+    pub fn spec(&self) -> storage::cs::GroupSpec {
+        storage::cs::GroupSpec {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            policy: self.policy,
+            max_queue: self.max_queue,
+            max_wait_ms: u64::try_from(self.max_wait.as_millis()).unwrap_or(u64::MAX),
+            auto_join: self.auto_join,
+            default_capacity: self.default_capacity,
+        }
+    }
+}
+
+impl Default for CsSection {
+    fn default() -> Self {
+        Config::default().cs
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -153,6 +226,22 @@ impl Default for Config {
                 io_buffer_bytes: gw.io_buffer_bytes,
             },
             timeouts: TimeoutsConfig { auth: gw.auth_timeout, idle: gw.idle_timeout, ack: gw.ack_timeout },
+            cs: CsSection {
+                agent_grace: cs_queue::CsConfig::default().agent_grace,
+                sweep_interval: cs_queue::CsConfig::default().sweep_interval,
+                retention: cluster.cs_retention,
+                groups: vec![SeedGroup {
+                    tenant: "demo".into(),
+                    id: "default".into(),
+                    name: "Customer service".into(),
+                    policy: storage::cs::Policy::LeastLoaded,
+                    max_queue: default_max_queue(),
+                    max_wait: default_max_wait(),
+                    auto_join: true,
+                    default_capacity: default_capacity(),
+                    agents: Vec::new(),
+                }],
+            },
             log: LogConfig { filter: "info".into() },
         }
     }
@@ -273,6 +362,29 @@ impl Config {
                 return invalid(key, "must be at least 10ms");
             }
         }
+        if self.cs.sweep_interval < Duration::from_millis(50) {
+            return invalid("cs.sweep_interval", "must be at least 50ms");
+        }
+        if self.cs.retention < Duration::from_secs(1) {
+            return invalid("cs.retention", "must be at least 1s");
+        }
+        for g in &self.cs.groups {
+            if let Err(e) = im_core::ids::validate_id("tenant", &g.tenant) {
+                return Err(ConfigError::Invalid { key: "cs.groups", reason: e });
+            }
+            let mut spec = g.spec();
+            if spec.name.is_empty() {
+                spec.name = spec.id.clone();
+            }
+            if let Err(e) = spec.validate() {
+                return Err(ConfigError::Invalid { key: "cs.groups", reason: format!("group {:?}: {e}", g.id) });
+            }
+            for a in &g.agents {
+                if let Err(e) = im_core::ids::validate_id("agent", a) {
+                    return Err(ConfigError::Invalid { key: "cs.groups", reason: format!("group {:?}: {e}", g.id) });
+                }
+            }
+        }
         if !self.auth.secret.is_empty() && self.auth.secret.len() < 16 {
             return invalid("auth.secret", "must be at least 16 bytes (or empty for a generated dev secret)");
         }
@@ -339,6 +451,7 @@ impl Config {
             redis_timeout: s.redis_timeout,
             mongo_timeout: s.mongo_timeout,
             max_devices_per_user: s.max_devices_per_user,
+            cs_retention: self.cs.retention,
             ..storage::cluster::ClusterOptions::default()
         }
     }
@@ -349,6 +462,14 @@ impl Config {
             format!("n-{}", &uuid::Uuid::now_v7().simple().to_string()[20..])
         } else {
             self.storage.node_id.clone()
+        }
+    }
+
+    pub fn cs(&self) -> cs_queue::CsConfig {
+        cs_queue::CsConfig {
+            agent_grace: self.cs.agent_grace,
+            sweep_interval: self.cs.sweep_interval,
+            ..cs_queue::CsConfig::default()
         }
     }
 

@@ -1,4 +1,5 @@
-//! HTTP endpoints: `/healthz` and `/metrics` (Prometheus text format).
+//! HTTP endpoints: `/healthz`, `/metrics` (Prometheus text format) and the
+//! customer-service API (`/api/v1`, see [`crate::cs_api`]).
 
 use axum::Router as Http;
 use axum::extract::State;
@@ -53,6 +54,7 @@ pub(crate) async fn serve(
     node_id: String,
     health: Arc<dyn storage::HealthCheck>,
     metrics: PrometheusHandle,
+    cs: crate::cs_api::CsApi,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let upkeep = metrics.clone();
@@ -66,12 +68,11 @@ pub(crate) async fn serve(
             }
         }
     });
-    let app = Http::new().route("/healthz", get(healthz)).route("/metrics", get(render_metrics)).with_state(AppState {
-        router,
-        node_id,
-        health,
-        metrics,
-    });
+    let app = Http::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(render_metrics))
+        .with_state(AppState { router, node_id, health, metrics })
+        .merge(crate::cs_api::routes(cs));
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! shutdown token, so tests bind port 0 and own the trigger.
 
 pub mod config;
+mod cs_api;
 mod http;
 pub mod secret;
 
@@ -73,13 +74,24 @@ pub async fn run_with_backends(
     if let Some(bus) = &backends.bus {
         router.attach_bus(bus.clone(), shutdown.clone()).await.context("cannot subscribe to the node bus")?;
     }
+    let cs_store = backends.cs.clone();
     let dispatch = Dispatcher::new(backends, router.clone(), config.dispatch());
-    let gateway = Arc::new(Gateway { config: config.gateway(), signer: Arc::new(TokenSigner::new(&secret)), dispatch });
+    let cs = cs_queue::CsService::start(cs_store, dispatch.clone(), config.cs(), shutdown.clone());
+    for g in &config.cs.groups {
+        let agents: Vec<(String, u32)> = g.agents.iter().map(|a| (a.clone(), g.default_capacity)).collect();
+        cs.seed(&g.tenant, g.spec(), &agents)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot create the configured group {}/{}: {}", g.tenant, g.id, e.message))?;
+    }
+    let signer = Arc::new(TokenSigner::new(&secret));
+    let api = cs_api::CsApi { cs: cs.clone(), signer: signer.clone() };
+    let gateway = Arc::new(Gateway { config: config.gateway(), signer, dispatch, cs });
     let ws_addr = ws.local_addr()?;
     let http_addr = http.local_addr()?;
     info!(node_id, ws = %format!("ws://{ws_addr}/ws"), http = %format!("http://{http_addr}"), "dongdong serving");
 
-    let http_task = tokio::spawn(http::serve(http, router, node_id.to_string(), health, metrics, shutdown.clone()));
+    let http_task =
+        tokio::spawn(http::serve(http, router, node_id.to_string(), health, metrics, api, shutdown.clone()));
     access_gateway::serve(ws, gateway, shutdown.clone()).await;
     shutdown.cancel();
     http_task.await.context("HTTP task failed")??;

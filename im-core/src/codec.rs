@@ -119,9 +119,30 @@ mod tests {
                         before_seq,
                         limit,
                         with_user: String::new(),
+                        session_id: String::new(),
                     })
                 ),
                 Just(Body::Ping(Ping {})),
+                (any::<String>(), proptest::option::of(content())).prop_map(|(group, first_message)| {
+                    Body::RequestService(crate::pb::RequestService { group, first_message })
+                }),
+                (any::<String>(), any::<String>(), any::<bool>()).prop_map(|(session_id, to, agent)| {
+                    use crate::pb::transfer_session::Target;
+                    let target = Some(if agent { Target::ToAgent(to) } else { Target::ToGroup(to) });
+                    Body::TransferSession(crate::pb::TransferSession { session_id, target })
+                }),
+                (0i32..4).prop_map(|status| Body::SetStatus(crate::pb::SetStatus { status })),
+                (any::<String>(), any::<u32>(), any::<String>()).prop_map(|(session_id, score, comment)| {
+                    Body::Rate(crate::pb::Rate { session_id, score, comment })
+                }),
+                (any::<String>(), any::<u32>(), any::<u32>()).prop_map(|(group, position, estimated_wait_s)| {
+                    Body::QueueUpdate(crate::pb::QueueUpdate {
+                        session_id: String::new(),
+                        group,
+                        position,
+                        estimated_wait_s,
+                    })
+                }),
             ];
             (any::<u64>(), proptest::option::of(body)).prop_map(|(req_id, body)| Frame { req_id, body })
         }

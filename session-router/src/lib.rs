@@ -12,7 +12,7 @@
 
 use dashmap::DashMap;
 use im_core::CloseCode;
-use im_core::pb::Message;
+use im_core::pb::{Frame, Message};
 use prost::Message as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -64,11 +64,21 @@ impl Kick {
     }
 }
 
+/// What the router hands a connection.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Push {
+    /// A stored message: pending for the device until it acks.
+    Message(Arc<Message>),
+    /// A notification frame (customer-service events): written as is, not
+    /// kept pending. Its state can always be read again (CsStateRequest).
+    Event(Arc<Frame>),
+}
+
 /// What the router keeps per local connection.
 struct LocalConn {
     device: DeviceKey,
     epoch: u64,
-    deliveries: mpsc::Sender<Arc<Message>>,
+    deliveries: mpsc::Sender<Push>,
     kick: Arc<Kick>,
 }
 
@@ -77,7 +87,7 @@ struct LocalConn {
 pub struct Registration {
     pub conn_id: u64,
     pub epoch: u64,
-    pub deliveries: mpsc::Receiver<Arc<Message>>,
+    pub deliveries: mpsc::Receiver<Push>,
     pub kick: Arc<Kick>,
 }
 
@@ -95,6 +105,7 @@ pub struct Router {
 /// What travels on the node bus: `[kind][conn_id: 8 bytes BE][epoch: 8 bytes BE][body]`.
 const BUS_DELIVER: u8 = 1;
 const BUS_KICK_REPLACED: u8 = 2;
+const BUS_EVENT: u8 = 3;
 
 fn bus_frame(kind: u8, conn_id: u64, epoch: u64, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(17 + body.len());
@@ -164,7 +175,13 @@ impl Router {
             BUS_DELIVER => match Message::decode(&payload[17..]) {
                 Ok(m) => {
                     metrics::counter!("dongdong_bus_received_total").increment(1);
-                    self.push_local(conn_id, epoch, &Arc::new(m));
+                    self.push_local(conn_id, epoch, Push::Message(Arc::new(m)));
+                }
+                Err(_) => metrics::counter!("dongdong_bus_malformed_total").increment(1),
+            },
+            BUS_EVENT => match Frame::decode(&payload[17..]) {
+                Ok(f) => {
+                    self.push_local(conn_id, epoch, Push::Event(Arc::new(f)));
                 }
                 Err(_) => metrics::counter!("dongdong_bus_malformed_total").increment(1),
             },
@@ -294,7 +311,7 @@ impl Router {
                 }
                 continue;
             }
-            if self.push_local(entry.conn_id, entry.epoch, &message) {
+            if self.push_local(entry.conn_id, entry.epoch, Push::Message(message.clone())) {
                 pushed += 1;
             }
         }
@@ -302,14 +319,50 @@ impl Router {
         pushed
     }
 
-    fn push_local(&self, conn_id: u64, epoch: u64, message: &Arc<Message>) -> bool {
+    /// Hands `frame` to every connected device of `user`, on this node or
+    /// another. Best effort: returns how many connections it was handed to.
+    pub async fn notify(&self, tenant: &str, user: &str, frame: Arc<Frame>) -> usize {
+        let entries = match self.presence.lookup(tenant, user).await {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "presence lookup failed; notification dropped");
+                metrics::counter!("dongdong_push_lookup_failures_total").increment(1);
+                return 0;
+            }
+        };
+        let mut pushed = 0;
+        let mut encoded: Option<Vec<u8>> = None;
+        for entry in entries {
+            if entry.node_id == self.node_id {
+                if self.push_local(entry.conn_id, entry.epoch, Push::Event(frame.clone())) {
+                    pushed += 1;
+                }
+                continue;
+            }
+            let Some(bus) = self.bus.get() else { continue };
+            let body = encoded.get_or_insert_with(|| frame.encode_to_vec());
+            let payload = bus_frame(BUS_EVENT, entry.conn_id, entry.epoch, body);
+            match bus.publish(&entry.node_id, payload).await {
+                Ok(()) => pushed += 1,
+                Err(e) => tracing::warn!(error = %e, "cross-node notification failed"),
+            }
+        }
+        pushed
+    }
+
+    /// Whether `user` has a connected device anywhere.
+    pub async fn is_connected(&self, tenant: &str, user: &str) -> Result<bool, StorageError> {
+        Ok(!self.presence.lookup(tenant, user).await?.is_empty())
+    }
+
+    fn push_local(&self, conn_id: u64, epoch: u64, push: Push) -> bool {
         let Some(conn) = self.local.get(&conn_id) else {
             return false;
         };
         if conn.epoch != epoch {
             return false;
         }
-        match conn.deliveries.try_send(message.clone()) {
+        match conn.deliveries.try_send(push) {
             Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(_)) => {
                 metrics::counter!("dongdong_slow_consumers_total").increment(1);
@@ -357,8 +410,8 @@ mod tests {
         let mut other_tenant = r.register(DeviceKey::new("u", "bob", "b1")).await.unwrap();
         let m = msg("alice", "a1", "bob");
         assert_eq!(r.deliver("t", m.clone()).await, 2);
-        assert_eq!(bob.deliveries.try_recv().unwrap(), m);
-        assert_eq!(alice2.deliveries.try_recv().unwrap(), m);
+        assert_eq!(bob.deliveries.try_recv().unwrap(), Push::Message(m.clone()));
+        assert_eq!(alice2.deliveries.try_recv().unwrap(), Push::Message(m));
         assert!(alice1.deliveries.try_recv().is_err());
         assert!(other_tenant.deliveries.try_recv().is_err());
     }

@@ -1,0 +1,589 @@
+//! Customer service over the chat backend: customers ask for service in a
+//! group, wait in line with live positions, are assigned to agents fairly
+//! and atomically, may leave a message, and chat with their agent over the
+//! ordinary reliable message path (a service session's chat is the 1:1
+//! conversation between the customer and the current agent).
+//!
+//! The rules live in storage ([`storage::cs`]): every state change is one
+//! atomic command, which also runs the assignment pass. This crate checks
+//! roles and input, runs the commands, answers the caller and notifies the
+//! other parties (through the router, on any node), posts the customer's
+//! first message when an agent is assigned, and runs the periodic sweep
+//! (max wait, agent grace period, presence reconciliation).
+
+mod convert;
+
+pub use convert::{session_pb, status_from_pb, status_pb};
+
+use dispatch::{DispatchError, Dispatcher};
+use im_core::pb::{self, frame::Body};
+use im_core::{ErrorCode, Role, ids::validate_id};
+use session_router::Router;
+use std::sync::Arc;
+use std::time::Duration;
+use storage::DeviceKey;
+use storage::cs::{
+    AgentStatus, CsCommand, CsError, CsOutcome, CsReply, CsStore, GroupSpec, LeftMessage, QueueSnapshot, Session,
+    SessionState, TransferTarget,
+};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Settings of the customer-service layer.
+#[derive(Debug, Clone)]
+pub struct CsConfig {
+    /// How long a disconnected agent keeps their sessions.
+    pub agent_grace: Duration,
+    /// How often each node sweeps (max wait, grace period).
+    pub sweep_interval: Duration,
+    /// Most left messages listed in one LeftMessageNotice.
+    pub left_notice_limit: usize,
+}
+
+impl Default for CsConfig {
+    fn default() -> Self {
+        Self { agent_grace: Duration::from_secs(60), sweep_interval: Duration::from_secs(1), left_notice_limit: 50 }
+    }
+}
+
+/// Who sent a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub device: DeviceKey,
+    pub role: Role,
+}
+
+impl Caller {
+    fn tenant(&self) -> &str {
+        &self.device.tenant
+    }
+
+    fn user(&self) -> &str {
+        &self.device.user
+    }
+}
+
+/// Device id the server uses when it posts a customer's first message.
+pub const SERVICE_DEVICE: &str = "dongdong-cs";
+/// Longest contact field of a left message.
+pub const MAX_CONTACT_BYTES: usize = 256;
+/// Sweeps between two presence reconciliations.
+const RECONCILE_EVERY: u32 = 10;
+
+pub struct CsService {
+    store: Arc<dyn CsStore>,
+    dispatch: Arc<Dispatcher>,
+    config: CsConfig,
+    notices: mpsc::Sender<(String, CsOutcome)>,
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> DispatchError {
+    DispatchError::new(code, message)
+}
+
+/// The wire error of a refused command.
+pub fn cs_error(e: &CsError) -> DispatchError {
+    let code = match e {
+        CsError::NoSuchGroup | CsError::NoSuchSession | CsError::NoSuchLeftMessage => ErrorCode::NotFound,
+        CsError::Forbidden(_) => ErrorCode::Forbidden,
+        CsError::Invalid(_) => ErrorCode::InvalidArgument,
+        CsError::NoAgentOnline
+        | CsError::QueueFull
+        | CsError::AgentUnavailable
+        | CsError::NobodyWaiting
+        | CsError::Conflict(_) => ErrorCode::Conflict,
+    };
+    err(code, e.to_string())
+}
+
+fn require(caller: &Caller, roles: &[Role], what: &str) -> Result<(), DispatchError> {
+    if roles.contains(&caller.role) {
+        return Ok(());
+    }
+    let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+    Err(err(ErrorCode::Forbidden, format!("{what} needs the role {}", names.join(" or "))))
+}
+
+fn invalid(message: String) -> DispatchError {
+    err(ErrorCode::InvalidArgument, message)
+}
+
+impl CsService {
+    /// Starts the service; its notifier and sweeper run until `shutdown`.
+    pub fn start(
+        store: Arc<dyn CsStore>,
+        dispatch: Arc<Dispatcher>,
+        config: CsConfig,
+        shutdown: CancellationToken,
+    ) -> Arc<Self> {
+        let (tx, rx) = mpsc::channel(4096);
+        let this = Arc::new(Self { store, dispatch, config, notices: tx });
+        tokio::spawn(notifier(Arc::downgrade(&this), rx, shutdown.clone()));
+        tokio::spawn(sweeper(Arc::downgrade(&this), shutdown));
+        this
+    }
+
+    pub fn store(&self) -> &Arc<dyn CsStore> {
+        &self.store
+    }
+
+    fn router(&self) -> &Arc<Router> {
+        self.dispatch.router()
+    }
+
+    /// Runs a command and queues the notifications of what it did.
+    pub async fn execute(&self, tenant: &str, command: CsCommand) -> Result<CsOutcome, DispatchError> {
+        let name = command.name();
+        let outcome = self.store.execute(tenant, command, im_core::now_ms()).await?;
+        metrics::counter!("dongdong_cs_commands_total", "op" => name, "ok" => if outcome.reply.is_ok() { "true" } else { "false" })
+            .increment(1);
+        let notify = !outcome.assigned.is_empty()
+            || !outcome.transferred.is_empty()
+            || !outcome.ended.is_empty()
+            || !outcome.timed_out.is_empty()
+            || !outcome.queues.is_empty();
+        if notify && self.notices.send((tenant.to_string(), outcome.clone())).await.is_err() {
+            debug!("notifier stopped; notifications dropped");
+        }
+        Ok(outcome)
+    }
+
+    /// Creates groups (and members) from the config if they do not exist yet.
+    pub async fn seed(&self, tenant: &str, spec: GroupSpec, agents: &[(String, u32)]) -> Result<(), DispatchError> {
+        let group = spec.id.clone();
+        if self.store.group_view(tenant, &group).await?.is_none() {
+            self.execute(tenant, CsCommand::PutGroup { spec }).await?.reply.map_err(|e| cs_error(&e))?;
+        }
+        for (agent, capacity) in agents {
+            let known = self.store.agent(tenant, agent).await?.is_some_and(|a| a.groups.contains(&group));
+            if !known {
+                let c = CsCommand::PutMember { group: group.clone(), agent: agent.clone(), capacity: *capacity };
+                self.execute(tenant, c).await?.reply.map_err(|e| cs_error(&e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// An authenticated connection opened.
+    pub async fn on_connect(&self, caller: &Caller) {
+        if caller.role != Role::Agent {
+            return;
+        }
+        let c = CsCommand::Connected { agent: caller.user().to_string() };
+        if let Err(e) = self.execute(caller.tenant(), c).await {
+            warn!(error = %e, "could not record the agent's connection");
+        }
+    }
+
+    /// An authenticated connection closed (after it left presence).
+    pub async fn on_disconnect(&self, caller: &Caller) {
+        if caller.role != Role::Agent {
+            return;
+        }
+        match self.router().is_connected(caller.tenant(), caller.user()).await {
+            Ok(true) => {}
+            Ok(false) => {
+                let c = CsCommand::Disconnected { agent: caller.user().to_string() };
+                if let Err(e) = self.execute(caller.tenant(), c).await {
+                    warn!(error = %e, "could not record the agent's disconnection; the sweep will");
+                }
+            }
+            Err(e) => warn!(error = %e, "presence lookup failed; the sweep will reconcile the agent"),
+        }
+    }
+
+    /// Answers one customer-service frame.
+    pub async fn handle(&self, caller: &Caller, body: Body) -> Result<Body, DispatchError> {
+        let tenant = caller.tenant().to_string();
+        let user = caller.user().to_string();
+        let admin = caller.role == Role::Admin;
+        match body {
+            Body::RequestService(r) => {
+                require(caller, &[Role::Customer], "RequestService")?;
+                validate_id("group", &r.group).map_err(invalid)?;
+                if let Some(c) = &r.first_message {
+                    self.dispatch.validate_content(c)?;
+                }
+                let group = r.group.clone();
+                let c = CsCommand::Request {
+                    customer: user,
+                    group: r.group,
+                    session_id: im_core::new_msg_id(),
+                    first_message: r.first_message,
+                };
+                let outcome = self.execute(&tenant, c).await?;
+                match outcome.reply {
+                    Ok(CsReply::Session { session, position }) if session.state == SessionState::Waiting => {
+                        let snapshot = match outcome.queues.iter().find(|q| q.group == group) {
+                            Some(q) => Some(q.clone()),
+                            None => self.store.group_view(&tenant, &group).await?.map(|v| v.queue),
+                        };
+                        let estimated_wait_s = snapshot.map_or(0, |q| q.estimated_wait_s(position));
+                        Ok(Body::QueueUpdate(pb::QueueUpdate {
+                            session_id: session.id,
+                            group,
+                            position,
+                            estimated_wait_s,
+                        }))
+                    }
+                    Ok(CsReply::Session { session, .. }) => {
+                        Ok(Body::SessionAssigned(pb::SessionAssigned { session: Some(session_pb(&session)) }))
+                    }
+                    Ok(_) => Err(err(ErrorCode::Internal, "unexpected reply")),
+                    Err(e @ (CsError::NoAgentOnline | CsError::QueueFull)) => {
+                        let reason = if e == CsError::QueueFull {
+                            pb::leave_message_offer::Reason::QueueFull
+                        } else {
+                            pb::leave_message_offer::Reason::NoAgentOnline
+                        };
+                        metrics::counter!("dongdong_cs_turned_away_total", "reason" => reason.as_str_name())
+                            .increment(1);
+                        Ok(Body::LeaveMessageOffer(pb::LeaveMessageOffer {
+                            group,
+                            reason: reason as i32,
+                            message: format!("{e}; you can leave a message"),
+                        }))
+                    }
+                    Err(e) => Err(cs_error(&e)),
+                }
+            }
+            Body::CancelRequest(r) => {
+                require(caller, &[Role::Customer], "CancelRequest")?;
+                validate_id("group", &r.group).map_err(invalid)?;
+                let c = CsCommand::Cancel { customer: user, group: r.group };
+                self.execute(&tenant, c).await?.reply.map_err(|e| cs_error(&e))?;
+                Ok(Body::CsOk(pb::CsOk::default()))
+            }
+            Body::LeaveMessage(r) => {
+                require(caller, &[Role::Customer], "LeaveMessage")?;
+                validate_id("group", &r.group).map_err(invalid)?;
+                let content = r.content.ok_or_else(|| invalid("content is required".into()))?;
+                self.dispatch.validate_content(&content)?;
+                if r.contact.len() > MAX_CONTACT_BYTES {
+                    return Err(invalid(format!("contact is longer than {MAX_CONTACT_BYTES} bytes")));
+                }
+                let message = LeftMessage {
+                    id: im_core::new_msg_id(),
+                    group: r.group.clone(),
+                    customer: user,
+                    content,
+                    contact: r.contact,
+                    created_ms: im_core::now_ms(),
+                    claimed_by: String::new(),
+                    claimed_ms: 0,
+                };
+                let outcome = self.execute(&tenant, CsCommand::LeaveMessage { message }).await?;
+                let CsReply::LeftMessage { message } = outcome.reply.map_err(|e| cs_error(&e))? else {
+                    return Err(err(ErrorCode::Internal, "unexpected reply"));
+                };
+                metrics::counter!("dongdong_cs_left_messages_total").increment(1);
+                self.notify_group_agents(&tenant, &r.group, vec![message.clone()]).await?;
+                Ok(Body::CsOk(pb::CsOk { id: message.id }))
+            }
+            Body::EndSession(r) => {
+                validate_id("session_id", &r.session_id).map_err(invalid)?;
+                let c = CsCommand::End { session_id: r.session_id, by: user, admin };
+                let outcome = self.execute(&tenant, c).await?;
+                match outcome.reply.map_err(|e| cs_error(&e))? {
+                    CsReply::Session { session, .. } => {
+                        Ok(Body::SessionEnded(pb::SessionEnded { session: Some(session_pb(&session)) }))
+                    }
+                    _ => Err(err(ErrorCode::Internal, "unexpected reply")),
+                }
+            }
+            Body::Rate(r) => {
+                require(caller, &[Role::Customer], "Rate")?;
+                validate_id("session_id", &r.session_id).map_err(invalid)?;
+                let c =
+                    CsCommand::Rate { session_id: r.session_id, customer: user, score: r.score, comment: r.comment };
+                self.execute(&tenant, c).await?.reply.map_err(|e| cs_error(&e))?;
+                Ok(Body::CsOk(pb::CsOk::default()))
+            }
+            Body::SetStatus(r) => {
+                require(caller, &[Role::Agent], "SetStatus")?;
+                let status =
+                    status_from_pb(r.status).ok_or_else(|| invalid("status must be ONLINE, AWAY or OFFLINE".into()))?;
+                let c = CsCommand::SetStatus { agent: user.clone(), status };
+                self.execute(&tenant, c).await?.reply.map_err(|e| cs_error(&e))?;
+                let state = self.state(caller).await?;
+                if status == AgentStatus::Online {
+                    self.send_left_messages(&tenant, &user, &state.groups).await?;
+                }
+                Ok(Body::CsState(state))
+            }
+            Body::AcceptSession(r) => {
+                require(caller, &[Role::Agent], "AcceptSession")?;
+                validate_id("group", &r.group).map_err(invalid)?;
+                let customer = (!r.customer.is_empty()).then_some(r.customer);
+                let c = CsCommand::Accept { agent: user, group: r.group, customer };
+                match self.execute(&tenant, c).await?.reply.map_err(|e| cs_error(&e))? {
+                    CsReply::Session { session, .. } => {
+                        Ok(Body::SessionAssigned(pb::SessionAssigned { session: Some(session_pb(&session)) }))
+                    }
+                    _ => Err(err(ErrorCode::Internal, "unexpected reply")),
+                }
+            }
+            Body::TransferSession(r) => {
+                require(caller, &[Role::Agent, Role::Admin], "TransferSession")?;
+                validate_id("session_id", &r.session_id).map_err(invalid)?;
+                let target = match r.target {
+                    Some(pb::transfer_session::Target::ToAgent(a)) => {
+                        validate_id("to_agent", &a).map_err(invalid)?;
+                        TransferTarget::Agent(a)
+                    }
+                    Some(pb::transfer_session::Target::ToGroup(g)) => {
+                        validate_id("to_group", &g).map_err(invalid)?;
+                        TransferTarget::Group(g)
+                    }
+                    None => return Err(invalid("set to_agent or to_group".into())),
+                };
+                let c = CsCommand::Transfer { session_id: r.session_id, by: user, admin, target };
+                let outcome = self.execute(&tenant, c).await?;
+                outcome.reply.map_err(|e| cs_error(&e))?;
+                let t = outcome
+                    .transferred
+                    .into_iter()
+                    .find(|t| t.reason == "transfer")
+                    .ok_or_else(|| err(ErrorCode::Internal, "transfer reported nothing"))?;
+                Ok(Body::SessionTransferred(convert::transferred_pb(&t)))
+            }
+            Body::CsStateRequest(_) => Ok(Body::CsState(self.state(caller).await?)),
+            Body::ClaimLeftMessage(r) => {
+                require(caller, &[Role::Agent], "ClaimLeftMessage")?;
+                validate_id("left_message_id", &r.left_message_id).map_err(invalid)?;
+                let c = CsCommand::Claim { id: r.left_message_id, agent: user };
+                match self.execute(&tenant, c).await?.reply.map_err(|e| cs_error(&e))? {
+                    CsReply::LeftMessage { message } => Ok(Body::LeftMessageNotice(pb::LeftMessageNotice {
+                        left_messages: vec![convert::left_pb(&message)],
+                    })),
+                    _ => Err(err(ErrorCode::Internal, "unexpected reply")),
+                }
+            }
+            _ => Err(err(ErrorCode::BadFrame, "not a customer-service request")),
+        }
+    }
+
+    /// The caller's open sessions, waiting positions and agent state.
+    pub async fn state(&self, caller: &Caller) -> Result<pb::CsState, DispatchError> {
+        let tenant = caller.tenant();
+        let sessions = self.store.user_sessions(tenant, caller.user()).await?;
+        let mut waiting = Vec::new();
+        for s in sessions.iter().filter(|s| s.state == SessionState::Waiting && s.customer == caller.user()) {
+            if let Some(view) = self.store.group_view(tenant, &s.group).await? {
+                waiting.push(queue_update(&view.queue, s));
+            }
+        }
+        let mut state =
+            pb::CsState { sessions: sessions.iter().map(session_pb).collect(), waiting, ..Default::default() };
+        if let Some(a) = self.store.agent(tenant, caller.user()).await? {
+            state.status = status_pb(a.status) as i32;
+            state.capacity = a.capacity;
+            state.load = a.load;
+            state.groups = a.groups;
+        }
+        Ok(state)
+    }
+
+    /// Checks that `who` may read `conversation_id` as a party of the
+    /// service session `session_id`.
+    pub async fn may_read(&self, who: &Caller, session_id: &str, conversation_id: &str) -> Result<(), DispatchError> {
+        validate_id("session_id", session_id).map_err(invalid)?;
+        let s = self
+            .store
+            .session(who.tenant(), session_id)
+            .await?
+            .ok_or_else(|| err(ErrorCode::NotFound, "no such session"))?;
+        let party = who.role == Role::Admin || s.customer == who.user() || s.agent == who.user();
+        if !party {
+            return Err(err(ErrorCode::Forbidden, "not a party of this session"));
+        }
+        if !s.conversations.iter().any(|c| c == conversation_id) {
+            return Err(err(ErrorCode::Forbidden, "that conversation is not part of this session"));
+        }
+        Ok(())
+    }
+
+    async fn send_left_messages(&self, tenant: &str, agent: &str, groups: &[String]) -> Result<(), DispatchError> {
+        let mut all = Vec::new();
+        for g in groups {
+            all.extend(self.store.left_messages(tenant, g, self.config.left_notice_limit).await?);
+        }
+        if all.is_empty() {
+            return Ok(());
+        }
+        all.sort_by_key(|m| m.created_ms);
+        all.truncate(self.config.left_notice_limit);
+        let frame = notice_frame(&all);
+        self.router().notify(tenant, agent, frame).await;
+        Ok(())
+    }
+
+    /// Tells the connected agents of `group` about new left messages.
+    async fn notify_group_agents(
+        &self,
+        tenant: &str,
+        group: &str,
+        messages: Vec<LeftMessage>,
+    ) -> Result<(), DispatchError> {
+        let Some(view) = self.store.group_view(tenant, group).await? else { return Ok(()) };
+        let frame = notice_frame(&messages);
+        for a in view.agents.iter().filter(|a| a.connected && a.status != AgentStatus::Offline) {
+            self.router().notify(tenant, &a.id, frame.clone()).await;
+        }
+        Ok(())
+    }
+
+    /// Sends the notifications of one outcome, in order.
+    async fn publish(&self, tenant: &str, outcome: CsOutcome) {
+        let router = self.router();
+        for t in &outcome.transferred {
+            let frame = event(Body::SessionTransferred(convert::transferred_pb(t)));
+            router.notify(tenant, &t.session.customer, frame.clone()).await;
+            router.notify(tenant, &t.from_agent, frame).await;
+        }
+        for s in &outcome.assigned {
+            metrics::histogram!("dongdong_cs_wait_seconds", "group" => s.group.clone())
+                .record(s.assigned_ms.saturating_sub(s.queued_ms) as f64 / 1000.0);
+            metrics::counter!("dongdong_cs_assignments_total", "group" => s.group.clone()).increment(1);
+            let frame = event(Body::SessionAssigned(pb::SessionAssigned { session: Some(session_pb(s)) }));
+            router.notify(tenant, &s.customer, frame.clone()).await;
+            router.notify(tenant, &s.agent, frame).await;
+            self.post_first_message(tenant, s).await;
+        }
+        for s in &outcome.ended {
+            if s.assigned_ms > 0 {
+                metrics::histogram!("dongdong_cs_handle_seconds", "group" => s.group.clone())
+                    .record(s.ended_ms.saturating_sub(s.assigned_ms) as f64 / 1000.0);
+            }
+            let frame = event(Body::SessionEnded(pb::SessionEnded { session: Some(session_pb(s)) }));
+            router.notify(tenant, &s.customer, frame.clone()).await;
+            if !s.agent.is_empty() {
+                router.notify(tenant, &s.agent, frame).await;
+            }
+        }
+        for (group, customer) in &outcome.timed_out {
+            metrics::counter!("dongdong_cs_turned_away_total", "reason" => "WAITED_TOO_LONG").increment(1);
+            let offer = pb::LeaveMessageOffer {
+                group: group.clone(),
+                reason: pb::leave_message_offer::Reason::WaitedTooLong as i32,
+                message: "no agent could take you in time; you can leave a message".into(),
+            };
+            router.notify(tenant, customer, event(Body::LeaveMessageOffer(offer))).await;
+        }
+        for q in &outcome.queues {
+            metrics::gauge!("dongdong_cs_queue_length", "group" => q.group.clone()).set(q.waiting.len() as f64);
+            for (i, (session_id, customer)) in q.waiting.iter().enumerate().skip(q.changed_from) {
+                let position = u32::try_from(i + 1).unwrap_or(u32::MAX);
+                let update = pb::QueueUpdate {
+                    session_id: session_id.clone(),
+                    group: q.group.clone(),
+                    position,
+                    estimated_wait_s: q.estimated_wait_s(position),
+                };
+                router.notify(tenant, customer, event(Body::QueueUpdate(update))).await;
+            }
+        }
+    }
+
+    /// Posts the customer's first message to the agent of a newly assigned
+    /// session, once (its client_msg_id is derived from the session).
+    async fn post_first_message(&self, tenant: &str, s: &Session) {
+        let Some(content) = s.first_message.clone() else { return };
+        if !s.previous_agents.is_empty() {
+            return;
+        }
+        let sender = DeviceKey::new(tenant, &s.customer, SERVICE_DEVICE);
+        let send =
+            pb::Send { client_msg_id: format!("cs-first-{}", s.id), to_user: s.agent.clone(), content: Some(content) };
+        if let Err(e) = self.dispatch.send(&sender, send).await {
+            warn!(error = %e, session = %s.id, "could not post the customer's first message");
+        }
+    }
+
+    async fn sweep(&self, reconcile: bool) {
+        let tenants = match self.store.tenants().await {
+            Ok(t) => t,
+            Err(e) => {
+                warn!(error = %e, "cs sweep: cannot list tenants");
+                return;
+            }
+        };
+        let grace_ms = u64::try_from(self.config.agent_grace.as_millis()).unwrap_or(u64::MAX);
+        for tenant in tenants {
+            if reconcile {
+                self.reconcile(&tenant).await;
+            }
+            if let Err(e) = self.execute(&tenant, CsCommand::Sweep { grace_ms }).await {
+                warn!(error = %e, tenant, "cs sweep failed");
+            }
+        }
+    }
+
+    /// Agents recorded as connected whose connections are all gone (their
+    /// node died) are marked disconnected, which starts their grace period.
+    async fn reconcile(&self, tenant: &str) {
+        let Ok(groups) = self.store.groups(tenant).await else { return };
+        let mut agents: Vec<String> = groups.into_iter().flat_map(|g| g.members).collect();
+        agents.sort();
+        agents.dedup();
+        for agent in agents {
+            let connected = self.store.agent(tenant, &agent).await.ok().flatten().is_some_and(|a| a.connected);
+            if connected && matches!(self.router().is_connected(tenant, &agent).await, Ok(false)) {
+                let _ = self.execute(tenant, CsCommand::Disconnected { agent }).await;
+            }
+        }
+    }
+}
+
+fn event(body: Body) -> Arc<pb::Frame> {
+    Arc::new(pb::Frame { req_id: 0, body: Some(body) })
+}
+
+fn notice_frame(messages: &[LeftMessage]) -> Arc<pb::Frame> {
+    event(Body::LeftMessageNotice(pb::LeftMessageNotice {
+        left_messages: messages.iter().map(convert::left_pb).collect(),
+    }))
+}
+
+fn queue_update(q: &QueueSnapshot, s: &Session) -> pb::QueueUpdate {
+    let position =
+        q.waiting.iter().position(|(id, _)| id == &s.id).map_or(0, |i| u32::try_from(i + 1).unwrap_or(u32::MAX));
+    pb::QueueUpdate {
+        session_id: s.id.clone(),
+        group: s.group.clone(),
+        position,
+        estimated_wait_s: q.estimated_wait_s(position),
+    }
+}
+
+async fn notifier(
+    service: std::sync::Weak<CsService>,
+    mut rx: mpsc::Receiver<(String, CsOutcome)>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let (tenant, outcome) = tokio::select! {
+            n = rx.recv() => match n { Some(n) => n, None => break },
+            _ = shutdown.cancelled() => break,
+        };
+        let Some(service) = service.upgrade() else { break };
+        service.publish(&tenant, outcome).await;
+    }
+}
+
+async fn sweeper(service: std::sync::Weak<CsService>, shutdown: CancellationToken) {
+    let Some(interval) = service.upgrade().map(|s| s.config.sweep_interval) else { return };
+    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(50)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u32 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.cancelled() => break,
+        }
+        let Some(service) = service.upgrade() else { break };
+        n = n.wrapping_add(1);
+        service.sweep(n % RECONCILE_EVERY == 0).await;
+    }
+}
