@@ -584,6 +584,6 @@ async fn sweeper(service: std::sync::Weak<CsService>, shutdown: CancellationToke
         }
         let Some(service) = service.upgrade() else { break };
         n = n.wrapping_add(1);
-        service.sweep(n % RECONCILE_EVERY == 0).await;
+        service.sweep(n.is_multiple_of(RECONCILE_EVERY)).await;
     }
 }

@@ -204,6 +204,29 @@ impl Client {
         out
     }
 
+    /// The next frame whose body `pick` accepts (searching frames kept
+    /// earlier first); other frames are kept for later. Panics on timeout.
+    pub async fn next_matching<T>(&mut self, what: &str, pick: impl Fn(&Body) -> Option<T>) -> T {
+        if let Some((i, v)) =
+            self.buffered.iter().enumerate().find_map(|(i, f)| f.body.as_ref().and_then(&pick).map(|v| (i, v)))
+        {
+            self.buffered.remove(i);
+            return v;
+        }
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv_socket(left).await {
+                Some(Ok(f)) => match f.body.as_ref().and_then(&pick) {
+                    Some(v) => return v,
+                    None => self.buffered.push_back(f),
+                },
+                Some(Err(c)) => panic!("connection closed while waiting for {what}: {c:?}"),
+                None => panic!("no {what} within {WAIT:?}; kept: {:?}", self.buffered),
+            }
+        }
+    }
+
     /// Reads until the server closes; returns the close (frames before it are skipped).
     pub async fn closed(&mut self) -> Closed {
         self.buffered.clear();

@@ -3,6 +3,7 @@
 mod bad_input;
 pub mod child;
 mod cluster;
+mod cs;
 mod messaging;
 pub mod process;
 mod reliability;

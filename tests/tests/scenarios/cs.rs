@@ -1,0 +1,380 @@
+//! Customer service over real WebSockets and the HTTP API: queueing with
+//! live positions, assignment, the first message, chat, transfer with
+//! history, end and rate, leave-a-message, quick replies, supervisor views,
+//! agent drop and grace period, roles and bad input.
+
+use dongdong_tests::client::{Client, code, msg, text_content};
+use dongdong_tests::http::request as http;
+use dongdong_tests::server::TestServer;
+use im_core::pb::{self, frame::Body};
+use im_core::{ErrorCode, Role};
+use serde_json::json;
+use std::time::Duration;
+
+const T: &str = "shop";
+
+async fn start(grace: Duration) -> TestServer {
+    TestServer::start_with(|c| {
+        c.cs.agent_grace = grace;
+        c.cs.sweep_interval = Duration::from_millis(50);
+        c.cs.groups.clear();
+    })
+    .await
+}
+
+fn token(s: &TestServer, user: &str, role: Role) -> String {
+    s.token_with_role(T, user, role)
+}
+
+async fn login(s: &TestServer, user: &str, role: Role) -> Client {
+    Client::login(&s.ws_url, &token(s, user, role), &format!("{user}-dev")).await
+}
+
+async fn cs(c: &mut Client, body: Body) -> Body {
+    c.request(body).await.body.expect("reply has a body")
+}
+
+async fn cs_err(c: &mut Client, body: Body) -> pb::Error {
+    match cs(c, body).await {
+        Body::Error(e) => e,
+        other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+fn request(group: &str, first: Option<&str>) -> Body {
+    Body::RequestService(pb::RequestService { group: group.into(), first_message: first.map(text_content) })
+}
+
+fn set_status(s: pb::AgentStatus) -> Body {
+    Body::SetStatus(pb::SetStatus { status: s as i32 })
+}
+
+async fn queue_update(c: &mut Client) -> pb::QueueUpdate {
+    c.next_matching("QueueUpdate", |b| match b {
+        Body::QueueUpdate(u) => Some(u.clone()),
+        _ => None,
+    })
+    .await
+}
+
+async fn assigned(c: &mut Client) -> pb::ServiceSession {
+    c.next_matching("SessionAssigned", |b| match b {
+        Body::SessionAssigned(a) => a.session.clone(),
+        _ => None,
+    })
+    .await
+}
+
+async fn transferred(c: &mut Client) -> pb::SessionTransferred {
+    c.next_matching("SessionTransferred", |b| match b {
+        Body::SessionTransferred(t) => Some(t.clone()),
+        _ => None,
+    })
+    .await
+}
+
+async fn delivered(c: &mut Client) -> pb::Message {
+    let m = c
+        .next_matching("Deliver", |b| match b {
+            Body::Deliver(d) => Some(msg(d).clone()),
+            _ => None,
+        })
+        .await;
+    c.ack(vec![m.msg_id.clone()]).await;
+    m
+}
+
+async fn admin_setup(s: &TestServer) -> String {
+    let admin = token(s, "root", Role::Admin);
+    let (status, body) = http(
+        &s.http_url,
+        "PUT",
+        "/api/v1/groups/pre",
+        Some(&admin),
+        Some(&json!({"name": "Pre-sales", "max_queue": 10})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!(body["name"], "Pre-sales");
+    for (agent, capacity) in [("ann", 1), ("bob", 1)] {
+        let path = format!("/api/v1/groups/pre/agents/{agent}");
+        let (status, body) =
+            http(&s.http_url, "PUT", &path, Some(&admin), Some(&json!({ "capacity": capacity }))).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["capacity"], capacity);
+    }
+    admin
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_assign_chat_transfer_end_rate() {
+    let s = start(Duration::from_secs(60)).await;
+    let admin = admin_setup(&s).await;
+
+    // Nobody online: the customer is offered leave-a-message and leaves one.
+    let mut c1 = login(&s, "c1", Role::Customer).await;
+    let Body::LeaveMessageOffer(offer) = cs(&mut c1, request("pre", Some("hi"))).await else { panic!("offer") };
+    assert_eq!(offer.reason, pb::leave_message_offer::Reason::NoAgentOnline as i32);
+    let leave =
+        pb::LeaveMessage { group: "pre".into(), content: Some(text_content("call me back")), contact: "555".into() };
+    let Body::CsOk(left) = cs(&mut c1, Body::LeaveMessage(leave)).await else { panic!("CsOk") };
+    assert!(!left.id.is_empty());
+
+    // ann goes online: sees the left message, claims it and answers.
+    let mut ann = login(&s, "ann", Role::Agent).await;
+    let Body::CsState(state) = cs(&mut ann, set_status(pb::AgentStatus::Online)).await else { panic!("CsState") };
+    assert_eq!(
+        (state.status, state.capacity, state.groups.clone()),
+        (pb::AgentStatus::Online as i32, 1, vec!["pre".to_string()])
+    );
+    let notice = ann
+        .next_matching("LeftMessageNotice", |b| match b {
+            Body::LeftMessageNotice(n) => Some(n.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(notice.left_messages[0].id, left.id);
+    assert_eq!(notice.left_messages[0].contact, "555");
+    let Body::LeftMessageNotice(claimed) =
+        cs(&mut ann, Body::ClaimLeftMessage(pb::ClaimLeftMessage { left_message_id: left.id.clone() })).await
+    else {
+        panic!("claim")
+    };
+    assert_eq!(claimed.left_messages[0].claimed_by, "ann");
+    ann.send_text("c1", "answer-1", "we called you").await.unwrap();
+    assert_eq!(delivered(&mut c1).await.content, Some(text_content("we called you")));
+
+    // c2 is served at once; ann gets the session and the first message.
+    let mut c2 = login(&s, "c2", Role::Customer).await;
+    let Body::SessionAssigned(a) = cs(&mut c2, request("pre", Some("where is my order?"))).await else {
+        panic!("assigned")
+    };
+    let session = a.session.unwrap();
+    assert_eq!((session.agent.as_str(), session.state), ("ann", pb::SessionState::Active as i32));
+    assert_eq!(session.conversation_id, im_core::conversation_id(T, "c2", "ann"));
+    assert_eq!(assigned(&mut ann).await.session_id, session.session_id);
+    let first = delivered(&mut ann).await;
+    assert_eq!((first.from_user.as_str(), first.content.clone()), ("c2", Some(text_content("where is my order?"))));
+    // The customer's devices get the first message too (it is their message).
+    assert_eq!(delivered(&mut c2).await.client_msg_id, format!("cs-first-{}", session.session_id));
+    ann.send_text("c2", "r1", "let me check").await.unwrap();
+    assert_eq!(delivered(&mut c2).await.from_user, "ann");
+
+    // c3 and c4 wait in line; c3 leaves, c4 moves up.
+    let mut c3 = login(&s, "c3", Role::Customer).await;
+    let Body::QueueUpdate(q3) = cs(&mut c3, request("pre", None)).await else { panic!("queued") };
+    assert_eq!((q3.position, q3.group.as_str()), (1, "pre"));
+    let mut c4 = login(&s, "c4", Role::Customer).await;
+    let Body::QueueUpdate(q4) = cs(&mut c4, request("pre", None)).await else { panic!("queued") };
+    assert_eq!(q4.position, 2);
+    assert!(q4.estimated_wait_s >= q3.estimated_wait_s);
+    let Body::CsOk(_) = cs(&mut c3, Body::CancelRequest(pb::CancelRequest { group: "pre".into() })).await else {
+        panic!("cancel")
+    };
+    // Pushed too: the position on joining (2), then after c3 left (1).
+    assert_eq!(queue_update(&mut c4).await.position, 2);
+    assert_eq!(queue_update(&mut c4).await.position, 1);
+    let (_, groups) = http(&s.http_url, "GET", "/api/v1/groups", Some(&admin), None).await;
+    assert_eq!(groups["groups"][0]["queue_length"], 1);
+    assert_eq!(groups["groups"][0]["sessions_active"], 1);
+
+    // bob comes online and gets c4.
+    let mut bob = login(&s, "bob", Role::Agent).await;
+    cs(&mut bob, set_status(pb::AgentStatus::Online)).await;
+    assert_eq!(assigned(&mut c4).await.agent, "bob");
+    assert_eq!(assigned(&mut bob).await.customer, "c4");
+
+    // ann transfers c2 to bob: refused while bob is full, done once he has room.
+    let to_bob = Body::TransferSession(pb::TransferSession {
+        session_id: session.session_id.clone(),
+        target: Some(pb::transfer_session::Target::ToAgent("bob".into())),
+    });
+    assert_eq!(code(&cs_err(&mut ann, to_bob.clone()).await), ErrorCode::Conflict);
+    let (status, _) =
+        http(&s.http_url, "PUT", "/api/v1/groups/pre/agents/bob", Some(&admin), Some(&json!({"capacity": 2}))).await;
+    assert_eq!(status, 200);
+    let Body::SessionTransferred(t) = cs(&mut ann, to_bob).await else { panic!("transferred") };
+    assert_eq!((t.from_agent.as_str(), t.session.as_ref().unwrap().agent.as_str()), ("ann", "bob"));
+    assert_eq!(transferred(&mut c2).await.session.unwrap().agent, "bob");
+    let moved = assigned(&mut bob).await;
+    assert_eq!(moved.conversations.len(), 2);
+    // bob pages what c2 said to ann, as a party of the session; not otherwise.
+    let old = moved.conversations[0].clone();
+    let page = bob
+        .sync(pb::SyncRequest {
+            conversation_id: old.clone(),
+            session_id: moved.session_id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let texts: Vec<_> = page.messages.iter().map(|m| m.content.clone().unwrap()).collect();
+    assert_eq!(texts, [text_content("where is my order?"), text_content("let me check")]);
+    let e = bob.sync(pb::SyncRequest { conversation_id: old.clone(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(code(&e), ErrorCode::Forbidden);
+    let e = c4
+        .sync(pb::SyncRequest { conversation_id: old, session_id: moved.session_id.clone(), ..Default::default() })
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), ErrorCode::Forbidden);
+
+    // c2 ends; bob is told; c2 rates once.
+    let end = Body::EndSession(pb::EndSession { session_id: moved.session_id.clone() });
+    let Body::SessionEnded(ended) = cs(&mut c2, end.clone()).await else { panic!("ended") };
+    assert_eq!(ended.session.as_ref().unwrap().end_reason, "ended by the customer");
+    bob.next_matching("SessionEnded", |b| matches!(b, Body::SessionEnded(_)).then_some(())).await;
+    assert_eq!(code(&cs_err(&mut c2, end).await), ErrorCode::Conflict);
+    let rate = |score| Body::Rate(pb::Rate { session_id: moved.session_id.clone(), score, comment: "good".into() });
+    assert_eq!(code(&cs_err(&mut c2, rate(9)).await), ErrorCode::InvalidArgument);
+    assert!(matches!(cs(&mut c2, rate(5)).await, Body::CsOk(_)));
+    assert_eq!(code(&cs_err(&mut c2, rate(4)).await), ErrorCode::Conflict);
+    // The session's history stays.
+    let page = c2.sync(pb::SyncRequest { with_user: "ann".into(), ..Default::default() }).await.unwrap();
+    assert_eq!(page.messages.len(), 2);
+
+    // CsState after a reconnect lists what is open.
+    let Body::CsState(st) = cs(&mut bob, Body::CsStateRequest(pb::CsStateRequest {})).await else { panic!("state") };
+    assert_eq!(st.sessions.len(), 1);
+    assert_eq!((st.load, st.capacity), (1, 2));
+
+    // Supervisor view of a group's sessions.
+    let (status, sessions) = http(&s.http_url, "GET", "/api/v1/groups/pre/sessions", Some(&admin), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(sessions["active"][0]["customer"], "c4");
+    let (_, metrics) = http_text(&s.http_url, "/metrics").await;
+    assert!(metrics.contains("dongdong_cs_wait_seconds"), "wait-time histogram per group");
+    assert!(metrics.contains("dongdong_cs_handle_seconds"), "handle-time histogram per group");
+    assert!(metrics.contains("dongdong_cs_queue_length{group=\"pre\"}"), "queue length per group");
+    s.stop().await;
+}
+
+async fn http_text(base: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = base.trim_start_matches("http://");
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
+    let mut response = String::new();
+    tcp.read_to_string(&mut response).await.unwrap();
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, response)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_drop_keeps_sessions_within_grace_then_requeues() {
+    let s = start(Duration::from_millis(400)).await;
+    admin_setup(&s).await;
+    let mut ann = login(&s, "ann", Role::Agent).await;
+    cs(&mut ann, set_status(pb::AgentStatus::Online)).await;
+    let mut c1 = login(&s, "c1", Role::Customer).await;
+    let Body::SessionAssigned(a) = cs(&mut c1, request("pre", None)).await else { panic!("assigned") };
+    let session_id = a.session.unwrap().session_id;
+    // Pushed to every device of the customer, this one included.
+    assert_eq!(assigned(&mut c1).await.session_id, session_id);
+
+    // A reload within the grace period keeps the session.
+    ann.close().await;
+    s.wait_presence(T, "ann", 0).await;
+    let mut ann = login(&s, "ann", Role::Agent).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let Body::CsState(st) = cs(&mut ann, Body::CsStateRequest(pb::CsStateRequest {})).await else { panic!("state") };
+    assert_eq!(st.sessions.len(), 1, "still ann's");
+    assert_eq!(st.status, pb::AgentStatus::Online as i32);
+
+    // Gone past the grace period: the customer is queued again at the front.
+    ann.close().await;
+    let t = transferred(&mut c1).await;
+    assert_eq!((t.reason.as_str(), t.from_agent.as_str()), ("agent disconnected", "ann"));
+    assert_eq!(t.session.unwrap().session_id, session_id);
+    assert_eq!(queue_update(&mut c1).await.position, 1);
+    let mut bob = login(&s, "bob", Role::Agent).await;
+    cs(&mut bob, set_status(pb::AgentStatus::Online)).await;
+    let again = assigned(&mut c1).await;
+    assert_eq!((again.agent.as_str(), again.previous_agents.clone()), ("bob", vec!["ann".to_string()]));
+    // ann comes back later: offline, without the session.
+    let mut ann = login(&s, "ann", Role::Agent).await;
+    let Body::CsState(st) = cs(&mut ann, Body::CsStateRequest(pb::CsStateRequest {})).await else { panic!("state") };
+    assert_eq!((st.status, st.sessions.len()), (pb::AgentStatus::Offline as i32, 0));
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn roles_bad_input_quick_replies_and_the_default_group() {
+    // The default config seeds an auto-join group in tenant "demo".
+    let s = TestServer::start().await;
+    let mut agent = Client::login(&s.ws_url, &s.token_with_role("demo", "amy", Role::Agent), "d").await;
+    let Body::CsState(st) = cs(&mut agent, set_status(pb::AgentStatus::Online)).await else { panic!("state") };
+    assert_eq!(st.groups, ["default"]);
+    let mut cust = Client::login(&s.ws_url, &s.token_with_role("demo", "cus", Role::Customer), "d").await;
+    let Body::SessionAssigned(a) = cs(&mut cust, request("default", Some("hello"))).await else { panic!("assigned") };
+    assert_eq!(a.session.unwrap().agent, "amy");
+
+    // Roles.
+    assert_eq!(code(&cs_err(&mut cust, set_status(pb::AgentStatus::Online)).await), ErrorCode::Forbidden);
+    assert_eq!(code(&cs_err(&mut agent, request("default", None)).await), ErrorCode::Forbidden);
+    // Bad input.
+    assert_eq!(code(&cs_err(&mut cust, request("", None)).await), ErrorCode::InvalidArgument);
+    assert_eq!(code(&cs_err(&mut cust, request("nope", None)).await), ErrorCode::NotFound);
+    assert_eq!(code(&cs_err(&mut agent, set_status(pb::AgentStatus::Unspecified)).await), ErrorCode::InvalidArgument);
+    let bad_rate = Body::Rate(pb::Rate { session_id: "x".repeat(500), score: 5, comment: String::new() });
+    assert_eq!(code(&cs_err(&mut cust, bad_rate).await), ErrorCode::InvalidArgument);
+    let no_target = Body::TransferSession(pb::TransferSession { session_id: "s".into(), target: None });
+    assert_eq!(code(&cs_err(&mut agent, no_target).await), ErrorCode::InvalidArgument);
+    let unknown = Body::EndSession(pb::EndSession { session_id: "nope".into() });
+    assert_eq!(code(&cs_err(&mut cust, unknown).await), ErrorCode::NotFound);
+    // A server-to-client cs frame from a client.
+    assert_eq!(code(&cs_err(&mut cust, Body::CsOk(pb::CsOk::default())).await), ErrorCode::BadFrame);
+
+    // Quick replies: an agent's group replies and personal ones.
+    let amy = s.token_with_role("demo", "amy", Role::Agent);
+    let bea = s.token_with_role("demo", "bea", Role::Agent);
+    let customer = s.token_with_role("demo", "cus", Role::Customer);
+    let (status, group_reply) = http(
+        &s.http_url,
+        "POST",
+        "/api/v1/quick-replies",
+        Some(&amy),
+        Some(&json!({"group": "default", "title": "Hi", "text": "Hello, how can I help?"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{group_reply}");
+    let (status, mine) = http(
+        &s.http_url,
+        "POST",
+        "/api/v1/quick-replies",
+        Some(&amy),
+        Some(&json!({"title": "Bye", "text": "Have a nice day"})),
+    )
+    .await;
+    assert_eq!(status, 201);
+    assert_eq!(mine["owner"], "amy");
+    let (status, list) = http(&s.http_url, "GET", "/api/v1/quick-replies", Some(&amy), None).await;
+    assert_eq!(status, 200);
+    assert_eq!(list["quick_replies"].as_array().unwrap().len(), 2);
+    let (_, list) = http(&s.http_url, "GET", "/api/v1/quick-replies", Some(&bea), None).await;
+    assert_eq!(list["quick_replies"].as_array().unwrap().len(), 0, "bea is in no group and owns none");
+    let path = format!("/api/v1/quick-replies/{}", mine["id"].as_str().unwrap());
+    let (status, _) = http(&s.http_url, "PUT", &path, Some(&bea), Some(&json!({"title": "x", "text": "y"}))).await;
+    assert_eq!(status, 403, "another agent's personal reply");
+    let (status, updated) =
+        http(&s.http_url, "PUT", &path, Some(&amy), Some(&json!({"title": "Bye!", "text": "See you"}))).await;
+    assert_eq!((status, updated["text"].as_str()), (200, Some("See you")));
+    let (status, _) = http(&s.http_url, "DELETE", &path, Some(&amy), None).await;
+    assert_eq!(status, 204);
+    let (status, _) = http(&s.http_url, "DELETE", &path, Some(&amy), None).await;
+    assert_eq!(status, 404);
+    let (status, body) = http(&s.http_url, "GET", "/api/v1/quick-replies", Some(&customer), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("FORBIDDEN")));
+    let (status, body) = http(&s.http_url, "GET", "/api/v1/groups", Some(&amy), None).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("FORBIDDEN")), "supervisor views need admin");
+    let (status, _) = http(&s.http_url, "GET", "/api/v1/groups", None, None).await;
+    assert_eq!(status, 401);
+    let admin = s.token_with_role("demo", "root", Role::Admin);
+    let (status, body) =
+        http(&s.http_url, "PUT", "/api/v1/groups/bad", Some(&admin), Some(&json!({"max_queue": 0}))).await;
+    assert_eq!((status, body["error"]["code"].as_str()), (400, Some("INVALID_ARGUMENT")));
+    let (status, _) = http(&s.http_url, "PUT", "/api/v1/groups/bad", Some(&admin), Some(&json!({"colour": 1}))).await;
+    assert_eq!(status, 400, "unknown fields are refused");
+    let (status, _) = http(&s.http_url, "DELETE", "/api/v1/groups/default", Some(&admin), None).await;
+    assert_eq!(status, 409, "a group with an open session is not deleted");
+    s.stop().await;
+}
