@@ -313,3 +313,76 @@ fn unreachable_redis_or_mongodb_stops_start_up_naming_it() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach MongoDB at mongodb://127.0.0.1:1"), "{err}");
 }
+
+/// Customer service across nodes: groups made through one node's HTTP API,
+/// customers and agents on different nodes, assignment, queue positions,
+/// transfer and the first message all cross the bus.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn customer_service_across_nodes() {
+    use dongdong_tests::http::request as http;
+    use im_core::Role;
+    let Some((redis, mongo)) = shared_servers() else { return };
+    let c = Cluster::start(3, redis, mongo);
+    let mint = |user: &str, role| c.signer.mint(&c.tenant, user, role, Duration::from_secs(600)).unwrap();
+    let admin = mint("root", Role::Admin);
+    let (status, body) = http(&c.nodes[0].http_url, "PUT", "/api/v1/groups/help", Some(&admin), Some(&serde_json::json!({}))).await;
+    assert_eq!(status, 201, "{body}");
+    for agent in ["ann", "bob"] {
+        let path = format!("/api/v1/groups/help/agents/{agent}");
+        let body = serde_json::json!({"capacity": 1});
+        assert_eq!(http(&c.nodes[0].http_url, "PUT", &path, Some(&admin), Some(&body)).await.0, 200);
+    }
+    let set_online = Body::SetStatus(pb::SetStatus { status: pb::AgentStatus::Online as i32 });
+    let mut ann = Client::login(&c.nodes[1].ws_url, &mint("ann", Role::Agent), "a").await;
+    assert!(matches!(ann.request(set_online.clone()).await.body, Some(Body::CsState(_))));
+    let request = |first: Option<&str>| {
+        Body::RequestService(pb::RequestService {
+            group: "help".into(),
+            first_message: first.map(dongdong_tests::client::text_content),
+        })
+    };
+    // Customer on node 0, agent on node 1.
+    let mut c1 = Client::login(&c.nodes[0].ws_url, &mint("c1", Role::Customer), "d").await;
+    let Some(Body::SessionAssigned(a)) = c1.request(request(Some("hi from node0"))).await.body else {
+        panic!("assigned at once")
+    };
+    let session = a.session.unwrap();
+    assert_eq!(session.agent, "ann");
+    let pushed = ann
+        .next_matching("SessionAssigned", |b| match b {
+            Body::SessionAssigned(a) => a.session.clone(),
+            _ => None,
+        })
+        .await;
+    assert_eq!(pushed.session_id, session.session_id);
+    let first = ann
+        .next_matching("Deliver", |b| match b {
+            Body::Deliver(d) => Some(msg(d).clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(first.from_user, "c1");
+    // Customer on node 2 waits; its position reaches it across nodes.
+    let mut c2 = Client::login(&c.nodes[2].ws_url, &mint("c2", Role::Customer), "d").await;
+    let Some(Body::QueueUpdate(q)) = c2.request(request(None)).await.body else { panic!("queued") };
+    assert_eq!(q.position, 1);
+    // bob (node 2) comes online and takes c2, who hears it from node 2's bus.
+    let mut bob = Client::login(&c.nodes[2].ws_url, &mint("bob", Role::Agent), "b").await;
+    bob.request(set_online).await;
+    let got = c2
+        .next_matching("SessionAssigned", |b| match b {
+            Body::SessionAssigned(a) => a.session.clone(),
+            _ => None,
+        })
+        .await;
+    assert_eq!(got.agent, "bob");
+    // ann ends c1's session: c1 on node 0 is told.
+    let end = Body::EndSession(pb::EndSession { session_id: session.session_id.clone() });
+    assert!(matches!(ann.request(end).await.body, Some(Body::SessionEnded(_))));
+    c1.next_matching("SessionEnded", |b| matches!(b, Body::SessionEnded(_)).then_some(())).await;
+    // Every node's supervisor view agrees.
+    for node in &c.nodes {
+        let (_, g) = http(&node.http_url, "GET", "/api/v1/groups/help", Some(&admin), None).await;
+        assert_eq!((g["queue_length"].as_u64(), g["sessions_active"].as_u64()), (Some(0), Some(1)), "{g}");
+    }
+}
