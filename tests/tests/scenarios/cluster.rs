@@ -325,7 +325,8 @@ async fn customer_service_across_nodes() {
     let c = Cluster::start(3, redis, mongo);
     let mint = |user: &str, role| c.signer.mint(&c.tenant, user, role, Duration::from_secs(600)).unwrap();
     let admin = mint("root", Role::Admin);
-    let (status, body) = http(&c.nodes[0].http_url, "PUT", "/api/v1/groups/help", Some(&admin), Some(&serde_json::json!({}))).await;
+    let (status, body) =
+        http(&c.nodes[0].http_url, "PUT", "/api/v1/groups/help", Some(&admin), Some(&serde_json::json!({}))).await;
     assert_eq!(status, 201, "{body}");
     for agent in ["ann", "bob"] {
         let path = format!("/api/v1/groups/help/agents/{agent}");
