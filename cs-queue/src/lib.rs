@@ -68,6 +68,8 @@ impl Caller {
 pub const SERVICE_DEVICE: &str = "dongdong-cs";
 /// Longest contact field of a left message.
 pub const MAX_CONTACT_BYTES: usize = 256;
+/// Outcomes the notifier takes at once (queue updates are coalesced per group).
+const NOTIFY_BATCH: usize = 256;
 /// Sweeps between two presence reconciliations.
 const RECONCILE_EVERY: u32 = 10;
 
@@ -471,18 +473,20 @@ impl CsService {
             };
             router.notify(tenant, customer, event(Body::LeaveMessageOffer(offer))).await;
         }
-        for q in &outcome.queues {
-            metrics::gauge!("dongdong_cs_queue_length", "group" => q.group.clone()).set(q.waiting.len() as f64);
-            for (i, (session_id, customer)) in q.waiting.iter().enumerate().skip(q.changed_from) {
-                let position = u32::try_from(i + 1).unwrap_or(u32::MAX);
-                let update = pb::QueueUpdate {
-                    session_id: session_id.clone(),
-                    group: q.group.clone(),
-                    position,
-                    estimated_wait_s: q.estimated_wait_s(position),
-                };
-                router.notify(tenant, customer, event(Body::QueueUpdate(update))).await;
-            }
+    }
+
+    /// Tells the waiting customers of a group whose place changed.
+    async fn publish_queue(&self, tenant: &str, q: &QueueSnapshot) {
+        metrics::gauge!("dongdong_cs_queue_length", "group" => q.group.clone()).set(q.waiting.len() as f64);
+        for (i, (session_id, customer)) in q.waiting.iter().enumerate().skip(q.changed_from) {
+            let position = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            let update = pb::QueueUpdate {
+                session_id: session_id.clone(),
+                group: q.group.clone(),
+                position,
+                estimated_wait_s: q.estimated_wait_s(position),
+            };
+            self.router().notify(tenant, customer, event(Body::QueueUpdate(update))).await;
         }
     }
 
@@ -562,13 +566,39 @@ async fn notifier(
     mut rx: mpsc::Receiver<(String, CsOutcome)>,
     shutdown: CancellationToken,
 ) {
+    let mut batch = Vec::new();
     loop {
-        let (tenant, outcome) = tokio::select! {
+        let first = tokio::select! {
             n = rx.recv() => match n { Some(n) => n, None => break },
             _ = shutdown.cancelled() => break,
         };
+        batch.push(first);
+        while batch.len() < NOTIFY_BATCH {
+            match rx.try_recv() {
+                Ok(n) => batch.push(n),
+                Err(_) => break,
+            }
+        }
         let Some(service) = service.upgrade() else { break };
-        service.publish(&tenant, outcome).await;
+        // Events go out in order; queue positions once per group, from the
+        // newest snapshot (older ones are stale), so a busy queue does not
+        // send every customer an update per change.
+        let mut queues: Vec<(String, QueueSnapshot)> = Vec::new();
+        for (tenant, mut outcome) in batch.drain(..) {
+            for q in std::mem::take(&mut outcome.queues) {
+                match queues.iter_mut().find(|(t, old)| *t == tenant && old.group == q.group) {
+                    Some((_, old)) => {
+                        let from = old.changed_from.min(q.changed_from);
+                        *old = QueueSnapshot { changed_from: from, ..q };
+                    }
+                    None => queues.push((tenant.clone(), q)),
+                }
+            }
+            service.publish(&tenant, outcome).await;
+        }
+        for (tenant, q) in &queues {
+            service.publish_queue(tenant, q).await;
+        }
     }
 }
 

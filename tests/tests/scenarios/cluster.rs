@@ -438,7 +438,7 @@ async fn cs_invariants_hold_with_three_nodes_500_customers_20_agents() {
             while ended.load(Ordering::SeqCst) < CUSTOMERS {
                 // Agents 0-3 drop their connection now and then and come back
                 // within the grace period: what they missed is in CsState.
-                if i < 4 && handled > 0 && handled % 7 == 0 {
+                if i < 4 && handled > 0 && handled.is_multiple_of(7) {
                     client.close().await;
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     client = Client::login(&url, &token, "console").await;

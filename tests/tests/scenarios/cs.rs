@@ -171,9 +171,13 @@ async fn queue_assign_chat_transfer_end_rate() {
     let Body::CsOk(_) = cs(&mut c3, Body::CancelRequest(pb::CancelRequest { group: "pre".into() })).await else {
         panic!("cancel")
     };
-    // Pushed too: the position on joining (2), then after c3 left (1).
-    assert_eq!(queue_update(&mut c4).await.position, 2);
-    assert_eq!(queue_update(&mut c4).await.position, 1);
+    // Pushed too: the position on joining (2, unless coalesced with the
+    // next change), then after c3 left (1).
+    let mut update = queue_update(&mut c4).await;
+    if update.position == 2 {
+        update = queue_update(&mut c4).await;
+    }
+    assert_eq!(update.position, 1);
     let (_, groups) = http(&s.http_url, "GET", "/api/v1/groups", Some(&admin), None).await;
     assert_eq!(groups["groups"][0]["queue_length"], 1);
     assert_eq!(groups["groups"][0]["sessions_active"], 1);
