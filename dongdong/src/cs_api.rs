@@ -143,15 +143,14 @@ async fn list_groups(State(api): State<CsApi>, headers: HeaderMap) -> ApiResult 
     ok(json!({ "groups": out }))
 }
 
+async fn existing_group(api: &CsApi, tenant: &str, group: &str) -> Result<GroupView, ApiError> {
+    api.cs.store().group_view(tenant, group).await?.ok_or_else(|| fail(ErrorCode::NotFound, "no such group"))
+}
+
 async fn get_group(State(api): State<CsApi>, headers: HeaderMap, Path(group): Path<String>) -> ApiResult {
     let c = api.auth(&headers, &[Role::Admin])?;
     id("group", &group)?;
-    let v = api
-        .cs
-        .store()
-        .group_view(&c.tenant, &group)
-        .await?
-        .ok_or_else(|| fail(ErrorCode::NotFound, "no such group"))?;
+    let v = existing_group(&api, &c.tenant, &group).await?;
     ok(group_summary(&v, im_core::now_ms()))
 }
 
@@ -175,7 +174,7 @@ async fn put_group(
 ) -> ApiResult {
     let c = api.auth(&headers, &[Role::Admin])?;
     id("group", &group)?;
-    let Json(b) = body.map_err(|e| fail(ErrorCode::InvalidArgument, e.body_text()))?;
+    let b = json_body(body)?;
     let current = api.cs.store().group_view(&c.tenant, &group).await?;
     let created = current.is_none();
     let mut spec =
@@ -263,12 +262,7 @@ async fn remove_agent(
 async fn group_sessions(State(api): State<CsApi>, headers: HeaderMap, Path(group): Path<String>) -> ApiResult {
     let c = api.auth(&headers, &[Role::Admin])?;
     id("group", &group)?;
-    let v = api
-        .cs
-        .store()
-        .group_view(&c.tenant, &group)
-        .await?
-        .ok_or_else(|| fail(ErrorCode::NotFound, "no such group"))?;
+    let v = existing_group(&api, &c.tenant, &group).await?;
     let now = im_core::now_ms();
     let session = |s: &storage::cs::Session| {
         json!({
@@ -364,6 +358,18 @@ async fn may_edit(api: &CsApi, c: &Claims, reply: &QuickReply) -> Result<(), Api
     member_or_admin(api, c, &reply.group).await
 }
 
+/// The quick reply `id`, if `c` may change it.
+async fn editable_reply(api: &CsApi, c: &Claims, id: &str) -> Result<QuickReply, ApiError> {
+    let reply = api
+        .cs
+        .store()
+        .quick_reply(&c.tenant, id)
+        .await?
+        .ok_or_else(|| fail(ErrorCode::NotFound, "no such quick reply"))?;
+    may_edit(api, c, &reply).await?;
+    Ok(reply)
+}
+
 fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(b)| b).map_err(|e| fail(ErrorCode::InvalidArgument, e.body_text()))
 }
@@ -404,13 +410,7 @@ async fn update_reply(
     id("id", &reply_id)?;
     let b = json_body(body)?;
     check_reply(&b)?;
-    let mut reply = api
-        .cs
-        .store()
-        .quick_reply(&c.tenant, &reply_id)
-        .await?
-        .ok_or_else(|| fail(ErrorCode::NotFound, "no such quick reply"))?;
-    may_edit(&api, &c, &reply).await?;
+    let mut reply = editable_reply(&api, &c, &reply_id).await?;
     if b.group != reply.group {
         return Err(fail(ErrorCode::InvalidArgument, "a quick reply cannot move between groups"));
     }
@@ -424,13 +424,7 @@ async fn update_reply(
 async fn delete_reply(State(api): State<CsApi>, headers: HeaderMap, Path(reply_id): Path<String>) -> ApiResult {
     let c = api.auth(&headers, &[Role::Agent, Role::Admin])?;
     id("id", &reply_id)?;
-    let reply = api
-        .cs
-        .store()
-        .quick_reply(&c.tenant, &reply_id)
-        .await?
-        .ok_or_else(|| fail(ErrorCode::NotFound, "no such quick reply"))?;
-    may_edit(&api, &c, &reply).await?;
+    editable_reply(&api, &c, &reply_id).await?;
     api.cs.store().delete_quick_reply(&c.tenant, &reply_id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -3,8 +3,8 @@
 //! restarted under traffic, MongoDB stopped and started.
 
 use super::child::ChildServer;
-use super::process::http_get;
 use dongdong_tests::client::{Client, Closed, code, msg};
+use dongdong_tests::http::get as http_get;
 use dongdong_tests::services::{PrivateMongo, PrivateRedis, required};
 use im_core::pb::{self, frame::Body};
 use im_core::{CloseCode, ErrorCode};

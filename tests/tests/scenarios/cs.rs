@@ -245,22 +245,11 @@ async fn queue_assign_chat_transfer_end_rate() {
     let (status, sessions) = http(&s.http_url, "GET", "/api/v1/groups/pre/sessions", Some(&admin), None).await;
     assert_eq!(status, 200);
     assert_eq!(sessions["active"][0]["customer"], "c4");
-    let (_, metrics) = http_text(&s.http_url, "/metrics").await;
+    let (_, metrics) = dongdong_tests::http::get(&s.http_url, "/metrics").await;
     assert!(metrics.contains("dongdong_cs_wait_seconds"), "wait-time histogram per group");
     assert!(metrics.contains("dongdong_cs_handle_seconds"), "handle-time histogram per group");
     assert!(metrics.contains("dongdong_cs_queue_length{group=\"pre\"}"), "queue length per group");
     s.stop().await;
-}
-
-async fn http_text(base: &str, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = base.trim_start_matches("http://");
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).await.unwrap();
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    (status, response)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -139,17 +139,6 @@ async fn token_command_signs_with_the_servers_dev_secret() {
 }
 
 /// A minimal HTTP/1.0 GET: (status, body).
-pub async fn http_get(base: &str, path: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let addr = base.trim_start_matches("http://");
-    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    tcp.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.unwrap();
-    let mut response = String::new();
-    tcp.read_to_string(&mut response).await.unwrap();
-    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_and_prometheus_metrics() {
@@ -161,13 +150,13 @@ async fn healthz_and_prometheus_metrics() {
     let mut alice = Client::login(&server.ws_url, &token("alice"), "a1").await;
     alice.send_text("bob", "m1", "counted").await.unwrap();
     bob.receive_and_ack(1).await;
-    let (status, body) = http_get(&server.http_url, "/healthz").await;
+    let (status, body) = dongdong_tests::http::get(&server.http_url, "/healthz").await;
     assert_eq!(status, 200);
     let health: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(health["status"], "ok");
     assert_eq!(health["node_id"], "child-node");
     assert_eq!(health["connections"], 2);
-    let (status, body) = http_get(&server.http_url, "/metrics").await;
+    let (status, body) = dongdong_tests::http::get(&server.http_url, "/metrics").await;
     assert_eq!(status, 200);
     for metric in [
         "dongdong_messages_total 1",
@@ -178,5 +167,5 @@ async fn healthz_and_prometheus_metrics() {
     ] {
         assert!(body.contains(metric), "/metrics lacks {metric:?}:\n{body}");
     }
-    assert_eq!(http_get(&server.http_url, "/nope").await.0, 404);
+    assert_eq!(dongdong_tests::http::get(&server.http_url, "/nope").await.0, 404);
 }
