@@ -151,16 +151,18 @@ impl CsService {
         Ok(outcome)
     }
 
-    /// Creates groups (and members) from the config if they do not exist yet.
-    pub async fn seed(&self, tenant: &str, spec: GroupSpec, agents: &[(String, u32)]) -> Result<(), DispatchError> {
+    /// Creates a group from the config if it does not exist yet, and adds
+    /// `agents` that are not members yet (with the group's default
+    /// capacity, or the capacity they already have).
+    pub async fn seed(&self, tenant: &str, spec: GroupSpec, agents: &[String]) -> Result<(), DispatchError> {
         let group = spec.id.clone();
         if self.store.group_view(tenant, &group).await?.is_none() {
             self.execute(tenant, CsCommand::PutGroup { spec }).await?.reply.map_err(|e| cs_error(&e))?;
         }
-        for (agent, capacity) in agents {
+        for agent in agents {
             let known = self.store.agent(tenant, agent).await?.is_some_and(|a| a.groups.contains(&group));
             if !known {
-                let c = CsCommand::PutMember { group: group.clone(), agent: agent.clone(), capacity: *capacity };
+                let c = CsCommand::PutMember { group: group.clone(), agent: agent.clone(), capacity: None };
                 self.execute(tenant, c).await?.reply.map_err(|e| cs_error(&e))?;
             }
         }

@@ -58,7 +58,8 @@ pub struct SeedGroup {
     pub auto_join: bool,
     #[serde(default = "default_capacity")]
     pub default_capacity: u32,
-    /// Agents added at start-up, with the default capacity.
+    /// Agents added at start-up (with the default capacity unless they
+    /// already have one from another group).
     #[serde(default)]
     pub agents: Vec<String>,
 }

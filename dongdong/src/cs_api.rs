@@ -226,21 +226,7 @@ async fn put_agent(
     let c = api.auth(&headers, &[Role::Admin])?;
     id("group", &group)?;
     id("agent", &agent)?;
-    let capacity = match body.and_then(|Json(b)| b.capacity) {
-        Some(n) => n,
-        None => {
-            let existing = api.cs.store().agent(&c.tenant, &agent).await?.filter(|a| !a.groups.is_empty());
-            match existing {
-                Some(a) => a.capacity,
-                None => api
-                    .cs
-                    .store()
-                    .group_view(&c.tenant, &group)
-                    .await?
-                    .map_or(GroupSpec::default().default_capacity, |v| v.group.spec.default_capacity),
-            }
-        }
-    };
+    let capacity = body.and_then(|Json(b)| b.capacity);
     let CsReply::Agent { agent } = api.run(&c.tenant, CsCommand::PutMember { group, agent, capacity }).await? else {
         return Err(fail(ErrorCode::Internal, "unexpected reply"));
     };

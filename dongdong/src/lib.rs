@@ -78,8 +78,7 @@ pub async fn run_with_backends(
     let dispatch = Dispatcher::new(backends, router.clone(), config.dispatch());
     let cs = cs_queue::CsService::start(cs_store, dispatch.clone(), config.cs(), shutdown.clone());
     for g in &config.cs.groups {
-        let agents: Vec<(String, u32)> = g.agents.iter().map(|a| (a.clone(), g.default_capacity)).collect();
-        cs.seed(&g.tenant, g.spec(), &agents)
+        cs.seed(&g.tenant, g.spec(), &g.agents)
             .await
             .map_err(|e| anyhow::anyhow!("cannot create the configured group {}/{}: {}", g.tenant, g.id, e.message))?;
     }

@@ -399,7 +399,7 @@ impl<'a> Cs<'a> {
         let spec = GroupSpec { id: id.into(), policy, ..GroupSpec::default() };
         self.ok(CsCommand::PutGroup { spec }).await;
         for (a, cap) in agents {
-            self.ok(CsCommand::PutMember { group: id.into(), agent: (*a).into(), capacity: *cap }).await;
+            self.ok(CsCommand::PutMember { group: id.into(), agent: (*a).into(), capacity: Some(*cap) }).await;
         }
     }
 
@@ -436,9 +436,9 @@ pub async fn cs_groups_and_members(b: &Backends) {
     assert!(matches!(cs.err(CsCommand::PutGroup { spec: bad }).await, CsError::Invalid(m) if m.contains("max_queue")));
     cs.group("pre", Policy::LeastLoaded, &[("ann", 3), ("bob", 2)]).await;
     cs.group("after", Policy::RoundRobin, &[("bob", 4)]).await;
-    let no_group = CsCommand::PutMember { group: "nope".into(), agent: "ann".into(), capacity: 1 };
+    let no_group = CsCommand::PutMember { group: "nope".into(), agent: "ann".into(), capacity: Some(1) };
     assert_eq!(cs.err(no_group).await, CsError::NoSuchGroup);
-    let zero = CsCommand::PutMember { group: "pre".into(), agent: "ann".into(), capacity: 0 };
+    let zero = CsCommand::PutMember { group: "pre".into(), agent: "ann".into(), capacity: Some(0) };
     assert!(matches!(cs.err(zero).await, CsError::Invalid(_)));
     let groups = b.cs.groups(&cs.t).await.unwrap();
     let ids: Vec<&str> = groups.iter().map(|g| g.spec.id.as_str()).collect();
@@ -538,7 +538,7 @@ pub async fn cs_queue_full_and_round_robin(b: &Backends) {
     let spec = GroupSpec { id: "rr".into(), policy: Policy::RoundRobin, max_queue: 2, ..GroupSpec::default() };
     cs.ok(CsCommand::PutGroup { spec }).await;
     for a in ["a1", "a2", "a3"] {
-        cs.ok(CsCommand::PutMember { group: "rr".into(), agent: a.into(), capacity: 10 }).await;
+        cs.ok(CsCommand::PutMember { group: "rr".into(), agent: a.into(), capacity: Some(10) }).await;
         cs.online(a).await;
     }
     let mut got = Vec::new();
@@ -563,7 +563,7 @@ pub async fn cs_queue_full_and_round_robin(b: &Backends) {
         "away agents are not online"
     );
     cs.ok(CsCommand::SetStatus { agent: "a1".into(), status: AgentStatus::Online }).await;
-    cs.ok(CsCommand::PutMember { group: "rr".into(), agent: "a1".into(), capacity: 3 }).await;
+    cs.ok(CsCommand::PutMember { group: "rr".into(), agent: "a1".into(), capacity: Some(3) }).await;
     assert_eq!(cs.request("w1", "rr").await.1, 1);
     assert_eq!(cs.request("w2", "rr").await.1, 2);
     assert_eq!(
@@ -612,7 +612,7 @@ pub async fn cs_manual_pick(b: &Backends) {
     let out = cs.ok(accept(None, "ann", "m")).await;
     assert_eq!(out.assigned[0].customer, "c1", "without a customer, the head of the queue");
     assert_eq!(cs.err(accept(None, "ann", "m")).await, CsError::AgentUnavailable, "at capacity");
-    cs.ok(CsCommand::PutMember { group: "m".into(), agent: "ann".into(), capacity: 5 }).await;
+    cs.ok(CsCommand::PutMember { group: "m".into(), agent: "ann".into(), capacity: Some(5) }).await;
     assert!(matches!(cs.err(accept(Some("c1"), "ann", "m")).await, CsError::Conflict(_) | CsError::NoSuchSession));
     cs.ok(accept(None, "ann", "m")).await;
     assert_eq!(cs.err(accept(None, "ann", "m")).await, CsError::NobodyWaiting);
@@ -691,8 +691,8 @@ pub async fn cs_agent_grace_and_max_wait(b: &Backends) {
     let mut cs = Cs::new(b);
     let spec = GroupSpec { id: "g".into(), max_wait_ms: 90_000, ..GroupSpec::default() };
     cs.ok(CsCommand::PutGroup { spec }).await;
-    cs.ok(CsCommand::PutMember { group: "g".into(), agent: "ann".into(), capacity: 2 }).await;
-    cs.ok(CsCommand::PutMember { group: "g".into(), agent: "bob".into(), capacity: 1 }).await;
+    cs.ok(CsCommand::PutMember { group: "g".into(), agent: "ann".into(), capacity: Some(2) }).await;
+    cs.ok(CsCommand::PutMember { group: "g".into(), agent: "bob".into(), capacity: Some(1) }).await;
     cs.online("ann").await;
     let (s1, _) = cs.request("c1", "g").await;
     cs.now += 5;
@@ -749,7 +749,7 @@ pub async fn cs_agent_grace_and_max_wait(b: &Backends) {
     let out = cs.ok(CsCommand::Sweep { grace_ms: grace }).await;
     assert_eq!(out.timed_out, [("g".to_string(), "c2".to_string())]);
     // Signing off requeues at once.
-    cs.ok(CsCommand::PutMember { group: "g".into(), agent: "cat".into(), capacity: 1 }).await;
+    cs.ok(CsCommand::PutMember { group: "g".into(), agent: "cat".into(), capacity: Some(1) }).await;
     let out = cs.ok(CsCommand::SetStatus { agent: "bob".into(), status: AgentStatus::Offline }).await;
     assert_eq!(out.transferred[0].reason, "agent went offline");
     assert_eq!(cs.session(&s1.id).await.state, SessionState::Waiting);
@@ -811,7 +811,7 @@ pub async fn cs_end_rate_left_messages_and_quick_replies(b: &Backends) {
     let out = cs.ok(CsCommand::Claim { id: "l1".into(), agent: "ann".into() }).await;
     assert!(matches!(out.reply, Ok(CsReply::LeftMessage { message }) if message.claimed_by == "ann"));
     cs.ok(CsCommand::Claim { id: "l1".into(), agent: "ann".into() }).await;
-    cs.ok(CsCommand::PutMember { group: "g".into(), agent: "bob".into(), capacity: 1 }).await;
+    cs.ok(CsCommand::PutMember { group: "g".into(), agent: "bob".into(), capacity: Some(1) }).await;
     assert!(matches!(
         cs.err(CsCommand::Claim { id: "l1".into(), agent: "bob".into() }).await,
         CsError::Conflict(m) if m.contains("ann")
@@ -855,7 +855,9 @@ pub async fn cs_concurrent_assignment_keeps_invariants(b: &Backends) {
     b.cs.execute(&t, CsCommand::PutGroup { spec }, now).await.unwrap();
     let agents: Vec<String> = (0..8).map(|i| format!("agent{i}")).collect();
     for a in &agents {
-        b.cs.execute(&t, CsCommand::PutMember { group: "g".into(), agent: a.clone(), capacity: 3 }, now).await.unwrap();
+        b.cs.execute(&t, CsCommand::PutMember { group: "g".into(), agent: a.clone(), capacity: Some(3) }, now)
+            .await
+            .unwrap();
         b.cs.execute(&t, CsCommand::Connected { agent: a.clone() }, now).await.unwrap();
         b.cs.execute(&t, CsCommand::SetStatus { agent: a.clone(), status: AgentStatus::Online }, now).await.unwrap();
     }

@@ -291,11 +291,17 @@ local function assign_pass()
 end
 
 local function put_member(gid, agent_id, capacity)
+  local g = group(gid)
+  if not g then return err('no_such_group') end
+  -- Without one: the agent's capacity once it has one from a group, else the
+  -- group's default.
+  if capacity == nil or capacity == cjson.null then
+    local a = agent(agent_id)
+    if a and next(a.groups) ~= nil then capacity = a.capacity else capacity = g.default_capacity end
+  end
   if capacity == 0 or capacity > MAX_CAPACITY then
     return err('invalid', 'capacity must be between 1 and ' .. MAX_CAPACITY)
   end
-  local g = group(gid)
-  if not g then return err('no_such_group') end
   insert_sorted(g.members, agent_id)
   dirty_g[gid] = true
   local a = agent_or_new(agent_id, capacity)
@@ -397,11 +403,7 @@ handlers.set_status = function(c)
     for i = 1, #all, 2 do
       local g = group(all[i])
       if g and g.auto_join and not contains(g.members, c.agent) then
-        -- The agent's capacity once it has one from a group.
-        local a = agent(c.agent)
-        local capacity = g.default_capacity
-        if a and next(a.groups) ~= nil then capacity = a.capacity end
-        local r = put_member(g.id, c.agent, capacity)
+        local r = put_member(g.id, c.agent, nil)
         if r.Err then return r end
       end
     end

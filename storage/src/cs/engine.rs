@@ -280,7 +280,15 @@ impl TenantState {
         Ok(CsReply::Done)
     }
 
-    fn put_member(&mut self, group: &str, agent: &str, capacity: u32) -> Result<CsReply, CsError> {
+    fn put_member(&mut self, group: &str, agent: &str, capacity: Option<u32>) -> Result<CsReply, CsError> {
+        let Some(g) = self.groups.get(group) else {
+            return Err(CsError::NoSuchGroup);
+        };
+        // Without one: the agent's capacity once it has one from a group,
+        // else the group's default.
+        let capacity = capacity.unwrap_or_else(|| {
+            self.agents.get(agent).filter(|a| !a.groups.is_empty()).map_or(g.spec.default_capacity, |a| a.capacity)
+        });
         if capacity == 0 || capacity > MAX_CAPACITY {
             return Err(CsError::Invalid(format!("capacity must be between 1 and {MAX_CAPACITY}")));
         }
@@ -491,16 +499,14 @@ impl TenantState {
 
     fn set_status(&mut self, agent: &str, status: AgentStatus, now: u64, fx: &mut Effects) -> Result<CsReply, CsError> {
         if status == AgentStatus::Online {
-            let joins: Vec<(String, u32)> = self
+            let joins: Vec<String> = self
                 .groups
                 .values()
                 .filter(|g| g.spec.auto_join && !g.members.iter().any(|m| m == agent))
-                .map(|g| (g.spec.id.clone(), g.spec.default_capacity))
+                .map(|g| g.spec.id.clone())
                 .collect();
-            for (group, capacity) in joins {
-                // The agent's capacity once it has one from a group.
-                let capacity = self.agents.get(agent).filter(|a| !a.groups.is_empty()).map_or(capacity, |a| a.capacity);
-                self.put_member(&group, agent, capacity)?;
+            for group in joins {
+                self.put_member(&group, agent, None)?;
             }
         }
         let a = self.agent_mut(agent, None);
@@ -877,7 +883,7 @@ mod tests {
                 let group = groups[y % 2].to_string();
                 let pick = |v: &Vec<String>| v.get((x * 7 + y) % v.len().max(1)).cloned().unwrap_or_default();
                 let cmd = match op {
-                    0 => CsCommand::PutMember { group, agent, capacity: 1 + (y as u32 % 3) },
+                    0 => CsCommand::PutMember { group, agent, capacity: Some(1 + (y as u32 % 3)) },
                     1 => CsCommand::Connected { agent },
                     2 => CsCommand::Disconnected { agent },
                     3 => CsCommand::SetStatus { agent, status: [AgentStatus::Online, AgentStatus::Away, AgentStatus::Offline][y % 3] },

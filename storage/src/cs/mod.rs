@@ -312,8 +312,9 @@ pub enum CsCommand {
     /// Deletes a group nobody waits in and no open session belongs to.
     DeleteGroup { group: String },
     /// Adds `agent` to `group` (or updates it) with `capacity`, which applies
-    /// to the agent in all groups.
-    PutMember { group: String, agent: String, capacity: u32 },
+    /// to the agent in all groups. Without one, an agent who is in a group
+    /// keeps their capacity; a new one gets the group's default.
+    PutMember { group: String, agent: String, capacity: Option<u32> },
     /// Removes `agent` from `group`; open sessions stay with the agent.
     RemoveMember { group: String, agent: String },
     /// A customer asks for service in a group. `session_id` is used if a new
