@@ -36,6 +36,7 @@ macro_rules! conformance_suite {
                 cs_queue_full_and_round_robin,
                 cs_manual_pick,
                 cs_transfer,
+                cs_transfer_to_agent_keeps_the_queue,
                 cs_agent_grace_and_max_wait,
                 cs_end_rate_left_messages_and_quick_replies,
                 cs_concurrent_assignment_keeps_invariants
@@ -908,4 +909,30 @@ pub async fn cs_concurrent_assignment_keeps_invariants(b: &Backends) {
     assert_eq!(open, 40, "60 customers, 20 of whom ended at once");
     let free: u32 = view.agents.iter().filter(|a| a.status == AgentStatus::Online).map(|a| a.capacity - a.load).sum();
     assert!(view.waiting.is_empty() || free == 0, "customers wait while an online agent has room");
+}
+
+/// A transfer to an agent never disturbs the queue, even when a waiting
+/// customer now holds the queue position the transferred session once had.
+pub async fn cs_transfer_to_agent_keeps_the_queue(b: &Backends) {
+    let mut cs = Cs::new(b);
+    cs.group("g", Policy::LeastLoaded, &[("ann", 1)]).await;
+    cs.online("ann").await;
+    cs.online("bob").await;
+    let (s0, _) = cs.request("c0", "g").await;
+    assert_eq!(s0.agent, "ann");
+    cs.now += 1;
+    let (s1, position) = cs.request("c1", "g").await;
+    assert_eq!((s1.state, position), (SessionState::Waiting, 1));
+    let to_bob = CsCommand::Transfer {
+        session_id: s0.id.clone(),
+        by: "root".into(),
+        admin: true,
+        target: TransferTarget::Agent("bob".into()),
+    };
+    let out = cs.ok(to_bob).await;
+    // ann is free again and takes c1 from the queue.
+    let assigned: Vec<(&str, &str)> = out.assigned.iter().map(|s| (s.customer.as_str(), s.agent.as_str())).collect();
+    assert_eq!(assigned, [("c0", "bob"), ("c1", "ann")]);
+    assert_eq!(cs.session(&s1.id).await.state, SessionState::Active);
+    assert!(b.cs.group_view(&cs.t, "g").await.unwrap().unwrap().waiting.is_empty());
 }

@@ -396,11 +396,14 @@ impl TenantState {
     /// Takes a waiting session out of its queue.
     fn dequeue(&mut self, id: &str, fx: &mut Effects) {
         let Some(s) = self.sessions.get(id) else { return };
-        if let Some(queue) = self.queues.get_mut(&s.group) {
+        // Only its own entry: a session that is not queued any more keeps an
+        // old key, which another session may have taken since.
+        if let Some(queue) = self.queues.get_mut(&s.group)
+            && queue.get(&s.queue_key) == Some(&s.id)
+        {
             let index = queue.range(..s.queue_key).count();
-            if queue.remove(&s.queue_key).is_some() {
-                note_change(fx, &s.group, index);
-            }
+            queue.remove(&s.queue_key);
+            note_change(fx, &s.group, index);
         }
     }
 
