@@ -827,6 +827,25 @@ mod tests {
         })
     }
 
+    #[test]
+    fn estimated_wait_counts_the_customers_beyond_free_slots() {
+        let q = |free, online| QueueSnapshot {
+            group: "g".into(),
+            waiting: Vec::new(),
+            changed_from: 0,
+            avg_handle_ms: 60_000,
+            free_capacity: free,
+            online_capacity: online,
+        };
+        assert_eq!(q(0, 10).estimated_wait_s(0), 0, "not waiting");
+        assert_eq!(q(2, 10).estimated_wait_s(2), 0, "a free slot is coming");
+        // One minute per session, ten slots turning over: 6 s per customer ahead.
+        assert_eq!(q(0, 10).estimated_wait_s(1), 6);
+        assert_eq!(q(0, 10).estimated_wait_s(5), 30);
+        assert_eq!(q(2, 10).estimated_wait_s(5), 18);
+        assert_eq!(q(0, 0).estimated_wait_s(1), 60, "no one online: one handle time per customer");
+    }
+
     proptest! {
         /// The chosen agent is available; least-loaded picks a minimal load
         /// and, among those, the longest idle; round-robin picks the next

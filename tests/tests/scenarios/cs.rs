@@ -371,3 +371,46 @@ async fn roles_bad_input_quick_replies_and_the_default_group() {
     assert_eq!(status, 409, "a group with an open session is not deleted");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transfer_to_a_group_then_waiting_too_long_offers_leave_a_message() {
+    let s = start(Duration::from_secs(60)).await;
+    let admin = admin_setup(&s).await;
+    let (status, _) =
+        http(&s.http_url, "PUT", "/api/v1/groups/post", Some(&admin), Some(&json!({"max_wait_s": 1}))).await;
+    assert_eq!(status, 201);
+    let mut ann = login(&s, "ann", Role::Agent).await;
+    cs(&mut ann, set_status(pb::AgentStatus::Online)).await;
+    let mut c1 = login(&s, "c1", Role::Customer).await;
+    let Body::SessionAssigned(a) = cs(&mut c1, request("pre", None)).await else { panic!("assigned") };
+    let session_id = a.session.unwrap().session_id;
+    assert_eq!(assigned(&mut c1).await.session_id, session_id);
+    // To a group with nobody online: the customer waits at its front.
+    let to_post = Body::TransferSession(pb::TransferSession {
+        session_id: session_id.clone(),
+        target: Some(pb::transfer_session::Target::ToGroup("post".into())),
+    });
+    let Body::SessionTransferred(t) = cs(&mut ann, to_post).await else { panic!("transferred") };
+    let moved = t.session.unwrap();
+    assert_eq!((moved.group.as_str(), moved.state), ("post", pb::SessionState::Waiting as i32));
+    assert_eq!((t.from_agent.as_str(), t.from_group.as_str()), ("ann", "pre"));
+    assert_eq!(transferred(&mut c1).await.session.unwrap().group, "post");
+    let update = queue_update(&mut c1).await;
+    assert_eq!((update.group.as_str(), update.position), ("post", 1));
+    // Nobody takes it within post's max wait (1 s): offered leave-a-message.
+    let offer = c1
+        .next_matching("LeaveMessageOffer", |b| match b {
+            Body::LeaveMessageOffer(o) => Some(o.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!((offer.group.as_str(), offer.reason), ("post", pb::leave_message_offer::Reason::WaitedTooLong as i32));
+    let ended = c1
+        .next_matching("SessionEnded", |b| match b {
+            Body::SessionEnded(e) => e.session.clone(),
+            _ => None,
+        })
+        .await;
+    assert_eq!((ended.session_id, ended.end_reason.as_str()), (session_id, "waited too long"));
+    s.stop().await;
+}
