@@ -252,17 +252,23 @@ async fn queue_assign_chat_transfer_end_rate() {
     s.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn agent_drop_keeps_sessions_within_grace_then_requeues() {
-    let s = start(Duration::from_millis(400)).await;
-    admin_setup(&s).await;
-    let mut ann = login(&s, "ann", Role::Agent).await;
+/// ann goes online in "pre" and c1 is assigned to her; returns both and the session id.
+async fn ann_serves_c1(s: &TestServer) -> (Client, Client, String) {
+    let mut ann = login(s, "ann", Role::Agent).await;
     cs(&mut ann, set_status(pb::AgentStatus::Online)).await;
-    let mut c1 = login(&s, "c1", Role::Customer).await;
+    let mut c1 = login(s, "c1", Role::Customer).await;
     let Body::SessionAssigned(a) = cs(&mut c1, request("pre", None)).await else { panic!("assigned") };
     let session_id = a.session.unwrap().session_id;
     // Pushed to every device of the customer, this one included.
     assert_eq!(assigned(&mut c1).await.session_id, session_id);
+    (ann, c1, session_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_drop_keeps_sessions_within_grace_then_requeues() {
+    let s = start(Duration::from_millis(400)).await;
+    admin_setup(&s).await;
+    let (mut ann, mut c1, session_id) = ann_serves_c1(&s).await;
 
     // A reload within the grace period keeps the session.
     ann.close().await;
@@ -379,12 +385,7 @@ async fn transfer_to_a_group_then_waiting_too_long_offers_leave_a_message() {
     let (status, _) =
         http(&s.http_url, "PUT", "/api/v1/groups/post", Some(&admin), Some(&json!({"max_wait_s": 1}))).await;
     assert_eq!(status, 201);
-    let mut ann = login(&s, "ann", Role::Agent).await;
-    cs(&mut ann, set_status(pb::AgentStatus::Online)).await;
-    let mut c1 = login(&s, "c1", Role::Customer).await;
-    let Body::SessionAssigned(a) = cs(&mut c1, request("pre", None)).await else { panic!("assigned") };
-    let session_id = a.session.unwrap().session_id;
-    assert_eq!(assigned(&mut c1).await.session_id, session_id);
+    let (mut ann, mut c1, session_id) = ann_serves_c1(&s).await;
     // To a group with nobody online: the customer waits at its front.
     let to_post = Body::TransferSession(pb::TransferSession {
         session_id: session_id.clone(),
