@@ -268,7 +268,7 @@ async fn ann_serves_c1(s: &TestServer) -> (Client, Client, String) {
 async fn agent_drop_keeps_sessions_within_grace_then_requeues() {
     let s = start(Duration::from_millis(400)).await;
     admin_setup(&s).await;
-    let (mut ann, mut c1, session_id) = ann_serves_c1(&s).await;
+    let (ann, mut c1, session_id) = ann_serves_c1(&s).await;
 
     // A reload within the grace period keeps the session.
     ann.close().await;
