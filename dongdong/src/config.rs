@@ -99,8 +99,11 @@ impl Default for CsSection {
 pub struct ServerConfig {
     /// WebSocket listen address; the endpoint is ws://ADDR/ws.
     pub listen: SocketAddr,
-    /// HTTP listen address for /healthz and /metrics.
+    /// HTTP listen address for /healthz, /metrics, the API and the consoles.
     pub http: SocketAddr,
+    /// The WebSocket URL the web consoles connect to. Empty: the page's own
+    /// host name with the port of `listen` (set it behind a proxy or TLS).
+    pub public_ws_url: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -196,6 +199,7 @@ impl Default for Config {
             server: ServerConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 7800)),
                 http: SocketAddr::from(([127, 0, 0, 1], 7801)),
+                public_ws_url: String::new(),
             },
             storage: StorageConfig {
                 backend: Backend::Embedded,
@@ -356,6 +360,10 @@ impl Config {
         }
         if l.outbound_queue < 16 {
             return invalid("limits.outbound_queue", "must be at least 16");
+        }
+        let ws_url = &self.server.public_ws_url;
+        if !ws_url.is_empty() && !(ws_url.starts_with("ws://") || ws_url.starts_with("wss://")) {
+            return invalid("server.public_ws_url", "must start with ws:// or wss://");
         }
         let t = &self.timeouts;
         for (key, v) in [("timeouts.auth", t.auth), ("timeouts.idle", t.idle), ("timeouts.ack", t.ack)] {

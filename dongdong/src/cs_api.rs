@@ -4,6 +4,8 @@
 //! - admin: groups and their agents (create, update, delete), the supervisor
 //!   views (every group's queue, longest wait, agents and load; one group's
 //!   waiting and active sessions);
+//! - anyone: the tenant's groups, names and whether an agent is online (for a
+//!   customer to pick one);
 //! - agent (or admin): quick replies (of their groups, and personal ones),
 //!   and the unclaimed left messages of a group.
 //!
@@ -38,6 +40,7 @@ const MAX_REPLY_TEXT_BYTES: usize = 4000;
 
 pub(crate) fn routes(api: CsApi) -> Router {
     Router::new()
+        .route("/api/v1/service-groups", get(service_groups))
         .route("/api/v1/groups", get(list_groups))
         .route("/api/v1/groups/{group}", get(get_group).put(put_group).delete(delete_group))
         .route("/api/v1/groups/{group}/agents/{agent}", put(put_agent).delete(remove_agent))
@@ -138,6 +141,25 @@ async fn list_groups(State(api): State<CsApi>, headers: HeaderMap) -> ApiResult 
     for g in api.cs.store().groups(&c.tenant).await? {
         if let Some(v) = api.cs.store().group_view(&c.tenant, &g.spec.id).await? {
             out.push(group_summary(&v, now));
+        }
+    }
+    ok(json!({ "groups": out }))
+}
+
+/// What a customer may know of the tenant's groups: to pick one.
+async fn service_groups(State(api): State<CsApi>, headers: HeaderMap) -> ApiResult {
+    let c = api.auth(&headers, &[Role::Customer, Role::Agent, Role::Admin])?;
+    let mut out = Vec::new();
+    for g in api.cs.store().groups(&c.tenant).await? {
+        if let Some(v) = api.cs.store().group_view(&c.tenant, &g.spec.id).await? {
+            let online =
+                v.agents.iter().filter(|a| a.connected && a.status == storage::cs::AgentStatus::Online).count();
+            out.push(json!({
+                "id": v.group.spec.id,
+                "name": v.group.spec.name,
+                "agents_online": online,
+                "queue_length": v.waiting.len(),
+            }));
         }
     }
     ok(json!({ "groups": out }))

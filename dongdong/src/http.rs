@@ -1,5 +1,6 @@
-//! HTTP endpoints: `/healthz`, `/metrics` (Prometheus text format) and the
-//! customer-service API (`/api/v1`, see [`crate::cs_api`]).
+//! HTTP endpoints: `/healthz`, `/metrics` (Prometheus text format), the
+//! customer-service API (`/api/v1`, see [`crate::cs_api`]) and the web
+//! consoles ([`crate::web`]).
 
 use axum::Router as Http;
 use axum::extract::State;
@@ -55,6 +56,7 @@ pub(crate) async fn serve(
     health: Arc<dyn storage::HealthCheck>,
     metrics: PrometheusHandle,
     cs: crate::cs_api::CsApi,
+    web: crate::web::Web,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let upkeep = metrics.clone();
@@ -72,7 +74,8 @@ pub(crate) async fn serve(
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
         .with_state(AppState { router, node_id, health, metrics })
-        .merge(crate::cs_api::routes(cs));
+        .merge(crate::cs_api::routes(cs))
+        .merge(crate::web::routes(web));
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     Ok(())
 }

@@ -6,6 +6,7 @@ pub mod config;
 mod cs_api;
 mod http;
 pub mod secret;
+mod web;
 
 pub use config::{Config, ConfigError, Overrides};
 
@@ -84,13 +85,24 @@ pub async fn run_with_backends(
     }
     let signer = Arc::new(TokenSigner::new(&secret));
     let api = cs_api::CsApi { cs: cs.clone(), signer: signer.clone() };
+    let dev_login = config.auth.secret.is_empty();
+    if dev_login {
+        tracing::warn!(
+            "dev sign-in is on (POST /api/v1/dev/token mints any token): the server runs with its generated dev secret"
+        );
+    }
+    let web = web::Web {
+        public_ws_url: config.server.public_ws_url.clone(),
+        ws_port: ws.local_addr()?.port(),
+        dev_signer: dev_login.then(|| signer.clone()),
+    };
     let gateway = Arc::new(Gateway { config: config.gateway(), signer, dispatch, cs });
     let ws_addr = ws.local_addr()?;
     let http_addr = http.local_addr()?;
     info!(node_id, ws = %format!("ws://{ws_addr}/ws"), http = %format!("http://{http_addr}"), "dongdong serving");
 
     let http_task =
-        tokio::spawn(http::serve(http, router, node_id.to_string(), health, metrics, api, shutdown.clone()));
+        tokio::spawn(http::serve(http, router, node_id.to_string(), health, metrics, api, web, shutdown.clone()));
     access_gateway::serve(ws, gateway, shutdown.clone()).await;
     shutdown.cancel();
     http_task.await.context("HTTP task failed")??;

@@ -1,0 +1,177 @@
+//! The web consoles, served on the HTTP port from assets compiled into the
+//! binary: `/agent` (agent workspace), `/chat` (customer widget, embeddable
+//! with an iframe or `/web/embed.js`) and `/supervisor`. The pages are plain
+//! JavaScript modules speaking the public protocol (JSON text frames on the
+//! WebSocket) and the public HTTP API, like any other client.
+//!
+//! Two endpoints serve the pages: `GET /api/v1/info` (where the WebSocket
+//! is, and whether dev sign-in exists) and, only when the server signs with
+//! its generated dev secret, `POST /api/v1/dev/token`, which mints a token
+//! for any tenant, user and role so that the consoles can be tried without an
+//! embedding application.
+
+use access_gateway::TokenSigner;
+use axum::extract::{Path, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use im_core::{Role, ids::validate_id};
+use serde::Deserialize;
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// One embedded file: its name under `/web/`, its content type and bytes.
+struct Asset {
+    name: &'static str,
+    content_type: &'static str,
+    body: &'static [u8],
+}
+
+macro_rules! asset {
+    ($name:literal, $ty:expr) => {
+        Asset { name: $name, content_type: $ty, body: include_bytes!(concat!("../web/", $name)) }
+    };
+}
+
+const HTML: &str = "text/html; charset=utf-8";
+const JS: &str = "text/javascript; charset=utf-8";
+
+static ASSETS: &[Asset] = &[
+    asset!("index.html", HTML),
+    asset!("agent.html", HTML),
+    asset!("chat.html", HTML),
+    asset!("supervisor.html", HTML),
+    asset!("dd.js", JS),
+    asset!("ui.js", JS),
+    asset!("agent.js", JS),
+    asset!("chat.js", JS),
+    asset!("supervisor.js", JS),
+    asset!("embed.js", JS),
+    asset!("style.css", "text/css; charset=utf-8"),
+    asset!("icon.svg", "image/svg+xml"),
+];
+
+/// The pages' policy: scripts and styles only from this server, so that a
+/// message's text can never run as code; images from anywhere (image links);
+/// WebSocket connections to any host (the WebSocket port differs from this one).
+const CSP: &str = "default-src 'self'; img-src * data:; connect-src 'self' ws: wss:; \
+                   style-src 'self'; script-src 'self'; base-uri 'none'; form-action 'self'";
+
+/// How long a dev sign-in token is valid.
+const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
+
+#[derive(Clone)]
+pub(crate) struct Web {
+    /// `server.public_ws_url`, or empty.
+    pub public_ws_url: String,
+    /// The port of the WebSocket listener, for pages to build the URL.
+    pub ws_port: u16,
+    /// Set when the server signs with its generated dev secret.
+    pub dev_signer: Option<Arc<TokenSigner>>,
+}
+
+pub(crate) fn routes(web: Web) -> Router {
+    let mut router = Router::new()
+        .route("/", get(|| async { Redirect::temporary("/web/index.html") }))
+        .route("/agent", get(|| async { page("agent.html", false) }))
+        .route("/supervisor", get(|| async { page("supervisor.html", false) }))
+        .route("/chat", get(|| async { page("chat.html", true) }))
+        .route("/web/{file}", get(web_file))
+        .route("/api/v1/info", get(info));
+    if web.dev_signer.is_some() {
+        router = router.route("/api/v1/dev/token", post(dev_token));
+    }
+    router.with_state(web)
+}
+
+fn find(name: &str) -> Option<&'static Asset> {
+    ASSETS.iter().find(|a| a.name == name)
+}
+
+/// A console page. `/chat` may be framed by any shop page; the consoles may not.
+fn page(name: &str, frameable: bool) -> Response {
+    let mut response = serve(find(name));
+    let headers = response.headers_mut();
+    if frameable {
+        headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    } else {
+        headers.insert(
+            header::CONTENT_SECURITY_POLICY,
+            HeaderValue::from_static(concat!(
+                "default-src 'self'; img-src * data:; connect-src 'self' ws: wss:; ",
+                "style-src 'self'; script-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+            )),
+        );
+    }
+    response
+}
+
+async fn web_file(Path(file): Path<String>) -> Response {
+    let mut response = serve(find(&file));
+    if file.ends_with(".html") {
+        response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+    }
+    response
+}
+
+fn serve(asset: Option<&'static Asset>) -> Response {
+    match asset {
+        Some(a) => (
+            [
+                (header::CONTENT_TYPE, a.content_type),
+                // The assets change with the binary: revalidate, never serve stale.
+                (header::CACHE_CONTROL, "no-cache"),
+                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            ],
+            a.body,
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+    }
+}
+
+async fn info(State(web): State<Web>) -> Json<serde_json::Value> {
+    Json(json!({
+        "ws_url": web.public_ws_url,
+        "ws_port": web.ws_port,
+        "dev_login": web.dev_signer.is_some(),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DevTokenBody {
+    tenant: String,
+    user: String,
+    role: Role,
+}
+
+async fn dev_token(
+    State(web): State<Web>,
+    body: Result<Json<DevTokenBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let error = |status: StatusCode, code: &str, message: String| {
+        (status, Json(json!({ "error": { "code": code, "message": message } }))).into_response()
+    };
+    let Some(signer) = web.dev_signer else {
+        return error(StatusCode::NOT_FOUND, "NOT_FOUND", "dev sign-in is off".into());
+    };
+    let body = match body {
+        Ok(Json(b)) => b,
+        Err(e) => return error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", e.body_text()),
+    };
+    for (what, v) in [("tenant", &body.tenant), ("user", &body.user)] {
+        if let Err(e) = validate_id(what, v) {
+            return error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", e);
+        }
+    }
+    match signer.mint(&body.tenant, &body.user, body.role, DEV_TOKEN_TTL) {
+        Ok(token) => {
+            tracing::info!(tenant = %body.tenant, user = %body.user, role = body.role.as_str(), "dev sign-in");
+            Json(json!({ "token": token, "expires_in_s": DEV_TOKEN_TTL.as_secs() })).into_response()
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()),
+    }
+}

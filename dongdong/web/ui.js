@@ -1,0 +1,212 @@
+// ui.js: what the three consoles share: signing in, the connection banner,
+// notices, and drawing a conversation. Text from the network is only ever
+// set as textContent, never parsed as HTML.
+
+import { serverInfo, claimsOf, describeError } from './dd.js';
+
+/** document.createElement with properties, attributes (data-*, aria-*) and children. */
+export function el(tag, props = {}, ...children) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(props)) {
+    if (v === undefined || v === null || v === false) continue;
+    if (k === 'class') e.className = v;
+    else if (k.startsWith('on')) e.addEventListener(k.slice(2), v);
+    else if (k.startsWith('data-') || k.startsWith('aria-') || k === 'role' || k === 'for') e.setAttribute(k, v);
+    else e[k] = v;
+  }
+  for (const c of children.flat()) {
+    if (c === null || c === undefined || c === false) continue;
+    e.append(c instanceof Node ? c : String(c));
+  }
+  return e;
+}
+
+export const $ = (sel, root = document) => root.querySelector(sel);
+
+/** "12 s", "3 min", "2 h 5 min". */
+export function duration(ms) {
+  const s = Math.max(0, Math.round(ms / 1000));
+  if (s < 60) return `${s} s`;
+  const m = Math.floor(s / 60);
+  if (m < 60) return `${m} min`;
+  return `${Math.floor(m / 60)} h ${m % 60} min`;
+}
+
+export function clock(ms) {
+  const d = new Date(Number(ms));
+  return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+}
+
+/** A notice line at the top of the page: kind is info, error or assign. */
+export function notify(text, kind = 'info', ms = 6000) {
+  let box = $('#notices');
+  if (!box) {
+    box = el('div', { id: 'notices', 'aria-live': 'polite' });
+    document.body.append(box);
+  }
+  const n = el('div', { class: `notice ${kind}`, role: kind === 'error' ? 'alert' : 'status' }, text);
+  const close = el('button', { class: 'link', 'aria-label': 'dismiss', onclick: () => n.remove() }, '×');
+  n.append(close);
+  box.append(n);
+  if (ms) setTimeout(() => n.remove(), ms);
+  return n;
+}
+
+export function notifyError(e) {
+  return notify(e instanceof Error && e.code ? describeError(e) : String(e.message || e), 'error', 10000);
+}
+
+/** Shows the connection state in #conn and reacts to final closes. */
+export function connectionBanner(client, onFinal) {
+  const conn = $('#conn');
+  client.addEventListener('status', (ev) => {
+    const { status, detail } = ev.detail;
+    const words = {
+      connecting: 'connecting…',
+      online: 'connected',
+      offline: `offline${detail ? ` (${detail})` : ''}`,
+      stopped: 'disconnected',
+      'signed-out': `signed out: ${detail || 'the server refused the sign-in'}`,
+      replaced: 'opened in another tab or window',
+    };
+    conn.textContent = words[status] || status;
+    conn.dataset.status = status;
+    if (status === 'signed-out' || status === 'replaced') onFinal(status, detail);
+  });
+  client.addEventListener('servererror', (ev) => notifyError(ev.detail));
+}
+
+const TOKEN_KEY = (page) => `dd.token.${page}`;
+
+/**
+ * The token to use on this page: from `#token=` (how an embedding
+ * application passes it), else the one this tab signed in with, else the dev
+ * sign-in form (only when the server offers it). Resolves with
+ * { token, claims, info, params }.
+ */
+export async function signIn(page, role, mount) {
+  const params = new URLSearchParams(location.hash.slice(1));
+  const info = await serverInfo();
+  const fromHash = params.get('token');
+  if (fromHash) {
+    sessionStorage.setItem(TOKEN_KEY(page), fromHash);
+    params.delete('token');
+    // Keep the token out of the address bar, bookmarks and screenshots.
+    history.replaceState(null, '', location.pathname + location.search + (params.size ? `#${params}` : ''));
+  }
+  const stored = sessionStorage.getItem(TOKEN_KEY(page));
+  const claims = stored && claimsOf(stored);
+  if (claims && (!claims.exp || claims.exp * 1000 > Date.now() + 5000)) {
+    return { token: stored, claims, info, params };
+  }
+  sessionStorage.removeItem(TOKEN_KEY(page));
+  return new Promise((resolve) => {
+    if (!info.dev_login) {
+      mount.replaceChildren(
+        el('div', { class: 'signin card' },
+          el('h2', {}, 'Sign-in needed'),
+          el('p', {}, 'Open this page with a token: ', el('code', {}, `${location.pathname}#token=<token>`),
+            '. The application embedding it mints tokens with the server\'s secret.')),
+      );
+      return;
+    }
+    const tenant = el('input', { id: 'signin-tenant', name: 'tenant', value: 'demo', required: true, autocomplete: 'off' });
+    const user = el('input', { id: 'signin-user', name: 'user', value: '', required: true, autocomplete: 'off', placeholder: role === 'customer' ? 'e.g. carol' : 'e.g. amy' });
+    const roleSel = el('select', { id: 'signin-role', name: 'role' },
+      ...['customer', 'agent', 'admin'].map((r) => el('option', { value: r, selected: r === role }, r)));
+    const err = el('p', { class: 'error', role: 'alert' });
+    const form = el('form', { class: 'signin card', id: 'signin' },
+      el('h2', {}, 'Sign in (development)'),
+      el('p', { class: 'muted' }, 'This server runs with its generated dev secret, so it mints a token for anyone. With a real secret this form does not exist.'),
+      el('label', { for: 'signin-tenant' }, 'Tenant'), tenant,
+      el('label', { for: 'signin-user' }, 'User'), user,
+      el('label', { for: 'signin-role' }, 'Role'), roleSel,
+      err,
+      el('button', { type: 'submit', class: 'primary', id: 'signin-submit' }, 'Sign in'));
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      err.textContent = '';
+      try {
+        const r = await fetch('/api/v1/dev/token', {
+          method: 'POST',
+          headers: { 'content-type': 'application/json' },
+          body: JSON.stringify({ tenant: tenant.value.trim(), user: user.value.trim(), role: roleSel.value }),
+        });
+        const data = await r.json();
+        if (!r.ok) throw new Error(data.error ? data.error.message : `HTTP ${r.status}`);
+        sessionStorage.setItem(TOKEN_KEY(page), data.token);
+        resolve({ token: data.token, claims: claimsOf(data.token), info, params });
+      } catch (e) {
+        err.textContent = `Sign-in failed: ${e.message}`;
+      }
+    });
+    mount.replaceChildren(form);
+    user.focus();
+  });
+}
+
+export function signOut(page) {
+  sessionStorage.removeItem(TOKEN_KEY(page));
+  location.reload();
+}
+
+/** The node for one message's content. */
+export function contentNode(content) {
+  if (!content) return el('span', { class: 'muted' }, '(empty)');
+  if (content.text !== undefined) return el('span', { class: 'text' }, content.text);
+  if (content.image) {
+    const url = safeUrl(content.image.url);
+    if (!url) return el('span', { class: 'muted' }, '(image with an unsupported address)');
+    return el('a', { href: url, target: '_blank', rel: 'noopener noreferrer' },
+      el('img', { src: url, alt: 'image', class: 'image', loading: 'lazy' }));
+  }
+  if (content.file) {
+    const url = safeUrl(content.file.url);
+    return url ? el('a', { href: url, target: '_blank', rel: 'noopener noreferrer' }, `📎 ${content.file.name || url}`)
+      : el('span', {}, `📎 ${content.file.name || 'file'}`);
+  }
+  if (content.custom) return el('code', {}, `${content.custom.type}: ${content.custom.json}`);
+  return el('span', { class: 'muted' }, '(unsupported content)');
+}
+
+/** Only http(s) links: never javascript: or data: from a message. */
+export function safeUrl(u) {
+  try {
+    const url = new URL(u);
+    return url.protocol === 'http:' || url.protocol === 'https:' ? url.href : null;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Draws a conversation into `box`: one element per message (data-msg-id,
+ * data-seq), mine on the right. Keeps the view at the bottom when it was.
+ */
+export function drawMessages(box, entries, me, { onRetry } = {}) {
+  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  const items = entries.map(({ message: m, state, error }) => {
+    const mine = m.fromUser === me;
+    const meta = el('div', { class: 'meta' },
+      mine ? '' : `${m.fromUser} · `,
+      m.serverTimeMs ? clock(m.serverTimeMs) : '',
+      state === 'sending' ? 'sending…' : '',
+      state === 'failed' ? el('span', { class: 'error' }, ` not sent: ${error}`) : '');
+    if (state === 'failed' && onRetry) meta.append(' ', el('button', { class: 'link', onclick: () => onRetry(m) }, 'retry'));
+    return el('div', {
+      class: `msg ${mine ? 'mine' : 'theirs'} ${state}`,
+      'data-msg-id': m.msgId || '',
+      'data-seq': m.seq || '',
+      'data-client-msg-id': m.clientMsgId || '',
+    }, el('div', { class: 'bubble' }, contentNode(m.content)), meta);
+  });
+  box.replaceChildren(...items);
+  if (atBottom) box.scrollTop = box.scrollHeight;
+}
+
+/** Content from what was typed: an image link as an image, else text. */
+export function contentFromInput(text, asImage) {
+  const t = text.trim();
+  if (asImage) return safeUrl(t) ? { image: { url: t } } : null;
+  return { text: t };
+}

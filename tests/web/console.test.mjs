@@ -1,0 +1,362 @@
+// End-to-end tests of the web consoles: a real `dongdong serve` (the debug
+// binary cargo built), real pages in headless Chromium from the machine's
+// packages, driven by playwright-core. Every person is a separate browser
+// context (own cookies, localStorage and sessionStorage), like separate
+// computers.
+//
+//   node --test tests/web/console.test.mjs          (scripts/test.sh runs it)
+//
+// Environment: DD_BIN (server binary, default target/debug/dongdong),
+// DD_CHROMIUM (default /usr/bin/chromium), DD_SCREENSHOTS=<dir> to also save
+// a picture of each page (how docs/*.png are made). On failure every open
+// page is saved to tests/web/artifacts/.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, '../..');
+const BIN = process.env.DD_BIN || path.join(root, 'target/debug/dongdong');
+const CHROMIUM = process.env.DD_CHROMIUM || '/usr/bin/chromium';
+const ARTIFACTS = path.join(here, 'artifacts');
+const SHOTS = process.env.DD_SCREENSHOTS ? path.resolve(process.env.DD_SCREENSHOTS) : null;
+const STEP_MS = 15000;
+
+let server;
+let browser;
+let base;
+const pages = new Set();
+
+/** Starts `dongdong serve` on free ports with a fresh data directory and the dev secret. */
+async function startServer() {
+  const dir = mkdtempSync(path.join(tmpdir(), 'dd-web-'));
+  const config = path.join(dir, 'dongdong.toml');
+  writeFileSync(config, `
+[server]
+listen = "127.0.0.1:0"
+http = "127.0.0.1:0"
+
+[storage]
+data_dir = "${path.join(dir, 'data')}"
+
+[log]
+filter = "warn"
+
+# Capacity 1: one busy agent makes the next customer wait in line.
+[[cs.groups]]
+tenant = "demo"
+id = "default"
+name = "Pre-sales"
+auto_join = true
+default_capacity = 1
+
+# Only fay serves returns; nobody joins it by going online.
+[[cs.groups]]
+tenant = "demo"
+id = "returns"
+name = "Returns"
+auto_join = false
+agents = ["fay"]
+`);
+  const child = spawn(BIN, ['serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stderr = '';
+  child.stderr.on('data', (d) => { stderr += d; });
+  const line = await new Promise((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`the server did not start: ${stderr}`)), 30000);
+    child.stdout.on('data', (d) => {
+      out += d;
+      const m = out.match(/listening ws=(\S+) http=(\S+)/);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m);
+      }
+    });
+    child.on('exit', (code) => reject(new Error(`the server exited with ${code}: ${stderr}`)));
+  });
+  return { child, dir, http: line[2], stderr: () => stderr };
+}
+
+before(async () => {
+  server = await startServer();
+  base = server.http;
+  browser = await chromium.launch({
+    executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync'],
+  });
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (server) {
+    server.child.kill('SIGTERM');
+    await new Promise((r) => server.child.once('exit', r));
+    rmSync(server.dir, { recursive: true, force: true });
+  }
+});
+
+/** A test that keeps a picture of every open page when it fails. */
+function scenario(name, fn) {
+  test(name, async () => {
+    try {
+      await fn();
+    } catch (e) {
+      await keepScreenshots(name);
+      throw e;
+    }
+  });
+}
+
+async function keepScreenshots(name) {
+  mkdirSync(ARTIFACTS, { recursive: true });
+  let i = 0;
+  for (const p of pages) {
+    if (p.isClosed()) continue;
+    i += 1;
+    const file = path.join(ARTIFACTS, `${name.replace(/\W+/g, '-')}-${i}-${p.ddName}.png`);
+    await p.screenshot({ path: file, fullPage: true }).catch(() => {});
+    console.error(`screenshot kept: ${file}`);
+  }
+}
+
+/** A new person: their own browser context and a page named for messages. */
+async function person(name, viewport = { width: 1100, height: 720 }) {
+  const context = await browser.newContext({ viewport });
+  return { context, name, open: (url) => openPage(context, name, url) };
+}
+
+async function openPage(context, name, url) {
+  const page = await context.newPage();
+  page.ddName = name;
+  page.setDefaultTimeout(STEP_MS);
+  page.ddErrors = [];
+  page.on('pageerror', (e) => page.ddErrors.push(e.message));
+  page.on('console', (m) => { if (m.type() === 'error') page.ddErrors.push(m.text()); });
+  pages.add(page);
+  await page.goto(`${base}${url}`);
+  return page;
+}
+
+async function signIn(page, user, role) {
+  await page.fill('#signin-tenant', 'demo');
+  await page.fill('#signin-user', user);
+  await page.selectOption('#signin-role', role);
+  await page.click('#signin-submit');
+  await page.waitForSelector('#conn[data-status="online"]', { timeout: STEP_MS }).catch(() => {});
+}
+
+async function online(page) {
+  await page.waitForSelector('#conn[data-status="online"]');
+}
+
+/** Waits until the page's text at `selector` matches. */
+async function waitText(page, selector, re) {
+  await page.waitForFunction(([s, src, flags]) => {
+    const e = document.querySelector(s);
+    return !!e && new RegExp(src, flags).test(e.textContent);
+  }, [selector, re.source, re.flags]);
+}
+
+/** The messages shown: { id, seq, text } in display order. */
+function shownMessages(page) {
+  return page.$$eval('#messages .msg', (ms) => ms.map((m) => ({
+    id: m.dataset.msgId, seq: Number(m.dataset.seq), text: m.querySelector('.bubble').textContent, sending: m.classList.contains('sending'),
+  })));
+}
+
+async function waitMessage(page, text) {
+  await page.waitForFunction((t) => [...document.querySelectorAll('#messages .msg:not(.sending) .bubble')].some((b) => b.textContent === t), text);
+}
+
+async function say(page, text) {
+  await page.fill('#input', text);
+  await page.press('#input', 'Enter');
+  await waitMessage(page, text);
+}
+
+async function stat(page, group, name) {
+  return page.$eval(`[data-group="${group}"] [data-stat="${name}"]`, (e) => e.textContent);
+}
+
+async function waitStat(page, group, name, value) {
+  await page.waitForFunction(([g, n, v]) => {
+    const e = document.querySelector(`[data-group="${g}"] [data-stat="${n}"]`);
+    return e && e.textContent === v;
+  }, [group, name, String(value)]);
+}
+
+async function shot(page, file) {
+  if (!SHOTS) return;
+  mkdirSync(SHOTS, { recursive: true });
+  await page.screenshot({ path: path.join(SHOTS, file) });
+}
+
+function assertOnceInOrder(ms, expected) {
+  const ids = ms.map((m) => m.id);
+  assert.equal(new Set(ids).size, ids.length, `a message is shown twice: ${JSON.stringify(ms)}`);
+  assert.deepEqual(ms.map((m) => m.text), expected);
+}
+
+scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating', async () => {
+  const sup = await (await person('supervisor')).open('/supervisor');
+  await signIn(sup, 'sam', 'admin');
+  await waitStat(sup, 'default', 'queue_length', 0);
+
+  // bob goes online first and gets dave: with capacity 1 he is then full.
+  const bob = await (await person('bob')).open('/agent');
+  await signIn(bob, 'bob', 'agent');
+  await online(bob);
+  await bob.selectOption('#status', 'ONLINE');
+  await waitText(bob, '#load', /0\/1/);
+  const dave = await (await person('dave')).open('/chat');
+  await signIn(dave, 'dave', 'customer');
+  await dave.waitForSelector('#request');
+  await dave.fill('#question', 'is the red one in stock?');
+  await dave.click('#request');
+  await waitText(dave, '#agent-name', /bob/);
+  await waitText(bob, '#load', /1\/1/);
+
+  // carol asks and waits in line; the supervisor sees the queue grow.
+  const carolP = await person('carol', { width: 400, height: 700 });
+  let carol = await carolP.open('/chat');
+  await signIn(carol, 'carol', 'customer');
+  await carol.selectOption('#group', 'default');
+  await carol.fill('#question', 'hello, I need help with my order');
+  await carol.press('#question', 'Enter');
+  await waitText(carol, '#queue-position', /next in line|number 1/);
+  await waitStat(sup, 'default', 'queue_length', 1);
+  await shot(carol, 'console-chat-waiting.png');
+
+  // amy signs in and goes online: carol is assigned to her at once.
+  const amy = await (await person('amy')).open('/agent');
+  await signIn(amy, 'amy', 'agent');
+  await online(amy);
+  await amy.selectOption('#status', 'ONLINE');
+  await amy.waitForSelector('.notice.assign');
+  await amy.waitForSelector('[data-customer="carol"]');
+  await waitText(carol, '#agent-name', /amy/);
+  await waitStat(sup, 'default', 'queue_length', 0);
+  await waitMessage(amy, 'hello, I need help with my order');
+
+  await say(amy, 'Hi carol, I am amy. What is the order number?');
+  await waitMessage(carol, 'Hi carol, I am amy. What is the order number?');
+  await say(carol, 'It is 1234');
+  await waitMessage(amy, 'It is 1234');
+  const picture = `${base}/web/icon.svg`;
+  await amy.fill('#input', picture);
+  await amy.check('#as-image');
+  await amy.press('#input', 'Enter');
+  await carol.waitForSelector(`#messages img.image[src="${picture}"]`);
+  await shot(amy, 'console-agent.png');
+
+  // bob frees his slot; amy hands carol over to him.
+  await bob.click('[data-customer="dave"]');
+  await bob.click('#end');
+  await dave.waitForSelector('#rate');
+  await waitText(bob, '#load', /0\/1/);
+  await amy.fill('#transfer-target', 'bob');
+  await amy.click('#transfer');
+  await bob.waitForSelector('[data-customer="carol"]');
+  await amy.waitForFunction(() => !document.querySelector('[data-customer="carol"]'));
+  await waitText(carol, '#agent-name', /bob/);
+  await bob.click('[data-customer="carol"]');
+  // bob reads what carol and amy said before (the session's earlier conversation).
+  await waitMessage(bob, 'It is 1234');
+  await say(bob, 'Hello carol, bob here; I will take it from here.');
+  await waitMessage(carol, 'Hello carol, bob here; I will take it from here.');
+
+  // carol reloads mid-chat: the whole conversation again, each message once, in order.
+  const expected = [
+    'hello, I need help with my order',
+    'Hi carol, I am amy. What is the order number?',
+    'It is 1234',
+    '',
+    'Hello carol, bob here; I will take it from here.',
+  ];
+  await carol.reload();
+  await online(carol);
+  await waitText(carol, '#agent-name', /bob/);
+  await waitMessage(carol, expected[4]);
+  await carol.waitForFunction((n) => document.querySelectorAll('#messages .msg').length >= n, expected.length);
+  assertOnceInOrder(await shownMessages(carol), expected);
+
+  // carol closes the tab; bob writes; she comes back in a new tab and gets it.
+  await carol.close();
+  await say(bob, 'Your parcel left the warehouse today.');
+  carol = await carolP.open('/chat');
+  await signIn(carol, 'carol', 'customer');
+  await waitMessage(carol, 'Your parcel left the warehouse today.');
+  assertOnceInOrder(await shownMessages(carol), [...expected, 'Your parcel left the warehouse today.']);
+  await shot(carol, 'console-chat.png');
+
+  // bob ends the session; carol rates it.
+  await bob.click('#end');
+  await carol.waitForSelector('#rate');
+  await carol.click('.star[data-score="5"]');
+  await carol.fill('#rate-comment', 'quick and friendly');
+  await carol.click('#rate-submit');
+  await carol.waitForSelector('#rated');
+  await waitStat(sup, 'default', 'sessions_active', 0);
+  await shot(sup, 'console-supervisor.png');
+
+  for (const p of [sup, bob, amy, dave, carol]) assert.deepEqual(p.ddErrors, [], `${p.ddName}: errors in the page`);
+});
+
+scenario('leave a message when nobody is online; an agent claims and answers it', async () => {
+  const erinP = await person('erin', { width: 400, height: 700 });
+  let erin = await erinP.open('/chat');
+  await signIn(erin, 'erin', 'customer');
+  await erin.selectOption('#group', 'returns');
+  await erin.fill('#question', 'my blender is broken');
+  await erin.click('#request');
+  await erin.waitForSelector('#offer');
+  await erin.fill('#left-text', 'my blender is broken, please call me');
+  await erin.fill('#left-contact', '555-0100');
+  await erin.click('#leave');
+  await erin.waitForSelector('#left');
+  await erin.close();
+
+  const fay = await (await person('fay')).open('/agent');
+  await signIn(fay, 'fay', 'agent');
+  await online(fay);
+  await fay.selectOption('#status', 'ONLINE');
+  await fay.waitForSelector('[data-left-id] .claim');
+  await waitText(fay, '#left-messages', /blender is broken/);
+  await fay.click('[data-left-id] .claim');
+  await fay.waitForSelector('#composer:not([hidden])');
+  await say(fay, 'Hi erin, a new blender is on its way.');
+
+  erin = await erinP.open('/chat');
+  await signIn(erin, 'erin', 'customer');
+  await waitMessage(erin, 'Hi erin, a new blender is on its way.');
+  const ms = await shownMessages(erin);
+  assert.equal(ms.filter((m) => m.text === 'Hi erin, a new blender is on its way.').length, 1);
+  assert.deepEqual(fay.ddErrors, []);
+});
+
+scenario('errors reach people in words; dev sign-in refuses bad input', async () => {
+  const r = await fetch(`${base}/api/v1/dev/token`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ tenant: '', user: 'x', role: 'agent' }),
+  });
+  assert.equal(r.status, 400);
+  assert.equal((await r.json()).error.code, 'INVALID_ARGUMENT');
+
+  const gus = await (await person('gus')).open('/chat');
+  await signIn(gus, 'gus', 'customer');
+  await gus.waitForSelector('#request');
+  // A customer asking for a group that does not exist gets the server's answer in words.
+  await gus.evaluate(() => {
+    const s = document.querySelector('#group');
+    s.append(new Option('nope', 'no-such-group'));
+    s.value = 'no-such-group';
+  });
+  await gus.click('#request');
+  await waitText(gus, '#notices', /not found|no such group/i);
+});
