@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit tests, the storage conformance suite
-# (embedded, and Redis + MongoDB), and the integration scenarios (real
-# servers, real WebSocket clients, real child processes killed with SIGKILL).
+# (embedded, and Redis + MongoDB), the integration scenarios (real servers,
+# real WebSocket clients, real child processes killed with SIGKILL), and the
+# web consoles' end-to-end tests in headless Chromium.
 #
-# It installs what the tests need when missing (redis-server from Debian's
-# packages; secantusdb, a MongoDB-wire-compatible server, from PyPI into a
-# venv under .test-services/), starts a private Redis and a private secantusdb
-# on free ports, points the tests at them, and stops them afterwards.
-# Extra arguments go to `cargo test`.
+# It installs what the tests need when missing (redis-server, chromium and
+# Node.js from Debian's packages; secantusdb, a MongoDB-wire-compatible
+# server, from PyPI into a venv under .test-services/; playwright-core from
+# npm into tests/web/node_modules), starts a private Redis and a private
+# secantusdb on free ports, points the tests at them, and stops them
+# afterwards. Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -21,10 +23,19 @@ services="$root/.test-services"
 mkdir -p "$services"
 
 # --- what the tests need -----------------------------------------------------
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "test.sh: installing redis-server" >&2
-  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-  $sudo apt-get update -qq && $sudo apt-get install -y -qq redis-server >/dev/null
+if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+apt_updated=""
+apt_install() {
+  echo "test.sh: installing $*" >&2
+  if [ -z "$apt_updated" ]; then $sudo apt-get update -qq; apt_updated=1; fi
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
+}
+command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+command -v chromium >/dev/null 2>&1 || [ -n "${DD_CHROMIUM:-}" ] || apt_install chromium
+command -v node >/dev/null 2>&1 || apt_install nodejs npm
+if [ ! -d tests/web/node_modules/playwright-core ]; then
+  echo "test.sh: installing playwright-core into tests/web/node_modules" >&2
+  (cd tests/web && npm ci --no-audit --no-fund --loglevel=error)
 fi
 venv="$services/venv"
 if ! "$venv/bin/python" -c "import secantus" >/dev/null 2>&1; then
@@ -71,3 +82,9 @@ export DDTEST_SECANTUS_PYTHON="$venv/bin/python"
 # Build first: the crash and signal tests run the server binary as a child process.
 cargo build --workspace --all-targets --quiet
 cargo test --workspace --quiet "$@"
+
+# --- the web consoles in a real browser ------------------------------------------
+# A real `dongdong serve` (the debug binary built above) and headless Chromium.
+echo "test.sh: web consoles in headless Chromium (tests/web)" >&2
+DD_BIN="$root/target/debug/dongdong" DD_CHROMIUM="${DD_CHROMIUM:-$(command -v chromium)}" \
+  node --test --test-concurrency=1 --test-reporter=spec tests/web/console.test.mjs

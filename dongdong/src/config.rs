@@ -362,7 +362,7 @@ impl Config {
             return invalid("limits.outbound_queue", "must be at least 16");
         }
         let ws_url = &self.server.public_ws_url;
-        if !ws_url.is_empty() && !(ws_url.starts_with("ws://") || ws_url.starts_with("wss://")) {
+        if !(ws_url.is_empty() || ws_url.starts_with("ws://") || ws_url.starts_with("wss://")) {
             return invalid("server.public_ws_url", "must start with ws:// or wss://");
         }
         let t = &self.timeouts;

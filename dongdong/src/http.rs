@@ -55,8 +55,7 @@ pub(crate) async fn serve(
     node_id: String,
     health: Arc<dyn storage::HealthCheck>,
     metrics: PrometheusHandle,
-    cs: crate::cs_api::CsApi,
-    web: crate::web::Web,
+    api: Http,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let upkeep = metrics.clone();
@@ -74,8 +73,7 @@ pub(crate) async fn serve(
         .route("/healthz", get(healthz))
         .route("/metrics", get(render_metrics))
         .with_state(AppState { router, node_id, health, metrics })
-        .merge(crate::cs_api::routes(cs))
-        .merge(crate::web::routes(web));
+        .merge(api);
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
     Ok(())
 }

@@ -97,12 +97,13 @@ pub async fn run_with_backends(
         dev_signer: dev_login.then(|| signer.clone()),
     };
     let gateway = Arc::new(Gateway { config: config.gateway(), signer, dispatch, cs });
+    let routes = cs_api::routes(api).merge(web::routes(web));
     let ws_addr = ws.local_addr()?;
     let http_addr = http.local_addr()?;
     info!(node_id, ws = %format!("ws://{ws_addr}/ws"), http = %format!("http://{http_addr}"), "dongdong serving");
 
     let http_task =
-        tokio::spawn(http::serve(http, router, node_id.to_string(), health, metrics, api, web, shutdown.clone()));
+        tokio::spawn(http::serve(http, router, node_id.to_string(), health, metrics, routes, shutdown.clone()));
     access_gateway::serve(ws, gateway, shutdown.clone()).await;
     shutdown.cancel();
     http_task.await.context("HTTP task failed")??;

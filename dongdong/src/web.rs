@@ -56,8 +56,16 @@ static ASSETS: &[Asset] = &[
 /// The pages' policy: scripts and styles only from this server, so that a
 /// message's text can never run as code; images from anywhere (image links);
 /// WebSocket connections to any host (the WebSocket port differs from this one).
-const CSP: &str = "default-src 'self'; img-src * data:; connect-src 'self' ws: wss:; \
-                   style-src 'self'; script-src 'self'; base-uri 'none'; form-action 'self'";
+macro_rules! csp {
+    () => {
+        "default-src 'self'; img-src * data:; connect-src 'self' ws: wss:; style-src 'self'; \
+         script-src 'self'; base-uri 'none'; form-action 'self'"
+    };
+}
+/// `/chat` may be framed by any shop's page.
+const CSP_FRAMEABLE: &str = csp!();
+/// The consoles may not be framed (clickjacking).
+const CSP_CONSOLE: &str = concat!(csp!(), "; frame-ancestors 'none'");
 
 /// How long a dev sign-in token is valid.
 const DEV_TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -93,25 +101,15 @@ fn find(name: &str) -> Option<&'static Asset> {
 /// A console page. `/chat` may be framed by any shop page; the consoles may not.
 fn page(name: &str, frameable: bool) -> Response {
     let mut response = serve(find(name));
-    let headers = response.headers_mut();
-    if frameable {
-        headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
-    } else {
-        headers.insert(
-            header::CONTENT_SECURITY_POLICY,
-            HeaderValue::from_static(concat!(
-                "default-src 'self'; img-src * data:; connect-src 'self' ws: wss:; ",
-                "style-src 'self'; script-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-            )),
-        );
-    }
+    let csp = if frameable { CSP_FRAMEABLE } else { CSP_CONSOLE };
+    response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
     response
 }
 
 async fn web_file(Path(file): Path<String>) -> Response {
     let mut response = serve(find(&file));
     if file.ends_with(".html") {
-        response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP));
+        response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP_CONSOLE));
     }
     response
 }

@@ -7,3 +7,4 @@ mod cs;
 mod messaging;
 pub mod process;
 mod reliability;
+mod web;
