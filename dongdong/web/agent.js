@@ -178,7 +178,11 @@ client.addEventListener('frame', (ev) => {
     state.status = cs.status || 'OFFLINE';
     state.capacity = cs.capacity || 0;
     state.load = cs.load || 0;
-    state.groups = cs.groups || [];
+    const groups = cs.groups || [];
+    if (groups.join() !== state.groups.join()) {
+      state.groups = groups;
+      loadReplies(); // the replies of the groups joined (e.g. by going online)
+    }
     const open = new Set();
     for (const s of cs.sessions || []) {
       if (s.agent === me && s.state === 'ACTIVE') {

@@ -41,7 +41,11 @@ function show(convIds) {
 function setSession(s) {
   state.session = s;
   show([...(s.conversations || []), s.conversationId]);
-  if (s.state === 'ENDED') {
+  if (s.state === 'ENDED' && !s.agent && !Number(s.assignedMs || 0)) {
+    // Ended before anyone served it (cancelled, or turned away): nothing to rate.
+    sessionStorage.removeItem(LAST_SESSION);
+    state.view = 'pick';
+  } else if (s.state === 'ENDED') {
     const last = JSON.parse(sessionStorage.getItem(LAST_SESSION) || 'null');
     const rated = last && last.sessionId === s.sessionId && last.rated;
     sessionStorage.setItem(LAST_SESSION, JSON.stringify({ ...s, rated: !!rated || !!s.score }));
@@ -140,6 +144,7 @@ const views = {
       el('h2', {}, 'Waiting for an agent'),
       el('p', { id: 'queue-position', 'data-position': q ? q.position || '0' : '' }, where),
       el('p', { id: 'queue-wait', class: 'muted' }, wait),
+      state.question ? el('p', { class: 'small' }, 'Your question: ', el('q', {}, state.question)) : '',
       el('button', { id: 'cancel', onclick: cancel }, 'Leave the line'));
   },
   offer: offerView,
@@ -186,6 +191,7 @@ async function pickView() {
     if (!group) return notify('There is no team to chat with.', 'error');
     const body = { group };
     if (question.value.trim()) body.firstMessage = { text: question.value.trim() };
+    state.question = question.value.trim();
     try {
       await client.request({ requestService: body });
     } catch (e) {

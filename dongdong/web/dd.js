@@ -379,7 +379,14 @@ export async function loadOlder(client, store, conversationId, sessionId, limit 
   const sync = { conversationId, limit, beforeSeq: oldest === null ? '18446744073709551615' : String(oldest) };
   if (sessionId) sync.sessionId = sessionId;
   if (oldest === 1) return { added: 0, hasMore: false };
-  const f = await client.request({ syncRequest: sync });
+  let f;
+  try {
+    f = await client.request({ syncRequest: sync });
+  } catch (e) {
+    // A conversation nobody wrote in yet (e.g. a session just assigned).
+    if (e.code === 'NOT_FOUND') return { added: 0, hasMore: false };
+    throw e;
+  }
   let added = 0;
   for (const m of f.historyPage.messages || []) if (store.add(m)) added += 1;
   return { added, hasMore: !!f.historyPage.hasMore };

@@ -158,7 +158,7 @@ export function contentNode(content) {
     const url = safeUrl(content.image.url);
     if (!url) return el('span', { class: 'muted' }, '(image with an unsupported address)');
     return el('a', { href: url, target: '_blank', rel: 'noopener noreferrer' },
-      el('img', { src: url, alt: 'image', class: 'image', loading: 'lazy' }));
+      el('img', { src: url, alt: 'image', class: 'image' }));
   }
   if (content.file) {
     const url = safeUrl(content.file.url);
@@ -185,23 +185,35 @@ export function safeUrl(u) {
  */
 export function drawMessages(box, entries, me, { onRetry } = {}) {
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
-  const items = entries.map(({ message: m, state, error }) => {
-    const mine = m.fromUser === me;
-    const meta = el('div', { class: 'meta' },
-      mine ? '' : `${m.fromUser} · `,
-      m.serverTimeMs ? clock(m.serverTimeMs) : '',
-      state === 'sending' ? 'sending…' : '',
-      state === 'failed' ? el('span', { class: 'error' }, ` not sent: ${error}`) : '');
-    if (state === 'failed' && onRetry) meta.append(' ', el('button', { class: 'link', onclick: () => onRetry(m) }, 'retry'));
-    return el('div', {
-      class: `msg ${mine ? 'mine' : 'theirs'} ${state}`,
-      'data-msg-id': m.msgId || '',
-      'data-seq': m.seq || '',
-      'data-client-msg-id': m.clientMsgId || '',
-    }, el('div', { class: 'bubble' }, contentNode(m.content)), meta);
+  // Elements are kept per message and state: a redraw moves them, so images
+  // stay loaded and nothing flickers.
+  const cache = box.ddCache || new Map();
+  const next = new Map();
+  const items = entries.map((entry) => {
+    const key = `${entry.message.msgId || `local:${entry.message.clientMsgId}`}|${entry.state}`;
+    const node = cache.get(key) || messageNode(entry, me, onRetry);
+    next.set(key, node);
+    return node;
   });
+  box.ddCache = next;
   box.replaceChildren(...items);
   if (atBottom) box.scrollTop = box.scrollHeight;
+}
+
+function messageNode({ message: m, state, error }, me, onRetry) {
+  const mine = m.fromUser === me;
+  const meta = el('div', { class: 'meta' },
+    mine ? '' : `${m.fromUser} · `,
+    m.serverTimeMs ? clock(m.serverTimeMs) : '',
+    state === 'sending' ? 'sending…' : '',
+    state === 'failed' ? el('span', { class: 'error' }, ` not sent: ${error}`) : '');
+  if (state === 'failed' && onRetry) meta.append(' ', el('button', { class: 'link', onclick: () => onRetry(m) }, 'retry'));
+  return el('div', {
+    class: `msg ${mine ? 'mine' : 'theirs'} ${state}`,
+    'data-msg-id': m.msgId || '',
+    'data-seq': m.seq || '',
+    'data-client-msg-id': m.clientMsgId || '',
+  }, el('div', { class: 'bubble' }, contentNode(m.content)), meta);
 }
 
 /** Content from what was typed: an image link as an image, else text. */

@@ -16,6 +16,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
+import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
@@ -32,15 +33,32 @@ let server;
 let browser;
 let base;
 const pages = new Set();
+const contexts = new Set();
 
-/** Starts `dongdong serve` on free ports with a fresh data directory and the dev secret. */
+/** A free TCP port on 127.0.0.1. */
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Writes a config for `dongdong serve` on two free ports with a fresh data
+ * directory and no secret (so the dev secret and dev sign-in are on), and
+ * starts it.
+ */
 async function startServer() {
   const dir = mkdtempSync(path.join(tmpdir(), 'dd-web-'));
   const config = path.join(dir, 'dongdong.toml');
   writeFileSync(config, `
 [server]
-listen = "127.0.0.1:0"
-http = "127.0.0.1:0"
+listen = "127.0.0.1:${await freePort()}"
+http = "127.0.0.1:${await freePort()}"
 
 [storage]
 data_dir = "${path.join(dir, 'data')}"
@@ -64,6 +82,11 @@ name = "Returns"
 auto_join = false
 agents = ["fay"]
 `);
+  return { dir, config, ...(await spawnServer(config)) };
+}
+
+/** Runs the server on `config`; resolves once it listens. */
+async function spawnServer(config) {
   const child = spawn(BIN, ['serve', '--config', config], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stderr = '';
   child.stderr.on('data', (d) => { stderr += d; });
@@ -80,7 +103,14 @@ agents = ["fay"]
     });
     child.on('exit', (code) => reject(new Error(`the server exited with ${code}: ${stderr}`)));
   });
-  return { child, dir, http: line[2], stderr: () => stderr };
+  return { child, http: line[2], stderr: () => stderr };
+}
+
+async function stopServer() {
+  if (server.child.exitCode !== null) return;
+  const exited = new Promise((r) => server.child.once('exit', r));
+  server.child.kill('SIGTERM');
+  await exited;
 }
 
 before(async () => {
@@ -96,8 +126,7 @@ before(async () => {
 after(async () => {
   if (browser) await browser.close();
   if (server) {
-    server.child.kill('SIGTERM');
-    await new Promise((r) => server.child.once('exit', r));
+    await stopServer();
     rmSync(server.dir, { recursive: true, force: true });
   }
 });
@@ -110,6 +139,11 @@ function scenario(name, fn) {
     } catch (e) {
       await keepScreenshots(name);
       throw e;
+    } finally {
+      // Everyone leaves: the next scenario starts with nobody connected.
+      for (const c of contexts) await c.close().catch(() => {});
+      contexts.clear();
+      pages.clear();
     }
   });
 }
@@ -129,6 +163,7 @@ async function keepScreenshots(name) {
 /** A new person: their own browser context and a page named for messages. */
 async function person(name, viewport = { width: 1100, height: 720 }) {
   const context = await browser.newContext({ viewport });
+  contexts.add(context);
   return { context, name, open: (url) => openPage(context, name, url) };
 }
 
@@ -142,6 +177,14 @@ async function openPage(context, name, url) {
   pages.add(page);
   await page.goto(`${base}${url}`);
   return page;
+}
+
+async function devToken(user, role) {
+  const r = await fetch(`${base}/api/v1/dev/token`, {
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ tenant: 'demo', user, role }),
+  });
+  assert.equal(r.status, 200);
+  return (await r.json()).token;
 }
 
 async function signIn(page, user, role) {
@@ -205,6 +248,15 @@ function assertOnceInOrder(ms, expected) {
 }
 
 scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating', async () => {
+  // An admin creates a quick reply for the group over the HTTP API.
+  const admin = await devToken('sam', 'admin');
+  const r = await fetch(`${base}/api/v1/quick-replies`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', authorization: `Bearer ${admin}` },
+    body: JSON.stringify({ group: 'default', title: 'Parcel', text: 'Your parcel is on its way; the tracking number follows.' }),
+  });
+  assert.equal(r.status, 201, await r.text());
+
   const sup = await (await person('supervisor')).open('/supervisor');
   await signIn(sup, 'sam', 'admin');
   await waitStat(sup, 'default', 'queue_length', 0);
@@ -233,6 +285,14 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
   await waitText(carol, '#queue-position', /next in line|number 1/);
   await waitStat(sup, 'default', 'queue_length', 1);
   await shot(carol, 'console-chat-waiting.png');
+  // hal queues behind her: number 2 in line.
+  const hal = await (await person('hal', { width: 400, height: 700 })).open('/chat');
+  await signIn(hal, 'hal', 'customer');
+  await hal.selectOption('#group', 'default');
+  await hal.click('#request');
+  await waitText(hal, '#queue-position', /number 2/);
+  await waitStat(sup, 'default', 'queue_length', 2);
+  await shot(sup, 'console-supervisor.png');
 
   // amy signs in and goes online: carol is assigned to her at once.
   const amy = await (await person('amy')).open('/agent');
@@ -242,6 +302,11 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
   await amy.waitForSelector('.notice.assign');
   await amy.waitForSelector('[data-customer="carol"]');
   await waitText(carol, '#agent-name', /amy/);
+  // hal moves up live, then gives up waiting.
+  await waitText(hal, '#queue-position', /next in line/);
+  await waitStat(sup, 'default', 'queue_length', 1);
+  await hal.click('#cancel');
+  await hal.waitForSelector('#request');
   await waitStat(sup, 'default', 'queue_length', 0);
   await waitMessage(amy, 'hello, I need help with my order');
 
@@ -254,6 +319,12 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
   await amy.check('#as-image');
   await amy.press('#input', 'Enter');
   await carol.waitForSelector(`#messages img.image[src="${picture}"]`);
+  // A quick reply of the group, picked from the list.
+  await amy.selectOption('#quick-replies', { label: 'Parcel (default)' });
+  assert.equal(await amy.inputValue('#input'), 'Your parcel is on its way; the tracking number follows.');
+  await amy.press('#input', 'Enter');
+  await waitMessage(carol, 'Your parcel is on its way; the tracking number follows.');
+  await amy.waitForFunction(() => [...document.querySelectorAll('#messages img.image')].every((i) => i.complete && i.naturalWidth > 0));
   await shot(amy, 'console-agent.png');
 
   // bob frees his slot; amy hands carol over to him.
@@ -278,12 +349,13 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
     'Hi carol, I am amy. What is the order number?',
     'It is 1234',
     '',
+    'Your parcel is on its way; the tracking number follows.',
     'Hello carol, bob here; I will take it from here.',
   ];
   await carol.reload();
   await online(carol);
   await waitText(carol, '#agent-name', /bob/);
-  await waitMessage(carol, expected[4]);
+  await waitMessage(carol, expected[expected.length - 1]);
   await carol.waitForFunction((n) => document.querySelectorAll('#messages .msg').length >= n, expected.length);
   assertOnceInOrder(await shownMessages(carol), expected);
 
@@ -304,9 +376,8 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
   await carol.click('#rate-submit');
   await carol.waitForSelector('#rated');
   await waitStat(sup, 'default', 'sessions_active', 0);
-  await shot(sup, 'console-supervisor.png');
 
-  for (const p of [sup, bob, amy, dave, carol]) assert.deepEqual(p.ddErrors, [], `${p.ddName}: errors in the page`);
+  for (const p of [sup, bob, amy, dave, carol, hal]) assert.deepEqual(p.ddErrors, [], `${p.ddName}: errors in the page`);
 });
 
 scenario('leave a message when nobody is online; an agent claims and answers it', async () => {
@@ -359,4 +430,40 @@ scenario('errors reach people in words; dev sign-in refuses bad input', async ()
   });
   await gus.click('#request');
   await waitText(gus, '#notices', /not found|no such group/i);
+});
+
+// Last: it restarts the server.
+scenario('pages reconnect by themselves after the server restarts; nothing is lost or shown twice', async () => {
+  const ida = await (await person('ida')).open('/agent');
+  await signIn(ida, 'ida', 'agent');
+  await online(ida);
+  await ida.selectOption('#status', 'ONLINE');
+  const jon = await (await person('jon', { width: 400, height: 700 })).open('/chat');
+  await signIn(jon, 'jon', 'customer');
+  await jon.selectOption('#group', 'default');
+  await jon.fill('#question', 'before the restart');
+  await jon.click('#request');
+  await waitText(jon, '#agent-name', /ida/);
+  await waitMessage(ida, 'before the restart');
+
+  // The server goes away (clients get close code 1012) and comes back on the same ports and data.
+  await stopServer();
+  await jon.waitForSelector('#conn:not([data-status="online"])');
+  await ida.waitForSelector('#conn:not([data-status="online"])');
+  // Typed while the server is down: kept in the outbox, sent on return.
+  await jon.fill('#input', 'typed while you were away');
+  await jon.press('#input', 'Enter');
+  Object.assign(server, await spawnServer(server.config));
+
+  await online(jon);
+  await online(ida);
+  await waitMessage(ida, 'typed while you were away');
+  await say(ida, 'and here is the answer');
+  await waitMessage(jon, 'and here is the answer');
+  const expected = ['before the restart', 'typed while you were away', 'and here is the answer'];
+  for (const p of [jon, ida]) {
+    const ms = await shownMessages(p);
+    assertOnceInOrder(ms, expected);
+    assert.deepEqual(ms.map((m) => m.seq), [1, 2, 3], `${p.ddName}: seq order`);
+  }
 });
