@@ -3,7 +3,7 @@
 // transfer, history paging), sending text and image links, quick replies,
 // transfer, end, and the left-messages inbox.
 
-import { Client, MessageStore, api, wsUrl, deviceIdFor, catchUp, loadOlder, describeError } from './dd.js';
+import { Client, MessageStore, api, wsUrl, deviceIdFor, catchUp, loadOlder, describeError, uuid } from './dd.js';
 import { el, $, duration, clock, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, contentFromInput, contentNode } from './ui.js';
 
 const main = $('#main');
@@ -265,7 +265,7 @@ async function saveReply() {
 }
 
 function send(toUser, content) {
-  const clientMsgId = crypto.randomUUID();
+  const clientMsgId = uuid();
   store.addLocal(clientMsgId, { clientMsgId, fromUser: me, toUser, content });
   renderConversation();
   client.send(toUser, content, clientMsgId)

@@ -3,7 +3,7 @@
 // (when the server offers it). States: pick a group → waiting in line →
 // chatting with an agent → ended (rate it); or leave a message when offered.
 
-import { Client, MessageStore, api, wsUrl, deviceIdFor, catchUp, loadOlder, describeError } from './dd.js';
+import { Client, MessageStore, api, wsUrl, deviceIdFor, catchUp, loadOlder, describeError, storage, uuid } from './dd.js';
 import { el, $, duration, notify, notifyError, connectionBanner, signIn, signOut, drawMessages } from './ui.js';
 
 const main = $('#main');
@@ -19,6 +19,7 @@ const client = new Client({ url: wsUrl(auth.info), token: auth.token, deviceId: 
 const store = new MessageStore();
 /** Conversations shown, oldest first: the session's, then any other that delivered to us. */
 const shown = [];
+const tabStore = storage('session');
 const LAST_SESSION = `dd.chat.last.${auth.claims.tenant}.${me}`;
 
 const state = {
@@ -43,15 +44,15 @@ function setSession(s) {
   show([...(s.conversations || []), s.conversationId]);
   if (s.state === 'ENDED' && !s.agent && !Number(s.assignedMs || 0)) {
     // Ended before anyone served it (cancelled, or turned away): nothing to rate.
-    sessionStorage.removeItem(LAST_SESSION);
+    tabStore.removeItem(LAST_SESSION);
     state.view = 'pick';
   } else if (s.state === 'ENDED') {
-    const last = JSON.parse(sessionStorage.getItem(LAST_SESSION) || 'null');
+    const last = JSON.parse(tabStore.getItem(LAST_SESSION) || 'null');
     const rated = last && last.sessionId === s.sessionId && last.rated;
-    sessionStorage.setItem(LAST_SESSION, JSON.stringify({ ...s, rated: !!rated || !!s.score }));
+    tabStore.setItem(LAST_SESSION, JSON.stringify({ ...s, rated: !!rated || !!s.score }));
     state.view = rated || s.score ? 'rated' : 'ended';
   } else {
-    sessionStorage.setItem(LAST_SESSION, JSON.stringify(s));
+    tabStore.setItem(LAST_SESSION, JSON.stringify(s));
     state.view = s.state === 'WAITING' ? 'waiting' : 'active';
   }
 }
@@ -112,7 +113,7 @@ function onCsState(cs) {
     fillHistory();
     return;
   }
-  const last = JSON.parse(sessionStorage.getItem(LAST_SESSION) || 'null');
+  const last = JSON.parse(tabStore.getItem(LAST_SESSION) || 'null');
   if (last && state.view !== 'offer' && state.view !== 'left') {
     // Our session is no longer open: it ended while we were away.
     if (last.state !== 'ENDED') last.state = 'ENDED';
@@ -257,7 +258,7 @@ function rateView() {
     if (!score) return notify('Pick 1 to 5 stars.', 'error');
     try {
       await client.request({ rate: { sessionId: s.sessionId, score, comment: comment.value.trim() } });
-      sessionStorage.setItem(LAST_SESSION, JSON.stringify({ ...s, rated: true }));
+      tabStore.setItem(LAST_SESSION, JSON.stringify({ ...s, rated: true }));
       state.view = 'rated';
       render();
     } catch (e) {
@@ -271,7 +272,7 @@ function rateView() {
 }
 
 function newChat() {
-  sessionStorage.removeItem(LAST_SESSION);
+  tabStore.removeItem(LAST_SESSION);
   state.session = null;
   state.queue = null;
   state.view = 'pick';
@@ -281,7 +282,7 @@ function newChat() {
 async function cancel() {
   try {
     await client.request({ cancelRequest: { group: state.session.group } });
-    sessionStorage.removeItem(LAST_SESSION);
+    tabStore.removeItem(LAST_SESSION);
     state.session = null;
     state.view = 'pick';
     render();
@@ -321,7 +322,7 @@ composer.addEventListener('submit', (ev) => {
 });
 
 function send(toUser, content) {
-  const clientMsgId = crypto.randomUUID();
+  const clientMsgId = uuid();
   store.addLocal(clientMsgId, { clientMsgId, fromUser: me, toUser, content });
   renderMessages();
   client.send(toUser, content, clientMsgId)

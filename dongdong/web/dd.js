@@ -27,6 +27,19 @@ export function wsUrl(info) {
   return `${scheme}//${location.hostname}:${info.ws_port}/ws`;
 }
 
+/**
+ * A random UUID (v4). crypto.randomUUID exists only in secure contexts
+ * (https or localhost); a console served over plain http on a LAN address,
+ * or framed by such a page, has only getRandomValues.
+ */
+export function uuid() {
+  const b = crypto.getRandomValues(new Uint8Array(16));
+  b[6] = (b[6] & 0x0f) | 0x40;
+  b[8] = (b[8] & 0x3f) | 0x80;
+  const h = [...b].map((x) => x.toString(16).padStart(2, '0')).join('');
+  return `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-${h.slice(20)}`;
+}
+
 /** An error reply of the server (or a lost connection: code DISCONNECTED). */
 export class DdError extends Error {
   constructor(code, message, retryable) {
@@ -76,13 +89,36 @@ export async function api(token, method, path, body) {
   return data;
 }
 
+/**
+ * localStorage or sessionStorage, or, where the browser refuses them (e.g.
+ * a frame in a page without an origin, or storage blocked for third-party
+ * frames), a map that lasts as long as the page.
+ */
+export function storage(kind) {
+  try {
+    const s = kind === 'local' ? window.localStorage : window.sessionStorage;
+    const probe = '__dd_probe__';
+    s.setItem(probe, '1');
+    s.removeItem(probe);
+    return s;
+  } catch {
+    const m = new Map();
+    return {
+      getItem: (k) => (m.has(k) ? m.get(k) : null),
+      setItem: (k, v) => m.set(k, String(v)),
+      removeItem: (k) => m.delete(k),
+    };
+  }
+}
+
 /** A stable device id for this browser and user, kept across reloads. */
 export function deviceIdFor(tenant, user, prefix) {
+  const local = storage('local');
   const key = `dd.device.${tenant}.${user}`;
-  let id = localStorage.getItem(key);
+  let id = local.getItem(key);
   if (!id) {
-    id = `${prefix}-${crypto.randomUUID().slice(0, 13)}`;
-    localStorage.setItem(key, id);
+    id = `${prefix}-${uuid().slice(0, 13)}`;
+    local.setItem(key, id);
   }
   return id;
 }
@@ -278,7 +314,7 @@ export class Client extends EventTarget {
    * clientMsgId) across reconnects until the server acks it. Resolves with
    * the SendAck; rejects only on a final error (e.g. FORBIDDEN, TOO_LARGE).
    */
-  send(toUser, content, clientMsgId = crypto.randomUUID()) {
+  send(toUser, content, clientMsgId = uuid()) {
     return new Promise((resolve, reject) => {
       this.outbox.push({ clientMsgId, toUser, content, resolve, reject, sending: false, tries: 0 });
       this.flushOutbox();

@@ -2,7 +2,9 @@
 // notices, and drawing a conversation. Text from the network is only ever
 // set as textContent, never parsed as HTML.
 
-import { serverInfo, claimsOf, describeError } from './dd.js';
+import { serverInfo, claimsOf, describeError, storage } from './dd.js';
+
+const session = storage('session');
 
 /** document.createElement with properties, attributes (data-*, aria-*) and children. */
 export function el(tag, props = {}, ...children) {
@@ -22,6 +24,9 @@ export function el(tag, props = {}, ...children) {
 }
 
 export const $ = (sel, root = document) => root.querySelector(sel);
+
+// Nothing fails silently: a failure nobody caught is shown too.
+window.addEventListener('unhandledrejection', (ev) => notifyError(ev.reason || 'unexpected error'));
 
 /** "12 s", "3 min", "2 h 5 min". */
 export function duration(ms) {
@@ -86,20 +91,29 @@ const TOKEN_KEY = (page) => `dd.token.${page}`;
  */
 export async function signIn(page, role, mount) {
   const params = new URLSearchParams(location.hash.slice(1));
-  const info = await serverInfo();
+  let info;
+  try {
+    info = await serverInfo();
+  } catch (e) {
+    mount.replaceChildren(el('div', { class: 'signin card', role: 'alert' },
+      el('h2', {}, 'The server cannot be reached'),
+      el('p', {}, String(e.message || e)),
+      el('button', { class: 'primary', onclick: () => location.reload() }, 'Try again')));
+    return new Promise(() => {});
+  }
   const fromHash = params.get('token');
   if (fromHash) {
-    sessionStorage.setItem(TOKEN_KEY(page), fromHash);
+    session.setItem(TOKEN_KEY(page), fromHash);
     params.delete('token');
     // Keep the token out of the address bar, bookmarks and screenshots.
     history.replaceState(null, '', location.pathname + location.search + (params.size ? `#${params}` : ''));
   }
-  const stored = sessionStorage.getItem(TOKEN_KEY(page));
+  const stored = session.getItem(TOKEN_KEY(page));
   const claims = stored && claimsOf(stored);
   if (claims && (!claims.exp || claims.exp * 1000 > Date.now() + 5000)) {
     return { token: stored, claims, info, params };
   }
-  sessionStorage.removeItem(TOKEN_KEY(page));
+  session.removeItem(TOKEN_KEY(page));
   return new Promise((resolve) => {
     if (!info.dev_login) {
       mount.replaceChildren(
@@ -134,7 +148,7 @@ export async function signIn(page, role, mount) {
         });
         const data = await r.json();
         if (!r.ok) throw new Error(data.error ? data.error.message : `HTTP ${r.status}`);
-        sessionStorage.setItem(TOKEN_KEY(page), data.token);
+        session.setItem(TOKEN_KEY(page), data.token);
         resolve({ token: data.token, claims: claimsOf(data.token), info, params });
       } catch (e) {
         err.textContent = `Sign-in failed: ${e.message}`;
@@ -146,7 +160,7 @@ export async function signIn(page, role, mount) {
 }
 
 export function signOut(page) {
-  sessionStorage.removeItem(TOKEN_KEY(page));
+  session.removeItem(TOKEN_KEY(page));
   location.reload();
 }
 

@@ -359,6 +359,13 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
   await carol.waitForFunction((n) => document.querySelectorAll('#messages .msg').length >= n, expected.length);
   assertOnceInOrder(await shownMessages(carol), expected);
 
+  // bob reloads too: the session and both agents' part of it, each message once.
+  await bob.reload();
+  await online(bob);
+  await bob.click('[data-customer="carol"]');
+  await waitMessage(bob, expected[expected.length - 1]);
+  assertOnceInOrder(await shownMessages(bob), expected);
+
   // carol closes the tab; bob writes; she comes back in a new tab and gets it.
   await carol.close();
   await say(bob, 'Your parcel left the warehouse today.');
@@ -394,7 +401,8 @@ scenario('leave a message when nobody is online; an agent claims and answers it'
   await erin.waitForSelector('#left');
   await erin.close();
 
-  const fay = await (await person('fay')).open('/agent');
+  // fay works from a phone-sized window.
+  const fay = await (await person('fay', { width: 390, height: 740 })).open('/agent');
   await signIn(fay, 'fay', 'agent');
   await online(fay);
   await fay.selectOption('#status', 'ONLINE');
@@ -403,6 +411,8 @@ scenario('leave a message when nobody is online; an agent claims and answers it'
   await fay.click('[data-left-id] .claim');
   await fay.waitForSelector('#composer:not([hidden])');
   await say(fay, 'Hi erin, a new blender is on its way.');
+  const overflow = await fay.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 0, `the agent page scrolls sideways on a phone by ${overflow}px`);
 
   erin = await erinP.open('/chat');
   await signIn(erin, 'erin', 'customer');
@@ -432,7 +442,7 @@ scenario('errors reach people in words; dev sign-in refuses bad input', async ()
   await waitText(gus, '#notices', /not found|no such group/i);
 });
 
-// Last: it restarts the server.
+// It restarts the server; the scenarios after it use the restarted one.
 scenario('pages reconnect by themselves after the server restarts; nothing is lost or shown twice', async () => {
   const ida = await (await person('ida')).open('/agent');
   await signIn(ida, 'ida', 'agent');
@@ -466,4 +476,27 @@ scenario('pages reconnect by themselves after the server restarts; nothing is lo
     assertOnceInOrder(ms, expected);
     assert.deepEqual(ms.map((m) => m.seq), [1, 2, 3], `${p.ddName}: seq order`);
   }
+});
+
+scenario('the widget embeds in a shop page with one script tag', async () => {
+  const token = await devToken('kim', 'customer');
+  // The shop's page is not from our server: another origin.
+  const shop = await (await person('shop')).context.newPage();
+  shop.ddName = 'shop';
+  pages.add(shop);
+  await shop.setContent(`<!doctype html><html><body><h1>Kim's shop</h1>
+    <script src="${base}/web/embed.js" data-token="${token}" data-group="default"></script></body></html>`);
+  const errors = [];
+  shop.on('pageerror', (e) => errors.push(e.message));
+  await shop.click('text=Chat with us');
+  const frame = shop.frameLocator('iframe[title="Chat with us"]');
+  await frame.locator('#conn[data-status="online"]').waitFor();
+  await frame.locator('#request').waitFor();
+  assert.equal(await frame.locator('#who').textContent(), 'kim · demo');
+  // The token went to the frame's address fragment and was then removed from it.
+  const widget = shop.frames().find((f) => f.url().includes('/chat'));
+  const href = await widget.evaluate(() => location.href);
+  assert.ok(href.startsWith(`${base}/chat`) && !href.includes('token='), href);
+  assert.ok(href.includes('group=default'), href);
+  assert.deepEqual(errors, []);
 });
