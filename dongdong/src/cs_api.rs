@@ -157,6 +157,7 @@ async fn service_groups(State(api): State<CsApi>, headers: HeaderMap) -> ApiResu
             out.push(json!({
                 "id": v.group.spec.id,
                 "name": v.group.spec.name,
+                "policy": v.group.spec.policy,
                 "agents_online": online,
                 "queue_length": v.waiting.len(),
             }));

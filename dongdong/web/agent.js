@@ -30,6 +30,7 @@ const state = {
   hasMore: new Map(),
   replies: [],
   synced: false, // a CsState arrived since the last (re)connect
+  manual: [], // our manual-pick groups: { id, name, queue_length }
 };
 
 // --- layout ---------------------------------------------------------------------
@@ -37,6 +38,7 @@ const state = {
 const statusSel = el('select', { id: 'status', 'aria-label': 'status' },
   el('option', { value: 'ONLINE' }, '● Online'), el('option', { value: 'AWAY' }, '◐ Away'), el('option', { value: 'OFFLINE' }, '○ Offline'));
 const loadLine = el('span', { id: 'load', class: 'muted' });
+const pickBox = el('div', { id: 'manual-pick' });
 const sessionList = el('ul', { id: 'sessions', class: 'list', 'aria-label': 'sessions' });
 const leftList = el('ul', { id: 'left-messages', class: 'list', 'aria-label': 'left messages' });
 const leftCount = el('span', { id: 'left-count', class: 'badge' });
@@ -63,6 +65,7 @@ main.replaceChildren(el('div', { class: 'workspace' },
   el('aside', { class: 'side' },
     el('div', { class: 'statusbar' }, el('label', { for: 'status' }, 'Status '), statusSel, loadLine),
     el('h3', {}, 'Sessions'), sessionList,
+    pickBox,
     el('h3', {}, 'Left messages ', leftCount), leftList),
   pane));
 
@@ -183,6 +186,7 @@ client.addEventListener('frame', (ev) => {
       state.groups = groups;
       loadReplies(); // the replies of the groups joined (e.g. by going online)
     }
+    loadManualGroups();
     const open = new Set();
     for (const s of cs.sessions || []) {
       if (s.agent === me && s.state === 'ACTIVE') {
@@ -240,6 +244,30 @@ async function loadLeftMessages() {
     }
   }
   renderAll();
+}
+
+/** The manual-pick groups among ours, and how many wait in each. */
+async function loadManualGroups() {
+  if (!state.groups.length) {
+    state.manual = [];
+    return;
+  }
+  try {
+    const { groups } = await api(auth.token, 'GET', '/api/v1/service-groups');
+    state.manual = groups.filter((g) => g.policy === 'manual-pick' && state.groups.includes(g.id));
+  } catch (e) {
+    notifyError(e);
+  }
+  renderSide();
+}
+
+async function takeNext(group) {
+  try {
+    await client.request({ acceptSession: { group } });
+  } catch (e) {
+    notifyError(e);
+  }
+  loadManualGroups();
 }
 
 async function loadReplies() {
@@ -358,6 +386,12 @@ function renderSide() {
     el('div', { class: 'muted small' }, since ? `waiting ${duration(now - since)}` : 'answered')));
   }));
   if (!state.sessions.size) sessionList.replaceChildren(el('li', { class: 'muted empty' }, state.status === 'ONLINE' ? 'No customers yet: new ones appear here.' : 'Go online to get customers.'));
+  pickBox.replaceChildren(...state.manual.map((g) => el('div', { class: 'pick-row' },
+    el('span', {}, `${g.name || g.id}: `, el('strong', { 'data-waiting': g.id }, String(g.queue_length)), ' waiting'),
+    el('button', {
+      class: 'primary', 'data-take': g.id, disabled: !g.queue_length || state.status !== 'ONLINE',
+      onclick: () => takeNext(g.id),
+    }, 'Take next'))));
   const left = [...state.left.values()];
   const open = left.filter((lm) => !lm.claimedBy).length;
   leftCount.textContent = open ? String(open) : '';
@@ -431,6 +465,8 @@ function flashTitle(text) {
 }
 
 setInterval(renderSide, 5000); // waiting times move on
+// Who waits in manual-pick groups: no push tells agents, so look every 3 s.
+setInterval(() => { if (state.manual.length && client.authed) loadManualGroups(); }, 3000);
 
 client.addEventListener('ready', () => {
   state.synced = false;

@@ -81,6 +81,15 @@ id = "returns"
 name = "Returns"
 auto_join = false
 agents = ["fay"]
+
+# lee picks customers himself.
+[[cs.groups]]
+tenant = "demo"
+id = "vip"
+name = "VIP"
+policy = "manual-pick"
+auto_join = false
+agents = ["lee"]
 `);
   return { dir, config, ...(await spawnServer(config)) };
 }
@@ -420,6 +429,23 @@ scenario('leave a message when nobody is online; an agent claims and answers it'
   const ms = await shownMessages(erin);
   assert.equal(ms.filter((m) => m.text === 'Hi erin, a new blender is on its way.').length, 1);
   assert.deepEqual(fay.ddErrors, []);
+});
+
+scenario('an agent of a manual-pick group takes the next customer', async () => {
+  const lee = await (await person('lee')).open('/agent');
+  await signIn(lee, 'lee', 'agent');
+  await online(lee);
+  await lee.selectOption('#status', 'ONLINE');
+  const max = await (await person('max', { width: 400, height: 700 })).open('/chat#group=vip');
+  await signIn(max, 'max', 'customer');
+  await max.fill('#question', 'a question for the VIP desk');
+  await max.click('#request');
+  await waitText(max, '#queue-position', /next in line/);
+  await lee.waitForSelector('[data-take="vip"]:not([disabled])');
+  await lee.click('[data-take="vip"]');
+  await lee.waitForSelector('[data-customer="max"]');
+  await waitText(max, '#agent-name', /lee/);
+  await waitMessage(lee, 'a question for the VIP desk');
 });
 
 scenario('errors reach people in words; dev sign-in refuses bad input', async () => {
