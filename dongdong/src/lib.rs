@@ -100,7 +100,13 @@ pub async fn run_with_backends(
     let routes = cs_api::routes(api).merge(web::routes(web));
     let ws_addr = ws.local_addr()?;
     let http_addr = http.local_addr()?;
-    info!(node_id, ws = %format!("ws://{ws_addr}/ws"), http = %format!("http://{http_addr}"), "dongdong serving");
+    info!(
+        node_id,
+        ws = %format!("ws://{ws_addr}/ws"),
+        http = %format!("http://{http_addr}"),
+        consoles = %format!("http://{http_addr}/chat /agent /supervisor"),
+        "dongdong serving"
+    );
 
     let http_task =
         tokio::spawn(http::serve(http, router, node_id.to_string(), health, metrics, routes, shutdown.clone()));
