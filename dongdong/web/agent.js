@@ -3,8 +3,8 @@
 // transfer, history paging), sending text and image links, quick replies,
 // transfer, end, and the left-messages inbox.
 
-import { Client, MessageStore, api, wsUrl, deviceIdFor, catchUp, loadOlder, describeError, uuid } from './dd.js';
-import { el, $, duration, clock, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, contentFromInput, contentNode } from './ui.js';
+import { Client, MessageStore, api, wsUrl, deviceIdFor, catchUp, loadOlder, sendTracked } from './dd.js';
+import { el, $, duration, clock, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, contentFromInput, contentNode, enterSubmits } from './ui.js';
 
 const main = $('#main');
 const auth = await signIn('agent', 'agent', main);
@@ -78,12 +78,7 @@ statusSel.addEventListener('change', async () => {
   }
 });
 
-input.addEventListener('keydown', (ev) => {
-  if (ev.key === 'Enter' && !ev.shiftKey) {
-    ev.preventDefault();
-    composer.requestSubmit();
-  }
-});
+enterSubmits(input, composer);
 composer.addEventListener('submit', (ev) => {
   ev.preventDefault();
   const peer = currentPeer();
@@ -293,24 +288,16 @@ async function saveReply() {
 }
 
 function send(toUser, content) {
-  const clientMsgId = uuid();
-  store.addLocal(clientMsgId, { clientMsgId, fromUser: me, toUser, content });
-  renderConversation();
-  client.send(toUser, content, clientMsgId)
-    .then((ack) => {
-      store.add({ msgId: ack.msgId, conversationId: ack.conversationId, seq: ack.seq, fromUser: me, toUser, content, clientMsgId, serverTimeMs: ack.serverTimeMs });
-      for (const s of state.sessions.values()) if (s.customer === toUser) state.waitingSince.set(s.sessionId, 0);
-      const sel = state.selected;
-      if (sel && sel.kind === 'left') {
-        const lm = state.left.get(sel.id);
-        if (lm) lm.conversationId = ack.conversationId;
-      }
-      renderAll();
-    })
-    .catch((e) => {
-      store.failLocal(clientMsgId, describeError(e));
-      renderConversation();
-    });
+  sendTracked(client, store, me, toUser, content, renderConversation).then((ack) => {
+    if (!ack) return;
+    for (const s of state.sessions.values()) if (s.customer === toUser) state.waitingSince.set(s.sessionId, 0);
+    const sel = state.selected;
+    if (sel && sel.kind === 'left') {
+      const lm = state.left.get(sel.id);
+      if (lm) lm.conversationId = ack.conversationId;
+    }
+    renderAll();
+  });
 }
 
 async function pageBack() {

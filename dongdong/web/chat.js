@@ -3,8 +3,8 @@
 // (when the server offers it). States: pick a group → waiting in line →
 // chatting with an agent → ended (rate it); or leave a message when offered.
 
-import { Client, MessageStore, api, wsUrl, deviceIdFor, catchUp, loadOlder, describeError, storage, uuid } from './dd.js';
-import { el, $, duration, notify, notifyError, connectionBanner, signIn, signOut, drawMessages } from './ui.js';
+import { Client, MessageStore, api, wsUrl, deviceIdFor, catchUp, loadOlder, storage, sendTracked } from './dd.js';
+import { el, $, duration, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, enterSubmits } from './ui.js';
 
 const main = $('#main');
 const auth = await signIn('chat', 'customer', main);
@@ -180,12 +180,7 @@ async function pickView() {
     fixedGroup ? null : select,
     el('label', { for: 'question' }, 'Your question'), question,
     el('button', { type: 'submit', class: 'primary', id: 'request' }, 'Chat with us'));
-  question.addEventListener('keydown', (ev) => {
-    if (ev.key === 'Enter' && !ev.shiftKey) {
-      ev.preventDefault();
-      form.requestSubmit();
-    }
-  });
+  enterSubmits(question, form);
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     const group = fixedGroup || select.value;
@@ -307,12 +302,7 @@ const list = el('div', { id: 'messages', class: 'messages', 'aria-live': 'polite
 const input = el('textarea', { id: 'input', rows: 2, placeholder: 'Type a message, Enter to send', maxLength: 4000, 'aria-label': 'message' });
 const sendBtn = el('button', { class: 'primary', id: 'send', type: 'submit' }, 'Send');
 const composer = el('form', { id: 'composer', class: 'composer' }, input, sendBtn);
-input.addEventListener('keydown', (ev) => {
-  if (ev.key === 'Enter' && !ev.shiftKey) {
-    ev.preventDefault();
-    composer.requestSubmit();
-  }
-});
+enterSubmits(input, composer);
 composer.addEventListener('submit', (ev) => {
   ev.preventDefault();
   const text = input.value.trim();
@@ -322,20 +312,12 @@ composer.addEventListener('submit', (ev) => {
 });
 
 function send(toUser, content) {
-  const clientMsgId = uuid();
-  store.addLocal(clientMsgId, { clientMsgId, fromUser: me, toUser, content });
-  renderMessages();
-  client.send(toUser, content, clientMsgId)
-    .then((ack) => {
-      // The stored message: what the server assigned, before it echoes anywhere.
-      store.add({ msgId: ack.msgId, conversationId: ack.conversationId, seq: ack.seq, fromUser: me, toUser, content, clientMsgId, serverTimeMs: ack.serverTimeMs });
+  sendTracked(client, store, me, toUser, content, renderMessages).then((ack) => {
+    if (ack) {
       show([ack.conversationId]);
       renderMessages();
-    })
-    .catch((e) => {
-      store.failLocal(clientMsgId, describeError(e));
-      renderMessages();
-    });
+    }
+  });
 }
 
 async function pageBack() {

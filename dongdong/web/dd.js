@@ -346,6 +346,30 @@ export class Client extends EventTarget {
 }
 
 /**
+ * Sends through the client's outbox and keeps `store` in step: a local
+ * entry while unacked, the stored message once the SendAck names it, a
+ * failed entry on a final error. Calls `changed` after each step; resolves
+ * with the SendAck, or null when it failed.
+ */
+export function sendTracked(client, store, from, toUser, content, changed) {
+  const clientMsgId = uuid();
+  store.addLocal(clientMsgId, { clientMsgId, fromUser: from, toUser, content });
+  changed();
+  return client.send(toUser, content, clientMsgId).then(
+    (ack) => {
+      store.add({ msgId: ack.msgId, conversationId: ack.conversationId, seq: ack.seq, fromUser: from, toUser, content, clientMsgId, serverTimeMs: ack.serverTimeMs });
+      changed();
+      return ack;
+    },
+    (e) => {
+      store.failLocal(clientMsgId, describeError(e));
+      changed();
+      return null;
+    },
+  );
+}
+
+/**
  * Messages of several conversations, deduplicated by msgId and ordered by
  * seq within a conversation. Local sends not yet acked are kept apart by
  * clientMsgId and dropped when the stored message shows up.

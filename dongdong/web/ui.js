@@ -230,6 +230,16 @@ function messageNode({ message: m, state, error }, me, onRetry) {
   }, el('div', { class: 'bubble' }, contentNode(m.content)), meta);
 }
 
+/** Enter submits `form`; Shift+Enter makes a new line. */
+export function enterSubmits(textarea, form) {
+  textarea.addEventListener('keydown', (ev) => {
+    if (ev.key === 'Enter' && !ev.shiftKey) {
+      ev.preventDefault();
+      form.requestSubmit();
+    }
+  });
+}
+
 /** Content from what was typed: an image link as an image, else text. */
 export function contentFromInput(text, asImage) {
   const t = text.trim();

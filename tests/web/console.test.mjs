@@ -204,6 +204,15 @@ async function signIn(page, user, role) {
   await page.waitForSelector('#conn[data-status="online"]', { timeout: STEP_MS }).catch(() => {});
 }
 
+/** An agent opens the workspace, signs in and sets themself online. */
+async function agentOnline(name, viewport) {
+  const page = await (await person(name, viewport)).open('/agent');
+  await signIn(page, name, 'agent');
+  await online(page);
+  await page.selectOption('#status', 'ONLINE');
+  return page;
+}
+
 async function online(page) {
   await page.waitForSelector('#conn[data-status="online"]');
 }
@@ -271,10 +280,7 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
   await waitStat(sup, 'default', 'queue_length', 0);
 
   // bob goes online first and gets dave: with capacity 1 he is then full.
-  const bob = await (await person('bob')).open('/agent');
-  await signIn(bob, 'bob', 'agent');
-  await online(bob);
-  await bob.selectOption('#status', 'ONLINE');
+  const bob = await agentOnline('bob');
   await waitText(bob, '#load', /0\/1/);
   const dave = await (await person('dave')).open('/chat');
   await signIn(dave, 'dave', 'customer');
@@ -304,10 +310,7 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
   await shot(sup, 'console-supervisor.png');
 
   // amy signs in and goes online: carol is assigned to her at once.
-  const amy = await (await person('amy')).open('/agent');
-  await signIn(amy, 'amy', 'agent');
-  await online(amy);
-  await amy.selectOption('#status', 'ONLINE');
+  const amy = await agentOnline('amy');
   await amy.waitForSelector('.notice.assign');
   await amy.waitForSelector('[data-customer="carol"]');
   await waitText(carol, '#agent-name', /amy/);
@@ -411,10 +414,7 @@ scenario('leave a message when nobody is online; an agent claims and answers it'
   await erin.close();
 
   // fay works from a phone-sized window.
-  const fay = await (await person('fay', { width: 390, height: 740 })).open('/agent');
-  await signIn(fay, 'fay', 'agent');
-  await online(fay);
-  await fay.selectOption('#status', 'ONLINE');
+  const fay = await agentOnline('fay', { width: 390, height: 740 });
   await fay.waitForSelector('[data-left-id] .claim');
   await waitText(fay, '#left-messages', /blender is broken/);
   await fay.click('[data-left-id] .claim');
@@ -432,10 +432,7 @@ scenario('leave a message when nobody is online; an agent claims and answers it'
 });
 
 scenario('an agent of a manual-pick group takes the next customer', async () => {
-  const lee = await (await person('lee')).open('/agent');
-  await signIn(lee, 'lee', 'agent');
-  await online(lee);
-  await lee.selectOption('#status', 'ONLINE');
+  const lee = await agentOnline('lee');
   const max = await (await person('max', { width: 400, height: 700 })).open('/chat#group=vip');
   await signIn(max, 'max', 'customer');
   await max.fill('#question', 'a question for the VIP desk');
@@ -470,10 +467,7 @@ scenario('errors reach people in words; dev sign-in refuses bad input', async ()
 
 // It restarts the server; the scenarios after it use the restarted one.
 scenario('pages reconnect by themselves after the server restarts; nothing is lost or shown twice', async () => {
-  const ida = await (await person('ida')).open('/agent');
-  await signIn(ida, 'ida', 'agent');
-  await online(ida);
-  await ida.selectOption('#status', 'ONLINE');
+  const ida = await agentOnline('ida');
   const jon = await (await person('jon', { width: 400, height: 700 })).open('/chat');
   await signIn(jon, 'jon', 'customer');
   await jon.selectOption('#group', 'default');
