@@ -2,6 +2,7 @@
 //! gateway and the HTTP endpoints. [`run`] takes already-bound listeners and a
 //! shutdown token, so tests bind port 0 and own the trigger.
 
+pub mod bot;
 pub mod config;
 mod cs_api;
 mod http;
@@ -116,3 +117,17 @@ pub async fn run_with_backends(
     info!("all connections closed");
     Ok(())
 }
+
+/// Listens on `addr` with a deep accept backlog (capped by the kernel's
+/// somaxconn): thousands of clients reconnecting at once after a restart
+/// must queue in the kernel, not have their SYNs dropped and retried a
+/// second later. tokio's `TcpListener::bind` asks for 128 here.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Accept backlog of the listeners.
+pub const LISTEN_BACKLOG: u32 = 4096;

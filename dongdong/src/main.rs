@@ -1,4 +1,5 @@
-//! The `dongdong` command: `serve` runs a node, `token` mints a token.
+//! The `dongdong` command: `serve` runs a node, `token` mints a token, `bot`
+//! loads a server with simulated clients.
 
 use clap::{Parser, Subcommand};
 use dongdong::{Config, ConfigError, Overrides};
@@ -53,6 +54,12 @@ enum Command {
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         ttl: Duration,
     },
+    /// Load a server with simulated clients and check nothing was lost.
+    /// Exits 1 when the correctness report is not clean.
+    Bot {
+        #[command(subcommand)]
+        scenario: Box<dongdong::bot::Scenario>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,6 +88,7 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Bot { scenario } => bot(*scenario),
         Command::Token { common, tenant, user, role, ttl } => {
             let overrides = Overrides { data_dir: common.data, ..Overrides::default() };
             let config = match Config::load(common.config.as_deref(), &overrides) {
@@ -108,6 +116,37 @@ fn main() -> ExitCode {
     }
 }
 
+fn bot(scenario: dongdong::bot::Scenario) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("dongdong bot: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let json = match &scenario {
+        dongdong::bot::Scenario::Pairs { common, .. }
+        | dongdong::bot::Scenario::MultiDevice { common, .. }
+        | dongdong::bot::Scenario::Offline { common, .. }
+        | dongdong::bot::Scenario::Idle { common, .. }
+        | dongdong::bot::Scenario::Cs { common, .. } => common.json,
+    };
+    match runtime.block_on(dongdong::bot::run(scenario)) {
+        Ok(report) => {
+            if json {
+                println!("{}", serde_json::to_string(&report).unwrap_or_default());
+            } else {
+                report.print();
+            }
+            if report.clean { ExitCode::SUCCESS } else { ExitCode::FAILURE }
+        }
+        Err(e) => {
+            eprintln!("dongdong bot: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn config_error(e: ConfigError) -> ExitCode {
     eprintln!("dongdong: {e}");
     ExitCode::from(2)
@@ -128,11 +167,9 @@ fn init_tracing(filter: &str) {
 async fn serve(config: Config) -> anyhow::Result<()> {
     // Before listening: whoever sees us listening can mint tokens with it.
     dongdong::secret::resolve(&config)?;
-    let ws = tokio::net::TcpListener::bind(config.server.listen)
-        .await
+    let ws = dongdong::listen(config.server.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.listen): {e}", config.server.listen))?;
-    let http = tokio::net::TcpListener::bind(config.server.http)
-        .await
+    let http = dongdong::listen(config.server.http)
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.http): {e}", config.server.http))?;
     // One line on stdout for scripts and tests that start us on port 0.
     println!("dongdong listening ws=ws://{}/ws http=http://{}", ws.local_addr()?, http.local_addr()?);

@@ -48,6 +48,15 @@ pub fn resolve(config: &Config) -> anyhow::Result<Vec<u8>> {
     }
 }
 
+/// The secret if one exists: `[auth] secret`, else the dev secret file.
+/// Never creates one (for clients such as `dongdong bot`).
+pub fn existing(config: &Config) -> anyhow::Result<Option<Vec<u8>>> {
+    if !config.auth.secret.is_empty() {
+        return Ok(Some(config.auth.secret.as_bytes().to_vec()));
+    }
+    read_existing(&dev_secret_path(config))
+}
+
 fn read_existing(path: &std::path::Path) -> anyhow::Result<Option<Vec<u8>>> {
     match std::fs::read_to_string(path) {
         Ok(s) if s.trim().len() >= 32 => Ok(Some(s.trim().as_bytes().to_vec())),

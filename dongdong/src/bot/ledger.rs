@@ -1,0 +1,156 @@
+//! What the bots saw, checked against what the server promised: every
+//! message it acknowledged (SendAck) must reach every device it is for; no
+//! message may arrive twice under two ids; each conversation arrives in seq
+//! order.
+
+use im_core::pb;
+use serde::Serialize;
+use std::collections::{HashMap, HashSet};
+
+/// A message the server acknowledged, and the receiving devices (indices
+/// into the scenario's device logs) it must reach.
+pub struct Acked {
+    pub msg_id: String,
+    pub devices: Vec<usize>,
+}
+
+/// What one receiving device saw.
+#[derive(Default)]
+pub struct DeviceLog {
+    seen: HashSet<String>,
+    /// (sender, client_msg_id) -> msg_id: one client message must map to one id.
+    by_client: HashMap<(String, String), String>,
+    last_seq: HashMap<String, u64>,
+    pub redeliveries: u64,
+    pub duplicates: u64,
+    pub out_of_order: u64,
+}
+
+impl DeviceLog {
+    /// Records a delivery; true when this msg_id is new to the device.
+    pub fn record(&mut self, m: &pb::Message) -> bool {
+        if self.seen.contains(&m.msg_id) {
+            self.redeliveries += 1;
+            return false;
+        }
+        self.seen.insert(m.msg_id.clone());
+        let key = (m.from_user.clone(), m.client_msg_id.clone());
+        if !m.client_msg_id.is_empty() {
+            match self.by_client.get(&key) {
+                Some(id) if *id != m.msg_id => self.duplicates += 1,
+                Some(_) => {}
+                None => {
+                    self.by_client.insert(key, m.msg_id.clone());
+                }
+            }
+        }
+        let last = self.last_seq.entry(m.conversation_id.clone()).or_insert(0);
+        if m.seq <= *last {
+            self.out_of_order += 1;
+        } else {
+            *last = m.seq;
+        }
+        true
+    }
+
+    pub fn has(&self, msg_id: &str) -> bool {
+        self.seen.contains(msg_id)
+    }
+
+    pub fn received(&self) -> usize {
+        self.seen.len()
+    }
+}
+
+/// The correctness report.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Correctness {
+    /// Messages the server acknowledged.
+    pub acked: u64,
+    /// (message, device) pairs acknowledged but never delivered: must be 0.
+    pub acked_but_not_delivered: u64,
+    /// Messages that arrived twice under different msg_ids: must be 0.
+    pub duplicates: u64,
+    /// Messages that arrived after a later seq of their conversation: must be 0.
+    pub out_of_order: u64,
+    /// Deliveries of a msg_id the device already had (replays; deduplicated
+    /// by msg_id as clients do; not an error).
+    pub redeliveries: u64,
+    /// Some acknowledged msg_ids that went missing, to look up.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub missing_examples: Vec<String>,
+}
+
+impl Correctness {
+    pub fn clean(&self) -> bool {
+        self.acked_but_not_delivered == 0 && self.duplicates == 0 && self.out_of_order == 0
+    }
+
+    /// Checks `acked` against what the devices logged.
+    pub fn check(acked: &[Acked], logs: &[DeviceLog]) -> Self {
+        let mut c = Correctness { acked: acked.len() as u64, ..Default::default() };
+        for a in acked {
+            for &d in &a.devices {
+                if !logs.get(d).is_some_and(|l| l.has(&a.msg_id)) {
+                    c.acked_but_not_delivered += 1;
+                    if c.missing_examples.len() < 5 {
+                        c.missing_examples.push(a.msg_id.clone());
+                    }
+                }
+            }
+        }
+        for l in logs {
+            c.duplicates += l.duplicates;
+            c.out_of_order += l.out_of_order;
+            c.redeliveries += l.redeliveries;
+        }
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(id: &str, cmid: &str, seq: u64) -> pb::Message {
+        pb::Message {
+            msg_id: id.into(),
+            client_msg_id: cmid.into(),
+            conversation_id: "c".into(),
+            from_user: "s".into(),
+            seq,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn finds_lost_duplicate_and_reordered_messages() {
+        let mut log = DeviceLog::default();
+        assert!(log.record(&msg("m1", "a", 1)));
+        assert!(!log.record(&msg("m1", "a", 1)), "a replay is not new");
+        assert!(log.record(&msg("m3", "c", 3)));
+        assert!(log.record(&msg("m2", "b", 2)), "late but new");
+        assert!(log.record(&msg("m9", "a", 4)), "same client id, new msg_id");
+        let acked = vec![
+            Acked { msg_id: "m1".into(), devices: vec![0] },
+            Acked { msg_id: "m4".into(), devices: vec![0] },
+            Acked { msg_id: "m3".into(), devices: vec![0, 1] },
+        ];
+        let c = Correctness::check(&acked, &[log]);
+        assert_eq!(c.acked, 3);
+        assert_eq!(c.acked_but_not_delivered, 2, "m4 on device 0, m3 on device 1");
+        assert_eq!(c.missing_examples, vec!["m4".to_string(), "m3".to_string()]);
+        assert_eq!((c.duplicates, c.out_of_order, c.redeliveries), (1, 1, 1));
+        assert!(!c.clean());
+    }
+
+    #[test]
+    fn in_order_unique_complete_is_clean() {
+        let mut log = DeviceLog::default();
+        for i in 1..=3 {
+            log.record(&msg(&format!("m{i}"), &format!("c{i}"), i));
+        }
+        let acked: Vec<_> = (1..=3).map(|i| Acked { msg_id: format!("m{i}"), devices: vec![0] }).collect();
+        assert!(Correctness::check(&acked, &[log]).clean());
+    }
+}
