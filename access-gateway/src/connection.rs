@@ -84,7 +84,7 @@ where
         let mut writer = tokio::spawn(write_loop(sink, out_rx));
         metrics::counter!("dongdong_connections_opened_total").increment(1);
 
-        let exit = match authenticate(&mut stream, &gw, &out_tx, &shutdown).await {
+        let exit = match Box::pin(authenticate(&mut stream, &gw, &out_tx, &shutdown)).await {
             Err(exit) => exit,
             Ok(session) => {
                 let span = tracing::Span::current();
@@ -95,10 +95,10 @@ where
                 info!(role = %session.role, pending = session.pending_count, "authenticated");
                 let conn_id = session.registration.conn_id;
                 let caller = cs_queue::Caller { device: session.device.clone(), role: session.role };
-                gw.cs.on_connect(&caller).await;
+                Box::pin(gw.cs.on_connect(&caller)).await;
                 let exit = Conn::new(gw.clone(), out_tx.clone(), session).run(&mut stream, &shutdown).await;
-                gw.dispatch.router().unregister(conn_id).await;
-                gw.cs.on_disconnect(&caller).await;
+                Box::pin(gw.dispatch.router().unregister(conn_id)).await;
+                Box::pin(gw.cs.on_disconnect(&caller)).await;
                 exit
             }
         };
@@ -435,7 +435,7 @@ impl Conn {
                 }
                 _ = sleep_until(next_resend_check), if !self.inflight.is_empty() => {
                     next_resend_check = Instant::now() + resend_every;
-                    if let Err(exit) = self.resend_expired().await {
+                    if let Err(exit) = Box::pin(self.resend_expired()).await {
                         return exit;
                     }
                 }
@@ -623,12 +623,12 @@ impl Conn {
                 for id in &ack.msg_ids {
                     self.inflight.remove(id);
                 }
-                if let Err(e) = self.gw.dispatch.ack(&self.device, &ack.msg_ids).await {
+                if let Err(e) = Box::pin(self.gw.dispatch.ack(&self.device, &ack.msg_ids)).await {
                     self.emit(&error_frame(req_id, e.code, e.message));
                 }
             }
             Body::SyncRequest(req) => {
-                let reply = match self.history(req).await {
+                let reply = match Box::pin(self.history(req)).await {
                     Ok(page) => Frame { req_id, body: Some(Body::HistoryPage(page)) },
                     Err(e) => error_frame(req_id, e.code, e.message),
                 };
@@ -645,7 +645,7 @@ impl Conn {
             | Body::CsStateRequest(_)
             | Body::ClaimLeftMessage(_)) => {
                 let caller = self.caller();
-                let reply = match self.gw.cs.handle(&caller, body).await {
+                let reply = match Box::pin(self.gw.cs.handle(&caller, body)).await {
                     Ok(body) => Frame { req_id, body: Some(body) },
                     Err(e) => error_frame(req_id, e.code, e.message),
                 };

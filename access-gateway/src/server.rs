@@ -58,11 +58,16 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: Cancellati
         let _ = tcp.set_nodelay(true);
         let gw = gw.clone();
         let conn_shutdown = shutdown.child_token();
+        let conn_tracker = tracker.clone();
         tracker.spawn(async move {
-            let _permit = permit;
             let handshake = tokio_tungstenite::accept_hdr_async_with_config(tcp, check_path, Some(ws_config));
             match tokio::time::timeout(gw.config.auth_timeout, handshake).await {
-                Ok(Ok(ws)) => connection::handle_socket(ws, gw, conn_shutdown, peer.to_string()).await,
+                // A task of its own: a task keeps the size of its largest
+                // state for life, and the handshake's is large.
+                Ok(Ok(ws)) => drop(conn_tracker.spawn(async move {
+                    let _permit = permit;
+                    connection::handle_socket(ws, gw, conn_shutdown, peer.to_string()).await
+                })),
                 Ok(Err(e)) => debug!(%peer, error = %e, "WebSocket handshake failed"),
                 Err(_) => debug!(%peer, "WebSocket handshake timed out"),
             }

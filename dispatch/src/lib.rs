@@ -6,10 +6,14 @@
 //! then answers with the stored `msg_id` and `seq`. Acks remove pending ids;
 //! history is paged by seq.
 //!
-//! Order: appends of one conversation on this node run under that
-//! conversation's lock together with their push, so pushes of a conversation
-//! leave this node in `seq` order. The append and push run in their own task:
-//! a sender that disconnects mid-send cannot cancel a push after the store.
+//! Order: an append of a conversation is *started* under that conversation's
+//! lock (which fixes its seq relative to the others: see
+//! `MessageStore::start_append`), and each push waits for the push of the
+//! append started before it on the same lock stripe. So pushes of a
+//! conversation leave this node in `seq` order, while many appends of one
+//! conversation share a group commit. The append and push run in their own
+//! task: a sender that disconnects mid-send cannot cancel a push after the
+//! store.
 
 use im_core::pb::{self, Message, content};
 use im_core::{ErrorCode, ids::validate_id};
@@ -18,7 +22,7 @@ use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Instant;
 use storage::{Backends, DeviceKey, HistoryQuery, NewMessage, PendingCursor, StorageError};
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, oneshot};
 
 /// A client-visible failure: a code and a sentence for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,7 +83,9 @@ pub struct Dispatcher {
     backends: Backends,
     router: Arc<Router>,
     limits: DispatchLimits,
-    locks: Box<[Mutex<()>]>,
+    /// Per stripe: completes when the push of the latest append started
+    /// under it is done (or abandoned).
+    locks: Box<[Mutex<Option<oneshot::Receiver<()>>>]>,
     hasher: std::collections::hash_map::RandomState,
 }
 
@@ -89,7 +95,7 @@ impl Dispatcher {
             backends,
             router,
             limits,
-            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(())).collect(),
+            locks: (0..LOCK_STRIPES).map(|_| Mutex::new(None)).collect(),
             hasher: Default::default(),
         })
     }
@@ -102,7 +108,7 @@ impl Dispatcher {
         &self.backends
     }
 
-    fn lock_of(&self, conversation_id: &str) -> &Mutex<()> {
+    fn lock_of(&self, conversation_id: &str) -> &Mutex<Option<oneshot::Receiver<()>>> {
         &self.locks[(self.hasher.hash_one(conversation_id) as usize) % self.locks.len()]
     }
 
@@ -126,12 +132,23 @@ impl Dispatcher {
         };
         let this = self.clone();
         let appended = tokio::spawn(async move {
-            let _order = this.lock_of(&new.conversation_id).lock().await;
             let tenant = new.tenant.clone();
-            let appended = this.backends.messages.append(new).await?;
+            let (pending, previous, pushed) = {
+                let mut latest = this.lock_of(&new.conversation_id).lock().await;
+                let pending = this.backends.messages.start_append(new).await?;
+                let (pushed, done) = oneshot::channel();
+                (pending, latest.replace(done), pushed)
+            };
+            let appended = pending.await;
+            if let Some(previous) = previous {
+                // Err: that send failed or its task ended; either way it is done.
+                let _ = previous.await;
+            }
+            let appended = appended?;
             if !appended.duplicate {
                 this.router.deliver(&tenant, Arc::new(appended.message.clone())).await;
             }
+            drop(pushed);
             Ok::<_, DispatchError>(appended)
         })
         .await

@@ -62,7 +62,7 @@ pub struct EmbeddedOptions {
 
 impl Default for EmbeddedOptions {
     fn default() -> Self {
-        Self { max_batch: 512, queue: 8192, max_devices_per_user: 16, cache_bytes: 64 << 20 }
+        Self { max_batch: 4096, queue: 8192, max_devices_per_user: 16, cache_bytes: 64 << 20 }
     }
 }
 
@@ -618,6 +618,18 @@ impl<'txn> Tables<'txn> {
 impl MessageStore for EmbeddedStore {
     async fn append(&self, msg: NewMessage) -> Result<Appended> {
         self.submit(|tx| WriteOp::Append(msg, tx)).await
+    }
+
+    /// Queued is ordered: the single writer assigns seqs in queue order.
+    async fn start_append(&self, msg: NewMessage) -> Result<crate::PendingAppend> {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        self.tx
+            .send(WriteOp::Append(msg, reply_tx))
+            .await
+            .map_err(|_| StorageError::Unavailable("the store is closed".into()))?;
+        Ok(Box::pin(async move {
+            reply_rx.await.map_err(|_| StorageError::Unavailable("the store writer stopped".into()))?
+        }))
     }
 
     async fn get(&self, _tenant: &str, conversation_id: &str, seq: u64) -> Result<Option<Message>> {

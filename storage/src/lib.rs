@@ -52,6 +52,10 @@ impl StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// An append whose place in its conversation is fixed; resolves when it is
+/// durable (see [`MessageStore::start_append`]).
+pub type PendingAppend = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Appended>> + Send>>;
+
 /// Durable message log.
 #[async_trait]
 pub trait MessageStore: Send + Sync + 'static {
@@ -66,6 +70,19 @@ pub trait MessageStore: Send + Sync + 'static {
     ///
     /// When this returns `Ok`, the message survives a crash.
     async fn append(&self, msg: NewMessage) -> Result<Appended>;
+
+    /// Starts an append and returns once its order is fixed: an append of
+    /// the same conversation started after this one returns gets a higher
+    /// seq. The returned future completes it as [`append`](Self::append)
+    /// does. Callers that hold a conversation's lock only until this returns
+    /// can keep many appends of one conversation in flight (one group
+    /// commit) and still push them in seq order.
+    ///
+    /// The default appends completely before returning.
+    async fn start_append(&self, msg: NewMessage) -> Result<PendingAppend> {
+        let appended = self.append(msg).await;
+        Ok(Box::pin(std::future::ready(appended)))
+    }
 
     /// One message by position.
     async fn get(&self, tenant: &str, conversation_id: &str, seq: u64) -> Result<Option<Message>>;
