@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 : "${REDIS_URL:?set REDIS_URL}" "${MONGO_URL:?set MONGO_URL}"
 PAIRS=${PAIRS:-50} WINDOW=${WINDOW:-4} SECS=${SECS:-10}
-cargo build -q --release -p dongdong -p dongdong-tests --bin dongdong --example quick_load
+cargo build -q --release -p dongdong
 bin=target/release
 secret=quick-load-secret-0123456789
 export DONGDONG_AUTH__SECRET=$secret DONGDONG_LIMITS__RATE_PER_SEC=100000 DONGDONG_LIMITS__RATE_BURST=100000 \
@@ -23,5 +23,6 @@ DONGDONG_STORAGE__NODE_ID=ql-b $bin/dongdong serve --data "$work/b" --listen 127
 for port in 7810 7820; do
   for _ in $(seq 100); do (echo >"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break; sleep 0.1; done
 done
-$bin/examples/quick_load ws://127.0.0.1:7810/ws $secret "$PAIRS" "$WINDOW" "$SECS"
-$bin/examples/quick_load ws://127.0.0.1:7810/ws,ws://127.0.0.1:7820/ws $secret "$PAIRS" "$WINDOW" "$SECS"
+bot() { $bin/dongdong bot pairs --secret "$secret" --pairs "$PAIRS" --window "$WINDOW" --duration "${SECS}s" "$@"; }
+bot --url ws://127.0.0.1:7810/ws
+bot --url ws://127.0.0.1:7810/ws,ws://127.0.0.1:7820/ws

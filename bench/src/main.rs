@@ -85,7 +85,14 @@ async fn main() -> anyhow::Result<()> {
     let b = Bench { host: cli.host.clone(), port: cli.port, run, epoch: Instant::now() };
     let result = match cli.command {
         Command::MqttPairs { pairs, rate, window, duration, warmup, payload } => {
-            b.pairs(pairs, rate, window.unwrap_or(10), duration, warmup, payload).await?
+            let before = cli.server_pid.and_then(cpu_ticks);
+            let started = Instant::now();
+            let mut r = b.pairs(pairs, rate, window.unwrap_or(10), duration, warmup, payload).await?;
+            if let (Some(pid), Some(t0), Some(t1)) = (cli.server_pid, before, cli.server_pid.and_then(cpu_ticks)) {
+                let pct = (t1 - t0) as f64 / 100.0 / started.elapsed().as_secs_f64() * 100.0;
+                r["server"] = json!({ "pid": pid, "cpu_percent_avg": pct });
+            }
+            r
         }
         Command::MqttOffline { receivers, messages, window, payload } => {
             b.offline(receivers, messages, window, payload).await?
@@ -439,6 +446,13 @@ fn parse(p: &[u8]) -> (u64, u64) {
     let ts = s.get(..20).and_then(|t| t.parse().ok()).unwrap_or(0);
     let n = s.get(21..37).and_then(|t| t.parse().ok()).unwrap_or(0);
     (ts, n)
+}
+
+/// utime + stime of a process, in ticks of 1/100 s.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {

@@ -1,6 +1,7 @@
 //! Integration scenarios over real WebSockets. Each module is one concern.
 
 mod bad_input;
+mod bot;
 pub mod child;
 mod cluster;
 mod cs;

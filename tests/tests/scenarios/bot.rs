@@ -1,0 +1,100 @@
+//! `dongdong bot` run as a user runs it: the command as its own process
+//! against a server child process. Every scenario must end with a clean
+//! correctness report (the bot exits non-zero otherwise) and real traffic.
+
+use super::child::{self, ChildServer};
+use serde_json::Value;
+use std::process::Command;
+
+fn bot(server: &ChildServer, args: &[&str]) -> Value {
+    let out = Command::new(child::binary())
+        .arg("bot")
+        .args(args)
+        .args(["--url", &server.ws_url, "--secret", dongdong_tests::SECRET, "--json"])
+        .args(["--server-pid", &server.pid().to_string()])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "dongdong bot {args:?} exited with {}:\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["clean"], true, "{report:#}");
+    assert_eq!(report["correctness"]["acked_but_not_delivered"], 0, "{report:#}");
+    assert!(report["server"]["rss_peak_kib"].as_u64().unwrap() > 0, "server sampled: {report:#}");
+    report
+}
+
+#[test]
+fn bot_scenarios_run_clean_against_a_real_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::start_with(
+        &dir.path().join("data"),
+        "bot-node",
+        &[("DONGDONG_LIMITS__RATE_PER_SEC", "100000"), ("DONGDONG_LIMITS__RATE_BURST", "100000")],
+    );
+
+    let r = bot(&server, &["pairs", "--pairs", "10", "--window", "4", "--duration", "2s", "--warmup", "500ms"]);
+    assert!(r["delivered"].as_u64().unwrap() > 100, "{r:#}");
+    assert!(r["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{r:#}");
+    assert_eq!(r["errors"], serde_json::json!({}), "{r:#}");
+
+    let r = bot(&server, &["pairs", "--pairs", "20", "--rate", "20", "--duration", "1s", "--warmup", "0s"]);
+    assert!(r["acked"].as_u64().unwrap() >= 200, "open loop sends on schedule: {r:#}");
+
+    let r = bot(&server, &["multi-device", "--pairs", "4", "--devices", "3", "--duration", "1s", "--warmup", "0s"]);
+    // Each message reaches the receiver's 3 devices and the sender's 2 others.
+    assert_eq!(r["settings"]["devices"], 3);
+    assert_eq!(r["delivered"].as_u64().unwrap(), 5 * r["acked"].as_u64().unwrap(), "{r:#}");
+
+    let r = bot(&server, &["offline", "--receivers", "40", "--messages", "25"]);
+    assert_eq!(r["acked"], 1000, "{r:#}");
+    assert_eq!(r["figures"]["pending_at_auth"], 1000, "{r:#}");
+    assert_eq!(r["figures"]["left_pending"], 0, "{r:#}");
+
+    let r = bot(&server, &["idle", "--connections", "300", "--duration", "1s"]);
+    assert_eq!(r["figures"]["held"], 300, "{r:#}");
+    assert!(r["figures"]["server_bytes_per_conn"].as_f64().is_some(), "{r:#}");
+
+    let r = bot(
+        &server,
+        &[
+            "cs",
+            "--api",
+            &server.http_url,
+            "--arrivals",
+            "20",
+            "--agents",
+            "3",
+            "--capacity",
+            "4",
+            "--messages",
+            "2",
+            "--think",
+            "20ms",
+            "--duration",
+            "1s",
+        ],
+    );
+    let customers = r["figures"]["customers"].as_u64().unwrap();
+    assert!(customers >= 15, "{r:#}");
+    assert_eq!(r["figures"]["served_and_rated"].as_u64(), Some(customers), "{r:#}");
+}
+
+#[test]
+fn bot_refuses_a_wrong_secret_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::start(&dir.path().join("data"));
+    let out = Command::new(child::binary())
+        .args(["bot", "pairs", "--pairs", "2", "--duration", "1s", "--url", &server.ws_url])
+        .args(["--secret", "not-the-servers-secret-at-all"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "an unclean run exits 1");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("4 failed"), "{stdout}");
+    assert!(stdout.contains("auth: UNAUTHENTICATED"), "errors by code: {stdout}");
+}
