@@ -84,34 +84,35 @@ EOF
   wait_port "$mq_port"
 }
 
-bot() { "$dd" bot "$@" --url "ws://127.0.0.1:$ws_port/ws" --secret "$secret" --server-pid "$server_pid" --json; }
-peer() { "$mq" --port "$mq_port" --server-pid "$broker_pid" "$@"; }
 
 commands="$work/commands.txt"
 run() { # name, then the command (recorded for BENCHMARKS.md)
   local name=$1
   shift
   echo "bench.sh: $name" >&2
-  echo "$*" | sed -e "s#$root/target/release/##" -e "s#$secret#\$SECRET#" >>"$commands"
+  echo "$*" | sed -e "s#$root/target/release/##" -e "s#$secret#\$SECRET#" -e "s#$work#\$WORK#g" >>"$commands"
   "$@" >"$work/$name.json" || { echo "bench.sh: $name failed (see $work/$name.json)" >&2; cat "$work/$name.json" >&2; }
 }
+# dongdong's bot and the MQTT driver, pointed at this scenario's servers.
+bot() { run "$1" "$dd" bot "${@:2}" --url "ws://127.0.0.1:$ws_port/ws" --secret "$secret" --server-pid "$server_pid" --json; }
+peer() { run "$1" "$mq" --port "$mq_port" --server-pid "$broker_pid" "${@:2}"; }
 
 start_servers
-run pairs bot pairs --pairs 100 --window 10 --duration "${seconds}s" --warmup 2s
-run mqtt-pairs peer mqtt-pairs --pairs 100 --window 10 --duration "${seconds}s" --warmup 2s
+bot pairs pairs --pairs 100 --window 10 --duration "${seconds}s" --warmup 2s
+peer mqtt-pairs mqtt-pairs --pairs 100 --window 10 --duration "${seconds}s" --warmup 2s
 start_servers
-run rate bot pairs --pairs 1000 --rate 5 --duration "${seconds}s" --warmup 2s
-run mqtt-rate peer mqtt-pairs --pairs 1000 --rate 5 --duration "${seconds}s" --warmup 2s
+bot rate pairs --pairs 1000 --rate 5 --duration "${seconds}s" --warmup 2s
+peer mqtt-rate mqtt-pairs --pairs 1000 --rate 5 --duration "${seconds}s" --warmup 2s
 start_servers
-run offline bot offline --receivers "$off_r" --messages "$off_m" --window 10
-run mqtt-offline peer mqtt-offline --receivers "$off_r" --messages "$off_m" --window 10
+bot offline offline --receivers "$off_r" --messages "$off_m" --window 10
+peer mqtt-offline mqtt-offline --receivers "$off_r" --messages "$off_m" --window 10
 start_servers
-run idle bot idle --connections "$idle" --duration 5s
-run mqtt-idle peer mqtt-idle --connections "$idle" --duration 5s
+bot idle idle --connections "$idle" --duration 5s
+peer mqtt-idle mqtt-idle --connections "$idle" --duration 5s
 start_servers
-run multi-device bot multi-device --pairs 50 --devices 3 --window 10 --duration "${seconds}s" --warmup 2s
+bot multi-device multi-device --pairs 50 --devices 3 --window 10 --duration "${seconds}s" --warmup 2s
 start_servers
-run cs bot cs --api "http://127.0.0.1:$http_port" --arrivals 50 --agents 50 --capacity 5 --messages 3 \
+bot cs cs --api "http://127.0.0.1:$http_port" --arrivals 50 --agents 50 --capacity 5 --messages 3 \
   --think 200ms --duration "${seconds}s"
 stop_servers
 

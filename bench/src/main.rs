@@ -227,7 +227,11 @@ impl Bench {
             senders.push(tokio::spawn(async move {
                 let mut n = 0u64;
                 let mut tick = rate.map(|r| {
-                    let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
+                    // Spread the publishers' phases (golden-ratio sequence):
+                    // publishers ticking together would send in bursts.
+                    let period = Duration::from_secs_f64(1.0 / r);
+                    let phase = (i as f64 * 0.618_033_988_749_895).fract();
+                    let mut t = tokio::time::interval_at(Instant::now() + period.mul_f64(phase), period);
                     t.set_missed_tick_behavior(MissedTickBehavior::Burst);
                     t
                 });

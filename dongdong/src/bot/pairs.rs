@@ -65,7 +65,10 @@ pub async fn send_loop(ctx: &Ctx, conn: &mut Conn, plan: SendPlan) -> Vec<Acked>
     let mut n = 0usize;
     let mut ticker = match plan.pace {
         Pace::Rate(r) => {
-            let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
+            // A random phase: senders that tick together would send in
+            // bursts that no population of real clients produces.
+            let period = Duration::from_secs_f64(1.0 / r);
+            let mut t = tokio::time::interval_at(Instant::now() + period.mul_f64(rand::random::<f64>()), period);
             t.set_missed_tick_behavior(MissedTickBehavior::Burst);
             Some(t)
         }
