@@ -59,6 +59,9 @@ secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 start_servers() {
   stop_servers
   rm -rf "$work/data" "$work/mosquitto"
+  # Write back what the previous scenario left dirty, so its writeback does
+  # not compete with this scenario's fsyncs.
+  sync
   mkdir -p "$work/mosquitto"
   ws_port=$(free_port)
   http_port=$(free_port)
@@ -216,6 +219,8 @@ with open(out, "w") as f:
     w("|---|---|---|---|---|---|---|")
     for line in rows:
         w(line)
+    w()
+    w("What bounds each missed target, with the profiles behind it: [docs/performance.md](docs/performance.md).")
     w()
     w("Correctness reports of the dongdong runs (the bot exits non-zero when one is not clean):")
     w()
