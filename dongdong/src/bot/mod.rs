@@ -44,8 +44,9 @@ pub struct Common {
     #[arg(long)]
     pub secret: Option<String>,
     /// Instead of a secret: a shell command that prints a token, run once per
-    /// bot user with DONGDONG_BOT_TENANT, DONGDONG_BOT_USER and
-    /// DONGDONG_BOT_ROLE in its environment.
+    /// bot user with DDBOT_TENANT, DDBOT_USER and DDBOT_ROLE in its
+    /// environment (not DONGDONG_*: `dongdong token` would read those as
+    /// configuration).
     #[arg(long, conflicts_with = "secret")]
     pub token_cmd: Option<String>,
     /// Config file, for the secret.
@@ -221,6 +222,9 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<Report> {
             cs::run(&ctx, &opts).await?
         }
     };
+    if let Some(f) = ctx.live.first_failure_detail() {
+        report.figures.insert("first connect failure".into(), f.into());
+    }
     report.server = server.and_then(Sampler::finish);
     report.bot = bot.and_then(Sampler::finish);
     report.clean = report.correctness.clean() && report.connects.failed == 0;
@@ -296,9 +300,9 @@ impl Ctx {
                 let out = tokio::process::Command::new("sh")
                     .arg("-c")
                     .arg(cmd)
-                    .env("DONGDONG_BOT_TENANT", &self.tenant)
-                    .env("DONGDONG_BOT_USER", user)
-                    .env("DONGDONG_BOT_ROLE", role.as_str())
+                    .env("DDBOT_TENANT", &self.tenant)
+                    .env("DDBOT_USER", user)
+                    .env("DDBOT_ROLE", role.as_str())
                     .output()
                     .await
                     .map_err(|e| anyhow::anyhow!("--token-cmd: cannot run sh: {e}"))?;
@@ -324,12 +328,16 @@ impl Ctx {
         role: Role,
         device: &str,
     ) -> Result<Conn, ConnectError> {
-        let token =
-            self.token(user, role).await.map_err(|e| ConnectError { key: "token".into(), detail: format!("{e:#}") })?;
-        let t = &self.targets[target % self.targets.len()];
-        let r = Conn::open(t, source, &token, device, self.encoding).await;
+        let r = match self.token(user, role).await {
+            Ok(token) => {
+                let t = &self.targets[target % self.targets.len()];
+                Conn::open(t, source, &token, device, self.encoding).await
+            }
+            Err(e) => Err(ConnectError { key: "token".into(), detail: format!("{e:#}") }),
+        };
         if let Err(e) = &r {
             self.live.error(e.key.clone());
+            self.live.first_failure(e.to_string());
         }
         r
     }

@@ -63,6 +63,7 @@ pub struct Live {
     /// New (msg_id, device) deliveries, warm-up included.
     pub delivered: AtomicU64,
     errors: Mutex<BTreeMap<String, u64>>,
+    first_failure: Mutex<Option<String>>,
 }
 
 impl Live {
@@ -70,6 +71,17 @@ impl Live {
         if let Ok(mut e) = self.errors.lock() {
             *e.entry(key.into()).or_default() += 1;
         }
+    }
+
+    /// Keeps the first connection failure's full text for the report.
+    pub fn first_failure(&self, detail: String) {
+        if let Ok(mut f) = self.first_failure.lock() {
+            f.get_or_insert(detail);
+        }
+    }
+
+    pub fn first_failure_detail(&self) -> Option<String> {
+        self.first_failure.lock().ok().and_then(|f| f.clone())
     }
 
     pub fn errors(&self) -> BTreeMap<String, u64> {
@@ -191,7 +203,10 @@ impl Report {
             println!("  latency       {}", l.line());
         }
         for (k, v) in &self.figures {
-            println!("  {k:<13} {v}");
+            match v {
+                Value::String(s) => println!("  {k:<13} {s}"),
+                v => println!("  {k:<13} {v}"),
+            }
         }
         if self.errors.is_empty() {
             println!("  errors        none");
@@ -210,7 +225,11 @@ impl Report {
         let c = &self.correctness;
         println!(
             "  correctness   {}: acked {}, acked-but-never-delivered {}, duplicates {}, out-of-order {}, redeliveries {} (deduplicated)",
-            if self.clean { "CLEAN" } else { "FAILED" },
+            match (self.clean, c.clean()) {
+                (true, _) => "CLEAN".to_string(),
+                (false, true) => format!("FAILED ({} connections failed or dropped)", self.connects.failed),
+                (false, false) => "FAILED".to_string(),
+            },
             c.acked,
             c.acked_but_not_delivered,
             c.duplicates,

@@ -98,3 +98,35 @@ fn bot_refuses_a_wrong_secret_with_a_clear_error() {
     assert!(stdout.contains("4 failed"), "{stdout}");
     assert!(stdout.contains("auth: UNAUTHENTICATED"), "errors by code: {stdout}");
 }
+
+#[test]
+fn bot_gets_tokens_from_a_token_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ChildServer::start(&dir.path().join("data"));
+    // `dongdong token` as the token command, secret from the environment.
+    let cmd = format!(
+        "{} token --tenant \"$DDBOT_TENANT\" --user \"$DDBOT_USER\" --role \"$DDBOT_ROLE\"",
+        child::binary().display()
+    );
+    let out = Command::new(child::binary())
+        .args(["bot", "pairs", "--pairs", "2", "--window", "2", "--duration", "500ms", "--warmup", "0s"])
+        .args(["--url", &server.ws_url, "--json", "--token-cmd", &cmd])
+        .env("DONGDONG_AUTH__SECRET", dongdong_tests::SECRET)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let r: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(r["connects"]["ok"], 4, "{r:#}");
+    assert!(r["acked"].as_u64().unwrap() > 0, "{r:#}");
+
+    // A failing command is reported, with its own words.
+    let out = Command::new(child::binary())
+        .args(["bot", "pairs", "--pairs", "1", "--duration", "500ms", "--url", &server.ws_url])
+        .args(["--token-cmd", "echo no tokens today >&2; exit 3"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("token: 2") && stdout.contains("no tokens today"), "{stdout}");
+}
