@@ -3,15 +3,21 @@
 //! correctness report (the bot exits non-zero otherwise) and real traffic.
 
 use super::child::{self, ChildServer};
+use dongdong_tests::services::required;
 use serde_json::Value;
 use std::process::Command;
 
 fn bot(server: &ChildServer, args: &[&str]) -> Value {
+    bot_at(&server.ws_url, server, args)
+}
+
+/// Runs the bot against `urls` (comma-separated), sampling `sampled`.
+fn bot_at(urls: &str, sampled: &ChildServer, args: &[&str]) -> Value {
     let out = Command::new(child::binary())
         .arg("bot")
         .args(args)
-        .args(["--url", &server.ws_url, "--secret", dongdong_tests::SECRET, "--json"])
-        .args(["--server-pid", &server.pid().to_string()])
+        .args(["--url", urls, "--secret", dongdong_tests::SECRET, "--json"])
+        .args(["--server-pid", &sampled.pid().to_string()])
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -129,4 +135,64 @@ fn bot_gets_tokens_from_a_token_command() {
     assert_eq!(out.status.code(), Some(1));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(stdout.contains("token: 2") && stdout.contains("no tokens today"), "{stdout}");
+}
+
+/// Bots spread over two nodes of a cluster: every pair's sender and receiver
+/// are on different nodes, and so are customers and agents.
+#[test]
+fn bot_runs_clean_across_two_cluster_nodes() {
+    let (Some(redis), Some(mongo)) = (required("DDTEST_REDIS_URL"), required("DDTEST_MONGO_URL")) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let db = format!("ddbot_{}", &im_core::new_msg_id().replace('-', "")[20..]);
+    let nodes: Vec<ChildServer> = (0..2)
+        .map(|i| {
+            let data = dir.path().join(format!("node{i}"));
+            ChildServer::start_with(
+                &data,
+                &format!("{db}-node{i}"),
+                &[
+                    ("DONGDONG_STORAGE__BACKEND", "cluster"),
+                    ("DONGDONG_STORAGE__REDIS_URL", &redis),
+                    ("DONGDONG_STORAGE__MONGO_URL", &mongo),
+                    ("DONGDONG_STORAGE__MONGO_DATABASE", &db),
+                    ("DONGDONG_LIMITS__RATE_PER_SEC", "100000"),
+                    ("DONGDONG_LIMITS__RATE_BURST", "100000"),
+                ],
+            )
+        })
+        .collect();
+    let urls = format!("{},{}", nodes[0].ws_url, nodes[1].ws_url);
+    let tenant = format!("t{}", &db[6..]);
+
+    let r =
+        bot_at(&urls, &nodes[0], &["pairs", "--tenant", &tenant, "--pairs", "6", "--window", "4", "--duration", "2s"]);
+    assert!(r["delivered"].as_u64().unwrap() > 20, "{r:#}");
+
+    let r = bot_at(
+        &urls,
+        &nodes[0],
+        &[
+            "cs",
+            "--tenant",
+            &tenant,
+            "--api",
+            &nodes[1].http_url,
+            "--arrivals",
+            "10",
+            "--agents",
+            "2",
+            "--capacity",
+            "5",
+            "--messages",
+            "2",
+            "--think",
+            "20ms",
+            "--duration",
+            "1s",
+        ],
+    );
+    let customers = r["figures"]["customers"].as_u64().unwrap();
+    assert_eq!(r["figures"]["served_and_rated"].as_u64(), Some(customers), "{r:#}");
 }
