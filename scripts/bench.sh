@@ -265,3 +265,5 @@ with open(out, "w") as f:
     w("```")
 print(f"bench.sh: wrote {out}")
 PY
+# The table, for the terminal too.
+sed -n '/^| Scenario/,/^$/p' "$out"

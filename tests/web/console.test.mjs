@@ -384,6 +384,9 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
   carol = await carolP.open('/chat');
   await signIn(carol, 'carol', 'customer');
   await waitMessage(carol, 'Your parcel left the warehouse today.');
+  // The pending message is replayed first; the session's history fills in
+  // behind it (one more round trip).
+  await carol.waitForFunction((n) => document.querySelectorAll('#messages .msg').length >= n, expected.length + 1);
   assertOnceInOrder(await shownMessages(carol), [...expected, 'Your parcel left the warehouse today.']);
   await shot(carol, 'console-chat.png');
 
