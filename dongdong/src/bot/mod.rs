@@ -61,7 +61,7 @@ pub struct Common {
     /// Load before measuring; messages sent during it are not counted.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     pub warmup: Duration,
-    /// Spread connecting (and the start of sending) over this long.
+    /// Spread opening the connections over this long.
     #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
     pub ramp: Duration,
     /// After sending stops, the longest wait for acknowledged messages still
