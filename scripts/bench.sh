@@ -21,10 +21,11 @@ idle=${BENCH_IDLE:-19500}
 off_r=${BENCH_OFFLINE_RECEIVERS:-1000}
 off_m=${BENCH_OFFLINE_MESSAGES:-100}
 
-if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+me=bench.sh
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-  echo "bench.sh: installing mosquitto" >&2
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mosquitto >/dev/null
+  apt_install mosquitto
 fi
 mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 
@@ -43,16 +44,6 @@ stop_servers() {
   broker_pid=""
 }
 trap 'stop_servers; rm -rf "$work"' EXIT
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 200); do
-    if (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "bench.sh: nothing listening on port $1" >&2
-  return 1
-}
 
 secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
 # A fresh dongdong (embedded) and a fresh Mosquitto for each scenario.
@@ -83,8 +74,8 @@ log_dest file $work/mosquitto/log
 EOF
   "$mosquitto_bin" -c "$work/mosquitto/mosquitto.conf" >/dev/null 2>&1 &
   broker_pid=$!
-  wait_port "$ws_port"
-  wait_port "$mq_port"
+  wait_port "$ws_port" dongdong
+  wait_port "$mq_port" mosquitto
 }
 
 

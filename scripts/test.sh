@@ -23,13 +23,9 @@ services="$root/.test-services"
 mkdir -p "$services"
 
 # --- what the tests need -----------------------------------------------------
-if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-apt_updated=""
-apt_install() {
-  echo "test.sh: installing $*" >&2
-  if [ -z "$apt_updated" ]; then $sudo apt-get update -qq; apt_updated=1; fi
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "$@" >/dev/null
-}
+me=test.sh
+# shellcheck source=scripts/lib.sh
+. "$root/scripts/lib.sh"
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
 command -v chromium >/dev/null 2>&1 || [ -n "${DD_CHROMIUM:-}" ] || apt_install chromium
 command -v node >/dev/null 2>&1 || apt_install nodejs npm
@@ -45,15 +41,6 @@ if ! "$venv/bin/python" -c "import secantus" >/dev/null 2>&1; then
 fi
 
 # --- private servers ------------------------------------------------------------
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_port() {
-  for _ in $(seq 200); do
-    if (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-    sleep 0.05
-  done
-  echo "test.sh: $2 did not start on port $1" >&2
-  return 1
-}
 run_dir=$(mktemp -d "$services/run.XXXXXX")
 redis_port=$(free_port)
 redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly no --dir "$run_dir" \
