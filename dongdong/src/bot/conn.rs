@@ -153,6 +153,16 @@ impl Conn {
         req_id
     }
 
+    /// Queues a text message for `to`; returns its req_id.
+    pub async fn send_text(&mut self, to: &str, client_msg_id: String, text: String) -> u64 {
+        self.send(Body::Send(pb::Send {
+            client_msg_id,
+            to_user: to.to_string(),
+            content: Some(pb::Content { kind: Some(pb::content::Kind::Text(text)) }),
+        }))
+        .await
+    }
+
     /// The next frame from the server.
     pub async fn recv(&mut self) -> Incoming {
         loop {

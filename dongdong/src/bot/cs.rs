@@ -242,11 +242,7 @@ async fn agent(ctx: &Ctx, mut conn: Conn, k: usize, think: Duration, stop: Cance
                 *sent += 1;
                 let last = *sent >= k;
                 let text = ctx.payload(ctx.now_us(), 0);
-                let req = conn.send(Body::Send(pb::Send {
-                    client_msg_id: format!("{customer}-{sent}"),
-                    to_user: customer.clone(),
-                    content: Some(pb::Content { kind: Some(pb::content::Kind::Text(text)) }),
-                })).await;
+                let req = conn.send_text(&customer, format!("{customer}-{sent}"), text).await;
                 ctx.live.sent.fetch_add(1, Ordering::Relaxed);
                 answers.insert(req, (customer, last));
             }
@@ -391,13 +387,7 @@ async fn customer(
                 }
                 if answers < k {
                     let text = ctx.payload(ctx.now_us(), payload);
-                    let req = conn
-                        .send(Body::Send(pb::Send {
-                            client_msg_id: format!("m{answers}"),
-                            to_user: m.from_user.clone(),
-                            content: Some(pb::Content { kind: Some(pb::content::Kind::Text(text)) }),
-                        }))
-                        .await;
+                    let req = conn.send_text(&m.from_user, format!("m{answers}"), text).await;
                     ctx.live.sent.fetch_add(1, Ordering::Relaxed);
                     my_sends.insert(req, ());
                 }

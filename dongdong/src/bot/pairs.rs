@@ -82,12 +82,7 @@ pub async fn send_loop(ctx: &Ctx, conn: &mut Conn, plan: SendPlan) -> Vec<Acked>
         };
         if let Pace::Window(w) = plan.pace {
             while sending(n) && inflight.len() + retries.len() < w {
-                let text = ctx.payload(ctx.now_us(), plan.payload);
-                let cmid = n.to_string();
-                n += 1;
-                let req = send(conn, &plan.to_user, &cmid, &text).await;
-                live.sent.fetch_add(1, Ordering::Relaxed);
-                inflight.insert(req, (cmid, text));
+                send_next(ctx, conn, &plan, &mut n, &mut inflight).await;
             }
         }
         let still_sending = sending(n);
@@ -125,16 +120,11 @@ pub async fn send_loop(ctx: &Ctx, conn: &mut Conn, plan: SendPlan) -> Vec<Acked>
                 }
             },
             Some(_) = tick(&mut ticker), if still_sending => {
-                let text = ctx.payload(ctx.now_us(), plan.payload);
-                let cmid = n.to_string();
-                n += 1;
-                let req = send(conn, &plan.to_user, &cmid, &text).await;
-                live.sent.fetch_add(1, Ordering::Relaxed);
-                inflight.insert(req, (cmid, text));
+                send_next(ctx, conn, &plan, &mut n, &mut inflight).await;
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or(deadline)), if retry_at.is_some() => {
                 if let Some((_, cmid, text)) = retries.pop_front() {
-                    let req = send(conn, &plan.to_user, &cmid, &text).await;
+                    let req = conn.send_text(&plan.to_user, cmid.clone(), text.clone()).await;
                     inflight.insert(req, (cmid, text));
                 }
             }
@@ -157,13 +147,20 @@ async fn tick(ticker: &mut Option<tokio::time::Interval>) -> Option<Instant> {
     }
 }
 
-async fn send(conn: &mut Conn, to: &str, cmid: &str, text: &str) -> u64 {
-    conn.send(Body::Send(pb::Send {
-        client_msg_id: cmid.to_string(),
-        to_user: to.to_string(),
-        content: Some(pb::Content { kind: Some(pb::content::Kind::Text(text.to_string())) }),
-    }))
-    .await
+/// Sends message number `n` of the plan (its client_msg_id) and counts it.
+async fn send_next(
+    ctx: &Ctx,
+    conn: &mut Conn,
+    plan: &SendPlan,
+    n: &mut usize,
+    inflight: &mut HashMap<u64, (String, String)>,
+) {
+    let text = ctx.payload(ctx.now_us(), plan.payload);
+    let cmid = n.to_string();
+    *n += 1;
+    let req = conn.send_text(&plan.to_user, cmid.clone(), text.clone()).await;
+    ctx.live.sent.fetch_add(1, Ordering::Relaxed);
+    inflight.insert(req, (cmid, text));
 }
 
 pub fn closed_key(code: Option<u16>) -> String {
