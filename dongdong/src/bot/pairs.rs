@@ -82,7 +82,7 @@ pub async fn send_loop(ctx: &Ctx, conn: &mut Conn, plan: SendPlan) -> Vec<Acked>
         };
         if let Pace::Window(w) = plan.pace {
             while sending(n) && inflight.len() + retries.len() < w {
-                send_next(ctx, conn, &plan, &mut n, &mut inflight).await;
+                send_next(ctx, conn, &plan, &mut n, &mut inflight, ctx.now_us()).await;
             }
         }
         let still_sending = sending(n);
@@ -119,8 +119,12 @@ pub async fn send_loop(ctx: &Ctx, conn: &mut Conn, plan: SendPlan) -> Vec<Acked>
                     break;
                 }
             },
-            Some(_) = tick(&mut ticker), if still_sending => {
-                send_next(ctx, conn, &plan, &mut n, &mut inflight).await;
+            Some(scheduled) = tick(&mut ticker), if still_sending => {
+                // Open loop: latency counts from when the message was due, so a
+                // server that stalls the sender is not excused (no coordinated
+                // omission).
+                let due_us = scheduled.into_std().saturating_duration_since(ctx.epoch).as_micros() as u64;
+                send_next(ctx, conn, &plan, &mut n, &mut inflight, due_us).await;
             }
             _ = tokio::time::sleep_until(retry_at.unwrap_or(deadline)), if retry_at.is_some() => {
                 if let Some((_, cmid, text)) = retries.pop_front() {
@@ -147,15 +151,17 @@ async fn tick(ticker: &mut Option<tokio::time::Interval>) -> Option<Instant> {
     }
 }
 
-/// Sends message number `n` of the plan (its client_msg_id) and counts it.
+/// Sends message number `n` of the plan (its client_msg_id), stamped with
+/// `sent_us`, and counts it.
 async fn send_next(
     ctx: &Ctx,
     conn: &mut Conn,
     plan: &SendPlan,
     n: &mut usize,
     inflight: &mut HashMap<u64, (String, String)>,
+    sent_us: u64,
 ) {
-    let text = ctx.payload(ctx.now_us(), plan.payload);
+    let text = ctx.payload(sent_us, plan.payload);
     let cmid = n.to_string();
     *n += 1;
     let req = conn.send_text(&plan.to_user, cmid.clone(), text.clone()).await;
