@@ -6,7 +6,7 @@
 //! each receiver has its own topic. Prints one JSON object on stdout.
 
 use clap::{Parser, Subcommand};
-use hdrhistogram::Histogram;
+use dongdong::bot::{Latency, Sampler, histogram};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 use std::collections::HashSet;
@@ -85,12 +85,10 @@ async fn main() -> anyhow::Result<()> {
     let b = Bench { host: cli.host.clone(), port: cli.port, run, epoch: Instant::now() };
     let result = match cli.command {
         Command::MqttPairs { pairs, rate, window, duration, warmup, payload } => {
-            let before = cli.server_pid.and_then(cpu_ticks);
-            let started = Instant::now();
+            let server = cli.server_pid.map(Sampler::start).transpose()?;
             let mut r = b.pairs(pairs, rate, window.unwrap_or(10), duration, warmup, payload).await?;
-            if let (Some(pid), Some(t0), Some(t1)) = (cli.server_pid, before, cli.server_pid.and_then(cpu_ticks)) {
-                let pct = (t1 - t0) as f64 / 100.0 / started.elapsed().as_secs_f64() * 100.0;
-                r["server"] = json!({ "pid": pid, "cpu_percent_avg": pct });
+            if let Some(stats) = server.and_then(Sampler::finish) {
+                r["server"] = serde_json::to_value(stats)?;
             }
             r
         }
@@ -108,19 +106,6 @@ struct Bench {
     port: u16,
     run: String,
     epoch: Instant,
-}
-
-fn histogram() -> Histogram<u64> {
-    #[allow(clippy::expect_used)]
-    Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("constant bounds are valid")
-}
-
-fn latency(h: &Histogram<u64>) -> Value {
-    let ms = |v: u64| v as f64 / 1000.0;
-    json!({
-        "count": h.len(), "p50": ms(h.value_at_quantile(0.5)), "p90": ms(h.value_at_quantile(0.9)),
-        "p99": ms(h.value_at_quantile(0.99)), "p99_9": ms(h.value_at_quantile(0.999)), "max": ms(h.max()),
-    })
 }
 
 impl Bench {
@@ -273,7 +258,7 @@ impl Bench {
         Ok(json!({
             "scenario": "mqtt-pairs", "pairs": pairs, "window": window, "rate": rate,
             "seconds": duration.as_secs_f64(), "sent": sent, "acked": acked, "delivered": h.len(),
-            "delivered_per_sec": h.len() as f64 / duration.as_secs_f64(), "latency_ms": latency(&h),
+            "delivered_per_sec": h.len() as f64 / duration.as_secs_f64(), "latency_ms": Latency::of(&h),
             "acked_but_not_delivered": acked.saturating_sub(distinct),
         }))
     }
@@ -364,7 +349,9 @@ impl Bench {
     }
 
     async fn idle(&self, connections: usize, duration: Duration, pid: Option<u32>) -> anyhow::Result<Value> {
-        let before = pid.and_then(rss_kib);
+        let server = pid.map(Sampler::start).transpose()?;
+        let rss_kib = || server.as_ref().and_then(Sampler::rss_kib);
+        let before = rss_kib();
         let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
         let (stop_tx, stop) = watch::channel(false);
         let connected = Arc::new(AtomicU64::new(0));
@@ -411,7 +398,7 @@ impl Bench {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let loaded = pid.and_then(rss_kib);
+        let loaded = rss_kib();
         tokio::time::sleep(duration).await;
         let _ = stop_tx.send(true);
         for t in tasks {
@@ -450,16 +437,4 @@ fn parse(p: &[u8]) -> (u64, u64) {
     let ts = s.get(..20).and_then(|t| t.parse().ok()).unwrap_or(0);
     let n = s.get(21..37).and_then(|t| t.parse().ok()).unwrap_or(0);
     (ts, n)
-}
-
-/// utime + stime of a process, in ticks of 1/100 s.
-fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split_whitespace().collect();
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()
 }

@@ -15,13 +15,13 @@ mod pairs;
 mod report;
 
 pub use ledger::Correctness;
-pub use report::Report;
+pub use report::{Latency, ProcStats, Report, Sampler, histogram};
 
 use crate::{Config, Overrides};
 use access_gateway::TokenSigner;
 use conn::{Conn, ConnectError, Target};
 use im_core::{Encoding, Role};
-use report::{Connects, Latency, Live, Sampler};
+use report::{Connects, Live};
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
