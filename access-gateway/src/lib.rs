@@ -1,10 +1,12 @@
 //! The access gateway: accepts WebSocket connections at `/ws`, authenticates
-//! them, and runs each connection's protocol (see [`connection`]).
+//! them, and runs each connection's protocol (see [`connection`]); the
+//! delivery rules of a connection are the I/O-free [`window`].
 
 pub mod auth;
 pub mod config;
 pub mod connection;
 mod server;
+pub mod window;
 
 pub use auth::{AuthError, Claims, TokenSigner};
 pub use config::GatewayConfig;

@@ -3,6 +3,7 @@
 //! memory here. Errors of one connection never reach the loop.
 
 use crate::{Gateway, GatewayConfig, connection};
+use im_core::CloseCode;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::TcpListener;
@@ -57,7 +58,7 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: Cancellati
         };
         let _ = tcp.set_nodelay(true);
         let gw = gw.clone();
-        let conn_shutdown = shutdown.child_token();
+        let conn_shutdown = shutdown.clone();
         let conn_tracker = tracker.clone();
         tracker.spawn(async move {
             let handshake = tokio_tungstenite::accept_hdr_async_with_config(tcp, check_path, Some(ws_config));
@@ -74,6 +75,9 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: Cancellati
         });
     }
     tracker.close();
+    // Connections that are logging in see `shutdown`; the others are closed
+    // through their mailboxes (one that registers after this sees `shutdown`).
+    gw.dispatch.router().kick_all(CloseCode::ServiceRestart, "server shutting down");
     info!(connections = tracker.len(), "listener closed; waiting for connections to close");
     tracker.wait().await;
 }

@@ -14,6 +14,16 @@
 //! conversation share a group commit. The append and push run in their own
 //! task: a sender that disconnects mid-send cannot cancel a push after the
 //! store.
+//!
+//! A connection's own sends keep the order it wrote them in: each takes a
+//! [`Turn`] from the connection's [`SendOrder`] and starts its append only
+//! once the send before it has started its own (or failed). The chain
+//! covers the few microseconds that fix a seq, not the durable write, so
+//! pipelined sends still share group commits.
+
+mod acks;
+
+pub use acks::{AckQueue, Held};
 
 use im_core::pb::{self, Message, content};
 use im_core::{ErrorCode, ids::validate_id};
@@ -67,11 +77,13 @@ pub struct DispatchLimits {
     /// Largest custom JSON payload, text or url, in bytes (the frame limit
     /// bounds the total; this bounds each field).
     pub max_field_bytes: usize,
+    /// Ack frames of the whole node waiting for the store (see [`AckQueue`]).
+    pub ack_queue: usize,
 }
 
 impl Default for DispatchLimits {
     fn default() -> Self {
-        Self { history_default: 50, history_max: 200, max_field_bytes: 32 * 1024 }
+        Self { history_default: 50, history_max: 200, max_field_bytes: 32 * 1024, ack_queue: 8192 }
     }
 }
 
@@ -81,6 +93,7 @@ const LOCK_STRIPES: usize = 4096;
 
 pub struct Dispatcher {
     backends: Backends,
+    acks: AckQueue,
     router: Arc<Router>,
     limits: DispatchLimits,
     /// Per stripe: completes when the push of the latest append started
@@ -92,6 +105,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     pub fn new(backends: Backends, router: Arc<Router>, limits: DispatchLimits) -> Arc<Self> {
         Arc::new(Self {
+            acks: AckQueue::start(backends.pending.clone(), limits.ack_queue),
             backends,
             router,
             limits,
@@ -115,6 +129,12 @@ impl Dispatcher {
     /// Stores and delivers one message from `sender`. Returns the ack to send
     /// back: only after the message is durably stored.
     pub async fn send(self: &Arc<Self>, sender: &DeviceKey, req: pb::Send) -> Result<pb::SendAck> {
+        self.send_in_turn(sender, req, Turn::first()).await
+    }
+
+    /// [`send`](Self::send), placed in its conversation after the send that
+    /// took the turn before `turn` from the same [`SendOrder`].
+    pub async fn send_in_turn(self: &Arc<Self>, sender: &DeviceKey, req: pb::Send, turn: Turn) -> Result<pb::SendAck> {
         let started = Instant::now();
         validate_id("client_msg_id", &req.client_msg_id).map_err(invalid)?;
         validate_id("to_user", &req.to_user).map_err(invalid)?;
@@ -133,12 +153,18 @@ impl Dispatcher {
         let this = self.clone();
         let appended = tokio::spawn(async move {
             let tenant = new.tenant.clone();
+            let Turn { after, placed } = turn;
+            if let Some(after) = after {
+                // Err: the send before failed or was dropped; it is done either way.
+                let _ = after.await;
+            }
             let (pending, previous, pushed) = {
                 let mut latest = this.lock_of(&new.conversation_id).lock().await;
                 let pending = this.backends.messages.start_append(new).await?;
                 let (pushed, done) = oneshot::channel();
                 (pending, latest.replace(done), pushed)
             };
+            drop(placed);
             let appended = pending.await;
             if let Some(previous) = previous {
                 // Err: that send failed or its task ended; either way it is done.
@@ -194,14 +220,18 @@ impl Dispatcher {
         err.map_or(Ok(()), Err)
     }
 
-    /// Removes acknowledged ids from the device's pending set.
-    pub async fn ack(&self, device: &DeviceKey, msg_ids: &[String]) -> Result<usize> {
+    /// Checks the ids of an `Ack` frame before they are queued.
+    pub fn check_ack(&self, msg_ids: &[String]) -> Result<()> {
         if msg_ids.iter().any(|id| id.len() > 64) {
             return Err(invalid("msg_ids are UUID strings".into()));
         }
-        let removed = self.backends.pending.ack(device, msg_ids).await?;
-        metrics::counter!("dongdong_pending_acked_total").increment(removed as u64);
-        Ok(removed)
+        Ok(())
+    }
+
+    /// Where acked ids go: batched on their way to the store, off the
+    /// connection's path.
+    pub fn acks(&self) -> &AckQueue {
+        &self.acks
     }
 
     /// Records the device and takes over what was pending for its user if it
@@ -277,6 +307,43 @@ impl Dispatcher {
             })
             .await?;
         Ok(pb::HistoryPage { conversation_id, messages: page.messages, has_more: page.has_more })
+    }
+}
+
+/// The order of one connection's sends: hand each send the next [`Turn`],
+/// in the order the frames were read.
+#[derive(Debug, Default)]
+pub struct SendOrder {
+    /// Resolves (with an error: the sender is dropped) once the latest send
+    /// has fixed its seq or failed.
+    last: Option<oneshot::Receiver<()>>,
+}
+
+impl SendOrder {
+    /// The turn of the next send.
+    pub fn next_turn(&mut self) -> Turn {
+        let (placed, next) = oneshot::channel();
+        let mut after = self.last.replace(next);
+        // Already placed: nothing to wait for, and nothing kept allocated.
+        if after.as_mut().is_some_and(|rx| !matches!(rx.try_recv(), Err(oneshot::error::TryRecvError::Empty))) {
+            after = None;
+        }
+        Turn { after, placed }
+    }
+}
+
+/// A send's place in its connection's order: it waits for `after`, and
+/// dropping `placed` lets the next one go.
+#[derive(Debug)]
+pub struct Turn {
+    after: Option<oneshot::Receiver<()>>,
+    placed: oneshot::Sender<()>,
+}
+
+impl Turn {
+    /// A turn that waits for nothing (a send outside any connection's order).
+    pub fn first() -> Self {
+        Self { after: None, placed: oneshot::channel().0 }
     }
 }
 

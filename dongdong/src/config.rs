@@ -488,6 +488,7 @@ impl Config {
             history_max: self.limits.history_page_max,
             // Each field well inside one frame.
             max_field_bytes: self.limits.max_frame_bytes,
+            ..dispatch::DispatchLimits::default()
         }
     }
 }

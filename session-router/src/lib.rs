@@ -4,7 +4,7 @@
 //! connection receives what the router hands it.
 //!
 //! Invariants:
-//! - A push never blocks. A connection whose delivery queue is full is a slow
+//! - A push never blocks. A connection whose mailbox is full is a slow
 //!   consumer and is closed; its messages stay pending in storage.
 //! - A push to a stale or unknown connection loses nothing: the message is
 //!   pending for the device and is replayed on its next connection.
@@ -17,78 +17,25 @@ use prost::Message as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use storage::{DeviceKey, NodeBus, PresenceEntry, PresenceRegistry, StorageError};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// Why a connection is being closed from outside its own task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct KickReason {
-    pub code: CloseCode,
-    pub message: &'static str,
-}
+mod mailbox;
 
-/// Lets the router (or anyone holding it) close a connection with a reason.
-#[derive(Debug, Default)]
-pub struct Kick {
-    token: CancellationToken,
-    reason: OnceLock<KickReason>,
-    resync: tokio::sync::Notify,
-}
-
-impl Kick {
-    /// Asks the connection to close; the first reason given wins.
-    pub fn kick(&self, code: CloseCode, message: &'static str) {
-        let _ = self.reason.set(KickReason { code, message });
-        self.token.cancel();
-    }
-
-    /// Resolves once the connection has been kicked.
-    pub async fn kicked(&self) -> KickReason {
-        self.token.cancelled().await;
-        self.reason().unwrap_or(KickReason { code: CloseCode::Normal, message: "closed" })
-    }
-
-    pub fn reason(&self) -> Option<KickReason> {
-        self.reason.get().copied()
-    }
-
-    /// Asks the connection to replay its pending set again: pushes meant for
-    /// it may have been lost.
-    pub fn request_resync(&self) {
-        self.resync.notify_one();
-    }
-
-    /// Resolves when a resync was requested.
-    pub async fn resync_requested(&self) {
-        self.resync.notified().await;
-    }
-}
-
-/// What the router hands a connection.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Push {
-    /// A stored message: pending for the device until it acks.
-    Message(Arc<Message>),
-    /// A notification frame (customer-service events): written as is, not
-    /// kept pending. Its state can always be read again (CsStateRequest).
-    Event(Arc<Frame>),
-}
+pub use mailbox::{KickReason, Mail, Mailbox, Push, Refused};
 
 /// What the router keeps per local connection.
 struct LocalConn {
     device: DeviceKey,
     epoch: u64,
-    deliveries: mpsc::Sender<Push>,
-    kick: Arc<Kick>,
+    mailbox: Arc<Mailbox>,
 }
 
-/// A registered connection: its id, epoch, the queue of messages the router
-/// pushes to it, and its kick switch. Unregister it with [`Router::unregister`].
+/// A registered connection: its id, epoch and mailbox (pushes, kicks and
+/// resync requests). Unregister it with [`Router::unregister`].
 pub struct Registration {
     pub conn_id: u64,
     pub epoch: u64,
-    pub deliveries: mpsc::Receiver<Push>,
-    pub kick: Arc<Kick>,
+    pub mailbox: Arc<Mailbox>,
 }
 
 /// Routes messages to connections.
@@ -161,7 +108,7 @@ impl Router {
                 "node bus resubscribed; connections replay what they may have missed"
             );
             for conn in self.local.iter() {
-                conn.kick.request_resync();
+                conn.mailbox.request_resync();
             }
             return;
         }
@@ -187,7 +134,7 @@ impl Router {
             },
             BUS_KICK_REPLACED => {
                 if let Some(conn) = self.local.get(&conn_id).filter(|c| c.epoch == epoch) {
-                    conn.kick.kick(CloseCode::Replaced, "replaced by a newer connection of the same device");
+                    conn.mailbox.kick(CloseCode::Replaced, "replaced by a newer connection of the same device");
                 }
             }
             _ => metrics::counter!("dongdong_bus_malformed_total").increment(1),
@@ -224,9 +171,8 @@ impl Router {
     pub async fn register(&self, device: DeviceKey) -> Result<Registration, StorageError> {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let epoch = self.next_epoch();
-        let (tx, rx) = mpsc::channel(self.delivery_queue);
-        let kick = Arc::new(Kick::default());
-        self.local.insert(conn_id, LocalConn { device: device.clone(), epoch, deliveries: tx, kick: kick.clone() });
+        let mailbox = Arc::new(Mailbox::new(self.delivery_queue));
+        self.local.insert(conn_id, LocalConn { device: device.clone(), epoch, mailbox: mailbox.clone() });
         let entry = PresenceEntry { device, node_id: self.node_id.clone(), conn_id, epoch };
         match self.presence.register(entry).await {
             Ok(Some(old)) => self.close_replaced(&old),
@@ -237,7 +183,7 @@ impl Router {
             }
         }
         metrics::gauge!("dongdong_connections").set(self.local.len() as f64);
-        Ok(Registration { conn_id, epoch, deliveries: rx, kick })
+        Ok(Registration { conn_id, epoch, mailbox })
     }
 
     fn close_replaced(&self, old: &PresenceEntry) {
@@ -253,7 +199,7 @@ impl Router {
             return;
         }
         if let Some(conn) = self.local.get(&old.conn_id) {
-            conn.kick.kick(CloseCode::Replaced, "replaced by a newer connection of the same device");
+            conn.mailbox.kick(CloseCode::Replaced, "replaced by a newer connection of the same device");
         }
     }
 
@@ -263,6 +209,7 @@ impl Router {
         let Some((_, conn)) = self.local.remove(&conn_id) else {
             return;
         };
+        conn.mailbox.close();
         metrics::gauge!("dongdong_connections").set(self.local.len() as f64);
         if let Err(e) = self.presence.unregister(&conn.device, conn.epoch).await {
             // The entry then expires with its TTL where presence has one.
@@ -362,21 +309,27 @@ impl Router {
         if conn.epoch != epoch {
             return false;
         }
-        match conn.deliveries.try_send(push) {
+        match conn.mailbox.push(push) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full) => {
                 metrics::counter!("dongdong_slow_consumers_total").increment(1);
-                conn.kick.kick(CloseCode::SlowConsumer, "delivery queue full: the client reads too slowly");
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(Refused::Closed) => false,
         }
     }
 
     /// Closes every local connection of the device (e.g. an admin action).
     pub fn kick_device(&self, device: &DeviceKey, code: CloseCode, message: &'static str) {
         for conn in self.local.iter().filter(|c| &c.device == device) {
-            conn.kick.kick(code, message);
+            conn.mailbox.kick(code, message);
+        }
+    }
+
+    /// Closes every local connection (server shutdown).
+    pub fn kick_all(&self, code: CloseCode, message: &'static str) {
+        for conn in self.local.iter() {
+            conn.mailbox.kick(code, message);
         }
     }
 }
@@ -385,6 +338,13 @@ impl Router {
 mod tests {
     use super::*;
     use storage::embedded::MemoryPresence;
+
+    fn next(reg: &Registration) -> Option<Mail> {
+        match reg.mailbox.poll_recv(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+            std::task::Poll::Ready(mail) => Some(mail),
+            std::task::Poll::Pending => None,
+        }
+    }
 
     fn router(queue: usize) -> Router {
         Router::new("node-1", Arc::new(MemoryPresence::default()), queue)
@@ -404,16 +364,16 @@ mod tests {
     #[tokio::test]
     async fn pushes_to_recipient_and_other_sender_devices_only() {
         let r = router(8);
-        let mut bob = r.register(DeviceKey::new("t", "bob", "b1")).await.unwrap();
-        let mut alice1 = r.register(DeviceKey::new("t", "alice", "a1")).await.unwrap();
-        let mut alice2 = r.register(DeviceKey::new("t", "alice", "a2")).await.unwrap();
-        let mut other_tenant = r.register(DeviceKey::new("u", "bob", "b1")).await.unwrap();
+        let bob = r.register(DeviceKey::new("t", "bob", "b1")).await.unwrap();
+        let alice1 = r.register(DeviceKey::new("t", "alice", "a1")).await.unwrap();
+        let alice2 = r.register(DeviceKey::new("t", "alice", "a2")).await.unwrap();
+        let other_tenant = r.register(DeviceKey::new("u", "bob", "b1")).await.unwrap();
         let m = msg("alice", "a1", "bob");
         assert_eq!(r.deliver("t", m.clone()).await, 2);
-        assert_eq!(bob.deliveries.try_recv().unwrap(), Push::Message(m.clone()));
-        assert_eq!(alice2.deliveries.try_recv().unwrap(), Push::Message(m));
-        assert!(alice1.deliveries.try_recv().is_err());
-        assert!(other_tenant.deliveries.try_recv().is_err());
+        assert_eq!(next(&bob), Some(Mail::Push(Push::Message(m.clone()))));
+        assert_eq!(next(&alice2), Some(Mail::Push(Push::Message(m))));
+        assert_eq!(next(&alice1), None);
+        assert_eq!(next(&other_tenant), None);
     }
 
     #[tokio::test]
@@ -424,7 +384,7 @@ mod tests {
             assert_eq!(r.deliver("t", msg("alice", "a1", "bob")).await, 1);
         }
         assert_eq!(r.deliver("t", msg("alice", "a1", "bob")).await, 0);
-        assert_eq!(bob.kick.kicked().await.code, CloseCode::SlowConsumer);
+        assert_eq!(bob.mailbox.reason().unwrap().code, CloseCode::SlowConsumer);
     }
 
     #[tokio::test]
@@ -432,12 +392,12 @@ mod tests {
         let r = router(8);
         let dev = DeviceKey::new("t", "bob", "b1");
         let old = r.register(dev.clone()).await.unwrap();
-        let mut new = r.register(dev.clone()).await.unwrap();
+        let new = r.register(dev.clone()).await.unwrap();
         assert!(new.epoch > old.epoch);
-        assert_eq!(old.kick.kicked().await.code, CloseCode::Replaced);
+        assert_eq!(old.mailbox.reason().unwrap().code, CloseCode::Replaced);
         r.unregister(old.conn_id).await;
         assert_eq!(r.deliver("t", msg("alice", "a1", "bob")).await, 1);
-        assert!(new.deliveries.try_recv().is_ok());
+        assert!(matches!(next(&new), Some(Mail::Push(_))));
         r.unregister(new.conn_id).await;
         assert_eq!(r.deliver("t", msg("alice", "a1", "bob")).await, 0);
         assert_eq!(r.local_connections(), 0);

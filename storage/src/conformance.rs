@@ -28,6 +28,7 @@ macro_rules! conformance_suite {
                 pending_for_user_without_devices_goes_to_first_device,
                 pending_pages_in_conversation_seq_order,
                 ack_removes_pending_and_counts,
+                ack_batch_removes_each_devices_ids,
                 history_pages_both_ways,
                 tenants_are_walls,
                 presence_replace_and_compare_and_delete,
@@ -265,6 +266,26 @@ pub async fn ack_removes_pending_and_counts(b: &Backends) {
     assert_eq!(b.pending.ack(&bob, &[ms[1].msg_id.clone()]).await.unwrap(), 1);
     assert_eq!(b.pending.pending_count(&bob).await.unwrap(), 0);
     assert!(all_pending(b, &bob, 10).await.is_empty());
+}
+
+pub async fn ack_batch_removes_each_devices_ids(b: &Backends) {
+    let t = tenant();
+    let (b1, b2) = (DeviceKey::new(&t, "bob", "b1"), DeviceKey::new(&t, "bob", "b2"));
+    for d in [&b1, &b2] {
+        b.devices.register_device(d).await.unwrap();
+    }
+    let ms: Vec<Message> = send_many(b, &t, 3).await;
+    let id = |i: usize| ms[i].msg_id.clone();
+    let acks = vec![
+        (std::sync::Arc::new(b1.clone()), vec![id(0), id(1)]),
+        (std::sync::Arc::new(b2.clone()), vec![id(2), "no-such-id".to_string()]),
+        (std::sync::Arc::new(b1.clone()), vec![id(0)]),
+        (std::sync::Arc::new(b2.clone()), vec![]),
+    ];
+    assert_eq!(b.pending.ack_batch(&acks).await.unwrap(), 3, "an id acked twice counts once");
+    assert_eq!(all_pending(b, &b1, 10).await, vec![ms[2].clone()]);
+    assert_eq!(all_pending(b, &b2, 10).await, vec![ms[0].clone(), ms[1].clone()]);
+    assert_eq!(b.pending.ack_batch(&[]).await.unwrap(), 0);
 }
 
 async fn send_many(b: &Backends, t: &str, n: usize) -> Vec<Message> {

@@ -69,6 +69,7 @@ impl Default for EmbeddedOptions {
 enum WriteOp {
     Append(NewMessage, oneshot::Sender<Result<Appended>>),
     Ack(DeviceKey, Vec<String>, oneshot::Sender<Result<usize>>),
+    AckBatch(Vec<(Arc<DeviceKey>, Vec<String>)>, oneshot::Sender<Result<usize>>),
     Register(DeviceKey, oneshot::Sender<Result<DeviceRegistration>>),
     /// Puts (Some) or deletes (None) customer-service records; durable.
     Records(Records, oneshot::Sender<Result<()>>),
@@ -249,7 +250,7 @@ impl Reply {
 fn fail_op(op: WriteOp, e: &StorageError) {
     match op {
         WriteOp::Append(_, tx) => drop(tx.send(Err(e.clone()))),
-        WriteOp::Ack(_, _, tx) => drop(tx.send(Err(e.clone()))),
+        WriteOp::Ack(_, _, tx) | WriteOp::AckBatch(_, tx) => drop(tx.send(Err(e.clone()))),
         WriteOp::Register(_, tx) => drop(tx.send(Err(e.clone()))),
         WriteOp::Records(_, tx) => drop(tx.send(Err(e.clone()))),
         WriteOp::Close => {}
@@ -305,6 +306,10 @@ fn apply_batch(db: &Database, batch: &mut Vec<WriteOp>, options: &EmbeddedOption
                     let outcome = match op {
                         WriteOp::Append(msg, tx) => hold(tx, t.append(msg), Reply::Append),
                         WriteOp::Ack(dev, ids, tx) => hold(tx, t.ack(&dev, &ids), Reply::Ack),
+                        WriteOp::AckBatch(acks, tx) => {
+                            let removed = acks.iter().try_fold(0, |n, (dev, ids)| Ok(n + t.ack(dev, ids)?));
+                            hold(tx, removed, Reply::Ack)
+                        }
                         WriteOp::Register(dev, tx) => {
                             hold(tx, t.register(&dev, options.max_devices_per_user), Reply::Register)
                         }
@@ -756,6 +761,15 @@ impl PendingStore for EmbeddedStore {
         }
         let (device, ids) = (device.clone(), msg_ids.to_vec());
         self.submit(|tx| WriteOp::Ack(device, ids, tx)).await
+    }
+
+    /// One writer operation for the whole batch: it shares the next commit.
+    async fn ack_batch(&self, acks: &[(Arc<DeviceKey>, Vec<String>)]) -> Result<usize> {
+        if acks.is_empty() {
+            return Ok(0);
+        }
+        let acks = acks.to_vec();
+        self.submit(|tx| WriteOp::AckBatch(acks, tx)).await
     }
 }
 

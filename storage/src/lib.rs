@@ -110,6 +110,17 @@ pub trait PendingStore: Send + Sync + 'static {
     /// Returns how many were removed. Need not be durable at once: a lost ack
     /// only causes a duplicate delivery.
     async fn ack(&self, device: &DeviceKey, msg_ids: &[String]) -> Result<usize>;
+
+    /// [`ack`](Self::ack) for many devices in one call: the acks of a whole
+    /// node gathered over a moment. All or nothing is not required; an
+    /// error means some may not have been removed (they are redelivered).
+    async fn ack_batch(&self, acks: &[(Arc<DeviceKey>, Vec<String>)]) -> Result<usize> {
+        let mut removed = 0;
+        for (device, ids) in acks {
+            removed += self.ack(device, ids).await?;
+        }
+        Ok(removed)
+    }
 }
 
 /// The devices each user has connected from.

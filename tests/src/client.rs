@@ -269,3 +269,11 @@ pub fn code(e: &pb::Error) -> ErrorCode {
 pub fn msg(d: &pb::Deliver) -> &pb::Message {
     d.message.as_ref().expect("Deliver carries a message")
 }
+
+/// The text of a text message ("" for other kinds).
+pub fn text_of(m: &pb::Message) -> &str {
+    match m.content.as_ref().and_then(|c| c.kind.as_ref()) {
+        Some(pb::content::Kind::Text(t)) => t,
+        _ => "",
+    }
+}

@@ -529,6 +529,20 @@ impl PendingStore for ClusterStore {
         let key = pending_key(&device.tenant, &device.user, &device.device);
         redis::cmd("ZREM").arg(key).arg(msg_ids).query_async(&mut self.redis.clone()).await.map_err(redis_err("ZREM"))
     }
+
+    /// One pipeline of `ZREM`s: one round trip for the whole batch.
+    async fn ack_batch(&self, acks: &[(Arc<DeviceKey>, Vec<String>)]) -> Result<usize> {
+        let _timer = CallTimer::new("redis", "ack_batch");
+        let mut pipe = redis::pipe();
+        for (device, ids) in acks.iter().filter(|(_, ids)| !ids.is_empty()) {
+            pipe.cmd("ZREM").arg(pending_key(&device.tenant, &device.user, &device.device)).arg(ids);
+        }
+        if pipe.is_empty() {
+            return Ok(0);
+        }
+        let removed: Vec<usize> = pipe.query_async(&mut self.redis.clone()).await.map_err(redis_err("ZREM"))?;
+        Ok(removed.into_iter().sum())
+    }
 }
 
 #[async_trait]

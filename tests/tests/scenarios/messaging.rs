@@ -62,19 +62,47 @@ async fn acked_send_survives_a_restart_on_the_same_data() {
     s.stop().await;
 }
 
-/// A message store that fails appends while `failing` is set.
-struct FlakyStore {
+/// A message store with injected faults: appends fail while `failing` is
+/// set; with `jitter`, each append takes a random 0–3 ms before it reaches
+/// the real store and again before it completes, so appends started in one
+/// order complete in another.
+struct FaultyStore {
     inner: Arc<dyn MessageStore>,
     failing: AtomicBool,
+    jitter: bool,
+}
+
+impl FaultyStore {
+    fn wrap(inner: Arc<dyn MessageStore>, failing: bool, jitter: bool) -> Arc<Self> {
+        Arc::new(Self { inner, failing: AtomicBool::new(failing), jitter })
+    }
+
+    async fn fault(jitter: bool, failing: &AtomicBool) -> Result<(), StorageError> {
+        if jitter {
+            let micros = rand::random_range(0..3_000);
+            tokio::time::sleep(std::time::Duration::from_micros(micros)).await;
+        }
+        if failing.load(Ordering::SeqCst) {
+            return Err(StorageError::Unavailable("injected fault: disk gone".into()));
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
-impl MessageStore for FlakyStore {
+impl MessageStore for FaultyStore {
     async fn append(&self, msg: NewMessage) -> Result<Appended, StorageError> {
-        if self.failing.load(Ordering::SeqCst) {
-            return Err(StorageError::Unavailable("injected fault: disk gone".into()));
-        }
+        Self::fault(self.jitter, &self.failing).await?;
         self.inner.append(msg).await
+    }
+    async fn start_append(&self, msg: NewMessage) -> Result<storage::PendingAppend, StorageError> {
+        Self::fault(self.jitter, &self.failing).await?;
+        let appended = self.inner.start_append(msg).await?;
+        let jitter = self.jitter;
+        Ok(Box::pin(async move {
+            Self::fault(jitter, &AtomicBool::new(false)).await?;
+            appended.await
+        }))
     }
     async fn get(&self, t: &str, c: &str, seq: u64) -> Result<Option<Message>, StorageError> {
         self.inner.get(t, c, seq).await
@@ -92,7 +120,7 @@ async fn failed_store_gives_retryable_error_and_no_ack() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let config = test_config(dir.path());
     let (mut backends, store) = dongdong::open_storage(&config, "test-node").await.unwrap();
-    let flaky = Arc::new(FlakyStore { inner: backends.messages.clone(), failing: AtomicBool::new(true) });
+    let flaky = FaultyStore::wrap(backends.messages.clone(), true, false);
     backends.messages = flaky.clone();
     let s = TestServer::start_on(config, backends, store, dir).await;
     let mut bob = s.login("acme", "bob", "b1").await;
@@ -129,6 +157,56 @@ async fn same_client_msg_id_gives_same_ids_and_one_delivery() {
     let seen: Vec<u64> = bob.receive_and_ack(2).await.iter().map(|d| msg(d).seq).collect();
     assert_eq!(seen, vec![1, 2]);
     s.stop().await;
+}
+
+/// One connection pipelines 300 messages to one peer, 50 at a time (within
+/// `max_sends_in_flight`): their seqs follow the order they were written,
+/// and the peer and the sender's other device read them in that order.
+async fn pipelined_sends_keep_the_senders_order(s: TestServer) {
+    let mut bob = s.login("acme", "bob", "b1").await;
+    let mut alice_other = s.login("acme", "alice", "a2").await;
+    let mut alice = s.login("acme", "alice", "a1").await;
+    let texts: Vec<String> = (1..=300).map(|i| format!("m{i}")).collect();
+    let mut acked = Vec::new();
+    for batch in texts.chunks(50) {
+        let mut reqs = Vec::new();
+        for t in batch {
+            reqs.push((alice.send_text_nowait("bob", &format!("c-{t}"), t).await, t.clone()));
+        }
+        for (req, t) in reqs {
+            match alice.reply(req).await.body {
+                Some(pb::frame::Body::SendAck(a)) => acked.push((a.seq, t)),
+                other => panic!("expected SendAck for {t}, got {other:?}"),
+            }
+        }
+    }
+    acked.sort_unstable();
+    let by_seq: Vec<&str> = acked.iter().map(|(_, t)| t.as_str()).collect();
+    assert_eq!(by_seq, texts.iter().map(String::as_str).collect::<Vec<_>>(), "seqs follow the order written");
+    for device in [&mut bob, &mut alice_other] {
+        let got: Vec<String> = device
+            .receive_and_ack(300)
+            .await
+            .iter()
+            .map(|d| dongdong_tests::client::text_of(msg(d)).to_string())
+            .collect();
+        assert_eq!(got, texts, "received in the order alice wrote them");
+    }
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_arrive_in_the_order_written() {
+    pipelined_sends_keep_the_senders_order(TestServer::start().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_sends_keep_their_order_when_appends_complete_out_of_order() {
+    let dir = Arc::new(tempfile::tempdir().unwrap());
+    let config = test_config(dir.path());
+    let (mut backends, store) = dongdong::open_storage(&config, "test-node").await.unwrap();
+    backends.messages = FaultyStore::wrap(backends.messages.clone(), false, true);
+    pipelined_sends_keep_the_senders_order(TestServer::start_on(config, backends, store, dir).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,135 @@
+//! The first frame of a connection: `Auth`, verified, the device
+//! registered and its presence published, answered with `AuthOk`. Any
+//! failure is answered with an `Error` and a close.
+
+use super::outbox::Outbox;
+use super::wire::{Exit, Incoming, classify, close, encode, error_frame};
+use crate::Gateway;
+use crate::auth::AuthError;
+use futures_util::{Stream, StreamExt};
+use im_core::pb::{self, Frame, frame::Body};
+use im_core::{CloseCode, Encoding, ErrorCode};
+use session_router::Registration;
+use std::sync::Arc;
+use storage::DeviceKey;
+use tokio::time::{Instant, sleep_until};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+/// An authenticated, registered connection.
+pub(crate) struct Session {
+    pub device: Arc<DeviceKey>,
+    pub role: im_core::Role,
+    pub encoding: Encoding,
+    pub registration: Registration,
+    pub pending_count: u64,
+}
+
+/// Reads and answers the Auth frame. Replies are queued in `out`.
+pub(crate) async fn authenticate<S>(
+    stream: &mut S,
+    out: &mut Outbox,
+    gw: &Gateway,
+    shutdown: &CancellationToken,
+) -> Result<Session, Exit>
+where
+    S: Stream<Item = Result<WsMessage, WsError>> + Unpin,
+{
+    let deadline = Instant::now() + gw.config.auth_timeout;
+    let max_frame = gw.config.max_frame_bytes;
+    let mut reject = |encoding: Encoding, req_id: u64, code: ErrorCode, message: String, close_code: CloseCode| {
+        // Always room: nothing else was queued yet.
+        let _ = out.push(encode(encoding, &error_frame(req_id, code, message.clone())));
+        close(close_code, message)
+    };
+    let (encoding, payload) = loop {
+        let item = tokio::select! {
+            item = stream.next() => item,
+            _ = sleep_until(deadline) => {
+                let secs = gw.config.auth_timeout.as_secs_f64();
+                return Err(reject(Encoding::Json, 0, ErrorCode::Unauthenticated,
+                    format!("no Auth frame within {secs}s"), CloseCode::PolicyViolation));
+            }
+            _ = shutdown.cancelled() => return Err(close(CloseCode::ServiceRestart, "server shutting down")),
+        };
+        match classify(item, max_frame) {
+            Incoming::Data(enc, payload) => break (enc, payload),
+            Incoming::Heard => continue,
+            Incoming::Exit(Exit::Close(CloseCode::TooLarge, reason)) => {
+                return Err(reject(Encoding::Json, 0, ErrorCode::TooLarge, reason.into_owned(), CloseCode::TooLarge));
+            }
+            Incoming::Exit(exit) => return Err(exit),
+        }
+    };
+    let frame = match im_core::decode_frame(encoding, &payload) {
+        Ok(f) => f,
+        Err(e) => {
+            return Err(reject(encoding, 0, ErrorCode::BadFrame, e.to_string(), CloseCode::PolicyViolation));
+        }
+    };
+    let req_id = frame.req_id;
+    let auth = match frame.body {
+        Some(Body::Auth(a)) => a,
+        _ => {
+            return Err(reject(
+                encoding,
+                req_id,
+                ErrorCode::Unauthenticated,
+                "the first frame must be Auth".into(),
+                CloseCode::PolicyViolation,
+            ));
+        }
+    };
+    let claims = match gw.signer.verify(&auth.token) {
+        Ok(c) => c,
+        Err(e) => {
+            metrics::counter!("dongdong_auth_failures_total").increment(1);
+            let message = match e {
+                AuthError::Expired => "token expired".to_string(),
+                other => other.to_string(),
+            };
+            return Err(reject(encoding, req_id, ErrorCode::Unauthenticated, message, CloseCode::PolicyViolation));
+        }
+    };
+    if let Err(e) = im_core::ids::validate_id("device_id", &auth.device_id) {
+        return Err(reject(encoding, req_id, ErrorCode::InvalidArgument, e, CloseCode::PolicyViolation));
+    }
+    let device = DeviceKey::new(claims.tenant, claims.sub, auth.device_id);
+    let mut unavailable = |e: dispatch::DispatchError| {
+        warn!(error = %e, "could not register the connection");
+        reject(encoding, req_id, e.code, e.message, CloseCode::TryAgainLater)
+    };
+    let registration = match gw.dispatch.register_device(&device).await {
+        Ok(r) => r,
+        Err(e) => return Err(unavailable(e)),
+    };
+    if let Some(evicted) = &registration.evicted {
+        info!(evicted, "device limit reached; forgot the least recently seen device");
+    }
+    let registration = match gw.dispatch.router().register(device.clone()).await {
+        Ok(r) => r,
+        Err(e) => return Err(unavailable(e.into())),
+    };
+    let pending_count = match gw.dispatch.pending_count(&device).await {
+        Ok(n) => n,
+        Err(e) => {
+            gw.dispatch.router().unregister(registration.conn_id).await;
+            return Err(unavailable(e));
+        }
+    };
+    let ok = Frame {
+        req_id,
+        body: Some(Body::AuthOk(pb::AuthOk {
+            tenant: device.tenant.clone(),
+            user_id: device.user.clone(),
+            device_id: device.device.clone(),
+            node_id: gw.dispatch.router().node_id().to_string(),
+            server_time_ms: im_core::now_ms(),
+            pending_count,
+            role: claims.role.to_string(),
+        })),
+    };
+    let _ = out.push(encode(encoding, &ok));
+    Ok(Session { device: Arc::new(device), role: claims.role, encoding, registration, pending_count })
+}

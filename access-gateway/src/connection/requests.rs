@@ -1,0 +1,190 @@
+//! The frames a client sends after `Auth`, each answered in the order read.
+//!
+//! A `Send` is placed in its conversation in frame order (see
+//! [`dispatch::SendOrder`]) and stored by a task of its own, whose reply
+//! comes back through the mailbox; up to `max_sends_in_flight` are in
+//! progress at once. An `Ack` leaves the window at once and goes to the
+//! node's ack queue without waiting for the store. History and
+//! customer-service requests are answered before the next frame is read.
+
+use super::wire::{Incoming, classify, close, error_frame, server_frame_name};
+use super::{Conn, rare, reply_error};
+use crate::Gateway;
+use dispatch::Held;
+use im_core::pb::{self, Frame, frame::Body};
+use im_core::{CloseCode, Encoding, ErrorCode};
+use session_router::Push;
+use storage::DeviceKey;
+use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use tracing::Instrument;
+
+use super::wire::Exit;
+
+impl Conn {
+    pub(super) async fn on_read(&mut self, item: Option<Result<WsMessage, WsError>>, now: Instant) -> Result<(), Exit> {
+        self.last_heard = now;
+        self.pinged = false;
+        match classify(item, self.gw.config.max_frame_bytes) {
+            Incoming::Data(encoding, payload) => self.on_data(encoding, &payload).await,
+            Incoming::Heard => Ok(()),
+            Incoming::Exit(Exit::Close(code @ CloseCode::TooLarge, reason)) => {
+                self.emit(&error_frame(0, ErrorCode::TooLarge, reason.clone()))?;
+                Err(Exit::Close(code, reason))
+            }
+            Incoming::Exit(Exit::Close(code, reason)) => {
+                self.emit(&error_frame(0, ErrorCode::BadFrame, reason.clone()))?;
+                Err(Exit::Close(code, reason))
+            }
+            Incoming::Exit(exit) => Err(exit),
+        }
+    }
+
+    async fn on_data(&mut self, encoding: Encoding, payload: &[u8]) -> Result<(), Exit> {
+        metrics::counter!("dongdong_frames_in_total").increment(1);
+        let frame = match im_core::decode_frame(encoding, payload) {
+            Ok(f) => f,
+            Err(e) => {
+                if self.rate_check(0)? {
+                    self.emit(&error_frame(0, ErrorCode::BadFrame, e.to_string()))?;
+                }
+                return Ok(());
+            }
+        };
+        let req_id = frame.req_id;
+        // Acks of deliveries this connection made are the client keeping up,
+        // not load it creates: they never count against the rate limit.
+        let acks_own_deliveries = matches!(&frame.body, Some(Body::Ack(a))
+            if !a.msg_ids.is_empty() && self.window.has_all(a.msg_ids.iter().map(String::as_str)));
+        if !acks_own_deliveries && !self.rate_check(req_id)? {
+            return Ok(());
+        }
+        let Some(body) = frame.body else {
+            return self.emit(&error_frame(req_id, ErrorCode::BadFrame, "frame has no body"));
+        };
+        match body {
+            Body::Send(send) => self.on_send(req_id, send),
+            Body::Ack(ack) => self.on_ack(req_id, ack.msg_ids),
+            Body::SyncRequest(req) => {
+                let reply = match rare(history(&self.gw, &self.device, self.caller(), req)).await {
+                    Ok(page) => Frame { req_id, body: Some(Body::HistoryPage(page)) },
+                    Err(e) => reply_error(req_id, &e),
+                };
+                self.emit(&reply)
+            }
+            body @ (Body::RequestService(_)
+            | Body::CancelRequest(_)
+            | Body::LeaveMessage(_)
+            | Body::EndSession(_)
+            | Body::Rate(_)
+            | Body::SetStatus(_)
+            | Body::AcceptSession(_)
+            | Body::TransferSession(_)
+            | Body::CsStateRequest(_)
+            | Body::ClaimLeftMessage(_)) => {
+                let caller = self.caller();
+                let reply = match rare(self.gw.cs.handle(&caller, body)).await {
+                    Ok(body) => Frame { req_id, body: Some(body) },
+                    Err(e) => reply_error(req_id, &e),
+                };
+                self.emit(&reply)
+            }
+            Body::Ping(_) => {
+                let pong = pb::Pong { server_time_ms: im_core::now_ms() };
+                self.emit(&Frame { req_id, body: Some(Body::Pong(pong)) })
+            }
+            Body::Auth(_) => self.emit(&error_frame(req_id, ErrorCode::InvalidArgument, "already authenticated")),
+            other => {
+                let message = format!("{} is a server-to-client frame", server_frame_name(&other));
+                self.emit(&error_frame(req_id, ErrorCode::BadFrame, message))
+            }
+        }
+    }
+
+    fn caller(&self) -> cs_queue::Caller {
+        cs_queue::Caller { device: (*self.device).clone(), role: self.role }
+    }
+
+    /// Applies the per-connection rate limit. Returns whether the frame may be
+    /// processed; a client that keeps flooding is closed.
+    fn rate_check(&mut self, req_id: u64) -> Result<bool, Exit> {
+        if self.limiter.check().is_ok() {
+            self.rejected_in_row = 0;
+            return Ok(true);
+        }
+        self.rejected_in_row += 1;
+        if self.rejected_in_row > self.gw.config.rate_burst {
+            metrics::counter!("dongdong_rate_limit_closes_total").increment(1);
+            return Err(close(CloseCode::PolicyViolation, "rate limit exceeded persistently"));
+        }
+        let limit = self.gw.config.rate_per_sec;
+        // Not `emit`: error replies to a flood that fill the queue must not
+        // make the flooder a slow consumer of its own making.
+        let frame = error_frame(req_id, ErrorCode::RateLimited, format!("more than {limit} frames per second"));
+        let _ = self.outbox.push(super::encode(self.encoding, &frame));
+        Ok(false)
+    }
+
+    fn on_send(&mut self, req_id: u64, send: pb::Send) -> Result<(), Exit> {
+        let max = self.gw.config.max_sends_in_flight.max(1);
+        if self.sends_in_flight >= max {
+            let message = format!("more than {max} sends awaiting their ack");
+            return self.emit(&error_frame(req_id, ErrorCode::RateLimited, message));
+        }
+        self.sends_in_flight += 1;
+        let turn = self.order.next_turn();
+        let (dispatch, device, mailbox) = (self.gw.dispatch.clone(), self.device.clone(), self.mailbox.clone());
+        tokio::spawn(
+            async move {
+                let reply = match dispatch.send_in_turn(&device, send, turn).await {
+                    Ok(ack) => Frame { req_id, body: Some(Body::SendAck(ack)) },
+                    Err(e) => reply_error(req_id, &e),
+                };
+                // Refused only when the connection is gone.
+                let _ = mailbox.push(Push::Reply(Box::new(reply)));
+            }
+            .in_current_span(),
+        );
+        Ok(())
+    }
+
+    fn on_ack(&mut self, req_id: u64, msg_ids: Vec<String>) -> Result<(), Exit> {
+        if let Err(e) = self.gw.dispatch.check_ack(&msg_ids) {
+            return self.emit(&reply_error(req_id, &e));
+        }
+        self.window.on_ack(msg_ids.iter().map(String::as_str));
+        if msg_ids.is_empty() {
+            return Ok(());
+        }
+        // Ids the window did not have are still sent on: they may be
+        // deliveries of an earlier connection, pending in the store.
+        let acks = self.gw.dispatch.acks();
+        if let Err(Held(device, ids)) = acks.try_ack(self.device.clone(), msg_ids) {
+            metrics::counter!("dongdong_ack_queue_full_total").increment(1);
+            let acks = acks.clone();
+            self.held_acks = Some(Box::pin(async move { acks.ack(device, ids).await }));
+        }
+        Ok(())
+    }
+}
+
+/// A history page: of a conversation the user is a member of, or, with
+/// `session_id`, of a conversation of a service session they are part of.
+async fn history(
+    gw: &Gateway,
+    device: &DeviceKey,
+    caller: cs_queue::Caller,
+    req: pb::SyncRequest,
+) -> dispatch::Result<pb::HistoryPage> {
+    if req.session_id.is_empty() {
+        return gw.dispatch.history(device, req).await;
+    }
+    if req.conversation_id.is_empty() {
+        return Err(dispatch::DispatchError::new(
+            ErrorCode::InvalidArgument,
+            "with session_id, set conversation_id (one of the session's conversations)",
+        ));
+    }
+    gw.cs.may_read(&caller, &req.session_id, &req.conversation_id).await?;
+    gw.dispatch.history_as(device, req, true).await
+}

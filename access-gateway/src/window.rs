@@ -1,0 +1,623 @@
+//! The delivery window of one connection: which messages are out to the
+//! device awaiting its `Ack`, when they are sent again, and how the device's
+//! pending set is replayed before any live push.
+//!
+//! No I/O and no clock of its own: the connection feeds it events (a pushed
+//! message, a loaded replay page, an ack, a tick) with the current time, and
+//! carries out the [`Action`]s it emits and the [`PageRequest`]s it asks for.
+//!
+//! Invariants (unit and property tests below):
+//! - every message delivered is either acked or still in flight;
+//! - never two deliveries in flight with one `msg_id` (a resend reuses the slot);
+//! - while a replay pass runs, no live push is delivered: pushes that arrive
+//!   meanwhile are pending too, so they only mark the pass dirty, and a dirty
+//!   pass is followed by another; live delivery starts after a clean pass;
+//! - expired deliveries are resent in (conversation, seq) order, at most
+//!   `max_resends` times, then the connection is closed;
+//! - at most `max_inflight` deliveries are in flight: replay pages are sized
+//!   to the room left, and a live push beyond it closes the connection.
+
+use im_core::CloseCode;
+use im_core::pb::Message;
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+use storage::PendingCursor;
+use tokio::time::Instant;
+
+/// Most pending messages asked for in one replay page.
+pub const REPLAY_PAGE: usize = 256;
+/// Failed page reads retried before the connection is closed, each after
+/// `REPLAY_RETRY_BACKOFF` times the number of failures so far.
+pub const REPLAY_RETRIES: u32 = 4;
+pub const REPLAY_RETRY_BACKOFF: Duration = Duration::from_millis(250);
+
+/// The window's bounds and timers.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowLimits {
+    pub max_inflight: usize,
+    pub ack_timeout: Duration,
+    pub max_resends: u32,
+}
+
+impl WindowLimits {
+    /// How often in-flight deliveries are checked for expiry: a delivery is
+    /// resent between one and 1.25 ack timeouts after it was sent.
+    fn check_every(&self) -> Duration {
+        (self.ack_timeout / 4).max(Duration::from_millis(10))
+    }
+}
+
+/// What the connection must do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Write this message as a `Deliver`.
+    Deliver { message: Arc<Message>, replay: bool },
+    /// Close the connection; what was in flight stays pending.
+    Close { code: CloseCode, reason: &'static str },
+}
+
+/// A replay page to load: up to `limit` pending messages after `cursor`,
+/// once `delay` has passed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PageRequest {
+    pub cursor: Option<PendingCursor>,
+    pub limit: usize,
+    pub delay: Duration,
+}
+
+/// A delivery awaiting its ack.
+#[derive(Debug)]
+struct Sent {
+    sent_at: Instant,
+    resends: u32,
+}
+
+/// An in-flight message, keyed by its `msg_id` without a copy of the id.
+#[derive(Debug, Clone)]
+struct ById(Arc<Message>);
+
+impl Borrow<str> for ById {
+    fn borrow(&self) -> &str {
+        &self.0.msg_id
+    }
+}
+
+impl Hash for ById {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.msg_id.as_str().hash(state)
+    }
+}
+
+impl PartialEq for ById {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.msg_id == other.0.msg_id
+    }
+}
+
+impl Eq for ById {}
+
+/// A replay pass over the pending set.
+#[derive(Debug)]
+struct Replay {
+    cursor: Option<PendingCursor>,
+    /// Size of the page being loaded: a shorter answer ends the pass.
+    requested: usize,
+    loading: bool,
+    /// A push arrived (and was left to the store) during this pass.
+    dirty: bool,
+    /// Consecutive failed page reads.
+    failures: u32,
+    started: Instant,
+}
+
+impl Replay {
+    fn new(now: Instant) -> Box<Self> {
+        Box::new(Self { cursor: None, requested: 0, loading: false, dirty: false, failures: 0, started: now })
+    }
+}
+
+/// One connection's deliveries. See the module docs for its invariants.
+#[derive(Debug)]
+pub struct DeliveryWindow {
+    limits: WindowLimits,
+    inflight: HashMap<ById, Sent>,
+    /// Boxed: an idle connection holds a null pointer, not the whole pass.
+    replay: Option<Box<Replay>>,
+    next_check: Option<Instant>,
+}
+
+impl DeliveryWindow {
+    /// A window that starts with a replay pass (a connection's first act).
+    pub fn new(limits: WindowLimits, now: Instant) -> Self {
+        Self { limits, inflight: HashMap::new(), replay: Some(Replay::new(now)), next_check: None }
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.inflight.len()
+    }
+
+    pub fn is_replaying(&self) -> bool {
+        self.replay.is_some()
+    }
+
+    /// Whether every id is a delivery this window has in flight.
+    pub fn has_all<'a>(&self, mut msg_ids: impl Iterator<Item = &'a str>) -> bool {
+        msg_ids.all(|id| self.inflight.contains_key(id))
+    }
+
+    /// Pushes meant for this device may have been lost: replay its pending
+    /// set again (now, or after the pass under way).
+    pub fn resync(&mut self, now: Instant) {
+        match &mut self.replay {
+            Some(replay) => replay.dirty = true,
+            None => self.replay = Some(Replay::new(now)),
+        }
+    }
+
+    /// The next replay page to load, if a pass is running, no page is being
+    /// loaded, and both the window and the writer (`writer_room` frames)
+    /// have room. Call it after every event; each request is answered with
+    /// [`on_page`](Self::on_page) or [`on_page_failed`](Self::on_page_failed).
+    pub fn next_page(&mut self, writer_room: usize) -> Option<PageRequest> {
+        let room = self.limits.max_inflight.saturating_sub(self.inflight.len()).min(REPLAY_PAGE).min(writer_room);
+        let replay = self.replay.as_mut().filter(|r| !r.loading)?;
+        if room == 0 {
+            return None;
+        }
+        replay.loading = true;
+        replay.requested = room;
+        Some(PageRequest { cursor: replay.cursor.clone(), limit: room, delay: REPLAY_RETRY_BACKOFF * replay.failures })
+    }
+
+    /// A requested page could not be read. Returns true when the retries
+    /// are spent and the connection should close (1013).
+    pub fn on_page_failed(&mut self) -> bool {
+        let Some(replay) = self.replay.as_mut() else { return false };
+        replay.loading = false;
+        replay.failures += 1;
+        replay.failures > REPLAY_RETRIES
+    }
+
+    /// A requested page arrived: delivers what is not already in flight.
+    /// Returns how long the replay took when this page ended it.
+    pub fn on_page(&mut self, messages: Vec<Message>, now: Instant, out: &mut dyn FnMut(Action)) -> Option<Duration> {
+        let replay = self.replay.as_mut()?;
+        replay.loading = false;
+        replay.failures = 0;
+        if let Some(last) = messages.last() {
+            replay.cursor = Some(PendingCursor::of(last));
+        }
+        let mut finished = None;
+        if messages.len() < replay.requested {
+            if replay.dirty {
+                replay.cursor = None;
+                replay.dirty = false;
+            } else {
+                finished = Some(now.saturating_duration_since(replay.started));
+                self.replay = None;
+            }
+        }
+        for m in messages {
+            if !self.inflight.contains_key(m.msg_id.as_str()) {
+                self.deliver(Arc::new(m), true, now, out);
+            }
+        }
+        finished
+    }
+
+    /// A message pushed live by the router.
+    pub fn on_push(&mut self, message: Arc<Message>, now: Instant, out: &mut dyn FnMut(Action)) {
+        if let Some(replay) = self.replay.as_mut() {
+            // It is pending as well: a later pass sends it in order.
+            replay.dirty = true;
+            return;
+        }
+        if self.inflight.contains_key(message.msg_id.as_str()) {
+            return;
+        }
+        if self.inflight.len() >= self.limits.max_inflight {
+            out(Action::Close { code: CloseCode::SlowConsumer, reason: "too many unacknowledged deliveries" });
+            return;
+        }
+        self.deliver(message, false, now, out);
+    }
+
+    fn deliver(&mut self, message: Arc<Message>, replay: bool, now: Instant, out: &mut dyn FnMut(Action)) {
+        self.next_check.get_or_insert(now + self.limits.check_every());
+        self.inflight.insert(ById(message.clone()), Sent { sent_at: now, resends: 0 });
+        out(Action::Deliver { message, replay });
+    }
+
+    /// The device acked these ids; returns how many were in flight here.
+    /// (Ids of deliveries from an earlier connection are not, but they are
+    /// still pending in the store, which the caller tells too.)
+    pub fn on_ack<'a>(&mut self, msg_ids: impl Iterator<Item = &'a str>) -> usize {
+        let before = self.inflight.len();
+        for id in msg_ids {
+            self.inflight.remove(id);
+        }
+        if self.inflight.is_empty() {
+            self.next_check = None;
+            // A burst's table is not kept for a connection gone quiet.
+            if self.inflight.capacity() > 64 {
+                self.inflight = HashMap::new();
+            }
+        }
+        before - self.inflight.len()
+    }
+
+    /// When [`on_tick`](Self::on_tick) has work: `None` while nothing is in flight.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.next_check
+    }
+
+    /// Resends what stayed unacknowledged for an ack timeout, in
+    /// (conversation, seq) order; closes the connection when a delivery
+    /// has been resent `max_resends` times already.
+    pub fn on_tick(&mut self, now: Instant, out: &mut dyn FnMut(Action)) {
+        if self.next_check.is_none_or(|at| now < at) {
+            return;
+        }
+        self.next_check = (!self.inflight.is_empty()).then(|| now + self.limits.check_every());
+        let timeout = self.limits.ack_timeout;
+        let mut expired: Vec<&ById> =
+            self.inflight.iter().filter(|(_, s)| s.sent_at + timeout <= now).map(|(k, _)| k).collect();
+        if expired.is_empty() {
+            return;
+        }
+        expired.sort_by(|a, b| (&a.0.conversation_id, a.0.seq).cmp(&(&b.0.conversation_id, b.0.seq)));
+        let expired: Vec<Arc<Message>> = expired.into_iter().map(|k| k.0.clone()).collect();
+        for message in expired {
+            let Some(sent) = self.inflight.get_mut(message.msg_id.as_str()) else { continue };
+            if sent.resends >= self.limits.max_resends {
+                out(Action::Close { code: CloseCode::AckTimeout, reason: "deliveries stayed unacknowledged" });
+                return;
+            }
+            sent.resends += 1;
+            sent.sent_at = now;
+            out(Action::Deliver { message, replay: true });
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::{BTreeMap, HashSet};
+
+    const LIMITS: WindowLimits = WindowLimits { max_inflight: 8, ack_timeout: Duration::from_secs(10), max_resends: 2 };
+
+    fn msg(conversation: &str, seq: u64) -> Message {
+        Message {
+            msg_id: format!("{conversation}-{seq}"),
+            conversation_id: conversation.into(),
+            seq,
+            ..Default::default()
+        }
+    }
+
+    fn run<T>(f: impl FnOnce(&mut dyn FnMut(Action)) -> T) -> (T, Vec<Action>) {
+        let mut actions = Vec::new();
+        let t = f(&mut |a| actions.push(a));
+        (t, actions)
+    }
+
+    fn delivered(actions: &[Action]) -> Vec<(String, bool)> {
+        actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::Deliver { message, replay } => Some((message.msg_id.clone(), *replay)),
+                Action::Close { .. } => None,
+            })
+            .collect()
+    }
+
+    /// A window whose first replay pass found nothing.
+    fn live(now: Instant) -> DeliveryWindow {
+        let mut w = DeliveryWindow::new(LIMITS, now);
+        let page = w.next_page(100).unwrap();
+        assert_eq!((page.cursor, page.limit, page.delay), (None, 8, Duration::ZERO));
+        let (finished, actions) = run(|out| w.on_page(Vec::new(), now, &mut |a| out(a)));
+        assert_eq!((finished, actions), (Some(Duration::ZERO), vec![]));
+        w
+    }
+
+    #[test]
+    fn replay_pages_fit_the_window_and_the_writer() {
+        let now = Instant::now();
+        let mut w = DeliveryWindow::new(LIMITS, now);
+        assert_eq!(w.next_page(3).unwrap().limit, 3, "the writer has room for 3");
+        assert!(w.next_page(100).is_none(), "one page at a time");
+        let (_, actions) = run(|out| w.on_page(vec![msg("a", 1), msg("a", 2), msg("b", 1)], now, &mut |a| out(a)));
+        assert_eq!(delivered(&actions), [("a-1".into(), true), ("a-2".into(), true), ("b-1".into(), true)]);
+        let page = w.next_page(100).unwrap();
+        assert_eq!((page.cursor.unwrap().msg_id, page.limit), ("b-1".to_string(), 5));
+        let (finished, _) = run(|out| w.on_page(vec![msg("b", 2)], now, &mut |a| out(a)));
+        assert!(finished.is_some(), "a short page ends the pass");
+        assert!(!w.is_replaying());
+        assert_eq!(w.in_flight(), 4);
+    }
+
+    #[test]
+    fn a_push_during_replay_waits_for_another_pass() {
+        let now = Instant::now();
+        let mut w = DeliveryWindow::new(LIMITS, now);
+        w.next_page(100).unwrap();
+        let (_, actions) = run(|out| w.on_push(Arc::new(msg("a", 2)), now, &mut |a| out(a)));
+        assert!(actions.is_empty(), "not delivered ahead of the replay");
+        let (finished, actions) = run(|out| w.on_page(vec![msg("a", 1)], now, &mut |a| out(a)));
+        assert_eq!((finished, delivered(&actions)), (None, vec![("a-1".into(), true)]));
+        let page = w.next_page(100).unwrap();
+        assert_eq!(page.cursor, None, "the dirty pass starts over");
+        let (finished, actions) = run(|out| w.on_page(vec![msg("a", 1), msg("a", 2)], now, &mut |a| out(a)));
+        assert_eq!(delivered(&actions), [("a-2".into(), true)], "a-1 is still in flight");
+        assert!(finished.is_some());
+        let (_, actions) = run(|out| w.on_push(Arc::new(msg("a", 3)), now, &mut |a| out(a)));
+        assert_eq!(delivered(&actions), [("a-3".into(), false)]);
+    }
+
+    #[test]
+    fn resends_in_seq_order_then_closes() {
+        let t0 = Instant::now();
+        let mut w = live(t0);
+        for (c, s) in [("b", 1), ("a", 2), ("a", 1)] {
+            run(|out| w.on_push(Arc::new(msg(c, s)), t0, &mut |a| out(a)));
+        }
+        assert_eq!(w.on_ack(["b-1"].into_iter()), 1);
+        assert_eq!(w.next_deadline(), Some(t0 + Duration::from_millis(2500)));
+        let (_, early) = run(|out| w.on_tick(t0 + Duration::from_secs(9), &mut |a| out(a)));
+        assert!(early.is_empty());
+        assert_eq!(w.next_deadline(), Some(t0 + Duration::from_millis(11_500)), "checked every quarter timeout");
+        let t1 = t0 + Duration::from_millis(11_500);
+        let (_, actions) = run(|out| w.on_tick(t1, &mut |a| out(a)));
+        assert_eq!(delivered(&actions), [("a-1".into(), true), ("a-2".into(), true)]);
+        let (_, actions) = run(|out| w.on_tick(t1 + Duration::from_secs(10), &mut |a| out(a)));
+        assert_eq!(delivered(&actions).len(), 2, "second resend");
+        let (_, actions) = run(|out| w.on_tick(t1 + Duration::from_secs(20), &mut |a| out(a)));
+        assert_eq!(
+            actions,
+            [Action::Close { code: CloseCode::AckTimeout, reason: "deliveries stayed unacknowledged" }]
+        );
+    }
+
+    #[test]
+    fn a_full_window_closes_on_a_live_push() {
+        let now = Instant::now();
+        let mut w = live(now);
+        for s in 1..=8 {
+            run(|out| w.on_push(Arc::new(msg("a", s)), now, &mut |a| out(a)));
+        }
+        let (_, again) = run(|out| w.on_push(Arc::new(msg("a", 8)), now, &mut |a| out(a)));
+        assert!(again.is_empty(), "a push of an id in flight is not sent twice");
+        let (_, actions) = run(|out| w.on_push(Arc::new(msg("a", 9)), now, &mut |a| out(a)));
+        assert!(matches!(actions[..], [Action::Close { code: CloseCode::SlowConsumer, .. }]));
+    }
+
+    #[test]
+    fn failed_pages_back_off_then_give_up() {
+        let now = Instant::now();
+        let mut w = DeliveryWindow::new(LIMITS, now);
+        for failures in 0..REPLAY_RETRIES {
+            assert_eq!(w.next_page(100).unwrap().delay, REPLAY_RETRY_BACKOFF * failures);
+            assert!(!w.on_page_failed());
+        }
+        w.next_page(100).unwrap();
+        assert!(w.on_page_failed(), "retries spent");
+    }
+
+    #[test]
+    fn resync_after_replay_starts_a_new_pass() {
+        let now = Instant::now();
+        let mut w = live(now);
+        w.resync(now);
+        assert!(w.is_replaying());
+        assert_eq!(w.next_page(100).unwrap().cursor, None);
+    }
+
+    /// What the test does next.
+    #[derive(Debug, Clone)]
+    enum Step {
+        /// A new message in conversation `conv` is stored and pushed (or
+        /// stored only: the push was lost).
+        Push {
+            conv: u8,
+            lost: bool,
+        },
+        /// The device acks the `n`th oldest of what it was sent (mod count).
+        Ack(usize),
+        /// The store answers the page request, or fails it.
+        Page {
+            fail: bool,
+        },
+        /// Time passes.
+        Wait(u64),
+        Resync,
+    }
+
+    fn step() -> impl Strategy<Value = Step> {
+        prop_oneof![
+            4 => (0u8..3, prop::bool::weighted(0.1)).prop_map(|(conv, lost)| Step::Push { conv, lost }),
+            3 => (0usize..16).prop_map(Step::Ack),
+            3 => prop::bool::weighted(0.1).prop_map(|fail| Step::Page { fail }),
+            1 => (1u64..6000).prop_map(Step::Wait),
+            1 => Just(Step::Resync),
+        ]
+    }
+
+    /// The device's pending set in the store, as the window's pages see it.
+    #[derive(Default)]
+    struct Store {
+        pending: BTreeMap<(String, u64), Message>,
+        next_seq: HashMap<String, u64>,
+    }
+
+    impl Store {
+        fn page(&self, req: &PageRequest) -> Vec<Message> {
+            let after = req.cursor.as_ref().map(|c| (c.conversation_id.clone(), c.seq));
+            self.pending
+                .iter()
+                .filter(|(k, _)| after.as_ref().is_none_or(|a| *k > a))
+                .take(req.limit)
+                .map(|(_, m)| m.clone())
+                .collect()
+        }
+    }
+
+    /// Checks the invariants after every step of a random run, then lets
+    /// the device ack everything and checks that every pending message got
+    /// through.
+    fn check(initial: u8, steps: Vec<Step>) -> Result<(), TestCaseError> {
+        let mut now = Instant::now();
+        let mut store = Store::default();
+        for i in 0..initial {
+            let conv = format!("c{}", i % 3);
+            let seq = store.next_seq.entry(conv.clone()).or_insert(0);
+            *seq += 1;
+            store.pending.insert((conv.clone(), *seq), msg(&conv, *seq));
+        }
+        let at_connect: HashSet<String> = store.pending.values().map(|m| m.msg_id.clone()).collect();
+        let mut w = DeliveryWindow::new(LIMITS, now);
+        let mut page: Option<PageRequest> = None;
+        // What the device holds unacked, oldest first; and every delivery.
+        let mut unacked: Vec<String> = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        let mut last_first_seq: HashMap<String, u64> = HashMap::new();
+        let mut live_started = false;
+        let mut closed = false;
+        let mut apply = |actions: Vec<Action>,
+                         w: &DeliveryWindow,
+                         store: &Store,
+                         unacked: &mut Vec<String>|
+         -> Result<bool, TestCaseError> {
+            let mut resent: Vec<(String, u64)> = Vec::new();
+            for a in actions {
+                match a {
+                    Action::Close { .. } => return Ok(true),
+                    Action::Deliver { message, replay } => {
+                        let id = message.msg_id.clone();
+                        if !replay {
+                            prop_assert!(!w.is_replaying(), "live delivery during a replay pass");
+                            if !live_started {
+                                live_started = true;
+                                let missing: Vec<_> = at_connect
+                                    .iter()
+                                    .filter(|id| {
+                                        store.pending.values().any(|m| &m.msg_id == *id) && !seen.contains(*id)
+                                    })
+                                    .collect();
+                                prop_assert!(missing.is_empty(), "live before replay of {missing:?}");
+                            }
+                        }
+                        if seen.insert(id.clone()) {
+                            let last = last_first_seq.entry(message.conversation_id.clone()).or_insert(0);
+                            prop_assert!(message.seq > *last, "first deliveries of a conversation in seq order");
+                            *last = message.seq;
+                        } else {
+                            if let Some(prev) = resent.last() {
+                                prop_assert!(
+                                    prev <= &(message.conversation_id.clone(), message.seq),
+                                    "resends in seq order"
+                                );
+                            }
+                            resent.push((message.conversation_id.clone(), message.seq));
+                        }
+                        if !unacked.contains(&id) {
+                            unacked.push(id);
+                        }
+                    }
+                }
+            }
+            Ok(false)
+        };
+        for s in steps {
+            let mut actions = Vec::new();
+            let mut out = |a| actions.push(a);
+            match s {
+                Step::Push { conv, lost } => {
+                    let conv = format!("c{conv}");
+                    let seq = store.next_seq.entry(conv.clone()).or_insert(0);
+                    *seq += 1;
+                    let m = msg(&conv, *seq);
+                    store.pending.insert((conv, *seq), m.clone());
+                    if !lost {
+                        w.on_push(Arc::new(m), now, &mut out);
+                    } else {
+                        w.resync(now);
+                    }
+                }
+                Step::Ack(n) if !unacked.is_empty() => {
+                    let id = unacked.remove(n % unacked.len());
+                    store.pending.retain(|_, m| m.msg_id != id);
+                    w.on_ack(std::iter::once(id.as_str()));
+                }
+                Step::Ack(_) => {}
+                Step::Page { fail } => {
+                    if let Some(req) = page.take() {
+                        if fail {
+                            if w.on_page_failed() {
+                                closed = true;
+                            }
+                        } else {
+                            w.on_page(store.page(&req), now, &mut out);
+                        }
+                    }
+                }
+                Step::Wait(ms) => {
+                    now += Duration::from_millis(ms);
+                    w.on_tick(now, &mut out);
+                }
+                Step::Resync => w.resync(now),
+            }
+            if apply(actions, &w, &store, &mut unacked)? || closed {
+                return Ok(());
+            }
+            if page.is_none() {
+                page = w.next_page(1000);
+            }
+            prop_assert!(w.in_flight() <= LIMITS.max_inflight);
+            let in_flight: HashSet<&str> = w.inflight.keys().map(|k| k.0.msg_id.as_str()).collect();
+            let held: HashSet<&str> = unacked.iter().map(String::as_str).collect();
+            prop_assert_eq!(in_flight, held, "delivered = acked + in flight");
+        }
+        // The device now acks everything it gets; the store answers every
+        // page. Everything pending must get through.
+        for _ in 0..1000 {
+            for id in unacked.drain(..) {
+                store.pending.retain(|_, m| m.msg_id != id);
+                w.on_ack(std::iter::once(id.as_str()));
+            }
+            if store.pending.is_empty() {
+                return Ok(());
+            }
+            let mut actions = Vec::new();
+            match page.take().or_else(|| w.next_page(1000)) {
+                Some(req) => {
+                    w.on_page(store.page(&req), now, &mut |a| actions.push(a));
+                }
+                None => {
+                    // Nothing being replayed, yet something is pending: the
+                    // pushes were lost and only a resync finds them.
+                    w.resync(now);
+                }
+            }
+            if apply(actions, &w, &store, &mut unacked)? {
+                return Ok(());
+            }
+        }
+        prop_assert!(false, "pending messages never got through: {:?}", store.pending.keys());
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+        #[test]
+        fn window_invariants(initial in 0u8..20, steps in prop::collection::vec(step(), 1..120)) {
+            check(initial, steps)?;
+        }
+    }
+}
