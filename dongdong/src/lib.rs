@@ -111,8 +111,10 @@ pub async fn run_with_backends(
 
     let http_task =
         tokio::spawn(http::serve(http, router, node_id.to_string(), health, metrics, routes, shutdown.clone()));
-    access_gateway::serve(ws, gateway, shutdown.clone()).await;
+    access_gateway::serve(ws, gateway.clone(), shutdown.clone()).await;
     shutdown.cancel();
+    // Acks of the closed connections reach the store before it closes.
+    gateway.dispatch.acks().flush().await;
     http_task.await.context("HTTP task failed")??;
     info!("all connections closed");
     Ok(())
