@@ -275,7 +275,7 @@ async fn agent(ctx: &Ctx, mut conn: Conn, k: usize, think: Duration, stop: Cance
                     let Some((customer, last)) = answers.remove(&req_id) else { continue };
                     ctx.live.acked.fetch_add(1, Ordering::Relaxed);
                     if let Some(j) = customer.strip_prefix(&customer_prefix).and_then(|j| j.parse::<usize>().ok()) {
-                        out.acked.push(Acked { msg_id: a.msg_id, devices: vec![CUSTOMER_BASE + j] });
+                        out.acked.push(Acked { msg_id: a.msg_id, devices: vec![CUSTOMER_BASE + j], written: req_id });
                     }
                     if last && let Some((session_id, _)) = sessions.get(&customer) {
                         let session_id = session_id.clone();
@@ -396,7 +396,7 @@ async fn customer(
                 if my_sends.remove(&req_id).is_some() {
                     ctx.live.acked.fetch_add(1, Ordering::Relaxed);
                     if let Some(slot) = agent_slot {
-                        out.acked.push(Acked { msg_id: a.msg_id, devices: vec![slot] });
+                        out.acked.push(Acked { msg_id: a.msg_id, devices: vec![slot], written: req_id });
                     }
                 }
             }

@@ -1,7 +1,7 @@
 //! What the bots saw, checked against what the server promised: every
 //! message it acknowledged (SendAck) must reach every device it is for; no
 //! message may arrive twice under two ids; each conversation arrives in seq
-//! order.
+//! order; and each sender's messages arrive in the order it wrote them.
 
 use im_core::pb;
 use serde::Serialize;
@@ -12,6 +12,9 @@ use std::collections::{HashMap, HashSet};
 pub struct Acked {
     pub msg_id: String,
     pub devices: Vec<usize>,
+    /// Where the sender wrote the Send that was acknowledged among the frames
+    /// of its connection (its req_id; a retry is written again, later).
+    pub written: u64,
 }
 
 /// What one receiving device saw.
@@ -21,6 +24,10 @@ pub struct DeviceLog {
     /// (sender, client_msg_id) -> msg_id: one client message must map to one id.
     by_client: HashMap<(String, String), String>,
     last_seq: HashMap<String, u64>,
+    /// First deliveries in arrival order, each with its sender stream: an
+    /// index into `streams` of (conversation, sender, sender's device).
+    arrivals: Vec<(u32, String)>,
+    streams: HashMap<(String, String, String), u32>,
     pub redeliveries: u64,
     pub duplicates: u64,
     pub out_of_order: u64,
@@ -44,6 +51,12 @@ impl DeviceLog {
                 }
             }
         }
+        let next = self.streams.len() as u32;
+        let stream = *self
+            .streams
+            .entry((m.conversation_id.clone(), m.from_user.clone(), m.from_device.clone()))
+            .or_insert(next);
+        self.arrivals.push((stream, m.msg_id.clone()));
         let last = self.last_seq.entry(m.conversation_id.clone()).or_insert(0);
         if m.seq <= *last {
             self.out_of_order += 1;
@@ -73,6 +86,9 @@ pub struct Correctness {
     pub duplicates: u64,
     /// Messages that arrived after a later seq of their conversation: must be 0.
     pub out_of_order: u64,
+    /// Messages that arrived after one their sender wrote later, to the same
+    /// conversation from the same device: must be 0.
+    pub sender_order_violated: u64,
     /// Deliveries of a msg_id the device already had (replays; deduplicated
     /// by msg_id as clients do; not an error).
     pub redeliveries: u64,
@@ -83,7 +99,10 @@ pub struct Correctness {
 
 impl Correctness {
     pub fn clean(&self) -> bool {
-        self.acked_but_not_delivered == 0 && self.duplicates == 0 && self.out_of_order == 0
+        self.acked_but_not_delivered == 0
+            && self.duplicates == 0
+            && self.out_of_order == 0
+            && self.sender_order_violated == 0
     }
 
     /// Checks `acked` against what the devices logged.
@@ -99,7 +118,18 @@ impl Correctness {
                 }
             }
         }
+        let written: HashMap<&str, u64> = acked.iter().map(|a| (a.msg_id.as_str(), a.written)).collect();
         for l in logs {
+            let mut last: HashMap<u32, u64> = HashMap::new();
+            for (stream, id) in &l.arrivals {
+                let Some(&w) = written.get(id.as_str()) else { continue };
+                let last = last.entry(*stream).or_insert(0);
+                if w < *last {
+                    c.sender_order_violated += 1;
+                } else {
+                    *last = w;
+                }
+            }
             c.duplicates += l.duplicates;
             c.out_of_order += l.out_of_order;
             c.redeliveries += l.redeliveries;
@@ -132,9 +162,9 @@ mod tests {
         assert!(log.record(&msg("m2", "b", 2)), "late but new");
         assert!(log.record(&msg("m9", "a", 4)), "same client id, new msg_id");
         let acked = vec![
-            Acked { msg_id: "m1".into(), devices: vec![0] },
-            Acked { msg_id: "m4".into(), devices: vec![0] },
-            Acked { msg_id: "m3".into(), devices: vec![0, 1] },
+            Acked { msg_id: "m1".into(), devices: vec![0], written: 1 },
+            Acked { msg_id: "m4".into(), devices: vec![0], written: 4 },
+            Acked { msg_id: "m3".into(), devices: vec![0, 1], written: 3 },
         ];
         let c = Correctness::check(&acked, &[log]);
         assert_eq!(c.acked, 3);
@@ -150,7 +180,30 @@ mod tests {
         for i in 1..=3 {
             log.record(&msg(&format!("m{i}"), &format!("c{i}"), i));
         }
-        let acked: Vec<_> = (1..=3).map(|i| Acked { msg_id: format!("m{i}"), devices: vec![0] }).collect();
+        let acked: Vec<_> = (1..=3).map(|i| Acked { msg_id: format!("m{i}"), devices: vec![0], written: i }).collect();
         assert!(Correctness::check(&acked, &[log]).clean());
+    }
+
+    #[test]
+    fn finds_a_senders_messages_out_of_the_order_written() {
+        // Seqs in order, but the sender wrote m2 before m1 (as when sends
+        // race inside the server): the seq check cannot see it.
+        let mut log = DeviceLog::default();
+        for (i, id) in ["m1", "m2", "m3"].iter().enumerate() {
+            log.record(&msg(id, id, i as u64 + 1));
+        }
+        let mut other = msg("x1", "x1", 4);
+        other.from_device = "d2".into();
+        log.record(&other);
+        let acked = vec![
+            Acked { msg_id: "m1".into(), devices: vec![0], written: 2 },
+            Acked { msg_id: "m2".into(), devices: vec![0], written: 1 },
+            Acked { msg_id: "m3".into(), devices: vec![0], written: 3 },
+            // Another device of the sender counts on its own.
+            Acked { msg_id: "x1".into(), devices: vec![0], written: 1 },
+        ];
+        let c = Correctness::check(&acked, &[log]);
+        assert_eq!((c.out_of_order, c.sender_order_violated), (0, 1));
+        assert!(!c.clean());
     }
 }

@@ -68,6 +68,11 @@ pub struct Common {
     /// on their way.
     #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
     pub drain: Duration,
+    /// How receivers acknowledge: one Ack frame for each Deliver as it is
+    /// read (what browsers and mobile SDKs do), or one Ack per burst of
+    /// frames read together.
+    #[arg(long, default_value = "per-message", value_parser = ["per-message", "batched"])]
+    pub ack: String,
     /// Frame encoding: protobuf (binary messages) or json (text messages).
     #[arg(long, default_value = "protobuf", value_parser = ["protobuf", "json"])]
     pub encoding: String,
@@ -364,6 +369,7 @@ impl Ctx {
     pub fn settings(&self) -> serde_json::Map<String, serde_json::Value> {
         let mut m = serde_json::Map::new();
         m.insert("encoding".into(), self.common.encoding.clone().into());
+        m.insert("ack".into(), self.common.ack.clone().into());
         m
     }
 

@@ -102,7 +102,8 @@ pub async fn send_loop(ctx: &Ctx, conn: &mut Conn, plan: SendPlan) -> Vec<Acked>
                 Incoming::Frame(Frame { req_id, body: Some(Body::SendAck(a)) }) => {
                     if inflight.remove(&req_id).is_some() {
                         live.acked.fetch_add(1, Ordering::Relaxed);
-                        acked.push(Acked { msg_id: a.msg_id, devices: plan.expect.clone() });
+                        // req_ids grow with every frame written: the write order.
+                        acked.push(Acked { msg_id: a.msg_id, devices: plan.expect.clone(), written: req_id });
                     }
                 }
                 Incoming::Frame(Frame { req_id, body: Some(Body::Error(e)) }) => {
@@ -193,8 +194,9 @@ pub struct Window {
     pub to_us: u64,
 }
 
-/// Logs and acks deliveries (acks batched per burst of frames) until
-/// `stop`, or until the device has `expect` distinct messages.
+/// Logs and acks deliveries until `stop`, or until the device has `expect`
+/// distinct messages. With `--ack per-message` each Deliver is acked as it
+/// is read; with `batched`, one Ack covers a burst of frames read together.
 pub async fn receive_loop(
     ctx: &Ctx,
     mut conn: Conn,
@@ -203,6 +205,7 @@ pub async fn receive_loop(
     expect: Option<usize>,
 ) -> Received {
     let mut r = Received { log: DeviceLog::default(), latency: report::histogram(), counted: 0, complete_at: None };
+    let per_message = ctx.common.ack == "per-message";
     let mut acks = Vec::new();
     'outer: loop {
         let first = tokio::select! {
@@ -223,7 +226,11 @@ pub async fn receive_loop(
                             r.counted += 1;
                         }
                     }
-                    acks.push(m.msg_id);
+                    if per_message {
+                        conn.send(Body::Ack(pb::Ack { msg_ids: vec![m.msg_id] })).await;
+                    } else {
+                        acks.push(m.msg_id);
+                    }
                 }
                 Incoming::Frame(Frame { body: Some(Body::Error(e)), .. }) => ctx.live.error(error_name(e.code)),
                 Incoming::Frame(_) => {}

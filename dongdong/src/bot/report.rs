@@ -224,7 +224,7 @@ impl Report {
         }
         let c = &self.correctness;
         println!(
-            "  correctness   {}: acked {}, acked-but-never-delivered {}, duplicates {}, out-of-order {}, redeliveries {} (deduplicated)",
+            "  correctness   {}: acked {}, acked-but-never-delivered {}, duplicates {}, out-of-order {}, sender-order-violated {}, redeliveries {} (deduplicated)",
             match (self.clean, c.clean()) {
                 (true, _) => "CLEAN".to_string(),
                 (false, true) => format!("FAILED ({} connections failed or dropped)", self.connects.failed),
@@ -234,6 +234,7 @@ impl Report {
             c.acked_but_not_delivered,
             c.duplicates,
             c.out_of_order,
+            c.sender_order_violated,
             c.redeliveries
         );
         if !c.missing_examples.is_empty() {

@@ -30,6 +30,7 @@ fn bot_at(urls: &str, sampled: &ChildServer, args: &[&str]) -> Value {
     let report: Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(report["clean"], true, "{report:#}");
     assert_eq!(report["correctness"]["acked_but_not_delivered"], 0, "{report:#}");
+    assert_eq!(report["correctness"]["sender_order_violated"], 0, "{report:#}");
     assert!(report["server"]["rss_peak_kib"].as_u64().unwrap() > 0, "server sampled: {report:#}");
     report
 }
@@ -50,6 +51,9 @@ fn bot_scenarios_run_clean_against_a_real_server() {
 
     let r = bot(&server, &["pairs", "--pairs", "20", "--rate", "20", "--duration", "1s", "--warmup", "0s"]);
     assert!(r["acked"].as_u64().unwrap() >= 200, "open loop sends on schedule: {r:#}");
+
+    let r = bot(&server, &["pairs", "--pairs", "4", "--window", "16", "--ack", "batched", "--duration", "1s"]);
+    assert_eq!(r["settings"]["ack"], "batched", "{r:#}");
 
     let r = bot(&server, &["multi-device", "--pairs", "4", "--devices", "3", "--duration", "1s", "--warmup", "0s"]);
     // Each message reaches the receiver's 3 devices and the sender's 2 others.
