@@ -21,7 +21,7 @@ pub const WS_PATH: &str = "/ws";
 /// tungstenite settings from the gateway limits: small I/O buffers (the
 /// defaults allocate 128 KiB per connection) and the frame size limit.
 pub fn websocket_config(config: &GatewayConfig) -> WebSocketConfig {
-    let buffer = config.io_buffer_bytes.max(1024);
+    let buffer = config.io_buffer_bytes.max(256);
     WebSocketConfig::default()
         .read_buffer_size(buffer)
         .write_buffer_size(buffer)
@@ -65,10 +65,9 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: Cancellati
             match tokio::time::timeout(gw.config.auth_timeout, handshake).await {
                 // A task of its own: a task keeps the size of its largest
                 // state for life, and the handshake's is large.
-                Ok(Ok(ws)) => drop(conn_tracker.spawn(async move {
-                    let _permit = permit;
-                    connection::handle_socket(ws, gw, conn_shutdown, peer.to_string()).await
-                })),
+                Ok(Ok(ws)) => {
+                    drop(conn_tracker.spawn(connection::handle_socket(ws, gw, conn_shutdown, peer).holding(permit)))
+                }
                 Ok(Err(e)) => debug!(%peer, error = %e, "WebSocket handshake failed"),
                 Err(_) => debug!(%peer, "WebSocket handshake timed out"),
             }

@@ -25,7 +25,7 @@ pub use mailbox::{KickReason, Mail, Mailbox, Push, Refused};
 
 /// What the router keeps per local connection.
 struct LocalConn {
-    device: DeviceKey,
+    device: Arc<DeviceKey>,
     epoch: u64,
     mailbox: Arc<Mailbox>,
 }
@@ -168,7 +168,7 @@ impl Router {
     /// Registers a connection of `device` on this node and in presence. An
     /// older connection of the same device on this node is closed with
     /// [`CloseCode::Replaced`].
-    pub async fn register(&self, device: DeviceKey) -> Result<Registration, StorageError> {
+    pub async fn register(&self, device: Arc<DeviceKey>) -> Result<Registration, StorageError> {
         let conn_id = self.next_conn_id.fetch_add(1, Ordering::Relaxed);
         let epoch = self.next_epoch();
         let mailbox = Arc::new(Mailbox::new(self.delivery_queue));
@@ -321,7 +321,7 @@ impl Router {
 
     /// Closes every local connection of the device (e.g. an admin action).
     pub fn kick_device(&self, device: &DeviceKey, code: CloseCode, message: &'static str) {
-        for conn in self.local.iter().filter(|c| &c.device == device) {
+        for conn in self.local.iter().filter(|c| *c.device == *device) {
             conn.mailbox.kick(code, message);
         }
     }
@@ -364,10 +364,10 @@ mod tests {
     #[tokio::test]
     async fn pushes_to_recipient_and_other_sender_devices_only() {
         let r = router(8);
-        let bob = r.register(DeviceKey::new("t", "bob", "b1")).await.unwrap();
-        let alice1 = r.register(DeviceKey::new("t", "alice", "a1")).await.unwrap();
-        let alice2 = r.register(DeviceKey::new("t", "alice", "a2")).await.unwrap();
-        let other_tenant = r.register(DeviceKey::new("u", "bob", "b1")).await.unwrap();
+        let bob = r.register(DeviceKey::new("t", "bob", "b1").into()).await.unwrap();
+        let alice1 = r.register(DeviceKey::new("t", "alice", "a1").into()).await.unwrap();
+        let alice2 = r.register(DeviceKey::new("t", "alice", "a2").into()).await.unwrap();
+        let other_tenant = r.register(DeviceKey::new("u", "bob", "b1").into()).await.unwrap();
         let m = msg("alice", "a1", "bob");
         assert_eq!(r.deliver("t", m.clone()).await, 2);
         assert_eq!(next(&bob), Some(Mail::Push(Push::Message(m.clone()))));
@@ -379,7 +379,7 @@ mod tests {
     #[tokio::test]
     async fn full_queue_kicks_as_slow_consumer() {
         let r = router(2);
-        let bob = r.register(DeviceKey::new("t", "bob", "b1")).await.unwrap();
+        let bob = r.register(DeviceKey::new("t", "bob", "b1").into()).await.unwrap();
         for _ in 0..2 {
             assert_eq!(r.deliver("t", msg("alice", "a1", "bob")).await, 1);
         }
@@ -391,8 +391,8 @@ mod tests {
     async fn reconnect_replaces_and_late_close_keeps_new_entry() {
         let r = router(8);
         let dev = DeviceKey::new("t", "bob", "b1");
-        let old = r.register(dev.clone()).await.unwrap();
-        let new = r.register(dev.clone()).await.unwrap();
+        let old = r.register(dev.clone().into()).await.unwrap();
+        let new = r.register(dev.clone().into()).await.unwrap();
         assert!(new.epoch > old.epoch);
         assert_eq!(old.mailbox.reason().unwrap().code, CloseCode::Replaced);
         r.unregister(old.conn_id).await;

@@ -347,8 +347,12 @@ pub async fn tenants_are_walls(b: &Backends) {
     assert!(!other.duplicate);
     assert_ne!(other.message.conversation_id, m.conversation_id);
     assert_eq!(b.pending.pending_count(&bob_b).await.unwrap(), 1);
-    let entry =
-        |t: &str| PresenceEntry { device: DeviceKey::new(t, "bob", "b1"), node_id: "n1".into(), conn_id: 1, epoch: 1 };
+    let entry = |t: &str| PresenceEntry {
+        device: DeviceKey::new(t, "bob", "b1").into(),
+        node_id: "n1".into(),
+        conn_id: 1,
+        epoch: 1,
+    };
     b.presence.register(entry(&ta)).await.unwrap();
     assert!(b.presence.lookup(&tb, "bob").await.unwrap().is_empty());
     assert_eq!(b.presence.lookup(&ta, "bob").await.unwrap().len(), 1);
@@ -357,7 +361,7 @@ pub async fn tenants_are_walls(b: &Backends) {
 pub async fn presence_replace_and_compare_and_delete(b: &Backends) {
     let t = tenant();
     let entry = |device: &str, conn_id, epoch| PresenceEntry {
-        device: DeviceKey::new(&t, "alice", device),
+        device: DeviceKey::new(&t, "alice", device).into(),
         node_id: "node-a".into(),
         conn_id,
         epoch,

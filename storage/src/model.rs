@@ -102,7 +102,8 @@ pub struct DeviceRegistration {
 /// Where one device is connected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceEntry {
-    pub device: DeviceKey,
+    /// Shared with the connection and the router: one copy per connection.
+    pub device: Arc<DeviceKey>,
     /// The node holding the connection.
     pub node_id: Arc<str>,
     /// The connection's id on that node.

@@ -17,8 +17,38 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+/// What the login phase hands on: the socket, what is queued for it, and
+/// the session with whether the server is shutting down (or why not).
+pub(crate) struct LoggedIn<S> {
+    pub ws: S,
+    pub outbox: Outbox,
+    pub session: Result<(Session, bool), Exit>,
+}
+
+/// The login phase of a connection: `Auth`, then the customer-service
+/// bookkeeping of a new connection.
+pub(crate) async fn login<S>(mut ws: S, gw: Arc<Gateway>, shutdown: CancellationToken) -> LoggedIn<S>
+where
+    S: Stream<Item = Result<WsMessage, WsError>> + Unpin,
+{
+    let mut outbox = Outbox::new(gw.config.outbound_queue);
+    let session = match authenticate(&mut ws, &mut outbox, &gw, &shutdown).await {
+        Ok((device, role, encoding, registration, pending_count)) => {
+            gw.cs.on_connect(&cs_queue::Caller { device: (*device).clone(), role }).await;
+            // Checked after registering: the server closes registered
+            // connections through the router, and this one may have
+            // registered just after it did.
+            let shutting_down = shutdown.is_cancelled();
+            Ok((Session { gw, device, role, encoding, registration, pending_count }, shutting_down))
+        }
+        Err(exit) => Err(exit),
+    };
+    LoggedIn { ws, outbox, session }
+}
+
 /// An authenticated, registered connection.
 pub(crate) struct Session {
+    pub gw: Arc<Gateway>,
     pub device: Arc<DeviceKey>,
     pub role: im_core::Role,
     pub encoding: Encoding,
@@ -26,13 +56,15 @@ pub(crate) struct Session {
     pub pending_count: u64,
 }
 
+type Authenticated = (Arc<DeviceKey>, im_core::Role, Encoding, Registration, u64);
+
 /// Reads and answers the Auth frame. Replies are queued in `out`.
-pub(crate) async fn authenticate<S>(
+async fn authenticate<S>(
     stream: &mut S,
     out: &mut Outbox,
     gw: &Gateway,
     shutdown: &CancellationToken,
-) -> Result<Session, Exit>
+) -> Result<Authenticated, Exit>
 where
     S: Stream<Item = Result<WsMessage, WsError>> + Unpin,
 {
@@ -95,7 +127,7 @@ where
     if let Err(e) = im_core::ids::validate_id("device_id", &auth.device_id) {
         return Err(reject(encoding, req_id, ErrorCode::InvalidArgument, e, CloseCode::PolicyViolation));
     }
-    let device = DeviceKey::new(claims.tenant, claims.sub, auth.device_id);
+    let device = Arc::new(DeviceKey::new(claims.tenant, claims.sub, auth.device_id));
     let mut unavailable = |e: dispatch::DispatchError| {
         warn!(error = %e, "could not register the connection");
         reject(encoding, req_id, e.code, e.message, CloseCode::TryAgainLater)
@@ -131,5 +163,5 @@ where
         })),
     };
     let _ = out.push(encode(encoding, &ok));
-    Ok(Session { device: Arc::new(device), role: claims.role, encoding, registration, pending_count })
+    Ok((device, claims.role, encoding, registration, pending_count))
 }

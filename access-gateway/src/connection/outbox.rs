@@ -18,20 +18,20 @@ const KEEP_SLOTS: usize = 8;
 
 pub(crate) struct Outbox {
     queue: VecDeque<WsMessage>,
-    capacity: usize,
+    capacity: u32,
     /// Frames were fed to the socket since the last flush.
     unflushed: bool,
 }
 
 impl Outbox {
     pub(crate) fn new(capacity: usize) -> Self {
-        Self { queue: VecDeque::new(), capacity: capacity.max(4), unflushed: false }
+        Self { queue: VecDeque::new(), capacity: capacity.clamp(4, u32::MAX as usize) as u32, unflushed: false }
     }
 
     /// Queues `message`; false when the queue is full (a slow consumer).
     #[must_use]
     pub(crate) fn push(&mut self, message: WsMessage) -> bool {
-        if self.queue.len() >= self.capacity {
+        if self.queue.len() >= self.capacity as usize {
             return false;
         }
         self.queue.push_back(message);
@@ -40,7 +40,14 @@ impl Outbox {
 
     /// Frames that still fit.
     pub(crate) fn room(&self) -> usize {
-        self.capacity.saturating_sub(self.queue.len())
+        (self.capacity as usize).saturating_sub(self.queue.len())
+    }
+
+    /// Gives the queue's memory back if nothing waits in it.
+    pub(crate) fn release_if_empty(&mut self) {
+        if self.queue.is_empty() && self.queue.capacity() > 0 {
+            self.queue = VecDeque::new();
+        }
     }
 
     /// Drops everything queued (the client is not reading it).

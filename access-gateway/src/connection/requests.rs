@@ -5,10 +5,11 @@
 //! comes back through the mailbox; up to `max_sends_in_flight` are in
 //! progress at once. An `Ack` leaves the window at once and goes to the
 //! node's ack queue without waiting for the store. History and
-//! customer-service requests are answered before the next frame is read.
+//! customer-service requests are answered before the next frame is read
+//! (pushes and writes go on meanwhile).
 
 use super::wire::{Incoming, classify, close, error_frame, server_frame_name};
-use super::{Conn, rare, reply_error};
+use super::{Conn, reply_error};
 use crate::Gateway;
 use dispatch::Held;
 use im_core::pb::{self, Frame, frame::Body};
@@ -21,12 +22,12 @@ use tracing::Instrument;
 
 use super::wire::Exit;
 
-impl Conn {
-    pub(super) async fn on_read(&mut self, item: Option<Result<WsMessage, WsError>>, now: Instant) -> Result<(), Exit> {
+impl<S> Conn<S> {
+    pub(super) fn on_read(&mut self, item: Option<Result<WsMessage, WsError>>, now: Instant) -> Result<(), Exit> {
         self.last_heard = now;
         self.pinged = false;
         match classify(item, self.gw.config.max_frame_bytes) {
-            Incoming::Data(encoding, payload) => self.on_data(encoding, &payload).await,
+            Incoming::Data(encoding, payload) => self.on_data(encoding, &payload),
             Incoming::Heard => Ok(()),
             Incoming::Exit(Exit::Close(code @ CloseCode::TooLarge, reason)) => {
                 self.emit(&error_frame(0, ErrorCode::TooLarge, reason.clone()))?;
@@ -40,7 +41,7 @@ impl Conn {
         }
     }
 
-    async fn on_data(&mut self, encoding: Encoding, payload: &[u8]) -> Result<(), Exit> {
+    fn on_data(&mut self, encoding: Encoding, payload: &[u8]) -> Result<(), Exit> {
         metrics::counter!("dongdong_frames_in_total").increment(1);
         let frame = match im_core::decode_frame(encoding, payload) {
             Ok(f) => f,
@@ -66,11 +67,14 @@ impl Conn {
             Body::Send(send) => self.on_send(req_id, send),
             Body::Ack(ack) => self.on_ack(req_id, ack.msg_ids),
             Body::SyncRequest(req) => {
-                let reply = match rare(history(&self.gw, &self.device, self.caller(), req)).await {
-                    Ok(page) => Frame { req_id, body: Some(Body::HistoryPage(page)) },
-                    Err(e) => reply_error(req_id, &e),
-                };
-                self.emit(&reply)
+                let (gw, device, caller) = (self.gw.clone(), self.device.clone(), self.caller());
+                self.blocked = Some(Box::pin(async move {
+                    Some(match history(&gw, &device, caller, req).await {
+                        Ok(page) => Frame { req_id, body: Some(Body::HistoryPage(page)) },
+                        Err(e) => reply_error(req_id, &e),
+                    })
+                }));
+                Ok(())
             }
             body @ (Body::RequestService(_)
             | Body::CancelRequest(_)
@@ -82,12 +86,14 @@ impl Conn {
             | Body::TransferSession(_)
             | Body::CsStateRequest(_)
             | Body::ClaimLeftMessage(_)) => {
-                let caller = self.caller();
-                let reply = match rare(self.gw.cs.handle(&caller, body)).await {
-                    Ok(body) => Frame { req_id, body: Some(body) },
-                    Err(e) => reply_error(req_id, &e),
-                };
-                self.emit(&reply)
+                let (gw, caller) = (self.gw.clone(), self.caller());
+                self.blocked = Some(Box::pin(async move {
+                    Some(match gw.cs.handle(&caller, body).await {
+                        Ok(body) => Frame { req_id, body: Some(body) },
+                        Err(e) => reply_error(req_id, &e),
+                    })
+                }));
+                Ok(())
             }
             Body::Ping(_) => {
                 let pong = pb::Pong { server_time_ms: im_core::now_ms() };
@@ -99,10 +105,6 @@ impl Conn {
                 self.emit(&error_frame(req_id, ErrorCode::BadFrame, message))
             }
         }
-    }
-
-    fn caller(&self) -> cs_queue::Caller {
-        cs_queue::Caller { device: (*self.device).clone(), role: self.role }
     }
 
     /// Applies the per-connection rate limit. Returns whether the frame may be
@@ -127,7 +129,7 @@ impl Conn {
 
     fn on_send(&mut self, req_id: u64, send: pb::Send) -> Result<(), Exit> {
         let max = self.gw.config.max_sends_in_flight.max(1);
-        if self.sends_in_flight >= max {
+        if self.sends_in_flight as usize >= max {
             let message = format!("more than {max} sends awaiting their ack");
             return self.emit(&error_frame(req_id, ErrorCode::RateLimited, message));
         }
@@ -162,7 +164,10 @@ impl Conn {
         if let Err(Held(device, ids)) = acks.try_ack(self.device.clone(), msg_ids) {
             metrics::counter!("dongdong_ack_queue_full_total").increment(1);
             let acks = acks.clone();
-            self.held_acks = Some(Box::pin(async move { acks.ack(device, ids).await }));
+            self.blocked = Some(Box::pin(async move {
+                acks.ack(device, ids).await;
+                None
+            }));
         }
         Ok(())
     }

@@ -197,7 +197,8 @@ mod tests {
         let device = crate::DeviceKey::new(&tenant, "alice", "phone");
         let ttl = Duration::from_millis(600);
         let presence = RedisPresence::start(redis.clone(), "node-x", ttl);
-        let entry = crate::PresenceEntry { device: device.clone(), node_id: "node-x".into(), conn_id: 7, epoch: 42 };
+        let entry =
+            crate::PresenceEntry { device: device.clone().into(), node_id: "node-x".into(), conn_id: 7, epoch: 42 };
         use crate::PresenceRegistry;
         presence.register(entry.clone()).await.unwrap();
         // Refreshed past its TTL.

@@ -59,7 +59,7 @@ fn encode(e: &PresenceEntry, expires_ms: u64) -> String {
     format!("{}\t{}\t{}\t{}", e.epoch, e.node_id, e.conn_id, expires_ms)
 }
 
-fn decode(device: DeviceKey, v: &str) -> Option<(PresenceEntry, u64)> {
+fn decode(device: Arc<DeviceKey>, v: &str) -> Option<(PresenceEntry, u64)> {
     let mut parts = v.split('\t');
     let epoch = parts.next()?.parse().ok()?;
     let node_id: Arc<str> = parts.next()?.into();
@@ -148,7 +148,7 @@ impl PresenceRegistry for RedisPresence {
             .invoke_async(&mut self.redis.clone())
             .await
             .map_err(redis_err("presence register"))?;
-        self.local.insert(entry.device.clone(), entry.clone());
+        self.local.insert((*entry.device).clone(), entry.clone());
         Ok(old.and_then(|v| decode(entry.device.clone(), &v)).filter(|(_, expires)| *expires > now).map(|(e, _)| e))
     }
 
@@ -176,7 +176,7 @@ impl PresenceRegistry for RedisPresence {
         let now = im_core::now_ms();
         Ok(all
             .into_iter()
-            .filter_map(|(device, v)| decode(DeviceKey::new(tenant, user, device), &v))
+            .filter_map(|(device, v)| decode(Arc::new(DeviceKey::new(tenant, user, device)), &v))
             .filter(|(_, expires)| *expires > now)
             .map(|(e, _)| e)
             .collect())
