@@ -93,6 +93,9 @@ pin_project_lite::pin_project! {
     }
 }
 
+// The open phase is the connection itself, inline on purpose: boxed, it
+// would cost a second allocation per connection for its whole life.
+#[allow(clippy::large_enum_variant)]
 enum Phase<S> {
     LoggingIn(BoxFuture<login::LoggedIn<S>>),
     Open(Conn<S>),
@@ -199,7 +202,8 @@ async fn finish<S: Socket>(mut ws: S, mut outbox: Outbox, exit: Exit) {
     let _ = tokio::time::timeout(CLOSE_GRACE, flush).await;
 }
 
-/// What woke the open connection.
+/// What woke the open connection. Lives on the stack for one event.
+#[allow(clippy::large_enum_variant)]
 enum Event {
     Read(Option<Result<WsMessage, WsError>>),
     Mail(Mail),
