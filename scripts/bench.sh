@@ -8,7 +8,12 @@
 #
 # Environment: BENCH_SECONDS (measured seconds per load run, default 10),
 # BENCH_IDLE (idle connections, default 19500), BENCH_OFFLINE_RECEIVERS
-# (default 1000), BENCH_OFFLINE_MESSAGES (default 100).
+# (default 1000), BENCH_OFFLINE_MESSAGES (default 100), BENCH_SERVER (another
+# `dongdong` binary to run as the server, e.g. an older build for a
+# before/after table; the bots are always this tree's).
+#
+# The bots load the server as real clients do: sends pipelined, and an Ack
+# for each message as it is read (`--ack per-message`, the bot's default).
 #
 # The bots and the servers share this machine's cores; every figure says so.
 # Each scenario gets freshly started servers with empty data directories.
@@ -32,6 +37,7 @@ mosquitto_bin=$(command -v mosquitto || echo /usr/sbin/mosquitto)
 echo "bench.sh: building (release)" >&2
 cargo build --release -q -p dongdong -p dongdong-bench
 dd="$root/target/release/dongdong"
+server_bin=${BENCH_SERVER:-$dd}
 mq="$root/target/release/dd-bench"
 
 work=$(mktemp -d /tmp/dongdong-bench.XXXXXX)
@@ -59,7 +65,7 @@ start_servers() {
   DONGDONG_AUTH__SECRET=$secret \
     DONGDONG_LIMITS__RATE_PER_SEC=1000000 DONGDONG_LIMITS__RATE_BURST=1000000 \
     DONGDONG_LIMITS__MAX_CONNECTIONS=19600 DONGDONG_LOG__FILTER=warn \
-    "$dd" serve --data "$work/data" --listen "127.0.0.1:$ws_port" --http "127.0.0.1:$http_port" \
+    "$server_bin" serve --data "$work/data" --listen "127.0.0.1:$ws_port" --http "127.0.0.1:$http_port" \
     >"$work/dongdong.log" 2>&1 &
   server_pid=$!
   mq_port=$(free_port)
@@ -110,9 +116,9 @@ bot cs cs --api "http://127.0.0.1:$http_port" --arrivals 50 --agents 50 --capaci
   --think 200ms --duration "${seconds}s"
 stop_servers
 
-python3 - "$work" "$out" "$commands" "$mosquitto_bin" <<'PY'
+python3 - "$work" "$out" "$commands" "$mosquitto_bin" "${BENCH_SERVER:-}" <<'PY'
 import json, os, platform, subprocess, sys, datetime
-work, out, commands, mosq = sys.argv[1:5]
+work, out, commands, mosq, server_bin = sys.argv[1:6]
 
 def load(name):
     try:
@@ -184,11 +190,16 @@ def clean(name):
         return "no result"
     c = d["correctness"]
     return (f"{'clean' if d['clean'] else 'NOT CLEAN'}: acked {c['acked']:,}, acked-but-never-delivered {c['acked_but_not_delivered']}, "
-            f"duplicates {c['duplicates']}, out-of-order {c['out_of_order']}")
+            f"duplicates {c['duplicates']}, out-of-order {c['out_of_order']}, "
+            f"sender-order-violated {c.get('sender_order_violated', '—')}")
 
 def cpu(name, who):
     p = get(r[name], who)
     return "—" if not p else f"{p['cpu_percent_avg']:.0f}%"
+
+def us_per_msg(name):
+    p, rate = get(r[name], "server"), get(r[name], "delivered_per_sec")
+    return "—" if not p or not rate else f"{p['cpu_percent_avg'] / 100 * 1e6 / rate:.0f} µs"
 
 with open(out, "w") as f:
     w = lambda s="": f.write(s + "\n")
@@ -199,12 +210,15 @@ with open(out, "w") as f:
     w("QoS 1 and persistent sessions (clean_session=false), one topic per receiver. Each scenario starts")
     w("both servers fresh. **The load generator and the server share the same cores**: every figure")
     w("below is for server + bots on one machine, which is why each is set beside the peer's from the")
-    w("same run.")
+    w("same run. The bots ack each message as they read it (`--ack per-message`), as browsers and")
+    w("mobile SDKs do; sends are pipelined.")
     w()
     w(f"- Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
     w(f"- Machine: {os.cpu_count()} CPUs ({cpu_model()}), {mem_gib()} GiB RAM, Linux {platform.release()}")
     w(f"- Open files per process: {subprocess.run(['sh','-c','ulimit -n'],capture_output=True,text=True).stdout.strip()}")
     w(f"- {version(['rustc','--version'])}; Mosquitto: {version([mosq,'-h'])}")
+    if server_bin:
+        w(f"- Server binary: `{server_bin}` (BENCH_SERVER); bots from this tree")
     w()
     w("| Scenario | dongdong | Mosquitto | ratio | better | target | |")
     w("|---|---|---|---|---|---|---|")
@@ -220,7 +234,8 @@ with open(out, "w") as f:
     w()
     w("Server CPU, average over each run, in percent of one core (dongdong / Mosquitto):")
     w(f"pairs {cpu('pairs','server')} / {cpu('mqtt-pairs','server') if get(r['mqtt-pairs'],'server') else 'not sampled'}, "
-      f"rate {cpu('rate','server')}; the bot itself used {cpu('pairs','bot')} in pairs.")
+      f"rate {cpu('rate','server')}; the bot itself used {cpu('pairs','bot')} in pairs. Server CPU per delivered "
+      f"message in pairs: {us_per_msg('pairs')} (dongdong) / {us_per_msg('mqtt-pairs')} (Mosquitto).")
     w()
     w("Scenarios without a peer equivalent (dongdong only):")
     w()

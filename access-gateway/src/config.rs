@@ -49,7 +49,7 @@ impl Default for GatewayConfig {
             rate_per_sec: 200,
             rate_burst: 400,
             max_connections: 19_000,
-            io_buffer_bytes: 1024,
+            io_buffer_bytes: 256,
         }
     }
 }
