@@ -143,6 +143,9 @@ where
         Ok(r) => r,
         Err(e) => return Err(unavailable(e.into())),
     };
+    // Acks this node took before (e.g. on the connection this one replaces)
+    // reach the store first, so that they are not counted or replayed.
+    gw.dispatch.acks().flush().await;
     let pending_count = match gw.dispatch.pending_count(&device).await {
         Ok(n) => n,
         Err(e) => {

@@ -208,9 +208,10 @@ enum Event {
     Read(Option<Result<WsMessage, WsError>>),
     Mail(Mail),
     Page(dispatch::Result<Vec<Message>>),
-    /// What blocked reading is done: a request answered with this reply,
-    /// or (`None`) acks held back by a full ack queue are queued now.
-    Unblocked(Option<Frame>),
+    /// The request in progress was answered.
+    Answered(Frame),
+    /// Held acks were all queued.
+    AcksQueued,
     Timer,
     WriteFailed,
 }
@@ -228,11 +229,13 @@ struct Conn<S> {
     window: DeliveryWindow,
     /// The replay page being loaded.
     page: Option<BoxFuture<dispatch::Result<Vec<Message>>>>,
-    /// What must finish before the next frame is read, so that frames take
-    /// effect in the order sent: a request being answered (history,
-    /// customer service; resolves to its reply), or acks waiting for room in
-    /// the node's ack queue (resolves to `None`).
-    blocked: Option<BoxFuture<Option<Frame>>>,
+    /// A request being answered (history, customer service): no frame is
+    /// read until it is, so that frames take effect in the order sent.
+    answering: Option<BoxFuture<Frame>>,
+    /// Acks that did not fit the node's ack queue, pushed as room appears
+    /// (allocated only then). Reading goes on until more than
+    /// `max_inflight` ids wait here.
+    held_acks: Option<Box<HeldAcks>>,
     /// Places this connection's sends in the order their frames were read.
     order: dispatch::SendOrder,
     /// Sends stored or being stored whose reply has not been written.
@@ -270,7 +273,8 @@ impl<S> Conn<S> {
             outbox,
             window: DeliveryWindow::new(limits, now),
             page: None,
-            blocked: None,
+            answering: None,
+            held_acks: None,
             order: dispatch::SendOrder::default(),
             sends_in_flight: 0,
             rejected_in_row: 0,
@@ -292,8 +296,12 @@ impl<S> Conn<S> {
         S: Socket,
     {
         let caller = self.caller();
-        let Conn { ws, outbox, gw, conn_id, .. } = self;
+        let Conn { ws, outbox, gw, conn_id, device, held_acks, .. } = self;
         Box::pin(async move {
+            if let Some(mut held) = held_acks {
+                // Held acks are queued, never dropped.
+                poll_fn(|cx| held.poll_queued(cx, &gw, &device)).await;
+            }
             gw.dispatch.router().unregister(conn_id).await;
             gw.cs.on_disconnect(&caller).await;
             finish(ws, outbox, exit).await;
@@ -369,6 +377,9 @@ impl<S> Conn<S> {
             if !req.delay.is_zero() {
                 tokio::time::sleep(req.delay).await;
             }
+            // This connection's acks reach the store before the page is
+            // read: a pass that starts over must not resend what was acked.
+            dispatch.acks().flush().await;
             dispatch.pending_page(&device, req.cursor.as_ref(), req.limit).await
         })
     }
@@ -424,8 +435,8 @@ impl<S: Socket> Conn<S> {
                 Event::Read(item) => self.on_read(item, now),
                 Event::Mail(mail) => self.on_mail(mail, now),
                 Event::Page(page) => self.on_page(page, now),
-                Event::Unblocked(Some(reply)) => self.emit(&reply),
-                Event::Unblocked(None) => Ok(()),
+                Event::Answered(reply) => self.emit(&reply),
+                Event::AcksQueued => Ok(()),
                 Event::Timer => {
                     let handled = self.on_timer(now);
                     timer.as_mut().reset(self.timer_deadline());
@@ -473,7 +484,9 @@ impl<S: Socket> Conn<S> {
         // neither a flooding client nor a flood of pushes starves the other.
         for read in [self.read_first, !self.read_first] {
             if read {
-                if self.blocked.is_none()
+                let acks_fit = self.held_acks.as_ref().is_none_or(|h| h.ids.len() <= self.gw.config.max_inflight);
+                if self.answering.is_none()
+                    && acks_fit
                     && let Poll::Ready(item) = self.ws.poll_next_unpin(cx)
                 {
                     self.read_first = false;
@@ -484,11 +497,17 @@ impl<S: Socket> Conn<S> {
                 return Some(Event::Mail(mail));
             }
         }
-        if let Some(blocked) = &mut self.blocked
-            && let Poll::Ready(reply) = blocked.as_mut().poll(cx)
+        if let Some(answer) = &mut self.answering
+            && let Poll::Ready(reply) = answer.as_mut().poll(cx)
         {
-            self.blocked = None;
-            return Some(Event::Unblocked(reply));
+            self.answering = None;
+            return Some(Event::Answered(reply));
+        }
+        if let Some(held) = &mut self.held_acks
+            && held.poll_queued(cx, &self.gw, &self.device).is_ready()
+        {
+            self.held_acks = None;
+            return Some(Event::AcksQueued);
         }
         if let Some(page) = &mut self.page
             && let Poll::Ready(result) = page.as_mut().poll(cx)
@@ -497,6 +516,30 @@ impl<S: Socket> Conn<S> {
             return Some(Event::Page(result));
         }
         timer.poll(cx).is_ready().then_some(Event::Timer)
+    }
+}
+
+/// Acks waiting for room in the node's ack queue, oldest first.
+struct HeldAcks {
+    ids: Vec<String>,
+    /// The batch being queued (waiting for room).
+    queuing: Option<BoxFuture<()>>,
+}
+
+impl HeldAcks {
+    /// Queues what is held, batch by batch; ready when nothing is left.
+    fn poll_queued(&mut self, cx: &mut Context<'_>, gw: &Gateway, device: &Arc<DeviceKey>) -> Poll<()> {
+        loop {
+            if let Some(queuing) = &mut self.queuing {
+                ready!(queuing.as_mut().poll(cx));
+                self.queuing = None;
+            }
+            if self.ids.is_empty() {
+                return Poll::Ready(());
+            }
+            let (acks, device, ids) = (gw.dispatch.acks().clone(), device.clone(), std::mem::take(&mut self.ids));
+            self.queuing = Some(Box::pin(async move { acks.ack(device, ids).await }));
+        }
     }
 }
 

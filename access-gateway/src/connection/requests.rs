@@ -68,11 +68,11 @@ impl<S> Conn<S> {
             Body::Ack(ack) => self.on_ack(req_id, ack.msg_ids),
             Body::SyncRequest(req) => {
                 let (gw, device, caller) = (self.gw.clone(), self.device.clone(), self.caller());
-                self.blocked = Some(Box::pin(async move {
-                    Some(match history(&gw, &device, caller, req).await {
+                self.answering = Some(Box::pin(async move {
+                    match history(&gw, &device, caller, req).await {
                         Ok(page) => Frame { req_id, body: Some(Body::HistoryPage(page)) },
                         Err(e) => reply_error(req_id, &e),
-                    })
+                    }
                 }));
                 Ok(())
             }
@@ -87,11 +87,11 @@ impl<S> Conn<S> {
             | Body::CsStateRequest(_)
             | Body::ClaimLeftMessage(_)) => {
                 let (gw, caller) = (self.gw.clone(), self.caller());
-                self.blocked = Some(Box::pin(async move {
-                    Some(match gw.cs.handle(&caller, body).await {
+                self.answering = Some(Box::pin(async move {
+                    match gw.cs.handle(&caller, body).await {
                         Ok(body) => Frame { req_id, body: Some(body) },
                         Err(e) => reply_error(req_id, &e),
-                    })
+                    }
                 }));
                 Ok(())
             }
@@ -160,14 +160,12 @@ impl<S> Conn<S> {
         }
         // Ids the window did not have are still sent on: they may be
         // deliveries of an earlier connection, pending in the store.
-        let acks = self.gw.dispatch.acks();
-        if let Err(Held(device, ids)) = acks.try_ack(self.device.clone(), msg_ids) {
+        if let Some(held) = &mut self.held_acks {
+            // Behind acks already held: they keep their order.
+            held.ids.extend(msg_ids);
+        } else if let Err(Held(_, ids)) = self.gw.dispatch.acks().try_ack(self.device.clone(), msg_ids) {
             metrics::counter!("dongdong_ack_queue_full_total").increment(1);
-            let acks = acks.clone();
-            self.blocked = Some(Box::pin(async move {
-                acks.ack(device, ids).await;
-                None
-            }));
+            self.held_acks = Some(Box::new(super::HeldAcks { ids, queuing: None }));
         }
         Ok(())
     }
