@@ -234,7 +234,7 @@ with open(out, "w") as f:
     w()
     w("Server CPU, average over each run, in percent of one core (dongdong / Mosquitto):")
     w(f"pairs {cpu('pairs','server')} / {cpu('mqtt-pairs','server') if get(r['mqtt-pairs'],'server') else 'not sampled'}, "
-      f"rate {cpu('rate','server')}; the bot itself used {cpu('pairs','bot')} in pairs. Server CPU per delivered "
+      f"rate {cpu('rate','server')} / {cpu('mqtt-rate','server')}; the bot itself used {cpu('pairs','bot')} in pairs. Server CPU per delivered "
       f"message in pairs: {us_per_msg('pairs')} (dongdong) / {us_per_msg('mqtt-pairs')} (Mosquitto).")
     w()
     w("Scenarios without a peer equivalent (dongdong only):")

@@ -53,3 +53,14 @@ impl Default for GatewayConfig {
         }
     }
 }
+
+impl GatewayConfig {
+    /// The delivery window's share of these limits.
+    pub fn window_limits(&self) -> crate::window::WindowLimits {
+        crate::window::WindowLimits {
+            max_inflight: self.max_inflight,
+            ack_timeout: self.ack_timeout,
+            max_resends: self.max_resends,
+        }
+    }
+}

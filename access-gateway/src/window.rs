@@ -21,7 +21,8 @@ use im_core::CloseCode;
 use im_core::pb::Message;
 use std::borrow::Borrow;
 use std::collections::HashMap;
-use std::hash::{Hash, Hasher};
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 use storage::PendingCursor;
@@ -119,11 +120,17 @@ impl Replay {
     }
 }
 
-/// One connection's deliveries. See the module docs for its invariants.
+/// The in-flight table. Its keys are msg_ids the server made (acks only
+/// look up), so a hasher without per-table random state is safe, and it
+/// keeps every connection 16 bytes smaller.
+type Inflight = HashMap<ById, Sent, BuildHasherDefault<DefaultHasher>>;
+
+/// One connection's deliveries. See the module docs for its invariants. Its
+/// limits are passed to each event (they are the server's, not the
+/// connection's: no copy per connection).
 #[derive(Debug)]
 pub struct DeliveryWindow {
-    limits: WindowLimits,
-    inflight: HashMap<ById, Sent>,
+    inflight: Inflight,
     /// Boxed: an idle connection holds a null pointer, not the whole pass.
     replay: Option<Box<Replay>>,
     next_check: Option<Instant>,
@@ -131,8 +138,8 @@ pub struct DeliveryWindow {
 
 impl DeliveryWindow {
     /// A window that starts with a replay pass (a connection's first act).
-    pub fn new(limits: WindowLimits, now: Instant) -> Self {
-        Self { limits, inflight: HashMap::new(), replay: Some(Replay::new(now)), next_check: None }
+    pub fn new(now: Instant) -> Self {
+        Self { inflight: Inflight::default(), replay: Some(Replay::new(now)), next_check: None }
     }
 
     pub fn in_flight(&self) -> usize {
@@ -161,8 +168,8 @@ impl DeliveryWindow {
     /// loaded, and both the window and the writer (`writer_room` frames)
     /// have room. Call it after every event; each request is answered with
     /// [`on_page`](Self::on_page) or [`on_page_failed`](Self::on_page_failed).
-    pub fn next_page(&mut self, writer_room: usize) -> Option<PageRequest> {
-        let room = self.limits.max_inflight.saturating_sub(self.inflight.len()).min(REPLAY_PAGE).min(writer_room);
+    pub fn next_page(&mut self, limits: &WindowLimits, writer_room: usize) -> Option<PageRequest> {
+        let room = limits.max_inflight.saturating_sub(self.inflight.len()).min(REPLAY_PAGE).min(writer_room);
         let replay = self.replay.as_mut().filter(|r| !r.loading)?;
         if room == 0 {
             return None;
@@ -183,7 +190,13 @@ impl DeliveryWindow {
 
     /// A requested page arrived: delivers what is not already in flight.
     /// Returns how long the replay took when this page ended it.
-    pub fn on_page(&mut self, messages: Vec<Message>, now: Instant, out: &mut dyn FnMut(Action)) -> Option<Duration> {
+    pub fn on_page(
+        &mut self,
+        limits: &WindowLimits,
+        messages: Vec<Message>,
+        now: Instant,
+        out: &mut dyn FnMut(Action),
+    ) -> Option<Duration> {
         let replay = self.replay.as_mut()?;
         replay.loading = false;
         replay.failures = 0;
@@ -202,14 +215,14 @@ impl DeliveryWindow {
         }
         for m in messages {
             if !self.inflight.contains_key(m.msg_id.as_str()) {
-                self.deliver(Arc::new(m), true, now, out);
+                self.deliver(limits, Arc::new(m), true, now, out);
             }
         }
         finished
     }
 
     /// A message pushed live by the router.
-    pub fn on_push(&mut self, message: Arc<Message>, now: Instant, out: &mut dyn FnMut(Action)) {
+    pub fn on_push(&mut self, limits: &WindowLimits, message: Arc<Message>, now: Instant, out: &mut dyn FnMut(Action)) {
         if let Some(replay) = self.replay.as_mut() {
             // It is pending as well: a later pass sends it in order.
             replay.dirty = true;
@@ -218,15 +231,22 @@ impl DeliveryWindow {
         if self.inflight.contains_key(message.msg_id.as_str()) {
             return;
         }
-        if self.inflight.len() >= self.limits.max_inflight {
+        if self.inflight.len() >= limits.max_inflight {
             out(Action::Close { code: CloseCode::SlowConsumer, reason: "too many unacknowledged deliveries" });
             return;
         }
-        self.deliver(message, false, now, out);
+        self.deliver(limits, message, false, now, out);
     }
 
-    fn deliver(&mut self, message: Arc<Message>, replay: bool, now: Instant, out: &mut dyn FnMut(Action)) {
-        self.next_check.get_or_insert(now + self.limits.check_every());
+    fn deliver(
+        &mut self,
+        limits: &WindowLimits,
+        message: Arc<Message>,
+        replay: bool,
+        now: Instant,
+        out: &mut dyn FnMut(Action),
+    ) {
+        self.next_check.get_or_insert(now + limits.check_every());
         self.inflight.insert(ById(message.clone()), Sent { sent_at: now, resends: 0 });
         out(Action::Deliver { message, replay });
     }
@@ -243,7 +263,7 @@ impl DeliveryWindow {
             self.next_check = None;
             // A burst's table is not kept for a connection gone quiet.
             if self.inflight.capacity() > 64 {
-                self.inflight = HashMap::new();
+                self.inflight = Inflight::default();
             }
         }
         before - self.inflight.len()
@@ -257,12 +277,12 @@ impl DeliveryWindow {
     /// Resends what stayed unacknowledged for an ack timeout, in
     /// (conversation, seq) order; closes the connection when a delivery
     /// has been resent `max_resends` times already.
-    pub fn on_tick(&mut self, now: Instant, out: &mut dyn FnMut(Action)) {
+    pub fn on_tick(&mut self, limits: &WindowLimits, now: Instant, out: &mut dyn FnMut(Action)) {
         if self.next_check.is_none_or(|at| now < at) {
             return;
         }
-        self.next_check = (!self.inflight.is_empty()).then(|| now + self.limits.check_every());
-        let timeout = self.limits.ack_timeout;
+        self.next_check = (!self.inflight.is_empty()).then(|| now + limits.check_every());
+        let timeout = limits.ack_timeout;
         let mut expired: Vec<&ById> =
             self.inflight.iter().filter(|(_, s)| s.sent_at + timeout <= now).map(|(k, _)| k).collect();
         if expired.is_empty() {
@@ -272,7 +292,7 @@ impl DeliveryWindow {
         let expired: Vec<Arc<Message>> = expired.into_iter().map(|k| k.0.clone()).collect();
         for message in expired {
             let Some(sent) = self.inflight.get_mut(message.msg_id.as_str()) else { continue };
-            if sent.resends >= self.limits.max_resends {
+            if sent.resends >= limits.max_resends {
                 out(Action::Close { code: CloseCode::AckTimeout, reason: "deliveries stayed unacknowledged" });
                 return;
             }
@@ -319,10 +339,10 @@ mod tests {
 
     /// A window whose first replay pass found nothing.
     fn live(now: Instant) -> DeliveryWindow {
-        let mut w = DeliveryWindow::new(LIMITS, now);
-        let page = w.next_page(100).unwrap();
+        let mut w = DeliveryWindow::new(now);
+        let page = w.next_page(&LIMITS, 100).unwrap();
         assert_eq!((page.cursor, page.limit, page.delay), (None, 8, Duration::ZERO));
-        let (finished, actions) = run(|out| w.on_page(Vec::new(), now, &mut |a| out(a)));
+        let (finished, actions) = run(|out| w.on_page(&LIMITS, Vec::new(), now, &mut |a| out(a)));
         assert_eq!((finished, actions), (Some(Duration::ZERO), vec![]));
         w
     }
@@ -330,14 +350,15 @@ mod tests {
     #[test]
     fn replay_pages_fit_the_window_and_the_writer() {
         let now = Instant::now();
-        let mut w = DeliveryWindow::new(LIMITS, now);
-        assert_eq!(w.next_page(3).unwrap().limit, 3, "the writer has room for 3");
-        assert!(w.next_page(100).is_none(), "one page at a time");
-        let (_, actions) = run(|out| w.on_page(vec![msg("a", 1), msg("a", 2), msg("b", 1)], now, &mut |a| out(a)));
+        let mut w = DeliveryWindow::new(now);
+        assert_eq!(w.next_page(&LIMITS, 3).unwrap().limit, 3, "the writer has room for 3");
+        assert!(w.next_page(&LIMITS, 100).is_none(), "one page at a time");
+        let (_, actions) =
+            run(|out| w.on_page(&LIMITS, vec![msg("a", 1), msg("a", 2), msg("b", 1)], now, &mut |a| out(a)));
         assert_eq!(delivered(&actions), [("a-1".into(), true), ("a-2".into(), true), ("b-1".into(), true)]);
-        let page = w.next_page(100).unwrap();
+        let page = w.next_page(&LIMITS, 100).unwrap();
         assert_eq!((page.cursor.unwrap().msg_id, page.limit), ("b-1".to_string(), 5));
-        let (finished, _) = run(|out| w.on_page(vec![msg("b", 2)], now, &mut |a| out(a)));
+        let (finished, _) = run(|out| w.on_page(&LIMITS, vec![msg("b", 2)], now, &mut |a| out(a)));
         assert!(finished.is_some(), "a short page ends the pass");
         assert!(!w.is_replaying());
         assert_eq!(w.in_flight(), 4);
@@ -346,18 +367,18 @@ mod tests {
     #[test]
     fn a_push_during_replay_waits_for_another_pass() {
         let now = Instant::now();
-        let mut w = DeliveryWindow::new(LIMITS, now);
-        w.next_page(100).unwrap();
-        let (_, actions) = run(|out| w.on_push(Arc::new(msg("a", 2)), now, &mut |a| out(a)));
+        let mut w = DeliveryWindow::new(now);
+        w.next_page(&LIMITS, 100).unwrap();
+        let (_, actions) = run(|out| w.on_push(&LIMITS, Arc::new(msg("a", 2)), now, &mut |a| out(a)));
         assert!(actions.is_empty(), "not delivered ahead of the replay");
-        let (finished, actions) = run(|out| w.on_page(vec![msg("a", 1)], now, &mut |a| out(a)));
+        let (finished, actions) = run(|out| w.on_page(&LIMITS, vec![msg("a", 1)], now, &mut |a| out(a)));
         assert_eq!((finished, delivered(&actions)), (None, vec![("a-1".into(), true)]));
-        let page = w.next_page(100).unwrap();
+        let page = w.next_page(&LIMITS, 100).unwrap();
         assert_eq!(page.cursor, None, "the dirty pass starts over");
-        let (finished, actions) = run(|out| w.on_page(vec![msg("a", 1), msg("a", 2)], now, &mut |a| out(a)));
+        let (finished, actions) = run(|out| w.on_page(&LIMITS, vec![msg("a", 1), msg("a", 2)], now, &mut |a| out(a)));
         assert_eq!(delivered(&actions), [("a-2".into(), true)], "a-1 is still in flight");
         assert!(finished.is_some());
-        let (_, actions) = run(|out| w.on_push(Arc::new(msg("a", 3)), now, &mut |a| out(a)));
+        let (_, actions) = run(|out| w.on_push(&LIMITS, Arc::new(msg("a", 3)), now, &mut |a| out(a)));
         assert_eq!(delivered(&actions), [("a-3".into(), false)]);
     }
 
@@ -366,19 +387,19 @@ mod tests {
         let t0 = Instant::now();
         let mut w = live(t0);
         for (c, s) in [("b", 1), ("a", 2), ("a", 1)] {
-            run(|out| w.on_push(Arc::new(msg(c, s)), t0, &mut |a| out(a)));
+            run(|out| w.on_push(&LIMITS, Arc::new(msg(c, s)), t0, &mut |a| out(a)));
         }
         assert_eq!(w.on_ack(["b-1"].into_iter()), 1);
         assert_eq!(w.next_deadline(), Some(t0 + Duration::from_millis(2500)));
-        let (_, early) = run(|out| w.on_tick(t0 + Duration::from_secs(9), &mut |a| out(a)));
+        let (_, early) = run(|out| w.on_tick(&LIMITS, t0 + Duration::from_secs(9), &mut |a| out(a)));
         assert!(early.is_empty());
         assert_eq!(w.next_deadline(), Some(t0 + Duration::from_millis(11_500)), "checked every quarter timeout");
         let t1 = t0 + Duration::from_millis(11_500);
-        let (_, actions) = run(|out| w.on_tick(t1, &mut |a| out(a)));
+        let (_, actions) = run(|out| w.on_tick(&LIMITS, t1, &mut |a| out(a)));
         assert_eq!(delivered(&actions), [("a-1".into(), true), ("a-2".into(), true)]);
-        let (_, actions) = run(|out| w.on_tick(t1 + Duration::from_secs(10), &mut |a| out(a)));
+        let (_, actions) = run(|out| w.on_tick(&LIMITS, t1 + Duration::from_secs(10), &mut |a| out(a)));
         assert_eq!(delivered(&actions).len(), 2, "second resend");
-        let (_, actions) = run(|out| w.on_tick(t1 + Duration::from_secs(20), &mut |a| out(a)));
+        let (_, actions) = run(|out| w.on_tick(&LIMITS, t1 + Duration::from_secs(20), &mut |a| out(a)));
         assert_eq!(
             actions,
             [Action::Close { code: CloseCode::AckTimeout, reason: "deliveries stayed unacknowledged" }]
@@ -390,23 +411,23 @@ mod tests {
         let now = Instant::now();
         let mut w = live(now);
         for s in 1..=8 {
-            run(|out| w.on_push(Arc::new(msg("a", s)), now, &mut |a| out(a)));
+            run(|out| w.on_push(&LIMITS, Arc::new(msg("a", s)), now, &mut |a| out(a)));
         }
-        let (_, again) = run(|out| w.on_push(Arc::new(msg("a", 8)), now, &mut |a| out(a)));
+        let (_, again) = run(|out| w.on_push(&LIMITS, Arc::new(msg("a", 8)), now, &mut |a| out(a)));
         assert!(again.is_empty(), "a push of an id in flight is not sent twice");
-        let (_, actions) = run(|out| w.on_push(Arc::new(msg("a", 9)), now, &mut |a| out(a)));
+        let (_, actions) = run(|out| w.on_push(&LIMITS, Arc::new(msg("a", 9)), now, &mut |a| out(a)));
         assert!(matches!(actions[..], [Action::Close { code: CloseCode::SlowConsumer, .. }]));
     }
 
     #[test]
     fn failed_pages_back_off_then_give_up() {
         let now = Instant::now();
-        let mut w = DeliveryWindow::new(LIMITS, now);
+        let mut w = DeliveryWindow::new(now);
         for failures in 0..REPLAY_RETRIES {
-            assert_eq!(w.next_page(100).unwrap().delay, REPLAY_RETRY_BACKOFF * failures);
+            assert_eq!(w.next_page(&LIMITS, 100).unwrap().delay, REPLAY_RETRY_BACKOFF * failures);
             assert!(!w.on_page_failed());
         }
-        w.next_page(100).unwrap();
+        w.next_page(&LIMITS, 100).unwrap();
         assert!(w.on_page_failed(), "retries spent");
     }
 
@@ -416,7 +437,7 @@ mod tests {
         let mut w = live(now);
         w.resync(now);
         assert!(w.is_replaying());
-        assert_eq!(w.next_page(100).unwrap().cursor, None);
+        assert_eq!(w.next_page(&LIMITS, 100).unwrap().cursor, None);
     }
 
     /// What the test does next.
@@ -481,7 +502,7 @@ mod tests {
             store.pending.insert((conv.clone(), *seq), msg(&conv, *seq));
         }
         let at_connect: HashSet<String> = store.pending.values().map(|m| m.msg_id.clone()).collect();
-        let mut w = DeliveryWindow::new(LIMITS, now);
+        let mut w = DeliveryWindow::new(now);
         let mut page: Option<PageRequest> = None;
         // What the device holds unacked, oldest first; and every delivery.
         let mut unacked: Vec<String> = Vec::new();
@@ -545,7 +566,7 @@ mod tests {
                     let m = msg(&conv, *seq);
                     store.pending.insert((conv, *seq), m.clone());
                     if !lost {
-                        w.on_push(Arc::new(m), now, &mut out);
+                        w.on_push(&LIMITS, Arc::new(m), now, &mut out);
                     } else {
                         w.resync(now);
                     }
@@ -563,13 +584,13 @@ mod tests {
                                 closed = true;
                             }
                         } else {
-                            w.on_page(store.page(&req), now, &mut out);
+                            w.on_page(&LIMITS, store.page(&req), now, &mut out);
                         }
                     }
                 }
                 Step::Wait(ms) => {
                     now += Duration::from_millis(ms);
-                    w.on_tick(now, &mut out);
+                    w.on_tick(&LIMITS, now, &mut out);
                 }
                 Step::Resync => w.resync(now),
             }
@@ -577,7 +598,7 @@ mod tests {
                 return Ok(());
             }
             if page.is_none() {
-                page = w.next_page(1000);
+                page = w.next_page(&LIMITS, 1000);
             }
             prop_assert!(w.in_flight() <= LIMITS.max_inflight);
             let in_flight: HashSet<&str> = w.inflight.keys().map(|k| k.0.msg_id.as_str()).collect();
@@ -595,9 +616,9 @@ mod tests {
                 return Ok(());
             }
             let mut actions = Vec::new();
-            match page.take().or_else(|| w.next_page(1000)) {
+            match page.take().or_else(|| w.next_page(&LIMITS, 1000)) {
                 Some(req) => {
-                    w.on_page(store.page(&req), now, &mut |a| actions.push(a));
+                    w.on_page(&LIMITS, store.page(&req), now, &mut |a| actions.push(a));
                 }
                 None => {
                     // Nothing being replayed, yet something is pending: the

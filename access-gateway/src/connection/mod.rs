@@ -257,11 +257,6 @@ impl<S> Conn<S> {
         let rate = NonZeroU32::new(gw.config.rate_per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(gw.config.rate_burst.max(1)).unwrap_or(NonZeroU32::MIN);
         let now = Instant::now();
-        let limits = WindowLimits {
-            max_inflight: gw.config.max_inflight,
-            ack_timeout: gw.config.ack_timeout,
-            max_resends: gw.config.max_resends,
-        };
         Self {
             ws,
             limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
@@ -271,7 +266,7 @@ impl<S> Conn<S> {
             role: session.role,
             encoding: session.encoding,
             outbox,
-            window: DeliveryWindow::new(limits, now),
+            window: DeliveryWindow::new(now),
             page: None,
             answering: None,
             held_acks: None,
@@ -326,14 +321,18 @@ impl<S> Conn<S> {
             // Browsers answer WebSocket pings by themselves.
             let _ = self.outbox.push(WsMessage::Ping(Default::default()));
         }
-        self.apply(|window, out| window.on_tick(now, out))
+        self.apply(|window, limits, out| window.on_tick(limits, now, out))
     }
 
     /// Runs a window event and carries out its actions.
-    fn apply(&mut self, event: impl FnOnce(&mut DeliveryWindow, &mut dyn FnMut(Action))) -> Result<(), Exit> {
+    fn apply(
+        &mut self,
+        event: impl FnOnce(&mut DeliveryWindow, &WindowLimits, &mut dyn FnMut(Action)),
+    ) -> Result<(), Exit> {
         let (outbox, encoding) = (&mut self.outbox, self.encoding);
+        let limits = self.gw.config.window_limits();
         let mut exit = None;
-        event(&mut self.window, &mut |action| {
+        event(&mut self.window, &limits, &mut |action| {
             if exit.is_some() {
                 return;
             }
@@ -362,7 +361,9 @@ impl<S> Conn<S> {
                 self.window.resync(now);
                 Ok(())
             }
-            Mail::Push(Push::Message(message)) => self.apply(|window, out| window.on_push(message, now, out)),
+            Mail::Push(Push::Message(message)) => {
+                self.apply(|window, limits, out| window.on_push(limits, message, now, out))
+            }
             Mail::Push(Push::Event(frame)) => self.emit(&frame),
             Mail::Push(Push::Reply(frame)) => {
                 self.sends_in_flight = self.sends_in_flight.saturating_sub(1);
@@ -388,7 +389,7 @@ impl<S> Conn<S> {
         match page {
             Ok(messages) => {
                 let mut finished = None;
-                self.apply(|window, out| finished = window.on_page(messages, now, out))?;
+                self.apply(|window, limits, out| finished = window.on_page(limits, messages, now, out))?;
                 if let Some(took) = finished {
                     metrics::histogram!("dongdong_replay_seconds").record(took.as_secs_f64());
                 }
@@ -421,7 +422,7 @@ impl<S: Socket> Conn<S> {
     fn poll_open(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<Exit> {
         for _ in 0..EVENT_BUDGET {
             if self.page.is_none()
-                && let Some(req) = self.window.next_page(self.outbox.room() / 2)
+                && let Some(req) = self.window.next_page(&self.gw.config.window_limits(), self.outbox.room() / 2)
             {
                 self.page = Some(self.load_page(req));
             }
@@ -551,4 +552,18 @@ fn slow_consumer() -> Exit {
 /// The `Error` reply to a request that failed.
 fn reply_error(req_id: u64, e: &dispatch::DispatchError) -> Frame {
     error_frame(req_id, e.code, e.message.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every byte of `Connection` is paid by every idle connection, and
+    /// tokio rounds a task up to a multiple of 128 bytes (its cell is
+    /// cache-line aligned): 32 bytes of header, 16 of core, the future and 8
+    /// of stage, 48 of trailer. 784 is the largest future that fits 896.
+    #[test]
+    fn a_connection_task_fits_896_bytes() {
+        type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+        let size = std::mem::size_of::<super::Connection<Ws>>();
+        assert!(size <= 784, "Connection is {size} bytes: its task no longer fits 896 (see docs/performance.md)");
+    }
 }
