@@ -21,7 +21,7 @@ pub const WS_PATH: &str = "/ws";
 /// tungstenite settings from the gateway limits: small I/O buffers (the
 /// defaults allocate 128 KiB per connection) and the frame size limit.
 pub fn websocket_config(config: &GatewayConfig) -> WebSocketConfig {
-    let buffer = config.io_buffer_bytes.max(256);
+    let buffer = config.io_buffer_bytes.max(128);
     WebSocketConfig::default()
         .read_buffer_size(buffer)
         .write_buffer_size(buffer)

@@ -355,8 +355,8 @@ impl Config {
         if l.history_page_max > 1000 {
             return invalid("limits.history_page_max", "must be at most 1000");
         }
-        if !(256..=1 << 20).contains(&l.io_buffer_bytes) {
-            return invalid("limits.io_buffer_bytes", "must be between 256 and 1048576");
+        if !(128..=1 << 20).contains(&l.io_buffer_bytes) {
+            return invalid("limits.io_buffer_bytes", "must be between 128 and 1048576");
         }
         if l.outbound_queue < 16 {
             return invalid("limits.outbound_queue", "must be at least 16");
