@@ -559,7 +559,8 @@ mod tests {
     /// Every byte of `Connection` is paid by every idle connection, and
     /// tokio rounds a task up to a multiple of 128 bytes (its cell is
     /// cache-line aligned): 32 bytes of header, 16 of core, the future and 8
-    /// of stage, 48 of trailer. 784 is the largest future that fits 896.
+    /// of stage, 48 of trailer; the server's `TaskTracker` adds 8 to the
+    /// future. 784 is the largest `Connection` whose task fits 896.
     #[test]
     fn a_connection_task_fits_896_bytes() {
         type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
