@@ -2,7 +2,7 @@
 //! JSON in text messages. Decoding never panics and never trusts a length it
 //! has not checked (prost bounds every length by the input buffer).
 
-use crate::pb::Frame;
+use crate::pb::{Frame, Message};
 use prost::Message as _;
 
 /// The WebSocket message kind a frame travels in.
@@ -40,6 +40,36 @@ pub fn encode_frame(encoding: Encoding, frame: &Frame) -> Vec<u8> {
     }
 }
 
+/// Field number of `Frame.deliver` in `proto/dongdong.proto`.
+const FRAME_DELIVER: u32 = 32;
+
+/// Encodes `Frame { req_id: 0, deliver: Deliver { message, replay } }`
+/// without copying the message into a frame first: a stored message goes to
+/// every device of its conversation, and a copy per device is seven string
+/// allocations. The protobuf bytes are exactly what encoding the frame gives.
+pub fn encode_deliver(encoding: Encoding, message: &Message, replay: bool) -> Vec<u8> {
+    use prost::encoding::{
+        bool as pb_bool, encode_key, encode_varint, encoded_len_varint, key_len, message as pb_message,
+    };
+    match encoding {
+        Encoding::Protobuf => {
+            let inner = pb_message::encoded_len(1, message) + if replay { pb_bool::encoded_len(2, &replay) } else { 0 };
+            let mut buf = Vec::with_capacity(key_len(FRAME_DELIVER) + encoded_len_varint(inner as u64) + inner);
+            encode_key(FRAME_DELIVER, prost::encoding::WireType::LengthDelimited, &mut buf);
+            encode_varint(inner as u64, &mut buf);
+            pb_message::encode(1, message, &mut buf);
+            if replay {
+                pb_bool::encode(2, &replay, &mut buf);
+            }
+            buf
+        }
+        Encoding::Json => {
+            let deliver = crate::pb::Deliver { message: Some(message.clone()), replay };
+            encode_frame(encoding, &Frame { req_id: 0, body: Some(crate::pb::frame::Body::Deliver(deliver)) })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -53,6 +83,35 @@ mod tests {
                 to_user: "bob".into(),
                 content: Some(Content { kind: Some(content::Kind::Text("hi".into())) }),
             })),
+        }
+    }
+
+    #[test]
+    fn deliver_encodes_as_the_frame_would() {
+        let mut message = Message {
+            msg_id: "019aa6a2-0000-7000-8000-000000000001".into(),
+            conversation_id: "c5d1f".into(),
+            seq: 300,
+            from_user: "alice".into(),
+            from_device: "a1".into(),
+            to_user: "bob".into(),
+            content: Some(Content { kind: Some(content::Kind::Text("你好 ".repeat(50))) }),
+            client_msg_id: "c-1".into(),
+            server_time_ms: 1_795_292_253_100,
+        };
+        for m in [Message::default(), message.clone(), {
+            message.content = None;
+            message
+        }] {
+            for replay in [false, true] {
+                let frame = Frame {
+                    req_id: 0,
+                    body: Some(Body::Deliver(crate::pb::Deliver { message: Some(m.clone()), replay })),
+                };
+                for enc in [Encoding::Protobuf, Encoding::Json] {
+                    assert_eq!(encode_deliver(enc, &m, replay), encode_frame(enc, &frame), "{enc:?} replay={replay}");
+                }
+            }
         }
     }
 

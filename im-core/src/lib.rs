@@ -14,7 +14,7 @@ pub mod pb {
     include!(concat!(env!("OUT_DIR"), "/dongdong.v1.serde.rs"));
 }
 
-pub use codec::{Encoding, FrameDecodeError, decode_frame, encode_frame};
+pub use codec::{Encoding, FrameDecodeError, decode_frame, encode_deliver, encode_frame};
 pub use error::{CloseCode, ErrorCode};
 pub use ids::{ConversationId, Role, TenantUser, conversation_id, new_msg_id};
 

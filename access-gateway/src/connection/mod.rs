@@ -38,7 +38,7 @@ use crate::Gateway;
 use crate::window::{Action, DeliveryWindow, PageRequest, WindowLimits};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use im_core::pb::{self, Frame, Message, frame::Body};
+use im_core::pb::{Frame, Message};
 use im_core::{CloseCode, Encoding};
 use outbox::Outbox;
 use session_router::{Mail, Mailbox, Push};
@@ -338,10 +338,7 @@ impl<S> Conn<S> {
             }
             match action {
                 Action::Deliver { message, replay } => {
-                    let message = Arc::unwrap_or_clone(message);
-                    let deliver = pb::Deliver { message: Some(message), replay };
-                    let frame = Frame { req_id: 0, body: Some(Body::Deliver(deliver)) };
-                    if outbox.push(encode(encoding, &frame)) {
+                    if outbox.push(wire::encode_deliver(encoding, &message, replay)) {
                         metrics::counter!("dongdong_deliveries_total", "replay" => if replay { "true" } else { "false" })
                             .increment(1);
                     } else {

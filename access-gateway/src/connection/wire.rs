@@ -1,9 +1,9 @@
 //! Frames to and from WebSocket messages, and why a connection ends.
 
-use im_core::pb::{Frame, frame::Body};
+use im_core::pb::{Frame, Message, frame::Body};
 use im_core::{CloseCode, Encoding, ErrorCode};
 use std::borrow::Cow;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message as WsMessage};
 
 /// Why a connection's loop ended.
 #[derive(Debug)]
@@ -19,7 +19,15 @@ pub(crate) fn close(code: CloseCode, reason: impl Into<Cow<'static, str>>) -> Ex
 }
 
 pub(crate) fn encode(encoding: Encoding, frame: &Frame) -> WsMessage {
-    let bytes = im_core::encode_frame(encoding, frame);
+    message_of(encoding, im_core::encode_frame(encoding, frame))
+}
+
+/// A `Deliver` of `message`, encoded without copying the message.
+pub(crate) fn encode_deliver(encoding: Encoding, message: &Message, replay: bool) -> WsMessage {
+    message_of(encoding, im_core::encode_deliver(encoding, message, replay))
+}
+
+fn message_of(encoding: Encoding, bytes: Vec<u8>) -> WsMessage {
     match encoding {
         Encoding::Protobuf => WsMessage::binary(bytes),
         // Canonical JSON from serde_json is always UTF-8.
@@ -32,9 +40,10 @@ pub(crate) fn error_frame(req_id: u64, code: ErrorCode, message: impl Into<Strin
     Frame { req_id, body: Some(Body::Error(code.with_message(message))) }
 }
 
-/// One message read from the socket, sorted.
+/// One message read from the socket, sorted. Data keeps the bytes the
+/// socket read (no copy).
 pub(crate) enum Incoming {
-    Data(Encoding, Vec<u8>),
+    Data(Encoding, Bytes),
     /// A WebSocket ping or pong: a sign of life, nothing to do.
     Heard,
     Exit(Exit),
@@ -43,8 +52,8 @@ pub(crate) enum Incoming {
 pub(crate) fn classify(item: Option<Result<WsMessage, WsError>>, max_frame: usize) -> Incoming {
     match item {
         None | Some(Ok(WsMessage::Close(_))) => Incoming::Exit(Exit::Gone),
-        Some(Ok(WsMessage::Text(t))) => Incoming::Data(Encoding::Json, t.as_bytes().to_vec()),
-        Some(Ok(WsMessage::Binary(b))) => Incoming::Data(Encoding::Protobuf, b.to_vec()),
+        Some(Ok(WsMessage::Text(t))) => Incoming::Data(Encoding::Json, Bytes::from(t)),
+        Some(Ok(WsMessage::Binary(b))) => Incoming::Data(Encoding::Protobuf, b),
         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => Incoming::Heard,
         Some(Err(WsError::Capacity(e))) => {
             Incoming::Exit(close(CloseCode::TooLarge, format!("frame too large ({e}); the limit is {max_frame} bytes")))
