@@ -33,6 +33,7 @@ use std::sync::Arc;
 use std::time::Instant;
 use storage::{Backends, DeviceKey, HistoryQuery, NewMessage, PendingCursor, StorageError};
 use tokio::sync::{Mutex, oneshot};
+use tracing::Instrument;
 
 /// A client-visible failure: a code and a sentence for the client.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -129,19 +130,43 @@ impl Dispatcher {
     /// Stores and delivers one message from `sender`. Returns the ack to send
     /// back: only after the message is durably stored.
     pub async fn send(self: &Arc<Self>, sender: &DeviceKey, req: pb::Send) -> Result<pb::SendAck> {
-        self.send_in_turn(sender, req, Turn::first()).await
+        let new = self.new_message(sender, req)?;
+        let this = self.clone();
+        // A task of its own: a caller that is dropped midway cannot cancel
+        // a push after the store.
+        tokio::spawn(async move { this.store_and_push(new, Turn::first(), Instant::now()).await })
+            .await
+            .map_err(|e| DispatchError::new(ErrorCode::Internal, format!("send task failed: {e}")))?
     }
 
-    /// [`send`](Self::send), placed in its conversation after the send that
-    /// took the turn before `turn` from the same [`SendOrder`].
-    pub async fn send_in_turn(self: &Arc<Self>, sender: &DeviceKey, req: pb::Send, turn: Turn) -> Result<pb::SendAck> {
+    /// [`send`](Self::send) for a connection: placed in its conversation
+    /// after the send that took the turn before `turn` from the same
+    /// [`SendOrder`], run in a task of its own, and answered through `done`
+    /// (at once when the request is invalid). One task per send.
+    pub fn spawn_send(
+        self: &Arc<Self>,
+        sender: &DeviceKey,
+        req: pb::Send,
+        turn: Turn,
+        done: impl FnOnce(Result<pb::SendAck>) + Send + 'static,
+    ) {
         let started = Instant::now();
+        match self.new_message(sender, req) {
+            Err(e) => done(Err(e)),
+            Ok(new) => {
+                let this = self.clone();
+                tokio::spawn(async move { done(this.store_and_push(new, turn, started).await) }.in_current_span());
+            }
+        }
+    }
+
+    fn new_message(&self, sender: &DeviceKey, req: pb::Send) -> Result<NewMessage> {
         validate_id("client_msg_id", &req.client_msg_id).map_err(invalid)?;
         validate_id("to_user", &req.to_user).map_err(invalid)?;
         let content = req.content.ok_or_else(|| invalid("content is required".into()))?;
         self.validate_content(&content)?;
         let conversation_id = im_core::conversation_id(&sender.tenant, &sender.user, &req.to_user);
-        let new = NewMessage {
+        Ok(NewMessage {
             tenant: sender.tenant.clone(),
             conversation_id,
             from_user: sender.user.clone(),
@@ -149,36 +174,34 @@ impl Dispatcher {
             to_user: req.to_user,
             client_msg_id: req.client_msg_id,
             content,
-        };
-        let this = self.clone();
-        let appended = tokio::spawn(async move {
-            let tenant = new.tenant.clone();
-            let Turn { after, placed } = turn;
-            if let Some(after) = after {
-                // Err: the send before failed or was dropped; it is done either way.
-                let _ = after.await;
-            }
-            let (pending, previous, pushed) = {
-                let mut latest = this.lock_of(&new.conversation_id).lock().await;
-                let pending = this.backends.messages.start_append(new).await?;
-                let (pushed, done) = oneshot::channel();
-                (pending, latest.replace(done), pushed)
-            };
-            drop(placed);
-            let appended = pending.await;
-            if let Some(previous) = previous {
-                // Err: that send failed or its task ended; either way it is done.
-                let _ = previous.await;
-            }
-            let appended = appended?;
-            if !appended.duplicate {
-                this.router.deliver(&tenant, Arc::new(appended.message.clone())).await;
-            }
-            drop(pushed);
-            Ok::<_, DispatchError>(appended)
         })
-        .await
-        .map_err(|e| DispatchError::new(ErrorCode::Internal, format!("send task failed: {e}")))??;
+    }
+
+    /// Appends in turn, pushes in seq order, and answers with the ack.
+    async fn store_and_push(&self, new: NewMessage, turn: Turn, started: Instant) -> Result<pb::SendAck> {
+        let tenant = new.tenant.clone();
+        let Turn { after, placed } = turn;
+        if let Some(after) = after {
+            // Err: the send before failed or was dropped; it is done either way.
+            let _ = after.await;
+        }
+        let (pending, previous, pushed) = {
+            let mut latest = self.lock_of(&new.conversation_id).lock().await;
+            let pending = self.backends.messages.start_append(new).await?;
+            let (pushed, done) = oneshot::channel();
+            (pending, latest.replace(done), pushed)
+        };
+        drop(placed);
+        let appended = pending.await;
+        if let Some(previous) = previous {
+            // Err: that send failed or its task ended; either way it is done.
+            let _ = previous.await;
+        }
+        let appended = appended?;
+        if !appended.duplicate {
+            self.router.deliver(&tenant, Arc::new(appended.message.clone())).await;
+        }
+        drop(pushed);
         let m = &appended.message;
         if appended.duplicate {
             metrics::counter!("dongdong_duplicate_sends_total").increment(1);

@@ -18,7 +18,6 @@ use session_router::Push;
 use storage::DeviceKey;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
-use tracing::Instrument;
 
 use super::wire::Exit;
 
@@ -135,18 +134,15 @@ impl<S> Conn<S> {
         }
         self.sends_in_flight += 1;
         let turn = self.order.next_turn();
-        let (dispatch, device, mailbox) = (self.gw.dispatch.clone(), self.device.clone(), self.mailbox.clone());
-        tokio::spawn(
-            async move {
-                let reply = match dispatch.send_in_turn(&device, send, turn).await {
-                    Ok(ack) => Frame { req_id, body: Some(Body::SendAck(ack)) },
-                    Err(e) => reply_error(req_id, &e),
-                };
-                // Refused only when the connection is gone.
-                let _ = mailbox.push(Push::Reply(Box::new(reply)));
-            }
-            .in_current_span(),
-        );
+        let mailbox = self.mailbox.clone();
+        self.gw.dispatch.spawn_send(&self.device, send, turn, move |result| {
+            let reply = match result {
+                Ok(ack) => Frame { req_id, body: Some(Body::SendAck(ack)) },
+                Err(e) => reply_error(req_id, &e),
+            };
+            // Refused only when the connection is gone.
+            let _ = mailbox.push(Push::Reply(Box::new(reply)));
+        });
         Ok(())
     }
 
