@@ -161,6 +161,7 @@ pub struct LimitsConfig {
     pub max_frame_bytes: usize,
     pub outbound_queue: usize,
     pub delivery_queue: usize,
+    pub ack_queue: usize,
     pub max_inflight: usize,
     pub max_sends_in_flight: usize,
     pub max_resends: u32,
@@ -220,6 +221,7 @@ impl Default for Config {
                 max_frame_bytes: gw.max_frame_bytes,
                 outbound_queue: gw.outbound_queue,
                 delivery_queue: gw.delivery_queue,
+                ack_queue: dispatch.ack_queue,
                 max_inflight: gw.max_inflight,
                 max_sends_in_flight: gw.max_sends_in_flight,
                 max_resends: gw.max_resends,
@@ -336,6 +338,7 @@ impl Config {
         for (key, v) in [
             ("limits.outbound_queue", l.outbound_queue),
             ("limits.delivery_queue", l.delivery_queue),
+            ("limits.ack_queue", l.ack_queue),
             ("limits.max_inflight", l.max_inflight),
             ("limits.max_sends_in_flight", l.max_sends_in_flight),
             ("limits.max_connections", l.max_connections),
@@ -488,7 +491,7 @@ impl Config {
             history_max: self.limits.history_page_max,
             // Each field well inside one frame.
             max_field_bytes: self.limits.max_frame_bytes,
-            ..dispatch::DispatchLimits::default()
+            ack_queue: self.limits.ack_queue,
         }
     }
 }

@@ -293,13 +293,14 @@ impl<S> Conn<S> {
         let caller = self.caller();
         let Conn { ws, outbox, gw, conn_id, device, held_acks, .. } = self;
         Box::pin(async move {
-            if let Some(mut held) = held_acks {
-                // Held acks are queued, never dropped.
-                poll_fn(|cx| held.poll_queued(cx, &gw, &device)).await;
-            }
             gw.dispatch.router().unregister(conn_id).await;
             gw.cs.on_disconnect(&caller).await;
             finish(ws, outbox, exit).await;
+            if let Some(mut held) = held_acks {
+                // Held acks are queued, never dropped: the closing task
+                // (and its connection slot) lasts until they fit.
+                poll_fn(|cx| held.poll_queued(cx, &gw, &device)).await;
+            }
         })
     }
 

@@ -171,3 +171,82 @@ async fn acks_of_own_deliveries_do_not_count_against_the_rate_limit() {
     assert!(limited, "unknown acks are rate limited like any frame");
     s.stop().await;
 }
+
+/// A pending store whose ack writes wait at a gate the test opens.
+struct GatedAcks {
+    inner: std::sync::Arc<dyn storage::PendingStore>,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait::async_trait]
+impl storage::PendingStore for GatedAcks {
+    async fn pending(
+        &self,
+        device: &storage::DeviceKey,
+        after: Option<&storage::PendingCursor>,
+        limit: usize,
+    ) -> Result<Vec<pb::Message>, storage::StorageError> {
+        self.inner.pending(device, after, limit).await
+    }
+    async fn pending_count(&self, device: &storage::DeviceKey) -> Result<u64, storage::StorageError> {
+        self.inner.pending_count(device).await
+    }
+    async fn ack(&self, device: &storage::DeviceKey, ids: &[String]) -> Result<usize, storage::StorageError> {
+        let _open = self.gate.acquire().await;
+        self.inner.ack(device, ids).await
+    }
+    async fn ack_batch(
+        &self,
+        acks: &[(std::sync::Arc<storage::DeviceKey>, Vec<String>)],
+    ) -> Result<usize, storage::StorageError> {
+        let _open = self.gate.acquire().await;
+        self.inner.ack_batch(acks).await
+    }
+}
+
+/// While no ack can be stored and the node's ack queue is full, a client
+/// acking each message as it reads it is never held up: its pings are
+/// answered and new messages still reach it. Every ack is stored once the
+/// store is back, also those held by a connection that closed meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_never_block_a_connection_and_none_is_lost() {
+    let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
+    let mut config = dongdong_tests::server::test_config(dir.path());
+    config.limits.ack_queue = 16;
+    let (mut backends, store) = dongdong::open_storage(&config, "test-node").await.unwrap();
+    let gated =
+        std::sync::Arc::new(GatedAcks { inner: backends.pending.clone(), gate: tokio::sync::Semaphore::new(0) });
+    backends.pending = gated.clone();
+    let s = TestServer::start_on(config, backends, store, dir).await;
+    let mut bob = s.login("acme", "bob", "b1").await;
+    let mut alice = s.login("acme", "alice", "a1").await;
+    for i in 0..100 {
+        alice.send_text("bob", &format!("m{i}"), "x").await.unwrap();
+        let d = bob.next_deliver().await;
+        bob.ack(vec![msg(&d).msg_id.clone()]).await;
+    }
+    // 100 ack frames, room for 16, none stored: bob's connection holds the rest.
+    let pong = tokio::time::timeout(Duration::from_secs(2), bob.request(Body::Ping(pb::Ping {}))).await;
+    assert!(matches!(pong.expect("a Ping is answered while acks wait").body, Some(Body::Pong(_))));
+    let late = alice.send_text("bob", "late", "still delivered").await.unwrap();
+    assert_eq!(msg(&bob.next_deliver().await).msg_id, late.msg_id);
+    bob.ack(vec![late.msg_id]).await;
+    let (_, metrics) = dongdong_tests::http::get(&s.http_url, "/metrics").await;
+    assert!(
+        metrics.lines().any(|l| l.starts_with("dongdong_ack_queue_full_total") && !l.ends_with(" 0")),
+        "the queue was full and the connection held acks:\n{metrics}"
+    );
+    // Bob leaves with acks still held; then the store comes back.
+    bob.close().await;
+    s.wait_presence("acme", "bob", 0).await;
+    gated.gate.add_permits(1_000_000);
+    let b1 = storage::DeviceKey::new("acme", "bob", "b1");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while s.backends.pending.pending_count(&b1).await.unwrap() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the held acks were never stored");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let again = s.login("acme", "bob", "b1").await;
+    assert_eq!(again.auth_ok.as_ref().unwrap().pending_count, 0, "all 101 acks were stored");
+    s.stop().await;
+}
