@@ -61,6 +61,8 @@ use wire::{Exit, close, encode, error_frame};
 /// How long the final frames may take to flush after the connection ended,
 /// before the socket is dropped.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a closed connection may wait for room for the acks it holds.
+const HELD_ACKS_GRACE: Duration = Duration::from_secs(30);
 /// Events handled before queued frames are flushed even though more
 /// events are ready: a busy connection still writes promptly.
 const FLUSH_EVERY: u8 = 32;
@@ -297,9 +299,15 @@ impl<S> Conn<S> {
             gw.cs.on_disconnect(&caller).await;
             finish(ws, outbox, exit).await;
             if let Some(mut held) = held_acks {
-                // Held acks are queued, never dropped: the closing task
-                // (and its connection slot) lasts until they fit.
-                poll_fn(|cx| held.poll_queued(cx, &gw, &device)).await;
+                // Held acks are queued, not dropped: the closing task (and
+                // its connection slot) lasts until they fit, within a bound
+                // so that a store that never recovers cannot stall shutdown.
+                let queued = poll_fn(|cx| held.poll_queued(cx, &gw, &device));
+                if tokio::time::timeout(HELD_ACKS_GRACE, queued).await.is_err() {
+                    let ids = (held.ids.len() + held.queuing_ids) as u64;
+                    metrics::counter!("dongdong_acks_dropped_total").increment(ids);
+                    warn!(ids, "acks held at close found no room in the ack queue; they stay pending");
+                }
             }
         })
     }
@@ -521,8 +529,9 @@ impl<S: Socket> Conn<S> {
 /// Acks waiting for room in the node's ack queue, oldest first.
 struct HeldAcks {
     ids: Vec<String>,
-    /// The batch being queued (waiting for room).
+    /// The batch being queued (waiting for room), and how many ids it has.
     queuing: Option<BoxFuture<()>>,
+    queuing_ids: usize,
 }
 
 impl HeldAcks {
@@ -532,11 +541,13 @@ impl HeldAcks {
             if let Some(queuing) = &mut self.queuing {
                 ready!(queuing.as_mut().poll(cx));
                 self.queuing = None;
+                self.queuing_ids = 0;
             }
             if self.ids.is_empty() {
                 return Poll::Ready(());
             }
             let (acks, device, ids) = (gw.dispatch.acks().clone(), device.clone(), std::mem::take(&mut self.ids));
+            self.queuing_ids = ids.len();
             self.queuing = Some(Box::pin(async move { acks.ack(device, ids).await }));
         }
     }

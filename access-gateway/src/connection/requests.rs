@@ -161,7 +161,7 @@ impl<S> Conn<S> {
             held.ids.extend(msg_ids);
         } else if let Err(Held(_, ids)) = self.gw.dispatch.acks().try_ack(self.device.clone(), msg_ids) {
             metrics::counter!("dongdong_ack_queue_full_total").increment(1);
-            self.held_acks = Some(Box::new(super::HeldAcks { ids, queuing: None }));
+            self.held_acks = Some(Box::new(super::HeldAcks { ids, queuing: None, queuing_ids: 0 }));
         }
         Ok(())
     }
