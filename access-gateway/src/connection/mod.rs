@@ -346,14 +346,11 @@ impl<S> Conn<S> {
                 return;
             }
             match action {
-                Action::Deliver { message, replay } => {
-                    if outbox.push(wire::encode_deliver(encoding, &message, replay)) {
-                        metrics::counter!("dongdong_deliveries_total", "replay" => if replay { "true" } else { "false" })
-                            .increment(1);
-                    } else {
-                        exit = Some(slow_consumer());
-                    }
-                }
+                Action::Deliver { message, replay } => match queue_frame(outbox, wire::encode_deliver(encoding, &message, replay)) {
+                    Ok(()) => metrics::counter!("dongdong_deliveries_total", "replay" => if replay { "true" } else { "false" })
+                        .increment(1),
+                    Err(slow) => exit = Some(slow),
+                },
                 Action::Close { code, reason } => exit = Some(close(code, reason)),
             }
         });
@@ -414,12 +411,7 @@ impl<S> Conn<S> {
 
     /// Queues a frame for the client; a full queue is a slow consumer.
     fn emit(&mut self, frame: &Frame) -> Result<(), Exit> {
-        if self.outbox.push(encode(self.encoding, frame)) {
-            metrics::counter!("dongdong_frames_out_total").increment(1);
-            Ok(())
-        } else {
-            Err(slow_consumer())
-        }
+        queue_frame(&mut self.outbox, encode(self.encoding, frame))
     }
 }
 
@@ -553,9 +545,15 @@ impl HeldAcks {
     }
 }
 
-fn slow_consumer() -> Exit {
-    metrics::counter!("dongdong_slow_consumers_total").increment(1);
-    close(CloseCode::SlowConsumer, "outbound queue full: the client reads too slowly")
+/// Queues an encoded frame for the client; a full queue is a slow consumer.
+fn queue_frame(outbox: &mut Outbox, message: WsMessage) -> Result<(), Exit> {
+    if outbox.push(message) {
+        metrics::counter!("dongdong_frames_out_total").increment(1);
+        Ok(())
+    } else {
+        metrics::counter!("dongdong_slow_consumers_total").increment(1);
+        Err(close(CloseCode::SlowConsumer, "outbound queue full: the client reads too slowly"))
+    }
 }
 
 /// The `Error` reply to a request that failed.
