@@ -1,6 +1,6 @@
 //! Customer-service state of the embedded backend: each tenant's
-//! [`TenantState`] in memory, loaded from the store on first use, every change
-//! persisted as JSON records in the `cs` keyspace through the store's writer.
+//! [`TenantState`] in memory, loaded from redb on first use, every change
+//! persisted as JSON records in the `cs` table through the store's writer.
 //!
 //! A command runs under one lock: apply to memory, queue the changed records
 //! to the writer (which keeps queue order), release the lock, then wait until
@@ -14,10 +14,10 @@
 
 use super::engine::{Dirty, TenantState};
 use super::*;
-use crate::embedded::{EmbeddedStore, Ks, Records};
+use crate::embedded::{CS, EmbeddedStore, Records};
 use crate::keys::{Key, Reader};
 use crate::{Result, StorageError};
-use fjall::Readable;
+use redb::{ReadableDatabase, ReadableTable};
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -55,11 +55,18 @@ fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| StorageError::Corrupt(format!("cs record: {e}")))
 }
 
-/// Every record under `prefix` in `view`, decoded.
-fn scan<T: DeserializeOwned>(view: &impl Readable, cs: &fjall::Keyspace, prefix: &[u8]) -> Result<Vec<T>> {
+/// Every record under `prefix`, decoded.
+fn scan<T: DeserializeOwned>(
+    table: &impl ReadableTable<&'static [u8], &'static [u8]>,
+    prefix: &[u8],
+) -> Result<Vec<T>> {
     let mut out = Vec::new();
-    for item in view.prefix(cs, prefix) {
-        out.push(decode(&item.value().map_err(unavailable)?)?);
+    for item in table.range(prefix..).map_err(unavailable)? {
+        let (k, v) = item.map_err(unavailable)?;
+        if !k.value().starts_with(prefix) {
+            break;
+        }
+        out.push(decode(v.value())?);
     }
     Ok(out)
 }
@@ -67,31 +74,37 @@ fn scan<T: DeserializeOwned>(view: &impl Readable, cs: &fjall::Keyspace, prefix:
 impl EmbeddedCs {
     /// Customer-service state on `store`'s database.
     pub fn open(store: Arc<EmbeddedStore>) -> Result<Arc<Self>> {
-        let db = store.handle()?;
+        let txn = store.db().begin_read().map_err(unavailable)?;
+        let table = txn.open_table(CS).map_err(unavailable)?;
         let mut known = BTreeSet::new();
         for kind in ["g", "a"] {
             let p = Key::new().s(kind).into_vec();
-            for item in db.ks[Ks::Cs].prefix(&p) {
-                let k = item.key().map_err(unavailable)?;
+            for item in table.range(p.as_slice()..).map_err(unavailable)? {
+                let (k, _) = item.map_err(unavailable)?;
+                let k = k.value();
+                if !k.starts_with(&p) {
+                    break;
+                }
                 if let Some(t) = Reader::new(&k[p.len()..]).s() {
                     known.insert(t.to_string());
                 }
             }
         }
-        drop(db);
+        drop(table);
+        drop(txn);
         Ok(Arc::new(Self { store, state: Mutex::new(State { tenants: HashMap::new(), known }) }))
     }
 
     async fn load(&self, tenant: &str) -> Result<TenantState> {
         let tenant = tenant.to_string();
         self.store
-            .read(move |db| {
-                // One snapshot: the four kinds as of one moment.
-                let (view, cs) = (db.db.snapshot(), &db.ks[Ks::Cs]);
-                let groups: Vec<Group> = scan(&view, cs, &prefix("g", &tenant))?;
-                let agents: Vec<Agent> = scan(&view, cs, &prefix("a", &tenant))?;
-                let sessions: Vec<Session> = scan(&view, cs, &prefix("s", &tenant))?;
-                let left: Vec<LeftMessage> = scan(&view, cs, &prefix("l", &tenant))?;
+            .read_db(move |db| {
+                let txn = db.begin_read().map_err(unavailable)?;
+                let table = txn.open_table(CS).map_err(unavailable)?;
+                let groups: Vec<Group> = scan(&table, &prefix("g", &tenant))?;
+                let agents: Vec<Agent> = scan(&table, &prefix("a", &tenant))?;
+                let sessions: Vec<Session> = scan(&table, &prefix("s", &tenant))?;
+                let left: Vec<LeftMessage> = scan(&table, &prefix("l", &tenant))?;
                 Ok(TenantState::from_records(&tenant, groups, agents, sessions, left))
             })
             .await
@@ -99,9 +112,11 @@ impl EmbeddedCs {
 
     async fn get_record<T: DeserializeOwned + Send + 'static>(&self, key: Vec<u8>) -> Result<Option<T>> {
         self.store
-            .read(move |db| {
-                match db.ks[Ks::Cs].get(&key).map_err(unavailable)? {
-                    Some(v) => decode(&v).map(Some),
+            .read_db(move |db| {
+                let txn = db.begin_read().map_err(unavailable)?;
+                let table = txn.open_table(CS).map_err(unavailable)?;
+                match table.get(key.as_slice()).map_err(unavailable)? {
+                    Some(v) => decode(v.value()).map(Some),
                     None => Ok(None),
                 }
             })
@@ -278,7 +293,10 @@ impl CsStore for EmbeddedCs {
         let p = prefix("q", tenant);
         let all: Vec<QuickReply> = self
             .store
-            .read(move |db| scan(&db.db.snapshot(), &db.ks[Ks::Cs], &p))
+            .read_db(move |db| {
+                let txn = db.begin_read().map_err(unavailable)?;
+                scan(&txn.open_table(CS).map_err(unavailable)?, &p)
+            })
             .await?;
         Ok(QuickReply::visible(all, groups, owner))
     }

@@ -1,67 +1,86 @@
-//! The embedded backend: one directory, no external service. Messages,
-//! pending ids, devices and customer-service records live in a
-//! [fjall](https://crates.io/crates/fjall) database (an LSM tree: a journal,
-//! memtables, sorted tables compacted in the background) under
-//! `<data_dir>/store`. Presence is in memory (a single node's connections
-//! die with it).
+//! The embedded backend: one data directory, no external service. Presence
+//! is in memory (a single node's connections die with it).
 //!
-//! All writes go through one writer thread ([`writer`]) that turns each
-//! batch of queued operations into one atomic journal append, synced once
-//! (`fdatasync`) when the batch holds a message: a message is durable before
-//! its append returns. Reads run on tokio's blocking pool against the
-//! memtables and tables and never wait for the writer. See docs/storage.md.
+//! All writes go through one writer thread that drains its queue into
+//! batches (group commit). A batch runs as one redb write transaction, and
+//! the writes it made become one record of the write-ahead log ([`wal`]):
+//! the record is appended and, when the batch holds a message or
+//! customer-service records, synced with one `fdatasync`. Then the
+//! transaction commits without a sync of its own (redb's
+//! `Durability::None`), and only then are callers answered: a reader never
+//! sees a write a crash could take back. Acks and device registrations alone
+//! are logged without a sync; the next synced record covers them.
+//!
+//! About once a second (or every 64 MiB of log) a checkpoint makes redb's
+//! state durable with the last LSN it holds, and the log starts over. After
+//! a crash, redb opens at its last checkpoint and the log's later records are
+//! replayed. Reads run on tokio's blocking pool against MVCC snapshots and
+//! never wait for the writer.
 
-mod layout;
 mod presence;
-mod writer;
+pub mod wal;
 
 pub use presence::MemoryPresence;
 
-use crate::keys::Reader;
+use crate::keys::{Key, Reader};
 use crate::{
     Appended, Conversation, DeviceKey, DeviceRegistration, DeviceRegistry, HistoryPage, HistoryQuery, MessageStore,
     NewMessage, PendingCursor, PendingStore, Result, StorageError,
 };
 use async_trait::async_trait;
-use fjall::{Database, Keyspace, KeyspaceCreateOptions};
 use im_core::pb::Message;
-use layout::*;
 use prost::Message as _;
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDefinition};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
-use writer::{WriteOp, Writer};
+use wal::{Op, Ops, Table as T, Wal};
 
+/// (conversation, seq) -> protobuf `Message`.
+const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
+/// msg_id -> (conversation, seq).
+const MSG_INDEX: TableDefinition<&str, &[u8]> = TableDefinition::new("msg_index");
+/// conversation -> (tenant, member a, member b). Written once, with seq 1;
+/// the last seq is the last key of the conversation in `messages`.
+const CONVERSATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("conversations");
+/// (tenant, sender, client_msg_id) -> msg_id.
+const IDEMPOTENCY: TableDefinition<&[u8], &str> = TableDefinition::new("idempotency");
+/// (tenant, user, device, conversation, seq) -> msg_id. Device "" holds the
+/// messages of a user who has no device yet.
+const PENDING: TableDefinition<&[u8], &str> = TableDefinition::new("pending");
+/// (tenant, user, device) -> last seen, ms since the epoch.
+const DEVICES: TableDefinition<&[u8], u64> = TableDefinition::new("devices");
 /// Puts (Some) or deletes (None) of customer-service records, by key.
 pub(crate) type Records = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// Customer-service records: (kind, tenant, id) -> JSON (see `crate::cs::embedded`).
+pub(crate) const CS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cs");
+/// `applied_lsn` -> the last log record this state holds (see [`wal`]).
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const APPLIED_LSN: &str = "applied_lsn";
+/// The log's directory inside the data directory.
+const WAL_DIR: &str = "wal";
 
 /// The device slot of a user who has not connected from any device yet.
 /// Real device ids are never empty.
 const USER_SLOT: &str = "";
 
-/// The database's directory inside the data directory.
-const STORE_DIR: &str = "store";
-
 /// Tuning of the embedded backend.
 #[derive(Debug, Clone)]
 pub struct EmbeddedOptions {
-    /// Most operations applied in one write batch.
+    /// Most operations applied in one write transaction.
     pub max_batch: usize,
     /// Bound of the writer's queue; callers wait when it is full.
     pub queue: usize,
     /// Devices remembered per user; the least recently seen is forgotten.
     pub max_devices_per_user: usize,
-    /// Block cache of the tables on disk.
-    pub cache_bytes: u64,
-    /// Memtable size of each of the seven keyspaces; a full memtable is
-    /// flushed to a table in the background.
-    pub memtable_bytes: u64,
-    /// Journal on disk before memtables are flushed to free it (at least 64 MiB).
-    pub journal_bytes: u64,
-    /// Conversations (for their last seq) and users (for their devices) the
-    /// writer remembers between batches.
-    pub writer_cache_entries: usize,
+    /// redb page cache.
+    pub cache_bytes: usize,
+    /// Longest time between checkpoints while writes arrive.
+    pub checkpoint_interval: Duration,
+    /// Log bytes after which a checkpoint is due regardless of the time.
+    pub checkpoint_bytes: u64,
 }
 
 impl Default for EmbeddedOptions {
@@ -71,117 +90,62 @@ impl Default for EmbeddedOptions {
             queue: 8192,
             max_devices_per_user: 16,
             cache_bytes: 64 << 20,
-            memtable_bytes: 16 << 20,
-            journal_bytes: 256 << 20,
-            writer_cache_entries: 1 << 16,
+            checkpoint_interval: Duration::from_secs(1),
+            checkpoint_bytes: 64 << 20,
         }
     }
 }
 
-/// The keyspaces, in the order of [`Ks`].
-#[derive(Clone)]
-pub(crate) struct Keyspaces([Keyspace; Ks::COUNT]);
-
-/// One keyspace (see [`layout`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ks {
-    Messages,
-    MsgIndex,
-    Conversations,
-    Idempotency,
-    Pending,
-    Devices,
-    Cs,
+enum WriteOp {
+    Append(NewMessage, oneshot::Sender<Result<Appended>>),
+    Ack(DeviceKey, Vec<String>, oneshot::Sender<Result<usize>>),
+    AckBatch(Vec<(Arc<DeviceKey>, Vec<String>)>, oneshot::Sender<Result<usize>>),
+    Register(DeviceKey, oneshot::Sender<Result<DeviceRegistration>>),
+    /// Puts (Some) or deletes (None) customer-service records; durable.
+    Records(Records, oneshot::Sender<Result<()>>),
+    /// Stop after the ops queued before this one.
+    Close,
 }
 
-impl Ks {
-    const COUNT: usize = 7;
-    const NAMES: [&'static str; Ks::COUNT] =
-        ["messages", "msg_index", "conversations", "idempotency", "pending", "devices", "cs"];
-}
-
-impl std::ops::Index<Ks> for Keyspaces {
-    type Output = Keyspace;
-    fn index(&self, ks: Ks) -> &Keyspace {
-        &self.0[ks as usize]
+impl WriteOp {
+    fn durable(&self) -> bool {
+        matches!(self, WriteOp::Append(..) | WriteOp::Records(..))
     }
 }
 
-/// An open database.
-pub(crate) struct Db {
-    pub(crate) db: Database,
-    pub(crate) ks: Keyspaces,
-}
-
-/// Messages, pending ids, devices and customer-service records in one fjall
-/// database.
+/// Messages, pending ids and devices in one redb database.
 pub struct EmbeddedStore {
-    /// `None` once closed; readers hold a clone while they read.
-    db: RwLock<Option<Arc<Db>>>,
+    db: Arc<Database>,
     tx: mpsc::Sender<WriteOp>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// The last failed commit, if the one after it has not succeeded.
-    failure: Arc<Mutex<Option<String>>>,
     path: PathBuf,
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) the database in `dir/store`, replaying its journal.
+    /// Opens (or creates) `dir/dongdong.redb`.
     pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<Arc<Self>> {
         std::fs::create_dir_all(dir)
             .map_err(|e| StorageError::Unavailable(format!("cannot create data directory {}: {e}", dir.display())))?;
-        let earlier = dir.join("dongdong.redb");
-        if earlier.exists() {
-            return Err(StorageError::Unavailable(format!(
-                "{} holds data in the format of an earlier dongdong (dongdong.redb), which this version does not \
-                 read; start on another data directory (storage.data_dir), or move the file away to start empty",
-                dir.display()
-            )));
-        }
-        let path = dir.join(STORE_DIR);
-        let db = Database::builder(&path)
-            .cache_size(options.cache_bytes)
-            .max_journaling_size(options.journal_bytes.max(64 << 20))
-            .open()
+        let path = dir.join("dongdong.redb");
+        let db = Database::builder()
+            .set_cache_size(options.cache_bytes)
+            .create(&path)
             .map_err(|e| StorageError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
-        let keyspace = |name: &str| {
-            let memtable = options.memtable_bytes.max(1 << 20);
-            db.keyspace(name, || KeyspaceCreateOptions::default().max_memtable_size(memtable))
-                .map_err(|e| StorageError::Unavailable(format!("cannot open keyspace {name}: {e}")))
-        };
-        let ks = Keyspaces([
-            keyspace(Ks::NAMES[0])?,
-            keyspace(Ks::NAMES[1])?,
-            keyspace(Ks::NAMES[2])?,
-            keyspace(Ks::NAMES[3])?,
-            keyspace(Ks::NAMES[4])?,
-            keyspace(Ks::NAMES[5])?,
-            keyspace(Ks::NAMES[6])?,
-        ]);
-        let failure = Arc::new(Mutex::new(None));
+        let db = Arc::new(db);
+        init_tables(&db)?;
+        let wal = recover(&db, &dir.join(WAL_DIR))?;
         let (tx, rx) = mpsc::channel(options.queue.max(1));
-        let writer = Writer::new(db.clone(), ks.clone(), options, failure.clone());
+        let writer_db = db.clone();
         let writer = std::thread::Builder::new()
             .name("dongdong-store-writer".into())
-            .spawn(move || writer.run(rx))
+            .spawn(move || writer_loop(&writer_db, wal, rx, &options))
             .map_err(|e| StorageError::Unavailable(format!("cannot start the writer thread: {e}")))?;
-        Ok(Arc::new(Self {
-            db: RwLock::new(Some(Arc::new(Db { db, ks }))),
-            tx,
-            writer: Mutex::new(Some(writer)),
-            failure,
-            path,
-        }))
+        Ok(Arc::new(Self { db, tx, writer: Mutex::new(Some(writer)), path }))
     }
 
-    /// The database directory.
+    /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
-    }
-
-    /// Bytes on disk: journal and tables.
-    pub fn disk_bytes(&self) -> u64 {
-        self.handle().ok().and_then(|d| d.db.disk_space().ok()).unwrap_or(0)
     }
 
     /// Queues customer-service records for the writer, which applies them
@@ -195,50 +159,40 @@ impl EmbeddedStore {
         Ok(reply_rx)
     }
 
-    pub(crate) fn handle(&self) -> Result<Arc<Db>> {
-        let db = self.db.read().map_err(|_| unavailable("the store lock is poisoned"))?;
-        db.clone().ok_or_else(|| unavailable("the store is closed"))
+    pub(crate) fn db(&self) -> &Database {
+        &self.db
     }
 
-    /// Runs a read on the blocking pool.
-    pub(crate) async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Db) -> Result<T> + Send + 'static) -> Result<T> {
-        let db = self.handle()?;
-        tokio::task::spawn_blocking(move || f(&db))
-            .await
-            .map_err(|e| StorageError::Unavailable(format!("read task failed: {e}")))?
+    /// Runs a read against a snapshot on the blocking pool.
+    pub(crate) async fn read_db<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.read(f).await
     }
 
-    /// Stops accepting writes, lets the writer finish its queue, syncs the
-    /// journal and releases the database (and its lock on the directory)
-    /// once reads in flight are done. Later calls fail with `Unavailable`.
+    /// Stops accepting writes, lets the writer finish its queue, persists
+    /// everything with a final durable commit and waits for it. Later writes
+    /// fail with `Unavailable`.
     pub async fn close(&self) {
         let handle = self.writer.lock().ok().and_then(|mut w| w.take());
         let Some(handle) = handle else { return };
         // The writer applies what is queued before the Close, then stops.
         let _ = self.tx.send(WriteOp::Close).await;
         let _ = tokio::task::spawn_blocking(move || handle.join()).await;
-        let db = self.db.write().ok().and_then(|mut db| db.take());
-        let Some(mut db) = db else { return };
-        for _ in 0..10_000 {
-            match Arc::try_unwrap(db) {
-                Ok(last) => {
-                    // Dropping stops fjall's workers; it may block briefly.
-                    let _ = tokio::task::spawn_blocking(move || drop(last)).await;
-                    return;
-                }
-                Err(shared) => {
-                    db = shared;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-        }
-        tracing::warn!("reads still hold the store after 10 s; it is released when they finish");
     }
 
     async fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteOp) -> Result<T> {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.tx.send(make(reply_tx)).await.map_err(|_| StorageError::Unavailable("the store is closed".into()))?;
         reply_rx.await.map_err(|_| StorageError::Unavailable("the store writer stopped".into()))?
+    }
+
+    async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Database) -> Result<T> + Send + 'static) -> Result<T> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| StorageError::Unavailable(format!("read task failed: {e}")))?
     }
 }
 
@@ -248,6 +202,304 @@ fn unavailable(e: impl std::fmt::Display) -> StorageError {
 
 fn corrupt(what: &str) -> StorageError {
     StorageError::Corrupt(what.to_string())
+}
+
+fn init_tables(db: &Database) -> Result<()> {
+    let txn = db.begin_write().map_err(unavailable)?;
+    txn.open_table(MESSAGES).map_err(unavailable)?;
+    txn.open_table(MSG_INDEX).map_err(unavailable)?;
+    txn.open_table(CONVERSATIONS).map_err(unavailable)?;
+    txn.open_table(IDEMPOTENCY).map_err(unavailable)?;
+    txn.open_table(PENDING).map_err(unavailable)?;
+    txn.open_table(DEVICES).map_err(unavailable)?;
+    txn.open_table(CS).map_err(unavailable)?;
+    txn.open_table(META).map_err(unavailable)?;
+    txn.commit().map_err(unavailable)
+}
+
+/// Replays the log's records after redb's last checkpoint, makes the result
+/// a checkpoint, and starts the log afresh.
+fn recover(db: &Database, dir: &Path) -> Result<Wal> {
+    let started = Instant::now();
+    let txn = db.begin_write().map_err(unavailable)?;
+    let recovered = {
+        let mut meta = txn.open_table(META).map_err(unavailable)?;
+        let applied = meta.get(APPLIED_LSN).map_err(unavailable)?.map(|v| v.value()).unwrap_or(0);
+        let mut tables = Tables::open(&txn)?;
+        let recovered = wal::recover(dir, applied, |record| {
+            record.ops.iter().try_for_each(|op| tables.apply(*op).map(drop)).map_err(|e| e.to_string())
+        })
+        .map_err(|e| StorageError::Corrupt(format!("write-ahead log in {}: {e}", dir.display())))?;
+        meta.insert(APPLIED_LSN, recovered.last_lsn).map_err(unavailable)?;
+        recovered
+    };
+    txn.commit().map_err(unavailable)?;
+    let wal = Wal::create(dir, recovered.last_lsn + 1).map_err(|e| {
+        StorageError::Unavailable(format!("cannot start the write-ahead log in {}: {e}", dir.display()))
+    })?;
+    wal.remove_older().map_err(unavailable)?;
+    if recovered.records > 0 || recovered.torn_bytes > 0 {
+        tracing::info!(
+            records = recovered.records,
+            torn_bytes = recovered.torn_bytes,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "replayed the write-ahead log"
+        );
+    }
+    Ok(wal)
+}
+
+/// Makes redb's state durable with the last LSN it holds; every log record
+/// up to it is then redundant, so the log starts a new segment.
+fn checkpoint(db: &Database, wal: &mut Wal) -> Result<()> {
+    let started = Instant::now();
+    let txn = db.begin_write().map_err(unavailable)?;
+    {
+        let mut meta = txn.open_table(META).map_err(unavailable)?;
+        meta.insert(APPLIED_LSN, wal.last_lsn()).map_err(unavailable)?;
+    }
+    txn.commit().map_err(unavailable)?;
+    wal.rotate().map_err(|e| StorageError::Unavailable(format!("cannot rotate the write-ahead log: {e}")))?;
+    metrics::histogram!("dongdong_store_checkpoint_seconds").record(started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn writer_loop(db: &Database, mut wal: Wal, mut rx: mpsc::Receiver<WriteOp>, options: &EmbeddedOptions) {
+    let mut batch = Vec::with_capacity(options.max_batch);
+    let mut closing = false;
+    let mut last_checkpoint = Instant::now();
+    // Set when the log or redb failed after a record was written: memory and
+    // disk may disagree, so nothing more is accepted until a restart replays.
+    let mut broken: Option<StorageError> = None;
+    while !closing {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        closing = matches!(first, WriteOp::Close);
+        if !closing {
+            batch.push(first);
+        }
+        while !closing && batch.len() < options.max_batch {
+            match rx.try_recv() {
+                Ok(WriteOp::Close) => closing = true,
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        if let Some(e) = &broken {
+            batch.drain(..).for_each(|op| fail_op(op, e));
+            continue;
+        }
+        broken = apply_batch(db, &mut wal, &mut batch, options).err();
+        let due = last_checkpoint.elapsed() >= options.checkpoint_interval
+            || wal.bytes_since_checkpoint >= options.checkpoint_bytes;
+        if broken.is_none() && wal.bytes_since_checkpoint > 0 && due {
+            match checkpoint(db, &mut wal) {
+                Ok(()) => last_checkpoint = Instant::now(),
+                Err(e) => tracing::error!(error = %e, "checkpoint failed; the log keeps growing until one succeeds"),
+            }
+        }
+    }
+    // Whatever is still queued is rejected when `rx` drops: callers see
+    // "the store writer stopped".
+    drop(rx);
+    // Queue closed and drained: a last checkpoint leaves an empty log.
+    if broken.is_none()
+        && let Err(e) = checkpoint(db, &mut wal)
+    {
+        tracing::error!(error = %e, "final checkpoint failed; the log is replayed at the next start");
+    }
+}
+
+/// Replies held until the batch commits.
+enum Reply {
+    Append(oneshot::Sender<Result<Appended>>, Appended),
+    Ack(oneshot::Sender<Result<usize>>, usize),
+    Register(oneshot::Sender<Result<DeviceRegistration>>, DeviceRegistration),
+    Records(oneshot::Sender<Result<()>>),
+}
+
+impl Reply {
+    fn fail(self, e: &StorageError) {
+        match self {
+            Reply::Append(tx, _) => drop(tx.send(Err(e.clone()))),
+            Reply::Ack(tx, _) => drop(tx.send(Err(e.clone()))),
+            Reply::Register(tx, _) => drop(tx.send(Err(e.clone()))),
+            Reply::Records(tx) => drop(tx.send(Err(e.clone()))),
+        }
+    }
+
+    fn succeed(self) {
+        match self {
+            Reply::Append(tx, v) => drop(tx.send(Ok(v))),
+            Reply::Ack(tx, v) => drop(tx.send(Ok(v))),
+            Reply::Register(tx, v) => drop(tx.send(Ok(v))),
+            Reply::Records(tx) => drop(tx.send(Ok(()))),
+        }
+    }
+}
+
+fn fail_op(op: WriteOp, e: &StorageError) {
+    match op {
+        WriteOp::Append(_, tx) => drop(tx.send(Err(e.clone()))),
+        WriteOp::Ack(_, _, tx) | WriteOp::AckBatch(_, tx) => drop(tx.send(Err(e.clone()))),
+        WriteOp::Register(_, tx) => drop(tx.send(Err(e.clone()))),
+        WriteOp::Records(_, tx) => drop(tx.send(Err(e.clone()))),
+        WriteOp::Close => {}
+    }
+}
+
+/// Keeps a successful result for after the commit; fails the caller at once
+/// otherwise (and the batch with it).
+fn hold<T>(
+    tx: oneshot::Sender<Result<T>>,
+    result: Result<T>,
+    wrap: fn(oneshot::Sender<Result<T>>, T) -> Reply,
+) -> Result<Reply> {
+    match result {
+        Ok(v) => Ok(wrap(tx, v)),
+        Err(e) => {
+            let _ = tx.send(Err(e.clone()));
+            Err(e)
+        }
+    }
+}
+
+/// Applies one batch. An error means the store must stop taking writes
+/// (the log holds a record redb does not); a batch that merely fails is
+/// answered with its error and is not one.
+fn apply_batch(
+    db: &Database,
+    wal: &mut Wal,
+    batch: &mut Vec<WriteOp>,
+    options: &EmbeddedOptions,
+) -> Result<(), StorageError> {
+    let started = Instant::now();
+    let durable = batch.iter().any(WriteOp::durable);
+    let size = batch.len();
+    let mut txn = match db.begin_write() {
+        Ok(t) => t,
+        Err(e) => {
+            let e = unavailable(e);
+            batch.drain(..).for_each(|op| fail_op(op, &e));
+            return Ok(());
+        }
+    };
+    // The log makes the batch durable; redb's own sync waits for a checkpoint.
+    if let Err(e) = txn.set_durability(Durability::None) {
+        let e = unavailable(e);
+        batch.drain(..).for_each(|op| fail_op(op, &e));
+        return Ok(());
+    }
+    let mut replies = Vec::with_capacity(size);
+    let mut failure = None;
+    let mut log = Ops::default();
+    {
+        let tables = Tables::open(&txn);
+        match tables {
+            Err(e) => failure = Some(e),
+            Ok(mut t) => {
+                for op in batch.drain(..) {
+                    if let Some(e) = &failure {
+                        fail_op(op, e);
+                        continue;
+                    }
+                    let outcome = match op {
+                        WriteOp::Append(msg, tx) => hold(tx, t.append(msg), Reply::Append),
+                        WriteOp::Ack(dev, ids, tx) => hold(tx, t.ack(&dev, &ids), Reply::Ack),
+                        WriteOp::AckBatch(acks, tx) => {
+                            let removed = acks.iter().try_fold(0, |n, (dev, ids)| Ok(n + t.ack(dev, ids)?));
+                            hold(tx, removed, Reply::Ack)
+                        }
+                        WriteOp::Register(dev, tx) => {
+                            hold(tx, t.register(&dev, options.max_devices_per_user), Reply::Register)
+                        }
+                        WriteOp::Records(records, tx) => match t.records(records) {
+                            Ok(()) => Ok(Reply::Records(tx)),
+                            Err(e) => {
+                                let _ = tx.send(Err(e.clone()));
+                                Err(e)
+                            }
+                        },
+                        WriteOp::Close => continue,
+                    };
+                    match outcome {
+                        Ok(reply) => replies.push(reply),
+                        Err(e) => failure = Some(e),
+                    }
+                }
+                log = t.log;
+            }
+        }
+    }
+    if let Some(e) = failure {
+        // Nothing of this batch is kept: abort, and fail every caller.
+        let _ = txn.abort();
+        replies.into_iter().for_each(|r| r.fail(&e));
+        metrics::counter!("dongdong_store_commit_failures_total").increment(1);
+        tracing::error!(error = %e, "store batch failed; every operation in it was rejected");
+        return Ok(());
+    }
+    if !log.is_empty()
+        && let Err(e) = wal.append(&log, durable)
+    {
+        // What reached the file is unknown: stop here; a restart replays
+        // whatever of it is whole.
+        let e = StorageError::Unavailable(format!("cannot write the write-ahead log: {e}"));
+        let _ = txn.abort();
+        replies.into_iter().for_each(|r| r.fail(&e));
+        metrics::counter!("dongdong_store_commit_failures_total").increment(1);
+        tracing::error!(error = %e, "the store stops taking writes until it is restarted");
+        return Err(e);
+    }
+    match txn.commit() {
+        Ok(()) => {
+            metrics::histogram!("dongdong_store_batch_size").record(size as f64);
+            metrics::histogram!("dongdong_store_commit_seconds", "durable" => if durable { "true" } else { "false" })
+                .record(started.elapsed().as_secs_f64());
+            replies.into_iter().for_each(Reply::succeed);
+            Ok(())
+        }
+        Err(e) => {
+            let e = StorageError::Unavailable(format!("cannot commit a logged batch: {e}"));
+            metrics::counter!("dongdong_store_commit_failures_total").increment(1);
+            tracing::error!(error = %e, "the store stops taking writes until it is restarted");
+            replies.into_iter().for_each(|r| r.fail(&e));
+            Err(e)
+        }
+    }
+}
+
+/// The tables of one write transaction.
+struct Tables<'txn> {
+    messages: Table<'txn, &'static [u8], &'static [u8]>,
+    msg_index: Table<'txn, &'static str, &'static [u8]>,
+    conversations: Table<'txn, &'static str, &'static [u8]>,
+    idempotency: Table<'txn, &'static [u8], &'static str>,
+    pending: Table<'txn, &'static [u8], &'static str>,
+    devices: Table<'txn, &'static [u8], u64>,
+    cs: Table<'txn, &'static [u8], &'static [u8]>,
+    /// Every write made through [`Tables::write`], for the log.
+    log: Ops,
+}
+
+fn device_prefix(tenant: &str, user: &str) -> Vec<u8> {
+    Key::new().s(tenant).s(user).into_vec()
+}
+
+fn device_key(tenant: &str, user: &str, device: &str) -> Vec<u8> {
+    Key::new().s(tenant).s(user).s(device).into_vec()
+}
+
+fn pending_key(tenant: &str, user: &str, device: &str, conversation: &str, seq: u64) -> Vec<u8> {
+    Key::new().s(tenant).s(user).s(device).s(conversation).n(seq).into_vec()
+}
+
+fn message_key(conversation: &str, seq: u64) -> Vec<u8> {
+    Key::new().s(conversation).n(seq).into_vec()
 }
 
 fn decode_message(bytes: &[u8]) -> Result<Message> {
@@ -267,14 +519,257 @@ fn decode_conversation(id: &str, bytes: &[u8], last_seq: u64) -> Result<Conversa
     })
 }
 
+fn encode_conversation(c: &Conversation) -> Vec<u8> {
+    Key::new().s(&c.tenant).s(&c.members[0]).s(&c.members[1]).into_vec()
+}
+
 /// The highest seq stored in a conversation, 0 if none.
-fn last_seq(messages: &Keyspace, conversation: &str) -> Result<u64> {
-    let Some(item) = messages.prefix(conversation_prefix(conversation)).next_back() else {
-        return Ok(0);
-    };
-    let k = item.key().map_err(unavailable)?;
+fn last_seq<T: ReadableTable<&'static [u8], &'static [u8]>>(messages: &T, conversation: &str) -> Result<u64> {
+    let lo = message_key(conversation, 0);
+    let hi = message_key(conversation, u64::MAX);
+    let last = messages.range(lo.as_slice()..=hi.as_slice()).map_err(unavailable)?.next_back();
+    let Some(item) = last else { return Ok(0) };
+    let (k, _) = item.map_err(unavailable)?;
+    let k = k.value();
     let seq = k.get(k.len().saturating_sub(8)..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
     seq.ok_or_else(|| corrupt("message key"))
+}
+
+impl<'txn> Tables<'txn> {
+    fn open(txn: &'txn redb::WriteTransaction) -> Result<Self> {
+        Ok(Self {
+            messages: txn.open_table(MESSAGES).map_err(unavailable)?,
+            msg_index: txn.open_table(MSG_INDEX).map_err(unavailable)?,
+            conversations: txn.open_table(CONVERSATIONS).map_err(unavailable)?,
+            idempotency: txn.open_table(IDEMPOTENCY).map_err(unavailable)?,
+            pending: txn.open_table(PENDING).map_err(unavailable)?,
+            devices: txn.open_table(DEVICES).map_err(unavailable)?,
+            cs: txn.open_table(CS).map_err(unavailable)?,
+            log: Ops::default(),
+        })
+    }
+
+    /// Applies one write; returns whether the key held a value before.
+    fn apply(&mut self, op: Op<'_>) -> Result<bool> {
+        fn text(b: &[u8]) -> Result<&str> {
+            std::str::from_utf8(b).map_err(|_| corrupt("a logged key or value that is not UTF-8"))
+        }
+        let (key, value) = (op.key, op.value);
+        let existed = match (op.table, value) {
+            (T::Messages, Some(v)) => self.messages.insert(key, v).map_err(unavailable)?.is_some(),
+            (T::Messages, None) => self.messages.remove(key).map_err(unavailable)?.is_some(),
+            (T::MsgIndex, Some(v)) => self.msg_index.insert(text(key)?, v).map_err(unavailable)?.is_some(),
+            (T::MsgIndex, None) => self.msg_index.remove(text(key)?).map_err(unavailable)?.is_some(),
+            (T::Conversations, Some(v)) => self.conversations.insert(text(key)?, v).map_err(unavailable)?.is_some(),
+            (T::Conversations, None) => self.conversations.remove(text(key)?).map_err(unavailable)?.is_some(),
+            (T::Idempotency, Some(v)) => self.idempotency.insert(key, text(v)?).map_err(unavailable)?.is_some(),
+            (T::Idempotency, None) => self.idempotency.remove(key).map_err(unavailable)?.is_some(),
+            (T::Pending, Some(v)) => self.pending.insert(key, text(v)?).map_err(unavailable)?.is_some(),
+            (T::Pending, None) => self.pending.remove(key).map_err(unavailable)?.is_some(),
+            (T::Devices, Some(v)) => {
+                let seen = v.try_into().map(u64::from_be_bytes).map_err(|_| corrupt("a logged device record"))?;
+                self.devices.insert(key, seen).map_err(unavailable)?.is_some()
+            }
+            (T::Devices, None) => self.devices.remove(key).map_err(unavailable)?.is_some(),
+            (T::Cs, Some(v)) => self.cs.insert(key, v).map_err(unavailable)?.is_some(),
+            (T::Cs, None) => self.cs.remove(key).map_err(unavailable)?.is_some(),
+        };
+        Ok(existed)
+    }
+
+    /// Applies one write and logs it. A delete of a missing key is not logged.
+    fn write(&mut self, table: T, key: &[u8], value: Option<&[u8]>) -> Result<bool> {
+        let op = Op { table, key, value };
+        let existed = self.apply(op)?;
+        if value.is_some() || existed {
+            self.log.push(op);
+        }
+        Ok(existed)
+    }
+
+    fn records(&mut self, records: Records) -> Result<()> {
+        for (key, value) in records {
+            self.write(T::Cs, &key, value.as_deref())?;
+        }
+        Ok(())
+    }
+
+    fn message_by_id(&self, msg_id: &str) -> Result<Option<Message>> {
+        let Some(pos) = self.msg_index.get(msg_id).map_err(unavailable)? else {
+            return Ok(None);
+        };
+        let pos = pos.value().to_vec();
+        let mut r = Reader::new(&pos);
+        let (Some(conv), Some(seq)) = (r.s(), r.n()) else {
+            return Err(corrupt("message index record"));
+        };
+        match self.messages.get(message_key(conv, seq).as_slice()).map_err(unavailable)? {
+            Some(v) => decode_message(v.value()).map(Some),
+            None => Err(corrupt("message index points at a missing message")),
+        }
+    }
+
+    fn append(&mut self, new: NewMessage) -> Result<Appended> {
+        let idem_key = Key::new().s(&new.tenant).s(&new.from_user).s(&new.client_msg_id).into_vec();
+        let existing = self.idempotency.get(idem_key.as_slice()).map_err(unavailable)?.map(|v| v.value().to_string());
+        if let Some(msg_id) = existing {
+            let message = self.message_by_id(&msg_id)?.ok_or_else(|| corrupt("idempotency key without message"))?;
+            return Ok(Appended { message, duplicate: true });
+        }
+
+        let seq = last_seq(&self.messages, &new.conversation_id)? + 1;
+        if seq == 1 {
+            let mut members = [new.from_user.clone(), new.to_user.clone()];
+            members.sort();
+            let conv = Conversation {
+                tenant: new.tenant.clone(),
+                conversation_id: new.conversation_id.clone(),
+                members,
+                last_seq: 0,
+            };
+            let existing = self.conversations.get(new.conversation_id.as_str()).map_err(unavailable)?.is_some();
+            if existing {
+                return Err(corrupt("conversation record without messages"));
+            }
+            self.write(T::Conversations, conv.conversation_id.as_bytes(), Some(&encode_conversation(&conv)))?;
+        }
+        let message = Message {
+            msg_id: im_core::new_msg_id(),
+            conversation_id: new.conversation_id.clone(),
+            seq,
+            from_user: new.from_user.clone(),
+            from_device: new.from_device.clone(),
+            to_user: new.to_user.clone(),
+            content: Some(new.content),
+            client_msg_id: new.client_msg_id,
+            server_time_ms: im_core::now_ms(),
+        };
+        self.write(T::Messages, &message_key(&new.conversation_id, seq), Some(&message.encode_to_vec()))?;
+        let pos = Key::new().s(&new.conversation_id).n(seq).into_vec();
+        self.write(T::MsgIndex, message.msg_id.as_bytes(), Some(&pos))?;
+        self.write(T::Idempotency, &idem_key, Some(message.msg_id.as_bytes()))?;
+        // Every device of the recipient, every other device of the sender.
+        let mut targets: Vec<(String, String)> = Vec::new();
+        let recipient_devices = self.devices_of(&new.tenant, &new.to_user)?;
+        if recipient_devices.is_empty() && new.to_user != new.from_user {
+            targets.push((new.to_user.clone(), USER_SLOT.to_string()));
+        }
+        targets.extend(recipient_devices.into_iter().map(|(d, _)| (new.to_user.clone(), d)));
+        if new.to_user != new.from_user {
+            targets.extend(
+                self.devices_of(&new.tenant, &new.from_user)?.into_iter().map(|(d, _)| (new.from_user.clone(), d)),
+            );
+        }
+        for (user, device) in targets {
+            if user == new.from_user && device == new.from_device {
+                continue;
+            }
+            self.add_pending(&new.tenant, &user, &device, &new.conversation_id, message.seq, &message.msg_id)?;
+        }
+        Ok(Appended { message, duplicate: false })
+    }
+
+    fn devices_of(&self, tenant: &str, user: &str) -> Result<Vec<(String, u64)>> {
+        let prefix = device_prefix(tenant, user);
+        let mut out = Vec::new();
+        for item in self.devices.range(prefix.as_slice()..).map_err(unavailable)? {
+            let (k, v) = item.map_err(unavailable)?;
+            let k = k.value();
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let mut r = Reader::new(&k[prefix.len()..]);
+            let device = r.s().ok_or_else(|| corrupt("device key"))?;
+            out.push((device.to_string(), v.value()));
+        }
+        Ok(out)
+    }
+
+    fn add_pending(
+        &mut self,
+        tenant: &str,
+        user: &str,
+        device: &str,
+        conv: &str,
+        seq: u64,
+        msg_id: &str,
+    ) -> Result<()> {
+        let key = pending_key(tenant, user, device, conv, seq);
+        self.write(T::Pending, &key, Some(msg_id.as_bytes()))?;
+        Ok(())
+    }
+
+    fn ack(&mut self, dev: &DeviceKey, msg_ids: &[String]) -> Result<usize> {
+        let mut removed = 0;
+        for msg_id in msg_ids {
+            let Some(pos) = self.msg_index.get(msg_id.as_str()).map_err(unavailable)?.map(|v| v.value().to_vec())
+            else {
+                continue;
+            };
+            let mut r = Reader::new(&pos);
+            let (Some(conv), Some(seq)) = (r.s(), r.n()) else {
+                return Err(corrupt("message index record"));
+            };
+            let key = pending_key(&dev.tenant, &dev.user, &dev.device, conv, seq);
+            if self.write(T::Pending, &key, None)? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes every pending entry of one device slot; returns them.
+    fn take_pending(&mut self, tenant: &str, user: &str, device: &str) -> Result<Vec<(String, u64, String)>> {
+        let prefix = device_key(tenant, user, device);
+        let mut keys = Vec::new();
+        for item in self.pending.range(prefix.as_slice()..).map_err(unavailable)? {
+            let (k, v) = item.map_err(unavailable)?;
+            let k = k.value();
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let mut r = Reader::new(&k[prefix.len()..]);
+            let (Some(conv), Some(seq)) = (r.s(), r.n()) else {
+                return Err(corrupt("pending key"));
+            };
+            keys.push((k.to_vec(), conv.to_string(), seq, v.value().to_string()));
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for (k, conv, seq, msg_id) in keys {
+            self.write(T::Pending, &k, None)?;
+            out.push((conv, seq, msg_id));
+        }
+        Ok(out)
+    }
+
+    fn register(&mut self, dev: &DeviceKey, max_devices: usize) -> Result<DeviceRegistration> {
+        let key = device_key(&dev.tenant, &dev.user, &dev.device);
+        let now = im_core::now_ms();
+        let known = self.devices_of(&dev.tenant, &dev.user)?;
+        let mut reg = DeviceRegistration::default();
+        if known.iter().any(|(d, _)| d == &dev.device) {
+            self.write(T::Devices, &key, Some(&now.to_be_bytes()))?;
+            return Ok(reg);
+        }
+        reg.new_device = true;
+        if known.is_empty() {
+            let claimed = self.take_pending(&dev.tenant, &dev.user, USER_SLOT)?;
+            reg.claimed = claimed.len() as u64;
+            for (conv, seq, msg_id) in claimed {
+                self.add_pending(&dev.tenant, &dev.user, &dev.device, &conv, seq, &msg_id)?;
+            }
+        } else if known.len() >= max_devices.max(1)
+            && let Some((oldest, _)) = known.iter().min_by_key(|(_, seen)| *seen)
+        {
+            {
+                self.write(T::Devices, &device_key(&dev.tenant, &dev.user, oldest), None)?;
+                self.take_pending(&dev.tenant, &dev.user, oldest)?;
+                reg.evicted = Some(oldest.clone());
+            }
+        }
+        self.write(T::Devices, &key, Some(&now.to_be_bytes()))?;
+        Ok(reg)
+    }
 }
 
 #[async_trait]
@@ -297,9 +792,13 @@ impl MessageStore for EmbeddedStore {
 
     async fn get(&self, _tenant: &str, conversation_id: &str, seq: u64) -> Result<Option<Message>> {
         let key = message_key(conversation_id, seq);
-        self.read(move |db| match db.ks[Ks::Messages].get(&key).map_err(unavailable)? {
-            Some(v) => decode_message(&v).map(Some),
-            None => Ok(None),
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(MESSAGES).map_err(unavailable)?;
+            match table.get(key.as_slice()).map_err(unavailable)? {
+                Some(v) => decode_message(v.value()).map(Some),
+                None => Ok(None),
+            }
         })
         .await
     }
@@ -307,10 +806,13 @@ impl MessageStore for EmbeddedStore {
     async fn conversation(&self, tenant: &str, conversation_id: &str) -> Result<Option<Conversation>> {
         let (tenant, id) = (tenant.to_string(), conversation_id.to_string());
         self.read(move |db| {
-            let Some(v) = db.ks[Ks::Conversations].get(id.as_bytes()).map_err(unavailable)? else {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
+            let Some(v) = table.get(id.as_str()).map_err(unavailable)? else {
                 return Ok(None);
             };
-            let conv = decode_conversation(&id, &v, last_seq(&db.ks[Ks::Messages], &id)?)?;
+            let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+            let conv = decode_conversation(&id, v.value(), last_seq(&messages, &id)?)?;
             Ok((conv.tenant == tenant).then_some(conv))
         })
         .await
@@ -318,25 +820,28 @@ impl MessageStore for EmbeddedStore {
 
     async fn history(&self, q: HistoryQuery) -> Result<HistoryPage> {
         self.read(move |db| {
-            let table = &db.ks[Ks::Messages];
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(MESSAGES).map_err(unavailable)?;
             let limit = q.limit.max(1);
             let mut messages = Vec::with_capacity(limit.min(256));
             let has_more;
             if q.before_seq > 0 {
                 let lo = message_key(&q.conversation_id, 0);
                 let hi = message_key(&q.conversation_id, q.before_seq);
-                let mut iter = table.range(lo..hi).rev();
+                let mut iter = table.range(lo.as_slice()..hi.as_slice()).map_err(unavailable)?.rev();
                 for item in iter.by_ref().take(limit) {
-                    messages.push(decode_message(&item.value().map_err(unavailable)?)?);
+                    let (_, v) = item.map_err(unavailable)?;
+                    messages.push(decode_message(v.value())?);
                 }
                 has_more = iter.next().is_some();
                 messages.reverse();
             } else {
                 let lo = message_key(&q.conversation_id, q.after_seq.saturating_add(1));
                 let hi = message_key(&q.conversation_id, u64::MAX);
-                let mut iter = table.range(lo..=hi);
+                let mut iter = table.range(lo.as_slice()..=hi.as_slice()).map_err(unavailable)?;
                 for item in iter.by_ref().take(limit) {
-                    messages.push(decode_message(&item.value().map_err(unavailable)?)?);
+                    let (_, v) = item.map_err(unavailable)?;
+                    messages.push(decode_message(v.value())?);
                 }
                 has_more = iter.next().is_some();
             }
@@ -359,12 +864,16 @@ impl PendingStore for EmbeddedStore {
             None => prefix.clone(),
         };
         self.read(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let pending = txn.open_table(PENDING).map_err(unavailable)?;
+            let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
             let mut out = Vec::new();
-            for item in db.ks[Ks::Pending].range(start..) {
+            for item in pending.range(start.as_slice()..).map_err(unavailable)? {
                 if out.len() >= limit {
                     break;
                 }
-                let k = item.key().map_err(unavailable)?;
+                let (k, _) = item.map_err(unavailable)?;
+                let k = k.value();
                 if !k.starts_with(&prefix) {
                     break;
                 }
@@ -372,8 +881,8 @@ impl PendingStore for EmbeddedStore {
                 let (Some(conv), Some(seq)) = (r.s(), r.n()) else {
                     return Err(corrupt("pending key"));
                 };
-                if let Some(v) = db.ks[Ks::Messages].get(message_key(conv, seq)).map_err(unavailable)? {
-                    out.push(decode_message(&v)?);
+                if let Some(v) = messages.get(message_key(conv, seq).as_slice()).map_err(unavailable)? {
+                    out.push(decode_message(v.value())?);
                 }
             }
             Ok(out)
@@ -383,7 +892,20 @@ impl PendingStore for EmbeddedStore {
 
     async fn pending_count(&self, device: &DeviceKey) -> Result<u64> {
         let key = device_key(&device.tenant, &device.user, &device.device);
-        self.read(move |db| Ok(db.ks[Ks::Pending].prefix(&key).count() as u64)).await
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(PENDING).map_err(unavailable)?;
+            let mut n = 0;
+            for item in table.range(key.as_slice()..).map_err(unavailable)? {
+                let (k, _) = item.map_err(unavailable)?;
+                if !k.value().starts_with(&key) {
+                    break;
+                }
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
     }
 
     async fn ack(&self, device: &DeviceKey, msg_ids: &[String]) -> Result<usize> {
@@ -416,13 +938,7 @@ impl DeviceRegistry for EmbeddedStore {
 impl crate::HealthCheck for EmbeddedStore {
     async fn check(&self) -> Vec<(&'static str, std::result::Result<(), String>)> {
         let closed = self.writer.lock().map(|w| w.is_none()).unwrap_or(true);
-        let failure = self.failure.lock().ok().and_then(|f| f.clone());
-        let state = match (closed, failure) {
-            (true, _) => Err("the store is closed".into()),
-            (false, Some(e)) => Err(e),
-            (false, None) => Ok(()),
-        };
-        vec![("embedded", state)]
+        vec![("embedded", if closed { Err("the store is closed".into()) } else { Ok(()) })]
     }
 }
 

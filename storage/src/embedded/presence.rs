@@ -95,4 +95,3 @@ impl PresenceRegistry for MemoryPresence {
         Ok(self.users.get(&user_key(tenant, user)).map(|d| d.as_slice().to_vec()).unwrap_or_default())
     }
 }
-
