@@ -19,6 +19,7 @@
 
 mod presence;
 pub mod wal;
+mod writer;
 
 pub use presence::MemoryPresence;
 
@@ -35,7 +36,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
-use wal::{Op, Ops, Table as T, Wal};
+use wal::{Op, Table as T, Wal};
+use writer::{Applied, Shared};
 
 /// (conversation, seq) -> protobuf `Message`.
 const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
@@ -113,13 +115,17 @@ impl WriteOp {
     }
 }
 
-/// Messages, pending ids and devices in one redb database.
+/// Messages, pending ids and devices: a write-ahead log and one redb database.
 pub struct EmbeddedStore {
     db: Arc<Database>,
     tx: mpsc::Sender<WriteOp>,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    shared: Arc<Shared>,
     path: PathBuf,
 }
+
+/// Logged batches the applier may lag behind the writer before the writer waits.
+const APPLIER_QUEUE: usize = 64;
 
 impl EmbeddedStore {
     /// Opens (or creates) `dir/dongdong.redb`.
@@ -133,14 +139,33 @@ impl EmbeddedStore {
             .map_err(|e| StorageError::Unavailable(format!("cannot open {}: {e}", path.display())))?;
         let db = Arc::new(db);
         init_tables(&db)?;
-        let wal = recover(&db, &dir.join(WAL_DIR))?;
+        let (mut wal, applied) = recover(&db, &dir.join(WAL_DIR))?;
+        let shared = Arc::new(Shared::new(applied));
+        let (to_applier, from_writer) = std::sync::mpsc::sync_channel(APPLIER_QUEUE);
+        let applier = {
+            let (db, shared, options) = (db.clone(), shared.clone(), options.clone());
+            std::thread::Builder::new()
+                .name("dongdong-store-applier".into())
+                .spawn(move || writer::applier_loop(&db, &shared, from_writer, &options))
+                .map_err(|e| StorageError::Unavailable(format!("cannot start the applier thread: {e}")))?
+        };
         let (tx, rx) = mpsc::channel(options.queue.max(1));
-        let writer_db = db.clone();
-        let writer = std::thread::Builder::new()
-            .name("dongdong-store-writer".into())
-            .spawn(move || writer_loop(&writer_db, wal, rx, &options))
-            .map_err(|e| StorageError::Unavailable(format!("cannot start the writer thread: {e}")))?;
-        Ok(Arc::new(Self { db, tx, writer: Mutex::new(Some(writer)), path }))
+        let writer = {
+            let (db, shared) = (db.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("dongdong-store-writer".into())
+                .spawn(move || {
+                    writer::writer_loop(&db, &shared, &mut wal, rx, to_applier, &options);
+                    // The applier finishes with a checkpoint; the log it
+                    // covers can go.
+                    let _ = applier.join();
+                    if let Err(e) = wal.rotate(shared.checkpointed.load(std::sync::atomic::Ordering::Acquire)) {
+                        tracing::error!(error = %e, "cannot remove the checkpointed log");
+                    }
+                })
+                .map_err(|e| StorageError::Unavailable(format!("cannot start the writer thread: {e}")))?
+        };
+        Ok(Arc::new(Self { db, tx, writer: Mutex::new(Some(writer)), shared, path }))
     }
 
     /// The database file.
@@ -188,7 +213,20 @@ impl EmbeddedStore {
         reply_rx.await.map_err(|_| StorageError::Unavailable("the store writer stopped".into()))?
     }
 
+    /// Runs `f` on the blocking pool once redb holds every write whose
+    /// callers were answered before this call (the applier trails the
+    /// writer by a batch or a few).
     async fn read<T: Send + 'static>(&self, f: impl FnOnce(&Database) -> Result<T> + Send + 'static) -> Result<T> {
+        let target = self.shared.answered.load(std::sync::atomic::Ordering::Acquire);
+        let caught_up = |a: &Applied| match a {
+            Applied::Upto(lsn) => *lsn >= target,
+            Applied::Failed => true,
+        };
+        let mut applied = self.shared.applied.subscribe();
+        let state = *applied.wait_for(caught_up).await.map_err(|_| unavailable("the store's applier stopped"))?;
+        if state == Applied::Failed {
+            return Err(StorageError::Unavailable(self.shared.broken().unwrap_or_else(|| "the store failed".into())));
+        }
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || f(&db))
             .await
@@ -219,7 +257,7 @@ fn init_tables(db: &Database) -> Result<()> {
 
 /// Replays the log's records after redb's last checkpoint, makes the result
 /// a checkpoint, and starts the log afresh.
-fn recover(db: &Database, dir: &Path) -> Result<Wal> {
+fn recover(db: &Database, dir: &Path) -> Result<(Wal, u64)> {
     let started = Instant::now();
     let txn = db.begin_write().map_err(unavailable)?;
     let recovered = {
@@ -234,10 +272,10 @@ fn recover(db: &Database, dir: &Path) -> Result<Wal> {
         recovered
     };
     txn.commit().map_err(unavailable)?;
-    let wal = Wal::create(dir, recovered.last_lsn + 1).map_err(|e| {
+    let mut wal = Wal::create(dir, recovered.last_lsn + 1).map_err(|e| {
         StorageError::Unavailable(format!("cannot start the write-ahead log in {}: {e}", dir.display()))
     })?;
-    wal.remove_older().map_err(unavailable)?;
+    wal.rotate(recovered.last_lsn).map_err(unavailable)?;
     if recovered.records > 0 || recovered.torn_bytes > 0 {
         tracing::info!(
             records = recovered.records,
@@ -246,231 +284,21 @@ fn recover(db: &Database, dir: &Path) -> Result<Wal> {
             "replayed the write-ahead log"
         );
     }
-    Ok(wal)
+    Ok((wal, recovered.last_lsn))
 }
 
-/// Makes redb's state durable with the last LSN it holds; every log record
-/// up to it is then redundant, so the log starts a new segment.
-fn checkpoint(db: &Database, wal: &mut Wal) -> Result<()> {
+/// Makes redb's state durable, recording that it holds every log record up
+/// to `applied`: those records are then redundant.
+fn checkpoint(db: &Database, applied: u64) -> Result<()> {
     let started = Instant::now();
     let txn = db.begin_write().map_err(unavailable)?;
     {
         let mut meta = txn.open_table(META).map_err(unavailable)?;
-        meta.insert(APPLIED_LSN, wal.last_lsn()).map_err(unavailable)?;
+        meta.insert(APPLIED_LSN, applied).map_err(unavailable)?;
     }
     txn.commit().map_err(unavailable)?;
-    wal.rotate().map_err(|e| StorageError::Unavailable(format!("cannot rotate the write-ahead log: {e}")))?;
     metrics::histogram!("dongdong_store_checkpoint_seconds").record(started.elapsed().as_secs_f64());
     Ok(())
-}
-
-fn writer_loop(db: &Database, mut wal: Wal, mut rx: mpsc::Receiver<WriteOp>, options: &EmbeddedOptions) {
-    let mut batch = Vec::with_capacity(options.max_batch);
-    let mut closing = false;
-    let mut last_checkpoint = Instant::now();
-    // Set when the log or redb failed after a record was written: memory and
-    // disk may disagree, so nothing more is accepted until a restart replays.
-    let mut broken: Option<StorageError> = None;
-    while !closing {
-        let Some(first) = rx.blocking_recv() else {
-            break;
-        };
-        closing = matches!(first, WriteOp::Close);
-        if !closing {
-            batch.push(first);
-        }
-        while !closing && batch.len() < options.max_batch {
-            match rx.try_recv() {
-                Ok(WriteOp::Close) => closing = true,
-                Ok(op) => batch.push(op),
-                Err(_) => break,
-            }
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        if let Some(e) = &broken {
-            batch.drain(..).for_each(|op| fail_op(op, e));
-            continue;
-        }
-        broken = apply_batch(db, &mut wal, &mut batch, options).err();
-        let due = last_checkpoint.elapsed() >= options.checkpoint_interval
-            || wal.bytes_since_checkpoint >= options.checkpoint_bytes;
-        if broken.is_none() && wal.bytes_since_checkpoint > 0 && due {
-            match checkpoint(db, &mut wal) {
-                Ok(()) => last_checkpoint = Instant::now(),
-                Err(e) => tracing::error!(error = %e, "checkpoint failed; the log keeps growing until one succeeds"),
-            }
-        }
-    }
-    // Whatever is still queued is rejected when `rx` drops: callers see
-    // "the store writer stopped".
-    drop(rx);
-    // Queue closed and drained: a last checkpoint leaves an empty log.
-    if broken.is_none()
-        && let Err(e) = checkpoint(db, &mut wal)
-    {
-        tracing::error!(error = %e, "final checkpoint failed; the log is replayed at the next start");
-    }
-}
-
-/// Replies held until the batch commits.
-enum Reply {
-    Append(oneshot::Sender<Result<Appended>>, Appended),
-    Ack(oneshot::Sender<Result<usize>>, usize),
-    Register(oneshot::Sender<Result<DeviceRegistration>>, DeviceRegistration),
-    Records(oneshot::Sender<Result<()>>),
-}
-
-impl Reply {
-    fn fail(self, e: &StorageError) {
-        match self {
-            Reply::Append(tx, _) => drop(tx.send(Err(e.clone()))),
-            Reply::Ack(tx, _) => drop(tx.send(Err(e.clone()))),
-            Reply::Register(tx, _) => drop(tx.send(Err(e.clone()))),
-            Reply::Records(tx) => drop(tx.send(Err(e.clone()))),
-        }
-    }
-
-    fn succeed(self) {
-        match self {
-            Reply::Append(tx, v) => drop(tx.send(Ok(v))),
-            Reply::Ack(tx, v) => drop(tx.send(Ok(v))),
-            Reply::Register(tx, v) => drop(tx.send(Ok(v))),
-            Reply::Records(tx) => drop(tx.send(Ok(()))),
-        }
-    }
-}
-
-fn fail_op(op: WriteOp, e: &StorageError) {
-    match op {
-        WriteOp::Append(_, tx) => drop(tx.send(Err(e.clone()))),
-        WriteOp::Ack(_, _, tx) | WriteOp::AckBatch(_, tx) => drop(tx.send(Err(e.clone()))),
-        WriteOp::Register(_, tx) => drop(tx.send(Err(e.clone()))),
-        WriteOp::Records(_, tx) => drop(tx.send(Err(e.clone()))),
-        WriteOp::Close => {}
-    }
-}
-
-/// Keeps a successful result for after the commit; fails the caller at once
-/// otherwise (and the batch with it).
-fn hold<T>(
-    tx: oneshot::Sender<Result<T>>,
-    result: Result<T>,
-    wrap: fn(oneshot::Sender<Result<T>>, T) -> Reply,
-) -> Result<Reply> {
-    match result {
-        Ok(v) => Ok(wrap(tx, v)),
-        Err(e) => {
-            let _ = tx.send(Err(e.clone()));
-            Err(e)
-        }
-    }
-}
-
-/// Applies one batch. An error means the store must stop taking writes
-/// (the log holds a record redb does not); a batch that merely fails is
-/// answered with its error and is not one.
-fn apply_batch(
-    db: &Database,
-    wal: &mut Wal,
-    batch: &mut Vec<WriteOp>,
-    options: &EmbeddedOptions,
-) -> Result<(), StorageError> {
-    let started = Instant::now();
-    let durable = batch.iter().any(WriteOp::durable);
-    let size = batch.len();
-    let mut txn = match db.begin_write() {
-        Ok(t) => t,
-        Err(e) => {
-            let e = unavailable(e);
-            batch.drain(..).for_each(|op| fail_op(op, &e));
-            return Ok(());
-        }
-    };
-    // The log makes the batch durable; redb's own sync waits for a checkpoint.
-    if let Err(e) = txn.set_durability(Durability::None) {
-        let e = unavailable(e);
-        batch.drain(..).for_each(|op| fail_op(op, &e));
-        return Ok(());
-    }
-    let mut replies = Vec::with_capacity(size);
-    let mut failure = None;
-    let mut log = Ops::default();
-    {
-        let tables = Tables::open(&txn);
-        match tables {
-            Err(e) => failure = Some(e),
-            Ok(mut t) => {
-                for op in batch.drain(..) {
-                    if let Some(e) = &failure {
-                        fail_op(op, e);
-                        continue;
-                    }
-                    let outcome = match op {
-                        WriteOp::Append(msg, tx) => hold(tx, t.append(msg), Reply::Append),
-                        WriteOp::Ack(dev, ids, tx) => hold(tx, t.ack(&dev, &ids), Reply::Ack),
-                        WriteOp::AckBatch(acks, tx) => {
-                            let removed = acks.iter().try_fold(0, |n, (dev, ids)| Ok(n + t.ack(dev, ids)?));
-                            hold(tx, removed, Reply::Ack)
-                        }
-                        WriteOp::Register(dev, tx) => {
-                            hold(tx, t.register(&dev, options.max_devices_per_user), Reply::Register)
-                        }
-                        WriteOp::Records(records, tx) => match t.records(records) {
-                            Ok(()) => Ok(Reply::Records(tx)),
-                            Err(e) => {
-                                let _ = tx.send(Err(e.clone()));
-                                Err(e)
-                            }
-                        },
-                        WriteOp::Close => continue,
-                    };
-                    match outcome {
-                        Ok(reply) => replies.push(reply),
-                        Err(e) => failure = Some(e),
-                    }
-                }
-                log = t.log;
-            }
-        }
-    }
-    if let Some(e) = failure {
-        // Nothing of this batch is kept: abort, and fail every caller.
-        let _ = txn.abort();
-        replies.into_iter().for_each(|r| r.fail(&e));
-        metrics::counter!("dongdong_store_commit_failures_total").increment(1);
-        tracing::error!(error = %e, "store batch failed; every operation in it was rejected");
-        return Ok(());
-    }
-    if !log.is_empty()
-        && let Err(e) = wal.append(&log, durable)
-    {
-        // What reached the file is unknown: stop here; a restart replays
-        // whatever of it is whole.
-        let e = StorageError::Unavailable(format!("cannot write the write-ahead log: {e}"));
-        let _ = txn.abort();
-        replies.into_iter().for_each(|r| r.fail(&e));
-        metrics::counter!("dongdong_store_commit_failures_total").increment(1);
-        tracing::error!(error = %e, "the store stops taking writes until it is restarted");
-        return Err(e);
-    }
-    match txn.commit() {
-        Ok(()) => {
-            metrics::histogram!("dongdong_store_batch_size").record(size as f64);
-            metrics::histogram!("dongdong_store_commit_seconds", "durable" => if durable { "true" } else { "false" })
-                .record(started.elapsed().as_secs_f64());
-            replies.into_iter().for_each(Reply::succeed);
-            Ok(())
-        }
-        Err(e) => {
-            let e = StorageError::Unavailable(format!("cannot commit a logged batch: {e}"));
-            metrics::counter!("dongdong_store_commit_failures_total").increment(1);
-            tracing::error!(error = %e, "the store stops taking writes until it is restarted");
-            replies.into_iter().for_each(|r| r.fail(&e));
-            Err(e)
-        }
-    }
 }
 
 /// The tables of one write transaction.
@@ -482,8 +310,6 @@ struct Tables<'txn> {
     pending: Table<'txn, &'static [u8], &'static str>,
     devices: Table<'txn, &'static [u8], u64>,
     cs: Table<'txn, &'static [u8], &'static [u8]>,
-    /// Every write made through [`Tables::write`], for the log.
-    log: Ops,
 }
 
 fn device_prefix(tenant: &str, user: &str) -> Vec<u8> {
@@ -545,7 +371,6 @@ impl<'txn> Tables<'txn> {
             pending: txn.open_table(PENDING).map_err(unavailable)?,
             devices: txn.open_table(DEVICES).map_err(unavailable)?,
             cs: txn.open_table(CS).map_err(unavailable)?,
-            log: Ops::default(),
         })
     }
 
@@ -575,200 +400,6 @@ impl<'txn> Tables<'txn> {
             (T::Cs, None) => self.cs.remove(key).map_err(unavailable)?.is_some(),
         };
         Ok(existed)
-    }
-
-    /// Applies one write and logs it. A delete of a missing key is not logged.
-    fn write(&mut self, table: T, key: &[u8], value: Option<&[u8]>) -> Result<bool> {
-        let op = Op { table, key, value };
-        let existed = self.apply(op)?;
-        if value.is_some() || existed {
-            self.log.push(op);
-        }
-        Ok(existed)
-    }
-
-    fn records(&mut self, records: Records) -> Result<()> {
-        for (key, value) in records {
-            self.write(T::Cs, &key, value.as_deref())?;
-        }
-        Ok(())
-    }
-
-    fn message_by_id(&self, msg_id: &str) -> Result<Option<Message>> {
-        let Some(pos) = self.msg_index.get(msg_id).map_err(unavailable)? else {
-            return Ok(None);
-        };
-        let pos = pos.value().to_vec();
-        let mut r = Reader::new(&pos);
-        let (Some(conv), Some(seq)) = (r.s(), r.n()) else {
-            return Err(corrupt("message index record"));
-        };
-        match self.messages.get(message_key(conv, seq).as_slice()).map_err(unavailable)? {
-            Some(v) => decode_message(v.value()).map(Some),
-            None => Err(corrupt("message index points at a missing message")),
-        }
-    }
-
-    fn append(&mut self, new: NewMessage) -> Result<Appended> {
-        let idem_key = Key::new().s(&new.tenant).s(&new.from_user).s(&new.client_msg_id).into_vec();
-        let existing = self.idempotency.get(idem_key.as_slice()).map_err(unavailable)?.map(|v| v.value().to_string());
-        if let Some(msg_id) = existing {
-            let message = self.message_by_id(&msg_id)?.ok_or_else(|| corrupt("idempotency key without message"))?;
-            return Ok(Appended { message, duplicate: true });
-        }
-
-        let seq = last_seq(&self.messages, &new.conversation_id)? + 1;
-        if seq == 1 {
-            let mut members = [new.from_user.clone(), new.to_user.clone()];
-            members.sort();
-            let conv = Conversation {
-                tenant: new.tenant.clone(),
-                conversation_id: new.conversation_id.clone(),
-                members,
-                last_seq: 0,
-            };
-            let existing = self.conversations.get(new.conversation_id.as_str()).map_err(unavailable)?.is_some();
-            if existing {
-                return Err(corrupt("conversation record without messages"));
-            }
-            self.write(T::Conversations, conv.conversation_id.as_bytes(), Some(&encode_conversation(&conv)))?;
-        }
-        let message = Message {
-            msg_id: im_core::new_msg_id(),
-            conversation_id: new.conversation_id.clone(),
-            seq,
-            from_user: new.from_user.clone(),
-            from_device: new.from_device.clone(),
-            to_user: new.to_user.clone(),
-            content: Some(new.content),
-            client_msg_id: new.client_msg_id,
-            server_time_ms: im_core::now_ms(),
-        };
-        self.write(T::Messages, &message_key(&new.conversation_id, seq), Some(&message.encode_to_vec()))?;
-        let pos = Key::new().s(&new.conversation_id).n(seq).into_vec();
-        self.write(T::MsgIndex, message.msg_id.as_bytes(), Some(&pos))?;
-        self.write(T::Idempotency, &idem_key, Some(message.msg_id.as_bytes()))?;
-        // Every device of the recipient, every other device of the sender.
-        let mut targets: Vec<(String, String)> = Vec::new();
-        let recipient_devices = self.devices_of(&new.tenant, &new.to_user)?;
-        if recipient_devices.is_empty() && new.to_user != new.from_user {
-            targets.push((new.to_user.clone(), USER_SLOT.to_string()));
-        }
-        targets.extend(recipient_devices.into_iter().map(|(d, _)| (new.to_user.clone(), d)));
-        if new.to_user != new.from_user {
-            targets.extend(
-                self.devices_of(&new.tenant, &new.from_user)?.into_iter().map(|(d, _)| (new.from_user.clone(), d)),
-            );
-        }
-        for (user, device) in targets {
-            if user == new.from_user && device == new.from_device {
-                continue;
-            }
-            self.add_pending(&new.tenant, &user, &device, &new.conversation_id, message.seq, &message.msg_id)?;
-        }
-        Ok(Appended { message, duplicate: false })
-    }
-
-    fn devices_of(&self, tenant: &str, user: &str) -> Result<Vec<(String, u64)>> {
-        let prefix = device_prefix(tenant, user);
-        let mut out = Vec::new();
-        for item in self.devices.range(prefix.as_slice()..).map_err(unavailable)? {
-            let (k, v) = item.map_err(unavailable)?;
-            let k = k.value();
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            let mut r = Reader::new(&k[prefix.len()..]);
-            let device = r.s().ok_or_else(|| corrupt("device key"))?;
-            out.push((device.to_string(), v.value()));
-        }
-        Ok(out)
-    }
-
-    fn add_pending(
-        &mut self,
-        tenant: &str,
-        user: &str,
-        device: &str,
-        conv: &str,
-        seq: u64,
-        msg_id: &str,
-    ) -> Result<()> {
-        let key = pending_key(tenant, user, device, conv, seq);
-        self.write(T::Pending, &key, Some(msg_id.as_bytes()))?;
-        Ok(())
-    }
-
-    fn ack(&mut self, dev: &DeviceKey, msg_ids: &[String]) -> Result<usize> {
-        let mut removed = 0;
-        for msg_id in msg_ids {
-            let Some(pos) = self.msg_index.get(msg_id.as_str()).map_err(unavailable)?.map(|v| v.value().to_vec())
-            else {
-                continue;
-            };
-            let mut r = Reader::new(&pos);
-            let (Some(conv), Some(seq)) = (r.s(), r.n()) else {
-                return Err(corrupt("message index record"));
-            };
-            let key = pending_key(&dev.tenant, &dev.user, &dev.device, conv, seq);
-            if self.write(T::Pending, &key, None)? {
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    }
-
-    /// Removes every pending entry of one device slot; returns them.
-    fn take_pending(&mut self, tenant: &str, user: &str, device: &str) -> Result<Vec<(String, u64, String)>> {
-        let prefix = device_key(tenant, user, device);
-        let mut keys = Vec::new();
-        for item in self.pending.range(prefix.as_slice()..).map_err(unavailable)? {
-            let (k, v) = item.map_err(unavailable)?;
-            let k = k.value();
-            if !k.starts_with(&prefix) {
-                break;
-            }
-            let mut r = Reader::new(&k[prefix.len()..]);
-            let (Some(conv), Some(seq)) = (r.s(), r.n()) else {
-                return Err(corrupt("pending key"));
-            };
-            keys.push((k.to_vec(), conv.to_string(), seq, v.value().to_string()));
-        }
-        let mut out = Vec::with_capacity(keys.len());
-        for (k, conv, seq, msg_id) in keys {
-            self.write(T::Pending, &k, None)?;
-            out.push((conv, seq, msg_id));
-        }
-        Ok(out)
-    }
-
-    fn register(&mut self, dev: &DeviceKey, max_devices: usize) -> Result<DeviceRegistration> {
-        let key = device_key(&dev.tenant, &dev.user, &dev.device);
-        let now = im_core::now_ms();
-        let known = self.devices_of(&dev.tenant, &dev.user)?;
-        let mut reg = DeviceRegistration::default();
-        if known.iter().any(|(d, _)| d == &dev.device) {
-            self.write(T::Devices, &key, Some(&now.to_be_bytes()))?;
-            return Ok(reg);
-        }
-        reg.new_device = true;
-        if known.is_empty() {
-            let claimed = self.take_pending(&dev.tenant, &dev.user, USER_SLOT)?;
-            reg.claimed = claimed.len() as u64;
-            for (conv, seq, msg_id) in claimed {
-                self.add_pending(&dev.tenant, &dev.user, &dev.device, &conv, seq, &msg_id)?;
-            }
-        } else if known.len() >= max_devices.max(1)
-            && let Some((oldest, _)) = known.iter().min_by_key(|(_, seen)| *seen)
-        {
-            {
-                self.write(T::Devices, &device_key(&dev.tenant, &dev.user, oldest), None)?;
-                self.take_pending(&dev.tenant, &dev.user, oldest)?;
-                reg.evicted = Some(oldest.clone());
-            }
-        }
-        self.write(T::Devices, &key, Some(&now.to_be_bytes()))?;
-        Ok(reg)
     }
 }
 

@@ -205,8 +205,6 @@ pub struct Wal {
     current: u64,
     /// LSN of the next record.
     next_lsn: u64,
-    /// Bytes appended since the last checkpoint.
-    pub bytes_since_checkpoint: u64,
     frame: Vec<u8>,
 }
 
@@ -216,14 +214,7 @@ impl Wal {
     pub fn create(dir: &Path, next_lsn: u64) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let file = new_segment(dir, next_lsn)?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            file,
-            current: next_lsn,
-            next_lsn,
-            bytes_since_checkpoint: 0,
-            frame: Vec::new(),
-        })
+        Ok(Self { dir: dir.to_path_buf(), file, current: next_lsn, next_lsn, frame: Vec::new() })
     }
 
     /// The LSN of the last record appended (0 if none ever was).
@@ -250,7 +241,6 @@ impl Wal {
             self.file.sync_data()?;
         }
         self.next_lsn += 1;
-        self.bytes_since_checkpoint += self.frame.len() as u64;
         // Keep a huge batch's buffer from staying allocated.
         if self.frame.capacity() > 4 << 20 {
             self.frame = Vec::new();
@@ -263,21 +253,19 @@ impl Wal {
         self.file.sync_data()
     }
 
-    /// After a checkpoint covering every record appended so far: starts a
-    /// new segment and deletes the older ones.
-    pub fn rotate(&mut self) -> std::io::Result<()> {
-        self.file = new_segment(&self.dir, self.next_lsn)?;
-        self.current = self.next_lsn;
-        self.bytes_since_checkpoint = 0;
-        self.remove_older()
-    }
-
-    /// Deletes the segments before the current one, which a checkpoint has
-    /// made redundant.
-    pub fn remove_older(&self) -> std::io::Result<()> {
-        for (first, path) in segments(&self.dir)? {
-            if first < self.current {
-                std::fs::remove_file(path)?;
+    /// After a checkpoint covering every record up to `covered`: starts a
+    /// new segment (if the current one holds records) and deletes the
+    /// segments whose records are all covered.
+    pub fn rotate(&mut self, covered: u64) -> std::io::Result<()> {
+        if self.next_lsn > self.current {
+            self.file = new_segment(&self.dir, self.next_lsn)?;
+            self.current = self.next_lsn;
+        }
+        let segments = segments(&self.dir)?;
+        for pair in segments.windows(2) {
+            // A segment ends where the next begins.
+            if pair[1].0 <= covered.saturating_add(1) && pair[0].0 < self.current {
+                std::fs::remove_file(&pair[0].1)?;
             }
         }
         Ok(())
@@ -326,14 +314,10 @@ pub fn recover(
     for (i, (first, path)) in segments.into_iter().enumerate() {
         let bytes = std::fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let scan = read(&bytes);
-        if let Some(r) = scan.records.first() {
-            if r.lsn != first || expect.is_some_and(|e| e != first) {
-                return Err(format!(
-                    "{}: records out of sequence (first LSN {}, expected {first})",
-                    path.display(),
-                    r.lsn
-                ));
-            }
+        if let Some(r) = scan.records.first()
+            && (r.lsn != first || expect.is_some_and(|e| e != first))
+        {
+            return Err(format!("{}: records out of sequence (first LSN {}, expected {first})", path.display(), r.lsn));
         }
         for record in &scan.records {
             if record.lsn > applied {
@@ -416,7 +400,7 @@ mod tests {
         for n in 1..=3 {
             wal.append(&ops(n), true).unwrap();
         }
-        wal.rotate().unwrap();
+        wal.rotate(3).unwrap();
         for n in 4..=6 {
             wal.append(&ops(n), true).unwrap();
         }

@@ -1,0 +1,706 @@
+//! The two threads that change the embedded store.
+//!
+//! **The writer** drains the queue into batches (group commit). A batch's
+//! operations run in queue order against what is already stored — redb, plus
+//! the writes logged but not yet applied to it ([`Unapplied`]), plus the
+//! batch's own earlier writes — and produce table writes. Those become one
+//! log record, appended and synced (`fdatasync`) when the batch holds a
+//! message; then they join [`Unapplied`], go to the applier, and the callers
+//! are answered. The writer never writes redb: the ack path is the log.
+//!
+//! **The applier** writes what the writer logged into redb, in transactions
+//! as large as what has gathered (without a sync), and about once a second
+//! makes a checkpoint: a synced commit recording the last LSN applied, after
+//! which the writer deletes the log segments it covers.
+//!
+//! Readers wait until the applier has applied every record whose callers
+//! were answered before the read started (see `EmbeddedStore::read`): a read
+//! never misses a write that was acknowledged.
+//!
+//! Two caches save the writer reads it would otherwise make per message:
+//! each conversation's last seq and each user's devices. They hold what is
+//! logged plus the current batch, are only trimmed between batches, and are
+//! dropped whole when a batch fails.
+
+use super::wal::{Op, Ops, Table as T, Wal};
+use super::*;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc as std_mpsc;
+use tokio::sync::watch;
+
+/// The final value of each key a batch (or several) wrote, per table
+/// (`None`: deleted).
+#[derive(Default, Clone)]
+pub(super) struct Writes([BTreeMap<Vec<u8>, Option<Vec<u8>>>; 7]);
+
+fn slot(t: T) -> usize {
+    t as usize - 1
+}
+
+/// Writes logged but not yet in redb, each tagged with the LSN of the record
+/// that holds it. The writer adds a batch after logging it; the applier
+/// removes it once committed (unless a later record rewrote the key).
+#[derive(Default)]
+pub(super) struct Unapplied([BTreeMap<Vec<u8>, Tagged>; 7]);
+
+/// A value (`None`: deleted) and the LSN of the record that wrote it.
+type Tagged = (u64, Option<Vec<u8>>);
+
+/// How far the applier is: the last LSN in redb, or the failure that
+/// stopped it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Applied {
+    Upto(u64),
+    Failed,
+}
+
+/// What the writer, the applier and readers share.
+pub(super) struct Shared {
+    pub(super) unapplied: Mutex<Unapplied>,
+    /// The LSN of the last record whose callers were answered.
+    pub(super) answered: AtomicU64,
+    pub(super) applied: watch::Sender<Applied>,
+    /// The LSN the last checkpoint covers.
+    pub(super) checkpointed: AtomicU64,
+    /// Why the store stopped taking writes, if it did.
+    pub(super) broken: Mutex<Option<String>>,
+}
+
+impl Shared {
+    pub(super) fn new(applied: u64) -> Self {
+        Self {
+            unapplied: Mutex::new(Unapplied::default()),
+            answered: AtomicU64::new(applied),
+            applied: watch::Sender::new(Applied::Upto(applied)),
+            checkpointed: AtomicU64::new(applied),
+            broken: Mutex::new(None),
+        }
+    }
+
+    fn break_with(&self, e: &StorageError) {
+        if let Ok(mut b) = self.broken.lock() {
+            b.get_or_insert_with(|| e.to_string());
+        }
+    }
+
+    pub(super) fn broken(&self) -> Option<String> {
+        self.broken.lock().ok().and_then(|b| b.clone())
+    }
+}
+
+/// Replies held until the batch is logged.
+enum Reply {
+    Append(oneshot::Sender<Result<Appended>>, Appended),
+    Ack(oneshot::Sender<Result<usize>>, usize),
+    Register(oneshot::Sender<Result<DeviceRegistration>>, DeviceRegistration),
+    Records(oneshot::Sender<Result<()>>),
+}
+
+impl Reply {
+    fn fail(self, e: &StorageError) {
+        match self {
+            Reply::Append(tx, _) => drop(tx.send(Err(e.clone()))),
+            Reply::Ack(tx, _) => drop(tx.send(Err(e.clone()))),
+            Reply::Register(tx, _) => drop(tx.send(Err(e.clone()))),
+            Reply::Records(tx) => drop(tx.send(Err(e.clone()))),
+        }
+    }
+
+    fn succeed(self) {
+        match self {
+            Reply::Append(tx, v) => drop(tx.send(Ok(v))),
+            Reply::Ack(tx, v) => drop(tx.send(Ok(v))),
+            Reply::Register(tx, v) => drop(tx.send(Ok(v))),
+            Reply::Records(tx) => drop(tx.send(Ok(()))),
+        }
+    }
+}
+
+pub(super) fn fail_op(op: WriteOp, e: &StorageError) {
+    match op {
+        WriteOp::Append(_, tx) => drop(tx.send(Err(e.clone()))),
+        WriteOp::Ack(_, _, tx) | WriteOp::AckBatch(_, tx) => drop(tx.send(Err(e.clone()))),
+        WriteOp::Register(_, tx) => drop(tx.send(Err(e.clone()))),
+        WriteOp::Records(_, tx) => drop(tx.send(Err(e.clone()))),
+        WriteOp::Close => {}
+    }
+}
+
+/// Keeps a successful result for after the batch is logged; fails the
+/// caller at once otherwise (and the batch with it).
+fn hold<T>(
+    tx: oneshot::Sender<Result<T>>,
+    result: Result<T>,
+    wrap: fn(oneshot::Sender<Result<T>>, T) -> Reply,
+) -> Result<Reply> {
+    match result {
+        Ok(v) => Ok(wrap(tx, v)),
+        Err(e) => {
+            let _ = tx.send(Err(e.clone()));
+            Err(e)
+        }
+    }
+}
+
+/// What the writer remembers between batches.
+#[derive(Default)]
+struct Caches {
+    /// Conversation id -> its last seq.
+    seqs: HashMap<Box<str>, u64>,
+    /// (tenant, user) key prefix -> the user's devices and when each was last seen.
+    devices: HashMap<Box<[u8]>, Vec<(String, u64)>>,
+}
+
+impl Caches {
+    fn clear(&mut self) {
+        self.seqs.clear();
+        self.devices.clear();
+    }
+
+    fn trim(&mut self, max: usize) {
+        // Cheap and good enough: the hot entries come back on their next use.
+        if self.seqs.len() > max {
+            self.seqs.clear();
+        }
+        if self.devices.len() > max {
+            self.devices.clear();
+        }
+    }
+}
+
+/// Most entries each cache keeps between batches.
+const CACHE_ENTRIES: usize = 1 << 16;
+
+/// A batch on its way to the applier.
+pub(super) struct Logged {
+    lsn: u64,
+    writes: Writes,
+}
+
+pub(super) fn writer_loop(
+    db: &Database,
+    shared: &Shared,
+    wal: &mut Wal,
+    mut rx: mpsc::Receiver<WriteOp>,
+    to_applier: std_mpsc::SyncSender<Logged>,
+    options: &EmbeddedOptions,
+) {
+    let mut batch = Vec::with_capacity(options.max_batch);
+    let mut caches = Caches::default();
+    let mut closing = false;
+    let mut rotated_at = shared.checkpointed.load(Ordering::Acquire);
+    while !closing {
+        let Some(first) = rx.blocking_recv() else {
+            break;
+        };
+        closing = matches!(first, WriteOp::Close);
+        if !closing {
+            batch.push(first);
+        }
+        while !closing && batch.len() < options.max_batch {
+            match rx.try_recv() {
+                Ok(WriteOp::Close) => closing = true,
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        if let Some(e) = shared.broken() {
+            let e = StorageError::Unavailable(e);
+            batch.drain(..).for_each(|op| fail_op(op, &e));
+            continue;
+        }
+        if let Err(e) = write_batch(db, shared, wal, &mut caches, &mut batch, &to_applier, options) {
+            caches.clear();
+            shared.break_with(&e);
+            tracing::error!(error = %e, "the store stops taking writes until it is restarted");
+        }
+        // A new checkpoint: start a segment, delete what it covers.
+        let checkpointed = shared.checkpointed.load(Ordering::Acquire);
+        if checkpointed != rotated_at {
+            rotated_at = checkpointed;
+            if let Err(e) = wal.rotate(checkpointed) {
+                tracing::error!(error = %e, "cannot rotate the write-ahead log; it keeps growing");
+            }
+        }
+    }
+    // Whatever is still queued is rejected when `rx` drops: callers see
+    // "the store writer stopped".
+    drop(rx);
+    // The applier applies what it has, checkpoints and stops.
+    drop(to_applier);
+}
+
+/// Runs one batch. An error means the store must stop taking writes (the
+/// log's state is unknown); a batch that merely fails is answered with its
+/// error and is not one.
+fn write_batch(
+    db: &Database,
+    shared: &Shared,
+    wal: &mut Wal,
+    caches: &mut Caches,
+    batch: &mut Vec<WriteOp>,
+    to_applier: &std_mpsc::SyncSender<Logged>,
+    options: &EmbeddedOptions,
+) -> Result<()> {
+    let started = Instant::now();
+    let durable = batch.iter().any(WriteOp::durable);
+    let size = batch.len();
+    caches.trim(CACHE_ENTRIES);
+    let mut replies = Vec::with_capacity(size);
+    let mut failure = None;
+    let (writes, log) = {
+        // Held while reading: the applier cannot drop an entry this batch
+        // relies on between its snapshot and its look at what is unapplied.
+        let unapplied = shared.unapplied.lock().map_err(|_| unavailable("the store lock is poisoned"))?;
+        let read = db.begin_read().map_err(unavailable)?;
+        let mut txn = Txn::new(&read, &unapplied, caches)?;
+        for op in batch.drain(..) {
+            if let Some(e) = &failure {
+                fail_op(op, e);
+                continue;
+            }
+            let outcome = match op {
+                WriteOp::Append(msg, tx) => hold(tx, txn.append(msg), Reply::Append),
+                WriteOp::Ack(dev, ids, tx) => hold(tx, txn.ack(&dev, &ids), Reply::Ack),
+                WriteOp::AckBatch(acks, tx) => {
+                    let removed = acks.iter().try_fold(0, |n, (dev, ids)| Ok(n + txn.ack(dev, ids)?));
+                    hold(tx, removed, Reply::Ack)
+                }
+                WriteOp::Register(dev, tx) => {
+                    hold(tx, txn.register(&dev, options.max_devices_per_user), Reply::Register)
+                }
+                WriteOp::Records(records, tx) => {
+                    for (key, value) in records {
+                        txn.write(T::Cs, key, value);
+                    }
+                    Ok(Reply::Records(tx))
+                }
+                WriteOp::Close => continue,
+            };
+            match outcome {
+                Ok(reply) => replies.push(reply),
+                Err(e) => failure = Some(e),
+            }
+        }
+        (txn.writes, txn.log)
+    };
+    if let Some(e) = failure {
+        // Nothing of this batch is kept: fail every caller.
+        caches.clear();
+        replies.into_iter().for_each(|r| r.fail(&e));
+        metrics::counter!("dongdong_store_commit_failures_total").increment(1);
+        tracing::error!(error = %e, "store batch failed; every operation in it was rejected");
+        return Ok(());
+    }
+    if !log.is_empty() {
+        let lsn = match wal.append(&log, durable) {
+            Ok(lsn) => lsn,
+            Err(e) => {
+                let e = StorageError::Unavailable(format!("cannot write the write-ahead log: {e}"));
+                replies.into_iter().for_each(|r| r.fail(&e));
+                metrics::counter!("dongdong_store_commit_failures_total").increment(1);
+                return Err(e);
+            }
+        };
+        {
+            let mut unapplied = shared.unapplied.lock().map_err(|_| unavailable("the store lock is poisoned"))?;
+            for (t, entries) in writes.0.iter().enumerate() {
+                for (k, v) in entries {
+                    unapplied.0[t].insert(k.clone(), (lsn, v.clone()));
+                }
+            }
+        }
+        // Blocks while the applier is `queue` batches behind: backpressure.
+        if to_applier.send(Logged { lsn, writes }).is_err() {
+            let e = unavailable("the store's applier stopped");
+            replies.into_iter().for_each(|r| r.fail(&e));
+            return Err(e);
+        }
+        shared.answered.store(lsn, Ordering::Release);
+    }
+    metrics::histogram!("dongdong_store_batch_size").record(size as f64);
+    metrics::histogram!("dongdong_store_commit_seconds", "durable" => if durable { "true" } else { "false" })
+        .record(started.elapsed().as_secs_f64());
+    replies.into_iter().for_each(Reply::succeed);
+    Ok(())
+}
+
+pub(super) fn applier_loop(db: &Database, shared: &Shared, rx: std_mpsc::Receiver<Logged>, options: &EmbeddedOptions) {
+    let mut last_checkpoint = Instant::now();
+    let mut since_checkpoint = 0u64;
+    let mut applied = shared.checkpointed.load(Ordering::Acquire);
+    let mut pending: Vec<Logged> = Vec::new();
+    loop {
+        match rx.recv_timeout(options.checkpoint_interval) {
+            Ok(first) => pending.push(first),
+            Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+        while pending.len() < 256 {
+            match rx.try_recv() {
+                Ok(more) => pending.push(more),
+                Err(_) => break,
+            }
+        }
+        if !pending.is_empty() {
+            match apply(db, &pending) {
+                Ok(()) => {
+                    let mut unapplied = match shared.unapplied.lock() {
+                        Ok(u) => u,
+                        Err(_) => return fail_applier(shared, &unavailable("the store lock is poisoned")),
+                    };
+                    for logged in &pending {
+                        for (t, entries) in logged.writes.0.iter().enumerate() {
+                            for k in entries.keys() {
+                                if unapplied.0[t].get(k).is_some_and(|(lsn, _)| *lsn <= logged.lsn) {
+                                    unapplied.0[t].remove(k);
+                                }
+                            }
+                        }
+                    }
+                    drop(unapplied);
+                    applied = pending.last().map_or(applied, |l| l.lsn);
+                    since_checkpoint += pending.len() as u64;
+                    pending.clear();
+                    shared.applied.send_replace(Applied::Upto(applied));
+                }
+                Err(e) => return fail_applier(shared, &e),
+            }
+        }
+        if since_checkpoint > 0 && last_checkpoint.elapsed() >= options.checkpoint_interval {
+            match checkpoint(db, applied) {
+                Ok(()) => {
+                    shared.checkpointed.store(applied, Ordering::Release);
+                    since_checkpoint = 0;
+                    last_checkpoint = Instant::now();
+                }
+                Err(e) => tracing::error!(error = %e, "checkpoint failed; the log keeps growing until one succeeds"),
+            }
+        }
+    }
+    // The writer stopped: a last checkpoint leaves nothing to replay.
+    if let Err(e) = checkpoint(db, applied) {
+        tracing::error!(error = %e, "final checkpoint failed; the log is replayed at the next start");
+    } else {
+        shared.checkpointed.store(applied, Ordering::Release);
+    }
+}
+
+fn fail_applier(shared: &Shared, e: &StorageError) {
+    let e = StorageError::Unavailable(format!("cannot apply logged writes to redb: {e}"));
+    shared.break_with(&e);
+    shared.applied.send_replace(Applied::Failed);
+    metrics::counter!("dongdong_store_commit_failures_total").increment(1);
+    tracing::error!(error = %e, "the store stops taking writes until it is restarted (the log replays them)");
+}
+
+/// Applies logged batches to redb in one transaction, without a sync.
+fn apply(db: &Database, batches: &[Logged]) -> Result<()> {
+    let started = Instant::now();
+    let mut txn = db.begin_write().map_err(unavailable)?;
+    txn.set_durability(Durability::None).map_err(unavailable)?;
+    {
+        let mut tables = Tables::open(&txn)?;
+        for logged in batches {
+            for (t, entries) in logged.writes.0.iter().enumerate() {
+                let table = TABLES[t];
+                for (key, value) in entries {
+                    tables.apply(Op { table, key, value: value.as_deref() })?;
+                }
+            }
+        }
+    }
+    txn.commit().map_err(unavailable)?;
+    metrics::histogram!("dongdong_store_apply_seconds").record(started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+const TABLES: [T; 7] = [T::Messages, T::MsgIndex, T::Conversations, T::Idempotency, T::Pending, T::Devices, T::Cs];
+
+/// The read tables of one snapshot.
+struct View<'r> {
+    messages: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    msg_index: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    conversations: redb::ReadOnlyTable<&'static str, &'static [u8]>,
+    idempotency: redb::ReadOnlyTable<&'static [u8], &'static str>,
+    pending: redb::ReadOnlyTable<&'static [u8], &'static str>,
+    devices: redb::ReadOnlyTable<&'static [u8], u64>,
+    _txn: std::marker::PhantomData<&'r redb::ReadTransaction>,
+}
+
+/// One batch being run.
+struct Txn<'a> {
+    view: View<'a>,
+    unapplied: &'a Unapplied,
+    caches: &'a mut Caches,
+    writes: Writes,
+    log: Ops,
+}
+
+impl<'a> Txn<'a> {
+    fn new(read: &'a redb::ReadTransaction, unapplied: &'a Unapplied, caches: &'a mut Caches) -> Result<Self> {
+        let view = View {
+            messages: read.open_table(MESSAGES).map_err(unavailable)?,
+            msg_index: read.open_table(MSG_INDEX).map_err(unavailable)?,
+            conversations: read.open_table(CONVERSATIONS).map_err(unavailable)?,
+            idempotency: read.open_table(IDEMPOTENCY).map_err(unavailable)?,
+            pending: read.open_table(PENDING).map_err(unavailable)?,
+            devices: read.open_table(DEVICES).map_err(unavailable)?,
+            _txn: std::marker::PhantomData,
+        };
+        Ok(Self { view, unapplied, caches, writes: Writes::default(), log: Ops::default() })
+    }
+
+    /// The value of `key`: this batch's writes, then what is logged but not
+    /// applied, then redb.
+    fn get(&self, t: T, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        if let Some(v) = self.writes.0[slot(t)].get(key) {
+            return Ok(v.clone());
+        }
+        if let Some((_, v)) = self.unapplied.0[slot(t)].get(key) {
+            return Ok(v.clone());
+        }
+        let text = |k: &[u8]| std::str::from_utf8(k).map(str::to_owned).map_err(|_| corrupt("a key that is not UTF-8"));
+        let v = &self.view;
+        Ok(match t {
+            T::Messages => v.messages.get(key).map_err(unavailable)?.map(|g| g.value().to_vec()),
+            T::MsgIndex => v.msg_index.get(text(key)?.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec()),
+            T::Conversations => {
+                v.conversations.get(text(key)?.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec())
+            }
+            T::Idempotency => v.idempotency.get(key).map_err(unavailable)?.map(|g| g.value().as_bytes().to_vec()),
+            T::Pending => v.pending.get(key).map_err(unavailable)?.map(|g| g.value().as_bytes().to_vec()),
+            T::Devices => v.devices.get(key).map_err(unavailable)?.map(|g| g.value().to_be_bytes().to_vec()),
+            T::Cs => return Err(corrupt("the writer does not read customer-service records")),
+        })
+    }
+
+    /// Every live entry under `prefix` of a byte-keyed table, all layers merged.
+    fn scan(&self, t: T, prefix: &[u8]) -> Result<BTreeMap<Vec<u8>, Vec<u8>>> {
+        let mut out = BTreeMap::new();
+        let v = &self.view;
+        match t {
+            T::Pending => {
+                for item in v.pending.range(prefix..).map_err(unavailable)? {
+                    let (k, val) = item.map_err(unavailable)?;
+                    if !k.value().starts_with(prefix) {
+                        break;
+                    }
+                    out.insert(k.value().to_vec(), val.value().as_bytes().to_vec());
+                }
+            }
+            T::Devices => {
+                for item in v.devices.range(prefix..).map_err(unavailable)? {
+                    let (k, val) = item.map_err(unavailable)?;
+                    if !k.value().starts_with(prefix) {
+                        break;
+                    }
+                    out.insert(k.value().to_vec(), val.value().to_be_bytes().to_vec());
+                }
+            }
+            _ => return Err(corrupt("a prefix scan of a table the writer does not scan")),
+        }
+        for (k, (_, val)) in self.unapplied.0[slot(t)].range(prefix.to_vec()..) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            match val {
+                Some(val) => out.insert(k.clone(), val.clone()),
+                None => out.remove(k),
+            };
+        }
+        for (k, val) in self.writes.0[slot(t)].range(prefix.to_vec()..) {
+            if !k.starts_with(prefix) {
+                break;
+            }
+            match val {
+                Some(val) => out.insert(k.clone(), val.clone()),
+                None => out.remove(k),
+            };
+        }
+        Ok(out)
+    }
+
+    fn write(&mut self, t: T, key: Vec<u8>, value: Option<Vec<u8>>) {
+        self.log.push(Op { table: t, key: &key, value: value.as_deref() });
+        self.writes.0[slot(t)].insert(key, value);
+    }
+
+    fn last_seq(&mut self, conversation: &str) -> Result<u64> {
+        if let Some(seq) = self.caches.seqs.get(conversation) {
+            return Ok(*seq);
+        }
+        // Not cached: redb, or a record not applied yet (the cache may have
+        // been trimmed since it was logged).
+        let mut seq = last_seq(&self.view.messages, conversation)?;
+        let prefix = Key::new().s(conversation).into_vec();
+        for k in self.unapplied.0[slot(T::Messages)].range(prefix.clone()..).map(|(k, _)| k) {
+            if !k.starts_with(&prefix) {
+                break;
+            }
+            let s = k.get(k.len().saturating_sub(8)..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
+            seq = seq.max(s.ok_or_else(|| corrupt("message key"))?);
+        }
+        self.caches.seqs.insert(conversation.into(), seq);
+        Ok(seq)
+    }
+
+    fn devices_of(&mut self, tenant: &str, user: &str) -> Result<Vec<(String, u64)>> {
+        let prefix = device_prefix(tenant, user);
+        if let Some(devices) = self.caches.devices.get(prefix.as_slice()) {
+            return Ok(devices.clone());
+        }
+        let mut out = Vec::new();
+        for (k, v) in self.scan(T::Devices, &prefix)? {
+            let mut r = Reader::new(&k[prefix.len()..]);
+            let device = r.s().ok_or_else(|| corrupt("device key"))?;
+            let seen = v.as_slice().try_into().map(u64::from_be_bytes).map_err(|_| corrupt("device record"))?;
+            out.push((device.to_string(), seen));
+        }
+        self.caches.devices.insert(prefix.into_boxed_slice(), out.clone());
+        Ok(out)
+    }
+
+    fn message_by_id(&self, msg_id: &str) -> Result<Option<Message>> {
+        let Some(pos) = self.get(T::MsgIndex, msg_id.as_bytes())? else {
+            return Ok(None);
+        };
+        let mut r = Reader::new(&pos);
+        let (Some(conv), Some(seq)) = (r.s(), r.n()) else {
+            return Err(corrupt("message index record"));
+        };
+        match self.get(T::Messages, &message_key(conv, seq))? {
+            Some(v) => decode_message(&v).map(Some),
+            None => Err(corrupt("message index points at a missing message")),
+        }
+    }
+
+    fn append(&mut self, new: NewMessage) -> Result<Appended> {
+        let idem_key = Key::new().s(&new.tenant).s(&new.from_user).s(&new.client_msg_id).into_vec();
+        if let Some(msg_id) = self.get(T::Idempotency, &idem_key)? {
+            let msg_id = String::from_utf8(msg_id).map_err(|_| corrupt("idempotency record"))?;
+            let message = self.message_by_id(&msg_id)?.ok_or_else(|| corrupt("idempotency key without message"))?;
+            return Ok(Appended { message, duplicate: true });
+        }
+        let seq = self.last_seq(&new.conversation_id)? + 1;
+        if seq == 1 {
+            if self.get(T::Conversations, new.conversation_id.as_bytes())?.is_some() {
+                return Err(corrupt("conversation record without messages"));
+            }
+            let mut members = [new.from_user.clone(), new.to_user.clone()];
+            members.sort();
+            let conv = Conversation {
+                tenant: new.tenant.clone(),
+                conversation_id: new.conversation_id.clone(),
+                members,
+                last_seq: 0,
+            };
+            self.write(T::Conversations, conv.conversation_id.clone().into_bytes(), Some(encode_conversation(&conv)));
+        }
+        let message = Message {
+            msg_id: im_core::new_msg_id(),
+            conversation_id: new.conversation_id.clone(),
+            seq,
+            from_user: new.from_user.clone(),
+            from_device: new.from_device.clone(),
+            to_user: new.to_user.clone(),
+            content: Some(new.content),
+            client_msg_id: new.client_msg_id,
+            server_time_ms: im_core::now_ms(),
+        };
+        let position = message_key(&new.conversation_id, seq);
+        self.write(T::Messages, position.clone(), Some(message.encode_to_vec()));
+        self.write(T::MsgIndex, message.msg_id.clone().into_bytes(), Some(position));
+        self.write(T::Idempotency, idem_key, Some(message.msg_id.clone().into_bytes()));
+        self.caches.seqs.insert(new.conversation_id.as_str().into(), seq);
+        // Every device of the recipient, every other device of the sender.
+        let recipient_devices = self.devices_of(&new.tenant, &new.to_user)?;
+        let mut targets: Vec<(&str, String)> = Vec::with_capacity(recipient_devices.len() + 2);
+        if recipient_devices.is_empty() && new.to_user != new.from_user {
+            targets.push((&new.to_user, USER_SLOT.to_string()));
+        }
+        targets.extend(recipient_devices.into_iter().map(|(d, _)| (new.to_user.as_str(), d)));
+        if new.to_user != new.from_user {
+            let sender_devices = self.devices_of(&new.tenant, &new.from_user)?;
+            targets.extend(sender_devices.into_iter().map(|(d, _)| (new.from_user.as_str(), d)));
+        }
+        for (user, device) in targets {
+            if user == new.from_user && device == new.from_device {
+                continue;
+            }
+            let key = pending_key(&new.tenant, user, &device, &new.conversation_id, seq);
+            self.write(T::Pending, key, Some(message.msg_id.clone().into_bytes()));
+        }
+        Ok(Appended { message, duplicate: false })
+    }
+
+    fn ack(&mut self, dev: &DeviceKey, msg_ids: &[String]) -> Result<usize> {
+        let mut removed = 0;
+        for msg_id in msg_ids {
+            let Some(pos) = self.get(T::MsgIndex, msg_id.as_bytes())? else {
+                continue;
+            };
+            let mut r = Reader::new(&pos);
+            let (Some(conv), Some(seq)) = (r.s(), r.n()) else {
+                return Err(corrupt("message index record"));
+            };
+            let key = pending_key(&dev.tenant, &dev.user, &dev.device, conv, seq);
+            if self.get(T::Pending, &key)?.is_some() {
+                self.write(T::Pending, key, None);
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes every pending entry of one device slot; returns them as
+    /// (conversation, seq, msg_id).
+    fn take_pending(&mut self, tenant: &str, user: &str, device: &str) -> Result<Vec<(String, u64, Vec<u8>)>> {
+        let prefix = device_key(tenant, user, device);
+        let entries = self.scan(T::Pending, &prefix)?;
+        let mut out = Vec::with_capacity(entries.len());
+        for (k, msg_id) in entries {
+            let mut r = Reader::new(&k[prefix.len()..]);
+            let (Some(conv), Some(seq)) = (r.s(), r.n()) else {
+                return Err(corrupt("pending key"));
+            };
+            out.push((conv.to_string(), seq, msg_id));
+            self.write(T::Pending, k, None);
+        }
+        Ok(out)
+    }
+
+    fn register(&mut self, dev: &DeviceKey, max_devices: usize) -> Result<DeviceRegistration> {
+        let key = device_key(&dev.tenant, &dev.user, &dev.device);
+        let now = im_core::now_ms();
+        let mut known = self.devices_of(&dev.tenant, &dev.user)?;
+        let mut reg = DeviceRegistration::default();
+        if let Some(entry) = known.iter_mut().find(|(d, _)| d == &dev.device) {
+            entry.1 = now;
+        } else {
+            reg.new_device = true;
+            if known.is_empty() {
+                let claimed = self.take_pending(&dev.tenant, &dev.user, USER_SLOT)?;
+                reg.claimed = claimed.len() as u64;
+                for (conv, seq, msg_id) in claimed {
+                    self.write(T::Pending, pending_key(&dev.tenant, &dev.user, &dev.device, &conv, seq), Some(msg_id));
+                }
+            } else if known.len() >= max_devices.max(1)
+                && let Some(oldest) = known.iter().min_by_key(|(_, seen)| *seen).map(|(d, _)| d.clone())
+            {
+                self.write(T::Devices, device_key(&dev.tenant, &dev.user, &oldest), None);
+                self.take_pending(&dev.tenant, &dev.user, &oldest)?;
+                known.retain(|(d, _)| d != &oldest);
+                reg.evicted = Some(oldest);
+            }
+            known.push((dev.device.clone(), now));
+        }
+        self.write(T::Devices, key, Some(now.to_be_bytes().to_vec()));
+        self.caches.devices.insert(device_prefix(&dev.tenant, &dev.user).into_boxed_slice(), known);
+        Ok(reg)
+    }
+}
