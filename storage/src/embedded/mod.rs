@@ -79,9 +79,13 @@ pub struct EmbeddedOptions {
     pub max_devices_per_user: usize,
     /// redb page cache.
     pub cache_bytes: usize,
-    /// Longest time between checkpoints while writes arrive.
+    /// Longest time between checkpoints while writes arrive. Each one
+    /// syncs what redb wrote since the last; their fsync competes with the
+    /// log's, so they are kept rare (10 s: one run of 1,000 senders × 5
+    /// msg/s had a p99 of 7 ms, against 10–12 ms at 1 s).
     pub checkpoint_interval: Duration,
-    /// Log bytes after which a checkpoint is due regardless of the time.
+    /// Log bytes after which a checkpoint is due regardless of the time:
+    /// bounds the log on disk and the replay after a crash.
     pub checkpoint_bytes: u64,
 }
 
@@ -92,7 +96,7 @@ impl Default for EmbeddedOptions {
             queue: 8192,
             max_devices_per_user: 16,
             cache_bytes: 64 << 20,
-            checkpoint_interval: Duration::from_secs(1),
+            checkpoint_interval: Duration::from_secs(10),
             checkpoint_bytes: 64 << 20,
         }
     }
@@ -708,6 +712,36 @@ mod recovery_tests {
     /// No checkpoint during the test: every acked write is only in the log.
     fn options() -> EmbeddedOptions {
         EmbeddedOptions { checkpoint_interval: Duration::from_secs(3600), ..EmbeddedOptions::default() }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn checkpoints_delete_the_log_they_cover() {
+        let root = tempfile::tempdir().unwrap();
+        let options = EmbeddedOptions { checkpoint_interval: Duration::from_millis(20), ..EmbeddedOptions::default() };
+        let store = EmbeddedStore::open(root.path(), options).unwrap();
+        let bob = DeviceKey::new("t", "bob", "b1");
+        store.register_device(&bob).await.unwrap();
+        let mut rotated = false;
+        for i in 0..1000 {
+            store.append(new_message(i)).await.unwrap();
+            // Each segment holds at least one record, so the LSN of the
+            // oldest one left shows how many were deleted.
+            let segments = wal::segments(&root.path().join(WAL_DIR)).unwrap();
+            if i >= 100 && segments[0].0 > 50 {
+                assert!(segments.len() <= 4, "{} segments: covered ones are deleted", segments.len());
+                rotated = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(rotated, "checkpoints started new segments and deleted the old ones");
+        // What the deleted segments held is in redb for good.
+        let count = store.pending_count(&bob).await.unwrap();
+        store.close().await;
+        drop(store);
+        let store = EmbeddedStore::open(root.path(), EmbeddedOptions::default()).unwrap();
+        assert_eq!(store.pending_count(&bob).await.unwrap(), count);
+        store.close().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

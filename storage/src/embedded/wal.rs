@@ -80,6 +80,11 @@ impl Ops {
     pub fn is_empty(&self) -> bool {
         self.count == 0
     }
+
+    /// Encoded bytes.
+    pub fn len(&self) -> usize {
+        self.buf.len()
+    }
 }
 
 /// A record read back.

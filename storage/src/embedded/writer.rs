@@ -169,6 +169,9 @@ impl Caches {
     }
 }
 
+/// How long the applier gathers logged batches before applying them.
+const APPLY_GATHER: Duration = Duration::from_millis(2);
+
 /// Most entries each cache keeps between batches.
 const CACHE_ENTRIES: usize = 1 << 16;
 
@@ -176,6 +179,8 @@ const CACHE_ENTRIES: usize = 1 << 16;
 pub(super) struct Logged {
     lsn: u64,
     writes: Writes,
+    /// Size of its log record.
+    bytes: u64,
 }
 
 pub(super) fn writer_loop(
@@ -315,7 +320,7 @@ fn write_batch(
             }
         }
         // Blocks while the applier is `queue` batches behind: backpressure.
-        if to_applier.send(Logged { lsn, writes }).is_err() {
+        if to_applier.send(Logged { lsn, writes, bytes: log.len() as u64 }).is_err() {
             let e = unavailable("the store's applier stopped");
             replies.into_iter().for_each(|r| r.fail(&e));
             return Err(e);
@@ -332,6 +337,7 @@ fn write_batch(
 pub(super) fn applier_loop(db: &Database, shared: &Shared, rx: std_mpsc::Receiver<Logged>, options: &EmbeddedOptions) {
     let mut last_checkpoint = Instant::now();
     let mut since_checkpoint = 0u64;
+    let mut bytes_since_checkpoint = 0u64;
     let mut applied = shared.checkpointed.load(Ordering::Acquire);
     let mut pending: Vec<Logged> = Vec::new();
     loop {
@@ -340,10 +346,18 @@ pub(super) fn applier_loop(db: &Database, shared: &Shared, rx: std_mpsc::Receive
             Err(std_mpsc::RecvTimeoutError::Timeout) => {}
             Err(std_mpsc::RecvTimeoutError::Disconnected) => break,
         }
-        while pending.len() < 256 {
-            match rx.try_recv() {
+        // Gather for a moment: one redb commit for many batches costs far
+        // less than one each. Readers wait at most this long for it.
+        let gather_until = Instant::now() + APPLY_GATHER;
+        let mut disconnected = false;
+        while !pending.is_empty() && pending.len() < 256 {
+            match rx.recv_timeout(gather_until.saturating_duration_since(Instant::now())) {
                 Ok(more) => pending.push(more),
-                Err(_) => break,
+                Err(std_mpsc::RecvTimeoutError::Timeout) => break,
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                    disconnected = true;
+                    break;
+                }
             }
         }
         if !pending.is_empty() {
@@ -365,17 +379,24 @@ pub(super) fn applier_loop(db: &Database, shared: &Shared, rx: std_mpsc::Receive
                     drop(unapplied);
                     applied = pending.last().map_or(applied, |l| l.lsn);
                     since_checkpoint += pending.len() as u64;
+                    bytes_since_checkpoint += pending.iter().map(|l| l.bytes).sum::<u64>();
                     pending.clear();
                     shared.applied.send_replace(Applied::Upto(applied));
                 }
                 Err(e) => return fail_applier(shared, &e),
             }
         }
-        if since_checkpoint > 0 && last_checkpoint.elapsed() >= options.checkpoint_interval {
+        if disconnected {
+            break;
+        }
+        let due = last_checkpoint.elapsed() >= options.checkpoint_interval
+            || bytes_since_checkpoint >= options.checkpoint_bytes;
+        if since_checkpoint > 0 && due {
             match checkpoint(db, applied) {
                 Ok(()) => {
                     shared.checkpointed.store(applied, Ordering::Release);
                     since_checkpoint = 0;
+                    bytes_since_checkpoint = 0;
                     last_checkpoint = Instant::now();
                 }
                 Err(e) => tracing::error!(error = %e, "checkpoint failed; the log keeps growing until one succeeds"),
