@@ -1,21 +1,14 @@
 //! The embedded backend: one data directory, no external service. Presence
 //! is in memory (a single node's connections die with it).
 //!
-//! All writes go through one writer thread that drains its queue into
-//! batches (group commit). A batch runs as one redb write transaction, and
-//! the writes it made become one record of the write-ahead log ([`wal`]):
-//! the record is appended and, when the batch holds a message or
-//! customer-service records, synced with one `fdatasync`. Then the
-//! transaction commits without a sync of its own (redb's
-//! `Durability::None`), and only then are callers answered: a reader never
-//! sees a write a crash could take back. Acks and device registrations alone
-//! are logged without a sync; the next synced record covers them.
-//!
-//! About once a second (or every 64 MiB of log) a checkpoint makes redb's
-//! state durable with the last LSN it holds, and the log starts over. After
-//! a crash, redb opens at its last checkpoint and the log's later records are
-//! replayed. Reads run on tokio's blocking pool against MVCC snapshots and
-//! never wait for the writer.
+//! A write-ahead log of our own ([`wal`]) in front of one redb database.
+//! The writer thread turns each batch of queued operations (group commit)
+//! into one log record, synced with one `fdatasync` when the batch holds a
+//! message, and answers the callers; the applier thread writes the logged
+//! batches into redb without a sync and checkpoints every 10 s (or 64 MiB of
+//! log), after which the covered log is deleted. Reads run on tokio's
+//! blocking pool against redb's MVCC snapshots, once redb holds every write
+//! answered before the read started. See [`writer`] and docs/storage.md.
 
 mod presence;
 pub mod wal;
@@ -227,7 +220,12 @@ impl EmbeddedStore {
             Applied::Failed => true,
         };
         let mut applied = self.shared.applied.subscribe();
-        let state = *applied.wait_for(caught_up).await.map_err(|_| unavailable("the store's applier stopped"))?;
+        let state = if caught_up(&applied.borrow()) {
+            *applied.borrow()
+        } else {
+            let _waiting = self.shared.reader_waiting();
+            *applied.wait_for(caught_up).await.map_err(|_| unavailable("the store's applier stopped"))?
+        };
         if state == Applied::Failed {
             return Err(StorageError::Unavailable(self.shared.broken().unwrap_or_else(|| "the store failed".into())));
         }
