@@ -204,6 +204,21 @@ impl EmbeddedStore {
         let _ = tokio::task::spawn_blocking(move || handle.join()).await;
     }
 
+    /// Runs `f` on the blocking pool at once, with what the applier has not
+    /// applied yet at hand (see [`pending_view`]).
+    async fn read_now<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Database, &Shared) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        if let Some(e) = self.shared.broken() {
+            return Err(StorageError::Unavailable(e));
+        }
+        let (db, shared) = (self.db.clone(), self.shared.clone());
+        tokio::task::spawn_blocking(move || f(&db, &shared))
+            .await
+            .map_err(|e| StorageError::Unavailable(format!("read task failed: {e}")))?
+    }
+
     async fn submit<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteOp) -> Result<T> {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.tx.send(make(reply_tx)).await.map_err(|_| StorageError::Unavailable("the store is closed".into()))?;
@@ -287,6 +302,40 @@ fn recover(db: &Database, dir: &Path) -> Result<(Wal, u64)> {
         );
     }
     Ok((wal, recovered.last_lsn))
+}
+
+/// Unapplied entries: key and value (`None`: deleted).
+type Unapplied = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
+/// A redb snapshot and the unapplied `pending` entries from `start` under
+/// `prefix`, taken together under the applier's lock: the applier removes an
+/// entry only after committing it, so each write is in one or the other.
+fn pending_view(
+    db: &Database,
+    shared: &Shared,
+    start: &[u8],
+    prefix: &[u8],
+) -> Result<(redb::ReadTransaction, Unapplied)> {
+    let unapplied = shared.unapplied.lock().map_err(|_| unavailable("the store lock is poisoned"))?;
+    let entries = unapplied.range(T::Pending, start, prefix);
+    let txn = db.begin_read().map_err(unavailable)?;
+    Ok((txn, entries))
+}
+
+/// A message written after a snapshot was taken: still unapplied, or
+/// applied since (messages are never rewritten, so a newer snapshot is as good).
+fn message_since(db: &Database, shared: &Shared, position: &[u8]) -> Result<Option<Message>> {
+    let unapplied = shared.unapplied.lock().map_err(|_| unavailable("the store lock is poisoned"))?;
+    if let Some(Some(v)) = unapplied.get(T::Messages, position) {
+        return decode_message(&v).map(Some);
+    }
+    let txn = db.begin_read().map_err(unavailable)?;
+    drop(unapplied);
+    let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+    match messages.get(position).map_err(unavailable)? {
+        Some(v) => decode_message(v.value()).map(Some),
+        None => Ok(None),
+    }
 }
 
 /// Makes redb's state durable, recording that it holds every log record up
@@ -496,27 +545,52 @@ impl PendingStore for EmbeddedStore {
             }
             None => prefix.clone(),
         };
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(unavailable)?;
+        // Replays read pages while acks stream in: rather than wait for the
+        // applier, merge what it has not applied yet.
+        self.read_now(move |db, shared| {
+            let (txn, unapplied) = pending_view(db, shared, &start, &prefix)?;
             let pending = txn.open_table(PENDING).map_err(unavailable)?;
             let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+            let mut stored = pending.range(start.as_slice()..).map_err(unavailable)?.peekable();
+            let mut fresh = unapplied.into_iter().peekable();
             let mut out = Vec::new();
-            for item in pending.range(start.as_slice()..).map_err(unavailable)? {
-                if out.len() >= limit {
-                    break;
-                }
-                let (k, _) = item.map_err(unavailable)?;
-                let k = k.value();
-                if !k.starts_with(&prefix) {
-                    break;
-                }
-                let mut r = Reader::new(&k[prefix.len()..]);
+            while out.len() < limit {
+                // The next key of the merge; an unapplied entry wins over redb's.
+                let stored_key = match stored.peek() {
+                    Some(Ok((k, _))) if k.value().starts_with(&prefix) => Some(k.value().to_vec()),
+                    Some(Err(_)) => return Err(unavailable("pending range read failed")),
+                    _ => None,
+                };
+                let key = match (stored_key, fresh.peek()) {
+                    (None, None) => break,
+                    (Some(s), Some((f, _))) if *f <= s => {
+                        if *f == s {
+                            stored.next();
+                        }
+                        match fresh.next() {
+                            Some((k, Some(_))) => k,
+                            _ => continue,
+                        }
+                    }
+                    (Some(s), _) => {
+                        stored.next();
+                        s
+                    }
+                    (None, Some(_)) => match fresh.next() {
+                        Some((k, Some(_))) => k,
+                        _ => continue,
+                    },
+                };
+                let mut r = Reader::new(&key[prefix.len()..]);
                 let (Some(conv), Some(seq)) = (r.s(), r.n()) else {
                     return Err(corrupt("pending key"));
                 };
-                if let Some(v) = messages.get(message_key(conv, seq).as_slice()).map_err(unavailable)? {
-                    out.push(decode_message(v.value())?);
-                }
+                let position = message_key(conv, seq);
+                let message = match messages.get(position.as_slice()).map_err(unavailable)? {
+                    Some(v) => Some(decode_message(v.value())?),
+                    None => message_since(db, shared, &position)?,
+                };
+                out.extend(message);
             }
             Ok(out)
         })
@@ -525,16 +599,24 @@ impl PendingStore for EmbeddedStore {
 
     async fn pending_count(&self, device: &DeviceKey) -> Result<u64> {
         let key = device_key(&device.tenant, &device.user, &device.device);
-        self.read(move |db| {
-            let txn = db.begin_read().map_err(unavailable)?;
+        self.read_now(move |db, shared| {
+            let (txn, unapplied) = pending_view(db, shared, &key, &key)?;
             let table = txn.open_table(PENDING).map_err(unavailable)?;
-            let mut n = 0;
+            let mut n: u64 = 0;
             for item in table.range(key.as_slice()..).map_err(unavailable)? {
                 let (k, _) = item.map_err(unavailable)?;
                 if !k.value().starts_with(&key) {
                     break;
                 }
                 n += 1;
+            }
+            for (k, v) in unapplied {
+                let stored = table.get(k.as_slice()).map_err(unavailable)?.is_some();
+                match (stored, v.is_some()) {
+                    (true, false) => n = n.saturating_sub(1),
+                    (false, true) => n += 1,
+                    _ => {}
+                }
             }
             Ok(n)
         })
@@ -710,6 +792,37 @@ mod recovery_tests {
     /// No checkpoint during the test: every acked write is only in the log.
     fn options() -> EmbeddedOptions {
         EmbeddedOptions { checkpoint_interval: Duration::from_secs(3600), ..EmbeddedOptions::default() }
+    }
+
+    /// Pending reads merge what the applier has not applied yet: right
+    /// after each write (usually before the applier got to it) they must
+    /// agree with a model of what was written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pending_reads_see_every_answered_write_before_the_applier_does() {
+        let root = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(root.path(), EmbeddedOptions::default()).unwrap();
+        let bob = DeviceKey::new("t", "bob", "b1");
+        store.register_device(&bob).await.unwrap();
+        let mut model: Vec<String> = Vec::new();
+        for i in 0..150 {
+            model.push(store.append(new_message(i)).await.unwrap().message.msg_id);
+            if i % 3 == 2 {
+                // Ack the second-newest and the oldest.
+                let acked = vec![model.remove(model.len() - 2), model.remove(0)];
+                assert_eq!(store.ack(&bob, &acked).await.unwrap(), 2);
+            }
+            assert_eq!(store.pending_count(&bob).await.unwrap(), model.len() as u64, "after write {i}");
+            let mut got = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store.pending(&bob, after.as_ref(), 7).await.unwrap();
+                let Some(last) = page.last() else { break };
+                after = Some(PendingCursor::of(last));
+                got.extend(page.into_iter().map(|m| m.msg_id));
+            }
+            assert_eq!(got, model, "after write {i}");
+        }
+        store.close().await;
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,22 @@ pub(super) struct Unapplied([BTreeMap<Vec<u8>, Tagged>; 7]);
 /// A value (`None`: deleted) and the LSN of the record that wrote it.
 type Tagged = (u64, Option<Vec<u8>>);
 
+impl Unapplied {
+    /// The entries of table `t` from `start` on that begin with `prefix`.
+    pub(super) fn range(&self, t: T, start: &[u8], prefix: &[u8]) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.0[slot(t)]
+            .range(start.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, (_, v))| (k.clone(), v.clone()))
+            .collect()
+    }
+
+    /// `Some(value or None for deleted)` if `key` of table `t` is unapplied.
+    pub(super) fn get(&self, t: T, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.0[slot(t)].get(key).map(|(_, v)| v.clone())
+    }
+}
+
 /// How far the applier is: the last LSN in redb, or the failure that
 /// stopped it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
