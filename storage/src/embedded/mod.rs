@@ -140,10 +140,10 @@ impl EmbeddedStore {
         let shared = Arc::new(Shared::new(applied));
         let (to_applier, from_writer) = std::sync::mpsc::sync_channel(APPLIER_QUEUE);
         let applier = {
-            let (db, shared, options) = (db.clone(), shared.clone(), options.clone());
+            let (db, shared, options, file) = (db.clone(), shared.clone(), options.clone(), path.clone());
             std::thread::Builder::new()
                 .name("dongdong-store-applier".into())
-                .spawn(move || writer::applier_loop(&db, &shared, from_writer, &options))
+                .spawn(move || writer::applier_loop(&db, &file, &shared, from_writer, &options))
                 .map_err(|e| StorageError::Unavailable(format!("cannot start the applier thread: {e}")))?
         };
         let (tx, rx) = mpsc::channel(options.queue.max(1));
