@@ -10,7 +10,8 @@
 #
 # Environment: SOAK_MINUTES (default 10), SOAK_CHUNK (seconds, default 30),
 # SOAK_PAIRS (default 100), SOAK_RATE (msg/s per sender, default 225: with
-# 100 pairs about 80% of the pairs throughput in BENCHMARKS.md).
+# 100 pairs about 80% of the pairs throughput in BENCHMARKS.md), SOAK_SERVER
+# (another `dongdong` binary to run as the server; the bot is this tree's).
 # The bot and the server share this machine's cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,6 +29,7 @@ me=soak.sh
 echo "soak.sh: building (release)" >&2
 cargo build --release -q -p dongdong
 dd="$root/target/release/dongdong"
+server_bin=${SOAK_SERVER:-$dd}
 work=$(mktemp -d /tmp/dongdong-soak.XXXXXX)
 server_pid=""
 trap '[ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"' EXIT
@@ -37,7 +39,7 @@ ws_port=$(free_port)
 http_port=$(free_port)
 DONGDONG_AUTH__SECRET=$secret DONGDONG_LIMITS__RATE_PER_SEC=1000000 DONGDONG_LIMITS__RATE_BURST=1000000 \
   DONGDONG_LOG__FILTER=warn \
-  "$dd" serve --data "$work/data" --listen "127.0.0.1:$ws_port" --http "127.0.0.1:$http_port" \
+  "$server_bin" serve --data "$work/data" --listen "127.0.0.1:$ws_port" --http "127.0.0.1:$http_port" \
   >"$work/server.log" 2>&1 &
 server_pid=$!
 wait_port "$ws_port" dongdong
@@ -54,7 +56,8 @@ while [ "$SECONDS" -lt "$end" ]; do
     --url "ws://127.0.0.1:$ws_port/ws" --secret "$secret" --json >"$work/chunk.json" 2>/dev/null || true
   rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$server_pid/status")
   redb=$(du -sk "$work/data/dongdong.redb" | cut -f1)
-  log=$(du -sk "$work/data/wal" | cut -f1)
+  log=$(du -sk "$work/data/wal" 2>/dev/null | cut -f1 || echo 0)
+  log=${log:-0}
   python3 - "$work/chunk.json" "$SECONDS" "$rss_kb" "$redb" "$log" >>"$out" <<'PY'
 import json, sys
 path, seconds, rss_kb, redb_kb, log_kb = sys.argv[1:6]
