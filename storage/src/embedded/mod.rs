@@ -193,9 +193,9 @@ impl EmbeddedStore {
         self.read(f).await
     }
 
-    /// Stops accepting writes, lets the writer finish its queue, persists
-    /// everything with a final durable commit and waits for it. Later writes
-    /// fail with `Unavailable`.
+    /// Stops accepting writes, lets the writer finish its queue and the
+    /// applier end with a checkpoint, and waits for both. Later writes fail
+    /// with `Unavailable`.
     pub async fn close(&self) {
         let handle = self.writer.lock().ok().and_then(|mut w| w.take());
         let Some(handle) = handle else { return };
@@ -304,8 +304,8 @@ fn recover(db: &Database, dir: &Path) -> Result<(Wal, u64)> {
     Ok((wal, recovered.last_lsn))
 }
 
-/// Unapplied entries: key and value (`None`: deleted).
-type Unapplied = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+/// Entries the applier has not applied: key and value (`None`: deleted).
+type UnappliedEntries = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
 /// A redb snapshot and the unapplied `pending` entries from `start` under
 /// `prefix`, taken together under the applier's lock: the applier removes an
@@ -315,7 +315,7 @@ fn pending_view(
     shared: &Shared,
     start: &[u8],
     prefix: &[u8],
-) -> Result<(redb::ReadTransaction, Unapplied)> {
+) -> Result<(redb::ReadTransaction, UnappliedEntries)> {
     let unapplied = shared.unapplied.lock().map_err(|_| unavailable("the store lock is poisoned"))?;
     let entries = unapplied.range(T::Pending, start, prefix);
     let txn = db.begin_read().map_err(unavailable)?;
@@ -690,7 +690,7 @@ mod tests {
         im_core::pb::Content { kind: Some(im_core::pb::content::Kind::Text(s.into())) }
     }
 
-    fn new_message(cmid: &str) -> NewMessage {
+    pub(super) fn new_message(cmid: &str) -> NewMessage {
         NewMessage {
             tenant: "t".into(),
             conversation_id: im_core::conversation_id("t", "alice", "bob"),
@@ -758,16 +758,10 @@ mod tests {
 mod recovery_tests {
     use super::*;
 
+    /// Alice's message `m{i}` to Bob, with text that is not ASCII.
     fn new_message(i: usize) -> NewMessage {
-        NewMessage {
-            tenant: "t".into(),
-            conversation_id: im_core::conversation_id("t", "alice", "bob"),
-            from_user: "alice".into(),
-            from_device: "a1".into(),
-            to_user: "bob".into(),
-            client_msg_id: format!("m{i}"),
-            content: im_core::pb::Content { kind: Some(im_core::pb::content::Kind::Text(format!("消息 {i}"))) },
-        }
+        let content = im_core::pb::Content { kind: Some(im_core::pb::content::Kind::Text(format!("消息 {i}"))) };
+        NewMessage { content, ..super::tests::new_message(&format!("m{i}")) }
     }
 
     /// The log's one segment in a data directory.

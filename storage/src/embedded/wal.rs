@@ -35,17 +35,19 @@ pub enum Table {
 }
 
 impl Table {
+    /// Every table, in the order of their numbers.
+    pub const ALL: [Table; 7] = [
+        Table::Messages,
+        Table::MsgIndex,
+        Table::Conversations,
+        Table::Idempotency,
+        Table::Pending,
+        Table::Devices,
+        Table::Cs,
+    ];
+
     fn from_u8(v: u8) -> Option<Self> {
-        Some(match v {
-            1 => Table::Messages,
-            2 => Table::MsgIndex,
-            3 => Table::Conversations,
-            4 => Table::Idempotency,
-            5 => Table::Pending,
-            6 => Table::Devices,
-            7 => Table::Cs,
-            _ => return None,
-        })
+        Self::ALL.get(usize::from(v).checked_sub(1)?).copied()
     }
 }
 
@@ -222,11 +224,6 @@ impl Wal {
         Ok(Self { dir: dir.to_path_buf(), file, current: next_lsn, next_lsn, frame: Vec::new() })
     }
 
-    /// The LSN of the last record appended (0 if none ever was).
-    pub fn last_lsn(&self) -> u64 {
-        self.next_lsn - 1
-    }
-
     /// Appends `ops` as the next record; with `sync`, returns once it and
     /// everything appended before it is on disk.
     pub fn append(&mut self, ops: &Ops, sync: bool) -> std::io::Result<u64> {
@@ -251,11 +248,6 @@ impl Wal {
             self.frame = Vec::new();
         }
         Ok(lsn)
-    }
-
-    /// Makes every appended record durable.
-    pub fn sync(&mut self) -> std::io::Result<()> {
-        self.file.sync_data()
     }
 
     /// After a checkpoint covering every record up to `covered`: starts a

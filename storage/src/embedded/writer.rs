@@ -31,7 +31,7 @@ use tokio::sync::watch;
 
 /// The final value of each key a batch (or several) wrote, per table
 /// (`None`: deleted).
-#[derive(Default, Clone)]
+#[derive(Default)]
 pub(super) struct Writes([BTreeMap<Vec<u8>, Option<Vec<u8>>>; 7]);
 
 fn slot(t: T) -> usize {
@@ -357,7 +357,7 @@ fn write_batch(
                 }
             }
         }
-        // Blocks while the applier is `queue` batches behind: backpressure.
+        // Blocks while the applier is `APPLIER_QUEUE` batches behind: backpressure.
         if to_applier.send(Logged { lsn, writes, bytes: log.len() as u64 }).is_err() {
             let e = unavailable("the store's applier stopped");
             replies.into_iter().for_each(|r| r.fail(&e));
@@ -510,7 +510,7 @@ fn apply(db: &Database, batches: &[Logged]) -> Result<()> {
         let mut tables = Tables::open(&txn)?;
         for logged in batches {
             for (t, entries) in logged.writes.0.iter().enumerate() {
-                let table = TABLES[t];
+                let table = T::ALL[t];
                 for (key, value) in entries {
                     tables.apply(Op { table, key, value: value.as_deref() })?;
                 }
@@ -521,8 +521,6 @@ fn apply(db: &Database, batches: &[Logged]) -> Result<()> {
     metrics::histogram!("dongdong_store_apply_seconds").record(started.elapsed().as_secs_f64());
     Ok(())
 }
-
-const TABLES: [T; 7] = [T::Messages, T::MsgIndex, T::Conversations, T::Idempotency, T::Pending, T::Devices, T::Cs];
 
 /// The read tables of one snapshot.
 struct View<'r> {
