@@ -10,7 +10,16 @@
 # BENCH_IDLE (idle connections, default 19500), BENCH_OFFLINE_RECEIVERS
 # (default 1000), BENCH_OFFLINE_MESSAGES (default 100), BENCH_SERVER (another
 # `dongdong` binary to run as the server, e.g. an older build for a
-# before/after table; the bots are always this tree's).
+# before/after table; the bots are always this tree's), BENCH_RECOVERY_MIB
+# (write-ahead log size for the crash-recovery figure, default 1024),
+# BENCH_HISTORY_MESSAGES (conversation length for the history figure,
+# default 100000).
+#
+# RabbitMQ is the durable peer: quorum queues, publisher confirms, manual
+# acks, driven by `dd-bench amqp-*` against the RabbitMQ server already
+# running on 127.0.0.1:5672 (guest/guest; its columns stay empty when there
+# is none). Unlike the other two it is not restarted per scenario; each run
+# declares its own queues and deletes them at the end.
 #
 # The bots load the server as real clients do: sends pipelined, and an Ack
 # for each message as it is read (`--ack per-message`, the bot's default).
@@ -25,6 +34,8 @@ seconds=${BENCH_SECONDS:-10}
 idle=${BENCH_IDLE:-19500}
 off_r=${BENCH_OFFLINE_RECEIVERS:-1000}
 off_m=${BENCH_OFFLINE_MESSAGES:-100}
+recovery_mib=${BENCH_RECOVERY_MIB:-1024}
+history_messages=${BENCH_HISTORY_MESSAGES:-100000}
 
 me=bench.sh
 # shellcheck source=scripts/lib.sh
@@ -96,16 +107,27 @@ run() { # name, then the command (recorded for BENCHMARKS.md)
 # dongdong's bot and the MQTT driver, pointed at this scenario's servers.
 bot() { run "$1" "$dd" bot "${@:2}" --url "ws://127.0.0.1:$ws_port/ws" --secret "$secret" --server-pid "$server_pid" --json; }
 peer() { run "$1" "$mq" --port "$mq_port" --server-pid "$broker_pid" "${@:2}"; }
+# RabbitMQ's main Erlang VM, if one is running on the standard port.
+rabbit_pid=$(pgrep -o -f 'beam.smp.*rabbit boot' || true)
+if [ -n "$rabbit_pid" ] && (exec 3<>/dev/tcp/127.0.0.1/5672) 2>/dev/null; then
+  rabbit() { run "$1" "$mq" --port 5672 --server-pid "$rabbit_pid" "${@:2}"; }
+else
+  echo "bench.sh: no RabbitMQ on 127.0.0.1:5672; its columns stay empty" >&2
+  rabbit() { :; }
+fi
 
 start_servers
 bot pairs pairs --pairs 100 --window 10 --duration "${seconds}s" --warmup 2s
 peer mqtt-pairs mqtt-pairs --pairs 100 --window 10 --duration "${seconds}s" --warmup 2s
+rabbit amqp-pairs amqp-pairs --pairs 100 --window 10 --duration "${seconds}s" --warmup 2s
 start_servers
 bot rate pairs --pairs 1000 --rate 5 --duration "${seconds}s" --warmup 2s
 peer mqtt-rate mqtt-pairs --pairs 1000 --rate 5 --duration "${seconds}s" --warmup 2s
+rabbit amqp-rate amqp-pairs --pairs 1000 --rate 5 --duration "${seconds}s" --warmup 2s
 start_servers
 bot offline offline --receivers "$off_r" --messages "$off_m" --window 10
 peer mqtt-offline mqtt-offline --receivers "$off_r" --messages "$off_m" --window 10
+rabbit amqp-offline amqp-offline --receivers "$off_r" --messages "$off_m" --window 10
 start_servers
 bot idle idle --connections "$idle" --duration 5s
 peer mqtt-idle mqtt-idle --connections "$idle" --duration 5s
@@ -114,7 +136,10 @@ bot multi-device multi-device --pairs 50 --devices 3 --window 10 --duration "${s
 start_servers
 bot cs cs --api "http://127.0.0.1:$http_port" --arrivals 50 --agents 50 --capacity 5 --messages 3 \
   --think 200ms --duration "${seconds}s"
+start_servers
+bot history history --messages "$history_messages" --pages 1000 --limit 50
 stop_servers
+run recovery "$mq" store-recovery --log-mib "$recovery_mib"
 
 python3 - "$work" "$out" "$commands" "$mosquitto_bin" "${BENCH_SERVER:-}" <<'PY'
 import json, os, platform, subprocess, sys, datetime
@@ -158,9 +183,10 @@ def fmt(v, unit=""):
         v = round(v, 2) if v < 100 else round(v)
     return f"{v:,}{unit}" if isinstance(v, int) else f"{v}{unit}"
 
-r = {n: load(n) for n in ["pairs", "mqtt-pairs", "rate", "mqtt-rate", "offline", "mqtt-offline", "idle", "mqtt-idle", "multi-device", "cs"]}
+r = {n: load(n) for n in ["pairs", "mqtt-pairs", "amqp-pairs", "rate", "mqtt-rate", "amqp-rate", "offline", "mqtt-offline",
+                          "amqp-offline", "idle", "mqtt-idle", "multi-device", "cs", "history", "recovery"]}
 rows = []
-def row(what, ours, theirs, better, target, unit=""):
+def row(what, ours, theirs, rabbit, better, target, unit=""):
     ratio = None
     if ours is not None and theirs:
         ratio = ours / theirs
@@ -175,14 +201,20 @@ def row(what, ours, theirs, better, target, unit=""):
              ours <= value
         met = "met" if ok else "**missed**"
     tdesc = "" if target is None else {"ratio>=": "≥ {}× Mosquitto", "ratio<=": "≤ {}× Mosquitto", "<=": "≤ {}" + unit}[target[0]].format(target[1])
-    rows.append(f"| {what} | {fmt(ours, unit)} | {fmt(theirs, unit)} | {fmt(ratio, '×')} | {better} | {tdesc} | {met} |")
+    rows.append(f"| {what} | {fmt(ours, unit)} | {fmt(theirs, unit)} | {fmt(ratio, '×')} | {fmt(rabbit, unit)} | {better} | {tdesc} | {met} |")
 
-row("pairs 100, window 10: delivered msg/s", get(r["pairs"], "delivered_per_sec"), get(r["mqtt-pairs"], "delivered_per_sec"), "higher", ("ratio>=", 1.0))
-row("pairs 100, window 10: p99 latency", get(r["pairs"], "latency_ms", "p99"), get(r["mqtt-pairs"], "latency_ms", "p99"), "lower", None, " ms")
-row("1,000 senders × 5 msg/s: p99 latency", get(r["rate"], "latency_ms", "p99"), get(r["mqtt-rate"], "latency_ms", "p99"), "lower", ("<=", 5), " ms")
-row("1,000 senders × 5 msg/s: p50 latency", get(r["rate"], "latency_ms", "p50"), get(r["mqtt-rate"], "latency_ms", "p50"), "lower", None, " ms")
-row(f"offline: replay all pending, s", get(r["offline"], "figures", "replay_s"), get(r["mqtt-offline"], "replay_s"), "lower", ("ratio<=", 2.0), " s")
-row(f"idle: server RSS per connection", get(r["idle"], "figures", "server_bytes_per_conn"), get(r["mqtt-idle"], "server_bytes_per_conn"), "lower", ("<=", 3072), " B")
+row("pairs 100, window 10: delivered msg/s", get(r["pairs"], "delivered_per_sec"), get(r["mqtt-pairs"], "delivered_per_sec"),
+    get(r["amqp-pairs"], "delivered_per_sec"), "higher", ("ratio>=", 1.0))
+row("pairs 100, window 10: p99 latency", get(r["pairs"], "latency_ms", "p99"), get(r["mqtt-pairs"], "latency_ms", "p99"),
+    get(r["amqp-pairs"], "latency_ms", "p99"), "lower", None, " ms")
+row("1,000 senders × 5 msg/s: p99 latency", get(r["rate"], "latency_ms", "p99"), get(r["mqtt-rate"], "latency_ms", "p99"),
+    get(r["amqp-rate"], "latency_ms", "p99"), "lower", ("<=", 5), " ms")
+row("1,000 senders × 5 msg/s: p50 latency", get(r["rate"], "latency_ms", "p50"), get(r["mqtt-rate"], "latency_ms", "p50"),
+    get(r["amqp-rate"], "latency_ms", "p50"), "lower", None, " ms")
+row(f"offline: replay all pending, s", get(r["offline"], "figures", "replay_s"), get(r["mqtt-offline"], "replay_s"),
+    get(r["amqp-offline"], "replay_s"), "lower", ("ratio<=", 1.0), " s")
+row(f"idle: server RSS per connection", get(r["idle"], "figures", "server_bytes_per_conn"), get(r["mqtt-idle"], "server_bytes_per_conn"),
+    None, "lower", ("<=", 3072), " B")
 
 def clean(name):
     d = r[name]
@@ -213,6 +245,11 @@ with open(out, "w") as f:
     w("same run. The bots ack each message as they read it (`--ack per-message`), as browsers and")
     w("mobile SDKs do; sends are pipelined.")
     w()
+    w("RabbitMQ is the durable comparison: one quorum queue per receiver (it fsyncs before it confirms),")
+    w("persistent messages, publisher confirms with the same window, manual acks per message, prefetch")
+    w("20. It is the machine's running RabbitMQ server, not restarted per scenario; it has no idle")
+    w("figure. The ratio column is against Mosquitto.")
+    w()
     w(f"- Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
     w(f"- Machine: {os.cpu_count()} CPUs ({cpu_model()}), {mem_gib()} GiB RAM, Linux {platform.release()}")
     w(f"- Open files per process: {subprocess.run(['sh','-c','ulimit -n'],capture_output=True,text=True).stdout.strip()}")
@@ -220,8 +257,8 @@ with open(out, "w") as f:
     if server_bin:
         w(f"- Server binary: `{server_bin}` (BENCH_SERVER); bots from this tree")
     w()
-    w("| Scenario | dongdong | Mosquitto | ratio | better | target | |")
-    w("|---|---|---|---|---|---|---|")
+    w("| Scenario | dongdong | Mosquitto | ratio | RabbitMQ (quorum) | better | target | |")
+    w("|---|---|---|---|---|---|---|---|")
     for line in rows:
         w(line)
     w()
@@ -229,13 +266,19 @@ with open(out, "w") as f:
     w()
     w("Correctness reports of the dongdong runs (the bot exits non-zero when one is not clean):")
     w()
-    for n in ["pairs", "rate", "offline", "multi-device", "cs"]:
+    for n in ["pairs", "rate", "offline", "multi-device", "cs", "history"]:
         w(f"- `{n}`: {clean(n)}")
+    for n in ["amqp-pairs", "amqp-rate", "amqp-offline"]:
+        d = r[n]
+        if d is not None:
+            w(f"- RabbitMQ `{n}`: confirmed {d['acked']:,}, nacked {d.get('nacked', 0)}, "
+              f"confirmed-but-never-delivered {d['acked_but_not_delivered']}")
     w()
-    w("Server CPU, average over each run, in percent of one core (dongdong / Mosquitto):")
-    w(f"pairs {cpu('pairs','server')} / {cpu('mqtt-pairs','server') if get(r['mqtt-pairs'],'server') else 'not sampled'}, "
-      f"rate {cpu('rate','server')} / {cpu('mqtt-rate','server')}; the bot itself used {cpu('pairs','bot')} in pairs. Server CPU per delivered "
-      f"message in pairs: {us_per_msg('pairs')} (dongdong) / {us_per_msg('mqtt-pairs')} (Mosquitto).")
+    w("Server CPU, average over each run, in percent of one core (dongdong / Mosquitto / RabbitMQ):")
+    w(f"pairs {cpu('pairs','server')} / {cpu('mqtt-pairs','server') if get(r['mqtt-pairs'],'server') else 'not sampled'} / {cpu('amqp-pairs','server')}, "
+      f"rate {cpu('rate','server')} / {cpu('mqtt-rate','server')} / {cpu('amqp-rate','server')}; the bot itself used {cpu('pairs','bot')} in pairs. "
+      f"Server CPU per delivered message in pairs: {us_per_msg('pairs')} (dongdong) / {us_per_msg('mqtt-pairs')} (Mosquitto) / "
+      f"{us_per_msg('amqp-pairs')} (RabbitMQ).")
     w()
     w("Scenarios without a peer equivalent (dongdong only):")
     w()
@@ -250,6 +293,17 @@ with open(out, "w") as f:
           f"{fig.get('customers')} customers, {fig.get('served_and_rated', 0)} served and rated, "
           f"{fmt(fig.get('sessions_per_s'))} sessions/s, assignment wait p99 {fmt(get(fig,'assign_wait_ms','p99'))} ms, "
           f"message p99 {fmt(get(cs,'latency_ms','p99'))} ms.")
+    hi = r["history"]
+    if hi:
+        w(f"- history: a conversation of {hi['acked']:,} messages ({get(hi, 'figures', 'fill')}), then "
+          f"{hi['delivered']:,} pages of {get(hi, 'settings', 'limit')} requested one at a time, the newest first and the rest "
+          f"spread over the conversation: p50 {fmt(get(hi,'latency_ms','p50'))} ms, p99 {fmt(get(hi,'latency_ms','p99'))} ms, "
+          f"{fmt(get(hi, 'figures', 'pages_per_s'))} pages/s.")
+    rc = r["recovery"]
+    if rc:
+        w(f"- crash recovery: a write-ahead log of {rc['log_bytes'] / 2**20:,.0f} MiB ({rc['acked']:,} acked messages, "
+          f"checkpoints off, the writer exited without closing) reopened in {rc['open_s']:.1f} s; "
+          f"RSS {rc['rss_kib_after_open'] / 1024:,.0f} MiB after the open; lost {rc['lost']}.")
     w()
     w("## Commands")
     w()

@@ -50,7 +50,8 @@ wait_port "$ws_port" dongdong
   echo "| minute | delivered msg/s | p50 ms | p99 ms | clean | server RSS MiB | redb MiB | log MiB |"
   echo "|---|---|---|---|---|---|---|---|"
 } >"$out"
-end=$((SECONDS + minutes * 60))
+begin=$SECONDS
+end=$((begin + minutes * 60))
 while [ "$SECONDS" -lt "$end" ]; do
   "$dd" bot pairs --pairs "$pairs" --rate "$rate" --duration "${chunk}s" --warmup 1s --drain 10s \
     --url "ws://127.0.0.1:$ws_port/ws" --secret "$secret" --json >"$work/chunk.json" 2>/dev/null || true
@@ -58,7 +59,7 @@ while [ "$SECONDS" -lt "$end" ]; do
   redb=$(du -sk "$work/data/dongdong.redb" | cut -f1)
   log=$(du -sk "$work/data/wal" 2>/dev/null | cut -f1 || echo 0)
   log=${log:-0}
-  python3 - "$work/chunk.json" "$SECONDS" "$rss_kb" "$redb" "$log" >>"$out" <<'PY'
+  python3 - "$work/chunk.json" "$((SECONDS - begin))" "$rss_kb" "$redb" "$log" >>"$out" <<'PY'
 import json, sys
 path, seconds, rss_kb, redb_kb, log_kb = sys.argv[1:6]
 try:

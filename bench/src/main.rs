@@ -1,9 +1,14 @@
-//! `dd-bench`: drives the peer broker (Mosquitto, MQTT 3.1.1) through the
-//! same work `dongdong bot` does, for `scripts/bench.sh` to print side by
-//! side. Benchmark-only: MQTT stays out of the user-facing bot.
+//! `dd-bench`: drives the peer brokers (Mosquitto over MQTT 3.1.1, RabbitMQ
+//! over AMQP 0-9-1) through the same work `dongdong bot` does, for
+//! `scripts/bench.sh` to print side by side. Benchmark-only: neither
+//! protocol is part of the user-facing bot.
 //!
-//! Every client uses QoS 1 and a persistent session (clean_session=false);
-//! each receiver has its own topic. Prints one JSON object on stdout.
+//! MQTT clients use QoS 1 and a persistent session (clean_session=false);
+//! each receiver has its own topic. AMQP: see `amqp.rs`. Prints one JSON
+//! object on stdout.
+
+mod amqp;
+mod store;
 
 use clap::{Parser, Subcommand};
 use dongdong::bot::{Latency, Sampler, histogram};
@@ -17,14 +22,19 @@ use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 
 #[derive(Parser)]
-#[command(name = "dd-bench", about = "MQTT peer benchmarks for scripts/bench.sh")]
+#[command(name = "dd-bench", about = "MQTT and AMQP peer benchmarks for scripts/bench.sh")]
 struct Cli {
     /// Broker host.
     #[arg(long, default_value = "127.0.0.1", global = true)]
     host: String,
-    /// Broker port.
-    #[arg(long, default_value_t = 1883, global = true)]
-    port: u16,
+    /// Broker port (default: 1883 for mqtt-*, 5672 for amqp-*).
+    #[arg(long, global = true)]
+    port: Option<u16>,
+    /// AMQP user and password.
+    #[arg(long, default_value = "guest", global = true)]
+    amqp_user: String,
+    #[arg(long, default_value = "guest", global = true)]
+    amqp_password: String,
     /// Sample this broker process's RSS from /proc (idle).
     #[arg(long, global = true)]
     server_pid: Option<u32>,
@@ -66,6 +76,58 @@ enum Command {
         #[arg(long, default_value_t = 64)]
         payload: usize,
     },
+    /// RabbitMQ: P publisher -> consumer pairs, one quorum queue per
+    /// consumer, publisher confirms, manual acks.
+    AmqpPairs {
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// Open loop: publishes per second per publisher.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Unconfirmed publishes per publisher.
+        #[arg(long, default_value_t = 10)]
+        window: usize,
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        warmup: Duration,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+    },
+    /// RabbitMQ: M messages each are queued (confirmed) in R quorum queues
+    /// with no consumer; then all consumers start at once.
+    AmqpOffline {
+        #[arg(long, default_value_t = 1000)]
+        receivers: usize,
+        #[arg(long, default_value_t = 100)]
+        messages: usize,
+        #[arg(long, default_value_t = 10)]
+        window: usize,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+    },
+    /// The embedded store's startup after a crash with a large log: fills
+    /// a log of `--log-mib` in a child process that exits without closing
+    /// the store, then times the reopen (dongdong's own, no peer).
+    StoreRecovery {
+        #[arg(long, default_value_t = 1024)]
+        log_mib: u64,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// Data directory to fill (default: a temporary one, removed after).
+        #[arg(long)]
+        data: Option<std::path::PathBuf>,
+    },
+    /// The child of `store-recovery`.
+    #[command(hide = true)]
+    StoreFill {
+        #[arg(long)]
+        log_mib: u64,
+        #[arg(long)]
+        payload: usize,
+        #[arg(long)]
+        data: std::path::PathBuf,
+    },
     /// N idle persistent-session connections (keep-alive only).
     MqttIdle {
         #[arg(long, default_value_t = 1000)]
@@ -82,8 +144,33 @@ const CONNECT_CONCURRENCY: usize = 256;
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let run = format!("{:x}", std::time::UNIX_EPOCH.elapsed()?.as_millis());
-    let b = Bench { host: cli.host.clone(), port: cli.port, run, epoch: Instant::now() };
+    let epoch = Instant::now();
+    let b = Bench { host: cli.host.clone(), port: cli.port.unwrap_or(1883), run: run.clone(), epoch };
+    let a = amqp::Amqp {
+        host: cli.host.clone(),
+        port: cli.port.unwrap_or(5672),
+        user: cli.amqp_user.clone(),
+        password: cli.amqp_password.clone(),
+        run,
+        epoch,
+    };
     let result = match cli.command {
+        Command::AmqpPairs { pairs, rate, window, duration, warmup, payload } => {
+            let server = cli.server_pid.map(Sampler::start).transpose()?;
+            let mut r = a.pairs(pairs, rate, window, duration, warmup, payload).await?;
+            if let Some(stats) = server.and_then(Sampler::finish) {
+                r["server"] = serde_json::to_value(stats)?;
+            }
+            r
+        }
+        Command::AmqpOffline { receivers, messages, window, payload } => {
+            a.offline(receivers, messages, window, payload).await?
+        }
+        Command::StoreRecovery { log_mib, payload, data } => store::recovery(data, log_mib, payload).await?,
+        Command::StoreFill { log_mib, payload, data } => {
+            store::fill(data, log_mib, payload).await?;
+            return Ok(());
+        }
         Command::MqttPairs { pairs, rate, window, duration, warmup, payload } => {
             let server = cli.server_pid.map(Sampler::start).transpose()?;
             let mut r = b.pairs(pairs, rate, window.unwrap_or(10), duration, warmup, payload).await?;
@@ -211,15 +298,7 @@ impl Bench {
             let bench = BenchRef { epoch: self.epoch };
             senders.push(tokio::spawn(async move {
                 let mut n = 0u64;
-                let mut tick = rate.map(|r| {
-                    // Spread the publishers' phases (golden-ratio sequence):
-                    // publishers ticking together would send in bursts.
-                    let period = Duration::from_secs_f64(1.0 / r);
-                    let phase = (i as f64 * 0.618_033_988_749_895).fract();
-                    let mut t = tokio::time::interval_at(Instant::now() + period.mul_f64(phase), period);
-                    t.set_missed_tick_behavior(MissedTickBehavior::Burst);
-                    t
-                });
+                let mut tick = rate.map(|r| ticker(r, i));
                 while Instant::now() < deadline {
                     if let Some(t) = &mut tick {
                         t.tick().await;
@@ -419,20 +498,30 @@ impl Bench {
 
 /// What a publisher task needs of the bench.
 #[derive(Clone, Copy)]
-struct BenchRef {
-    epoch: Instant,
+pub(crate) struct BenchRef {
+    pub(crate) epoch: Instant,
 }
 
 impl BenchRef {
-    fn payload(&self, n: u64, size: usize) -> Vec<u8> {
+    pub(crate) fn payload(&self, n: u64, size: usize) -> Vec<u8> {
         let mut p = format!("{:020} {n:016}", self.epoch.elapsed().as_micros() as u64).into_bytes();
         p.resize(size.max(p.len()), b'.');
         p
     }
 }
 
+/// Publisher `i`'s schedule at `rate` per second. The phases are spread
+/// (golden-ratio sequence): publishers ticking together would send in bursts.
+pub(crate) fn ticker(rate: f64, i: usize) -> tokio::time::Interval {
+    let period = Duration::from_secs_f64(1.0 / rate);
+    let phase = (i as f64 * 0.618_033_988_749_895).fract();
+    let mut t = tokio::time::interval_at(Instant::now() + period.mul_f64(phase), period);
+    t.set_missed_tick_behavior(MissedTickBehavior::Burst);
+    t
+}
+
 /// (send time µs, message number) of a payload.
-fn parse(p: &[u8]) -> (u64, u64) {
+pub(crate) fn parse(p: &[u8]) -> (u64, u64) {
     let s = std::str::from_utf8(p).unwrap_or("");
     let ts = s.get(..20).and_then(|t| t.parse().ok()).unwrap_or(0);
     let n = s.get(21..37).and_then(|t| t.parse().ok()).unwrap_or(0);

@@ -124,13 +124,7 @@ fn bot(scenario: dongdong::bot::Scenario) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let json = match &scenario {
-        dongdong::bot::Scenario::Pairs { common, .. }
-        | dongdong::bot::Scenario::MultiDevice { common, .. }
-        | dongdong::bot::Scenario::Offline { common, .. }
-        | dongdong::bot::Scenario::Idle { common, .. }
-        | dongdong::bot::Scenario::Cs { common, .. } => common.json,
-    };
+    let json = scenario.common().json;
     match runtime.block_on(dongdong::bot::run(scenario)) {
         Ok(report) => {
             if json {

@@ -8,6 +8,7 @@
 
 mod conn;
 mod cs;
+mod history;
 mod idle;
 mod ledger;
 mod offline;
@@ -143,6 +144,26 @@ pub enum Scenario {
         #[arg(long, default_value_t = 64)]
         payload: usize,
     },
+    /// One conversation of M messages, then a client scrolling back through
+    /// it: page requests of `limit` messages, one at a time.
+    History {
+        #[command(flatten)]
+        common: Common,
+        /// Messages in the conversation.
+        #[arg(long, default_value_t = 100_000)]
+        messages: usize,
+        /// Pages requested after the conversation is written.
+        #[arg(long, default_value_t = 1000)]
+        pages: usize,
+        /// Messages per page (the server's maximum is 200).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Unacknowledged sends while writing the conversation.
+        #[arg(long, default_value_t = 50)]
+        window: usize,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+    },
     /// N authenticated connections that only send heartbeats, spread over
     /// local source addresses (127.0.0.2, 127.0.0.3, ...) for loopback servers.
     Idle {
@@ -191,11 +212,13 @@ pub enum Scenario {
 }
 
 impl Scenario {
-    fn common(&self) -> &Common {
+    /// The options every scenario has.
+    pub fn common(&self) -> &Common {
         match self {
             Scenario::Pairs { common, .. }
             | Scenario::MultiDevice { common, .. }
             | Scenario::Offline { common, .. }
+            | Scenario::History { common, .. }
             | Scenario::Idle { common, .. }
             | Scenario::Cs { common, .. } => common,
         }
@@ -218,6 +241,9 @@ pub async fn run(scenario: Scenario) -> anyhow::Result<Report> {
         }
         Scenario::Offline { receivers, messages, window, payload, .. } => {
             offline::run(&ctx, receivers, messages, window, payload).await?
+        }
+        Scenario::History { messages, pages, limit, window, payload, .. } => {
+            history::run(&ctx, messages, pages, limit, window, payload).await?
         }
         Scenario::Idle { connections, sources, heartbeat, .. } => {
             idle::run(&ctx, connections, sources, heartbeat, server.as_ref()).await?

@@ -142,7 +142,7 @@ impl EmbeddedStore {
         let applier = {
             let (db, shared, options, file) = (db.clone(), shared.clone(), options.clone(), path.clone());
             std::thread::Builder::new()
-                .name("dongdong-store-applier".into())
+                .name("dd-store-apply".into())
                 .spawn(move || writer::applier_loop(&db, &file, &shared, from_writer, &options))
                 .map_err(|e| StorageError::Unavailable(format!("cannot start the applier thread: {e}")))?
         };
@@ -150,7 +150,7 @@ impl EmbeddedStore {
         let writer = {
             let (db, shared) = (db.clone(), shared.clone());
             std::thread::Builder::new()
-                .name("dongdong-store-writer".into())
+                .name("dd-store-write".into())
                 .spawn(move || {
                     writer::writer_loop(&db, &shared, &mut wal, rx, to_applier, &options);
                     // The applier finishes with a checkpoint; the log it

@@ -391,7 +391,7 @@ fn spawn_flusher(path: &std::path::Path) -> Option<(std_mpsc::Sender<()>, std::t
     };
     let (stop, stopped) = std_mpsc::channel::<()>();
     let handle = std::thread::Builder::new()
-        .name("dongdong-store-flusher".into())
+        .name("dd-store-flush".into())
         .spawn(move || {
             while let Err(std_mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(FLUSH_EVERY) {
                 if let Err(e) = file.sync_data() {
