@@ -25,6 +25,8 @@ use tokio::time::Instant;
 
 /// Unacknowledged deliveries per consumer, as the MQTT receivers' inflight.
 const PREFETCH: u16 = 20;
+/// Longest wait for a connection's handshake.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections being opened at once.
 const CONNECT_CONCURRENCY: usize = 64;
 
@@ -115,7 +117,11 @@ impl Amqp {
     async fn connect(&self, name: &str) -> anyhow::Result<Connection> {
         let mut args = OpenConnectionArguments::new(&self.host, self.port, &self.user, &self.password);
         args.connection_name(&format!("dd-bench-{}-{name}", self.run));
-        Ok(Connection::open(&args).await?)
+        // A broker out of file handles accepts the socket and never answers.
+        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::open(&args)).await {
+            Ok(conn) => Ok(conn?),
+            Err(_) => anyhow::bail!("no AMQP handshake from {}:{} within {CONNECT_TIMEOUT:?}", self.host, self.port),
+        }
     }
 
     fn queue(&self, i: usize) -> String {
