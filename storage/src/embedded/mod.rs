@@ -276,19 +276,18 @@ fn init_tables(db: &Database) -> Result<()> {
 /// a checkpoint, and starts the log afresh.
 fn recover(db: &Database, dir: &Path) -> Result<(Wal, u64)> {
     let started = Instant::now();
-    let txn = db.begin_write().map_err(unavailable)?;
-    let recovered = {
-        let mut meta = txn.open_table(META).map_err(unavailable)?;
-        let applied = meta.get(APPLIED_LSN).map_err(unavailable)?.map(|v| v.value()).unwrap_or(0);
-        let mut tables = Tables::open(&txn)?;
-        let recovered = wal::recover(dir, applied, |record| {
-            record.ops.iter().try_for_each(|op| tables.apply(*op).map(drop)).map_err(|e| e.to_string())
-        })
-        .map_err(|e| StorageError::Corrupt(format!("write-ahead log in {}: {e}", dir.display())))?;
-        meta.insert(APPLIED_LSN, recovered.last_lsn).map_err(unavailable)?;
-        recovered
+    let applied = {
+        let txn = db.begin_read().map_err(unavailable)?;
+        match txn.open_table(META) {
+            Ok(meta) => meta.get(APPLIED_LSN).map_err(unavailable)?.map(|v| v.value()).unwrap_or(0),
+            Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            Err(e) => return Err(unavailable(e)),
+        }
     };
-    txn.commit().map_err(unavailable)?;
+    let mut replay = Replay { db, txn: None, bytes: 0 };
+    let recovered = wal::recover(dir, applied, |record| replay.apply(record).map_err(|e| e.to_string()))
+        .map_err(|e| StorageError::Corrupt(format!("write-ahead log in {}: {e}", dir.display())))?;
+    replay.commit(recovered.last_lsn, Durability::Immediate)?;
     let mut wal = Wal::create(dir, recovered.last_lsn + 1).map_err(|e| {
         StorageError::Unavailable(format!("cannot start the write-ahead log in {}: {e}", dir.display()))
     })?;
@@ -302,6 +301,58 @@ fn recover(db: &Database, dir: &Path) -> Result<(Wal, u64)> {
         );
     }
     Ok((wal, recovered.last_lsn))
+}
+
+/// Log bytes replayed per redb transaction at start: one transaction for a
+/// whole log would hold all of its pages in memory until its commit. Tests
+/// use small chunks, so every recovery they check spans several.
+const REPLAY_CHUNK_BYTES: u64 = if cfg!(test) { 256 } else { 32 << 20 };
+
+/// The replay of the log into redb at start, in transactions of about
+/// `REPLAY_CHUNK_BYTES`. Each one records the LSN it reaches; only the last
+/// is made durable, so a crash during the replay returns redb to the
+/// checkpoint it started from, and the next start replays the same records.
+struct Replay<'db> {
+    db: &'db Database,
+    txn: Option<redb::WriteTransaction>,
+    bytes: u64,
+}
+
+impl Replay<'_> {
+    fn apply(&mut self, record: &wal::Record<'_>) -> Result<()> {
+        let txn = match &mut self.txn {
+            Some(txn) => txn,
+            None => {
+                let mut txn = self.db.begin_write().map_err(unavailable)?;
+                txn.set_durability(Durability::None).map_err(unavailable)?;
+                self.txn.insert(txn)
+            }
+        };
+        let mut tables = Tables::open(txn)?;
+        for op in &record.ops {
+            self.bytes += (op.key.len() + op.value.map_or(0, <[u8]>::len)) as u64;
+            tables.apply(*op)?;
+        }
+        drop(tables);
+        if self.bytes >= REPLAY_CHUNK_BYTES {
+            self.commit(record.lsn, Durability::None)?;
+        }
+        Ok(())
+    }
+
+    /// Commits what was replayed up to `lsn` (an empty transaction when
+    /// nothing is open, so the final durable commit always happens).
+    fn commit(&mut self, lsn: u64, durability: Durability) -> Result<()> {
+        let mut txn = match self.txn.take() {
+            Some(txn) => txn,
+            None => self.db.begin_write().map_err(unavailable)?,
+        };
+        txn.set_durability(durability).map_err(unavailable)?;
+        txn.open_table(META).map_err(unavailable)?.insert(APPLIED_LSN, lsn).map_err(unavailable)?;
+        txn.commit().map_err(unavailable)?;
+        self.bytes = 0;
+        Ok(())
+    }
 }
 
 /// Entries the applier has not applied: key and value (`None`: deleted).

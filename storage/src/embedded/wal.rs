@@ -204,12 +204,20 @@ fn segment_path(dir: &Path, first_lsn: u64) -> PathBuf {
     dir.join(format!("{first_lsn:020}.log"))
 }
 
+/// Size after which the next record starts a new segment, so recovery
+/// never holds more than about this much of the log in memory at once.
+pub const SEGMENT_BYTES: u64 = 64 << 20;
+
 /// Appends records to the current segment.
 pub struct Wal {
     dir: PathBuf,
     file: File,
     /// First LSN of the current segment (its name).
     current: u64,
+    /// Bytes in the current segment.
+    written: u64,
+    /// See [`SEGMENT_BYTES`]; smaller in tests.
+    pub segment_bytes: u64,
     /// LSN of the next record.
     next_lsn: u64,
     frame: Vec<u8>,
@@ -221,12 +229,23 @@ impl Wal {
     pub fn create(dir: &Path, next_lsn: u64) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let file = new_segment(dir, next_lsn)?;
-        Ok(Self { dir: dir.to_path_buf(), file, current: next_lsn, next_lsn, frame: Vec::new() })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            file,
+            current: next_lsn,
+            written: 0,
+            segment_bytes: SEGMENT_BYTES,
+            next_lsn,
+            frame: Vec::new(),
+        })
     }
 
     /// Appends `ops` as the next record; with `sync`, returns once it and
     /// everything appended before it is on disk.
     pub fn append(&mut self, ops: &Ops, sync: bool) -> std::io::Result<u64> {
+        if self.written >= self.segment_bytes {
+            self.start_segment()?;
+        }
         let lsn = self.next_lsn;
         self.frame.clear();
         self.frame.extend_from_slice(&[0; HEADER]);
@@ -239,6 +258,7 @@ impl Wal {
         self.frame[..4].copy_from_slice(&len.to_le_bytes());
         self.frame[4..HEADER].copy_from_slice(&crc.to_le_bytes());
         self.file.write_all(&self.frame)?;
+        self.written += self.frame.len() as u64;
         if sync {
             self.file.sync_data()?;
         }
@@ -255,8 +275,7 @@ impl Wal {
     /// segments whose records are all covered.
     pub fn rotate(&mut self, covered: u64) -> std::io::Result<()> {
         if self.next_lsn > self.current {
-            self.file = new_segment(&self.dir, self.next_lsn)?;
-            self.current = self.next_lsn;
+            self.start_segment()?;
         }
         let segments = segments(&self.dir)?;
         for pair in segments.windows(2) {
@@ -265,6 +284,19 @@ impl Wal {
                 std::fs::remove_file(&pair[0].1)?;
             }
         }
+        Ok(())
+    }
+}
+
+impl Wal {
+    fn start_segment(&mut self) -> std::io::Result<()> {
+        // Records appended without a sync must reach the disk before any
+        // record of the next segment does: recovery takes a segment that
+        // ends early and is followed by another for corruption.
+        self.file.sync_data()?;
+        self.file = new_segment(&self.dir, self.next_lsn)?;
+        self.current = self.next_lsn;
+        self.written = 0;
         Ok(())
     }
 }
@@ -388,6 +420,42 @@ mod tests {
             let before = ends.iter().filter(|e| **e <= cut).count();
             assert_eq!(scan.records.len(), before, "byte {cut} flipped: the records before it, none after");
         }
+    }
+
+    #[test]
+    fn full_segments_roll_over_and_recovery_reads_them_all_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut wal = Wal::create(dir.path(), 1).unwrap();
+        wal.segment_bytes = 300;
+        for n in 1..=40 {
+            // Unsynced records too: rolling over syncs the segment it ends.
+            assert_eq!(wal.append(&ops(n % 7 + 1), n % 3 == 0).unwrap(), n as u64);
+        }
+        let before = segments(dir.path()).unwrap();
+        assert!(before.len() >= 5, "{} segments", before.len());
+        for (first, path) in &before[..before.len() - 1] {
+            let len = std::fs::metadata(path).unwrap().len();
+            assert!(len >= 300 && len < 300 + 200, "segment {first}: {len} bytes");
+        }
+        let mut seen = Vec::new();
+        let got = recover(dir.path(), 0, |r| {
+            seen.push(r.lsn);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, (1..=40).collect::<Vec<u64>>());
+        assert_eq!(got.last_lsn, 40);
+        // A checkpoint covering 25 deletes the segments that end by then.
+        wal.rotate(25).unwrap();
+        let left = segments(dir.path()).unwrap();
+        assert!(left[0].0 <= 26 && left.len() < before.len(), "{left:?}");
+        let mut seen = Vec::new();
+        recover(dir.path(), 25, |r| {
+            seen.push(r.lsn);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(seen, (26..=40).collect::<Vec<u64>>());
     }
 
     #[test]
