@@ -216,7 +216,9 @@ const CACHE_ENTRIES: usize = 8192;
 /// A batch on its way to the applier.
 pub(super) struct Logged {
     lsn: u64,
-    writes: Writes,
+    /// The record's ops: the applier writes them to redb in order (as
+    /// recovery does) and then retires their keys from the unapplied map.
+    ops: Ops,
     /// Size of its log record.
     bytes: u64,
 }
@@ -350,15 +352,18 @@ fn write_batch(
             }
         };
         {
+            // The batch's own writes move into the map; the applier gets the
+            // record's encoded ops. No write is copied.
             let mut unapplied = shared.unapplied.lock().map_err(|_| unavailable("the store lock is poisoned"))?;
-            for (t, entries) in writes.0.iter().enumerate() {
+            for (t, entries) in writes.0.into_iter().enumerate() {
                 for (k, v) in entries {
-                    unapplied.0[t].insert(k.clone(), (lsn, v.clone()));
+                    unapplied.0[t].insert(k, (lsn, v));
                 }
             }
         }
+        let bytes = log.len() as u64;
         // Blocks while the applier is `APPLIER_QUEUE` batches behind: backpressure.
-        if to_applier.send(Logged { lsn, writes, bytes: log.len() as u64 }).is_err() {
+        if to_applier.send(Logged { lsn, ops: log, bytes }).is_err() {
             let e = unavailable("the store's applier stopped");
             replies.into_iter().for_each(|r| r.fail(&e));
             return Err(e);
@@ -446,11 +451,10 @@ pub(super) fn applier_loop(
                         Err(_) => return fail_applier(shared, &unavailable("the store lock is poisoned")),
                     };
                     for logged in &pending {
-                        for (t, entries) in logged.writes.0.iter().enumerate() {
-                            for k in entries.keys() {
-                                if unapplied.0[t].get(k).is_some_and(|(lsn, _)| *lsn <= logged.lsn) {
-                                    unapplied.0[t].remove(k);
-                                }
+                        for op in logged.ops.iter() {
+                            let entries = &mut unapplied.0[slot(op.table)];
+                            if entries.get(op.key).is_some_and(|(lsn, _)| *lsn <= logged.lsn) {
+                                entries.remove(op.key);
                             }
                         }
                     }
@@ -509,11 +513,8 @@ fn apply(db: &Database, batches: &[Logged]) -> Result<()> {
     {
         let mut tables = Tables::open(&txn)?;
         for logged in batches {
-            for (t, entries) in logged.writes.0.iter().enumerate() {
-                let table = T::ALL[t];
-                for (key, value) in entries {
-                    tables.apply(Op { table, key, value: value.as_deref() })?;
-                }
+            for op in logged.ops.iter() {
+                tables.apply(op)?;
             }
         }
     }
