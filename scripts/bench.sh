@@ -312,7 +312,8 @@ with open(out, "w") as f:
     if rc:
         w(f"- crash recovery: a write-ahead log of {rc['log_bytes'] / 2**20:,.0f} MiB ({rc['acked']:,} acked messages, "
           f"checkpoints off, the writer exited without closing) reopened in {rc['open_s']:.1f} s; "
-          f"RSS {rc['rss_kib_after_open'] / 1024:,.0f} MiB after the open; lost {rc['lost']}.")
+          f"RSS {rc['rss_kib_after_open'] / 1024:,.0f} MiB after the open (peak {rc.get('rss_kib_peak_during_open', 0) / 1024:,.0f} MiB during it); "
+          f"lost {rc['lost']}.")
     w()
     w("## Commands")
     w()

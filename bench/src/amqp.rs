@@ -27,8 +27,8 @@ use tokio::time::Instant;
 const PREFETCH: u16 = 20;
 /// Longest wait for a connection's handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Connections being opened at once.
-const CONNECT_CONCURRENCY: usize = 64;
+/// Publishers filling their queues at once in `amqp-offline`.
+const FILL_CONCURRENCY: usize = 64;
 
 pub struct Amqp {
     pub host: String,
@@ -67,9 +67,10 @@ impl Confirms {
         n
     }
 
-    fn settle(&mut self, tag: u64, multiple: bool, into: &AtomicU64) {
+    /// Counts a confirm (or a nack) and gives its publishes' window back.
+    fn settle(&mut self, tag: u64, multiple: bool, nack: bool) {
         let n = self.count(tag, multiple);
-        into.fetch_add(n, Ordering::Relaxed);
+        if nack { &self.nacked } else { &self.acked }.fetch_add(n, Ordering::Relaxed);
         self.window.add_permits(n as usize);
     }
 }
@@ -86,12 +87,10 @@ impl ChannelCallback for Confirms {
         Ok(active)
     }
     async fn publish_ack(&mut self, _: &Channel, ack: Ack) {
-        let acked = self.acked.clone();
-        self.settle(ack.delivery_tag(), ack.mutiple(), &acked);
+        self.settle(ack.delivery_tag(), ack.mutiple(), false);
     }
     async fn publish_nack(&mut self, _: &Channel, nack: Nack) {
-        let nacked = self.nacked.clone();
-        self.settle(nack.delivery_tag(), nack.multiple(), &nacked);
+        self.settle(nack.delivery_tag(), nack.multiple(), true);
     }
     async fn publish_return(&mut self, _: &Channel, _: Return, _: BasicProperties, _: Vec<u8>) {}
 }
@@ -243,10 +242,8 @@ impl Amqp {
         }
         let acked = Arc::new(AtomicU64::new(0));
         let nacked = Arc::new(AtomicU64::new(0));
-        let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
         let mut publishers = Vec::new();
         for i in 0..pairs {
-            let _permit = gate.acquire().await?;
             publishers.push(self.publisher(i, window, acked.clone(), nacked.clone()).await?);
         }
         let deadline = Instant::now() + warmup + duration;
@@ -319,7 +316,7 @@ impl Amqp {
         let fill_started = Instant::now();
         let acked = Arc::new(AtomicU64::new(0));
         let nacked = Arc::new(AtomicU64::new(0));
-        let gate = Arc::new(Semaphore::new(CONNECT_CONCURRENCY));
+        let gate = Arc::new(Semaphore::new(FILL_CONCURRENCY));
         let mut tasks = Vec::new();
         for i in 0..receivers {
             let permit = gate.clone().acquire_owned().await?;

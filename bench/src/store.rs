@@ -6,6 +6,7 @@
 //! process then opens the store (replaying the whole log) and reports the
 //! time, its RSS, and whether every message is there.
 
+use dongdong::bot::Sampler;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,15 +37,6 @@ fn message(c: usize, n: u64, payload: usize) -> NewMessage {
 
 fn dir_bytes(dir: &Path) -> u64 {
     std::fs::read_dir(dir).map(|d| d.flatten().filter_map(|e| e.metadata().ok()).map(|m| m.len()).sum()).unwrap_or(0)
-}
-
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// The child: fills the log, prints how many messages were acked, exits
@@ -101,11 +93,14 @@ pub async fn recovery(data: Option<PathBuf>, log_mib: u64, payload: usize) -> an
     let filled: Value = serde_json::from_slice(out.stdout.trim_ascii())?;
     let acked = filled["acked"].as_u64().unwrap_or(0);
     let redb_bytes = std::fs::metadata(data.join("dongdong.redb")).map(|m| m.len()).unwrap_or(0);
-    let rss_before = rss_kib();
+    // Sampled on another worker while the open blocks this one.
+    let sampler = Sampler::start(std::process::id())?;
+    let rss_before = sampler.rss_kib().unwrap_or(0);
     let started = Instant::now();
     let store = EmbeddedStore::open(&data, EmbeddedOptions::default())?;
     let open_s = started.elapsed().as_secs_f64();
-    let rss_after = rss_kib();
+    let rss_after = sampler.rss_kib().unwrap_or(0);
+    let rss_peak = sampler.finish().map_or(rss_after, |s| s.rss_peak_kib.max(rss_after));
     // Every acked message is back: the top seq and pending count of each
     // conversation add up to what was acked.
     let (mut stored, mut pending) = (0u64, 0u64);
@@ -127,6 +122,7 @@ pub async fn recovery(data: Option<PathBuf>, log_mib: u64, payload: usize) -> an
         "scenario": "store-recovery", "log_bytes": filled["log_bytes"], "redb_bytes_at_crash": redb_bytes,
         "acked": acked, "fill_s": filled["fill_s"], "open_s": open_s,
         "rss_kib_before_open": rss_before, "rss_kib_after_open": rss_after,
+        "rss_kib_peak_during_open": rss_peak,
         "stored_after": stored, "pending_after": pending,
         "lost": acked.saturating_sub(stored.min(pending)),
     }))
