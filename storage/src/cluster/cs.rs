@@ -1,7 +1,12 @@
 //! Customer-service state of the cluster backend, in Redis. Every command
-//! is one run of `cs.lua`, which applies the rules of
-//! [`crate::cs::engine`] atomically, so any number of nodes can assign at
-//! once without double-booking an agent or a customer.
+//! is one run of `cs_core::LUA_SCRIPT`, the rules of `cs_core::engine` in
+//! Lua, atomically, so any number of nodes can assign at once without
+//! double-booking an agent or a customer.
+//!
+//! What Lua cannot do is made up for here, not in the domain types: its
+//! cjson writes an empty list as `{}` ([`from_lua`] reads it back as a
+//! list), and it cannot compute conversation ids (sha256), so sessions are
+//! stored without them and derived on the way out.
 //!
 //! Keys of a tenant share the hash tag `{cs:<len>:<tenant>}` (one Redis
 //! Cluster slot per tenant): `groups`, `agents`, `open` (waiting and active
@@ -18,7 +23,6 @@ use redis::aio::ConnectionManager;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
-const SCRIPT: &str = include_str!("cs.lua");
 const TENANTS: &str = "dd:cs:tenants";
 
 /// The cluster [`CsStore`].
@@ -39,7 +43,44 @@ fn corrupt(e: serde_json::Error) -> crate::StorageError {
 }
 
 fn decode<T: DeserializeOwned>(s: &str) -> Result<T> {
-    serde_json::from_str(s).map_err(corrupt)
+    let mut v: serde_json::Value = serde_json::from_str(s).map_err(corrupt)?;
+    from_lua(&mut v);
+    serde_json::from_value(v).map_err(corrupt)
+}
+
+/// Fields of the cs records and outcomes that hold lists.
+const LIST_FIELDS: [&str; 12] = [
+    "members",
+    "groups",
+    "conversations",
+    "previous_agents",
+    "waiting",
+    "active",
+    "agents",
+    "assigned",
+    "transferred",
+    "ended",
+    "timed_out",
+    "queues",
+];
+
+/// Turns the `{}` Lua's cjson writes for an empty list back into `[]`,
+/// wherever a list field holds one (it cannot tell an empty array from an
+/// empty object).
+fn from_lua(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, field) in map.iter_mut() {
+                if LIST_FIELDS.contains(&k.as_str()) && field.as_object().is_some_and(|o| o.is_empty()) {
+                    *field = serde_json::Value::Array(Vec::new());
+                } else {
+                    from_lua(field);
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(from_lua),
+        _ => {}
+    }
 }
 
 fn session(tenant: &str, json: &str) -> Result<Session> {
@@ -51,7 +92,7 @@ fn session(tenant: &str, json: &str) -> Result<Session> {
 impl RedisCs {
     /// `retention`: how long ended sessions and claimed left messages stay.
     pub fn new(redis: ConnectionManager, retention: Duration) -> Self {
-        Self { redis, script: redis::Script::new(SCRIPT), retention, known: Default::default() }
+        Self { redis, script: redis::Script::new(LUA_SCRIPT), retention, known: Default::default() }
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -141,19 +182,8 @@ impl CsStore for RedisCs {
         let mut active: Vec<Session> =
             open.iter().filter(|s| s.state == SessionState::Active && s.group == group).cloned().collect();
         active.sort_by(|a, b| (a.assigned_ms, &a.id).cmp(&(b.assigned_ms, &b.id)));
-        let (mut free, mut online) = (0u32, 0u32);
-        for a in agents.iter().filter(|a| a.connected && a.status == AgentStatus::Online) {
-            online = online.saturating_add(a.capacity);
-            free = free.saturating_add(a.capacity.saturating_sub(a.load));
-        }
-        let queue = QueueSnapshot {
-            group: group.into(),
-            waiting: waiting.iter().map(|s| (s.id.clone(), s.customer.clone())).collect(),
-            changed_from: 0,
-            avg_handle_ms: if g.avg_handle_ms == 0 { engine::DEFAULT_HANDLE_MS } else { g.avg_handle_ms },
-            free_capacity: free,
-            online_capacity: online,
-        };
+        let order = waiting.iter().map(|s| (s.id.clone(), s.customer.clone())).collect();
+        let queue = QueueSnapshot::new(group, order, 0, g.avg_handle_ms, &agents);
         Ok(Some(GroupView { group: g, agents, queue, waiting, active }))
     }
 
@@ -225,4 +255,129 @@ impl CsStore for RedisCs {
 /// Whether the tenant now has state worth sweeping (a group or an agent).
 fn command_adds_tenant(outcome: &CsOutcome) -> bool {
     matches!(outcome.reply, Ok(CsReply::Group { .. } | CsReply::Agent { .. }))
+}
+
+#[cfg(test)]
+mod tests {
+    //! The differential test of the two copies of the rules: random command
+    //! sequences run through the Rust engine (as the embedded store runs it)
+    //! and through the Lua script on a real Redis, step by step; after every
+    //! step the outcomes and every view must be equal.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::conformance::required_env;
+    use cs_core::testing::{self, MemoryCs, Script, Step};
+    use futures_util::future::join_all;
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestCaseError, TestRunner};
+
+    fn step() -> impl Strategy<Value = Step> {
+        (0..testing::OPS, 0usize..12, 0usize..12, 0u64..30_000).prop_map(|(op, x, y, dt)| Step { op, x, y, dt })
+    }
+
+    /// Everything a client can read, from one store.
+    #[derive(Debug, PartialEq)]
+    struct Views {
+        groups: Vec<Group>,
+        group_views: Vec<Option<GroupView>>,
+        agents: Vec<Option<Agent>>,
+        user_sessions: Vec<Vec<Session>>,
+        sessions: Vec<Option<Session>>,
+        left: Vec<Vec<LeftMessage>>,
+    }
+
+    /// `sessions`: the ids whose records to compare (the open ones are in
+    /// the group views and user sessions already).
+    fn rust_views(cs: &MemoryCs, sessions: &[String]) -> Views {
+        let st = &cs.state;
+        Views {
+            groups: st.groups.values().cloned().collect(),
+            group_views: testing::GROUPS.iter().map(|g| st.group_view(g)).collect(),
+            agents: (0..testing::AGENTS).map(|i| st.agents.get(&format!("a{i}")).cloned()).collect(),
+            user_sessions: Script::users().iter().map(|u| st.user_sessions(u).into_iter().cloned().collect()).collect(),
+            sessions: sessions.iter().map(|id| cs.session(id)).collect(),
+            left: testing::GROUPS.iter().map(|g| st.left_messages(g, 100)).collect(),
+        }
+    }
+
+    async fn lua_views(lua: &RedisCs, t: &str, sessions: &[String]) -> Views {
+        let users = Script::users();
+        let agents = (0..testing::AGENTS).map(|i| format!("a{i}")).collect::<Vec<_>>();
+        let (groups, group_views, agents, user_sessions, sessions, left) = tokio::join!(
+            lua.groups(t),
+            join_all(testing::GROUPS.iter().map(|g| lua.group_view(t, g))),
+            join_all(agents.iter().map(|a| lua.agent(t, a))),
+            join_all(users.iter().map(|u| lua.user_sessions(t, u))),
+            join_all(sessions.iter().map(|id| lua.session(t, id))),
+            join_all(testing::GROUPS.iter().map(|g| lua.left_messages(t, g, 100))),
+        );
+        Views {
+            groups: groups.unwrap(),
+            group_views: all(group_views),
+            agents: all(agents),
+            user_sessions: all(user_sessions),
+            sessions: all(sessions),
+            left: all(left),
+        }
+    }
+
+    fn all<T>(v: Vec<Result<T>>) -> Vec<T> {
+        v.into_iter().collect::<Result<Vec<_>>>().unwrap()
+    }
+
+    async fn run_both(lua: &RedisCs, steps: Vec<Step>) -> std::result::Result<(), TestCaseError> {
+        let tenant = format!("diff-{}", im_core::new_msg_id());
+        let mut script = Script::default();
+        let mut rust = MemoryCs::new(&tenant);
+        let mut commands = script.setup();
+        let mut done = Vec::new();
+        let mut steps = steps.into_iter();
+        loop {
+            let cmd =
+                if commands.is_empty() { steps.next().map(|s| script.command(s)) } else { Some(commands.remove(0)) };
+            let Some(cmd) = cmd else {
+                // At the end, every session ever requested.
+                let (expected, got) =
+                    (rust_views(&rust, &script.sessions), lua_views(lua, &tenant, &script.sessions).await);
+                prop_assert_eq!(got, expected, "final views differ after {:#?}", done);
+                return Ok(());
+            };
+            let named: Vec<String> = match &cmd {
+                CsCommand::End { session_id, .. }
+                | CsCommand::Transfer { session_id, .. }
+                | CsCommand::Rate { session_id, .. } => vec![session_id.clone()],
+                _ => Vec::new(),
+            };
+            done.push(cmd.clone());
+            let expected = rust.execute(cmd.clone(), script.now);
+            let got = lua.execute(&tenant, cmd, script.now).await.unwrap();
+            if got != expected {
+                return Err(TestCaseError::fail(format!(
+                    "outcomes differ after {done:#?}\nrust: {expected:#?}\nlua:  {got:#?}"
+                )));
+            }
+            let (expected, got) = (rust_views(&rust, &named), lua_views(lua, &tenant, &named).await);
+            if got != expected {
+                return Err(TestCaseError::fail(format!(
+                    "views differ after {done:#?}\nrust: {expected:#?}\nlua:  {got:#?}"
+                )));
+            }
+        }
+    }
+
+    /// Thousands of random command sequences (`DD_CS_DIFF_CASES`, default
+    /// 2,000) through both copies of the rules.
+    #[test]
+    fn the_lua_script_and_the_rust_engine_agree_step_by_step() {
+        let Some(url) = required_env("DDTEST_REDIS_URL") else { return };
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let redis = rt.block_on(super::super::connect_redis(&url, Duration::from_secs(2))).unwrap();
+        let lua = RedisCs::new(redis, Duration::from_secs(600));
+        let cases = std::env::var("DD_CS_DIFF_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+        let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
+        let result = runner.run(&proptest::collection::vec(step(), 1..60), |steps| rt.block_on(run_both(&lua, steps)));
+        if let Err(e) = result {
+            panic!("{e}");
+        }
+    }
 }

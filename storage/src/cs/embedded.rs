@@ -12,12 +12,13 @@
 //! sessions, `S` ended sessions, `l` unclaimed left messages, `L` claimed
 //! ones, `q` quick replies. Only `g`, `a`, `s`, `l` are loaded into memory.
 
-use super::engine::{Dirty, TenantState};
+use super::engine::{Dirty, Restored, TenantState, Wanted};
 use super::*;
 use crate::embedded::{CS, EmbeddedStore, Records};
 use crate::keys::{Key, Reader};
 use crate::{Result, StorageError};
 use redb::{ReadableDatabase, ReadableTable};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -132,23 +133,18 @@ impl EmbeddedCs {
         state.tenants.get_mut(tenant).ok_or_else(|| unavailable("tenant state vanished"))
     }
 
-    /// Loads an ended session or a claimed left message the command refers
+    /// Loads the ended session or claimed left message the command refers
     /// to, so the engine can answer about it.
     async fn preload(&self, ts: &mut TenantState, command: &CsCommand) -> Result<()> {
-        match command {
-            CsCommand::Rate { session_id, .. } | CsCommand::End { session_id, .. }
-                if !ts.sessions.contains_key(session_id) =>
-            {
-                if let Some(s) = self.get_record::<Session>(key("S", &ts.tenant, session_id)).await? {
-                    ts.sessions.insert(s.id.clone(), s);
-                }
+        let restored = match ts.wanted(command) {
+            Some(Wanted::Session(id)) => self.get_record(key("S", &ts.tenant, &id)).await?.map(Restored::Session),
+            Some(Wanted::LeftMessage(id)) => {
+                self.get_record(key("L", &ts.tenant, &id)).await?.map(Restored::LeftMessage)
             }
-            CsCommand::Claim { id, .. } if !ts.left.contains_key(id) => {
-                if let Some(m) = self.get_record::<LeftMessage>(key("L", &ts.tenant, id)).await? {
-                    ts.left.insert(m.id.clone(), m);
-                }
-            }
-            _ => {}
+            None => None,
+        };
+        if let Some(r) = restored {
+            ts.restore(r);
         }
         Ok(())
     }
@@ -235,17 +231,7 @@ impl CsStore for EmbeddedCs {
     }
 
     async fn group_view(&self, tenant: &str, group: &str) -> Result<Option<GroupView>> {
-        self.with_tenant(tenant, |ts| {
-            let g = ts.groups.get(group)?;
-            Some(GroupView {
-                group: g.clone(),
-                agents: g.members.iter().filter_map(|m| ts.agents.get(m)).cloned().collect(),
-                queue: ts.snapshot(group, 0),
-                waiting: ts.waiting(group).into_iter().cloned().collect(),
-                active: ts.active(group).into_iter().cloned().collect(),
-            })
-        })
-        .await
+        self.with_tenant(tenant, |ts| ts.group_view(group)).await
     }
 
     async fn agent(&self, tenant: &str, agent: &str) -> Result<Option<Agent>> {
@@ -264,11 +250,7 @@ impl CsStore for EmbeddedCs {
     }
 
     async fn left_messages(&self, tenant: &str, group: &str, limit: usize) -> Result<Vec<LeftMessage>> {
-        let mut out: Vec<LeftMessage> =
-            self.with_tenant(tenant, |ts| ts.left.values().filter(|m| m.group == group).cloned().collect()).await?;
-        out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
-        out.truncate(limit);
-        Ok(out)
+        self.with_tenant(tenant, |ts| ts.left_messages(group, limit)).await
     }
 
     async fn put_quick_reply(&self, tenant: &str, reply: QuickReply) -> Result<()> {

@@ -28,6 +28,20 @@ pub enum Dirty {
     LeftMessage(String),
 }
 
+/// A finished record a command needs, by id (see [`TenantState::wanted`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Wanted {
+    Session(String),
+    LeftMessage(String),
+}
+
+/// A finished record loaded for [`TenantState::restore`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Restored {
+    Session(Session),
+    LeftMessage(LeftMessage),
+}
+
 /// Chooses the agent for the next customer of a group among its members
 /// (in id order) with `policy`; `rr_last` is the member chosen last time
 /// by round-robin. `None` when nobody is available or the group is manual.
@@ -143,23 +157,58 @@ impl TenantState {
     /// The group's queue for position updates.
     pub fn snapshot(&self, group: &str, changed_from: usize) -> QueueSnapshot {
         let waiting = self.waiting(group).into_iter().map(|s| (s.id.clone(), s.customer.clone())).collect();
-        let (mut free, mut online) = (0u32, 0u32);
-        if let Some(g) = self.groups.get(group) {
-            for a in g.members.iter().filter_map(|m| self.agents.get(m)) {
-                if a.connected && a.status == AgentStatus::Online {
-                    online = online.saturating_add(a.capacity);
-                    free = free.saturating_add(a.capacity.saturating_sub(a.load));
-                }
+        let g = self.groups.get(group);
+        let members = g.into_iter().flat_map(|g| g.members.iter().filter_map(|m| self.agents.get(m)));
+        QueueSnapshot::new(group, waiting, changed_from, g.map_or(0, |g| g.avg_handle_ms), members)
+    }
+
+    /// The group's settings, members, queue and open sessions.
+    pub fn group_view(&self, group: &str) -> Option<GroupView> {
+        let g = self.groups.get(group)?;
+        Some(GroupView {
+            group: g.clone(),
+            agents: g.members.iter().filter_map(|m| self.agents.get(m)).cloned().collect(),
+            queue: self.snapshot(group, 0),
+            waiting: self.waiting(group).into_iter().cloned().collect(),
+            active: self.active(group).into_iter().cloned().collect(),
+        })
+    }
+
+    /// Unclaimed left messages of `group`, oldest first, at most `limit`.
+    pub fn left_messages(&self, group: &str, limit: usize) -> Vec<LeftMessage> {
+        let mut out: Vec<LeftMessage> = self.left.values().filter(|m| m.group == group).cloned().collect();
+        out.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        out.truncate(limit);
+        out
+    }
+
+    /// The finished record `command` refers to when memory does not hold
+    /// it (ended sessions and claimed left messages are evicted): the store
+    /// loads it and gives it back with [`TenantState::restore`] before
+    /// applying the command.
+    pub fn wanted(&self, command: &CsCommand) -> Option<Wanted> {
+        match command {
+            CsCommand::Rate { session_id, .. }
+            | CsCommand::End { session_id, .. }
+            | CsCommand::Transfer { session_id, .. }
+                if !self.sessions.contains_key(session_id) =>
+            {
+                Some(Wanted::Session(session_id.clone()))
             }
+            CsCommand::Claim { id, .. } if !self.left.contains_key(id) => Some(Wanted::LeftMessage(id.clone())),
+            _ => None,
         }
-        let avg = self.groups.get(group).map_or(0, |g| g.avg_handle_ms);
-        QueueSnapshot {
-            group: group.into(),
-            waiting,
-            changed_from,
-            avg_handle_ms: if avg == 0 { DEFAULT_HANDLE_MS } else { avg },
-            free_capacity: free,
-            online_capacity: online,
+    }
+
+    /// Puts back a finished record [`TenantState::wanted`] asked for.
+    pub fn restore(&mut self, record: Restored) {
+        match record {
+            Restored::Session(s) => {
+                self.sessions.insert(s.id.clone(), s);
+            }
+            Restored::LeftMessage(m) => {
+                self.left.insert(m.id.clone(), m);
+            }
         }
     }
 
@@ -183,12 +232,17 @@ impl TenantState {
         if reply.is_ok() {
             self.assign_pass(now, &mut fx);
         }
-        // A request's reply reports where the session stands after the pass.
+        // The reply reports the record as it stands after the pass (a
+        // session may have got an agent, an agent a session).
         let reply = reply.map(|r| match r {
             CsReply::Session { session, .. } => {
                 let session = self.sessions.get(&session.id).cloned().unwrap_or(session);
                 let position = self.position(&session);
                 CsReply::Session { session, position }
+            }
+            CsReply::Agent { agent } => CsReply::Agent { agent: self.agents.get(&agent.id).cloned().unwrap_or(agent) },
+            CsReply::Group { group } => {
+                CsReply::Group { group: self.groups.get(&group.spec.id).cloned().unwrap_or(group) }
             }
             other => other,
         });
@@ -343,8 +397,7 @@ impl TenantState {
         if queued >= g.spec.max_queue as usize {
             return Err(CsError::QueueFull);
         }
-        let anyone_online =
-            g.members.iter().filter_map(|m| self.agents.get(m)).any(|a| a.connected && a.status == AgentStatus::Online);
+        let anyone_online = g.members.iter().filter_map(|m| self.agents.get(m)).any(Agent::online);
         if !anyone_online {
             return Err(CsError::NoAgentOnline);
         }
@@ -816,6 +869,15 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn step() -> impl Strategy<Value = testing::Step> {
+        (0..testing::OPS, 0usize..12, 0usize..12, 0u64..30_000).prop_map(|(op, x, y, dt)| testing::Step {
+            op,
+            x,
+            y,
+            dt,
+        })
+    }
+
     fn agent_strategy() -> impl Strategy<Value = Agent> {
         (0u32..4, 1u32..4, any::<bool>(), 0usize..3, 0u64..5).prop_map(|(load, capacity, connected, status, last)| {
             let mut a = Agent::new("", capacity);
@@ -887,43 +949,17 @@ mod tests {
         /// customer waits while an available agent of an automatic group
         /// could take them.
         #[test]
-        fn any_command_sequence_keeps_the_invariants(ops in proptest::collection::vec((0u8..12, 0usize..6, 0usize..4, 0u64..50_000), 1..80)) {
-            let mut st = TenantState::new("t");
-            let mut now = 1_000_000;
-            let groups = ["g0", "g1"];
-            for (i, g) in groups.iter().enumerate() {
-                let policy = if i == 0 { Policy::LeastLoaded } else { Policy::RoundRobin };
-                let spec = GroupSpec { id: (*g).into(), policy, max_queue: 4, max_wait_ms: 20_000, ..GroupSpec::default() };
-                let ok = st.apply(CsCommand::PutGroup { spec }, now).reply.is_ok();
+        fn any_command_sequence_keeps_the_invariants(steps in proptest::collection::vec(step(), 1..80)) {
+            let mut script = testing::Script::default();
+            let mut cs = testing::MemoryCs::new("t");
+            for cmd in script.setup() {
+                let ok = cs.execute(cmd, script.now).reply.is_ok();
                 prop_assert!(ok);
             }
-            let mut sessions: Vec<String> = Vec::new();
-            for (n, (op, x, y, dt)) in ops.into_iter().enumerate() {
-                now += dt;
-                let agent = format!("a{}", x % 4);
-                let customer = format!("c{x}");
-                let group = groups[y % 2].to_string();
-                let pick = |v: &Vec<String>| v.get((x * 7 + y) % v.len().max(1)).cloned().unwrap_or_default();
-                let cmd = match op {
-                    0 => CsCommand::PutMember { group, agent, capacity: Some(1 + (y as u32 % 3)) },
-                    1 => CsCommand::Connected { agent },
-                    2 => CsCommand::Disconnected { agent },
-                    3 => CsCommand::SetStatus { agent, status: [AgentStatus::Online, AgentStatus::Away, AgentStatus::Offline][y % 3] },
-                    4 | 5 => {
-                        let id = format!("s{n}");
-                        sessions.push(id.clone());
-                        CsCommand::Request { customer, group, session_id: id, first_message: None }
-                    }
-                    6 => CsCommand::Cancel { customer, group },
-                    7 => CsCommand::End { session_id: pick(&sessions), by: customer, admin: y == 0 },
-                    8 => CsCommand::Transfer { session_id: pick(&sessions), by: agent.clone(), admin: true, target: if y % 2 == 0 { TransferTarget::Agent(agent) } else { TransferTarget::Group(group) } },
-                    9 => CsCommand::Sweep { grace_ms: 10_000 },
-                    10 => CsCommand::RemoveMember { group, agent },
-                    _ => CsCommand::SetStatus { agent, status: AgentStatus::Online },
-                };
-                let out = st.apply(cmd.clone(), now);
-                st.take_dirty();
-                st.evict_finished();
+            for step in steps {
+                let cmd = script.command(step);
+                let out = cs.execute(cmd.clone(), script.now);
+                let st = &cs.state;
                 if let Err(e) = st.check_invariants() {
                     return Err(TestCaseError::fail(format!("after {cmd:?}: {e}")));
                 }

@@ -1,5 +1,8 @@
 -- One customer-service command of one tenant, atomically: the same rules as
--- storage/src/cs/engine.rs, step by step (the conformance suite runs both).
+-- engine.rs beside it, step by step. storage's differential property test
+-- runs random command sequences through both and compares every outcome and
+-- view. Walk groups and agents in id order (sorted_keys), never in Redis'
+-- hash order: the engine does.
 --
 -- KEYS: 1 groups (hash id -> Group json), 2 agents (hash id -> Agent json),
 --       3 open sessions (hash id -> Session json, waiting or active),
@@ -61,6 +64,13 @@ local function left_message(id)
     left[id] = decode_or_false(v)
   end
   return left[id] or nil
+end
+
+-- The fields of a hash in id order (Redis returns them in hash order).
+local function sorted_keys(key)
+  local ids = redis.call('HKEYS', key)
+  table.sort(ids)
+  return ids
 end
 
 local function copy(t)
@@ -261,8 +271,10 @@ local function choose_agent(g)
   return first
 end
 
+-- Serves the queue head that joined earliest; ties go to the lower group id
+-- (groups are walked in id order and only an earlier time replaces the best).
 local function assign_pass()
-  local ids = redis.call('HKEYS', K_GROUPS)
+  local ids = sorted_keys(K_GROUPS)
   while true do
     local best_q, best_g, best_s, best_a
     for _, gid in ipairs(ids) do
@@ -399,9 +411,8 @@ end
 
 handlers.set_status = function(c)
   if c.status == 'online' then
-    local all = redis.call('HGETALL', K_GROUPS)
-    for i = 1, #all, 2 do
-      local g = group(all[i])
+    for _, gid in ipairs(sorted_keys(K_GROUPS)) do
+      local g = group(gid)
       if g and g.auto_join and not contains(g.members, c.agent) then
         local r = put_member(g.id, c.agent, nil)
         if r.Err then return r end
@@ -549,8 +560,7 @@ handlers.claim = function(c)
 end
 
 handlers.sweep = function(c)
-  local gids = redis.call('HKEYS', K_GROUPS)
-  for _, gid in ipairs(gids) do
+  for _, gid in ipairs(sorted_keys(K_GROUPS)) do
     local g = group(gid)
     if g then
       local ids = redis.call('ZRANGE', qkey(gid), 0, -1)
@@ -563,11 +573,8 @@ handlers.sweep = function(c)
       end
     end
   end
-  local all = redis.call('HGETALL', K_AGENTS)
-  for i = 1, #all, 2 do
-    local id = all[i]
-    if agents[id] == nil then agents[id] = cjson.decode(all[i + 1]) end
-    local a = agents[id]
+  for _, id in ipairs(sorted_keys(K_AGENTS)) do
+    local a = agent(id)
     if a and not a.connected and a.disconnected_ms > 0 and a.disconnected_ms + c.grace_ms <= now
       and (a.status ~= 'offline' or a.load > 0) then
       a.status = 'offline'

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The customer-service scenario on a cluster of three nodes: `dongdong bot cs`
+# with customers and agents spread over the nodes, against the Redis and
+# MongoDB given in REDIS_URL and MONGO_URL. Prints one line per run: sessions
+# served per second and the assignment wait (p50, p99). The nodes, the bot
+# and the databases share this machine's cores.
+#
+#   REDIS_URL=redis://127.0.0.1:6379 MONGO_URL=mongodb://127.0.0.1:27017 \
+#     RUNS=3 SECS=20 scripts/cs-cluster.sh
+#
+# BIN picks the dongdong binary (default: target/release/dongdong, built
+# first); ARRIVALS, AGENTS, CAPACITY set the load.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${REDIS_URL:?set REDIS_URL}" "${MONGO_URL:?set MONGO_URL}"
+RUNS=${RUNS:-1} SECS=${SECS:-20} ARRIVALS=${ARRIVALS:-50} AGENTS=${AGENTS:-50} CAPACITY=${CAPACITY:-5}
+if [ -z "${BIN:-}" ]; then
+  cargo build -q --release -p dongdong
+  BIN=target/release/dongdong
+fi
+secret=cs-cluster-secret-0123456789abcdef
+export DONGDONG_AUTH__SECRET=$secret DONGDONG_LIMITS__RATE_PER_SEC=100000 DONGDONG_LIMITS__RATE_BURST=100000 \
+  DONGDONG_STORAGE__BACKEND=cluster DONGDONG_STORAGE__REDIS_URL=$REDIS_URL DONGDONG_STORAGE__MONGO_URL=$MONGO_URL \
+  DONGDONG_STORAGE__MONGO_DATABASE=cscluster_$(date +%s) DONGDONG_LOG__FILTER=warn
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+urls=""
+for i in 1 2 3; do
+  ws=$((7830 + 2 * i)) http=$((7831 + 2 * i))
+  DONGDONG_STORAGE__NODE_ID=cs-$i "$BIN" serve --data "$work/$i" --listen 127.0.0.1:$ws --http 127.0.0.1:$http \
+    >/dev/null 2>"$work/$i.log" &
+  urls="$urls${urls:+,}ws://127.0.0.1:$ws/ws"
+done
+for i in 1 2 3; do
+  for _ in $(seq 200); do (echo >"/dev/tcp/127.0.0.1/$((7830 + 2 * i))") 2>/dev/null && break; sleep 0.05; done
+done
+for run in $(seq "$RUNS"); do
+  "$BIN" bot cs --api http://127.0.0.1:7833 --url "$urls" --secret "$secret" --arrivals "$ARRIVALS" \
+    --agents "$AGENTS" --capacity "$CAPACITY" --messages 3 --think 200ms --duration "${SECS}s" --json |
+    RUN=$run python3 -c '
+import json, os, sys
+r = json.load(sys.stdin)
+f = r["figures"]
+w = f.get("assign_wait_ms") or {}
+print("run %s: %s sessions/s, assignment wait p50 %s ms p99 %s ms, %s customers, %s served and rated, clean %s" % (
+    os.environ["RUN"], f.get("sessions_per_s"), w.get("p50"), w.get("p99"), f.get("customers"),
+    f.get("served_and_rated", 0), r["clean"]))'
+done
