@@ -582,6 +582,9 @@ handlers.sweep = function(c)
       requeue_all(id, 'agent disconnected')
     end
   end
+  -- Every group's queue, for the queue-length metric; unchanged ones from
+  -- their end, so no position update goes out for them.
+  for _, gid in ipairs(sorted_keys(K_GROUPS)) do note_change(gid, redis.call('ZCARD', qkey(gid))) end
   return ok({ kind = 'done' })
 end
 

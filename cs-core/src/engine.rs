@@ -787,6 +787,13 @@ impl TenantState {
             self.dirty.insert(Dirty::Agent(agent.clone()));
             self.requeue_all(&agent, "agent disconnected", now, fx);
         }
+        // Every group's queue, for the queue-length metric; unchanged ones
+        // from their end, so no position update goes out for them.
+        let lengths: Vec<(String, usize)> =
+            self.groups.keys().map(|g| (g.clone(), self.queues.get(g).map_or(0, BTreeMap::len))).collect();
+        for (group, len) in lengths {
+            note_change(fx, &group, len);
+        }
     }
 
     /// Hands waiting customers to available agents until no group that

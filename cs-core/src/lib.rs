@@ -337,9 +337,11 @@ pub enum CsCommand {
     LeaveMessage { message: LeftMessage },
     /// An agent of the message's group claims it, once.
     Claim { id: String, agent: String },
-    /// Maintenance, run periodically by every node: waiting customers past
-    /// their group's max wait are turned away; agents disconnected for
-    /// longer than `grace_ms` go offline and their sessions are queued again.
+    /// Maintenance, run periodically by the node that sweeps the tenant:
+    /// waiting customers past their group's max wait are turned away;
+    /// agents disconnected for longer than `grace_ms` go offline and their
+    /// sessions are queued again. Its outcome lists every group's queue
+    /// (those that did not change with `changed_from` at their end).
     Sweep { grace_ms: u64 },
 }
 

@@ -19,6 +19,7 @@ use dispatch::{DispatchError, Dispatcher};
 use im_core::pb::{self, frame::Body};
 use im_core::{ErrorCode, Role, ids::validate_id};
 use session_router::Router;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use storage::DeviceKey;
@@ -35,7 +36,8 @@ use tracing::{debug, warn};
 pub struct CsConfig {
     /// How long a disconnected agent keeps their sessions.
     pub agent_grace: Duration,
-    /// How often each node sweeps (max wait, grace period).
+    /// How often the tenants are swept (max wait, grace period, the
+    /// queue-length gauges); each tenant by one node.
     pub sweep_interval: Duration,
     /// Most left messages listed in one LeftMessageNotice.
     pub left_notice_limit: usize,
@@ -444,7 +446,11 @@ impl CsService {
         for t in &outcome.transferred {
             let frame = event(Body::SessionTransferred(convert::transferred_pb(t)));
             router.notify(tenant, &t.session.customer, frame.clone()).await;
-            router.notify(tenant, &t.from_agent, frame).await;
+            router.notify(tenant, &t.from_agent, frame.clone()).await;
+            // A transfer to an agent: the new one too (before SessionAssigned).
+            if !t.session.agent.is_empty() {
+                router.notify(tenant, &t.session.agent, frame).await;
+            }
         }
         for s in &outcome.assigned {
             metrics::histogram!("dongdong_cs_wait_seconds", "group" => s.group.clone())
@@ -479,7 +485,6 @@ impl CsService {
 
     /// Tells the waiting customers of a group whose place changed.
     async fn publish_queue(&self, tenant: &str, q: &QueueSnapshot) {
-        metrics::gauge!("dongdong_cs_queue_length", "group" => q.group.clone()).set(q.waiting.len() as f64);
         for (i, (session_id, customer)) in q.waiting.iter().enumerate().skip(q.changed_from) {
             let position = u32::try_from(i + 1).unwrap_or(u32::MAX);
             let update = pb::QueueUpdate {
@@ -507,8 +512,15 @@ impl CsService {
         }
     }
 
-    async fn sweep(&self, reconcile: bool) {
-        let tenants = match self.store.tenants().await {
+    /// Sweeps the tenants this node is responsible for (all of them on one
+    /// node; in a cluster those whose sweep lease it holds) and sets their
+    /// queue-length gauges from the sweep's authoritative snapshot.
+    /// `published` holds the (tenant, groups) whose gauges this node set
+    /// last time: those it no longer sweeps (the lease moved, the group was
+    /// deleted) are set to 0, so the sum over nodes stays right.
+    async fn sweep(&self, reconcile: bool, published: &mut HashMap<String, Vec<String>>) {
+        let lease = (self.config.sweep_interval * 3).max(Duration::from_secs(1));
+        let tenants = match self.store.sweep_tenants(self.router().node_id(), lease).await {
             Ok(t) => t,
             Err(e) => {
                 warn!(error = %e, "cs sweep: cannot list tenants");
@@ -516,14 +528,35 @@ impl CsService {
             }
         };
         let grace_ms = u64::try_from(self.config.agent_grace.as_millis()).unwrap_or(u64::MAX);
+        let mut now_published = HashMap::with_capacity(tenants.len());
         for tenant in tenants {
             if reconcile {
                 self.reconcile(&tenant).await;
             }
-            if let Err(e) = self.execute(&tenant, CsCommand::Sweep { grace_ms }).await {
-                warn!(error = %e, tenant, "cs sweep failed");
+            match self.execute(&tenant, CsCommand::Sweep { grace_ms }).await {
+                Ok(outcome) => {
+                    let mut groups = Vec::with_capacity(outcome.queues.len());
+                    for q in &outcome.queues {
+                        queue_gauge(&tenant, &q.group).set(q.waiting.len() as f64);
+                        groups.push(q.group.clone());
+                    }
+                    now_published.insert(tenant, groups);
+                }
+                Err(e) => {
+                    warn!(error = %e, tenant, "cs sweep failed");
+                    if let Some(groups) = published.remove(&tenant) {
+                        now_published.insert(tenant, groups);
+                    }
+                }
             }
         }
+        for (tenant, groups) in published.drain() {
+            let still = now_published.get(&tenant);
+            for g in groups.iter().filter(|g| !still.is_some_and(|now| now.contains(g))) {
+                queue_gauge(&tenant, g).set(0.0);
+            }
+        }
+        *published = now_published;
     }
 
     /// Agents recorded as connected whose connections are all gone (their
@@ -540,6 +573,11 @@ impl CsService {
             }
         }
     }
+}
+
+/// Customers waiting in a group's queue, as of the tenant's last sweep.
+fn queue_gauge(tenant: &str, group: &str) -> metrics::Gauge {
+    metrics::gauge!("dongdong_cs_queue_length", "tenant" => tenant.to_string(), "group" => group.to_string())
 }
 
 fn event(body: Body) -> Arc<pb::Frame> {
@@ -609,6 +647,7 @@ async fn sweeper(service: std::sync::Weak<CsService>, shutdown: CancellationToke
     let mut tick = tokio::time::interval(interval.max(Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u32 = 0;
+    let mut published = HashMap::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -616,6 +655,6 @@ async fn sweeper(service: std::sync::Weak<CsService>, shutdown: CancellationToke
         }
         let Some(service) = service.upgrade() else { break };
         n = n.wrapping_add(1);
-        service.sweep(n.is_multiple_of(RECONCILE_EVERY)).await;
+        service.sweep(n.is_multiple_of(RECONCILE_EVERY), &mut published).await;
     }
 }

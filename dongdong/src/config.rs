@@ -28,7 +28,8 @@ pub struct CsSection {
     /// A disconnected agent keeps their sessions this long.
     #[serde(with = "humantime_serde")]
     pub agent_grace: Duration,
-    /// How often each node checks max waits and grace periods.
+    /// How often max waits and grace periods are checked and the
+    /// queue-length metric set; each tenant by one node.
     #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
     /// Cluster backend: ended sessions and claimed left messages are kept

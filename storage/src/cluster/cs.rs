@@ -24,11 +24,37 @@ use serde::de::DeserializeOwned;
 use std::time::Duration;
 
 const TENANTS: &str = "dd:cs:tenants";
+/// Sweep leases: tenant -> "<node>|<expiry in ms, Redis' clock>".
+const SWEEPERS: &str = "dd:cs:sweepers";
+
+/// Returns the tenants (ARGV[3..]) whose sweep lease node ARGV[1] holds or
+/// takes because it expired; renews them for ARGV[2] ms. Redis' own clock,
+/// so the nodes' clocks need not agree.
+const SWEEP_LEASE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local node, ttl = ARGV[1], tonumber(ARGV[2])
+local mine = {}
+for i = 3, #ARGV do
+  local v = redis.call('HGET', KEYS[1], ARGV[i])
+  local take = not v
+  if v then
+    local sep = string.find(v, '|', 1, true)
+    take = string.sub(v, 1, sep - 1) == node or tonumber(string.sub(v, sep + 1)) <= now
+  end
+  if take then
+    redis.call('HSET', KEYS[1], ARGV[i], node .. '|' .. (now + ttl))
+    table.insert(mine, ARGV[i])
+  end
+end
+return mine
+";
 
 /// The cluster [`CsStore`].
 pub struct RedisCs {
     redis: ConnectionManager,
     script: redis::Script,
+    sweep_lease: redis::Script,
     retention: Duration,
     /// Tenants this node has added to `dd:cs:tenants`.
     known: dashmap::DashSet<String>,
@@ -92,7 +118,13 @@ fn session(tenant: &str, json: &str) -> Result<Session> {
 impl RedisCs {
     /// `retention`: how long ended sessions and claimed left messages stay.
     pub fn new(redis: ConnectionManager, retention: Duration) -> Self {
-        Self { redis, script: redis::Script::new(LUA_SCRIPT), retention, known: Default::default() }
+        Self {
+            redis,
+            script: redis::Script::new(LUA_SCRIPT),
+            sweep_lease: redis::Script::new(SWEEP_LEASE),
+            retention,
+            known: Default::default(),
+        }
     }
 
     fn conn(&self) -> ConnectionManager {
@@ -245,6 +277,21 @@ impl CsStore for RedisCs {
         raw.map(|r| decode(&r)).transpose()
     }
 
+    async fn sweep_tenants(&self, node: &str, lease: Duration) -> Result<Vec<String>> {
+        let tenants = self.tenants().await?;
+        if tenants.is_empty() {
+            return Ok(tenants);
+        }
+        let _t = CallTimer::new("redis", "cs_sweep_lease");
+        let mut invocation = self.sweep_lease.key(SWEEPERS);
+        invocation.arg(node).arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1));
+        for t in &tenants {
+            invocation.arg(t);
+        }
+        let mine: Vec<String> = invocation.invoke_async(&mut self.conn()).await.map_err(redis_err("cs sweep lease"))?;
+        Ok(mine)
+    }
+
     async fn tenants(&self) -> Result<Vec<String>> {
         let mut v: Vec<String> = self.conn().smembers(TENANTS).await.map_err(redis_err("cs tenants"))?;
         v.sort();
@@ -363,6 +410,34 @@ mod tests {
                 )));
             }
         }
+    }
+
+    /// One node sweeps a tenant while it renews its lease; another takes
+    /// over once the lease has run out.
+    #[tokio::test]
+    async fn one_node_sweeps_a_tenant_until_its_lease_runs_out() {
+        let Some(url) = required_env("DDTEST_REDIS_URL") else { return };
+        let redis = super::super::connect_redis(&url, Duration::from_secs(2)).await.unwrap();
+        let cs = RedisCs::new(redis, Duration::from_secs(600));
+        let t = format!("lease-{}", im_core::new_msg_id());
+        let spec = GroupSpec { id: "g".into(), ..GroupSpec::default() };
+        assert!(cs.execute(&t, CsCommand::PutGroup { spec }, 1).await.unwrap().reply.is_ok());
+        let lease = Duration::from_millis(400);
+        let (n1, n2) = (format!("n1-{t}"), format!("n2-{t}"));
+        let sweeps = |node: String| {
+            let cs = &cs;
+            let t = t.clone();
+            async move { cs.sweep_tenants(&node, lease).await.unwrap().contains(&t) }
+        };
+        assert!(sweeps(n1.clone()).await, "the first node takes the free lease");
+        for _ in 0..3 {
+            assert!(!sweeps(n2.clone()).await, "held by n1");
+            tokio::time::sleep(lease / 2).await;
+            assert!(sweeps(n1.clone()).await, "n1 renews it");
+        }
+        tokio::time::sleep(lease + Duration::from_millis(100)).await;
+        assert!(sweeps(n2.clone()).await, "n1 stopped renewing: n2 takes over");
+        assert!(!sweeps(n1).await, "and keeps it");
     }
 
     /// Thousands of random command sequences (`DD_CS_DIFF_CASES`, default

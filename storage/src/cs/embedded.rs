@@ -287,6 +287,10 @@ impl CsStore for EmbeddedCs {
         self.get_record(key("q", tenant, id)).await
     }
 
+    async fn sweep_tenants(&self, _node: &str, _lease: std::time::Duration) -> Result<Vec<String>> {
+        self.tenants().await
+    }
+
     async fn tenants(&self) -> Result<Vec<String>> {
         Ok(self.state.lock().await.known.iter().cloned().collect())
     }

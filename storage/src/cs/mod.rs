@@ -45,6 +45,13 @@ pub trait CsStore: Send + Sync + 'static {
 
     async fn quick_reply(&self, tenant: &str, id: &str) -> Result<Option<QuickReply>>;
 
-    /// Tenants that have customer-service state (for the periodic sweep).
+    /// Tenants that have customer-service state.
     async fn tenants(&self) -> Result<Vec<String>>;
+
+    /// The tenants `node` sweeps now, so that each tenant is swept by one
+    /// node: all of them on the embedded backend (one node); in a cluster,
+    /// those whose lease `node` holds or takes because it expired. A lease
+    /// lasts `lease` from each call of its holder, so another node takes
+    /// over that long after the holder stops.
+    async fn sweep_tenants(&self, node: &str, lease: std::time::Duration) -> Result<Vec<String>>;
 }

@@ -200,6 +200,9 @@ async fn queue_assign_chat_transfer_end_rate() {
     let Body::SessionTransferred(t) = cs(&mut ann, to_bob).await else { panic!("transferred") };
     assert_eq!((t.from_agent.as_str(), t.session.as_ref().unwrap().agent.as_str()), ("ann", "bob"));
     assert_eq!(transferred(&mut c2).await.session.unwrap().agent, "bob");
+    // The new agent learns it was a transfer (and from whom), and gets it.
+    let told = transferred(&mut bob).await;
+    assert_eq!((told.from_agent.as_str(), told.reason.as_str()), ("ann", "transfer"));
     let moved = assigned(&mut bob).await;
     assert_eq!(moved.conversations.len(), 2);
     // bob pages what c2 said to ann, as a party of the session; not otherwise.
@@ -248,7 +251,69 @@ async fn queue_assign_chat_transfer_end_rate() {
     let (_, metrics) = dongdong_tests::http::get(&s.http_url, "/metrics").await;
     assert!(metrics.contains("dongdong_cs_wait_seconds"), "wait-time histogram per group");
     assert!(metrics.contains("dongdong_cs_handle_seconds"), "handle-time histogram per group");
-    assert!(metrics.contains("dongdong_cs_queue_length{group=\"pre\"}"), "queue length per group");
+    assert!(queue_metric(&metrics, "pre").is_some(), "queue length per tenant and group:\n{metrics}");
+    s.stop().await;
+}
+
+/// `dongdong_cs_queue_length` of tenant T's `group`, from /metrics text.
+fn queue_metric(metrics: &str, group: &str) -> Option<u64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("dongdong_cs_queue_length{"))
+        .find(|l| l.contains(&format!("tenant=\"{T}\"")) && l.contains(&format!("group=\"{group}\"")))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// Waits until the queue-length metric of `group` equals the queue the
+/// API shows; panics with both after 5 s.
+async fn metric_matches_queue(s: &TestServer, admin: &str, group: &str, expected: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let (_, metrics) = dongdong_tests::http::get(&s.http_url, "/metrics").await;
+        let (_, g) = http(&s.http_url, "GET", &format!("/api/v1/groups/{group}"), Some(admin), None).await;
+        let (metric, api) = (queue_metric(&metrics, group), g["queue_length"].as_u64());
+        if metric == Some(expected) && api == Some(expected) {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "metric {metric:?}, API {api:?}, expected {expected}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// After concurrent bursts of requests and of cancels the queue-length
+/// metric equals the queue (it is set from the sweep's snapshot, never
+/// from an older command's that happened to be published last).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_length_metric_matches_the_queue_after_concurrent_bursts() {
+    let s = start(Duration::from_secs(60)).await;
+    let admin = token(&s, "boss", Role::Admin);
+    let (status, _) = http(&s.http_url, "PUT", "/api/v1/groups/burst", Some(&admin), Some(&json!({}))).await;
+    assert_eq!(status, 201);
+    let one = json!({"capacity": 1});
+    let (status, _) = http(&s.http_url, "PUT", "/api/v1/groups/burst/agents/ann", Some(&admin), Some(&one)).await;
+    assert_eq!(status, 200);
+    let mut ann = login(&s, "ann", Role::Agent).await;
+    cs(&mut ann, set_status(pb::AgentStatus::Online)).await;
+    let customers = futures_util::future::join_all((0..30).map(|i| {
+        let s = &s;
+        async move {
+            let mut c = login(s, &format!("b{i}"), Role::Customer).await;
+            let reply = cs(&mut c, request("burst", None)).await;
+            assert!(matches!(reply, Body::QueueUpdate(_) | Body::SessionAssigned(_)), "{reply:?}");
+            c
+        }
+    }))
+    .await;
+    // ann took one; 29 wait.
+    metric_matches_queue(&s, &admin, "burst", 29).await;
+    let cancelled = futures_util::future::join_all(customers.into_iter().take(20).map(|mut c| async move {
+        let cancel = Body::CancelRequest(pb::CancelRequest { group: "burst".into() });
+        matches!(cs(&mut c, cancel).await, Body::CsOk(_))
+    }))
+    .await;
+    let left = 29 - cancelled.iter().filter(|ok| **ok).count() as u64;
+    assert!(left <= 10, "at most one of the 20 was being served");
+    metric_matches_queue(&s, &admin, "burst", left).await;
     s.stop().await;
 }
 
