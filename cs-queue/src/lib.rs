@@ -4,15 +4,22 @@
 //! ordinary reliable message path (a service session's chat is the 1:1
 //! conversation between the customer and the current agent).
 //!
-//! The rules live in storage ([`storage::cs`]): every state change is one
-//! atomic command, which also runs the assignment pass. This crate checks
-//! roles and input, runs the commands, answers the caller and notifies the
-//! other parties (through the router, on any node), posts the customer's
-//! first message when an agent is assigned, and runs the periodic sweep
-//! (max wait, agent grace period, presence reconciliation).
+//! The rules live in `cs-core` and the stores in [`storage::cs`]: every
+//! state change is one atomic command, which also runs the assignment pass.
+//! This crate is the one application layer over them, for the WebSocket
+//! frames ([`CsService::handle`], one function per frame) and the HTTP API
+//! alike (the caller-based methods in `admin.rs`; the HTTP handlers only
+//! map requests to them): it checks roles, permissions and input, runs the
+//! commands, answers the caller and notifies the other parties (through the
+//! router, on any node), posts the customer's first message when an agent
+//! is assigned, and runs the periodic sweep (max wait, agent grace period,
+//! presence reconciliation, the queue-length metric).
 
+mod admin;
 mod convert;
+mod frames;
 
+pub use admin::{GroupPatch, MAX_QUICK_REPLIES, MAX_REPLY_TEXT_BYTES, MAX_TITLE_BYTES};
 pub use convert::{session_pb, status_from_pb, status_pb};
 
 use dispatch::{DispatchError, Dispatcher};
@@ -49,20 +56,30 @@ impl Default for CsConfig {
     }
 }
 
-/// Who sent a request.
+/// Who sent a request: over a WebSocket connection or the HTTP API.
 #[derive(Debug, Clone)]
 pub struct Caller {
-    pub device: DeviceKey,
+    pub tenant: String,
+    pub user: String,
     pub role: Role,
 }
 
 impl Caller {
+    pub fn new(tenant: &str, user: &str, role: Role) -> Self {
+        Self { tenant: tenant.into(), user: user.into(), role }
+    }
+
+    /// The user of a connected device.
+    pub fn of_device(device: &DeviceKey, role: Role) -> Self {
+        Self::new(&device.tenant, &device.user, role)
+    }
+
     fn tenant(&self) -> &str {
-        &self.device.tenant
+        &self.tenant
     }
 
     fn user(&self) -> &str {
-        &self.device.user
+        &self.user
     }
 }
 
@@ -113,6 +130,10 @@ fn invalid(message: String) -> DispatchError {
     err(ErrorCode::InvalidArgument, message)
 }
 
+fn unexpected() -> DispatchError {
+    err(ErrorCode::Internal, "unexpected reply")
+}
+
 impl CsService {
     /// Starts the service; its notifier and sweeper run until `shutdown`.
     pub fn start(
@@ -151,6 +172,11 @@ impl CsService {
             debug!("notifier stopped; notifications dropped");
         }
         Ok(outcome)
+    }
+
+    /// Runs a command for `caller`'s tenant; its refusal becomes the error.
+    async fn run(&self, caller: &Caller, command: CsCommand) -> Result<CsReply, DispatchError> {
+        self.execute(&caller.tenant, command).await?.reply.map_err(|e| cs_error(&e))
     }
 
     /// Creates a group from the config if it does not exist yet, and adds
@@ -196,177 +222,6 @@ impl CsService {
                 }
             }
             Err(e) => warn!(error = %e, "presence lookup failed; the sweep will reconcile the agent"),
-        }
-    }
-
-    /// Answers one customer-service frame.
-    pub async fn handle(&self, caller: &Caller, body: Body) -> Result<Body, DispatchError> {
-        let tenant = caller.tenant().to_string();
-        let user = caller.user().to_string();
-        let admin = caller.role == Role::Admin;
-        match body {
-            Body::RequestService(r) => {
-                require(caller, &[Role::Customer], "RequestService")?;
-                validate_id("group", &r.group).map_err(invalid)?;
-                if let Some(c) = &r.first_message {
-                    self.dispatch.validate_content(c)?;
-                }
-                let group = r.group.clone();
-                let c = CsCommand::Request {
-                    customer: user,
-                    group: r.group,
-                    session_id: im_core::new_msg_id(),
-                    first_message: r.first_message,
-                };
-                let outcome = self.execute(&tenant, c).await?;
-                match outcome.reply {
-                    Ok(CsReply::Session { session, position }) if session.state == SessionState::Waiting => {
-                        let snapshot = match outcome.queues.iter().find(|q| q.group == group) {
-                            Some(q) => Some(q.clone()),
-                            None => self.store.group_view(&tenant, &group).await?.map(|v| v.queue),
-                        };
-                        let estimated_wait_s = snapshot.map_or(0, |q| q.estimated_wait_s(position));
-                        Ok(Body::QueueUpdate(pb::QueueUpdate {
-                            session_id: session.id,
-                            group,
-                            position,
-                            estimated_wait_s,
-                        }))
-                    }
-                    Ok(CsReply::Session { session, .. }) => {
-                        Ok(Body::SessionAssigned(pb::SessionAssigned { session: Some(session_pb(&session)) }))
-                    }
-                    Ok(_) => Err(err(ErrorCode::Internal, "unexpected reply")),
-                    Err(e @ (CsError::NoAgentOnline | CsError::QueueFull)) => {
-                        let reason = if e == CsError::QueueFull {
-                            pb::leave_message_offer::Reason::QueueFull
-                        } else {
-                            pb::leave_message_offer::Reason::NoAgentOnline
-                        };
-                        metrics::counter!("dongdong_cs_turned_away_total", "reason" => reason.as_str_name())
-                            .increment(1);
-                        Ok(Body::LeaveMessageOffer(pb::LeaveMessageOffer {
-                            group,
-                            reason: reason as i32,
-                            message: format!("{e}; you can leave a message"),
-                        }))
-                    }
-                    Err(e) => Err(cs_error(&e)),
-                }
-            }
-            Body::CancelRequest(r) => {
-                require(caller, &[Role::Customer], "CancelRequest")?;
-                validate_id("group", &r.group).map_err(invalid)?;
-                let c = CsCommand::Cancel { customer: user, group: r.group };
-                self.execute(&tenant, c).await?.reply.map_err(|e| cs_error(&e))?;
-                Ok(Body::CsOk(pb::CsOk::default()))
-            }
-            Body::LeaveMessage(r) => {
-                require(caller, &[Role::Customer], "LeaveMessage")?;
-                validate_id("group", &r.group).map_err(invalid)?;
-                let content = r.content.ok_or_else(|| invalid("content is required".into()))?;
-                self.dispatch.validate_content(&content)?;
-                if r.contact.len() > MAX_CONTACT_BYTES {
-                    return Err(invalid(format!("contact is longer than {MAX_CONTACT_BYTES} bytes")));
-                }
-                let message = LeftMessage {
-                    id: im_core::new_msg_id(),
-                    group: r.group.clone(),
-                    customer: user,
-                    content,
-                    contact: r.contact,
-                    created_ms: im_core::now_ms(),
-                    claimed_by: String::new(),
-                    claimed_ms: 0,
-                };
-                let outcome = self.execute(&tenant, CsCommand::LeaveMessage { message }).await?;
-                let CsReply::LeftMessage { message } = outcome.reply.map_err(|e| cs_error(&e))? else {
-                    return Err(err(ErrorCode::Internal, "unexpected reply"));
-                };
-                metrics::counter!("dongdong_cs_left_messages_total").increment(1);
-                self.notify_group_agents(&tenant, &r.group, vec![message.clone()]).await?;
-                Ok(Body::CsOk(pb::CsOk { id: message.id }))
-            }
-            Body::EndSession(r) => {
-                validate_id("session_id", &r.session_id).map_err(invalid)?;
-                let c = CsCommand::End { session_id: r.session_id, by: user, admin };
-                let outcome = self.execute(&tenant, c).await?;
-                match outcome.reply.map_err(|e| cs_error(&e))? {
-                    CsReply::Session { session, .. } => {
-                        Ok(Body::SessionEnded(pb::SessionEnded { session: Some(session_pb(&session)) }))
-                    }
-                    _ => Err(err(ErrorCode::Internal, "unexpected reply")),
-                }
-            }
-            Body::Rate(r) => {
-                require(caller, &[Role::Customer], "Rate")?;
-                validate_id("session_id", &r.session_id).map_err(invalid)?;
-                let c =
-                    CsCommand::Rate { session_id: r.session_id, customer: user, score: r.score, comment: r.comment };
-                self.execute(&tenant, c).await?.reply.map_err(|e| cs_error(&e))?;
-                Ok(Body::CsOk(pb::CsOk::default()))
-            }
-            Body::SetStatus(r) => {
-                require(caller, &[Role::Agent], "SetStatus")?;
-                let status =
-                    status_from_pb(r.status).ok_or_else(|| invalid("status must be ONLINE, AWAY or OFFLINE".into()))?;
-                let c = CsCommand::SetStatus { agent: user.clone(), status };
-                self.execute(&tenant, c).await?.reply.map_err(|e| cs_error(&e))?;
-                let state = self.state(caller).await?;
-                if status == AgentStatus::Online {
-                    self.send_left_messages(&tenant, &user, &state.groups).await?;
-                }
-                Ok(Body::CsState(state))
-            }
-            Body::AcceptSession(r) => {
-                require(caller, &[Role::Agent], "AcceptSession")?;
-                validate_id("group", &r.group).map_err(invalid)?;
-                let customer = (!r.customer.is_empty()).then_some(r.customer);
-                let c = CsCommand::Accept { agent: user, group: r.group, customer };
-                match self.execute(&tenant, c).await?.reply.map_err(|e| cs_error(&e))? {
-                    CsReply::Session { session, .. } => {
-                        Ok(Body::SessionAssigned(pb::SessionAssigned { session: Some(session_pb(&session)) }))
-                    }
-                    _ => Err(err(ErrorCode::Internal, "unexpected reply")),
-                }
-            }
-            Body::TransferSession(r) => {
-                require(caller, &[Role::Agent, Role::Admin], "TransferSession")?;
-                validate_id("session_id", &r.session_id).map_err(invalid)?;
-                let target = match r.target {
-                    Some(pb::transfer_session::Target::ToAgent(a)) => {
-                        validate_id("to_agent", &a).map_err(invalid)?;
-                        TransferTarget::Agent(a)
-                    }
-                    Some(pb::transfer_session::Target::ToGroup(g)) => {
-                        validate_id("to_group", &g).map_err(invalid)?;
-                        TransferTarget::Group(g)
-                    }
-                    None => return Err(invalid("set to_agent or to_group".into())),
-                };
-                let c = CsCommand::Transfer { session_id: r.session_id, by: user, admin, target };
-                let outcome = self.execute(&tenant, c).await?;
-                outcome.reply.map_err(|e| cs_error(&e))?;
-                let t = outcome
-                    .transferred
-                    .into_iter()
-                    .find(|t| t.reason == "transfer")
-                    .ok_or_else(|| err(ErrorCode::Internal, "transfer reported nothing"))?;
-                Ok(Body::SessionTransferred(convert::transferred_pb(&t)))
-            }
-            Body::CsStateRequest(_) => Ok(Body::CsState(self.state(caller).await?)),
-            Body::ClaimLeftMessage(r) => {
-                require(caller, &[Role::Agent], "ClaimLeftMessage")?;
-                validate_id("left_message_id", &r.left_message_id).map_err(invalid)?;
-                let c = CsCommand::Claim { id: r.left_message_id, agent: user };
-                match self.execute(&tenant, c).await?.reply.map_err(|e| cs_error(&e))? {
-                    CsReply::LeftMessage { message } => Ok(Body::LeftMessageNotice(pb::LeftMessageNotice {
-                        left_messages: vec![convert::left_pb(&message)],
-                    })),
-                    _ => Err(err(ErrorCode::Internal, "unexpected reply")),
-                }
-            }
-            _ => Err(err(ErrorCode::BadFrame, "not a customer-service request")),
         }
     }
 

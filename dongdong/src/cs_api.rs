@@ -11,6 +11,10 @@
 //!
 //! Errors are `{"error": {"code": "FORBIDDEN", "message": "..."}}` with the
 //! HTTP status of the code.
+//!
+//! Every rule, permission and limit is `CsService`'s (cs-queue), as for the
+//! WebSocket frames: the handlers here only authenticate, map the request
+//! to a call and the result to JSON.
 
 use access_gateway::{Claims, TokenSigner};
 use axum::Json;
@@ -19,24 +23,19 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use cs_queue::{CsService, cs_error};
+use cs_queue::{Caller, CsService, GroupPatch};
 use dispatch::DispatchError;
-use im_core::{ErrorCode, Role, ids::validate_id};
+use im_core::ErrorCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use storage::cs::{CsCommand, CsReply, GroupSpec, GroupView, Policy, QuickReply, SessionState};
+use storage::cs::{GroupView, Policy, Session, SessionState};
 
 #[derive(Clone)]
 pub(crate) struct CsApi {
     pub cs: Arc<CsService>,
     pub signer: Arc<TokenSigner>,
 }
-
-/// Most quick replies per tenant.
-const MAX_QUICK_REPLIES: usize = 1000;
-const MAX_TITLE_BYTES: usize = 200;
-const MAX_REPLY_TEXT_BYTES: usize = 4000;
 
 pub(crate) fn routes(api: CsApi) -> Router {
     Router::new()
@@ -66,12 +65,6 @@ impl From<DispatchError> for ApiError {
     }
 }
 
-impl From<storage::StorageError> for ApiError {
-    fn from(e: storage::StorageError) -> Self {
-        DispatchError::from(e).into()
-    }
-}
-
 fn fail(code: ErrorCode, message: impl Into<String>) -> ApiError {
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     ApiError(status, code, message.into())
@@ -83,34 +76,26 @@ fn ok(v: Value) -> ApiResult {
     Ok(Json(v).into_response())
 }
 
+fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(b)| b).map_err(|e| fail(ErrorCode::InvalidArgument, e.body_text()))
+}
+
 impl CsApi {
-    /// The token's claims, if its role is one of `roles`.
-    fn auth(&self, headers: &HeaderMap, roles: &[Role]) -> Result<Claims, ApiError> {
+    /// The caller the bearer token names.
+    fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let token = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| fail(ErrorCode::Unauthenticated, "send Authorization: Bearer <token>"))?;
-        let claims = self.signer.verify(token.trim()).map_err(|e| fail(ErrorCode::Unauthenticated, e.to_string()))?;
-        if !roles.contains(&claims.role) {
-            let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
-            return Err(fail(ErrorCode::Forbidden, format!("needs the role {}", names.join(" or "))));
-        }
-        Ok(claims)
+        let claims: Claims =
+            self.signer.verify(token.trim()).map_err(|e| fail(ErrorCode::Unauthenticated, e.to_string()))?;
+        Ok(Caller::new(&claims.tenant, &claims.sub, claims.role))
     }
-
-    async fn run(&self, tenant: &str, command: CsCommand) -> Result<CsReply, ApiError> {
-        self.cs.execute(tenant, command).await?.reply.map_err(|e| cs_error(&e).into())
-    }
-}
-
-fn id(what: &str, v: &str) -> Result<(), ApiError> {
-    validate_id(what, v).map_err(|e| fail(ErrorCode::InvalidArgument, e))
 }
 
 fn group_summary(v: &GroupView, now: u64) -> Value {
     let longest_wait_ms = v.waiting.iter().map(|s| now.saturating_sub(s.queued_ms)).max().unwrap_or(0);
-    let online = v.agents.iter().filter(|a| a.connected && a.status == storage::cs::AgentStatus::Online).count();
     json!({
         "id": v.group.spec.id,
         "name": v.group.spec.name,
@@ -122,7 +107,7 @@ fn group_summary(v: &GroupView, now: u64) -> Value {
         "queue_length": v.waiting.len(),
         "longest_wait_ms": longest_wait_ms,
         "avg_handle_ms": v.queue.avg_handle_ms,
-        "agents_online": online,
+        "agents_online": v.agents.iter().filter(|a| a.online()).count(),
         "sessions_active": v.active.len(),
         "agents": v.agents.iter().map(|a| json!({
             "id": a.id,
@@ -135,45 +120,31 @@ fn group_summary(v: &GroupView, now: u64) -> Value {
 }
 
 async fn list_groups(State(api): State<CsApi>, headers: HeaderMap) -> ApiResult {
-    let c = api.auth(&headers, &[Role::Admin])?;
+    let views = api.cs.group_views(&api.caller(&headers)?).await?;
     let now = im_core::now_ms();
-    let mut out = Vec::new();
-    for g in api.cs.store().groups(&c.tenant).await? {
-        if let Some(v) = api.cs.store().group_view(&c.tenant, &g.spec.id).await? {
-            out.push(group_summary(&v, now));
-        }
-    }
-    ok(json!({ "groups": out }))
+    ok(json!({ "groups": views.iter().map(|v| group_summary(v, now)).collect::<Vec<_>>() }))
 }
 
 /// What a customer may know of the tenant's groups: to pick one.
 async fn service_groups(State(api): State<CsApi>, headers: HeaderMap) -> ApiResult {
-    let c = api.auth(&headers, &[Role::Customer, Role::Agent, Role::Admin])?;
-    let mut out = Vec::new();
-    for g in api.cs.store().groups(&c.tenant).await? {
-        if let Some(v) = api.cs.store().group_view(&c.tenant, &g.spec.id).await? {
-            let online =
-                v.agents.iter().filter(|a| a.connected && a.status == storage::cs::AgentStatus::Online).count();
-            out.push(json!({
+    let views = api.cs.service_groups(&api.caller(&headers)?).await?;
+    let groups: Vec<Value> = views
+        .iter()
+        .map(|v| {
+            json!({
                 "id": v.group.spec.id,
                 "name": v.group.spec.name,
                 "policy": v.group.spec.policy,
-                "agents_online": online,
+                "agents_online": v.agents.iter().filter(|a| a.online()).count(),
                 "queue_length": v.waiting.len(),
-            }));
-        }
-    }
-    ok(json!({ "groups": out }))
-}
-
-async fn existing_group(api: &CsApi, tenant: &str, group: &str) -> Result<GroupView, ApiError> {
-    api.cs.store().group_view(tenant, group).await?.ok_or_else(|| fail(ErrorCode::NotFound, "no such group"))
+            })
+        })
+        .collect();
+    ok(json!({ "groups": groups }))
 }
 
 async fn get_group(State(api): State<CsApi>, headers: HeaderMap, Path(group): Path<String>) -> ApiResult {
-    let c = api.auth(&headers, &[Role::Admin])?;
-    id("group", &group)?;
-    let v = existing_group(&api, &c.tenant, &group).await?;
+    let v = api.cs.group_view(&api.caller(&headers)?, &group).await?;
     ok(group_summary(&v, im_core::now_ms()))
 }
 
@@ -195,42 +166,23 @@ async fn put_group(
     Path(group): Path<String>,
     body: Result<Json<GroupBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
-    let c = api.auth(&headers, &[Role::Admin])?;
-    id("group", &group)?;
+    let caller = api.caller(&headers)?;
     let b = json_body(body)?;
-    let current = api.cs.store().group_view(&c.tenant, &group).await?;
-    let created = current.is_none();
-    let mut spec =
-        current.map(|v| v.group.spec).unwrap_or_else(|| GroupSpec { id: group.clone(), ..GroupSpec::default() });
-    if let Some(v) = b.name {
-        spec.name = v;
-    }
-    if let Some(v) = b.policy {
-        spec.policy = v;
-    }
-    if let Some(v) = b.max_queue {
-        spec.max_queue = v;
-    }
-    if let Some(v) = b.max_wait_s {
-        spec.max_wait_ms = v.saturating_mul(1000);
-    }
-    if let Some(v) = b.auto_join {
-        spec.auto_join = v;
-    }
-    if let Some(v) = b.default_capacity {
-        spec.default_capacity = v;
-    }
-    let CsReply::Group { group } = api.run(&c.tenant, CsCommand::PutGroup { spec }).await? else {
-        return Err(fail(ErrorCode::Internal, "unexpected reply"));
+    let patch = GroupPatch {
+        name: b.name,
+        policy: b.policy,
+        max_queue: b.max_queue,
+        max_wait_ms: b.max_wait_s.map(|s| s.saturating_mul(1000)),
+        auto_join: b.auto_join,
+        default_capacity: b.default_capacity,
     };
+    let (group, created) = api.cs.put_group(&caller, &group, patch).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(json!(group))).into_response())
 }
 
 async fn delete_group(State(api): State<CsApi>, headers: HeaderMap, Path(group): Path<String>) -> ApiResult {
-    let c = api.auth(&headers, &[Role::Admin])?;
-    id("group", &group)?;
-    api.run(&c.tenant, CsCommand::DeleteGroup { group }).await?;
+    api.cs.delete_group(&api.caller(&headers)?, &group).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -246,13 +198,8 @@ async fn put_agent(
     Path((group, agent)): Path<(String, String)>,
     body: Option<Json<AgentBody>>,
 ) -> ApiResult {
-    let c = api.auth(&headers, &[Role::Admin])?;
-    id("group", &group)?;
-    id("agent", &agent)?;
     let capacity = body.and_then(|Json(b)| b.capacity);
-    let CsReply::Agent { agent } = api.run(&c.tenant, CsCommand::PutMember { group, agent, capacity }).await? else {
-        return Err(fail(ErrorCode::Internal, "unexpected reply"));
-    };
+    let agent = api.cs.put_member(&api.caller(&headers)?, &group, &agent, capacity).await?;
     ok(json!(agent))
 }
 
@@ -261,19 +208,14 @@ async fn remove_agent(
     headers: HeaderMap,
     Path((group, agent)): Path<(String, String)>,
 ) -> ApiResult {
-    let c = api.auth(&headers, &[Role::Admin])?;
-    id("group", &group)?;
-    id("agent", &agent)?;
-    api.run(&c.tenant, CsCommand::RemoveMember { group, agent }).await?;
+    api.cs.remove_member(&api.caller(&headers)?, &group, &agent).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn group_sessions(State(api): State<CsApi>, headers: HeaderMap, Path(group): Path<String>) -> ApiResult {
-    let c = api.auth(&headers, &[Role::Admin])?;
-    id("group", &group)?;
-    let v = existing_group(&api, &c.tenant, &group).await?;
+    let v = api.cs.group_view(&api.caller(&headers)?, &group).await?;
     let now = im_core::now_ms();
-    let session = |s: &storage::cs::Session| {
+    let session = |s: &Session| {
         json!({
             "session_id": s.id,
             "customer": s.customer,
@@ -303,33 +245,12 @@ async fn left_messages(
     Path(group): Path<String>,
     Query(q): Query<LimitQuery>,
 ) -> ApiResult {
-    let c = api.auth(&headers, &[Role::Agent, Role::Admin])?;
-    id("group", &group)?;
-    member_or_admin(&api, &c, &group).await?;
-    let limit = q.limit.unwrap_or(50).clamp(1, 500);
-    let messages = api.cs.store().left_messages(&c.tenant, &group, limit).await?;
+    let messages = api.cs.left_messages(&api.caller(&headers)?, &group, q.limit.unwrap_or(50)).await?;
     ok(json!({ "left_messages": messages }))
 }
 
-async fn member_or_admin(api: &CsApi, c: &Claims, group: &str) -> Result<(), ApiError> {
-    if c.role == Role::Admin {
-        return Ok(());
-    }
-    let member = api.cs.store().agent(&c.tenant, &c.sub).await?.is_some_and(|a| a.groups.iter().any(|g| g == group));
-    if member { Ok(()) } else { Err(fail(ErrorCode::Forbidden, format!("not an agent of group {group}"))) }
-}
-
-async fn agent_groups(api: &CsApi, c: &Claims) -> Result<Vec<String>, ApiError> {
-    if c.role == Role::Admin {
-        return Ok(api.cs.store().groups(&c.tenant).await?.into_iter().map(|g| g.spec.id).collect());
-    }
-    Ok(api.cs.store().agent(&c.tenant, &c.sub).await?.map(|a| a.groups).unwrap_or_default())
-}
-
 async fn list_replies(State(api): State<CsApi>, headers: HeaderMap) -> ApiResult {
-    let c = api.auth(&headers, &[Role::Agent, Role::Admin])?;
-    let groups = agent_groups(&api, &c).await?;
-    let replies = api.cs.store().quick_replies(&c.tenant, &groups, &c.sub).await?;
+    let replies = api.cs.quick_replies(&api.caller(&headers)?).await?;
     ok(json!({ "quick_replies": replies }))
 }
 
@@ -343,69 +264,14 @@ struct ReplyBody {
     text: String,
 }
 
-fn check_reply(b: &ReplyBody) -> Result<(), ApiError> {
-    if b.title.is_empty() || b.title.len() > MAX_TITLE_BYTES {
-        return Err(fail(ErrorCode::InvalidArgument, format!("title must be 1 to {MAX_TITLE_BYTES} bytes")));
-    }
-    if b.text.is_empty() || b.text.len() > MAX_REPLY_TEXT_BYTES {
-        return Err(fail(ErrorCode::InvalidArgument, format!("text must be 1 to {MAX_REPLY_TEXT_BYTES} bytes")));
-    }
-    if !b.group.is_empty() {
-        id("group", &b.group)?;
-    }
-    Ok(())
-}
-
-/// Whether `c` may change `reply`: its owner, an agent of its group, or an admin.
-async fn may_edit(api: &CsApi, c: &Claims, reply: &QuickReply) -> Result<(), ApiError> {
-    if reply.group.is_empty() {
-        if reply.owner == c.sub || c.role == Role::Admin {
-            return Ok(());
-        }
-        return Err(fail(ErrorCode::Forbidden, "a personal quick reply of another agent"));
-    }
-    member_or_admin(api, c, &reply.group).await
-}
-
-/// The quick reply `id`, if `c` may change it.
-async fn editable_reply(api: &CsApi, c: &Claims, id: &str) -> Result<QuickReply, ApiError> {
-    let reply = api
-        .cs
-        .store()
-        .quick_reply(&c.tenant, id)
-        .await?
-        .ok_or_else(|| fail(ErrorCode::NotFound, "no such quick reply"))?;
-    may_edit(api, c, &reply).await?;
-    Ok(reply)
-}
-
-fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(b)| b).map_err(|e| fail(ErrorCode::InvalidArgument, e.body_text()))
-}
-
 async fn create_reply(
     State(api): State<CsApi>,
     headers: HeaderMap,
     body: Result<Json<ReplyBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
-    let c = api.auth(&headers, &[Role::Agent, Role::Admin])?;
+    let caller = api.caller(&headers)?;
     let b = json_body(body)?;
-    check_reply(&b)?;
-    let owner = if b.group.is_empty() { c.sub.clone() } else { String::new() };
-    let reply = QuickReply {
-        id: im_core::new_msg_id(),
-        group: b.group,
-        owner,
-        title: b.title,
-        text: b.text,
-        updated_ms: im_core::now_ms(),
-    };
-    may_edit(&api, &c, &reply).await?;
-    let count = api.cs.store().quick_replies(&c.tenant, &agent_groups(&api, &c).await?, &c.sub).await?.len();
-    if count >= MAX_QUICK_REPLIES {
-        return Err(fail(ErrorCode::Conflict, format!("at most {MAX_QUICK_REPLIES} quick replies")));
-    }
-    api.cs.store().put_quick_reply(&c.tenant, reply.clone()).await?;
+    let reply = api.cs.create_quick_reply(&caller, b.group, b.title, b.text).await?;
     Ok((StatusCode::CREATED, Json(json!(reply))).into_response())
 }
 
@@ -415,25 +281,13 @@ async fn update_reply(
     Path(reply_id): Path<String>,
     body: Result<Json<ReplyBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
-    let c = api.auth(&headers, &[Role::Agent, Role::Admin])?;
-    id("id", &reply_id)?;
+    let caller = api.caller(&headers)?;
     let b = json_body(body)?;
-    check_reply(&b)?;
-    let mut reply = editable_reply(&api, &c, &reply_id).await?;
-    if b.group != reply.group {
-        return Err(fail(ErrorCode::InvalidArgument, "a quick reply cannot move between groups"));
-    }
-    reply.title = b.title;
-    reply.text = b.text;
-    reply.updated_ms = im_core::now_ms();
-    api.cs.store().put_quick_reply(&c.tenant, reply.clone()).await?;
+    let reply = api.cs.update_quick_reply(&caller, &reply_id, b.group, b.title, b.text).await?;
     ok(json!(reply))
 }
 
 async fn delete_reply(State(api): State<CsApi>, headers: HeaderMap, Path(reply_id): Path<String>) -> ApiResult {
-    let c = api.auth(&headers, &[Role::Agent, Role::Admin])?;
-    id("id", &reply_id)?;
-    editable_reply(&api, &c, &reply_id).await?;
-    api.cs.store().delete_quick_reply(&c.tenant, &reply_id).await?;
+    api.cs.delete_quick_reply(&api.caller(&headers)?, &reply_id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -855,15 +855,18 @@ pub async fn cs_end_rate_left_messages_and_quick_replies(b: &Backends) {
         text: format!("text {id}"),
         updated_ms: 1,
     };
-    b.cs.put_quick_reply(&cs.t, reply("q1", "g", "")).await.unwrap();
-    b.cs.put_quick_reply(&cs.t, reply("q2", "", "ann")).await.unwrap();
-    b.cs.put_quick_reply(&cs.t, reply("q3", "", "bob")).await.unwrap();
-    b.cs.put_quick_reply(&cs.t, reply("q4", "other", "")).await.unwrap();
+    for r in [reply("q1", "g", ""), reply("q2", "", "ann"), reply("q3", "", "bob"), reply("q4", "other", "")] {
+        assert!(b.cs.put_quick_reply(&cs.t, r, 4).await.unwrap());
+    }
+    // The limit counts every reply of the tenant, whoever can see it; an
+    // existing reply can still be changed.
+    assert!(!b.cs.put_quick_reply(&cs.t, reply("q5", "", "carl"), 4).await.unwrap());
+    assert!(b.cs.quick_reply(&cs.t, "q5").await.unwrap().is_none());
     let ids = |v: Vec<QuickReply>| v.into_iter().map(|r| r.id).collect::<Vec<_>>();
     assert_eq!(ids(b.cs.quick_replies(&cs.t, &["g".into()], "ann").await.unwrap()), ["q2", "q1"]);
     let mut updated = reply("q1", "g", "");
     updated.text = "new text".into();
-    b.cs.put_quick_reply(&cs.t, updated.clone()).await.unwrap();
+    assert!(b.cs.put_quick_reply(&cs.t, updated.clone(), 4).await.unwrap());
     assert_eq!(b.cs.quick_reply(&cs.t, "q1").await.unwrap(), Some(updated));
     assert!(b.cs.delete_quick_reply(&cs.t, "q1").await.unwrap());
     assert!(!b.cs.delete_quick_reply(&cs.t, "q1").await.unwrap());

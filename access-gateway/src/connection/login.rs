@@ -34,7 +34,7 @@ where
     let mut outbox = Outbox::new(gw.config.outbound_queue);
     let session = match authenticate(&mut ws, &mut outbox, &gw, &shutdown).await {
         Ok((device, role, encoding, registration, pending_count)) => {
-            gw.cs.on_connect(&cs_queue::Caller { device: (*device).clone(), role }).await;
+            gw.cs.on_connect(&cs_queue::Caller::of_device(&device, role)).await;
             // Checked after registering: the server closes registered
             // connections through the router, and this one may have
             // registered just after it did.

@@ -284,7 +284,7 @@ impl<S> Conn<S> {
     }
 
     fn caller(&self) -> cs_queue::Caller {
-        cs_queue::Caller { device: (*self.device).clone(), role: self.role }
+        cs_queue::Caller::of_device(&self.device, self.role)
     }
 
     /// Unregisters the connection, then writes what is left and closes.

@@ -27,6 +27,16 @@ const TENANTS: &str = "dd:cs:tenants";
 /// Sweep leases: tenant -> "<node>|<expiry in ms, Redis' clock>".
 const SWEEPERS: &str = "dd:cs:sweepers";
 
+/// Sets quick reply ARGV[1] to ARGV[2] unless it is new and the hash
+/// already holds ARGV[3] replies; 1 if stored.
+const PUT_REPLY: &str = r"
+if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
+  return 0
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+return 1
+";
+
 /// Returns the tenants (ARGV[3..]) whose sweep lease node ARGV[1] holds or
 /// takes because it expired; renews them for ARGV[2] ms. Redis' own clock,
 /// so the nodes' clocks need not agree.
@@ -55,6 +65,7 @@ pub struct RedisCs {
     redis: ConnectionManager,
     script: redis::Script,
     sweep_lease: redis::Script,
+    put_reply: redis::Script,
     retention: Duration,
     /// Tenants this node has added to `dd:cs:tenants`.
     known: dashmap::DashSet<String>,
@@ -122,6 +133,7 @@ impl RedisCs {
             redis,
             script: redis::Script::new(LUA_SCRIPT),
             sweep_lease: redis::Script::new(SWEEP_LEASE),
+            put_reply: redis::Script::new(PUT_REPLY),
             retention,
             known: Default::default(),
         }
@@ -251,14 +263,18 @@ impl CsStore for RedisCs {
         Ok(v)
     }
 
-    async fn put_quick_reply(&self, tenant: &str, reply: QuickReply) -> Result<()> {
+    async fn put_quick_reply(&self, tenant: &str, reply: QuickReply, max: usize) -> Result<bool> {
         let json = serde_json::to_string(&reply).map_err(corrupt)?;
-        let _: () = self
-            .conn()
-            .hset(format!("{}replies", prefix(tenant)), &reply.id, json)
+        let stored: u32 = self
+            .put_reply
+            .key(format!("{}replies", prefix(tenant)))
+            .arg(&reply.id)
+            .arg(json)
+            .arg(max)
+            .invoke_async(&mut self.conn())
             .await
             .map_err(redis_err("cs write"))?;
-        Ok(())
+        Ok(stored == 1)
     }
 
     async fn delete_quick_reply(&self, tenant: &str, id: &str) -> Result<bool> {

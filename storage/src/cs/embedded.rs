@@ -28,6 +28,8 @@ use tokio::sync::Mutex;
 pub struct EmbeddedCs {
     store: Arc<EmbeddedStore>,
     state: Mutex<State>,
+    /// Quick-reply writes, one at a time (the limit is counted, then written).
+    replies: Mutex<()>,
 }
 
 struct State {
@@ -93,7 +95,11 @@ impl EmbeddedCs {
         }
         drop(table);
         drop(txn);
-        Ok(Arc::new(Self { store, state: Mutex::new(State { tenants: HashMap::new(), known }) }))
+        Ok(Arc::new(Self {
+            store,
+            state: Mutex::new(State { tenants: HashMap::new(), known }),
+            replies: Mutex::new(()),
+        }))
     }
 
     async fn load(&self, tenant: &str) -> Result<TenantState> {
@@ -253,9 +259,33 @@ impl CsStore for EmbeddedCs {
         self.with_tenant(tenant, |ts| ts.left_messages(group, limit)).await
     }
 
-    async fn put_quick_reply(&self, tenant: &str, reply: QuickReply) -> Result<()> {
+    async fn put_quick_reply(&self, tenant: &str, reply: QuickReply, max: usize) -> Result<bool> {
+        // Held until the write is durable, so the next count sees it.
+        let _one_at_a_time = self.replies.lock().await;
+        if self.quick_reply(tenant, &reply.id).await?.is_none() {
+            let p = prefix("q", tenant);
+            let count = self
+                .store
+                .read_db(move |db| {
+                    let txn = db.begin_read().map_err(unavailable)?;
+                    let table = txn.open_table(CS).map_err(unavailable)?;
+                    let mut n = 0;
+                    for item in table.range(p.as_slice()..).map_err(unavailable)? {
+                        if !item.map_err(unavailable)?.0.value().starts_with(&p) || n >= max {
+                            break;
+                        }
+                        n += 1;
+                    }
+                    Ok(n)
+                })
+                .await?;
+            if count >= max {
+                return Ok(false);
+            }
+        }
         let record = (key("q", tenant, &reply.id), Some(encode(&reply)?));
-        self.store.queue_records(vec![record]).await?.await.map_err(|_| unavailable("the store writer stopped"))?
+        self.store.queue_records(vec![record]).await?.await.map_err(|_| unavailable("the store writer stopped"))??;
+        Ok(true)
     }
 
     async fn delete_quick_reply(&self, tenant: &str, id: &str) -> Result<bool> {

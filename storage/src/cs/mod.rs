@@ -35,8 +35,9 @@ pub trait CsStore: Send + Sync + 'static {
     /// Unclaimed left messages of a group, oldest first.
     async fn left_messages(&self, tenant: &str, group: &str, limit: usize) -> Result<Vec<LeftMessage>>;
 
-    /// Creates or replaces a quick reply.
-    async fn put_quick_reply(&self, tenant: &str, reply: QuickReply) -> Result<()>;
+    /// Creates or replaces a quick reply, atomically with the limit: a new
+    /// one is refused (`false`) when the tenant already has `max` replies.
+    async fn put_quick_reply(&self, tenant: &str, reply: QuickReply, max: usize) -> Result<bool>;
 
     async fn delete_quick_reply(&self, tenant: &str, id: &str) -> Result<bool>;
 
