@@ -2,11 +2,13 @@
 //! [`TenantState`] in memory, loaded from redb on first use, every change
 //! persisted as JSON records in the `cs` table through the store's writer.
 //!
-//! A command runs under one lock: apply to memory, queue the changed records
-//! to the writer (which keeps queue order), release the lock, then wait until
-//! the records are durable before answering. If a write fails, the tenant's
-//! state is dropped from memory and reloaded from disk by the next command,
-//! so memory never runs ahead of what is stored for long.
+//! Each tenant has its own lock (tenants never wait for each other, also
+//! not while one of them is loaded from disk). A command runs under its
+//! tenant's lock: apply to memory, queue the changed records to the writer
+//! (which keeps queue order), release the lock, then wait until the records
+//! are durable before answering. If a write fails, the tenant's state is
+//! dropped from memory and reloaded from disk by the next command, so
+//! memory never runs ahead of what is stored for long.
 //!
 //! Keys are (kind, tenant, id): `g` groups, `a` agents, `s` waiting or active
 //! sessions, `S` ended sessions, `l` unclaimed left messages, `L` claimed
@@ -27,16 +29,17 @@ use tokio::sync::Mutex;
 /// The embedded [`CsStore`].
 pub struct EmbeddedCs {
     store: Arc<EmbeddedStore>,
-    state: Mutex<State>,
+    /// Each tenant's state behind its own lock; `None` until loaded (or
+    /// after a failed write, until reloaded).
+    tenants: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<TenantState>>>>>,
+    /// Every tenant with records, for the sweep.
+    known: std::sync::Mutex<BTreeSet<String>>,
     /// Quick-reply writes, one at a time (the limit is counted, then written).
     replies: Mutex<()>,
 }
 
-struct State {
-    tenants: HashMap<String, TenantState>,
-    /// Every tenant with records, for the sweep.
-    known: BTreeSet<String>,
-}
+/// A tenant's locked state.
+type Locked = tokio::sync::OwnedMutexGuard<Option<TenantState>>;
 
 fn key(kind: &str, tenant: &str, id: &str) -> Vec<u8> {
     Key::new().s(kind).s(tenant).s(id).into_vec()
@@ -97,7 +100,8 @@ impl EmbeddedCs {
         drop(txn);
         Ok(Arc::new(Self {
             store,
-            state: Mutex::new(State { tenants: HashMap::new(), known }),
+            tenants: Default::default(),
+            known: std::sync::Mutex::new(known),
             replies: Mutex::new(()),
         }))
     }
@@ -130,13 +134,17 @@ impl EmbeddedCs {
             .await
     }
 
-    /// The tenant's state, loaded if needed.
-    async fn tenant<'a>(&self, state: &'a mut State, tenant: &str) -> Result<&'a mut TenantState> {
-        if !state.tenants.contains_key(tenant) {
-            let loaded = self.load(tenant).await?;
-            state.tenants.insert(tenant.to_string(), loaded);
+    /// Locks the tenant's state, loading it first if needed.
+    async fn lock(&self, tenant: &str) -> Result<Locked> {
+        let slot = {
+            let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+            tenants.entry(tenant.to_string()).or_default().clone()
+        };
+        let mut guard = slot.lock_owned().await;
+        if guard.is_none() {
+            *guard = Some(self.load(tenant).await?);
         }
-        state.tenants.get_mut(tenant).ok_or_else(|| unavailable("tenant state vanished"))
+        Ok(guard)
     }
 
     /// Loads the ended session or claimed left message the command refers
@@ -184,10 +192,18 @@ impl EmbeddedCs {
         Ok(out)
     }
 
-    /// Runs `f` on the tenant's state under the lock (for queries).
+    /// Drops the tenant's state from memory: the next command reloads it.
+    async fn forget(&self, tenant: &str) {
+        let slot = self.tenants.lock().unwrap_or_else(|p| p.into_inner()).get(tenant).cloned();
+        if let Some(slot) = slot {
+            *slot.lock().await = None;
+        }
+    }
+
+    /// Runs `f` on the tenant's state under its lock (for queries).
     async fn with_tenant<T>(&self, tenant: &str, f: impl FnOnce(&TenantState) -> T) -> Result<T> {
-        let mut state = self.state.lock().await;
-        let ts = self.tenant(&mut state, tenant).await?;
+        let guard = self.lock(tenant).await?;
+        let ts = guard.as_ref().ok_or_else(|| unavailable("tenant state vanished"))?;
         Ok(f(ts))
     }
 }
@@ -195,9 +211,9 @@ impl EmbeddedCs {
 #[async_trait]
 impl CsStore for EmbeddedCs {
     async fn execute(&self, tenant: &str, command: CsCommand, now_ms: u64) -> Result<CsOutcome> {
-        let durable = {
-            let mut state = self.state.lock().await;
-            let ts = self.tenant(&mut state, tenant).await?;
+        let (queued, outcome) = {
+            let mut guard = self.lock(tenant).await?;
+            let ts = guard.as_mut().ok_or_else(|| unavailable("tenant state vanished"))?;
             self.preload(ts, &command).await?;
             let outcome = ts.apply(command, now_ms);
             let dirty = ts.take_dirty();
@@ -208,24 +224,23 @@ impl CsStore for EmbeddedCs {
                 Ok(r) => match self.store.queue_records(r).await {
                     Ok(rx) => Some(rx),
                     Err(e) => {
-                        state.tenants.remove(tenant);
+                        *guard = None;
                         return Err(e);
                     }
                 },
                 Err(e) => {
-                    state.tenants.remove(tenant);
+                    *guard = None;
                     return Err(e);
                 }
             };
-            state.known.insert(tenant.to_string());
+            self.known.lock().unwrap_or_else(|p| p.into_inner()).insert(tenant.to_string());
             (queued, outcome)
         };
-        let (queued, outcome) = durable;
         if let Some(rx) = queued {
             let written = rx.await.map_err(|_| unavailable("the store writer stopped")).and_then(|r| r);
             if let Err(e) = written {
                 // Memory ran ahead of the disk: reload before the next command.
-                self.state.lock().await.tenants.remove(tenant);
+                self.forget(tenant).await;
                 return Err(e);
             }
         }
@@ -322,6 +337,6 @@ impl CsStore for EmbeddedCs {
     }
 
     async fn tenants(&self) -> Result<Vec<String>> {
-        Ok(self.state.lock().await.known.iter().cloned().collect())
+        Ok(self.known.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect())
     }
 }
