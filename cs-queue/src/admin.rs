@@ -35,23 +35,23 @@ impl GroupPatch {
     }
 }
 
-fn not_found(what: &str) -> DispatchError {
+fn not_found(what: &str) -> ClientError {
     err(ErrorCode::NotFound, format!("no such {what}"))
 }
 
 impl CsService {
     /// Every group of the tenant with its live state (admin).
-    pub async fn group_views(&self, caller: &Caller) -> Result<Vec<GroupView>, DispatchError> {
+    pub async fn group_views(&self, caller: &Caller) -> Result<Vec<GroupView>, ClientError> {
         require(caller, &[Role::Admin], "listing the groups")?;
         self.all_group_views(caller).await
     }
 
     /// The groups a customer picks from (anyone of the tenant).
-    pub async fn service_groups(&self, caller: &Caller) -> Result<Vec<GroupView>, DispatchError> {
+    pub async fn service_groups(&self, caller: &Caller) -> Result<Vec<GroupView>, ClientError> {
         self.all_group_views(caller).await
     }
 
-    async fn all_group_views(&self, caller: &Caller) -> Result<Vec<GroupView>, DispatchError> {
+    async fn all_group_views(&self, caller: &Caller) -> Result<Vec<GroupView>, ClientError> {
         let mut out = Vec::new();
         for g in self.store.groups(caller.tenant()).await? {
             if let Some(v) = self.store.group_view(caller.tenant(), &g.spec.id).await? {
@@ -62,7 +62,7 @@ impl CsService {
     }
 
     /// One group's settings, agents, queue and open sessions (admin).
-    pub async fn group_view(&self, caller: &Caller, group: &str) -> Result<GroupView, DispatchError> {
+    pub async fn group_view(&self, caller: &Caller, group: &str) -> Result<GroupView, ClientError> {
         require(caller, &[Role::Admin], "a group's view")?;
         validate_id("group", group).map_err(invalid)?;
         self.store.group_view(caller.tenant(), group).await?.ok_or_else(|| not_found("group"))
@@ -74,7 +74,7 @@ impl CsService {
         caller: &Caller,
         group: &str,
         patch: GroupPatch,
-    ) -> Result<(Group, bool), DispatchError> {
+    ) -> Result<(Group, bool), ClientError> {
         require(caller, &[Role::Admin], "changing a group")?;
         validate_id("group", group).map_err(invalid)?;
         let current = self.store.group_view(caller.tenant(), group).await?;
@@ -88,7 +88,7 @@ impl CsService {
     }
 
     /// Deletes a group nobody waits in and no open session belongs to (admin).
-    pub async fn delete_group(&self, caller: &Caller, group: &str) -> Result<(), DispatchError> {
+    pub async fn delete_group(&self, caller: &Caller, group: &str) -> Result<(), ClientError> {
         require(caller, &[Role::Admin], "deleting a group")?;
         validate_id("group", group).map_err(invalid)?;
         self.run(caller, CsCommand::DeleteGroup { group: group.into() }).await?;
@@ -102,7 +102,7 @@ impl CsService {
         group: &str,
         agent: &str,
         capacity: Option<u32>,
-    ) -> Result<Agent, DispatchError> {
+    ) -> Result<Agent, ClientError> {
         require(caller, &[Role::Admin], "changing a group's agents")?;
         validate_id("group", group).map_err(invalid)?;
         validate_id("agent", agent).map_err(invalid)?;
@@ -112,7 +112,7 @@ impl CsService {
     }
 
     /// Removes an agent from a group; their open sessions stay (admin).
-    pub async fn remove_member(&self, caller: &Caller, group: &str, agent: &str) -> Result<(), DispatchError> {
+    pub async fn remove_member(&self, caller: &Caller, group: &str, agent: &str) -> Result<(), ClientError> {
         require(caller, &[Role::Admin], "changing a group's agents")?;
         validate_id("group", group).map_err(invalid)?;
         validate_id("agent", agent).map_err(invalid)?;
@@ -126,14 +126,14 @@ impl CsService {
         caller: &Caller,
         group: &str,
         limit: usize,
-    ) -> Result<Vec<LeftMessage>, DispatchError> {
+    ) -> Result<Vec<LeftMessage>, ClientError> {
         require(caller, &[Role::Agent, Role::Admin], "left messages")?;
         validate_id("group", group).map_err(invalid)?;
         self.member_or_admin(caller, group).await?;
         Ok(self.store.left_messages(caller.tenant(), group, limit.clamp(1, 500)).await?)
     }
 
-    async fn member_or_admin(&self, caller: &Caller, group: &str) -> Result<(), DispatchError> {
+    async fn member_or_admin(&self, caller: &Caller, group: &str) -> Result<(), ClientError> {
         if caller.role == Role::Admin {
             return Ok(());
         }
@@ -147,7 +147,7 @@ impl CsService {
 
     /// The quick replies `caller` sees: of their groups (an admin: of every
     /// group) and their personal ones.
-    pub async fn quick_replies(&self, caller: &Caller) -> Result<Vec<QuickReply>, DispatchError> {
+    pub async fn quick_replies(&self, caller: &Caller) -> Result<Vec<QuickReply>, ClientError> {
         require(caller, &[Role::Agent, Role::Admin], "quick replies")?;
         let groups = if caller.role == Role::Admin {
             self.store.groups(caller.tenant()).await?.into_iter().map(|g| g.spec.id).collect()
@@ -166,7 +166,7 @@ impl CsService {
         group: String,
         title: String,
         text: String,
-    ) -> Result<QuickReply, DispatchError> {
+    ) -> Result<QuickReply, ClientError> {
         require(caller, &[Role::Agent, Role::Admin], "quick replies")?;
         check_reply(&group, &title, &text)?;
         let owner = if group.is_empty() { caller.user.clone() } else { String::new() };
@@ -187,7 +187,7 @@ impl CsService {
         group: String,
         title: String,
         text: String,
-    ) -> Result<QuickReply, DispatchError> {
+    ) -> Result<QuickReply, ClientError> {
         require(caller, &[Role::Agent, Role::Admin], "quick replies")?;
         validate_id("id", id).map_err(invalid)?;
         check_reply(&group, &title, &text)?;
@@ -203,7 +203,7 @@ impl CsService {
     }
 
     /// Deletes a quick reply (its owner, agents of its group, admin).
-    pub async fn delete_quick_reply(&self, caller: &Caller, id: &str) -> Result<(), DispatchError> {
+    pub async fn delete_quick_reply(&self, caller: &Caller, id: &str) -> Result<(), ClientError> {
         require(caller, &[Role::Agent, Role::Admin], "quick replies")?;
         validate_id("id", id).map_err(invalid)?;
         self.editable_reply(caller, id).await?;
@@ -213,7 +213,7 @@ impl CsService {
 
     /// Whether `caller` may change `reply`: its owner, an agent of its
     /// group, or an admin.
-    async fn may_edit(&self, caller: &Caller, reply: &QuickReply) -> Result<(), DispatchError> {
+    async fn may_edit(&self, caller: &Caller, reply: &QuickReply) -> Result<(), ClientError> {
         if !reply.group.is_empty() {
             return self.member_or_admin(caller, &reply.group).await;
         }
@@ -224,14 +224,14 @@ impl CsService {
         }
     }
 
-    async fn editable_reply(&self, caller: &Caller, id: &str) -> Result<QuickReply, DispatchError> {
+    async fn editable_reply(&self, caller: &Caller, id: &str) -> Result<QuickReply, ClientError> {
         let reply = self.store.quick_reply(caller.tenant(), id).await?.ok_or_else(|| not_found("quick reply"))?;
         self.may_edit(caller, &reply).await?;
         Ok(reply)
     }
 }
 
-fn check_reply(group: &str, title: &str, text: &str) -> Result<(), DispatchError> {
+fn check_reply(group: &str, title: &str, text: &str) -> Result<(), ClientError> {
     if title.is_empty() || title.len() > MAX_TITLE_BYTES {
         return Err(invalid(format!("title must be 1 to {MAX_TITLE_BYTES} bytes")));
     }

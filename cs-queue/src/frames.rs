@@ -6,7 +6,7 @@ use super::*;
 
 impl CsService {
     /// Answers one customer-service frame.
-    pub async fn handle(&self, caller: &Caller, body: Body) -> Result<Body, DispatchError> {
+    pub async fn handle(&self, caller: &Caller, body: Body) -> Result<Body, ClientError> {
         match body {
             Body::RequestService(r) => self.request_service(caller, r).await,
             Body::CancelRequest(r) => self.cancel_request(caller, r).await,
@@ -22,7 +22,7 @@ impl CsService {
         }
     }
 
-    async fn request_service(&self, caller: &Caller, r: pb::RequestService) -> Result<Body, DispatchError> {
+    async fn request_service(&self, caller: &Caller, r: pb::RequestService) -> Result<Body, ClientError> {
         require(caller, &[Role::Customer], "RequestService")?;
         validate_id("group", &r.group).map_err(invalid)?;
         if let Some(c) = &r.first_message {
@@ -66,14 +66,14 @@ impl CsService {
         }
     }
 
-    async fn cancel_request(&self, caller: &Caller, r: pb::CancelRequest) -> Result<Body, DispatchError> {
+    async fn cancel_request(&self, caller: &Caller, r: pb::CancelRequest) -> Result<Body, ClientError> {
         require(caller, &[Role::Customer], "CancelRequest")?;
         validate_id("group", &r.group).map_err(invalid)?;
         self.run(caller, CsCommand::Cancel { customer: caller.user.clone(), group: r.group }).await?;
         Ok(Body::CsOk(pb::CsOk::default()))
     }
 
-    async fn leave_message(&self, caller: &Caller, r: pb::LeaveMessage) -> Result<Body, DispatchError> {
+    async fn leave_message(&self, caller: &Caller, r: pb::LeaveMessage) -> Result<Body, ClientError> {
         require(caller, &[Role::Customer], "LeaveMessage")?;
         validate_id("group", &r.group).map_err(invalid)?;
         let content = r.content.ok_or_else(|| invalid("content is required".into()))?;
@@ -99,14 +99,14 @@ impl CsService {
         Ok(Body::CsOk(pb::CsOk { id: message.id }))
     }
 
-    async fn end_session(&self, caller: &Caller, r: pb::EndSession) -> Result<Body, DispatchError> {
+    async fn end_session(&self, caller: &Caller, r: pb::EndSession) -> Result<Body, ClientError> {
         validate_id("session_id", &r.session_id).map_err(invalid)?;
         let c = CsCommand::End { session_id: r.session_id, by: caller.user.clone(), admin: caller.role == Role::Admin };
         let CsReply::Session { session, .. } = self.run(caller, c).await? else { return Err(unexpected()) };
         Ok(Body::SessionEnded(pb::SessionEnded { session: Some(session_pb(&session)) }))
     }
 
-    async fn rate(&self, caller: &Caller, r: pb::Rate) -> Result<Body, DispatchError> {
+    async fn rate(&self, caller: &Caller, r: pb::Rate) -> Result<Body, ClientError> {
         require(caller, &[Role::Customer], "Rate")?;
         validate_id("session_id", &r.session_id).map_err(invalid)?;
         let customer = caller.user.clone();
@@ -115,7 +115,7 @@ impl CsService {
         Ok(Body::CsOk(pb::CsOk::default()))
     }
 
-    async fn set_status(&self, caller: &Caller, r: pb::SetStatus) -> Result<Body, DispatchError> {
+    async fn set_status(&self, caller: &Caller, r: pb::SetStatus) -> Result<Body, ClientError> {
         require(caller, &[Role::Agent], "SetStatus")?;
         let status =
             status_from_pb(r.status).ok_or_else(|| invalid("status must be ONLINE, AWAY or OFFLINE".into()))?;
@@ -127,7 +127,7 @@ impl CsService {
         Ok(Body::CsState(state))
     }
 
-    async fn accept_session(&self, caller: &Caller, r: pb::AcceptSession) -> Result<Body, DispatchError> {
+    async fn accept_session(&self, caller: &Caller, r: pb::AcceptSession) -> Result<Body, ClientError> {
         require(caller, &[Role::Agent], "AcceptSession")?;
         validate_id("group", &r.group).map_err(invalid)?;
         let customer = (!r.customer.is_empty()).then_some(r.customer);
@@ -136,7 +136,7 @@ impl CsService {
         Ok(Body::SessionAssigned(pb::SessionAssigned { session: Some(session_pb(&session)) }))
     }
 
-    async fn transfer_session(&self, caller: &Caller, r: pb::TransferSession) -> Result<Body, DispatchError> {
+    async fn transfer_session(&self, caller: &Caller, r: pb::TransferSession) -> Result<Body, ClientError> {
         require(caller, &[Role::Agent, Role::Admin], "TransferSession")?;
         validate_id("session_id", &r.session_id).map_err(invalid)?;
         let target = match r.target {
@@ -162,7 +162,7 @@ impl CsService {
         Ok(Body::SessionTransferred(convert::transferred_pb(&t)))
     }
 
-    async fn claim_left_message(&self, caller: &Caller, r: pb::ClaimLeftMessage) -> Result<Body, DispatchError> {
+    async fn claim_left_message(&self, caller: &Caller, r: pb::ClaimLeftMessage) -> Result<Body, ClientError> {
         require(caller, &[Role::Agent], "ClaimLeftMessage")?;
         validate_id("left_message_id", &r.left_message_id).map_err(invalid)?;
         let c = CsCommand::Claim { id: r.left_message_id, agent: caller.user.clone() };

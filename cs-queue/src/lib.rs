@@ -22,7 +22,8 @@ mod frames;
 pub use admin::{GroupPatch, MAX_QUICK_REPLIES, MAX_REPLY_TEXT_BYTES, MAX_TITLE_BYTES};
 pub use convert::{session_pb, status_from_pb, status_pb};
 
-use dispatch::{DispatchError, Dispatcher};
+use dispatch::Dispatcher;
+use im_core::ClientError;
 use im_core::pb::{self, frame::Body};
 use im_core::{ErrorCode, Role, ids::validate_id};
 use session_router::Router;
@@ -99,12 +100,12 @@ pub struct CsService {
     notices: mpsc::Sender<(String, CsOutcome)>,
 }
 
-fn err(code: ErrorCode, message: impl Into<String>) -> DispatchError {
-    DispatchError::new(code, message)
+fn err(code: ErrorCode, message: impl Into<String>) -> ClientError {
+    ClientError::new(code, message)
 }
 
 /// The wire error of a refused command.
-pub fn cs_error(e: &CsError) -> DispatchError {
+pub fn cs_error(e: &CsError) -> ClientError {
     let code = match e {
         CsError::NoSuchGroup | CsError::NoSuchSession | CsError::NoSuchLeftMessage => ErrorCode::NotFound,
         CsError::Forbidden(_) => ErrorCode::Forbidden,
@@ -118,7 +119,7 @@ pub fn cs_error(e: &CsError) -> DispatchError {
     err(code, e.to_string())
 }
 
-fn require(caller: &Caller, roles: &[Role], what: &str) -> Result<(), DispatchError> {
+fn require(caller: &Caller, roles: &[Role], what: &str) -> Result<(), ClientError> {
     if roles.contains(&caller.role) {
         return Ok(());
     }
@@ -126,11 +127,11 @@ fn require(caller: &Caller, roles: &[Role], what: &str) -> Result<(), DispatchEr
     Err(err(ErrorCode::Forbidden, format!("{what} needs the role {}", names.join(" or "))))
 }
 
-fn invalid(message: String) -> DispatchError {
+fn invalid(message: String) -> ClientError {
     err(ErrorCode::InvalidArgument, message)
 }
 
-fn unexpected() -> DispatchError {
+fn unexpected() -> ClientError {
     err(ErrorCode::Internal, "unexpected reply")
 }
 
@@ -158,7 +159,7 @@ impl CsService {
     }
 
     /// Runs a command and queues the notifications of what it did.
-    pub async fn execute(&self, tenant: &str, command: CsCommand) -> Result<CsOutcome, DispatchError> {
+    pub async fn execute(&self, tenant: &str, command: CsCommand) -> Result<CsOutcome, ClientError> {
         let name = command.name();
         let outcome = self.store.execute(tenant, command, im_core::now_ms()).await?;
         metrics::counter!("dongdong_cs_commands_total", "op" => name, "ok" => if outcome.reply.is_ok() { "true" } else { "false" })
@@ -175,14 +176,14 @@ impl CsService {
     }
 
     /// Runs a command for `caller`'s tenant; its refusal becomes the error.
-    async fn run(&self, caller: &Caller, command: CsCommand) -> Result<CsReply, DispatchError> {
+    async fn run(&self, caller: &Caller, command: CsCommand) -> Result<CsReply, ClientError> {
         self.execute(&caller.tenant, command).await?.reply.map_err(|e| cs_error(&e))
     }
 
     /// Creates a group from the config if it does not exist yet, and adds
     /// `agents` that are not members yet (with the group's default
     /// capacity, or the capacity they already have).
-    pub async fn seed(&self, tenant: &str, spec: GroupSpec, agents: &[String]) -> Result<(), DispatchError> {
+    pub async fn seed(&self, tenant: &str, spec: GroupSpec, agents: &[String]) -> Result<(), ClientError> {
         let group = spec.id.clone();
         if self.store.group_view(tenant, &group).await?.is_none() {
             self.execute(tenant, CsCommand::PutGroup { spec }).await?.reply.map_err(|e| cs_error(&e))?;
@@ -226,7 +227,7 @@ impl CsService {
     }
 
     /// The caller's open sessions, waiting positions and agent state.
-    pub async fn state(&self, caller: &Caller) -> Result<pb::CsState, DispatchError> {
+    pub async fn state(&self, caller: &Caller) -> Result<pb::CsState, ClientError> {
         let tenant = caller.tenant();
         let sessions = self.store.user_sessions(tenant, caller.user()).await?;
         let mut waiting = Vec::new();
@@ -248,7 +249,7 @@ impl CsService {
 
     /// Checks that `who` may read `conversation_id` as a party of the
     /// service session `session_id`.
-    pub async fn may_read(&self, who: &Caller, session_id: &str, conversation_id: &str) -> Result<(), DispatchError> {
+    pub async fn may_read(&self, who: &Caller, session_id: &str, conversation_id: &str) -> Result<(), ClientError> {
         validate_id("session_id", session_id).map_err(invalid)?;
         let s = self
             .store
@@ -265,7 +266,7 @@ impl CsService {
         Ok(())
     }
 
-    async fn send_left_messages(&self, tenant: &str, agent: &str, groups: &[String]) -> Result<(), DispatchError> {
+    async fn send_left_messages(&self, tenant: &str, agent: &str, groups: &[String]) -> Result<(), ClientError> {
         let mut all = Vec::new();
         for g in groups {
             all.extend(self.store.left_messages(tenant, g, self.config.left_notice_limit).await?);
@@ -286,7 +287,7 @@ impl CsService {
         tenant: &str,
         group: &str,
         messages: Vec<LeftMessage>,
-    ) -> Result<(), DispatchError> {
+    ) -> Result<(), ClientError> {
         let Some(view) = self.store.group_view(tenant, group).await? else { return Ok(()) };
         let frame = notice_frame(&messages);
         for a in view.agents.iter().filter(|a| a.connected && a.status != AgentStatus::Offline) {

@@ -25,48 +25,18 @@ mod acks;
 
 pub use acks::{AckQueue, Held};
 
+use im_core::ClientError;
 use im_core::pb::{self, Message, content};
 use im_core::{ErrorCode, ids::validate_id};
 use session_router::Router;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::time::Instant;
-use storage::{Backends, DeviceKey, HistoryQuery, NewMessage, PendingCursor, StorageError};
+use storage::{Backends, DeviceKey, HistoryQuery, NewMessage, PendingCursor};
 use tokio::sync::{Mutex, oneshot};
 use tracing::Instrument;
 
-/// A client-visible failure: a code and a sentence for the client.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{code:?}: {message}")]
-pub struct DispatchError {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-impl DispatchError {
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
-    }
-
-    pub fn to_wire(&self) -> pb::Error {
-        self.code.with_message(self.message.clone())
-    }
-}
-
-impl From<StorageError> for DispatchError {
-    fn from(e: StorageError) -> Self {
-        metrics::counter!("dongdong_storage_errors_total").increment(1);
-        tracing::error!(error = %e, "storage call failed");
-        // The client learns that it may retry; the details stay in our logs.
-        let message = match e {
-            StorageError::Unavailable(_) => "storage is unavailable; retry later",
-            StorageError::Corrupt(_) => "internal storage error",
-        };
-        DispatchError::new(e.code(), message)
-    }
-}
-
-pub type Result<T, E = DispatchError> = std::result::Result<T, E>;
+pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
 /// Bounds of the dispatch layer.
 #[derive(Debug, Clone)]
@@ -136,7 +106,7 @@ impl Dispatcher {
         // a push after the store.
         tokio::spawn(async move { this.store_and_push(new, Turn::first(), Instant::now()).await })
             .await
-            .map_err(|e| DispatchError::new(ErrorCode::Internal, format!("send task failed: {e}")))?
+            .map_err(|e| ClientError::new(ErrorCode::Internal, format!("send task failed: {e}")))?
     }
 
     /// [`send`](Self::send) for a connection: placed in its conversation
@@ -223,8 +193,7 @@ impl Dispatcher {
     pub fn validate_content(&self, content: &pb::Content) -> Result<()> {
         let max = self.limits.max_field_bytes;
         let too_long = |what: &str, s: &str| {
-            (s.len() > max)
-                .then(|| DispatchError::new(ErrorCode::TooLarge, format!("{what} is longer than {max} bytes")))
+            (s.len() > max).then(|| ClientError::new(ErrorCode::TooLarge, format!("{what} is longer than {max} bytes")))
         };
         let err = match &content.kind {
             None => Some(invalid("content has no kind: set text, image, file or custom".into())),
@@ -309,10 +278,10 @@ impl Dispatcher {
             return Err(invalid("set after_seq or before_seq, not both".into()));
         }
         let Some(conv) = self.backends.messages.conversation(&who.tenant, &conversation_id).await? else {
-            return Err(DispatchError::new(ErrorCode::NotFound, "no such conversation"));
+            return Err(ClientError::new(ErrorCode::NotFound, "no such conversation"));
         };
         if !authorized && !conv.has_member(&who.user) {
-            return Err(DispatchError::new(ErrorCode::Forbidden, "not a member of this conversation"));
+            return Err(ClientError::new(ErrorCode::Forbidden, "not a member of this conversation"));
         }
         let limit = match req.limit as usize {
             0 => self.limits.history_default,
@@ -370,6 +339,6 @@ impl Turn {
     }
 }
 
-fn invalid(message: String) -> DispatchError {
-    DispatchError::new(ErrorCode::InvalidArgument, message)
+fn invalid(message: String) -> ClientError {
+    ClientError::new(ErrorCode::InvalidArgument, message)
 }

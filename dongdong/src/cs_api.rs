@@ -24,7 +24,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use cs_queue::{Caller, CsService, GroupPatch};
-use dispatch::DispatchError;
+use im_core::ClientError;
 use im_core::ErrorCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -59,8 +59,8 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<DispatchError> for ApiError {
-    fn from(e: DispatchError) -> Self {
+impl From<ClientError> for ApiError {
+    fn from(e: ClientError) -> Self {
         fail(e.code, e.message)
     }
 }

@@ -70,3 +70,23 @@ impl CloseCode {
         self as u16
     }
 }
+
+/// A failure a client is told about: its code and a sentence for the
+/// client. Every layer that answers clients (the gateway, dispatch,
+/// customer service, the HTTP API) returns it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct ClientError {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl ClientError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self { code, message: message.into() }
+    }
+
+    pub fn to_wire(&self) -> crate::pb::Error {
+        self.code.with_message(self.message.clone())
+    }
+}

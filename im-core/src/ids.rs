@@ -127,3 +127,17 @@ mod tests {
         assert!(validate_id("user id", "a\nb").is_err());
     }
 }
+
+/// One terminal of one user: where messages are delivered and acked.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeviceKey {
+    pub tenant: String,
+    pub user: String,
+    pub device: String,
+}
+
+impl DeviceKey {
+    pub fn new(tenant: impl Into<String>, user: impl Into<String>, device: impl Into<String>) -> Self {
+        Self { tenant: tenant.into(), user: user.into(), device: device.into() }
+    }
+}

@@ -15,8 +15,8 @@ pub mod pb {
 }
 
 pub use codec::{Encoding, FrameDecodeError, decode_frame, encode_deliver, encode_frame};
-pub use error::{CloseCode, ErrorCode};
-pub use ids::{ConversationId, Role, TenantUser, conversation_id, new_msg_id};
+pub use error::{ClientError, CloseCode, ErrorCode};
+pub use ids::{ConversationId, DeviceKey, Role, TenantUser, conversation_id, new_msg_id};
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {

@@ -52,6 +52,19 @@ impl StorageError {
 
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+impl From<StorageError> for im_core::ClientError {
+    fn from(e: StorageError) -> Self {
+        metrics::counter!("dongdong_storage_errors_total").increment(1);
+        tracing::error!(error = %e, "storage call failed");
+        // The client learns that it may retry; the details stay in our logs.
+        let message = match e {
+            StorageError::Unavailable(_) => "storage is unavailable; retry later",
+            StorageError::Corrupt(_) => "internal storage error",
+        };
+        im_core::ClientError::new(e.code(), message)
+    }
+}
+
 /// An append whose place in its conversation is fixed; resolves when it is
 /// durable (see [`MessageStore::start_append`]).
 pub type PendingAppend = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Appended>> + Send>>;

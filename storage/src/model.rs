@@ -60,19 +60,7 @@ pub struct HistoryPage {
     pub has_more: bool,
 }
 
-/// One terminal of one user.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct DeviceKey {
-    pub tenant: String,
-    pub user: String,
-    pub device: String,
-}
-
-impl DeviceKey {
-    pub fn new(tenant: impl Into<String>, user: impl Into<String>, device: impl Into<String>) -> Self {
-        Self { tenant: tenant.into(), user: user.into(), device: device.into() }
-    }
-}
+pub use im_core::DeviceKey;
 
 /// Position in a device's pending set: the last message of the previous page.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]

@@ -128,7 +128,7 @@ where
         return Err(reject(encoding, req_id, ErrorCode::InvalidArgument, e, CloseCode::PolicyViolation));
     }
     let device = Arc::new(DeviceKey::new(claims.tenant, claims.sub, auth.device_id));
-    let mut unavailable = |e: dispatch::DispatchError| {
+    let mut unavailable = |e: im_core::ClientError| {
         warn!(error = %e, "could not register the connection");
         reject(encoding, req_id, e.code, e.message, CloseCode::TryAgainLater)
     };

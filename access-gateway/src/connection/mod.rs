@@ -557,7 +557,7 @@ fn queue_frame(outbox: &mut Outbox, message: WsMessage) -> Result<(), Exit> {
 }
 
 /// The `Error` reply to a request that failed.
-fn reply_error(req_id: u64, e: &dispatch::DispatchError) -> Frame {
+fn reply_error(req_id: u64, e: &im_core::ClientError) -> Frame {
     error_frame(req_id, e.code, e.message.clone())
 }
 

@@ -179,7 +179,7 @@ async fn history(
         return gw.dispatch.history(device, req).await;
     }
     if req.conversation_id.is_empty() {
-        return Err(dispatch::DispatchError::new(
+        return Err(im_core::ClientError::new(
             ErrorCode::InvalidArgument,
             "with session_id, set conversation_id (one of the session's conversations)",
         ));
