@@ -24,13 +24,13 @@ pub use convert::{session_pb, status_from_pb, status_pb};
 
 use dispatch::Dispatcher;
 use im_core::ClientError;
+use im_core::DeviceKey;
 use im_core::pb::{self, frame::Body};
 use im_core::{ErrorCode, Role, ids::validate_id};
 use session_router::Router;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
-use storage::DeviceKey;
 use storage::cs::{
     AgentStatus, CsCommand, CsError, CsOutcome, CsReply, CsStore, GroupSpec, LeftMessage, QueueSnapshot, Session,
     SessionState, TransferTarget,

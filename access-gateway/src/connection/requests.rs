@@ -12,10 +12,10 @@ use super::wire::{Incoming, classify, close, error_frame, server_frame_name};
 use super::{Conn, reply_error};
 use crate::Gateway;
 use dispatch::Held;
+use im_core::DeviceKey;
 use im_core::pb::{self, Frame, frame::Body};
 use im_core::{CloseCode, Encoding, ErrorCode};
 use session_router::Push;
-use storage::DeviceKey;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 
