@@ -14,7 +14,7 @@ use amqprs::connection::{Connection, OpenConnectionArguments};
 use amqprs::{
     Ack, BasicProperties, Cancel, CloseChannel, DELIVERY_MODE_PERSISTENT, FieldTable, FieldValue, Nack, Return,
 };
-use dongdong::bot::{Latency, histogram};
+use dongdong_bot::{Latency, histogram};
 use serde_json::{Value, json};
 use std::collections::{BTreeSet, HashSet};
 use std::sync::Arc;

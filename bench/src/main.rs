@@ -11,7 +11,7 @@ mod amqp;
 mod store;
 
 use clap::{Parser, Subcommand};
-use dongdong::bot::{Latency, Sampler, histogram};
+use dongdong_bot::{Latency, Sampler, histogram};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use serde_json::{Value, json};
 use std::collections::HashSet;

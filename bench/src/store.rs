@@ -6,7 +6,7 @@
 //! process then opens the store (replaying the whole log) and reports the
 //! time, its RSS, and whether every message is there.
 
-use dongdong::bot::Sampler;
+use dongdong_bot::Sampler;
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

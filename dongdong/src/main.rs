@@ -2,7 +2,7 @@
 //! loads a server with simulated clients.
 
 use clap::{Parser, Subcommand};
-use dongdong::{Config, ConfigError, Overrides};
+use dongdong_server::{Config, ConfigError, Overrides};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -58,7 +58,7 @@ enum Command {
     /// Exits 1 when the correctness report is not clean.
     Bot {
         #[command(subcommand)]
-        scenario: Box<dongdong::bot::Scenario>,
+        scenario: Box<dongdong_bot::Scenario>,
     },
 }
 
@@ -95,7 +95,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return config_error(e),
             };
-            let secret = match dongdong::secret::resolve(&config) {
+            let secret = match dongdong_server::secret::resolve(&config) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!("dongdong: {e:#}");
@@ -116,7 +116,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn bot(scenario: dongdong::bot::Scenario) -> ExitCode {
+fn bot(scenario: dongdong_bot::Scenario) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -125,7 +125,7 @@ fn bot(scenario: dongdong::bot::Scenario) -> ExitCode {
         }
     };
     let json = scenario.common().json;
-    match runtime.block_on(dongdong::bot::run(scenario)) {
+    match runtime.block_on(dongdong_bot::run(scenario, Box::new(dev_secret))) {
         Ok(report) => {
             if json {
                 println!("{}", serde_json::to_string(&report).unwrap_or_default());
@@ -139,6 +139,20 @@ fn bot(scenario: dongdong::bot::Scenario) -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// The server's secret as `dongdong serve` with this config and data
+/// directory would use it (for the bot without --secret or --token-cmd).
+fn dev_secret(config: Option<&std::path::Path>, data: Option<&std::path::Path>) -> anyhow::Result<Vec<u8>> {
+    let overrides = Overrides { data_dir: data.map(Into::into), ..Overrides::default() };
+    let config = Config::load(config, &overrides)?;
+    dongdong_server::secret::existing(&config)?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "no secret: give --secret (the server's [auth] secret), --token-cmd, or --data with the \
+             server's data directory holding its dev secret ({} does not exist)",
+            dongdong_server::secret::dev_secret_path(&config).display()
+        )
+    })
 }
 
 fn config_error(e: ConfigError) -> ExitCode {
@@ -160,16 +174,16 @@ fn init_tracing(filter: &str) {
 
 async fn serve(config: Config) -> anyhow::Result<()> {
     // Before listening: whoever sees us listening can mint tokens with it.
-    dongdong::secret::resolve(&config)?;
-    let ws = dongdong::listen(config.server.listen)
+    dongdong_server::secret::resolve(&config)?;
+    let ws = dongdong_server::listen(config.server.listen)
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.listen): {e}", config.server.listen))?;
-    let http = dongdong::listen(config.server.http)
+    let http = dongdong_server::listen(config.server.http)
         .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.http): {e}", config.server.http))?;
     // One line on stdout for scripts and tests that start us on port 0.
     println!("dongdong listening ws=ws://{}/ws http=http://{}", ws.local_addr()?, http.local_addr()?);
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_shutdown(shutdown.clone()));
-    dongdong::run(ws, http, config, shutdown).await
+    dongdong_server::run(ws, http, config, shutdown).await
 }
 
 async fn signal_shutdown(shutdown: CancellationToken) {

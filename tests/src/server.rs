@@ -2,7 +2,7 @@
 
 use crate::{Client, SECRET};
 use access_gateway::TokenSigner;
-use dongdong::Config;
+use dongdong_server::Config;
 use im_core::Role;
 use std::sync::Arc;
 use std::time::Duration;
@@ -50,7 +50,7 @@ impl TestServer {
         let dir = Arc::new(tempfile::tempdir().unwrap());
         let mut config = test_config(dir.path());
         tweak(&mut config);
-        let (backends, store) = dongdong::open_storage(&config, "test-node").await.unwrap();
+        let (backends, store) = dongdong_server::open_storage(&config, "test-node").await.unwrap();
         Self::start_on(config, backends, store, dir).await
     }
 
@@ -70,7 +70,7 @@ impl TestServer {
         let task = {
             let (config, backends, shutdown) = (config.clone(), backends.clone(), shutdown.clone());
             tokio::spawn(async move {
-                dongdong::run_with_backends(ws, http, &config, "test-node", backends, shutdown).await
+                dongdong_server::run_with_backends(ws, http, &config, "test-node", backends, shutdown).await
             })
         };
         Self {

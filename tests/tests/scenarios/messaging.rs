@@ -51,7 +51,7 @@ async fn acked_send_survives_a_restart_on_the_same_data() {
         acks.push(alice.send_text("bob", &format!("m{i}"), &format!("text {i}")).await.unwrap());
     }
     s.stop().await;
-    let (backends, store) = dongdong::open_storage(&config, "test-node").await.unwrap();
+    let (backends, store) = dongdong_server::open_storage(&config, "test-node").await.unwrap();
     let s = TestServer::start_on(config, backends, store, dir).await;
     let mut bob = s.login("acme", "bob", "b1").await;
     assert_eq!(bob.auth_ok.as_ref().unwrap().pending_count, 20);
@@ -119,7 +119,7 @@ impl MessageStore for FaultyStore {
 async fn failed_store_gives_retryable_error_and_no_ack() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let config = test_config(dir.path());
-    let (mut backends, store) = dongdong::open_storage(&config, "test-node").await.unwrap();
+    let (mut backends, store) = dongdong_server::open_storage(&config, "test-node").await.unwrap();
     let flaky = FaultyStore::wrap(backends.messages.clone(), true, false);
     backends.messages = flaky.clone();
     let s = TestServer::start_on(config, backends, store, dir).await;
@@ -204,7 +204,7 @@ async fn pipelined_sends_arrive_in_the_order_written() {
 async fn pipelined_sends_keep_their_order_when_appends_complete_out_of_order() {
     let dir = Arc::new(tempfile::tempdir().unwrap());
     let config = test_config(dir.path());
-    let (mut backends, store) = dongdong::open_storage(&config, "test-node").await.unwrap();
+    let (mut backends, store) = dongdong_server::open_storage(&config, "test-node").await.unwrap();
     backends.messages = FaultyStore::wrap(backends.messages.clone(), false, true);
     pipelined_sends_keep_the_senders_order(TestServer::start_on(config, backends, store, dir).await).await;
 }

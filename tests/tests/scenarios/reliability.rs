@@ -213,7 +213,7 @@ async fn acks_never_block_a_connection_and_none_is_lost() {
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let mut config = dongdong_tests::server::test_config(dir.path());
     config.limits.ack_queue = 16;
-    let (mut backends, store) = dongdong::open_storage(&config, "test-node").await.unwrap();
+    let (mut backends, store) = dongdong_server::open_storage(&config, "test-node").await.unwrap();
     let gated =
         std::sync::Arc::new(GatedAcks { inner: backends.pending.clone(), gate: tokio::sync::Semaphore::new(0) });
     backends.pending = gated.clone();

@@ -2,7 +2,7 @@
 //! protocol over real WebSockets, measure what a deployment delivers, and
 //! prove nothing was lost while they loaded it (the correctness report).
 //!
-//! Scenarios: `pairs`, `multi-device`, `offline`, `idle`, `cs`. Every run
+//! Scenarios: `pairs`, `multi-device`, `offline`, `history`, `idle`, `cs`. Every run
 //! uses fresh user ids (prefixed with a run id), so runs never see each
 //! other's messages.
 
@@ -18,13 +18,12 @@ mod report;
 pub use ledger::Correctness;
 pub use report::{Latency, ProcStats, Report, Sampler, histogram};
 
-use crate::{Config, Overrides};
 use access_gateway::TokenSigner;
 use conn::{Conn, ConnectError, Target};
 use im_core::{Encoding, Role};
 use report::{Connects, Live};
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -225,9 +224,14 @@ impl Scenario {
     }
 }
 
+/// Finds the server's secret from `--config` and `--data` when neither
+/// `--secret` nor `--token-cmd` is given (the `dongdong` command reads the
+/// server's configuration and dev secret the way `serve` does).
+pub type FindSecret = Box<dyn FnOnce(Option<&Path>, Option<&Path>) -> anyhow::Result<Vec<u8>> + Send>;
+
 /// Runs a scenario to its end and returns its report.
-pub async fn run(scenario: Scenario) -> anyhow::Result<Report> {
-    let ctx = Arc::new(Ctx::new(scenario.common()).await?);
+pub async fn run(scenario: Scenario, find_secret: FindSecret) -> anyhow::Result<Report> {
+    let ctx = Arc::new(Ctx::new(scenario.common(), find_secret).await?);
     let server = match scenario.common().server_pid {
         Some(pid) => Some(Sampler::start(pid)?),
         None => None,
@@ -282,7 +286,7 @@ pub(crate) struct Ctx {
 }
 
 impl Ctx {
-    async fn new(common: &Common) -> anyhow::Result<Self> {
+    async fn new(common: &Common, find_secret: FindSecret) -> anyhow::Result<Self> {
         anyhow::ensure!(!common.urls.is_empty(), "give at least one --url");
         let mut targets = Vec::new();
         for url in &common.urls {
@@ -293,16 +297,7 @@ impl Ctx {
         } else if let Some(secret) = &common.secret {
             Tokens::Secret(Box::new(TokenSigner::new(secret.as_bytes())))
         } else {
-            let overrides = Overrides { data_dir: common.data.clone(), ..Overrides::default() };
-            let config = Config::load(common.config.as_deref(), &overrides)?;
-            let secret = crate::secret::existing(&config)?.ok_or_else(|| {
-                anyhow::anyhow!(
-                    "no secret: give --secret (the server's [auth] secret), --token-cmd, or --data with the \
-                     server's data directory holding its dev secret ({} does not exist)",
-                    crate::secret::dev_secret_path(&config).display()
-                )
-            })?;
-            Tokens::Secret(Box::new(TokenSigner::new(&secret)))
+            Tokens::Secret(Box::new(TokenSigner::new(&find_secret(common.config.as_deref(), common.data.as_deref())?)))
         };
         let encoding = if common.encoding == "json" { Encoding::Json } else { Encoding::Protobuf };
         // Base 36 of the start time in ms: short, unique per run, valid in ids.

@@ -2,7 +2,6 @@
 //! gateway and the HTTP endpoints. [`run`] takes already-bound listeners and a
 //! shutdown token, so tests bind port 0 and own the trigger.
 
-pub mod bot;
 pub mod config;
 mod cs_api;
 mod http;
