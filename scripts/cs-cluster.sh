@@ -46,3 +46,21 @@ print("run %s: %s sessions/s, assignment wait p50 %s ms p99 %s ms, %s customers,
     os.environ["RUN"], f.get("sessions_per_s"), w.get("p50"), w.get("p99"), f.get("customers"),
     f.get("served_and_rated", 0), r["clean"]))'
 done
+# What one cs command costs in Redis (the Lua script, as node 1 saw it).
+curl -s http://127.0.0.1:7833/metrics | python3 -c '
+import re, sys
+b = {}
+for line in sys.stdin:
+    m = re.match(r"dongdong_storage_call_seconds_(bucket|sum|count)\{(.*)\} (\S+)", line)
+    if not m or "op=\"cs\"" not in m.group(2) or "system=\"redis\"" not in m.group(2):
+        continue
+    kind, labels, v = m.groups()
+    if kind == "bucket":
+        b[float(re.search(r"le=\"([^\"]+)\"", labels).group(1).replace("+Inf", "inf"))] = float(v)
+    else:
+        b[kind] = float(v)
+n = b.get("count", 0)
+if n:
+    def q(p):
+        return next(le for le, c in sorted((k, v) for k, v in b.items() if isinstance(k, float)) if c >= p * n)
+    print("node 1: %d cs scripts, mean %.2f ms, p50 <= %g ms, p99 <= %g ms" % (n, b["sum"] / n * 1000, q(0.5) * 1000, q(0.99) * 1000))'
