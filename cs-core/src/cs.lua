@@ -14,7 +14,8 @@
 -- stored without them and the caller derives them from the agents.
 -- Dynamic keys (same hash tag): prefix.."q:"..group (zset of waiting session
 -- ids scored by queue key), prefix.."S:"..id (ended session, expires),
--- prefix.."L:"..id (claimed left message, expires).
+-- prefix.."L:"..id (claimed left message, expires), prefix.."version" (the
+-- tenant's count of commands run).
 -- Returns the CsOutcome as json.
 
 local K_GROUPS, K_AGENTS, K_OPEN, K_CUST, K_LEFT = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -590,6 +591,8 @@ end
 
 local handler = handlers[cmd.op]
 if not handler then return redis.error_reply('dongdong: unknown cs command ' .. tostring(cmd.op)) end
+-- The tenant's count of commands run (the outcome's version).
+local version = redis.call('INCR', P .. 'version')
 local reply = handler(cmd)
 if reply.Ok then
   assign_pass()
@@ -658,5 +661,5 @@ for gid, from in pairs(fx.changes) do
 end
 table.sort(queues, function(a, b) return a.group < b.group end)
 
-return cjson.encode({ reply = reply, assigned = fx.assigned, transferred = fx.transferred, ended = fx.ended,
+return cjson.encode({ version = version, reply = reply, assigned = fx.assigned, transferred = fx.transferred, ended = fx.ended,
                       timed_out = fx.timed_out, queues = queues })

@@ -71,6 +71,9 @@ pub struct TenantState {
     /// Unclaimed left messages, plus ones claimed by the last command until
     /// [`TenantState::evict_finished`].
     pub left: BTreeMap<String, LeftMessage>,
+    /// Commands run (see [`CsOutcome::version`]). Not stored: a store that
+    /// reloads a tenant carries it over.
+    pub version: u64,
     queues: BTreeMap<String, BTreeMap<i64, String>>,
     by_customer: BTreeMap<(String, String), String>,
     dirty: BTreeSet<Dirty>,
@@ -227,6 +230,7 @@ impl TenantState {
         if let Err(e) = command.precheck() {
             return CsOutcome::refused(e);
         }
+        self.version += 1;
         let mut fx = Effects::default();
         let reply = self.run(command, now, &mut fx);
         if reply.is_ok() {
@@ -248,6 +252,7 @@ impl TenantState {
         });
         let queues = fx.queue_changes.iter().map(|(g, from)| self.snapshot(g, *from)).collect();
         CsOutcome {
+            version: self.version,
             reply,
             assigned: fx.assigned,
             transferred: fx.transferred,

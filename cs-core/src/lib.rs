@@ -501,6 +501,10 @@ impl QueueSnapshot {
 /// Everything a command did, for notifications and metrics.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CsOutcome {
+    /// The tenant's count of commands run, this one included: a later
+    /// command's outcome has a larger one, whatever order the outcomes reach
+    /// the notifier in (0 for a command refused before it ran).
+    pub version: u64,
     pub reply: std::result::Result<CsReply, CsError>,
     /// Sessions that got an agent (new, requeued or transferred to an agent).
     #[serde(default)]
@@ -521,7 +525,15 @@ pub struct CsOutcome {
 
 impl CsOutcome {
     pub fn refused(e: CsError) -> Self {
-        Self { reply: Err(e), assigned: vec![], transferred: vec![], ended: vec![], timed_out: vec![], queues: vec![] }
+        Self {
+            version: 0,
+            reply: Err(e),
+            assigned: vec![],
+            transferred: vec![],
+            ended: vec![],
+            timed_out: vec![],
+            queues: vec![],
+        }
     }
 }
 

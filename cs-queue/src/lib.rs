@@ -457,12 +457,24 @@ fn queue_update(q: &QueueSnapshot, s: &Session) -> pb::QueueUpdate {
     }
 }
 
+/// A queue's newest snapshot among a batch of outcomes.
+struct QueueChange {
+    tenant: String,
+    version: u64,
+    snapshot: QueueSnapshot,
+}
+
+/// Most (tenant, group) versions the notifier remembers before it starts over.
+const MAX_VERSIONS: usize = 100_000;
+
 async fn notifier(
     service: std::sync::Weak<CsService>,
     mut rx: mpsc::Receiver<(String, CsOutcome)>,
     shutdown: CancellationToken,
 ) {
     let mut batch = Vec::new();
+    // The newest version whose positions went out, per (tenant, group).
+    let mut published: HashMap<(String, String), u64> = HashMap::new();
     loop {
         let first = tokio::select! {
             n = rx.recv() => match n { Some(n) => n, None => break },
@@ -477,25 +489,63 @@ async fn notifier(
         }
         let Some(service) = service.upgrade() else { break };
         // Events go out in order; queue positions once per group, from the
-        // newest snapshot (older ones are stale), so a busy queue does not
-        // send every customer an update per change.
-        let mut queues: Vec<(String, QueueSnapshot)> = Vec::new();
+        // newest snapshot by version (outcomes of concurrent commands can
+        // arrive in either order), so a busy queue does not send every
+        // customer an update per change.
+        let mut queues: Vec<QueueChange> = Vec::new();
         for (tenant, mut outcome) in batch.drain(..) {
-            for q in std::mem::take(&mut outcome.queues) {
-                match queues.iter_mut().find(|(t, old)| *t == tenant && old.group == q.group) {
-                    Some((_, old)) => {
-                        let from = old.changed_from.min(q.changed_from);
-                        *old = QueueSnapshot { changed_from: from, ..q };
-                    }
-                    None => queues.push((tenant.clone(), q)),
-                }
-            }
+            coalesce(&mut queues, &tenant, outcome.version, std::mem::take(&mut outcome.queues));
             service.publish(&tenant, outcome).await;
         }
-        for (tenant, q) in &queues {
-            service.publish_queue(tenant, q).await;
+        if published.len() > MAX_VERSIONS {
+            published.clear();
+        }
+        for c in queues {
+            let (tenant, group, changed_from) = (c.tenant.clone(), c.snapshot.group.clone(), c.snapshot.changed_from);
+            if let Some(snapshot) = newest_only(&mut published, c) {
+                service.publish_queue(&tenant, &snapshot).await;
+                continue;
+            }
+            // Older than what went out already: its change is in the queue
+            // as it stands now, so the positions come from there.
+            match service.store.group_view(&tenant, &group).await {
+                Ok(Some(view)) => {
+                    service.publish_queue(&tenant, &QueueSnapshot { changed_from, ..view.queue }).await;
+                }
+                Ok(None) => {}
+                Err(e) => warn!(error = %e, "cs notifier: cannot read a queue; positions may be stale"),
+            }
         }
     }
+}
+
+/// Adds one outcome's queue snapshots to the batch's: per (tenant, group)
+/// the one of the highest version, changed from the lowest index of all.
+fn coalesce(queues: &mut Vec<QueueChange>, tenant: &str, version: u64, snapshots: Vec<QueueSnapshot>) {
+    for q in snapshots {
+        match queues.iter_mut().find(|c| c.tenant == tenant && c.snapshot.group == q.group) {
+            Some(c) => {
+                let from = c.snapshot.changed_from.min(q.changed_from);
+                if version > c.version {
+                    c.version = version;
+                    c.snapshot = q;
+                }
+                c.snapshot.changed_from = from;
+            }
+            None => queues.push(QueueChange { tenant: tenant.to_string(), version, snapshot: q }),
+        }
+    }
+}
+
+/// The snapshot to publish if it is not older than the last one published
+/// for its queue (and remembers it); `None` if it is.
+fn newest_only(published: &mut HashMap<(String, String), u64>, c: QueueChange) -> Option<QueueSnapshot> {
+    let newest = published.entry((c.tenant, c.snapshot.group.clone())).or_default();
+    if c.version < *newest {
+        return None;
+    }
+    *newest = c.version;
+    Some(c.snapshot)
 }
 
 async fn sweeper(service: std::sync::Weak<CsService>, shutdown: CancellationToken) {
@@ -512,5 +562,45 @@ async fn sweeper(service: std::sync::Weak<CsService>, shutdown: CancellationToke
         let Some(service) = service.upgrade() else { break };
         n = n.wrapping_add(1);
         service.sweep(n.is_multiple_of(RECONCILE_EVERY), &mut published).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(waiting: &[&str], changed_from: usize) -> QueueSnapshot {
+        let waiting = waiting.iter().map(|c| (format!("s-{c}"), c.to_string())).collect();
+        QueueSnapshot::new("g", waiting, changed_from, 0, [])
+    }
+
+    fn customers(q: &QueueSnapshot) -> Vec<&str> {
+        q.waiting.iter().map(|(_, c)| c.as_str()).collect()
+    }
+
+    /// Two commands' outcomes reach the notifier newest first: the batch
+    /// keeps the newer queue, from the lower index of the two.
+    #[test]
+    fn a_batch_keeps_the_newest_queue_whatever_the_arrival_order() {
+        let mut queues = Vec::new();
+        coalesce(&mut queues, "t", 7, vec![snapshot(&["c"], 1)]);
+        coalesce(&mut queues, "t", 6, vec![snapshot(&["b", "c"], 0)]);
+        coalesce(&mut queues, "u", 1, vec![snapshot(&["x"], 0)]);
+        assert_eq!(queues.len(), 2, "one per tenant and group");
+        assert_eq!((queues[0].version, customers(&queues[0].snapshot)), (7, vec!["c"]));
+        assert_eq!(queues[0].snapshot.changed_from, 0);
+    }
+
+    /// A snapshot older than one already published is not published (its
+    /// positions would be stale); equal or newer ones are.
+    #[test]
+    fn an_older_snapshot_than_the_one_published_is_held_back() {
+        let mut published = HashMap::new();
+        let change =
+            |version, waiting: &[&str]| QueueChange { tenant: "t".into(), version, snapshot: snapshot(waiting, 0) };
+        assert!(newest_only(&mut published, change(5, &["c"])).is_some());
+        assert!(newest_only(&mut published, change(4, &["b", "c"])).is_none());
+        assert!(newest_only(&mut published, change(5, &["c"])).is_some());
+        assert_eq!(newest_only(&mut published, change(9, &[])).map(|q| q.waiting.len()), Some(0));
     }
 }

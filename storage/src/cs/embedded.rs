@@ -31,15 +31,32 @@ pub struct EmbeddedCs {
     store: Arc<EmbeddedStore>,
     /// Each tenant's state behind its own lock; `None` until loaded (or
     /// after a failed write, until reloaded).
-    tenants: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<TenantState>>>>>,
+    tenants: std::sync::Mutex<HashMap<String, Arc<Mutex<Slot>>>>,
     /// Every tenant with records, for the sweep.
     known: std::sync::Mutex<BTreeSet<String>>,
     /// Quick-reply writes, one at a time (the limit is counted, then written).
     replies: Mutex<()>,
 }
 
+/// A tenant's state in memory, if loaded.
+#[derive(Default)]
+struct Slot {
+    state: Option<TenantState>,
+    /// The command count of a state dropped after a failed write, carried
+    /// over to its reload so outcome versions keep growing.
+    version: u64,
+}
+
+impl Slot {
+    fn forget(&mut self) {
+        if let Some(s) = self.state.take() {
+            self.version = s.version;
+        }
+    }
+}
+
 /// A tenant's locked state.
-type Locked = tokio::sync::OwnedMutexGuard<Option<TenantState>>;
+type Locked = tokio::sync::OwnedMutexGuard<Slot>;
 
 fn key(kind: &str, tenant: &str, id: &str) -> Vec<u8> {
     Key::new().s(kind).s(tenant).s(id).into_vec()
@@ -141,8 +158,10 @@ impl EmbeddedCs {
             tenants.entry(tenant.to_string()).or_default().clone()
         };
         let mut guard = slot.lock_owned().await;
-        if guard.is_none() {
-            *guard = Some(self.load(tenant).await?);
+        if guard.state.is_none() {
+            let mut loaded = self.load(tenant).await?;
+            loaded.version = guard.version;
+            guard.state = Some(loaded);
         }
         Ok(guard)
     }
@@ -196,14 +215,14 @@ impl EmbeddedCs {
     async fn forget(&self, tenant: &str) {
         let slot = self.tenants.lock().unwrap_or_else(|p| p.into_inner()).get(tenant).cloned();
         if let Some(slot) = slot {
-            *slot.lock().await = None;
+            slot.lock().await.forget();
         }
     }
 
     /// Runs `f` on the tenant's state under its lock (for queries).
     async fn with_tenant<T>(&self, tenant: &str, f: impl FnOnce(&TenantState) -> T) -> Result<T> {
         let guard = self.lock(tenant).await?;
-        let ts = guard.as_ref().ok_or_else(|| unavailable("tenant state vanished"))?;
+        let ts = guard.state.as_ref().ok_or_else(|| unavailable("tenant state vanished"))?;
         Ok(f(ts))
     }
 }
@@ -213,7 +232,7 @@ impl CsStore for EmbeddedCs {
     async fn execute(&self, tenant: &str, command: CsCommand, now_ms: u64) -> Result<CsOutcome> {
         let (queued, outcome) = {
             let mut guard = self.lock(tenant).await?;
-            let ts = guard.as_mut().ok_or_else(|| unavailable("tenant state vanished"))?;
+            let ts = guard.state.as_mut().ok_or_else(|| unavailable("tenant state vanished"))?;
             self.preload(ts, &command).await?;
             let outcome = ts.apply(command, now_ms);
             let dirty = ts.take_dirty();
@@ -224,12 +243,12 @@ impl CsStore for EmbeddedCs {
                 Ok(r) => match self.store.queue_records(r).await {
                     Ok(rx) => Some(rx),
                     Err(e) => {
-                        *guard = None;
+                        guard.forget();
                         return Err(e);
                     }
                 },
                 Err(e) => {
-                    *guard = None;
+                    guard.forget();
                     return Err(e);
                 }
             };
