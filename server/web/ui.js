@@ -167,7 +167,7 @@ export function signOut(page) {
 /** The node for one message's content. */
 export function contentNode(content) {
   if (!content) return el('span', { class: 'muted' }, '(empty)');
-  if (content.text !== undefined) return el('span', { class: 'text' }, content.text);
+  if (content.text !== undefined) return linkified(content.text);
   if (content.image) {
     const url = safeUrl(content.image.url);
     if (!url) return el('span', { class: 'muted' }, '(image with an unsupported address)');
@@ -183,6 +183,26 @@ export function contentNode(content) {
   return el('span', { class: 'muted' }, '(unsupported content)');
 }
 
+// http(s) addresses in text: printable ASCII but for quotes and angle
+// brackets (so a Chinese sentence right after a link is not part of it).
+const URL_IN_TEXT = /https?:\/\/[!#-&(-;=?-~]+/g;
+
+/** Text with its http(s) addresses as links; the rest stays text. */
+export function linkified(text) {
+  const span = el('span', { class: 'text' });
+  let last = 0;
+  for (const m of text.matchAll(URL_IN_TEXT)) {
+    // Punctuation that ends a sentence is not part of the address.
+    const shown = m[0].replace(/[.,;:!?)\]}]+$/, '');
+    const url = safeUrl(shown);
+    span.append(text.slice(last, m.index));
+    span.append(url ? el('a', { href: url, target: '_blank', rel: 'noopener noreferrer' }, shown) : shown);
+    last = m.index + shown.length;
+  }
+  span.append(text.slice(last));
+  return span;
+}
+
 /** Only http(s) links: never javascript: or data: from a message. */
 export function safeUrl(u) {
   try {
@@ -195,7 +215,9 @@ export function safeUrl(u) {
 
 /**
  * Draws a conversation into `box`: one element per message (data-msg-id,
- * data-seq), mine on the right. Keeps the view at the bottom when it was.
+ * data-seq), mine on the right. New messages scroll into view, unless the
+ * reader has scrolled up to read: then a "new messages" pill appears, which
+ * brings them to the newest. Another conversation opens at its newest.
  */
 export function drawMessages(box, entries, me, { onRetry } = {}) {
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
@@ -203,15 +225,43 @@ export function drawMessages(box, entries, me, { onRetry } = {}) {
   // stay loaded and nothing flickers.
   const cache = box.ddCache || new Map();
   const next = new Map();
+  const keys = [];
   const items = entries.map((entry) => {
     const key = `${entry.message.msgId || `local:${entry.message.clientMsgId}`}|${entry.state}`;
     const node = cache.get(key) || messageNode(entry, me, onRetry);
     next.set(key, node);
+    keys.push(entry.message.msgId || `local:${entry.message.clientMsgId}`);
     return node;
   });
+  const before = keys.indexOf(box.ddLastKey);
+  const sameConversation = box.ddLastKey !== undefined && before >= 0;
+  const appended = sameConversation && before < keys.length - 1;
+  const last = entries[entries.length - 1];
+  const mineLast = appended && last && last.message.fromUser === me;
   box.ddCache = next;
-  box.replaceChildren(...items);
-  if (atBottom) box.scrollTop = box.scrollHeight;
+  box.ddLastKey = keys[keys.length - 1];
+  const pill = newMessagesPill(box);
+  box.replaceChildren(...items, pill);
+  if (atBottom || mineLast || !sameConversation) {
+    box.scrollTop = box.scrollHeight;
+    pill.hidden = true;
+  } else if (appended) {
+    pill.hidden = false;
+  }
+}
+
+/** The "new messages" pill of a message list, made once. */
+function newMessagesPill(box) {
+  if (box.ddPill) return box.ddPill;
+  const pill = el('button', {
+    type: 'button', class: 'new-pill', hidden: true,
+    onclick: () => { box.scrollTop = box.scrollHeight; pill.hidden = true; },
+  }, 'New messages ↓');
+  box.addEventListener('scroll', () => {
+    if (box.scrollHeight - box.scrollTop - box.clientHeight < 40) pill.hidden = true;
+  });
+  box.ddPill = pill;
+  return pill;
 }
 
 function messageNode({ message: m, state, error }, me, onRetry) {
@@ -230,9 +280,15 @@ function messageNode({ message: m, state, error }, me, onRetry) {
   }, el('div', { class: 'bubble' }, contentNode(m.content)), meta);
 }
 
-/** Enter submits `form`; Shift+Enter makes a new line. */
+/**
+ * Enter submits `form`; Shift+Enter makes a new line. The Enter that
+ * confirms an input method's candidate (Chinese pinyin, Japanese kana) does
+ * not: it is part of composing (isComposing, or keyCode 229 in browsers that
+ * report the composition's end first).
+ */
 export function enterSubmits(textarea, form) {
   textarea.addEventListener('keydown', (ev) => {
+    if (ev.isComposing || ev.keyCode === 229) return;
     if (ev.key === 'Enter' && !ev.shiftKey) {
       ev.preventDefault();
       form.requestSubmit();

@@ -523,3 +523,78 @@ scenario('the widget embeds in a shop page with one script tag', async () => {
   assert.ok(href.includes('group=default'), href);
   assert.deepEqual(errors, []);
 });
+
+/** Whether the element at `selector` is wholly inside the window. */
+async function inView(page, selector) {
+  return page.$eval(selector, (e) => {
+    const r = e.getBoundingClientRect();
+    return r.top >= 0 && r.left >= 0 && r.bottom <= window.innerHeight && r.right <= window.innerWidth && r.height > 0;
+  });
+}
+
+/** The last message of `page`'s list is wholly inside the window. */
+async function newestInView(page) {
+  return page.$eval('#messages', (box) => {
+    const all = box.querySelectorAll('.msg');
+    const r = all[all.length - 1].getBoundingClientRect();
+    return r.top >= 0 && r.bottom <= window.innerHeight;
+  });
+}
+
+scenario('a long chat keeps the header, the newest message and the composer in view; IME Enter; links', async () => {
+  // Desktop agent, phone customer.
+  const kim = await agentOnline('kim', { width: 1280, height: 800 });
+  const lin = await (await person('lin', { width: 390, height: 844 })).open('/chat');
+  await signIn(lin, 'lin', 'customer');
+  await lin.selectOption('#group', 'default');
+  await lin.fill('#question', 'a question that starts a long chat');
+  await lin.click('#request');
+  await waitText(lin, '#agent-name', /kim/);
+  await kim.click('[data-customer="lin"]');
+  for (let i = 1; i <= 30; i += 1) {
+    await say(kim, `answer ${i}: a line long enough to wrap on a phone, so that sixty of them fill several screens`);
+    await say(lin, `question ${i}`);
+  }
+  await waitMessage(kim, 'question 30');
+  for (const page of [kim, lin]) {
+    assert.ok(await newestInView(page), `${page.ddName}: the newest message is in view`);
+    assert.ok(await inView(page, '#input'), `${page.ddName}: the composer is in view`);
+    assert.ok(await inView(page, '#conn'), `${page.ddName}: the header is in view`);
+    const grows = await page.evaluate(() => document.scrollingElement.scrollHeight > window.innerHeight + 1);
+    assert.ok(!grows, `${page.ddName}: the page itself does not scroll, only the list`);
+  }
+
+  // kim scrolls up to read: a new message does not pull her down, a pill says so.
+  await kim.$eval('#messages', (b) => { b.scrollTop = 0; });
+  await say(lin, 'are you still there?');
+  await waitMessage(kim, 'are you still there?');
+  await kim.waitForSelector('.new-pill:not([hidden])');
+  assert.ok(!(await newestInView(kim)), 'kim still reads where she was');
+  await kim.click('.new-pill');
+  await kim.waitForSelector('.new-pill', { state: 'hidden' });
+  assert.ok(await newestInView(kim), 'the pill brings the newest message into view');
+
+  // The Enter that confirms a pinyin candidate sends nothing.
+  await lin.fill('#input', 'ni hao');
+  await lin.$eval('#input', (e) => e.dispatchEvent(new KeyboardEvent('keydown',
+    { key: 'Enter', code: 'Enter', isComposing: true, bubbles: true, cancelable: true })));
+  await lin.$eval('#input', (e) => e.dispatchEvent(new KeyboardEvent('keydown',
+    { key: 'Process', keyCode: 229, bubbles: true, cancelable: true })));
+  await lin.waitForTimeout(300);
+  assert.equal(await lin.inputValue('#input'), 'ni hao', 'the text being composed stays in the box');
+  assert.ok(!(await shownMessages(lin)).some((m) => m.text === 'ni hao'), 'nothing was sent');
+  // The composition ends with 你好; the next Enter sends it.
+  await lin.fill('#input', '你好');
+  await lin.press('#input', 'Enter');
+  await waitMessage(kim, '你好');
+
+  // Links in text open in a new tab, without access to this page; the text around them stays text.
+  await say(kim, 'Track it at https://example.com/track?id=7, or reply <b>here</b>.');
+  const link = await lin.waitForSelector('#messages a[href="https://example.com/track?id=7"]');
+  assert.equal(await link.getAttribute('rel'), 'noopener noreferrer');
+  assert.equal(await link.getAttribute('target'), '_blank');
+  assert.equal(await link.textContent(), 'https://example.com/track?id=7');
+  assert.equal(await lin.$$eval('#messages .bubble b', (b) => b.length), 0, 'never HTML from a message');
+  assert.deepEqual(lin.ddErrors, []);
+  assert.deepEqual(kim.ddErrors, []);
+});
