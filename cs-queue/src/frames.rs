@@ -167,6 +167,7 @@ impl CsService {
         validate_id("left_message_id", &r.left_message_id).map_err(invalid)?;
         let c = CsCommand::Claim { id: r.left_message_id, agent: caller.user.clone() };
         let CsReply::LeftMessage { message } = self.run(caller, c).await? else { return Err(unexpected()) };
+        self.post_left_message(&caller.tenant, &message).await?;
         Ok(Body::LeftMessageNotice(pb::LeftMessageNotice { left_messages: vec![convert::left_pb(&message)] }))
     }
 }

@@ -374,6 +374,21 @@ impl CsService {
     /// `published` holds the (tenant, groups) whose gauges this node set
     /// last time: those it no longer sweeps (the lease moved, the group was
     /// deleted) are set to 0, so the sum over nodes stays right.
+    /// Posts a claimed left message into the conversation of its customer
+    /// and the claiming agent, as the customer's message (once: its
+    /// client_msg_id is derived from the left message), so both see the
+    /// question above the answer. A failure fails the claim's answer; the
+    /// agent claims again (idempotent) to retry.
+    async fn post_left_message(&self, tenant: &str, m: &LeftMessage) -> Result<(), ClientError> {
+        let sender = DeviceKey::new(tenant, &m.customer, SERVICE_DEVICE);
+        let send = pb::Send {
+            client_msg_id: format!("cs-left-{}", m.id),
+            to_user: m.claimed_by.clone(),
+            content: Some(m.content.clone()),
+        };
+        self.dispatch.send(&sender, send).await.map(|_| ())
+    }
+
     async fn sweep(&self, reconcile: bool, published: &mut HashMap<String, Vec<String>>) {
         let lease = (self.config.sweep_interval * 3).max(Duration::from_secs(1));
         let tenants = match self.store.sweep_tenants(self.router().node_id(), lease).await {

@@ -69,6 +69,14 @@ client.addEventListener('frame', (ev) => {
   if (f.deliver) {
     const m = f.deliver.message;
     show([m.conversationId]);
+    const outsideSession = !state.session || !(state.session.conversations || []).includes(m.conversationId);
+    if (m.fromUser !== me && outsideSession && !['active', 'waiting'].includes(state.view) && state.replyTo !== m.fromUser) {
+      // An agent answers a message we left: we can reply to them.
+      state.replyTo = m.fromUser;
+      store.add(m);
+      render();
+      return;
+    }
     if (store.add(m)) renderMessages();
     return;
   }
@@ -175,11 +183,20 @@ async function pickView() {
     ...groups.map((g) => el('option', { value: g.id }, `${g.name || g.id}${g.agents_online ? '' : ' (nobody online: leave a message)'}`)));
   if (fixedGroup && !groups.length) select.append(el('option', { value: fixedGroup }, fixedGroup));
   const question = el('textarea', { id: 'question', rows: 3, placeholder: 'Your question (optional)', maxLength: 4000 });
+  question.value = state.question || '';
+  const button = el('button', { type: 'submit', class: 'primary', id: 'request' });
+  // Nobody online in the chosen team: the button says what will happen.
+  const label = () => {
+    const g = groups.find((x) => x.id === (fixedGroup || select.value));
+    button.textContent = g && !g.agents_online ? 'Leave a message' : 'Chat with us';
+  };
+  select.addEventListener('change', label);
+  label();
   const form = el('form', { id: 'request-form' },
     fixedGroup ? el('input', { type: 'hidden', value: fixedGroup }) : el('label', { for: 'group' }, 'Team'),
     fixedGroup ? null : select,
     el('label', { for: 'question' }, 'Your question'), question,
-    el('button', { type: 'submit', class: 'primary', id: 'request' }, 'Chat with us'));
+    button);
   enterSubmits(question, form);
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
@@ -200,16 +217,19 @@ async function pickView() {
 
 function offerView() {
   const o = state.offer;
+  // Our own words for the known reasons; the server's only for others.
   const why = {
     NO_AGENT_ONLINE: 'Nobody is online right now.',
     QUEUE_FULL: 'All our agents are busy and the line is full.',
-    WAITED_TOO_LONG: 'Sorry for the long wait.',
-  }[o.reason] || '';
+    WAITED_TOO_LONG: 'Sorry for the long wait: nobody could take you in time.',
+  }[o.reason] || o.message || '';
   const text = el('textarea', { id: 'left-text', rows: 4, required: true, maxLength: 4000, placeholder: 'Your message' });
+  // What was typed as the question is not lost.
+  text.value = state.question || '';
   const contact = el('input', { id: 'left-contact', placeholder: 'How to reach you (optional)', maxLength: 256 });
   const form = el('form', { class: 'card', id: 'offer' },
     el('h2', {}, 'Leave a message'),
-    el('p', {}, `${why} ${o.message || ''}`.trim()),
+    el('p', { id: 'offer-reason' }, `${why} Leave a message and we will answer you here.`),
     el('label', { for: 'left-text' }, 'Message'), text,
     el('label', { for: 'left-contact' }, 'Contact'), contact,
     el('button', { type: 'submit', class: 'primary', id: 'leave' }, 'Leave the message'),
@@ -218,6 +238,7 @@ function offerView() {
     ev.preventDefault();
     try {
       await client.request({ leaveMessage: { group: o.group, content: { text: text.value.trim() }, contact: contact.value.trim() } });
+      state.question = '';
       state.view = 'left';
       render();
     } catch (e) {
@@ -306,9 +327,10 @@ enterSubmits(input, composer);
 composer.addEventListener('submit', (ev) => {
   ev.preventDefault();
   const text = input.value.trim();
-  if (!text || !state.session || state.view !== 'active') return;
+  const to = state.view === 'active' && state.session ? state.session.agent : state.replyTo;
+  if (!text || !to) return;
   input.value = '';
-  send(state.session.agent, { text });
+  send(to, { text });
 });
 
 function send(toUser, content) {
@@ -334,7 +356,7 @@ async function pageBack() {
 }
 
 function renderMessages() {
-  const peer = state.session ? state.session.agent : undefined;
+  const peer = state.session ? state.session.agent : state.replyTo;
   drawMessages(list, store.list(shown, peer), me, {
     onRetry: (m) => {
       store.local.delete(m.clientMsgId);
@@ -356,7 +378,9 @@ async function render() {
     stage.replaceChildren(node);
     drawnView = state.view;
   }
-  const chatting = state.view === 'active';
+  // Chatting in a session, or replying to the agent who answered a left message.
+  const chatting = state.view === 'active' || (!!state.replyTo && !['waiting', 'offer'].includes(state.view));
+  input.placeholder = state.view === 'active' || !state.replyTo ? 'Type a message, Enter to send' : `Reply to ${state.replyTo}, Enter to send`;
   composer.hidden = !chatting;
   input.disabled = !chatting;
   sendBtn.disabled = !chatting;

@@ -407,9 +407,16 @@ scenario('leave a message when nobody is online; an agent claims and answers it'
   let erin = await erinP.open('/chat');
   await signIn(erin, 'erin', 'customer');
   await erin.selectOption('#group', 'returns');
+  // Nobody of Returns is online: the button says what will happen.
+  await waitText(erin, '#request', /^Leave a message$/);
   await erin.fill('#question', 'my blender is broken');
   await erin.click('#request');
   await erin.waitForSelector('#offer');
+  // What she typed is kept, and the reason is in our words only.
+  assert.equal(await erin.inputValue('#left-text'), 'my blender is broken');
+  const reason = await erin.textContent('#offer-reason');
+  assert.match(reason, /^Nobody is online right now\. Leave a message/);
+  assert.doesNotMatch(reason, /no agent of the group/);
   await erin.fill('#left-text', 'my blender is broken, please call me');
   await erin.fill('#left-contact', '555-0100');
   await erin.click('#leave');
@@ -422,6 +429,9 @@ scenario('leave a message when nobody is online; an agent claims and answers it'
   await waitText(fay, '#left-messages', /blender is broken/);
   await fay.click('[data-left-id] .claim');
   await fay.waitForSelector('#composer:not([hidden])');
+  // The question opens the conversation; no error on the way.
+  await waitMessage(fay, 'my blender is broken, please call me');
+  assert.equal(await fay.$$eval('.notice.error', (n) => n.length), 0, 'no error notice after the claim');
   await say(fay, 'Hi erin, a new blender is on its way.');
   const overflow = await fay.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
   assert.ok(overflow <= 0, `the agent page scrolls sideways on a phone by ${overflow}px`);
@@ -429,9 +439,15 @@ scenario('leave a message when nobody is online; an agent claims and answers it'
   erin = await erinP.open('/chat');
   await signIn(erin, 'erin', 'customer');
   await waitMessage(erin, 'Hi erin, a new blender is on its way.');
+  // She sees her own message above the answer, once each, and can reply.
+  await waitMessage(erin, 'my blender is broken, please call me');
   const ms = await shownMessages(erin);
-  assert.equal(ms.filter((m) => m.text === 'Hi erin, a new blender is on its way.').length, 1);
+  assertOnceInOrder(ms, ['my blender is broken, please call me', 'Hi erin, a new blender is on its way.']);
+  await erin.waitForSelector('#composer:not([hidden])');
+  await say(erin, 'thank you!');
+  await waitMessage(fay, 'thank you!');
   assert.deepEqual(fay.ddErrors, []);
+  assert.deepEqual(erin.ddErrors, []);
 });
 
 scenario('an agent of a manual-pick group takes the next customer', async () => {

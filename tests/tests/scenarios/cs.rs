@@ -141,8 +141,19 @@ async fn queue_assign_chat_transfer_end_rate() {
         panic!("claim")
     };
     assert_eq!(claimed.left_messages[0].claimed_by, "ann");
+    // The left message opens the conversation, as c1's message: both see the
+    // question above the answer (and claiming again posts nothing twice).
+    let question = delivered(&mut ann).await;
+    assert_eq!((question.from_user.as_str(), question.content.clone()), ("c1", Some(text_content("call me back"))));
+    assert_eq!(question.client_msg_id, format!("cs-left-{}", left.id));
+    assert_eq!(delivered(&mut c1).await.msg_id, question.msg_id, "c1's own devices see it too");
+    let again = Body::ClaimLeftMessage(pb::ClaimLeftMessage { left_message_id: left.id.clone() });
+    assert!(matches!(cs(&mut ann, again).await, Body::LeftMessageNotice(_)));
     ann.send_text("c1", "answer-1", "we called you").await.unwrap();
     assert_eq!(delivered(&mut c1).await.content, Some(text_content("we called you")));
+    let page = ann.sync(pb::SyncRequest { with_user: "c1".into(), ..Default::default() }).await.unwrap();
+    let texts: Vec<_> = page.messages.iter().map(|m| m.content.clone().unwrap()).collect();
+    assert_eq!(texts, [text_content("call me back"), text_content("we called you")]);
 
     // c2 is served at once; ann gets the session and the first message.
     let mut c2 = login(&s, "c2", Role::Customer).await;
