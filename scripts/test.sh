@@ -6,8 +6,8 @@
 #
 # It installs what the tests need when missing (redis-server, chromium and
 # Node.js from Debian's packages; secantusdb, a MongoDB-wire-compatible
-# server, from PyPI into a venv under .test-services/; playwright-core from
-# npm into tests/web/node_modules), starts a private Redis and a private
+# server, from PyPI into a venv under .test-services/; playwright-core and
+# axe-core from npm into tests/web/node_modules), starts a private Redis and a private
 # secantusdb on free ports, points the tests at them, and stops them
 # afterwards. Extra arguments go to `cargo test`.
 set -euo pipefail
@@ -29,8 +29,8 @@ me=test.sh
 command -v redis-server >/dev/null 2>&1 || apt_install redis-server
 command -v chromium >/dev/null 2>&1 || [ -n "${DD_CHROMIUM:-}" ] || apt_install chromium
 command -v node >/dev/null 2>&1 || apt_install nodejs npm
-if [ ! -d tests/web/node_modules/playwright-core ]; then
-  echo "test.sh: installing playwright-core into tests/web/node_modules" >&2
+if [ ! -d tests/web/node_modules/playwright-core ] || [ ! -d tests/web/node_modules/axe-core ]; then
+  echo "test.sh: installing playwright-core and axe-core into tests/web/node_modules" >&2
   (cd tests/web && npm ci --no-audit --no-fund --loglevel=error)
 fi
 venv="$services/venv"

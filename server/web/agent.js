@@ -44,8 +44,9 @@ const leftList = el('ul', { id: 'left-messages', class: 'list', 'aria-label': 'l
 const leftCount = el('span', { id: 'left-count', class: 'badge' });
 const convHead = el('div', { id: 'conv-head', class: 'conv-head' });
 const older = el('button', { class: 'link', id: 'older', hidden: true, onclick: pageBack }, 'Earlier messages');
-const list = el('div', { id: 'messages', class: 'messages', 'aria-live': 'polite' });
-const input = el('textarea', { id: 'input', rows: 2, placeholder: 'Type a message, Enter to send, Shift+Enter for a new line', maxLength: 4000, 'aria-label': 'message' });
+// Focusable, so that keyboard users can scroll it.
+const list = el('div', { id: 'messages', class: 'messages', 'aria-live': 'polite', tabIndex: 0, role: 'log', 'aria-label': 'conversation' });
+const input = el('textarea', { id: 'input', rows: 2, placeholder: 'Type a message, Enter to send, Shift+Enter for a new line', maxLength: 4000, 'aria-label': 'chat message' });
 const asImage = el('input', { type: 'checkbox', id: 'as-image' });
 const replyPick = el('select', { id: 'quick-replies', 'aria-label': 'quick replies' });
 const composer = el('form', { id: 'composer', class: 'composer' },

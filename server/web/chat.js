@@ -230,7 +230,7 @@ function offerView() {
   const form = el('form', { class: 'card', id: 'offer' },
     el('h2', {}, 'Leave a message'),
     el('p', { id: 'offer-reason' }, `${why} Leave a message and we will answer you here.`),
-    el('label', { for: 'left-text' }, 'Message'), text,
+    el('label', { for: 'left-text' }, 'Your message for the team'), text,
     el('label', { for: 'left-contact' }, 'Contact'), contact,
     el('button', { type: 'submit', class: 'primary', id: 'leave' }, 'Leave the message'),
     el('button', { type: 'button', class: 'link', onclick: () => { state.view = 'pick'; render(); } }, 'Back'));
@@ -252,13 +252,27 @@ function rateView() {
   const s = state.session;
   let score = 0;
   const stars = el('div', { class: 'stars', role: 'radiogroup', 'aria-label': 'score' });
+  // A radio group: one star checked, arrow keys move the choice, one tab stop.
+  const choose = (i, focus) => {
+    score = i;
+    for (const b of stars.children) {
+      const n = Number(b.dataset.score);
+      b.classList.toggle('on', n <= i);
+      b.setAttribute('aria-checked', String(n === i));
+      b.tabIndex = n === (i || 1) ? 0 : -1;
+      if (focus && n === i) b.focus();
+    }
+  };
   for (let i = 1; i <= 5; i += 1) {
     stars.append(el('button', {
       type: 'button', class: 'star', 'data-score': String(i), role: 'radio', 'aria-label': `${i} of 5`,
-      onclick: (ev) => {
-        score = i;
-        for (const b of stars.children) b.classList.toggle('on', Number(b.dataset.score) <= i);
-        ev.currentTarget.setAttribute('aria-checked', 'true');
+      'aria-checked': 'false', tabIndex: i === 1 ? 0 : -1,
+      onclick: () => choose(i, false),
+      onkeydown: (ev) => {
+        const step = { ArrowRight: 1, ArrowUp: 1, ArrowLeft: -1, ArrowDown: -1 }[ev.key];
+        if (!step) return;
+        ev.preventDefault();
+        choose(Math.min(5, Math.max(1, (score || i) + step)), true);
       },
     }, '★'));
   }
@@ -319,8 +333,9 @@ async function endSession() {
 
 const stage = el('div', { id: 'stage' });
 const older = el('button', { class: 'link', id: 'older', hidden: true, onclick: pageBack }, 'Earlier messages');
-const list = el('div', { id: 'messages', class: 'messages', 'aria-live': 'polite' });
-const input = el('textarea', { id: 'input', rows: 2, placeholder: 'Type a message, Enter to send', maxLength: 4000, 'aria-label': 'message' });
+// Focusable, so that keyboard users can scroll it.
+const list = el('div', { id: 'messages', class: 'messages', 'aria-live': 'polite', tabIndex: 0, role: 'log', 'aria-label': 'conversation' });
+const input = el('textarea', { id: 'input', rows: 2, placeholder: 'Type a message, Enter to send', maxLength: 4000, 'aria-label': 'chat message' });
 const sendBtn = el('button', { class: 'primary', id: 'send', type: 'submit' }, 'Send');
 const composer = el('form', { id: 'composer', class: 'composer' }, input, sendBtn);
 enterSubmits(input, composer);

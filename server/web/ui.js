@@ -82,6 +82,8 @@ export function connectionBanner(client, onFinal) {
 }
 
 const TOKEN_KEY = (page) => `dd.token.${page}`;
+/** Who may sign in on a page, by the page's own role. */
+const PAGE_ROLES = { customer: ['customer'], agent: ['agent', 'admin'], admin: ['admin'] };
 
 /**
  * The token to use on this page: from `#token=` (how an embedding
@@ -114,6 +116,12 @@ export async function signIn(page, role, mount) {
     return { token: stored, claims, info, params };
   }
   session.removeItem(TOKEN_KEY(page));
+  // Not "starting…" forever: nobody is signed in until a token comes.
+  const conn = $('#conn');
+  if (conn) {
+    conn.textContent = 'not signed in';
+    conn.dataset.status = 'signed-out';
+  }
   return new Promise((resolve) => {
     if (!info.dev_login) {
       mount.replaceChildren(
@@ -126,8 +134,9 @@ export async function signIn(page, role, mount) {
     }
     const tenant = el('input', { id: 'signin-tenant', name: 'tenant', value: 'demo', required: true, autocomplete: 'off' });
     const user = el('input', { id: 'signin-user', name: 'user', value: '', required: true, autocomplete: 'off', placeholder: role === 'customer' ? 'e.g. carol' : 'e.g. amy' });
+    // Only the roles this page is for: the customer widget never signs in an admin.
     const roleSel = el('select', { id: 'signin-role', name: 'role' },
-      ...['customer', 'agent', 'admin'].map((r) => el('option', { value: r, selected: r === role }, r)));
+      ...PAGE_ROLES[role].map((r) => el('option', { value: r, selected: r === role }, r)));
     const err = el('p', { class: 'error', role: 'alert' });
     const form = el('form', { class: 'signin card', id: 'signin' },
       el('h2', {}, 'Sign in (development)'),

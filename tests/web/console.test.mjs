@@ -14,7 +14,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync, mkdirSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import net from 'node:net';
 import path from 'node:path';
@@ -393,20 +393,35 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
   // bob ends the session; carol rates it.
   await bob.click('#end');
   await carol.waitForSelector('#rate');
+  await assertAccessible(carol, 'the rating form');
+  // The stars are one radio group: arrow keys move the choice, one is checked.
+  await carol.focus('.star[data-score="1"]');
+  await carol.keyboard.press('ArrowRight');
+  await carol.keyboard.press('ArrowRight');
+  assert.deepEqual(await carol.$$eval('.star', (b) => b.map((x) => x.getAttribute('aria-checked'))),
+    ['false', 'false', 'true', 'false', 'false'], 'from the first star, two steps right: three stars');
   await carol.click('.star[data-score="5"]');
+  assert.deepEqual(await carol.$$eval('.star[aria-checked="true"]', (b) => b.map((x) => x.dataset.score)), ['5']);
   await carol.fill('#rate-comment', 'quick and friendly');
   await carol.click('#rate-submit');
   await carol.waitForSelector('#rated');
   await waitStat(sup, 'default', 'sessions_active', 0);
 
+  await assertAccessible(sup, 'the supervisor view');
+  await assertAccessible(bob, 'the workspace after a session');
   for (const p of [sup, bob, amy, dave, carol, hal]) assert.deepEqual(p.ddErrors, [], `${p.ddName}: errors in the page`);
 });
 
 scenario('leave a message when nobody is online; an agent claims and answers it', async () => {
   const erinP = await person('erin', { width: 400, height: 700 });
   let erin = await erinP.open('/chat');
+  await assertAccessible(erin, 'the dev sign-in');
+  assert.equal(await erin.textContent('#conn'), 'not signed in');
+  assert.deepEqual(await erin.$$eval('#signin-role option', (o) => o.map((x) => x.value)), ['customer'],
+    'the customer widget offers no other role');
   await signIn(erin, 'erin', 'customer');
   await erin.selectOption('#group', 'returns');
+  await assertAccessible(erin, 'picking a team');
   // Nobody of Returns is online: the button says what will happen.
   await waitText(erin, '#request', /^Leave a message$/);
   await erin.fill('#question', 'my blender is broken');
@@ -417,6 +432,7 @@ scenario('leave a message when nobody is online; an agent claims and answers it'
   const reason = await erin.textContent('#offer-reason');
   assert.match(reason, /^Nobody is online right now\. Leave a message/);
   assert.doesNotMatch(reason, /no agent of the group/);
+  await assertAccessible(erin, 'the leave-a-message form');
   await erin.fill('#left-text', 'my blender is broken, please call me');
   await erin.fill('#left-contact', '555-0100');
   await erin.click('#leave');
@@ -446,6 +462,8 @@ scenario('leave a message when nobody is online; an agent claims and answers it'
   await erin.waitForSelector('#composer:not([hidden])');
   await say(erin, 'thank you!');
   await waitMessage(fay, 'thank you!');
+  await assertAccessible(erin, 'the answer to a left message');
+  await assertAccessible(fay, 'answering a left message on a phone');
   assert.deepEqual(fay.ddErrors, []);
   assert.deepEqual(erin.ddErrors, []);
 });
@@ -540,6 +558,28 @@ scenario('the widget embeds in a shop page with one script tag', async () => {
   assert.deepEqual(errors, []);
 });
 
+const AXE = path.join(here, 'node_modules/axe-core/axe.min.js');
+
+/**
+ * The WCAG 2.1 A and AA violations axe-core finds on the page as it is now,
+ * one line each ("rule: target … (summary)").
+ */
+async function axeViolations(page) {
+  // Run as the test's own code (devtools), which the pages' CSP does not cover.
+  if (!(await page.evaluate(() => !!window.axe))) await page.evaluate(readFileSync(AXE, 'utf8'));
+  const violations = await page.evaluate(async () => {
+    const r = await window.axe.run(document, { runOnly: { type: 'tag', values: ['wcag2a', 'wcag2aa', 'wcag21a', 'wcag21aa'] } });
+    return r.violations.flatMap((v) => v.nodes.map((n) => `${v.id}: ${n.target.join(' ')} (${n.failureSummary.split('\n').slice(1).join(' ').trim()})`));
+  });
+  return violations;
+}
+
+/** Fails with every WCAG AA violation of the page in its current state. */
+async function assertAccessible(page, state) {
+  const v = await axeViolations(page);
+  assert.deepEqual(v, [], `${page.ddName}, ${state}: WCAG AA violations:\n${v.join('\n')}`);
+}
+
 /** Whether the element at `selector` is wholly inside the window. */
 async function inView(page, selector) {
   return page.$eval(selector, (e) => {
@@ -572,6 +612,7 @@ scenario('a long chat keeps the header, the newest message and the composer in v
     await say(lin, `question ${i}`);
   }
   await waitMessage(kim, 'question 30');
+  for (const page of [kim, lin]) await assertAccessible(page, 'a long chat');
   for (const page of [kim, lin]) {
     assert.ok(await newestInView(page), `${page.ddName}: the newest message is in view`);
     assert.ok(await inView(page, '#input'), `${page.ddName}: the composer is in view`);
