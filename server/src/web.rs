@@ -45,6 +45,7 @@ static ASSETS: &[Asset] = &[
     asset!("supervisor.html", HTML),
     asset!("dd.js", JS),
     asset!("ui.js", JS),
+    asset!("i18n.js", JS),
     asset!("agent.js", JS),
     asset!("chat.js", JS),
     asset!("supervisor.js", JS),

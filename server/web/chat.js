@@ -4,7 +4,127 @@
 // chatting with an agent → ended (rate it); or leave a message when offered.
 
 import { Client, MessageStore, api, wsUrl, deviceIdFor, catchUp, loadOlder, storage, sendTracked } from './dd.js';
+import { translator, languagePicker } from './i18n.js';
 import { el, $, duration, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, enterSubmits } from './ui.js';
+
+// Every string of this page, in each language.
+const t = translator({
+  en: {
+    title: 'Chat with us',
+    signOut: 'Sign out',
+    agentHere: '{agent} is here to help you.',
+    beingPassed: 'You are being passed to another agent; please wait a moment.',
+    nowTalkingTo: 'You are now talking to {agent}.',
+    connecting: 'Connecting…',
+    nextInLine: 'You are next in line.',
+    numberInLine: 'You are number {n} in line.',
+    inLine: 'You are in line.',
+    estimatedWait: 'Estimated wait: about {wait}.',
+    shortly: 'An agent will be with you shortly.',
+    waitingTitle: 'Waiting for an agent',
+    yourQuestionIs: 'Your question: ',
+    leaveLine: 'Leave the line',
+    thankYou: 'Thank you',
+    leftDone: 'Your message was left for the team; the answer will reach you here, also if you come back later.',
+    startChat: 'Start a chat',
+    talkingTo: 'You are talking to {agent}.',
+    endChat: 'End chat',
+    thanksFeedback: 'Thanks for your feedback',
+    newChat: 'Start a new chat',
+    howCanWeHelp: 'How can we help?',
+    nobodyOnlineSuffix: ' (nobody online: leave a message)',
+    questionPlaceholder: 'Your question (optional)',
+    leaveMessage: 'Leave a message',
+    chatWithUs: 'Chat with us',
+    team: 'Team',
+    yourQuestion: 'Your question',
+    noTeam: 'There is no team to chat with.',
+    whyNobody: 'Nobody is online right now.',
+    whyFull: 'All our agents are busy and the line is full.',
+    whyWaited: 'Sorry for the long wait: nobody could take you in time.',
+    yourMessage: 'Your message',
+    contactPlaceholder: 'How to reach you (optional)',
+    offerText: '{why} Leave a message and we will answer you here.',
+    messageForTeam: 'Your message for the team',
+    contact: 'Contact',
+    leaveTheMessage: 'Leave the message',
+    back: 'Back',
+    starsOf5: '{n} of 5',
+    anythingToAdd: 'Anything to add? (optional)',
+    chatEnded: 'The chat has ended',
+    howDidWeDo: 'How did we do?',
+    sendRating: 'Send rating',
+    skip: 'Skip',
+    pickStars: 'Pick 1 to 5 stars.',
+    earlier: 'Earlier messages',
+    typeMessage: 'Type a message, Enter to send',
+    send: 'Send',
+    replyTo: 'Reply to {agent}, Enter to send',
+    score: 'score',
+    conversation: 'conversation',
+    chatMessage: 'chat message',
+  },
+  'zh-CN': {
+    title: '在线客服',
+    signOut: '退出',
+    agentHere: '客服 {agent} 为您服务。',
+    beingPassed: '正在为您转接其他客服，请稍候。',
+    nowTalkingTo: '现在由 {agent} 为您服务。',
+    connecting: '正在连接…',
+    nextInLine: '下一位就是您。',
+    numberInLine: '您排在第 {n} 位。',
+    inLine: '您正在排队。',
+    estimatedWait: '预计等待约 {wait}。',
+    shortly: '客服马上就来。',
+    waitingTitle: '正在等待客服',
+    yourQuestionIs: '您的问题：',
+    leaveLine: '退出排队',
+    thankYou: '谢谢',
+    leftDone: '您的留言已交给客服团队；回复会发到这里，您稍后再来也能看到。',
+    startChat: '开始咨询',
+    talkingTo: '正在与 {agent} 对话。',
+    endChat: '结束对话',
+    thanksFeedback: '感谢您的评价',
+    newChat: '开始新的咨询',
+    howCanWeHelp: '有什么可以帮您？',
+    nobodyOnlineSuffix: '（暂无客服在线：可留言）',
+    questionPlaceholder: '您的问题（选填）',
+    leaveMessage: '留言',
+    chatWithUs: '咨询客服',
+    team: '咨询类别',
+    yourQuestion: '您的问题',
+    noTeam: '暂时没有可咨询的客服组。',
+    whyNobody: '现在没有客服在线。',
+    whyFull: '客服都在忙，排队人数已满。',
+    whyWaited: '抱歉让您久等了：暂时没有客服能接待您。',
+    yourMessage: '留言内容',
+    contactPlaceholder: '联系方式（选填）',
+    offerText: '{why}请留言，我们会在这里回复您。',
+    messageForTeam: '给客服团队的留言',
+    contact: '联系方式',
+    leaveTheMessage: '提交留言',
+    back: '返回',
+    starsOf5: '{n} 星（满分 5 星）',
+    anythingToAdd: '还有什么想说的？（选填）',
+    chatEnded: '对话已结束',
+    howDidWeDo: '您对本次服务满意吗？',
+    sendRating: '提交评价',
+    skip: '跳过',
+    pickStars: '请选择 1 到 5 星。',
+    earlier: '更早的消息',
+    typeMessage: '输入消息，按 Enter 发送',
+    send: '发送',
+    replyTo: '回复 {agent}，按 Enter 发送',
+    score: '评分',
+    conversation: '对话',
+    chatMessage: '聊天消息',
+  },
+});
+
+document.title = `${t('title')} · dongdong`;
+$('.brand').textContent = t('title');
+$('#signout').textContent = t('signOut');
+$('header.top').append(languagePicker());
 
 const main = $('#main');
 const auth = await signIn('chat', 'customer', main);
@@ -92,13 +212,13 @@ client.addEventListener('frame', (ev) => {
   } else if (f.sessionAssigned) {
     const fresh = !state.session || state.session.agent !== f.sessionAssigned.session.agent || state.view !== 'active';
     setSession(f.sessionAssigned.session);
-    if (fresh) notify(`${f.sessionAssigned.session.agent} is here to help you.`, 'assign');
+    if (fresh) notify(t('agentHere', { agent: f.sessionAssigned.session.agent }), 'assign');
     fillHistory();
   } else if (f.sessionTransferred) {
     setSession(f.sessionTransferred.session);
     notify(f.sessionTransferred.session.state === 'WAITING'
-      ? 'You are being passed to another agent; please wait a moment.'
-      : `You are now talking to ${f.sessionTransferred.session.agent}.`);
+      ? t('beingPassed')
+      : t('nowTalkingTo', { agent: f.sessionTransferred.session.agent }));
   } else if (f.sessionEnded) {
     setSession(f.sessionEnded.session);
   } else if (f.leaveMessageOffer) {
@@ -143,35 +263,35 @@ client.start();
 // --- views ----------------------------------------------------------------------
 
 const views = {
-  loading: () => el('p', { class: 'muted' }, 'Connecting…'),
+  loading: () => el('p', { class: 'muted' }, t('connecting')),
   pick: pickView,
   waiting: () => {
     const q = state.queue;
-    const where = q ? (Number(q.position || 0) <= 1 ? 'You are next in line.' : `You are number ${q.position} in line.`) : 'You are in line.';
-    const wait = q && Number(q.estimatedWaitS) > 0 ? `Estimated wait: about ${duration(Number(q.estimatedWaitS) * 1000)}.` : 'An agent will be with you shortly.';
+    const where = q ? (Number(q.position || 0) <= 1 ? t('nextInLine') : t('numberInLine', { n: q.position })) : t('inLine');
+    const wait = q && Number(q.estimatedWaitS) > 0 ? t('estimatedWait', { wait: duration(Number(q.estimatedWaitS) * 1000) }) : t('shortly');
     return el('section', { class: 'card waiting', id: 'waiting' },
-      el('h2', {}, 'Waiting for an agent'),
+      el('h2', {}, t('waitingTitle')),
       el('p', { id: 'queue-position', 'data-position': q ? q.position || '0' : '' }, where),
       el('p', { id: 'queue-wait', class: 'muted' }, wait),
-      state.question ? el('p', { class: 'small' }, 'Your question: ', el('q', {}, state.question)) : '',
-      el('button', { id: 'cancel', onclick: cancel }, 'Leave the line'));
+      state.question ? el('p', { class: 'small' }, t('yourQuestionIs'), el('q', {}, state.question)) : '',
+      el('button', { id: 'cancel', onclick: cancel }, t('leaveLine')));
   },
   offer: offerView,
   left: () => el('section', { class: 'card', id: 'left' },
-    el('h2', {}, 'Thank you'),
-    el('p', {}, 'Your message was left for the team; the answer will reach you here, also if you come back later.'),
-    el('button', { class: 'primary', onclick: () => { state.view = 'pick'; render(); } }, 'Start a chat')),
+    el('h2', {}, t('thankYou')),
+    el('p', {}, t('leftDone')),
+    el('button', { class: 'primary', onclick: () => { state.view = 'pick'; render(); } }, t('startChat'))),
   active: () => el('section', { class: 'active-session' },
-    el('p', { class: 'muted', id: 'agent-name' }, `You are talking to ${state.session.agent}.`,
-      ' ', el('button', { class: 'link', id: 'end', onclick: endSession }, 'End chat'))),
+    el('p', { class: 'muted', id: 'agent-name' }, t('talkingTo', { agent: state.session.agent }),
+      ' ', el('button', { class: 'link', id: 'end', onclick: endSession }, t('endChat')))),
   ended: rateView,
   rated: () => el('section', { class: 'card', id: 'rated' },
-    el('h2', {}, 'Thanks for your feedback'),
-    el('button', { class: 'primary', id: 'new-chat', onclick: newChat }, 'Start a new chat')),
+    el('h2', {}, t('thanksFeedback')),
+    el('button', { class: 'primary', id: 'new-chat', onclick: newChat }, t('newChat'))),
 };
 
 async function pickView() {
-  const box = el('section', { class: 'card pick', id: 'pick' }, el('h2', {}, 'How can we help?'));
+  const box = el('section', { class: 'card pick', id: 'pick' }, el('h2', {}, t('howCanWeHelp')));
   let groups = [];
   try {
     groups = (await api(auth.token, 'GET', '/api/v1/service-groups')).groups;
@@ -179,29 +299,29 @@ async function pickView() {
     notifyError(e);
   }
   if (fixedGroup) groups = groups.filter((g) => g.id === fixedGroup);
-  const select = el('select', { id: 'group', 'aria-label': 'team' },
-    ...groups.map((g) => el('option', { value: g.id }, `${g.name || g.id}${g.agents_online ? '' : ' (nobody online: leave a message)'}`)));
+  const select = el('select', { id: 'group', 'aria-label': t('team') },
+    ...groups.map((g) => el('option', { value: g.id }, `${g.name || g.id}${g.agents_online ? '' : t('nobodyOnlineSuffix')}`)));
   if (fixedGroup && !groups.length) select.append(el('option', { value: fixedGroup }, fixedGroup));
-  const question = el('textarea', { id: 'question', rows: 3, placeholder: 'Your question (optional)', maxLength: 4000 });
+  const question = el('textarea', { id: 'question', rows: 3, placeholder: t('questionPlaceholder'), maxLength: 4000 });
   question.value = state.question || '';
   const button = el('button', { type: 'submit', class: 'primary', id: 'request' });
   // Nobody online in the chosen team: the button says what will happen.
   const label = () => {
     const g = groups.find((x) => x.id === (fixedGroup || select.value));
-    button.textContent = g && !g.agents_online ? 'Leave a message' : 'Chat with us';
+    button.textContent = g && !g.agents_online ? t('leaveMessage') : t('chatWithUs');
   };
   select.addEventListener('change', label);
   label();
   const form = el('form', { id: 'request-form' },
-    fixedGroup ? el('input', { type: 'hidden', value: fixedGroup }) : el('label', { for: 'group' }, 'Team'),
+    fixedGroup ? el('input', { type: 'hidden', value: fixedGroup }) : el('label', { for: 'group' }, t('team')),
     fixedGroup ? null : select,
-    el('label', { for: 'question' }, 'Your question'), question,
+    el('label', { for: 'question' }, t('yourQuestion')), question,
     button);
   enterSubmits(question, form);
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     const group = fixedGroup || select.value;
-    if (!group) return notify('There is no team to chat with.', 'error');
+    if (!group) return notify(t('noTeam'), 'error');
     const body = { group };
     if (question.value.trim()) body.firstMessage = { text: question.value.trim() };
     state.question = question.value.trim();
@@ -219,21 +339,21 @@ function offerView() {
   const o = state.offer;
   // Our own words for the known reasons; the server's only for others.
   const why = {
-    NO_AGENT_ONLINE: 'Nobody is online right now.',
-    QUEUE_FULL: 'All our agents are busy and the line is full.',
-    WAITED_TOO_LONG: 'Sorry for the long wait: nobody could take you in time.',
+    NO_AGENT_ONLINE: t('whyNobody'),
+    QUEUE_FULL: t('whyFull'),
+    WAITED_TOO_LONG: t('whyWaited'),
   }[o.reason] || o.message || '';
-  const text = el('textarea', { id: 'left-text', rows: 4, required: true, maxLength: 4000, placeholder: 'Your message' });
+  const text = el('textarea', { id: 'left-text', rows: 4, required: true, maxLength: 4000, placeholder: t('yourMessage') });
   // What was typed as the question is not lost.
   text.value = state.question || '';
-  const contact = el('input', { id: 'left-contact', placeholder: 'How to reach you (optional)', maxLength: 256 });
+  const contact = el('input', { id: 'left-contact', placeholder: t('contactPlaceholder'), maxLength: 256 });
   const form = el('form', { class: 'card', id: 'offer' },
-    el('h2', {}, 'Leave a message'),
-    el('p', { id: 'offer-reason' }, `${why} Leave a message and we will answer you here.`),
-    el('label', { for: 'left-text' }, 'Your message for the team'), text,
-    el('label', { for: 'left-contact' }, 'Contact'), contact,
-    el('button', { type: 'submit', class: 'primary', id: 'leave' }, 'Leave the message'),
-    el('button', { type: 'button', class: 'link', onclick: () => { state.view = 'pick'; render(); } }, 'Back'));
+    el('h2', {}, t('leaveMessage')),
+    el('p', { id: 'offer-reason' }, t('offerText', { why })),
+    el('label', { for: 'left-text' }, t('messageForTeam')), text,
+    el('label', { for: 'left-contact' }, t('contact')), contact,
+    el('button', { type: 'submit', class: 'primary', id: 'leave' }, t('leaveTheMessage')),
+    el('button', { type: 'button', class: 'link', onclick: () => { state.view = 'pick'; render(); } }, t('back')));
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     try {
@@ -251,7 +371,7 @@ function offerView() {
 function rateView() {
   const s = state.session;
   let score = 0;
-  const stars = el('div', { class: 'stars', role: 'radiogroup', 'aria-label': 'score' });
+  const stars = el('div', { class: 'stars', role: 'radiogroup', 'aria-label': t('score') });
   // A radio group: one star checked, arrow keys move the choice, one tab stop.
   const choose = (i, focus) => {
     score = i;
@@ -265,7 +385,7 @@ function rateView() {
   };
   for (let i = 1; i <= 5; i += 1) {
     stars.append(el('button', {
-      type: 'button', class: 'star', 'data-score': String(i), role: 'radio', 'aria-label': `${i} of 5`,
+      type: 'button', class: 'star', 'data-score': String(i), role: 'radio', 'aria-label': t('starsOf5', { n: i }),
       'aria-checked': 'false', tabIndex: i === 1 ? 0 : -1,
       onclick: () => choose(i, false),
       onkeydown: (ev) => {
@@ -276,16 +396,16 @@ function rateView() {
       },
     }, '★'));
   }
-  const comment = el('textarea', { id: 'rate-comment', rows: 2, maxLength: 1000, placeholder: 'Anything to add? (optional)' });
+  const comment = el('textarea', { id: 'rate-comment', rows: 2, maxLength: 1000, placeholder: t('anythingToAdd') });
   const form = el('form', { class: 'card', id: 'rate' },
-    el('h2', {}, 'The chat has ended'),
+    el('h2', {}, t('chatEnded')),
     el('p', { class: 'muted' }, s.endReason ? `(${s.endReason})` : ''),
-    el('p', {}, 'How did we do?'), stars, comment,
-    el('button', { type: 'submit', class: 'primary', id: 'rate-submit' }, 'Send rating'),
-    el('button', { type: 'button', class: 'link', onclick: newChat }, 'Skip'));
+    el('p', {}, t('howDidWeDo')), stars, comment,
+    el('button', { type: 'submit', class: 'primary', id: 'rate-submit' }, t('sendRating')),
+    el('button', { type: 'button', class: 'link', onclick: newChat }, t('skip')));
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
-    if (!score) return notify('Pick 1 to 5 stars.', 'error');
+    if (!score) return notify(t('pickStars'), 'error');
     try {
       await client.request({ rate: { sessionId: s.sessionId, score, comment: comment.value.trim() } });
       tabStore.setItem(LAST_SESSION, JSON.stringify({ ...s, rated: true }));
@@ -332,11 +452,11 @@ async function endSession() {
 // --- the conversation and the composer --------------------------------------------
 
 const stage = el('div', { id: 'stage' });
-const older = el('button', { class: 'link', id: 'older', hidden: true, onclick: pageBack }, 'Earlier messages');
+const older = el('button', { class: 'link', id: 'older', hidden: true, onclick: pageBack }, t('earlier'));
 // Focusable, so that keyboard users can scroll it.
-const list = el('div', { id: 'messages', class: 'messages', 'aria-live': 'polite', tabIndex: 0, role: 'log', 'aria-label': 'conversation' });
-const input = el('textarea', { id: 'input', rows: 2, placeholder: 'Type a message, Enter to send', maxLength: 4000, 'aria-label': 'chat message' });
-const sendBtn = el('button', { class: 'primary', id: 'send', type: 'submit' }, 'Send');
+const list = el('div', { id: 'messages', class: 'messages', 'aria-live': 'polite', tabIndex: 0, role: 'log', 'aria-label': t('conversation') });
+const input = el('textarea', { id: 'input', rows: 2, placeholder: t('typeMessage'), maxLength: 4000, 'aria-label': t('chatMessage') });
+const sendBtn = el('button', { class: 'primary', id: 'send', type: 'submit' }, t('send'));
 const composer = el('form', { id: 'composer', class: 'composer' }, input, sendBtn);
 enterSubmits(input, composer);
 composer.addEventListener('submit', (ev) => {
@@ -395,7 +515,7 @@ async function render() {
   }
   // Chatting in a session, or replying to the agent who answered a left message.
   const chatting = state.view === 'active' || (!!state.replyTo && !['waiting', 'offer'].includes(state.view));
-  input.placeholder = state.view === 'active' || !state.replyTo ? 'Type a message, Enter to send' : `Reply to ${state.replyTo}, Enter to send`;
+  input.placeholder = state.view === 'active' || !state.replyTo ? t('typeMessage') : t('replyTo', { agent: state.replyTo });
   composer.hidden = !chatting;
   input.disabled = !chatting;
   sendBtn.disabled = !chatting;

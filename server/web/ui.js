@@ -2,9 +2,60 @@
 // notices, and drawing a conversation. Text from the network is only ever
 // set as textContent, never parsed as HTML.
 
-import { serverInfo, claimsOf, describeError, storage } from './dd.js';
+import { serverInfo, claimsOf, storage } from './dd.js';
+import { translator } from './i18n.js';
 
 const session = storage('session');
+
+// The shared strings, in each language (each page keeps its own).
+const t = translator({
+  en: {
+    sec: '{n} s', min: '{n} min', hourMin: '{h} h {m} min',
+    dismiss: 'dismiss',
+    connConnecting: 'connecting…', connOnline: 'connected', connOffline: 'offline', connOfflineWhy: 'offline ({why})',
+    connStopped: 'disconnected', connSignedOut: 'signed out: {why}', refused: 'the server refused the sign-in',
+    connReplaced: 'opened in another tab or window', notSignedIn: 'not signed in',
+    unreachable: 'The server cannot be reached', tryAgain: 'Try again',
+    sending: 'sending…', notSent: ' not sent: {why}', retry: 'retry', newMessages: 'New messages ↓',
+    RATE_LIMITED: 'Too many messages at once; slow down a little.',
+    UNAVAILABLE: 'The service is unavailable right now; it will be retried.',
+    FORBIDDEN: 'You are not allowed to do that.',
+    UNAUTHENTICATED: 'Your sign-in is not valid (expired or wrong). Sign in again.',
+    NOT_FOUND: 'Not found.',
+    TOO_LARGE: 'That is too long.',
+    INVALID_ARGUMENT: 'That was not accepted',
+    CONFLICT: 'That does not fit the current state',
+    INTERNAL: 'The server failed; try again.',
+    DISCONNECTED: 'Not connected; it will be sent when the connection is back.',
+    OTHER: 'Something went wrong',
+  },
+  'zh-CN': {
+    sec: '{n} 秒', min: '{n} 分钟', hourMin: '{h} 小时 {m} 分钟',
+    dismiss: '关闭',
+    connConnecting: '连接中…', connOnline: '已连接', connOffline: '离线', connOfflineWhy: '离线（{why}）',
+    connStopped: '已断开', connSignedOut: '已退出：{why}', refused: '服务器拒绝了登录',
+    connReplaced: '已在另一个标签页或窗口中打开', notSignedIn: '未登录',
+    unreachable: '无法连接服务器', tryAgain: '重试',
+    sending: '发送中…', notSent: ' 未发送：{why}', retry: '重发', newMessages: '有新消息 ↓',
+    RATE_LIMITED: '发送太频繁，请稍慢一些。',
+    UNAVAILABLE: '服务暂时不可用，稍后会自动重试。',
+    FORBIDDEN: '您没有权限这样做。',
+    UNAUTHENTICATED: '登录已失效（过期或有误），请重新登录。',
+    NOT_FOUND: '未找到。',
+    TOO_LARGE: '内容太长。',
+    INVALID_ARGUMENT: '内容不被接受',
+    CONFLICT: '与当前状态不符',
+    INTERNAL: '服务器出错，请重试。',
+    DISCONNECTED: '未连接；连接恢复后会自动发送。',
+    OTHER: '出了点问题',
+  },
+});
+
+/** A failure in words for people, in the page's language. */
+export function describe(e) {
+  const base = t(e.code in { RATE_LIMITED: 1, UNAVAILABLE: 1, FORBIDDEN: 1, UNAUTHENTICATED: 1, NOT_FOUND: 1, TOO_LARGE: 1, INVALID_ARGUMENT: 1, CONFLICT: 1, INTERNAL: 1, DISCONNECTED: 1 } ? e.code : 'OTHER');
+  return e.message && e.message !== e.code && !/[.。]$/.test(base) ? `${base}: ${e.message}` : base;
+}
 
 /** document.createElement with properties, attributes (data-*, aria-*) and children. */
 export function el(tag, props = {}, ...children) {
@@ -31,10 +82,10 @@ window.addEventListener('unhandledrejection', (ev) => notifyError(ev.reason || '
 /** "12 s", "3 min", "2 h 5 min". */
 export function duration(ms) {
   const s = Math.max(0, Math.round(ms / 1000));
-  if (s < 60) return `${s} s`;
+  if (s < 60) return t('sec', { n: s });
   const m = Math.floor(s / 60);
-  if (m < 60) return `${m} min`;
-  return `${Math.floor(m / 60)} h ${m % 60} min`;
+  if (m < 60) return t('min', { n: m });
+  return t('hourMin', { h: Math.floor(m / 60), m: m % 60 });
 }
 
 export function clock(ms) {
@@ -50,7 +101,7 @@ export function notify(text, kind = 'info', ms = 6000) {
     document.body.append(box);
   }
   const n = el('div', { class: `notice ${kind}`, role: kind === 'error' ? 'alert' : 'status' }, text);
-  const close = el('button', { class: 'link', 'aria-label': 'dismiss', onclick: () => n.remove() }, '×');
+  const close = el('button', { class: 'link', 'aria-label': t('dismiss'), onclick: () => n.remove() }, '×');
   n.append(close);
   box.append(n);
   if (ms) setTimeout(() => n.remove(), ms);
@@ -58,7 +109,7 @@ export function notify(text, kind = 'info', ms = 6000) {
 }
 
 export function notifyError(e) {
-  return notify(e instanceof Error && e.code ? describeError(e) : String(e.message || e), 'error', 10000);
+  return notify(e instanceof Error && e.code ? describe(e) : String(e.message || e), 'error', 10000);
 }
 
 /** Shows the connection state in #conn and reacts to final closes. */
@@ -67,12 +118,12 @@ export function connectionBanner(client, onFinal) {
   client.addEventListener('status', (ev) => {
     const { status, detail } = ev.detail;
     const words = {
-      connecting: 'connecting…',
-      online: 'connected',
-      offline: `offline${detail ? ` (${detail})` : ''}`,
-      stopped: 'disconnected',
-      'signed-out': `signed out: ${detail || 'the server refused the sign-in'}`,
-      replaced: 'opened in another tab or window',
+      connecting: t('connConnecting'),
+      online: t('connOnline'),
+      offline: detail ? t('connOfflineWhy', { why: detail }) : t('connOffline'),
+      stopped: t('connStopped'),
+      'signed-out': t('connSignedOut', { why: detail || t('refused') }),
+      replaced: t('connReplaced'),
     };
     conn.textContent = words[status] || status;
     conn.dataset.status = status;
@@ -98,9 +149,9 @@ export async function signIn(page, role, mount) {
     info = await serverInfo();
   } catch (e) {
     mount.replaceChildren(el('div', { class: 'signin card', role: 'alert' },
-      el('h2', {}, 'The server cannot be reached'),
+      el('h2', {}, t('unreachable')),
       el('p', {}, String(e.message || e)),
-      el('button', { class: 'primary', onclick: () => location.reload() }, 'Try again')));
+      el('button', { class: 'primary', onclick: () => location.reload() }, t('tryAgain'))));
     return new Promise(() => {});
   }
   const fromHash = params.get('token');
@@ -119,7 +170,7 @@ export async function signIn(page, role, mount) {
   // Not "starting…" forever: nobody is signed in until a token comes.
   const conn = $('#conn');
   if (conn) {
-    conn.textContent = 'not signed in';
+    conn.textContent = t('notSignedIn');
     conn.dataset.status = 'signed-out';
   }
   return new Promise((resolve) => {
@@ -265,7 +316,7 @@ function newMessagesPill(box) {
   const pill = el('button', {
     type: 'button', class: 'new-pill', hidden: true,
     onclick: () => { box.scrollTop = box.scrollHeight; pill.hidden = true; },
-  }, 'New messages ↓');
+  }, t('newMessages'));
   box.addEventListener('scroll', () => {
     if (box.scrollHeight - box.scrollTop - box.clientHeight < 40) pill.hidden = true;
   });
@@ -278,9 +329,9 @@ function messageNode({ message: m, state, error }, me, onRetry) {
   const meta = el('div', { class: 'meta' },
     mine ? '' : `${m.fromUser} · `,
     m.serverTimeMs ? clock(m.serverTimeMs) : '',
-    state === 'sending' ? 'sending…' : '',
-    state === 'failed' ? el('span', { class: 'error' }, ` not sent: ${error}`) : '');
-  if (state === 'failed' && onRetry) meta.append(' ', el('button', { class: 'link', onclick: () => onRetry(m) }, 'retry'));
+    state === 'sending' ? t('sending') : '',
+    state === 'failed' ? el('span', { class: 'error' }, t('notSent', { why: error })) : '');
+  if (state === 'failed' && onRetry) meta.append(' ', el('button', { class: 'link', onclick: () => onRetry(m) }, t('retry')));
   return el('div', {
     class: `msg ${mine ? 'mine' : 'theirs'} ${state}`,
     'data-msg-id': m.msgId || '',

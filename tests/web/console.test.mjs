@@ -170,8 +170,8 @@ async function keepScreenshots(name) {
 }
 
 /** A new person: their own browser context and a page named for messages. */
-async function person(name, viewport = { width: 1100, height: 720 }) {
-  const context = await browser.newContext({ viewport });
+async function person(name, viewport = { width: 1100, height: 720 }, locale = 'en-US') {
+  const context = await browser.newContext({ viewport, locale });
   contexts.add(context);
   return { context, name, open: (url) => openPage(context, name, url) };
 }
@@ -654,4 +654,30 @@ scenario('a long chat keeps the header, the newest message and the composer in v
   assert.equal(await lin.$$eval('#messages .bubble b', (b) => b.length), 0, 'never HTML from a message');
   assert.deepEqual(lin.ddErrors, []);
   assert.deepEqual(kim.ddErrors, []);
+});
+
+scenario('the widget speaks Chinese to a Chinese browser, and English once switched', async () => {
+  const mei = await (await person('mei', { width: 390, height: 844 }, 'zh-CN')).open('/chat');
+  assert.equal(await mei.getAttribute('html', 'lang'), 'zh-CN');
+  await signIn(mei, 'mei', 'customer');
+  await waitText(mei, '#pick h2', /^有什么可以帮您？$/);
+  assert.equal(await mei.textContent('.brand'), '在线客服');
+  assert.equal(await mei.textContent('#conn'), '已连接');
+  await mei.selectOption('#group', 'returns');
+  await waitText(mei, '#request', /^留言$/);
+  await mei.fill('#question', '我的订单还没到');
+  await mei.click('#request');
+  await waitText(mei, '#offer-reason', /^现在没有客服在线。/);
+  assert.equal(await mei.inputValue('#left-text'), '我的订单还没到');
+  await assertAccessible(mei, 'the leave-a-message form in Chinese');
+  await shot(mei, 'console-chat-zh.png');
+  // She switches to English: the page reloads in English and remembers it.
+  await mei.selectOption('#lang', 'en');
+  await mei.waitForFunction(() => document.documentElement.lang === 'en');
+  await online(mei);
+  await waitText(mei, '#pick h2', /^How can we help\?$/);
+  await mei.reload();
+  await online(mei);
+  assert.equal(await mei.getAttribute('html', 'lang'), 'en');
+  assert.deepEqual(mei.ddErrors, []);
 });
