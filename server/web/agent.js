@@ -4,7 +4,71 @@
 // transfer, end, and the left-messages inbox.
 
 import { Client, MessageStore, api, wsUrl, deviceIdFor, catchUp, loadOlder, sendTracked } from './dd.js';
+import { translator, languagePicker } from './i18n.js';
 import { el, $, duration, clock, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, contentFromInput, contentNode, enterSubmits } from './ui.js';
+
+// Every string of this page, in each language.
+const t = translator({
+  en: {
+    title: 'Agent workspace', signOut: 'Sign out',
+    customerToken: 'This token is a customer\'s: the workspace needs the agent role.',
+    online: '● Online', away: '◐ Away', offline: '○ Offline', status: 'status', statusLabel: 'Status ',
+    sessions: 'Sessions', leftMessages: 'left messages', leftMessagesTitle: 'Left messages ',
+    earlier: 'Earlier messages', conversation: 'conversation',
+    typeMessage: 'Type a message, Enter to send, Shift+Enter for a new line', chatMessage: 'chat message',
+    quickReplies: 'quick replies', imageLink: ' image link', saveReply: 'Save as quick reply', send: 'Send',
+    transferPlaceholder: 'agent or group id', transferTo: 'transfer to', transferKind: 'transfer to an agent or a group',
+    agent: 'agent', group: 'group',
+    badImageLink: 'An image link must be an http(s) address.',
+    newCustomerIn: 'New customer: {customer} ({group})', newCustomer: 'New customer: {customer}',
+    transferredAway: '{customer} was transferred to {to} ({reason}).',
+    ended: 'The session with {customer} ended.', endedBy: 'The session with {customer} ended (by {by}).',
+    newLeftOne: '1 new left message', newLeftMany: '{n} new left messages',
+    quickRepliesPick: 'Quick replies…', noQuickReplies: 'No quick replies yet',
+    typeReplyFirst: 'Type the reply first, then save it.', savedReply: 'Saved as a personal quick reply.',
+    nameAgent: 'Name the agent to transfer to.', nameGroup: 'Name the group to transfer to.',
+    noGroup: 'no group yet', waitingFor: 'waiting {wait}', answered: 'answered',
+    noCustomers: 'No customers yet: new ones appear here.', goOnline: 'Go online to get customers.',
+    waitingSuffix: ' waiting', takeNext: 'Take next', contactIs: 'contact: {contact}',
+    answer: 'Answer', claim: 'Claim and answer',
+    groupSince: '{group} · since {since}', before: ' · before: {agents}',
+    transferToLabel: 'Transfer to ', transfer: 'Transfer', endSession: 'End session',
+    answeringLeftBy: 'Answering the message left by ', pickSession: 'Pick a session on the left.',
+  },
+  'zh-CN': {
+    title: '客服工作台', signOut: '退出',
+    customerToken: '这是顾客的登录凭证：工作台需要客服角色。',
+    online: '● 在线', away: '◐ 忙碌', offline: '○ 离线', status: '状态', statusLabel: '状态 ',
+    sessions: '会话', leftMessages: '留言', leftMessagesTitle: '留言 ',
+    earlier: '更早的消息', conversation: '对话',
+    typeMessage: '输入消息，Enter 发送，Shift+Enter 换行', chatMessage: '聊天消息',
+    quickReplies: '快捷回复', imageLink: ' 图片链接', saveReply: '存为快捷回复', send: '发送',
+    transferPlaceholder: '客服或客服组 ID', transferTo: '转接给', transferKind: '转接给客服或客服组',
+    agent: '客服', group: '客服组',
+    badImageLink: '图片链接必须是 http(s) 地址。',
+    newCustomerIn: '新顾客：{customer}（{group}）', newCustomer: '新顾客：{customer}',
+    transferredAway: '{customer} 已转接给 {to}（{reason}）。',
+    ended: '与 {customer} 的会话已结束。', endedBy: '与 {customer} 的会话已结束（由 {by} 结束）。',
+    newLeftOne: '1 条新留言', newLeftMany: '{n} 条新留言',
+    quickRepliesPick: '快捷回复…', noQuickReplies: '还没有快捷回复',
+    typeReplyFirst: '请先输入回复内容，再保存。', savedReply: '已存为个人快捷回复。',
+    nameAgent: '请填写要转接的客服。', nameGroup: '请填写要转接的客服组。',
+    noGroup: '尚未加入客服组', waitingFor: '已等待 {wait}', answered: '已回复',
+    noCustomers: '暂无顾客：新顾客会出现在这里。', goOnline: '设为在线即可接待顾客。',
+    waitingSuffix: ' 人等待', takeNext: '接待下一位', contactIs: '联系方式：{contact}',
+    answer: '回复', claim: '认领并回复',
+    groupSince: '{group} · 开始于 {since}', before: ' · 之前：{agents}',
+    transferToLabel: '转接给 ', transfer: '转接', endSession: '结束会话',
+    answeringLeftBy: '正在回复留言，留言人 ', pickSession: '请在左侧选择一个会话。',
+  },
+});
+// `t` is also a transfer's name below: this one is always the strings.
+const tr = t;
+
+document.title = `${t('title')} · dongdong`;
+$('.brand').textContent = t('title');
+$('#signout').textContent = t('signOut');
+$('header.top').append(languagePicker());
 
 const main = $('#main');
 const auth = await signIn('agent', 'agent', main);
@@ -12,7 +76,7 @@ const me = auth.claims.sub;
 $('#who').textContent = `${me} · ${auth.claims.tenant}`;
 $('#signout').hidden = false;
 $('#signout').onclick = () => signOut('agent');
-if (auth.claims.role === 'customer') notify('This token is a customer\'s: the workspace needs the agent role.', 'error', 0);
+if (auth.claims.role === 'customer') notify(t('customerToken'), 'error', 0);
 
 const client = new Client({ url: wsUrl(auth.info), token: auth.token, deviceId: deviceIdFor(auth.claims.tenant, me, 'console') });
 const store = new MessageStore();
@@ -35,39 +99,39 @@ const state = {
 
 // --- layout ---------------------------------------------------------------------
 
-const statusSel = el('select', { id: 'status', 'aria-label': 'status' },
-  el('option', { value: 'ONLINE' }, '● Online'), el('option', { value: 'AWAY' }, '◐ Away'), el('option', { value: 'OFFLINE' }, '○ Offline'));
+const statusSel = el('select', { id: 'status', 'aria-label': t('status') },
+  el('option', { value: 'ONLINE' }, t('online')), el('option', { value: 'AWAY' }, t('away')), el('option', { value: 'OFFLINE' }, t('offline')));
 const loadLine = el('span', { id: 'load', class: 'muted' });
 const pickBox = el('div', { id: 'manual-pick' });
-const sessionList = el('ul', { id: 'sessions', class: 'list', 'aria-label': 'sessions' });
-const leftList = el('ul', { id: 'left-messages', class: 'list', 'aria-label': 'left messages' });
+const sessionList = el('ul', { id: 'sessions', class: 'list', 'aria-label': t('sessions') });
+const leftList = el('ul', { id: 'left-messages', class: 'list', 'aria-label': t('leftMessages') });
 const leftCount = el('span', { id: 'left-count', class: 'badge' });
 const convHead = el('div', { id: 'conv-head', class: 'conv-head' });
-const older = el('button', { class: 'link', id: 'older', hidden: true, onclick: pageBack }, 'Earlier messages');
+const older = el('button', { class: 'link', id: 'older', hidden: true, onclick: pageBack }, t('earlier'));
 // Focusable, so that keyboard users can scroll it.
-const list = el('div', { id: 'messages', class: 'messages', 'aria-live': 'polite', tabIndex: 0, role: 'log', 'aria-label': 'conversation' });
-const input = el('textarea', { id: 'input', rows: 2, placeholder: 'Type a message, Enter to send, Shift+Enter for a new line', maxLength: 4000, 'aria-label': 'chat message' });
+const list = el('div', { id: 'messages', class: 'messages', 'aria-live': 'polite', tabIndex: 0, role: 'log', 'aria-label': t('conversation') });
+const input = el('textarea', { id: 'input', rows: 2, placeholder: t('typeMessage'), maxLength: 4000, 'aria-label': t('chatMessage') });
 const asImage = el('input', { type: 'checkbox', id: 'as-image' });
-const replyPick = el('select', { id: 'quick-replies', 'aria-label': 'quick replies' });
+const replyPick = el('select', { id: 'quick-replies', 'aria-label': t('quickReplies') });
 const composer = el('form', { id: 'composer', class: 'composer' },
   input,
   el('div', { class: 'tools' },
     replyPick,
-    el('label', { class: 'inline' }, asImage, ' image link'),
-    el('button', { type: 'button', class: 'link', id: 'save-reply', onclick: saveReply }, 'Save as quick reply'),
-    el('button', { type: 'submit', class: 'primary', id: 'send' }, 'Send')));
+    el('label', { class: 'inline' }, asImage, t('imageLink')),
+    el('button', { type: 'button', class: 'link', id: 'save-reply', onclick: saveReply }, t('saveReply')),
+    el('button', { type: 'submit', class: 'primary', id: 'send' }, t('send'))));
 // Kept across redraws, so that a message arriving does not clear what is typed.
-const transferTarget = el('input', { id: 'transfer-target', placeholder: 'agent or group id', size: 14, 'aria-label': 'transfer to' });
-const transferKind = el('select', { id: 'transfer-kind', 'aria-label': 'transfer to an agent or a group' },
-  el('option', { value: 'agent' }, 'agent'), el('option', { value: 'group' }, 'group'));
+const transferTarget = el('input', { id: 'transfer-target', placeholder: t('transferPlaceholder'), size: 14, 'aria-label': t('transferTo') });
+const transferKind = el('select', { id: 'transfer-kind', 'aria-label': t('transferKind') },
+  el('option', { value: 'agent' }, t('agent')), el('option', { value: 'group' }, t('group')));
 const pane = el('section', { class: 'pane', id: 'pane' }, convHead, older, list, composer);
 
 main.replaceChildren(el('div', { class: 'workspace' },
   el('aside', { class: 'side' },
-    el('div', { class: 'statusbar' }, el('label', { for: 'status' }, 'Status '), statusSel, loadLine),
-    el('h3', {}, 'Sessions'), sessionList,
+    el('div', { class: 'statusbar' }, el('label', { for: 'status' }, t('statusLabel')), statusSel, loadLine),
+    el('h3', {}, t('sessions')), sessionList,
     pickBox,
-    el('h3', {}, 'Left messages ', leftCount), leftList),
+    el('h3', {}, t('leftMessagesTitle'), leftCount), leftList),
   pane));
 
 statusSel.addEventListener('change', async () => {
@@ -85,7 +149,7 @@ composer.addEventListener('submit', (ev) => {
   const peer = currentPeer();
   if (!peer || !input.value.trim()) return;
   const content = contentFromInput(input.value, asImage.checked);
-  if (!content) return notify('An image link must be an http(s) address.', 'error');
+  if (!content) return notify(t('badImageLink'), 'error');
   input.value = '';
   asImage.checked = false;
   send(peer, content);
@@ -136,8 +200,8 @@ function addSession(s, announce) {
   if (!known) {
     state.waitingSince.set(s.sessionId, Number(s.assignedMs || s.createdMs || Date.now()));
     if (announce) {
-      notify(`New customer: ${s.customer} (${s.group})`, 'assign', 8000);
-      flashTitle(`New customer: ${s.customer}`);
+      notify(t('newCustomerIn', { customer: s.customer, group: s.group }), 'assign', 8000);
+      flashTitle(t('newCustomer', { customer: s.customer }));
     }
     if (!state.selected) state.selected = { kind: 'session', id: s.sessionId };
   }
@@ -202,11 +266,11 @@ client.addEventListener('frame', (ev) => {
   } else if (f.sessionTransferred) {
     const t = f.sessionTransferred;
     if (t.session.agent === me) addSession(t.session, true);
-    else dropSession(t.session, `${t.session.customer} was transferred${t.session.agent ? ` to ${t.session.agent}` : ` to ${t.session.group}`} (${t.reason}).`);
+    else dropSession(t.session, tr('transferredAway', { customer: t.session.customer, to: t.session.agent || t.session.group, reason: t.reason }));
     refreshState();
   } else if (f.sessionEnded) {
     const s = f.sessionEnded.session;
-    dropSession(s, `The session with ${s.customer} ended${s.endedBy && s.endedBy !== me ? ` (by ${s.endedBy})` : ''}.`);
+    dropSession(s, s.endedBy && s.endedBy !== me ? t('endedBy', { customer: s.customer, by: s.endedBy }) : t('ended', { customer: s.customer }));
     refreshState();
   } else if (f.leftMessageNotice) {
     let fresh = 0;
@@ -215,7 +279,7 @@ client.addEventListener('frame', (ev) => {
       if (!lm.claimedBy || lm.claimedBy === me) state.left.set(lm.id, lm);
       else state.left.delete(lm.id);
     }
-    if (fresh) notify(`${fresh} new left message${fresh > 1 ? 's' : ''}`, 'info');
+    if (fresh) notify(fresh > 1 ? t('newLeftMany', { n: fresh }) : t('newLeftOne'), 'info');
   } else {
     return;
   }
@@ -272,16 +336,16 @@ async function loadReplies() {
   } catch (e) {
     notifyError(e);
   }
-  replyPick.replaceChildren(el('option', { value: '' }, state.replies.length ? 'Quick replies…' : 'No quick replies yet'),
+  replyPick.replaceChildren(el('option', { value: '' }, state.replies.length ? t('quickRepliesPick') : t('noQuickReplies')),
     ...state.replies.map((r) => el('option', { value: r.id }, `${r.title}${r.group ? ` (${r.group})` : ''}`)));
 }
 
 async function saveReply() {
   const text = input.value.trim();
-  if (!text) return notify('Type the reply first, then save it.', 'error');
+  if (!text) return notify(t('typeReplyFirst'), 'error');
   try {
     await api(auth.token, 'POST', '/api/v1/quick-replies', { title: text.slice(0, 40), text });
-    notify('Saved as a personal quick reply.');
+    notify(t('savedReply'));
     loadReplies();
   } catch (e) {
     notifyError(e);
@@ -313,7 +377,7 @@ async function pageBack() {
 }
 
 async function transfer(s, kind, target) {
-  if (!target) return notify(`Name the ${kind} to transfer to.`, 'error');
+  if (!target) return notify(kind === 'agent' ? t('nameAgent') : t('nameGroup'), 'error');
   const body = { sessionId: s.sessionId };
   body[kind === 'agent' ? 'toAgent' : 'toGroup'] = target;
   try {
@@ -351,7 +415,7 @@ async function claim(lm) {
 function renderSide() {
   statusSel.value = state.status;
   statusSel.dataset.status = state.status;
-  loadLine.textContent = ` ${state.load}/${state.capacity} · ${state.groups.join(', ') || 'no group yet'}`;
+  loadLine.textContent = ` ${state.load}/${state.capacity} · ${state.groups.join(', ') || t('noGroup')}`;
   const now = Date.now();
   sessionList.replaceChildren(...[...state.sessions.values()].map((s) => {
     const unread = state.unread.get(s.sessionId) || 0;
@@ -371,24 +435,24 @@ function renderSide() {
     },
     el('strong', {}, s.customer), ' ', el('span', { class: 'muted' }, s.group),
     unread ? el('span', { class: 'badge unread', 'data-unread': String(unread) }, String(unread)) : '',
-    el('div', { class: 'muted small' }, since ? `waiting ${duration(now - since)}` : 'answered')));
+    el('div', { class: 'muted small' }, since ? t('waitingFor', { wait: duration(now - since) }) : t('answered'))));
   }));
-  if (!state.sessions.size) sessionList.replaceChildren(el('li', { class: 'muted empty' }, state.status === 'ONLINE' ? 'No customers yet: new ones appear here.' : 'Go online to get customers.'));
+  if (!state.sessions.size) sessionList.replaceChildren(el('li', { class: 'muted empty' }, state.status === 'ONLINE' ? t('noCustomers') : t('goOnline')));
   pickBox.replaceChildren(...state.manual.map((g) => el('div', { class: 'pick-row' },
-    el('span', {}, `${g.name || g.id}: `, el('strong', { 'data-waiting': g.id }, String(g.queue_length)), ' waiting'),
+    el('span', {}, `${g.name || g.id}: `, el('strong', { 'data-waiting': g.id }, String(g.queue_length)), t('waitingSuffix')),
     el('button', {
       class: 'primary', 'data-take': g.id, disabled: !g.queue_length || state.status !== 'ONLINE',
       onclick: () => takeNext(g.id),
-    }, 'Take next'))));
+    }, t('takeNext')))));
   const left = [...state.left.values()];
   const open = left.filter((lm) => !lm.claimedBy).length;
   leftCount.textContent = open ? String(open) : '';
   leftList.replaceChildren(...left.map((lm) => el('li', { 'data-left-id': lm.id },
     el('div', {}, el('strong', {}, lm.customer), ' ', el('span', { class: 'muted' }, `${lm.group} · ${clock(lm.createdMs)}`)),
     el('div', { class: 'small' }, contentNode(lm.content)),
-    lm.contact ? el('div', { class: 'muted small' }, `contact: ${lm.contact}`) : '',
-    lm.claimedBy ? el('button', { class: 'link', onclick: () => { state.selected = { kind: 'left', id: lm.id }; renderAll(); } }, 'Answer')
-      : el('button', { class: 'link claim', onclick: () => claim(lm) }, 'Claim and answer'))));
+    lm.contact ? el('div', { class: 'muted small' }, t('contactIs', { contact: lm.contact })) : '',
+    lm.claimedBy ? el('button', { class: 'link', onclick: () => { state.selected = { kind: 'left', id: lm.id }; renderAll(); } }, t('answer'))
+      : el('button', { class: 'link claim', onclick: () => claim(lm) }, t('claim')))));
 }
 
 function renderConversation() {
@@ -398,25 +462,25 @@ function renderConversation() {
     const agentInput = transferTarget;
     const kind = transferKind;
     convHead.replaceChildren(
-      el('div', {}, el('strong', { id: 'conv-customer' }, s.customer), ' ', el('span', { class: 'muted' }, `${s.group} · since ${clock(s.assignedMs || s.createdMs)}`),
-        (s.previousAgents || []).length ? el('span', { class: 'muted' }, ` · before: ${s.previousAgents.join(', ')}`) : ''),
+      el('div', {}, el('strong', { id: 'conv-customer' }, s.customer), ' ', el('span', { class: 'muted' }, t('groupSince', { group: s.group, since: clock(s.assignedMs || s.createdMs) })),
+        (s.previousAgents || []).length ? el('span', { class: 'muted' }, t('before', { agents: s.previousAgents.join(', ') })) : ''),
       el('div', { class: 'actions' },
-        el('span', {}, 'Transfer to '), kind, agentInput,
-        el('button', { id: 'transfer', onclick: () => transfer(s, kind.value, agentInput.value.trim()) }, 'Transfer'),
-        el('button', { id: 'end', class: 'danger', onclick: () => endSession(s) }, 'End session')));
+        el('span', {}, t('transferToLabel')), kind, agentInput,
+        el('button', { id: 'transfer', onclick: () => transfer(s, kind.value, agentInput.value.trim()) }, t('transfer')),
+        el('button', { id: 'end', class: 'danger', onclick: () => endSession(s) }, t('endSession'))));
     const ids = convIdsOf(s);
     drawMessages(list, store.list(ids, s.customer), me, { onRetry: retry });
     older.hidden = !ids.some((c) => state.hasMore.get(c) !== false && store.oldestSeq(c) > 1);
     composer.hidden = false;
   } else if (sel && sel.kind === 'left' && state.left.get(sel.id)) {
     const lm = state.left.get(sel.id);
-    convHead.replaceChildren(el('div', {}, 'Answering the message left by ', el('strong', {}, lm.customer), ' ', el('span', { class: 'muted' }, lm.group)),
+    convHead.replaceChildren(el('div', {}, t('answeringLeftBy'), el('strong', {}, lm.customer), ' ', el('span', { class: 'muted' }, lm.group)),
       el('blockquote', {}, contentNode(lm.content)));
     drawMessages(list, store.list(lm.conversationId ? [lm.conversationId] : [], lm.customer), me, { onRetry: retry });
     older.hidden = true;
     composer.hidden = lm.claimedBy !== me;
   } else {
-    convHead.replaceChildren(el('p', { class: 'muted' }, 'Pick a session on the left.'));
+    convHead.replaceChildren(el('p', { class: 'muted' }, t('pickSession')));
     list.replaceChildren();
     older.hidden = true;
     composer.hidden = true;
@@ -432,7 +496,7 @@ function renderAll() {
   renderSide();
   renderConversation();
   const unread = [...state.unread.values()].reduce((a, b) => a + b, 0);
-  if (!flashing) document.title = `${unread ? `(${unread}) ` : ''}Agent workspace · dongdong`;
+  if (!flashing) document.title = `${unread ? `(${unread}) ` : ''}${t('title')} · dongdong`;
 }
 
 let flashing = null;
@@ -440,7 +504,7 @@ function flashTitle(text) {
   clearInterval(flashing);
   let on = true;
   flashing = setInterval(() => {
-    document.title = on ? text : 'Agent workspace · dongdong';
+    document.title = on ? text : `${t('title')} · dongdong`;
     on = !on;
   }, 1000);
   const stop = () => {

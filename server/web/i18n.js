@@ -32,7 +32,7 @@ document.documentElement.lang = lang;
 export function translator(table) {
   return (key, vars = {}) => {
     const s = (table[lang] && table[lang][key]) ?? table.en[key] ?? key;
-    return s.replace(/\{(\w+)\}/g, (_, k) => String(vars[k] ?? ''));
+    return s.replace(/\{(\w+)\}/g, (m, k) => (k in vars ? String(vars[k]) : m));
   };
 }
 

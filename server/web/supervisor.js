@@ -4,6 +4,34 @@
 
 import { api } from './dd.js';
 import { el, $, duration, notifyError, signIn, signOut } from './ui.js';
+import { translator, languagePicker } from './i18n.js';
+
+// Every string of this page, in each language.
+const t = translator({
+  en: {
+    title: 'Supervisor', signOut: 'Sign out', live: 'live', updated: 'updated {time}', notUpdating: 'not updating: {why}',
+    noGroups: 'No groups in this tenant yet (PUT /api/v1/groups/{group}).',
+    waiting: 'waiting', longestWait: 'longest wait', agentsOnline: 'agents online', inProgress: 'in progress',
+    agent: 'agent', status: 'status', load: 'load', loadOf: '{load} of {capacity}', disconnected: 'disconnected',
+    ONLINE: 'online', AWAY: 'away', OFFLINE: 'offline', WAITING: 'waiting', ACTIVE: 'active', ENDED: 'ended',
+    hideSessions: 'Hide sessions', showSessions: 'Show sessions',
+    customer: 'customer', state: 'state', for: 'for',
+  },
+  'zh-CN': {
+    title: '客服主管', signOut: '退出', live: '实时', updated: '更新于 {time}', notUpdating: '未更新：{why}',
+    noGroups: '该租户还没有客服组（PUT /api/v1/groups/{group}）。',
+    waiting: '排队中', longestWait: '最长等待', agentsOnline: '在线客服', inProgress: '进行中',
+    agent: '客服', status: '状态', load: '接待量', loadOf: '{load} / {capacity}', disconnected: '已断开',
+    ONLINE: '在线', AWAY: '忙碌', OFFLINE: '离线', WAITING: '排队中', ACTIVE: '进行中', ENDED: '已结束',
+    hideSessions: '收起会话', showSessions: '查看会话',
+    customer: '顾客', state: '状态', for: '时长',
+  },
+});
+
+document.title = `${t('title')} · dongdong`;
+$('.brand').textContent = t('title');
+$('#signout').textContent = t('signOut');
+$('header.top').append(languagePicker());
 
 const REFRESH_MS = 2000;
 const main = $('#main');
@@ -27,12 +55,12 @@ async function refresh() {
       details.set(g.id, await api(auth.token, 'GET', `/api/v1/groups/${encodeURIComponent(g.id)}/sessions`));
     }));
     draw(groups, details);
-    conn.textContent = 'live';
+    conn.textContent = t('live');
     conn.dataset.status = 'online';
     lastError = '';
-    updated.textContent = `updated ${new Date().toLocaleTimeString()}`;
+    updated.textContent = t('updated', { time: new Date().toLocaleTimeString() });
   } catch (e) {
-    conn.textContent = `not updating: ${e.message}`;
+    conn.textContent = t('notUpdating', { why: e.message });
     conn.dataset.status = 'offline';
     if (e.code === 'UNAUTHENTICATED') return signOut('supervisor');
     if (e.message !== lastError) notifyError(e);
@@ -46,7 +74,7 @@ function stat(label, value, id) {
 
 function draw(groups, details) {
   if (!groups.length) {
-    grid.replaceChildren(el('p', { class: 'muted' }, 'No groups in this tenant yet (PUT /api/v1/groups/{group}).'));
+    grid.replaceChildren(el('p', { class: 'muted' }, t('noGroups')));
     return;
   }
   grid.replaceChildren(...groups.map((g) => {
@@ -54,24 +82,24 @@ function draw(groups, details) {
     const card = el('section', { class: 'card group', 'data-group': g.id },
       el('h2', {}, g.name || g.id, ' ', el('span', { class: 'muted small' }, `${g.id} · ${g.policy}`)),
       el('div', { class: 'stats' },
-        stat('waiting', g.queue_length, 'queue_length'),
-        stat('longest wait', g.queue_length ? duration(g.longest_wait_ms) : '–', 'longest_wait'),
-        stat('agents online', g.agents_online, 'agents_online'),
-        stat('in progress', g.sessions_active, 'sessions_active')),
+        stat(t('waiting'), g.queue_length, 'queue_length'),
+        stat(t('longestWait'), g.queue_length ? duration(g.longest_wait_ms) : '–', 'longest_wait'),
+        stat(t('agentsOnline'), g.agents_online, 'agents_online'),
+        stat(t('inProgress'), g.sessions_active, 'sessions_active')),
       el('table', { class: 'agents' },
-        el('thead', {}, el('tr', {}, el('th', {}, 'agent'), el('th', {}, 'status'), el('th', {}, 'load'))),
+        el('thead', {}, el('tr', {}, el('th', {}, t('agent')), el('th', {}, t('status')), el('th', {}, t('load')))),
         el('tbody', {}, ...(agents.length ? agents : g.agents).map((a) => el('tr', { 'data-agent': a.id },
           el('td', {}, a.id),
-          el('td', {}, a.connected ? a.status.toLowerCase() : 'disconnected'),
-          el('td', {}, el('meter', { min: 0, max: a.capacity || 1, value: a.load, title: `${a.load} of ${a.capacity}` }), ` ${a.load}/${a.capacity}`))))),
+          el('td', {}, a.connected ? t(a.status) : t('disconnected')),
+          el('td', {}, el('meter', { min: 0, max: a.capacity || 1, value: a.load, title: t('loadOf', { load: a.load, capacity: a.capacity }) }), ` ${a.load}/${a.capacity}`))))),
       el('button', { class: 'link', onclick: () => { if (expanded.has(g.id)) expanded.delete(g.id); else expanded.add(g.id); refresh(); } },
-        expanded.has(g.id) ? 'Hide sessions' : 'Show sessions'));
+        expanded.has(g.id) ? t('hideSessions') : t('showSessions')));
     const d = details.get(g.id);
     if (d) {
-      const row = (s) => el('tr', {}, el('td', {}, s.customer), el('td', {}, s.agent || '–'), el('td', {}, s.state.toLowerCase()),
+      const row = (s) => el('tr', {}, el('td', {}, s.customer), el('td', {}, s.agent || '–'), el('td', {}, t(s.state)),
         el('td', {}, s.waiting_ms ? duration(s.waiting_ms) : duration(Date.now() - (s.assigned_ms || s.created_ms))));
       card.append(el('table', { class: 'sessions' },
-        el('thead', {}, el('tr', {}, el('th', {}, 'customer'), el('th', {}, 'agent'), el('th', {}, 'state'), el('th', {}, 'for'))),
+        el('thead', {}, el('tr', {}, el('th', {}, t('customer')), el('th', {}, t('agent')), el('th', {}, t('state')), el('th', {}, t('for')))),
         el('tbody', {}, ...d.waiting.map(row), ...d.active.map(row))));
     }
     return card;

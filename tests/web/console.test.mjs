@@ -671,6 +671,23 @@ scenario('the widget speaks Chinese to a Chinese browser, and English once switc
   assert.equal(await mei.inputValue('#left-text'), '我的订单还没到');
   await assertAccessible(mei, 'the leave-a-message form in Chinese');
   await shot(mei, 'console-chat-zh.png');
+  // An agent's workspace in Chinese too.
+  const wei = await (await person('wei', { width: 1280, height: 800 }, 'zh-CN')).open('/agent');
+  await signIn(wei, 'wei', 'agent');
+  await online(wei);
+  assert.equal(await wei.textContent('.brand'), '客服工作台');
+  await waitText(wei, '#sessions', /设为在线即可接待顾客。/);
+  assert.equal(await wei.$eval('#status option[value="ONLINE"]', (o) => o.textContent), '● 在线');
+  await assertAccessible(wei, 'the workspace in Chinese');
+  await shot(wei, 'console-agent-zh.png');
+  assert.deepEqual(wei.ddErrors, []);
+  const boss = await (await person('boss', { width: 1280, height: 800 }, 'zh-CN')).open('/supervisor');
+  await signIn(boss, 'boss', 'admin');
+  await waitText(boss, '#conn', /^实时$/);
+  assert.equal(await boss.textContent('.brand'), '客服主管');
+  await waitText(boss, '[data-group="returns"] .stats', /排队中/);
+  await assertAccessible(boss, 'the supervisor view in Chinese');
+  await shot(boss, 'console-supervisor-zh.png');
   // She switches to English: the page reloads in English and remembers it.
   await mei.selectOption('#lang', 'en');
   await mei.waitForFunction(() => document.documentElement.lang === 'en');
