@@ -63,6 +63,8 @@ const t = translator({
     score: 'score',
     conversation: 'conversation',
     chatMessage: 'chat message',
+    typeWhileWaiting: 'Add to your question; it goes to the agent who takes you',
+    heldTitle: 'To be sent when an agent joins:',
   },
   'zh-CN': {
     title: '在线客服',
@@ -118,6 +120,8 @@ const t = translator({
     score: '评分',
     conversation: '对话',
     chatMessage: '聊天消息',
+    typeWhileWaiting: '可以补充您的问题，客服接入后会收到',
+    heldTitle: '客服接入后将发送：',
   },
 });
 
@@ -148,6 +152,7 @@ const state = {
   queue: null, // { position, estimatedWaitS }
   offer: null,
   hasMore: new Map(),
+  held: [], // what was typed while waiting in line: sent to the agent on assignment
 };
 
 function show(convIds) {
@@ -213,6 +218,8 @@ client.addEventListener('frame', (ev) => {
     const fresh = !state.session || state.session.agent !== f.sessionAssigned.session.agent || state.view !== 'active';
     setSession(f.sessionAssigned.session);
     if (fresh) notify(t('agentHere', { agent: f.sessionAssigned.session.agent }), 'assign');
+    // What was typed while waiting goes to the agent now, in order.
+    for (const text of state.held.splice(0)) send(f.sessionAssigned.session.agent, { text });
     fillHistory();
   } else if (f.sessionTransferred) {
     setSession(f.sessionTransferred.session);
@@ -274,6 +281,8 @@ const views = {
       el('p', { id: 'queue-position', 'data-position': q ? q.position || '0' : '' }, where),
       el('p', { id: 'queue-wait', class: 'muted' }, wait),
       state.question ? el('p', { class: 'small' }, t('yourQuestionIs'), el('q', {}, state.question)) : '',
+      state.held.length ? el('div', { class: 'small' }, t('heldTitle'),
+        el('ul', { id: 'held' }, ...state.held.map((h) => el('li', {}, h)))) : '',
       el('button', { id: 'cancel', onclick: cancel }, t('leaveLine')));
   },
   offer: offerView,
@@ -345,7 +354,7 @@ function offerView() {
   }[o.reason] || o.message || '';
   const text = el('textarea', { id: 'left-text', rows: 4, required: true, maxLength: 4000, placeholder: t('yourMessage') });
   // What was typed as the question is not lost.
-  text.value = state.question || '';
+  text.value = [state.question, ...state.held].filter(Boolean).join('\n');
   const contact = el('input', { id: 'left-contact', placeholder: t('contactPlaceholder'), maxLength: 256 });
   const form = el('form', { class: 'card', id: 'offer' },
     el('h2', {}, t('leaveMessage')),
@@ -359,6 +368,7 @@ function offerView() {
     try {
       await client.request({ leaveMessage: { group: o.group, content: { text: text.value.trim() }, contact: contact.value.trim() } });
       state.question = '';
+      state.held = [];
       state.view = 'left';
       render();
     } catch (e) {
@@ -432,6 +442,7 @@ function newChat() {
 async function cancel() {
   try {
     await client.request({ cancelRequest: { group: state.session.group } });
+    state.held = [];
     tabStore.removeItem(LAST_SESSION);
     state.session = null;
     state.view = 'pick';
@@ -462,6 +473,14 @@ enterSubmits(input, composer);
 composer.addEventListener('submit', (ev) => {
   ev.preventDefault();
   const text = input.value.trim();
+  if (text && state.view === 'waiting') {
+    // Held until an agent joins (they get the question first).
+    input.value = '';
+    state.held.push(text);
+    drawnView = null;
+    render();
+    return;
+  }
   const to = state.view === 'active' && state.session ? state.session.agent : state.replyTo;
   if (!text || !to) return;
   input.value = '';
@@ -514,8 +533,9 @@ async function render() {
     drawnView = state.view;
   }
   // Chatting in a session, or replying to the agent who answered a left message.
-  const chatting = state.view === 'active' || (!!state.replyTo && !['waiting', 'offer'].includes(state.view));
-  input.placeholder = state.view === 'active' || !state.replyTo ? t('typeMessage') : t('replyTo', { agent: state.replyTo });
+  const chatting = ['active', 'waiting'].includes(state.view) || (!!state.replyTo && state.view !== 'offer');
+  input.placeholder = state.view === 'waiting' ? t('typeWhileWaiting')
+    : state.view === 'active' || !state.replyTo ? t('typeMessage') : t('replyTo', { agent: state.replyTo });
   composer.hidden = !chatting;
   input.disabled = !chatting;
   sendBtn.disabled = !chatting;

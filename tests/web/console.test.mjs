@@ -475,11 +475,21 @@ scenario('an agent of a manual-pick group takes the next customer', async () => 
   await max.fill('#question', 'a question for the VIP desk');
   await max.click('#request');
   await waitText(max, '#queue-position', /next in line/);
+  // He adds to his question while he waits: held until an agent takes him.
+  await max.fill('#input', 'it is about order 77');
+  await max.press('#input', 'Enter');
+  await waitText(max, '#held', /it is about order 77/);
+  await max.fill('#input', 'and the invoice');
+  await max.press('#input', 'Enter');
   await lee.waitForSelector('[data-take="vip"]:not([disabled])');
   await lee.click('[data-take="vip"]');
   await lee.waitForSelector('[data-customer="max"]');
   await waitText(max, '#agent-name', /lee/);
   await waitMessage(lee, 'a question for the VIP desk');
+  await waitMessage(lee, 'and the invoice');
+  const texts = (await shownMessages(lee)).map((m) => m.text);
+  assert.ok(texts.indexOf('it is about order 77') < texts.indexOf('and the invoice'), `in the order typed: ${texts}`);
+  assert.equal(texts.filter((x) => x === 'it is about order 77').length, 1);
 });
 
 scenario('errors reach people in words; dev sign-in refuses bad input', async () => {
