@@ -49,22 +49,28 @@ export class DdError extends Error {
   }
 }
 
+/** Words for people, by error code (English; ui.js adds the other languages). */
+export const ERROR_WORDS = {
+  RATE_LIMITED: 'Too many messages at once; slow down a little.',
+  UNAVAILABLE: 'The service is unavailable right now; it will be retried.',
+  FORBIDDEN: 'You are not allowed to do that.',
+  UNAUTHENTICATED: 'Your sign-in is not valid (expired or wrong). Sign in again.',
+  NOT_FOUND: 'Not found.',
+  TOO_LARGE: 'That is too long.',
+  INVALID_ARGUMENT: 'That was not accepted',
+  CONFLICT: 'That does not fit the current state',
+  INTERNAL: 'The server failed; try again.',
+  DISCONNECTED: 'Not connected; it will be sent when the connection is back.',
+};
+
+/** `base` (the words for an error code), with the server's detail when it adds one. */
+export function withDetail(base, e) {
+  return e.message && e.message !== e.code && !/[.。]$/.test(base) ? `${base}: ${e.message}` : base;
+}
+
 /** Words for people, by error code. */
 export function describeError(e) {
-  const words = {
-    RATE_LIMITED: 'Too many messages at once; slow down a little.',
-    UNAVAILABLE: 'The service is unavailable right now; it will be retried.',
-    FORBIDDEN: 'You are not allowed to do that.',
-    UNAUTHENTICATED: 'Your sign-in is not valid (expired or wrong). Sign in again.',
-    NOT_FOUND: 'Not found.',
-    TOO_LARGE: 'That is too long.',
-    INVALID_ARGUMENT: 'That was not accepted',
-    CONFLICT: 'That does not fit the current state',
-    INTERNAL: 'The server failed; try again.',
-    DISCONNECTED: 'Not connected; it will be sent when the connection is back.',
-  };
-  const base = words[e.code] || 'Something went wrong';
-  return e.message && e.message !== e.code && !base.endsWith('.') ? `${base}: ${e.message}` : base;
+  return withDetail(ERROR_WORDS[e.code] || 'Something went wrong', e);
 }
 
 /** The HTTP API with a bearer token; throws DdError from `{"error": {...}}` bodies. */

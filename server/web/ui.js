@@ -2,7 +2,7 @@
 // notices, and drawing a conversation. Text from the network is only ever
 // set as textContent, never parsed as HTML.
 
-import { serverInfo, claimsOf, storage } from './dd.js';
+import { serverInfo, claimsOf, storage, ERROR_WORDS, withDetail } from './dd.js';
 import { translator } from './i18n.js';
 
 const session = storage('session');
@@ -17,16 +17,7 @@ const t = translator({
     connReplaced: 'opened in another tab or window', notSignedIn: 'not signed in',
     unreachable: 'The server cannot be reached', tryAgain: 'Try again',
     sending: 'sending…', notSent: ' not sent: {why}', retry: 'retry', newMessages: 'New messages ↓',
-    RATE_LIMITED: 'Too many messages at once; slow down a little.',
-    UNAVAILABLE: 'The service is unavailable right now; it will be retried.',
-    FORBIDDEN: 'You are not allowed to do that.',
-    UNAUTHENTICATED: 'Your sign-in is not valid (expired or wrong). Sign in again.',
-    NOT_FOUND: 'Not found.',
-    TOO_LARGE: 'That is too long.',
-    INVALID_ARGUMENT: 'That was not accepted',
-    CONFLICT: 'That does not fit the current state',
-    INTERNAL: 'The server failed; try again.',
-    DISCONNECTED: 'Not connected; it will be sent when the connection is back.',
+    ...ERROR_WORDS,
     OTHER: 'Something went wrong',
   },
   'zh-CN': {
@@ -53,8 +44,7 @@ const t = translator({
 
 /** A failure in words for people, in the page's language. */
 export function describe(e) {
-  const base = t(e.code in { RATE_LIMITED: 1, UNAVAILABLE: 1, FORBIDDEN: 1, UNAUTHENTICATED: 1, NOT_FOUND: 1, TOO_LARGE: 1, INVALID_ARGUMENT: 1, CONFLICT: 1, INTERNAL: 1, DISCONNECTED: 1 } ? e.code : 'OTHER');
-  return e.message && e.message !== e.code && !/[.。]$/.test(base) ? `${base}: ${e.message}` : base;
+  return withDetail(t(e.code in ERROR_WORDS ? e.code : 'OTHER'), e);
 }
 
 /** document.createElement with properties, attributes (data-*, aria-*) and children. */
