@@ -340,7 +340,12 @@ async fn customer(
     let agent_prefix = ctx.user("a");
     let first = pb::Content { kind: Some(pb::content::Kind::Text(ctx.payload(ctx.now_us(), payload))) };
     let asked = Instant::now();
-    conn.send(Body::RequestService(pb::RequestService { group: group.to_string(), first_message: Some(first) })).await;
+    conn.send(Body::RequestService(pb::RequestService {
+        group: group.to_string(),
+        first_message: Some(first),
+        ..Default::default()
+    }))
+    .await;
     ctx.live.sent.fetch_add(1, Ordering::Relaxed);
     let mut agent_slot = None;
     let mut session_id = String::new();

@@ -14,8 +14,9 @@
 -- stored without them and the caller derives them from the agents.
 -- Dynamic keys (same hash tag): prefix.."q:"..group (zset of waiting session
 -- ids scored by queue key), prefix.."S:"..id (ended session, expires),
--- prefix.."L:"..id (claimed left message, expires), prefix.."version" (the
--- tenant's count of commands run).
+-- prefix.."L:"..id (claimed left message, expires), prefix.."h:"..user
+-- (zset of the ids of the user's ended sessions scored by end time,
+-- expires), prefix.."version" (the tenant's count of commands run).
 -- Returns the CsOutcome as json.
 
 local K_GROUPS, K_AGENTS, K_OPEN, K_CUST, K_LEFT = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -394,7 +395,8 @@ handlers.request = function(c)
   local s = { id = c.session_id, group = c.group, customer = c.customer, agent = '', conversation_id = '',
               conversations = {}, state = 'waiting', created_ms = now, queued_ms = now, assigned_ms = 0,
               ended_ms = 0, ended_by = '', end_reason = '', score = 0, comment = '',
-              first_message = c.first_message, queue_key = 0, previous_agents = {} }
+              first_message = c.first_message, queue_key = 0, previous_agents = {},
+              context = c.context or { page = '', user_agent = '' }, transfer_note = '' }
   sessions[s.id] = s
   redis.call('HSET', K_CUST, cust_field(c.customer, c.group), s.id)
   enqueue(s, false)
@@ -485,6 +487,7 @@ handlers.transfer = function(c)
     release_agent(s, true)
     table.insert(s.previous_agents, from_agent)
     s.state = 'waiting'
+    s.transfer_note = c.note or ''
     assign(s, to)
   else
     local to = c.target.group
@@ -501,6 +504,7 @@ handlers.transfer = function(c)
     s.state = 'waiting'
     s.group = to
     s.queued_ms = now
+    s.transfer_note = c.note or ''
     enqueue(s, true)
   end
   table.insert(fx.transferred, { session = copy(s), from_agent = from_agent, from_group = from_group,
@@ -603,6 +607,24 @@ if reply.Ok then
   end
 end
 
+-- Past sessions of each party (Session::parties), newest last, as long as
+-- the ended sessions are kept.
+local function index_past(s)
+  local seen = {}
+  local parties = { s.customer }
+  for _, a in ipairs(s.previous_agents) do table.insert(parties, a) end
+  table.insert(parties, s.agent)
+  for _, u in ipairs(parties) do
+    if u ~= '' and not seen[u] then
+      seen[u] = true
+      local k = P .. 'h:' .. u
+      redis.call('ZADD', k, s.ended_ms, s.id)
+      redis.call('ZREMRANGEBYSCORE', k, '-inf', '(' .. (now - retention * 1000))
+      redis.call('EXPIRE', k, retention)
+    end
+  end
+end
+
 -- Write back everything the command touched.
 for id in pairs(dirty_g) do
   if groups[id] then redis.call('HSET', K_GROUPS, id, cjson.encode(groups[id]))
@@ -617,6 +639,7 @@ for id in pairs(dirty_s) do
     if s.state == 'ended' then
       redis.call('HDEL', K_OPEN, id)
       redis.call('SET', P .. 'S:' .. id, cjson.encode(s), 'EX', retention)
+      index_past(s)
     else
       redis.call('HSET', K_OPEN, id, cjson.encode(s))
     end

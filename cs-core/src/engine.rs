@@ -37,6 +37,7 @@ pub enum Wanted {
 
 /// A finished record loaded for [`TenantState::restore`].
 #[derive(Debug, Clone, PartialEq)]
+#[allow(clippy::large_enum_variant)] // One at a time, moved once: boxing buys nothing.
 pub enum Restored {
     Session(Session),
     LeftMessage(LeftMessage),
@@ -268,8 +269,8 @@ impl TenantState {
             CsCommand::DeleteGroup { group } => self.delete_group(&group),
             CsCommand::PutMember { group, agent, capacity } => self.put_member(&group, &agent, capacity),
             CsCommand::RemoveMember { group, agent } => self.remove_member(&group, &agent),
-            CsCommand::Request { customer, group, session_id, first_message } => {
-                self.request(customer, group, session_id, first_message, now, fx)
+            CsCommand::Request { customer, group, session_id, first_message, context } => {
+                self.request(customer, group, session_id, (first_message, context), now, fx)
             }
             CsCommand::Cancel { customer, group } => self.cancel(&customer, &group, now, fx),
             CsCommand::SetStatus { agent, status } => self.set_status(&agent, status, now, fx),
@@ -290,8 +291,8 @@ impl TenantState {
                 Ok(CsReply::Done)
             }
             CsCommand::Accept { agent, group, customer } => self.accept(&agent, &group, customer, now, fx),
-            CsCommand::Transfer { session_id, by, admin, target } => {
-                self.transfer(&session_id, &by, admin, target, now, fx)
+            CsCommand::Transfer { session_id, by, admin, target, note } => {
+                self.transfer(&session_id, &by, admin, (target, note), now, fx)
             }
             CsCommand::End { session_id, by, admin } => self.end(&session_id, &by, admin, now, fx),
             CsCommand::Rate { session_id, customer, score, comment } => {
@@ -387,7 +388,7 @@ impl TenantState {
         customer: String,
         group: String,
         session_id: String,
-        first_message: Option<Content>,
+        (first_message, context): (Option<Content>, SessionContext),
         now: u64,
         fx: &mut Effects,
     ) -> Result<CsReply, CsError> {
@@ -425,6 +426,8 @@ impl TenantState {
             first_message,
             queue_key: 0,
             previous_agents: Vec::new(),
+            context,
+            transfer_note: String::new(),
         };
         let id = session.id.clone();
         self.sessions.insert(id.clone(), session);
@@ -621,7 +624,7 @@ impl TenantState {
         id: &str,
         by: &str,
         admin: bool,
-        target: TransferTarget,
+        (target, note): (TransferTarget, String),
         now: u64,
         fx: &mut Effects,
     ) -> Result<CsReply, CsError> {
@@ -645,6 +648,7 @@ impl TenantState {
                 if let Some(s) = self.sessions.get_mut(id) {
                     s.previous_agents.push(from_agent.clone());
                     s.state = SessionState::Waiting;
+                    s.transfer_note = note;
                 }
                 self.assign(id, &to, now, fx);
                 if let Some(s) = self.sessions.get(id) {
@@ -668,6 +672,7 @@ impl TenantState {
                     s.state = SessionState::Waiting;
                     s.group = to;
                     s.queued_ms = now;
+                    s.transfer_note = note;
                 }
                 self.enqueue(id, true, fx);
                 if let Some(s) = self.sessions.get(id) {

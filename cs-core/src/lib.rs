@@ -160,6 +160,18 @@ pub struct Agent {
 }
 
 impl Session {
+    /// Everyone who took part: the customer, the agents before the current
+    /// one and the current one, each once (whose past sessions it is).
+    pub fn parties(&self) -> Vec<&str> {
+        let mut out = vec![self.customer.as_str()];
+        for a in self.previous_agents.iter().chain(std::iter::once(&self.agent)) {
+            if !a.is_empty() && !out.contains(&a.as_str()) {
+                out.push(a);
+            }
+        }
+        out
+    }
+
     /// Sets `conversation_id` and `conversations` from the agents: one
     /// conversation per agent who held the session, in order.
     pub fn derive_conversations(&mut self, tenant: &str) {
@@ -248,6 +260,23 @@ pub struct Session {
     /// Agents who had it before the current one, oldest first.
     #[serde(default)]
     pub previous_agents: Vec<String>,
+    /// Where the customer asked from.
+    #[serde(default)]
+    pub context: SessionContext,
+    /// The note of the last transfer, for the agent who took it over.
+    #[serde(default)]
+    pub transfer_note: String,
+}
+
+/// Where a customer asked for service from, as their client reports it:
+/// shown to the agent, never interpreted.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionContext {
+    /// The page the chat was opened on (the widget's `location.href`).
+    #[serde(default)]
+    pub page: String,
+    #[serde(default)]
+    pub user_agent: String,
 }
 
 /// A message left for a group when nobody could take the customer.
@@ -262,6 +291,65 @@ pub struct LeftMessage {
     /// The agent answering it; empty while unclaimed.
     pub claimed_by: String,
     pub claimed_ms: u64,
+}
+
+/// What a user is called and, for customers, what agents noted about them.
+/// The identity comes from the optional `name` and `avatar` claims of the
+/// user's token, recorded when they connect with one; the note is written
+/// by agents.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Profile {
+    pub user: String,
+    /// The role of the token the identity came from.
+    #[serde(default)]
+    pub role: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub avatar: String,
+    /// The agents' private note about this customer.
+    #[serde(default)]
+    pub note: String,
+    #[serde(default)]
+    pub note_by: String,
+    #[serde(default)]
+    pub note_ms: u64,
+}
+
+/// A change to a [`Profile`]: the identity and the note are written by
+/// different people at different times and never overwrite each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProfileUpdate {
+    Identity { role: String, name: String, avatar: String },
+    Note { note: String, by: String, at_ms: u64 },
+}
+
+impl Profile {
+    /// Applies `update`; whether anything changed.
+    pub fn apply(&mut self, update: &ProfileUpdate) -> bool {
+        let before = self.clone();
+        match update {
+            ProfileUpdate::Identity { role, name, avatar } => {
+                (self.role, self.name, self.avatar) = (role.clone(), name.clone(), avatar.clone());
+            }
+            ProfileUpdate::Note { note, by, at_ms } => {
+                (self.note, self.note_by, self.note_ms) = (note.clone(), by.clone(), *at_ms);
+            }
+        }
+        *self != before
+    }
+
+    /// The fields `update` sets, as (name, value) pairs of the record.
+    pub fn fields(update: &ProfileUpdate) -> Vec<(&'static str, String)> {
+        match update {
+            ProfileUpdate::Identity { role, name, avatar } => {
+                vec![("role", role.clone()), ("name", name.clone()), ("avatar", avatar.clone())]
+            }
+            ProfileUpdate::Note { note, by, at_ms } => {
+                vec![("note", note.clone()), ("note_by", by.clone()), ("note_ms", at_ms.to_string())]
+            }
+        }
+    }
 }
 
 /// A canned reply: of a group (shared by its agents) or of one agent.
@@ -315,7 +403,14 @@ pub enum CsCommand {
     /// A customer asks for service in a group. `session_id` is used if a new
     /// session is created. Asking again while waiting or served returns the
     /// existing session.
-    Request { customer: String, group: String, session_id: String, first_message: Option<Content> },
+    Request {
+        customer: String,
+        group: String,
+        session_id: String,
+        first_message: Option<Content>,
+        #[serde(default)]
+        context: SessionContext,
+    },
     /// A waiting customer leaves the queue.
     Cancel { customer: String, group: String },
     /// An agent sets their status (joining auto-join groups on `Online`).
@@ -328,7 +423,15 @@ pub enum CsCommand {
     /// given one, or the head of the queue.
     Accept { agent: String, group: String, customer: Option<String> },
     /// `by` (the session's agent, or an admin when `admin`) moves a session.
-    Transfer { session_id: String, by: String, admin: bool, target: TransferTarget },
+    Transfer {
+        session_id: String,
+        by: String,
+        admin: bool,
+        target: TransferTarget,
+        /// For the next agent; replaces the session's `transfer_note`.
+        #[serde(default)]
+        note: String,
+    },
     /// `by` (its customer or agent, or an admin) ends a session.
     End { session_id: String, by: String, admin: bool },
     /// The customer rates an ended session, once.
@@ -410,6 +513,7 @@ pub enum CsError {
 /// What a command answers its caller.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "kind")]
+#[allow(clippy::large_enum_variant)] // One per command, moved once: boxing buys nothing.
 pub enum CsReply {
     /// The request's session: waiting (with its 1-based position) or active.
     Session {

@@ -111,7 +111,11 @@ impl Script {
                 let id = format!("s{}", self.n);
                 self.sessions.push(id.clone());
                 let first_message = (y % 2 == 0).then(|| text(&format!("help {}", self.n)));
-                CsCommand::Request { customer, group, session_id: id, first_message }
+                let context = SessionContext {
+                    page: if y % 3 == 0 { String::new() } else { format!("https://shop.example/p/{x}") },
+                    user_agent: format!("bot/{y}"),
+                };
+                CsCommand::Request { customer, group, session_id: id, first_message, context }
             }
             6 => CsCommand::Cancel { customer, group },
             7 => {
@@ -122,7 +126,8 @@ impl Script {
             8 => {
                 let target =
                     if y % 2 == 0 { TransferTarget::Agent(agent.clone()) } else { TransferTarget::Group(group) };
-                CsCommand::Transfer { session_id: pick(&self.sessions), by: agent, admin: y % 3 != 0, target }
+                let note = if x % 2 == 0 { format!("note {}", self.n) } else { String::new() };
+                CsCommand::Transfer { session_id: pick(&self.sessions), by: agent, admin: y % 3 != 0, target, note }
             }
             9 => CsCommand::Sweep { grace_ms: GRACE_MS },
             10 => CsCommand::RemoveMember { group, agent },

@@ -43,6 +43,9 @@ pub fn session_pb(s: &Session) -> pb::ServiceSession {
         score: s.score,
         comment: s.comment.clone(),
         previous_agents: s.previous_agents.clone(),
+        page: s.context.page.clone(),
+        user_agent: s.context.user_agent.clone(),
+        transfer_note: s.transfer_note.clone(),
     }
 }
 

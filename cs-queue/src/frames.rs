@@ -28,12 +28,15 @@ impl CsService {
         if let Some(c) = &r.first_message {
             self.dispatch.validate_content(c)?;
         }
+        at_most("page", &r.page, MAX_PAGE_BYTES)?;
+        at_most("user_agent", &r.user_agent, MAX_USER_AGENT_BYTES)?;
         let group = r.group.clone();
         let c = CsCommand::Request {
             customer: caller.user.clone(),
             group: r.group,
             session_id: im_core::new_msg_id(),
             first_message: r.first_message,
+            context: storage::cs::SessionContext { page: r.page, user_agent: r.user_agent },
         };
         let outcome = self.execute(&caller.tenant, c).await?;
         match outcome.reply {
@@ -78,9 +81,7 @@ impl CsService {
         validate_id("group", &r.group).map_err(invalid)?;
         let content = r.content.ok_or_else(|| invalid("content is required".into()))?;
         self.dispatch.validate_content(&content)?;
-        if r.contact.len() > MAX_CONTACT_BYTES {
-            return Err(invalid(format!("contact is longer than {MAX_CONTACT_BYTES} bytes")));
-        }
+        at_most("contact", &r.contact, MAX_CONTACT_BYTES)?;
         let message = LeftMessage {
             id: im_core::new_msg_id(),
             group: r.group.clone(),
@@ -150,8 +151,9 @@ impl CsService {
             }
             None => return Err(invalid("set to_agent or to_group".into())),
         };
+        at_most("note", &r.note, MAX_TRANSFER_NOTE_BYTES)?;
         let admin = caller.role == Role::Admin;
-        let c = CsCommand::Transfer { session_id: r.session_id, by: caller.user.clone(), admin, target };
+        let c = CsCommand::Transfer { session_id: r.session_id, by: caller.user.clone(), admin, target, note: r.note };
         let outcome = self.execute(&caller.tenant, c).await?;
         outcome.reply.map_err(|e| cs_error(&e))?;
         let t = outcome
@@ -170,4 +172,12 @@ impl CsService {
         self.post_left_message(&caller.tenant, &message).await?;
         Ok(Body::LeftMessageNotice(pb::LeftMessageNotice { left_messages: vec![convert::left_pb(&message)] }))
     }
+}
+
+/// `INVALID_ARGUMENT` when the field is longer than `max` bytes.
+fn at_most(field: &str, value: &str, max: usize) -> Result<(), ClientError> {
+    if value.len() > max {
+        return Err(invalid(format!("{field} is longer than {max} bytes")));
+    }
+    Ok(())
 }

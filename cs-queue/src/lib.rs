@@ -18,9 +18,14 @@
 mod admin;
 mod convert;
 mod frames;
+mod people;
 
 pub use admin::{GroupPatch, MAX_QUICK_REPLIES, MAX_REPLY_TEXT_BYTES, MAX_TITLE_BYTES};
 pub use convert::{session_pb, status_from_pb, status_pb};
+pub use people::{
+    DEFAULT_PAST_SESSIONS, Identity, MAX_NOTE_BYTES, MAX_PAST_SESSIONS, MAX_PROFILE_LOOKUP, PastSessions,
+    TransferTargets,
+};
 
 use dispatch::Dispatcher;
 use im_core::ClientError;
@@ -88,6 +93,12 @@ impl Caller {
 pub const SERVICE_DEVICE: &str = "dongdong-cs";
 /// Longest contact field of a left message.
 pub const MAX_CONTACT_BYTES: usize = 256;
+/// Longest `RequestService.page`.
+pub const MAX_PAGE_BYTES: usize = 1024;
+/// Longest `RequestService.user_agent`.
+pub const MAX_USER_AGENT_BYTES: usize = 512;
+/// Longest `TransferSession.note`.
+pub const MAX_TRANSFER_NOTE_BYTES: usize = 500;
 /// Outcomes the notifier takes at once (queue updates are coalesced per group).
 const NOTIFY_BATCH: usize = 256;
 /// Sweeps between two presence reconciliations.
@@ -256,7 +267,13 @@ impl CsService {
             .session(who.tenant(), session_id)
             .await?
             .ok_or_else(|| err(ErrorCode::NotFound, "no such session"))?;
-        let party = who.role == Role::Admin || s.customer == who.user() || s.agent == who.user();
+        let mut party = who.role == Role::Admin || s.parties().contains(&who.user());
+        if !party && who.role == Role::Agent {
+            // An agent of the session's group reads it too (a customer's
+            // past sessions with colleagues).
+            let agent = self.store.agent(who.tenant(), who.user()).await?;
+            party = agent.is_some_and(|a| a.groups.contains(&s.group));
+        }
         if !party {
             return Err(err(ErrorCode::Forbidden, "not a party of this session"));
         }

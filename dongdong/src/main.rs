@@ -53,6 +53,12 @@ enum Command {
         /// Validity, e.g. 30m, 24h, 7d.
         #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
         ttl: Duration,
+        /// Display name shown to the other side of a chat (optional).
+        #[arg(long, default_value = "")]
+        name: String,
+        /// Picture: an http(s) URL (optional).
+        #[arg(long, default_value = "")]
+        avatar: String,
     },
     /// Load a server with simulated clients and check nothing was lost.
     /// Exits 1 when the correctness report is not clean.
@@ -89,7 +95,7 @@ fn main() -> ExitCode {
             }
         }
         Command::Bot { scenario } => bot(*scenario),
-        Command::Token { common, tenant, user, role, ttl } => {
+        Command::Token { common, tenant, user, role, ttl, name, avatar } => {
             let overrides = Overrides { data_dir: common.data, ..Overrides::default() };
             let config = match Config::load(common.config.as_deref(), &overrides) {
                 Ok(c) => c,
@@ -102,7 +108,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match access_gateway::TokenSigner::new(&secret).mint(&tenant, &user, role, ttl) {
+            match access_gateway::TokenSigner::new(&secret).mint_named(&tenant, &user, role, ttl, &name, &avatar) {
                 Ok(token) => {
                     println!("{token}");
                     ExitCode::SUCCESS

@@ -182,14 +182,19 @@ mod tests {
                     })
                 ),
                 Just(Body::Ping(Ping {})),
-                (any::<String>(), proptest::option::of(content())).prop_map(|(group, first_message)| {
-                    Body::RequestService(crate::pb::RequestService { group, first_message })
-                }),
-                (any::<String>(), any::<String>(), any::<bool>()).prop_map(|(session_id, to, agent)| {
-                    use crate::pb::transfer_session::Target;
-                    let target = Some(if agent { Target::ToAgent(to) } else { Target::ToGroup(to) });
-                    Body::TransferSession(crate::pb::TransferSession { session_id, target })
-                }),
+                (any::<String>(), proptest::option::of(content()), any::<String>()).prop_map(
+                    |(group, first_message, page)| {
+                        let user_agent = page.chars().rev().collect();
+                        Body::RequestService(crate::pb::RequestService { group, first_message, page, user_agent })
+                    }
+                ),
+                (any::<String>(), any::<String>(), any::<bool>(), any::<String>()).prop_map(
+                    |(session_id, to, agent, note)| {
+                        use crate::pb::transfer_session::Target;
+                        let target = Some(if agent { Target::ToAgent(to) } else { Target::ToGroup(to) });
+                        Body::TransferSession(crate::pb::TransferSession { session_id, target, note })
+                    }
+                ),
                 (0i32..4).prop_map(|status| Body::SetStatus(crate::pb::SetStatus { status })),
                 (any::<String>(), any::<u32>(), any::<String>()).prop_map(|(session_id, score, comment)| {
                     Body::Rate(crate::pb::Rate { session_id, score, comment })

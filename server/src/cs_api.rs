@@ -7,7 +7,10 @@
 //! - anyone: the tenant's groups, names and whether an agent is online (for a
 //!   customer to pick one);
 //! - agent (or admin): quick replies (of their groups, and personal ones),
-//!   and the unclaimed left messages of a group.
+//!   the unclaimed left messages of a group, a customer's note, whom a
+//!   session can be transferred to;
+//! - people: names and avatars (from the tokens' claims) and past sessions
+//!   (customers: their own).
 //!
 //! Errors are `{"error": {"code": "FORBIDDEN", "message": "..."}}` with the
 //! HTTP status of the code.
@@ -29,7 +32,7 @@ use im_core::ErrorCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use storage::cs::{GroupView, Policy, Session, SessionState};
+use storage::cs::{GroupView, Policy, Profile, Session, SessionState};
 
 #[derive(Clone)]
 pub(crate) struct CsApi {
@@ -47,6 +50,11 @@ pub(crate) fn routes(api: CsApi) -> Router {
         .route("/api/v1/groups/{group}/left-messages", get(left_messages))
         .route("/api/v1/quick-replies", get(list_replies).post(create_reply))
         .route("/api/v1/quick-replies/{id}", put(update_reply).delete(delete_reply))
+        .route("/api/v1/users", get(profiles))
+        .route("/api/v1/users/{user}/sessions", get(past_sessions))
+        .route("/api/v1/customers/{user}", get(customer))
+        .route("/api/v1/customers/{user}/note", put(put_note))
+        .route("/api/v1/transfer-targets", get(transfer_targets))
         .with_state(api)
 }
 
@@ -290,4 +298,124 @@ async fn update_reply(
 async fn delete_reply(State(api): State<CsApi>, headers: HeaderMap, Path(reply_id): Path<String>) -> ApiResult {
     api.cs.delete_quick_reply(&api.caller(&headers)?, &reply_id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+struct UsersQuery {
+    /// Comma-separated user ids.
+    #[serde(default)]
+    ids: String,
+}
+
+fn profile_json(p: &Profile) -> Value {
+    json!({ "user": p.user, "role": p.role, "name": p.name, "avatar": p.avatar })
+}
+
+/// Names and avatars, for showing people by name.
+async fn profiles(State(api): State<CsApi>, headers: HeaderMap, Query(q): Query<UsersQuery>) -> ApiResult {
+    let ids: Vec<String> = q.ids.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    let found = api.cs.profiles(&api.caller(&headers)?, &ids).await?;
+    ok(json!({ "users": found.iter().map(profile_json).collect::<Vec<_>>() }))
+}
+
+/// A session as the HTTP API shows it, whole.
+fn session_json(s: &Session) -> Value {
+    json!({
+        "session_id": s.id,
+        "group": s.group,
+        "customer": s.customer,
+        "agent": s.agent,
+        "state": s.state,
+        "conversations": s.conversations,
+        "created_ms": s.created_ms,
+        "assigned_ms": s.assigned_ms,
+        "ended_ms": s.ended_ms,
+        "ended_by": s.ended_by,
+        "end_reason": s.end_reason,
+        "score": s.score,
+        "comment": s.comment,
+        "previous_agents": s.previous_agents,
+        "page": s.context.page,
+        "user_agent": s.context.user_agent,
+        "transfer_note": s.transfer_note,
+    })
+}
+
+#[derive(Deserialize)]
+struct PageQuery {
+    #[serde(default)]
+    before_ms: u64,
+    limit: Option<usize>,
+}
+
+async fn past_sessions(
+    State(api): State<CsApi>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> ApiResult {
+    let caller = api.caller(&headers)?;
+    let limit = q.limit.unwrap_or(cs_queue::DEFAULT_PAST_SESSIONS);
+    let page = api.cs.past_sessions(&caller, &user, q.before_ms, limit).await?;
+    ok(json!({
+        "sessions": page.sessions.iter().map(session_json).collect::<Vec<_>>(),
+        "next_before_ms": page.next_before_ms,
+    }))
+}
+
+fn customer_json(p: &Profile) -> Value {
+    json!({
+        "user": p.user,
+        "name": p.name,
+        "avatar": p.avatar,
+        "note": p.note,
+        "note_by": p.note_by,
+        "note_ms": p.note_ms,
+    })
+}
+
+async fn customer(State(api): State<CsApi>, headers: HeaderMap, Path(user): Path<String>) -> ApiResult {
+    let p = api.cs.customer(&api.caller(&headers)?, &user).await?;
+    ok(customer_json(&p))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NoteBody {
+    note: String,
+}
+
+async fn put_note(
+    State(api): State<CsApi>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+    body: Result<Json<NoteBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    let caller = api.caller(&headers)?;
+    let b = json_body(body)?;
+    let p = api.cs.put_note(&caller, &user, b.note).await?;
+    ok(customer_json(&p))
+}
+
+async fn transfer_targets(State(api): State<CsApi>, headers: HeaderMap) -> ApiResult {
+    let caller = api.caller(&headers)?;
+    let t = api.cs.transfer_targets(&caller).await?;
+    let ids: Vec<String> = t.agents.iter().map(|a| a.id.clone()).take(cs_queue::MAX_PROFILE_LOOKUP).collect();
+    let names = api.cs.profiles(&caller, &ids).await?;
+    let name_of = |id: &str| names.iter().find(|p| p.user == id).map_or("", |p| p.name.as_str());
+    ok(json!({
+        "groups": t.groups.iter().map(|v| json!({
+            "id": v.group.spec.id,
+            "name": v.group.spec.name,
+            "agents_online": v.agents.iter().filter(|a| a.online()).count(),
+            "queue_length": v.waiting.len(),
+        })).collect::<Vec<_>>(),
+        "agents": t.agents.iter().map(|a| json!({
+            "id": a.id,
+            "name": name_of(&a.id),
+            "load": a.load,
+            "capacity": a.capacity,
+            "groups": a.groups,
+        })).collect::<Vec<_>>(),
+    }))
 }

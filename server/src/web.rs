@@ -145,6 +145,9 @@ struct DevTokenBody {
     tenant: String,
     user: String,
     role: Role,
+    /// Optional display name, as the `name` claim.
+    #[serde(default)]
+    name: String,
 }
 
 async fn dev_token(
@@ -166,10 +169,13 @@ async fn dev_token(
             return error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", e);
         }
     }
-    match signer.mint(&body.tenant, &body.user, body.role, DEV_TOKEN_TTL) {
+    match signer.mint_named(&body.tenant, &body.user, body.role, DEV_TOKEN_TTL, &body.name, "") {
         Ok(token) => {
             tracing::info!(tenant = %body.tenant, user = %body.user, role = body.role.as_str(), "dev sign-in");
             Json(json!({ "token": token, "expires_in_s": DEV_TOKEN_TTL.as_secs() })).into_response()
+        }
+        Err(e @ access_gateway::AuthError::BadClaim(_)) => {
+            error(StatusCode::BAD_REQUEST, "INVALID_ARGUMENT", e.to_string())
         }
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()),
     }

@@ -40,7 +40,8 @@ macro_rules! conformance_suite {
                 cs_transfer_to_agent_keeps_the_queue,
                 cs_agent_grace_and_max_wait,
                 cs_end_rate_left_messages_and_quick_replies,
-                cs_concurrent_assignment_keeps_invariants
+                cs_concurrent_assignment_keeps_invariants,
+                cs_past_sessions_and_profiles
             );
         }
     };
@@ -386,8 +387,8 @@ pub async fn presence_replace_and_compare_and_delete(b: &Backends) {
 // ---- customer service ----
 
 use crate::cs::{
-    AgentStatus, CsCommand, CsError, CsOutcome, CsReply, GroupSpec, LeftMessage, Policy, QuickReply, Session,
-    SessionState, TransferTarget,
+    AgentStatus, CsCommand, CsError, CsOutcome, CsReply, GroupSpec, LeftMessage, Policy, Profile, ProfileUpdate,
+    QuickReply, Session, SessionState, TransferTarget,
 };
 
 /// A clock the cs tests move by hand.
@@ -440,6 +441,7 @@ impl<'a> Cs<'a> {
             group: group.into(),
             session_id: im_core::new_msg_id(),
             first_message: Some(text(&format!("hello from {customer}"))),
+            context: Default::default(),
         };
         match self.ok(c).await.reply {
             Ok(CsReply::Session { session, position }) => (session, position),
@@ -500,7 +502,8 @@ pub async fn cs_least_loaded_fifo_and_positions(b: &Backends) {
             customer: "c0".into(),
             group: "g".into(),
             session_id: "s0".into(),
-            first_message: None
+            first_message: None,
+            context: Default::default(),
         })
         .await,
         CsError::NoAgentOnline
@@ -582,7 +585,8 @@ pub async fn cs_queue_full_and_round_robin(b: &Backends) {
             customer: "x".into(),
             group: "rr".into(),
             session_id: "s".into(),
-            first_message: None
+            first_message: None,
+            context: Default::default(),
         })
         .await,
         CsError::NoAgentOnline,
@@ -597,7 +601,8 @@ pub async fn cs_queue_full_and_round_robin(b: &Backends) {
             customer: "w3".into(),
             group: "rr".into(),
             session_id: "s".into(),
-            first_message: None
+            first_message: None,
+            context: Default::default(),
         })
         .await,
         CsError::QueueFull
@@ -607,7 +612,8 @@ pub async fn cs_queue_full_and_round_robin(b: &Backends) {
             customer: "w3".into(),
             group: "nope".into(),
             session_id: "s".into(),
-            first_message: None
+            first_message: None,
+            context: Default::default(),
         })
         .await,
         CsError::NoSuchGroup
@@ -656,6 +662,7 @@ pub async fn cs_transfer(b: &Backends) {
         by: by.into(),
         admin: false,
         target: TransferTarget::Agent(to.into()),
+        note: String::new(),
     };
     assert!(matches!(cs.err(to_agent(&s1.id, "bob", "bob")).await, CsError::Forbidden(_)));
     assert_eq!(cs.err(to_agent(&s1.id, "ann", "bob")).await, CsError::AgentUnavailable, "bob is offline");
@@ -687,6 +694,7 @@ pub async fn cs_transfer(b: &Backends) {
             by: "bob".into(),
             admin: false,
             target: TransferTarget::Group("after".into()),
+            note: String::new(),
         })
         .await;
     let moved = &out.transferred[0];
@@ -707,6 +715,7 @@ pub async fn cs_transfer(b: &Backends) {
             by: "root".into(),
             admin: true,
             target: TransferTarget::Group("after".into()),
+            note: String::new(),
         })
         .await,
         CsError::Conflict(_)
@@ -744,7 +753,8 @@ pub async fn cs_agent_grace_and_max_wait(b: &Backends) {
             customer: "c9".into(),
             group: "g".into(),
             session_id: "s9".into(),
-            first_message: None
+            first_message: None,
+            context: Default::default(),
         })
         .await,
         CsError::NoAgentOnline,
@@ -899,6 +909,7 @@ pub async fn cs_concurrent_assignment_keeps_invariants(b: &Backends) {
                 group: "g".into(),
                 session_id: format!("s{i}"),
                 first_message: None,
+                context: Default::default(),
             };
             let out = b.cs.execute(&t, c, now + i).await.unwrap();
             if i % 3 == 0 {
@@ -956,6 +967,7 @@ pub async fn cs_transfer_to_agent_keeps_the_queue(b: &Backends) {
         by: "root".into(),
         admin: true,
         target: TransferTarget::Agent("bob".into()),
+        note: String::new(),
     };
     let out = cs.ok(to_bob).await;
     // ann is free again and takes c1 from the queue.
@@ -963,4 +975,98 @@ pub async fn cs_transfer_to_agent_keeps_the_queue(b: &Backends) {
     assert_eq!(assigned, [("c0", "bob"), ("c1", "ann")]);
     assert_eq!(cs.session(&s1.id).await.state, SessionState::Active);
     assert!(b.cs.group_view(&cs.t, "g").await.unwrap().unwrap().waiting.is_empty());
+}
+
+pub async fn cs_past_sessions_and_profiles(b: &Backends) {
+    let mut cs = Cs::new(b);
+    cs.group("g", Policy::LeastLoaded, &[("ann", 2), ("bob", 2)]).await;
+    cs.online("ann").await;
+    // Three sessions of c0 end one after the other; the second moves from
+    // ann to bob before it ends, so both agents have it.
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        cs.now += 1000;
+        let (s, _) = cs.request("c0", "g").await;
+        if i == 1 {
+            cs.online("bob").await;
+            let to = if s.agent == "ann" { "bob" } else { "ann" };
+            let t = CsCommand::Transfer {
+                session_id: s.id.clone(),
+                by: s.agent.clone(),
+                admin: false,
+                target: TransferTarget::Agent(to.into()),
+                note: "she is in a hurry".into(),
+            };
+            let moved = cs.ok(t).await;
+            let Ok(CsReply::Session { session, .. }) = moved.reply else { panic!("transferred") };
+            assert_eq!(session.transfer_note, "she is in a hurry");
+        }
+        cs.now += 10;
+        cs.ok(CsCommand::End { session_id: s.id.clone(), by: "c0".into(), admin: false }).await;
+        ids.push(s.id);
+    }
+    // An open session is not past.
+    cs.now += 1000;
+    let (open, _) = cs.request("c0", "g").await;
+    let past = |user: &'static str, before: u64, limit: usize| {
+        let t = cs.t.clone();
+        async move {
+            b.cs.past_sessions(&t, user, before, limit).await.unwrap().into_iter().map(|s| s.id).collect::<Vec<_>>()
+        }
+    };
+    let newest_first: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(past("c0", 0, 10).await, newest_first);
+    assert!(!past("c0", 0, 10).await.contains(&open.id));
+    assert_eq!(past("c0", 0, 2).await, newest_first[..2]);
+    // Paging: before the end time of the second newest.
+    let second = cs.session(&newest_first[1]).await;
+    assert_eq!(second.previous_agents.len(), 1);
+    assert!(!second.conversations.is_empty(), "conversation ids are derived");
+    assert_eq!(past("c0", second.ended_ms, 10).await, newest_first[2..]);
+    // Both agents of the transferred session have it.
+    assert!(past("ann", 0, 10).await.contains(&second.id));
+    assert!(past("bob", 0, 10).await.contains(&second.id));
+    assert!(past("nobody", 0, 10).await.is_empty());
+    // Rating an ended session rewrites it without listing it twice.
+    cs.ok(CsCommand::Rate { session_id: ids[0].clone(), customer: "c0".into(), score: 4, comment: String::new() })
+        .await;
+    assert_eq!(past("c0", 0, 10).await, newest_first);
+    let rated = b.cs.past_sessions(&cs.t, "c0", 0, 10).await.unwrap();
+    assert_eq!(rated.last().unwrap().score, 4);
+
+    // Profiles: identity and note are written apart and keep each other.
+    let t = cs.t.clone();
+    let identity = |name: &str| ProfileUpdate::Identity {
+        role: "customer".into(),
+        name: name.into(),
+        avatar: "https://img.example/c0.png".into(),
+    };
+    b.cs.update_profile(&t, "c0", identity("王小明")).await.unwrap();
+    let note = ProfileUpdate::Note { note: "VIP; prefers e-mail".into(), by: "ann".into(), at_ms: 5 };
+    b.cs.update_profile(&t, "c0", note).await.unwrap();
+    b.cs.update_profile(&t, "c0", identity("Xiaoming Wang")).await.unwrap();
+    b.cs.update_profile(
+        &t,
+        "ann",
+        ProfileUpdate::Identity { role: "agent".into(), name: "Ann".into(), avatar: String::new() },
+    )
+    .await
+    .unwrap();
+    let mut got = b.cs.profiles(&t, &["c0".into(), "ann".into(), "ghost".into()]).await.unwrap();
+    got.sort_by(|a, b| a.user.cmp(&b.user));
+    let want = [
+        Profile { user: "ann".into(), role: "agent".into(), name: "Ann".into(), ..Default::default() },
+        Profile {
+            user: "c0".into(),
+            role: "customer".into(),
+            name: "Xiaoming Wang".into(),
+            avatar: "https://img.example/c0.png".into(),
+            note: "VIP; prefers e-mail".into(),
+            note_by: "ann".into(),
+            note_ms: 5,
+        },
+    ];
+    assert_eq!(got, want);
+    // Another tenant does not see them.
+    assert!(b.cs.profiles(&tenant(), &["c0".into()]).await.unwrap().is_empty());
 }

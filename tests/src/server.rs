@@ -94,6 +94,11 @@ impl TestServer {
         self.signer.mint(tenant, user, role, Duration::from_secs(3600)).unwrap()
     }
 
+    /// A token with `name` and `avatar` claims.
+    pub fn token_named(&self, tenant: &str, user: &str, role: Role, name: &str, avatar: &str) -> String {
+        self.signer.mint_named(tenant, user, role, Duration::from_secs(3600), name, avatar).unwrap()
+    }
+
     /// An authenticated protobuf client.
     pub async fn login(&self, tenant: &str, user: &str, device: &str) -> Client {
         Client::login(&self.ws_url, &self.token(tenant, user), device).await

@@ -33,8 +33,10 @@ where
 {
     let mut outbox = Outbox::new(gw.config.outbound_queue);
     let session = match authenticate(&mut ws, &mut outbox, &gw, &shutdown).await {
-        Ok((device, role, encoding, registration, pending_count)) => {
-            gw.cs.on_connect(&cs_queue::Caller::of_device(&device, role)).await;
+        Ok((device, role, encoding, registration, pending_count, identity)) => {
+            let caller = cs_queue::Caller::of_device(&device, role);
+            gw.cs.remember_identity(&caller, identity).await;
+            gw.cs.on_connect(&caller).await;
             // Checked after registering: the server closes registered
             // connections through the router, and this one may have
             // registered just after it did.
@@ -56,7 +58,7 @@ pub(crate) struct Session {
     pub pending_count: u64,
 }
 
-type Authenticated = (Arc<DeviceKey>, im_core::Role, Encoding, Registration, u64);
+type Authenticated = (Arc<DeviceKey>, im_core::Role, Encoding, Registration, u64, cs_queue::Identity);
 
 /// Reads and answers the Auth frame. Replies are queued in `out`.
 async fn authenticate<S>(
@@ -127,6 +129,7 @@ where
     if let Err(e) = im_core::ids::validate_id("device_id", &auth.device_id) {
         return Err(reject(encoding, req_id, ErrorCode::InvalidArgument, e, CloseCode::PolicyViolation));
     }
+    let identity = cs_queue::Identity { name: claims.name, avatar: claims.avatar };
     let device = Arc::new(DeviceKey::new(claims.tenant, claims.sub, auth.device_id));
     let mut unavailable = |e: im_core::ClientError| {
         warn!(error = %e, "could not register the connection");
@@ -166,5 +169,5 @@ where
         })),
     };
     let _ = out.push(encode(encoding, &ok));
-    Ok((device, claims.role, encoding, registration, pending_count))
+    Ok((device, claims.role, encoding, registration, pending_count, identity))
 }

@@ -13,7 +13,8 @@
 //! sessions), `customers` ("customer\ngroup" -> session), `left` (unclaimed
 //! left messages), `replies`, `q:<group>` (the queue, a sorted set),
 //! `S:<id>` and `L:<id>` (ended sessions and claimed left messages, kept for
-//! the retention period). `dd:cs:tenants` lists tenants for the sweep.
+//! the retention period), `h:<user>` (the user's ended sessions by end time,
+//! as long), `p:<user>` (profile hash). `dd:cs:tenants` lists tenants for the sweep.
 
 use super::{CallTimer, redis_err};
 use crate::Result;
@@ -253,6 +254,63 @@ impl CsStore for RedisCs {
             self.open_sessions(tenant).await?.into_iter().filter(|s| s.customer == user || s.agent == user).collect();
         v.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
         Ok(v)
+    }
+
+    async fn past_sessions(&self, tenant: &str, user: &str, before_ms: u64, limit: usize) -> Result<Vec<Session>> {
+        let p = prefix(tenant);
+        let mut conn = self.conn();
+        let max = if before_ms == 0 { "+inf".to_string() } else { format!("({before_ms}") };
+        let ids: Vec<String> = redis::cmd("ZREVRANGEBYSCORE")
+            .arg(format!("{p}h:{user}"))
+            .arg(max)
+            .arg("-inf")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("cs read"))?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| format!("{p}S:{id}")).collect();
+        let raw: Vec<Option<String>> = conn.mget(keys).await.map_err(redis_err("cs read"))?;
+        raw.iter().flatten().map(|s| session(tenant, s)).collect()
+    }
+
+    async fn update_profile(&self, tenant: &str, user: &str, update: ProfileUpdate) -> Result<()> {
+        let mut fields = Profile::fields(&update);
+        fields.push(("user", user.to_string()));
+        let _: () = self
+            .conn()
+            .hset_multiple(format!("{}p:{user}", prefix(tenant)), &fields)
+            .await
+            .map_err(redis_err("cs write"))?;
+        Ok(())
+    }
+
+    async fn profiles(&self, tenant: &str, users: &[String]) -> Result<Vec<Profile>> {
+        let p = prefix(tenant);
+        let mut pipe = redis::pipe();
+        for u in users {
+            pipe.hgetall(format!("{p}p:{u}"));
+        }
+        let maps: Vec<std::collections::HashMap<String, String>> =
+            pipe.query_async(&mut self.conn()).await.map_err(redis_err("cs read"))?;
+        let mut out = Vec::new();
+        for mut m in maps.into_iter().filter(|m| !m.is_empty()) {
+            let mut take = |k: &str| m.remove(k).unwrap_or_default();
+            out.push(Profile {
+                user: take("user"),
+                role: take("role"),
+                name: take("name"),
+                avatar: take("avatar"),
+                note: take("note"),
+                note_by: take("note_by"),
+                note_ms: take("note_ms").parse().unwrap_or(0),
+            });
+        }
+        Ok(out)
     }
 
     async fn left_messages(&self, tenant: &str, group: &str, limit: usize) -> Result<Vec<LeftMessage>> {

@@ -12,7 +12,9 @@
 //!
 //! Keys are (kind, tenant, id): `g` groups, `a` agents, `s` waiting or active
 //! sessions, `S` ended sessions, `l` unclaimed left messages, `L` claimed
-//! ones, `q` quick replies. Only `g`, `a`, `s`, `l` are loaded into memory.
+//! ones, `q` quick replies, `p` profiles. Only `g`, `a`, `s`, `l` are loaded
+//! into memory. Past sessions are indexed by (`h`, tenant, user, ended_ms,
+//! id) with an empty value, one entry per party of the session.
 
 use super::engine::{Dirty, Restored, TenantState, Wanted};
 use super::*;
@@ -36,6 +38,8 @@ pub struct EmbeddedCs {
     known: std::sync::Mutex<BTreeSet<String>>,
     /// Quick-reply writes, one at a time (the limit is counted, then written).
     replies: Mutex<()>,
+    /// Profile writes, one at a time (read, changed, written).
+    profiles: Mutex<()>,
 }
 
 /// A tenant's state in memory, if loaded.
@@ -60,6 +64,10 @@ type Locked = tokio::sync::OwnedMutexGuard<Slot>;
 
 fn key(kind: &str, tenant: &str, id: &str) -> Vec<u8> {
     Key::new().s(kind).s(tenant).s(id).into_vec()
+}
+
+fn history_key(tenant: &str, user: &str, ended_ms: u64, id: &str) -> Vec<u8> {
+    Key::new().s("h").s(tenant).s(user).n(ended_ms).s(id).into_vec()
 }
 
 fn prefix(kind: &str, tenant: &str) -> Vec<u8> {
@@ -120,6 +128,7 @@ impl EmbeddedCs {
             tenants: Default::default(),
             known: std::sync::Mutex::new(known),
             replies: Mutex::new(()),
+            profiles: Mutex::new(()),
         }))
     }
 
@@ -194,6 +203,9 @@ impl EmbeddedCs {
                     Some(s) if s.state == SessionState::Ended => {
                         out.push((key("s", t, &id), None));
                         out.push((key("S", t, &id), Some(encode(s)?)));
+                        for user in s.parties() {
+                            out.push((history_key(t, user, s.ended_ms, &id), Some(Vec::new())));
+                        }
                     }
                     Some(s) => out.push((key("s", t, &id), Some(encode(s)?))),
                     None => out.push((key("s", t, &id), None)),
@@ -287,6 +299,65 @@ impl CsStore for EmbeddedCs {
 
     async fn user_sessions(&self, tenant: &str, user: &str) -> Result<Vec<Session>> {
         self.with_tenant(tenant, |ts| ts.user_sessions(user).into_iter().cloned().collect()).await
+    }
+
+    async fn past_sessions(&self, tenant: &str, user: &str, before_ms: u64, limit: usize) -> Result<Vec<Session>> {
+        let from = Key::new().s("h").s(tenant).s(user).into_vec();
+        let to = Key::new().s("h").s(tenant).s(user).n(if before_ms == 0 { u64::MAX } else { before_ms }).into_vec();
+        let tenant = tenant.to_string();
+        self.store
+            .read_db(move |db| {
+                let txn = db.begin_read().map_err(unavailable)?;
+                let table = txn.open_table(CS).map_err(unavailable)?;
+                let mut out = Vec::new();
+                for item in table.range(from.as_slice()..to.as_slice()).map_err(unavailable)?.rev() {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let (k, _) = item.map_err(unavailable)?;
+                    let k = k.value();
+                    let mut r = Reader::new(&k[from.len()..]);
+                    let Some(id) = r.n().and_then(|_| r.s()) else { continue };
+                    if let Some(v) = table.get(key("S", &tenant, id).as_slice()).map_err(unavailable)? {
+                        out.push(decode(v.value())?);
+                    }
+                }
+                Ok(out)
+            })
+            .await
+    }
+
+    async fn update_profile(&self, tenant: &str, user: &str, update: ProfileUpdate) -> Result<()> {
+        let _one_at_a_time = self.profiles.lock().await;
+        let k = key("p", tenant, user);
+        let mut profile: Profile =
+            self.get_record(k.clone()).await?.unwrap_or_else(|| Profile { user: user.into(), ..Default::default() });
+        if profile.apply(&update) {
+            let record = (k, Some(encode(&profile)?));
+            self.store
+                .queue_records(vec![record])
+                .await?
+                .await
+                .map_err(|_| unavailable("the store writer stopped"))??;
+        }
+        Ok(())
+    }
+
+    async fn profiles(&self, tenant: &str, users: &[String]) -> Result<Vec<Profile>> {
+        let keys: Vec<Vec<u8>> = users.iter().map(|u| key("p", tenant, u)).collect();
+        self.store
+            .read_db(move |db| {
+                let txn = db.begin_read().map_err(unavailable)?;
+                let table = txn.open_table(CS).map_err(unavailable)?;
+                let mut out = Vec::new();
+                for k in keys {
+                    if let Some(v) = table.get(k.as_slice()).map_err(unavailable)? {
+                        out.push(decode(v.value())?);
+                    }
+                }
+                Ok(out)
+            })
+            .await
     }
 
     async fn left_messages(&self, tenant: &str, group: &str, limit: usize) -> Result<Vec<LeftMessage>> {

@@ -32,6 +32,17 @@ pub trait CsStore: Send + Sync + 'static {
     /// Waiting and active sessions where `user` is the customer or the agent.
     async fn user_sessions(&self, tenant: &str, user: &str) -> Result<Vec<Session>>;
 
+    /// Ended sessions `user` took part in ([`Session::parties`]) that ended
+    /// before `before_ms` (0: any), newest first, at most `limit`. Kept as
+    /// long as the ended sessions are (the cluster's `cs.retention`).
+    async fn past_sessions(&self, tenant: &str, user: &str, before_ms: u64, limit: usize) -> Result<Vec<Session>>;
+
+    /// Changes what `update` names of the user's profile, creating it.
+    async fn update_profile(&self, tenant: &str, user: &str, update: ProfileUpdate) -> Result<()>;
+
+    /// The profiles of those of `users` that have one, in no order.
+    async fn profiles(&self, tenant: &str, users: &[String]) -> Result<Vec<Profile>>;
+
     /// Unclaimed left messages of a group, oldest first.
     async fn left_messages(&self, tenant: &str, group: &str, limit: usize) -> Result<Vec<LeftMessage>>;
 

@@ -50,6 +50,8 @@ fn expired_token() -> String {
         role: im_core::Role::Customer,
         exp: now - 3600,
         iat: now - 7200,
+        name: String::new(),
+        avatar: String::new(),
     };
     jsonwebtoken::encode(
         &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),

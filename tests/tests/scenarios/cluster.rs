@@ -340,6 +340,7 @@ async fn customer_service_across_nodes() {
         Body::RequestService(pb::RequestService {
             group: "help".into(),
             first_message: first.map(dongdong_tests::client::text_content),
+            ..Default::default()
         })
     };
     // Customer on node 0, agent on node 1.
@@ -497,7 +498,7 @@ async fn cs_invariants_hold_with_three_nodes_500_customers_20_agents() {
         customers.push(tokio::spawn(async move {
             let url = c.nodes[(i + 1) % 3].ws_url.clone();
             let mut client = Client::login(&url, &token, "phone").await;
-            let req = Body::RequestService(pb::RequestService { group: "load".into(), first_message: None });
+            let req = Body::RequestService(pb::RequestService { group: "load".into(), ..Default::default() });
             let reply = client.request(req).await.body;
             assert!(matches!(reply, Some(Body::QueueUpdate(_) | Body::SessionAssigned(_))), "cust{i}: {reply:?}");
             // One in ten drops the connection and looks from a new one: the

@@ -42,7 +42,12 @@ async fn cs_err(c: &mut Client, body: Body) -> pb::Error {
 }
 
 fn request(group: &str, first: Option<&str>) -> Body {
-    Body::RequestService(pb::RequestService { group: group.into(), first_message: first.map(text_content) })
+    Body::RequestService(pb::RequestService {
+        group: group.into(),
+        first_message: first.map(text_content),
+        page: "https://shop.example/order/42".into(),
+        user_agent: "Mozilla/5.0 (test)".into(),
+    })
 }
 
 fn set_status(s: pb::AgentStatus) -> Body {
@@ -203,6 +208,7 @@ async fn queue_assign_chat_transfer_end_rate() {
     let to_bob = Body::TransferSession(pb::TransferSession {
         session_id: session.session_id.clone(),
         target: Some(pb::transfer_session::Target::ToAgent("bob".into())),
+        note: "wants a refund for order 42".into(),
     });
     assert_eq!(code(&cs_err(&mut ann, to_bob.clone()).await), ErrorCode::Conflict);
     let (status, _) =
@@ -216,6 +222,12 @@ async fn queue_assign_chat_transfer_end_rate() {
     assert_eq!((told.from_agent.as_str(), told.reason.as_str()), ("ann", "transfer"));
     let moved = assigned(&mut bob).await;
     assert_eq!(moved.conversations.len(), 2);
+    // With ann's note and where c2 asked from.
+    assert_eq!(moved.transfer_note, "wants a refund for order 42");
+    assert_eq!(
+        (moved.page.as_str(), moved.user_agent.as_str()),
+        ("https://shop.example/order/42", "Mozilla/5.0 (test)")
+    );
     // bob pages what c2 said to ann, as a party of the session; not otherwise.
     let old = moved.conversations[0].clone();
     let page = bob
@@ -392,8 +404,18 @@ async fn roles_bad_input_quick_replies_and_the_default_group() {
     assert_eq!(code(&cs_err(&mut agent, set_status(pb::AgentStatus::Unspecified)).await), ErrorCode::InvalidArgument);
     let bad_rate = Body::Rate(pb::Rate { session_id: "x".repeat(500), score: 5, comment: String::new() });
     assert_eq!(code(&cs_err(&mut cust, bad_rate).await), ErrorCode::InvalidArgument);
-    let no_target = Body::TransferSession(pb::TransferSession { session_id: "s".into(), target: None });
+    let no_target =
+        Body::TransferSession(pb::TransferSession { session_id: "s".into(), target: None, note: String::new() });
     assert_eq!(code(&cs_err(&mut agent, no_target).await), ErrorCode::InvalidArgument);
+    let long_note = Body::TransferSession(pb::TransferSession {
+        session_id: "s".into(),
+        target: Some(pb::transfer_session::Target::ToAgent("bob".into())),
+        note: "x".repeat(501),
+    });
+    assert_eq!(code(&cs_err(&mut agent, long_note).await), ErrorCode::InvalidArgument);
+    let long_page =
+        Body::RequestService(pb::RequestService { group: "g".into(), page: "p".repeat(1025), ..Default::default() });
+    assert_eq!(code(&cs_err(&mut cust, long_page).await), ErrorCode::InvalidArgument);
     let unknown = Body::EndSession(pb::EndSession { session_id: "nope".into() });
     assert_eq!(code(&cs_err(&mut cust, unknown).await), ErrorCode::NotFound);
     // A server-to-client cs frame from a client.
@@ -466,6 +488,7 @@ async fn transfer_to_a_group_then_waiting_too_long_offers_leave_a_message() {
     let to_post = Body::TransferSession(pb::TransferSession {
         session_id: session_id.clone(),
         target: Some(pb::transfer_session::Target::ToGroup("post".into())),
+        note: String::new(),
     });
     let Body::SessionTransferred(t) = cs(&mut ann, to_post).await else { panic!("transferred") };
     let moved = t.session.unwrap();
@@ -490,4 +513,122 @@ async fn transfer_to_a_group_then_waiting_too_long_offers_leave_a_message() {
         .await;
     assert_eq!((ended.session_id, ended.end_reason.as_str()), (session_id, "waited too long"));
     s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_notes_past_sessions_and_transfer_targets() {
+    let s = start(Duration::from_secs(60)).await;
+    let admin = admin_setup(&s).await;
+    // Names and avatars come from the tokens, recorded when they connect.
+    let ann_token = s.token_named(T, "ann", Role::Agent, "Ann 安", "https://img.example/ann.png");
+    let mut ann = Client::login(&s.ws_url, &ann_token, "ann-dev").await;
+    let mut bob = Client::login(&s.ws_url, &s.token_named(T, "bob", Role::Agent, "Bob", ""), "bob-dev").await;
+    let c1_token = s.token_named(T, "c1", Role::Customer, "王小明", "");
+    let mut c1 = Client::login(&s.ws_url, &c1_token, "c1-dev").await;
+    let c2_token = s.token_named(T, "c2", Role::Customer, "Zoe", "");
+    let _c2 = Client::login(&s.ws_url, &c2_token, "c2-dev").await;
+    cs(&mut ann, set_status(pb::AgentStatus::Online)).await;
+    cs(&mut bob, set_status(pb::AgentStatus::Online)).await;
+
+    // Transfer targets: the other agents who take new sessions, and groups.
+    let (status, body) = http(&s.http_url, "GET", "/api/v1/transfer-targets", Some(&ann_token), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["agents"], json!([{"id": "bob", "name": "Bob", "load": 0, "capacity": 1, "groups": ["pre"]}]));
+    assert_eq!(body["groups"][0]["id"], "pre");
+    let (status, _) = http(&s.http_url, "GET", "/api/v1/transfer-targets", Some(&c1_token), None).await;
+    assert_eq!(status, 403);
+
+    // Two sessions of c1 end; the first moves from its agent to the other.
+    let mut ids = Vec::new();
+    for round in 0..2 {
+        let Body::SessionAssigned(a) = cs(&mut c1, request("pre", Some("hi"))).await else { panic!("assigned") };
+        let session = a.session.unwrap();
+        assigned(&mut c1).await;
+        if round == 0 {
+            let (from, to) = if session.agent == "ann" { (&mut ann, "bob") } else { (&mut bob, "ann") };
+            assigned(from).await;
+            let t = Body::TransferSession(pb::TransferSession {
+                session_id: session.session_id.clone(),
+                target: Some(pb::transfer_session::Target::ToAgent(to.into())),
+                note: "asked about delivery".into(),
+            });
+            let Body::SessionTransferred(_) = cs(from, t).await else { panic!("transferred") };
+        }
+        let end = Body::EndSession(pb::EndSession { session_id: session.session_id.clone() });
+        let Body::SessionEnded(_) = cs(&mut c1, end).await else { panic!("ended") };
+        ids.push(session.session_id);
+        // Let the end time move on, so the two sessions sort apart.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Names: customers learn the agents' (and their own), not other customers'.
+    let (status, body) = http(&s.http_url, "GET", "/api/v1/users?ids=ann,c2,c1,ghost", Some(&c1_token), None).await;
+    assert_eq!(status, 200, "{body}");
+    let mut names: Vec<(String, String)> = body["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| (u["user"].as_str().unwrap().into(), u["name"].as_str().unwrap().into()))
+        .collect();
+    names.sort();
+    assert_eq!(names, [("ann".to_string(), "Ann 安".to_string()), ("c1".into(), "王小明".into())]);
+    let (_, body) = http(&s.http_url, "GET", "/api/v1/users?ids=c2", Some(&ann_token), None).await;
+    assert_eq!(body["users"][0]["name"], "Zoe");
+    assert_eq!(body["users"][0]["avatar"], "");
+    let many: Vec<String> = (0..101).map(|i| format!("u{i}")).collect();
+    let (status, _) =
+        http(&s.http_url, "GET", &format!("/api/v1/users?ids={}", many.join(",")), Some(&ann_token), None).await;
+    assert_eq!(status, 400);
+
+    // Past sessions, newest first, with paging; the customer's own only.
+    let path = "/api/v1/users/c1/sessions";
+    let (status, body) = http(&s.http_url, "GET", path, Some(&c1_token), None).await;
+    assert_eq!(status, 200, "{body}");
+    let got: Vec<&str> =
+        body["sessions"].as_array().unwrap().iter().map(|x| x["session_id"].as_str().unwrap()).collect();
+    assert_eq!(got, [ids[1].as_str(), ids[0].as_str()]);
+    assert_eq!(body["sessions"][1]["transfer_note"], "asked about delivery");
+    assert_eq!(body["sessions"][1]["page"], "https://shop.example/order/42");
+    assert_eq!(body["next_before_ms"], 0);
+    let (_, first) = http(&s.http_url, "GET", &format!("{path}?limit=1"), Some(&c1_token), None).await;
+    let before = first["next_before_ms"].as_u64().unwrap();
+    assert_eq!(first["sessions"][0]["session_id"], ids[1].as_str());
+    let (_, rest) =
+        http(&s.http_url, "GET", &format!("{path}?limit=1&before_ms={before}"), Some(&c1_token), None).await;
+    assert_eq!(rest["sessions"][0]["session_id"], ids[0].as_str());
+    let (status, _) = http(&s.http_url, "GET", "/api/v1/users/c2/sessions", Some(&c1_token), None).await;
+    assert_eq!(status, 403);
+    let (_, theirs) = http(&s.http_url, "GET", path, Some(&ann_token), None).await;
+    assert_eq!(theirs["sessions"].as_array().unwrap().len(), 2, "an agent reads a customer's past sessions");
+    // A fresh device of the customer reads an ended session's chat.
+    let mut fresh = Client::login(&s.ws_url, &c1_token, "c1-other").await;
+    let old = &body["sessions"][1];
+    let page = fresh
+        .sync(pb::SyncRequest {
+            conversation_id: old["conversations"][0].as_str().unwrap().into(),
+            session_id: ids[0].clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.messages[0].content, Some(text_content("hi")));
+
+    // The agents' note about a customer: agents write and read it; the
+    // customer cannot.
+    let note = json!({"note": "prefers 中文; VIP"});
+    let (status, body) = http(&s.http_url, "PUT", "/api/v1/customers/c1/note", Some(&ann_token), Some(&note)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!((body["note_by"].as_str(), body["name"].as_str()), (Some("ann"), Some("王小明")));
+    let (_, body) = http(&s.http_url, "GET", "/api/v1/customers/c1", Some(&admin), None).await;
+    assert_eq!(body["note"], "prefers 中文; VIP");
+    let (status, _) = http(&s.http_url, "GET", "/api/v1/customers/c1", Some(&c1_token), None).await;
+    assert_eq!(status, 403);
+    let (status, _) = http(&s.http_url, "PUT", "/api/v1/customers/c1/note", Some(&c1_token), Some(&note)).await;
+    assert_eq!(status, 403);
+    let long = json!({"note": "x".repeat(2001)});
+    let (status, _) = http(&s.http_url, "PUT", "/api/v1/customers/c1/note", Some(&ann_token), Some(&long)).await;
+    assert_eq!(status, 400);
+    // A token that does not verify is refused.
+    let (status, body) = http(&s.http_url, "GET", "/api/v1/users?ids=ann", Some(&format!("{c1_token}x")), None).await;
+    assert_eq!(status, 401, "{body}");
 }
