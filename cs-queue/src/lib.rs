@@ -49,6 +49,9 @@ use tracing::{debug, warn};
 pub struct CsConfig {
     /// How long a disconnected agent keeps their sessions.
     pub agent_grace: Duration,
+    /// A waiting customer with no connection this long leaves the line
+    /// (checked on the node their last connection closed on).
+    pub customer_grace: Duration,
     /// How often the tenants are swept (max wait, grace period, the
     /// queue-length gauges); each tenant by one node.
     pub sweep_interval: Duration,
@@ -58,7 +61,12 @@ pub struct CsConfig {
 
 impl Default for CsConfig {
     fn default() -> Self {
-        Self { agent_grace: Duration::from_secs(60), sweep_interval: Duration::from_secs(1), left_notice_limit: 50 }
+        Self {
+            agent_grace: Duration::from_secs(60),
+            customer_grace: Duration::from_secs(120),
+            sweep_interval: Duration::from_secs(1),
+            left_notice_limit: 50,
+        }
     }
 }
 
@@ -221,7 +229,11 @@ impl CsService {
     }
 
     /// An authenticated connection closed (after it left presence).
-    pub async fn on_disconnect(&self, caller: &Caller) {
+    pub async fn on_disconnect(self: &Arc<Self>, caller: &Caller) {
+        if caller.role == Role::Customer {
+            self.customer_left(caller);
+            return;
+        }
         if caller.role != Role::Agent {
             return;
         }
@@ -235,6 +247,32 @@ impl CsService {
             }
             Err(e) => warn!(error = %e, "presence lookup failed; the sweep will reconcile the agent"),
         }
+    }
+
+    /// A customer's connection closed: if none is left after the grace
+    /// period, the customer leaves the lines they wait in. Only a timer
+    /// until then; a node that stops meanwhile leaves them waiting (until
+    /// their group's max wait).
+    fn customer_left(self: &Arc<Self>, caller: &Caller) {
+        let (this, caller) = (self.clone(), caller.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(this.config.customer_grace).await;
+            match this.router().is_connected(caller.tenant(), caller.user()).await {
+                Ok(false) => {}
+                Ok(true) => return,
+                Err(e) => return warn!(error = %e, "presence lookup failed; the customer stays in line"),
+            }
+            let sessions = match this.store.user_sessions(caller.tenant(), caller.user()).await {
+                Ok(s) => s,
+                Err(e) => return warn!(error = %e, "could not read the customer's sessions"),
+            };
+            for s in sessions.into_iter().filter(|s| s.state == SessionState::Waiting && s.customer == caller.user) {
+                let c = CsCommand::Cancel { customer: caller.user.clone(), group: s.group };
+                if let Err(e) = this.execute(caller.tenant(), c).await {
+                    warn!(error = %e, "could not take a gone customer out of the line");
+                }
+            }
+        });
     }
 
     /// The caller's open sessions, waiting positions and agent state.

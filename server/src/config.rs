@@ -28,6 +28,10 @@ pub struct CsSection {
     /// A disconnected agent keeps their sessions this long.
     #[serde(with = "humantime_serde")]
     pub agent_grace: Duration,
+    /// A customer waiting in line who is gone (no connection) this long
+    /// leaves the line.
+    #[serde(with = "humantime_serde")]
+    pub customer_grace: Duration,
     /// How often max waits and grace periods are checked and the
     /// queue-length metric set; each tenant by one node.
     #[serde(with = "humantime_serde")]
@@ -236,6 +240,7 @@ impl Default for Config {
             timeouts: TimeoutsConfig { auth: gw.auth_timeout, idle: gw.idle_timeout, ack: gw.ack_timeout },
             cs: CsSection {
                 agent_grace: cs_queue::CsConfig::default().agent_grace,
+                customer_grace: cs_queue::CsConfig::default().customer_grace,
                 sweep_interval: cs_queue::CsConfig::default().sweep_interval,
                 retention: cluster.cs_retention,
                 groups: vec![SeedGroup {
@@ -481,6 +486,7 @@ impl Config {
     pub fn cs(&self) -> cs_queue::CsConfig {
         cs_queue::CsConfig {
             agent_grace: self.cs.agent_grace,
+            customer_grace: self.cs.customer_grace,
             sweep_interval: self.cs.sweep_interval,
             ..cs_queue::CsConfig::default()
         }

@@ -632,3 +632,45 @@ async fn names_notes_past_sessions_and_transfer_targets() {
     let (status, body) = http(&s.http_url, "GET", "/api/v1/users?ids=ann", Some(&format!("{c1_token}x")), None).await;
     assert_eq!(status, 401, "{body}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_gone_past_the_grace_period_leaves_the_line() {
+    let s = TestServer::start_with(|c| {
+        c.cs.customer_grace = Duration::from_millis(300);
+        c.cs.groups.clear();
+    })
+    .await;
+    admin_setup(&s).await;
+    // ann (capacity 1) serves c0; c1 and c2 wait.
+    let (_ann, _c0, _) = {
+        let mut ann = login(&s, "ann", Role::Agent).await;
+        cs(&mut ann, set_status(pb::AgentStatus::Online)).await;
+        let mut c0 = login(&s, "c0", Role::Customer).await;
+        let Body::SessionAssigned(_) = cs(&mut c0, request("pre", None)).await else { panic!("assigned") };
+        (ann, c0, ())
+    };
+    let mut c1 = login(&s, "c1", Role::Customer).await;
+    let Body::QueueUpdate(u) = cs(&mut c1, request("pre", None)).await else { panic!("queued") };
+    assert_eq!(u.position, 1);
+    let mut c2 = login(&s, "c2", Role::Customer).await;
+    let Body::QueueUpdate(u) = cs(&mut c2, request("pre", None)).await else { panic!("queued") };
+    assert_eq!(u.position, 2);
+    queue_update(&mut c2).await;
+
+    // A reload within the grace period keeps c1's place.
+    c1.close().await;
+    s.wait_presence(T, "c1", 0).await;
+    let mut c1 = login(&s, "c1", Role::Customer).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let Body::CsState(st) = cs(&mut c1, Body::CsStateRequest(pb::CsStateRequest {})).await else { panic!("state") };
+    assert_eq!(st.waiting.len(), 1, "still waiting");
+    assert_eq!(st.waiting[0].position, 1);
+
+    // Gone for longer: c1 leaves the line and c2 moves up.
+    c1.close().await;
+    let u = queue_update(&mut c2).await;
+    assert_eq!(u.position, 1);
+    let mut c1 = login(&s, "c1", Role::Customer).await;
+    let Body::CsState(st) = cs(&mut c1, Body::CsStateRequest(pb::CsStateRequest {})).await else { panic!("state") };
+    assert!(st.sessions.is_empty(), "{st:?}");
+}
