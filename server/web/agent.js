@@ -1,11 +1,13 @@
 // The agent workspace (/agent): status, current sessions with unread counts
 // and waiting times, the conversation (with earlier agents' part after a
-// transfer, history paging), sending text and image links, quick replies,
-// transfer, end, and the left-messages inbox.
+// transfer, marked, and history paging), sending text and image links, quick
+// replies, transfer through a picker with a note, end, the left-messages
+// inbox, recent sessions, the customer panel (name, page, device, note, past
+// sessions), and a sound and desktop notification for what needs attention.
 
-import { Client, MessageStore, api, wsUrl, deviceIdFor, catchUp, loadOlder, sendTracked } from './dd.js';
+import { Client, MessageStore, api, wsUrl, deviceIdFor, catchUp, loadOlder, sendTracked, storage } from './dd.js';
 import { translator, languagePicker } from './i18n.js';
-import { el, $, duration, clock, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, contentFromInput, contentNode, enterSubmits } from './ui.js';
+import { el, $, duration, clock, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, contentFromInput, contentNode, enterSubmits, People, safeUrl } from './ui.js';
 
 // Every string of this page, in each language.
 const t = translator({
@@ -17,8 +19,7 @@ const t = translator({
     earlier: 'Earlier messages', conversation: 'conversation',
     typeMessage: 'Type a message, Enter to send, Shift+Enter for a new line', chatMessage: 'chat message',
     quickReplies: 'quick replies', imageLink: ' image link', saveReply: 'Save as quick reply', send: 'Send',
-    transferPlaceholder: 'agent or group id', transferTo: 'transfer to', transferKind: 'transfer to an agent or a group',
-    agent: 'agent', group: 'group',
+    transferTo: 'transfer to',
     badImageLink: 'An image link must be an http(s) address.',
     newCustomerIn: 'New customer: {customer} ({group})', newCustomer: 'New customer: {customer}',
     transferredAway: '{customer} was transferred to {to} ({reason}).',
@@ -26,7 +27,7 @@ const t = translator({
     newLeftOne: '1 new left message', newLeftMany: '{n} new left messages',
     quickRepliesPick: 'Quick replies…', noQuickReplies: 'No quick replies yet',
     typeReplyFirst: 'Type the reply first, then save it.', savedReply: 'Saved as a personal quick reply.',
-    nameAgent: 'Name the agent to transfer to.', nameGroup: 'Name the group to transfer to.',
+   
     noGroup: 'no group yet', waitingFor: 'waiting {wait}', answered: 'answered',
     noCustomers: 'No customers yet: new ones appear here.', goOnline: 'Go online to get customers.',
     waitingSuffix: ' waiting', takeNext: 'Take next', contactIs: 'contact: {contact}',
@@ -34,6 +35,17 @@ const t = translator({
     groupSince: '{group} · since {since}', before: ' · before: {agents}',
     transferToLabel: 'Transfer to ', transfer: 'Transfer', endSession: 'End session',
     answeringLeftBy: 'Answering the message left by ', pickSession: 'Pick a session on the left.',
+    pickTarget: 'Choose…', agents: 'Agents', groups: 'Groups', agentLoad: '{name} ({load}/{capacity})',
+    groupLine: '{name} ({online} online, {waiting} waiting)', transferNote: 'Note for the next agent (optional)',
+    chooseTarget: 'Choose whom to transfer to.', nobodyFree: 'no other agent is free',
+    handover: '{from} → {to}', transferNoteIs: 'Note from {from}: {note}',
+    customer: 'Customer', closePanel: 'Close', showCustomer: 'Customer details',
+    page: 'Page', device: 'Device', notes: 'Private note (only agents see it)', saveNote: 'Save note',
+    noteSaved: 'Note saved.', noteBy: 'by {by}, {when}', pastSessions: 'Past sessions',
+    noPast: 'No earlier sessions.', pastLine: '{date} · {agent}', recent: 'Recent',
+    noRecent: 'Sessions you close appear here.', endedLine: '{customer} · {date}',
+    readOnly: 'This session has ended.', sound: 'Sound', notifications: 'Desktop notifications',
+    newMessageFrom: 'New message from {customer}',
   },
   'zh-CN': {
     title: '客服工作台', signOut: '退出',
@@ -43,8 +55,7 @@ const t = translator({
     earlier: '更早的消息', conversation: '对话',
     typeMessage: '输入消息，Enter 发送，Shift+Enter 换行', chatMessage: '聊天消息',
     quickReplies: '快捷回复', imageLink: ' 图片链接', saveReply: '存为快捷回复', send: '发送',
-    transferPlaceholder: '客服或客服组 ID', transferTo: '转接给', transferKind: '转接给客服或客服组',
-    agent: '客服', group: '客服组',
+    transferTo: '转接给',
     badImageLink: '图片链接必须是 http(s) 地址。',
     newCustomerIn: '新顾客：{customer}（{group}）', newCustomer: '新顾客：{customer}',
     transferredAway: '{customer} 已转接给 {to}（{reason}）。',
@@ -52,12 +63,23 @@ const t = translator({
     newLeftOne: '1 条新留言', newLeftMany: '{n} 条新留言',
     quickRepliesPick: '快捷回复…', noQuickReplies: '还没有快捷回复',
     typeReplyFirst: '请先输入回复内容，再保存。', savedReply: '已存为个人快捷回复。',
-    nameAgent: '请填写要转接的客服。', nameGroup: '请填写要转接的客服组。',
+   
     noGroup: '尚未加入客服组', waitingFor: '已等待 {wait}', answered: '已回复',
     noCustomers: '暂无顾客：新顾客会出现在这里。', goOnline: '设为在线即可接待顾客。',
     waitingSuffix: ' 人等待', takeNext: '接待下一位', contactIs: '联系方式：{contact}',
     answer: '回复', claim: '认领并回复',
     groupSince: '{group} · 开始于 {since}', before: ' · 之前：{agents}',
+    pickTarget: '请选择…', agents: '客服', groups: '客服组', agentLoad: '{name}（{load}/{capacity}）',
+    groupLine: '{name}（{online} 人在线，{waiting} 人排队）', transferNote: '给下一位客服的备注（选填）',
+    chooseTarget: '请选择转接对象。', nobodyFree: '没有其他空闲客服',
+    handover: '{from} → {to}', transferNoteIs: '{from} 的备注：{note}',
+    customer: '顾客', closePanel: '关闭', showCustomer: '顾客信息',
+    page: '来源页面', device: '设备', notes: '内部备注（仅客服可见）', saveNote: '保存备注',
+    noteSaved: '备注已保存。', noteBy: '{by}，{when}', pastSessions: '历史会话',
+    noPast: '没有更早的会话。', pastLine: '{date} · {agent}', recent: '最近',
+    noRecent: '结束的会话会出现在这里。', endedLine: '{customer} · {date}',
+    readOnly: '此会话已结束。', sound: '提示音', notifications: '桌面通知',
+    newMessageFrom: '{customer} 发来新消息',
     transferToLabel: '转接给 ', transfer: '转接', endSession: '结束会话',
     answeringLeftBy: '正在回复留言，留言人 ', pickSession: '请在左侧选择一个会话。',
   },
@@ -73,7 +95,10 @@ $('header.top').append(languagePicker());
 const main = $('#main');
 const auth = await signIn('agent', 'agent', main);
 const me = auth.claims.sub;
-$('#who').textContent = `${me} · ${auth.claims.tenant}`;
+$('#who').textContent = `${auth.claims.name || me} · ${auth.claims.tenant}`;
+const people = new People(auth.token);
+people.addEventListener('change', () => renderAll());
+const name = (u) => people.name(u);
 $('#signout').hidden = false;
 $('#signout').onclick = () => signOut('agent');
 if (auth.claims.role === 'customer') notify(t('customerToken'), 'error', 0);
@@ -95,6 +120,9 @@ const state = {
   replies: [],
   synced: false, // a CsState arrived since the last (re)connect
   manual: [], // our manual-pick groups: { id, name, queue_length }
+  recent: [], // our ended sessions, newest first (HTTP form)
+  targets: { agents: [], groups: [] }, // whom we can transfer to
+  panelOpen: false, // the customer panel, on narrow windows
 };
 
 // --- layout ---------------------------------------------------------------------
@@ -121,18 +149,36 @@ const composer = el('form', { id: 'composer', class: 'composer' },
     el('button', { type: 'button', class: 'link', id: 'save-reply', onclick: saveReply }, t('saveReply')),
     el('button', { type: 'submit', class: 'primary', id: 'send' }, t('send'))));
 // Kept across redraws, so that a message arriving does not clear what is typed.
-const transferTarget = el('input', { id: 'transfer-target', placeholder: t('transferPlaceholder'), size: 14, 'aria-label': t('transferTo') });
-const transferKind = el('select', { id: 'transfer-kind', 'aria-label': t('transferKind') },
-  el('option', { value: 'agent' }, t('agent')), el('option', { value: 'group' }, t('group')));
+const transferPick = el('select', { id: 'transfer-target', 'aria-label': t('transferTo') });
+transferPick.addEventListener('focus', loadTargets);
+const transferNote = el('input', { id: 'transfer-note', placeholder: t('transferNote'), maxLength: 500, size: 22, 'aria-label': t('transferNote') });
+const recentList = el('ul', { id: 'recent', class: 'list', 'aria-label': t('recent') });
+const panel = el('aside', { class: 'context', id: 'customer-panel', 'aria-label': t('customer') });
+const noteBox = el('textarea', { id: 'customer-note', rows: 4, maxLength: 2000 });
 const pane = el('section', { class: 'pane', id: 'pane' }, convHead, older, list, composer);
+
+// Sound and desktop notifications, each switchable, remembered per browser.
+const prefs = storage('local');
+const soundOn = el('input', { type: 'checkbox', id: 'sound', checked: prefs.getItem('dd.agent.sound') !== 'off' });
+soundOn.addEventListener('change', () => prefs.setItem('dd.agent.sound', soundOn.checked ? 'on' : 'off'));
+const notifyOn = el('input', { type: 'checkbox', id: 'desktop-notify', checked: 'Notification' in window && Notification.permission === 'granted' });
+notifyOn.addEventListener('change', async () => {
+  if (notifyOn.checked && 'Notification' in window && Notification.permission !== 'granted') {
+    notifyOn.checked = (await Notification.requestPermission()) === 'granted';
+  }
+});
 
 main.replaceChildren(el('div', { class: 'workspace' },
   el('aside', { class: 'side' },
     el('div', { class: 'statusbar' }, el('label', { for: 'status' }, t('statusLabel')), statusSel, loadLine),
+    el('div', { class: 'alerts small' },
+      el('label', { class: 'inline' }, soundOn, t('sound')),
+      'Notification' in window ? el('label', { class: 'inline' }, notifyOn, t('notifications')) : ''),
     el('h3', {}, t('sessions')), sessionList,
     pickBox,
-    el('h3', {}, t('leftMessagesTitle'), leftCount), leftList),
-  pane));
+    el('h3', {}, t('leftMessagesTitle'), leftCount), leftList,
+    el('h3', {}, t('recent')), recentList),
+  pane, panel));
 
 statusSel.addEventListener('change', async () => {
   try {
@@ -197,11 +243,13 @@ async function fillSession(s) {
 function addSession(s, announce) {
   const known = state.sessions.has(s.sessionId);
   state.sessions.set(s.sessionId, s);
+  people.want([s.customer, ...(s.previousAgents || [])]);
   if (!known) {
     state.waitingSince.set(s.sessionId, Number(s.assignedMs || s.createdMs || Date.now()));
     if (announce) {
-      notify(t('newCustomerIn', { customer: s.customer, group: s.group }), 'assign', 8000);
-      flashTitle(t('newCustomer', { customer: s.customer }));
+      notify(t('newCustomerIn', { customer: name(s.customer), group: s.group }), 'assign', 8000);
+      flashTitle(t('newCustomer', { customer: name(s.customer) }));
+      attention(t('newCustomer', { customer: name(s.customer) }), s.sessionId);
     }
     if (!state.selected) state.selected = { kind: 'session', id: s.sessionId };
   }
@@ -228,6 +276,8 @@ client.addEventListener('frame', (ev) => {
     if (s && m.fromUser !== me) {
       if (!state.selected || state.selected.id !== s.sessionId || document.hidden) {
         state.unread.set(s.sessionId, (state.unread.get(s.sessionId) || 0) + 1);
+        // A message in a session in the background: a sound and a notice.
+        attention(t('newMessageFrom', { customer: name(s.customer) }), s.sessionId, m.content && m.content.text);
       }
       if (!state.waitingSince.get(s.sessionId)) state.waitingSince.set(s.sessionId, Number(m.serverTimeMs));
     } else if (s && m.fromUser === me) {
@@ -266,12 +316,13 @@ client.addEventListener('frame', (ev) => {
   } else if (f.sessionTransferred) {
     const t = f.sessionTransferred;
     if (t.session.agent === me) addSession(t.session, true);
-    else dropSession(t.session, tr('transferredAway', { customer: t.session.customer, to: t.session.agent || t.session.group, reason: t.reason }));
+    else dropSession(t.session, tr('transferredAway', { customer: name(t.session.customer), to: t.session.agent ? name(t.session.agent) : t.session.group, reason: t.reason }));
     refreshState();
   } else if (f.sessionEnded) {
     const s = f.sessionEnded.session;
-    dropSession(s, s.endedBy && s.endedBy !== me ? t('endedBy', { customer: s.customer, by: s.endedBy }) : t('ended', { customer: s.customer }));
+    dropSession(s, s.endedBy && s.endedBy !== me ? t('endedBy', { customer: name(s.customer), by: name(s.endedBy) }) : t('ended', { customer: name(s.customer) }));
     refreshState();
+    loadRecent();
   } else if (f.leftMessageNotice) {
     let fresh = 0;
     for (const lm of f.leftMessageNotice.leftMessages || []) {
@@ -376,14 +427,157 @@ async function pageBack() {
   renderConversation();
 }
 
-async function transfer(s, kind, target) {
-  if (!target) return notify(kind === 'agent' ? t('nameAgent') : t('nameGroup'), 'error');
-  const body = { sessionId: s.sessionId };
+async function transfer(s) {
+  const [kind, target] = transferPick.value.split(':');
+  if (!target) return notify(t('chooseTarget'), 'error');
+  const body = { sessionId: s.sessionId, note: transferNote.value.trim() };
   body[kind === 'agent' ? 'toAgent' : 'toGroup'] = target;
   try {
     await client.request({ transferSession: body });
+    transferNote.value = '';
   } catch (e) {
     notifyError(e);
+  }
+  loadTargets();
+}
+
+/** Whom we can transfer to: the agents free now (with their load) and the groups. */
+async function loadTargets() {
+  try {
+    state.targets = await api(auth.token, 'GET', '/api/v1/transfer-targets');
+    people.want(state.targets.agents.map((a) => a.id));
+  } catch (e) {
+    if (e.code !== 'FORBIDDEN') notifyError(e);
+  }
+  drawTargets();
+}
+
+function drawTargets() {
+  const keep = transferPick.value;
+  const { agents, groups } = state.targets;
+  transferPick.replaceChildren(el('option', { value: '' }, t('pickTarget')),
+    el('optgroup', { label: t('agents') }, ...(agents.length ? agents.map((a) => el('option', { value: `agent:${a.id}` },
+      t('agentLoad', { name: a.name || name(a.id), load: a.load, capacity: a.capacity }))) : [el('option', { disabled: true, value: '' }, t('nobodyFree'))])),
+    el('optgroup', { label: t('groups') }, ...groups.map((g) => el('option', { value: `group:${g.id}` },
+      t('groupLine', { name: g.name || g.id, online: g.agents_online, waiting: g.queue_length })))));
+  transferPick.value = [...transferPick.options].some((o) => o.value === keep) ? keep : '';
+}
+
+/** Our own ended sessions, newest first. */
+async function loadRecent() {
+  try {
+    state.recent = (await api(auth.token, 'GET', `/api/v1/users/${encodeURIComponent(me)}/sessions?limit=10`)).sessions;
+    people.want(state.recent.map((s) => s.customer));
+  } catch (e) {
+    notifyError(e);
+  }
+  renderSide();
+}
+
+// --- the customer panel -------------------------------------------------------------
+
+let panelFor = null; // the customer the panel shows
+async function loadPanel(customer, session) {
+  if (panelFor === customer && session === panel.ddSession) return;
+  panelFor = customer;
+  panel.ddSession = session;
+  if (!customer) return panel.replaceChildren();
+  let profile = { note: '' };
+  let past = [];
+  try {
+    [profile, { sessions: past }] = await Promise.all([
+      api(auth.token, 'GET', `/api/v1/customers/${encodeURIComponent(customer)}`),
+      api(auth.token, 'GET', `/api/v1/users/${encodeURIComponent(customer)}/sessions?limit=10`),
+    ]);
+    await people.want([customer, ...past.map((p) => p.agent)]);
+  } catch (e) {
+    notifyError(e);
+  }
+  if (panelFor !== customer) return;
+  noteBox.value = profile.note || '';
+  const noteMeta = el('p', { class: 'muted small', id: 'note-meta' }, profile.note_by ? t('noteBy', { by: name(profile.note_by), when: when(profile.note_ms) }) : '');
+  const page = session && session.page ? safeUrl(session.page) : null;
+  panel.replaceChildren(
+    el('div', { class: 'panel-head' }, el('h3', {}, t('customer')),
+      el('button', { class: 'link close-panel', onclick: () => { state.panelOpen = false; renderConversation(); } }, t('closePanel'))),
+    el('div', { class: 'who' }, people.avatar(customer, 'large'),
+      el('div', {}, el('strong', { id: 'panel-name' }, name(customer)), el('div', { class: 'muted small' }, customer))),
+    session && session.page ? el('div', { class: 'small' }, el('span', { class: 'muted' }, `${t('page')}: `),
+      page ? el('a', { href: page, target: '_blank', rel: 'noopener noreferrer', id: 'panel-page' }, session.page) : session.page) : '',
+    session && session.userAgent ? el('div', { class: 'small', id: 'panel-device' }, el('span', { class: 'muted' }, `${t('device')}: `), deviceOf(session.userAgent)) : '',
+    el('label', { for: 'customer-note' }, t('notes')), noteBox, noteMeta,
+    el('button', { id: 'save-note', onclick: () => saveNote(customer, noteMeta) }, t('saveNote')),
+    el('h3', {}, t('pastSessions')),
+    past.length ? el('div', { id: 'panel-past' }, ...past.map((p) => pastItem(p, customer))) : el('p', { class: 'muted small' }, t('noPast')));
+}
+
+/** "Chrome on Windows" from a user agent, or the user agent itself. */
+function deviceOf(ua) {
+  const browser = [['Edg/', 'Edge'], ['Chrome/', 'Chrome'], ['Firefox/', 'Firefox'], ['Safari/', 'Safari']].find(([k]) => ua.includes(k));
+  const os = [['Android', 'Android'], ['iPhone', 'iPhone'], ['iPad', 'iPad'], ['Windows', 'Windows'], ['Mac OS', 'macOS'], ['Linux', 'Linux']].find(([k]) => ua.includes(k));
+  return el('span', { title: ua }, browser || os ? `${browser ? browser[1] : ''}${browser && os ? ' · ' : ''}${os ? os[1] : ''}` : ua);
+}
+
+function pastItem(p, customer) {
+  const box = el('div', { class: 'messages transcript' });
+  const d = el('details', { 'data-session-id': p.session_id },
+    el('summary', {}, t('pastLine', { date: when(p.created_ms), agent: p.agent ? name(p.agent) : '—' }),
+      p.score ? ` · ${p.score}★` : '', p.comment ? el('div', { class: 'muted small' }, `“${p.comment}”`) : ''),
+    box);
+  d.addEventListener('toggle', () => {
+    if (d.open && !box.childElementCount) {
+      drawTranscript(box, client, new MessageStore(), p, me, { nameOf: name, mark: handoverMark(customer, handoverWords) }).catch(notifyError);
+    }
+  });
+  return d;
+}
+
+async function saveNote(customer, meta) {
+  try {
+    const p = await api(auth.token, 'PUT', `/api/v1/customers/${encodeURIComponent(customer)}/note`, { note: noteBox.value });
+    meta.textContent = t('noteBy', { by: name(p.note_by), when: when(p.note_ms) });
+    notify(t('noteSaved'));
+  } catch (e) {
+    notifyError(e);
+  }
+}
+
+const handoverWords = (from, to) => t('handover', { from: name(from), to: name(to) });
+
+// --- alerts ---------------------------------------------------------------------
+
+let audio = null;
+/** A short two-tone chime (no sound file to load), and a desktop notification. */
+function attention(title, sessionId, body) {
+  if (soundOn.checked) {
+    try {
+      audio = audio || new AudioContext();
+      const now = audio.currentTime;
+      for (const [i, f] of [880, 1320].entries()) {
+        const o = audio.createOscillator();
+        const g = audio.createGain();
+        o.frequency.value = f;
+        g.gain.setValueAtTime(0.0001, now + i * 0.12);
+        g.gain.exponentialRampToValueAtTime(0.15, now + i * 0.12 + 0.02);
+        g.gain.exponentialRampToValueAtTime(0.0001, now + i * 0.12 + 0.25);
+        o.connect(g).connect(audio.destination);
+        o.start(now + i * 0.12);
+        o.stop(now + i * 0.12 + 0.3);
+      }
+      document.body.dataset.chimes = String(Number(document.body.dataset.chimes || 0) + 1);
+    } catch {
+      // No audio device: the notice and the title still tell.
+    }
+  }
+  if (notifyOn.checked && 'Notification' in window && Notification.permission === 'granted' && (document.hidden || !document.hasFocus())) {
+    const n = new Notification(title, { body: body ? body.slice(0, 120) : '', tag: sessionId });
+    n.onclick = () => {
+      window.focus();
+      state.selected = { kind: 'session', id: sessionId };
+      state.unread.delete(sessionId);
+      renderAll();
+      n.close();
+    };
   }
 }
 
@@ -433,7 +627,7 @@ function renderSide() {
         input.focus();
       },
     },
-    el('strong', {}, s.customer), ' ', el('span', { class: 'muted' }, s.group),
+    people.avatar(s.customer), ' ', el('strong', {}, name(s.customer)), ' ', el('span', { class: 'muted' }, s.group),
     unread ? el('span', { class: 'badge unread', 'data-unread': String(unread) }, String(unread)) : '',
     el('div', { class: 'muted small' }, since ? t('waitingFor', { wait: duration(now - since) }) : t('answered'))));
   }));
@@ -444,11 +638,18 @@ function renderSide() {
       class: 'primary', 'data-take': g.id, disabled: !g.queue_length || state.status !== 'ONLINE',
       onclick: () => takeNext(g.id),
     }, t('takeNext')))));
+  recentList.replaceChildren(...(state.recent.length ? state.recent.map((p) => {
+    const selected = state.selected && state.selected.kind === 'past' && state.selected.id === p.session_id;
+    return el('li', {}, el('button', {
+      class: `item${selected ? ' selected' : ''}`, 'data-past-id': p.session_id, 'aria-current': selected ? 'true' : undefined,
+      onclick: () => { state.selected = { kind: 'past', id: p.session_id }; renderAll(); },
+    }, t('endedLine', { customer: name(p.customer), date: when(p.ended_ms) }), p.score ? ` · ${p.score}★` : ''));
+  }) : [el('li', { class: 'muted empty' }, t('noRecent'))]));
   const left = [...state.left.values()];
   const open = left.filter((lm) => !lm.claimedBy).length;
   leftCount.textContent = open ? String(open) : '';
   leftList.replaceChildren(...left.map((lm) => el('li', { 'data-left-id': lm.id },
-    el('div', {}, el('strong', {}, lm.customer), ' ', el('span', { class: 'muted' }, `${lm.group} · ${clock(lm.createdMs)}`)),
+    el('div', {}, el('strong', {}, name(lm.customer)), ' ', el('span', { class: 'muted' }, `${lm.group} · ${clock(lm.createdMs)}`)),
     el('div', { class: 'small' }, contentNode(lm.content)),
     lm.contact ? el('div', { class: 'muted small' }, t('contactIs', { contact: lm.contact })) : '',
     lm.claimedBy ? el('button', { class: 'link', onclick: () => { state.selected = { kind: 'left', id: lm.id }; renderAll(); } }, t('answer'))
@@ -458,33 +659,64 @@ function renderSide() {
 function renderConversation() {
   const sel = state.selected;
   const s = currentSession();
+  const past = sel && sel.kind === 'past' ? state.recent.find((p) => p.session_id === sel.id) : null;
+  panel.classList.toggle('open', state.panelOpen);
+  const panelButton = () => el('button', { class: 'link show-panel', id: 'show-panel', 'aria-expanded': String(state.panelOpen),
+    onclick: () => { state.panelOpen = !state.panelOpen; renderConversation(); } }, t('showCustomer'));
   if (s) {
-    const agentInput = transferTarget;
-    const kind = transferKind;
+    if (!state.targets.groups.length) loadTargets();
     convHead.replaceChildren(
-      el('div', {}, el('strong', { id: 'conv-customer' }, s.customer), ' ', el('span', { class: 'muted' }, t('groupSince', { group: s.group, since: clock(s.assignedMs || s.createdMs) })),
-        (s.previousAgents || []).length ? el('span', { class: 'muted' }, t('before', { agents: s.previousAgents.join(', ') })) : ''),
+      el('div', { class: 'who' }, people.avatar(s.customer),
+        el('div', {}, el('strong', { id: 'conv-customer' }, name(s.customer)), ' ',
+          el('span', { class: 'muted' }, t('groupSince', { group: s.group, since: clock(s.assignedMs || s.createdMs) })),
+          (s.previousAgents || []).length ? el('span', { class: 'muted' }, t('before', { agents: s.previousAgents.map(name).join(', ') })) : '',
+          s.transferNote ? el('div', { class: 'transfer-note small', id: 'transfer-note-shown' },
+            t('transferNoteIs', { from: name((s.previousAgents || []).slice(-1)[0] || ''), note: s.transferNote })) : '')),
       el('div', { class: 'actions' },
-        el('span', {}, t('transferToLabel')), kind, agentInput,
-        el('button', { id: 'transfer', onclick: () => transfer(s, kind.value, agentInput.value.trim()) }, t('transfer')),
-        el('button', { id: 'end', class: 'danger', onclick: () => endSession(s) }, t('endSession'))));
+        el('span', {}, t('transferToLabel')), transferPick, transferNote,
+        el('button', { id: 'transfer', onclick: () => transfer(s) }, t('transfer')),
+        el('button', { id: 'end', class: 'danger', onclick: () => endSession(s) }, t('endSession')),
+        panelButton()));
     const ids = convIdsOf(s);
-    drawMessages(list, store.list(ids, s.customer), me, { onRetry: retry });
+    // A conversation is per customer and agent: only this session's part.
+    const since = Number(s.createdMs || 0) - 1000;
+    const entries = store.list(ids, s.customer).filter((e) => e.state !== 'stored' || Number(e.message.serverTimeMs) >= since);
+    drawMessages(list, entries, me, { onRetry: retry, nameOf: name, mark: handoverMark(s.customer, handoverWords) });
     older.hidden = !ids.some((c) => state.hasMore.get(c) !== false && store.oldestSeq(c) > 1);
     composer.hidden = false;
+    loadPanel(s.customer, s);
+  } else if (past) {
+    convHead.replaceChildren(
+      el('div', { class: 'who' }, people.avatar(past.customer),
+        el('div', {}, el('strong', { id: 'conv-customer' }, name(past.customer)), ' ',
+          el('span', { class: 'muted' }, `${past.group} · ${when(past.created_ms)}`), el('div', { class: 'muted small' }, t('readOnly')))),
+      el('div', { class: 'actions' }, panelButton()));
+    if (list.ddPast !== past.session_id) {
+      list.ddPast = past.session_id;
+      // Its own box: a later redraw of the list leaves a late transcript out.
+      const box = el('div', { class: 'transcript-pane' });
+      list.replaceChildren(box);
+      drawTranscript(box, client, new MessageStore(), past, me, { nameOf: name, mark: handoverMark(past.customer, handoverWords) }).catch(notifyError);
+    }
+    older.hidden = true;
+    composer.hidden = true;
+    loadPanel(past.customer, { page: past.page, userAgent: past.user_agent });
   } else if (sel && sel.kind === 'left' && state.left.get(sel.id)) {
     const lm = state.left.get(sel.id);
-    convHead.replaceChildren(el('div', {}, t('answeringLeftBy'), el('strong', {}, lm.customer), ' ', el('span', { class: 'muted' }, lm.group)),
-      el('blockquote', {}, contentNode(lm.content)));
-    drawMessages(list, store.list(lm.conversationId ? [lm.conversationId] : [], lm.customer), me, { onRetry: retry });
+    convHead.replaceChildren(el('div', {}, t('answeringLeftBy'), el('strong', {}, name(lm.customer)), ' ', el('span', { class: 'muted' }, lm.group)),
+      el('blockquote', {}, contentNode(lm.content)), panelButton());
+    drawMessages(list, store.list(lm.conversationId ? [lm.conversationId] : [], lm.customer), me, { onRetry: retry, nameOf: name });
     older.hidden = true;
     composer.hidden = lm.claimedBy !== me;
+    loadPanel(lm.customer, null);
   } else {
     convHead.replaceChildren(el('p', { class: 'muted' }, t('pickSession')));
     list.replaceChildren();
     older.hidden = true;
     composer.hidden = true;
+    loadPanel(null, null);
   }
+  if (!past) list.ddPast = null;
 }
 
 function retry(m) {
@@ -524,6 +756,7 @@ client.addEventListener('ready', () => {
   state.synced = false;
   refreshState();
   loadReplies();
+  loadRecent();
 });
 connectionBanner(client, (status) => {
   if (status === 'signed-out') signOut('agent');

@@ -5,7 +5,7 @@
 
 import { Client, MessageStore, api, wsUrl, deviceIdFor, catchUp, loadOlder, storage, sendTracked } from './dd.js';
 import { translator, languagePicker } from './i18n.js';
-import { el, $, duration, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, enterSubmits } from './ui.js';
+import { el, $, duration, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, enterSubmits, People } from './ui.js';
 
 // Every string of this page, in each language.
 const t = translator({
@@ -65,6 +65,12 @@ const t = translator({
     chatMessage: 'chat message',
     typeWhileWaiting: 'Add to your question; it goes to the agent who takes you',
     heldTitle: 'To be sent when an agent joins:',
+    handover: '{from} transferred you to {to}',
+    earlierChats: 'Your earlier chats',
+    pastLine: '{date} · {group} · {agent}',
+    nobodyServed: 'not answered',
+    stars: '{n}★',
+    showChat: 'Show the chat',
   },
   'zh-CN': {
     title: '在线客服',
@@ -122,6 +128,12 @@ const t = translator({
     chatMessage: '聊天消息',
     typeWhileWaiting: '可以补充您的问题，客服接入后会收到',
     heldTitle: '客服接入后将发送：',
+    handover: '{from} 已将您转接给 {to}',
+    earlierChats: '您以前的咨询',
+    pastLine: '{date} · {group} · {agent}',
+    nobodyServed: '未接待',
+    stars: '{n}★',
+    showChat: '查看对话',
   },
 });
 
@@ -134,10 +146,40 @@ const main = $('#main');
 const auth = await signIn('chat', 'customer', main);
 const me = auth.claims.sub;
 const fixedGroup = auth.params.get('group') || new URLSearchParams(location.search).get('group');
-$('#who').textContent = `${me} · ${auth.claims.tenant}`;
+// The shop page the widget was opened on (embed.js passes it), for the agent.
+const shopPage = (auth.params.get('page') || document.referrer || location.href).slice(0, 1024);
+// A shop's customer sees their name (when the token has one), not ids; signing
+// out only means something with the dev sign-in.
+$('#who').textContent = auth.claims.name || '';
 const signoutBtn = $('#signout');
-signoutBtn.hidden = false;
+signoutBtn.hidden = !auth.info.dev_login || window.parent !== window;
 signoutBtn.onclick = () => signOut('chat');
+const people = new People(auth.token);
+people.addEventListener('change', () => render());
+
+// Unread messages, counted while the tab is hidden or the embedding page's
+// chat is closed: in the tab's title and, through embed.js, on the launcher.
+const inFrame = window.parent !== window;
+let embedOpen = !inFrame; // embed.js tells when its chat opens and closes
+let unread = 0;
+const away = () => document.hidden || !embedOpen;
+function showUnread() {
+  document.title = `${unread ? `(${unread}) ` : ''}${t('title')} · dongdong`;
+  if (inFrame) window.parent.postMessage({ type: 'dd-unread', count: unread }, '*');
+}
+function seen() {
+  if (unread && !away()) {
+    unread = 0;
+    showUnread();
+  }
+}
+window.addEventListener('message', (ev) => {
+  if (ev.source !== window.parent || !ev.data || ev.data.type !== 'dd-open') return;
+  embedOpen = !!ev.data.open;
+  seen();
+});
+document.addEventListener('visibilitychange', seen);
+if (inFrame) window.parent.postMessage({ type: 'dd-hello' }, '*');
 
 const client = new Client({ url: wsUrl(auth.info), token: auth.token, deviceId: deviceIdFor(auth.claims.tenant, me, 'web') });
 const store = new MessageStore();
@@ -166,6 +208,7 @@ function show(convIds) {
 
 function setSession(s) {
   state.session = s;
+  people.want([s.agent, ...(s.previousAgents || [])]);
   show([...(s.conversations || []), s.conversationId]);
   if (s.state === 'ENDED' && !s.agent && !Number(s.assignedMs || 0)) {
     // Ended before anyone served it (cancelled, or turned away): nothing to rate.
@@ -194,6 +237,10 @@ client.addEventListener('frame', (ev) => {
   if (f.deliver) {
     const m = f.deliver.message;
     show([m.conversationId]);
+    if (m.fromUser !== me && away() && !store.byConv.get(m.conversationId)?.has(m.msgId)) {
+      unread += 1;
+      showUnread();
+    }
     const outsideSession = !state.session || !(state.session.conversations || []).includes(m.conversationId);
     if (m.fromUser !== me && outsideSession && !['active', 'waiting'].includes(state.view) && state.replyTo !== m.fromUser) {
       // An agent answers a message we left: we can reply to them.
@@ -217,7 +264,7 @@ client.addEventListener('frame', (ev) => {
   } else if (f.sessionAssigned) {
     const fresh = !state.session || state.session.agent !== f.sessionAssigned.session.agent || state.view !== 'active';
     setSession(f.sessionAssigned.session);
-    if (fresh) notify(t('agentHere', { agent: f.sessionAssigned.session.agent }), 'assign');
+    if (fresh) notify(t('agentHere', { agent: people.name(f.sessionAssigned.session.agent) }), 'assign');
     // What was typed while waiting goes to the agent now, in order.
     for (const text of state.held.splice(0)) send(f.sessionAssigned.session.agent, { text });
     fillHistory();
@@ -225,7 +272,7 @@ client.addEventListener('frame', (ev) => {
     setSession(f.sessionTransferred.session);
     notify(f.sessionTransferred.session.state === 'WAITING'
       ? t('beingPassed')
-      : t('nowTalkingTo', { agent: f.sessionTransferred.session.agent }));
+      : t('nowTalkingTo', { agent: people.name(f.sessionTransferred.session.agent) }));
   } else if (f.sessionEnded) {
     setSession(f.sessionEnded.session);
   } else if (f.leaveMessageOffer) {
@@ -291,13 +338,45 @@ const views = {
     el('p', {}, t('leftDone')),
     el('button', { class: 'primary', onclick: () => { state.view = 'pick'; render(); } }, t('startChat'))),
   active: () => el('section', { class: 'active-session' },
-    el('p', { class: 'muted', id: 'agent-name' }, t('talkingTo', { agent: state.session.agent }),
+    el('p', { class: 'muted', id: 'agent-name' }, people.avatar(state.session.agent), ' ', t('talkingTo', { agent: people.name(state.session.agent) }),
       ' ', el('button', { class: 'link', id: 'end', onclick: endSession }, t('endChat')))),
   ended: rateView,
   rated: () => el('section', { class: 'card', id: 'rated' },
     el('h2', {}, t('thanksFeedback')),
     el('button', { class: 'primary', id: 'new-chat', onclick: newChat }, t('newChat'))),
 };
+
+/** The customer's ended sessions, newest first, each opening its chat. */
+async function pastChats() {
+  let sessions = [];
+  try {
+    sessions = (await api(auth.token, 'GET', `/api/v1/users/${encodeURIComponent(me)}/sessions?limit=10`)).sessions;
+  } catch (e) {
+    notifyError(e);
+  }
+  sessions = sessions.filter((s) => !state.session || s.session_id !== state.session.sessionId);
+  if (!sessions.length) return '';
+  await people.want(sessions.flatMap((s) => [s.agent, ...s.previous_agents]));
+  return el('section', { class: 'past', id: 'past-chats' },
+    el('h3', {}, t('earlierChats')),
+    ...sessions.map((s) => {
+      const box = el('div', { class: 'messages transcript' });
+      const agent = s.agent ? people.name(s.agent) : t('nobodyServed');
+      const d = el('details', { 'data-session-id': s.session_id },
+        el('summary', {}, t('pastLine', { date: when(s.created_ms), group: s.group, agent }),
+          s.score ? ` · ${t('stars', { n: s.score })}` : ''),
+        box);
+      d.addEventListener('toggle', () => {
+        if (d.open && !box.childElementCount) {
+          drawTranscript(box, client, new MessageStore(), s, me, { nameOf: (u) => people.name(u), mark: handoverMark(me, handoverWords) })
+            .catch(notifyError);
+        }
+      }, { once: false });
+      return d;
+    }));
+}
+
+const handoverWords = (from, to) => t('handover', { from: people.name(from), to: people.name(to) });
 
 async function pickView() {
   const box = el('section', { class: 'card pick', id: 'pick' }, el('h2', {}, t('howCanWeHelp')));
@@ -331,7 +410,7 @@ async function pickView() {
     ev.preventDefault();
     const group = fixedGroup || select.value;
     if (!group) return notify(t('noTeam'), 'error');
-    const body = { group };
+    const body = { group, page: shopPage, userAgent: navigator.userAgent.slice(0, 512) };
     if (question.value.trim()) body.firstMessage = { text: question.value.trim() };
     state.question = question.value.trim();
     try {
@@ -341,7 +420,8 @@ async function pickView() {
     }
   });
   box.append(form);
-  return box;
+  const past = await pastChats();
+  return el('div', { class: 'stack' }, box, past);
 }
 
 function offerView() {
@@ -433,6 +513,9 @@ function rateView() {
 
 function newChat() {
   tabStore.removeItem(LAST_SESSION);
+  // The old chat leaves the live list: it is under "Your earlier chats".
+  shown.length = 0;
+  state.replyTo = null;
   state.session = null;
   state.queue = null;
   state.view = 'pick';
@@ -511,7 +594,12 @@ async function pageBack() {
 
 function renderMessages() {
   const peer = state.session ? state.session.agent : state.replyTo;
-  drawMessages(list, store.list(shown, peer), me, {
+  // A conversation is per customer and agent: only this session's part of it.
+  const since = state.session && state.session.createdMs ? Number(state.session.createdMs) - 1000 : 0;
+  const entries = store.list(shown, peer).filter((e) => e.state !== 'stored' || Number(e.message.serverTimeMs) >= since);
+  drawMessages(list, entries, me, {
+    nameOf: (u) => people.name(u),
+    mark: state.session ? handoverMark(me, handoverWords) : undefined,
     onRetry: (m) => {
       store.local.delete(m.clientMsgId);
       send(m.toUser, m.content);

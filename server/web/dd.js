@@ -133,7 +133,8 @@ export function deviceIdFor(tenant, user, prefix) {
 export function claimsOf(token) {
   try {
     const part = token.split('.')[1].replace(/-/g, '+').replace(/_/g, '/');
-    return JSON.parse(atob(part));
+    // UTF-8 (a Chinese display name), not Latin-1.
+    return JSON.parse(new TextDecoder().decode(Uint8Array.from(atob(part), (c) => c.charCodeAt(0))));
   } catch {
     return null;
   }

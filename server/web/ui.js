@@ -2,7 +2,7 @@
 // notices, and drawing a conversation. Text from the network is only ever
 // set as textContent, never parsed as HTML.
 
-import { serverInfo, claimsOf, storage, ERROR_WORDS, withDetail } from './dd.js';
+import { serverInfo, claimsOf, storage, ERROR_WORDS, withDetail, api, loadOlder } from './dd.js';
 import { translator } from './i18n.js';
 
 const session = storage('session');
@@ -17,6 +17,7 @@ const t = translator({
     connReplaced: 'opened in another tab or window', notSignedIn: 'not signed in',
     unreachable: 'The server cannot be reached', tryAgain: 'Try again',
     sending: 'sending…', notSent: ' not sent: {why}', retry: 'retry', newMessages: 'New messages ↓',
+    noMessages: 'No messages in this chat.', transcript: 'Chat of {date}',
     ...ERROR_WORDS,
     OTHER: 'Something went wrong',
   },
@@ -28,6 +29,7 @@ const t = translator({
     connReplaced: '已在另一个标签页或窗口中打开', notSignedIn: '未登录',
     unreachable: '无法连接服务器', tryAgain: '重试',
     sending: '发送中…', notSent: ' 未发送：{why}', retry: '重发', newMessages: '有新消息 ↓',
+    noMessages: '这次对话没有消息。', transcript: '{date} 的对话',
     RATE_LIMITED: '发送太频繁，请稍慢一些。',
     UNAVAILABLE: '服务暂时不可用，稍后会自动重试。',
     FORBIDDEN: '您没有权限这样做。',
@@ -81,6 +83,55 @@ export function duration(ms) {
 export function clock(ms) {
   const d = new Date(Number(ms));
   return d.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+}
+
+/** Date and time, in the page's language: "2026/11/28 14:05". */
+export function when(ms) {
+  const d = new Date(Number(ms));
+  return d.toLocaleString(document.documentElement.lang || [], { year: 'numeric', month: 'numeric', day: 'numeric', hour: '2-digit', minute: '2-digit' });
+}
+
+/**
+ * Names and avatars of users, from the tokens' claims (GET /api/v1/users).
+ * `want(ids)` asks for the unknown ones in one request; a 'change' event
+ * follows when they arrive. Users without a name show their id.
+ */
+export class People extends EventTarget {
+  constructor(token) {
+    super();
+    this.token = token;
+    this.known = new Map(); // id -> { name, avatar } (empty when the user has none)
+  }
+
+  name(id) {
+    const p = this.known.get(id);
+    return (p && p.name) || id;
+  }
+
+  async want(ids) {
+    const fresh = [...new Set(ids)].filter((id) => id && !this.known.has(id)).slice(0, 100);
+    if (!fresh.length) return;
+    for (const id of fresh) this.known.set(id, {});
+    try {
+      const r = await api(this.token, 'GET', `/api/v1/users?ids=${fresh.map(encodeURIComponent).join(',')}`);
+      for (const u of r.users || []) this.known.set(u.user, { name: u.name, avatar: u.avatar });
+      this.dispatchEvent(new Event('change'));
+    } catch {
+      for (const id of fresh) this.known.delete(id); // asked again next time
+    }
+  }
+
+  /** The user's picture, or their initials on a colour of their id. */
+  avatar(id, size = 'small') {
+    const p = this.known.get(id) || {};
+    const url = p.avatar && safeUrl(p.avatar);
+    if (url) return el('img', { class: `avatar ${size}`, src: url, alt: '', referrerPolicy: 'no-referrer' });
+    const name = this.name(id);
+    const initials = [...name.trim()].filter((c) => /\p{L}|\p{N}/u.test(c)).slice(0, /[\u3400-\u9fff]/.test(name) ? 1 : 2).join('').toUpperCase();
+    let hue = 0;
+    for (const c of id) hue = (hue * 31 + c.codePointAt(0)) % 360;
+    return el('span', { class: `avatar ${size}`, 'aria-hidden': 'true', style: `background:hsl(${hue} 45% 30%)` }, initials || '?');
+  }
 }
 
 /** A notice line at the top of the page: kind is info, error or assign. */
@@ -176,6 +227,7 @@ export async function signIn(page, role, mount) {
     const tenant = el('input', { id: 'signin-tenant', name: 'tenant', value: 'demo', required: true, autocomplete: 'off' });
     const user = el('input', { id: 'signin-user', name: 'user', value: '', required: true, autocomplete: 'off', placeholder: role === 'customer' ? 'e.g. carol' : 'e.g. amy' });
     // Only the roles this page is for: the customer widget never signs in an admin.
+    const displayName = el('input', { id: 'signin-name', name: 'name', value: '', autocomplete: 'off', maxLength: 64, placeholder: 'optional' });
     const roleSel = el('select', { id: 'signin-role', name: 'role' },
       ...PAGE_ROLES[role].map((r) => el('option', { value: r, selected: r === role }, r)));
     const err = el('p', { class: 'error', role: 'alert' });
@@ -184,6 +236,7 @@ export async function signIn(page, role, mount) {
       el('p', { class: 'muted' }, 'This server runs with its generated dev secret, so it mints a token for anyone. With a real secret this form does not exist.'),
       el('label', { for: 'signin-tenant' }, 'Tenant'), tenant,
       el('label', { for: 'signin-user' }, 'User'), user,
+      el('label', { for: 'signin-name' }, 'Display name'), displayName,
       el('label', { for: 'signin-role' }, 'Role'), roleSel,
       err,
       el('button', { type: 'submit', class: 'primary', id: 'signin-submit' }, 'Sign in'));
@@ -194,7 +247,7 @@ export async function signIn(page, role, mount) {
         const r = await fetch('/api/v1/dev/token', {
           method: 'POST',
           headers: { 'content-type': 'application/json' },
-          body: JSON.stringify({ tenant: tenant.value.trim(), user: user.value.trim(), role: roleSel.value }),
+          body: JSON.stringify({ tenant: tenant.value.trim(), user: user.value.trim(), role: roleSel.value, name: displayName.value.trim() }),
         });
         const data = await r.json();
         if (!r.ok) throw new Error(data.error ? data.error.message : `HTTP ${r.status}`);
@@ -269,19 +322,24 @@ export function safeUrl(u) {
  * reader has scrolled up to read: then a "new messages" pill appears, which
  * brings them to the newest. Another conversation opens at its newest.
  */
-export function drawMessages(box, entries, me, { onRetry } = {}) {
+export function drawMessages(box, entries, me, { onRetry, nameOf, mark } = {}) {
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
   // Elements are kept per message and state: a redraw moves them, so images
   // stay loaded and nothing flickers.
   const cache = box.ddCache || new Map();
   const next = new Map();
   const keys = [];
-  const items = entries.map((entry) => {
-    const key = `${entry.message.msgId || `local:${entry.message.clientMsgId}`}|${entry.state}`;
-    const node = cache.get(key) || messageNode(entry, me, onRetry);
+  const items = [];
+  entries.forEach((entry, i) => {
+    // A hand-over between two agents is marked where it happened.
+    const between = mark && i > 0 ? mark(entries[i - 1], entry) : null;
+    if (between) items.push(el('div', { class: 'handover', role: 'note' }, between));
+    const name = nameOf ? nameOf(entry.message.fromUser) : entry.message.fromUser;
+    const key = `${entry.message.msgId || `local:${entry.message.clientMsgId}`}|${entry.state}|${name}`;
+    const node = cache.get(key) || messageNode(entry, me, onRetry, name);
     next.set(key, node);
     keys.push(entry.message.msgId || `local:${entry.message.clientMsgId}`);
-    return node;
+    items.push(node);
   });
   const before = keys.indexOf(box.ddLastKey);
   const sameConversation = box.ddLastKey !== undefined && before >= 0;
@@ -314,10 +372,10 @@ function newMessagesPill(box) {
   return pill;
 }
 
-function messageNode({ message: m, state, error }, me, onRetry) {
+function messageNode({ message: m, state, error }, me, onRetry, name) {
   const mine = m.fromUser === me;
   const meta = el('div', { class: 'meta' },
-    mine ? '' : `${m.fromUser} · `,
+    mine ? '' : el('span', { class: 'speaker' }, name || m.fromUser), mine ? '' : ' · ',
     m.serverTimeMs ? clock(m.serverTimeMs) : '',
     state === 'sending' ? t('sending') : '',
     state === 'failed' ? el('span', { class: 'error' }, t('notSent', { why: error })) : '');
@@ -351,4 +409,40 @@ export function contentFromInput(text, asImage) {
   const t = text.trim();
   if (asImage) return safeUrl(t) ? { image: { url: t } } : null;
   return { text: t };
+}
+
+/**
+ * A past session's chat, read-only, into `box`: the messages of its
+ * conversations between its start and end (a conversation is per customer
+ * and agent, so it also holds their other sessions), a few pages back at
+ * most.
+ */
+export async function drawTranscript(box, client, store, session, me, { nameOf, mark } = {}) {
+  const from = Number(session.created_ms) - 1000;
+  const to = Number(session.ended_ms || Date.now()) + 1000;
+  const inSession = (e) => Number(e.message.serverTimeMs) >= from && Number(e.message.serverTimeMs) <= to;
+  for (const c of session.conversations || []) {
+    for (let page = 0; page < 5; page += 1) {
+      const r = await loadOlder(client, store, c, session.session_id);
+      const oldest = Math.min(...[...(store.byConv.get(c) || new Map()).values()].map((m) => Number(m.serverTimeMs)));
+      if (!r.hasMore || oldest < from) break;
+    }
+  }
+  const entries = store.list(session.conversations || [], null).filter((e) => e.state === 'stored' && inSession(e));
+  if (!entries.length) return box.replaceChildren(el('p', { class: 'muted small' }, t('noMessages')));
+  drawMessages(box, entries, me, { nameOf, mark });
+  box.scrollTop = 0;
+}
+
+/**
+ * The mark between two messages of a session where the agent changed: the
+ * agent of a message is whoever of its two users is not the customer.
+ */
+export function handoverMark(customer, words) {
+  const agentOf = (m) => (m.fromUser === customer ? m.toUser : m.fromUser);
+  return (prev, entry) => {
+    if (prev.message.conversationId === entry.message.conversationId) return null;
+    const [from, to] = [agentOf(prev.message), agentOf(entry.message)];
+    return from && to && from !== to ? words(from, to) : null;
+  };
 }

@@ -128,7 +128,10 @@ before(async () => {
   browser = await chromium.launch({
     executablePath: CHROMIUM,
     args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync'],
+      '--disable-component-update', '--disable-sync',
+      // The test's shop page is served by the test (an address-less origin):
+      // Chromium would keep it from loading the widget from this machine.
+      '--disable-features=LocalNetworkAccessChecks'],
   });
 });
 
@@ -188,17 +191,18 @@ async function openPage(context, name, url) {
   return page;
 }
 
-async function devToken(user, role) {
+async function devToken(user, role, name = '') {
   const r = await fetch(`${base}/api/v1/dev/token`, {
-    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ tenant: 'demo', user, role }),
+    method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ tenant: 'demo', user, role, name }),
   });
   assert.equal(r.status, 200);
   return (await r.json()).token;
 }
 
-async function signIn(page, user, role) {
+async function signIn(page, user, role, name = '') {
   await page.fill('#signin-tenant', 'demo');
   await page.fill('#signin-user', user);
+  if (name) await page.fill('#signin-name', name);
   await page.selectOption('#signin-role', role);
   await page.click('#signin-submit');
   await page.waitForSelector('#conn[data-status="online"]', { timeout: STEP_MS }).catch(() => {});
@@ -293,7 +297,9 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
   // carol asks and waits in line; the supervisor sees the queue grow.
   const carolP = await person('carol', { width: 400, height: 700 });
   let carol = await carolP.open('/chat');
-  await signIn(carol, 'carol', 'customer');
+  // Her token carries a display name (the dev sign-in's "Display name").
+  await signIn(carol, 'carol', 'customer', 'Carol 王');
+  await waitText(carol, '#who', /^Carol 王$/);
   await carol.selectOption('#group', 'default');
   await carol.fill('#question', 'hello, I need help with my order');
   await carol.press('#question', 'Enter');
@@ -321,6 +327,22 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
   await hal.waitForSelector('#request');
   await waitStat(sup, 'default', 'queue_length', 0);
   await waitMessage(amy, 'hello, I need help with my order');
+  // amy sees her name, on the session, the header and the bubbles, with initials.
+  await waitText(amy, '[data-customer="carol"] strong', /^Carol 王$/);
+  await waitText(amy, '#conv-customer', /^Carol 王$/);
+  await waitText(amy, '#messages .msg.theirs .speaker', /^Carol 王$/);
+  assert.equal(await amy.textContent('#pane .conv-head .avatar'), 'C');
+  // The customer panel: where she came from, her device, a private note.
+  await waitText(amy, '#panel-name', /^Carol 王$/);
+  assert.match(await amy.textContent('#panel-device'), /Chrome/);
+  assert.equal(await amy.getAttribute('#panel-page', 'href'), `${base}/chat`);
+  // In a window this narrow the panel opens over the conversation, and closes.
+  await amy.click('#show-panel');
+  await amy.fill('#customer-note', 'prefers e-mail');
+  await amy.click('#save-note');
+  await waitText(amy, '#note-meta', /amy/);
+  await amy.click('#customer-panel .close-panel');
+  assert.equal(await amy.isHidden('#customer-panel'), true);
 
   await say(amy, 'Hi carol, I am amy. What is the order number?');
   await waitMessage(carol, 'Hi carol, I am amy. What is the order number?');
@@ -344,16 +366,25 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
   await bob.click('#end');
   await dave.waitForSelector('#rate');
   await waitText(bob, '#load', /0\/1/);
-  await amy.fill('#transfer-target', 'bob');
+  // The picker lists the agents free now, with their load; a note goes along.
+  await amy.focus('#transfer-target');
+  await amy.waitForSelector('#transfer-target option[value="agent:bob"]', { state: 'attached' });
+  assert.match(await amy.textContent('#transfer-target option[value="agent:bob"]'), /bob \(0\/1\)/);
+  await amy.selectOption('#transfer-target', 'agent:bob');
+  await amy.fill('#transfer-note', 'order 1234, parcel question');
   await amy.click('#transfer');
   await bob.waitForSelector('[data-customer="carol"]');
   await amy.waitForFunction(() => !document.querySelector('[data-customer="carol"]'));
   await waitText(carol, '#agent-name', /bob/);
   await bob.click('[data-customer="carol"]');
-  // bob reads what carol and amy said before (the session's earlier conversation).
+  // bob reads what carol and amy said before (the session's earlier conversation),
+  // the hand-over marked in both transcripts, and amy's note.
   await waitMessage(bob, 'It is 1234');
+  await waitText(bob, '#transfer-note-shown', /amy: order 1234, parcel question/);
   await say(bob, 'Hello carol, bob here; I will take it from here.');
   await waitMessage(carol, 'Hello carol, bob here; I will take it from here.');
+  await waitText(bob, '#messages .handover', /amy → bob/);
+  await waitText(carol, '#messages .handover', /amy transferred you to bob/);
 
   // carol reloads mid-chat: the whole conversation again, each message once, in order.
   const expected = [
@@ -406,6 +437,25 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
   await carol.click('#rate-submit');
   await carol.waitForSelector('#rated');
   await waitStat(sup, 'default', 'sessions_active', 0);
+
+  // She comes back another day in another browser: her earlier chat is there,
+  // dated, with the hand-over, and a new chat starts empty.
+  const carolAgain = await (await person('carol-again', { width: 400, height: 700 })).open('/chat');
+  await signIn(carolAgain, 'carol', 'customer', 'Carol 王');
+  await carolAgain.waitForSelector('#past-chats details');
+  assert.match(await carolAgain.textContent('#past-chats summary'), /default · bob · 5★/);
+  await carolAgain.click('#past-chats summary');
+  await carolAgain.waitForFunction(() => [...document.querySelectorAll('#past-chats .bubble')].some((b) => b.textContent === 'It is 1234'));
+  await waitText(carolAgain, '#past-chats .handover', /amy transferred you to bob/);
+  assert.equal(await carolAgain.locator('#messages .msg').count(), 0, 'the new chat starts empty');
+  await assertAccessible(carolAgain, 'the widget with an earlier chat open');
+  // bob finds it under Recent, read-only, and the note amy kept.
+  await bob.click('#recent [data-past-id]');
+  await bob.waitForFunction(() => [...document.querySelectorAll('#messages .bubble')].some((b) => b.textContent === 'It is 1234'));
+  assert.equal(await bob.isHidden('#composer'), true);
+  await bob.setViewportSize({ width: 1300, height: 760 });
+  await bob.waitForFunction(() => document.querySelector('#customer-note').value === 'prefers e-mail');
+  await shot(bob, 'console-agent-panel.png');
 
   await assertAccessible(sup, 'the supervisor view');
   await assertAccessible(bob, 'the workspace after a session');
@@ -492,6 +542,62 @@ scenario('an agent of a manual-pick group takes the next customer', async () => 
   assert.equal(texts.filter((x) => x === 'it is about order 77').length, 1);
 });
 
+scenario('an agent hears and sees what needs attention: a chime, a desktop notification, the title', async () => {
+  const unaP = await person('una');
+  // Desktop notifications as granted, recorded instead of shown.
+  await unaP.context.addInitScript(() => {
+    window.ddShown = [];
+    window.Notification = class {
+      static permission = 'granted';
+      static requestPermission() { return Promise.resolve('granted'); }
+      constructor(title, options) { window.ddShown.push(`${title}: ${options.body}`); }
+      close() {}
+    };
+  });
+  const admin = await devToken('sam', 'admin');
+  const r = await fetch(`${base}/api/v1/groups/default/agents/una`, {
+    method: 'PUT', headers: { 'content-type': 'application/json', authorization: `Bearer ${admin}` }, body: JSON.stringify({ capacity: 3 }),
+  });
+  assert.equal(r.status, 200, await r.text());
+  const una = await unaP.open('/agent');
+  await signIn(una, 'una', 'agent', 'Una');
+  await online(una);
+  await una.selectOption('#status', 'ONLINE');
+  assert.equal(await una.isChecked('#desktop-notify'), true);
+  assert.equal(await una.isChecked('#sound'), true);
+  const customers = [];
+  for (const [who, name] of [['pia', 'Pia'], ['quinn', 'Quinn']]) {
+    const c = await (await person(who, { width: 400, height: 700 })).open('/chat');
+    await signIn(c, who, 'customer', name);
+    await c.click('#request');
+    await waitText(c, '#agent-name', /Una/);
+    customers.push(c);
+  }
+  const [pia, quinn] = customers;
+  await una.waitForSelector('[data-customer="quinn"]');
+  await una.click('[data-customer="pia"]');
+  const chimes = async () => Number(await una.evaluate(() => document.body.dataset.chimes || 0));
+  const before = await chimes();
+  // A message in the session she is not looking at: a chime and a count.
+  await say(quinn, 'are you there?');
+  await una.waitForFunction((n) => Number(document.body.dataset.chimes || 0) > n, before);
+  await waitText(una, '[data-customer="quinn"] .unread', /^1$/);
+  await waitText(una, 'title', /^\(1\) /);
+  // With the workspace in a background tab (headless Chromium keeps every
+  // tab visible, so the page is told it is hidden): a desktop notification too.
+  await una.evaluate(() => Object.defineProperty(document, 'hidden', { value: true, configurable: true }));
+  await say(pia, 'I need an invoice');
+  await una.waitForFunction(() => window.ddShown.some((s) => s === 'New message from Pia: I need an invoice'));
+  // Muted: no more chimes.
+  await una.evaluate(() => delete document.hidden);
+  await una.uncheck('#sound');
+  const muted = await chimes();
+  await say(quinn, 'hello?');
+  await waitText(una, '[data-customer="quinn"] .unread', /^2$/);
+  assert.equal(await chimes(), muted);
+  await assertAccessible(una, 'the workspace with two sessions');
+});
+
 scenario('errors reach people in words; dev sign-in refuses bad input', async () => {
   const r = await fetch(`${base}/api/v1/dev/token`, {
     method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ tenant: '', user: 'x', role: 'agent' }),
@@ -546,20 +652,40 @@ scenario('pages reconnect by themselves after the server restarts; nothing is lo
 });
 
 scenario('the widget embeds in a shop page with one script tag', async () => {
-  const token = await devToken('kim', 'customer');
+  const token = await devToken('kim', 'customer', 'Kim Lee');
+  const kai = await agentOnline('kai');
   // The shop's page is not from our server: another origin.
   const shop = await (await person('shop')).context.newPage();
   shop.ddName = 'shop';
   pages.add(shop);
-  await shop.setContent(`<!doctype html><html><body><h1>Kim's shop</h1>
-    <script src="${base}/web/embed.js" data-token="${token}" data-group="default"></script></body></html>`);
+  // Another origin (another port, served by the test itself) on the same
+  // loopback address: Chromium lets no other address space load from it.
+  const shopUrl = 'http://127.0.0.1:8999/p/42';
+  await shop.route(shopUrl, (route) => route.fulfill({ contentType: 'text/html', body: `<!doctype html><html><body><h1>Kim's shop</h1>
+    <script src="${base}/web/embed.js" data-token="${token}" data-group="default"></script></body></html>` }));
   const errors = [];
   shop.on('pageerror', (e) => errors.push(e.message));
+  await shop.goto(shopUrl);
   await shop.click('text=Chat with us');
   const frame = shop.frameLocator('iframe[title="Chat with us"]');
   await frame.locator('#conn[data-status="online"]').waitFor();
   await frame.locator('#request').waitFor();
-  assert.equal(await frame.locator('#who').textContent(), 'kim · demo');
+  // Her name, no ids, no meaningless "Sign out".
+  assert.equal(await frame.locator('#who').textContent(), 'Kim Lee');
+  assert.equal(await frame.locator('#signout').isHidden(), true);
+  await frame.locator('#request').click();
+  await frame.locator('#agent-name').waitFor();
+  // The agent sees the shop page she came from.
+  await kai.click('#show-panel');
+  await waitText(kai, '#panel-page', /127\.0\.0\.1:8999\/p\/42/);
+  // Closed, a message counts on the launcher; opened, the count goes.
+  await shop.click('button[aria-label="Close the chat"]');
+  await kai.click('#customer-panel .close-panel');
+  await say(kai, 'Hello Kim, how can I help?');
+  await shop.waitForFunction(() => [...document.querySelectorAll('button')].some((b) => /Chat with us\s*1$/.test(b.textContent)));
+  await shop.click('text=Chat with us');
+  await frame.locator('#messages .bubble', { hasText: 'Hello Kim, how can I help?' }).waitFor();
+  await shop.waitForFunction(() => [...document.querySelectorAll('button')].some((b) => /^Chat with us$/.test(b.textContent)));
   // The token went to the frame's address fragment and was then removed from it.
   const widget = shop.frames().find((f) => f.url().includes('/chat'));
   const href = await widget.evaluate(() => location.href);
