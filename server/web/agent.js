@@ -151,7 +151,9 @@ const composer = el('form', { id: 'composer', class: 'composer' },
 // Kept across redraws, so that a message arriving does not clear what is typed.
 const transferPick = el('select', { id: 'transfer-target', 'aria-label': t('transferTo') });
 transferPick.addEventListener('focus', loadTargets);
-const transferNote = el('input', { id: 'transfer-note', placeholder: t('transferNote'), maxLength: 500, size: 22, 'aria-label': t('transferNote') });
+const transferNote = el('input', { id: 'transfer-note', placeholder: t('transferNote'), maxLength: 500, size: 22, 'aria-label': t('transferNote'), hidden: true });
+// The note field shows once there is someone to transfer to.
+transferPick.addEventListener('change', () => { transferNote.hidden = !transferPick.value; });
 const recentList = el('ul', { id: 'recent', class: 'list', 'aria-label': t('recent') });
 const panel = el('aside', { class: 'context', id: 'customer-panel', 'aria-label': t('customer') });
 const noteBox = el('textarea', { id: 'customer-note', rows: 4, maxLength: 2000 });
@@ -243,13 +245,16 @@ async function fillSession(s) {
 function addSession(s, announce) {
   const known = state.sessions.has(s.sessionId);
   state.sessions.set(s.sessionId, s);
-  people.want([s.customer, ...(s.previousAgents || [])]);
+  const names = people.want([s.customer, ...(s.previousAgents || [])]);
   if (!known) {
     state.waitingSince.set(s.sessionId, Number(s.assignedMs || s.createdMs || Date.now()));
     if (announce) {
-      notify(t('newCustomerIn', { customer: name(s.customer), group: s.group }), 'assign', 8000);
-      flashTitle(t('newCustomer', { customer: name(s.customer) }));
-      attention(t('newCustomer', { customer: name(s.customer) }), s.sessionId);
+      // By name, once it is known (one lookup at most).
+      names.then(() => {
+        notify(t('newCustomerIn', { customer: name(s.customer), group: s.group }), 'assign', 8000);
+        flashTitle(t('newCustomer', { customer: name(s.customer) }));
+        attention(t('newCustomer', { customer: name(s.customer) }), s.sessionId);
+      });
     }
     if (!state.selected) state.selected = { kind: 'session', id: s.sessionId };
   }
@@ -435,6 +440,8 @@ async function transfer(s) {
   try {
     await client.request({ transferSession: body });
     transferNote.value = '';
+    transferPick.value = '';
+    transferNote.hidden = true;
   } catch (e) {
     notifyError(e);
   }

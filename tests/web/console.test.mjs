@@ -257,10 +257,17 @@ async function waitStat(page, group, name, value) {
   }, [group, name, String(value)]);
 }
 
+/** With DD_SCREENSHOTS set: the page at desktop size and at phone size. */
 async function shot(page, file) {
   if (!SHOTS) return;
   mkdirSync(SHOTS, { recursive: true });
-  await page.screenshot({ path: path.join(SHOTS, file) });
+  const size = page.viewportSize();
+  for (const [suffix, viewport] of [['', { width: 1280, height: 800 }], ['-phone', { width: 390, height: 844 }]]) {
+    await page.setViewportSize(viewport);
+    await page.evaluate(() => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r))));
+    await page.screenshot({ path: path.join(SHOTS, file.replace(/\.png$/, `${suffix}.png`)) });
+  }
+  await page.setViewportSize(size);
 }
 
 function assertOnceInOrder(ms, expected) {
@@ -413,7 +420,7 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
   await carol.close();
   await say(bob, 'Your parcel left the warehouse today.');
   carol = await carolP.open('/chat');
-  await signIn(carol, 'carol', 'customer');
+  await signIn(carol, 'carol', 'customer', 'Carol 王');
   await waitMessage(carol, 'Your parcel left the warehouse today.');
   // The pending message is replayed first; the session's history fills in
   // behind it (one more round trip).
@@ -815,6 +822,21 @@ scenario('the widget speaks Chinese to a Chinese browser, and English once switc
   await waitText(wei, '#sessions', /设为在线即可接待顾客。/);
   assert.equal(await wei.$eval('#status option[value="ONLINE"]', (o) => o.textContent), '● 在线');
   await assertAccessible(wei, 'the workspace in Chinese');
+  // wei goes online; a customer with a Chinese name asks in Chinese.
+  await wei.selectOption('#status', 'ONLINE');
+  const lan = await (await person('lan', { width: 390, height: 844 }, 'zh-CN')).open('/chat');
+  await signIn(lan, 'lan', 'customer', '林小姐');
+  await lan.selectOption('#group', 'default');
+  await lan.fill('#question', '请问这件衣服有 M 码吗？');
+  await lan.click('#request');
+  await waitText(lan, '#agent-name', /wei/);
+  await wei.waitForSelector('[data-customer="lan"]');
+  await waitText(wei, '#conv-customer', /^林小姐$/);
+  await waitMessage(wei, '请问这件衣服有 M 码吗？');
+  await say(wei, '有的，M 码还有货。');
+  await waitMessage(lan, '有的，M 码还有货。');
+  await waitText(wei, '#customer-panel h3', /^顾客$/);
+  await assertAccessible(wei, 'the workspace in Chinese with a session');
   await shot(wei, 'console-agent-zh.png');
   assert.deepEqual(wei.ddErrors, []);
   const boss = await (await person('boss', { width: 1280, height: 800 }, 'zh-CN')).open('/supervisor');
