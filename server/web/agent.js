@@ -7,7 +7,7 @@
 
 import { Client, MessageStore, api, wsUrl, deviceIdFor, catchUp, loadOlder, sendTracked, storage } from './dd.js';
 import { translator, languagePicker } from './i18n.js';
-import { el, $, duration, clock, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, contentFromInput, contentNode, enterSubmits, People, safeUrl } from './ui.js';
+import { el, $, duration, clock, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, contentFromInput, contentNode, enterSubmits, People, safeUrl, typingSignals, typingIndicator } from './ui.js';
 
 // Every string of this page, in each language.
 const t = translator({
@@ -46,6 +46,7 @@ const t = translator({
     noRecent: 'Sessions you close appear here.', endedLine: '{customer} · {date}',
     readOnly: 'This session has ended.', sound: 'Sound', notifications: 'Desktop notifications',
     newMessageFrom: 'New message from {customer}',
+    isTyping: '{name} is typing…',
   },
   'zh-CN': {
     title: '客服工作台', signOut: '退出',
@@ -80,6 +81,7 @@ const t = translator({
     noRecent: '结束的会话会出现在这里。', endedLine: '{customer} · {date}',
     readOnly: '此会话已结束。', sound: '提示音', notifications: '桌面通知',
     newMessageFrom: '{customer} 发来新消息',
+    isTyping: '{name} 正在输入…',
     transferToLabel: '转接给 ', transfer: '转接', endSession: '结束会话',
     answeringLeftBy: '正在回复留言，留言人 ', pickSession: '请在左侧选择一个会话。',
   },
@@ -157,7 +159,8 @@ transferPick.addEventListener('change', () => { transferNote.hidden = !transferP
 const recentList = el('ul', { id: 'recent', class: 'list', 'aria-label': t('recent') });
 const panel = el('aside', { class: 'context', id: 'customer-panel', 'aria-label': t('customer') });
 const noteBox = el('textarea', { id: 'customer-note', rows: 4, maxLength: 2000 });
-const pane = el('section', { class: 'pane', id: 'pane' }, convHead, older, list, composer);
+const typingLine = el('div', { id: 'typing', class: 'typing muted small', hidden: true, 'aria-live': 'polite' });
+const pane = el('section', { class: 'pane', id: 'pane' }, convHead, older, list, typingLine, composer);
 
 // Sound and desktop notifications, each switchable, remembered per browser.
 const prefs = storage('local');
@@ -192,10 +195,13 @@ statusSel.addEventListener('change', async () => {
 });
 
 enterSubmits(input, composer);
+const stopTyping = typingSignals(client, input, () => currentPeer());
+const hideTyping = typingIndicator(client, typingLine, () => currentPeer(), (u) => t('isTyping', { name: name(u) }));
 composer.addEventListener('submit', (ev) => {
   ev.preventDefault();
   const peer = currentPeer();
   if (!peer || !input.value.trim()) return;
+  stopTyping();
   const content = contentFromInput(input.value, asImage.checked);
   if (!content) return notify(t('badImageLink'), 'error');
   input.value = '';
@@ -630,6 +636,7 @@ function renderSide() {
       onclick: () => {
         state.selected = { kind: 'session', id: s.sessionId };
         state.unread.delete(s.sessionId);
+        hideTyping();
         renderAll();
         input.focus();
       },

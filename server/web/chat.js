@@ -5,7 +5,7 @@
 
 import { Client, MessageStore, api, wsUrl, deviceIdFor, catchUp, loadOlder, storage, sendTracked } from './dd.js';
 import { translator, languagePicker } from './i18n.js';
-import { el, $, duration, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, enterSubmits, People } from './ui.js';
+import { el, $, duration, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, enterSubmits, People, typingSignals, typingIndicator } from './ui.js';
 
 // Every string of this page, in each language.
 const t = translator({
@@ -71,6 +71,7 @@ const t = translator({
     nobodyServed: 'not answered',
     stars: '{n}★',
     showChat: 'Show the chat',
+    isTyping: '{name} is typing…',
   },
   'zh-CN': {
     title: '在线客服',
@@ -134,6 +135,7 @@ const t = translator({
     nobodyServed: '未接待',
     stars: '{n}★',
     showChat: '查看对话',
+    isTyping: '{name} 正在输入…',
   },
 });
 
@@ -553,6 +555,11 @@ const input = el('textarea', { id: 'input', rows: 2, placeholder: t('typeMessage
 const sendBtn = el('button', { class: 'primary', id: 'send', type: 'submit' }, t('send'));
 const composer = el('form', { id: 'composer', class: 'composer' }, input, sendBtn);
 enterSubmits(input, composer);
+// Typing, both ways, with whom we chat.
+const chatPeer = () => (state.view === 'active' && state.session ? state.session.agent : state.replyTo || null);
+const stopTyping = typingSignals(client, input, chatPeer);
+const typingLine = el('div', { id: 'typing', class: 'typing muted small', hidden: true, 'aria-live': 'polite' });
+typingIndicator(client, typingLine, chatPeer, (u) => t('isTyping', { name: people.name(u) }));
 composer.addEventListener('submit', (ev) => {
   ev.preventDefault();
   const text = input.value.trim();
@@ -567,6 +574,7 @@ composer.addEventListener('submit', (ev) => {
   const to = state.view === 'active' && state.session ? state.session.agent : state.replyTo;
   if (!text || !to) return;
   input.value = '';
+  stopTyping();
   send(to, { text });
 });
 
@@ -632,5 +640,5 @@ async function render() {
   if (chatting && document.activeElement !== input) input.focus();
 }
 
-main.replaceChildren(el('div', { class: 'chat' }, older, list, stage, composer));
+main.replaceChildren(el('div', { class: 'chat' }, older, list, typingLine, stage, composer));
 render();

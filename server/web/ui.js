@@ -446,3 +446,67 @@ export function handoverMark(customer, words) {
     return from && to && from !== to ? words(from, to) : null;
   };
 }
+
+/**
+ * Tells `peer()` while the user types into `input`: "typing" at the first
+ * keystroke and again every 3 s while it goes on; "stopped" after 4 s
+ * without a keystroke, when the text is cleared, or when the returned
+ * function is called (on send).
+ */
+export function typingSignals(client, input, peer) {
+  let sentAt = 0;
+  let to = null;
+  let idle;
+  const signal = (typing) => {
+    if (to && client.authed) client.raw({ typing: { toUser: to, typing } });
+  };
+  const stop = () => {
+    clearTimeout(idle);
+    if (sentAt) signal(false);
+    sentAt = 0;
+  };
+  input.addEventListener('input', () => {
+    const p = peer();
+    if (p !== to) {
+      stop();
+      to = p;
+    }
+    if (!to || !input.value.trim()) return stop();
+    const now = Date.now();
+    if (now - sentAt >= 3000) {
+      signal(true);
+      sentAt = now;
+    }
+    clearTimeout(idle);
+    idle = setTimeout(stop, 4000);
+  });
+  return stop;
+}
+
+/**
+ * Shows `words(user)` in `line` while `peer()` types: from their Typing
+ * pushes, until they stop, their message arrives, or 6 s pass without a
+ * refresh.
+ */
+export function typingIndicator(client, line, peer, words) {
+  let timer;
+  const hide = () => {
+    clearTimeout(timer);
+    line.hidden = true;
+  };
+  client.addEventListener('frame', (ev) => {
+    const f = ev.detail;
+    if (f.deliver && f.deliver.message.fromUser === peer()) return hide();
+    const t = f.typing;
+    if (!t || !t.fromUser) return;
+    if (t.fromUser !== peer() || !t.typing) {
+      if (t.fromUser === peer()) hide();
+      return;
+    }
+    clearTimeout(timer);
+    line.textContent = words(t.fromUser);
+    line.hidden = false;
+    timer = setTimeout(hide, 6000);
+  });
+  return hide;
+}

@@ -351,8 +351,14 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
   await amy.click('#customer-panel .close-panel');
   assert.equal(await amy.isHidden('#customer-panel'), true);
 
+  // Each sees the other typing, and it goes when the message comes.
+  await amy.fill('#input', 'Hi carol');
+  await waitText(carol, '#typing:not([hidden])', /^amy is typing…$/);
   await say(amy, 'Hi carol, I am amy. What is the order number?');
   await waitMessage(carol, 'Hi carol, I am amy. What is the order number?');
+  await carol.waitForSelector('#typing', { state: 'hidden' });
+  await carol.fill('#input', 'It is');
+  await waitText(amy, '#typing:not([hidden])', /^Carol 王 is typing…$/);
   await say(carol, 'It is 1234');
   await waitMessage(amy, 'It is 1234');
   const picture = `${base}/web/icon.svg`;

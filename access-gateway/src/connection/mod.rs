@@ -32,6 +32,7 @@
 mod login;
 mod outbox;
 mod requests;
+mod typing;
 mod wire;
 
 use crate::Gateway;
@@ -245,6 +246,8 @@ struct Conn<S> {
     limiter: DefaultDirectRateLimiter,
     /// Frames rejected by the rate limit since the last accepted one.
     rejected_in_row: u32,
+    /// Typing signals forwarded lately (allocated on the first).
+    typing: Option<Box<typing::TypingState>>,
     last_heard: Instant,
     pinged: bool,
     /// Which source is polled first next time: the socket or the mailbox.
@@ -275,6 +278,7 @@ impl<S> Conn<S> {
             order: dispatch::SendOrder::default(),
             sends_in_flight: 0,
             rejected_in_row: 0,
+            typing: None,
             last_heard: now,
             pinged: false,
             read_first: true,

@@ -94,6 +94,7 @@ impl<S> Conn<S> {
                 }));
                 Ok(())
             }
+            Body::Typing(t) => self.on_typing(req_id, t),
             Body::Ping(_) => {
                 let pong = pb::Pong { server_time_ms: im_core::now_ms() };
                 self.emit(&Frame { req_id, body: Some(Body::Pong(pong)) })

@@ -458,3 +458,55 @@ async fn json_text_frames_work_end_to_end() {
     assert_eq!(code(&e), ErrorCode::InvalidArgument);
     s.stop().await;
 }
+
+fn typing(to: &str, on: bool) -> pb::frame::Body {
+    pb::frame::Body::Typing(pb::Typing { to_user: to.into(), typing: on, ..Default::default() })
+}
+
+async fn next_typing(c: &mut Client) -> pb::Typing {
+    c.next_matching("Typing", |b| match b {
+        pb::frame::Body::Typing(t) => Some(t.clone()),
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_reaches_the_peers_devices_and_nothing_else() {
+    let s = TestServer::start().await;
+    let mut alice = s.login("acme", "alice", "a1").await;
+    let mut bob_phone = s.login("acme", "bob", "phone").await;
+    let mut bob_web = s.login("acme", "bob", "web").await;
+    let mut other_bob = s.login("other", "bob", "phone").await;
+    let conv = im_core::conversation_id("acme", "alice", "bob");
+
+    // Every device of the peer, with who and where; no answer to the sender.
+    alice.send_frame(&pb::Frame { req_id: 0, body: Some(typing("bob", true)) }).await;
+    for bob in [&mut bob_phone, &mut bob_web] {
+        let t = next_typing(bob).await;
+        assert_eq!((t.from_user.as_str(), t.conversation_id.as_str(), t.typing), ("alice", conv.as_str(), true));
+        assert!(t.to_user.is_empty());
+    }
+    // A keystroke later it is dropped; the stop goes through.
+    alice.send_frame(&pb::Frame { req_id: 0, body: Some(typing("bob", true)) }).await;
+    alice.send_frame(&pb::Frame { req_id: 0, body: Some(typing("bob", false)) }).await;
+    assert!(!next_typing(&mut bob_phone).await.typing, "the repeated 'typing' was not forwarded");
+    // Never stored or pending: a device connecting later gets none of it,
+    // and another tenant's bob never did.
+    let mut bob_late = s.login("acme", "bob", "late").await;
+    alice.send_text("bob", "after-typing", "here is my question").await.unwrap();
+    let first = bob_late.next_frame().await;
+    assert!(matches!(first.body, Some(pb::frame::Body::Deliver(_))), "{first:?}");
+    let mut carol = s.login("other", "carol", "c").await;
+    carol.send_text("bob", "x", "hi from the other tenant").await.unwrap();
+    assert!(matches!(other_bob.next_frame().await.body, Some(pb::frame::Body::Deliver(_))));
+    // Typing to someone offline is no error.
+    alice.send_frame(&pb::Frame { req_id: 0, body: Some(typing("nobody-here", true)) }).await;
+    // Bad input gets a clear error.
+    for bad in [typing("", true), typing("alice", true), typing(&"x".repeat(200), true)] {
+        let e = alice.request(bad).await;
+        let Some(pb::frame::Body::Error(e)) = e.body else { panic!("{e:?}") };
+        assert_eq!(code(&e), ErrorCode::InvalidArgument, "{e:?}");
+    }
+    assert_eq!(alice.send_text("bob", "still-fine", "still fine").await.unwrap().seq, 2);
+}
