@@ -16,6 +16,8 @@ pub struct GatewayConfig {
     pub max_inflight: usize,
     /// Sends of one connection being stored at the same time.
     pub max_sends_in_flight: usize,
+    /// Users one connection may watch the presence of.
+    pub max_presence_subscriptions: usize,
     /// Time allowed for the WebSocket handshake and then for the Auth frame.
     pub auth_timeout: Duration,
     /// A connection silent this long is closed (a WebSocket ping is sent at half).
@@ -42,6 +44,7 @@ impl Default for GatewayConfig {
             delivery_queue: 1024,
             max_inflight: 512,
             max_sends_in_flight: 64,
+            max_presence_subscriptions: 200,
             auth_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
             ack_timeout: Duration::from_secs(10),

@@ -254,9 +254,12 @@ impl CsService {
     /// until then; a node that stops meanwhile leaves them waiting (until
     /// their group's max wait).
     fn customer_left(self: &Arc<Self>, caller: &Caller) {
-        let (this, caller) = (self.clone(), caller.clone());
+        // Weak while it waits: a stopping server is not kept from closing
+        // its store by a timer.
+        let (weak, caller, grace) = (Arc::downgrade(self), caller.clone(), self.config.customer_grace);
         tokio::spawn(async move {
-            tokio::time::sleep(this.config.customer_grace).await;
+            tokio::time::sleep(grace).await;
+            let Some(this) = weak.upgrade() else { return };
             match this.router().is_connected(caller.tenant(), caller.user()).await {
                 Ok(false) => {}
                 Ok(true) => return,

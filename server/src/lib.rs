@@ -21,6 +21,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+/// Presence changes within this window are announced once, as they stand.
+const PRESENCE_WINDOW: std::time::Duration = std::time::Duration::from_millis(500);
+/// How often each node looks up again the users its connections watch.
+const PRESENCE_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
+
 /// Opens the configured storage backend for node `node_id`. The embedded
 /// store is returned too, so that shutdown can close it.
 pub async fn open_storage(config: &Config, node_id: &str) -> anyhow::Result<(Backends, Option<Arc<EmbeddedStore>>)> {
@@ -75,6 +80,7 @@ pub async fn run_with_backends(
     if let Some(bus) = &backends.bus {
         router.attach_bus(bus.clone(), shutdown.clone()).await.context("cannot subscribe to the node bus")?;
     }
+    router.start_presence(PRESENCE_WINDOW, PRESENCE_RECHECK, shutdown.clone());
     let cs_store = backends.cs.clone();
     let dispatch = Dispatcher::new(backends, router.clone(), config.dispatch());
     let cs = cs_queue::CsService::start(cs_store, dispatch.clone(), config.cs(), shutdown.clone());

@@ -47,6 +47,7 @@ const t = translator({
     readOnly: 'This session has ended.', sound: 'Sound', notifications: 'Desktop notifications',
     newMessageFrom: 'New message from {customer}',
     isTyping: '{name} is typing…',
+    isOnline: '● online', isOffline: '○ offline', lastSeen: '○ offline, last seen {when}',
   },
   'zh-CN': {
     title: '客服工作台', signOut: '退出',
@@ -82,6 +83,7 @@ const t = translator({
     readOnly: '此会话已结束。', sound: '提示音', notifications: '桌面通知',
     newMessageFrom: '{customer} 发来新消息',
     isTyping: '{name} 正在输入…',
+    isOnline: '● 在线', isOffline: '○ 离线', lastSeen: '○ 离线，最后在线 {when}',
     transferToLabel: '转接给 ', transfer: '转接', endSession: '结束会话',
     answeringLeftBy: '正在回复留言，留言人 ', pickSession: '请在左侧选择一个会话。',
   },
@@ -125,7 +127,20 @@ const state = {
   recent: [], // our ended sessions, newest first (HTTP form)
   targets: { agents: [], groups: [] }, // whom we can transfer to
   panelOpen: false, // the customer panel, on narrow windows
+  presence: new Map(), // user -> PresenceUpdate of the customers we serve
+  watching: new Set(), // users subscribed on this connection
 };
+
+/** Watches the online state of every customer we serve (once each per connection). */
+function watchCustomers() {
+  const users = [...state.sessions.values()].map((s) => s.customer).filter((u) => !state.watching.has(u));
+  if (!users.length || !client.authed) return;
+  for (const u of users) state.watching.add(u);
+  client.request({ presenceSubscribe: { users } }).catch((e) => {
+    for (const u of users) state.watching.delete(u);
+    if (e.code !== 'TOO_LARGE') notifyError(e);
+  });
+}
 
 // --- layout ---------------------------------------------------------------------
 
@@ -265,6 +280,7 @@ function addSession(s, announce) {
     if (!state.selected) state.selected = { kind: 'session', id: s.sessionId };
   }
   fillSession(s);
+  watchCustomers();
 }
 
 function dropSession(s, why) {
@@ -295,6 +311,11 @@ client.addEventListener('frame', (ev) => {
       state.waitingSince.set(s.sessionId, 0);
     }
     renderAll();
+    return;
+  }
+  if (f.presenceUpdate) {
+    state.presence.set(f.presenceUpdate.user, f.presenceUpdate);
+    renderConversation();
     return;
   }
   if (f.csState) {
@@ -681,7 +702,7 @@ function renderConversation() {
     if (!state.targets.groups.length) loadTargets();
     convHead.replaceChildren(
       el('div', { class: 'who' }, people.avatar(s.customer),
-        el('div', {}, el('strong', { id: 'conv-customer' }, name(s.customer)), ' ',
+        el('div', {}, el('strong', { id: 'conv-customer' }, name(s.customer)), ' ', presenceNode(s.customer), ' ',
           el('span', { class: 'muted' }, t('groupSince', { group: s.group, since: clock(s.assignedMs || s.createdMs) })),
           (s.previousAgents || []).length ? el('span', { class: 'muted' }, t('before', { agents: s.previousAgents.map(name).join(', ') })) : '',
           s.transferNote ? el('div', { class: 'transfer-note small', id: 'transfer-note-shown' },
@@ -733,6 +754,14 @@ function renderConversation() {
   if (!past) list.ddPast = null;
 }
 
+/** Whether the customer is online, or since when they are gone. */
+function presenceNode(user) {
+  const p = state.presence.get(user);
+  if (!p) return '';
+  const text = p.online ? t('isOnline') : Number(p.lastSeenMs || 0) ? t('lastSeen', { when: clock(p.lastSeenMs) }) : t('isOffline');
+  return el('span', { id: 'customer-presence', class: `presence ${p.online ? 'on' : 'off'} small`, 'data-online': String(!!p.online) }, text);
+}
+
 function retry(m) {
   store.local.delete(m.clientMsgId);
   send(m.toUser, m.content);
@@ -768,6 +797,7 @@ setInterval(() => { if (state.manual.length && client.authed) loadManualGroups()
 
 client.addEventListener('ready', () => {
   state.synced = false;
+  state.watching.clear(); // subscriptions belong to the connection
   refreshState();
   loadReplies();
   loadRecent();

@@ -20,8 +20,10 @@ use storage::{DeviceKey, NodeBus, PresenceEntry, PresenceRegistry, StorageError}
 use tokio_util::sync::CancellationToken;
 
 mod mailbox;
+mod watch;
 
 pub use mailbox::{KickReason, Mail, Mailbox, Push, Refused};
+pub use watch::WatchError;
 
 /// What the router keeps per local connection.
 struct LocalConn {
@@ -47,12 +49,14 @@ pub struct Router {
     last_epoch: AtomicU64,
     delivery_queue: usize,
     bus: OnceLock<Arc<dyn NodeBus>>,
+    watchers: watch::Watchers,
 }
 
 /// What travels on the node bus: `[kind][conn_id: 8 bytes BE][epoch: 8 bytes BE][body]`.
 const BUS_DELIVER: u8 = 1;
 const BUS_KICK_REPLACED: u8 = 2;
 const BUS_EVENT: u8 = 3;
+const BUS_PRESENCE: u8 = 4;
 
 fn bus_frame(kind: u8, conn_id: u64, epoch: u64, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(17 + body.len());
@@ -74,6 +78,7 @@ impl Router {
             last_epoch: AtomicU64::new(0),
             delivery_queue: delivery_queue.max(1),
             bus: OnceLock::new(),
+            watchers: Default::default(),
         }
     }
 
@@ -86,12 +91,16 @@ impl Router {
         shutdown: CancellationToken,
     ) -> Result<(), StorageError> {
         let mut inbox = bus.subscribe(&self.node_id).await?;
+        let mut presence = bus.subscribe(watch::PRESENCE_CHANNEL).await?;
         let _ = self.bus.set(bus);
         let this = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
                 let payload = tokio::select! {
                     p = inbox.recv() => match p { Some(p) => p, None => break },
+                    // A resubscription of the broadcast needs no resync:
+                    // the rechecks find what it missed.
+                    p = presence.recv() => match p { Some(p) if !p.is_empty() => p, Some(_) => continue, None => break },
                     _ = shutdown.cancelled() => break,
                 };
                 let Some(router) = this.upgrade() else { break };
@@ -132,6 +141,7 @@ impl Router {
                 }
                 Err(_) => metrics::counter!("dongdong_bus_malformed_total").increment(1),
             },
+            BUS_PRESENCE => self.on_presence_bus(&payload[17..]),
             BUS_KICK_REPLACED => {
                 if let Some(conn) = self.local.get(&conn_id).filter(|c| c.epoch == epoch) {
                     conn.mailbox.kick(CloseCode::Replaced, "replaced by a newer connection of the same device");
@@ -173,6 +183,7 @@ impl Router {
         let epoch = self.next_epoch();
         let mailbox = Arc::new(Mailbox::new(self.delivery_queue));
         self.local.insert(conn_id, LocalConn { device: device.clone(), epoch, mailbox: mailbox.clone() });
+        self.watchers.mark(&device.tenant, &device.user);
         let entry = PresenceEntry { device, node_id: self.node_id.clone(), conn_id, epoch };
         match self.presence.register(entry).await {
             Ok(Some(old)) => self.close_replaced(&old),
@@ -210,11 +221,13 @@ impl Router {
             return;
         };
         conn.mailbox.close();
+        self.watchers.drop_conn(conn_id);
         metrics::gauge!("dongdong_connections").set(self.local.len() as f64);
         if let Err(e) = self.presence.unregister(&conn.device, conn.epoch).await {
             // The entry then expires with its TTL where presence has one.
             tracing::warn!(error = %e, conn_id, "presence unregister failed");
         }
+        self.watchers.mark(&conn.device.tenant, &conn.device.user);
     }
 
     /// Pushes a stored message to every connected device of its recipient and

@@ -381,6 +381,17 @@ pub async fn presence_replace_and_compare_and_delete(b: &Backends) {
     assert!(b.presence.unregister(&DeviceKey::new(&t, "alice", "phone"), 12).await.unwrap());
     assert!(b.presence.unregister(&DeviceKey::new(&t, "alice", "laptop"), 11).await.unwrap());
     assert!(!b.presence.unregister(&DeviceKey::new(&t, "alice", "laptop"), 11).await.unwrap());
+    // The recorded state: changes only, and when last seen.
+    let p = &b.presence;
+    assert_eq!(p.last_seen(&t, "alice").await.unwrap(), 0, "never recorded");
+    assert!(!p.record_online(&t, "alice", false, 5).await.unwrap(), "unknown counts as offline");
+    assert!(p.record_online(&t, "alice", true, 10).await.unwrap());
+    assert!(!p.record_online(&t, "alice", true, 11).await.unwrap());
+    assert_eq!(p.last_seen(&t, "alice").await.unwrap(), 0, "online");
+    assert!(p.record_online(&t, "alice", false, 20).await.unwrap());
+    assert!(!p.record_online(&t, "alice", false, 30).await.unwrap());
+    assert_eq!(p.last_seen(&t, "alice").await.unwrap(), 20);
+    assert_eq!(p.last_seen(&tenant(), "alice").await.unwrap(), 0, "another tenant's alice");
     assert!(b.presence.lookup(&t, "alice").await.unwrap().is_empty());
 }
 

@@ -159,6 +159,15 @@ pub trait PresenceRegistry: Send + Sync + 'static {
 
     /// Every connected device of the user.
     async fn lookup(&self, tenant: &str, user: &str) -> Result<Vec<PresenceEntry>>;
+
+    /// Records whether the user is online now (as a lookup found them) and
+    /// returns whether that is a change from what was recorded last (a
+    /// user never recorded counts as offline). Going offline records
+    /// `now_ms` as when they were last seen.
+    async fn record_online(&self, tenant: &str, user: &str, online: bool, now_ms: u64) -> Result<bool>;
+
+    /// When the user was last recorded going offline (0: never, or online).
+    async fn last_seen(&self, tenant: &str, user: &str) -> Result<u64>;
 }
 
 /// Carries pushes between the nodes of a cluster: each node receives on its

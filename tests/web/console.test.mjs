@@ -351,6 +351,8 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
   await amy.click('#customer-panel .close-panel');
   assert.equal(await amy.isHidden('#customer-panel'), true);
 
+  // amy sees that carol is online.
+  await waitText(amy, '#customer-presence', /online/);
   // Each sees the other typing, and it goes when the message comes.
   await amy.fill('#input', 'Hi carol');
   await waitText(carol, '#typing:not([hidden])', /^amy is typing…$/);
@@ -422,12 +424,16 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
   await waitMessage(bob, expected[expected.length - 1]);
   assertOnceInOrder(await shownMessages(bob), expected);
 
-  // carol closes the tab; bob writes; she comes back in a new tab and gets it.
+  // carol closes the tab: bob sees her go; bob writes; she comes back in a
+  // new tab, gets it, and bob sees her back.
+  await waitText(bob, '#customer-presence', /^● online$/);
   await carol.close();
+  await waitText(bob, '#customer-presence', /offline, last seen/);
   await say(bob, 'Your parcel left the warehouse today.');
   carol = await carolP.open('/chat');
   await signIn(carol, 'carol', 'customer', 'Carol 王');
   await waitMessage(carol, 'Your parcel left the warehouse today.');
+  await waitText(bob, '#customer-presence', /^● online$/);
   // The pending message is replayed first; the session's history fills in
   // behind it (one more round trip).
   await carol.waitForFunction((n) => document.querySelectorAll('#messages .msg').length >= n, expected.length + 1);

@@ -31,6 +31,7 @@
 
 mod login;
 mod outbox;
+mod presence;
 mod requests;
 mod typing;
 mod wire;

@@ -95,6 +95,8 @@ impl<S> Conn<S> {
                 Ok(())
             }
             Body::Typing(t) => self.on_typing(req_id, t),
+            Body::PresenceSubscribe(p) => self.on_presence_subscribe(req_id, p),
+            Body::PresenceUnsubscribe(p) => self.on_presence_unsubscribe(p),
             Body::Ping(_) => {
                 let pong = pb::Pong { server_time_ms: im_core::now_ms() };
                 self.emit(&Frame { req_id, body: Some(Body::Pong(pong)) })

@@ -83,6 +83,7 @@ pub(crate) fn server_frame_name(body: &Body) -> &'static str {
         Body::LeaveMessageOffer(_) => "LeaveMessageOffer",
         Body::CsState(_) => "CsState",
         Body::CsOk(_) => "CsOk",
+        Body::PresenceUpdate(_) => "PresenceUpdate",
         _ => "a client frame",
     }
 }

@@ -45,6 +45,23 @@ end
 return 0
 "#;
 
+/// Sets the user's recorded state if it changed. KEYS: the state key. ARGV:
+/// "1" online / "0" offline, now ms, ttl s. Returns 1 when it changed.
+const RECORD_ONLINE: &str = r#"
+local v = redis.call('GET', KEYS[1])
+local online = ARGV[1] == '1'
+if (v == 'on') == online then return 0 end
+redis.call('SET', KEYS[1], online and 'on' or ARGV[2], 'EX', ARGV[3])
+return 1
+"#;
+
+/// How long a user's recorded state (and last-seen time) is kept.
+const SEEN_TTL_S: u64 = 90 * 24 * 3600;
+
+fn seen_key(tenant: &str, user: &str) -> String {
+    format!("dd:{}:seen", super::user_tag(tenant, user))
+}
+
 pub struct RedisPresence {
     redis: ConnectionManager,
     ttl: Duration,
@@ -180,5 +197,27 @@ impl PresenceRegistry for RedisPresence {
             .filter(|(_, expires)| *expires > now)
             .map(|(e, _)| e)
             .collect())
+    }
+
+    async fn record_online(&self, tenant: &str, user: &str, online: bool, now_ms: u64) -> Result<bool> {
+        let _t = CallTimer::new("redis", "presence_state");
+        let changed: u32 = redis::Script::new(RECORD_ONLINE)
+            .key(seen_key(tenant, user))
+            .arg(if online { "1" } else { "0" })
+            .arg(now_ms)
+            .arg(SEEN_TTL_S)
+            .invoke_async(&mut self.redis.clone())
+            .await
+            .map_err(redis_err("presence state"))?;
+        Ok(changed == 1)
+    }
+
+    async fn last_seen(&self, tenant: &str, user: &str) -> Result<u64> {
+        let v: Option<String> = redis::cmd("GET")
+            .arg(seen_key(tenant, user))
+            .query_async(&mut self.redis.clone())
+            .await
+            .map_err(redis_err("presence state"))?;
+        Ok(v.and_then(|v| v.parse().ok()).unwrap_or(0))
     }
 }

@@ -12,6 +12,8 @@ use dashmap::DashMap;
 #[derive(Default)]
 pub struct MemoryPresence {
     users: DashMap<Box<str>, Devices>,
+    /// Recorded state per user: `ONLINE`, or when last seen (ms).
+    seen: DashMap<Box<str>, u64>,
 }
 
 /// The connected devices of one user.
@@ -94,4 +96,20 @@ impl PresenceRegistry for MemoryPresence {
     async fn lookup(&self, tenant: &str, user: &str) -> Result<Vec<PresenceEntry>> {
         Ok(self.users.get(&user_key(tenant, user)).map(|d| d.as_slice().to_vec()).unwrap_or_default())
     }
+
+    async fn record_online(&self, tenant: &str, user: &str, online: bool, now_ms: u64) -> Result<bool> {
+        let mut slot = self.seen.entry(user_key(tenant, user)).or_insert(0);
+        let was = *slot == ONLINE;
+        if was != online {
+            *slot = if online { ONLINE } else { now_ms };
+        }
+        Ok(was != online)
+    }
+
+    async fn last_seen(&self, tenant: &str, user: &str) -> Result<u64> {
+        Ok(self.seen.get(&user_key(tenant, user)).map_or(0, |v| if *v == ONLINE { 0 } else { *v }))
+    }
 }
+
+/// The recorded state of a user who is online.
+const ONLINE: u64 = u64::MAX;

@@ -118,6 +118,36 @@ async fn three_nodes_chat_across_nodes_and_devices() {
     assert_eq!(a1.auth_ok.as_ref().unwrap().node_id, c.node_id(0));
     assert_eq!(b1.auth_ok.as_ref().unwrap().node_id, c.node_id(1));
 
+    // Presence and typing cross nodes: a watcher on node 0 learns that
+    // carol came online on node 1 and went again; bob on nodes 1 and 2 sees
+    // alice (node 0) typing.
+    let mut w = c.login(0, "watcher", "w").await;
+    let sub = Body::PresenceSubscribe(pb::PresenceSubscribe { users: vec!["carol".into()] });
+    let Some(Body::PresenceUpdate(u)) = w.request(sub).await.body else { panic!("presence") };
+    assert!(!u.online);
+    let carol = c.login(1, "carol", "c").await;
+    let presence = |b: &Body| match b {
+        Body::PresenceUpdate(u) => Some(u.clone()),
+        _ => None,
+    };
+    let u = w.next_matching("PresenceUpdate", presence).await;
+    assert_eq!((u.user.as_str(), u.online), ("carol", true));
+    carol.close().await;
+    let u = w.next_matching("PresenceUpdate", presence).await;
+    assert_eq!((u.user.as_str(), u.online), ("carol", false));
+    assert!(u.last_seen_ms > 0);
+    let typing = Body::Typing(pb::Typing { to_user: "bob".into(), typing: true, ..Default::default() });
+    a1.send_frame(&pb::Frame { req_id: 0, body: Some(typing) }).await;
+    for b in [&mut b1, &mut b2] {
+        let t = b
+            .next_matching("Typing", |x| match x {
+                Body::Typing(t) => Some(t.clone()),
+                _ => None,
+            })
+            .await;
+        assert_eq!((t.from_user.as_str(), t.typing), ("alice", true));
+    }
+
     let ack = a1.send_text("bob", "hello", "from node0").await.unwrap();
     assert_eq!(ack.seq, 1);
     for c in [&mut b1, &mut b2, &mut a2] {

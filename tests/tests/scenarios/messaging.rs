@@ -510,3 +510,81 @@ async fn typing_reaches_the_peers_devices_and_nothing_else() {
     }
     assert_eq!(alice.send_text("bob", "still-fine", "still fine").await.unwrap().seq, 2);
 }
+
+async fn next_presence(c: &mut Client) -> pb::PresenceUpdate {
+    c.next_matching("PresenceUpdate", |b| match b {
+        pb::frame::Body::PresenceUpdate(u) => Some(u.clone()),
+        _ => None,
+    })
+    .await
+}
+
+fn subscribe(users: &[&str]) -> pb::frame::Body {
+    pb::frame::Body::PresenceSubscribe(pb::PresenceSubscribe { users: users.iter().map(|u| u.to_string()).collect() })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_now_and_on_each_change_coalesced() {
+    let s = TestServer::start().await;
+    let mut w = s.login("acme", "watcher", "w").await;
+    // The answer: one update per user, with the request's req_id.
+    let req = pb::Frame { req_id: 7, body: Some(subscribe(&["bob", "carol", "dave"])) };
+    w.send_frame(&req).await;
+    let mut now = Vec::new();
+    for _ in 0..3 {
+        let f = w.next_frame().await;
+        assert_eq!(f.req_id, 7);
+        let Some(pb::frame::Body::PresenceUpdate(u)) = f.body else { panic!("{f:?}") };
+        now.push((u.user, u.online, u.last_seen_ms));
+    }
+    let never = |u: &str| (u.to_string(), false, 0);
+    assert_eq!(now, [never("bob"), never("carol"), never("dave")]);
+
+    // bob comes online with two devices: one update.
+    let bob = s.login("acme", "bob", "phone").await;
+    let bob_web = s.login("acme", "bob", "web").await;
+    let u = next_presence(&mut w).await;
+    assert_eq!((u.user.as_str(), u.online), ("bob", true));
+    // carol flaps within the window and another tenant's dave comes: nothing.
+    s.login("acme", "carol", "c").await.close().await;
+    let _other_dave = s.login("other", "dave", "d").await;
+    // One device of bob leaves: still online, nothing; then the last leaves.
+    bob_web.close().await;
+    let dave = s.login("acme", "dave", "d").await;
+    let u = next_presence(&mut w).await;
+    assert_eq!((u.user.as_str(), u.online), ("dave", true), "carol's flap and bob's second device said nothing");
+    let before = im_core::now_ms();
+    bob.close().await;
+    let u = next_presence(&mut w).await;
+    assert_eq!((u.user.as_str(), u.online), ("bob", false));
+    assert!(u.last_seen_ms >= before && u.last_seen_ms <= im_core::now_ms(), "{u:?}");
+    // A new subscription tells when bob was last seen.
+    let mut w2 = s.login("acme", "watcher2", "w").await;
+    let Some(pb::frame::Body::PresenceUpdate(b)) = w2.request(subscribe(&["bob"])).await.body else { panic!() };
+    assert_eq!((b.online, b.last_seen_ms), (false, u.last_seen_ms));
+
+    // Unsubscribed from dave: his leaving is not told; bob's return is.
+    w.send_frame(&pb::Frame {
+        req_id: 0,
+        body: Some(pb::frame::Body::PresenceUnsubscribe(pb::PresenceUnsubscribe { users: vec!["dave".into()] })),
+    })
+    .await;
+    dave.close().await;
+    let _bob = s.login("acme", "bob", "phone").await;
+    let u = next_presence(&mut w).await;
+    assert_eq!((u.user.as_str(), u.online), ("bob", true), "nothing about dave");
+
+    // Bad input and the limit.
+    for bad in [subscribe(&[]), subscribe(&[""]), subscribe(&[&"x".repeat(200)])] {
+        let Some(pb::frame::Body::Error(e)) = w.request(bad).await.body else { panic!() };
+        assert_eq!(code(&e), ErrorCode::InvalidArgument, "{e:?}");
+    }
+    let many: Vec<String> = (0..201).map(|i| format!("u{i}")).collect();
+    let refs: Vec<&str> = many.iter().map(String::as_str).collect();
+    let Some(pb::frame::Body::Error(e)) = w.request(subscribe(&refs)).await.body else { panic!() };
+    assert_eq!(code(&e), ErrorCode::InvalidArgument);
+    // 198 more fit (2 watched), the 199th does not.
+    let Some(pb::frame::Body::PresenceUpdate(_)) = w.request(subscribe(&refs[..198])).await.body else { panic!() };
+    let Some(pb::frame::Body::Error(e)) = w.request(subscribe(&refs[198..199])).await.body else { panic!() };
+    assert_eq!(code(&e), ErrorCode::TooLarge, "{e:?}");
+}

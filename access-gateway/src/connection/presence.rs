@@ -1,0 +1,44 @@
+//! Presence subscriptions of a connection: the router keeps who watches
+//! whom and pushes changes; here the frames are checked and answered.
+
+use super::Conn;
+use super::wire::{Exit, error_frame};
+use im_core::ErrorCode;
+use im_core::ids::validate_id;
+use im_core::pb::{self, Frame, frame::Body};
+use session_router::{Push, WatchError};
+
+impl<S> Conn<S> {
+    pub(super) fn on_presence_subscribe(&mut self, req_id: u64, s: pb::PresenceSubscribe) -> Result<(), Exit> {
+        let max = self.gw.config.max_presence_subscriptions;
+        if s.users.is_empty() || s.users.len() > max {
+            let message = format!("name 1 to {max} users");
+            return self.emit(&error_frame(req_id, ErrorCode::InvalidArgument, message));
+        }
+        if let Some(Err(e)) = s.users.iter().map(|u| validate_id("users", u)).find(Result::is_err) {
+            return self.emit(&error_frame(req_id, ErrorCode::InvalidArgument, e));
+        }
+        let (router, mailbox, conn_id) = (self.gw.dispatch.router().clone(), self.mailbox.clone(), self.conn_id);
+        let tenant = self.device.tenant.clone();
+        // The answer comes through the mailbox, one update per user.
+        tokio::spawn(async move {
+            let replies = match router.watch(conn_id, &tenant, &s.users, max).await {
+                Ok(updates) => {
+                    updates.into_iter().map(|u| Frame { req_id, body: Some(Body::PresenceUpdate(u)) }).collect()
+                }
+                Err(e @ WatchError::TooMany(_)) => vec![error_frame(req_id, ErrorCode::TooLarge, e.to_string())],
+                Err(WatchError::NoConnection) => return,
+                Err(WatchError::Storage(e)) => vec![error_frame(req_id, ErrorCode::Unavailable, e.to_string())],
+            };
+            for r in replies {
+                let _ = mailbox.push(Push::Reply(Box::new(r)));
+            }
+        });
+        Ok(())
+    }
+
+    pub(super) fn on_presence_unsubscribe(&mut self, u: pb::PresenceUnsubscribe) -> Result<(), Exit> {
+        self.gw.dispatch.router().unwatch(self.conn_id, &u.users);
+        Ok(())
+    }
+}
