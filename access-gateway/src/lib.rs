@@ -21,4 +21,6 @@ pub struct Gateway {
     pub signer: Arc<TokenSigner>,
     pub dispatch: Arc<Dispatcher>,
     pub cs: Arc<cs_queue::CsService>,
+    /// Tokens revoked by user: checked at every Auth.
+    pub revocations: Arc<dyn storage::Revocations>,
 }

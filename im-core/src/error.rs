@@ -63,6 +63,9 @@ pub enum CloseCode {
     SlowConsumer = 4002,
     /// Deliveries stayed unacknowledged through every resend.
     AckTimeout = 4003,
+    /// An admin disconnected the user or device, or revoked their tokens;
+    /// the close reason says why. Reconnecting may work unless revoked.
+    LoggedOut = 4004,
 }
 
 impl CloseCode {

@@ -38,6 +38,8 @@ use storage::cs::{GroupView, Policy, Profile, Session, SessionState};
 pub(crate) struct CsApi {
     pub cs: Arc<CsService>,
     pub signer: Arc<TokenSigner>,
+    pub revocations: Arc<dyn storage::Revocations>,
+    pub router: Arc<session_router::Router>,
 }
 
 pub(crate) fn routes(api: CsApi) -> Router {
@@ -58,7 +60,7 @@ pub(crate) fn routes(api: CsApi) -> Router {
         .with_state(api)
 }
 
-struct ApiError(StatusCode, ErrorCode, String);
+pub(crate) struct ApiError(StatusCode, ErrorCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -73,24 +75,24 @@ impl From<ClientError> for ApiError {
     }
 }
 
-fn fail(code: ErrorCode, message: impl Into<String>) -> ApiError {
+pub(crate) fn fail(code: ErrorCode, message: impl Into<String>) -> ApiError {
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     ApiError(status, code, message.into())
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub(crate) type ApiResult = Result<Response, ApiError>;
 
 fn ok(v: Value) -> ApiResult {
     Ok(Json(v).into_response())
 }
 
-fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
+pub(crate) fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(b)| b).map_err(|e| fail(ErrorCode::InvalidArgument, e.body_text()))
 }
 
 impl CsApi {
-    /// The caller the bearer token names.
-    fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    /// The caller the bearer token names, unless the token was revoked.
+    pub(crate) async fn caller(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         let token = headers
             .get("authorization")
             .and_then(|v| v.to_str().ok())
@@ -98,6 +100,14 @@ impl CsApi {
             .ok_or_else(|| fail(ErrorCode::Unauthenticated, "send Authorization: Bearer <token>"))?;
         let claims: Claims =
             self.signer.verify(token.trim()).map_err(|e| fail(ErrorCode::Unauthenticated, e.to_string()))?;
+        let before = self
+            .revocations
+            .revoked_before(&claims.tenant, &claims.sub)
+            .await
+            .map_err(|e| fail(ErrorCode::Unavailable, e.to_string()))?;
+        if claims.iat < before {
+            return Err(fail(ErrorCode::Unauthenticated, "token revoked: sign in again"));
+        }
         Ok(Caller::new(&claims.tenant, &claims.sub, claims.role))
     }
 }
@@ -128,14 +138,14 @@ fn group_summary(v: &GroupView, now: u64) -> Value {
 }
 
 async fn list_groups(State(api): State<CsApi>, headers: HeaderMap) -> ApiResult {
-    let views = api.cs.group_views(&api.caller(&headers)?).await?;
+    let views = api.cs.group_views(&api.caller(&headers).await?).await?;
     let now = im_core::now_ms();
     ok(json!({ "groups": views.iter().map(|v| group_summary(v, now)).collect::<Vec<_>>() }))
 }
 
 /// What a customer may know of the tenant's groups: to pick one.
 async fn service_groups(State(api): State<CsApi>, headers: HeaderMap) -> ApiResult {
-    let views = api.cs.service_groups(&api.caller(&headers)?).await?;
+    let views = api.cs.service_groups(&api.caller(&headers).await?).await?;
     let groups: Vec<Value> = views
         .iter()
         .map(|v| {
@@ -152,7 +162,7 @@ async fn service_groups(State(api): State<CsApi>, headers: HeaderMap) -> ApiResu
 }
 
 async fn get_group(State(api): State<CsApi>, headers: HeaderMap, Path(group): Path<String>) -> ApiResult {
-    let v = api.cs.group_view(&api.caller(&headers)?, &group).await?;
+    let v = api.cs.group_view(&api.caller(&headers).await?, &group).await?;
     ok(group_summary(&v, im_core::now_ms()))
 }
 
@@ -174,7 +184,7 @@ async fn put_group(
     Path(group): Path<String>,
     body: Result<Json<GroupBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
-    let caller = api.caller(&headers)?;
+    let caller = api.caller(&headers).await?;
     let b = json_body(body)?;
     let patch = GroupPatch {
         name: b.name,
@@ -190,7 +200,7 @@ async fn put_group(
 }
 
 async fn delete_group(State(api): State<CsApi>, headers: HeaderMap, Path(group): Path<String>) -> ApiResult {
-    api.cs.delete_group(&api.caller(&headers)?, &group).await?;
+    api.cs.delete_group(&api.caller(&headers).await?, &group).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -207,7 +217,7 @@ async fn put_agent(
     body: Option<Json<AgentBody>>,
 ) -> ApiResult {
     let capacity = body.and_then(|Json(b)| b.capacity);
-    let agent = api.cs.put_member(&api.caller(&headers)?, &group, &agent, capacity).await?;
+    let agent = api.cs.put_member(&api.caller(&headers).await?, &group, &agent, capacity).await?;
     ok(json!(agent))
 }
 
@@ -216,12 +226,12 @@ async fn remove_agent(
     headers: HeaderMap,
     Path((group, agent)): Path<(String, String)>,
 ) -> ApiResult {
-    api.cs.remove_member(&api.caller(&headers)?, &group, &agent).await?;
+    api.cs.remove_member(&api.caller(&headers).await?, &group, &agent).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 async fn group_sessions(State(api): State<CsApi>, headers: HeaderMap, Path(group): Path<String>) -> ApiResult {
-    let v = api.cs.group_view(&api.caller(&headers)?, &group).await?;
+    let v = api.cs.group_view(&api.caller(&headers).await?, &group).await?;
     let now = im_core::now_ms();
     let session = |s: &Session| {
         json!({
@@ -253,12 +263,12 @@ async fn left_messages(
     Path(group): Path<String>,
     Query(q): Query<LimitQuery>,
 ) -> ApiResult {
-    let messages = api.cs.left_messages(&api.caller(&headers)?, &group, q.limit.unwrap_or(50)).await?;
+    let messages = api.cs.left_messages(&api.caller(&headers).await?, &group, q.limit.unwrap_or(50)).await?;
     ok(json!({ "left_messages": messages }))
 }
 
 async fn list_replies(State(api): State<CsApi>, headers: HeaderMap) -> ApiResult {
-    let replies = api.cs.quick_replies(&api.caller(&headers)?).await?;
+    let replies = api.cs.quick_replies(&api.caller(&headers).await?).await?;
     ok(json!({ "quick_replies": replies }))
 }
 
@@ -277,7 +287,7 @@ async fn create_reply(
     headers: HeaderMap,
     body: Result<Json<ReplyBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
-    let caller = api.caller(&headers)?;
+    let caller = api.caller(&headers).await?;
     let b = json_body(body)?;
     let reply = api.cs.create_quick_reply(&caller, b.group, b.title, b.text).await?;
     Ok((StatusCode::CREATED, Json(json!(reply))).into_response())
@@ -289,14 +299,14 @@ async fn update_reply(
     Path(reply_id): Path<String>,
     body: Result<Json<ReplyBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
-    let caller = api.caller(&headers)?;
+    let caller = api.caller(&headers).await?;
     let b = json_body(body)?;
     let reply = api.cs.update_quick_reply(&caller, &reply_id, b.group, b.title, b.text).await?;
     ok(json!(reply))
 }
 
 async fn delete_reply(State(api): State<CsApi>, headers: HeaderMap, Path(reply_id): Path<String>) -> ApiResult {
-    api.cs.delete_quick_reply(&api.caller(&headers)?, &reply_id).await?;
+    api.cs.delete_quick_reply(&api.caller(&headers).await?, &reply_id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -314,7 +324,7 @@ fn profile_json(p: &Profile) -> Value {
 /// Names and avatars, for showing people by name.
 async fn profiles(State(api): State<CsApi>, headers: HeaderMap, Query(q): Query<UsersQuery>) -> ApiResult {
     let ids: Vec<String> = q.ids.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect();
-    let found = api.cs.profiles(&api.caller(&headers)?, &ids).await?;
+    let found = api.cs.profiles(&api.caller(&headers).await?, &ids).await?;
     ok(json!({ "users": found.iter().map(profile_json).collect::<Vec<_>>() }))
 }
 
@@ -354,7 +364,7 @@ async fn past_sessions(
     Path(user): Path<String>,
     Query(q): Query<PageQuery>,
 ) -> ApiResult {
-    let caller = api.caller(&headers)?;
+    let caller = api.caller(&headers).await?;
     let limit = q.limit.unwrap_or(cs_queue::DEFAULT_PAST_SESSIONS);
     let page = api.cs.past_sessions(&caller, &user, q.before_ms, limit).await?;
     ok(json!({
@@ -375,7 +385,7 @@ fn customer_json(p: &Profile) -> Value {
 }
 
 async fn customer(State(api): State<CsApi>, headers: HeaderMap, Path(user): Path<String>) -> ApiResult {
-    let p = api.cs.customer(&api.caller(&headers)?, &user).await?;
+    let p = api.cs.customer(&api.caller(&headers).await?, &user).await?;
     ok(customer_json(&p))
 }
 
@@ -391,14 +401,14 @@ async fn put_note(
     Path(user): Path<String>,
     body: Result<Json<NoteBody>, axum::extract::rejection::JsonRejection>,
 ) -> ApiResult {
-    let caller = api.caller(&headers)?;
+    let caller = api.caller(&headers).await?;
     let b = json_body(body)?;
     let p = api.cs.put_note(&caller, &user, b.note).await?;
     ok(customer_json(&p))
 }
 
 async fn transfer_targets(State(api): State<CsApi>, headers: HeaderMap) -> ApiResult {
-    let caller = api.caller(&headers)?;
+    let caller = api.caller(&headers).await?;
     let t = api.cs.transfer_targets(&caller).await?;
     let ids: Vec<String> = t.agents.iter().map(|a| a.id.clone()).take(cs_queue::MAX_PROFILE_LOOKUP).collect();
     let names = api.cs.profiles(&caller, &ids).await?;

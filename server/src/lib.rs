@@ -2,6 +2,7 @@
 //! gateway and the HTTP endpoints. [`run`] takes already-bound listeners and a
 //! shutdown token, so tests bind port 0 and own the trigger.
 
+mod admin_api;
 pub mod config;
 mod cs_api;
 mod http;
@@ -82,6 +83,7 @@ pub async fn run_with_backends(
     }
     router.start_presence(PRESENCE_WINDOW, PRESENCE_RECHECK, shutdown.clone());
     let cs_store = backends.cs.clone();
+    let revocations = backends.revocations.clone();
     let dispatch = Dispatcher::new(backends, router.clone(), config.dispatch());
     let cs = cs_queue::CsService::start(cs_store, dispatch.clone(), config.cs(), shutdown.clone());
     for g in &config.cs.groups {
@@ -90,7 +92,12 @@ pub async fn run_with_backends(
             .map_err(|e| anyhow::anyhow!("cannot create the configured group {}/{}: {}", g.tenant, g.id, e.message))?;
     }
     let signer = Arc::new(TokenSigner::new(&secret));
-    let api = cs_api::CsApi { cs: cs.clone(), signer: signer.clone() };
+    let api = cs_api::CsApi {
+        cs: cs.clone(),
+        signer: signer.clone(),
+        revocations: revocations.clone(),
+        router: router.clone(),
+    };
     let dev_login = config.auth.secret.is_empty();
     if dev_login {
         tracing::warn!(
@@ -102,8 +109,8 @@ pub async fn run_with_backends(
         ws_port: ws.local_addr()?.port(),
         dev_signer: dev_login.then(|| signer.clone()),
     };
-    let gateway = Arc::new(Gateway { config: config.gateway(), signer, dispatch, cs });
-    let routes = cs_api::routes(api).merge(web::routes(web));
+    let gateway = Arc::new(Gateway { config: config.gateway(), signer, dispatch, cs, revocations });
+    let routes = cs_api::routes(api.clone()).merge(admin_api::routes(api)).merge(web::routes(web));
     let ws_addr = ws.local_addr()?;
     let http_addr = http.local_addr()?;
     info!(

@@ -57,6 +57,7 @@ const BUS_DELIVER: u8 = 1;
 const BUS_KICK_REPLACED: u8 = 2;
 const BUS_EVENT: u8 = 3;
 const BUS_PRESENCE: u8 = 4;
+const BUS_LOGOUT: u8 = 5;
 
 fn bus_frame(kind: u8, conn_id: u64, epoch: u64, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(17 + body.len());
@@ -142,6 +143,12 @@ impl Router {
                 Err(_) => metrics::counter!("dongdong_bus_malformed_total").increment(1),
             },
             BUS_PRESENCE => self.on_presence_bus(&payload[17..]),
+            BUS_LOGOUT => {
+                let reason = String::from_utf8_lossy(&payload[17..]).into_owned();
+                if let Some(conn) = self.local.get(&conn_id).filter(|c| c.epoch == epoch) {
+                    conn.mailbox.kick(CloseCode::LoggedOut, reason);
+                }
+            }
             BUS_KICK_REPLACED => {
                 if let Some(conn) = self.local.get(&conn_id).filter(|c| c.epoch == epoch) {
                     conn.mailbox.kick(CloseCode::Replaced, "replaced by a newer connection of the same device");
@@ -337,6 +344,33 @@ impl Router {
         for conn in self.local.iter().filter(|c| *c.device == *device) {
             conn.mailbox.kick(code, message);
         }
+    }
+
+    /// Closes the user's connections on every node, or only those of
+    /// `device`, with [`CloseCode::LoggedOut`] and `reason`. Returns how many
+    /// it reached (remote ones: told to close).
+    pub async fn log_out(
+        &self,
+        tenant: &str,
+        user: &str,
+        device: Option<&str>,
+        reason: &str,
+    ) -> Result<usize, StorageError> {
+        let entries = self.presence.lookup(tenant, user).await?;
+        let mut closed = 0;
+        for e in entries.iter().filter(|e| device.is_none_or(|d| e.device.device == d)) {
+            if e.node_id == self.node_id {
+                if let Some(conn) = self.local.get(&e.conn_id).filter(|c| c.epoch == e.epoch) {
+                    conn.mailbox.kick(CloseCode::LoggedOut, reason.to_string());
+                    closed += 1;
+                }
+                continue;
+            }
+            let Some(bus) = self.bus.get() else { continue };
+            bus.publish(&e.node_id, bus_frame(BUS_LOGOUT, e.conn_id, e.epoch, reason.as_bytes())).await?;
+            closed += 1;
+        }
+        Ok(closed)
     }
 
     /// Closes every local connection (server shutdown).

@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 /// Why a connection is being closed from outside its own task.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KickReason {
     pub code: CloseCode,
-    pub message: &'static str,
+    pub message: std::borrow::Cow<'static, str>,
 }
 
 /// What the router hands a connection.
@@ -99,7 +99,7 @@ impl Mailbox {
         if state.queue.len() >= self.capacity && !matches!(push, Push::Reply(_)) {
             state.kicked = Some(KickReason {
                 code: CloseCode::SlowConsumer,
-                message: "delivery queue full: the client reads too slowly",
+                message: "delivery queue full: the client reads too slowly".into(),
             });
             Self::wake(state);
             return Err(Refused::Full);
@@ -110,17 +110,17 @@ impl Mailbox {
     }
 
     /// Asks the connection to close; the first reason given wins.
-    pub fn kick(&self, code: CloseCode, message: &'static str) {
+    pub fn kick(&self, code: CloseCode, message: impl Into<std::borrow::Cow<'static, str>>) {
         let mut state = self.lock();
         if state.kicked.is_none() {
-            state.kicked = Some(KickReason { code, message });
+            state.kicked = Some(KickReason { code, message: message.into() });
         }
         Self::wake(state);
     }
 
     /// The reason the connection was kicked, if it was.
     pub fn reason(&self) -> Option<KickReason> {
-        self.lock().kicked
+        self.lock().kicked.clone()
     }
 
     /// Asks the connection to replay its pending set again: pushes meant for
@@ -134,7 +134,7 @@ impl Mailbox {
     /// The next piece of mail, or `Pending` (waking the task when some comes).
     pub fn poll_recv(&self, cx: &mut Context<'_>) -> Poll<Mail> {
         let mut state = self.lock();
-        if let Some(reason) = state.kicked {
+        if let Some(reason) = state.kicked.clone() {
             return Poll::Ready(Mail::Kicked(reason));
         }
         if std::mem::take(&mut state.resync) {

@@ -41,7 +41,8 @@ macro_rules! conformance_suite {
                 cs_agent_grace_and_max_wait,
                 cs_end_rate_left_messages_and_quick_replies,
                 cs_concurrent_assignment_keeps_invariants,
-                cs_past_sessions_and_profiles
+                cs_past_sessions_and_profiles,
+                revocations_only_move_forward
             );
         }
     };
@@ -1080,4 +1081,25 @@ pub async fn cs_past_sessions_and_profiles(b: &Backends) {
     assert_eq!(got, want);
     // Another tenant does not see them.
     assert!(b.cs.profiles(&tenant(), &["c0".into()]).await.unwrap().is_empty());
+}
+
+pub async fn revocations_only_move_forward(b: &Backends) {
+    let (t, r) = (tenant(), &b.revocations);
+    assert_eq!(r.revoked_before(&t, "mallory").await.unwrap(), 0);
+    assert_eq!(r.revoke_before(&t, "mallory", 1_000).await.unwrap(), 1_000);
+    assert_eq!(r.revoke_before(&t, "mallory", 500).await.unwrap(), 1_000, "an earlier time changes nothing");
+    assert_eq!(r.revoke_before(&t, "mallory", 2_000).await.unwrap(), 2_000);
+    assert_eq!(r.revoked_before(&t, "mallory").await.unwrap(), 2_000);
+    assert_eq!(r.revoked_before(&t, "alice").await.unwrap(), 0);
+    assert_eq!(r.revoked_before(&tenant(), "mallory").await.unwrap(), 0, "another tenant's mallory");
+    // Concurrent revocations keep the latest time.
+    let mut tasks = Vec::new();
+    for i in 0..20u64 {
+        let (r, t) = (r.clone(), t.clone());
+        tasks.push(tokio::spawn(async move { r.revoke_before(&t, "eve", 10_000 + i).await.unwrap() }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(r.revoked_before(&t, "eve").await.unwrap(), 10_019);
 }

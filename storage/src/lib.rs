@@ -16,6 +16,8 @@
 //! [`embedded`] keeps everything in one redb file; [`conformance`] is the test
 //! suite every implementation must pass.
 
+mod revocations;
+pub use revocations::Revocations;
 pub mod cluster;
 pub mod conformance;
 pub mod cs;
@@ -203,4 +205,6 @@ pub struct Backends {
     pub health: Arc<dyn HealthCheck>,
     /// Customer-service queues, sessions and left messages.
     pub cs: Arc<dyn cs::CsStore>,
+    /// Revoked tokens.
+    pub revocations: Arc<dyn Revocations>,
 }

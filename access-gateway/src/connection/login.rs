@@ -126,6 +126,18 @@ where
             return Err(reject(encoding, req_id, ErrorCode::Unauthenticated, message, CloseCode::PolicyViolation));
         }
     };
+    match gw.revocations.revoked_before(&claims.tenant, &claims.sub).await {
+        Ok(before) if claims.iat < before => {
+            metrics::counter!("dongdong_auth_failures_total").increment(1);
+            let message = "token revoked: sign in again".to_string();
+            return Err(reject(encoding, req_id, ErrorCode::Unauthenticated, message, CloseCode::PolicyViolation));
+        }
+        Ok(_) => {}
+        Err(e) => {
+            let message = format!("cannot check the token now: {e}");
+            return Err(reject(encoding, req_id, ErrorCode::Unavailable, message, CloseCode::TryAgainLater));
+        }
+    }
     if let Err(e) = im_core::ids::validate_id("device_id", &auth.device_id) {
         return Err(reject(encoding, req_id, ErrorCode::InvalidArgument, e, CloseCode::PolicyViolation));
     }

@@ -62,9 +62,16 @@ pub struct ClusterStore {
     hasher: std::collections::hash_map::RandomState,
     redis: ConnectionManager,
     messages: Collection<Document>,
+    revocations: Collection<Document>,
     inserts: mpsc::Sender<(Document, InsertReply)>,
     last_seq: DashMap<String, u64>,
     max_devices: usize,
+}
+
+impl ClusterStore {
+    pub(crate) fn revocations(&self) -> &Collection<Document> {
+        &self.revocations
+    }
 }
 
 fn mongo_err(what: &'static str) -> impl Fn(mongodb::error::Error) -> StorageError {
@@ -110,6 +117,7 @@ impl ClusterStore {
             locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
             hasher: Default::default(),
             redis,
+            revocations: db.collection("revocations"),
             messages,
             inserts: tx,
             last_seq: DashMap::new(),

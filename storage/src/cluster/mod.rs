@@ -145,6 +145,7 @@ impl Backends {
             bus: Some(Arc::new(bus)),
             health: store.clone(),
             cs: Arc::new(RedisCs::new(redis, options.cs_retention)),
+            revocations: store.clone(),
         };
         Ok((backends, store))
     }

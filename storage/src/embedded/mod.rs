@@ -119,6 +119,8 @@ pub struct EmbeddedStore {
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     shared: Arc<Shared>,
     path: PathBuf,
+    /// Revocations, one write at a time (read, raised, written).
+    revoking: tokio::sync::Mutex<()>,
 }
 
 /// Logged batches the applier may lag behind the writer before the writer waits.
@@ -162,7 +164,11 @@ impl EmbeddedStore {
                 })
                 .map_err(|e| StorageError::Unavailable(format!("cannot start the writer thread: {e}")))?
         };
-        Ok(Arc::new(Self { db, tx, writer: Mutex::new(Some(writer)), shared, path }))
+        Ok(Arc::new(Self { db, tx, writer: Mutex::new(Some(writer)), shared, path, revoking: Default::default() }))
+    }
+
+    pub(crate) fn revocation_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.revoking
     }
 
     /// The database file.
@@ -720,6 +726,7 @@ impl crate::Backends {
             bus: None,
             health: store.clone(),
             cs: crate::cs::embedded::EmbeddedCs::open(store.clone())?,
+            revocations: store.clone(),
         };
         Ok((backends, store))
     }

@@ -355,6 +355,13 @@ async fn customer_service_across_nodes() {
     let c = Cluster::start(3, redis, mongo);
     let mint = |user: &str, role| c.signer.mint(&c.tenant, user, role, Duration::from_secs(600)).unwrap();
     let admin = mint("root", Role::Admin);
+    // An admin on node 0 disconnects a user whose device is on node 2.
+    let mut far = c.login(2, "mallory", "m").await;
+    let body = serde_json::json!({"reason": "closed by support"});
+    let (status, r) =
+        http(&c.nodes[0].http_url, "POST", "/api/v1/admin/users/mallory/disconnect", Some(&admin), Some(&body)).await;
+    assert_eq!((status, r["disconnected"].as_u64()), (200, Some(1)), "{r}");
+    assert_eq!(far.closed().await, Closed::Frame(4004, "closed by support".into()));
     let (status, body) =
         http(&c.nodes[0].http_url, "PUT", "/api/v1/groups/help", Some(&admin), Some(&serde_json::json!({}))).await;
     assert_eq!(status, 201, "{body}");

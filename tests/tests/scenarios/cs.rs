@@ -674,3 +674,53 @@ async fn a_customer_gone_past_the_grace_period_leaves_the_line() {
     let Body::CsState(st) = cs(&mut c1, Body::CsStateRequest(pb::CsStateRequest {})).await else { panic!("state") };
     assert!(st.sessions.is_empty(), "{st:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_disconnects_a_device_or_a_user_and_revokes_tokens_for_good() {
+    use dongdong_tests::client::Closed;
+    let s = start(Duration::from_secs(60)).await;
+    let admin = token(&s, "root", Role::Admin);
+    let mallory_token = token(&s, "mallory", Role::Customer);
+    let mut phone = Client::login(&s.ws_url, &mallory_token, "phone").await;
+    let mut web = Client::login(&s.ws_url, &mallory_token, "web").await;
+    let mut bystander = login(&s, "nina", Role::Customer).await;
+
+    // One device, with the reason the client can show.
+    let body = json!({"device": "web", "reason": "too many messages"});
+    let (status, r) =
+        http(&s.http_url, "POST", "/api/v1/admin/users/mallory/disconnect", Some(&admin), Some(&body)).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["disconnected"], 1);
+    assert_eq!(web.closed().await, Closed::Frame(4004, "too many messages".into()));
+    // Not an admin; bad input.
+    let (status, _) =
+        http(&s.http_url, "POST", "/api/v1/admin/users/mallory/disconnect", Some(&mallory_token), Some(&json!({})))
+            .await;
+    assert_eq!(status, 403);
+    let long = json!({"reason": "x".repeat(101)});
+    let (status, _) =
+        http(&s.http_url, "POST", "/api/v1/admin/users/mallory/disconnect", Some(&admin), Some(&long)).await;
+    assert_eq!(status, 400);
+
+    // Revoked: every device closes, the old token no longer signs in, over
+    // the WebSocket or the HTTP API; a token issued later does.
+    let (status, r) =
+        http(&s.http_url, "POST", "/api/v1/admin/users/mallory/revoke", Some(&admin), Some(&json!({}))).await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["disconnected"], 1);
+    let before = r["revoked_before_s"].as_u64().unwrap();
+    assert!(matches!(phone.closed().await, Closed::Frame(4004, _)));
+    let mut again = Client::connect(&s.ws_url, im_core::Encoding::Protobuf).await;
+    let e = again.auth(&mallory_token, "phone").await.unwrap_err();
+    assert_eq!((code(&e), e.message.as_str()), (ErrorCode::Unauthenticated, "token revoked: sign in again"));
+    let (status, _) = http(&s.http_url, "GET", "/api/v1/service-groups", Some(&mallory_token), None).await;
+    assert_eq!(status, 401);
+    while im_core::now_ms() / 1000 < before {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let fresh = token(&s, "mallory", Role::Customer);
+    let mut back = Client::connect(&s.ws_url, im_core::Encoding::Protobuf).await;
+    back.auth(&fresh, "phone").await.expect("a token issued after the revocation works");
+    // Others never noticed.
+    assert!(bystander.send_text("mallory", "after", "are you back?").await.is_ok());
+}
