@@ -337,6 +337,15 @@ impl Config {
         Ok(config)
     }
 
+    /// The defaults and `text` (a config file's TOML) only, validated: the
+    /// file part of [`Config::load`] (the fuzz target's entry).
+    pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
+        let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
+        let config: Config = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |key, reason: &str| Err(ConfigError::Invalid { key, reason: reason.to_string() });
         let l = &self.limits;
@@ -529,6 +538,22 @@ fn describe(e: figment::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The config fuzzer's corpus (fuzz/corpus/config) loads or fails with
+    /// a message, never a panic; what loads is valid.
+    #[test]
+    fn the_fuzz_corpus_loads_or_fails_cleanly() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/config");
+        let mut inputs = 0;
+        for entry in std::fs::read_dir(root).expect("the corpus is in the repository") {
+            let bytes = std::fs::read(entry.unwrap().path()).unwrap();
+            if let Ok(c) = Config::from_toml_str(&String::from_utf8_lossy(&bytes)) {
+                assert!(c.validate().is_ok());
+            }
+            inputs += 1;
+        }
+        assert!(inputs > 0);
+    }
 
     #[test]
     fn defaults_are_valid_and_documented_example_parses() {
