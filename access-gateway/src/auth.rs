@@ -60,6 +60,12 @@ pub enum AuthError {
     BadClaim(String),
 }
 
+/// Whether the token was revoked: issued (`iat`) before the time its
+/// user's tokens are refused from. Checked at Auth and by the HTTP API.
+pub async fn is_revoked(revocations: &dyn storage::Revocations, claims: &Claims) -> storage::Result<bool> {
+    Ok(claims.iat < revocations.revoked_before(&claims.tenant, &claims.sub).await?)
+}
+
 /// Signs and verifies tokens with one shared secret.
 pub struct TokenSigner {
     encoding: EncodingKey,

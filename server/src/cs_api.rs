@@ -100,12 +100,10 @@ impl CsApi {
             .ok_or_else(|| fail(ErrorCode::Unauthenticated, "send Authorization: Bearer <token>"))?;
         let claims: Claims =
             self.signer.verify(token.trim()).map_err(|e| fail(ErrorCode::Unauthenticated, e.to_string()))?;
-        let before = self
-            .revocations
-            .revoked_before(&claims.tenant, &claims.sub)
+        let revoked = access_gateway::auth::is_revoked(self.revocations.as_ref(), &claims)
             .await
             .map_err(|e| fail(ErrorCode::Unavailable, e.to_string()))?;
-        if claims.iat < before {
+        if revoked {
             return Err(fail(ErrorCode::Unauthenticated, "token revoked: sign in again"));
         }
         Ok(Caller::new(&claims.tenant, &claims.sub, claims.role))

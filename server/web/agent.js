@@ -7,7 +7,7 @@
 
 import { Client, MessageStore, api, wsUrl, deviceIdFor, catchUp, loadOlder, sendTracked, storage } from './dd.js';
 import { translator, languagePicker } from './i18n.js';
-import { el, $, duration, clock, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, contentFromInput, contentNode, enterSubmits, People, safeUrl, typingSignals, typingIndicator } from './ui.js';
+import { el, $, duration, clock, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, contentFromInput, contentNode, enterSubmits, People, safeUrl, typingSignals, typingIndicator, pastSessionItem } from './ui.js';
 
 // Every string of this page, in each language.
 const t = translator({
@@ -553,17 +553,9 @@ function deviceOf(ua) {
 }
 
 function pastItem(p, customer) {
-  const box = el('div', { class: 'messages transcript' });
-  const d = el('details', { 'data-session-id': p.session_id },
-    el('summary', {}, t('pastLine', { date: when(p.created_ms), agent: p.agent ? name(p.agent) : '—' }),
-      p.score ? ` · ${p.score}★` : '', p.comment ? el('div', { class: 'muted small' }, `“${p.comment}”`) : ''),
-    box);
-  d.addEventListener('toggle', () => {
-    if (d.open && !box.childElementCount) {
-      drawTranscript(box, client, new MessageStore(), p, me, { nameOf: name, mark: handoverMark(customer, handoverWords) }).catch(notifyError);
-    }
-  });
-  return d;
+  const summary = [t('pastLine', { date: when(p.created_ms), agent: p.agent ? name(p.agent) : '—' }),
+    p.score ? ` · ${p.score}★` : '', p.comment ? el('div', { class: 'muted small' }, `“${p.comment}”`) : ''];
+  return pastSessionItem(p, summary, client, me, { nameOf: name, mark: handoverMark(customer, handoverWords), onError: notifyError });
 }
 
 async function saveNote(customer, meta) {

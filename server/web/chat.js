@@ -5,7 +5,7 @@
 
 import { Client, MessageStore, api, wsUrl, deviceIdFor, catchUp, loadOlder, storage, sendTracked } from './dd.js';
 import { translator, languagePicker } from './i18n.js';
-import { el, $, duration, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, enterSubmits, People, typingSignals, typingIndicator } from './ui.js';
+import { el, $, duration, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, handoverMark, enterSubmits, People, typingSignals, typingIndicator, pastSessionItem } from './ui.js';
 
 // Every string of this page, in each language.
 const t = translator({
@@ -362,19 +362,9 @@ async function pastChats() {
   return el('section', { class: 'past', id: 'past-chats' },
     el('h3', {}, t('earlierChats')),
     ...sessions.map((s) => {
-      const box = el('div', { class: 'messages transcript' });
       const agent = s.agent ? people.name(s.agent) : t('nobodyServed');
-      const d = el('details', { 'data-session-id': s.session_id },
-        el('summary', {}, t('pastLine', { date: when(s.created_ms), group: s.group, agent }),
-          s.score ? ` · ${t('stars', { n: s.score })}` : ''),
-        box);
-      d.addEventListener('toggle', () => {
-        if (d.open && !box.childElementCount) {
-          drawTranscript(box, client, new MessageStore(), s, me, { nameOf: (u) => people.name(u), mark: handoverMark(me, handoverWords) })
-            .catch(notifyError);
-        }
-      }, { once: false });
-      return d;
+      const summary = [t('pastLine', { date: when(s.created_ms), group: s.group, agent }), s.score ? ` · ${t('stars', { n: s.score })}` : ''];
+      return pastSessionItem(s, summary, client, me, { nameOf: (u) => people.name(u), mark: handoverMark(me, handoverWords), onError: notifyError });
     }));
 }
 

@@ -2,7 +2,7 @@
 // notices, and drawing a conversation. Text from the network is only ever
 // set as textContent, never parsed as HTML.
 
-import { serverInfo, claimsOf, storage, ERROR_WORDS, withDetail, api, loadOlder } from './dd.js';
+import { serverInfo, claimsOf, storage, ERROR_WORDS, withDetail, api, loadOlder, MessageStore } from './dd.js';
 import { translator } from './i18n.js';
 
 const session = storage('session');
@@ -432,6 +432,21 @@ export async function drawTranscript(box, client, store, session, me, { nameOf, 
   if (!entries.length) return box.replaceChildren(el('p', { class: 'muted small' }, t('noMessages')));
   drawMessages(box, entries, me, { nameOf, mark });
   box.scrollTop = 0;
+}
+
+/**
+ * A past session as a <details>: `summary` nodes, and its chat drawn when
+ * first opened (with `drawTranscript`, into a store of its own).
+ */
+export function pastSessionItem(session, summary, client, me, { nameOf, mark, onError }) {
+  const box = el('div', { class: 'messages transcript' });
+  const d = el('details', { 'data-session-id': session.session_id }, el('summary', {}, ...summary), box);
+  d.addEventListener('toggle', () => {
+    if (d.open && !box.childElementCount) {
+      drawTranscript(box, client, new MessageStore(), session, me, { nameOf, mark }).catch(onError);
+    }
+  });
+  return d;
 }
 
 /**

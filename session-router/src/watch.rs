@@ -110,10 +110,9 @@ impl Router {
         let epoch = self.local.get(&conn_id).map(|c| c.epoch).ok_or(WatchError::NoConnection)?;
         {
             let mut mine = self.watchers.by_conn.entry(conn_id).or_insert_with(|| (tenant.into(), Vec::new()));
-            let fresh: Vec<&String> = users.iter().filter(|u| !mine.1.iter().any(|m| **m == ***u)).collect();
             let mut unique: Vec<&String> = Vec::new();
-            for u in fresh {
-                if !unique.contains(&u) {
+            for u in users {
+                if !mine.1.iter().any(|m| **m == **u) && !unique.contains(&u) {
                     unique.push(u);
                 }
             }
@@ -124,6 +123,11 @@ impl Router {
                 mine.1.push(u.as_str().into());
                 self.watchers.users.entry(key(tenant, u)).or_default().conns.push((conn_id, epoch));
             }
+        }
+        if !self.local.contains_key(&conn_id) {
+            // It closed meanwhile, after its subscriptions were dropped.
+            self.watchers.drop_conn(conn_id);
+            return Err(WatchError::NoConnection);
         }
         let mut out = Vec::with_capacity(users.len());
         for u in users {

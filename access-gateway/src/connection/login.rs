@@ -126,13 +126,13 @@ where
             return Err(reject(encoding, req_id, ErrorCode::Unauthenticated, message, CloseCode::PolicyViolation));
         }
     };
-    match gw.revocations.revoked_before(&claims.tenant, &claims.sub).await {
-        Ok(before) if claims.iat < before => {
+    match crate::auth::is_revoked(gw.revocations.as_ref(), &claims).await {
+        Ok(true) => {
             metrics::counter!("dongdong_auth_failures_total").increment(1);
             let message = "token revoked: sign in again".to_string();
             return Err(reject(encoding, req_id, ErrorCode::Unauthenticated, message, CloseCode::PolicyViolation));
         }
-        Ok(_) => {}
+        Ok(false) => {}
         Err(e) => {
             let message = format!("cannot check the token now: {e}");
             return Err(reject(encoding, req_id, ErrorCode::Unavailable, message, CloseCode::TryAgainLater));
