@@ -269,7 +269,7 @@ async fn agent(ctx: &Ctx, mut conn: Conn, k: usize, think: Duration, stop: Cance
                             due.insert((Instant::now() + think, seq), m.from_user.clone());
                         }
                     }
-                    conn.send(Body::Ack(pb::Ack { msg_ids: vec![m.msg_id] })).await;
+                    conn.send(Body::Ack(pb::Ack { msg_ids: vec![m.msg_id], event_ids: vec![] })).await;
                 }
                 Incoming::Frame(Frame { req_id, body: Some(Body::SendAck(a)) }) => {
                     let Some((customer, last)) = answers.remove(&req_id) else { continue };
@@ -377,7 +377,7 @@ async fn customer(
             Incoming::Frame(Frame { body: Some(Body::Deliver(d)), .. }) => {
                 let Some(m) = d.message else { continue };
                 let new = out.log.record(&m);
-                conn.send(Body::Ack(pb::Ack { msg_ids: vec![m.msg_id.clone()] })).await;
+                conn.send(Body::Ack(pb::Ack { msg_ids: vec![m.msg_id.clone()], event_ids: vec![] })).await;
                 if !new || m.from_user == user {
                     continue;
                 }

@@ -227,7 +227,7 @@ pub async fn receive_loop(
                         }
                     }
                     if per_message {
-                        conn.send(Body::Ack(pb::Ack { msg_ids: vec![m.msg_id] })).await;
+                        conn.send(Body::Ack(pb::Ack { msg_ids: vec![m.msg_id], event_ids: vec![] })).await;
                     } else {
                         acks.push(m.msg_id);
                     }
@@ -242,7 +242,7 @@ pub async fn receive_loop(
             next = conn.try_recv();
         }
         if !acks.is_empty() {
-            conn.send(Body::Ack(pb::Ack { msg_ids: std::mem::take(&mut acks) })).await;
+            conn.send(Body::Ack(pb::Ack { msg_ids: std::mem::take(&mut acks), event_ids: vec![] })).await;
         }
         if expect.is_some_and(|n| r.log.received() >= n) {
             r.complete_at = Some(Instant::now());
@@ -250,7 +250,7 @@ pub async fn receive_loop(
         }
     }
     if !acks.is_empty() {
-        conn.send(Body::Ack(pb::Ack { msg_ids: acks })).await;
+        conn.send(Body::Ack(pb::Ack { msg_ids: acks, event_ids: vec![] })).await;
     }
     r
 }

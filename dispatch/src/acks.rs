@@ -105,10 +105,35 @@ async fn drain(pending: Arc<dyn PendingStore>, mut rx: mpsc::Receiver<Item>) {
     }
 }
 
+/// Event ids (of receipts and recalls) ride in the same queue as msg_ids;
+/// they are told apart here (a msg_id never contains `@`).
 async fn store(pending: &dyn PendingStore, batch: &[(Arc<DeviceKey>, Vec<String>)], ids: usize) {
     metrics::histogram!("dongdong_ack_batch_ids").record(ids as f64);
+    let has_events = batch.iter().any(|(_, ids)| ids.iter().any(|id| id.contains('@')));
+    let split;
+    let (messages, events): (&[(Arc<DeviceKey>, Vec<String>)], _) = if has_events {
+        let (m, e): (Vec<_>, Vec<_>) = batch
+            .iter()
+            .map(|(d, ids)| {
+                let (e, m): (Vec<String>, Vec<String>) = ids.iter().cloned().partition(|id| id.contains('@'));
+                ((d.clone(), m), (d.clone(), e))
+            })
+            .unzip();
+        split = m;
+        (&split, e)
+    } else {
+        (batch, Vec::new())
+    };
     for attempt in 1..=ATTEMPTS {
-        match pending.ack_batch(batch).await {
+        let stored = async {
+            let removed = pending.ack_batch(messages).await?;
+            if events.is_empty() {
+                Ok::<usize, storage::StorageError>(removed)
+            } else {
+                Ok(removed + pending.ack_events(&events).await?)
+            }
+        };
+        match stored.await {
             Ok(removed) => {
                 metrics::counter!("dongdong_pending_acked_total").increment(removed as u64);
                 return;
@@ -172,6 +197,17 @@ mod tests {
         }
         async fn ack(&self, _: &DeviceKey, _: &[String]) -> storage::Result<usize> {
             unreachable!("the queue acks in batches")
+        }
+        async fn pending_events(
+            &self,
+            _: &DeviceKey,
+            _: Option<&str>,
+            _: usize,
+        ) -> storage::Result<Vec<storage::PendingEvent>> {
+            Ok(Vec::new())
+        }
+        async fn ack_events(&self, acks: &[(Arc<DeviceKey>, Vec<String>)]) -> storage::Result<usize> {
+            self.ack_batch(acks).await
         }
         async fn ack_batch(&self, acks: &[(Arc<DeviceKey>, Vec<String>)]) -> storage::Result<usize> {
             let _permit = self.gate.acquire().await.unwrap();

@@ -22,6 +22,7 @@
 //! pipelined sends still share group commits.
 
 mod acks;
+mod reads;
 
 pub use acks::{AckQueue, Held};
 
@@ -50,11 +51,19 @@ pub struct DispatchLimits {
     pub max_field_bytes: usize,
     /// Ack frames of the whole node waiting for the store (see [`AckQueue`]).
     pub ack_queue: usize,
+    /// How long after sending a user may recall a message.
+    pub recall_window: std::time::Duration,
 }
 
 impl Default for DispatchLimits {
     fn default() -> Self {
-        Self { history_default: 50, history_max: 200, max_field_bytes: 32 * 1024, ack_queue: 8192 }
+        Self {
+            history_default: 50,
+            history_max: 200,
+            max_field_bytes: 32 * 1024,
+            ack_queue: 8192,
+            recall_window: std::time::Duration::from_secs(120),
+        }
     }
 }
 
@@ -213,9 +222,12 @@ impl Dispatcher {
     }
 
     /// Checks the ids of an `Ack` frame before they are queued.
-    pub fn check_ack(&self, msg_ids: &[String]) -> Result<()> {
-        if msg_ids.iter().any(|id| id.len() > 64) {
+    pub fn check_ack(&self, ack: &pb::Ack) -> Result<()> {
+        if ack.msg_ids.iter().any(|id| id.len() > 64) {
             return Err(invalid("msg_ids are UUID strings".into()));
+        }
+        if ack.event_ids.iter().any(|id| storage::parse_event_id(id).is_none()) {
+            return Err(invalid("event_ids must be event_id values of ReadReceipt or Recalled pushes".into()));
         }
         Ok(())
     }
@@ -244,6 +256,16 @@ impl Dispatcher {
         limit: usize,
     ) -> Result<Vec<Message>> {
         Ok(self.backends.pending.pending(device, cursor, limit).await?)
+    }
+
+    /// The next page of the device's pending receipts and recalls.
+    pub async fn pending_events(
+        &self,
+        device: &DeviceKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<storage::PendingEvent>> {
+        Ok(self.backends.pending.pending_events(device, after, limit).await?)
     }
 
     /// One stored message, for a resend.
@@ -339,6 +361,6 @@ impl Turn {
     }
 }
 
-fn invalid(message: String) -> ClientError {
+pub(crate) fn invalid(message: String) -> ClientError {
     ClientError::new(ErrorCode::InvalidArgument, message)
 }

@@ -119,9 +119,13 @@ mod tests {
             content: Some(Content { kind: Some(content::Kind::Text("你好 ".repeat(50))) }),
             client_msg_id: "c-1".into(),
             server_time_ms: 1_795_292_253_100,
+            recalled_by: String::new(),
+            recalled_ms: 0,
         };
         for m in [Message::default(), message.clone(), {
             message.content = None;
+            message.recalled_by = "alice".into();
+            message.recalled_ms = 1_795_292_253_200;
             message
         }] {
             for replay in [false, true] {
@@ -191,7 +195,23 @@ mod tests {
                 (any::<String>(), any::<String>()).prop_map(|(token, device_id)| Body::Auth(Auth { token, device_id })),
                 (any::<String>(), any::<String>(), proptest::option::of(content()))
                     .prop_map(|(client_msg_id, to_user, content)| Body::Send(Send { client_msg_id, to_user, content })),
-                proptest::collection::vec(any::<String>(), 0..8).prop_map(|msg_ids| Body::Ack(Ack { msg_ids })),
+                (proptest::collection::vec(any::<String>(), 0..8), proptest::collection::vec(any::<String>(), 0..3))
+                    .prop_map(|(msg_ids, event_ids)| Body::Ack(Ack { msg_ids, event_ids })),
+                (any::<String>(), any::<u64>()).prop_map(|(conversation_id, up_to_seq)| {
+                    Body::MarkRead(crate::pb::MarkRead { conversation_id, up_to_seq })
+                }),
+                (any::<String>(), any::<u32>()).prop_map(|(cursor, limit)| Body::ConversationsRequest(
+                    crate::pb::ConversationsRequest { cursor, limit }
+                )),
+                any::<String>().prop_map(|msg_id| Body::Recall(crate::pb::Recall { msg_id })),
+                (any::<String>(), any::<String>(), any::<u64>(), any::<String>()).prop_map(
+                    |(conversation_id, reader, up_to_seq, event_id)| Body::ReadReceipt(crate::pb::ReadReceipt {
+                        conversation_id,
+                        reader,
+                        up_to_seq,
+                        event_id
+                    })
+                ),
                 (any::<String>(), any::<u64>(), any::<u64>(), any::<u32>()).prop_map(
                     |(conversation_id, after_seq, before_seq, limit)| Body::SyncRequest(SyncRequest {
                         conversation_id,

@@ -18,7 +18,24 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub timeouts: TimeoutsConfig,
     pub cs: CsSection,
+    pub im: ImSection,
     pub log: LogConfig,
+}
+
+/// Chat features.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImSection {
+    /// How long after sending a user may recall their message (admins:
+    /// always). "0s" turns recall off for everyone but admins.
+    #[serde(with = "humantime_serde")]
+    pub recall_window: Duration,
+}
+
+impl Default for ImSection {
+    fn default() -> Self {
+        Self { recall_window: Duration::from_secs(120) }
+    }
 }
 
 /// Customer service.
@@ -257,6 +274,7 @@ impl Default for Config {
                     agents: Vec::new(),
                 }],
             },
+            im: ImSection::default(),
             log: LogConfig { filter: "info".into() },
         }
     }
@@ -512,6 +530,7 @@ impl Config {
             // Each field well inside one frame.
             max_field_bytes: self.limits.max_frame_bytes,
             ack_queue: self.limits.ack_queue,
+            recall_window: self.im.recall_window,
         }
     }
 }

@@ -289,29 +289,49 @@ impl Router {
     /// Hands `frame` to every connected device of `user`, on this node or
     /// another. Best effort: returns how many connections it was handed to.
     pub async fn notify(&self, tenant: &str, user: &str, frame: Arc<Frame>) -> usize {
-        let entries = match self.presence.lookup(tenant, user).await {
-            Ok(e) => e,
-            Err(e) => {
-                tracing::warn!(error = %e, "presence lookup failed; notification dropped");
-                metrics::counter!("dongdong_push_lookup_failures_total").increment(1);
-                return 0;
-            }
-        };
+        self.notify_users(tenant, &[user], frame, None).await
+    }
+
+    /// [`notify`](Self::notify) for each of `users` (once each), except the
+    /// device `except`.
+    pub async fn notify_users(
+        &self,
+        tenant: &str,
+        users: &[&str],
+        frame: Arc<Frame>,
+        except: Option<&DeviceKey>,
+    ) -> usize {
         let mut pushed = 0;
         let mut encoded: Option<Vec<u8>> = None;
-        for entry in entries {
-            if entry.node_id == self.node_id {
-                if self.push_local(entry.conn_id, entry.epoch, Push::Event(frame.clone())) {
-                    pushed += 1;
-                }
+        for (i, user) in users.iter().enumerate() {
+            if users[..i].contains(user) {
                 continue;
             }
-            let Some(bus) = self.bus.get() else { continue };
-            let body = encoded.get_or_insert_with(|| frame.encode_to_vec());
-            let payload = bus_frame(BUS_EVENT, entry.conn_id, entry.epoch, body);
-            match bus.publish(&entry.node_id, payload).await {
-                Ok(()) => pushed += 1,
-                Err(e) => tracing::warn!(error = %e, "cross-node notification failed"),
+            let entries = match self.presence.lookup(tenant, user).await {
+                Ok(e) => e,
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence lookup failed; notification dropped");
+                    metrics::counter!("dongdong_push_lookup_failures_total").increment(1);
+                    continue;
+                }
+            };
+            for entry in entries {
+                if except.is_some_and(|d| *entry.device == *d) {
+                    continue;
+                }
+                if entry.node_id == self.node_id {
+                    if self.push_local(entry.conn_id, entry.epoch, Push::Event(frame.clone())) {
+                        pushed += 1;
+                    }
+                    continue;
+                }
+                let Some(bus) = self.bus.get() else { continue };
+                let body = encoded.get_or_insert_with(|| frame.encode_to_vec());
+                let payload = bus_frame(BUS_EVENT, entry.conn_id, entry.epoch, body);
+                match bus.publish(&entry.node_id, payload).await {
+                    Ok(()) => pushed += 1,
+                    Err(e) => tracing::warn!(error = %e, "cross-node notification failed"),
+                }
             }
         }
         pushed

@@ -7,6 +7,9 @@
 //! backed by shared servers can run the suite without cleaning up.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod reads;
+pub use reads::*;
+
 use crate::{Backends, DeviceKey, HistoryQuery, NewMessage, PendingCursor, PresenceEntry};
 use im_core::pb::{Content, Message, content};
 use std::collections::HashSet;
@@ -42,7 +45,11 @@ macro_rules! conformance_suite {
                 cs_end_rate_left_messages_and_quick_replies,
                 cs_concurrent_assignment_keeps_invariants,
                 cs_past_sessions_and_profiles,
-                revocations_only_move_forward
+                revocations_only_move_forward,
+                read_pointers_move_forward_and_count_unread,
+                unread_counts_are_exact_under_concurrent_sends_and_reads,
+                conversation_list_is_ordered_and_paged,
+                recall_deletes_content_everywhere_and_is_idempotent
             );
         }
     };

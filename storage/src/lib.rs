@@ -107,6 +107,36 @@ pub trait MessageStore: Send + Sync + 'static {
 
     /// A page of history in ascending `seq` (see [`HistoryQuery`]).
     async fn history(&self, query: HistoryQuery) -> Result<HistoryPage>;
+
+    /// One message by id, if it exists in `tenant`.
+    async fn get_by_id(&self, tenant: &str, msg_id: &str) -> Result<Option<Message>>;
+
+    /// Moves the reader's read pointer of the conversation up to
+    /// `up_to_seq` (capped at the last seq); a pointer already there or
+    /// beyond stays. When it moves, the same atomic step records how many
+    /// messages the peer had sent up to it (for unread counts) and makes a
+    /// receipt pending for every known device of the peer and every other
+    /// known device of the reader, replacing an older pending receipt of
+    /// the same reader and conversation.
+    async fn mark_read(&self, read: MarkRead) -> Result<ReadMark>;
+
+    /// A page of `user`'s conversations, most recently active first,
+    /// strictly after `after`. Costs a few point reads per item, however
+    /// long the conversations are.
+    async fn conversations(
+        &self,
+        tenant: &str,
+        user: &str,
+        after: Option<&ConversationCursor>,
+        limit: usize,
+    ) -> Result<ConversationsPage>;
+
+    /// Deletes a message's content and records who recalled it and when;
+    /// in the same step makes a `Recalled` event pending for every known
+    /// device of both members except `by`'s. A message recalled before is
+    /// returned unchanged (`fresh = false`); `None` if it does not exist in
+    /// `tenant`. Permission checks are the caller's.
+    async fn recall(&self, tenant: &str, msg_id: &str, by: &DeviceKey) -> Result<Option<RecallOutcome>>;
 }
 
 /// Per-device pending ids.
@@ -136,6 +166,15 @@ pub trait PendingStore: Send + Sync + 'static {
         }
         Ok(removed)
     }
+
+    /// Up to `limit` receipts and recalls pending for `device`, in key
+    /// order, strictly after the key `after`.
+    async fn pending_events(&self, device: &DeviceKey, after: Option<&str>, limit: usize) -> Result<Vec<PendingEvent>>;
+
+    /// Removes the events whose ids (see [`event_id`]) are given, each only
+    /// if it still has the acked version; returns how many were removed.
+    /// Not durable at once, like acks.
+    async fn ack_events(&self, acks: &[(Arc<DeviceKey>, Vec<String>)]) -> Result<usize>;
 }
 
 /// The devices each user has connected from.

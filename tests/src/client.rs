@@ -163,7 +163,7 @@ impl Client {
     /// Acks without panicking when the connection is gone.
     pub async fn try_ack(&mut self, msg_ids: Vec<String>) -> bool {
         let req_id = self.next_req_id();
-        let frame = Frame { req_id, body: Some(Body::Ack(pb::Ack { msg_ids })) };
+        let frame = Frame { req_id, body: Some(Body::Ack(pb::Ack { msg_ids, event_ids: vec![] })) };
         let bytes = im_core::encode_frame(self.encoding, &frame);
         let msg = match self.encoding {
             Encoding::Protobuf => WsMessage::binary(bytes),
@@ -174,7 +174,7 @@ impl Client {
 
     pub async fn ack(&mut self, msg_ids: Vec<String>) {
         let req_id = self.next_req_id();
-        self.send_frame(&Frame { req_id, body: Some(Body::Ack(pb::Ack { msg_ids })) }).await;
+        self.send_frame(&Frame { req_id, body: Some(Body::Ack(pb::Ack { msg_ids, event_ids: vec![] })) }).await;
     }
 
     pub async fn sync(&mut self, req: pb::SyncRequest) -> Result<pb::HistoryPage, pb::Error> {

@@ -211,7 +211,7 @@ async fn finish<S: Socket>(mut ws: S, mut outbox: Outbox, exit: Exit) {
 enum Event {
     Read(Option<Result<WsMessage, WsError>>),
     Mail(Mail),
-    Page(dispatch::Result<Vec<Message>>),
+    Page(Loaded),
     /// The request in progress was answered.
     Answered(Frame),
     /// Held acks were all queued.
@@ -231,8 +231,9 @@ struct Conn<S> {
     encoding: Encoding,
     outbox: Outbox,
     window: DeliveryWindow,
-    /// The replay page being loaded.
-    page: Option<BoxFuture<dispatch::Result<Vec<Message>>>>,
+    /// Replay pages being loaded, and the pass over pending events
+    /// (allocated only while either is under way).
+    page: Option<Box<Paging>>,
     /// A request being answered (history, customer service): no frame is
     /// read until it is, so that frames take effect in the order sent.
     answering: Option<BoxFuture<Frame>>,
@@ -380,7 +381,7 @@ impl<S> Conn<S> {
         }
     }
 
-    fn load_page(&self, req: PageRequest) -> BoxFuture<dispatch::Result<Vec<Message>>> {
+    fn load_page(&self, req: PageRequest) -> BoxFuture<Loaded> {
         let (dispatch, device) = (self.gw.dispatch.clone(), self.device.clone());
         Box::pin(async move {
             if !req.delay.is_zero() {
@@ -389,27 +390,86 @@ impl<S> Conn<S> {
             // This connection's acks reach the store before the page is
             // read: a pass that starts over must not resend what was acked.
             dispatch.acks().flush().await;
-            dispatch.pending_page(&device, req.cursor.as_ref(), req.limit).await
+            Loaded::Messages(dispatch.pending_page(&device, req.cursor.as_ref(), req.limit).await)
         })
     }
 
-    fn on_page(&mut self, page: dispatch::Result<Vec<Message>>, now: Instant) -> Result<(), Exit> {
+    /// Starts loading the next replay page, if none is loading: of the
+    /// window's messages pass, or else of the events pass.
+    fn start_page(&mut self) {
+        if self.page.as_ref().is_some_and(|p| p.loading.is_some()) {
+            return;
+        }
+        let future = match self.window.next_page(&self.gw.config.window_limits(), self.outbox.room() / 2) {
+            Some(req) => Some(self.load_page(req)),
+            None => self.load_events(),
+        };
+        if let Some(future) = future {
+            self.page.get_or_insert_default().loading = Some(future);
+        }
+    }
+
+    /// The next page of the events pass, if one runs.
+    fn load_events(&mut self) -> Option<BoxFuture<Loaded>> {
+        let limit = EVENT_PAGE.min(self.outbox.room() / 2);
+        let events = self.page.as_mut()?.events.as_mut().filter(|_| limit > 0)?;
+        events.requested = limit;
+        let (dispatch, device, after) = (self.gw.dispatch.clone(), self.device.clone(), events.after.clone());
+        Some(Box::pin(async move {
+            dispatch.acks().flush().await;
+            Loaded::Events(dispatch.pending_events(&device, after.as_deref(), limit).await)
+        }))
+    }
+
+    fn on_page(&mut self, page: Loaded, now: Instant) -> Result<(), Exit> {
         match page {
-            Ok(messages) => {
+            Loaded::Messages(Ok(messages)) => {
                 let mut finished = None;
                 self.apply(|window, limits, out| finished = window.on_page(limits, messages, now, out))?;
                 if let Some(took) = finished {
                     metrics::histogram!("dongdong_replay_seconds").record(took.as_secs_f64());
+                    // Every pass over the messages is followed by one over
+                    // the events (a pass that was under way starts over).
+                    self.page.get_or_insert_default().events = Some(EventsReplay::default());
                 }
                 Ok(())
             }
-            Err(e) => {
+            Loaded::Messages(Err(e)) => {
                 warn!(error = %e, "reading pending messages failed");
                 if !self.window.on_page_failed() {
                     return Ok(());
                 }
                 self.emit(&error_frame(0, e.code, e.message.clone()))?;
                 Err(close(CloseCode::TryAgainLater, "could not read pending messages; reconnect later"))
+            }
+            Loaded::Events(Ok(events)) => {
+                let Some(pass) = self.page.as_mut().and_then(|p| p.events.as_mut()) else { return Ok(()) };
+                if events.len() < pass.requested {
+                    self.end_events();
+                } else {
+                    pass.after = events.last().map(|e| e.key.clone());
+                }
+                for event in &events {
+                    self.emit(&event.frame)?;
+                }
+                metrics::counter!("dongdong_event_replays_total").increment(events.len() as u64);
+                Ok(())
+            }
+            Loaded::Events(Err(e)) => {
+                // Still pending: the next connection (or pass) replays them.
+                warn!(error = %e, "reading pending receipts and recalls failed");
+                self.end_events();
+                Ok(())
+            }
+        }
+    }
+
+    /// Ends the events pass; frees the paging state if nothing loads.
+    fn end_events(&mut self) {
+        if let Some(p) = &mut self.page {
+            p.events = None;
+            if p.loading.is_none() {
+                self.page = None;
             }
         }
     }
@@ -424,11 +484,7 @@ impl<S: Socket> Conn<S> {
     /// Handles events until the connection ends or nothing is ready.
     fn poll_open(&mut self, cx: &mut Context<'_>, mut timer: Pin<&mut Sleep>) -> Poll<Exit> {
         for _ in 0..EVENT_BUDGET {
-            if self.page.is_none()
-                && let Some(req) = self.window.next_page(&self.gw.config.window_limits(), self.outbox.room() / 2)
-            {
-                self.page = Some(self.load_page(req));
-            }
+            self.start_page();
             let due = self.timer_deadline();
             if due < timer.deadline() {
                 timer.as_mut().reset(due);
@@ -513,14 +569,46 @@ impl<S: Socket> Conn<S> {
             self.held_acks = None;
             return Some(Event::AcksQueued);
         }
-        if let Some(page) = &mut self.page
+        if let Some(paging) = &mut self.page
+            && let Some(page) = &mut paging.loading
             && let Poll::Ready(result) = page.as_mut().poll(cx)
         {
-            self.page = None;
+            paging.loading = None;
+            if paging.events.is_none() {
+                self.page = None;
+            }
             return Some(Event::Page(result));
         }
         timer.poll(cx).is_ready().then_some(Event::Timer)
     }
+}
+
+/// Most pending receipts and recalls asked for in one page.
+const EVENT_PAGE: usize = 128;
+
+/// A replay page: pending messages or pending events.
+enum Loaded {
+    Messages(dispatch::Result<Vec<Message>>),
+    Events(dispatch::Result<Vec<storage::PendingEvent>>),
+}
+
+/// Replay state of a connection, boxed: idle connections hold none.
+#[derive(Default)]
+struct Paging {
+    /// The page being loaded.
+    loading: Option<BoxFuture<Loaded>>,
+    /// After each replay pass over the messages: the pass over pending
+    /// receipts and recalls.
+    events: Option<EventsReplay>,
+}
+
+/// The pass over a device's pending receipts and recalls.
+#[derive(Default)]
+struct EventsReplay {
+    /// The key of the last event sent (the next page starts after it).
+    after: Option<String>,
+    /// Size of the page being loaded: a shorter answer ends the pass.
+    requested: usize,
 }
 
 /// Acks waiting for room in the node's ack queue, oldest first.

@@ -64,7 +64,7 @@ impl<S> Conn<S> {
         };
         match body {
             Body::Send(send) => self.on_send(req_id, send),
-            Body::Ack(ack) => self.on_ack(req_id, ack.msg_ids),
+            Body::Ack(ack) => self.on_ack(req_id, ack),
             Body::SyncRequest(req) => {
                 let (gw, device, caller) = (self.gw.clone(), self.device.clone(), self.caller());
                 self.answering = Some(Box::pin(async move {
@@ -88,6 +88,24 @@ impl<S> Conn<S> {
                 let (gw, caller) = (self.gw.clone(), self.caller());
                 self.answering = Some(Box::pin(async move {
                     match gw.cs.handle(&caller, body).await {
+                        Ok(body) => Frame { req_id, body: Some(body) },
+                        Err(e) => reply_error(req_id, &e),
+                    }
+                }));
+                Ok(())
+            }
+            body @ (Body::MarkRead(_) | Body::ConversationsRequest(_) | Body::Recall(_)) => {
+                let (gw, device, role) = (self.gw.clone(), self.device.clone(), self.role);
+                self.answering = Some(Box::pin(async move {
+                    let answer = match body {
+                        Body::MarkRead(req) => gw.dispatch.mark_read(&device, req).await.map(Body::ReadReceipt),
+                        Body::ConversationsRequest(req) => {
+                            gw.dispatch.conversations(&device, req).await.map(Body::ConversationPage)
+                        }
+                        Body::Recall(req) => gw.dispatch.recall(&device, role, req).await.map(Body::Recalled),
+                        _ => unreachable!("matched above"),
+                    };
+                    match answer {
                         Ok(body) => Frame { req_id, body: Some(body) },
                         Err(e) => reply_error(req_id, &e),
                     }
@@ -149,11 +167,14 @@ impl<S> Conn<S> {
         Ok(())
     }
 
-    fn on_ack(&mut self, req_id: u64, msg_ids: Vec<String>) -> Result<(), Exit> {
-        if let Err(e) = self.gw.dispatch.check_ack(&msg_ids) {
+    fn on_ack(&mut self, req_id: u64, ack: pb::Ack) -> Result<(), Exit> {
+        if let Err(e) = self.gw.dispatch.check_ack(&ack) {
             return self.emit(&reply_error(req_id, &e));
         }
-        self.window.on_ack(msg_ids.iter().map(String::as_str));
+        self.window.on_ack(ack.msg_ids.iter().map(String::as_str));
+        // Event ids travel with the msg_ids; the ack queue tells them apart.
+        let mut msg_ids = ack.msg_ids;
+        msg_ids.extend(ack.event_ids);
         if msg_ids.is_empty() {
             return Ok(());
         }

@@ -84,6 +84,9 @@ pub(crate) fn server_frame_name(body: &Body) -> &'static str {
         Body::CsState(_) => "CsState",
         Body::CsOk(_) => "CsOk",
         Body::PresenceUpdate(_) => "PresenceUpdate",
+        Body::ReadReceipt(_) => "ReadReceipt",
+        Body::ConversationPage(_) => "ConversationPage",
+        Body::Recalled(_) => "Recalled",
         _ => "a client frame",
     }
 }

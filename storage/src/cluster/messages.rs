@@ -16,11 +16,12 @@
 //!
 //! Inserts of concurrent senders are batched into `insert_many` calls.
 
-use super::{CallTimer, ClusterOptions, devices_key, pending_key, redis_err};
+use super::{CallTimer, ClusterOptions, convs_key, devices_key, events_keys, pending_key, redis_err};
 use crate::{
     Appended, Conversation, DeviceKey, DeviceRegistration, DeviceRegistry, HistoryPage, HistoryQuery, MessageStore,
     NewMessage, PendingCursor, PendingStore, Result, StorageError,
 };
+use crate::{ConversationCursor, ConversationsPage, MarkRead, PendingEvent, ReadMark, RecallOutcome};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use futures_util::TryStreamExt;
@@ -57,14 +58,25 @@ type InsertReply = oneshot::Sender<std::result::Result<(), InsertError>>;
 /// bounded memory), so seq races happen only between nodes.
 const LOCK_STRIPES: usize = 1024;
 
+/// A conversation's last message, as appends need it.
+#[derive(Debug, Clone)]
+pub(super) struct LastMessage {
+    pub(super) seq: u64,
+    pub(super) from: Box<str>,
+    /// The sender's count of messages up to it.
+    pub(super) ordinal: u64,
+}
+
 pub struct ClusterStore {
     locks: Box<[tokio::sync::Mutex<()>]>,
     hasher: std::collections::hash_map::RandomState,
-    redis: ConnectionManager,
-    messages: Collection<Document>,
+    pub(super) redis: ConnectionManager,
+    pub(super) messages: Collection<Document>,
     revocations: Collection<Document>,
+    /// Read pointers: `_id` conversation/user, `seq`, `peerSent`.
+    pub(super) reads: Collection<Document>,
     inserts: mpsc::Sender<(Document, InsertReply)>,
-    last_seq: DashMap<String, u64>,
+    last_seq: DashMap<String, LastMessage>,
     max_devices: usize,
 }
 
@@ -74,7 +86,7 @@ impl ClusterStore {
     }
 }
 
-fn mongo_err(what: &'static str) -> impl Fn(mongodb::error::Error) -> StorageError {
+pub(super) fn mongo_err(what: &'static str) -> impl Fn(mongodb::error::Error) -> StorageError {
     move |e| {
         metrics::counter!("dongdong_mongo_errors_total").increment(1);
         StorageError::Unavailable(format!("mongodb {what}: {e}"))
@@ -118,6 +130,7 @@ impl ClusterStore {
             hasher: Default::default(),
             redis,
             revocations: db.collection("revocations"),
+            reads: db.collection("reads"),
             messages,
             inserts: tx,
             last_seq: DashMap::new(),
@@ -143,23 +156,40 @@ impl ClusterStore {
         found.map(|d| decode(&d)).transpose()
     }
 
-    async fn read_last_seq(&self, tenant: &str, conversation: &str) -> Result<u64> {
+    /// The conversation's last message, from MongoDB.
+    pub(super) async fn read_last(&self, tenant: &str, conversation: &str) -> Result<Option<LastMessage>> {
         let last = self
             .messages
             .find_one(doc! { "tenant": tenant, "conv": conversation })
             .sort(doc! { "seq": -1 })
-            .projection(doc! { "seq": 1 })
+            .projection(doc! { "seq": 1, "from": 1, "n": 1 })
             .await
             .map_err(mongo_err("find last seq"))?;
-        Ok(last.and_then(|d| d.get_i64("seq").ok()).unwrap_or(0) as u64)
+        let Some(d) = last else { return Ok(None) };
+        let seq = d.get_i64("seq").map_err(|_| StorageError::Corrupt("message document field seq".into()))? as u64;
+        let from = d.get_str("from").map_err(|_| StorageError::Corrupt("message document field from".into()))?;
+        let ordinal = self.ordinal(tenant, conversation, &d, seq, from).await?;
+        Ok(Some(LastMessage { seq, from: from.into(), ordinal }))
     }
 
-    fn remember_seq(&self, conversation: &str, seq: u64) {
+    /// A message document's sender ordinal; counted for documents stored
+    /// before ordinals were.
+    pub(super) async fn ordinal(&self, tenant: &str, conv: &str, d: &Document, seq: u64, from: &str) -> Result<u64> {
+        if let Ok(n) = d.get_i64("n") {
+            return Ok(n as u64);
+        }
+        let filter = doc! { "tenant": tenant, "conv": conv, "from": from, "seq": { "$lte": seq as i64 } };
+        self.messages.count_documents(filter).await.map_err(mongo_err("count"))
+    }
+
+    fn remember_last(&self, conversation: &str, last: LastMessage) {
         if self.last_seq.len() >= SEQ_CACHE_MAX {
             self.last_seq.clear();
         }
-        let mut entry = self.last_seq.entry(conversation.to_string()).or_insert(0);
-        *entry = (*entry).max(seq);
+        let mut entry = self.last_seq.entry(conversation.to_string()).or_insert_with(|| last.clone());
+        if entry.seq <= last.seq {
+            *entry = last;
+        }
     }
 
     /// The devices the message is pending for: the recipient's, or the
@@ -190,13 +220,18 @@ impl ClusterStore {
         Ok(keys)
     }
 
-    async fn mark_pending(&self, keys: &[String], seq: u64, msg_id: &str) -> Result<()> {
-        if keys.is_empty() {
-            return Ok(());
-        }
+    /// Marks the message pending for `keys` and moves the conversation to
+    /// `now_ms` in both members' lists (never back: `GT`). A list entry
+    /// whose insert then fails only shows the conversation's real last
+    /// message a little early.
+    async fn mark_pending(&self, keys: &[String], new: &NewMessage, seq: u64, msg_id: &str, now_ms: u64) -> Result<()> {
         let mut pipe = redis::pipe();
         for k in keys {
             pipe.cmd("ZADD").arg(k).arg(seq).arg(msg_id).ignore();
+        }
+        for user in [&new.from_user, &new.to_user] {
+            let key = convs_key(&new.tenant, user);
+            pipe.cmd("ZADD").arg(key).arg("GT").arg(now_ms).arg(&new.conversation_id).ignore();
         }
         pipe.query_async::<()>(&mut self.redis.clone()).await.map_err(redis_err("ZADD"))
     }
@@ -284,10 +319,16 @@ fn encode(m: &Message, tenant: &str) -> Document {
     }
 }
 
-fn decode(d: &Document) -> Result<Message> {
+pub(super) fn decode(d: &Document) -> Result<Message> {
     let bad = |field: &str| StorageError::Corrupt(format!("message document field {field}"));
     let s = |field: &'static str| d.get_str(field).map(str::to_string).map_err(|_| bad(field));
-    let content = d.get_binary_generic("content").map_err(|_| bad("content"))?;
+    let recalled_by = d.get_str("recalledBy").unwrap_or_default().to_string();
+    let content = if recalled_by.is_empty() {
+        let bytes = d.get_binary_generic("content").map_err(|_| bad("content"))?;
+        Some(Content::decode(bytes.as_slice()).map_err(|_| bad("content"))?)
+    } else {
+        None
+    };
     Ok(Message {
         msg_id: s("_id")?,
         conversation_id: s("conv")?,
@@ -295,9 +336,11 @@ fn decode(d: &Document) -> Result<Message> {
         from_user: s("from")?,
         from_device: s("fromDevice")?,
         to_user: s("to")?,
-        content: Some(Content::decode(content.as_slice()).map_err(|_| bad("content"))?),
+        content,
         client_msg_id: s("cmid")?,
         server_time_ms: d.get_i64("ts").map_err(|_| bad("ts"))? as u64,
+        recalled_ms: d.get_i64("recalledMs").unwrap_or(0) as u64,
+        recalled_by,
     })
 }
 
@@ -326,10 +369,10 @@ impl MessageStore for ClusterStore {
         // client_msg_id at insert, which costs MongoDB one operation per send
         // instead of two.
         let keys = self.pending_keys(&new).await?;
-        let cached = self.last_seq.get(&new.conversation_id).map(|v| *v);
+        let cached = self.last_seq.get(&new.conversation_id).map(|v| v.clone());
         let mut last = match cached {
-            Some(s) => s,
-            None => self.read_last_seq(&new.tenant, &new.conversation_id).await?,
+            Some(s) => Some(s),
+            None => self.read_last(&new.tenant, &new.conversation_id).await?,
         };
         let mut message = Message {
             msg_id: im_core::new_msg_id(),
@@ -341,16 +384,24 @@ impl MessageStore for ClusterStore {
             content: Some(new.content.clone()),
             client_msg_id: new.client_msg_id.clone(),
             server_time_ms: 0,
+            recalled_by: String::new(),
+            recalled_ms: 0,
         };
         let deadline = Instant::now() + SEQ_RACE_BUDGET;
         while Instant::now() < deadline {
-            message.seq = last + 1;
+            let last_seq = last.as_ref().map_or(0, |l| l.seq);
+            message.seq = last_seq + 1;
+            let ordinal =
+                last.as_ref().map_or(0, |l| crate::sent_counts(l.seq, &l.from, l.ordinal, &new.from_user).0) + 1;
             message.server_time_ms = im_core::now_ms();
-            self.mark_pending(&keys, message.seq, &message.msg_id).await?;
+            self.mark_pending(&keys, &new, message.seq, &message.msg_id, message.server_time_ms).await?;
             metrics::counter!("dongdong_pending_marked_total").increment(keys.len() as u64);
-            match self.insert(encode(&message, &new.tenant)).await {
+            let mut document = encode(&message, &new.tenant);
+            document.insert("n", ordinal as i64);
+            match self.insert(document).await {
                 Ok(()) => {
-                    self.remember_seq(&new.conversation_id, message.seq);
+                    let from = new.from_user.as_str().into();
+                    self.remember_last(&new.conversation_id, LastMessage { seq: message.seq, from, ordinal });
                     return Ok(Appended { message, duplicate: false });
                 }
                 Err(InsertError::DuplicateKey) => {
@@ -362,7 +413,13 @@ impl MessageStore for ClusterStore {
                     metrics::counter!("dongdong_seq_conflicts_total").increment(1);
                     // A short random pause lets the other node's burst pass.
                     tokio::time::sleep(Duration::from_micros(rand_micros(2_000))).await;
-                    last = self.read_last_seq(&new.tenant, &new.conversation_id).await?.max(last + 1);
+                    let read = self.read_last(&new.tenant, &new.conversation_id).await?;
+                    // The stored last seq is at least the one just lost.
+                    last = read.filter(|r| r.seq > last_seq).or(last);
+                    if last.as_ref().map_or(0, |l| l.seq) == last_seq {
+                        // Not visible yet: read it again after another pause.
+                        continue;
+                    }
                 }
                 Err(InsertError::Failed(e)) => {
                     self.unmark_pending(&keys, &message.msg_id).await;
@@ -425,6 +482,28 @@ impl MessageStore for ClusterStore {
         }
         Ok(HistoryPage { messages, has_more })
     }
+
+    async fn get_by_id(&self, tenant: &str, msg_id: &str) -> Result<Option<Message>> {
+        self.get_by_id_impl(tenant, msg_id).await
+    }
+
+    async fn mark_read(&self, read: MarkRead) -> Result<ReadMark> {
+        self.mark_read_impl(read).await
+    }
+
+    async fn conversations(
+        &self,
+        tenant: &str,
+        user: &str,
+        after: Option<&ConversationCursor>,
+        limit: usize,
+    ) -> Result<ConversationsPage> {
+        self.conversations_impl(tenant, user, after, limit).await
+    }
+
+    async fn recall(&self, tenant: &str, msg_id: &str, by: &DeviceKey) -> Result<Option<RecallOutcome>> {
+        self.recall_impl(tenant, msg_id, by).await
+    }
 }
 
 /// Returns a page of a device's pending set after a cursor, as
@@ -448,7 +527,8 @@ return redis.call('ZRANGE', KEYS[1], start, start + tonumber(ARGV[3]) - 1, 'WITH
 /// Registers a device; a user's first device takes over the user slot; past
 /// the limit the least recently seen device is forgotten with its pending set.
 /// KEYS: devices hash, the device's pending set, the user slot's pending set.
-/// ARGV: device, now ms, max devices, pending key prefix. Returns
+/// ARGV: device, now ms, max devices, pending key prefix, the two event key
+/// prefixes. Returns
 /// {new (0/1), claimed, evicted device or ''}.
 const REGISTER_DEVICE: &str = r#"
 local device, now, max, prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
@@ -472,7 +552,7 @@ elseif known >= max then
     if seen == nil or t < seen then oldest, seen = all[i], t end
   end
   redis.call('HDEL', KEYS[1], oldest)
-  redis.call('DEL', prefix .. oldest)
+  redis.call('DEL', prefix .. oldest, ARGV[5] .. oldest, ARGV[6] .. oldest)
   evicted = oldest
 end
 redis.call('HSET', KEYS[1], device, now)
@@ -538,6 +618,14 @@ impl PendingStore for ClusterStore {
         redis::cmd("ZREM").arg(key).arg(msg_ids).query_async(&mut self.redis.clone()).await.map_err(redis_err("ZREM"))
     }
 
+    async fn pending_events(&self, device: &DeviceKey, after: Option<&str>, limit: usize) -> Result<Vec<PendingEvent>> {
+        self.pending_events_impl(device, after, limit).await
+    }
+
+    async fn ack_events(&self, acks: &[(Arc<DeviceKey>, Vec<String>)]) -> Result<usize> {
+        self.ack_events_impl(acks).await
+    }
+
     /// One pipeline of `ZREM`s: one round trip for the whole batch.
     async fn ack_batch(&self, acks: &[(Arc<DeviceKey>, Vec<String>)]) -> Result<usize> {
         let _timer = CallTimer::new("redis", "ack_batch");
@@ -577,6 +665,8 @@ impl DeviceRegistry for ClusterStore {
             .arg(im_core::now_ms())
             .arg(self.max_devices)
             .arg(&prefix)
+            .arg(events_keys(&device.tenant, &device.user, "").0)
+            .arg(events_keys(&device.tenant, &device.user, "").1)
             .invoke_async(&mut self.redis.clone())
             .await
             .map_err(redis_err("register device"))?;

@@ -10,6 +10,7 @@ mod bus;
 mod cs;
 mod messages;
 mod presence;
+mod reads;
 
 pub use bus::RedisBus;
 pub use cs::RedisCs;
@@ -75,6 +76,18 @@ pub(crate) fn devices_key(tenant: &str, user: &str) -> String {
 
 pub(crate) fn pending_key(tenant: &str, user: &str, device: &str) -> String {
     format!("dd:{}:pending:{device}", user_tag(tenant, user))
+}
+
+/// A user's conversations, scored by their last activity (ms).
+pub(crate) fn convs_key(tenant: &str, user: &str) -> String {
+    format!("dd:{}:convs", user_tag(tenant, user))
+}
+
+/// A device's pending events: a sorted set of event keys (score 0, so
+/// ordered by key) and a hash of key -> "version:" + encoded frame.
+pub(crate) fn events_keys(tenant: &str, user: &str, device: &str) -> (String, String) {
+    let tag = user_tag(tenant, user);
+    (format!("dd:{tag}:events:{device}"), format!("dd:{tag}:eventdata:{device}"))
 }
 
 pub(crate) fn presence_key(tenant: &str, user: &str) -> String {

@@ -18,8 +18,9 @@ pub use presence::MemoryPresence;
 
 use crate::keys::{Key, Reader};
 use crate::{
-    Appended, Conversation, DeviceKey, DeviceRegistration, DeviceRegistry, HistoryPage, HistoryQuery, MessageStore,
-    NewMessage, PendingCursor, PendingStore, Result, StorageError,
+    Appended, Conversation, ConversationCursor, ConversationsPage, DeviceKey, DeviceRegistration, DeviceRegistry,
+    HistoryPage, HistoryQuery, MarkRead, MessageStore, NewMessage, PendingCursor, PendingEvent, PendingStore, ReadMark,
+    ReadState, RecallOutcome, Result, StorageError,
 };
 use async_trait::async_trait;
 use im_core::pb::Message;
@@ -46,6 +47,14 @@ const IDEMPOTENCY: TableDefinition<&[u8], &str> = TableDefinition::new("idempote
 const PENDING: TableDefinition<&[u8], &str> = TableDefinition::new("pending");
 /// (tenant, user, device) -> last seen, ms since the epoch.
 const DEVICES: TableDefinition<&[u8], u64> = TableDefinition::new("devices");
+/// (tenant, user, last activity ms, conversation) -> empty: each user's
+/// conversations by their last message, for the conversation list.
+const USER_CONVS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("user_convs");
+/// (conversation, user) -> [`ReadState`].
+const READS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("reads");
+/// (tenant, user, device, event key) -> version (8 bytes) and the encoded
+/// event `Frame`: receipts and recalls pending for a device.
+const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
 /// Puts (Some) or deletes (None) of customer-service records, by key.
 pub(crate) type Records = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
@@ -100,6 +109,10 @@ enum WriteOp {
     Ack(DeviceKey, Vec<String>, oneshot::Sender<Result<usize>>),
     AckBatch(Vec<(Arc<DeviceKey>, Vec<String>)>, oneshot::Sender<Result<usize>>),
     Register(DeviceKey, oneshot::Sender<Result<DeviceRegistration>>),
+    MarkRead(MarkRead, oneshot::Sender<Result<ReadMark>>),
+    /// Tenant, msg_id, who recalls.
+    Recall(String, String, DeviceKey, oneshot::Sender<Result<Option<RecallOutcome>>>),
+    AckEvents(Vec<(Arc<DeviceKey>, Vec<String>)>, oneshot::Sender<Result<usize>>),
     /// Puts (Some) or deletes (None) customer-service records; durable.
     Records(Records, oneshot::Sender<Result<()>>),
     /// Stop after the ops queued before this one.
@@ -108,7 +121,7 @@ enum WriteOp {
 
 impl WriteOp {
     fn durable(&self) -> bool {
-        matches!(self, WriteOp::Append(..) | WriteOp::Records(..))
+        matches!(self, WriteOp::Append(..) | WriteOp::Records(..) | WriteOp::MarkRead(..) | WriteOp::Recall(..))
     }
 }
 
@@ -274,6 +287,9 @@ fn init_tables(db: &Database) -> Result<()> {
     txn.open_table(PENDING).map_err(unavailable)?;
     txn.open_table(DEVICES).map_err(unavailable)?;
     txn.open_table(CS).map_err(unavailable)?;
+    txn.open_table(USER_CONVS).map_err(unavailable)?;
+    txn.open_table(READS).map_err(unavailable)?;
+    txn.open_table(EVENTS).map_err(unavailable)?;
     txn.open_table(META).map_err(unavailable)?;
     txn.commit().map_err(unavailable)
 }
@@ -418,6 +434,9 @@ struct Tables<'txn> {
     pending: Table<'txn, &'static [u8], &'static str>,
     devices: Table<'txn, &'static [u8], u64>,
     cs: Table<'txn, &'static [u8], &'static [u8]>,
+    user_convs: Table<'txn, &'static [u8], &'static [u8]>,
+    reads: Table<'txn, &'static [u8], &'static [u8]>,
+    events: Table<'txn, &'static [u8], &'static [u8]>,
 }
 
 fn device_prefix(tenant: &str, user: &str) -> Vec<u8> {
@@ -438,6 +457,53 @@ fn message_key(conversation: &str, seq: u64) -> Vec<u8> {
 
 fn decode_message(bytes: &[u8]) -> Result<Message> {
     Message::decode(bytes).map_err(|e| StorageError::Corrupt(format!("message record: {e}")))
+}
+
+/// What a message record holds beside the `Message`: the sender's count of
+/// messages in the conversation up to this one, as protobuf field 1000 of
+/// the same bytes (decoding a `Message` skips it; records written before it
+/// existed read as 0).
+#[derive(Clone, PartialEq, prost::Message)]
+struct StoredExtra {
+    #[prost(uint64, tag = "1000")]
+    ordinal: u64,
+}
+
+fn encode_stored(message: &Message, ordinal: u64) -> Vec<u8> {
+    let mut bytes = message.encode_to_vec();
+    bytes.extend_from_slice(&StoredExtra { ordinal }.encode_to_vec());
+    bytes
+}
+
+fn stored_ordinal(bytes: &[u8]) -> u64 {
+    StoredExtra::decode(bytes).map(|e| e.ordinal).unwrap_or(0)
+}
+
+fn user_conv_key(tenant: &str, user: &str, active_ms: u64, conversation: &str) -> Vec<u8> {
+    Key::new().s(tenant).s(user).n(active_ms).s(conversation).into_vec()
+}
+
+fn reads_key(conversation: &str, user: &str) -> Vec<u8> {
+    Key::new().s(conversation).s(user).into_vec()
+}
+
+fn event_key(tenant: &str, user: &str, device: &str, key: &str) -> Vec<u8> {
+    Key::new().s(tenant).s(user).s(device).s(key).into_vec()
+}
+
+/// An event record: its version, then the frame.
+fn encode_event(version: u64, frame: &im_core::pb::Frame) -> Vec<u8> {
+    let mut v = version.to_be_bytes().to_vec();
+    v.extend_from_slice(&frame.encode_to_vec());
+    v
+}
+
+fn event_version(bytes: &[u8]) -> Option<u64> {
+    bytes.get(..8)?.try_into().ok().map(u64::from_be_bytes)
+}
+
+fn decode_read_state(bytes: Option<&[u8]>) -> Result<ReadState> {
+    bytes.map_or(Ok(ReadState::default()), |b| ReadState::decode(b).ok_or_else(|| corrupt("read state record")))
 }
 
 fn decode_conversation(id: &str, bytes: &[u8], last_seq: u64) -> Result<Conversation> {
@@ -479,6 +545,9 @@ impl<'txn> Tables<'txn> {
             pending: txn.open_table(PENDING).map_err(unavailable)?,
             devices: txn.open_table(DEVICES).map_err(unavailable)?,
             cs: txn.open_table(CS).map_err(unavailable)?,
+            user_convs: txn.open_table(USER_CONVS).map_err(unavailable)?,
+            reads: txn.open_table(READS).map_err(unavailable)?,
+            events: txn.open_table(EVENTS).map_err(unavailable)?,
         })
     }
 
@@ -506,6 +575,12 @@ impl<'txn> Tables<'txn> {
             (T::Devices, None) => self.devices.remove(key).map_err(unavailable)?.is_some(),
             (T::Cs, Some(v)) => self.cs.insert(key, v).map_err(unavailable)?.is_some(),
             (T::Cs, None) => self.cs.remove(key).map_err(unavailable)?.is_some(),
+            (T::UserConvs, Some(v)) => self.user_convs.insert(key, v).map_err(unavailable)?.is_some(),
+            (T::UserConvs, None) => self.user_convs.remove(key).map_err(unavailable)?.is_some(),
+            (T::Reads, Some(v)) => self.reads.insert(key, v).map_err(unavailable)?.is_some(),
+            (T::Reads, None) => self.reads.remove(key).map_err(unavailable)?.is_some(),
+            (T::Events, Some(v)) => self.events.insert(key, v).map_err(unavailable)?.is_some(),
+            (T::Events, None) => self.events.remove(key).map_err(unavailable)?.is_some(),
         };
         Ok(existed)
     }
@@ -587,6 +662,107 @@ impl MessageStore for EmbeddedStore {
             Ok(HistoryPage { messages, has_more })
         })
         .await
+    }
+
+    async fn get_by_id(&self, tenant: &str, msg_id: &str) -> Result<Option<Message>> {
+        let (tenant, msg_id) = (tenant.to_string(), msg_id.to_string());
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let index = txn.open_table(MSG_INDEX).map_err(unavailable)?;
+            let Some(pos) = index.get(msg_id.as_str()).map_err(unavailable)? else {
+                return Ok(None);
+            };
+            let pos = pos.value().to_vec();
+            let mut r = Reader::new(&pos);
+            let Some(conv) = r.s() else { return Err(corrupt("message index record")) };
+            let conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
+            let Some(record) = conversations.get(conv).map_err(unavailable)? else {
+                return Err(corrupt("a message without its conversation"));
+            };
+            if decode_conversation(conv, record.value(), 0)?.tenant != tenant {
+                return Ok(None);
+            }
+            let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+            match messages.get(pos.as_slice()).map_err(unavailable)? {
+                Some(v) => decode_message(v.value()).map(Some),
+                None => Err(corrupt("message index points at a missing message")),
+            }
+        })
+        .await
+    }
+
+    async fn mark_read(&self, read: MarkRead) -> Result<ReadMark> {
+        self.submit(|tx| WriteOp::MarkRead(read, tx)).await
+    }
+
+    async fn conversations(
+        &self,
+        tenant: &str,
+        user: &str,
+        after: Option<&ConversationCursor>,
+        limit: usize,
+    ) -> Result<ConversationsPage> {
+        let prefix = Key::new().s(tenant).s(user).into_vec();
+        let end = match after {
+            Some(c) => user_conv_key(tenant, user, c.active_ms, &c.conversation_id),
+            None => {
+                let mut end = prefix.clone();
+                end.extend_from_slice(&[0xff; 9]);
+                end
+            }
+        };
+        let user = user.to_string();
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let index = txn.open_table(USER_CONVS).map_err(unavailable)?;
+            let conversations = txn.open_table(CONVERSATIONS).map_err(unavailable)?;
+            let messages = txn.open_table(MESSAGES).map_err(unavailable)?;
+            let reads = txn.open_table(READS).map_err(unavailable)?;
+            let mut page = ConversationsPage::default();
+            let mut iter = index.range(prefix.as_slice()..end.as_slice()).map_err(unavailable)?.rev();
+            for item in iter.by_ref().take(limit.max(1)) {
+                let (k, _) = item.map_err(unavailable)?;
+                let mut r = Reader::new(&k.value()[prefix.len()..]);
+                let (Some(active_ms), Some(conv)) = (r.n(), r.s()) else {
+                    return Err(corrupt("conversation list key"));
+                };
+                let Some(record) = conversations.get(conv).map_err(unavailable)? else {
+                    return Err(corrupt("a listed conversation without its record"));
+                };
+                let members = decode_conversation(conv, record.value(), 0)?.members;
+                let peer = if members[0] == user { &members[1] } else { &members[0] };
+                let lo = message_key(conv, 0);
+                let hi = message_key(conv, u64::MAX);
+                let last = messages.range(lo.as_slice()..=hi.as_slice()).map_err(unavailable)?.next_back();
+                let Some(last) = last else { return Err(corrupt("a listed conversation without messages")) };
+                let (_, bytes) = last.map_err(unavailable)?;
+                let (message, mut ordinal) = (decode_message(bytes.value())?, stored_ordinal(bytes.value()));
+                if ordinal == 0 {
+                    // Written before ordinals were stored: count.
+                    for item in messages.range(lo.as_slice()..=hi.as_slice()).map_err(unavailable)? {
+                        let (_, v) = item.map_err(unavailable)?;
+                        ordinal += u64::from(decode_message(v.value())?.from_user == message.from_user);
+                    }
+                }
+                let state = |u: &str| -> Result<ReadState> {
+                    let v = reads.get(reads_key(conv, u).as_slice()).map_err(unavailable)?;
+                    decode_read_state(v.as_ref().map(|v| v.value()))
+                };
+                let (mine, theirs) = (state(&user)?, state(peer)?);
+                page.items.push(crate::conversation_item(&user, peer, message, ordinal, mine, theirs));
+                page.next = Some(ConversationCursor { active_ms, conversation_id: conv.to_string() });
+            }
+            if iter.next().is_none() {
+                page.next = None;
+            }
+            Ok(page)
+        })
+        .await
+    }
+
+    async fn recall(&self, tenant: &str, msg_id: &str, by: &DeviceKey) -> Result<Option<RecallOutcome>> {
+        let (tenant, msg_id, by) = (tenant.to_string(), msg_id.to_string(), by.clone());
+        self.submit(|tx| WriteOp::Recall(tenant, msg_id, by, tx)).await
     }
 }
 
@@ -678,6 +854,43 @@ impl PendingStore for EmbeddedStore {
             Ok(n)
         })
         .await
+    }
+
+    async fn pending_events(&self, device: &DeviceKey, after: Option<&str>, limit: usize) -> Result<Vec<PendingEvent>> {
+        let prefix = device_key(&device.tenant, &device.user, &device.device);
+        let start = match after {
+            Some(key) => {
+                let mut k = event_key(&device.tenant, &device.user, &device.device, key);
+                k.push(0); // strictly after
+                k
+            }
+            None => prefix.clone(),
+        };
+        self.read(move |db| {
+            let txn = db.begin_read().map_err(unavailable)?;
+            let events = txn.open_table(EVENTS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for item in events.range(start.as_slice()..).map_err(unavailable)?.take(limit.max(1)) {
+                let (k, v) = item.map_err(unavailable)?;
+                if !k.value().starts_with(&prefix) {
+                    break;
+                }
+                let key = Reader::new(&k.value()[prefix.len()..]).s().ok_or_else(|| corrupt("event key"))?;
+                let frame = v.value().get(8..).and_then(|b| im_core::pb::Frame::decode(b).ok());
+                let frame = frame.ok_or_else(|| corrupt("event record"))?;
+                out.push(PendingEvent { key: key.to_string(), frame });
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn ack_events(&self, acks: &[(Arc<DeviceKey>, Vec<String>)]) -> Result<usize> {
+        if acks.iter().all(|(_, ids)| ids.is_empty()) {
+            return Ok(0);
+        }
+        let acks = acks.to_vec();
+        self.submit(|tx| WriteOp::AckEvents(acks, tx)).await
     }
 
     async fn ack(&self, device: &DeviceKey, msg_ids: &[String]) -> Result<usize> {

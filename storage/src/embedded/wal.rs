@@ -32,11 +32,14 @@ pub enum Table {
     Pending = 5,
     Devices = 6,
     Cs = 7,
+    UserConvs = 8,
+    Reads = 9,
+    Events = 10,
 }
 
 impl Table {
     /// Every table, in the order of their numbers.
-    pub const ALL: [Table; 7] = [
+    pub const ALL: [Table; 10] = [
         Table::Messages,
         Table::MsgIndex,
         Table::Conversations,
@@ -44,6 +47,9 @@ impl Table {
         Table::Pending,
         Table::Devices,
         Table::Cs,
+        Table::UserConvs,
+        Table::Reads,
+        Table::Events,
     ];
 
     fn from_u8(v: u8) -> Option<Self> {

@@ -32,7 +32,7 @@ use tokio::sync::watch;
 /// The final value of each key a batch (or several) wrote, per table
 /// (`None`: deleted).
 #[derive(Default)]
-pub(super) struct Writes([BTreeMap<Vec<u8>, Option<Vec<u8>>>; 7]);
+pub(super) struct Writes([BTreeMap<Vec<u8>, Option<Vec<u8>>>; T::ALL.len()]);
 
 fn slot(t: T) -> usize {
     t as usize - 1
@@ -42,7 +42,7 @@ fn slot(t: T) -> usize {
 /// that holds it. The writer adds a batch after logging it; the applier
 /// removes it once committed (unless a later record rewrote the key).
 #[derive(Default)]
-pub(super) struct Unapplied([BTreeMap<Vec<u8>, Tagged>; 7]);
+pub(super) struct Unapplied([BTreeMap<Vec<u8>, Tagged>; T::ALL.len()]);
 
 /// A value (`None`: deleted) and the LSN of the record that wrote it.
 type Tagged = (u64, Option<Vec<u8>>);
@@ -125,6 +125,8 @@ impl Drop for WaitingReader<'_> {
 /// Replies held until the batch is logged.
 enum Reply {
     Append(oneshot::Sender<Result<Appended>>, Appended),
+    MarkRead(oneshot::Sender<Result<ReadMark>>, ReadMark),
+    Recall(oneshot::Sender<Result<Option<RecallOutcome>>>, Option<RecallOutcome>),
     Ack(oneshot::Sender<Result<usize>>, usize),
     Register(oneshot::Sender<Result<DeviceRegistration>>, DeviceRegistration),
     Records(oneshot::Sender<Result<()>>),
@@ -134,6 +136,8 @@ impl Reply {
     fn fail(self, e: &StorageError) {
         match self {
             Reply::Append(tx, _) => drop(tx.send(Err(e.clone()))),
+            Reply::MarkRead(tx, _) => drop(tx.send(Err(e.clone()))),
+            Reply::Recall(tx, _) => drop(tx.send(Err(e.clone()))),
             Reply::Ack(tx, _) => drop(tx.send(Err(e.clone()))),
             Reply::Register(tx, _) => drop(tx.send(Err(e.clone()))),
             Reply::Records(tx) => drop(tx.send(Err(e.clone()))),
@@ -143,6 +147,8 @@ impl Reply {
     fn succeed(self) {
         match self {
             Reply::Append(tx, v) => drop(tx.send(Ok(v))),
+            Reply::MarkRead(tx, v) => drop(tx.send(Ok(v))),
+            Reply::Recall(tx, v) => drop(tx.send(Ok(v))),
             Reply::Ack(tx, v) => drop(tx.send(Ok(v))),
             Reply::Register(tx, v) => drop(tx.send(Ok(v))),
             Reply::Records(tx) => drop(tx.send(Ok(()))),
@@ -153,7 +159,9 @@ impl Reply {
 pub(super) fn fail_op(op: WriteOp, e: &StorageError) {
     match op {
         WriteOp::Append(_, tx) => drop(tx.send(Err(e.clone()))),
-        WriteOp::Ack(_, _, tx) | WriteOp::AckBatch(_, tx) => drop(tx.send(Err(e.clone()))),
+        WriteOp::Ack(_, _, tx) | WriteOp::AckBatch(_, tx) | WriteOp::AckEvents(_, tx) => drop(tx.send(Err(e.clone()))),
+        WriteOp::MarkRead(_, tx) => drop(tx.send(Err(e.clone()))),
+        WriteOp::Recall(.., tx) => drop(tx.send(Err(e.clone()))),
         WriteOp::Register(_, tx) => drop(tx.send(Err(e.clone()))),
         WriteOp::Records(_, tx) => drop(tx.send(Err(e.clone()))),
         WriteOp::Close => {}
@@ -176,11 +184,21 @@ fn hold<T>(
     }
 }
 
+/// A conversation's last message, as the writer needs it.
+#[derive(Clone)]
+struct ConvState {
+    last_seq: u64,
+    last_ms: u64,
+    last_from: Box<str>,
+    /// The sender's count of messages up to the last one.
+    last_ordinal: u64,
+}
+
 /// What the writer remembers between batches.
 #[derive(Default)]
 struct Caches {
-    /// Conversation id -> its last seq.
-    seqs: HashMap<Box<str>, u64>,
+    /// Conversation id -> its last message (absent: not looked up yet).
+    seqs: HashMap<Box<str>, ConvState>,
     /// (tenant, user) key prefix -> the user's devices and when each was last seen.
     devices: HashMap<Box<[u8]>, Vec<(String, u64)>>,
 }
@@ -317,6 +335,12 @@ fn write_batch(
                 }
                 WriteOp::Register(dev, tx) => {
                     hold(tx, txn.register(&dev, options.max_devices_per_user), Reply::Register)
+                }
+                WriteOp::MarkRead(read, tx) => hold(tx, txn.mark_read(&read), Reply::MarkRead),
+                WriteOp::Recall(tenant, msg_id, by, tx) => hold(tx, txn.recall(&tenant, &msg_id, &by), Reply::Recall),
+                WriteOp::AckEvents(acks, tx) => {
+                    let removed = acks.iter().try_fold(0, |n, (dev, ids)| Ok(n + txn.ack_events(dev, ids)?));
+                    hold(tx, removed, Reply::Ack)
                 }
                 WriteOp::Records(records, tx) => {
                     for (key, value) in records {
@@ -531,6 +555,8 @@ struct View<'r> {
     idempotency: redb::ReadOnlyTable<&'static [u8], &'static str>,
     pending: redb::ReadOnlyTable<&'static [u8], &'static str>,
     devices: redb::ReadOnlyTable<&'static [u8], u64>,
+    reads: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    events: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
     _txn: std::marker::PhantomData<&'r redb::ReadTransaction>,
 }
 
@@ -552,6 +578,8 @@ impl<'a> Txn<'a> {
             idempotency: read.open_table(IDEMPOTENCY).map_err(unavailable)?,
             pending: read.open_table(PENDING).map_err(unavailable)?,
             devices: read.open_table(DEVICES).map_err(unavailable)?,
+            reads: read.open_table(READS).map_err(unavailable)?,
+            events: read.open_table(EVENTS).map_err(unavailable)?,
             _txn: std::marker::PhantomData,
         };
         Ok(Self { view, unapplied, caches, writes: Writes::default(), log: Ops::default() })
@@ -577,7 +605,9 @@ impl<'a> Txn<'a> {
             T::Idempotency => v.idempotency.get(key).map_err(unavailable)?.map(|g| g.value().as_bytes().to_vec()),
             T::Pending => v.pending.get(key).map_err(unavailable)?.map(|g| g.value().as_bytes().to_vec()),
             T::Devices => v.devices.get(key).map_err(unavailable)?.map(|g| g.value().to_be_bytes().to_vec()),
-            T::Cs => return Err(corrupt("the writer does not read customer-service records")),
+            T::Reads => v.reads.get(key).map_err(unavailable)?.map(|g| g.value().to_vec()),
+            T::Events => v.events.get(key).map_err(unavailable)?.map(|g| g.value().to_vec()),
+            T::Cs | T::UserConvs => return Err(corrupt("the writer does not read this table")),
         })
     }
 
@@ -602,6 +632,15 @@ impl<'a> Txn<'a> {
                         break;
                     }
                     out.insert(k.value().to_vec(), val.value().to_be_bytes().to_vec());
+                }
+            }
+            T::Events => {
+                for item in v.events.range(prefix..).map_err(unavailable)? {
+                    let (k, val) = item.map_err(unavailable)?;
+                    if !k.value().starts_with(prefix) {
+                        break;
+                    }
+                    out.insert(k.value().to_vec(), val.value().to_vec());
                 }
             }
             _ => return Err(corrupt("a prefix scan of a table the writer does not scan")),
@@ -632,9 +671,10 @@ impl<'a> Txn<'a> {
         self.writes.0[slot(t)].insert(key, value);
     }
 
-    fn last_seq(&mut self, conversation: &str) -> Result<u64> {
-        if let Some(seq) = self.caches.seqs.get(conversation) {
-            return Ok(*seq);
+    /// The conversation's last message (`None`: it has none).
+    fn conv_state(&mut self, conversation: &str) -> Result<Option<ConvState>> {
+        if let Some(state) = self.caches.seqs.get(conversation) {
+            return Ok(Some(state.clone()));
         }
         // Not cached: redb, or a record not applied yet (the cache may have
         // been trimmed since it was logged).
@@ -647,8 +687,64 @@ impl<'a> Txn<'a> {
             let s = k.get(k.len().saturating_sub(8)..).and_then(|b| b.try_into().ok()).map(u64::from_be_bytes);
             seq = seq.max(s.ok_or_else(|| corrupt("message key"))?);
         }
-        self.caches.seqs.insert(conversation.into(), seq);
-        Ok(seq)
+        if seq == 0 {
+            return Ok(None);
+        }
+        let (last, ordinal) = self.message_at(conversation, seq)?.ok_or_else(|| corrupt("last message vanished"))?;
+        let state = ConvState {
+            last_seq: seq,
+            last_ms: last.server_time_ms,
+            last_from: last.from_user.into(),
+            last_ordinal: ordinal,
+        };
+        self.caches.seqs.insert(conversation.into(), state.clone());
+        Ok(Some(state))
+    }
+
+    /// The message at `seq` and its sender's ordinal (counted for records
+    /// written before ordinals were stored).
+    fn message_at(&self, conversation: &str, seq: u64) -> Result<Option<(Message, u64)>> {
+        let Some(bytes) = self.get(T::Messages, &message_key(conversation, seq))? else {
+            return Ok(None);
+        };
+        let message = decode_message(&bytes)?;
+        let mut ordinal = stored_ordinal(&bytes);
+        if ordinal == 0 {
+            for earlier in 1..=seq {
+                if let Some(b) = self.get(T::Messages, &message_key(conversation, earlier))?
+                    && decode_message(&b)?.from_user == message.from_user
+                {
+                    ordinal += 1;
+                }
+            }
+        }
+        Ok(Some((message, ordinal)))
+    }
+
+    /// Makes `frame` (version `version`, key `key`) pending for every
+    /// known device of `users` except `except`.
+    fn put_event(
+        &mut self,
+        tenant: &str,
+        users: &[&str],
+        except: &DeviceKey,
+        key: &str,
+        version: u64,
+        frame: &im_core::pb::Frame,
+    ) -> Result<()> {
+        let value = encode_event(version, frame);
+        for (i, user) in users.iter().enumerate() {
+            if users[..i].contains(user) {
+                continue;
+            }
+            for (device, _) in self.devices_of(tenant, user)? {
+                if *user == except.user && device == except.device {
+                    continue;
+                }
+                self.write(T::Events, event_key(tenant, user, &device, key), Some(value.clone()));
+            }
+        }
+        Ok(())
     }
 
     fn devices_of(&mut self, tenant: &str, user: &str) -> Result<Vec<(String, u64)>> {
@@ -688,7 +784,12 @@ impl<'a> Txn<'a> {
             let message = self.message_by_id(&msg_id)?.ok_or_else(|| corrupt("idempotency key without message"))?;
             return Ok(Appended { message, duplicate: true });
         }
-        let seq = self.last_seq(&new.conversation_id)? + 1;
+        let state = self.conv_state(&new.conversation_id)?;
+        let seq = state.as_ref().map_or(0, |s| s.last_seq) + 1;
+        let ordinal = state
+            .as_ref()
+            .map_or(0, |s| crate::sent_counts(s.last_seq, &s.last_from, s.last_ordinal, &new.from_user).0)
+            + 1;
         if seq == 1 {
             if self.get(T::Conversations, new.conversation_id.as_bytes())?.is_some() {
                 return Err(corrupt("conversation record without messages"));
@@ -713,12 +814,31 @@ impl<'a> Txn<'a> {
             content: Some(new.content),
             client_msg_id: new.client_msg_id,
             server_time_ms: im_core::now_ms(),
+            recalled_by: String::new(),
+            recalled_ms: 0,
         };
         let position = message_key(&new.conversation_id, seq);
-        self.write(T::Messages, position.clone(), Some(message.encode_to_vec()));
+        self.write(T::Messages, position.clone(), Some(encode_stored(&message, ordinal)));
         self.write(T::MsgIndex, message.msg_id.clone().into_bytes(), Some(position));
         self.write(T::Idempotency, idem_key, Some(message.msg_id.clone().into_bytes()));
-        self.caches.seqs.insert(new.conversation_id.as_str().into(), seq);
+        // Both members' conversation lists: moved to the new time.
+        let now = message.server_time_ms;
+        let members: &[&str] =
+            if new.from_user == new.to_user { &[&new.from_user] } else { &[&new.from_user, &new.to_user] };
+        for member in members {
+            let previous = state.as_ref().map(|s| s.last_ms);
+            if previous == Some(now) {
+                continue;
+            }
+            if let Some(previous) = previous {
+                self.write(T::UserConvs, user_conv_key(&new.tenant, member, previous, &new.conversation_id), None);
+            }
+            let key = user_conv_key(&new.tenant, member, now, &new.conversation_id);
+            self.write(T::UserConvs, key, Some(Vec::new()));
+        }
+        let state =
+            ConvState { last_seq: seq, last_ms: now, last_from: new.from_user.as_str().into(), last_ordinal: ordinal };
+        self.caches.seqs.insert(new.conversation_id.as_str().into(), state);
         // Every device of the recipient, every other device of the sender.
         let recipient_devices = self.devices_of(&new.tenant, &new.to_user)?;
         let mut targets: Vec<(&str, String)> = Vec::with_capacity(recipient_devices.len() + 2);
@@ -796,6 +916,9 @@ impl<'a> Txn<'a> {
             {
                 self.write(T::Devices, device_key(&dev.tenant, &dev.user, &oldest), None);
                 self.take_pending(&dev.tenant, &dev.user, &oldest)?;
+                for (k, _) in self.scan(T::Events, &device_key(&dev.tenant, &dev.user, &oldest))? {
+                    self.write(T::Events, k, None);
+                }
                 known.retain(|(d, _)| d != &oldest);
                 reg.evicted = Some(oldest);
             }
@@ -804,5 +927,71 @@ impl<'a> Txn<'a> {
         self.write(T::Devices, key, Some(now.to_be_bytes().to_vec()));
         self.caches.devices.insert(device_prefix(&dev.tenant, &dev.user).into_boxed_slice(), known);
         Ok(reg)
+    }
+
+    fn mark_read(&mut self, read: &MarkRead) -> Result<ReadMark> {
+        let reader = &read.reader;
+        let key = reads_key(&read.conversation_id, &reader.user);
+        let current = decode_read_state(self.get(T::Reads, &key)?.as_deref())?;
+        let last = self.conv_state(&read.conversation_id)?.map_or(0, |s| s.last_seq);
+        let up_to = read.up_to_seq.min(last);
+        if up_to <= current.read_seq {
+            return Ok(ReadMark { read_seq: current.read_seq, moved: false });
+        }
+        let (message, ordinal) =
+            self.message_at(&read.conversation_id, up_to)?.ok_or_else(|| corrupt("a message below the last seq"))?;
+        let peer_sent = if read.peer == reader.user {
+            0
+        } else {
+            crate::sent_counts(up_to, &message.from_user, ordinal, &reader.user).1
+        };
+        let state = ReadState { read_seq: up_to, peer_sent };
+        self.write(T::Reads, key, Some(state.encode().to_vec()));
+        let frame = crate::receipt_frame(&read.conversation_id, &reader.user, up_to);
+        let event = crate::receipt_key(&read.conversation_id, &reader.user);
+        self.put_event(&reader.tenant, &[&read.peer, &reader.user], reader, &event, up_to, &frame)?;
+        Ok(ReadMark { read_seq: up_to, moved: true })
+    }
+
+    fn recall(&mut self, tenant: &str, msg_id: &str, by: &DeviceKey) -> Result<Option<RecallOutcome>> {
+        let Some(pos) = self.get(T::MsgIndex, msg_id.as_bytes())? else {
+            return Ok(None);
+        };
+        let mut r = Reader::new(&pos);
+        let (Some(conv), Some(seq)) = (r.s(), r.n()) else {
+            return Err(corrupt("message index record"));
+        };
+        let Some(record) = self.get(T::Conversations, conv.as_bytes())? else {
+            return Err(corrupt("a message without its conversation"));
+        };
+        if decode_conversation(conv, &record, 0)?.tenant != tenant {
+            return Ok(None);
+        }
+        let (mut message, ordinal) =
+            self.message_at(conv, seq)?.ok_or_else(|| corrupt("message index points at a missing message"))?;
+        if !message.recalled_by.is_empty() {
+            return Ok(Some(RecallOutcome { message, fresh: false }));
+        }
+        message.content = None;
+        message.recalled_by = by.user.clone();
+        message.recalled_ms = im_core::now_ms();
+        self.write(T::Messages, message_key(conv, seq), Some(encode_stored(&message, ordinal)));
+        let frame = crate::recalled_frame(&message);
+        let event = crate::recall_key(conv, msg_id);
+        self.put_event(tenant, &[&message.from_user, &message.to_user], by, &event, 1, &frame)?;
+        Ok(Some(RecallOutcome { message, fresh: true }))
+    }
+
+    fn ack_events(&mut self, dev: &DeviceKey, ids: &[String]) -> Result<usize> {
+        let mut removed = 0;
+        for id in ids {
+            let Some((key, version)) = crate::parse_event_id(id) else { continue };
+            let key = event_key(&dev.tenant, &dev.user, &dev.device, key);
+            if self.get(T::Events, &key)?.as_deref().and_then(event_version) == Some(version) {
+                self.write(T::Events, key, None);
+                removed += 1;
+            }
+        }
+        Ok(removed)
     }
 }

@@ -113,6 +113,29 @@ impl MessageStore for FaultyStore {
     async fn history(&self, q: HistoryQuery) -> Result<HistoryPage, StorageError> {
         self.inner.history(q).await
     }
+    async fn get_by_id(&self, t: &str, id: &str) -> Result<Option<Message>, StorageError> {
+        self.inner.get_by_id(t, id).await
+    }
+    async fn mark_read(&self, read: storage::MarkRead) -> Result<storage::ReadMark, StorageError> {
+        self.inner.mark_read(read).await
+    }
+    async fn conversations(
+        &self,
+        t: &str,
+        user: &str,
+        after: Option<&storage::ConversationCursor>,
+        limit: usize,
+    ) -> Result<storage::ConversationsPage, StorageError> {
+        self.inner.conversations(t, user, after, limit).await
+    }
+    async fn recall(
+        &self,
+        t: &str,
+        id: &str,
+        by: &storage::DeviceKey,
+    ) -> Result<Option<storage::RecallOutcome>, StorageError> {
+        self.inner.recall(t, id, by).await
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

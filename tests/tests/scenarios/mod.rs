@@ -7,5 +7,6 @@ mod cluster;
 mod cs;
 mod messaging;
 pub mod process;
+mod reads;
 mod reliability;
 mod web;

@@ -161,7 +161,11 @@ async fn acks_of_own_deliveries_do_not_count_against_the_rate_limit() {
     let mut limited = false;
     for _ in 0..30 {
         let req_id = bob.next_req_id();
-        bob.send_frame(&pb::Frame { req_id, body: Some(Body::Ack(pb::Ack { msg_ids: vec!["unknown".into()] })) }).await;
+        bob.send_frame(&pb::Frame {
+            req_id,
+            body: Some(Body::Ack(pb::Ack { msg_ids: vec!["unknown".into()], event_ids: vec![] })),
+        })
+        .await;
         let ping = bob.request(Body::Ping(pb::Ping {})).await;
         if matches!(ping.body, Some(Body::Error(_))) {
             limited = true;
@@ -201,6 +205,20 @@ impl storage::PendingStore for GatedAcks {
     ) -> Result<usize, storage::StorageError> {
         let _open = self.gate.acquire().await;
         self.inner.ack_batch(acks).await
+    }
+    async fn pending_events(
+        &self,
+        device: &storage::DeviceKey,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<storage::PendingEvent>, storage::StorageError> {
+        self.inner.pending_events(device, after, limit).await
+    }
+    async fn ack_events(
+        &self,
+        acks: &[(std::sync::Arc<storage::DeviceKey>, Vec<String>)],
+    ) -> Result<usize, storage::StorageError> {
+        self.inner.ack_events(acks).await
     }
 }
 
