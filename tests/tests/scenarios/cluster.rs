@@ -161,6 +161,36 @@ async fn three_nodes_chat_across_nodes_and_devices() {
         c.ack(vec![reply.msg_id.clone()]).await;
     }
 
+    // Receipts, the list and recall cross nodes: bob reads on node 1,
+    // alice's devices on nodes 0 and 2 and bob's other one hear of it.
+    let conv = ack.conversation_id.clone();
+    let mark = Body::MarkRead(pb::MarkRead { conversation_id: conv.clone(), up_to_seq: 2 });
+    let Some(Body::ReadReceipt(r)) = b1.request(mark).await.body else { panic!("receipt") };
+    assert_eq!(r.up_to_seq, 2);
+    let receipt = |x: &Body| match x {
+        Body::ReadReceipt(r) => Some(r.clone()),
+        _ => None,
+    };
+    for c in [&mut a1, &mut a2, &mut b2] {
+        let r = c.next_matching("ReadReceipt", receipt).await;
+        assert_eq!((r.reader.as_str(), r.up_to_seq), ("bob", 2));
+    }
+    let list = Body::ConversationsRequest(pb::ConversationsRequest::default());
+    let Some(Body::ConversationPage(page)) = a2.request(list).await.body else { panic!("page") };
+    let item = &page.items[0];
+    assert_eq!((item.peer.as_str(), item.unread, item.peer_read_seq), ("bob", 1, 2));
+    let Some(Body::Recalled(_)) = a1.request(Body::Recall(pb::Recall { msg_id: ack.msg_id.clone() })).await.body
+    else {
+        panic!("recall")
+    };
+    let recalled = |x: &Body| match x {
+        Body::Recalled(r) => Some(r.msg_id.clone()),
+        _ => None,
+    };
+    for c in [&mut b1, &mut b2, &mut a2] {
+        assert_eq!(c.next_matching("Recalled", recalled).await, ack.msg_id);
+    }
+
     // Concurrent senders of one conversation on three nodes: gap-free seq.
     let mut senders = Vec::new();
     for (node, user, peer) in [(0, "alice", "bob"), (1, "alice", "bob"), (2, "bob", "alice")] {
