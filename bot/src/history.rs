@@ -47,7 +47,7 @@ pub async fn run(
         until: Until::Count(messages),
         payload,
     };
-    let acked = send_loop(ctx, &mut conn, plan).await;
+    let acked = send_loop(ctx, &mut conn, plan).await.acked;
     let fill_secs = fill_started.elapsed().as_secs_f64();
     let newest = acked.len() as u64;
 

@@ -95,6 +95,20 @@ pub struct Correctness {
     /// Some acknowledged msg_ids that went missing, to look up.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub missing_examples: Vec<String>,
+    /// With `--read-receipts`: senders' conversations whose last acked
+    /// message never got its receipt: must be 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipts_missing: Option<u64>,
+    /// With `--read-receipts`: messages receivers' conversation lists still
+    /// counted unread at the end (a receiver that got no answer counts 1):
+    /// must be 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unread_left: Option<u64>,
+    /// With `--read-receipts`: MarkRead frames sent and receipts pushed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub marks: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub receipts: Option<u64>,
 }
 
 impl Correctness {
@@ -103,6 +117,8 @@ impl Correctness {
             && self.duplicates == 0
             && self.out_of_order == 0
             && self.sender_order_violated == 0
+            && self.receipts_missing.unwrap_or(0) == 0
+            && self.unread_left.unwrap_or(0) == 0
     }
 
     /// Checks `acked` against what the devices logged.

@@ -13,6 +13,7 @@ mod idle;
 mod ledger;
 mod offline;
 mod pairs;
+mod receipts;
 mod report;
 
 pub use ledger::Correctness;
@@ -101,6 +102,12 @@ pub struct Load {
     /// Text payload size in bytes (at least the 20 bytes of the timestamp).
     #[arg(long, default_value_t = 64)]
     pub payload: usize,
+    /// Receivers mark each conversation read as messages arrive (MarkRead
+    /// per message with --ack per-message, per burst with batched) and
+    /// senders ack the receipts; the report checks that every sender got
+    /// the receipt of its last message and that nothing is left unread.
+    #[arg(long)]
+    pub read_receipts: bool,
 }
 
 #[derive(clap::Subcommand, Clone, Debug)]
@@ -283,6 +290,8 @@ pub(crate) struct Ctx {
     pub common: Common,
     /// Time zero of the payload timestamps.
     pub epoch: Instant,
+    /// Receipt traffic (`--read-receipts`).
+    pub receipts: receipts::Counters,
 }
 
 impl Ctx {
@@ -311,6 +320,7 @@ impl Ctx {
             live: Arc::new(Live::default()),
             common: common.clone(),
             epoch: Instant::now(),
+            receipts: Default::default(),
         })
     }
 

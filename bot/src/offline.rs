@@ -66,7 +66,7 @@ pub async fn run(
         };
         let ctx = ctx.clone();
         tasks.push(tokio::spawn(async move {
-            let acked = send_loop(&ctx, &mut conn, plan).await;
+            let acked = send_loop(&ctx, &mut conn, plan).await.acked;
             drop(conn);
             acked
         }));
@@ -99,7 +99,7 @@ pub async fn run(
         pending_reported += conn.auth_ok.pending_count;
         let (ctx, stop) = (ctx.clone(), stop.clone());
         let expect = per_receiver[i];
-        tasks.push(Some(tokio::spawn(async move { receive_loop(&ctx, conn, all, stop, Some(expect)).await })));
+        tasks.push(Some(tokio::spawn(async move { receive_loop(&ctx, conn, all, stop, Some(expect), false).await })));
     }
     let watchdog = {
         let stop = stop.clone();

@@ -3,6 +3,7 @@
 
 use super::conn::{Conn, Incoming, error_name};
 use super::ledger::{Acked, Correctness, DeviceLog};
+use super::receipts::{self, Reader, SenderReceipts};
 use super::report::{self, Latency, Report};
 use super::{ConnSpec, Ctx, Load, connect_all};
 use hdrhistogram::Histogram;
@@ -55,11 +56,19 @@ pub struct SendPlan {
     pub payload: usize,
 }
 
+/// What a sender ends with.
+pub struct Sent {
+    pub acked: Vec<Acked>,
+    /// Receipts pushed to it, and the seqs acked to it.
+    pub receipts: SenderReceipts,
+}
+
 /// Sends as planned; returns what the server acknowledged. Unacknowledged
 /// sends are retried with the same client_msg_id after retryable errors.
-pub async fn send_loop(ctx: &Ctx, conn: &mut Conn, plan: SendPlan) -> Vec<Acked> {
+pub async fn send_loop(ctx: &Ctx, conn: &mut Conn, plan: SendPlan) -> Sent {
     let live = &ctx.live;
     let mut acked = Vec::new();
+    let mut receipts = SenderReceipts::default();
     let mut inflight: HashMap<u64, (String, String)> = HashMap::new();
     let mut retries: VecDeque<(Instant, String, String)> = VecDeque::new();
     let mut n = 0usize;
@@ -102,6 +111,7 @@ pub async fn send_loop(ctx: &Ctx, conn: &mut Conn, plan: SendPlan) -> Vec<Acked>
                 Incoming::Frame(Frame { req_id, body: Some(Body::SendAck(a)) }) => {
                     if inflight.remove(&req_id).is_some() {
                         live.acked.fetch_add(1, Ordering::Relaxed);
+                        receipts.acked(&a);
                         // req_ids grow with every frame written: the write order.
                         acked.push(Acked { msg_id: a.msg_id, devices: plan.expect.clone(), written: req_id });
                     }
@@ -114,7 +124,9 @@ pub async fn send_loop(ctx: &Ctx, conn: &mut Conn, plan: SendPlan) -> Vec<Acked>
                         retries.push_back((Instant::now() + RETRY_BACKOFF, cmid, text));
                     }
                 }
-                Incoming::Frame(_) => {}
+                Incoming::Frame(f) => {
+                    receipts::on_frame(&f, conn, Some(&mut receipts), &ctx.receipts).await;
+                }
                 Incoming::Closed(code) => {
                     live.error(closed_key(code));
                     break;
@@ -142,7 +154,7 @@ pub async fn send_loop(ctx: &Ctx, conn: &mut Conn, plan: SendPlan) -> Vec<Acked>
             }
         }
     }
-    acked
+    Sent { acked, receipts }
 }
 
 async fn tick(ticker: &mut Option<tokio::time::Interval>) -> Option<Instant> {
@@ -185,6 +197,9 @@ pub struct Received {
     pub counted: u64,
     /// When the device had `expect` messages (see `receive_loop`).
     pub complete_at: Option<Instant>,
+    /// With read receipts: what its conversation list showed unread at the
+    /// end (None: no answer).
+    pub unread: Option<u64>,
 }
 
 /// The measured period, in payload microseconds.
@@ -203,9 +218,17 @@ pub async fn receive_loop(
     window: Window,
     stop: CancellationToken,
     expect: Option<usize>,
+    read_receipts: bool,
 ) -> Received {
-    let mut r = Received { log: DeviceLog::default(), latency: report::histogram(), counted: 0, complete_at: None };
+    let mut r = Received {
+        log: DeviceLog::default(),
+        latency: report::histogram(),
+        counted: 0,
+        complete_at: None,
+        unread: None,
+    };
     let per_message = ctx.common.ack == "per-message";
+    let mut reader = Reader::default();
     let mut acks = Vec::new();
     'outer: loop {
         let first = tokio::select! {
@@ -226,14 +249,20 @@ pub async fn receive_loop(
                             r.counted += 1;
                         }
                     }
+                    if read_receipts {
+                        reader.saw(&m);
+                    }
                     if per_message {
                         conn.send(Body::Ack(pb::Ack { msg_ids: vec![m.msg_id], event_ids: vec![] })).await;
+                        reader.mark(&mut conn, &ctx.receipts).await;
                     } else {
                         acks.push(m.msg_id);
                     }
                 }
                 Incoming::Frame(Frame { body: Some(Body::Error(e)), .. }) => ctx.live.error(error_name(e.code)),
-                Incoming::Frame(_) => {}
+                Incoming::Frame(f) => {
+                    receipts::on_frame(&f, &mut conn, None, &ctx.receipts).await;
+                }
                 Incoming::Closed(code) => {
                     ctx.live.error(closed_key(code));
                     break 'outer;
@@ -244,6 +273,7 @@ pub async fn receive_loop(
         if !acks.is_empty() {
             conn.send(Body::Ack(pb::Ack { msg_ids: std::mem::take(&mut acks), event_ids: vec![] })).await;
         }
+        reader.mark(&mut conn, &ctx.receipts).await;
         if expect.is_some_and(|n| r.log.received() >= n) {
             r.complete_at = Some(Instant::now());
             break;
@@ -251,6 +281,10 @@ pub async fn receive_loop(
     }
     if !acks.is_empty() {
         conn.send(Body::Ack(pb::Ack { msg_ids: acks, event_ids: vec![] })).await;
+    }
+    if read_receipts {
+        reader.mark(&mut conn, &ctx.receipts).await;
+        r.unread = receipts::unread_left(&mut conn, &ctx.receipts, Instant::now() + ctx.common.drain).await;
     }
     r
 }
@@ -324,7 +358,9 @@ pub async fn run(
         for conn in group {
             expect.push(receivers.len());
             let (ctx, stop) = (ctx.clone(), stop.clone());
-            receivers.push(tokio::spawn(async move { receive_loop(&ctx, conn, window, stop, None).await }));
+            let read_receipts = load.read_receipts;
+            receivers
+                .push(tokio::spawn(async move { receive_loop(&ctx, conn, window, stop, None, read_receipts).await }));
         }
         let plan = SendPlan {
             to_user: ctx.user(&format!("r{p}")),
@@ -333,12 +369,23 @@ pub async fn run(
             until: Until::Deadline(measure_to),
             payload: load.payload,
         };
-        let ctx = ctx.clone();
-        senders.push(tokio::spawn(async move { send_loop(&ctx, &mut sender, plan).await }));
+        let (ctx, read_receipts) = (ctx.clone(), load.read_receipts);
+        senders.push(tokio::spawn(async move {
+            let mut sent = send_loop(&ctx, &mut sender, plan).await;
+            if read_receipts {
+                let until = Instant::now() + ctx.common.drain;
+                receipts::await_receipts(&mut sender, &mut sent.receipts, &ctx.receipts, until).await;
+            }
+            sent
+        }));
     }
     let mut acked = Vec::new();
+    let mut receipts_missing = 0;
     for s in senders {
-        acked.extend(s.await.unwrap_or_default());
+        if let Ok(sent) = s.await {
+            acked.extend(sent.acked);
+            receipts_missing += sent.receipts.missing();
+        }
     }
     progress.phase("draining");
     let expected: u64 = acked.iter().map(|a| a.devices.len() as u64).sum();
@@ -347,12 +394,15 @@ pub async fn run(
     let mut logs = Vec::new();
     let mut latency = report::histogram();
     let mut counted = 0;
+    let mut unread_left = 0;
     for r in receivers {
         match r.await {
             Ok(r) => {
                 let _ = latency.add(&r.latency);
                 counted += r.counted;
                 logs.push(r.log);
+                // No answer counts as one left unread: it must not pass.
+                unread_left += r.unread.unwrap_or(1);
             }
             Err(_) => logs.push(DeviceLog::default()),
         }
@@ -381,5 +431,13 @@ pub async fn run(
     report.latency_ms = Latency::of(&latency);
     report.errors = ctx.live.errors();
     report.correctness = Correctness::check(&acked, &logs);
+    if load.read_receipts {
+        report.settings.insert("read_receipts".into(), true.into());
+        let c = &mut report.correctness;
+        c.receipts_missing = Some(receipts_missing);
+        c.unread_left = Some(unread_left);
+        c.marks = Some(ctx.receipts.marks.load(Ordering::Relaxed));
+        c.receipts = Some(ctx.receipts.receipts.load(Ordering::Relaxed));
+    }
     Ok(report)
 }

@@ -237,6 +237,15 @@ impl Report {
             c.sender_order_violated,
             c.redeliveries
         );
+        if let (Some(missing), Some(unread)) = (c.receipts_missing, c.unread_left) {
+            println!(
+                "  receipts      MarkRead sent {}, receipts received {}; senders missing the last receipt {}, left unread {}",
+                c.marks.unwrap_or(0),
+                c.receipts.unwrap_or(0),
+                missing,
+                unread
+            );
+        }
         if !c.missing_examples.is_empty() {
             println!("  missing e.g.  {}", c.missing_examples.join(", "));
         }

@@ -5,7 +5,7 @@ use super::{Dispatcher, Result, invalid};
 use im_core::pb::{self, Frame, frame::Body};
 use im_core::{ClientError, ErrorCode, Role, ids::validate_id};
 use std::sync::Arc;
-use storage::{ConversationCursor, DeviceKey, MarkRead};
+use storage::{ConversationCursor, DeviceKey, MarkOutcome, MarkRead};
 
 /// Conversation list page size when the client asks for 0, and the largest.
 pub const CONVERSATIONS_DEFAULT: usize = 20;
@@ -19,19 +19,22 @@ impl Dispatcher {
         if req.up_to_seq == 0 {
             return Err(invalid("up_to_seq must be at least 1".into()));
         }
-        let conv = self.member_conversation(reader, &req.conversation_id).await?;
-        let peer = conv.members.iter().find(|m| **m != reader.user).unwrap_or(&reader.user).clone();
-        let read = MarkRead {
-            reader: reader.clone(),
-            conversation_id: req.conversation_id.clone(),
-            peer: peer.clone(),
-            up_to_seq: req.up_to_seq,
+        if req.conversation_id.is_empty() || req.conversation_id.len() > 64 {
+            return Err(invalid("conversation_id must be 1 to 64 bytes".into()));
+        }
+        let read =
+            MarkRead { reader: reader.clone(), conversation_id: req.conversation_id.clone(), up_to_seq: req.up_to_seq };
+        let mark = match self.backends.messages.mark_read(read).await? {
+            MarkOutcome::Marked(mark) => mark,
+            MarkOutcome::NotFound => return Err(ClientError::new(ErrorCode::NotFound, "no such conversation")),
+            MarkOutcome::NotMember => {
+                return Err(ClientError::new(ErrorCode::Forbidden, "not a member of this conversation"));
+            }
         };
-        let mark = self.backends.messages.mark_read(read).await?;
         if mark.moved {
             metrics::counter!("dongdong_read_receipts_total").increment(1);
             let frame = Arc::new(storage::receipt_frame(&req.conversation_id, &reader.user, mark.read_seq));
-            self.router.notify_users(&reader.tenant, &[&peer, &reader.user], frame, Some(reader)).await;
+            self.router.notify_users(&reader.tenant, &[&mark.peer, &reader.user], frame, Some(reader)).await;
         }
         Ok(pb::ReadReceipt {
             conversation_id: req.conversation_id,
@@ -100,18 +103,5 @@ impl Dispatcher {
         }
         recalled.event_id.clear();
         Ok(recalled)
-    }
-
-    /// The conversation, if `who` is one of its members.
-    async fn member_conversation(&self, who: &DeviceKey, conversation_id: &str) -> Result<storage::Conversation> {
-        if conversation_id.is_empty() || conversation_id.len() > 64 {
-            return Err(invalid("conversation_id must be 1 to 64 bytes".into()));
-        }
-        let conv = self.backends.messages.conversation(&who.tenant, conversation_id).await?;
-        match conv {
-            Some(c) if c.has_member(&who.user) => Ok(c),
-            Some(_) => Err(ClientError::new(ErrorCode::Forbidden, "not a member of this conversation")),
-            None => Err(ClientError::new(ErrorCode::NotFound, "no such conversation")),
-        }
     }
 }

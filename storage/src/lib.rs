@@ -112,13 +112,14 @@ pub trait MessageStore: Send + Sync + 'static {
     async fn get_by_id(&self, tenant: &str, msg_id: &str) -> Result<Option<Message>>;
 
     /// Moves the reader's read pointer of the conversation up to
-    /// `up_to_seq` (capped at the last seq); a pointer already there or
-    /// beyond stays. When it moves, the same atomic step records how many
+    /// `up_to_seq` (capped at the last seq) if the reader is a member; a
+    /// pointer already there or beyond stays. Need not be durable at once
+    /// (like acks): a crash may move a pointer back a little. When it moves, the same atomic step records how many
     /// messages the peer had sent up to it (for unread counts) and makes a
     /// receipt pending for every known device of the peer and every other
     /// known device of the reader, replacing an older pending receipt of
     /// the same reader and conversation.
-    async fn mark_read(&self, read: MarkRead) -> Result<ReadMark>;
+    async fn mark_read(&self, read: MarkRead) -> Result<MarkOutcome>;
 
     /// A page of `user`'s conversations, most recently active first,
     /// strictly after `after`. Costs a few point reads per item, however

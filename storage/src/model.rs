@@ -164,12 +164,20 @@ pub struct MarkRead {
     /// The reader's device: its other devices get the receipt, not it.
     pub reader: DeviceKey,
     pub conversation_id: String,
-    /// The other member (the reader in a conversation with oneself).
-    pub peer: String,
     pub up_to_seq: u64,
 }
 
 /// The outcome of [`crate::MessageStore::mark_read`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum MarkOutcome {
+    Marked(ReadMark),
+    /// No such conversation in the reader's tenant.
+    NotFound,
+    /// The reader is not one of its members.
+    NotMember,
+}
+
+/// A read pointer after [`crate::MessageStore::mark_read`].
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReadMark {
     /// The reader's pointer now.
@@ -177,6 +185,8 @@ pub struct ReadMark {
     /// Whether it moved: the receipt was then made pending for the peer's
     /// devices and the reader's other devices.
     pub moved: bool,
+    /// The other member (the reader in a conversation with oneself).
+    pub peer: String,
 }
 
 /// A user's read state in a conversation: the pointer, and how many

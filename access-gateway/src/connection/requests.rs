@@ -18,6 +18,7 @@ use im_core::{CloseCode, Encoding, ErrorCode};
 use session_router::Push;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
+use tracing::Instrument;
 
 use super::wire::Exit;
 
@@ -94,11 +95,11 @@ impl<S> Conn<S> {
                 }));
                 Ok(())
             }
-            body @ (Body::MarkRead(_) | Body::ConversationsRequest(_) | Body::Recall(_)) => {
+            Body::MarkRead(req) => self.on_mark_read(req_id, req),
+            body @ (Body::ConversationsRequest(_) | Body::Recall(_)) => {
                 let (gw, device, role) = (self.gw.clone(), self.device.clone(), self.role);
                 self.answering = Some(Box::pin(async move {
                     let answer = match body {
-                        Body::MarkRead(req) => gw.dispatch.mark_read(&device, req).await.map(Body::ReadReceipt),
                         Body::ConversationsRequest(req) => {
                             gw.dispatch.conversations(&device, req).await.map(Body::ConversationPage)
                         }
@@ -164,6 +165,33 @@ impl<S> Conn<S> {
             // Refused only when the connection is gone.
             let _ = mailbox.push(Push::Reply(Box::new(reply)));
         });
+        Ok(())
+    }
+
+    /// Like a send: answered through the mailbox by a task of its own, so
+    /// that a client marking each message read as it arrives never stops
+    /// the connection reading (marks of one conversation may complete in
+    /// any order: the pointer only moves forward). Counts against
+    /// `max_sends_in_flight`.
+    fn on_mark_read(&mut self, req_id: u64, req: pb::MarkRead) -> Result<(), Exit> {
+        let max = self.gw.config.max_sends_in_flight.max(1);
+        if self.sends_in_flight as usize >= max {
+            let message = format!("more than {max} sends and marks awaiting their answer");
+            return self.emit(&error_frame(req_id, ErrorCode::RateLimited, message));
+        }
+        self.sends_in_flight += 1;
+        let (dispatch, device, mailbox) = (self.gw.dispatch.clone(), self.device.clone(), self.mailbox.clone());
+        tokio::spawn(
+            async move {
+                let reply = match dispatch.mark_read(&device, req).await {
+                    Ok(receipt) => Frame { req_id, body: Some(Body::ReadReceipt(receipt)) },
+                    Err(e) => reply_error(req_id, &e),
+                };
+                // Refused only when the connection is gone.
+                let _ = mailbox.push(Push::Reply(Box::new(reply)));
+            }
+            .in_current_span(),
+        );
         Ok(())
     }
 

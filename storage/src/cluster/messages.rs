@@ -21,7 +21,7 @@ use crate::{
     Appended, Conversation, DeviceKey, DeviceRegistration, DeviceRegistry, HistoryPage, HistoryQuery, MessageStore,
     NewMessage, PendingCursor, PendingStore, Result, StorageError,
 };
-use crate::{ConversationCursor, ConversationsPage, MarkRead, PendingEvent, ReadMark, RecallOutcome};
+use crate::{ConversationCursor, ConversationsPage, MarkOutcome, MarkRead, PendingEvent, RecallOutcome};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use futures_util::TryStreamExt;
@@ -487,7 +487,7 @@ impl MessageStore for ClusterStore {
         self.get_by_id_impl(tenant, msg_id).await
     }
 
-    async fn mark_read(&self, read: MarkRead) -> Result<ReadMark> {
+    async fn mark_read(&self, read: MarkRead) -> Result<MarkOutcome> {
         self.mark_read_impl(read).await
     }
 

@@ -18,8 +18,8 @@
 use super::messages::{decode, mongo_err};
 use super::{CallTimer, ClusterStore, convs_key, devices_key, events_keys, redis_err};
 use crate::{
-    ConversationCursor, ConversationsPage, DeviceKey, MarkRead, PendingEvent, ReadMark, ReadState, RecallOutcome,
-    Result, StorageError,
+    ConversationCursor, ConversationsPage, DeviceKey, MarkOutcome, MarkRead, PendingEvent, ReadMark, ReadState,
+    RecallOutcome, Result, StorageError,
 };
 use futures_util::TryStreamExt;
 use im_core::pb::{Frame, Message};
@@ -104,22 +104,29 @@ impl ClusterStore {
         Ok(Some((message, ordinal)))
     }
 
-    pub(super) async fn mark_read_impl(&self, read: MarkRead) -> Result<ReadMark> {
+    pub(super) async fn mark_read_impl(&self, read: MarkRead) -> Result<MarkOutcome> {
+        use crate::MessageStore;
         let _timer = CallTimer::new("mongodb+redis", "mark_read");
         let reader = &read.reader;
+        let Some(conv) = self.conversation(&reader.tenant, &read.conversation_id).await? else {
+            return Ok(MarkOutcome::NotFound);
+        };
+        if !conv.has_member(&reader.user) {
+            return Ok(MarkOutcome::NotMember);
+        }
+        let peer = conv.members.iter().find(|m| **m != reader.user).unwrap_or(&reader.user).clone();
         let id = read_id(&read.conversation_id, &reader.user);
         let current = self.reads.find_one(doc! { "_id": &id }).await.map_err(mongo_err("find read"))?;
         let current = current.as_ref().map(read_state).unwrap_or_default();
-        let last = self.read_last(&reader.tenant, &read.conversation_id).await?.map_or(0, |l| l.seq);
-        let up_to = read.up_to_seq.min(last);
+        let up_to = read.up_to_seq.min(conv.last_seq);
         if up_to <= current.read_seq {
-            return Ok(ReadMark { read_seq: current.read_seq, moved: false });
+            return Ok(MarkOutcome::Marked(ReadMark { read_seq: current.read_seq, moved: false, peer }));
         }
         let (message, ordinal) = self
             .message_at(&reader.tenant, &read.conversation_id, up_to)
             .await?
             .ok_or_else(|| StorageError::Corrupt("a message below the last seq is missing".into()))?;
-        let peer_sent = if read.peer == reader.user {
+        let peer_sent = if peer == reader.user {
             0
         } else {
             crate::sent_counts(up_to, &message.from_user, ordinal, &reader.user).1
@@ -133,17 +140,15 @@ impl ClusterStore {
             // `up_to` (another device moved it first).
             Err(e) if is_duplicate_key(&e) => {
                 let now = self.reads.find_one(doc! { "_id": &id }).await.map_err(mongo_err("find read"))?;
-                return Ok(ReadMark {
-                    read_seq: now.as_ref().map(read_state).unwrap_or_default().read_seq,
-                    moved: false,
-                });
+                let read_seq = now.as_ref().map(read_state).unwrap_or_default().read_seq;
+                return Ok(MarkOutcome::Marked(ReadMark { read_seq, moved: false, peer }));
             }
             Err(e) => return Err(mongo_err("update read")(e)),
         }
         let frame = crate::receipt_frame(&read.conversation_id, &reader.user, up_to);
         let key = crate::receipt_key(&read.conversation_id, &reader.user);
-        self.put_event(&reader.tenant, &[&read.peer, &reader.user], reader, &key, up_to, &frame).await?;
-        Ok(ReadMark { read_seq: up_to, moved: true })
+        self.put_event(&reader.tenant, &[&peer, &reader.user], reader, &key, up_to, &frame).await?;
+        Ok(MarkOutcome::Marked(ReadMark { read_seq: up_to, moved: true, peer }))
     }
 
     /// Makes `frame` pending for every known device of `users` but `except`.

@@ -2,7 +2,7 @@
 //! recall and the events they leave pending.
 
 use super::{new_message, send, tenant};
-use crate::{Backends, ConversationCursor, DeviceKey, HistoryQuery, MarkRead, PendingEvent};
+use crate::{Backends, ConversationCursor, DeviceKey, HistoryQuery, MarkOutcome, MarkRead, PendingEvent, ReadMark};
 use im_core::pb::{ConversationItem, Message, frame::Body};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -11,8 +11,15 @@ fn read(t: &str, user: &str, device: &str, peer: &str, up_to_seq: u64) -> MarkRe
     MarkRead {
         reader: DeviceKey::new(t, user, device),
         conversation_id: im_core::conversation_id(t, user, peer),
-        peer: peer.to_string(),
         up_to_seq,
+    }
+}
+
+/// Marks read; the reader must be a member.
+async fn mark(b: &Backends, read: MarkRead) -> ReadMark {
+    match b.messages.mark_read(read).await.unwrap() {
+        MarkOutcome::Marked(m) => m,
+        other => panic!("not marked: {other:?}"),
     }
 }
 
@@ -90,15 +97,22 @@ pub async fn read_pointers_move_forward_and_count_unread(b: &Backends) {
     let alice = item(b, &t, "alice", &conv).await;
     assert_eq!((alice.peer.as_str(), alice.unread), ("bob", 1));
 
-    let mark = b.messages.mark_read(read(&t, "bob", "b1", "alice", 4)).await.unwrap();
-    assert_eq!((mark.read_seq, mark.moved), (4, true));
+    let m = mark(b, read(&t, "bob", "b1", "alice", 4)).await;
+    assert_eq!((m.read_seq, m.moved, m.peer.as_str()), (4, true, "alice"));
+    // Not a member, no such conversation, another tenant.
+    let carol = MarkRead { reader: DeviceKey::new(&t, "carol", "c"), ..read(&t, "bob", "b1", "alice", 1) };
+    assert_eq!(b.messages.mark_read(carol).await.unwrap(), MarkOutcome::NotMember);
+    let nobody = read(&t, "bob", "b1", "nobody", 1);
+    assert_eq!(b.messages.mark_read(nobody).await.unwrap(), MarkOutcome::NotFound);
+    let elsewhere = MarkRead { reader: DeviceKey::new(tenant(), "bob", "b1"), ..read(&t, "bob", "b1", "alice", 1) };
+    assert_eq!(b.messages.mark_read(elsewhere).await.unwrap(), MarkOutcome::NotFound);
     let bob = item(b, &t, "bob", &conv).await;
     assert_eq!((bob.unread, bob.read_seq), (2, 4), "alice's 5 and 6 are unread");
     assert_eq!(item(b, &t, "alice", &conv).await.peer_read_seq, 4);
     // Lower or equal: nothing moves.
     for lower in [1, 4] {
-        let mark = b.messages.mark_read(read(&t, "bob", "b2", "alice", lower)).await.unwrap();
-        assert_eq!((mark.read_seq, mark.moved), (4, false));
+        let m = mark(b, read(&t, "bob", "b2", "alice", lower)).await;
+        assert_eq!((m.read_seq, m.moved), (4, false));
     }
     // Receipts: alice's devices and bob's other device, not the reader's.
     assert!(events(b, &devices[2]).await.is_empty(), "not for the device that read");
@@ -111,8 +125,8 @@ pub async fn read_pointers_move_forward_and_count_unread(b: &Backends) {
         ids.push(id);
     }
     // Beyond the last seq: capped. The newer receipt replaces the older.
-    let mark = b.messages.mark_read(read(&t, "bob", "b1", "alice", 99)).await.unwrap();
-    assert_eq!((mark.read_seq, mark.moved), (6, true));
+    let m = mark(b, read(&t, "bob", "b1", "alice", 99)).await;
+    assert_eq!((m.read_seq, m.moved), (6, true));
     assert_eq!(item(b, &t, "bob", &conv).await.unread, 0);
     let a1 = Arc::new(devices[0].clone());
     let e = events(b, &a1).await;
@@ -129,7 +143,7 @@ pub async fn read_pointers_move_forward_and_count_unread(b: &Backends) {
     // Alice reads bob's message: bob's unread drops, alice's too.
     send(b, &t, "bob", "alice", "late").await;
     assert_eq!(item(b, &t, "alice", &conv).await.unread, 2);
-    b.messages.mark_read(read(&t, "alice", "a1", "bob", 6)).await.unwrap();
+    mark(b, read(&t, "alice", "a1", "bob", 6)).await;
     let alice = item(b, &t, "alice", &conv).await;
     assert_eq!((alice.unread, alice.read_seq, alice.peer_read_seq), (1, 6, 6));
 }
@@ -137,6 +151,8 @@ pub async fn read_pointers_move_forward_and_count_unread(b: &Backends) {
 pub async fn unread_counts_are_exact_under_concurrent_sends_and_reads(b: &Backends) {
     let t = Arc::new(tenant());
     b.devices.register_device(&DeviceKey::new(&*t, "bob", "b1")).await.unwrap();
+    // The conversation exists before the readers start.
+    send(b, &t, "alice", "bob", "first").await;
     let mut tasks = Vec::new();
     for sender in 0..3 {
         let (b, t) = (b.clone(), t.clone());
@@ -153,9 +169,9 @@ pub async fn unread_counts_are_exact_under_concurrent_sends_and_reads(b: &Backen
         tasks.push(tokio::spawn(async move {
             let mut highest = 0;
             for i in 0..40u64 {
-                let mark = b.messages.mark_read(read(&t, "bob", &format!("b{reader}"), "alice", i * 3)).await.unwrap();
-                assert!(mark.read_seq >= highest, "the pointer never moves back");
-                highest = mark.read_seq;
+                let m = mark(&b, read(&t, "bob", &format!("b{reader}"), "alice", i * 3)).await;
+                assert!(m.read_seq >= highest, "the pointer never moves back");
+                highest = m.read_seq;
             }
             highest
         }));
@@ -165,14 +181,14 @@ pub async fn unread_counts_are_exact_under_concurrent_sends_and_reads(b: &Backen
     }
     let conv = im_core::conversation_id(&t, "alice", "bob");
     let all = history(b, &t, &conv).await;
-    assert_eq!(all.len(), 90);
+    assert_eq!(all.len(), 91);
     let bob = item(b, &t, "bob", &conv).await;
     let expected = all.iter().filter(|m| m.seq > bob.read_seq && m.from_user == "alice").count() as u64;
     assert_eq!(bob.unread, expected, "read up to {}", bob.read_seq);
     let alice = item(b, &t, "alice", &conv).await;
     assert_eq!(alice.unread, 30, "alice read nothing");
     assert_eq!(alice.peer_read_seq, bob.read_seq);
-    b.messages.mark_read(read(&t, "bob", "b1", "alice", 90)).await.unwrap();
+    mark(b, read(&t, "bob", "b1", "alice", 91)).await;
     assert_eq!(item(b, &t, "bob", &conv).await.unread, 0);
 }
 

@@ -19,8 +19,8 @@ pub use presence::MemoryPresence;
 use crate::keys::{Key, Reader};
 use crate::{
     Appended, Conversation, ConversationCursor, ConversationsPage, DeviceKey, DeviceRegistration, DeviceRegistry,
-    HistoryPage, HistoryQuery, MarkRead, MessageStore, NewMessage, PendingCursor, PendingEvent, PendingStore, ReadMark,
-    ReadState, RecallOutcome, Result, StorageError,
+    HistoryPage, HistoryQuery, MarkOutcome, MarkRead, MessageStore, NewMessage, PendingCursor, PendingEvent,
+    PendingStore, ReadState, RecallOutcome, Result, StorageError,
 };
 use async_trait::async_trait;
 use im_core::pb::Message;
@@ -109,7 +109,7 @@ enum WriteOp {
     Ack(DeviceKey, Vec<String>, oneshot::Sender<Result<usize>>),
     AckBatch(Vec<(Arc<DeviceKey>, Vec<String>)>, oneshot::Sender<Result<usize>>),
     Register(DeviceKey, oneshot::Sender<Result<DeviceRegistration>>),
-    MarkRead(MarkRead, oneshot::Sender<Result<ReadMark>>),
+    MarkRead(MarkRead, oneshot::Sender<Result<MarkOutcome>>),
     /// Tenant, msg_id, who recalls.
     Recall(String, String, DeviceKey, oneshot::Sender<Result<Option<RecallOutcome>>>),
     AckEvents(Vec<(Arc<DeviceKey>, Vec<String>)>, oneshot::Sender<Result<usize>>),
@@ -121,7 +121,7 @@ enum WriteOp {
 
 impl WriteOp {
     fn durable(&self) -> bool {
-        matches!(self, WriteOp::Append(..) | WriteOp::Records(..) | WriteOp::MarkRead(..) | WriteOp::Recall(..))
+        matches!(self, WriteOp::Append(..) | WriteOp::Records(..) | WriteOp::Recall(..))
     }
 }
 
@@ -691,7 +691,7 @@ impl MessageStore for EmbeddedStore {
         .await
     }
 
-    async fn mark_read(&self, read: MarkRead) -> Result<ReadMark> {
+    async fn mark_read(&self, read: MarkRead) -> Result<MarkOutcome> {
         self.submit(|tx| WriteOp::MarkRead(read, tx)).await
     }
 

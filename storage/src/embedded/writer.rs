@@ -24,6 +24,7 @@
 
 use super::wal::{Op, Ops, Table as T, Wal};
 use super::*;
+use crate::{MarkOutcome, ReadMark};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -125,7 +126,7 @@ impl Drop for WaitingReader<'_> {
 /// Replies held until the batch is logged.
 enum Reply {
     Append(oneshot::Sender<Result<Appended>>, Appended),
-    MarkRead(oneshot::Sender<Result<ReadMark>>, ReadMark),
+    MarkRead(oneshot::Sender<Result<MarkOutcome>>, MarkOutcome),
     Recall(oneshot::Sender<Result<Option<RecallOutcome>>>, Option<RecallOutcome>),
     Ack(oneshot::Sender<Result<usize>>, usize),
     Register(oneshot::Sender<Result<DeviceRegistration>>, DeviceRegistration),
@@ -929,18 +930,29 @@ impl<'a> Txn<'a> {
         Ok(reg)
     }
 
-    fn mark_read(&mut self, read: &MarkRead) -> Result<ReadMark> {
+    fn mark_read(&mut self, read: &MarkRead) -> Result<MarkOutcome> {
         let reader = &read.reader;
+        let Some(record) = self.get(T::Conversations, read.conversation_id.as_bytes())? else {
+            return Ok(MarkOutcome::NotFound);
+        };
+        let conv = decode_conversation(&read.conversation_id, &record, 0)?;
+        if conv.tenant != reader.tenant {
+            return Ok(MarkOutcome::NotFound);
+        }
+        if !conv.has_member(&reader.user) {
+            return Ok(MarkOutcome::NotMember);
+        }
+        let peer = conv.members.iter().find(|m| **m != reader.user).unwrap_or(&reader.user).clone();
         let key = reads_key(&read.conversation_id, &reader.user);
         let current = decode_read_state(self.get(T::Reads, &key)?.as_deref())?;
         let last = self.conv_state(&read.conversation_id)?.map_or(0, |s| s.last_seq);
         let up_to = read.up_to_seq.min(last);
         if up_to <= current.read_seq {
-            return Ok(ReadMark { read_seq: current.read_seq, moved: false });
+            return Ok(MarkOutcome::Marked(ReadMark { read_seq: current.read_seq, moved: false, peer }));
         }
         let (message, ordinal) =
             self.message_at(&read.conversation_id, up_to)?.ok_or_else(|| corrupt("a message below the last seq"))?;
-        let peer_sent = if read.peer == reader.user {
+        let peer_sent = if peer == reader.user {
             0
         } else {
             crate::sent_counts(up_to, &message.from_user, ordinal, &reader.user).1
@@ -949,8 +961,8 @@ impl<'a> Txn<'a> {
         self.write(T::Reads, key, Some(state.encode().to_vec()));
         let frame = crate::receipt_frame(&read.conversation_id, &reader.user, up_to);
         let event = crate::receipt_key(&read.conversation_id, &reader.user);
-        self.put_event(&reader.tenant, &[&read.peer, &reader.user], reader, &event, up_to, &frame)?;
-        Ok(ReadMark { read_seq: up_to, moved: true })
+        self.put_event(&reader.tenant, &[&peer, &reader.user], reader, &event, up_to, &frame)?;
+        Ok(MarkOutcome::Marked(ReadMark { read_seq: up_to, moved: true, peer }))
     }
 
     fn recall(&mut self, tenant: &str, msg_id: &str, by: &DeviceKey) -> Result<Option<RecallOutcome>> {

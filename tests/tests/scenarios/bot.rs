@@ -55,6 +55,13 @@ fn bot_scenarios_run_clean_against_a_real_server() {
     let r = bot(&server, &["pairs", "--pairs", "4", "--window", "16", "--ack", "batched", "--duration", "1s"]);
     assert_eq!(r["settings"]["ack"], "batched", "{r:#}");
 
+    // Read receipts: every sender gets the receipt of its last message and
+    // nothing is left unread (the bot's report fails otherwise).
+    let r = bot(&server, &["pairs", "--pairs", "6", "--window", "4", "--duration", "1s", "--read-receipts"]);
+    let c = &r["correctness"];
+    assert_eq!((c["receipts_missing"].as_u64(), c["unread_left"].as_u64()), (Some(0), Some(0)), "{r:#}");
+    assert!(c["receipts"].as_u64().unwrap() > 0 && c["marks"].as_u64().unwrap() > 0, "{r:#}");
+
     let r = bot(&server, &["multi-device", "--pairs", "4", "--devices", "3", "--duration", "1s", "--warmup", "0s"]);
     // Each message reaches the receiver's 3 devices and the sender's 2 others.
     assert_eq!(r["settings"]["devices"], 3);

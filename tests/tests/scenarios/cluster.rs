@@ -179,8 +179,7 @@ async fn three_nodes_chat_across_nodes_and_devices() {
     let Some(Body::ConversationPage(page)) = a2.request(list).await.body else { panic!("page") };
     let item = &page.items[0];
     assert_eq!((item.peer.as_str(), item.unread, item.peer_read_seq), ("bob", 1, 2));
-    let Some(Body::Recalled(_)) = a1.request(Body::Recall(pb::Recall { msg_id: ack.msg_id.clone() })).await.body
-    else {
+    let Some(Body::Recalled(_)) = a1.request(Body::Recall(pb::Recall { msg_id: ack.msg_id.clone() })).await.body else {
         panic!("recall")
     };
     let recalled = |x: &Body| match x {

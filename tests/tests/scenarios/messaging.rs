@@ -116,7 +116,7 @@ impl MessageStore for FaultyStore {
     async fn get_by_id(&self, t: &str, id: &str) -> Result<Option<Message>, StorageError> {
         self.inner.get_by_id(t, id).await
     }
-    async fn mark_read(&self, read: storage::MarkRead) -> Result<storage::ReadMark, StorageError> {
+    async fn mark_read(&self, read: storage::MarkRead) -> Result<storage::MarkOutcome, StorageError> {
         self.inner.mark_read(read).await
     }
     async fn conversations(
