@@ -108,6 +108,7 @@ pub async fn run_with_backends(
         public_ws_url: config.server.public_ws_url.clone(),
         ws_port: ws.local_addr()?.port(),
         dev_signer: dev_login.then(|| signer.clone()),
+        recall_window: config.im.recall_window,
     };
     let gateway = Arc::new(Gateway { config: config.gateway(), signer, dispatch, cs, revocations });
     let routes = cs_api::routes(api.clone()).merge(admin_api::routes(api)).merge(web::routes(web));

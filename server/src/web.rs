@@ -5,7 +5,7 @@
 //! WebSocket) and the public HTTP API, like any other client.
 //!
 //! Two endpoints serve the pages: `GET /api/v1/info` (where the WebSocket
-//! is, and whether dev sign-in exists) and, only when the server signs with
+//! is, whether dev sign-in exists, how long messages can be recalled) and, only when the server signs with
 //! its generated dev secret, `POST /api/v1/dev/token`, which mints a token
 //! for any tenant, user and role so that the consoles can be tried without an
 //! embedding application.
@@ -79,6 +79,8 @@ pub(crate) struct Web {
     pub ws_port: u16,
     /// Set when the server signs with its generated dev secret.
     pub dev_signer: Option<Arc<TokenSigner>>,
+    /// `im.recall_window`: pages offer recall only within it.
+    pub recall_window: Duration,
 }
 
 pub(crate) fn routes(web: Web) -> Router {
@@ -136,6 +138,7 @@ async fn info(State(web): State<Web>) -> Json<serde_json::Value> {
         "ws_url": web.public_ws_url,
         "ws_port": web.ws_port,
         "dev_login": web.dev_signer.is_some(),
+        "recall_window_ms": web.recall_window.as_millis() as u64,
     }))
 }
 

@@ -5,9 +5,9 @@
 // inbox, recent sessions, the customer panel (name, page, device, note, past
 // sessions), and a sound and desktop notification for what needs attention.
 
-import { Client, MessageStore, api, wsUrl, deviceIdFor, catchUp, loadOlder, sendTracked, storage } from './dd.js';
+import { Client, MessageStore, ReadState, api, wsUrl, deviceIdFor, catchUp, loadOlder, sendTracked, storage } from './dd.js';
 import { translator, languagePicker } from './i18n.js';
-import { el, $, duration, clock, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, contentFromInput, contentNode, enterSubmits, People, safeUrl, typingSignals, typingIndicator, pastSessionItem } from './ui.js';
+import { el, $, duration, clock, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, contentFromInput, contentNode, enterSubmits, People, safeUrl, typingSignals, typingIndicator, pastSessionItem, recaller } from './ui.js';
 
 // Every string of this page, in each language.
 const t = translator({
@@ -109,6 +109,12 @@ if (auth.claims.role === 'customer') notify(t('customerToken'), 'error', 0);
 
 const client = new Client({ url: wsUrl(auth.info), token: auth.token, deviceId: deviceIdFor(auth.claims.tenant, me, 'console') });
 const store = new MessageStore();
+// Read pointers from the server: unread badges (cleared in every tab when
+// read in one) and "Read" marks on our messages.
+const reads = new ReadState(client);
+reads.addEventListener('change', () => renderAll());
+const recall = recaller(client, store, auth.info, () => renderAll());
+document.addEventListener('visibilitychange', () => renderAll());
 
 const state = {
   status: 'OFFLINE',
@@ -116,7 +122,6 @@ const state = {
   load: 0,
   groups: [],
   sessions: new Map(), // sessionId -> ServiceSession (ours, open)
-  unread: new Map(), // sessionId -> count
   waitingSince: new Map(), // sessionId -> ms of the oldest customer message not yet answered
   selected: null, // { kind: 'session', id } | { kind: 'left', id }
   left: new Map(), // left message id -> LeftMessageInfo (unclaimed, or claimed by us)
@@ -285,7 +290,6 @@ function addSession(s, announce) {
 
 function dropSession(s, why) {
   if (!state.sessions.delete(s.sessionId)) return;
-  state.unread.delete(s.sessionId);
   state.waitingSince.delete(s.sessionId);
   if (why) notify(why);
   if (state.selected && state.selected.id === s.sessionId) {
@@ -302,7 +306,6 @@ client.addEventListener('frame', (ev) => {
     const s = sessionOfMessage(m);
     if (s && m.fromUser !== me) {
       if (!state.selected || state.selected.id !== s.sessionId || document.hidden) {
-        state.unread.set(s.sessionId, (state.unread.get(s.sessionId) || 0) + 1);
         // A message in a session in the background: a sound and a notice.
         attention(t('newMessageFrom', { customer: name(s.customer) }), s.sessionId, m.content && m.content.text);
       }
@@ -316,6 +319,10 @@ client.addEventListener('frame', (ev) => {
   if (f.presenceUpdate) {
     state.presence.set(f.presenceUpdate.user, f.presenceUpdate);
     renderConversation();
+    return;
+  }
+  if (f.recalled) {
+    if (store.recall(f.recalled)) renderAll();
     return;
   }
   if (f.csState) {
@@ -600,7 +607,6 @@ function attention(title, sessionId, body) {
     n.onclick = () => {
       window.focus();
       state.selected = { kind: 'session', id: sessionId };
-      state.unread.delete(sessionId);
       renderAll();
       n.close();
     };
@@ -638,7 +644,7 @@ function renderSide() {
   loadLine.textContent = ` ${state.load}/${state.capacity} · ${state.groups.join(', ') || t('noGroup')}`;
   const now = Date.now();
   sessionList.replaceChildren(...[...state.sessions.values()].map((s) => {
-    const unread = state.unread.get(s.sessionId) || 0;
+    const unread = unreadOf(s);
     const since = state.waitingSince.get(s.sessionId);
     const selected = state.selected && state.selected.id === s.sessionId;
     return el('li', {}, el('button', {
@@ -648,7 +654,6 @@ function renderSide() {
       'aria-current': selected ? 'true' : undefined,
       onclick: () => {
         state.selected = { kind: 'session', id: s.sessionId };
-        state.unread.delete(s.sessionId);
         hideTyping();
         renderAll();
         input.focus();
@@ -708,7 +713,12 @@ function renderConversation() {
     // A conversation is per customer and agent: only this session's part.
     const since = Number(s.createdMs || 0) - 1000;
     const entries = store.list(ids, s.customer).filter((e) => e.state !== 'stored' || Number(e.message.serverTimeMs) >= since);
-    drawMessages(list, entries, me, { onRetry: retry, nameOf: name, mark: handoverMark(s.customer, handoverWords) });
+    drawMessages(list, entries, me, {
+      onRetry: retry, nameOf: name, mark: handoverMark(s.customer, handoverWords),
+      peerRead: (c) => reads.peerReadSeq(c), ...recall,
+    });
+    // On screen: read (what is shown, up to the newest).
+    if (!document.hidden && s.conversationId) reads.markRead(s.conversationId, store.newestSeq(s.conversationId));
     older.hidden = !ids.some((c) => state.hasMore.get(c) !== false && store.oldestSeq(c) > 1);
     composer.hidden = false;
     loadPanel(s.customer, s);
@@ -746,6 +756,18 @@ function renderConversation() {
   if (!past) list.ddPast = null;
 }
 
+/** Messages of the session's customer above our read pointer. */
+function unreadOf(s) {
+  const c = s.conversationId;
+  const conv = c && store.byConv.get(c);
+  if (!conv) return 0;
+  const read = reads.readSeq(c);
+  const since = Number(s.createdMs || 0) - 1000;
+  let n = 0;
+  for (const m of conv.values()) if (m.fromUser !== me && Number(m.seq) > read && Number(m.serverTimeMs) >= since) n += 1;
+  return n;
+}
+
 /** Whether the customer is online, or since when they are gone. */
 function presenceNode(user) {
   const p = state.presence.get(user);
@@ -762,7 +784,7 @@ function retry(m) {
 function renderAll() {
   renderSide();
   renderConversation();
-  const unread = [...state.unread.values()].reduce((a, b) => a + b, 0);
+  const unread = [...state.sessions.values()].reduce((n, s) => n + unreadOf(s), 0);
   if (!flashing) document.title = `${unread ? `(${unread}) ` : ''}${t('title')} · dongdong`;
 }
 

@@ -3,9 +3,9 @@
 // (when the server offers it). States: pick a group → waiting in line →
 // chatting with an agent → ended (rate it); or leave a message when offered.
 
-import { Client, MessageStore, api, wsUrl, deviceIdFor, catchUp, loadOlder, storage, sendTracked } from './dd.js';
+import { Client, MessageStore, ReadState, api, wsUrl, deviceIdFor, catchUp, loadOlder, storage, sendTracked } from './dd.js';
 import { translator, languagePicker } from './i18n.js';
-import { el, $, duration, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, handoverMark, enterSubmits, People, typingSignals, typingIndicator, pastSessionItem } from './ui.js';
+import { el, $, duration, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, handoverMark, enterSubmits, People, typingSignals, typingIndicator, pastSessionItem, recaller } from './ui.js';
 
 // Every string of this page, in each language.
 const t = translator({
@@ -174,6 +174,7 @@ function seen() {
     unread = 0;
     showUnread();
   }
+  if (!away()) renderMessages();
 }
 window.addEventListener('message', (ev) => {
   if (ev.source !== window.parent || !ev.data || ev.data.type !== 'dd-open') return;
@@ -185,6 +186,11 @@ if (inFrame) window.parent.postMessage({ type: 'dd-hello' }, '*');
 
 const client = new Client({ url: wsUrl(auth.info), token: auth.token, deviceId: deviceIdFor(auth.claims.tenant, me, 'web') });
 const store = new MessageStore();
+// Read pointers: "Read" under what the agent has read; ours moves as the
+// chat is on screen.
+const reads = new ReadState(client);
+reads.addEventListener('change', () => renderMessages());
+const recall = recaller(client, store, auth.info, () => renderMessages());
 /** Conversations shown, oldest first: the session's, then any other that delivered to us. */
 const shown = [];
 const tabStore = storage('session');
@@ -252,6 +258,10 @@ client.addEventListener('frame', (ev) => {
       return;
     }
     if (store.add(m)) renderMessages();
+    return;
+  }
+  if (f.recalled) {
+    if (store.recall(f.recalled)) renderMessages();
     return;
   }
   if (f.queueUpdate) {
@@ -602,7 +612,11 @@ function renderMessages() {
       store.local.delete(m.clientMsgId);
       send(m.toUser, m.content);
     },
+    peerRead: (c) => reads.peerReadSeq(c),
+    ...recall,
   });
+  // What is on screen is read.
+  if (!away()) for (const c of shown) reads.markRead(c, store.newestSeq(c));
   older.hidden = !shown.some((c) => state.hasMore.get(c) !== false && store.oldestSeq(c) > 1);
 }
 

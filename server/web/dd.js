@@ -59,6 +59,7 @@ export const ERROR_WORDS = {
   TOO_LARGE: 'That is too long.',
   INVALID_ARGUMENT: 'That was not accepted',
   CONFLICT: 'That does not fit the current state',
+  TOO_LATE: 'Too late for that',
   INTERNAL: 'The server failed; try again.',
   DISCONNECTED: 'Not connected; it will be sent when the connection is back.',
 };
@@ -157,6 +158,7 @@ export class Client extends EventTarget {
     this.nextReq = 1;
     this.waiting = new Map(); // reqId -> { resolve, reject, timer }
     this.acks = [];
+    this.eventAcks = []; // event ids of ReadReceipt and Recalled pushes
     this.ackTimer = null;
     this.attempt = 0;
     this.stopped = true;
@@ -240,6 +242,7 @@ export class Client extends EventTarget {
     this.waiting.clear();
     for (const m of this.outbox) m.sending = false;
     this.acks = [];
+    this.eventAcks = [];
     if (this.stopped) {
       this.status('stopped');
       return;
@@ -300,19 +303,25 @@ export class Client extends EventTarget {
     }
     this.emit(frame);
     if (frame.deliver) this.queueAck(frame.deliver.message.msgId);
+    const event = frame.readReceipt || frame.recalled;
+    if (event && event.eventId) this.queueAck(null, event.eventId);
   }
 
   emit(frame) {
     this.dispatchEvent(new CustomEvent('frame', { detail: frame }));
   }
 
-  queueAck(msgId) {
-    this.acks.push(msgId);
+  /** Acks a delivery (msgId) or a receipt or recall (eventId), in batches. */
+  queueAck(msgId, eventId) {
+    if (msgId) this.acks.push(msgId);
+    if (eventId) this.eventAcks.push(eventId);
     if (this.ackTimer) return;
     this.ackTimer = setTimeout(() => {
       this.ackTimer = null;
       const ids = this.acks.splice(0, this.acks.length);
       for (let i = 0; i < ids.length; i += 256) this.raw({ reqId: '0', ack: { msgIds: ids.slice(i, i + 256) } });
+      const events = this.eventAcks.splice(0, this.eventAcks.length);
+      for (let i = 0; i < events.length; i += 256) this.raw({ reqId: '0', ack: { eventIds: events.slice(i, i + 256) } });
     }, 30);
   }
 
@@ -387,7 +396,7 @@ export class MessageStore {
     this.local = new Map(); // clientMsgId -> { message, state, error }
   }
 
-  /** Adds a stored message; false when it was already there. */
+  /** Adds a stored message; false when it was already there (as it is). */
   add(m) {
     let conv = this.byConv.get(m.conversationId);
     if (!conv) {
@@ -395,9 +404,28 @@ export class MessageStore {
       this.byConv.set(m.conversationId, conv);
     }
     this.local.delete(m.clientMsgId);
-    if (conv.has(m.msgId)) return false;
+    const had = conv.get(m.msgId);
+    // A copy that arrives recalled (history, replay) replaces what we had.
+    if (had && (had.recalledBy || !m.recalledBy)) return false;
     conv.set(m.msgId, m);
     return true;
+  }
+
+  /** Applies a Recalled frame: the message loses its content. */
+  recall(r) {
+    const conv = this.byConv.get(r.conversationId);
+    const m = conv && conv.get(r.msgId);
+    if (!m || m.recalledBy) return false;
+    conv.set(r.msgId, { ...m, content: undefined, recalledBy: r.by, recalledMs: r.recalledMs });
+    return true;
+  }
+
+  /** The highest seq held of a conversation (0: none). */
+  newestSeq(conversationId) {
+    const conv = this.byConv.get(conversationId);
+    let max = 0;
+    if (conv) for (const m of conv.values()) max = Math.max(max, Number(m.seq));
+    return max;
   }
 
   addLocal(clientMsgId, message) {
@@ -482,4 +510,102 @@ export async function catchUp(client, store, conversationId, sessionId) {
   }
   const conv = store.byConv.get(conversationId);
   if (store.oldestSeq(conversationId) > 1 && conv.size < 50) await loadOlder(client, store, conversationId, sessionId);
+}
+
+/**
+ * Read pointers as the server tells them: ours and the peer's, per
+ * conversation. Loaded from ConversationsRequest after each (re)connect and
+ * kept by ReadReceipt frames (pushed, or answering our MarkRead). Fires
+ * 'change' when one moves. markRead() moves ours: only forward, at most one
+ * MarkRead per conversation in flight, the newest seq wins.
+ */
+export class ReadState extends EventTarget {
+  constructor(client) {
+    super();
+    this.client = client;
+    this.mine = new Map(); // conversationId -> seq
+    this.peers = new Map();
+    this.due = new Map(); // conversationId -> seq to mark
+    this.sending = new Set();
+    client.addEventListener('frame', (ev) => {
+      const f = ev.detail;
+      if (f.readReceipt) this.receipt(f.readReceipt);
+    });
+    client.addEventListener('ready', () => {
+      this.load().catch(() => {});
+      for (const c of [...this.due.keys()]) this.flush(c);
+    });
+  }
+
+  receipt(r) {
+    const me = this.client.me && this.client.me.userId;
+    if (this.raise(r.reader === me ? this.mine : this.peers, r.conversationId, r.upToSeq)) this.changed();
+  }
+
+  raise(map, conversationId, seq) {
+    const n = Number(seq || 0);
+    if (n <= (map.get(conversationId) || 0)) return false;
+    map.set(conversationId, n);
+    return true;
+  }
+
+  changed() {
+    if (this.pendingChange) return;
+    this.pendingChange = true;
+    queueMicrotask(() => {
+      this.pendingChange = false;
+      this.dispatchEvent(new Event('change'));
+    });
+  }
+
+  /** The pointers of our most recent conversations (a few pages). */
+  async load() {
+    let cursor = '';
+    let moved = false;
+    for (let page = 0; page < 5; page += 1) {
+      const f = await this.client.request({ conversationsRequest: { cursor, limit: 100 } });
+      for (const i of f.conversationPage.items || []) {
+        moved = this.raise(this.mine, i.conversationId, i.readSeq) || moved;
+        moved = this.raise(this.peers, i.conversationId, i.peerReadSeq) || moved;
+      }
+      cursor = f.conversationPage.nextCursor || '';
+      if (!cursor) break;
+    }
+    if (moved) this.changed();
+  }
+
+  readSeq(conversationId) {
+    return this.mine.get(conversationId) || 0;
+  }
+
+  peerReadSeq(conversationId) {
+    return this.peers.get(conversationId) || 0;
+  }
+
+  /** Marks the conversation read up to `seq` (when that moves our pointer). */
+  markRead(conversationId, seq) {
+    const n = Number(seq || 0);
+    if (!conversationId || n <= this.readSeq(conversationId) || n <= (this.due.get(conversationId) || 0)) return;
+    this.due.set(conversationId, n);
+    this.flush(conversationId);
+  }
+
+  flush(conversationId) {
+    if (this.sending.has(conversationId) || !this.client.authed) return;
+    const seq = this.due.get(conversationId);
+    if (!seq) return;
+    this.due.delete(conversationId);
+    this.sending.add(conversationId);
+    this.client.request({ markRead: { conversationId, upToSeq: String(seq) } })
+      .catch((e) => {
+        // Lost with the connection: sent again once it is back.
+        if (e.code === 'DISCONNECTED' && seq > this.readSeq(conversationId)) {
+          this.due.set(conversationId, Math.max(seq, this.due.get(conversationId) || 0));
+        }
+      })
+      .finally(() => {
+        this.sending.delete(conversationId);
+        this.flush(conversationId);
+      });
+  }
 }

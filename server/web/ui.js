@@ -17,6 +17,8 @@ const t = translator({
     connReplaced: 'opened in another tab or window', notSignedIn: 'not signed in',
     unreachable: 'The server cannot be reached', tryAgain: 'Try again',
     sending: 'sending…', notSent: ' not sent: {why}', retry: 'retry', newMessages: 'New messages ↓',
+    receiptSent: 'Sent', receiptRead: 'Read', recall: 'Recall', recallTitle: 'Recall this message (delete it for everyone)',
+    recalledMine: 'You recalled a message', recalledBy: '{who} recalled a message',
     noMessages: 'No messages in this chat.', transcript: 'Chat of {date}',
     ...ERROR_WORDS,
     OTHER: 'Something went wrong',
@@ -29,6 +31,8 @@ const t = translator({
     connReplaced: '已在另一个标签页或窗口中打开', notSignedIn: '未登录',
     unreachable: '无法连接服务器', tryAgain: '重试',
     sending: '发送中…', notSent: ' 未发送：{why}', retry: '重发', newMessages: '有新消息 ↓',
+    receiptSent: '已发送', receiptRead: '已读', recall: '撤回', recallTitle: '撤回这条消息（所有人都看不到）',
+    recalledMine: '你撤回了一条消息', recalledBy: '{who} 撤回了一条消息',
     noMessages: '这次对话没有消息。', transcript: '{date} 的对话',
     RATE_LIMITED: '发送太频繁，请稍慢一些。',
     UNAVAILABLE: '服务暂时不可用，稍后会自动重试。',
@@ -38,6 +42,7 @@ const t = translator({
     TOO_LARGE: '内容太长。',
     INVALID_ARGUMENT: '内容不被接受',
     CONFLICT: '与当前状态不符',
+    TOO_LATE: '已超过时限',
     INTERNAL: '服务器出错，请重试。',
     DISCONNECTED: '未连接；连接恢复后会自动发送。',
     OTHER: '出了点问题',
@@ -321,8 +326,10 @@ export function safeUrl(u) {
  * data-seq), mine on the right. New messages scroll into view, unless the
  * reader has scrolled up to read: then a "new messages" pill appears, which
  * brings them to the newest. Another conversation opens at its newest.
+ * With `peerRead(conversationId)` my stored messages say "Sent" or "Read";
+ * with `canRecall(m)` and `onRecall(m)` they offer recall.
  */
-export function drawMessages(box, entries, me, { onRetry, nameOf, mark } = {}) {
+export function drawMessages(box, entries, me, { onRetry, nameOf, mark, peerRead, canRecall, onRecall } = {}) {
   const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
   // Elements are kept per message and state: a redraw moves them, so images
   // stay loaded and nothing flickers.
@@ -334,9 +341,13 @@ export function drawMessages(box, entries, me, { onRetry, nameOf, mark } = {}) {
     // A hand-over between two agents is marked where it happened.
     const between = mark && i > 0 ? mark(entries[i - 1], entry) : null;
     if (between) items.push(el('div', { class: 'handover', role: 'note' }, between));
-    const name = nameOf ? nameOf(entry.message.fromUser) : entry.message.fromUser;
-    const key = `${entry.message.msgId || `local:${entry.message.clientMsgId}`}|${entry.state}|${name}`;
-    const node = cache.get(key) || messageNode(entry, me, onRetry, name);
+    const m = entry.message;
+    const name = nameOf ? nameOf(m.fromUser) : m.fromUser;
+    const mine = m.fromUser === me && entry.state === 'stored';
+    const receipt = mine && peerRead ? (Number(m.seq) <= peerRead(m.conversationId) ? 'read' : 'sent') : '';
+    const recall = mine && !m.recalledBy && canRecall && onRecall && canRecall(m) ? onRecall : null;
+    const key = `${m.msgId || `local:${m.clientMsgId}`}|${entry.state}|${name}|${m.recalledBy || ''}|${receipt}|${!!recall}`;
+    const node = cache.get(key) || messageNode(entry, me, onRetry, name, receipt, recall);
     next.set(key, node);
     keys.push(entry.message.msgId || `local:${entry.message.clientMsgId}`);
     items.push(node);
@@ -372,20 +383,50 @@ function newMessagesPill(box) {
   return pill;
 }
 
-function messageNode({ message: m, state, error }, me, onRetry, name) {
+function messageNode({ message: m, state, error }, me, onRetry, name, receipt, onRecall) {
   const mine = m.fromUser === me;
   const meta = el('div', { class: 'meta' },
     mine ? '' : el('span', { class: 'speaker' }, name || m.fromUser), mine ? '' : ' · ',
     m.serverTimeMs ? clock(m.serverTimeMs) : '',
     state === 'sending' ? t('sending') : '',
-    state === 'failed' ? el('span', { class: 'error' }, t('notSent', { why: error })) : '');
+    state === 'failed' ? el('span', { class: 'error' }, t('notSent', { why: error })) : '',
+    receipt && !m.recalledBy ? el('span', { class: `receipt ${receipt}`, 'data-receipt': receipt },
+      ` · ${receipt === 'read' ? `✓✓ ${t('receiptRead')}` : `✓ ${t('receiptSent')}`}`) : '');
   if (state === 'failed' && onRetry) meta.append(' ', el('button', { class: 'link', onclick: () => onRetry(m) }, t('retry')));
+  if (onRecall) {
+    meta.append(' ', el('button', { class: 'link recall', title: t('recallTitle'), 'data-recall': m.msgId, onclick: () => onRecall(m) }, t('recall')));
+  }
+  const bubble = m.recalledBy
+    ? el('div', { class: 'bubble recalled' }, m.recalledBy === me ? t('recalledMine') : t('recalledBy', { who: m.recalledBy === m.fromUser ? name || m.fromUser : m.recalledBy }))
+    : el('div', { class: 'bubble' }, contentNode(m.content));
   return el('div', {
-    class: `msg ${mine ? 'mine' : 'theirs'} ${state}`,
+    class: `msg ${mine ? 'mine' : 'theirs'} ${state}${m.recalledBy ? ' is-recalled' : ''}`,
     'data-msg-id': m.msgId || '',
     'data-seq': m.seq || '',
     'data-client-msg-id': m.clientMsgId || '',
-  }, el('div', { class: 'bubble' }, contentNode(m.content)), meta);
+    'data-recalled': m.recalledBy ? 'true' : undefined,
+  }, bubble, meta);
+}
+
+/**
+ * Recall for a page: `canRecall(m)` while m is within the server's recall
+ * window (`recall_window_ms` of /api/v1/info); `recall(m)` asks the server
+ * and applies the answer to `store`, then calls `changed`.
+ */
+export function recaller(client, store, info, changed) {
+  const windowMs = Number(info.recall_window_ms || 0);
+  return {
+    canRecall: (m) => windowMs > 0 && Date.now() - Number(m.serverTimeMs || 0) < windowMs,
+    onRecall: async (m) => {
+      try {
+        const f = await client.request({ recall: { msgId: m.msgId } });
+        store.recall(f.recalled);
+        changed();
+      } catch (e) {
+        notifyError(e);
+      }
+    },
+  };
 }
 
 /**

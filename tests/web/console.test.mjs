@@ -617,6 +617,62 @@ scenario('an agent hears and sees what needs attention: a chime, a desktop notif
   await assertAccessible(una, 'the workspace with two sessions');
 });
 
+scenario('read marks, unread badges cleared on every device, and recall', async () => {
+  const admin = await devToken('sam', 'admin');
+  const r = await fetch(`${base}/api/v1/groups/default/agents/rita`, {
+    method: 'PUT', headers: { 'content-type': 'application/json', authorization: `Bearer ${admin}` }, body: JSON.stringify({ capacity: 3 }),
+  });
+  assert.equal(r.status, 200, await r.text());
+  const rita = await agentOnline('rita');
+  // The same agent on a second device (another browser).
+  const ritaToo = await (await person('rita-too')).open('/agent');
+  await signIn(ritaToo, 'rita', 'agent');
+  await online(ritaToo);
+  const customers = [];
+  for (const [who, name] of [['vic', 'Vic'], ['wen', 'Wen']]) {
+    const c = await (await person(who, { width: 400, height: 700 })).open('/chat');
+    await signIn(c, who, 'customer', name);
+    await c.click('#request');
+    await waitText(c, '#agent-name', /rita/);
+    customers.push(c);
+  }
+  const [, wen] = customers;
+  for (const page of [rita, ritaToo]) {
+    await page.waitForSelector('[data-customer="wen"]');
+    await page.click('[data-customer="vic"]');
+  }
+  // A message in a session neither device shows: a badge on both.
+  await say(wen, 'first question');
+  for (const page of [rita, ritaToo]) await waitText(page, '[data-customer="wen"] .unread', /^1$/);
+  // Read on one device: the badge goes on both, and Wen sees "Read".
+  await rita.click('[data-customer="wen"]');
+  await waitMessage(rita, 'first question');
+  for (const page of [rita, ritaToo]) {
+    await page.waitForFunction(() => !document.querySelector('[data-customer="wen"] .unread'));
+  }
+  await wen.waitForSelector('#messages .msg.mine [data-receipt="read"]');
+  // Rita's answer: "Sent", then "Read" once the widget shows it.
+  await say(rita, 'how can I help?');
+  await rita.waitForSelector('#messages .msg.mine [data-receipt="read"]');
+  await waitMessage(wen, 'how can I help?');
+  // Wen takes her message back: gone for everyone, a trace in its place.
+  await wen.locator('#messages .msg.mine', { hasText: 'first question' }).locator('.recall').click();
+  await wen.waitForSelector('#messages .msg.mine[data-recalled="true"]');
+  await waitText(wen, '#messages .msg.mine[data-recalled="true"] .bubble', /^You recalled a message$/);
+  for (const page of [rita, ritaToo]) {
+    if (page === ritaToo) await page.click('[data-customer="wen"]');
+    await waitText(page, '#messages .msg.theirs[data-recalled="true"] .bubble', /^Wen recalled a message$/);
+    const texts = (await shownMessages(page)).map((m) => m.text);
+    assert.ok(!texts.includes('first question'), `the words are gone: ${texts}`);
+  }
+  // Her own later message has no recall button once recalled ones are gone;
+  // Rita cannot recall Wen's words (no button on theirs).
+  assert.equal(await rita.$$eval('#messages .msg.theirs .recall', (b) => b.length), 0);
+  await shot(rita, 'console-agent-receipts.png');
+  await assertAccessible(wen, 'the widget with read marks and a recalled message');
+  await assertAccessible(rita, 'the workspace with read marks and a recalled message');
+});
+
 scenario('errors reach people in words; dev sign-in refuses bad input', async () => {
   const r = await fetch(`${base}/api/v1/dev/token`, {
     method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ tenant: '', user: 'x', role: 'agent' }),
