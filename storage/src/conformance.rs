@@ -7,7 +7,9 @@
 //! backed by shared servers can run the suite without cleaning up.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod files;
 mod reads;
+pub use files::*;
 pub use reads::*;
 
 use crate::{Backends, DeviceKey, HistoryQuery, NewMessage, PendingCursor, PresenceEntry};
@@ -49,7 +51,8 @@ macro_rules! conformance_suite {
                 read_pointers_move_forward_and_count_unread,
                 unread_counts_are_exact_under_concurrent_sends_and_reads,
                 conversation_list_is_ordered_and_paged,
-                recall_deletes_content_everywhere_and_is_idempotent
+                recall_deletes_content_everywhere_and_is_idempotent,
+                files_store_read_ranges_and_refs
             );
         }
     };

@@ -18,6 +18,8 @@
 
 mod revocations;
 pub use revocations::Revocations;
+pub mod files;
+pub use files::{FileMeta, FileStore};
 pub mod cluster;
 pub mod conformance;
 pub mod cs;
@@ -247,4 +249,6 @@ pub struct Backends {
     pub cs: Arc<dyn cs::CsStore>,
     /// Revoked tokens.
     pub revocations: Arc<dyn Revocations>,
+    /// Uploaded files.
+    pub files: Arc<dyn FileStore>,
 }

@@ -75,6 +75,8 @@ pub struct ClusterStore {
     revocations: Collection<Document>,
     /// Read pointers: `_id` conversation/user, `seq`, `peerSent`.
     pub(super) reads: Collection<Document>,
+    files: mongodb::gridfs::GridFsBucket,
+    file_refs: Collection<Document>,
     inserts: mpsc::Sender<(Document, InsertReply)>,
     last_seq: DashMap<String, LastMessage>,
     max_devices: usize,
@@ -83,6 +85,15 @@ pub struct ClusterStore {
 impl ClusterStore {
     pub(crate) fn revocations(&self) -> &Collection<Document> {
         &self.revocations
+    }
+
+    /// The GridFS bucket of uploads.
+    pub(crate) fn files(&self) -> &mongodb::gridfs::GridFsBucket {
+        &self.files
+    }
+
+    pub(crate) fn file_refs_collection(&self) -> &Collection<Document> {
+        &self.file_refs
     }
 }
 
@@ -131,6 +142,10 @@ impl ClusterStore {
             redis,
             revocations: db.collection("revocations"),
             reads: db.collection("reads"),
+            files: db.gridfs_bucket(
+                mongodb::options::GridFsBucketOptions::builder().bucket_name("files".to_string()).build(),
+            ),
+            file_refs: db.collection("file_refs"),
             messages,
             inserts: tx,
             last_seq: DashMap::new(),

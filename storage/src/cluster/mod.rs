@@ -159,6 +159,7 @@ impl Backends {
             health: store.clone(),
             cs: Arc::new(RedisCs::new(redis, options.cs_retention)),
             revocations: store.clone(),
+            files: store.clone(),
         };
         Ok((backends, store))
     }

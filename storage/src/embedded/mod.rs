@@ -940,6 +940,7 @@ impl crate::Backends {
             health: store.clone(),
             cs: crate::cs::embedded::EmbeddedCs::open(store.clone())?,
             revocations: store.clone(),
+            files: store.clone(),
         };
         Ok((backends, store))
     }

@@ -1,0 +1,310 @@
+//! Uploaded files: metadata, bytes (and an image's thumbnail), and which
+//! conversations refer to each file (who may download it).
+//!
+//! Embedded: the bytes are content-addressed under `<data>/files/` (a file
+//! is written to a temporary name, fsync'd and renamed, so a crash never
+//! leaves a half file under its final name); metadata and references are
+//! records of the store. Cluster: MongoDB GridFS (bucket `files`), with the
+//! metadata in each file document and references in `file_refs`.
+
+use crate::{Result, StorageError};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// What is stored about one upload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileMeta {
+    /// A UUIDv7, chosen by the server.
+    pub id: String,
+    pub tenant: String,
+    pub uploader: String,
+    /// As the uploader named it (may be empty).
+    pub name: String,
+    /// Sniffed from the bytes.
+    pub content_type: String,
+    pub size: u64,
+    /// Hex SHA-256 of the bytes as stored (after metadata was stripped).
+    pub sha256: String,
+    /// Images: pixels.
+    pub width: u32,
+    pub height: u32,
+    /// Images: the thumbnail's size and type, if one was made.
+    pub thumbnail: Option<Thumbnail>,
+    pub created_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thumbnail {
+    pub content_type: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+/// Which bytes of a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Variant {
+    Original,
+    Thumbnail,
+}
+
+/// Uploaded files.
+#[async_trait]
+pub trait FileStore: Send + Sync + 'static {
+    /// Stores a file (and its thumbnail) durably under `meta.id`.
+    async fn put_file(&self, meta: &FileMeta, bytes: Vec<u8>, thumbnail: Option<Vec<u8>>) -> Result<()>;
+
+    /// The file's metadata, if it exists in `tenant`.
+    async fn file_meta(&self, tenant: &str, id: &str) -> Result<Option<FileMeta>>;
+
+    /// `len` bytes from `offset` of the file or its thumbnail (fewer at the
+    /// end); `None` if it does not exist.
+    async fn read_file(&self, meta: &FileMeta, variant: Variant, offset: u64, len: u64) -> Result<Option<Vec<u8>>>;
+
+    /// Records that a message of `conversation_id` refers to the file.
+    async fn add_file_ref(&self, tenant: &str, id: &str, conversation_id: &str) -> Result<()>;
+
+    /// Conversations whose messages refer to the file (at most `limit`).
+    async fn file_refs(&self, tenant: &str, id: &str, limit: usize) -> Result<Vec<String>>;
+}
+
+fn unavailable(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Unavailable(e.to_string())
+}
+
+mod embedded {
+    use super::*;
+    use crate::embedded::{CS, EmbeddedStore};
+    use crate::keys::{Key, Reader};
+    use redb::ReadableDatabase;
+    use std::io::{Read, Seek, SeekFrom, Write};
+    use std::path::{Path, PathBuf};
+
+    fn meta_key(tenant: &str, id: &str) -> Vec<u8> {
+        Key::new().s("f").s(tenant).s(id).into_vec()
+    }
+
+    fn ref_prefix(tenant: &str, id: &str) -> Vec<u8> {
+        Key::new().s("fr").s(tenant).s(id).into_vec()
+    }
+
+    /// Where the bytes with this hash live.
+    pub(super) fn blob_path(root: &Path, sha256: &str) -> PathBuf {
+        root.join("files").join(sha256.get(..2).unwrap_or("00")).join(sha256)
+    }
+
+    /// Writes `bytes` under their hash unless they are there: a temporary
+    /// file, synced, renamed, and the directory synced.
+    fn write_blob(root: &Path, sha256: &str, bytes: &[u8]) -> std::io::Result<()> {
+        let path = blob_path(root, sha256);
+        if path.exists() {
+            return Ok(());
+        }
+        let tmp_dir = root.join("files").join("tmp");
+        std::fs::create_dir_all(&tmp_dir)?;
+        let dir = path.parent().unwrap_or(root);
+        std::fs::create_dir_all(dir)?;
+        let tmp = tmp_dir.join(format!("{}.part", im_core::new_msg_id()));
+        let written = (|| {
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(bytes)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path)?;
+            std::fs::File::open(dir)?.sync_all()
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        written
+    }
+
+    fn read_blob(path: &Path, offset: u64, len: u64) -> std::io::Result<Option<Vec<u8>>> {
+        let mut f = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        f.seek(SeekFrom::Start(offset))?;
+        let mut out = Vec::with_capacity(len.min(16 << 20) as usize);
+        f.take(len).read_to_end(&mut out)?;
+        Ok(Some(out))
+    }
+
+    impl EmbeddedStore {
+        fn data_dir(&self) -> PathBuf {
+            self.path().parent().map(Path::to_path_buf).unwrap_or_default()
+        }
+    }
+
+    #[async_trait]
+    impl FileStore for EmbeddedStore {
+        async fn put_file(&self, meta: &FileMeta, bytes: Vec<u8>, thumbnail: Option<Vec<u8>>) -> Result<()> {
+            let root = self.data_dir();
+            let (sha, thumb_sha) = (meta.sha256.clone(), meta.thumbnail.as_ref().map(|t| t.sha256.clone()));
+            tokio::task::spawn_blocking(move || {
+                write_blob(&root, &sha, &bytes)?;
+                if let (Some(t), Some(s)) = (thumbnail, thumb_sha) {
+                    write_blob(&root, &s, &t)?;
+                }
+                Ok::<_, std::io::Error>(())
+            })
+            .await
+            .map_err(unavailable)?
+            .map_err(|e| StorageError::Unavailable(format!("cannot write the file: {e}")))?;
+            let record = serde_json::to_vec(meta).map_err(unavailable)?;
+            let written = self.queue_records(vec![(meta_key(&meta.tenant, &meta.id), Some(record))]).await?;
+            written.await.map_err(|_| unavailable("the store writer stopped"))?
+        }
+
+        async fn file_meta(&self, tenant: &str, id: &str) -> Result<Option<FileMeta>> {
+            let k = meta_key(tenant, id);
+            self.read_db(move |db| {
+                let txn = db.begin_read().map_err(unavailable)?;
+                let table = txn.open_table(CS).map_err(unavailable)?;
+                let Some(v) = table.get(k.as_slice()).map_err(unavailable)? else { return Ok(None) };
+                serde_json::from_slice(v.value())
+                    .map(Some)
+                    .map_err(|e| StorageError::Corrupt(format!("file record: {e}")))
+            })
+            .await
+        }
+
+        async fn read_file(&self, meta: &FileMeta, variant: Variant, offset: u64, len: u64) -> Result<Option<Vec<u8>>> {
+            let sha = match variant {
+                Variant::Original => meta.sha256.clone(),
+                Variant::Thumbnail => match &meta.thumbnail {
+                    Some(t) => t.sha256.clone(),
+                    None => return Ok(None),
+                },
+            };
+            let path = blob_path(&self.data_dir(), &sha);
+            tokio::task::spawn_blocking(move || read_blob(&path, offset, len))
+                .await
+                .map_err(unavailable)?
+                .map_err(|e| StorageError::Unavailable(format!("cannot read the file: {e}")))
+        }
+
+        async fn add_file_ref(&self, tenant: &str, id: &str, conversation_id: &str) -> Result<()> {
+            let mut k = ref_prefix(tenant, id);
+            k.extend(Key::new().s(conversation_id).into_vec());
+            let written = self.queue_records(vec![(k, Some(Vec::new()))]).await?;
+            written.await.map_err(|_| unavailable("the store writer stopped"))?
+        }
+
+        async fn file_refs(&self, tenant: &str, id: &str, limit: usize) -> Result<Vec<String>> {
+            let prefix = ref_prefix(tenant, id);
+            self.read_db(move |db| {
+                let txn = db.begin_read().map_err(unavailable)?;
+                let table = txn.open_table(CS).map_err(unavailable)?;
+                let mut out = Vec::new();
+                for item in table.range(prefix.as_slice()..).map_err(unavailable)?.take(limit) {
+                    let (k, _) = item.map_err(unavailable)?;
+                    let Some(rest) = k.value().strip_prefix(prefix.as_slice()) else { break };
+                    let conv = Reader::new(rest).s().ok_or_else(|| StorageError::Corrupt("file reference".into()))?;
+                    out.push(conv.to_string());
+                }
+                Ok(out)
+            })
+            .await
+        }
+    }
+}
+
+mod cluster {
+    use super::*;
+    use crate::cluster::ClusterStore;
+    use futures_util::{AsyncReadExt, AsyncWriteExt};
+    use mongodb::bson::{Bson, doc};
+
+    fn mongo_err(e: mongodb::error::Error) -> StorageError {
+        metrics::counter!("dongdong_mongo_errors_total").increment(1);
+        StorageError::Unavailable(format!("MongoDB: {e}"))
+    }
+
+    fn thumb_id(id: &str) -> String {
+        format!("{id}.thumbnail")
+    }
+
+    #[async_trait]
+    impl FileStore for ClusterStore {
+        async fn put_file(&self, meta: &FileMeta, bytes: Vec<u8>, thumbnail: Option<Vec<u8>>) -> Result<()> {
+            let bucket = self.files();
+            let record = mongodb::bson::to_document(meta).map_err(unavailable)?;
+            // The thumbnail first: a file document names only what exists.
+            for (id, data, metadata) in
+                [(thumb_id(&meta.id), thumbnail, None), (meta.id.clone(), Some(bytes), Some(record))]
+            {
+                let Some(data) = data else { continue };
+                let mut upload = bucket.open_upload_stream(&meta.name).id(Bson::String(id));
+                if let Some(m) = metadata {
+                    upload = upload.metadata(m);
+                }
+                let mut stream = upload.await.map_err(mongo_err)?;
+                if let Err(e) = stream.write_all(&data).await {
+                    let _ = stream.abort().await;
+                    return Err(StorageError::Unavailable(format!("GridFS upload: {e}")));
+                }
+                stream.close().await.map_err(|e| StorageError::Unavailable(format!("GridFS upload: {e}")))?;
+            }
+            Ok(())
+        }
+
+        async fn file_meta(&self, tenant: &str, id: &str) -> Result<Option<FileMeta>> {
+            let found = self.files().find(doc! { "_id": id, "metadata.tenant": tenant }).await.map_err(mongo_err)?;
+            use futures_util::TryStreamExt;
+            let docs: Vec<mongodb::gridfs::FilesCollectionDocument> = found.try_collect().await.map_err(mongo_err)?;
+            let Some(m) = docs.into_iter().next().and_then(|d| d.metadata) else { return Ok(None) };
+            mongodb::bson::from_document(m).map(Some).map_err(|e| StorageError::Corrupt(format!("file document: {e}")))
+        }
+
+        async fn read_file(&self, meta: &FileMeta, variant: Variant, offset: u64, len: u64) -> Result<Option<Vec<u8>>> {
+            let id = match variant {
+                Variant::Original => meta.id.clone(),
+                Variant::Thumbnail if meta.thumbnail.is_some() => thumb_id(&meta.id),
+                Variant::Thumbnail => return Ok(None),
+            };
+            let mut stream = match self.files().open_download_stream(Bson::String(id)).await {
+                Ok(s) => s,
+                Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::GridFs(_)) => return Ok(None),
+                Err(e) => return Err(mongo_err(e)),
+            };
+            // Chunks before `offset` are read and dropped: GridFS streams
+            // from the start (files are at most files.max_bytes).
+            let mut skip = vec![0u8; 64 << 10];
+            let mut left = offset;
+            while left > 0 {
+                let n = stream.read(&mut skip[..left.min(64 << 10) as usize]).await.map_err(unavailable)?;
+                if n == 0 {
+                    return Ok(Some(Vec::new()));
+                }
+                left -= n as u64;
+            }
+            let mut out = Vec::new();
+            (&mut stream).take(len).read_to_end(&mut out).await.map_err(unavailable)?;
+            Ok(Some(out))
+        }
+
+        async fn add_file_ref(&self, tenant: &str, id: &str, conversation_id: &str) -> Result<()> {
+            self.file_refs_collection()
+                .update_one(
+                    doc! { "_id": format!("{tenant}\u{0}{id}") },
+                    doc! { "$addToSet": { "convs": conversation_id } },
+                )
+                .upsert(true)
+                .await
+                .map_err(mongo_err)?;
+            Ok(())
+        }
+
+        async fn file_refs(&self, tenant: &str, id: &str, limit: usize) -> Result<Vec<String>> {
+            let found = self
+                .file_refs_collection()
+                .find_one(doc! { "_id": format!("{tenant}\u{0}{id}") })
+                .await
+                .map_err(mongo_err)?;
+            let convs = found.as_ref().and_then(|d| d.get_array("convs").ok());
+            Ok(convs.map_or_else(Vec::new, |a| {
+                a.iter().filter_map(|c| c.as_str().map(str::to_string)).take(limit).collect()
+            }))
+        }
+    }
+}
