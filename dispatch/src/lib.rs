@@ -156,10 +156,56 @@ impl Dispatcher {
         })
     }
 
+    /// An uploaded file the message refers to: it must be the sender's (in
+    /// the tenant); the content gets the file's facts from what is stored,
+    /// and the conversation is recorded as one whose members may download
+    /// it (before the append: a member may then read a file whose message
+    /// failed to store, never the other way round).
+    async fn attach_file(&self, new: &mut NewMessage) -> Result<()> {
+        let file_id = match &new.content.kind {
+            Some(content::Kind::Image(i)) if !i.file_id.is_empty() => i.file_id.clone(),
+            Some(content::Kind::File(f)) if !f.file_id.is_empty() => f.file_id.clone(),
+            _ => return Ok(()),
+        };
+        let not_found = || ClientError::new(ErrorCode::NotFound, "no such file: upload it with POST /api/v1/files");
+        let meta = self.backends.files.file_meta(&new.tenant, &file_id).await?.ok_or_else(not_found)?;
+        if meta.uploader != new.from_user {
+            return Err(ClientError::new(ErrorCode::Forbidden, "only the uploader may send a file"));
+        }
+        match &mut new.content.kind {
+            Some(content::Kind::Image(i)) => {
+                if !meta.content_type.starts_with("image/") {
+                    return Err(invalid(format!(
+                        "file {file_id} is {}, not an image: send it as file",
+                        meta.content_type
+                    )));
+                }
+                i.width = meta.width;
+                i.height = meta.height;
+                i.size_bytes = meta.size;
+                i.content_type = meta.content_type.clone();
+                i.has_thumbnail = meta.thumbnail.is_some();
+            }
+            Some(content::Kind::File(f)) => {
+                if f.name.is_empty() {
+                    f.name = meta.name.clone();
+                }
+                f.size_bytes = meta.size;
+                f.content_type = meta.content_type.clone();
+                f.sha256 = meta.sha256.clone();
+            }
+            _ => {}
+        }
+        self.backends.files.add_file_ref(&new.tenant, &file_id, &new.conversation_id).await?;
+        Ok(())
+    }
+
     /// Appends in turn, pushes in seq order, and answers with the ack.
-    async fn store_and_push(&self, new: NewMessage, turn: Turn, started: Instant) -> Result<pb::SendAck> {
+    async fn store_and_push(&self, mut new: NewMessage, turn: Turn, started: Instant) -> Result<pb::SendAck> {
         let tenant = new.tenant.clone();
         let Turn { after, placed } = turn;
+        // Before its turn: looking the file up holds up no other send.
+        self.attach_file(&mut new).await?;
         if let Some(after) = after {
             // Err: the send before failed or was dropped; it is done either way.
             let _ = after.await;
@@ -208,10 +254,18 @@ impl Dispatcher {
             None => Some(invalid("content has no kind: set text, image, file or custom".into())),
             Some(content::Kind::Text(t)) if t.is_empty() => Some(invalid("text must not be empty".into())),
             Some(content::Kind::Text(t)) => too_long("text", t),
-            Some(content::Kind::Image(i)) if i.url.is_empty() => Some(invalid("image.url is required".into())),
-            Some(content::Kind::Image(i)) => too_long("image.url", &i.url),
-            Some(content::Kind::File(f)) if f.url.is_empty() => Some(invalid("file.url is required".into())),
-            Some(content::Kind::File(f)) => too_long("file.url", &f.url).or_else(|| too_long("file.name", &f.name)),
+            Some(content::Kind::Image(i)) if i.url.is_empty() == i.file_id.is_empty() => {
+                Some(invalid("image needs url or file_id (one of them)".into()))
+            }
+            Some(content::Kind::Image(i)) => {
+                too_long("image.url", &i.url).or_else(|| too_long("image.file_id", &i.file_id))
+            }
+            Some(content::Kind::File(f)) if f.url.is_empty() == f.file_id.is_empty() => {
+                Some(invalid("file needs url or file_id (one of them)".into()))
+            }
+            Some(content::Kind::File(f)) => too_long("file.url", &f.url)
+                .or_else(|| too_long("file.name", &f.name))
+                .or_else(|| too_long("file.file_id", &f.file_id)),
             Some(content::Kind::Custom(c)) if c.r#type.is_empty() => Some(invalid("custom.type is required".into())),
             Some(content::Kind::Custom(c)) => too_long("custom.json", &c.json).or_else(|| {
                 (!c.json.is_empty() && serde_json::from_str::<serde::de::IgnoredAny>(&c.json).is_err())

@@ -180,7 +180,13 @@ mod tests {
                 (any::<String>(), any::<u32>(), any::<u32>(), any::<u64>()).prop_map(
                     |(url, width, height, size_bytes)| {
                         Content {
-                            kind: Some(content::Kind::Image(crate::pb::Image { url, width, height, size_bytes })),
+                            kind: Some(content::Kind::Image(crate::pb::Image {
+                                url,
+                                width,
+                                height,
+                                size_bytes,
+                                ..Default::default()
+                            })),
                         }
                     }
                 ),

@@ -19,7 +19,48 @@ pub struct Config {
     pub timeouts: TimeoutsConfig,
     pub cs: CsSection,
     pub im: ImSection,
+    pub files: FilesSection,
     pub log: LogConfig,
+}
+
+/// Uploaded files (`POST /api/v1/files`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FilesSection {
+    /// Largest upload, in bytes.
+    pub max_bytes: u64,
+    /// Types accepted, as sniffed from the bytes.
+    pub allowed_types: Vec<String>,
+    /// Largest image, in pixels (width × height); checked before decoding.
+    pub max_pixels: u64,
+    /// Uploads per user and minute, on each node.
+    pub uploads_per_minute: u32,
+    /// How long a signed download link works.
+    #[serde(with = "humantime_serde")]
+    pub link_ttl: Duration,
+}
+
+impl Default for FilesSection {
+    fn default() -> Self {
+        Self {
+            max_bytes: 20 << 20,
+            allowed_types: [
+                "image/jpeg",
+                "image/png",
+                "image/gif",
+                "image/webp",
+                "application/pdf",
+                "text/plain",
+                "application/zip",
+                "video/mp4",
+            ]
+            .map(String::from)
+            .to_vec(),
+            max_pixels: 40_000_000,
+            uploads_per_minute: 30,
+            link_ttl: Duration::from_secs(600),
+        }
+    }
 }
 
 /// Chat features.
@@ -275,6 +316,7 @@ impl Default for Config {
                 }],
             },
             im: ImSection::default(),
+            files: FilesSection::default(),
             log: LogConfig { filter: "info".into() },
         }
     }
@@ -432,6 +474,22 @@ impl Config {
                     return Err(ConfigError::Invalid { key: "cs.groups", reason: format!("group {:?}: {e}", g.id) });
                 }
             }
+        }
+        let f = &self.files;
+        if !(1..=256 << 20).contains(&f.max_bytes) {
+            return invalid("files.max_bytes", "must be between 1 and 268435456");
+        }
+        if f.uploads_per_minute == 0 {
+            return invalid("files.uploads_per_minute", "must be at least 1");
+        }
+        if f.max_pixels == 0 {
+            return invalid("files.max_pixels", "must be at least 1");
+        }
+        if f.link_ttl < Duration::from_secs(1) {
+            return invalid("files.link_ttl", "must be at least 1s");
+        }
+        if f.allowed_types.iter().any(|t| t.eq_ignore_ascii_case("text/html") || !t.contains('/')) {
+            return invalid("files.allowed_types", "must be media types (type/subtype), never text/html");
         }
         if !self.auth.secret.is_empty() && self.auth.secret.len() < 16 {
             return invalid("auth.secret", "must be at least 16 bytes (or empty for a generated dev secret)");

@@ -5,7 +5,9 @@
 mod admin_api;
 pub mod config;
 mod cs_api;
+mod files_api;
 mod http;
+mod media;
 pub mod secret;
 mod web;
 
@@ -84,6 +86,7 @@ pub async fn run_with_backends(
     router.start_presence(PRESENCE_WINDOW, PRESENCE_RECHECK, shutdown.clone());
     let cs_store = backends.cs.clone();
     let revocations = backends.revocations.clone();
+    let files_backends = backends.clone();
     let dispatch = Dispatcher::new(backends, router.clone(), config.dispatch());
     let cs = cs_queue::CsService::start(cs_store, dispatch.clone(), config.cs(), shutdown.clone());
     for g in &config.cs.groups {
@@ -111,7 +114,11 @@ pub async fn run_with_backends(
         recall_window: config.im.recall_window,
     };
     let gateway = Arc::new(Gateway { config: config.gateway(), signer, dispatch, cs, revocations });
-    let routes = cs_api::routes(api.clone()).merge(admin_api::routes(api)).merge(web::routes(web));
+    let files = files_api::FilesApi::new(api.clone(), &files_backends, config.files.clone(), &secret);
+    let routes = cs_api::routes(api.clone())
+        .merge(admin_api::routes(api))
+        .merge(files_api::routes(files))
+        .merge(web::routes(web));
     let ws_addr = ws.local_addr()?;
     let http_addr = http.local_addr()?;
     info!(

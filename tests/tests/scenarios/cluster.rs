@@ -190,6 +190,34 @@ async fn three_nodes_chat_across_nodes_and_devices() {
         assert_eq!(c.next_matching("Recalled", recalled).await, ack.msg_id);
     }
 
+    // A file uploaded through one node (GridFS) is read through another,
+    // by the member of a conversation it was sent in.
+    let auth = format!("Bearer {}", c.token("alice"));
+    let up = dongdong_tests::http::send(
+        &c.nodes[0].http_url,
+        "POST",
+        "/api/v1/files?name=receipt.txt",
+        &[("authorization", &auth), ("content-type", "text/plain")],
+        "收据 #42".as_bytes(),
+    )
+    .await;
+    assert_eq!(up.status, 201, "{:?}", up.json());
+    let file_id = up.json()["file_id"].as_str().unwrap().to_string();
+    let doc = pb::Content {
+        kind: Some(pb::content::Kind::File(pb::File { file_id: file_id.clone(), ..Default::default() })),
+    };
+    a1.send("bob", "file-1", doc).await.unwrap();
+    let bob_auth = format!("Bearer {}", c.token("bob"));
+    let down = dongdong_tests::http::send(
+        &c.nodes[2].http_url,
+        "GET",
+        &format!("/api/v1/files/{file_id}"),
+        &[("authorization", &bob_auth)],
+        &[],
+    )
+    .await;
+    assert_eq!((down.status, down.body.as_slice()), (200, "收据 #42".as_bytes()));
+
     // Concurrent senders of one conversation on three nodes: gap-free seq.
     let mut senders = Vec::new();
     for (node, user, peer) in [(0, "alice", "bob"), (1, "alice", "bob"), (2, "bob", "alice")] {
@@ -218,7 +246,7 @@ async fn three_nodes_chat_across_nodes_and_devices() {
     }
     let mut seqs: Vec<u64> = acks.iter().map(|a| a.seq).collect();
     seqs.sort_unstable();
-    assert_eq!(seqs, (3..=62).collect::<Vec<u64>>(), "gap-free across nodes");
+    assert_eq!(seqs, (4..=63).collect::<Vec<u64>>(), "gap-free across nodes");
     // bob's device on node2 gets all 60, whichever node stored them.
     let want: HashSet<String> = acks.iter().map(|a| a.msg_id.clone()).collect();
     let got = receive_all(b2, &c.nodes[2].ws_url, &c.token("bob"), "b2", &want).await;

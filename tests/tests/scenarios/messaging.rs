@@ -463,6 +463,7 @@ async fn json_text_frames_work_end_to_end() {
             width: 10,
             height: 20,
             size_bytes: 300,
+            ..Default::default()
         })),
     };
     let ack = alice.send("bob", "j1", image.clone()).await.unwrap();

@@ -5,6 +5,7 @@ mod bot;
 pub mod child;
 mod cluster;
 mod cs;
+mod files;
 mod messaging;
 pub mod process;
 mod reads;
