@@ -7,7 +7,7 @@
 
 import { Client, MessageStore, ReadState, api, wsUrl, deviceIdFor, catchUp, loadOlder, sendTracked, storage } from './dd.js';
 import { translator, languagePicker } from './i18n.js';
-import { el, $, duration, clock, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, contentFromInput, contentNode, enterSubmits, People, safeUrl, typingSignals, typingIndicator, pastSessionItem, recaller } from './ui.js';
+import { el, $, duration, clock, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, contentFromInput, contentNode, enterSubmits, People, safeUrl, typingSignals, typingIndicator, pastSessionItem, recaller, uploads, useFiles, contentOfUpload } from './ui.js';
 
 // Every string of this page, in each language.
 const t = translator({
@@ -163,9 +163,16 @@ const list = el('div', { id: 'messages', class: 'messages', 'aria-live': 'polite
 const input = el('textarea', { id: 'input', rows: 2, placeholder: t('typeMessage'), maxLength: 4000, 'aria-label': t('chatMessage') });
 const asImage = el('input', { type: 'checkbox', id: 'as-image' });
 const replyPick = el('select', { id: 'quick-replies', 'aria-label': t('quickReplies') });
+// Photos and files: the attach button, pasted into the text, dropped on the conversation.
+useFiles(auth.token);
+const attach = uploads(input, list, (meta) => {
+  const peer = currentPeer();
+  if (peer) send(peer, contentOfUpload(meta));
+});
 const composer = el('form', { id: 'composer', class: 'composer' },
   input,
   el('div', { class: 'tools' },
+    attach.button,
     replyPick,
     el('label', { class: 'inline' }, asImage, t('imageLink')),
     el('button', { type: 'button', class: 'link', id: 'save-reply', onclick: saveReply }, t('saveReply')),

@@ -5,7 +5,7 @@
 
 import { Client, MessageStore, ReadState, api, wsUrl, deviceIdFor, catchUp, loadOlder, storage, sendTracked } from './dd.js';
 import { translator, languagePicker } from './i18n.js';
-import { el, $, duration, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, handoverMark, enterSubmits, People, typingSignals, typingIndicator, pastSessionItem, recaller } from './ui.js';
+import { el, $, duration, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, handoverMark, enterSubmits, People, typingSignals, typingIndicator, pastSessionItem, recaller, uploads, useFiles, contentOfUpload } from './ui.js';
 
 // Every string of this page, in each language.
 const t = translator({
@@ -64,6 +64,7 @@ const t = translator({
     conversation: 'conversation',
     chatMessage: 'chat message',
     typeWhileWaiting: 'Add to your question; it goes to the agent who takes you',
+    attachLater: 'Photos and files can be sent once an agent is with you.',
     heldTitle: 'To be sent when an agent joins:',
     handover: '{from} transferred you to {to}',
     earlierChats: 'Your earlier chats',
@@ -128,6 +129,7 @@ const t = translator({
     conversation: '对话',
     chatMessage: '聊天消息',
     typeWhileWaiting: '可以补充您的问题，客服接入后会收到',
+    attachLater: '客服接入后即可发送图片和文件。',
     heldTitle: '客服接入后将发送：',
     handover: '{from} 已将您转接给 {to}',
     earlierChats: '您以前的咨询',
@@ -553,10 +555,19 @@ const older = el('button', { class: 'link', id: 'older', hidden: true, onclick: 
 const list = el('div', { id: 'messages', class: 'messages', 'aria-live': 'polite', tabIndex: 0, role: 'log', 'aria-label': t('conversation') });
 const input = el('textarea', { id: 'input', rows: 2, placeholder: t('typeMessage'), maxLength: 4000, 'aria-label': t('chatMessage') });
 const sendBtn = el('button', { class: 'primary', id: 'send', type: 'submit' }, t('send'));
-const composer = el('form', { id: 'composer', class: 'composer' }, input, sendBtn);
+// A photo of the broken parcel: the attach button, paste, or drop on the chat.
+useFiles(auth.token);
+const attach = uploads(input, list, (meta) => {
+  const to = chatPeer();
+  if (to) send(to, contentOfUpload(meta));
+  else notify(t('attachLater'), 'info');
+});
+const composer = el('form', { id: 'composer', class: 'composer' }, attach.button, input, sendBtn);
 enterSubmits(input, composer);
 // Typing, both ways, with whom we chat.
-const chatPeer = () => (state.view === 'active' && state.session ? state.session.agent : state.replyTo || null);
+function chatPeer() {
+  return state.view === 'active' && state.session ? state.session.agent : state.replyTo || null;
+}
 const stopTyping = typingSignals(client, input, chatPeer);
 const typingLine = el('div', { id: 'typing', class: 'typing muted small', hidden: true, 'aria-live': 'polite' });
 typingIndicator(client, typingLine, chatPeer, (u) => t('isTyping', { name: people.name(u) }));

@@ -2,7 +2,7 @@
 // notices, and drawing a conversation. Text from the network is only ever
 // set as textContent, never parsed as HTML.
 
-import { serverInfo, claimsOf, storage, ERROR_WORDS, withDetail, api, loadOlder, MessageStore } from './dd.js';
+import { serverInfo, claimsOf, storage, ERROR_WORDS, withDetail, api, loadOlder, MessageStore, DdError } from './dd.js';
 import { translator } from './i18n.js';
 
 const session = storage('session');
@@ -19,6 +19,8 @@ const t = translator({
     sending: 'sending…', notSent: ' not sent: {why}', retry: 'retry', newMessages: 'New messages ↓',
     receiptSent: 'Sent', receiptRead: 'Read', recall: 'Recall', recallTitle: 'Recall this message (delete it for everyone)',
     recalledMine: 'You recalled a message', recalledBy: '{who} recalled a message',
+    image: 'image', imageUnavailable: '(image unavailable)', attach: 'Attach a photo or file', uploading: 'Uploading {name}…',
+    dropHere: 'Drop to send', fileUnavailable: '(file unavailable)',
     noMessages: 'No messages in this chat.', transcript: 'Chat of {date}',
     ...ERROR_WORDS,
     OTHER: 'Something went wrong',
@@ -33,6 +35,8 @@ const t = translator({
     sending: '发送中…', notSent: ' 未发送：{why}', retry: '重发', newMessages: '有新消息 ↓',
     receiptSent: '已发送', receiptRead: '已读', recall: '撤回', recallTitle: '撤回这条消息（所有人都看不到）',
     recalledMine: '你撤回了一条消息', recalledBy: '{who} 撤回了一条消息',
+    image: '图片', imageUnavailable: '（图片无法显示）', attach: '发送图片或文件', uploading: '正在上传 {name}…',
+    dropHere: '松开即可发送', fileUnavailable: '（文件无法获取）',
     noMessages: '这次对话没有消息。', transcript: '{date} 的对话',
     RATE_LIMITED: '发送太频繁，请稍慢一些。',
     UNAVAILABLE: '服务暂时不可用，稍后会自动重试。',
@@ -272,10 +276,154 @@ export function signOut(page) {
   location.reload();
 }
 
+// --- uploaded files -----------------------------------------------------------
+
+let filesToken = null;
+const linkCache = new Map(); // fileId -> Promise of { url, thumbnail_url, expires_ms }
+
+/** The token pages use to upload and to ask for links to uploads. */
+export function useFiles(token) {
+  filesToken = token;
+}
+
+/** Signed links to an upload (cached until a minute before they expire). */
+export function fileLink(fileId) {
+  const cached = linkCache.get(fileId);
+  if (cached && cached.expires > Date.now() + 60000) return cached.promise;
+  const promise = api(filesToken, 'POST', `/api/v1/files/${encodeURIComponent(fileId)}/link`);
+  const entry = { promise, expires: Infinity };
+  promise.then((l) => { entry.expires = Number(l.expires_ms); }, () => linkCache.delete(fileId));
+  linkCache.set(fileId, entry);
+  return promise;
+}
+
+/** 1.2 MB, 340 KB, 12 B. */
+export function byteSize(n) {
+  const v = Number(n || 0);
+  if (v >= 1 << 20) return `${(v / (1 << 20)).toFixed(1)} MB`;
+  if (v >= 1024) return `${Math.round(v / 1024)} KB`;
+  return `${v} B`;
+}
+
+/** An uploaded image: its thumbnail, a link to the full size. */
+function uploadedImage(image) {
+  const img = el('img', { alt: t('image'), class: 'image', 'data-file-id': image.fileId });
+  const a = el('a', { class: 'file-image', target: '_blank', rel: 'noopener noreferrer' }, img);
+  const refresh = () => fileLink(image.fileId).then((l) => {
+    if (!img.src) img.src = l.thumbnail_url || l.url;
+    a.href = l.url;
+  }).catch(() => a.replaceChildren(el('span', { class: 'muted' }, t('imageUnavailable'))));
+  refresh();
+  // A link older than its lifetime is renewed before it is followed.
+  a.addEventListener('pointerenter', refresh);
+  a.addEventListener('focus', refresh);
+  return a;
+}
+
+/** An uploaded file: name, size, a download link. */
+function uploadedFile(file) {
+  const a = el('a', { class: 'file', download: file.name || 'file', 'data-file-id': file.fileId },
+    `📎 ${file.name || 'file'} (${byteSize(file.sizeBytes)})`);
+  const refresh = () => fileLink(file.fileId).then((l) => { a.href = l.url; })
+    .catch(() => a.after(el('span', { class: 'muted' }, ` ${t('fileUnavailable')}`)));
+  refresh();
+  a.addEventListener('pointerenter', refresh);
+  a.addEventListener('focus', refresh);
+  return a;
+}
+
+/**
+ * Uploading for a composer: an attach button (with its hidden file input),
+ * pasting files into `input`, dropping them on `dropZone`; a progress bar
+ * while each uploads. `onUploaded(meta)` gets the server's answer.
+ * Returns { button, progress } for the page to place.
+ */
+export function uploads(input, dropZone, onUploaded) {
+  const picker = el('input', { type: 'file', id: 'attach-input', multiple: true, hidden: true,
+    onchange: () => { send([...picker.files]); picker.value = ''; } });
+  const button = el('button', { type: 'button', id: 'attach', class: 'attach', title: t('attach'), 'aria-label': t('attach'),
+    onclick: () => picker.click() }, '📎');
+  const progress = el('progress', { id: 'upload-progress', max: 100, value: 0, hidden: true, 'aria-label': t('attach') });
+  const wrap = el('span', { class: 'uploads' }, picker, button, progress);
+  input.addEventListener('paste', (ev) => {
+    const files = [...(ev.clipboardData ? ev.clipboardData.files : [])];
+    if (files.length) {
+      ev.preventDefault();
+      send(files);
+    }
+  });
+  dropZone.addEventListener('dragover', (ev) => {
+    if (![...ev.dataTransfer.types].includes('Files')) return;
+    ev.preventDefault();
+    dropZone.classList.add('dropping');
+  });
+  dropZone.addEventListener('dragleave', () => dropZone.classList.remove('dropping'));
+  dropZone.addEventListener('drop', (ev) => {
+    dropZone.classList.remove('dropping');
+    if (!ev.dataTransfer.files.length) return;
+    ev.preventDefault();
+    send([...ev.dataTransfer.files]);
+  });
+  async function send(files) {
+    for (const f of files) {
+      try {
+        onUploaded(await upload(f, progress));
+      } catch (e) {
+        notifyError(e);
+      }
+    }
+  }
+  return { button: wrap, progress };
+}
+
+/** One upload with progress; resolves with the server's answer. */
+function upload(file, progress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open('POST', `/api/v1/files?name=${encodeURIComponent(file.name || '')}`);
+    xhr.setRequestHeader('authorization', `Bearer ${filesToken}`);
+    xhr.setRequestHeader('content-type', file.type || 'application/octet-stream');
+    progress.hidden = false;
+    progress.value = 0;
+    progress.title = t('uploading', { name: file.name || '' });
+    xhr.upload.onprogress = (ev) => {
+      if (ev.lengthComputable) progress.value = Math.round((100 * ev.loaded) / ev.total);
+    };
+    xhr.onload = () => {
+      progress.hidden = true;
+      let data = {};
+      try {
+        data = JSON.parse(xhr.responseText);
+      } catch {
+        // not JSON: described by the status below
+      }
+      if (xhr.status === 201) resolve(data);
+      else {
+        const err = data.error || {};
+        reject(new DdError(err.code || 'INTERNAL', err.message || `HTTP ${xhr.status}`, xhr.status >= 500));
+      }
+    };
+    xhr.onerror = () => {
+      progress.hidden = true;
+      reject(new DdError('UNAVAILABLE', 'the upload did not reach the server', true));
+    };
+    xhr.send(file);
+  });
+}
+
+/** The message content that sends an upload. */
+export function contentOfUpload(meta) {
+  return meta.content_type.startsWith('image/')
+    ? { image: { fileId: meta.file_id } }
+    : { file: { fileId: meta.file_id, name: meta.name } };
+}
+
 /** The node for one message's content. */
 export function contentNode(content) {
   if (!content) return el('span', { class: 'muted' }, '(empty)');
   if (content.text !== undefined) return linkified(content.text);
+  if (content.image && content.image.fileId) return uploadedImage(content.image);
+  if (content.file && content.file.fileId) return uploadedFile(content.file);
   if (content.image) {
     const url = safeUrl(content.image.url);
     if (!url) return el('span', { class: 'muted' }, '(image with an unsupported address)');

@@ -20,6 +20,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
+import { deflateSync } from 'node:zlib';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../..');
@@ -671,6 +672,91 @@ scenario('read marks, unread badges cleared on every device, and recall', async 
   await shot(rita, 'console-agent-receipts.png');
   await assertAccessible(wen, 'the widget with read marks and a recalled message');
   await assertAccessible(rita, 'the workspace with read marks and a recalled message');
+});
+
+/** A w×h PNG (solid colour, RGB), made without an image library. */
+function makePng(w, h) {
+  const crcTable = Array.from({ length: 256 }, (_, n) => {
+    let c = n;
+    for (let k = 0; k < 8; k += 1) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+    return c >>> 0;
+  });
+  const crc = (buf) => {
+    let c = 0xffffffff;
+    for (const b of buf) c = crcTable[(c ^ b) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  };
+  const chunk = (type, data) => {
+    const len = Buffer.alloc(4);
+    len.writeUInt32BE(data.length);
+    const body = Buffer.concat([Buffer.from(type), data]);
+    const sum = Buffer.alloc(4);
+    sum.writeUInt32BE(crc(body));
+    return Buffer.concat([len, body, sum]);
+  };
+  const ihdr = Buffer.alloc(13);
+  ihdr.writeUInt32BE(w, 0);
+  ihdr.writeUInt32BE(h, 4);
+  ihdr[8] = 8; // bit depth
+  ihdr[9] = 2; // RGB
+  const row = Buffer.concat([Buffer.from([0]), Buffer.alloc(w * 3, 0x5a)]);
+  const raw = Buffer.concat(Array.from({ length: h }, () => row));
+  return Buffer.concat([Buffer.from('\x89PNG\r\n\x1a\n', 'binary'), chunk('IHDR', ihdr), chunk('IDAT', deflateSync(raw)), chunk('IEND', Buffer.alloc(0))]);
+}
+
+scenario('a customer sends a photo and a file: the agent sees the thumbnail, opens the image, downloads the file; nobody else can', async () => {
+  const admin = await devToken('sam', 'admin');
+  const r = await fetch(`${base}/api/v1/groups/default/agents/olga`, {
+    method: 'PUT', headers: { 'content-type': 'application/json', authorization: `Bearer ${admin}` }, body: JSON.stringify({ capacity: 3 }),
+  });
+  assert.equal(r.status, 200, await r.text());
+  const olga = await agentOnline('olga');
+  const kim = await (await person('kim', { width: 400, height: 700 })).open('/chat');
+  await signIn(kim, 'kim', 'customer', 'Kim');
+  await kim.click('#request');
+  await waitText(kim, '#agent-name', /olga/);
+  await olga.click('[data-customer="kim"]');
+  // A photo, through the attach button's file input (as a person picks one).
+  await kim.setInputFiles('#attach-input', { name: 'parcel.png', mimeType: 'image/png', buffer: makePng(800, 600) });
+  await kim.waitForSelector('#messages .msg.mine a.file-image img[src]');
+  await olga.waitForFunction(() => {
+    const img = document.querySelector('#messages .msg.theirs a.file-image img');
+    return img && img.complete && img.naturalWidth > 0;
+  });
+  const thumb = await olga.$eval('#messages .msg.theirs a.file-image img', (i) => [i.naturalWidth, i.naturalHeight]);
+  assert.deepEqual(thumb, [320, 240], 'the thumbnail, not the full image');
+  // Full size in a new tab.
+  const [tab] = await Promise.all([olga.context().waitForEvent('page'), olga.click('#messages .msg.theirs a.file-image')]);
+  await tab.waitForLoadState();
+  assert.match(tab.url(), /\/api\/v1\/files\/[0-9a-f-]+\?t=demo&exp=\d+&sig=[0-9a-f]{64}$/);
+  const full = await tab.evaluate(() => { const i = document.querySelector('img'); return i ? [i.naturalWidth, i.naturalHeight] : null; });
+  assert.deepEqual(full, [800, 600]);
+  await tab.close();
+  // A file, dropped on the conversation: name, size, and the same bytes back.
+  const words = Buffer.from('订单 4711：外箱破损，请看照片。');
+  await kim.evaluate((bytes) => {
+    const dt = new DataTransfer();
+    dt.items.add(new File([new Uint8Array(bytes)], 'order.txt', { type: 'text/plain' }));
+    const list = document.querySelector('#messages');
+    for (const type of ['dragover', 'drop']) list.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+  }, [...words]);
+  await olga.waitForSelector('#messages .msg.theirs a.file[href]');
+  await waitText(olga, '#messages .msg.theirs a.file', new RegExp(`order\\.txt \\(${words.length} B\\)`));
+  const got = await olga.$eval('#messages .msg.theirs a.file', async (a) => [...new Uint8Array(await (await fetch(a.href)).arrayBuffer())]);
+  assert.deepEqual(Buffer.from(got), words);
+  // Someone else of the tenant: neither file, not even a link to it.
+  const ids = await olga.$$eval('#messages .msg.theirs [data-file-id]', (n) => n.map((e) => e.dataset.fileId));
+  assert.equal(ids.length, 2);
+  const mallory = await devToken('mallory', 'customer');
+  for (const id of ids) {
+    for (const [method, path] of [['GET', `/api/v1/files/${id}`], ['POST', `/api/v1/files/${id}/link`]]) {
+      const res = await fetch(`${base}${path}`, { method, headers: { authorization: `Bearer ${mallory}` } });
+      assert.equal(res.status, 404, `${method} ${path}`);
+    }
+  }
+  await shot(olga, 'console-agent-files.png');
+  await assertAccessible(olga, 'the workspace with a photo and a file');
+  await assertAccessible(kim, 'the widget with a photo and a file');
 });
 
 scenario('errors reach people in words; dev sign-in refuses bad input', async () => {
