@@ -711,14 +711,14 @@ scenario('a customer sends a photo and a file: the agent sees the thumbnail, ope
   });
   assert.equal(r.status, 200, await r.text());
   const olga = await agentOnline('olga');
-  const kim = await (await person('kim', { width: 400, height: 700 })).open('/chat');
-  await signIn(kim, 'kim', 'customer', 'Kim');
-  await kim.click('#request');
-  await waitText(kim, '#agent-name', /olga/);
-  await olga.click('[data-customer="kim"]');
+  const kira = await (await person('kira', { width: 400, height: 700 })).open('/chat');
+  await signIn(kira, 'kira', 'customer', 'Kira');
+  await kira.click('#request');
+  await waitText(kira, '#agent-name', /olga/);
+  await olga.click('[data-customer="kira"]');
   // A photo, through the attach button's file input (as a person picks one).
-  await kim.setInputFiles('#attach-input', { name: 'parcel.png', mimeType: 'image/png', buffer: makePng(800, 600) });
-  await kim.waitForSelector('#messages .msg.mine a.file-image img[src]');
+  await kira.setInputFiles('#attach-input', { name: 'parcel.png', mimeType: 'image/png', buffer: makePng(800, 600) });
+  await kira.waitForSelector('#messages .msg.mine a.file-image img[src]');
   await olga.waitForFunction(() => {
     const img = document.querySelector('#messages .msg.theirs a.file-image img');
     return img && img.complete && img.naturalWidth > 0;
@@ -734,7 +734,7 @@ scenario('a customer sends a photo and a file: the agent sees the thumbnail, ope
   await tab.close();
   // A file, dropped on the conversation: name, size, and the same bytes back.
   const words = Buffer.from('订单 4711：外箱破损，请看照片。');
-  await kim.evaluate((bytes) => {
+  await kira.evaluate((bytes) => {
     const dt = new DataTransfer();
     dt.items.add(new File([new Uint8Array(bytes)], 'order.txt', { type: 'text/plain' }));
     const list = document.querySelector('#messages');
@@ -756,7 +756,7 @@ scenario('a customer sends a photo and a file: the agent sees the thumbnail, ope
   }
   await shot(olga, 'console-agent-files.png');
   await assertAccessible(olga, 'the workspace with a photo and a file');
-  await assertAccessible(kim, 'the widget with a photo and a file');
+  await assertAccessible(kira, 'the widget with a photo and a file');
 });
 
 scenario('errors reach people in words; dev sign-in refuses bad input', async () => {
