@@ -22,6 +22,7 @@
 //! pipelined sends still share group commits.
 
 mod acks;
+pub mod push;
 mod reads;
 
 pub use acks::{AckQueue, Held};
@@ -80,6 +81,8 @@ pub struct Dispatcher {
     /// under it is done (or abandoned).
     locks: Box<[Mutex<Option<oneshot::Receiver<()>>>]>,
     hasher: std::collections::hash_map::RandomState,
+    /// Offline push, when a webhook is configured.
+    pusher: std::sync::OnceLock<Arc<push::Pusher>>,
 }
 
 impl Dispatcher {
@@ -91,7 +94,39 @@ impl Dispatcher {
             limits,
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(None)).collect(),
             hasher: Default::default(),
+            pusher: Default::default(),
         })
+    }
+
+    /// Calls the push webhook for users who are offline (see [`push`]).
+    pub fn set_pusher(&self, pusher: Arc<push::Pusher>) {
+        let _ = self.pusher.set(pusher);
+    }
+
+    /// [`push_offline`](Self::push_offline) to the message's recipient.
+    fn push_offline_in(&self, tenant: &str, message: &Message, kind: &'static str) {
+        self.push_offline(tenant, message, &message.to_user, kind);
+    }
+
+    /// Tells the pusher that `to_user` has something pending and no device.
+    pub(crate) fn push_offline(&self, tenant: &str, message: &Message, to_user: &str, kind: &'static str) {
+        let Some(pusher) = self.pusher.get() else { return };
+        let preview = match (&message.content, pusher.wants_preview()) {
+            (Some(pb::Content { kind: Some(content::Kind::Text(t)) }), true) => Some(t.chars().take(100).collect()),
+            (Some(pb::Content { kind: Some(content::Kind::Image(_)) }), true) => Some("[image]".into()),
+            (Some(pb::Content { kind: Some(content::Kind::File(_)) }), true) => Some("[file]".into()),
+            _ => None,
+        };
+        pusher.offer(push::PushEvent {
+            tenant: tenant.to_string(),
+            to_user: to_user.to_string(),
+            from_user: message.from_user.clone(),
+            conversation_id: message.conversation_id.clone(),
+            msg_id: message.msg_id.clone(),
+            kind,
+            preview,
+            at: tokio::time::Instant::now(),
+        });
     }
 
     pub fn router(&self) -> &Arc<Router> {
@@ -224,7 +259,10 @@ impl Dispatcher {
         }
         let appended = appended?;
         if !appended.duplicate {
-            self.router.deliver(&tenant, Arc::new(appended.message.clone())).await;
+            let (_, online) = self.router.deliver_checked(&tenant, Arc::new(appended.message.clone())).await;
+            if !online && appended.message.to_user != appended.message.from_user {
+                self.push_offline_in(&tenant, &appended.message, "message");
+            }
         }
         drop(pushed);
         let m = &appended.message;

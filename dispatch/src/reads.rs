@@ -100,6 +100,11 @@ impl Dispatcher {
             let m = &outcome.message;
             let frame = Arc::new(Frame { req_id: 0, body: Some(Body::Recalled(recalled.clone())) });
             self.router.notify_users(&who.tenant, &[&m.from_user, &m.to_user], frame, Some(who)).await;
+            // The other member, if they have no device connected.
+            let other = if m.from_user == who.user { &m.to_user } else { &m.from_user };
+            if other != &who.user && !self.router.is_connected(&who.tenant, other).await.unwrap_or(true) {
+                self.push_offline(&who.tenant, m, other, "recall");
+            }
         }
         recalled.event_id.clear();
         Ok(recalled)

@@ -20,7 +20,45 @@ pub struct Config {
     pub cs: CsSection,
     pub im: ImSection,
     pub files: FilesSection,
+    pub push: PushSection,
     pub log: LogConfig,
+}
+
+/// Offline push through a webhook (see `dispatch::push`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PushSection {
+    /// http(s) URL called for users with no connected device; empty: off.
+    pub webhook_url: String,
+    /// HMAC-SHA256 key of the X-Dongdong-Signature header (≥ 16 bytes when on).
+    pub secret: String,
+    /// Whether the body carries the message's first 100 characters.
+    pub include_preview: bool,
+    /// At most one push per user per this long (the latest state wins).
+    #[serde(with = "humantime_serde")]
+    pub min_interval: Duration,
+    /// Each webhook call's time limit.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Events waiting for the pusher; more are dropped (counted).
+    pub queue: usize,
+    /// Attempts per push (5xx and timeouts are retried with backoff; 4xx never).
+    pub max_attempts: u32,
+}
+
+impl Default for PushSection {
+    fn default() -> Self {
+        let d = dispatch::push::PushConfig::default();
+        Self {
+            webhook_url: d.webhook_url,
+            secret: d.secret,
+            include_preview: d.include_preview,
+            min_interval: d.min_interval,
+            timeout: d.timeout,
+            queue: d.queue,
+            max_attempts: d.max_attempts,
+        }
+    }
 }
 
 /// Uploaded files (`POST /api/v1/files`).
@@ -317,6 +355,7 @@ impl Default for Config {
             },
             im: ImSection::default(),
             files: FilesSection::default(),
+            push: PushSection::default(),
             log: LogConfig { filter: "info".into() },
         }
     }
@@ -475,6 +514,24 @@ impl Config {
                 }
             }
         }
+        let p = &self.push;
+        if !p.webhook_url.is_empty() {
+            if !(p.webhook_url.starts_with("http://") || p.webhook_url.starts_with("https://")) {
+                return invalid("push.webhook_url", "must start with http:// or https://");
+            }
+            if p.secret.len() < 16 {
+                return invalid("push.secret", "must be at least 16 bytes when push.webhook_url is set");
+            }
+        }
+        if p.timeout < Duration::from_millis(100) {
+            return invalid("push.timeout", "must be at least 100ms");
+        }
+        if p.queue == 0 {
+            return invalid("push.queue", "must be at least 1");
+        }
+        if !(1..=20).contains(&p.max_attempts) {
+            return invalid("push.max_attempts", "must be between 1 and 20");
+        }
         let f = &self.files;
         if !(1..=256 << 20).contains(&f.max_bytes) {
             return invalid("files.max_bytes", "must be between 1 and 268435456");
@@ -578,6 +635,19 @@ impl Config {
             customer_grace: self.cs.customer_grace,
             sweep_interval: self.cs.sweep_interval,
             ..cs_queue::CsConfig::default()
+        }
+    }
+
+    pub fn push(&self) -> dispatch::push::PushConfig {
+        let p = &self.push;
+        dispatch::push::PushConfig {
+            webhook_url: p.webhook_url.clone(),
+            secret: p.secret.clone(),
+            include_preview: p.include_preview,
+            min_interval: p.min_interval,
+            timeout: p.timeout,
+            queue: p.queue,
+            max_attempts: p.max_attempts,
         }
     }
 

@@ -88,6 +88,12 @@ pub async fn run_with_backends(
     let revocations = backends.revocations.clone();
     let files_backends = backends.clone();
     let dispatch = Dispatcher::new(backends, router.clone(), config.dispatch());
+    if let Some(pusher) =
+        dispatch::push::Pusher::start(config.push(), files_backends.messages.clone(), shutdown.clone())
+    {
+        info!(url = %config.push.webhook_url, "offline push through the webhook is on");
+        dispatch.set_pusher(pusher);
+    }
     let cs = cs_queue::CsService::start(cs_store, dispatch.clone(), config.cs(), shutdown.clone());
     for g in &config.cs.groups {
         cs.seed(&g.tenant, g.spec(), &g.agents)

@@ -241,15 +241,22 @@ impl Router {
     /// every other connected device of its sender. Never waits on a
     /// connection; returns how many connections it was handed to.
     pub async fn deliver(&self, tenant: &str, message: Arc<Message>) -> usize {
+        self.deliver_checked(tenant, message).await.0
+    }
+
+    /// [`deliver`](Self::deliver), also telling whether the recipient has
+    /// a connected device (true when that could not be looked up).
+    pub async fn deliver_checked(&self, tenant: &str, message: Arc<Message>) -> (usize, bool) {
         let mut entries = match self.presence.lookup(tenant, &message.to_user).await {
             Ok(e) => e,
             Err(e) => {
                 // Nothing is lost: the message is pending for every device.
                 tracing::warn!(error = %e, "presence lookup failed; delivery left to replay");
                 metrics::counter!("dongdong_push_lookup_failures_total").increment(1);
-                return 0;
+                return (0, true);
             }
         };
+        let recipient_online = !entries.is_empty();
         if message.from_user != message.to_user {
             match self.presence.lookup(tenant, &message.from_user).await {
                 Ok(e) => entries.extend(e),
@@ -283,7 +290,7 @@ impl Router {
             }
         }
         metrics::counter!("dongdong_pushes_total").increment(pushed as u64);
-        pushed
+        (pushed, recipient_online)
     }
 
     /// Hands `frame` to every connected device of `user`, on this node or

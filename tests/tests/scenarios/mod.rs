@@ -8,6 +8,7 @@ mod cs;
 mod files;
 mod messaging;
 pub mod process;
+mod push;
 mod reads;
 mod reliability;
 mod web;
