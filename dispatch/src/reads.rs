@@ -90,7 +90,19 @@ impl Dispatcher {
                 }
             }
         }
+        // An upload the message carried goes with it (after the recall).
+        let file_id = match message.content.as_ref().and_then(|c| c.kind.as_ref()) {
+            Some(pb::content::Kind::Image(i)) if !i.file_id.is_empty() => Some(i.file_id.clone()),
+            Some(pb::content::Kind::File(f)) if !f.file_id.is_empty() => Some(f.file_id.clone()),
+            _ => None,
+        };
         let outcome = self.backends.messages.recall(&who.tenant, &req.msg_id, who).await?.ok_or_else(not_found)?;
+        if let Some(file_id) = file_id.filter(|_| outcome.fresh)
+            && let Err(e) = self.backends.files.delete_file(&who.tenant, &file_id).await
+        {
+            // The message is recalled; the file stays until retention.
+            tracing::warn!(error = %e, file_id, "cannot delete the file of a recalled message");
+        }
         let mut recalled = match storage::recalled_frame(&outcome.message).body {
             Some(Body::Recalled(r)) => r,
             _ => return Err(ClientError::new(ErrorCode::Internal, "a recall without its frame")),

@@ -76,6 +76,9 @@ pub struct FilesSection {
     /// How long a signed download link works.
     #[serde(with = "humantime_serde")]
     pub link_ttl: Duration,
+    /// Uploads older than this are deleted ("0s": kept until deleted).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 impl Default for FilesSection {
@@ -97,6 +100,7 @@ impl Default for FilesSection {
             max_pixels: 40_000_000,
             uploads_per_minute: 30,
             link_ttl: Duration::from_secs(600),
+            retention: Duration::ZERO,
         }
     }
 }

@@ -72,6 +72,50 @@ fn unreachable_key() -> Hmac<Sha256> {
     <Hmac<Sha256> as KeyInit>::new_from_slice(b"dongdong").unwrap_or_else(|_| unreachable_key())
 }
 
+/// Deletes uploads older than `files.retention`, every tenth of it (between
+/// a second and an hour), until `shutdown`. Every node of a cluster does
+/// it; deleting twice is harmless.
+pub(crate) fn start_retention(
+    files: Arc<dyn FileStore>,
+    retention: std::time::Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    if retention.is_zero() {
+        return;
+    }
+    let every = (retention / 10).clamp(std::time::Duration::from_secs(1), std::time::Duration::from_secs(3600));
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let cutoff = im_core::now_ms().saturating_sub(u64::try_from(retention.as_millis()).unwrap_or(u64::MAX));
+            loop {
+                let old = match files.files_before(cutoff, 500).await {
+                    Ok(old) => old,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot list expired files");
+                        break;
+                    }
+                };
+                let mut deleted = 0;
+                for (tenant, id) in &old {
+                    match files.delete_file(tenant, id).await {
+                        Ok(_) => deleted += 1,
+                        Err(e) => tracing::warn!(error = %e, file_id = %id, "cannot delete an expired file"),
+                    }
+                }
+                metrics::counter!("dongdong_files_expired_total").increment(deleted);
+                if old.len() < 500 || deleted == 0 {
+                    break;
+                }
+            }
+        }
+    });
+}
+
 pub(crate) fn routes(api: FilesApi) -> Router {
     // The body limit is applied while reading (a clear TOO_LARGE); axum's
     // own 2 MB default must not cut in first.

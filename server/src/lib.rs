@@ -121,6 +121,7 @@ pub async fn run_with_backends(
     };
     let gateway = Arc::new(Gateway { config: config.gateway(), signer, dispatch, cs, revocations });
     let files = files_api::FilesApi::new(api.clone(), &files_backends, config.files.clone(), &secret);
+    files_api::start_retention(files_backends.files.clone(), config.files.retention, shutdown.clone());
     let routes = cs_api::routes(api.clone())
         .merge(admin_api::routes(api))
         .merge(files_api::routes(files))

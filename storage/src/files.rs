@@ -65,6 +65,13 @@ pub trait FileStore: Send + Sync + 'static {
 
     /// Conversations whose messages refer to the file (at most `limit`).
     async fn file_refs(&self, tenant: &str, id: &str, limit: usize) -> Result<Vec<String>>;
+
+    /// Deletes the file, its thumbnail and its references (bytes another
+    /// upload shares stay for it). Returns whether it existed.
+    async fn delete_file(&self, tenant: &str, id: &str) -> Result<bool>;
+
+    /// Files uploaded before `before_ms`, as (tenant, id), at most `limit`.
+    async fn files_before(&self, before_ms: u64, limit: usize) -> Result<Vec<(String, String)>>;
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StorageError {
@@ -85,6 +92,30 @@ mod embedded {
 
     fn ref_prefix(tenant: &str, id: &str) -> Vec<u8> {
         Key::new().s("fr").s(tenant).s(id).into_vec()
+    }
+
+    /// Which uploads use the bytes with this hash: ("fb", sha, tenant, id).
+    fn blob_user(sha: &str, tenant: &str, id: &str) -> Vec<u8> {
+        Key::new().s("fb").s(sha).s(tenant).s(id).into_vec()
+    }
+
+    fn shas(meta: &FileMeta) -> Vec<String> {
+        std::iter::once(meta.sha256.clone()).chain(meta.thumbnail.as_ref().map(|t| t.sha256.clone())).collect()
+    }
+
+    /// The keys of `table` CS records under `prefix`.
+    fn keys_under(db: &redb::Database, prefix: &[u8]) -> Result<Vec<Vec<u8>>> {
+        let txn = db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(CS).map_err(unavailable)?;
+        let mut out = Vec::new();
+        for item in table.range(prefix..).map_err(unavailable)? {
+            let (k, _) = item.map_err(unavailable)?;
+            if !k.value().starts_with(prefix) {
+                break;
+            }
+            out.push(k.value().to_vec());
+        }
+        Ok(out)
     }
 
     /// Where the bytes with this hash live.
@@ -138,6 +169,7 @@ mod embedded {
     #[async_trait]
     impl FileStore for EmbeddedStore {
         async fn put_file(&self, meta: &FileMeta, bytes: Vec<u8>, thumbnail: Option<Vec<u8>>) -> Result<()> {
+            let _one = self.files_lock().lock().await;
             let root = self.data_dir();
             let (sha, thumb_sha) = (meta.sha256.clone(), meta.thumbnail.as_ref().map(|t| t.sha256.clone()));
             tokio::task::spawn_blocking(move || {
@@ -151,7 +183,9 @@ mod embedded {
             .map_err(unavailable)?
             .map_err(|e| StorageError::Unavailable(format!("cannot write the file: {e}")))?;
             let record = serde_json::to_vec(meta).map_err(unavailable)?;
-            let written = self.queue_records(vec![(meta_key(&meta.tenant, &meta.id), Some(record))]).await?;
+            let mut records = vec![(meta_key(&meta.tenant, &meta.id), Some(record))];
+            records.extend(shas(meta).iter().map(|sha| (blob_user(sha, &meta.tenant, &meta.id), Some(Vec::new()))));
+            let written = self.queue_records(records).await?;
             written.await.map_err(|_| unavailable("the store writer stopped"))?
         }
 
@@ -201,6 +235,52 @@ mod embedded {
                     let Some(rest) = k.value().strip_prefix(prefix.as_slice()) else { break };
                     let conv = Reader::new(rest).s().ok_or_else(|| StorageError::Corrupt("file reference".into()))?;
                     out.push(conv.to_string());
+                }
+                Ok(out)
+            })
+            .await
+        }
+
+        async fn delete_file(&self, tenant: &str, id: &str) -> Result<bool> {
+            let _one = self.files_lock().lock().await;
+            let Some(meta) = self.file_meta(tenant, id).await? else { return Ok(false) };
+            let refs = ref_prefix(tenant, id);
+            let mut gone = self.read_db(move |db| keys_under(db, &refs)).await?;
+            gone.push(meta_key(tenant, id));
+            gone.extend(shas(&meta).iter().map(|sha| blob_user(sha, tenant, id)));
+            let written = self.queue_records(gone.into_iter().map(|k| (k, None)).collect()).await?;
+            written.await.map_err(|_| unavailable("the store writer stopped"))??;
+            // Bytes nobody else uploaded go too.
+            for sha in shas(&meta) {
+                let prefix = Key::new().s("fb").s(&sha).into_vec();
+                if self.read_db(move |db| keys_under(db, &prefix)).await?.is_empty() {
+                    let path = blob_path(&self.data_dir(), &sha);
+                    if let Err(e) = std::fs::remove_file(&path)
+                        && e.kind() != std::io::ErrorKind::NotFound
+                    {
+                        tracing::warn!(error = %e, path = %path.display(), "cannot delete a file's bytes");
+                    }
+                }
+            }
+            Ok(true)
+        }
+
+        async fn files_before(&self, before_ms: u64, limit: usize) -> Result<Vec<(String, String)>> {
+            let prefix = Key::new().s("f").into_vec();
+            self.read_db(move |db| {
+                let txn = db.begin_read().map_err(unavailable)?;
+                let table = txn.open_table(CS).map_err(unavailable)?;
+                let mut out = Vec::new();
+                for item in table.range(prefix.as_slice()..).map_err(unavailable)? {
+                    let (k, v) = item.map_err(unavailable)?;
+                    if !k.value().starts_with(&prefix) || out.len() >= limit {
+                        break;
+                    }
+                    let meta: FileMeta = serde_json::from_slice(v.value())
+                        .map_err(|e| StorageError::Corrupt(format!("file record: {e}")))?;
+                    if meta.created_ms < before_ms {
+                        out.push((meta.tenant, meta.id));
+                    }
                 }
                 Ok(out)
             })
@@ -302,9 +382,44 @@ mod cluster {
                 .await
                 .map_err(mongo_err)?;
             let convs = found.as_ref().and_then(|d| d.get_array("convs").ok());
+
             Ok(convs.map_or_else(Vec::new, |a| {
                 a.iter().filter_map(|c| c.as_str().map(str::to_string)).take(limit).collect()
             }))
+        }
+
+        async fn delete_file(&self, tenant: &str, id: &str) -> Result<bool> {
+            let Some(meta) = self.file_meta(tenant, id).await? else { return Ok(false) };
+            for gridfs_id in [thumb_id(&meta.id), meta.id.clone()] {
+                match self.files().delete(Bson::String(gridfs_id)).await {
+                    Ok(()) => {}
+                    Err(e) if matches!(*e.kind, mongodb::error::ErrorKind::GridFs(_)) => {}
+                    Err(e) => return Err(mongo_err(e)),
+                }
+            }
+            self.file_refs_collection()
+                .delete_one(doc! { "_id": format!("{tenant}\u{0}{id}") })
+                .await
+                .map_err(mongo_err)?;
+            Ok(true)
+        }
+
+        async fn files_before(&self, before_ms: u64, limit: usize) -> Result<Vec<(String, String)>> {
+            use futures_util::TryStreamExt;
+            let cursor = self
+                .files()
+                .find(doc! { "metadata.created_ms": { "$lt": before_ms as i64 } })
+                .limit(limit as i64)
+                .await
+                .map_err(mongo_err)?;
+            let docs: Vec<mongodb::gridfs::FilesCollectionDocument> = cursor.try_collect().await.map_err(mongo_err)?;
+            Ok(docs
+                .into_iter()
+                .filter_map(|d| {
+                    let m: FileMeta = mongodb::bson::from_document(d.metadata?).ok()?;
+                    Some((m.tenant, m.id))
+                })
+                .collect())
         }
     }
 }

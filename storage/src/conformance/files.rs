@@ -59,4 +59,17 @@ pub async fn files_store_read_ranges_and_refs(b: &Backends) {
     assert_eq!(refs, ["c1", "c2"]);
     assert!(b.files.file_refs(&tenant(), &m.id, 10).await.unwrap().is_empty(), "tenant wall");
     assert_eq!(b.files.file_refs(&t, &m.id, 1).await.unwrap().len(), 1, "bounded");
+    // Old files, then deletion: the bytes another upload shares stay for it.
+    let old = b.files.files_before(im_core::now_ms() + 1, 10_000).await.unwrap();
+    assert!(old.contains(&(t.clone(), m.id.clone())) && old.contains(&(t.clone(), again.id.clone())));
+    assert!(!b.files.files_before(m.created_ms, 10_000).await.unwrap().iter().any(|(tt, _)| tt == &t));
+    assert!(b.files.delete_file(&t, &m.id).await.unwrap());
+    assert!(!b.files.delete_file(&t, &m.id).await.unwrap(), "gone already");
+    assert_eq!(b.files.file_meta(&t, &m.id).await.unwrap(), None);
+    assert!(b.files.file_refs(&t, &m.id, 10).await.unwrap().is_empty());
+    assert_eq!(b.files.read_file(&m, Variant::Thumbnail, 0, 100).await.unwrap(), None, "the thumbnail went");
+    let shared = b.files.read_file(&again, Variant::Original, 0, u64::MAX).await.unwrap().unwrap();
+    assert!(shared == bytes, "still there for the other upload");
+    assert!(b.files.delete_file(&t, &again.id).await.unwrap());
+    assert_eq!(b.files.read_file(&again, Variant::Original, 0, 10).await.unwrap(), None, "no one uses the bytes");
 }

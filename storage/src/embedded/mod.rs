@@ -134,6 +134,9 @@ pub struct EmbeddedStore {
     path: PathBuf,
     /// Revocations, one write at a time (read, raised, written).
     revoking: tokio::sync::Mutex<()>,
+    /// Uploads and deletions of files, one at a time (a blob shared by two
+    /// uploads is deleted only when neither refers to it).
+    files_lock: tokio::sync::Mutex<()>,
 }
 
 /// Logged batches the applier may lag behind the writer before the writer waits.
@@ -177,11 +180,23 @@ impl EmbeddedStore {
                 })
                 .map_err(|e| StorageError::Unavailable(format!("cannot start the writer thread: {e}")))?
         };
-        Ok(Arc::new(Self { db, tx, writer: Mutex::new(Some(writer)), shared, path, revoking: Default::default() }))
+        Ok(Arc::new(Self {
+            db,
+            tx,
+            writer: Mutex::new(Some(writer)),
+            shared,
+            path,
+            revoking: Default::default(),
+            files_lock: Default::default(),
+        }))
     }
 
     pub(crate) fn revocation_lock(&self) -> &tokio::sync::Mutex<()> {
         &self.revoking
+    }
+
+    pub(crate) fn files_lock(&self) -> &tokio::sync::Mutex<()> {
+        &self.files_lock
     }
 
     /// The database file.

@@ -221,6 +221,32 @@ async fn messages_may_only_refer_to_the_senders_own_uploads() {
     let mut other = Client::login(&s.ws_url, &s.token("other", "alice"), "a").await;
     let e = other.send("bob", "cross", send_image(bobs_id)).await.unwrap_err();
     assert_eq!(code(&e), ErrorCode::NotFound, "tenant wall");
-    let _ = Duration::ZERO;
+    s.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recalled_messages_file_is_deleted_and_old_uploads_expire() {
+    let s = TestServer::start_with(|c| c.files.retention = Duration::from_secs(2)).await;
+    let (alice_t, bob_t) = (s.token("acme", "alice"), s.token("acme", "bob"));
+    let up = upload(&s, &alice_t, "image/png", "oops.png", &png_with_text(30, 30)).await.json();
+    let id = up["file_id"].as_str().unwrap().to_string();
+    let mut alice = s.login("acme", "alice", "a1").await;
+    let ack = alice.send("bob", "img", send_image(&id)).await.unwrap();
+    let path = format!("/api/v1/files/{id}");
+    assert_eq!(fetch(&s, &path, Some(&bob_t), &[]).await.status, 200);
+    let recall = pb::frame::Body::Recall(pb::Recall { msg_id: ack.msg_id });
+    assert!(matches!(alice.request(recall).await.body, Some(pb::frame::Body::Recalled(_))));
+    for t in [&alice_t, &bob_t] {
+        assert_eq!(fetch(&s, &path, Some(t), &[]).await.status, 404, "recalled with its message");
+    }
+    // Retention: an upload older than 2 s is gone within the next sweep.
+    let kept = upload(&s, &alice_t, "text/plain", "old.txt", b"old").await.json();
+    let old = format!("/api/v1/files/{}", kept["file_id"].as_str().unwrap());
+    assert_eq!(fetch(&s, &old, Some(&alice_t), &[]).await.status, 200);
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fetch(&s, &old, Some(&alice_t), &[]).await.status != 404 {
+        assert!(tokio::time::Instant::now() < until, "the old upload outlived files.retention");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     s.stop().await;
 }
