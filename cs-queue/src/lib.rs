@@ -371,7 +371,11 @@ impl CsService {
                 .record(s.assigned_ms.saturating_sub(s.queued_ms) as f64 / 1000.0);
             metrics::counter!("dongdong_cs_assignments_total", "group" => s.group.clone()).increment(1);
             let frame = event(Body::SessionAssigned(pb::SessionAssigned { session: Some(session_pb(s)) }));
-            router.notify(tenant, &s.customer, frame.clone()).await;
+            if router.notify(tenant, &s.customer, frame.clone()).await == 0 {
+                // The customer left the page: an agent is waiting for them.
+                let conv = &s.conversation_id;
+                self.dispatch.push_session(tenant, &s.customer, &s.agent, conv, &s.id, "session_assigned");
+            }
             router.notify(tenant, &s.agent, frame).await;
             self.post_first_message(tenant, s).await;
         }
@@ -381,7 +385,10 @@ impl CsService {
                     .record(s.ended_ms.saturating_sub(s.assigned_ms) as f64 / 1000.0);
             }
             let frame = event(Body::SessionEnded(pb::SessionEnded { session: Some(session_pb(s)) }));
-            router.notify(tenant, &s.customer, frame.clone()).await;
+            if router.notify(tenant, &s.customer, frame.clone()).await == 0 && s.assigned_ms > 0 {
+                let conv = &s.conversation_id;
+                self.dispatch.push_session(tenant, &s.customer, &s.agent, conv, &s.id, "session_ended");
+            }
             if !s.agent.is_empty() {
                 router.notify(tenant, &s.agent, frame).await;
             }

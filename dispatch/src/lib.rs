@@ -125,6 +125,32 @@ impl Dispatcher {
             msg_id: message.msg_id.clone(),
             kind,
             preview,
+            session_id: None,
+            at: tokio::time::Instant::now(),
+        });
+    }
+
+    /// Tells the pusher about a customer-service event for `to_user`, who
+    /// has no connected device (`kind`: `session_assigned`, `session_ended`).
+    pub fn push_session(
+        &self,
+        tenant: &str,
+        to_user: &str,
+        from_user: &str,
+        conversation_id: &str,
+        session_id: &str,
+        kind: &'static str,
+    ) {
+        let Some(pusher) = self.pusher.get() else { return };
+        pusher.offer(push::PushEvent {
+            tenant: tenant.to_string(),
+            to_user: to_user.to_string(),
+            from_user: from_user.to_string(),
+            conversation_id: conversation_id.to_string(),
+            msg_id: String::new(),
+            kind,
+            preview: None,
+            session_id: Some(session_id.to_string()),
             at: tokio::time::Instant::now(),
         });
     }

@@ -3,9 +3,11 @@
 //! embedding application, which reaches the phone (APNs, FCM).
 //!
 //! - The body is JSON: `tenant`, `to_user`, `from_user`, `conversation_id`,
-//!   `msg_id`, `kind` (`message` or `recall`), `unread_total` (over the
-//!   user's 100 most recent conversations), `sent_ms`, and `preview` (the
-//!   text, at most 100 characters) only with `include_preview`.
+//!   `msg_id`, `kind` (`message`, `recall`, or for a customer
+//!   `session_assigned` and `session_ended` with `session_id`),
+//!   `unread_total` (over the user's 100 most recent conversations),
+//!   `sent_ms`, and `preview` (the text, at most 100 characters) only with
+//!   `include_preview`.
 //! - Signed: `X-Dongdong-Timestamp` (ms) and `X-Dongdong-Signature:
 //!   sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>`; a receiver
 //!   checks both and refuses old timestamps (replays).
@@ -69,6 +71,8 @@ pub struct PushEvent {
     pub msg_id: String,
     pub kind: &'static str,
     pub preview: Option<String>,
+    /// Customer-service events: the session.
+    pub session_id: Option<String>,
     pub at: Instant,
 }
 
@@ -213,8 +217,13 @@ async fn body(messages: &dyn MessageStore, e: &PushEvent) -> Vec<u8> {
         "unread_total": unread_total,
         "sent_ms": im_core::now_ms(),
     });
-    if let (Some(p), Some(o)) = (&e.preview, body.as_object_mut()) {
-        o.insert("preview".into(), json!(p));
+    if let Some(o) = body.as_object_mut() {
+        if let Some(p) = &e.preview {
+            o.insert("preview".into(), json!(p));
+        }
+        if let Some(id) = &e.session_id {
+            o.insert("session_id".into(), json!(id));
+        }
     }
     body.to_string().into_bytes()
 }

@@ -220,3 +220,46 @@ async fn a_dead_webhook_slows_nothing_and_drops_are_counted() {
     assert!(dropped > 0.0, "the full queue's drops are counted:\n{metrics}");
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_customer_who_left_the_page_is_told_an_agent_took_them() {
+    use im_core::pb::{self, frame::Body};
+    let hook = Receiver::start().await;
+    let s = server(&hook.url, |_| {}).await;
+    // One agent with room for one customer, busy with Cid.
+    let admin = s.token_with_role("demo", "root", im_core::Role::Admin);
+    let body = serde_json::json!({ "capacity": 1 });
+    let (status, _) = dongdong_tests::http::request(
+        &s.http_url,
+        "PUT",
+        "/api/v1/groups/default/agents/agnes",
+        Some(&admin),
+        Some(&body),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let token = s.token_with_role("demo", "agnes", im_core::Role::Agent);
+    let mut agent = dongdong_tests::client::Client::login(&s.ws_url, &token, "console").await;
+    agent.request(Body::SetStatus(pb::SetStatus { status: pb::AgentStatus::Online as i32 })).await;
+    let ask = || Body::RequestService(pb::RequestService { group: "default".into(), ..Default::default() });
+    let mut cid = s.login("demo", "cid", "web").await;
+    let Some(Body::SessionAssigned(first)) = cid.request(ask()).await.body else { panic!("cid is served") };
+    // Cora waits in line, then closes the page.
+    let mut customer = s.login("demo", "cora", "web").await;
+    let asked = customer.request(ask()).await;
+    assert!(matches!(asked.body, Some(Body::QueueUpdate(_))), "waits in line: {asked:?}");
+    customer.close().await;
+    s.wait_presence("demo", "cora", 0).await;
+    // Cid's chat ends: Agnes takes Cora, who hears of it through the webhook.
+    let end = Body::EndSession(pb::EndSession { session_id: first.session.unwrap().session_id });
+    agent.request(end).await;
+    let hits = hook.wait_for(1).await;
+    assert_eq!(hits.len(), 1, "{hits:?}");
+    let body = hits[0].json();
+    assert_eq!(
+        (body["kind"].as_str(), body["to_user"].as_str(), body["from_user"].as_str()),
+        (Some("session_assigned"), Some("cora"), Some("agnes"))
+    );
+    assert!(body["session_id"].as_str().is_some_and(|id| !id.is_empty()), "{body}");
+    s.stop().await;
+}
