@@ -18,6 +18,10 @@
 //! the sniffed type, `X-Content-Type-Options: nosniff`, a sandboxing CSP,
 //! `Content-Disposition: attachment` for anything but images, an ETag (the
 //! SHA-256) honoured by If-None-Match, and single byte ranges.
+//!
+//! Bounded: at most 8 uploads and 64 downloads are in progress per node
+//! (each holds its bytes in memory, up to `files.max_bytes`); beyond that
+//! the request is answered 503 UNAVAILABLE, retryable.
 
 use crate::config::FilesSection;
 use crate::cs_api::{ApiResult, CsApi, fail};
@@ -49,6 +53,20 @@ pub(crate) struct FilesApi {
     /// Signs download links.
     pub link_key: Arc<Vec<u8>>,
     pub uploads: Arc<DefaultKeyedRateLimiter<String>>,
+    /// Uploads being read and processed at once (each holds up to
+    /// `files.max_bytes` in memory), and downloads being served.
+    pub uploading: Arc<tokio::sync::Semaphore>,
+    pub downloading: Arc<tokio::sync::Semaphore>,
+}
+
+/// Uploads and downloads in progress at once, per node; more are refused
+/// with 503 UNAVAILABLE (retryable) rather than queued in memory.
+const MAX_UPLOADS: usize = 8;
+const MAX_DOWNLOADS: usize = 64;
+
+fn busy(what: &str) -> crate::cs_api::ApiError {
+    metrics::counter!("dongdong_file_transfers_refused_total", "what" => what.to_string()).increment(1);
+    fail(ErrorCode::Unavailable, format!("too many {what}s at once on this server; retry in a moment"))
 }
 
 impl FilesApi {
@@ -63,6 +81,8 @@ impl FilesApi {
             config: Arc::new(config),
             link_key: Arc::new(mac.finalize().into_bytes().to_vec()),
             uploads: Arc::new(RateLimiter::keyed(Quota::per_minute(per_minute))),
+            uploading: Arc::new(tokio::sync::Semaphore::new(MAX_UPLOADS)),
+            downloading: Arc::new(tokio::sync::Semaphore::new(MAX_DOWNLOADS)),
         }
     }
 }
@@ -210,6 +230,7 @@ async fn upload(
     if f.uploads.len() > 100_000 {
         f.uploads.retain_recent();
     }
+    let _slot = f.uploading.clone().try_acquire_owned().map_err(|_| busy("upload"))?;
     let started = std::time::Instant::now();
     let name = query.name;
     let (bytes, name, declared) = read_upload(&f.config, &headers, name, body).await?;
@@ -441,6 +462,7 @@ async fn download(f: FilesApi, id: String, variant: Variant, query: Signed, head
             return Ok((StatusCode::RANGE_NOT_SATISFIABLE, out).into_response());
         }
     };
+    let _slot = f.downloading.clone().try_acquire_owned().map_err(|_| busy("download"))?;
     let bytes = f.files.read_file(&meta, variant, start, len).await.map_err(im_core::ClientError::from)?;
     let bytes = bytes.ok_or_else(|| fail(ErrorCode::Internal, "the file's bytes are missing"))?;
     metrics::counter!("dongdong_download_bytes_total").increment(bytes.len() as u64);

@@ -250,3 +250,36 @@ async fn a_recalled_messages_file_is_deleted_and_old_uploads_expire() {
     }
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_in_progress_are_bounded_per_node() {
+    use tokio::io::AsyncWriteExt;
+    let s = TestServer::start().await;
+    let t = s.token("acme", "alice");
+    let addr = s.http_url.trim_start_matches("http://").to_string();
+    // Eight uploads whose bodies never finish hold the eight slots.
+    let mut slow = Vec::new();
+    for _ in 0..8 {
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /api/v1/files?name=slow HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {t}\r\nContent-Type: text/plain\r\nContent-Length: 1000000\r\n\r\nslow"
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        slow.push(tcp);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let r = upload(&s, &s.token("acme", "bob"), "text/plain", "n", b"hello").await;
+    assert_eq!((r.status, r.json()["error"]["code"].as_str()), (503, Some("UNAVAILABLE")), "{:?}", r.json());
+    // They give up: the slots are free again.
+    drop(slow);
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = upload(&s, &s.token("acme", "bob"), "text/plain", "n", b"hello").await;
+        if r.status == 201 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "slots never freed: {}", r.status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.stop().await;
+}
