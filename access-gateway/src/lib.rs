@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod connection;
 mod server;
+pub mod tls;
 pub mod window;
 
 pub use auth::{AuthError, Claims, TokenSigner};

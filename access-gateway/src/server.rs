@@ -30,9 +30,15 @@ pub fn websocket_config(config: &GatewayConfig) -> WebSocketConfig {
         .max_frame_size(Some(config.max_frame_bytes))
 }
 
-/// Accepts connections on `listener` until `shutdown` fires, then closes
-/// every connection (code 1012) and returns when all have finished.
-pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: CancellationToken) {
+/// Accepts connections on `listener` (with TLS when `tls` is given) until
+/// `shutdown` fires, then closes every connection (code 1012) and returns
+/// when all have finished.
+pub async fn serve(
+    listener: TcpListener,
+    gw: Arc<Gateway>,
+    shutdown: CancellationToken,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let permits = Arc::new(Semaphore::new(gw.config.max_connections.max(1)));
     let tracker = TaskTracker::new();
     let ws_config = websocket_config(&gw.config);
@@ -60,16 +66,38 @@ pub async fn serve(listener: TcpListener, gw: Arc<Gateway>, shutdown: Cancellati
         let gw = gw.clone();
         let conn_shutdown = shutdown.clone();
         let conn_tracker = tracker.clone();
+        let tls = tls.clone();
         tracker.spawn(async move {
-            let handshake = tokio_tungstenite::accept_hdr_async_with_config(tcp, check_path, Some(ws_config));
-            match tokio::time::timeout(gw.config.auth_timeout, handshake).await {
-                // A task of its own: a task keeps the size of its largest
-                // state for life, and the handshake's is large.
+            let timeout = gw.config.auth_timeout;
+            let Some(tls) = tls else {
+                let handshake = tokio_tungstenite::accept_hdr_async_with_config(tcp, check_path, Some(ws_config));
+                match tokio::time::timeout(timeout, handshake).await {
+                    // A task of its own: a task keeps the size of its largest
+                    // state for life, and the handshake's is large.
+                    Ok(Ok(ws)) => {
+                        drop(conn_tracker.spawn(connection::handle_socket(ws, gw, conn_shutdown, peer).holding(permit)))
+                    }
+                    Ok(Err(e)) => debug!(%peer, error = %e, "WebSocket handshake failed"),
+                    Err(_) => debug!(%peer, "WebSocket handshake timed out"),
+                }
+                return;
+            };
+            // TLS, then the WebSocket handshake, within the same time.
+            let handshake = async {
+                let stream = tls.accept(tcp).await.map_err(|e| format!("TLS handshake failed: {e}"))?;
+                tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(ws_config))
+                    .await
+                    .map_err(|e| format!("WebSocket handshake failed: {e}"))
+            };
+            match tokio::time::timeout(timeout, handshake).await {
                 Ok(Ok(ws)) => {
                     drop(conn_tracker.spawn(connection::handle_socket(ws, gw, conn_shutdown, peer).holding(permit)))
                 }
-                Ok(Err(e)) => debug!(%peer, error = %e, "WebSocket handshake failed"),
-                Err(_) => debug!(%peer, "WebSocket handshake timed out"),
+                Ok(Err(e)) => {
+                    metrics::counter!("dongdong_handshake_failures_total").increment(1);
+                    debug!(%peer, error = %e, "handshake failed")
+                }
+                Err(_) => debug!(%peer, "TLS or WebSocket handshake timed out"),
             }
         });
     }

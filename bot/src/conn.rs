@@ -10,13 +10,13 @@ use im_core::Encoding;
 use im_core::pb::{self, Frame, frame::Body};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::sync::mpsc;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<super::stream::Stream>;
 
 /// Frames a connection may have queued for its writer.
 const WRITE_QUEUE: usize = 256;
@@ -28,27 +28,37 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 pub struct Target {
     pub url: String,
     pub addr: SocketAddr,
+    /// wss://: the name to check the certificate against, and the roots.
+    pub tls: Option<(rustls::pki_types::ServerName<'static>, std::sync::Arc<rustls::ClientConfig>)>,
 }
 
 impl Target {
-    /// Resolves a `ws://host:port/path` URL.
-    pub async fn resolve(url: &str) -> anyhow::Result<Self> {
+    /// Resolves a `ws://host:port/path` or `wss://` URL (trusting `ca`, or
+    /// the public roots).
+    pub async fn resolve(url: &str, ca: Option<&std::path::Path>) -> anyhow::Result<Self> {
         let uri: tokio_tungstenite::tungstenite::http::Uri =
             url.parse().map_err(|e| anyhow::anyhow!("bad server URL {url:?}: {e}"))?;
-        match uri.scheme_str() {
-            Some("ws") => {}
-            Some("wss") => anyhow::bail!("{url}: the bot speaks ws:// only; point it at the server's ws:// listener"),
-            _ => anyhow::bail!("{url}: expected a ws:// URL such as ws://127.0.0.1:7800/ws"),
-        }
+        let secure = match uri.scheme_str() {
+            Some("ws") => false,
+            Some("wss") => true,
+            _ => anyhow::bail!("{url}: expected a ws:// or wss:// URL such as ws://127.0.0.1:7800/ws"),
+        };
         let host = uri.host().ok_or_else(|| anyhow::anyhow!("{url}: no host"))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        let port = uri.port_u16().unwrap_or(80);
+        let port = uri.port_u16().unwrap_or(if secure { 443 } else { 80 });
+        let tls = if secure {
+            let name =
+                rustls::pki_types::ServerName::try_from(host.to_string()).map_err(|e| anyhow::anyhow!("{url}: {e}"))?;
+            Some((name, super::stream::client_config(ca)?))
+        } else {
+            None
+        };
         let addr = tokio::net::lookup_host((host, port))
             .await
             .map_err(|e| anyhow::anyhow!("cannot resolve {host}: {e}"))?
             .next()
             .ok_or_else(|| anyhow::anyhow!("{host} resolves to no address"))?;
-        Ok(Self { url: url.to_string(), addr })
+        Ok(Self { url: url.to_string(), addr, tls })
     }
 }
 
@@ -110,8 +120,19 @@ impl Conn {
             Err(_) => return Err(fail("connect: timeout", "no TCP connection within 15 s")),
         };
         let _ = tcp.set_nodelay(true);
+        let stream = match &target.tls {
+            None => super::stream::Stream::Plain(tcp),
+            Some((name, config)) => {
+                let connector = tokio_rustls::TlsConnector::from(config.clone());
+                match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name.clone(), tcp)).await {
+                    Ok(Ok(tls)) => super::stream::Stream::Tls(Box::new(tls)),
+                    Ok(Err(e)) => return Err(fail("tls", e)),
+                    Err(_) => return Err(fail("tls: timeout", "no TLS handshake within 15 s")),
+                }
+            }
+        };
         let config = WebSocketConfig::default().read_buffer_size(4096).write_buffer_size(4096);
-        let handshake = tokio_tungstenite::client_async_with_config(target.url.as_str(), tcp, Some(config));
+        let handshake = tokio_tungstenite::client_async_with_config(target.url.as_str(), stream, Some(config));
         let ws = match tokio::time::timeout(CONNECT_TIMEOUT, handshake).await {
             Ok(Ok((ws, _))) => ws,
             Ok(Err(e)) => return Err(fail("handshake", e)),

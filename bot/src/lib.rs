@@ -15,6 +15,7 @@ mod offline;
 mod pairs;
 mod receipts;
 mod report;
+mod stream;
 
 pub use ledger::Correctness;
 pub use report::{Latency, ProcStats, Report, Sampler, histogram};
@@ -32,8 +33,12 @@ use tokio::sync::Semaphore;
 /// Options every scenario takes.
 #[derive(clap::Args, Clone, Debug)]
 pub struct Common {
-    /// Server WebSocket URL. Several (comma-separated or repeated) spread
-    /// the bots over the nodes of a cluster.
+    /// PEM certificates to trust for wss:// (a private CA); without it,
+    /// the usual public roots.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Server WebSocket URL (ws:// or wss://). Several (comma-separated or
+    /// repeated) spread the bots over the nodes of a cluster.
     #[arg(long = "url", value_delimiter = ',', default_value = "ws://127.0.0.1:7800/ws")]
     pub urls: Vec<String>,
     /// Tenant of the bot users.
@@ -299,7 +304,7 @@ impl Ctx {
         anyhow::ensure!(!common.urls.is_empty(), "give at least one --url");
         let mut targets = Vec::new();
         for url in &common.urls {
-            targets.push(Target::resolve(url).await?);
+            targets.push(Target::resolve(url, common.ca.as_deref()).await?);
         }
         let tokens = if let Some(cmd) = &common.token_cmd {
             Tokens::Command(cmd.clone())

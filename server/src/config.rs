@@ -209,6 +209,10 @@ pub struct ServerConfig {
     /// The WebSocket URL the web consoles connect to. Empty: the page's own
     /// host name with the port of `listen` (set it behind a proxy or TLS).
     pub public_ws_url: String,
+    /// PEM certificate chain and private key: both listeners speak TLS
+    /// (wss://, https://); re-read on SIGHUP. Empty: plain (the default).
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -307,6 +311,8 @@ impl Default for Config {
                 listen: SocketAddr::from(([127, 0, 0, 1], 7800)),
                 http: SocketAddr::from(([127, 0, 0, 1], 7801)),
                 public_ws_url: String::new(),
+                tls_cert: PathBuf::new(),
+                tls_key: PathBuf::new(),
             },
             storage: StorageConfig {
                 backend: Backend::Embedded,
@@ -484,6 +490,9 @@ impl Config {
         }
         if l.outbound_queue < 16 {
             return invalid("limits.outbound_queue", "must be at least 16");
+        }
+        if self.server.tls_cert.as_os_str().is_empty() != self.server.tls_key.as_os_str().is_empty() {
+            return invalid("server.tls_cert", "set server.tls_cert and server.tls_key together (or neither)");
         }
         let ws_url = &self.server.public_ws_url;
         if !(ws_url.is_empty() || ws_url.starts_with("ws://") || ws_url.starts_with("wss://")) {

@@ -49,8 +49,72 @@ struct AppState {
     metrics: PrometheusHandle,
 }
 
+/// The HTTP listener with TLS: handshakes run in tasks of their own (a
+/// slow one holds up no other) and finished ones are handed to axum.
+struct TlsListener {
+    done: tokio::sync::mpsc::Receiver<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::net::SocketAddr)>,
+    local: std::net::SocketAddr,
+}
+
+impl TlsListener {
+    fn start(
+        listener: TcpListener,
+        acceptor: tokio_rustls::TlsAcceptor,
+        shutdown: CancellationToken,
+    ) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let (tx, done) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = tokio::select! {
+                    r = listener.accept() => match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "HTTPS accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    },
+                    _ = shutdown.cancelled() => return,
+                };
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => drop(tx.send((stream, peer)).await),
+                        Ok(Err(e)) => {
+                            metrics::counter!("dongdong_handshake_failures_total").increment(1);
+                            tracing::debug!(%peer, error = %e, "HTTPS handshake failed")
+                        }
+                        Err(_) => tracing::debug!(%peer, "HTTPS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(Self { done, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = std::net::SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.done.recv().await {
+            Some(x) => x,
+            // Shut down: nothing more comes; axum stops through its own signal.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve(
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     router: Arc<Router>,
     node_id: String,
     health: Arc<dyn storage::HealthCheck>,
@@ -74,7 +138,13 @@ pub(crate) async fn serve(
         .route("/metrics", get(render_metrics))
         .with_state(AppState { router, node_id, health, metrics })
         .merge(api);
-    axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+    match tls {
+        Some(acceptor) => {
+            let listener = TlsListener::start(listener, acceptor, shutdown.clone())?;
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?;
+        }
+        None => axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await?,
+    }
     Ok(())
 }
 

@@ -126,25 +126,74 @@ pub async fn run_with_backends(
         .merge(admin_api::routes(api))
         .merge(files_api::routes(files))
         .merge(web::routes(web));
+    let tls = tls_files(config, shutdown.clone())?;
+    let (ws_tls, http_tls) = match &tls {
+        Some(files) => (
+            Some(files.acceptor(&[]).map_err(|e| anyhow::anyhow!(e))?),
+            Some(files.acceptor(&[b"http/1.1"]).map_err(|e| anyhow::anyhow!(e))?),
+        ),
+        None => (None, None),
+    };
+    let (ws_scheme, http_scheme) = if tls.is_some() { ("wss", "https") } else { ("ws", "http") };
     let ws_addr = ws.local_addr()?;
     let http_addr = http.local_addr()?;
     info!(
         node_id,
-        ws = %format!("ws://{ws_addr}/ws"),
-        http = %format!("http://{http_addr}"),
-        consoles = %format!("http://{http_addr}/chat /agent /supervisor"),
+        ws = %format!("{ws_scheme}://{ws_addr}/ws"),
+        http = %format!("{http_scheme}://{http_addr}"),
+        consoles = %format!("{http_scheme}://{http_addr}/chat /agent /supervisor"),
         "dongdong serving"
     );
 
-    let http_task =
-        tokio::spawn(http::serve(http, router, node_id.to_string(), health, metrics, routes, shutdown.clone()));
-    access_gateway::serve(ws, gateway.clone(), shutdown.clone()).await;
+    let http_task = tokio::spawn(http::serve(
+        http,
+        http_tls,
+        router,
+        node_id.to_string(),
+        health,
+        metrics,
+        routes,
+        shutdown.clone(),
+    ));
+    access_gateway::serve(ws, gateway.clone(), shutdown.clone(), ws_tls).await;
     shutdown.cancel();
     // Acks of the closed connections reach the store before it closes.
     gateway.dispatch.acks().flush().await;
     http_task.await.context("HTTP task failed")??;
     info!("all connections closed");
     Ok(())
+}
+
+/// The TLS certificate and key of the configuration, if set, re-read on
+/// every SIGHUP until `shutdown` (a bad file is logged and the certificate
+/// in use stays).
+fn tls_files(
+    config: &Config,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Option<Arc<access_gateway::tls::TlsFiles>>> {
+    let (cert, key) = (&config.server.tls_cert, &config.server.tls_key);
+    if cert.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    let files = access_gateway::tls::TlsFiles::load(cert, key).map_err(|e| anyhow::anyhow!("server.tls_cert: {e}"))?;
+    let watched = files.clone();
+    let mut hangups =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                got = hangups.recv() => if got.is_none() { return },
+            }
+            match watched.reload() {
+                Ok(()) => info!("SIGHUP: TLS certificate reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %e, "SIGHUP: cannot reload the TLS certificate; the one in use stays")
+                }
+            }
+        }
+    });
+    Ok(Some(files))
 }
 
 /// Listens on `addr` with a deep accept backlog (capped by the kernel's

@@ -11,4 +11,5 @@ pub mod process;
 mod push;
 mod reads;
 mod reliability;
+mod tls;
 mod web;
