@@ -6,6 +6,8 @@ mod admin_api;
 pub mod config;
 mod cs_api;
 mod files_api;
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 mod media;
 pub mod secret;
@@ -66,16 +68,24 @@ pub async fn run(
     result
 }
 
-/// Runs a server on the given backends until `shutdown` fires: stops
-/// accepting, closes every connection with 1012, then returns.
-pub async fn run_with_backends(
-    ws: TcpListener,
-    http: TcpListener,
+/// The parts of a running server, wired to `backends`: what
+/// [`run_with_backends`] serves (and what the HTTP fuzzer drives).
+pub(crate) struct Assembled {
+    pub gateway: Arc<Gateway>,
+    pub router: Arc<Router>,
+    pub health: Arc<dyn storage::HealthCheck>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    /// The API and the consoles, without /healthz and /metrics.
+    pub routes: axum::Router,
+}
+
+pub(crate) async fn assemble(
     config: &Config,
     node_id: &str,
     backends: Backends,
+    ws_port: u16,
     shutdown: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Assembled> {
     let metrics = http::install_metrics();
     let secret = secret::resolve(config)?;
     let health = backends.health.clone();
@@ -115,7 +125,7 @@ pub async fn run_with_backends(
     }
     let web = web::Web {
         public_ws_url: config.server.public_ws_url.clone(),
-        ws_port: ws.local_addr()?.port(),
+        ws_port,
         dev_signer: dev_login.then(|| signer.clone()),
         recall_window: config.im.recall_window,
     };
@@ -126,6 +136,21 @@ pub async fn run_with_backends(
         .merge(admin_api::routes(api))
         .merge(files_api::routes(files))
         .merge(web::routes(web));
+    Ok(Assembled { gateway, router, health, metrics, routes })
+}
+
+/// Runs a server on the given backends until `shutdown` fires: stops
+/// accepting, closes every connection with 1012, then returns.
+pub async fn run_with_backends(
+    ws: TcpListener,
+    http: TcpListener,
+    config: &Config,
+    node_id: &str,
+    backends: Backends,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let Assembled { gateway, router, health, metrics, routes } =
+        assemble(config, node_id, backends, ws.local_addr()?.port(), shutdown.clone()).await?;
     let tls = tls_files(config, shutdown.clone())?;
     let (ws_tls, http_tls) = match &tls {
         Some(files) => (
