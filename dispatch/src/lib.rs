@@ -103,11 +103,6 @@ impl Dispatcher {
         let _ = self.pusher.set(pusher);
     }
 
-    /// [`push_offline`](Self::push_offline) to the message's recipient.
-    fn push_offline_in(&self, tenant: &str, message: &Message, kind: &'static str) {
-        self.push_offline(tenant, message, &message.to_user, kind);
-    }
-
     /// Tells the pusher that `to_user` has something pending and no device.
     pub(crate) fn push_offline(&self, tenant: &str, message: &Message, to_user: &str, kind: &'static str) {
         let Some(pusher) = self.pusher.get() else { return };
@@ -287,7 +282,8 @@ impl Dispatcher {
         if !appended.duplicate {
             let (_, online) = self.router.deliver_checked(&tenant, Arc::new(appended.message.clone())).await;
             if !online && appended.message.to_user != appended.message.from_user {
-                self.push_offline_in(&tenant, &appended.message, "message");
+                let m = &appended.message;
+                self.push_offline(&tenant, m, &m.to_user, "message");
             }
         }
         drop(pushed);

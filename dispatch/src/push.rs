@@ -132,6 +132,9 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let permits = Arc::new(Semaphore::new(CONCURRENT));
+    // One agent for every call: it keeps connections to the webhook open.
+    let agent: ureq::Agent =
+        ureq::Agent::config_builder().timeout_global(Some(config.timeout)).http_status_as_error(false).build().into();
     let mut slots: HashMap<UserKey, Slot> = HashMap::new();
     // When each waiting push is due.
     let mut due: BTreeMap<(Instant, UserKey), ()> = BTreeMap::new();
@@ -161,7 +164,7 @@ async fn run(
                             continue;
                         }
                         slots.insert(key, Slot { next_at: now + config.min_interval, waiting: None });
-                        spawn_send(&config, &messages, &permits, event).await;
+                        spawn_send(&config, &agent, &messages, &permits, event).await;
                     }
                 }
             }
@@ -176,7 +179,7 @@ async fn run(
                         && let Some(event) = slot.waiting.take()
                     {
                         slot.next_at = now + config.min_interval;
-                        spawn_send(&config, &messages, &permits, event).await;
+                        spawn_send(&config, &agent, &messages, &permits, event).await;
                     }
                 }
             }
@@ -189,14 +192,15 @@ async fn run(
 /// the bounded queue (whose overflow is dropped) rather than memory.
 async fn spawn_send(
     config: &Arc<PushConfig>,
+    agent: &ureq::Agent,
     messages: &Arc<dyn MessageStore>,
     permits: &Arc<Semaphore>,
     event: PushEvent,
 ) {
     let Ok(permit) = permits.clone().acquire_owned().await else { return };
-    let (config, messages) = (config.clone(), messages.clone());
+    let (config, agent, messages) = (config.clone(), agent.clone(), messages.clone());
     tokio::spawn(async move {
-        send(&config, messages.as_ref(), event).await;
+        send(&config, &agent, messages.as_ref(), event).await;
         drop(permit);
     });
 }
@@ -248,12 +252,12 @@ enum Outcome {
     Failed(String),
 }
 
-async fn send(config: &PushConfig, messages: &dyn MessageStore, event: PushEvent) {
+async fn send(config: &PushConfig, agent: &ureq::Agent, messages: &dyn MessageStore, event: PushEvent) {
     let body = body(messages, &event).await;
     for attempt in 1..=config.max_attempts.max(1) {
-        let (url, secret, timeout, body) =
-            (config.webhook_url.clone(), config.secret.clone().into_bytes(), config.timeout, body.clone());
-        let outcome = tokio::task::spawn_blocking(move || post(&url, &secret, timeout, &body))
+        let (agent, url, secret, body) =
+            (agent.clone(), config.webhook_url.clone(), config.secret.clone().into_bytes(), body.clone());
+        let outcome = tokio::task::spawn_blocking(move || post(&agent, &url, &secret, &body))
             .await
             .unwrap_or_else(|e| Outcome::Failed(e.to_string()));
         match outcome {
@@ -283,9 +287,7 @@ async fn send(config: &PushConfig, messages: &dyn MessageStore, event: PushEvent
 }
 
 /// One POST, blocking (run on the blocking pool).
-fn post(url: &str, secret: &[u8], timeout: Duration, body: &[u8]) -> Outcome {
-    let agent: ureq::Agent =
-        ureq::Agent::config_builder().timeout_global(Some(timeout)).http_status_as_error(false).build().into();
+fn post(agent: &ureq::Agent, url: &str, secret: &[u8], body: &[u8]) -> Outcome {
     let now = im_core::now_ms();
     let result = agent
         .post(url)

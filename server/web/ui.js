@@ -305,31 +305,32 @@ export function byteSize(n) {
   return `${v} B`;
 }
 
+/**
+ * Keeps `a` pointing at a signed link to `fileId`: fetched now, and renewed
+ * before it is followed (a link lives `files.link_ttl`). `apply(link)`
+ * sets what the link feeds; `failed()` shows that it could not be had.
+ */
+function linked(a, fileId, apply, failed) {
+  const refresh = () => fileLink(fileId).then((l) => { a.href = l.url; apply(l); }).catch(failed);
+  refresh();
+  a.addEventListener('pointerenter', refresh);
+  a.addEventListener('focus', refresh);
+  return a;
+}
+
 /** An uploaded image: its thumbnail, a link to the full size. */
 function uploadedImage(image) {
   const img = el('img', { alt: t('image'), class: 'image', 'data-file-id': image.fileId });
   const a = el('a', { class: 'file-image', target: '_blank', rel: 'noopener noreferrer' }, img);
-  const refresh = () => fileLink(image.fileId).then((l) => {
-    if (!img.src) img.src = l.thumbnail_url || l.url;
-    a.href = l.url;
-  }).catch(() => a.replaceChildren(el('span', { class: 'muted' }, t('imageUnavailable'))));
-  refresh();
-  // A link older than its lifetime is renewed before it is followed.
-  a.addEventListener('pointerenter', refresh);
-  a.addEventListener('focus', refresh);
-  return a;
+  return linked(a, image.fileId, (l) => { if (!img.src) img.src = l.thumbnail_url || l.url; },
+    () => a.replaceChildren(el('span', { class: 'muted' }, t('imageUnavailable'))));
 }
 
 /** An uploaded file: name, size, a download link. */
 function uploadedFile(file) {
   const a = el('a', { class: 'file', download: file.name || 'file', 'data-file-id': file.fileId },
     `📎 ${file.name || 'file'} (${byteSize(file.sizeBytes)})`);
-  const refresh = () => fileLink(file.fileId).then((l) => { a.href = l.url; })
-    .catch(() => a.after(el('span', { class: 'muted' }, ` ${t('fileUnavailable')}`)));
-  refresh();
-  a.addEventListener('pointerenter', refresh);
-  a.addEventListener('focus', refresh);
-  return a;
+  return linked(a, file.fileId, () => {}, () => a.after(el('span', { class: 'muted' }, ` ${t('fileUnavailable')}`)));
 }
 
 /**

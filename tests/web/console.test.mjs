@@ -209,6 +209,15 @@ async function signIn(page, user, role, name = '') {
   await page.waitForSelector('#conn[data-status="online"]', { timeout: STEP_MS }).catch(() => {});
 }
 
+/** Gives `agent` room for `capacity` customers in the default group (as an admin). */
+async function setCapacity(agent, capacity) {
+  const admin = await devToken('sam', 'admin');
+  const r = await fetch(`${base}/api/v1/groups/default/agents/${agent}`, {
+    method: 'PUT', headers: { 'content-type': 'application/json', authorization: `Bearer ${admin}` }, body: JSON.stringify({ capacity }),
+  });
+  assert.equal(r.status, 200, await r.text());
+}
+
 /** An agent opens the workspace, signs in and sets themself online. */
 async function agentOnline(name, viewport) {
   const page = await (await person(name, viewport)).open('/agent');
@@ -574,11 +583,7 @@ scenario('an agent hears and sees what needs attention: a chime, a desktop notif
       close() {}
     };
   });
-  const admin = await devToken('sam', 'admin');
-  const r = await fetch(`${base}/api/v1/groups/default/agents/una`, {
-    method: 'PUT', headers: { 'content-type': 'application/json', authorization: `Bearer ${admin}` }, body: JSON.stringify({ capacity: 3 }),
-  });
-  assert.equal(r.status, 200, await r.text());
+  await setCapacity('una', 3);
   const una = await unaP.open('/agent');
   await signIn(una, 'una', 'agent', 'Una');
   await online(una);
@@ -619,11 +624,7 @@ scenario('an agent hears and sees what needs attention: a chime, a desktop notif
 });
 
 scenario('read marks, unread badges cleared on every device, and recall', async () => {
-  const admin = await devToken('sam', 'admin');
-  const r = await fetch(`${base}/api/v1/groups/default/agents/rita`, {
-    method: 'PUT', headers: { 'content-type': 'application/json', authorization: `Bearer ${admin}` }, body: JSON.stringify({ capacity: 3 }),
-  });
-  assert.equal(r.status, 200, await r.text());
+  await setCapacity('rita', 3);
   const rita = await agentOnline('rita');
   // The same agent on a second device (another browser).
   const ritaToo = await (await person('rita-too')).open('/agent');
@@ -705,11 +706,7 @@ function makePng(w, h) {
 }
 
 scenario('a customer sends a photo and a file: the agent sees the thumbnail, opens the image, downloads the file; nobody else can', async () => {
-  const admin = await devToken('sam', 'admin');
-  const r = await fetch(`${base}/api/v1/groups/default/agents/olga`, {
-    method: 'PUT', headers: { 'content-type': 'application/json', authorization: `Bearer ${admin}` }, body: JSON.stringify({ capacity: 3 }),
-  });
-  assert.equal(r.status, 200, await r.text());
+  await setCapacity('olga', 3);
   const olga = await agentOnline('olga');
   const kira = await (await person('kira', { width: 400, height: 700 })).open('/chat');
   await signIn(kira, 'kira', 'customer', 'Kira');

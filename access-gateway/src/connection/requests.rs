@@ -148,22 +148,28 @@ impl<S> Conn<S> {
         Ok(false)
     }
 
-    fn on_send(&mut self, req_id: u64, send: pb::Send) -> Result<(), Exit> {
+    /// Takes one of the `max_sends_in_flight` slots of requests answered
+    /// through the mailbox (sends and marks); when none is free, answers
+    /// RATE_LIMITED (saying `what` is waiting) and returns false.
+    fn take_reply_slot(&mut self, req_id: u64, what: &str) -> Result<bool, Exit> {
         let max = self.gw.config.max_sends_in_flight.max(1);
         if self.sends_in_flight as usize >= max {
-            let message = format!("more than {max} sends awaiting their ack");
-            return self.emit(&error_frame(req_id, ErrorCode::RateLimited, message));
+            let message = format!("more than {max} {what}");
+            self.emit(&error_frame(req_id, ErrorCode::RateLimited, message))?;
+            return Ok(false);
         }
         self.sends_in_flight += 1;
+        Ok(true)
+    }
+
+    fn on_send(&mut self, req_id: u64, send: pb::Send) -> Result<(), Exit> {
+        if !self.take_reply_slot(req_id, "sends awaiting their ack")? {
+            return Ok(());
+        }
         let turn = self.order.next_turn();
         let mailbox = self.mailbox.clone();
         self.gw.dispatch.spawn_send(&self.device, send, turn, move |result| {
-            let reply = match result {
-                Ok(ack) => Frame { req_id, body: Some(Body::SendAck(ack)) },
-                Err(e) => reply_error(req_id, &e),
-            };
-            // Refused only when the connection is gone.
-            let _ = mailbox.push(Push::Reply(Box::new(reply)));
+            mail_reply(&mailbox, req_id, result.map(Body::SendAck));
         });
         Ok(())
     }
@@ -174,23 +180,13 @@ impl<S> Conn<S> {
     /// any order: the pointer only moves forward). Counts against
     /// `max_sends_in_flight`.
     fn on_mark_read(&mut self, req_id: u64, req: pb::MarkRead) -> Result<(), Exit> {
-        let max = self.gw.config.max_sends_in_flight.max(1);
-        if self.sends_in_flight as usize >= max {
-            let message = format!("more than {max} sends and marks awaiting their answer");
-            return self.emit(&error_frame(req_id, ErrorCode::RateLimited, message));
+        if !self.take_reply_slot(req_id, "sends and marks awaiting their answer")? {
+            return Ok(());
         }
-        self.sends_in_flight += 1;
         let (dispatch, device, mailbox) = (self.gw.dispatch.clone(), self.device.clone(), self.mailbox.clone());
         tokio::spawn(
-            async move {
-                let reply = match dispatch.mark_read(&device, req).await {
-                    Ok(receipt) => Frame { req_id, body: Some(Body::ReadReceipt(receipt)) },
-                    Err(e) => reply_error(req_id, &e),
-                };
-                // Refused only when the connection is gone.
-                let _ = mailbox.push(Push::Reply(Box::new(reply)));
-            }
-            .in_current_span(),
+            async move { mail_reply(&mailbox, req_id, dispatch.mark_read(&device, req).await.map(Body::ReadReceipt)) }
+                .in_current_span(),
         );
         Ok(())
     }
@@ -217,6 +213,16 @@ impl<S> Conn<S> {
         }
         Ok(())
     }
+}
+
+/// Hands a request's answer (or its Error) to the connection's mailbox;
+/// refused only when the connection is gone.
+fn mail_reply(mailbox: &session_router::Mailbox, req_id: u64, result: dispatch::Result<Body>) {
+    let reply = match result {
+        Ok(body) => Frame { req_id, body: Some(body) },
+        Err(e) => reply_error(req_id, &e),
+    };
+    let _ = mailbox.push(Push::Reply(Box::new(reply)));
 }
 
 /// A history page: of a conversation the user is a member of, or, with
