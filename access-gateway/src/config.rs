@@ -26,10 +26,6 @@ pub struct GatewayConfig {
     pub ack_timeout: Duration,
     /// Resends of one delivery before the connection is closed (it stays pending).
     pub max_resends: u32,
-    /// Sustained frames per second per connection.
-    pub rate_per_sec: u32,
-    /// Frames a connection may send in a burst above the sustained rate.
-    pub rate_burst: u32,
     /// Open connections this node accepts; more wait in the listen backlog.
     pub max_connections: usize,
     /// tungstenite read/write buffer per connection: the main per-connection memory cost.
@@ -49,8 +45,6 @@ impl Default for GatewayConfig {
             idle_timeout: Duration::from_secs(90),
             ack_timeout: Duration::from_secs(10),
             max_resends: 3,
-            rate_per_sec: 200,
-            rate_burst: 400,
             max_connections: 19_000,
             io_buffer_bytes: 256,
         }

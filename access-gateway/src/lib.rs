@@ -5,12 +5,14 @@
 pub mod auth;
 pub mod config;
 pub mod connection;
+pub mod limits;
 mod server;
 pub mod tls;
 pub mod window;
 
 pub use auth::{AuthError, Claims, TokenSigner};
 pub use config::GatewayConfig;
+pub use limits::{Limits, RateLimits};
 pub use server::{serve, websocket_config};
 
 use dispatch::Dispatcher;
@@ -24,4 +26,9 @@ pub struct Gateway {
     pub cs: Arc<cs_queue::CsService>,
     /// Tokens revoked by user: checked at every Auth.
     pub revocations: Arc<dyn storage::Revocations>,
+    /// The rate limits in force (changeable while running).
+    pub limits: Arc<Limits>,
+    /// The HTTP header a trusted reverse proxy puts the client's address in
+    /// (`None`: the TCP peer's address is the client's).
+    pub proxy_header: Option<String>,
 }

@@ -2,12 +2,16 @@
 //! limit new connections wait in the kernel's backlog instead of costing
 //! memory here. Errors of one connection never reach the loop.
 
+use crate::limits::LoginGuard;
 use crate::{Gateway, GatewayConfig, connection};
 use im_core::CloseCode;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
@@ -63,36 +67,42 @@ pub async fn serve(
             _ = shutdown.cancelled() => break,
         };
         let _ = tcp.set_nodelay(true);
+        // Without a trusted proxy the peer is the client: counted from
+        // here. Behind one, from its header in the upgrade request.
+        let guard = if gw.proxy_header.is_some() {
+            None
+        } else {
+            match gw.limits.begin_login(peer.ip()) {
+                Ok(g) => Some(g),
+                Err(refused) => {
+                    debug!(%peer, "{}", refused.message);
+                    continue;
+                }
+            }
+        };
         let gw = gw.clone();
         let conn_shutdown = shutdown.clone();
         let conn_tracker = tracker.clone();
         let tls = tls.clone();
         tracker.spawn(async move {
-            let timeout = gw.config.auth_timeout;
-            let Some(tls) = tls else {
-                let handshake = tokio_tungstenite::accept_hdr_async_with_config(tcp, check_path, Some(ws_config));
-                match tokio::time::timeout(timeout, handshake).await {
-                    // A task of its own: a task keeps the size of its largest
-                    // state for life, and the handshake's is large.
-                    Ok(Ok(ws)) => {
-                        drop(conn_tracker.spawn(connection::handle_socket(ws, gw, conn_shutdown, peer).holding(permit)))
-                    }
-                    Ok(Err(e)) => debug!(%peer, error = %e, "WebSocket handshake failed"),
-                    Err(_) => debug!(%peer, "WebSocket handshake timed out"),
-                }
-                return;
-            };
-            // TLS, then the WebSocket handshake, within the same time.
-            let handshake = async {
+            let deadline = tokio::time::Instant::now() + gw.config.auth_timeout;
+            let opened = async {
+                let Some(tls) = tls else {
+                    let (ws, peer, guard) = upgrade(tcp, &gw, peer, guard, ws_config).await?;
+                    return Ok(conn_tracker
+                        .spawn(connection::handle_socket(ws, gw.clone(), conn_shutdown, peer, guard).holding(permit)));
+                };
                 let stream = tls.accept(tcp).await.map_err(|e| format!("TLS handshake failed: {e}"))?;
-                tokio_tungstenite::accept_hdr_async_with_config(stream, check_path, Some(ws_config))
-                    .await
-                    .map_err(|e| format!("WebSocket handshake failed: {e}"))
+                let (ws, peer, guard) = upgrade(stream, &gw, peer, guard, ws_config).await?;
+                Ok::<_, String>(
+                    conn_tracker
+                        .spawn(connection::handle_socket(ws, gw.clone(), conn_shutdown, peer, guard).holding(permit)),
+                )
             };
-            match tokio::time::timeout(timeout, handshake).await {
-                Ok(Ok(ws)) => {
-                    drop(conn_tracker.spawn(connection::handle_socket(ws, gw, conn_shutdown, peer).holding(permit)))
-                }
+            // The connection runs in a task of its own: a task keeps the
+            // size of its largest state for life, and the handshake's is large.
+            match tokio::time::timeout_at(deadline, opened).await {
+                Ok(Ok(task)) => drop(task),
                 Ok(Err(e)) => {
                     metrics::counter!("dongdong_handshake_failures_total").increment(1);
                     debug!(%peer, error = %e, "handshake failed")
@@ -109,12 +119,50 @@ pub async fn serve(
     tracker.wait().await;
 }
 
+/// The WebSocket handshake on `stream`. Behind a trusted proxy, the
+/// client's address is read from its header and the connection counted
+/// against that address's logins in progress (refused with 429 beyond).
+async fn upgrade<S>(
+    stream: S,
+    gw: &Gateway,
+    peer: SocketAddr,
+    guard: Option<LoginGuard>,
+    ws_config: WebSocketConfig,
+) -> Result<(WebSocketStream<S>, SocketAddr, Option<LoginGuard>), String>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut found = (peer, guard);
+    #[allow(clippy::result_large_err)] // tungstenite's callback type
+    let callback = |req: &Request, resp: Response| check_request(req, resp, gw, &mut found);
+    let ws = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config))
+        .await
+        .map_err(|e| format!("WebSocket handshake failed: {e}"))?;
+    Ok((ws, found.0, found.1))
+}
+
 #[allow(clippy::result_large_err)]
-fn check_path(req: &Request, resp: Response) -> Result<Response, ErrorResponse> {
-    if req.uri().path() == WS_PATH {
-        return Ok(resp);
+fn check_request(
+    req: &Request,
+    resp: Response,
+    gw: &Gateway,
+    found: &mut (SocketAddr, Option<LoginGuard>),
+) -> Result<Response, ErrorResponse> {
+    let refuse = |status: StatusCode, body: String| {
+        let mut err = ErrorResponse::new(Some(body));
+        *err.status_mut() = status;
+        err
+    };
+    if req.uri().path() != WS_PATH {
+        return Err(refuse(StatusCode::NOT_FOUND, format!("not found: the WebSocket endpoint is {WS_PATH}\n")));
     }
-    let mut err = ErrorResponse::new(Some(format!("not found: the WebSocket endpoint is {WS_PATH}\n")));
-    *err.status_mut() = StatusCode::NOT_FOUND;
-    Err(err)
+    let Some(header) = gw.proxy_header.as_deref() else { return Ok(resp) };
+    let value = req.headers().get(header).map(|v| v.as_bytes());
+    let Some(ip) = crate::limits::source_address(found.0.ip(), Some(header), value) else {
+        let body = format!("no client address in the {header} header (server.trusted_proxy_header)\n");
+        return Err(refuse(StatusCode::BAD_REQUEST, body));
+    };
+    let guard = gw.limits.begin_login(ip).map_err(|r| refuse(StatusCode::TOO_MANY_REQUESTS, r.message + "\n"))?;
+    *found = (SocketAddr::new(ip, 0), Some(guard));
+    Ok(resp)
 }

@@ -22,6 +22,17 @@ pub struct Config {
     pub files: FilesSection,
     pub push: PushSection,
     pub log: LogConfig,
+    /// Where it was loaded from, to load it again on SIGHUP (`None`: built
+    /// in code).
+    #[serde(skip)]
+    pub source: Option<ConfigSource>,
+}
+
+/// The file and flags a configuration was loaded from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigSource {
+    pub file: Option<PathBuf>,
+    pub overrides: Overrides,
 }
 
 /// Offline push through a webhook (see `dispatch::push`).
@@ -213,6 +224,11 @@ pub struct ServerConfig {
     /// (wss://, https://); re-read on SIGHUP. Empty: plain (the default).
     pub tls_cert: PathBuf,
     pub tls_key: PathBuf,
+    /// Behind a reverse proxy: the header it puts the client's address in
+    /// (e.g. "x-forwarded-for"; the last address of a list is used). Set,
+    /// WebSocket upgrades without it are refused; empty: the TCP peer's
+    /// address is the client's (the default).
+    pub trusted_proxy_header: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -262,6 +278,9 @@ pub struct AuthConfig {
     /// HS256 secret shared by every node. Empty: a dev secret is generated on
     /// first start and kept in the data directory.
     pub secret: String,
+    /// Bearer key of the operator API (`/api/v1/admin/limits`). Empty: that
+    /// API is off.
+    pub operator_key: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -275,8 +294,23 @@ pub struct LimitsConfig {
     pub max_sends_in_flight: usize,
     pub max_presence_subscriptions: usize,
     pub max_resends: u32,
+    /// Frames per second per connection, and the burst above it.
     pub rate_per_sec: u32,
     pub rate_burst: u32,
+    /// Frames and sends per second of one user over all devices, and of a
+    /// whole tenant on one node (0: no limit; burst 0: one second's worth).
+    pub user_frames_per_sec: u32,
+    pub user_frames_burst: u32,
+    pub user_sends_per_sec: u32,
+    pub user_sends_burst: u32,
+    pub tenant_frames_per_sec: u32,
+    pub tenant_frames_burst: u32,
+    pub tenant_sends_per_sec: u32,
+    pub tenant_sends_burst: u32,
+    /// Connections from one address between accept and Auth (0: no limit).
+    pub handshakes_per_address: u32,
+    /// Per-tenant values of the user and tenant rates.
+    pub tenants: std::collections::BTreeMap<String, access_gateway::limits::TenantRates>,
     pub max_connections: usize,
     pub history_page_default: usize,
     pub history_page_max: usize,
@@ -306,6 +340,7 @@ impl Default for Config {
         let gw = access_gateway::GatewayConfig::default();
         let dispatch = dispatch::DispatchLimits::default();
         let cluster = storage::cluster::ClusterOptions::default();
+        let rates = access_gateway::RateLimits::default();
         Self {
             server: ServerConfig {
                 listen: SocketAddr::from(([127, 0, 0, 1], 7800)),
@@ -313,6 +348,7 @@ impl Default for Config {
                 public_ws_url: String::new(),
                 tls_cert: PathBuf::new(),
                 tls_key: PathBuf::new(),
+                trusted_proxy_header: String::new(),
             },
             storage: StorageConfig {
                 backend: Backend::Embedded,
@@ -328,7 +364,7 @@ impl Default for Config {
                 redis_timeout: cluster.redis_timeout,
                 mongo_timeout: cluster.mongo_timeout,
             },
-            auth: AuthConfig { secret: String::new() },
+            auth: AuthConfig { secret: String::new(), operator_key: String::new() },
             limits: LimitsConfig {
                 max_frame_bytes: gw.max_frame_bytes,
                 outbound_queue: gw.outbound_queue,
@@ -338,8 +374,18 @@ impl Default for Config {
                 max_sends_in_flight: gw.max_sends_in_flight,
                 max_presence_subscriptions: gw.max_presence_subscriptions,
                 max_resends: gw.max_resends,
-                rate_per_sec: gw.rate_per_sec,
-                rate_burst: gw.rate_burst,
+                rate_per_sec: rates.rate_per_sec,
+                rate_burst: rates.rate_burst,
+                user_frames_per_sec: rates.user_frames_per_sec,
+                user_frames_burst: rates.user_frames_burst,
+                user_sends_per_sec: rates.user_sends_per_sec,
+                user_sends_burst: rates.user_sends_burst,
+                tenant_frames_per_sec: rates.tenant_frames_per_sec,
+                tenant_frames_burst: rates.tenant_frames_burst,
+                tenant_sends_per_sec: rates.tenant_sends_per_sec,
+                tenant_sends_burst: rates.tenant_sends_burst,
+                handshakes_per_address: rates.handshakes_per_address,
+                tenants: rates.tenants,
                 max_connections: gw.max_connections,
                 history_page_default: dispatch.history_default,
                 history_page_max: dispatch.history_max,
@@ -367,6 +413,7 @@ impl Default for Config {
             files: FilesSection::default(),
             push: PushSection::default(),
             log: LogConfig { filter: "info".into() },
+            source: None,
         }
     }
 }
@@ -386,6 +433,43 @@ impl Default for AuthConfig {
         Config::default().auth
     }
 }
+impl LimitsConfig {
+    /// These limits with `rates` as the live part.
+    fn with_rates(mut self, rates: &access_gateway::RateLimits) -> Self {
+        self.rate_per_sec = rates.rate_per_sec;
+        self.rate_burst = rates.rate_burst;
+        self.user_frames_per_sec = rates.user_frames_per_sec;
+        self.user_frames_burst = rates.user_frames_burst;
+        self.user_sends_per_sec = rates.user_sends_per_sec;
+        self.user_sends_burst = rates.user_sends_burst;
+        self.tenant_frames_per_sec = rates.tenant_frames_per_sec;
+        self.tenant_frames_burst = rates.tenant_frames_burst;
+        self.tenant_sends_per_sec = rates.tenant_sends_per_sec;
+        self.tenant_sends_burst = rates.tenant_sends_burst;
+        self.handshakes_per_address = rates.handshakes_per_address;
+        self.tenants = rates.tenants.clone();
+        self
+    }
+
+    /// The live part: the rate limits an operator may change while running.
+    pub fn rates(&self) -> access_gateway::RateLimits {
+        access_gateway::RateLimits {
+            rate_per_sec: self.rate_per_sec,
+            rate_burst: self.rate_burst,
+            user_frames_per_sec: self.user_frames_per_sec,
+            user_frames_burst: self.user_frames_burst,
+            user_sends_per_sec: self.user_sends_per_sec,
+            user_sends_burst: self.user_sends_burst,
+            tenant_frames_per_sec: self.tenant_frames_per_sec,
+            tenant_frames_burst: self.tenant_frames_burst,
+            tenant_sends_per_sec: self.tenant_sends_per_sec,
+            tenant_sends_burst: self.tenant_sends_burst,
+            handshakes_per_address: self.handshakes_per_address,
+            tenants: self.tenants.clone(),
+        }
+    }
+}
+
 impl Default for LimitsConfig {
     fn default() -> Self {
         Config::default().limits
@@ -411,10 +495,12 @@ pub enum ConfigError {
     Parse(String),
     #[error("invalid configuration: {key}: {reason}")]
     Invalid { key: &'static str, reason: String },
+    #[error("invalid configuration: {0}")]
+    Limit(access_gateway::limits::InvalidLimit),
 }
 
 /// Overrides from command-line flags.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
@@ -443,7 +529,29 @@ impl Config {
             config.storage.data_dir = d.clone();
         }
         config.validate()?;
+        config.source = Some(ConfigSource { file: file.map(Path::to_path_buf), overrides: overrides.clone() });
         Ok(config)
+    }
+
+    /// Loads the configuration again from where it was loaded (SIGHUP).
+    pub fn reload(&self) -> Result<Option<Self>, ConfigError> {
+        match &self.source {
+            None => Ok(None),
+            Some(s) => Self::load(s.file.as_deref(), &s.overrides).map(Some),
+        }
+    }
+
+    /// The settings that take effect only at start differ from `other`'s
+    /// (all but the rate limits and the TLS files' contents, which are
+    /// reloaded).
+    pub fn needs_restart_for(&self, other: &Config) -> bool {
+        let fixed = |c: &Config| {
+            let mut c = c.clone();
+            c.limits = c.limits.clone().with_rates(&access_gateway::RateLimits::default());
+            c.source = None;
+            c
+        };
+        fixed(self) != fixed(other)
     }
 
     /// The defaults and `text` (a config file's TOML) only, validated: the
@@ -471,14 +579,13 @@ impl Config {
             ("limits.max_connections", l.max_connections),
             ("limits.history_page_default", l.history_page_default),
             ("limits.history_page_max", l.history_page_max),
-            ("limits.rate_per_sec", l.rate_per_sec as usize),
-            ("limits.rate_burst", l.rate_burst as usize),
             ("storage.max_devices_per_user", self.storage.max_devices_per_user),
         ] {
             if v == 0 {
                 return invalid(key, "must be at least 1");
             }
         }
+        l.rates().validate().map_err(ConfigError::Limit)?;
         if l.history_page_default > l.history_page_max {
             return invalid("limits.history_page_default", "must not exceed limits.history_page_max");
         }
@@ -490,6 +597,10 @@ impl Config {
         }
         if l.outbound_queue < 16 {
             return invalid("limits.outbound_queue", "must be at least 16");
+        }
+        let header = &self.server.trusted_proxy_header;
+        if !header.is_empty() && axum::http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+            return invalid("server.trusted_proxy_header", "must be an HTTP header name, e.g. x-forwarded-for");
         }
         if self.server.tls_cert.as_os_str().is_empty() != self.server.tls_key.as_os_str().is_empty() {
             return invalid("server.tls_cert", "set server.tls_cert and server.tls_key together (or neither)");
@@ -608,8 +719,6 @@ impl Config {
             idle_timeout: self.timeouts.idle,
             ack_timeout: self.timeouts.ack,
             max_resends: l.max_resends,
-            rate_per_sec: l.rate_per_sec,
-            rate_burst: l.rate_burst,
             max_connections: l.max_connections,
             io_buffer_bytes: l.io_buffer_bytes,
         }

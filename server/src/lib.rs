@@ -9,6 +9,7 @@ mod files_api;
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;
+mod limits_api;
 mod media;
 pub mod secret;
 mod web;
@@ -77,6 +78,7 @@ pub(crate) struct Assembled {
     pub metrics: metrics_exporter_prometheus::PrometheusHandle,
     /// The API and the consoles, without /healthz and /metrics.
     pub routes: axum::Router,
+    pub limits: Arc<limits_api::LiveLimits>,
 }
 
 pub(crate) async fn assemble(
@@ -94,6 +96,15 @@ pub(crate) async fn assemble(
         router.attach_bus(bus.clone(), shutdown.clone()).await.context("cannot subscribe to the node bus")?;
     }
     router.start_presence(PRESENCE_WINDOW, PRESENCE_RECHECK, shutdown.clone());
+    let live_limits = limits_api::LiveLimits::start(
+        config.limits.rates(),
+        &config.auth.operator_key,
+        backends.settings.clone(),
+        backends.bus.clone(),
+        shutdown.clone(),
+    )
+    .await
+    .context("cannot start the rate limits")?;
     let cs_store = backends.cs.clone();
     let revocations = backends.revocations.clone();
     let files_backends = backends.clone();
@@ -129,14 +140,24 @@ pub(crate) async fn assemble(
         dev_signer: dev_login.then(|| signer.clone()),
         recall_window: config.im.recall_window,
     };
-    let gateway = Arc::new(Gateway { config: config.gateway(), signer, dispatch, cs, revocations });
+    let proxy_header = Some(config.server.trusted_proxy_header.to_ascii_lowercase()).filter(|h| !h.is_empty());
+    let gateway = Arc::new(Gateway {
+        config: config.gateway(),
+        signer,
+        dispatch,
+        cs,
+        revocations,
+        limits: live_limits.limits(),
+        proxy_header,
+    });
     let files = files_api::FilesApi::new(api.clone(), &files_backends, config.files.clone(), &secret);
     files_api::start_retention(files_backends.files.clone(), config.files.retention, shutdown.clone());
     let routes = cs_api::routes(api.clone())
         .merge(admin_api::routes(api))
         .merge(files_api::routes(files))
+        .merge(limits_api::routes(live_limits.clone()))
         .merge(web::routes(web));
-    Ok(Assembled { gateway, router, health, metrics, routes })
+    Ok(Assembled { gateway, router, health, metrics, routes, limits: live_limits })
 }
 
 /// Runs a server on the given backends until `shutdown` fires: stops
@@ -149,9 +170,10 @@ pub async fn run_with_backends(
     backends: Backends,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let Assembled { gateway, router, health, metrics, routes } =
+    let Assembled { gateway, router, health, metrics, routes, limits } =
         assemble(config, node_id, backends, ws.local_addr()?.port(), shutdown.clone()).await?;
-    let tls = tls_files(config, shutdown.clone())?;
+    let tls = tls_files(config)?;
+    on_hangup(config, limits, tls.clone(), shutdown.clone())?;
     let (ws_tls, http_tls) = match &tls {
         Some(files) => (
             Some(files.acceptor(&[]).map_err(|e| anyhow::anyhow!(e))?),
@@ -189,36 +211,60 @@ pub async fn run_with_backends(
     Ok(())
 }
 
-/// The TLS certificate and key of the configuration, if set, re-read on
-/// every SIGHUP until `shutdown` (a bad file is logged and the certificate
-/// in use stays).
-fn tls_files(
-    config: &Config,
-    shutdown: CancellationToken,
-) -> anyhow::Result<Option<Arc<access_gateway::tls::TlsFiles>>> {
+/// The TLS certificate and key of the configuration, if set.
+fn tls_files(config: &Config) -> anyhow::Result<Option<Arc<access_gateway::tls::TlsFiles>>> {
     let (cert, key) = (&config.server.tls_cert, &config.server.tls_key);
     if cert.as_os_str().is_empty() {
         return Ok(None);
     }
     let files = access_gateway::tls::TlsFiles::load(cert, key).map_err(|e| anyhow::anyhow!("server.tls_cert: {e}"))?;
-    let watched = files.clone();
+    Ok(Some(files))
+}
+
+/// On every SIGHUP until `shutdown`: the TLS certificate is read again, and
+/// the config file, whose rate limits are put in force. Anything invalid
+/// is logged and what is running stays.
+fn on_hangup(
+    config: &Config,
+    limits: Arc<limits_api::LiveLimits>,
+    tls: Option<Arc<access_gateway::tls::TlsFiles>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut hangups =
         tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let mut running = config.clone();
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return,
                 got = hangups.recv() => if got.is_none() { return },
             }
-            match watched.reload() {
-                Ok(()) => info!("SIGHUP: TLS certificate reloaded"),
-                Err(e) => {
-                    tracing::error!(error = %e, "SIGHUP: cannot reload the TLS certificate; the one in use stays")
+            if let Some(tls) = &tls {
+                match tls.reload() {
+                    Ok(()) => info!("SIGHUP: TLS certificate reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: cannot reload the TLS certificate; the one in use stays")
+                    }
                 }
+            }
+            match running.reload() {
+                Ok(None) => {}
+                Ok(Some(new)) => {
+                    if let Err(e) = limits.set_file(new.limits.rates()) {
+                        tracing::error!(error = %e, "SIGHUP: the running limits stay");
+                        continue;
+                    }
+                    info!("SIGHUP: configuration read again");
+                    if new.needs_restart_for(&running) {
+                        tracing::warn!("SIGHUP: changes other than [limits] rates take effect at the next start");
+                    }
+                    running = new;
+                }
+                Err(e) => tracing::error!(error = %e, "SIGHUP: the configuration is invalid; the running limits stay"),
             }
         }
     });
-    Ok(Some(files))
+    Ok(())
 }
 
 /// Listens on `addr` with a deep accept backlog (capped by the kernel's

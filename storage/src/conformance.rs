@@ -48,6 +48,7 @@ macro_rules! conformance_suite {
                 cs_concurrent_assignment_keeps_invariants,
                 cs_past_sessions_and_profiles,
                 revocations_only_move_forward,
+                settings_are_kept_and_cleared,
                 read_pointers_move_forward_and_count_unread,
                 unread_counts_are_exact_under_concurrent_sends_and_reads,
                 conversation_list_is_ordered_and_paged,
@@ -1091,6 +1092,20 @@ pub async fn cs_past_sessions_and_profiles(b: &Backends) {
     assert_eq!(got, want);
     // Another tenant does not see them.
     assert!(b.cs.profiles(&tenant(), &["c0".into()]).await.unwrap().is_empty());
+}
+
+pub async fn settings_are_kept_and_cleared(b: &Backends) {
+    let s = &b.settings;
+    let name = format!("limits-{}", tenant());
+    assert_eq!(s.setting(&name).await.unwrap(), None);
+    s.set_setting(&name, Some("{\"a\":1}".into())).await.unwrap();
+    assert_eq!(s.setting(&name).await.unwrap().as_deref(), Some("{\"a\":1}"));
+    s.set_setting(&name, Some("中文 2".into())).await.unwrap();
+    assert_eq!(s.setting(&name).await.unwrap().as_deref(), Some("中文 2"), "the latest value");
+    assert_eq!(s.setting("another").await.unwrap(), None);
+    s.set_setting(&name, None).await.unwrap();
+    assert_eq!(s.setting(&name).await.unwrap(), None, "cleared");
+    s.set_setting(&name, None).await.unwrap();
 }
 
 pub async fn revocations_only_move_forward(b: &Backends) {

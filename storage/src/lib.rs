@@ -18,6 +18,8 @@
 
 mod revocations;
 pub use revocations::Revocations;
+mod settings;
+pub use settings::Settings;
 pub mod files;
 pub use files::{FileMeta, FileStore};
 pub mod cluster;
@@ -251,4 +253,6 @@ pub struct Backends {
     pub revocations: Arc<dyn Revocations>,
     /// Uploaded files.
     pub files: Arc<dyn FileStore>,
+    /// Settings changed while running (the rate limits).
+    pub settings: Arc<dyn Settings>,
 }

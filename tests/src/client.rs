@@ -35,6 +35,12 @@ impl Client {
         Self { ws, encoding, next_req: 1, buffered: VecDeque::new(), auth_ok: None }
     }
 
+    /// Connects, or `None` when the server refuses or closes the connection.
+    pub async fn try_connect(url: &str, encoding: Encoding) -> Option<Self> {
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.ok()?;
+        Some(Self { ws, encoding, next_req: 1, buffered: VecDeque::new(), auth_ok: None })
+    }
+
     /// Connects and authenticates; panics if the server refuses.
     pub async fn login(url: &str, token: &str, device: &str) -> Self {
         let mut c = Self::connect(url, Encoding::Protobuf).await;

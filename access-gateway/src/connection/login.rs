@@ -27,7 +27,12 @@ pub(crate) struct LoggedIn<S> {
 
 /// The login phase of a connection: `Auth`, then the customer-service
 /// bookkeeping of a new connection.
-pub(crate) async fn login<S>(mut ws: S, gw: Arc<Gateway>, shutdown: CancellationToken) -> LoggedIn<S>
+pub(crate) async fn login<S>(
+    mut ws: S,
+    gw: Arc<Gateway>,
+    shutdown: CancellationToken,
+    guard: Option<crate::limits::LoginGuard>,
+) -> LoggedIn<S>
 where
     S: Stream<Item = Result<WsMessage, WsError>> + Unpin,
 {
@@ -45,6 +50,7 @@ where
         }
         Err(exit) => Err(exit),
     };
+    drop(guard);
     LoggedIn { ws, outbox, session }
 }
 

@@ -39,7 +39,6 @@ mod wire;
 use crate::Gateway;
 use crate::window::{Action, DeliveryWindow, PageRequest, WindowLimits};
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
-use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use im_core::DeviceKey;
 use im_core::pb::{Frame, Message};
 use im_core::{CloseCode, Encoding};
@@ -47,7 +46,6 @@ use outbox::Outbox;
 use session_router::{Mail, Mailbox, Push};
 use std::future::{Future, poll_fn};
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -109,11 +107,14 @@ enum Phase<S> {
 
 /// Serves one WebSocket connection until it closes. `shutdown` closes it
 /// while it logs in; afterwards the server closes it through the router.
+/// `login_guard` (counting it against its address's logins in progress) is
+/// held until the login ends.
 pub fn handle_socket<S: Socket>(
     ws: S,
     gw: Arc<Gateway>,
     shutdown: CancellationToken,
     peer: SocketAddr,
+    login_guard: Option<crate::limits::LoginGuard>,
 ) -> Connection<S> {
     let span = tracing::info_span!(
         "conn",
@@ -126,7 +127,7 @@ pub fn handle_socket<S: Socket>(
     metrics::counter!("dongdong_connections_opened_total").increment(1);
     Connection {
         timer: tokio::time::sleep_until(Instant::now() + gw.config.auth_timeout),
-        phase: Phase::LoggingIn(Box::pin(login::login(ws, gw, shutdown))),
+        phase: Phase::LoggingIn(Box::pin(login::login(ws, gw, shutdown, login_guard))),
         span,
         permit: None,
     }
@@ -245,7 +246,6 @@ struct Conn<S> {
     order: dispatch::SendOrder,
     /// Sends stored or being stored whose reply has not been written.
     sends_in_flight: u32,
-    limiter: DefaultDirectRateLimiter,
     /// Frames rejected by the rate limit since the last accepted one.
     rejected_in_row: u32,
     /// Typing signals forwarded lately (allocated on the first).
@@ -261,12 +261,9 @@ struct Conn<S> {
 impl<S> Conn<S> {
     fn new(ws: S, outbox: Outbox, session: login::Session) -> Self {
         let gw = session.gw;
-        let rate = NonZeroU32::new(gw.config.rate_per_sec.max(1)).unwrap_or(NonZeroU32::MIN);
-        let burst = NonZeroU32::new(gw.config.rate_burst.max(1)).unwrap_or(NonZeroU32::MIN);
         let now = Instant::now();
         Self {
             ws,
-            limiter: RateLimiter::direct(Quota::per_second(rate).allow_burst(burst)),
             conn_id: session.registration.conn_id,
             mailbox: session.registration.mailbox,
             device: session.device,

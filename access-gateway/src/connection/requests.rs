@@ -11,6 +11,7 @@
 use super::wire::{Incoming, classify, close, error_frame, server_frame_name};
 use super::{Conn, reply_error};
 use crate::Gateway;
+use crate::limits::Source;
 use dispatch::Held;
 use im_core::DeviceKey;
 use im_core::pb::{self, Frame, frame::Body};
@@ -46,7 +47,7 @@ impl<S> Conn<S> {
         let frame = match im_core::decode_frame(encoding, payload) {
             Ok(f) => f,
             Err(e) => {
-                if self.rate_check(0)? {
+                if self.rate_check(0, false)? {
                     self.emit(&error_frame(0, ErrorCode::BadFrame, e.to_string()))?;
                 }
                 return Ok(());
@@ -57,7 +58,8 @@ impl<S> Conn<S> {
         // not load it creates: they never count against the rate limit.
         let acks_own_deliveries = matches!(&frame.body, Some(Body::Ack(a))
             if !a.msg_ids.is_empty() && self.window.has_all(a.msg_ids.iter().map(String::as_str)));
-        if !acks_own_deliveries && !self.rate_check(req_id)? {
+        let is_send = matches!(&frame.body, Some(Body::Send(_)));
+        if !acks_own_deliveries && !self.rate_check(req_id, is_send)? {
             return Ok(());
         }
         let Some(body) = frame.body else {
@@ -128,22 +130,26 @@ impl<S> Conn<S> {
         }
     }
 
-    /// Applies the per-connection rate limit. Returns whether the frame may be
-    /// processed; a client that keeps flooding is closed.
-    fn rate_check(&mut self, req_id: u64) -> Result<bool, Exit> {
-        if self.limiter.check().is_ok() {
-            self.rejected_in_row = 0;
-            return Ok(true);
-        }
+    /// Applies the rate limits (this connection's, its user's and its
+    /// tenant's buckets; the send buckets too for a `Send`). Returns whether
+    /// the frame may be processed; a client that keeps flooding is closed.
+    fn rate_check(&mut self, req_id: u64, is_send: bool) -> Result<bool, Exit> {
+        let source = Source { conn_id: self.conn_id, tenant: &self.device.tenant, user: &self.device.user };
+        let refused = match self.gw.limits.check_frame(source, is_send) {
+            Ok(()) => {
+                self.rejected_in_row = 0;
+                return Ok(true);
+            }
+            Err(r) => r,
+        };
         self.rejected_in_row += 1;
-        if self.rejected_in_row > self.gw.config.rate_burst {
+        if self.rejected_in_row > self.gw.limits.values().rate_burst {
             metrics::counter!("dongdong_rate_limit_closes_total").increment(1);
             return Err(close(CloseCode::PolicyViolation, "rate limit exceeded persistently"));
         }
-        let limit = self.gw.config.rate_per_sec;
         // Not `emit`: error replies to a flood that fill the queue must not
         // make the flooder a slow consumer of its own making.
-        let frame = error_frame(req_id, ErrorCode::RateLimited, format!("more than {limit} frames per second"));
+        let frame = error_frame(req_id, ErrorCode::RateLimited, refused.message);
         let _ = self.outbox.push(super::encode(self.encoding, &frame));
         Ok(false)
     }

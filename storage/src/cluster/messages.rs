@@ -73,6 +73,7 @@ pub struct ClusterStore {
     pub(super) redis: ConnectionManager,
     pub(super) messages: Collection<Document>,
     revocations: Collection<Document>,
+    settings: Collection<Document>,
     /// Read pointers: `_id` conversation/user, `seq`, `peerSent`.
     pub(super) reads: Collection<Document>,
     files: mongodb::gridfs::GridFsBucket,
@@ -85,6 +86,10 @@ pub struct ClusterStore {
 impl ClusterStore {
     pub(crate) fn revocations(&self) -> &Collection<Document> {
         &self.revocations
+    }
+
+    pub(crate) fn settings(&self) -> &Collection<Document> {
+        &self.settings
     }
 
     /// The GridFS bucket of uploads.
@@ -141,6 +146,7 @@ impl ClusterStore {
             hasher: Default::default(),
             redis,
             revocations: db.collection("revocations"),
+            settings: db.collection("settings"),
             reads: db.collection("reads"),
             files: db.gridfs_bucket(
                 mongodb::options::GridFsBucketOptions::builder().bucket_name("files".to_string()).build(),

@@ -160,6 +160,7 @@ impl Backends {
             cs: Arc::new(RedisCs::new(redis, options.cs_retention)),
             revocations: store.clone(),
             files: store.clone(),
+            settings: store.clone(),
         };
         Ok((backends, store))
     }

@@ -956,6 +956,7 @@ impl crate::Backends {
             cs: crate::cs::embedded::EmbeddedCs::open(store.clone())?,
             revocations: store.clone(),
             files: store.clone(),
+            settings: store.clone(),
         };
         Ok((backends, store))
     }

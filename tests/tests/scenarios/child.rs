@@ -10,6 +10,9 @@ pub fn binary() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_dongdong-test-server"))
 }
 
+/// `auth.operator_key` of cluster nodes.
+pub const OPERATOR_KEY: &str = "operator-key-of-the-cluster-tests";
+
 pub struct ChildServer {
     child: Child,
     pub ws_url: String,
@@ -32,16 +35,23 @@ impl ChildServer {
             ("DONGDONG_STORAGE__MONGO_DATABASE", database),
             // Fast failure detection for the failure tests.
             ("DONGDONG_TIMEOUTS__ACK", "1s"),
+            ("DONGDONG_AUTH__OPERATOR_KEY", OPERATOR_KEY),
         ];
         Self::start_with(data_dir, node_id, &env)
     }
 
     pub fn start_with(data_dir: &Path, node_id: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_args(data_dir, node_id, env, &[])
+    }
+
+    /// Like [`ChildServer::start_with`], with more arguments to `serve`.
+    pub fn start_args(data_dir: &Path, node_id: &str, env: &[(&str, &str)], args: &[String]) -> Self {
         let stderr_log = data_dir.with_extension("stderr.log");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(&stderr_log).unwrap();
         let mut child = Command::new(binary())
             .args(["serve", "--listen", "127.0.0.1:0", "--http", "127.0.0.1:0", "--data"])
             .arg(data_dir)
+            .args(args)
             .env("DONGDONG_AUTH__SECRET", dongdong_tests::SECRET)
             .env("DONGDONG_STORAGE__NODE_ID", node_id)
             .envs(env.iter().copied())
@@ -78,6 +88,12 @@ impl ChildServer {
         let status = Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().unwrap();
         assert!(status.success());
         self.child.wait().unwrap()
+    }
+
+    /// SIGHUP: the server reads its certificate and config file again.
+    pub fn hangup(&self) {
+        let status = Command::new("kill").arg("-HUP").arg(self.child.id().to_string()).status().unwrap();
+        assert!(status.success());
     }
 
     pub fn log(&self) -> String {

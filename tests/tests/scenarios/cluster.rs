@@ -276,6 +276,41 @@ async fn three_nodes_chat_across_nodes_and_devices() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_set_on_one_node_apply_on_every_node_within_a_second() {
+    let Some((redis, mongo)) = shared_servers() else { return };
+    let mut c = Cluster::start(2, redis, mongo);
+    let mut alice = c.login(1, "alice", "a1").await;
+    let key = Some(super::child::OPERATOR_KEY);
+    let path = "/api/v1/admin/limits";
+    let lower = serde_json::json!({ "user_sends_per_sec": 1, "user_sends_burst": 2 });
+    let started = std::time::Instant::now();
+    let (status, body) = dongdong_tests::http::request(&c.nodes[0].http_url, "PUT", path, key, Some(&lower)).await;
+    assert_eq!(status, 200, "{body}");
+    loop {
+        let (_, view) = dongdong_tests::http::request(&c.nodes[1].http_url, "GET", path, key, None).await;
+        if view["effective"]["user_sends_per_sec"] == 1 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(1), "node 1 still runs with {view}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    eprintln!("the override reached the other node in {:?}", started.elapsed());
+    // Alice's open connection on node 1 is held to it.
+    let mut refused = 0;
+    for i in 0..4 {
+        if let Err(e) = alice.send_text("bob", &format!("l{i}"), "x").await {
+            assert_eq!(code(&e), ErrorCode::RateLimited);
+            refused += 1;
+        }
+    }
+    assert!(refused >= 1, "4 sends with 2 tokens");
+    // A node started later reads the stored override.
+    c.add_node(2);
+    let (_, view) = dongdong_tests::http::request(&c.nodes[2].http_url, "GET", path, key, None).await;
+    assert_eq!(view["effective"]["user_sends_per_sec"], 1, "{view}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_node_loses_nothing_acked_and_users_move_to_another() {
     let Some((redis, mongo)) = shared_servers() else { return };
     let c = Cluster::start(3, redis, mongo);

@@ -6,6 +6,7 @@ pub mod child;
 mod cluster;
 mod cs;
 mod files;
+mod limits;
 mod messaging;
 pub mod process;
 mod push;
