@@ -74,7 +74,7 @@ start_servers() {
   ws_port=$(free_port)
   http_port=$(free_port)
   DONGDONG_AUTH__SECRET=$secret \
-    DONGDONG_LIMITS__RATE_PER_SEC=1000000 DONGDONG_LIMITS__RATE_BURST=1000000 \
+    DONGDONG_LIMITS__RATE_PER_SEC=1000000 DONGDONG_LIMITS__RATE_BURST=1000000 DONGDONG_LIMITS__USER_FRAMES_PER_SEC=0 DONGDONG_LIMITS__USER_SENDS_PER_SEC=0 \
     DONGDONG_LIMITS__MAX_CONNECTIONS=19600 DONGDONG_LOG__FILTER=warn \
     "$server_bin" serve --data "$work/data" --listen "127.0.0.1:$ws_port" --http "127.0.0.1:$http_port" \
     >"$work/dongdong.log" 2>&1 &

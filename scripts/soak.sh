@@ -1,26 +1,52 @@
 #!/usr/bin/env bash
-# Soak test of the embedded backend (a benchmark, not part of CI): one
-# server, open-loop load from the pairs bot for SOAK_MINUTES, measured in
-# chunks of SOAK_CHUNK seconds. After each chunk it prints one row: the
-# chunk's delivered msg/s and p50/p99, whether its correctness report was
-# clean, and the server's RSS and disk use (redb file and write-ahead log)
-# at that moment. Flat RSS, bounded disk and a stable p99 are what to see.
+# Soak with faults: mixed load from `dongdong bot` for SOAK_MINUTES while
+# faults are injected on a schedule; passes only if every bot's correctness
+# report is clean, no server log has a panic, and each server's RSS is flat
+# after warm-up. Two profiles:
 #
-#   scripts/soak.sh [OUTPUT.md]
+#   scripts/soak.sh cluster  [OUT.md]   3 nodes on a private Redis and secantusdb
+#   scripts/soak.sh embedded [OUT.md]   1 node on the embedded backend
 #
-# Environment: SOAK_MINUTES (default 10), SOAK_CHUNK (seconds, default 30),
-# SOAK_PAIRS (default 100), SOAK_RATE (msg/s per sender, default 225: with
-# 100 pairs about 80% of the pairs throughput in BENCHMARKS.md), SOAK_SERVER
-# (another `dongdong` binary to run as the server; the bot is this tree's).
-# The bot and the server share this machine's cores.
+# Load (both): `bot soak` pairs (one device per receiver) and `bot soak`
+# multi-device (3 devices per receiver); every bot reconnects when its
+# connection ends, senders resend what was not acknowledged, receivers'
+# devices go offline in waves (a share every 30 s, for 5 s) and come back.
+# Customer service runs as `bot cs` chunks of SOAK_CS_CHUNK seconds: that
+# bot does not reconnect, so a chunk during which a fault hit is reported
+# but only the chunks no fault touched must be clean.
+#
+# Faults, one every SOAK_FAULT_EVERY seconds (default 300; 60 for embedded),
+# in turn (cluster): kill -9 of a random node and its restart; Redis killed
+# with kill -9 and restarted (from its append-only file, fsync always, as
+# docs/storage.md requires); MongoDB stopped (SIGSTOP) for 10 s and resumed; node
+# 3's traffic to Redis delayed 200 ms for 20 s (it reaches Redis through
+# scripts/redis-delay-proxy.py: no root needed). Embedded: kill -9 of the
+# node and its restart. After each fault: the seconds until every node's
+# /healthz answered 200 again.
+#
+# Environment: SOAK_FAULTS (the cluster faults in turn, by number: 0 kill
+# a node, 1 Redis, 2 MongoDB, 3 delay; default "0 1 2 3"), SOAK_MINUTES (default 60; 5 for a quick run), SOAK_PAIRS
+# (default 40), SOAK_RATE (msg/s per sender, default 2), SOAK_MD_PAIRS
+# (default 20), SOAK_FAULT_EVERY, SOAK_CS_CHUNK (default 60), SOAK_KEEP=1
+# keeps the work directory. The bots and the servers share this machine's cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-out=${1:-/dev/stdout}
-minutes=${SOAK_MINUTES:-10}
-chunk=${SOAK_CHUNK:-30}
-pairs=${SOAK_PAIRS:-100}
-rate=${SOAK_RATE:-225}
+profile=${1:-}
+out=${2:-/dev/stdout}
+case "$profile" in
+  cluster | embedded) ;;
+  *)
+    echo "usage: scripts/soak.sh cluster|embedded [OUT.md]" >&2
+    exit 2
+    ;;
+esac
+minutes=${SOAK_MINUTES:-60}
+pairs=${SOAK_PAIRS:-40}
+rate=${SOAK_RATE:-2}
+md_pairs=${SOAK_MD_PAIRS:-20}
+cs_chunk=${SOAK_CS_CHUNK:-60}
+if [ "$profile" = embedded ]; then fault_every=${SOAK_FAULT_EVERY:-60}; else fault_every=${SOAK_FAULT_EVERY:-300}; fi
 
 me=soak.sh
 # shellcheck source=scripts/lib.sh
@@ -29,47 +55,283 @@ me=soak.sh
 echo "soak.sh: building (release)" >&2
 cargo build --release -q -p dongdong
 dd="$root/target/release/dongdong"
-server_bin=${SOAK_SERVER:-$dd}
 work=$(mktemp -d /tmp/dongdong-soak.XXXXXX)
-server_pid=""
-trap '[ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$work"' EXIT
-
+pids=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done
+  [ -f "$work/nodes" ] && while read -r p; do kill -9 "$p" 2>/dev/null || true; done <"$work/nodes"
+  if [ -n "${SOAK_KEEP:-}" ]; then echo "soak.sh: work directory kept: $work" >&2; else rm -rf "$work"; fi
+}
+trap cleanup EXIT
 secret=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
-ws_port=$(free_port)
-http_port=$(free_port)
-DONGDONG_AUTH__SECRET=$secret DONGDONG_LIMITS__RATE_PER_SEC=1000000 DONGDONG_LIMITS__RATE_BURST=1000000 \
-  DONGDONG_LOG__FILTER=warn \
-  "$server_bin" serve --data "$work/data" --listen "127.0.0.1:$ws_port" --http "127.0.0.1:$http_port" \
-  >"$work/server.log" 2>&1 &
-server_pid=$!
-wait_port "$ws_port" dongdong
+operator=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+log() { echo "soak.sh: $(date -u +%H:%M:%S) $*" >&2; echo "$(date -u +%s) $*" >>"$work/events"; }
 
-{
-  echo "Soak: $pairs pairs × $rate msg/s each (open loop, $((pairs * rate)) msg/s offered), ${minutes} min in ${chunk} s chunks; $(nproc) cores shared by server and bot; $(date -u '+%Y-%m-%d %H:%M UTC')."
-  echo
-  echo "| minute | delivered msg/s | p50 ms | p99 ms | clean | server RSS MiB | redb MiB | log MiB |"
-  echo "|---|---|---|---|---|---|---|---|"
-} >"$out"
-begin=$SECONDS
-end=$((begin + minutes * 60))
-while [ "$SECONDS" -lt "$end" ]; do
-  "$dd" bot pairs --pairs "$pairs" --rate "$rate" --duration "${chunk}s" --warmup 1s --drain 10s \
-    --url "ws://127.0.0.1:$ws_port/ws" --secret "$secret" --json >"$work/chunk.json" 2>/dev/null || true
-  rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$server_pid/status")
-  redb=$(du -sk "$work/data/dongdong.redb" | cut -f1)
-  log=$(du -sk "$work/data/wal" 2>/dev/null | cut -f1 || echo 0)
-  log=${log:-0}
-  python3 - "$work/chunk.json" "$((SECONDS - begin))" "$rss_kb" "$redb" "$log" >>"$out" <<'PY'
-import json, sys
-path, seconds, rss_kb, redb_kb, log_kb = sys.argv[1:6]
-try:
-    d = json.loads(open(path).read().strip().splitlines()[-1])
-    row = [f"{d['delivered_per_sec']:,.0f}", f"{d['latency_ms']['p50']:.2f}", f"{d['latency_ms']['p99']:.2f}",
-           "yes" if d["clean"] else "**no**"]
-except Exception:
-    row = ["—", "—", "—", "no result"]
-print(f"| {int(seconds) / 60:.1f} | " + " | ".join(row) +
-      f" | {int(rss_kb) / 1024:.0f} | {int(redb_kb) / 1024:.0f} | {int(log_kb) / 1024:.1f} |")
-PY
-  [ "$out" = /dev/stdout ] || tail -1 "$out" >&2
+# --- backing services (cluster) ----------------------------------------------
+redis_port=""
+mongo_port=""
+if [ "$profile" = cluster ]; then
+  command -v redis-server >/dev/null 2>&1 || apt_install redis-server
+  venv="$root/.test-services/venv"
+  if ! "$venv/bin/python" -c "import secantus" >/dev/null 2>&1; then
+    echo "soak.sh: installing secantusdb into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check secantusdb
+  fi
+  redis_port=$(free_port)
+  start_redis() {
+    # Persistent as docs/storage.md requires: pending ids are the delivery
+    # guarantee. A restart reloads the append-only file.
+    redis-server --port "$redis_port" --bind 127.0.0.1 --save "" --appendonly yes --appendfsync always --dir "$work" \
+      --logfile "$work/redis.log" &
+    redis_pid=$!
+    pids+=("$redis_pid")
+    wait_port "$redis_port" redis-server
+  }
+  start_redis
+  mongo_port=$(free_port)
+  "$venv/bin/python" -m secantus --port "$mongo_port" --storage-path "$work/mongo" >"$work/secantus.log" 2>&1 &
+  mongo_pid=$!
+  pids+=("$mongo_pid")
+  wait_port "$mongo_port" secantusdb
+  proxy_port=$(free_port)
+  python3 "$root/scripts/redis-delay-proxy.py" "$proxy_port" "$redis_port" "$work/delay" &
+  pids+=("$!")
+  wait_port "$proxy_port" redis-delay-proxy
+fi
+
+# --- nodes -------------------------------------------------------------------
+if [ "$profile" = cluster ]; then n=3; else n=1; fi
+ws_ports=()
+http_ports=()
+for i in $(seq 1 "$n"); do
+  ws_ports+=("$(free_port)")
+  http_ports+=("$(free_port)")
 done
+node_pid=()
+start_node() { # index (0-based)
+  local i=$1 env=()
+  if [ "$profile" = cluster ]; then
+    local redis=$redis_port
+    [ "$i" = 2 ] && redis=$proxy_port
+    env=(DONGDONG_STORAGE__BACKEND=cluster "DONGDONG_STORAGE__REDIS_URL=redis://127.0.0.1:$redis"
+      "DONGDONG_STORAGE__MONGO_URL=mongodb://127.0.0.1:$mongo_port" DONGDONG_STORAGE__MONGO_DATABASE=soak)
+  fi
+  env "${env[@]}" DONGDONG_AUTH__SECRET="$secret" DONGDONG_AUTH__OPERATOR_KEY="$operator" \
+    DONGDONG_STORAGE__NODE_ID="soak-node$i" DONGDONG_LOG__FILTER=warn \
+    DONGDONG_LIMITS__RATE_PER_SEC=100000 DONGDONG_LIMITS__RATE_BURST=100000 \
+    "$dd" serve --data "$work/data$i" --listen "127.0.0.1:${ws_ports[$i]}" --http "127.0.0.1:${http_ports[$i]}" \
+    >>"$work/node$i.log" 2>&1 &
+  node_pid[i]=$!
+  echo "${node_pid[$i]}" >>"$work/nodes"
+  echo "${node_pid[$i]}" >"$work/node$i.pid"
+  wait_port "${ws_ports[$i]}" "node $i"
+}
+for i in $(seq 0 $((n - 1))); do start_node "$i"; done
+urls=$(for i in $(seq 0 $((n - 1))); do printf 'ws://127.0.0.1:%s/ws,' "${ws_ports[$i]}"; done)
+urls=${urls%,}
+
+healthy() { # every node's /healthz answers 200
+  for i in $(seq 0 $((n - 1))); do
+    code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 2 "http://127.0.0.1:${http_ports[$i]}/healthz" || true)
+    [ "$code" = 200 ] || return 1
+  done
+}
+recovered() { # fault name, start time (s with decimals)
+  local t0=$1 what=$2
+  while ! healthy; do sleep 0.1; done
+  log "recovered from '$what' in $(python3 -c "import time; print(f'{time.time() - $t0:.1f}')") s"
+}
+
+# --- load --------------------------------------------------------------------
+log "profile $profile, $n node(s), $minutes min; faults every $fault_every s"
+common=(--url "$urls" --secret "$secret" --json --duration "${minutes}m" --drain 90s)
+"$dd" bot soak "${common[@]}" --tenant soak-pairs --pairs "$pairs" --devices 1 --rate "$rate" \
+  >"$work/pairs.json" 2>"$work/pairs.err" &
+bot_pairs=$!
+"$dd" bot soak "${common[@]}" --tenant soak-md --pairs "$md_pairs" --devices 3 --rate "$rate" \
+  >"$work/md.json" 2>"$work/md.err" &
+bot_md=$!
+pids+=("$bot_pairs" "$bot_md")
+
+end=$((SECONDS + minutes * 60))
+(
+  # Customer service in chunks, against node 0's API (the group) and all nodes.
+  c=0
+  while [ $((SECONDS + cs_chunk)) -le "$end" ]; do
+    c=$((c + 1))
+    t0=$(date -u +%s)
+    "$dd" bot cs --url "$urls" --secret "$secret" --json --api "http://127.0.0.1:${http_ports[0]}" \
+      --tenant soak-cs --group "g$c" --arrivals 2 --agents 6 --capacity 3 --think 100ms \
+      --duration "${cs_chunk}s" --warmup 0s --drain 20s >"$work/cs$c.json" 2>"$work/cs$c.err" || true
+    echo "$t0 $(date -u +%s) $c" >>"$work/cs-chunks"
+  done
+) &
+cs_loop=$!
+pids+=("$cs_loop")
+
+# RSS of every node every 20 s (with the pid: a restarted node is a new process).
+(
+  while true; do
+    sleep 20
+    for i in $(seq 0 $((n - 1))); do
+      p=$(cat "$work/node$i.pid")
+      rss=$(awk '/VmRSS/ {print $2}' "/proc/$p/status" 2>/dev/null || echo 0)
+      echo "$(date -u +%s) $i $p ${rss:-0}" >>"$work/rss"
+    done
+  done
+) &
+rss_loop=$!
+pids+=("$rss_loop")
+
+# --- faults ------------------------------------------------------------------
+k=0
+read -r -a kinds <<<"${SOAK_FAULTS:-0 1 2 3}"
+next=$((SECONDS + fault_every))
+while [ $((next + 30)) -le "$end" ]; do
+  while [ "$SECONDS" -lt "$next" ]; do sleep 1; done
+  next=$((next + fault_every))
+  t0=$(python3 -c 'import time; print(time.time())')
+  if [ "$profile" = embedded ]; then kind=0; else kind=${kinds[$((k % ${#kinds[@]}))]}; fi
+  k=$((k + 1))
+  case "$kind" in
+    0)
+      i=$((RANDOM % n))
+      log "fault $k: kill -9 node $i (pid ${node_pid[$i]})"
+      kill -9 "${node_pid[$i]}"
+      wait "${node_pid[$i]}" 2>/dev/null || true
+      start_node "$i"
+      recovered "$t0" "kill -9 node $i"
+      ;;
+    1)
+      log "fault $k: Redis killed (kill -9) and restarted"
+      kill -9 "$redis_pid"
+      wait "$redis_pid" 2>/dev/null || true
+      sleep 1
+      start_redis
+      recovered "$t0" "Redis restart"
+      ;;
+    2)
+      log "fault $k: MongoDB paused (SIGSTOP) for 10 s"
+      kill -STOP "$mongo_pid"
+      sleep 10
+      kill -CONT "$mongo_pid"
+      recovered "$t0" "MongoDB pause"
+      ;;
+    3)
+      log "fault $k: node 2's traffic to Redis delayed 200 ms for 20 s"
+      echo 200 >"$work/delay"
+      sleep 20
+      rm -f "$work/delay"
+      recovered "$t0" "Redis delay on node 2"
+      ;;
+  esac
+done
+
+# --- the end -----------------------------------------------------------------
+log "load ends; waiting for the bots' drain"
+wait "$bot_pairs" || true
+wait "$bot_md" || true
+wait "$cs_loop" || true
+kill "$rss_loop" 2>/dev/null || true
+for i in $(seq 0 $((n - 1))); do cp "$work/node$i.log" "$work/node$i.final.log"; done
+
+status=0
+python3 - "$work" "$profile" "$minutes" "$n" >"$out" <<'PY' || status=$?
+import json, sys, os, collections
+work, profile, minutes, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+def load(name):
+    try:
+        return json.loads(open(os.path.join(work, name)).read().strip().splitlines()[-1])
+    except Exception as e:
+        return {"error": str(e), "clean": False}
+events = [l.split(" ", 1) for l in open(os.path.join(work, "events")).read().splitlines()]
+t_start = int(events[0][0])
+faults = [(int(t), e) for t, e in events if " fault " in f" {e}" or e.startswith("fault")]
+recoveries = [e for _, e in events if e.startswith("recovered")]
+ok = True
+lines = [f"## Soak, {profile} profile: {minutes} min, {n} node(s)", ""]
+lines.append("| bot | sent | acked | delivered | acked but lost | duplicates | sender order violated | redeliveries | reconnects | longest reconnect | clean |")
+lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+for name, f in [("soak pairs (1 device)", "pairs.json"), ("soak multi-device (3 devices)", "md.json")]:
+    r = load(f)
+    c = r.get("correctness", {})
+    fig = r.get("figures", {})
+    clean = bool(r.get("clean"))
+    ok &= clean
+    lines.append(f"| {name} | {r.get('sent', '—'):,} | {r.get('acked', '—'):,} | {r.get('delivered', '—'):,} | "
+                 f"{c.get('acked_but_not_delivered', '—')} | {c.get('duplicates', '—')} | {c.get('sender_order_violated', '—')} | "
+                 f"{c.get('redeliveries', '—')} | {fig.get('reconnects', '—')} | {fig.get('longest reconnect ms', '—')} ms | "
+                 f"{'yes' if clean else '**no**'} |" if "error" not in r else f"| {name} | no report: {r['error']} | | | | | | | | | **no** |")
+# CS chunks: those no fault touched must be clean.
+chunks = []
+if os.path.exists(os.path.join(work, "cs-chunks")):
+    for l in open(os.path.join(work, "cs-chunks")).read().splitlines():
+        a, b, c = l.split()
+        r = load(f"cs{c}.json")
+        hit = any(int(a) - 5 <= t <= int(b) for t, _ in faults)
+        chunks.append((int(c), hit, bool(r.get("clean")), r))
+quiet = [ch for ch in chunks if not ch[1]]
+quiet_clean = sum(1 for ch in quiet if ch[2])
+hit_clean = sum(1 for ch in chunks if ch[1] and ch[2])
+ok &= quiet_clean == len(quiet)
+lines.append("")
+lines.append(f"Customer service: {len(chunks)} chunks of `bot cs`; {quiet_clean} of the {len(quiet)} that no fault touched were clean "
+             f"(must be all); {hit_clean} of the {len(chunks) - len(quiet)} during a fault were clean (that bot does not reconnect).")
+lines.append("")
+lines.append(f"Faults injected: {len(faults)}.")
+lines.append("")
+for _, e in faults:
+    lines.append(f"- {e}")
+lines.append("")
+for e in recoveries:
+    lines.append(f"- {e}")
+# RSS per node process: from its first sample 2 minutes into its life to
+# its last; and the peak of each life, first lives against the last.
+rss = collections.defaultdict(list)
+if os.path.exists(os.path.join(work, "rss")):
+    for l in open(os.path.join(work, "rss")).read().splitlines():
+        parts = l.split()
+        if len(parts) == 4 and parts[3] != "0":
+            rss[(int(parts[1]), parts[2])].append((int(parts[0]), int(parts[3])))
+lines.append("")
+lines.append("RSS per node process (MiB), sampled every 20 s of its life:")
+lines.append("")
+flat = True
+peaks = collections.defaultdict(list)
+for (i, pid), samples in sorted(rss.items(), key=lambda kv: kv[1][0][0]):
+    peaks[i].append(max(kb for _, kb in samples))
+    warm = [kb for t, kb in samples if t - samples[0][0] >= 120]
+    growth = ""
+    if len(warm) >= 3:
+        g = (warm[-1] - warm[0]) / 1024
+        growth = f" — after 2 min of warm-up: {warm[0] / 1024:.1f} → {warm[-1] / 1024:.1f} MiB ({g:+.1f})"
+        # Flat: within 20% (or 16 MiB) of the post-warm-up size.
+        if warm[-1] > warm[0] * 1.2 and warm[-1] - warm[0] > 16 * 1024:
+            flat = False
+    if len(samples) > 12:
+        shown = " ".join(f"{kb / 1024:.0f}" for _, kb in samples[::3])
+        lines.append(f"- node {i} (pid {pid}), every minute: {shown}{growth}")
+    else:
+        lines.append(f"- node {i} (pid {pid}): {' '.join(f'{kb / 1024:.0f}' for _, kb in samples)}{growth}")
+for i, p in peaks.items():
+    if len(p) >= 10:
+        first, last = sum(p[:5]) / 5, sum(p[-5:]) / 5
+        lines.append(f"- node {i}: peak RSS of its first 5 lives {first / 1024:.1f} MiB, of its last 5 {last / 1024:.1f} MiB")
+        if last > first * 1.5 and last - first > 16 * 1024:
+            flat = False
+panics = []
+for i in range(n):
+    text = open(os.path.join(work, f"node{i}.final.log"), errors="replace").read()
+    if "panicked" in text:
+        panics.append(i)
+ok &= not panics
+lines.append("")
+lines.append(f"Panics in node logs: {'none' if not panics else panics}. RSS flat after warm-up: {'yes' if flat else '**no**'}.")
+lines.append("")
+lines.append(f"**Result: {'PASS' if ok else 'FAIL'}**")
+print("\n".join(lines))
+sys.exit(0 if ok else 1)
+PY
+[ "$out" = /dev/stdout ] || cat "$out" >&2
+exit $status

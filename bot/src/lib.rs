@@ -2,7 +2,8 @@
 //! protocol over real WebSockets, measure what a deployment delivers, and
 //! prove nothing was lost while they loaded it (the correctness report).
 //!
-//! Scenarios: `pairs`, `multi-device`, `offline`, `history`, `idle`, `cs`. Every run
+//! Scenarios: `pairs`, `multi-device`, `offline`, `history`, `idle`, `cs`,
+//! `soak`. Every run
 //! uses fresh user ids (prefixed with a run id), so runs never see each
 //! other's messages.
 
@@ -15,6 +16,7 @@ mod offline;
 mod pairs;
 mod receipts;
 mod report;
+mod soak;
 mod stream;
 
 pub use ledger::Correctness;
@@ -190,6 +192,33 @@ pub enum Scenario {
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         heartbeat: Duration,
     },
+    /// Pairs that keep going through faults: every bot reconnects when its
+    /// connection ends (trying the next --url), senders resend what was not
+    /// acknowledged, receivers' devices go offline in waves; the report
+    /// checks every acknowledged message reached every device, in order.
+    Soak {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 50)]
+        pairs: usize,
+        /// Devices per receiver.
+        #[arg(long, default_value_t = 1)]
+        devices: usize,
+        /// Messages per second from each sender.
+        #[arg(long, default_value_t = 2.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 64)]
+        payload: usize,
+        /// How often a wave of receiver devices goes offline (0s: never).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        wave_every: Duration,
+        /// Share of receiver devices in each wave.
+        #[arg(long, default_value_t = 0.2)]
+        wave_share: f64,
+        /// How long a device of a wave stays offline.
+        #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+        offline_for: Duration,
+    },
     /// Customers arrive at a rate into a service group served by agent bots
     /// that reply after a think time and end each session.
     Cs {
@@ -231,6 +260,7 @@ impl Scenario {
             | Scenario::Offline { common, .. }
             | Scenario::History { common, .. }
             | Scenario::Idle { common, .. }
+            | Scenario::Soak { common, .. }
             | Scenario::Cs { common, .. } => common,
         }
     }
@@ -263,6 +293,10 @@ pub async fn run(scenario: Scenario, find_secret: FindSecret) -> anyhow::Result<
         }
         Scenario::Idle { connections, sources, heartbeat, .. } => {
             idle::run(&ctx, connections, sources, heartbeat, server.as_ref()).await?
+        }
+        Scenario::Soak { pairs, devices, rate, payload, wave_every, wave_share, offline_for, .. } => {
+            let opts = soak::Options { pairs, devices, rate, payload, wave_every, wave_share, offline_for };
+            soak::run(&ctx, opts).await?
         }
         Scenario::Cs { api, group, arrivals, agents, capacity, messages, think, payload, .. } => {
             let opts = cs::Options { api, group, arrivals, agents, capacity, messages, think, payload };

@@ -279,6 +279,10 @@ impl Dispatcher {
             let _ = previous.await;
         }
         let appended = appended?;
+        for m in &appended.recovered {
+            // Stored after its send had failed: never pushed yet.
+            let _ = self.router.deliver_checked(&tenant, Arc::new(m.clone())).await;
+        }
         if !appended.duplicate {
             let (_, online) = self.router.deliver_checked(&tenant, Arc::new(appended.message.clone())).await;
             if !online && appended.message.to_user != appended.message.from_user {

@@ -23,6 +23,10 @@ pub struct Appended {
     /// The sender had appended this `client_msg_id` before; `message` is that
     /// earlier message and nothing was written.
     pub duplicate: bool,
+    /// Earlier messages of the conversation whose append had failed with an
+    /// unknown outcome (a store that timed out) and that turned out stored:
+    /// they were never delivered, and go out before `message` (seq order).
+    pub recovered: Vec<Message>,
 }
 
 /// A 1:1 conversation's members.

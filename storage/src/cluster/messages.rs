@@ -80,6 +80,10 @@ pub struct ClusterStore {
     file_refs: Collection<Document>,
     inserts: mpsc::Sender<(Document, InsertReply)>,
     last_seq: DashMap<String, LastMessage>,
+    /// Per conversation, the msg_id of an append whose insert failed with
+    /// an unknown outcome (it may still land): the conversation's next
+    /// append on this node looks it up first.
+    in_doubt: DashMap<String, String>,
     max_devices: usize,
 }
 
@@ -155,6 +159,7 @@ impl ClusterStore {
             messages,
             inserts: tx,
             last_seq: DashMap::new(),
+            in_doubt: DashMap::new(),
             max_devices: options.max_devices_per_user.max(1),
         }))
     }
@@ -255,6 +260,20 @@ impl ClusterStore {
             pipe.cmd("ZADD").arg(key).arg("GT").arg(now_ms).arg(&new.conversation_id).ignore();
         }
         pipe.query_async::<()>(&mut self.redis.clone()).await.map_err(redis_err("ZADD"))
+    }
+
+    /// The message of the conversation's append in doubt, if it was stored
+    /// after all (then it was never pushed: the caller delivers it first).
+    /// Errs while MongoDB cannot tell, so that no later message of the
+    /// conversation goes out before it.
+    async fn resolve_doubt(&self, conversation: &str) -> Result<Vec<Message>> {
+        let Some(msg_id) = self.in_doubt.get(conversation).map(|v| v.clone()) else { return Ok(Vec::new()) };
+        let found = self.messages_by_ids(std::slice::from_ref(&msg_id)).await?;
+        self.in_doubt.remove_if(conversation, |_, v| *v == msg_id);
+        if !found.is_empty() {
+            metrics::counter!("dongdong_appends_recovered_total").increment(1);
+        }
+        Ok(found)
     }
 
     async fn unmark_pending(&self, keys: &[String], msg_id: &str) {
@@ -389,6 +408,7 @@ impl MessageStore for ClusterStore {
         // No look-up first: the unique index `idempotency` rejects a repeated
         // client_msg_id at insert, which costs MongoDB one operation per send
         // instead of two.
+        let recovered = self.resolve_doubt(&new.conversation_id).await?;
         let keys = self.pending_keys(&new).await?;
         let cached = self.last_seq.get(&new.conversation_id).map(|v| v.clone());
         let mut last = match cached {
@@ -423,12 +443,30 @@ impl MessageStore for ClusterStore {
                 Ok(()) => {
                     let from = new.from_user.as_str().into();
                     self.remember_last(&new.conversation_id, LastMessage { seq: message.seq, from, ordinal });
-                    return Ok(Appended { message, duplicate: false });
+                    return Ok(Appended { message, duplicate: false, recovered });
                 }
                 Err(InsertError::DuplicateKey) => {
                     if let Some(existing) = self.find_idempotent(&new).await? {
+                        if existing.msg_id == message.msg_id {
+                            // Our own insert, reported as a duplicate when the
+                            // driver retried a write that had gone through:
+                            // stored, with its marks, and not pushed yet.
+                            metrics::counter!("dongdong_insert_retried_stored_total").increment(1);
+                            let from = new.from_user.as_str().into();
+                            self.remember_last(&new.conversation_id, LastMessage { seq: message.seq, from, ordinal });
+                            return Ok(Appended { message: existing, duplicate: false, recovered });
+                        }
                         self.unmark_pending(&keys, &message.msg_id).await;
-                        return Ok(Appended { message: existing, duplicate: true });
+                        let mut recovered = recovered;
+                        // A retry soon after a send that failed with an
+                        // unknown outcome but was stored: it may never have
+                        // been pushed. Pushed again (devices dedupe by msg_id).
+                        let age = im_core::now_ms().saturating_sub(existing.server_time_ms);
+                        if age < ORPHAN_AGE.as_millis() as u64 && !recovered.iter().any(|m| m.msg_id == existing.msg_id)
+                        {
+                            recovered.push(existing.clone());
+                        }
+                        return Ok(Appended { message: existing, duplicate: true, recovered });
                     }
                     // Another node stored this seq first.
                     metrics::counter!("dongdong_seq_conflicts_total").increment(1);
@@ -443,7 +481,10 @@ impl MessageStore for ClusterStore {
                     }
                 }
                 Err(InsertError::Failed(e)) => {
-                    self.unmark_pending(&keys, &message.msg_id).await;
+                    // The insert may still land (MongoDB was slow, not
+                    // down): its marks stay (an orphan is dropped by a later
+                    // replay) and the next append looks it up.
+                    self.in_doubt.insert(new.conversation_id.clone(), message.msg_id.clone());
                     self.last_seq.remove(&new.conversation_id);
                     return Err(e);
                 }

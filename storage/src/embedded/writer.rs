@@ -783,7 +783,7 @@ impl<'a> Txn<'a> {
         if let Some(msg_id) = self.get(T::Idempotency, &idem_key)? {
             let msg_id = String::from_utf8(msg_id).map_err(|_| corrupt("idempotency record"))?;
             let message = self.message_by_id(&msg_id)?.ok_or_else(|| corrupt("idempotency key without message"))?;
-            return Ok(Appended { message, duplicate: true });
+            return Ok(Appended { message, duplicate: true, recovered: Vec::new() });
         }
         let state = self.conv_state(&new.conversation_id)?;
         let seq = state.as_ref().map_or(0, |s| s.last_seq) + 1;
@@ -858,7 +858,7 @@ impl<'a> Txn<'a> {
             let key = pending_key(&new.tenant, user, &device, &new.conversation_id, seq);
             self.write(T::Pending, key, Some(message.msg_id.clone().into_bytes()));
         }
-        Ok(Appended { message, duplicate: false })
+        Ok(Appended { message, duplicate: false, recovered: Vec::new() })
     }
 
     fn ack(&mut self, dev: &DeviceKey, msg_ids: &[String]) -> Result<usize> {

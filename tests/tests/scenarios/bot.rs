@@ -41,7 +41,13 @@ fn bot_scenarios_run_clean_against_a_real_server() {
     let server = ChildServer::start_with(
         &dir.path().join("data"),
         "bot-node",
-        &[("DONGDONG_LIMITS__RATE_PER_SEC", "100000"), ("DONGDONG_LIMITS__RATE_BURST", "100000")],
+        &[
+            ("DONGDONG_LIMITS__RATE_PER_SEC", "100000"),
+            ("DONGDONG_LIMITS__RATE_BURST", "100000"),
+            // Closed-loop bots send thousands per second per user.
+            ("DONGDONG_LIMITS__USER_FRAMES_PER_SEC", "0"),
+            ("DONGDONG_LIMITS__USER_SENDS_PER_SEC", "0"),
+        ],
     );
 
     let r = bot(&server, &["pairs", "--pairs", "10", "--window", "4", "--duration", "2s", "--warmup", "500ms"]);
@@ -170,6 +176,8 @@ fn bot_runs_clean_across_two_cluster_nodes() {
                     ("DONGDONG_STORAGE__MONGO_DATABASE", &db),
                     ("DONGDONG_LIMITS__RATE_PER_SEC", "100000"),
                     ("DONGDONG_LIMITS__RATE_BURST", "100000"),
+                    ("DONGDONG_LIMITS__USER_FRAMES_PER_SEC", "0"),
+                    ("DONGDONG_LIMITS__USER_SENDS_PER_SEC", "0"),
                 ],
             )
         })

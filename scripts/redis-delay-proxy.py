@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""A TCP proxy in front of Redis for scripts/soak.sh: forwards
+LISTEN_PORT -> 127.0.0.1:TARGET_PORT, and while the file FLAG exists holds
+every chunk for the milliseconds written in it before forwarding (both
+ways). This delays one node's traffic to Redis without root (no tc/netem).
+
+    redis-delay-proxy.py LISTEN_PORT TARGET_PORT FLAG
+"""
+import asyncio
+import os
+import sys
+
+listen_port, target_port, flag = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+
+
+def delay_s():
+    try:
+        with open(flag) as f:
+            return int(f.read().strip() or "0") / 1000
+    except (OSError, ValueError):
+        return 0
+
+
+async def pipe(reader, writer):
+    try:
+        while True:
+            data = await reader.read(65536)
+            if not data:
+                break
+            d = delay_s()
+            if d:
+                await asyncio.sleep(d)
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        try:
+            writer.close()
+        except Exception:
+            pass
+
+
+async def handle(client_reader, client_writer):
+    try:
+        server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target_port)
+    except OSError:
+        client_writer.close()
+        return
+    await asyncio.gather(pipe(client_reader, server_writer), pipe(server_reader, client_writer))
+
+
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", listen_port)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    asyncio.run(main())
