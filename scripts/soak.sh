@@ -21,8 +21,9 @@
 # docs/storage.md requires); MongoDB stopped (SIGSTOP) for 10 s and resumed; node
 # 3's traffic to Redis delayed 200 ms for 20 s (it reaches Redis through
 # scripts/redis-delay-proxy.py: no root needed). Embedded: kill -9 of the
-# node and its restart. After each fault: the seconds until every node's
-# /healthz answered 200 again.
+# node and its restart. After each fault (for a pause or a delay, after its
+# end): the seconds until every node's /healthz answered 200 again; the
+# bots' reports give the longest reconnect.
 #
 # Environment: SOAK_FAULTS (the cluster faults in turn, by number: 0 kill
 # a node, 1 Redis, 2 MongoDB, 3 delay; default "0 1 2 3"), SOAK_MINUTES (default 60; 5 for a quick run), SOAK_PAIRS
@@ -216,14 +217,16 @@ while [ $((next + 30)) -le "$end" ]; do
       kill -STOP "$mongo_pid"
       sleep 10
       kill -CONT "$mongo_pid"
-      recovered "$t0" "MongoDB pause"
+      t0=$(python3 -c 'import time; print(time.time())')
+      recovered "$t0" "MongoDB pause (from its end)"
       ;;
     3)
       log "fault $k: node 2's traffic to Redis delayed 200 ms for 20 s"
       echo 200 >"$work/delay"
       sleep 20
       rm -f "$work/delay"
-      recovered "$t0" "Redis delay on node 2"
+      t0=$(python3 -c 'import time; print(time.time())')
+      recovered "$t0" "Redis delay on node 2 (from its end)"
       ;;
   esac
 done
