@@ -38,7 +38,7 @@ mod wire;
 
 use crate::Gateway;
 use crate::window::{Action, DeliveryWindow, PageRequest, WindowLimits};
-use futures_util::{Sink, SinkExt, Stream, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use im_core::DeviceKey;
 use im_core::pb::{Frame, Message};
 use im_core::{CloseCode, Encoding};
@@ -191,6 +191,12 @@ impl<S: Socket> Future for Connection<S> {
 
 /// Writes what is left and the close frame, within [`CLOSE_GRACE`].
 async fn finish<S: Socket>(mut ws: S, mut outbox: Outbox, exit: Exit) {
+    // A client closed for what it sent (a flood, a bad frame) may still be
+    // sending: its frames are read (and dropped) until its Close, because a
+    // socket dropped with frames unread is reset by the kernel, and the
+    // client would lose our Close frame. Others only have what already
+    // arrived read, so that closing many idle connections waits for none.
+    let linger = matches!(&exit, Exit::Close(CloseCode::PolicyViolation | CloseCode::TooLarge, _));
     let flush = async {
         if let Exit::Close(code, reason) = exit {
             debug!(code = code.code(), %reason, "closing");
@@ -202,7 +208,13 @@ async fn finish<S: Socket>(mut ws: S, mut outbox: Outbox, exit: Exit) {
             let frame = CloseFrame { code: code.code().into(), reason: reason.as_ref().into() };
             ws.send(WsMessage::Close(Some(frame))).await?;
         }
-        ws.close().await
+        ws.close().await?;
+        if linger {
+            while let Some(Ok(_)) = ws.next().await {}
+        } else {
+            while let Some(Some(Ok(_))) = ws.next().now_or_never() {}
+        }
+        Ok::<(), WsError>(())
     };
     let _ = tokio::time::timeout(CLOSE_GRACE, flush).await;
 }
