@@ -251,6 +251,11 @@ impl Buckets {
         }
     }
 
+    /// No bucket at all: no limit for anyone.
+    fn is_off(&self) -> bool {
+        self.default.is_none() && self.tenants.values().all(Option::is_none)
+    }
+
     fn sweep(&self) {
         for bucket in self.default.iter().chain(self.tenants.values().flatten()) {
             bucket.limiter.retain_recent();
@@ -377,8 +382,11 @@ impl Limits {
     /// `is_send`) from each bucket in turn; the first one empty refuses.
     pub fn check_frame(&self, source: Source<'_>, is_send: bool) -> Result<(), Refused> {
         let active = self.active.load();
-        let user = self.hasher.hash_one((source.tenant, source.user));
-        let tenant = self.hasher.hash_one(source.tenant);
+        // Hashed only for buckets that are on (the tenant ones are off by default).
+        let user_on = !active.user_frames.is_off() || (is_send && !active.user_sends.is_off());
+        let tenant_on = !active.tenant_frames.is_off() || (is_send && !active.tenant_sends.is_off());
+        let user = if user_on { self.hasher.hash_one((source.tenant, source.user)) } else { 0 };
+        let tenant = if tenant_on { self.hasher.hash_one(source.tenant) } else { 0 };
         let refused = |r: Refused| {
             metrics::counter!("dongdong_rate_limited_total", "limit" => r.dimension.as_str()).increment(1);
             r
