@@ -17,8 +17,9 @@ faults = [(int(t), e) for t, e in events if " fault " in f" {e}" or e.startswith
 recoveries = [e for _, e in events if e.startswith("recovered")]
 ok = True
 lines = [f"## Soak, {profile} profile: {minutes} min, {n} node(s)", ""]
-lines.append("| bot | sent | acked | delivered | acked but lost | duplicates | sender order violated | redeliveries | reconnects | longest reconnect | clean |")
-lines.append("|---|---|---|---|---|---|---|---|---|---|---|")
+lines.append("| bot | sent | acked | delivered | acked but lost | duplicates | out of seq order | sender order violated | redeliveries | reconnects | longest reconnect | clean |")
+lines.append("|---|---|---|---|---|---|---|---|---|---|---|---|")
+examples = []
 for name, f in [("soak pairs (1 device)", "pairs.json"), ("soak multi-device (3 devices)", "md.json")]:
     r = load(f)
     c = r.get("correctness", {})
@@ -26,9 +27,13 @@ for name, f in [("soak pairs (1 device)", "pairs.json"), ("soak multi-device (3 
     clean = bool(r.get("clean"))
     ok &= clean
     lines.append(f"| {name} | {r.get('sent', '—'):,} | {r.get('acked', '—'):,} | {r.get('delivered', '—'):,} | "
-                 f"{c.get('acked_but_not_delivered', '—')} | {c.get('duplicates', '—')} | {c.get('sender_order_violated', '—')} | "
+                 f"{c.get('acked_but_not_delivered', '—')} | {c.get('duplicates', '—')} | {c.get('out_of_order', '—')} | {c.get('sender_order_violated', '—')} | "
                  f"{c.get('redeliveries', '—')} | {fig.get('reconnects', '—')} | {fig.get('longest reconnect ms', '—')} ms | "
-                 f"{'yes' if clean else '**no**'} |" if "error" not in r else f"| {name} | no report: {r['error']} | | | | | | | | | **no** |")
+                 f"{'yes' if clean else '**no**'} |" if "error" not in r else f"| {name} | no report: {r['error']} | | | | | | | | | | **no** |")
+    examples += [f"- {name}: missing {e}" for e in c.get("missing_examples", [])]
+    examples += [f"- {name}: out of order {e}" for e in c.get("out_of_order_examples", [])]
+if examples:
+    lines += ["", "Examples to look up:"] + examples
 # CS chunks: those no fault touched must be clean.
 chunks = []
 if os.path.exists(os.path.join(work, "cs-chunks")):

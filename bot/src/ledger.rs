@@ -31,7 +31,12 @@ pub struct DeviceLog {
     pub redeliveries: u64,
     pub duplicates: u64,
     pub out_of_order: u64,
+    /// The first few out-of-order arrivals, described.
+    out_of_order_examples: Vec<String>,
 }
+
+/// Examples kept of each kind of defect.
+const EXAMPLES: usize = 5;
 
 impl DeviceLog {
     /// Records a delivery; true when this msg_id is new to the device.
@@ -60,6 +65,16 @@ impl DeviceLog {
         let last = self.last_seq.entry(m.conversation_id.clone()).or_insert(0);
         if m.seq <= *last {
             self.out_of_order += 1;
+            if self.out_of_order_examples.len() < EXAMPLES {
+                self.out_of_order_examples.push(format!(
+                    "{} (conversation {} seq {} after seq {}, {} ms after it was stored)",
+                    m.msg_id,
+                    m.conversation_id,
+                    m.seq,
+                    last,
+                    im_core::now_ms().saturating_sub(m.server_time_ms)
+                ));
+            }
         } else {
             *last = m.seq;
         }
@@ -95,6 +110,9 @@ pub struct Correctness {
     /// Some acknowledged msg_ids that went missing, to look up.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub missing_examples: Vec<String>,
+    /// Some messages that arrived after a later seq of their conversation.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub out_of_order_examples: Vec<String>,
     /// With `--read-receipts`: senders' conversations whose last acked
     /// message never got its receipt: must be 0.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -128,7 +146,7 @@ impl Correctness {
             for &d in &a.devices {
                 if !logs.get(d).is_some_and(|l| l.has(&a.msg_id)) {
                     c.acked_but_not_delivered += 1;
-                    if c.missing_examples.len() < 5 {
+                    if c.missing_examples.len() < EXAMPLES {
                         c.missing_examples.push(a.msg_id.clone());
                     }
                 }
@@ -148,6 +166,8 @@ impl Correctness {
             }
             c.duplicates += l.duplicates;
             c.out_of_order += l.out_of_order;
+            let room = EXAMPLES.saturating_sub(c.out_of_order_examples.len());
+            c.out_of_order_examples.extend(l.out_of_order_examples.iter().take(room).cloned());
             c.redeliveries += l.redeliveries;
         }
         c
@@ -187,6 +207,8 @@ mod tests {
         assert_eq!(c.acked_but_not_delivered, 2, "m4 on device 0, m3 on device 1");
         assert_eq!(c.missing_examples, vec!["m4".to_string(), "m3".to_string()]);
         assert_eq!((c.duplicates, c.out_of_order, c.redeliveries), (1, 1, 1));
+        assert_eq!(c.out_of_order_examples.len(), 1);
+        assert!(c.out_of_order_examples[0].contains("conversation c seq"), "{:?}", c.out_of_order_examples);
         assert!(!c.clean());
     }
 

@@ -249,6 +249,9 @@ impl Report {
         if !c.missing_examples.is_empty() {
             println!("  missing e.g.  {}", c.missing_examples.join(", "));
         }
+        for example in &c.out_of_order_examples {
+            println!("  out of order  {example}");
+        }
     }
 }
 

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
@@ -117,10 +118,19 @@ async fn sender(
     index: usize,
     opts: Options,
     expect: Vec<usize>,
+    ready: Vec<oneshot::Receiver<()>>,
     until: Instant,
     give_up: Instant,
     stop: CancellationToken,
 ) -> SenderResult {
+    // A device is known from its first connection on: messages sent before
+    // would not be pending for it (docs/protocol.md, "Devices").
+    for r in ready {
+        tokio::select! {
+            _ = r => {}
+            _ = tokio::time::sleep_until(give_up) => break,
+        }
+    }
     let me = ctx.user(&format!("s{index}"));
     let to = ctx.user(&format!("r{index}"));
     let mut target = index % ctx.targets.len();
@@ -229,6 +239,7 @@ async fn receiver(
     device: String,
     start_target: usize,
     opts: Options,
+    mut ready: Option<oneshot::Sender<()>>,
     log: Arc<Mutex<DeviceLog>>,
     latency: Arc<Mutex<Histogram<u64>>>,
     stop: CancellationToken,
@@ -243,6 +254,9 @@ async fn receiver(
     let mut first = true;
     'connections: loop {
         let Some(mut conn) = reconnect(&ctx, &churn, &mut target, &user, &device, &stop).await else { return };
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(());
+        }
         if !first {
             churn.reconnects.fetch_add(1, Ordering::Relaxed);
         }
@@ -310,9 +324,11 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, opts: Options) -> anyhow::Result<Report>
     let mut receivers = Vec::new();
     let mut senders = Vec::new();
     for p in 0..opts.pairs {
-        let mut expect = Vec::new();
+        let (mut expect, mut ready) = (Vec::new(), Vec::new());
         for d in 0..opts.devices {
             expect.push(logs.len());
+            let (connected, first_connect) = oneshot::channel();
+            ready.push(first_connect);
             let log = Arc::new(Mutex::new(DeviceLog::default()));
             logs.push(log.clone());
             let (ctx, churn, stop, latency, opts) =
@@ -320,10 +336,12 @@ pub(crate) async fn run(ctx: &Arc<Ctx>, opts: Options) -> anyhow::Result<Report>
             let (user, device) = (ctx.user(&format!("r{p}")), format!("d{d}"));
             // Devices of one user on different nodes when there are several.
             let target = p + d + 1;
-            receivers.push(tokio::spawn(receiver(ctx, churn, user, device, target, opts, log, latency, stop)));
+            let connected = Some(connected);
+            receivers
+                .push(tokio::spawn(receiver(ctx, churn, user, device, target, opts, connected, log, latency, stop)));
         }
         let (ctx, churn, stop, opts) = (ctx.clone(), churn.clone(), stop.clone(), opts.clone());
-        senders.push(tokio::spawn(sender(ctx, churn, p, opts, expect, until, give_up, stop)));
+        senders.push(tokio::spawn(sender(ctx, churn, p, opts, expect, ready, until, give_up, stop)));
     }
     let mut acked = Vec::new();
     let (mut sent, mut unacked_at_end) = (0, 0);

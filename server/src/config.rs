@@ -507,10 +507,17 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
 }
 
+/// The defaults as a figment: built once (serializing the whole config is a
+/// third of the cost of loading a small file, which the config fuzzer feels).
+fn defaults() -> Figment {
+    static DEFAULTS: std::sync::OnceLock<Figment> = std::sync::OnceLock::new();
+    DEFAULTS.get_or_init(|| Figment::from(Serialized::defaults(Config::default()))).clone()
+}
+
 impl Config {
     /// Loads defaults, the file, `DONGDONG_*` variables and the flags, then validates.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, ConfigError> {
-        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        let mut figment = defaults();
         if let Some(path) = file {
             if !path.exists() {
                 return Err(ConfigError::MissingFile(path.to_path_buf()));
@@ -557,7 +564,7 @@ impl Config {
     /// The defaults and `text` (a config file's TOML) only, validated: the
     /// file part of [`Config::load`] (the fuzz target's entry).
     pub fn from_toml_str(text: &str) -> Result<Self, ConfigError> {
-        let figment = Figment::from(Serialized::defaults(Config::default())).merge(Toml::string(text));
+        let figment = defaults().merge(Toml::string(text));
         let config: Config = figment.extract().map_err(|e| ConfigError::Parse(describe(e)))?;
         config.validate()?;
         Ok(config)

@@ -19,6 +19,7 @@ use std::sync::{Arc, OnceLock};
 use storage::{DeviceKey, NodeBus, PresenceEntry, PresenceRegistry, StorageError};
 use tokio_util::sync::CancellationToken;
 
+mod lost;
 mod mailbox;
 mod watch;
 
@@ -49,6 +50,8 @@ pub struct Router {
     last_epoch: AtomicU64,
     delivery_queue: usize,
     bus: OnceLock<Arc<dyn NodeBus>>,
+    /// Pushes to other nodes that were lost, to resync before the next.
+    lost: Arc<lost::LostPushes>,
     watchers: watch::Watchers,
 }
 
@@ -58,6 +61,9 @@ const BUS_KICK_REPLACED: u8 = 2;
 const BUS_EVENT: u8 = 3;
 const BUS_PRESENCE: u8 = 4;
 const BUS_LOGOUT: u8 = 5;
+/// Replay the pending sets of the connections listed in the body (conn_id
+/// and epoch, 8 bytes BE each), or of every connection when it is empty.
+const BUS_RESYNC: u8 = 6;
 
 fn bus_frame(kind: u8, conn_id: u64, epoch: u64, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(17 + body.len());
@@ -79,6 +85,7 @@ impl Router {
             last_epoch: AtomicU64::new(0),
             delivery_queue: delivery_queue.max(1),
             bus: OnceLock::new(),
+            lost: Default::default(),
             watchers: Default::default(),
         }
     }
@@ -94,6 +101,7 @@ impl Router {
         let mut inbox = bus.subscribe(&self.node_id).await?;
         let mut presence = bus.subscribe(watch::PRESENCE_CHANNEL).await?;
         let _ = self.bus.set(bus);
+        tokio::spawn(flush_lost_pushes(Arc::downgrade(self), self.lost.clone(), shutdown.clone()));
         let this = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
@@ -147,6 +155,22 @@ impl Router {
                 let reason = String::from_utf8_lossy(&payload[17..]).into_owned();
                 if let Some(conn) = self.local.get(&conn_id).filter(|c| c.epoch == epoch) {
                     conn.mailbox.kick(CloseCode::LoggedOut, reason);
+                }
+            }
+            BUS_RESYNC => {
+                let body = &payload[17..];
+                if body.is_empty() {
+                    for conn in self.local.iter() {
+                        conn.mailbox.request_resync();
+                    }
+                }
+                for pair in body.chunks_exact(16) {
+                    let (conn_id, epoch) = pair.split_at(8);
+                    let conn_id = u64::from_be_bytes(conn_id.try_into().unwrap_or_default());
+                    let epoch = u64::from_be_bytes(epoch.try_into().unwrap_or_default());
+                    if let Some(conn) = self.local.get(&conn_id).filter(|c| c.epoch == epoch) {
+                        conn.mailbox.request_resync();
+                    }
                 }
             }
             BUS_KICK_REPLACED => {
@@ -247,18 +271,22 @@ impl Router {
     /// [`deliver`](Self::deliver), also telling whether the recipient has
     /// a connected device (true when that could not be looked up).
     pub async fn deliver_checked(&self, tenant: &str, message: Arc<Message>) -> (usize, bool) {
-        let mut entries = match self.presence.lookup(tenant, &message.to_user).await {
+        let mut entries = match self.lookup_for_push(tenant, &message.to_user).await {
             Ok(e) => e,
             Err(e) => {
-                // Nothing is lost: the message is pending for every device.
+                // Nothing is lost: the message is pending for every device,
+                // and they replay it before the user's next push.
                 tracing::warn!(error = %e, "presence lookup failed; delivery left to replay");
                 metrics::counter!("dongdong_push_lookup_failures_total").increment(1);
+                if message.from_user != message.to_user {
+                    self.lost.record_user(tenant, &message.from_user);
+                }
                 return (0, true);
             }
         };
         let recipient_online = !entries.is_empty();
         if message.from_user != message.to_user {
-            match self.presence.lookup(tenant, &message.from_user).await {
+            match self.lookup_for_push(tenant, &message.from_user).await {
                 Ok(e) => entries.extend(e),
                 Err(e) => {
                     tracing::warn!(error = %e, "presence lookup failed for the sender's devices")
@@ -272,13 +300,16 @@ impl Router {
             }
             if entry.node_id != self.node_id {
                 // Published in order while the caller holds the conversation's
-                // order; a lost publish leaves the message pending.
+                // order; a lost publish leaves the message pending, and the
+                // connection replays it before any later push reaches it.
                 match self.bus.get() {
                     Some(bus) => {
                         let payload = bus_frame(BUS_DELIVER, entry.conn_id, entry.epoch, &message.encode_to_vec());
-                        match bus.publish(&entry.node_id, payload).await {
+                        match self.publish_push(bus, &entry.node_id, (entry.conn_id, entry.epoch), payload).await {
                             Ok(()) => pushed += 1,
-                            Err(e) => tracing::warn!(error = %e, "cross-node push failed; left to resend and replay"),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cross-node push failed; the connection will replay it")
+                            }
                         }
                     }
                     None => metrics::counter!("dongdong_push_remote_skipped_total").increment(1),
@@ -291,6 +322,77 @@ impl Router {
         }
         metrics::counter!("dongdong_pushes_total").increment(pushed as u64);
         (pushed, recipient_online)
+    }
+
+    /// Looks up `user`'s connections to push to them. When an earlier push
+    /// to the user was lost (its lookup failed), the connections found are
+    /// resynced first; a failure is recorded the same way.
+    async fn lookup_for_push(&self, tenant: &str, user: &str) -> Result<Vec<PresenceEntry>, StorageError> {
+        match self.presence.lookup(tenant, user).await {
+            Ok(entries) => {
+                if self.lost.forget_user(tenant, user) {
+                    for e in &entries {
+                        self.owe_resync(e);
+                    }
+                }
+                Ok(entries)
+            }
+            Err(e) => {
+                self.lost.record_user(tenant, user);
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes the connection `entry` replay its pending set before its next
+    /// push: at once here, behind the gate for another node.
+    fn owe_resync(&self, entry: &PresenceEntry) {
+        if entry.node_id != self.node_id {
+            self.lost.record(&entry.node_id, (entry.conn_id, entry.epoch));
+        } else if let Some(conn) = self.local.get(&entry.conn_id).filter(|c| c.epoch == entry.epoch) {
+            conn.mailbox.request_resync();
+        }
+    }
+
+    /// Publishes a push for `conn` on `node`, behind the resyncs the node is
+    /// owed; a failure is recorded, so the connection is resynced before the
+    /// next push to its node (see `lost.rs`).
+    async fn publish_push(
+        &self,
+        bus: &Arc<dyn NodeBus>,
+        node: &Arc<str>,
+        conn: (u64, u64),
+        payload: Vec<u8>,
+    ) -> Result<(), StorageError> {
+        let result = if self.lost.owes(node) {
+            let _gate = self.lost.gate.lock().await;
+            match self.publish_resyncs(bus, Some(node)).await {
+                Ok(()) => bus.publish(node, payload).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            bus.publish(node, payload).await
+        };
+        if result.is_err() {
+            self.lost.record(node, conn);
+        }
+        result
+    }
+
+    /// Publishes the resyncs owed to `node` (or every node); call it holding
+    /// the gate. Stops at the first failure, keeping what was not sent.
+    async fn publish_resyncs(&self, bus: &Arc<dyn NodeBus>, node: Option<&str>) -> Result<(), StorageError> {
+        for resync in self.lost.owed(node) {
+            let mut body = Vec::with_capacity(resync.conns.len() * 16);
+            for (conn_id, epoch) in &resync.conns {
+                body.extend_from_slice(&conn_id.to_be_bytes());
+                body.extend_from_slice(&epoch.to_be_bytes());
+            }
+            bus.publish(&resync.node, bus_frame(BUS_RESYNC, 0, 0, &body)).await?;
+            metrics::counter!("dongdong_push_resyncs_sent_total").increment(1);
+            self.lost.sent(&resync);
+        }
+        Ok(())
     }
 
     /// Hands `frame` to every connected device of `user`, on this node or
@@ -408,6 +510,39 @@ impl Router {
     }
 }
 
+/// Retries the resyncs owed for lost pushes until the bus takes them, so a
+/// lost push does not wait for the next push to its node.
+async fn flush_lost_pushes(router: std::sync::Weak<Router>, lost: Arc<lost::LostPushes>, shutdown: CancellationToken) {
+    const FIRST: std::time::Duration = std::time::Duration::from_millis(50);
+    let mut backoff = FIRST;
+    loop {
+        tokio::select! {
+            _ = lost.recorded.notified() => {}
+            _ = shutdown.cancelled() => return,
+        }
+        while !lost.is_empty() {
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = shutdown.cancelled() => return,
+            }
+            let Some(router) = router.upgrade() else { return };
+            let Some(bus) = router.bus.get().cloned() else { return };
+            for (tenant, user) in lost.lost_users() {
+                // Turns the user into connections to resync, or keeps it.
+                let _ = router.lookup_for_push(&tenant, &user).await;
+            }
+            let sent = {
+                let _gate = lost.gate.lock().await;
+                router.publish_resyncs(&bus, None).await
+            };
+            if let Err(e) = &sent {
+                tracing::warn!(error = %e, "could not yet tell nodes to replay lost pushes; retrying");
+            }
+            backoff = if lost.is_empty() { FIRST } else { (backoff * 2).min(std::time::Duration::from_secs(2)) };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -459,6 +594,157 @@ mod tests {
         }
         assert_eq!(r.deliver("t", msg("alice", "a1", "bob")).await, 0);
         assert_eq!(bob.mailbox.reason().unwrap().code, CloseCode::SlowConsumer);
+    }
+
+    /// A node bus in memory that can be made to fail.
+    #[derive(Default)]
+    struct FlakyBus {
+        down: std::sync::atomic::AtomicBool,
+        subscribers: std::sync::Mutex<Vec<(String, tokio::sync::mpsc::Sender<Vec<u8>>)>>,
+    }
+
+    #[async_trait::async_trait]
+    impl NodeBus for FlakyBus {
+        async fn publish(&self, node_id: &str, payload: Vec<u8>) -> Result<(), StorageError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StorageError::Unavailable("bus down".into()));
+            }
+            let subscribers = self.subscribers.lock().unwrap().clone();
+            for (_, tx) in subscribers.iter().filter(|(n, _)| n == node_id) {
+                let _ = tx.try_send(payload.clone());
+            }
+            Ok(())
+        }
+
+        async fn subscribe(&self, node_id: &str) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>, StorageError> {
+            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            self.subscribers.lock().unwrap().push((node_id.into(), tx));
+            Ok(rx)
+        }
+    }
+
+    async fn recv(reg: &Registration) -> Mail {
+        tokio::time::timeout(std::time::Duration::from_secs(5), std::future::poll_fn(|cx| reg.mailbox.poll_recv(cx)))
+            .await
+            .expect("mail within 5 s")
+    }
+
+    /// A presence registry in memory whose lookups can be made to fail.
+    #[derive(Default)]
+    struct FlakyPresence {
+        down: std::sync::atomic::AtomicBool,
+        inner: MemoryPresence,
+    }
+
+    #[async_trait::async_trait]
+    impl PresenceRegistry for FlakyPresence {
+        async fn register(&self, entry: PresenceEntry) -> Result<Option<PresenceEntry>, StorageError> {
+            self.inner.register(entry).await
+        }
+        async fn unregister(&self, device: &DeviceKey, epoch: u64) -> Result<bool, StorageError> {
+            self.inner.unregister(device, epoch).await
+        }
+        async fn lookup(&self, tenant: &str, user: &str) -> Result<Vec<PresenceEntry>, StorageError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(StorageError::Unavailable("presence down".into()));
+            }
+            self.inner.lookup(tenant, user).await
+        }
+        async fn record_online(&self, tenant: &str, user: &str, online: bool, now: u64) -> Result<bool, StorageError> {
+            self.inner.record_online(tenant, user, online, now).await
+        }
+        async fn last_seen(&self, tenant: &str, user: &str) -> Result<u64, StorageError> {
+            self.inner.last_seen(tenant, user).await
+        }
+    }
+
+    struct TwoNodes {
+        r1: Arc<Router>,
+        _r2: Arc<Router>,
+        bob: Registration,
+        bus: Arc<FlakyBus>,
+        presence: Arc<FlakyPresence>,
+    }
+
+    /// Two nodes on one bus and one presence registry, bob on the second
+    /// (or the first, `local`).
+    async fn two_nodes_with(local: bool) -> TwoNodes {
+        let presence = Arc::new(FlakyPresence::default());
+        let bus = Arc::new(FlakyBus::default());
+        let (r1, r2) = (
+            Arc::new(Router::new("node-1", presence.clone(), 8)),
+            Arc::new(Router::new("node-2", presence.clone(), 8)),
+        );
+        for r in [&r1, &r2] {
+            r.attach_bus(bus.clone(), CancellationToken::new()).await.unwrap();
+        }
+        let home = if local { &r1 } else { &r2 };
+        let bob = home.register(DeviceKey::new("t", "bob", "b1").into()).await.unwrap();
+        TwoNodes { r1, _r2: r2, bob, bus, presence }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_push_lost_to_a_failed_lookup_is_replayed_before_the_next_one() {
+        for local in [false, true] {
+            let TwoNodes { r1, _r2, bob, presence, .. } = two_nodes_with(local).await;
+            presence.down.store(true, Ordering::SeqCst);
+            assert_eq!(r1.deliver("t", msg("alice", "a1", "bob")).await, 0, "lost");
+            presence.down.store(false, Ordering::SeqCst);
+            let m2 = msg("alice", "a1", "bob");
+            assert_eq!(r1.deliver("t", m2.clone()).await, 1);
+            assert_eq!(recv(&bob).await, Mail::Resync, "local: {local}");
+            assert_eq!(recv(&bob).await, Mail::Push(Push::Message(m2)));
+            assert!(r1.lost.is_empty());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_flusher_looks_lost_users_up_again() {
+        let TwoNodes { r1, _r2, bob, presence, .. } = two_nodes_with(false).await;
+        presence.down.store(true, Ordering::SeqCst);
+        assert_eq!(r1.deliver("t", msg("alice", "a1", "bob")).await, 0);
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        presence.down.store(false, Ordering::SeqCst);
+        assert_eq!(recv(&bob).await, Mail::Resync);
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        assert!(r1.lost.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_cross_node_push_is_replayed_before_the_next_one() {
+        let TwoNodes { r1, _r2, bob, bus, .. } = two_nodes_with(false).await;
+        bus.down.store(true, Ordering::SeqCst);
+        assert_eq!(r1.deliver("t", msg("alice", "a1", "bob")).await, 0, "lost");
+        bus.down.store(false, Ordering::SeqCst);
+        // The next push goes out behind a resync; the flusher may have
+        // sent that already, either way it comes first.
+        let m2 = msg("alice", "a1", "bob");
+        assert_eq!(r1.deliver("t", m2.clone()).await, 1);
+        assert_eq!(recv(&bob).await, Mail::Resync);
+        assert_eq!(recv(&bob).await, Mail::Push(Push::Message(m2)));
+        assert!(r1.lost.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_push_is_replayed_without_waiting_for_another() {
+        let TwoNodes { r1, _r2, bob, bus, .. } = two_nodes_with(false).await;
+        bus.down.store(true, Ordering::SeqCst);
+        assert_eq!(r1.deliver("t", msg("alice", "a1", "bob")).await, 0);
+        // The flusher retries with backoff while the bus is down.
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        assert!(!r1.lost.is_empty());
+        bus.down.store(false, Ordering::SeqCst);
+        assert_eq!(recv(&bob).await, Mail::Resync);
+        assert!(r1.lost.is_empty());
+        // A resync for an older connection of the device is ignored.
+        r2_ignores_stale(&bus, &bob).await;
+    }
+
+    async fn r2_ignores_stale(bus: &FlakyBus, bob: &Registration) {
+        let stale = bus_frame(BUS_RESYNC, 0, 0, &[bob.conn_id.to_be_bytes(), (bob.epoch - 1).to_be_bytes()].concat());
+        bus.publish("node-2", stale).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        assert_eq!(next(bob), None);
     }
 
     #[tokio::test]

@@ -1,7 +1,8 @@
 //! The cross-node bus on Redis pub/sub: node N listens on `dd:node:N`.
 //! Pub/sub needs a connection of its own; the subscriber reconnects and
 //! resubscribes after a loss. Messages published while it was away are lost,
-//! which the pending resend/replay covers.
+//! and so are those a full inbox drops: either way the node is told (an
+//! empty payload) before any later message, and its connections replay.
 
 use super::{CallTimer, redis_err};
 use crate::{NodeBus, Result, StorageError};
@@ -92,13 +93,25 @@ async fn subscriber(client: redis::Client, channel: String, first: redis::aio::P
             },
         };
         let mut stream = current.into_on_message();
+        // Pushes were dropped: the node must hear so before any later one.
+        let mut dropped = false;
         while let Some(msg) = stream.next().await {
             let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
-            match tx.try_send(payload) {
+            if dropped {
+                match tx.try_send(Vec::new()) {
+                    Ok(()) => dropped = false,
+                    Err(mpsc::error::TrySendError::Full(_)) => {}
+                    Err(mpsc::error::TrySendError::Closed(_)) => return,
+                }
+            }
+            let sent = if dropped { Err(mpsc::error::TrySendError::Full(payload)) } else { tx.try_send(payload) };
+            match sent {
                 Ok(()) => {}
                 Err(mpsc::error::TrySendError::Full(_)) => {
-                    // Dropped pushes stay pending; resend/replay delivers them.
+                    // Dropped pushes stay pending: the empty payload sent
+                    // ahead of the next push makes the connections replay.
                     metrics::counter!("dongdong_bus_dropped_total").increment(1);
+                    dropped = true;
                 }
                 Err(mpsc::error::TrySendError::Closed(_)) => return,
             }
