@@ -73,6 +73,32 @@ fn bot_scenarios_run_clean_against_a_real_server() {
     assert_eq!(r["settings"]["devices"], 3);
     assert_eq!(r["delivered"].as_u64().unwrap(), 5 * r["acked"].as_u64().unwrap(), "{r:#}");
 
+    // Receivers' devices go offline in waves and come back: all delivered.
+    let soak = [
+        "soak",
+        "--pairs",
+        "4",
+        "--devices",
+        "2",
+        "--rate",
+        "20",
+        "--duration",
+        "2s",
+        "--wave-every",
+        "400ms",
+        "--wave-share",
+        "0.5",
+        "--offline-for",
+        "200ms",
+        "--drain",
+        "10s",
+    ];
+    let r = bot(&server, &soak);
+    assert!(r["acked"].as_u64().unwrap() >= 100, "{r:#}");
+    assert_eq!(r["delivered"].as_u64(), Some(2 * r["acked"].as_u64().unwrap()), "{r:#}");
+    assert!(r["figures"]["wave disconnects"].as_u64().unwrap() > 0, "{r:#}");
+    assert!(r["figures"]["reconnects"].as_u64().unwrap() > 0, "{r:#}");
+
     let r = bot(&server, &["offline", "--receivers", "40", "--messages", "25"]);
     assert_eq!(r["acked"], 1000, "{r:#}");
     assert_eq!(r["figures"]["pending_at_auth"], 1000, "{r:#}");
