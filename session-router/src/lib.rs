@@ -9,6 +9,9 @@
 //! - A push to a stale or unknown connection loses nothing: the message is
 //!   pending for the device and is replayed on its next connection.
 //! - Closing a connection removes only its own presence entry (epoch compare).
+//! - A push that could not be routed (publish or lookup failed) makes the
+//!   device's connection replay before any later push reaches it, so a later
+//!   message never overtakes it (`lost.rs`).
 
 use dashmap::DashMap;
 use im_core::CloseCode;
@@ -389,7 +392,7 @@ impl Router {
                 body.extend_from_slice(&epoch.to_be_bytes());
             }
             bus.publish(&resync.node, bus_frame(BUS_RESYNC, 0, 0, &body)).await?;
-            metrics::counter!("dongdong_push_resyncs_sent_total").increment(1);
+            metrics::counter!("dongdong_push_resyncs_total").increment(1);
             self.lost.sent(&resync);
         }
         Ok(())

@@ -75,7 +75,7 @@ impl LostPushes {
                 }
             }
         }
-        metrics::counter!("dongdong_push_lost_total").increment(1);
+        metrics::counter!("dongdong_pushes_lost_total").increment(1);
         self.recorded.notify_one();
     }
 
@@ -91,14 +91,14 @@ impl LostPushes {
                 // Beyond it such devices get what they missed on their next
                 // connection or bus resubscription, possibly after later
                 // messages.
-                metrics::counter!("dongdong_push_lost_unordered_total").increment(1);
+                metrics::counter!("dongdong_pushes_lost_unordered_total").increment(1);
                 return;
             }
             if !users.insert((tenant.to_string(), user.to_string())) {
                 return;
             }
         }
-        metrics::counter!("dongdong_push_lost_total").increment(1);
+        metrics::counter!("dongdong_pushes_lost_total").increment(1);
         self.recorded.notify_one();
     }
 
