@@ -13,7 +13,7 @@ use super::{Ctx, Report};
 use hdrhistogram::Histogram;
 use im_core::Role;
 use im_core::pb::{self, Frame, frame::Body};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -21,8 +21,10 @@ use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-/// Wait before resending a send refused as retryable.
+/// Wait before resending a send refused as retryable (the first time).
 const RETRY_BACKOFF: Duration = Duration::from_millis(50);
+/// Sends a sender keeps awaiting their SendAck (the server allows 64).
+const MAX_IN_FLIGHT: usize = 32;
 /// Reconnect backoff: from the first to the longest.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
@@ -98,8 +100,8 @@ async fn reconnect(
 struct Unacked {
     cmid: String,
     text: String,
-    /// The sender-wide write index of its first attempt.
-    first_write: u64,
+    /// The sender-wide write index of its first attempt, once written.
+    first_write: Option<u64>,
 }
 
 /// What a sender ends with.
@@ -137,6 +139,8 @@ async fn sender(
     let mut unacked: BTreeMap<u64, Unacked> = BTreeMap::new();
     let mut acked = Vec::new();
     let (mut next, mut writes, mut sent) = (0u64, 0u64, 0u64);
+    // Retryable refusals in a row.
+    let mut refusals = 0u32;
     let period = Duration::from_secs_f64(1.0 / opts.rate);
     let mut ticker = tokio::time::interval_at(Instant::now() + period.mul_f64(rand::random::<f64>()), period);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
@@ -155,14 +159,25 @@ async fn sender(
         first = false;
         // req_id -> (message number, write index of this attempt).
         let mut by_req: HashMap<u64, (u64, u64)> = HashMap::new();
-        for (&k, u) in &unacked {
-            writes += 1;
-            churn.resent.fetch_add(1, Ordering::Relaxed);
-            let req = conn.send_text(&to, u.cmid.clone(), u.text.clone()).await;
-            by_req.insert(req, (k, writes));
-        }
+        // Messages to write when the window has room, oldest first: all
+        // unacknowledged ones after a reconnect.
+        let mut queued: BTreeSet<u64> = unacked.keys().copied().collect();
         let mut retries: Vec<(Instant, u64)> = Vec::new();
         loop {
+            // Writes what is queued while fewer than MAX_IN_FLIGHT await
+            // their SendAck, as a real client keeps below the server's
+            // `limits.max_sends_in_flight`.
+            while by_req.len() < MAX_IN_FLIGHT {
+                let Some(k) = queued.pop_first() else { break };
+                let Some(u) = unacked.get_mut(&k) else { continue };
+                writes += 1;
+                if u.first_write.is_some() {
+                    churn.resent.fetch_add(1, Ordering::Relaxed);
+                }
+                u.first_write.get_or_insert(writes);
+                let req = conn.send_text(&to, u.cmid.clone(), u.text.clone()).await;
+                by_req.insert(req, (k, writes));
+            }
             let sending = Instant::now() < until && !stop.is_cancelled();
             if !sending && unacked.is_empty() {
                 break 'connections;
@@ -171,37 +186,28 @@ async fn sender(
             tokio::select! {
                 _ = ticker.tick(), if sending => {
                     next += 1;
-                    writes += 1;
                     sent += 1;
                     ctx.live.sent.fetch_add(1, Ordering::Relaxed);
                     let cmid = format!("m{next}");
                     let text = ctx.payload(ctx.now_us(), opts.payload);
-                    let req = conn.send_text(&to, cmid.clone(), text.clone()).await;
-                    unacked.insert(next, Unacked { cmid, text, first_write: writes });
-                    by_req.insert(req, (next, writes));
+                    unacked.insert(next, Unacked { cmid, text, first_write: None });
+                    queued.insert(next);
                 }
                 _ = async { tokio::time::sleep_until(retry_at.unwrap_or(give_up)).await }, if retry_at.is_some() => {
                     let now = Instant::now();
-                    let due: Vec<u64> = retries.iter().filter(|r| r.0 <= now).map(|r| r.1).collect();
+                    queued.extend(retries.iter().filter(|r| r.0 <= now).map(|r| r.1));
                     retries.retain(|r| r.0 > now);
-                    for k in due {
-                        if let Some(u) = unacked.get(&k) {
-                            writes += 1;
-                            churn.resent.fetch_add(1, Ordering::Relaxed);
-                            let req = conn.send_text(&to, u.cmid.clone(), u.text.clone()).await;
-                            by_req.insert(req, (k, writes));
-                        }
-                    }
                 }
                 incoming = conn.recv() => match incoming {
                     Incoming::Frame(Frame { req_id, body: Some(Body::SendAck(a)) }) => {
+                        refusals = 0;
                         if let Some((k, write)) = by_req.remove(&req_id)
                             && let Some(u) = unacked.remove(&k)
                         {
                             ctx.live.acked.fetch_add(1, Ordering::Relaxed);
                             // A retry of a message stored earlier: it stands
                             // where its first attempt was written.
-                            let written = if a.duplicate { u.first_write } else { write };
+                            let written = if a.duplicate { u.first_write.unwrap_or(write) } else { write };
                             acked.push(Acked { msg_id: a.msg_id, devices: expect.clone(), written });
                         }
                     }
@@ -209,7 +215,10 @@ async fn sender(
                         ctx.live.error(error_name(e.code));
                         if let Some((k, _)) = by_req.remove(&req_id) {
                             if e.retryable {
-                                retries.push((Instant::now() + RETRY_BACKOFF, k));
+                                // Backs off while refusals go on: 50 ms
+                                // doubling to 1.6 s, reset by an ack.
+                                refusals = (refusals + 1).min(6);
+                                retries.push((Instant::now() + RETRY_BACKOFF * (1 << (refusals - 1)), k));
                             } else {
                                 unacked.remove(&k);
                             }

@@ -367,14 +367,14 @@ impl Router {
         conn: (u64, u64),
         payload: Vec<u8>,
     ) -> Result<(), StorageError> {
-        let result = if self.lost.owes(node) {
-            let _gate = self.lost.gate.lock().await;
-            match self.publish_resyncs(bus, Some(node)).await {
+        // Only this connection's resync must go first: other connections
+        // of the node get theirs with their own next push or the flusher.
+        let result = match self.lost.owed_to(node, conn) {
+            Some(resync) => match self.publish_resync(bus, &resync).await {
                 Ok(()) => bus.publish(node, payload).await,
                 Err(e) => Err(e),
-            }
-        } else {
-            bus.publish(node, payload).await
+            },
+            None => bus.publish(node, payload).await,
         };
         if result.is_err() {
             self.lost.record(node, conn);
@@ -382,19 +382,18 @@ impl Router {
         result
     }
 
-    /// Publishes the resyncs owed to `node` (or every node); call it holding
-    /// the gate. Stops at the first failure, keeping what was not sent.
-    async fn publish_resyncs(&self, bus: &Arc<dyn NodeBus>, node: Option<&str>) -> Result<(), StorageError> {
-        for resync in self.lost.owed(node) {
-            let mut body = Vec::with_capacity(resync.conns.len() * 16);
-            for (conn_id, epoch) in &resync.conns {
-                body.extend_from_slice(&conn_id.to_be_bytes());
-                body.extend_from_slice(&epoch.to_be_bytes());
-            }
-            bus.publish(&resync.node, bus_frame(BUS_RESYNC, 0, 0, &body)).await?;
-            metrics::counter!("dongdong_push_resyncs_total").increment(1);
-            self.lost.sent(&resync);
+    /// Publishes `resync` and forgets what it covered. No lock is held: a
+    /// resync published twice costs a replay pass, and the next push of the
+    /// conversation that lost one is published after it in every case.
+    async fn publish_resync(&self, bus: &Arc<dyn NodeBus>, resync: &lost::Resync) -> Result<(), StorageError> {
+        let mut body = Vec::with_capacity(resync.conns.len() * 16);
+        for (conn_id, epoch) in &resync.conns {
+            body.extend_from_slice(&conn_id.to_be_bytes());
+            body.extend_from_slice(&epoch.to_be_bytes());
         }
+        bus.publish(&resync.node, bus_frame(BUS_RESYNC, 0, 0, &body)).await?;
+        metrics::counter!("dongdong_push_resyncs_total").increment(1);
+        self.lost.sent(resync);
         Ok(())
     }
 
@@ -531,14 +530,20 @@ async fn flush_lost_pushes(router: std::sync::Weak<Router>, lost: Arc<lost::Lost
             let Some(router) = router.upgrade() else { return };
             let Some(bus) = router.bus.get().cloned() else { return };
             for (tenant, user) in lost.lost_users() {
-                // Turns the user into connections to resync, or keeps it.
-                let _ = router.lookup_for_push(&tenant, &user).await;
+                // Turns the user into connections to resync, or keeps it
+                // (then presence is still away: the rest can wait too).
+                if router.lookup_for_push(&tenant, &user).await.is_err() {
+                    break;
+                }
             }
-            let sent = {
-                let _gate = lost.gate.lock().await;
-                router.publish_resyncs(&bus, None).await
-            };
-            if let Err(e) = &sent {
+            let mut failed = None;
+            for resync in lost.owed() {
+                if let Err(e) = router.publish_resync(&bus, &resync).await {
+                    failed = Some(e);
+                    break;
+                }
+            }
+            if let Some(e) = failed {
                 tracing::warn!(error = %e, "could not yet tell nodes to replay lost pushes; retrying");
             }
             backoff = if lost.is_empty() { FIRST } else { (backoff * 2).min(std::time::Duration::from_secs(2)) };

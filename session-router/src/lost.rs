@@ -6,10 +6,12 @@
 //!
 //! Ordering argument: a conversation's pushes are published one at a time
 //! (the caller holds the conversation's order), so a lost push is recorded
-//! here before the conversation's next push looks. While a node has lost
-//! pushes, every push to it waits for the gate, publishes the resyncs first
-//! and then itself, on the one publishing connection, so Redis hands the
-//! node the resync before the later push.
+//! here before the conversation's next push looks. A push to a connection
+//! that is owed a resync publishes the resync first and waits for Redis to
+//! take it, so the node hears the resync before the later push. The record
+//! is only forgotten once a resync published after the loss was taken. No
+//! lock: pushes of other conversations go on meanwhile (they have no order
+//! to keep with the lost one), at worst resyncing a connection twice.
 //!
 //! A push can also be lost before it is published: the recipient's presence
 //! could not be looked up. Then the user is remembered, and the next lookup
@@ -50,8 +52,6 @@ pub(crate) struct LostPushes {
     nodes: Mutex<HashMap<Arc<str>, Node>>,
     /// (tenant, user) whose devices missed a push nobody could route.
     users: Mutex<HashSet<(String, String)>>,
-    /// Held while resyncs are published and the push behind them.
-    pub gate: tokio::sync::Mutex<()>,
     /// Wakes the flusher.
     pub recorded: tokio::sync::Notify,
 }
@@ -114,22 +114,29 @@ impl LostPushes {
         self.users().iter().cloned().collect()
     }
 
-    /// Whether pushes to `node` must go through the gate.
-    pub fn owes(&self, node: &str) -> bool {
-        self.lock().contains_key(node)
-    }
-
     pub fn is_empty(&self) -> bool {
         self.lock().is_empty() && self.users().is_empty()
     }
 
-    /// What `node` (or every node) is owed, without forgetting it: call
+    /// The resync `conn` on `node` must get before its next push, if any:
+    /// the connection alone, or the whole node past the listing bound.
+    pub fn owed_to(&self, node: &str, conn: (u64, u64)) -> Option<Resync> {
+        let nodes = self.lock();
+        let (name, n) = nodes.get_key_value(node)?;
+        let conns = match n.all {
+            true => Vec::new(),
+            false if n.conns.contains_key(&conn) => vec![conn],
+            false => return None,
+        };
+        Some(Resync { node: name.clone(), conns, generation: n.generation })
+    }
+
+    /// Everything owed, per node, without forgetting it: call
     /// [`sent`](Self::sent) once the bus took it.
-    pub fn owed(&self, node: Option<&str>) -> Vec<Resync> {
+    pub fn owed(&self) -> Vec<Resync> {
         let nodes = self.lock();
         nodes
             .iter()
-            .filter(|(name, _)| node.is_none_or(|n| n == &***name))
             .map(|(name, n)| Resync {
                 node: name.clone(),
                 conns: if n.all { Vec::new() } else { n.conns.keys().copied().collect() },
@@ -149,7 +156,15 @@ impl LostPushes {
             }
             return;
         }
-        n.conns.retain(|_, generation| *generation > resync.generation);
+        if resync.conns.is_empty() {
+            // Listed since the node left the `all` state: not covered.
+            return;
+        }
+        for conn in &resync.conns {
+            if n.conns.get(conn).is_some_and(|generation| *generation <= resync.generation) {
+                n.conns.remove(conn);
+            }
+        }
         if n.conns.is_empty() {
             nodes.remove(&resync.node);
         }
@@ -167,20 +182,22 @@ mod tests {
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
         lost.record(&a, (1, 10));
         lost.record(&b, (2, 20));
-        assert!(lost.owes("a") && lost.owes("b") && !lost.owes("c"));
-        let owed = lost.owed(Some("a"));
-        assert_eq!(owed.len(), 1);
-        assert_eq!((&owed[0].node, &owed[0].conns[..]), (&a, &[(1, 10)][..]));
+        assert!(lost.owed_to("a", (1, 10)).is_some() && lost.owed_to("b", (2, 20)).is_some());
+        assert!(lost.owed_to("a", (2, 20)).is_none() && lost.owed_to("c", (1, 10)).is_none());
+        let owed = lost.owed_to("a", (1, 10)).unwrap();
+        assert_eq!((&owed.node, &owed.conns[..]), (&a, &[(1, 10)][..]));
         lost.record(&a, (3, 30));
         lost.record(&a, (1, 10));
-        lost.sent(&owed[0]);
-        let mut again = lost.owed(Some("a"))[0].conns.clone();
-        again.sort();
-        assert_eq!(again, [(1, 10), (3, 30)], "lost again after the snapshot: still owed");
-        lost.sent(&lost.owed(Some("a"))[0]);
-        assert!(!lost.owes("a"));
-        assert_eq!(lost.owed(None).len(), 1);
-        lost.sent(&lost.owed(None)[0]);
+        lost.sent(&owed);
+        assert!(lost.owed_to("a", (1, 10)).is_some(), "lost again after the snapshot: still owed");
+        lost.sent(&lost.owed_to("a", (1, 10)).unwrap());
+        assert!(lost.owed_to("a", (1, 10)).is_none());
+        assert!(lost.owed_to("a", (3, 30)).is_some(), "another connection's resync is not covered");
+        let all = lost.owed();
+        assert_eq!(all.len(), 2);
+        for r in &all {
+            lost.sent(r);
+        }
         assert!(lost.is_empty());
     }
 
@@ -203,12 +220,12 @@ mod tests {
         for i in 0..=MAX_CONNS_PER_NODE as u64 {
             lost.record(&a, (i, 1));
         }
-        let owed = lost.owed(None);
-        assert_eq!((owed.len(), owed[0].conns.len()), (1, 0), "an empty list: every connection");
+        let owed = lost.owed_to("a", (u64::MAX, 0)).expect("every connection of the node is owed");
+        assert!(owed.conns.is_empty(), "an empty list: every connection");
         lost.record(&a, (9, 9));
-        lost.sent(&owed[0]);
-        assert!(lost.owes("a"), "a loss after the snapshot is still owed");
-        lost.sent(&lost.owed(None)[0]);
+        lost.sent(&owed);
+        assert!(lost.owed_to("a", (9, 9)).is_some(), "a loss after the snapshot is still owed");
+        lost.sent(&lost.owed()[0]);
         assert!(lost.is_empty());
     }
 }
