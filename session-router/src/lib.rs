@@ -348,7 +348,7 @@ impl Router {
     }
 
     /// Makes the connection `entry` replay its pending set before its next
-    /// push: at once here, behind the gate for another node.
+    /// push: at once here, before its next push for another node.
     fn owe_resync(&self, entry: &PresenceEntry) {
         if entry.node_id != self.node_id {
             self.lost.record(&entry.node_id, (entry.conn_id, entry.epoch));
