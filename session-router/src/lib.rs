@@ -348,7 +348,7 @@ impl Router {
     }
 
     /// Makes the connection `entry` replay its pending set before its next
-    /// push: at once here, before its next push for another node.
+    /// push: at once on this node; on another, with its next push or the flusher.
     fn owe_resync(&self, entry: &PresenceEntry) {
         if entry.node_id != self.node_id {
             self.lost.record(&entry.node_id, (entry.conn_id, entry.epoch));
