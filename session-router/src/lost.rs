@@ -19,6 +19,7 @@
 //! connection it finds before anything is pushed to them.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 /// Connections of one node remembered at most; past it the whole node replays.
@@ -52,6 +53,12 @@ pub(crate) struct LostPushes {
     nodes: Mutex<HashMap<Arc<str>, Node>>,
     /// (tenant, user) whose devices missed a push nobody could route.
     users: Mutex<HashSet<(String, String)>>,
+    /// Whether `nodes` / `users` hold anything, kept under their locks: every
+    /// push and lookup asks, and nearly always the answer is no, so they
+    /// take no lock then. A loss recorded before the conversation's next
+    /// push (the caller orders them) is seen by it.
+    any_nodes: AtomicBool,
+    any_users: AtomicBool,
     /// Wakes the flusher.
     pub recorded: tokio::sync::Notify,
 }
@@ -74,6 +81,7 @@ impl LostPushes {
                     n.all = true;
                 }
             }
+            self.any_nodes.store(true, Ordering::Release);
         }
         metrics::counter!("dongdong_pushes_lost_total").increment(1);
         self.recorded.notify_one();
@@ -97,6 +105,7 @@ impl LostPushes {
             if !users.insert((tenant.to_string(), user.to_string())) {
                 return;
             }
+            self.any_users.store(true, Ordering::Release);
         }
         metrics::counter!("dongdong_pushes_lost_total").increment(1);
         self.recorded.notify_one();
@@ -105,8 +114,13 @@ impl LostPushes {
     /// Whether `user` was owed a resync (and is no longer: the caller
     /// resyncs the connections it just looked up).
     pub fn forget_user(&self, tenant: &str, user: &str) -> bool {
+        if !self.any_users.load(Ordering::Acquire) {
+            return false;
+        }
         let mut users = self.users();
-        !users.is_empty() && users.remove(&(tenant.to_string(), user.to_string()))
+        let forgot = users.remove(&(tenant.to_string(), user.to_string()));
+        self.any_users.store(!users.is_empty(), Ordering::Release);
+        forgot
     }
 
     /// The users owed a resync.
@@ -115,12 +129,15 @@ impl LostPushes {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.lock().is_empty() && self.users().is_empty()
+        !self.any_nodes.load(Ordering::Acquire) && !self.any_users.load(Ordering::Acquire)
     }
 
     /// The resync `conn` on `node` must get before its next push, if any:
     /// the connection alone, or the whole node past the listing bound.
     pub fn owed_to(&self, node: &str, conn: (u64, u64)) -> Option<Resync> {
+        if !self.any_nodes.load(Ordering::Acquire) {
+            return None;
+        }
         let nodes = self.lock();
         let (name, n) = nodes.get_key_value(node)?;
         let conns = match n.all {
@@ -149,6 +166,11 @@ impl LostPushes {
     /// since (that push may have been published after the resync).
     pub fn sent(&self, resync: &Resync) {
         let mut nodes = self.lock();
+        Self::forget_sent(&mut nodes, resync);
+        self.any_nodes.store(!nodes.is_empty(), Ordering::Release);
+    }
+
+    fn forget_sent(nodes: &mut HashMap<Arc<str>, Node>, resync: &Resync) {
         let Some(n) = nodes.get_mut(&resync.node) else { return };
         if n.all {
             if n.generation == resync.generation {
