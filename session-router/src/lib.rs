@@ -128,9 +128,7 @@ impl Router {
                 connections = self.local.len(),
                 "node bus resubscribed; connections replay what they may have missed"
             );
-            for conn in self.local.iter() {
-                conn.mailbox.request_resync();
-            }
+            self.resync_all();
             return;
         }
         let (Some(&kind), Some(conn), Some(epoch)) = (payload.first(), payload.get(1..9), payload.get(9..17)) else {
@@ -163,9 +161,7 @@ impl Router {
             BUS_RESYNC => {
                 let body = &payload[17..];
                 if body.is_empty() {
-                    for conn in self.local.iter() {
-                        conn.mailbox.request_resync();
-                    }
+                    self.resync_all();
                 }
                 for pair in body.chunks_exact(16) {
                     let (conn_id, epoch) = pair.split_at(8);
@@ -182,6 +178,13 @@ impl Router {
                 }
             }
             _ => metrics::counter!("dongdong_bus_malformed_total").increment(1),
+        }
+    }
+
+    /// Every local connection replays its pending set.
+    fn resync_all(&self) {
+        for conn in self.local.iter() {
+            conn.mailbox.request_resync();
         }
     }
 

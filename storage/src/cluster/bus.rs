@@ -97,16 +97,10 @@ async fn subscriber(client: redis::Client, channel: String, first: redis::aio::P
         let mut dropped = false;
         while let Some(msg) = stream.next().await {
             let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
-            if dropped {
-                match tx.try_send(Vec::new()) {
-                    Ok(()) => dropped = false,
-                    Err(mpsc::error::TrySendError::Full(_)) => {}
-                    Err(mpsc::error::TrySendError::Closed(_)) => return,
-                }
-            }
-            let sent = if dropped { Err(mpsc::error::TrySendError::Full(payload)) } else { tx.try_send(payload) };
-            match sent {
-                Ok(()) => {}
+            // The marker first, and the push only once the marker went.
+            let sent = if dropped { tx.try_send(Vec::new()) } else { Ok(()) };
+            match sent.and_then(|()| tx.try_send(payload)) {
+                Ok(()) => dropped = false,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     // Dropped pushes stay pending: the empty payload sent
                     // ahead of the next push makes the connections replay.
