@@ -7,7 +7,8 @@
 #
 # The corpus in the repository is read, never written: what a run finds
 # goes to a scratch directory (FUZZ_KEEP=DIR keeps it there, to merge by
-# hand with `cargo fuzz cmin`). Installs cargo-fuzz when it is missing;
+# hand with `-merge=1` as docs/reliability.md shows; a failed run keeps it
+# too). Installs cargo-fuzz when it is missing;
 # needs the nightly toolchain (`rustup toolchain install nightly`).
 # `.ci/run` runs it after the tests; the tests themselves (scripts/test.sh)
 # need only stable Rust and replay the corpora without fuzzing.
@@ -29,15 +30,17 @@ fi
 scratch=${FUZZ_KEEP:-$(mktemp -d)}
 mkdir -p "$scratch"
 http_tmp=""
+status=0
 cleanup() {
   [ -z "$http_tmp" ] || rm -rf "$http_tmp"
-  [ -n "${FUZZ_KEEP:-}" ] || rm -rf "$scratch"
+  [ -n "${FUZZ_KEEP:-}" ] || [ "$status" != 0 ] || rm -rf "$scratch"
 }
 trap cleanup EXIT
 # -s none: coverage-guided without AddressSanitizer (the code is safe Rust;
 # panics and -rss_limit_mb still fail a run), several times faster to run.
 echo "$me: building the fuzz targets" >&2
 if ! cargo +nightly fuzz build -O -s none >"$scratch/build.log" 2>&1; then
+  status=1
   tail -40 "$scratch/build.log" >&2
   exit 1
 fi
@@ -45,7 +48,6 @@ fi
 # there is one, so commits do not wait for a disk; removed at the end.
 if [ -d /dev/shm ] && [ -w /dev/shm ]; then shm=/dev/shm; else shm=${TMPDIR:-/tmp}; fi
 http_tmp=$(mktemp -d "$shm/dd-fuzz.XXXXXX")
-status=0
 for t in "${targets[@]}"; do
   mkdir -p "$scratch/$t"
   log="$scratch/$t.log"
