@@ -189,7 +189,7 @@ impl CsService {
         text: String,
     ) -> Result<QuickReply, ClientError> {
         require(caller, &[Role::Agent, Role::Admin], "quick replies")?;
-        validate_id("id", id).map_err(invalid)?;
+        im_core::ids::validate_uuid("id", id).map_err(invalid)?;
         check_reply(&group, &title, &text)?;
         let mut reply = self.editable_reply(caller, id).await?;
         if group != reply.group {
@@ -205,7 +205,7 @@ impl CsService {
     /// Deletes a quick reply (its owner, agents of its group, admin).
     pub async fn delete_quick_reply(&self, caller: &Caller, id: &str) -> Result<(), ClientError> {
         require(caller, &[Role::Agent, Role::Admin], "quick replies")?;
-        validate_id("id", id).map_err(invalid)?;
+        im_core::ids::validate_uuid("id", id).map_err(invalid)?;
         self.editable_reply(caller, id).await?;
         self.store.delete_quick_reply(caller.tenant(), id).await?;
         Ok(())

@@ -3,6 +3,7 @@
 //! command and building the answer.
 
 use super::*;
+use im_core::ids::validate_uuid;
 
 impl CsService {
     /// Answers one customer-service frame.
@@ -101,7 +102,7 @@ impl CsService {
     }
 
     async fn end_session(&self, caller: &Caller, r: pb::EndSession) -> Result<Body, ClientError> {
-        validate_id("session_id", &r.session_id).map_err(invalid)?;
+        validate_uuid("session_id", &r.session_id).map_err(invalid)?;
         let c = CsCommand::End { session_id: r.session_id, by: caller.user.clone(), admin: caller.role == Role::Admin };
         let CsReply::Session { session, .. } = self.run(caller, c).await? else { return Err(unexpected()) };
         Ok(Body::SessionEnded(pb::SessionEnded { session: Some(session_pb(&session)) }))
@@ -109,7 +110,7 @@ impl CsService {
 
     async fn rate(&self, caller: &Caller, r: pb::Rate) -> Result<Body, ClientError> {
         require(caller, &[Role::Customer], "Rate")?;
-        validate_id("session_id", &r.session_id).map_err(invalid)?;
+        validate_uuid("session_id", &r.session_id).map_err(invalid)?;
         let customer = caller.user.clone();
         self.run(caller, CsCommand::Rate { session_id: r.session_id, customer, score: r.score, comment: r.comment })
             .await?;
@@ -139,7 +140,7 @@ impl CsService {
 
     async fn transfer_session(&self, caller: &Caller, r: pb::TransferSession) -> Result<Body, ClientError> {
         require(caller, &[Role::Agent, Role::Admin], "TransferSession")?;
-        validate_id("session_id", &r.session_id).map_err(invalid)?;
+        validate_uuid("session_id", &r.session_id).map_err(invalid)?;
         let target = match r.target {
             Some(pb::transfer_session::Target::ToAgent(a)) => {
                 validate_id("to_agent", &a).map_err(invalid)?;
@@ -166,7 +167,7 @@ impl CsService {
 
     async fn claim_left_message(&self, caller: &Caller, r: pb::ClaimLeftMessage) -> Result<Body, ClientError> {
         require(caller, &[Role::Agent], "ClaimLeftMessage")?;
-        validate_id("left_message_id", &r.left_message_id).map_err(invalid)?;
+        validate_uuid("left_message_id", &r.left_message_id).map_err(invalid)?;
         let c = CsCommand::Claim { id: r.left_message_id, agent: caller.user.clone() };
         let CsReply::LeftMessage { message } = self.run(caller, c).await? else { return Err(unexpected()) };
         self.post_left_message(&caller.tenant, &message).await?;

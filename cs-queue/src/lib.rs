@@ -302,7 +302,7 @@ impl CsService {
     /// Checks that `who` may read `conversation_id` as a party of the
     /// service session `session_id`.
     pub async fn may_read(&self, who: &Caller, session_id: &str, conversation_id: &str) -> Result<(), ClientError> {
-        validate_id("session_id", session_id).map_err(invalid)?;
+        im_core::ids::validate_uuid("session_id", session_id).map_err(invalid)?;
         let s = self
             .store
             .session(who.tenant(), session_id)

@@ -28,8 +28,9 @@ mod reads;
 pub use acks::{AckQueue, Held};
 
 use im_core::ClientError;
+use im_core::ErrorCode;
+use im_core::ids::{validate_conversation_id, validate_id, validate_uuid};
 use im_core::pb::{self, Message, content};
-use im_core::{ErrorCode, ids::validate_id};
 use session_router::Router;
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -314,6 +315,8 @@ impl Dispatcher {
         let too_long = |what: &str, s: &str| {
             (s.len() > max).then(|| ClientError::new(ErrorCode::TooLarge, format!("{what} is longer than {max} bytes")))
         };
+        let file_id =
+            |what: &str, id: &str| (!id.is_empty()).then(|| validate_uuid(what, id).err()).flatten().map(invalid);
         let err = match &content.kind {
             None => Some(invalid("content has no kind: set text, image, file or custom".into())),
             Some(content::Kind::Text(t)) if t.is_empty() => Some(invalid("text must not be empty".into())),
@@ -322,14 +325,14 @@ impl Dispatcher {
                 Some(invalid("image needs url or file_id (one of them)".into()))
             }
             Some(content::Kind::Image(i)) => {
-                too_long("image.url", &i.url).or_else(|| too_long("image.file_id", &i.file_id))
+                too_long("image.url", &i.url).or_else(|| file_id("image.file_id", &i.file_id))
             }
             Some(content::Kind::File(f)) if f.url.is_empty() == f.file_id.is_empty() => {
                 Some(invalid("file needs url or file_id (one of them)".into()))
             }
             Some(content::Kind::File(f)) => too_long("file.url", &f.url)
                 .or_else(|| too_long("file.name", &f.name))
-                .or_else(|| too_long("file.file_id", &f.file_id)),
+                .or_else(|| file_id("file.file_id", &f.file_id)),
             Some(content::Kind::Custom(c)) if c.r#type.is_empty() => Some(invalid("custom.type is required".into())),
             Some(content::Kind::Custom(c)) => too_long("custom.json", &c.json).or_else(|| {
                 (!c.json.is_empty() && serde_json::from_str::<serde::de::IgnoredAny>(&c.json).is_err())
@@ -341,8 +344,8 @@ impl Dispatcher {
 
     /// Checks the ids of an `Ack` frame before they are queued.
     pub fn check_ack(&self, ack: &pb::Ack) -> Result<()> {
-        if ack.msg_ids.iter().any(|id| id.len() > 64) {
-            return Err(invalid("msg_ids are UUID strings".into()));
+        if let Some(Err(e)) = ack.msg_ids.iter().map(|id| validate_uuid("msg_ids", id)).find(Result::is_err) {
+            return Err(invalid(e));
         }
         if ack.event_ids.iter().any(|id| storage::parse_event_id(id).is_none()) {
             return Err(invalid("event_ids must be event_id values of ReadReceipt or Recalled pushes".into()));
@@ -411,9 +414,7 @@ impl Dispatcher {
                 return Err(invalid("set conversation_id or with_user, not both".into()));
             }
         };
-        if conversation_id.len() > 64 {
-            return Err(invalid("conversation_id is too long".into()));
-        }
+        validate_conversation_id("conversation_id", &conversation_id).map_err(invalid)?;
         if req.after_seq > 0 && req.before_seq > 0 {
             return Err(invalid("set after_seq or before_seq, not both".into()));
         }

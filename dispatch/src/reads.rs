@@ -3,7 +3,7 @@
 
 use super::{Dispatcher, Result, invalid};
 use im_core::pb::{self, Frame, frame::Body};
-use im_core::{ClientError, ErrorCode, Role, ids::validate_id};
+use im_core::{ClientError, ErrorCode, Role, ids::validate_conversation_id, ids::validate_uuid};
 use std::sync::Arc;
 use storage::{ConversationCursor, DeviceKey, MarkOutcome, MarkRead};
 
@@ -19,9 +19,7 @@ impl Dispatcher {
         if req.up_to_seq == 0 {
             return Err(invalid("up_to_seq must be at least 1".into()));
         }
-        if req.conversation_id.is_empty() || req.conversation_id.len() > 64 {
-            return Err(invalid("conversation_id must be 1 to 64 bytes".into()));
-        }
+        validate_conversation_id("conversation_id", &req.conversation_id).map_err(invalid)?;
         let read =
             MarkRead { reader: reader.clone(), conversation_id: req.conversation_id.clone(), up_to_seq: req.up_to_seq };
         let mark = match self.backends.messages.mark_read(read).await? {
@@ -65,7 +63,7 @@ impl Dispatcher {
     /// any time. Pushes `Recalled` to every other device of both members
     /// (it is also pending for them); recalling again answers the same.
     pub async fn recall(&self, who: &DeviceKey, role: Role, req: pb::Recall) -> Result<pb::Recalled> {
-        validate_id("msg_id", &req.msg_id).map_err(invalid)?;
+        validate_uuid("msg_id", &req.msg_id).map_err(invalid)?;
         let not_found = || ClientError::new(ErrorCode::NotFound, "no such message");
         let message = self.backends.messages.get_by_id(&who.tenant, &req.msg_id).await?.ok_or_else(not_found)?;
         let member = message.from_user == who.user || message.to_user == who.user;

@@ -47,6 +47,37 @@ pub fn validate_id(what: &str, id: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks an id the server made (a message, session, left message, file or
+/// quick reply id): a UUID in its hyphenated form, as the server gave it.
+/// A malformed id is the client's mistake (`INVALID_ARGUMENT`), not a
+/// missing record (`NOT_FOUND`).
+pub fn validate_uuid(what: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    if id.len() != 36 || uuid::Uuid::try_parse(id).is_err() {
+        return Err(format!(
+            "{what} is not an id this server gave (a UUID such as 0190b1f2-0000-7000-8000-000000000000)"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a conversation id from the wire: `c` and 32 lowercase hex digits
+/// (see [`conversation_id`]).
+pub fn validate_conversation_id(what: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err(format!("{what} must not be empty"));
+    }
+    let well_formed = id.len() == 33
+        && id.starts_with('c')
+        && id[1..].bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if !well_formed {
+        return Err(format!("{what} is not a conversation id (c and 32 hex digits)"));
+    }
+    Ok(())
+}
+
 /// What a token allows its holder to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -110,6 +141,18 @@ mod tests {
         assert!(ab.starts_with('c'));
         // The separator keeps ("a", "bc") and ("ab", "c") apart.
         assert_ne!(conversation_id("t", "a", "bc"), conversation_id("t", "ab", "c"));
+    }
+
+    #[test]
+    fn server_ids_and_conversation_ids_are_checked_by_form() {
+        assert!(validate_uuid("msg_id", &new_msg_id()).is_ok());
+        for bad in ["", "not-a-msg-id", "0190b1f2000070008000000000000000", "{0190b1f2-0000-7000-8000-000000000000}"] {
+            assert!(validate_uuid("msg_id", bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_conversation_id("c", &conversation_id("t", "a", "b")).is_ok());
+        for bad in ["", "c123", "x0123456789abcdef0123456789abcdef", "c0123456789ABCDEF0123456789ABCDEF"] {
+            assert!(validate_conversation_id("c", bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

@@ -97,16 +97,11 @@ impl Watchers {
 }
 
 impl Router {
-    /// Starts watching `users` for the connection: answers their state now
-    /// and pushes each change until [`Router::unwatch`] or the connection
-    /// closes.
-    pub async fn watch(
-        &self,
-        conn_id: u64,
-        tenant: &str,
-        users: &[String],
-        max: usize,
-    ) -> Result<Vec<PresenceUpdate>, WatchError> {
+    /// Starts watching `users` for the connection, at once (so that a later
+    /// [`Router::unwatch`] of the same connection undoes it): each change
+    /// is pushed until `unwatch` or the connection closes. Their state now
+    /// is [`Router::presence_now`].
+    pub fn watch(&self, conn_id: u64, tenant: &str, users: &[String], max: usize) -> Result<(), WatchError> {
         let epoch = self.local.get(&conn_id).map(|c| c.epoch).ok_or(WatchError::NoConnection)?;
         {
             let mut mine = self.watchers.by_conn.entry(conn_id).or_insert_with(|| (tenant.into(), Vec::new()));
@@ -129,6 +124,12 @@ impl Router {
             self.watchers.drop_conn(conn_id);
             return Err(WatchError::NoConnection);
         }
+        Ok(())
+    }
+
+    /// The state of `users` now, remembered as what their watchers here
+    /// were told.
+    pub async fn presence_now(&self, tenant: &str, users: &[String]) -> Result<Vec<PresenceUpdate>, WatchError> {
         let mut out = Vec::with_capacity(users.len());
         for u in users {
             let online = !self.presence.lookup(tenant, u).await?.is_empty();

@@ -62,6 +62,20 @@ impl Client {
         self.ws.send(msg).await.expect("send frame");
     }
 
+    /// Sends frames in one write (pipelined, as a client that has several
+    /// ready does).
+    pub async fn send_frames(&mut self, frames: &[Frame]) {
+        for frame in frames {
+            let bytes = im_core::encode_frame(self.encoding, frame);
+            let msg = match self.encoding {
+                Encoding::Protobuf => WsMessage::binary(bytes),
+                Encoding::Json => WsMessage::text(String::from_utf8(bytes).unwrap()),
+            };
+            self.ws.feed(msg).await.expect("send frame");
+        }
+        self.ws.flush().await.expect("flush frames");
+    }
+
     pub async fn send_raw(&mut self, msg: WsMessage) -> Result<(), tokio_tungstenite::tungstenite::Error> {
         self.ws.send(msg).await
     }

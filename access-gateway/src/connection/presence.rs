@@ -18,20 +18,32 @@ impl<S> Conn<S> {
         if let Some(Err(e)) = s.users.iter().map(|u| validate_id("users", u)).find(Result::is_err) {
             return self.emit(&error_frame(req_id, ErrorCode::InvalidArgument, e));
         }
-        let (router, mailbox, conn_id) = (self.gw.dispatch.router().clone(), self.mailbox.clone(), self.conn_id);
-        let tenant = self.device.tenant.clone();
-        // The answer comes through the mailbox, one update per user.
+        let router = self.gw.dispatch.router().clone();
+        // Watching starts now, in frame order (an unsubscribe read next
+        // undoes it); the answer comes through the mailbox, one update per
+        // user.
+        match router.watch(self.conn_id, &self.device.tenant, &s.users, max) {
+            Ok(()) => {}
+            Err(e @ WatchError::TooMany(_)) => {
+                return self.emit(&error_frame(req_id, ErrorCode::TooLarge, e.to_string()));
+            }
+            Err(WatchError::NoConnection) => return Ok(()),
+            Err(WatchError::Storage(e)) => {
+                return self.emit(&error_frame(req_id, ErrorCode::Unavailable, e.to_string()));
+            }
+        }
+        let (mailbox, tenant) = (self.mailbox.clone(), self.device.tenant.clone());
         tokio::spawn(async move {
-            let replies = match router.watch(conn_id, &tenant, &s.users, max).await {
+            let replies = match router.presence_now(&tenant, &s.users).await {
                 Ok(updates) => {
                     updates.into_iter().map(|u| Frame { req_id, body: Some(Body::PresenceUpdate(u)) }).collect()
                 }
-                Err(e @ WatchError::TooMany(_)) => vec![error_frame(req_id, ErrorCode::TooLarge, e.to_string())],
-                Err(WatchError::NoConnection) => return,
-                Err(WatchError::Storage(e)) => vec![error_frame(req_id, ErrorCode::Unavailable, e.to_string())],
+                Err(e) => vec![error_frame(req_id, ErrorCode::Unavailable, e.to_string())],
             };
+            // Not `Reply`: those count against the connection's sends in
+            // flight, which a subscription never took.
             for r in replies {
-                let _ = mailbox.push(Push::Reply(Box::new(r)));
+                let _ = mailbox.push(Push::Event(std::sync::Arc::new(r)));
             }
         });
         Ok(())

@@ -199,3 +199,74 @@ async fn no_auth_within_the_timeout_is_closed() {
     assert!(e.message.contains("no Auth frame"), "{}", e.message);
     s.stop().await;
 }
+
+/// Every frame that names an id the server made refuses a malformed one as
+/// the client's mistake (`INVALID_ARGUMENT`), never as a missing record
+/// (`NOT_FOUND`), and the connection goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_ids_are_invalid_arguments_in_every_frame() {
+    let s = TestServer::start().await;
+    let admin = s.token_with_role("acme", "boss", im_core::Role::Admin);
+    let mut c = Client::login(&s.ws_url, &admin, "d").await;
+    let bad = "not-a-msg-id";
+    let image = |file_id: &str| pb::Content {
+        kind: Some(pb::content::Kind::Image(pb::Image { file_id: file_id.into(), ..Default::default() })),
+    };
+    let file = |file_id: &str| pb::Content {
+        kind: Some(pb::content::Kind::File(pb::File { file_id: file_id.into(), ..Default::default() })),
+    };
+    let send = |client_msg_id: &str, content| {
+        Body::Send(pb::Send { client_msg_id: client_msg_id.into(), to_user: "bob".into(), content: Some(content) })
+    };
+    let frames = [
+        ("Recall", Body::Recall(pb::Recall { msg_id: bad.into() })),
+        ("Ack", Body::Ack(pb::Ack { msg_ids: vec![bad.into()], event_ids: vec![] })),
+        ("MarkRead", Body::MarkRead(pb::MarkRead { conversation_id: "cnope".into(), up_to_seq: 1 })),
+        ("SyncRequest", Body::SyncRequest(pb::SyncRequest { conversation_id: "cnope".into(), ..Default::default() })),
+        (
+            "SyncRequest with session_id",
+            Body::SyncRequest(pb::SyncRequest {
+                conversation_id: im_core::conversation_id("acme", "boss", "bob"),
+                session_id: bad.into(),
+                ..Default::default()
+            }),
+        ),
+        ("EndSession", Body::EndSession(pb::EndSession { session_id: bad.into() })),
+        (
+            "TransferSession",
+            Body::TransferSession(pb::TransferSession {
+                session_id: bad.into(),
+                target: Some(pb::transfer_session::Target::ToGroup("default".into())),
+                note: String::new(),
+            }),
+        ),
+        ("Send image", send("img-1", image(bad))),
+        ("Send file", send("file-1", file(bad))),
+    ];
+    for (what, body) in frames {
+        match c.request(body).await.body {
+            Some(Body::Error(e)) => assert_eq!(code(&e), ErrorCode::InvalidArgument, "{what}: {e:?}"),
+            other => panic!("{what}: expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+    // Frames of one role: the customer's rating, the agent's claim.
+    let mut customer = s.login("acme", "carol", "phone").await;
+    let agent = s.token_with_role("acme", "amy", im_core::Role::Agent);
+    let mut agent = Client::login(&s.ws_url, &agent, "d").await;
+    let rate = Body::Rate(pb::Rate { session_id: bad.into(), score: 5, comment: String::new() });
+    let claim = Body::ClaimLeftMessage(pb::ClaimLeftMessage { left_message_id: bad.into() });
+    for (what, client, body) in [("Rate", &mut customer, rate), ("ClaimLeftMessage", &mut agent, claim)] {
+        match client.request(body).await.body {
+            Some(Body::Error(e)) => assert_eq!(code(&e), ErrorCode::InvalidArgument, "{what}: {e:?}"),
+            other => panic!("{what}: expected INVALID_ARGUMENT, got {other:?}"),
+        }
+    }
+    // Well-formed but unknown ids are missing records.
+    let unknown = "0190b1f2-0000-7000-8000-000000000000";
+    match c.request(Body::Recall(pb::Recall { msg_id: unknown.into() })).await.body {
+        Some(Body::Error(e)) => assert_eq!(code(&e), ErrorCode::NotFound, "{e:?}"),
+        other => panic!("expected NOT_FOUND, got {other:?}"),
+    }
+    assert_eq!(c.send_text("bob", "still-fine", "still fine").await.unwrap().seq, 1);
+    s.stop().await;
+}

@@ -416,7 +416,7 @@ async fn roles_bad_input_quick_replies_and_the_default_group() {
     let long_page =
         Body::RequestService(pb::RequestService { group: "g".into(), page: "p".repeat(1025), ..Default::default() });
     assert_eq!(code(&cs_err(&mut cust, long_page).await), ErrorCode::InvalidArgument);
-    let unknown = Body::EndSession(pb::EndSession { session_id: "nope".into() });
+    let unknown = Body::EndSession(pb::EndSession { session_id: "0190b1f2-0000-7000-8000-000000000000".into() });
     assert_eq!(code(&cs_err(&mut cust, unknown).await), ErrorCode::NotFound);
     // A server-to-client cs frame from a client.
     assert_eq!(code(&cs_err(&mut cust, Body::CsOk(pb::CsOk::default())).await), ErrorCode::BadFrame);

@@ -407,6 +407,9 @@ async fn history_pages_both_ways_and_checks_membership() {
     let e = mallory.sync(pb::SyncRequest { conversation_id: conv.clone(), ..Default::default() }).await.unwrap_err();
     assert_eq!(code(&e), ErrorCode::Forbidden);
     let e = mallory.sync(pb::SyncRequest { conversation_id: "cnope".into(), ..Default::default() }).await.unwrap_err();
+    assert_eq!(code(&e), ErrorCode::InvalidArgument, "not a conversation id");
+    let unknown = "c0123456789abcdef0123456789abcdef";
+    let e = mallory.sync(pb::SyncRequest { conversation_id: unknown.into(), ..Default::default() }).await.unwrap_err();
     assert_eq!(code(&e), ErrorCode::NotFound);
     let e = mallory.sync(pb::SyncRequest::default()).await.unwrap_err();
     assert_eq!(code(&e), ErrorCode::InvalidArgument);
@@ -535,6 +538,27 @@ async fn typing_reaches_the_peers_devices_and_nothing_else() {
     assert_eq!(alice.send_text("bob", "still-fine", "still fine").await.unwrap().seq, 2);
 }
 
+/// A connection's signals take effect in the order sent: "stopped" right
+/// after "typing" never arrives first, which would leave the peer showing
+/// "typing" after the sender stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typing_then_stopped_arrive_in_the_order_sent() {
+    let s = TestServer::start().await;
+    let mut alice = s.login("acme", "alice", "a1").await;
+    let mut bob = s.login("acme", "bob", "b1").await;
+    for attempt in 0..20 {
+        let signals = [true, false].map(|on| pb::Frame { req_id: 0, body: Some(typing("bob", on)) });
+        alice.send_frames(&signals).await;
+        // "typing" may arrive or be replaced by the "stopped" queued after it.
+        while next_typing(&mut bob).await.typing {}
+        while let Some(Ok(f)) = bob.recv(std::time::Duration::from_millis(100)).await {
+            let late = matches!(&f.body, Some(pb::frame::Body::Typing(t)) if t.typing);
+            assert!(!late, "attempt {attempt}: 'typing' arrived after the 'stopped' sent after it");
+        }
+    }
+    s.stop().await;
+}
+
 async fn next_presence(c: &mut Client) -> pb::PresenceUpdate {
     c.next_matching("PresenceUpdate", |b| match b {
         pb::frame::Body::PresenceUpdate(u) => Some(u.clone()),
@@ -545,6 +569,32 @@ async fn next_presence(c: &mut Client) -> pb::PresenceUpdate {
 
 fn subscribe(users: &[&str]) -> pb::frame::Body {
     pb::frame::Body::PresenceSubscribe(pb::PresenceSubscribe { users: users.iter().map(|u| u.to_string()).collect() })
+}
+
+/// A subscribe and an unsubscribe sent in one write take effect in that
+/// order: the connection is left watching nobody it unsubscribed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_unsubscribe_right_after_subscribe_takes_effect_in_order() {
+    let s = TestServer::start().await;
+    let mut w = s.login("acme", "watcher", "w").await;
+    let mut witness = s.login("acme", "witness", "w").await;
+    let Some(pb::frame::Body::PresenceUpdate(_)) = witness.request(subscribe(&["dave"])).await.body else { panic!() };
+    let unsubscribe = pb::frame::Body::PresenceUnsubscribe(pb::PresenceUnsubscribe { users: vec!["dave".into()] });
+    w.send_frames(&[
+        pb::Frame { req_id: 3, body: Some(subscribe(&["dave", "bob"])) },
+        pb::Frame { req_id: 0, body: Some(unsubscribe) },
+    ])
+    .await;
+    for _ in 0..2 {
+        assert_eq!(w.next_frame().await.req_id, 3, "the subscription's answer");
+    }
+    let _dave = s.login("acme", "dave", "d").await;
+    let told = next_presence(&mut witness).await;
+    assert_eq!((told.user.as_str(), told.online), ("dave", true));
+    let _bob = s.login("acme", "bob", "b").await;
+    let u = next_presence(&mut w).await;
+    assert_eq!((u.user.as_str(), u.online), ("bob", true), "dave was unsubscribed before he came online");
+    s.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

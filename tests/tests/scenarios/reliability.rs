@@ -163,7 +163,10 @@ async fn acks_of_own_deliveries_do_not_count_against_the_rate_limit() {
         let req_id = bob.next_req_id();
         bob.send_frame(&pb::Frame {
             req_id,
-            body: Some(Body::Ack(pb::Ack { msg_ids: vec!["unknown".into()], event_ids: vec![] })),
+            body: Some(Body::Ack(pb::Ack {
+                msg_ids: vec!["0190b1f2-0000-7000-8000-000000000000".into()],
+                event_ids: vec![],
+            })),
         })
         .await;
         let ping = bob.request(Body::Ping(pb::Ping {})).await;
