@@ -14,15 +14,17 @@
 //!   pass is followed by another; live delivery starts after a clean pass;
 //! - expired deliveries are resent in (conversation, seq) order, at most
 //!   `max_resends` times, then the connection is closed;
+//! - a resend carries the message as stored now (a recall since the first
+//!   delivery shows): the window keeps only ids and positions in flight,
+//!   never the messages, and asks for them to be read again;
 //! - at most `max_inflight` deliveries are in flight: replay pages are sized
 //!   to the room left, and a live push beyond it closes the connection.
 
 use im_core::CloseCode;
 use im_core::pb::Message;
-use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::Duration;
 use storage::PendingCursor;
@@ -56,8 +58,20 @@ impl WindowLimits {
 pub enum Action {
     /// Write this message as a `Deliver`.
     Deliver { message: Arc<Message>, replay: bool },
+    /// Read these messages again, in this order, and answer with
+    /// [`DeliveryWindow::on_reloaded`] (or
+    /// [`on_reload_failed`](DeliveryWindow::on_reload_failed)): they stayed
+    /// unacknowledged for the ack timeout and are sent again as they are now.
+    Reload(Vec<Position>),
     /// Close the connection; what was in flight stays pending.
     Close { code: CloseCode, reason: &'static str },
+}
+
+/// Where a message is stored: its conversation and seq.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub conversation_id: Box<str>,
+    pub seq: u64,
 }
 
 /// A replay page to load: up to `limit` pending messages after `cursor`,
@@ -69,36 +83,14 @@ pub struct PageRequest {
     pub delay: Duration,
 }
 
-/// A delivery awaiting its ack.
+/// A delivery awaiting its ack: where the message is (to read it again for
+/// a resend), not the message.
 #[derive(Debug)]
 struct Sent {
+    at: Position,
     sent_at: Instant,
     resends: u32,
 }
-
-/// An in-flight message, keyed by its `msg_id` without a copy of the id.
-#[derive(Debug, Clone)]
-struct ById(Arc<Message>);
-
-impl Borrow<str> for ById {
-    fn borrow(&self) -> &str {
-        &self.0.msg_id
-    }
-}
-
-impl Hash for ById {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.msg_id.as_str().hash(state)
-    }
-}
-
-impl PartialEq for ById {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.msg_id == other.0.msg_id
-    }
-}
-
-impl Eq for ById {}
 
 /// A replay pass over the pending set.
 #[derive(Debug)]
@@ -120,10 +112,10 @@ impl Replay {
     }
 }
 
-/// The in-flight table. Its keys are msg_ids the server made (acks only
-/// look up), so a hasher without per-table random state is safe, and it
-/// keeps every connection 16 bytes smaller.
-type Inflight = HashMap<ById, Sent, BuildHasherDefault<DefaultHasher>>;
+/// The in-flight table, by msg_id. Its keys are msg_ids the server made
+/// (acks only look up), so a hasher without per-table random state is
+/// safe, and it keeps every connection 16 bytes smaller.
+type Inflight = HashMap<Box<str>, Sent, BuildHasherDefault<DefaultHasher>>;
 
 /// One connection's deliveries. See the module docs for its invariants. Its
 /// limits are passed to each event (they are the server's, not the
@@ -134,12 +126,15 @@ pub struct DeliveryWindow {
     /// Boxed: an idle connection holds a null pointer, not the whole pass.
     replay: Option<Box<Replay>>,
     next_check: Option<Instant>,
+    /// Resends are being read again ([`Action::Reload`]); no other
+    /// reload is asked for until they are.
+    reloading: bool,
 }
 
 impl DeliveryWindow {
     /// A window that starts with a replay pass (a connection's first act).
     pub fn new(now: Instant) -> Self {
-        Self { inflight: Inflight::default(), replay: Some(Replay::new(now)), next_check: None }
+        Self { inflight: Inflight::default(), replay: Some(Replay::new(now)), next_check: None, reloading: false }
     }
 
     pub fn in_flight(&self) -> usize {
@@ -247,7 +242,8 @@ impl DeliveryWindow {
         out: &mut dyn FnMut(Action),
     ) {
         self.next_check.get_or_insert(now + limits.check_every());
-        self.inflight.insert(ById(message.clone()), Sent { sent_at: now, resends: 0 });
+        let at = Position { conversation_id: message.conversation_id.as_str().into(), seq: message.seq };
+        self.inflight.insert(message.msg_id.as_str().into(), Sent { at, sent_at: now, resends: 0 });
         out(Action::Deliver { message, replay });
     }
 
@@ -275,31 +271,63 @@ impl DeliveryWindow {
     }
 
     /// Resends what stayed unacknowledged for an ack timeout, in
-    /// (conversation, seq) order; closes the connection when a delivery
-    /// has been resent `max_resends` times already.
+    /// (conversation, seq) order, by asking for it to be read again
+    /// ([`Action::Reload`]); closes the connection when a delivery has been
+    /// resent `max_resends` times already.
     pub fn on_tick(&mut self, limits: &WindowLimits, now: Instant, out: &mut dyn FnMut(Action)) {
         if self.next_check.is_none_or(|at| now < at) {
             return;
         }
         self.next_check = (!self.inflight.is_empty()).then(|| now + limits.check_every());
+        if self.reloading {
+            return;
+        }
         let timeout = limits.ack_timeout;
-        let mut expired: Vec<&ById> =
-            self.inflight.iter().filter(|(_, s)| s.sent_at + timeout <= now).map(|(k, _)| k).collect();
+        let mut expired: Vec<&mut Sent> = self.inflight.values_mut().filter(|s| s.sent_at + timeout <= now).collect();
         if expired.is_empty() {
             return;
         }
-        expired.sort_by(|a, b| (&a.0.conversation_id, a.0.seq).cmp(&(&b.0.conversation_id, b.0.seq)));
-        let expired: Vec<Arc<Message>> = expired.into_iter().map(|k| k.0.clone()).collect();
-        for message in expired {
-            let Some(sent) = self.inflight.get_mut(message.msg_id.as_str()) else { continue };
-            if sent.resends >= limits.max_resends {
-                out(Action::Close { code: CloseCode::AckTimeout, reason: "deliveries stayed unacknowledged" });
-                return;
-            }
-            sent.resends += 1;
-            sent.sent_at = now;
-            out(Action::Deliver { message, replay: true });
+        if expired.iter().any(|s| s.resends >= limits.max_resends) {
+            out(Action::Close { code: CloseCode::AckTimeout, reason: "deliveries stayed unacknowledged" });
+            return;
         }
+        expired.sort_by(|a, b| a.at.cmp(&b.at));
+        let positions = expired
+            .into_iter()
+            .map(|sent| {
+                sent.resends += 1;
+                sent.sent_at = now;
+                sent.at.clone()
+            })
+            .collect();
+        self.reloading = true;
+        out(Action::Reload(positions));
+    }
+
+    /// The messages of an [`Action::Reload`], as stored now, in its order:
+    /// resends those still in flight (an ack may have come meanwhile). A
+    /// message no longer stored is no longer pending either: it leaves the
+    /// window.
+    pub fn on_reloaded(&mut self, asked: &[Position], messages: Vec<Message>, out: &mut dyn FnMut(Action)) {
+        self.reloading = false;
+        let found: std::collections::HashSet<(&str, u64)> =
+            messages.iter().map(|m| (m.conversation_id.as_str(), m.seq)).collect();
+        self.inflight
+            .retain(|_, sent| !asked.contains(&sent.at) || found.contains(&(&*sent.at.conversation_id, sent.at.seq)));
+        for message in messages {
+            if self.inflight.contains_key(message.msg_id.as_str()) {
+                out(Action::Deliver { message: Arc::new(message), replay: true });
+            }
+        }
+        if self.inflight.is_empty() {
+            self.next_check = None;
+        }
+    }
+
+    /// The messages of an [`Action::Reload`] could not be read: they stay
+    /// in flight and are asked for again when they expire again.
+    pub fn on_reload_failed(&mut self) {
+        self.reloading = false;
     }
 }
 
@@ -332,7 +360,7 @@ mod tests {
             .iter()
             .filter_map(|a| match a {
                 Action::Deliver { message, replay } => Some((message.msg_id.clone(), *replay)),
-                Action::Close { .. } => None,
+                Action::Close { .. } | Action::Reload(_) => None,
             })
             .collect()
     }
@@ -382,8 +410,12 @@ mod tests {
         assert_eq!(delivered(&actions), [("a-3".into(), false)]);
     }
 
+    fn at(conversation: &str, seq: u64) -> Position {
+        Position { conversation_id: conversation.into(), seq }
+    }
+
     #[test]
-    fn resends_in_seq_order_then_closes() {
+    fn resends_read_again_in_seq_order_then_closes() {
         let t0 = Instant::now();
         let mut w = live(t0);
         for (c, s) in [("b", 1), ("a", 2), ("a", 1)] {
@@ -396,14 +428,44 @@ mod tests {
         assert_eq!(w.next_deadline(), Some(t0 + Duration::from_millis(11_500)), "checked every quarter timeout");
         let t1 = t0 + Duration::from_millis(11_500);
         let (_, actions) = run(|out| w.on_tick(&LIMITS, t1, &mut |a| out(a)));
+        let asked = vec![at("a", 1), at("a", 2)];
+        assert_eq!(actions, [Action::Reload(asked.clone())], "read again, in seq order");
+        let (_, waiting) = run(|out| w.on_tick(&LIMITS, t1 + Duration::from_secs(10), &mut |a| out(a)));
+        assert!(waiting.is_empty(), "one reload at a time");
+        let (_, actions) = run(|out| w.on_reloaded(&asked, vec![msg("a", 1), msg("a", 2)], &mut |a| out(a)));
         assert_eq!(delivered(&actions), [("a-1".into(), true), ("a-2".into(), true)]);
-        let (_, actions) = run(|out| w.on_tick(&LIMITS, t1 + Duration::from_secs(10), &mut |a| out(a)));
-        assert_eq!(delivered(&actions).len(), 2, "second resend");
         let (_, actions) = run(|out| w.on_tick(&LIMITS, t1 + Duration::from_secs(20), &mut |a| out(a)));
+        assert_eq!(actions, [Action::Reload(asked.clone())], "second resend");
+        w.on_reload_failed();
+        let (_, actions) = run(|out| w.on_tick(&LIMITS, t1 + Duration::from_secs(30), &mut |a| out(a)));
         assert_eq!(
             actions,
             [Action::Close { code: CloseCode::AckTimeout, reason: "deliveries stayed unacknowledged" }]
         );
+    }
+
+    #[test]
+    fn a_resend_carries_the_message_as_stored_now() {
+        let t0 = Instant::now();
+        let mut w = live(t0);
+        let mut original = msg("a", 1);
+        original.content = Some(im_core::pb::Content {
+            kind: Some(im_core::pb::content::Kind::Text("my card number is 4111".into())),
+        });
+        run(|out| w.on_push(&LIMITS, Arc::new(original.clone()), t0, &mut |a| out(a)));
+        run(|out| w.on_push(&LIMITS, Arc::new(msg("a", 2)), t0, &mut |a| out(a)));
+        run(|out| w.on_push(&LIMITS, Arc::new(msg("a", 3)), t0, &mut |a| out(a)));
+        let t1 = t0 + LIMITS.ack_timeout;
+        let (_, actions) = run(|out| w.on_tick(&LIMITS, t1, &mut |a| out(a)));
+        let asked = vec![at("a", 1), at("a", 2), at("a", 3)];
+        assert_eq!(actions, [Action::Reload(asked.clone())]);
+        // Meanwhile: the first was recalled, the second acked, the third is
+        // no longer stored.
+        w.on_ack(["a-2"].into_iter());
+        let recalled = Message { content: None, recalled_by: "alice".into(), ..original };
+        let (_, actions) = run(|out| w.on_reloaded(&asked, vec![recalled.clone(), msg("a", 2)], &mut |a| out(a)));
+        assert_eq!(actions, [Action::Deliver { message: Arc::new(recalled), replay: true }]);
+        assert_eq!(w.in_flight(), 1, "what is no longer stored leaves the window");
     }
 
     #[test]
@@ -455,6 +517,10 @@ mod tests {
         Page {
             fail: bool,
         },
+        /// The store answers the reload request, or fails it.
+        Reload {
+            fail: bool,
+        },
         /// Time passes.
         Wait(u64),
         Resync,
@@ -465,6 +531,7 @@ mod tests {
             4 => (0u8..3, prop::bool::weighted(0.1)).prop_map(|(conv, lost)| Step::Push { conv, lost }),
             3 => (0usize..16).prop_map(Step::Ack),
             3 => prop::bool::weighted(0.1).prop_map(|fail| Step::Page { fail }),
+            2 => prop::bool::weighted(0.2).prop_map(|fail| Step::Reload { fail }),
             1 => (1u64..6000).prop_map(Step::Wait),
             1 => Just(Step::Resync),
         ]
@@ -478,6 +545,12 @@ mod tests {
     }
 
     impl Store {
+        /// Every message is kept (acked or not), so what is read again is
+        /// the stored message.
+        fn reload(&self, asked: &[Position]) -> Vec<Message> {
+            asked.iter().map(|p| msg(&p.conversation_id, p.seq)).collect()
+        }
+
         fn page(&self, req: &PageRequest) -> Vec<Message> {
             let after = req.cursor.as_ref().map(|c| (c.conversation_id.clone(), c.seq));
             self.pending
@@ -510,15 +583,22 @@ mod tests {
         let mut last_first_seq: HashMap<String, u64> = HashMap::new();
         let mut live_started = false;
         let mut closed = false;
+        let mut reload: Option<Vec<Position>> = None;
         let mut apply = |actions: Vec<Action>,
                          w: &DeliveryWindow,
                          store: &Store,
-                         unacked: &mut Vec<String>|
+                         unacked: &mut Vec<String>,
+                         reload: &mut Option<Vec<Position>>|
          -> Result<bool, TestCaseError> {
             let mut resent: Vec<(String, u64)> = Vec::new();
             for a in actions {
                 match a {
                     Action::Close { .. } => return Ok(true),
+                    Action::Reload(asked) => {
+                        prop_assert!(reload.is_none(), "one reload at a time");
+                        prop_assert!(asked.is_sorted(), "resends in seq order");
+                        *reload = Some(asked);
+                    }
                     Action::Deliver { message, replay } => {
                         let id = message.msg_id.clone();
                         if !replay {
@@ -588,20 +668,29 @@ mod tests {
                         }
                     }
                 }
+                Step::Reload { fail } => {
+                    if let Some(asked) = reload.take() {
+                        if fail {
+                            w.on_reload_failed();
+                        } else {
+                            w.on_reloaded(&asked, store.reload(&asked), &mut out);
+                        }
+                    }
+                }
                 Step::Wait(ms) => {
                     now += Duration::from_millis(ms);
                     w.on_tick(&LIMITS, now, &mut out);
                 }
                 Step::Resync => w.resync(now),
             }
-            if apply(actions, &w, &store, &mut unacked)? || closed {
+            if apply(actions, &w, &store, &mut unacked, &mut reload)? || closed {
                 return Ok(());
             }
             if page.is_none() {
                 page = w.next_page(&LIMITS, 1000);
             }
             prop_assert!(w.in_flight() <= LIMITS.max_inflight);
-            let in_flight: HashSet<&str> = w.inflight.keys().map(|k| k.0.msg_id.as_str()).collect();
+            let in_flight: HashSet<&str> = w.inflight.keys().map(|k| &**k).collect();
             let held: HashSet<&str> = unacked.iter().map(String::as_str).collect();
             prop_assert_eq!(in_flight, held, "delivered = acked + in flight");
         }
@@ -616,6 +705,9 @@ mod tests {
                 return Ok(());
             }
             let mut actions = Vec::new();
+            if let Some(asked) = reload.take() {
+                w.on_reloaded(&asked, store.reload(&asked), &mut |a| actions.push(a));
+            }
             match page.take().or_else(|| w.next_page(&LIMITS, 1000)) {
                 Some(req) => {
                     w.on_page(&LIMITS, store.page(&req), now, &mut |a| actions.push(a));
@@ -626,7 +718,7 @@ mod tests {
                     w.resync(now);
                 }
             }
-            if apply(actions, &w, &store, &mut unacked)? {
+            if apply(actions, &w, &store, &mut unacked, &mut reload)? {
                 return Ok(());
             }
         }

@@ -389,7 +389,9 @@ impl Dispatcher {
         Ok(self.backends.pending.pending_events(device, after, limit).await?)
     }
 
-    /// One stored message, for a resend.
+    /// One stored message by position, as it is now (a recalled one
+    /// without its content): for resends, since a connection keeps only
+    /// where its unacknowledged deliveries are.
     pub async fn message(&self, tenant: &str, conversation_id: &str, seq: u64) -> Result<Option<Message>> {
         Ok(self.backends.messages.get(tenant, conversation_id, seq).await?)
     }

@@ -37,7 +37,7 @@ mod typing;
 mod wire;
 
 use crate::Gateway;
-use crate::window::{Action, DeliveryWindow, PageRequest, WindowLimits};
+use crate::window::{Action, DeliveryWindow, PageRequest, Position, WindowLimits};
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use im_core::DeviceKey;
 use im_core::pb::{Frame, Message};
@@ -356,11 +356,13 @@ impl<S> Conn<S> {
         let (outbox, encoding) = (&mut self.outbox, self.encoding);
         let limits = self.gw.config.window_limits();
         let mut exit = None;
+        let mut reload = None;
         event(&mut self.window, &limits, &mut |action| {
             if exit.is_some() {
                 return;
             }
             match action {
+                Action::Reload(positions) => reload = Some(positions),
                 Action::Deliver { message, replay } => match queue_frame(outbox, wire::encode_deliver(encoding, &message, replay)) {
                     Ok(()) => metrics::counter!("dongdong_deliveries_total", "replay" => if replay { "true" } else { "false" })
                         .increment(1),
@@ -369,7 +371,27 @@ impl<S> Conn<S> {
                 Action::Close { code, reason } => exit = Some(close(code, reason)),
             }
         });
+        if let Some(positions) = reload {
+            self.start_reload(positions);
+        }
         exit.map_or(Ok(()), Err)
+    }
+
+    /// Reads the messages of a resend again (the window asks for one
+    /// reload at a time).
+    fn start_reload(&mut self, positions: Vec<Position>) {
+        let (dispatch, tenant) = (self.gw.dispatch.clone(), self.device.tenant.clone());
+        self.page.get_or_insert_default().reloading = Some(Box::pin(async move {
+            let mut messages = Vec::with_capacity(positions.len());
+            for p in &positions {
+                match dispatch.message(&tenant, &p.conversation_id, p.seq).await {
+                    Ok(Some(m)) => messages.push(m),
+                    Ok(None) => {}
+                    Err(e) => return Loaded::Reloaded(positions, Err(e)),
+                }
+            }
+            Loaded::Reloaded(positions, Ok(messages))
+        }));
     }
 
     fn on_mail(&mut self, mail: Mail, now: Instant) -> Result<(), Exit> {
@@ -470,6 +492,15 @@ impl<S> Conn<S> {
                 self.end_events();
                 Ok(())
             }
+            Loaded::Reloaded(positions, Ok(messages)) => {
+                self.apply(|window, _, out| window.on_reloaded(&positions, messages, out))
+            }
+            Loaded::Reloaded(_, Err(e)) => {
+                // Still in flight: resent when they expire again.
+                warn!(error = %e, "reading unacknowledged messages again for a resend failed");
+                self.window.on_reload_failed();
+                Ok(())
+            }
         }
     }
 
@@ -477,7 +508,7 @@ impl<S> Conn<S> {
     fn end_events(&mut self) {
         if let Some(p) = &mut self.page {
             p.events = None;
-            if p.loading.is_none() {
+            if p.is_idle() {
                 self.page = None;
             }
         }
@@ -579,11 +610,9 @@ impl<S: Socket> Conn<S> {
             return Some(Event::AcksQueued);
         }
         if let Some(paging) = &mut self.page
-            && let Some(page) = &mut paging.loading
-            && let Poll::Ready(result) = page.as_mut().poll(cx)
+            && let Some(result) = paging.poll_loaded(cx)
         {
-            paging.loading = None;
-            if paging.events.is_none() {
+            if paging.is_idle() {
                 self.page = None;
             }
             return Some(Event::Page(result));
@@ -595,13 +624,16 @@ impl<S: Socket> Conn<S> {
 /// Most pending receipts and recalls asked for in one page.
 const EVENT_PAGE: usize = 128;
 
-/// A replay page: pending messages or pending events.
+/// A replay page (pending messages or pending events), or the messages of
+/// a resend read again.
 enum Loaded {
     Messages(dispatch::Result<Vec<Message>>),
     Events(dispatch::Result<Vec<storage::PendingEvent>>),
+    Reloaded(Vec<Position>, dispatch::Result<Vec<Message>>),
 }
 
-/// Replay state of a connection, boxed: idle connections hold none.
+/// Replay and resend state of a connection, boxed: idle connections hold
+/// none.
 #[derive(Default)]
 struct Paging {
     /// The page being loaded.
@@ -609,6 +641,27 @@ struct Paging {
     /// After each replay pass over the messages: the pass over pending
     /// receipts and recalls.
     events: Option<EventsReplay>,
+    /// Unacknowledged messages being read again for their resend.
+    reloading: Option<BoxFuture<Loaded>>,
+}
+
+impl Paging {
+    fn is_idle(&self) -> bool {
+        self.loading.is_none() && self.events.is_none() && self.reloading.is_none()
+    }
+
+    /// A page or a reload that has finished loading.
+    fn poll_loaded(&mut self, cx: &mut Context<'_>) -> Option<Loaded> {
+        for slot in [&mut self.loading, &mut self.reloading] {
+            if let Some(future) = slot
+                && let Poll::Ready(loaded) = future.as_mut().poll(cx)
+            {
+                *slot = None;
+                return Some(loaded);
+            }
+        }
+        None
+    }
 }
 
 /// The pass over a device's pending receipts and recalls.

@@ -30,6 +30,33 @@ async fn unacked_delivery_is_resent_until_acked() {
     s.stop().await;
 }
 
+/// A delivery still unacked when its sender recalls it is resent as it is
+/// stored now: recalled, without the words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_after_a_recall_carries_no_recalled_text() {
+    let s = TestServer::start_with(|c| c.timeouts.ack = Duration::from_millis(300)).await;
+    let mut bob = s.login("acme", "bob", "b1").await;
+    let mut alice = s.login("acme", "alice", "a1").await;
+    let ack = alice.send_text("bob", "oops", "my card number is 4111").await.unwrap();
+    let first = bob.next_deliver().await;
+    assert_eq!(dongdong_tests::client::text_of(msg(&first)), "my card number is 4111");
+    match alice.request(Body::Recall(pb::Recall { msg_id: ack.msg_id.clone() })).await.body {
+        Some(Body::Recalled(_)) => {}
+        other => panic!("expected Recalled, got {other:?}"),
+    }
+    let again = bob
+        .next_matching("Deliver", |b| match b {
+            Body::Deliver(d) => Some(d.clone()),
+            _ => None,
+        })
+        .await;
+    assert!(again.replay, "a resend");
+    let m = msg(&again);
+    assert_eq!((m.msg_id.as_str(), m.recalled_by.as_str()), (ack.msg_id.as_str(), "alice"));
+    assert!(m.content.is_none(), "the recalled text is not resent: {:?}", m.content);
+    s.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn never_acking_client_is_closed_and_keeps_its_pending() {
     let s = TestServer::start_with(|c| {
