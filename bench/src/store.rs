@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use storage::embedded::{EmbeddedOptions, EmbeddedStore};
 use storage::{DeviceKey, DeviceRegistry, HistoryQuery, MessageStore, NewMessage, PendingStore};
+use storage_embedded::{EmbeddedOptions, EmbeddedStore};
 
 /// Appends in flight at once while filling (as many connections would).
 const FILL_CONCURRENCY: usize = 256;

@@ -240,6 +240,16 @@ pub enum Backend {
     Cluster,
 }
 
+impl Backend {
+    /// As written in the config (and the name of its cargo feature).
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Embedded => "embedded",
+            Backend::Cluster => "cluster",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct StorageConfig {
@@ -339,7 +349,7 @@ impl Default for Config {
     fn default() -> Self {
         let gw = access_gateway::GatewayConfig::default();
         let dispatch = dispatch::DispatchLimits::default();
-        let cluster = storage::cluster::ClusterOptions::default();
+        let cluster = storage_cluster::ClusterOptions::default();
         let rates = access_gateway::RateLimits::default();
         Self {
             server: ServerConfig {
@@ -353,7 +363,7 @@ impl Default for Config {
             storage: StorageConfig {
                 backend: Backend::Embedded,
                 data_dir: PathBuf::from("./dongdong-data"),
-                max_devices_per_user: storage::embedded::EmbeddedOptions::default().max_devices_per_user,
+                max_devices_per_user: storage::DEFAULT_MAX_DEVICES_PER_USER,
                 node_id: String::new(),
                 redis_url: cluster.redis_url,
                 mongo_url: cluster.mongo_url,
@@ -732,9 +742,9 @@ impl Config {
     }
 
     /// The cluster backend's options.
-    pub fn cluster(&self) -> storage::cluster::ClusterOptions {
+    pub fn cluster(&self) -> storage_cluster::ClusterOptions {
         let s = &self.storage;
-        storage::cluster::ClusterOptions {
+        storage_cluster::ClusterOptions {
             redis_url: s.redis_url.clone(),
             mongo_url: s.mongo_url.clone(),
             mongo_database: s.mongo_database.clone(),
@@ -745,7 +755,7 @@ impl Config {
             mongo_timeout: s.mongo_timeout,
             max_devices_per_user: s.max_devices_per_user,
             cs_retention: self.cs.retention,
-            ..storage::cluster::ClusterOptions::default()
+            ..storage_cluster::ClusterOptions::default()
         }
     }
 

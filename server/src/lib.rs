@@ -22,7 +22,6 @@ use dispatch::Dispatcher;
 use session_router::Router;
 use std::sync::Arc;
 use storage::Backends;
-use storage::embedded::{EmbeddedOptions, EmbeddedStore};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
@@ -32,23 +31,60 @@ const PRESENCE_WINDOW: std::time::Duration = std::time::Duration::from_millis(50
 /// How often each node looks up again the users its connections watch.
 const PRESENCE_RECHECK: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// Opens the configured storage backend for node `node_id`. The embedded
-/// store is returned too, so that shutdown can close it.
-pub async fn open_storage(config: &Config, node_id: &str) -> anyhow::Result<(Backends, Option<Arc<EmbeddedStore>>)> {
+/// The open storage backend, to close at shutdown.
+pub enum Store {
+    #[cfg(feature = "embedded")]
+    Embedded(Arc<storage_embedded::EmbeddedStore>),
+    Cluster,
+}
+
+impl Store {
+    /// Closes what needs closing (the embedded store's log and database).
+    pub async fn close(&self) {
+        #[cfg(feature = "embedded")]
+        if let Store::Embedded(store) = self {
+            store.close().await;
+            info!("storage closed");
+        }
+    }
+
+    /// The embedded store, if that is the backend.
+    #[cfg(feature = "embedded")]
+    pub fn embedded(&self) -> Option<&Arc<storage_embedded::EmbeddedStore>> {
+        match self {
+            Store::Embedded(store) => Some(store),
+            Store::Cluster => None,
+        }
+    }
+}
+
+/// Opens the configured storage backend for node `node_id`, with the
+/// handle that closes it at shutdown.
+pub async fn open_storage(config: &Config, node_id: &str) -> anyhow::Result<(Backends, Store)> {
+    #[cfg(not(feature = "cluster"))]
+    let _ = node_id;
     match config.storage.backend {
+        #[cfg(feature = "cluster")]
         config::Backend::Cluster => {
-            let (backends, _) = Backends::cluster(config.cluster(), node_id).await?;
-            Ok((backends, None))
+            let (backends, _) = storage_cluster::connect(config.cluster(), node_id).await?;
+            Ok((backends, Store::Cluster))
         }
+        #[cfg(feature = "embedded")]
         config::Backend::Embedded => {
-            let options = EmbeddedOptions {
+            let options = storage_embedded::EmbeddedOptions {
                 max_devices_per_user: config.storage.max_devices_per_user,
-                ..EmbeddedOptions::default()
+                ..Default::default()
             };
-            let (backends, store) = Backends::embedded(&config.storage.data_dir, options)
+            let (backends, store) = storage_embedded::open(&config.storage.data_dir, options)
                 .with_context(|| format!("cannot open the data directory {}", config.storage.data_dir.display()))?;
-            Ok((backends, Some(store)))
+            Ok((backends, Store::Embedded(store)))
         }
+        #[allow(unreachable_patterns)]
+        other => anyhow::bail!(
+            "storage.backend = \"{}\": this dongdong was built without that backend (cargo feature `{}`)",
+            other.name(),
+            other.name()
+        ),
     }
 }
 
@@ -62,10 +98,7 @@ pub async fn run(
     let node_id = config.node_id();
     let (backends, store) = open_storage(&config, &node_id).await?;
     let result = run_with_backends(ws, http, &config, &node_id, backends, shutdown).await;
-    if let Some(store) = store {
-        store.close().await;
-        info!("storage closed");
-    }
+    store.close().await;
     result
 }
 

@@ -557,7 +557,7 @@ async fn flush_lost_pushes(router: std::sync::Weak<Router>, lost: Arc<lost::Lost
 #[cfg(test)]
 mod tests {
     use super::*;
-    use storage::embedded::MemoryPresence;
+    use storage_embedded::MemoryPresence;
 
     fn next(reg: &Registration) -> Option<Mail> {
         match reg.mailbox.poll_recv(&mut std::task::Context::from_waker(std::task::Waker::noop())) {

@@ -13,8 +13,11 @@
 //! never-pending message, or a retried send stored twice. Each implementation
 //! makes the one call atomic in its own way.
 //!
-//! [`embedded`] keeps everything in one redb file; [`conformance`] is the test
-//! suite every implementation must pass.
+//! The implementations live in a crate per backend, each holding every
+//! concern's implementation for that backend: `storage-embedded` (a
+//! write-ahead log in front of redb, in one data directory) and
+//! `storage-cluster` (Redis and MongoDB). With the `testsuite` feature,
+//! [`conformance`] is the test suite every implementation must pass.
 
 mod revocations;
 pub use revocations::Revocations;
@@ -22,11 +25,9 @@ mod settings;
 pub use settings::Settings;
 pub mod files;
 pub use files::{FileMeta, FileStore};
-pub mod cluster;
+#[cfg(feature = "testsuite")]
 pub mod conformance;
 pub mod cs;
-pub mod embedded;
-mod keys;
 mod model;
 
 pub use model::*;
@@ -181,6 +182,10 @@ pub trait PendingStore: Send + Sync + 'static {
     /// Not durable at once, like acks.
     async fn ack_events(&self, acks: &[(Arc<DeviceKey>, Vec<String>)]) -> Result<usize>;
 }
+
+/// Devices remembered per user unless configured otherwise
+/// (`storage.max_devices_per_user`).
+pub const DEFAULT_MAX_DEVICES_PER_USER: usize = 16;
 
 /// The devices each user has connected from.
 #[async_trait]

@@ -18,7 +18,7 @@ pub struct TestServer {
     signer: TokenSigner,
     shutdown: CancellationToken,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    store: Option<Arc<storage::embedded::EmbeddedStore>>,
+    store: Option<dongdong_server::Store>,
     pub dir: Arc<tempfile::TempDir>,
 }
 
@@ -58,7 +58,7 @@ impl TestServer {
     pub async fn start_on(
         config: Config,
         backends: Backends,
-        store: Option<Arc<storage::embedded::EmbeddedStore>>,
+        store: dongdong_server::Store,
         dir: Arc<tempfile::TempDir>,
     ) -> Self {
         init_logs();
@@ -81,7 +81,7 @@ impl TestServer {
             signer: TokenSigner::new(SECRET.as_bytes()),
             shutdown,
             task: Some(task),
-            store,
+            store: Some(store),
             dir,
         }
     }

@@ -6,12 +6,12 @@
 //! a refresh re-creates an entry Redis lost, and never overwrites a newer one.
 
 use super::{CallTimer, presence_key, redis_err};
-use crate::{DeviceKey, PresenceEntry, PresenceRegistry, Result};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use redis::aio::ConnectionManager;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
+use storage::{DeviceKey, PresenceEntry, PresenceRegistry, Result};
 
 /// Sets the entry and returns the one it replaced. KEYS: presence hash.
 /// ARGV: device, value, key ttl ms.

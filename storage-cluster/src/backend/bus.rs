@@ -5,11 +5,11 @@
 //! empty payload) before any later message, and its connections replay.
 
 use super::{CallTimer, redis_err};
-use crate::{NodeBus, Result, StorageError};
 use async_trait::async_trait;
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use std::time::Duration;
+use storage::{NodeBus, Result, StorageError};
 use tokio::sync::mpsc;
 
 /// Pushes queued for this node before the connection task takes them.

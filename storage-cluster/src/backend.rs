@@ -1,68 +1,28 @@
-//! The cluster backend: Redis for presence, devices, pending ids and the
-//! cross-node bus; MongoDB for the message log. Any number of identical nodes
-//! share them. The key schema and the collection are documented in
-//! docs/storage.md.
-//!
-//! Redis keys of one user share the hash tag `{<len(tenant)>:<tenant>:<user>}`,
-//! so every script touches a single Redis Cluster slot.
+//! Connecting the backend, and what its modules share: key names, call
+//! timing, error mapping.
 
 mod bus;
 mod cs;
+mod files;
 mod messages;
 mod presence;
 mod reads;
+mod revocations;
+mod settings;
 
 pub use bus::RedisBus;
 pub use cs::RedisCs;
 pub use messages::ClusterStore;
 pub use presence::RedisPresence;
 
-use crate::{Backends, Result, StorageError};
+use crate::ClusterOptions;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use std::sync::Arc;
 use std::time::Duration;
+use storage::{Backends, Result, StorageError};
 
-/// Where and how to reach Redis and MongoDB.
-#[derive(Debug, Clone)]
-pub struct ClusterOptions {
-    pub redis_url: String,
-    pub mongo_url: String,
-    /// MongoDB database holding the `messages` collection.
-    pub mongo_database: String,
-    /// Write concern of message inserts: "majority" or a number of nodes.
-    pub write_concern: String,
-    /// Whether inserts wait for the journal.
-    pub journal: bool,
-    /// Longest wait for one Redis reply.
-    pub redis_timeout: Duration,
-    /// Longest wait for MongoDB to pick a server / connect.
-    pub mongo_timeout: Duration,
-    /// Presence entries expire this long after their node last refreshed them.
-    pub presence_ttl: Duration,
-    /// Devices remembered per user.
-    pub max_devices_per_user: usize,
-    /// Most documents per insert_many.
-    pub max_batch: usize,
-    /// How long ended service sessions and claimed left messages are kept.
-    pub cs_retention: Duration,
-}
-
-impl Default for ClusterOptions {
-    fn default() -> Self {
-        Self {
-            redis_url: "redis://127.0.0.1:6379".into(),
-            mongo_url: "mongodb://127.0.0.1:27017".into(),
-            mongo_database: "dongdong".into(),
-            write_concern: "majority".into(),
-            journal: true,
-            redis_timeout: Duration::from_secs(2),
-            mongo_timeout: Duration::from_secs(5),
-            presence_ttl: Duration::from_secs(60),
-            max_devices_per_user: 16,
-            max_batch: 256,
-            cs_retention: Duration::from_secs(30 * 24 * 3600),
-        }
-    }
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> StorageError {
+    StorageError::Unavailable(e.to_string())
 }
 
 /// The hash tag of a user: every Redis key of the user carries it.
@@ -142,15 +102,15 @@ pub async fn connect_redis(url: &str, timeout: Duration) -> Result<ConnectionMan
     Ok(conn)
 }
 
-impl Backends {
-    /// The cluster backend for node `node_id`. Fails with a message naming
-    /// Redis or MongoDB when either cannot be reached.
-    pub async fn cluster(options: ClusterOptions, node_id: &str) -> Result<(Self, Arc<ClusterStore>)> {
+/// The cluster backend for node `node_id`: every storage trait. Fails with
+/// a message naming Redis or MongoDB when either cannot be reached.
+pub async fn connect(options: ClusterOptions, node_id: &str) -> Result<(Backends, Arc<ClusterStore>)> {
+    {
         let redis = connect_redis(&options.redis_url, options.redis_timeout).await?;
         let store = ClusterStore::connect(redis.clone(), &options).await?;
         let presence = RedisPresence::start(redis.clone(), node_id, options.presence_ttl);
         let bus = RedisBus::new(&options.redis_url, redis.clone(), options.redis_timeout)?;
-        let backends = Self {
+        let backends = Backends {
             messages: store.clone(),
             pending: store.clone(),
             devices: store.clone(),
@@ -169,7 +129,7 @@ impl Backends {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::conformance::required_env;
+    use storage::conformance::required_env;
 
     async fn fresh() -> Option<(Backends, ())> {
         let options = ClusterOptions {
@@ -179,11 +139,11 @@ mod tests {
             ..ClusterOptions::default()
         };
         let node = format!("conformance-{}", im_core::new_msg_id());
-        let (backends, _) = Backends::cluster(options, &node).await.unwrap();
+        let (backends, _) = connect(options, &node).await.unwrap();
         Some((backends, ()))
     }
 
-    crate::conformance_suite!(fresh);
+    storage::conformance_suite!(fresh);
 
     #[tokio::test]
     async fn unreachable_servers_are_named() {
@@ -192,7 +152,7 @@ mod tests {
             redis_timeout: Duration::from_millis(200),
             ..ClusterOptions::default()
         };
-        let e = Backends::cluster(options, "n").await.err().unwrap();
+        let e = connect(options, "n").await.err().unwrap();
         assert!(e.to_string().contains("cannot reach Redis at redis://127.0.0.1:1"), "{e}");
         let Some(redis_url) = std::env::var("DDTEST_REDIS_URL").ok() else { return };
         let options = ClusterOptions {
@@ -201,7 +161,7 @@ mod tests {
             mongo_timeout: Duration::from_millis(300),
             ..ClusterOptions::default()
         };
-        let e = Backends::cluster(options, "n").await.err().unwrap();
+        let e = connect(options, "n").await.err().unwrap();
         assert!(e.to_string().contains("cannot reach MongoDB at mongodb://127.0.0.1:1"), "{e}");
     }
 
@@ -210,12 +170,12 @@ mod tests {
         let Some(url) = required_env("DDTEST_REDIS_URL") else { return };
         let redis = connect_redis(&url, Duration::from_secs(2)).await.unwrap();
         let tenant = format!("t{}", im_core::new_msg_id());
-        let device = crate::DeviceKey::new(&tenant, "alice", "phone");
+        let device = storage::DeviceKey::new(&tenant, "alice", "phone");
         let ttl = Duration::from_millis(600);
         let presence = RedisPresence::start(redis.clone(), "node-x", ttl);
         let entry =
-            crate::PresenceEntry { device: device.clone().into(), node_id: "node-x".into(), conn_id: 7, epoch: 42 };
-        use crate::PresenceRegistry;
+            storage::PresenceEntry { device: device.clone().into(), node_id: "node-x".into(), conn_id: 7, epoch: 42 };
+        use storage::PresenceRegistry;
         presence.register(entry.clone()).await.unwrap();
         // Refreshed past its TTL.
         tokio::time::sleep(ttl * 2).await;
@@ -227,7 +187,7 @@ mod tests {
         assert_eq!(presence.lookup(&tenant, "alice").await.unwrap(), vec![entry.clone()]);
         // A newer connection elsewhere is never overwritten by the refresh.
         let other = RedisPresence::start(redis.clone(), "node-y", ttl);
-        let newer = crate::PresenceEntry { node_id: "node-y".into(), conn_id: 1, epoch: 43, ..entry.clone() };
+        let newer = storage::PresenceEntry { node_id: "node-y".into(), conn_id: 1, epoch: 43, ..entry.clone() };
         assert_eq!(other.register(newer.clone()).await.unwrap(), Some(entry.clone()));
         tokio::time::sleep(ttl).await;
         assert_eq!(presence.lookup(&tenant, "alice").await.unwrap(), vec![newer.clone()]);

@@ -1,12 +1,10 @@
-//! Customer-service storage: [`CsStore`] and its two adapters of the rules
-//! in `cs-core` — [`embedded`] runs the Rust engine on in-memory state and
-//! persists the records it touched; the cluster backend
-//! (`crate::cluster::cs`) runs the Lua script inside Redis.
+//! Customer-service storage: [`CsStore`], which each backend implements by
+//! running the rules of `cs-core`: the embedded backend runs the Rust engine
+//! on in-memory state and persists the records it touched; the cluster
+//! backend runs the Lua copy inside Redis.
 //!
 //! The domain types are re-exported from `cs-core`, so callers keep naming
 //! them `storage::cs::…`.
-
-pub mod embedded;
 
 pub use cs_core::*;
 

@@ -24,10 +24,10 @@
 
 use super::wal::{Op, Ops, Table as T, Wal};
 use super::*;
-use crate::{MarkOutcome, ReadMark};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc as std_mpsc;
+use storage::{MarkOutcome, ReadMark};
 use tokio::sync::watch;
 
 /// The final value of each key a batch (or several) wrote, per table
@@ -789,7 +789,7 @@ impl<'a> Txn<'a> {
         let seq = state.as_ref().map_or(0, |s| s.last_seq) + 1;
         let ordinal = state
             .as_ref()
-            .map_or(0, |s| crate::sent_counts(s.last_seq, &s.last_from, s.last_ordinal, &new.from_user).0)
+            .map_or(0, |s| storage::sent_counts(s.last_seq, &s.last_from, s.last_ordinal, &new.from_user).0)
             + 1;
         if seq == 1 {
             if self.get(T::Conversations, new.conversation_id.as_bytes())?.is_some() {
@@ -955,12 +955,12 @@ impl<'a> Txn<'a> {
         let peer_sent = if peer == reader.user {
             0
         } else {
-            crate::sent_counts(up_to, &message.from_user, ordinal, &reader.user).1
+            storage::sent_counts(up_to, &message.from_user, ordinal, &reader.user).1
         };
         let state = ReadState { read_seq: up_to, peer_sent };
         self.write(T::Reads, key, Some(state.encode().to_vec()));
-        let frame = crate::receipt_frame(&read.conversation_id, &reader.user, up_to);
-        let event = crate::receipt_key(&read.conversation_id, &reader.user);
+        let frame = storage::receipt_frame(&read.conversation_id, &reader.user, up_to);
+        let event = storage::receipt_key(&read.conversation_id, &reader.user);
         self.put_event(&reader.tenant, &[&peer, &reader.user], reader, &event, up_to, &frame)?;
         Ok(MarkOutcome::Marked(ReadMark { read_seq: up_to, moved: true, peer }))
     }
@@ -988,8 +988,8 @@ impl<'a> Txn<'a> {
         message.recalled_by = by.user.clone();
         message.recalled_ms = im_core::now_ms();
         self.write(T::Messages, message_key(conv, seq), Some(encode_stored(&message, ordinal)));
-        let frame = crate::recalled_frame(&message);
-        let event = crate::recall_key(conv, msg_id);
+        let frame = storage::recalled_frame(&message);
+        let event = storage::recall_key(conv, msg_id);
         self.put_event(tenant, &[&message.from_user, &message.to_user], by, &event, 1, &frame)?;
         Ok(Some(RecallOutcome { message, fresh: true }))
     }
@@ -997,7 +997,7 @@ impl<'a> Txn<'a> {
     fn ack_events(&mut self, dev: &DeviceKey, ids: &[String]) -> Result<usize> {
         let mut removed = 0;
         for id in ids {
-            let Some((key, version)) = crate::parse_event_id(id) else { continue };
+            let Some((key, version)) = storage::parse_event_id(id) else { continue };
             let key = event_key(&dev.tenant, &dev.user, &dev.device, key);
             if self.get(T::Events, &key)?.as_deref().and_then(event_version) == Some(version) {
                 self.write(T::Events, key, None);

@@ -1,9 +1,9 @@
 //! Where this node's devices are connected: in memory, since a single
 //! node's connections die with it.
 
-use crate::{DeviceKey, PresenceEntry, PresenceRegistry, Result};
 use async_trait::async_trait;
 use dashmap::DashMap;
+use storage::{DeviceKey, PresenceEntry, PresenceRegistry, Result};
 
 /// Presence of one node's connections, in memory: per user (keyed by
 /// `tenant NUL user`), the entries of their connected devices. Lean on

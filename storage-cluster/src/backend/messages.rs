@@ -17,11 +17,6 @@
 //! Inserts of concurrent senders are batched into `insert_many` calls.
 
 use super::{CallTimer, ClusterOptions, convs_key, devices_key, events_keys, pending_key, redis_err};
-use crate::{
-    Appended, Conversation, DeviceKey, DeviceRegistration, DeviceRegistry, HistoryPage, HistoryQuery, MessageStore,
-    NewMessage, PendingCursor, PendingStore, Result, StorageError,
-};
-use crate::{ConversationCursor, ConversationsPage, MarkOutcome, MarkRead, PendingEvent, RecallOutcome};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use futures_util::TryStreamExt;
@@ -33,6 +28,11 @@ use prost::Message as _;
 use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use storage::{
+    Appended, Conversation, DeviceKey, DeviceRegistration, DeviceRegistry, HistoryPage, HistoryQuery, MessageStore,
+    NewMessage, PendingCursor, PendingStore, Result, StorageError,
+};
+use storage::{ConversationCursor, ConversationsPage, MarkOutcome, MarkRead, PendingEvent, RecallOutcome};
 use tokio::sync::{mpsc, oneshot};
 
 /// A pending mark whose message is still missing after this long belongs to
@@ -433,7 +433,7 @@ impl MessageStore for ClusterStore {
             let last_seq = last.as_ref().map_or(0, |l| l.seq);
             message.seq = last_seq + 1;
             let ordinal =
-                last.as_ref().map_or(0, |l| crate::sent_counts(l.seq, &l.from, l.ordinal, &new.from_user).0) + 1;
+                last.as_ref().map_or(0, |l| storage::sent_counts(l.seq, &l.from, l.ordinal, &new.from_user).0) + 1;
             message.server_time_ms = im_core::now_ms();
             self.mark_pending(&keys, &new, message.seq, &message.msg_id, message.server_time_ms).await?;
             metrics::counter!("dongdong_pending_marked_total").increment(keys.len() as u64);
@@ -704,7 +704,7 @@ impl PendingStore for ClusterStore {
 }
 
 #[async_trait]
-impl crate::HealthCheck for ClusterStore {
+impl storage::HealthCheck for ClusterStore {
     async fn check(&self) -> Vec<(&'static str, std::result::Result<(), String>)> {
         let mut conn = self.redis.clone();
         let redis = redis::cmd("PING").query_async::<String>(&mut conn).await.map(drop).map_err(|e| e.to_string());

@@ -16,16 +16,17 @@
 //! into memory. Past sessions are indexed by (`h`, tenant, user, ended_ms,
 //! id) with an empty value, one entry per party of the session.
 
-use super::engine::{Dirty, Restored, TenantState, Wanted};
-use super::*;
-use crate::embedded::{CS, EmbeddedStore, Records};
 use crate::keys::{Key, Reader};
-use crate::{Result, StorageError};
+use crate::{CS, EmbeddedStore, Records, unavailable};
+use async_trait::async_trait;
+use cs_core::engine::{Dirty, Restored, TenantState, Wanted};
 use redb::{ReadableDatabase, ReadableTable};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
+use storage::cs::*;
+use storage::{Result, StorageError};
 use tokio::sync::Mutex;
 
 /// The embedded [`CsStore`].
@@ -72,10 +73,6 @@ fn history_key(tenant: &str, user: &str, ended_ms: u64, id: &str) -> Vec<u8> {
 
 fn prefix(kind: &str, tenant: &str) -> Vec<u8> {
     Key::new().s(kind).s(tenant).into_vec()
-}
-
-fn unavailable(e: impl std::fmt::Display) -> StorageError {
-    StorageError::Unavailable(e.to_string())
 }
 
 fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>> {

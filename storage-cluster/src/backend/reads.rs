@@ -17,16 +17,16 @@
 
 use super::messages::{decode, mongo_err};
 use super::{CallTimer, ClusterStore, convs_key, devices_key, events_keys, redis_err};
-use crate::{
-    ConversationCursor, ConversationsPage, DeviceKey, MarkOutcome, MarkRead, PendingEvent, ReadMark, ReadState,
-    RecallOutcome, Result, StorageError,
-};
 use futures_util::TryStreamExt;
 use im_core::pb::{Frame, Message};
 use mongodb::bson::{Document, doc};
 use prost::Message as _;
 use std::collections::HashMap;
 use std::sync::Arc;
+use storage::{
+    ConversationCursor, ConversationsPage, DeviceKey, MarkOutcome, MarkRead, PendingEvent, ReadMark, ReadState,
+    RecallOutcome, Result, StorageError,
+};
 
 /// KEYS: the events set, the events hash. ARGV: key, version, frame.
 /// Stores the event unless one with the same or a higher version is there.
@@ -105,7 +105,7 @@ impl ClusterStore {
     }
 
     pub(super) async fn mark_read_impl(&self, read: MarkRead) -> Result<MarkOutcome> {
-        use crate::MessageStore;
+        use storage::MessageStore;
         let _timer = CallTimer::new("mongodb+redis", "mark_read");
         let reader = &read.reader;
         let Some(conv) = self.conversation(&reader.tenant, &read.conversation_id).await? else {
@@ -129,7 +129,7 @@ impl ClusterStore {
         let peer_sent = if peer == reader.user {
             0
         } else {
-            crate::sent_counts(up_to, &message.from_user, ordinal, &reader.user).1
+            storage::sent_counts(up_to, &message.from_user, ordinal, &reader.user).1
         };
         let update = doc! { "$set": { "seq": up_to as i64, "peerSent": peer_sent as i64 } };
         let moved =
@@ -145,8 +145,8 @@ impl ClusterStore {
             }
             Err(e) => return Err(mongo_err("update read")(e)),
         }
-        let frame = crate::receipt_frame(&read.conversation_id, &reader.user, up_to);
-        let key = crate::receipt_key(&read.conversation_id, &reader.user);
+        let frame = storage::receipt_frame(&read.conversation_id, &reader.user, up_to);
+        let key = storage::receipt_key(&read.conversation_id, &reader.user);
         self.put_event(&reader.tenant, &[&peer, &reader.user], reader, &key, up_to, &frame).await?;
         Ok(MarkOutcome::Marked(ReadMark { read_seq: up_to, moved: true, peer }))
     }
@@ -245,7 +245,7 @@ impl ClusterStore {
             let peer = if message.from_user == user { message.to_user.clone() } else { message.from_user.clone() };
             let state = |u: &str| states.get(&read_id(conv, u)).copied().unwrap_or_default();
             let (mine, theirs) = (state(user), state(&peer));
-            page.items.push(crate::conversation_item(user, &peer, message, ordinal, mine, theirs));
+            page.items.push(storage::conversation_item(user, &peer, message, ordinal, mine, theirs));
         }
         if !more {
             page.next = None;
@@ -278,8 +278,8 @@ impl ClusterStore {
                 .map(|message| RecallOutcome { message, fresh: false }));
         };
         let message = decode(&d)?;
-        let frame = crate::recalled_frame(&message);
-        let key = crate::recall_key(&message.conversation_id, msg_id);
+        let frame = storage::recalled_frame(&message);
+        let key = storage::recall_key(&message.conversation_id, msg_id);
         self.put_event(tenant, &[&message.from_user, &message.to_user], by, &key, 1, &frame).await?;
         Ok(Some(RecallOutcome { message, fresh: true }))
     }
@@ -328,7 +328,7 @@ impl ClusterStore {
         for (device, ids) in acks {
             let (set, hash) = events_keys(&device.tenant, &device.user, &device.device);
             for id in ids {
-                let Some((key, version)) = crate::parse_event_id(id) else { continue };
+                let Some((key, version)) = storage::parse_event_id(id) else { continue };
                 pipe.cmd("EVAL").arg(ACK_EVENT).arg(2).arg(&set).arg(&hash).arg(key).arg(version.to_string());
             }
         }

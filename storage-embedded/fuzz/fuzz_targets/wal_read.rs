@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use storage::embedded::wal;
+use storage_embedded::wal;
 
 fuzz_target!(|data: &[u8]| {
     check(data);

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use storage::embedded::wal;
+use storage_embedded::wal;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(dir) = tempfile_dir() else { return };

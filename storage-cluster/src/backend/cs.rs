@@ -17,12 +17,12 @@
 //! as long), `p:<user>` (profile hash). `dd:cs:tenants` lists tenants for the sweep.
 
 use super::{CallTimer, redis_err};
-use crate::Result;
-use crate::cs::*;
 use redis::AsyncCommands;
 use redis::aio::ConnectionManager;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
+use storage::Result;
+use storage::cs::*;
 
 const TENANTS: &str = "dd:cs:tenants";
 /// Sweep leases: tenant -> "<node>|<expiry in ms, Redis' clock>".
@@ -76,8 +76,8 @@ fn prefix(tenant: &str) -> String {
     format!("cs:{{cs:{}:{tenant}}}:", tenant.len())
 }
 
-fn corrupt(e: serde_json::Error) -> crate::StorageError {
-    crate::StorageError::Corrupt(format!("cs record: {e}"))
+fn corrupt(e: serde_json::Error) -> storage::StorageError {
+    storage::StorageError::Corrupt(format!("cs record: {e}"))
 }
 
 fn decode<T: DeserializeOwned>(s: &str) -> Result<T> {
@@ -386,11 +386,11 @@ mod tests {
     //! step the outcomes and every view must be equal.
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::conformance::required_env;
     use cs_core::testing::{self, MemoryCs, Script, Step};
     use futures_util::future::join_all;
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestCaseError, TestRunner};
+    use storage::conformance::required_env;
 
     fn step() -> impl Strategy<Value = Step> {
         (0..testing::OPS, 0usize..12, 0usize..12, 0u64..30_000).prop_map(|(op, x, y, dt)| Step { op, x, y, dt })

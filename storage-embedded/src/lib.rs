@@ -10,18 +10,18 @@
 //! blocking pool against redb's MVCC snapshots, once redb holds every write
 //! answered before the read started. See [`writer`] and docs/storage.md.
 
+mod cs;
+mod files;
+mod keys;
 mod presence;
+mod revocations;
+mod settings;
 pub mod wal;
 mod writer;
 
 pub use presence::MemoryPresence;
 
 use crate::keys::{Key, Reader};
-use crate::{
-    Appended, Conversation, ConversationCursor, ConversationsPage, DeviceKey, DeviceRegistration, DeviceRegistry,
-    HistoryPage, HistoryQuery, MarkOutcome, MarkRead, MessageStore, NewMessage, PendingCursor, PendingEvent,
-    PendingStore, ReadState, RecallOutcome, Result, StorageError,
-};
 use async_trait::async_trait;
 use im_core::pb::Message;
 use prost::Message as _;
@@ -29,6 +29,11 @@ use redb::{Database, Durability, ReadableDatabase, ReadableTable, Table, TableDe
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use storage::{
+    Appended, Backends, Conversation, ConversationCursor, ConversationsPage, DeviceKey, DeviceRegistration,
+    DeviceRegistry, HistoryPage, HistoryQuery, MarkOutcome, MarkRead, MessageStore, NewMessage, PendingCursor,
+    PendingEvent, PendingStore, ReadState, RecallOutcome, Result, StorageError,
+};
 use tokio::sync::{mpsc, oneshot};
 use wal::{Op, Table as T, Wal};
 use writer::{Applied, Shared};
@@ -58,7 +63,7 @@ const EVENTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("events");
 /// Puts (Some) or deletes (None) of customer-service records, by key.
 pub(crate) type Records = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 
-/// Customer-service records: (kind, tenant, id) -> JSON (see `crate::cs::embedded`).
+/// Customer-service records: (kind, tenant, id) -> JSON (see `cs`).
 pub(crate) const CS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("cs");
 /// `applied_lsn` -> the last log record this state holds (see [`wal`]).
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -96,7 +101,7 @@ impl Default for EmbeddedOptions {
         Self {
             max_batch: 4096,
             queue: 8192,
-            max_devices_per_user: 16,
+            max_devices_per_user: storage::DEFAULT_MAX_DEVICES_PER_USER,
             cache_bytes: 64 << 20,
             checkpoint_interval: Duration::from_secs(10),
             checkpoint_bytes: 64 << 20,
@@ -285,11 +290,11 @@ impl EmbeddedStore {
     }
 }
 
-fn unavailable(e: impl std::fmt::Display) -> StorageError {
+pub(crate) fn unavailable(e: impl std::fmt::Display) -> StorageError {
     StorageError::Unavailable(e.to_string())
 }
 
-fn corrupt(what: &str) -> StorageError {
+pub(crate) fn corrupt(what: &str) -> StorageError {
     StorageError::Corrupt(what.to_string())
 }
 
@@ -608,7 +613,7 @@ impl MessageStore for EmbeddedStore {
     }
 
     /// Queued is ordered: the single writer assigns seqs in queue order.
-    async fn start_append(&self, msg: NewMessage) -> Result<crate::PendingAppend> {
+    async fn start_append(&self, msg: NewMessage) -> Result<storage::PendingAppend> {
         let (reply_tx, reply_rx) = oneshot::channel();
         self.tx
             .send(WriteOp::Append(msg, reply_tx))
@@ -764,7 +769,7 @@ impl MessageStore for EmbeddedStore {
                     decode_read_state(v.as_ref().map(|v| v.value()))
                 };
                 let (mine, theirs) = (state(&user)?, state(peer)?);
-                page.items.push(crate::conversation_item(&user, peer, message, ordinal, mine, theirs));
+                page.items.push(storage::conversation_item(&user, peer, message, ordinal, mine, theirs));
                 page.next = Some(ConversationCursor { active_ms, conversation_id: conv.to_string() });
             }
             if iter.next().is_none() {
@@ -935,25 +940,26 @@ impl DeviceRegistry for EmbeddedStore {
 }
 
 #[async_trait]
-impl crate::HealthCheck for EmbeddedStore {
+impl storage::HealthCheck for EmbeddedStore {
     async fn check(&self) -> Vec<(&'static str, std::result::Result<(), String>)> {
         let closed = self.writer.lock().map(|w| w.is_none()).unwrap_or(true);
         vec![("embedded", if closed { Err("the store is closed".into()) } else { Ok(()) })]
     }
 }
 
-impl crate::Backends {
-    /// The embedded backend on `dir`. Keep the returned store to close it.
-    pub fn embedded(dir: &Path, options: EmbeddedOptions) -> Result<(Self, Arc<EmbeddedStore>)> {
+/// The embedded backend on `dir`: every storage trait. Keep the returned
+/// store to close it.
+pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<(Backends, Arc<EmbeddedStore>)> {
+    {
         let store = EmbeddedStore::open(dir, options)?;
-        let backends = Self {
+        let backends = Backends {
             messages: store.clone(),
             pending: store.clone(),
             devices: store.clone(),
             presence: Arc::new(MemoryPresence::default()),
             bus: None,
             health: store.clone(),
-            cs: crate::cs::embedded::EmbeddedCs::open(store.clone())?,
+            cs: cs::EmbeddedCs::open(store.clone())?,
             revocations: store.clone(),
             files: store.clone(),
             settings: store.clone(),
@@ -966,13 +972,13 @@ impl crate::Backends {
 mod tests {
     use super::*;
 
-    async fn fresh() -> Option<(crate::Backends, tempfile::TempDir)> {
+    async fn fresh() -> Option<(storage::Backends, tempfile::TempDir)> {
         let dir = tempfile::tempdir().unwrap();
-        let (b, _) = crate::Backends::embedded(dir.path(), EmbeddedOptions::default()).unwrap();
+        let (b, _) = open(dir.path(), EmbeddedOptions::default()).unwrap();
         Some((b, dir))
     }
 
-    crate::conformance_suite!(fresh);
+    storage::conformance_suite!(fresh);
 
     fn text(s: &str) -> im_core::pb::Content {
         im_core::pb::Content { kind: Some(im_core::pb::content::Kind::Text(s.into())) }
