@@ -16,8 +16,11 @@
 //! into memory. Past sessions are indexed by (`h`, tenant, user, ended_ms,
 //! id) with an empty value, one entry per party of the session.
 
+use crate::errors::unavailable;
 use crate::keys::{Key, Reader};
-use crate::{CS, EmbeddedStore, Records, unavailable};
+use crate::store::EmbeddedStore;
+use crate::tables::CS;
+use crate::writer::Records;
 use async_trait::async_trait;
 use cs_core::engine::{Dirty, Restored, TenantState, Wanted};
 use redb::{ReadableDatabase, ReadableTable};

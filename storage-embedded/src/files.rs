@@ -1,5 +1,7 @@
+use crate::errors::unavailable;
 use crate::keys::{Key, Reader};
-use crate::{CS, EmbeddedStore, unavailable};
+use crate::store::EmbeddedStore;
+use crate::tables::CS;
 use async_trait::async_trait;
 use redb::ReadableDatabase;
 use std::io::{Read, Seek, SeekFrom, Write};

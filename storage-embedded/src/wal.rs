@@ -21,49 +21,7 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// The tables a record can write to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[repr(u8)]
-pub enum Table {
-    Messages = 1,
-    MsgIndex = 2,
-    Conversations = 3,
-    Idempotency = 4,
-    Pending = 5,
-    Devices = 6,
-    Cs = 7,
-    UserConvs = 8,
-    Reads = 9,
-    Events = 10,
-}
-
-impl Table {
-    /// Every table, in the order of their numbers.
-    pub const ALL: [Table; 10] = [
-        Table::Messages,
-        Table::MsgIndex,
-        Table::Conversations,
-        Table::Idempotency,
-        Table::Pending,
-        Table::Devices,
-        Table::Cs,
-        Table::UserConvs,
-        Table::Reads,
-        Table::Events,
-    ];
-
-    fn from_u8(v: u8) -> Option<Self> {
-        Self::ALL.get(usize::from(v).checked_sub(1)?).copied()
-    }
-}
-
-/// One write: `value` None is a delete.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Op<'a> {
-    pub table: Table,
-    pub key: &'a [u8],
-    pub value: Option<&'a [u8]>,
-}
+pub use crate::tables::{Op, Table};
 
 /// The writes of one batch, encoded as the record body will hold them.
 #[derive(Default)]

@@ -30,36 +30,12 @@ const SWEEPERS: &str = "dd:cs:sweepers";
 
 /// Sets quick reply ARGV[1] to ARGV[2] unless it is new and the hash
 /// already holds ARGV[3] replies; 1 if stored.
-const PUT_REPLY: &str = r"
-if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then
-  return 0
-end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-return 1
-";
+const PUT_REPLY: &str = include_str!("lua/put-reply.lua");
 
 /// Returns the tenants (ARGV[3..]) whose sweep lease node ARGV[1] holds or
 /// takes because it expired; renews them for ARGV[2] ms. Redis' own clock,
 /// so the nodes' clocks need not agree.
-const SWEEP_LEASE: &str = r"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local node, ttl = ARGV[1], tonumber(ARGV[2])
-local mine = {}
-for i = 3, #ARGV do
-  local v = redis.call('HGET', KEYS[1], ARGV[i])
-  local take = not v
-  if v then
-    local sep = string.find(v, '|', 1, true)
-    take = string.sub(v, 1, sep - 1) == node or tonumber(string.sub(v, sep + 1)) <= now
-  end
-  if take then
-    redis.call('HSET', KEYS[1], ARGV[i], node .. '|' .. (now + ttl))
-    table.insert(mine, ARGV[i])
-  end
-end
-return mine
-";
+const SWEEP_LEASE: &str = include_str!("lua/sweep-lease.lua");
 
 /// The cluster [`CsStore`].
 pub struct RedisCs {

@@ -570,21 +570,7 @@ impl MessageStore for ClusterStore {
 
 /// Returns a page of a device's pending set after a cursor, as
 /// [msg_id, score, msg_id, score, ...]. The set is ordered by (seq, msg_id).
-const PENDING_PAGE: &str = r#"
-local start = 0
-if ARGV[1] ~= '' then
-  local rank = redis.call('ZRANK', KEYS[1], ARGV[2])
-  if rank then
-    start = rank + 1
-  else
-    start = redis.call('ZCOUNT', KEYS[1], '-inf', '(' .. ARGV[1])
-    for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[1])) do
-      if m <= ARGV[2] then start = start + 1 end
-    end
-  end
-end
-return redis.call('ZRANGE', KEYS[1], start, start + tonumber(ARGV[3]) - 1, 'WITHSCORES')
-"#;
+const PENDING_PAGE: &str = include_str!("lua/pending-page.lua");
 
 /// Registers a device; a user's first device takes over the user slot; past
 /// the limit the least recently seen device is forgotten with its pending set.
@@ -592,34 +578,7 @@ return redis.call('ZRANGE', KEYS[1], start, start + tonumber(ARGV[3]) - 1, 'WITH
 /// ARGV: device, now ms, max devices, pending key prefix, the two event key
 /// prefixes. Returns
 /// {new (0/1), claimed, evicted device or ''}.
-const REGISTER_DEVICE: &str = r#"
-local device, now, max, prefix = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
-if redis.call('HEXISTS', KEYS[1], device) == 1 then
-  redis.call('HSET', KEYS[1], device, now)
-  return {0, 0, ''}
-end
-local known = redis.call('HLEN', KEYS[1])
-local claimed, evicted = 0, ''
-if known == 0 then
-  claimed = redis.call('ZCARD', KEYS[3])
-  if claimed > 0 then
-    redis.call('ZUNIONSTORE', KEYS[2], 2, KEYS[2], KEYS[3], 'AGGREGATE', 'MAX')
-    redis.call('DEL', KEYS[3])
-  end
-elseif known >= max then
-  local all = redis.call('HGETALL', KEYS[1])
-  local oldest, seen = nil, nil
-  for i = 1, #all, 2 do
-    local t = tonumber(all[i + 1])
-    if seen == nil or t < seen then oldest, seen = all[i], t end
-  end
-  redis.call('HDEL', KEYS[1], oldest)
-  redis.call('DEL', prefix .. oldest, ARGV[5] .. oldest, ARGV[6] .. oldest)
-  evicted = oldest
-end
-redis.call('HSET', KEYS[1], device, now)
-return {1, claimed, evicted}
-"#;
+const REGISTER_DEVICE: &str = include_str!("lua/register-device.lua");
 
 #[async_trait]
 impl PendingStore for ClusterStore {

@@ -15,45 +15,21 @@ use storage::{DeviceKey, PresenceEntry, PresenceRegistry, Result};
 
 /// Sets the entry and returns the one it replaced. KEYS: presence hash.
 /// ARGV: device, value, key ttl ms.
-const REGISTER: &str = r#"
-local old = redis.call('HGET', KEYS[1], ARGV[1])
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return old
-"#;
+const REGISTER: &str = include_str!("lua/register.lua");
 
 /// Refreshes this node's entry: rewrites it if it still has the epoch
 /// ARGV[2], re-creates it if it is gone (Redis lost it), leaves a newer one
 /// alone. KEYS: presence hash. ARGV: device, epoch, value, key ttl ms.
 /// Returns 1 when the entry is (again) ours, 0 when it was replaced.
-const REFRESH: &str = r#"
-local v = redis.call('HGET', KEYS[1], ARGV[1])
-if v and string.match(v, '^([^\t]*)') ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[4])
-return 1
-"#;
+const REFRESH: &str = include_str!("lua/refresh.lua");
 
 /// Removes the entry only if it still has the epoch ARGV[2]. KEYS: presence
 /// hash. ARGV: device, epoch. Returns 1 when it removed it.
-const COMPARE_AND_DELETE: &str = r#"
-local v = redis.call('HGET', KEYS[1], ARGV[1])
-if v and string.match(v, '^([^\t]*)') == ARGV[2] then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  return 1
-end
-return 0
-"#;
+const COMPARE_AND_DELETE: &str = include_str!("lua/compare-and-delete.lua");
 
 /// Sets the user's recorded state if it changed. KEYS: the state key. ARGV:
 /// "1" online / "0" offline, now ms, ttl s. Returns 1 when it changed.
-const RECORD_ONLINE: &str = r#"
-local v = redis.call('GET', KEYS[1])
-local online = ARGV[1] == '1'
-if (v == 'on') == online then return 0 end
-redis.call('SET', KEYS[1], online and 'on' or ARGV[2], 'EX', ARGV[3])
-return 1
-"#;
+const RECORD_ONLINE: &str = include_str!("lua/record-online.lua");
 
 /// How long a user's recorded state (and last-seen time) is kept.
 const SEEN_TTL_S: u64 = 90 * 24 * 3600;

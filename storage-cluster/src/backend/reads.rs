@@ -30,50 +30,16 @@ use storage::{
 
 /// KEYS: the events set, the events hash. ARGV: key, version, frame.
 /// Stores the event unless one with the same or a higher version is there.
-const PUT_EVENT: &str = r#"
-local cur = redis.call('HGET', KEYS[2], ARGV[1])
-if cur then
-  local v = tonumber(string.match(cur, '^(%d+):'))
-  if v and v >= tonumber(ARGV[2]) then return 0 end
-end
-redis.call('HSET', KEYS[2], ARGV[1], ARGV[2] .. ':' .. ARGV[3])
-redis.call('ZADD', KEYS[1], 0, ARGV[1])
-return 1
-"#;
+const PUT_EVENT: &str = include_str!("lua/put-event.lua");
 
 /// KEYS: the events set, the events hash. ARGV: key, version. Removes the
 /// event if it still has that version.
-const ACK_EVENT: &str = r#"
-local cur = redis.call('HGET', KEYS[2], ARGV[1])
-if cur and string.match(cur, '^(%d+):') == ARGV[2] then
-  redis.call('HDEL', KEYS[2], ARGV[1])
-  redis.call('ZREM', KEYS[1], ARGV[1])
-  return 1
-end
-return 0
-"#;
+const ACK_EVENT: &str = include_str!("lua/ack-event.lua");
 
 /// KEYS: a conversation list. ARGV: the cursor's score ('+inf' for none),
 /// its member ('' for none), how many. Returns [member, score, ...] after
 /// the cursor, newest first (ties: member descending, as `REV` orders them).
-const CONV_PAGE: &str = r#"
-local want = tonumber(ARGV[3])
-local out, offset = {}, 0
-while #out < want * 2 do
-  local items = redis.call('ZRANGE', KEYS[1], ARGV[1], '-inf', 'BYSCORE', 'REV', 'LIMIT', offset, want, 'WITHSCORES')
-  if #items == 0 then break end
-  for i = 1, #items, 2 do
-    local m, s = items[i], items[i + 1]
-    if ARGV[2] == '' or tonumber(s) < tonumber(ARGV[1]) or m < ARGV[2] then
-      out[#out + 1] = m
-      out[#out + 1] = s
-      if #out >= want * 2 then break end
-    end
-  end
-  offset = offset + want
-end
-return out
-"#;
+const CONV_PAGE: &str = include_str!("lua/conv-page.lua");
 
 fn read_id(conversation: &str, user: &str) -> String {
     format!("{conversation}/{user}")
