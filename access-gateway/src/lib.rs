@@ -2,7 +2,7 @@
 //! them, and runs each connection's protocol (see [`connection`]); the
 //! delivery rules of a connection are the I/O-free [`window`].
 
-pub mod auth;
+mod auth;
 pub mod config;
 pub mod connection;
 pub mod limits;
@@ -10,8 +10,9 @@ mod server;
 pub mod tls;
 pub mod window;
 
-pub use auth::{AuthError, Claims, TokenSigner};
+pub use auth::is_revoked;
 pub use config::GatewayConfig;
+pub use im_core::token::{AuthError, Claims, TokenSigner};
 pub use limits::{Limits, RateLimits};
 pub use server::{serve, websocket_config};
 

@@ -17,13 +17,12 @@ mod pairs;
 mod receipts;
 mod report;
 mod soak;
-mod stream;
 
 pub use ledger::Correctness;
 pub use report::{Latency, ProcStats, Report, Sampler, histogram};
 
-use access_gateway::TokenSigner;
 use conn::{Conn, ConnectError, Target};
+use im_core::token::TokenSigner;
 use im_core::{Encoding, Role};
 use report::{Connects, Live};
 use std::net::IpAddr;
@@ -338,7 +337,7 @@ impl Ctx {
         anyhow::ensure!(!common.urls.is_empty(), "give at least one --url");
         let mut targets = Vec::new();
         for url in &common.urls {
-            targets.push(Target::resolve(url, common.ca.as_deref()).await?);
+            targets.push(Target::resolve(url, common.ca.as_deref()).await.map_err(anyhow::Error::msg)?);
         }
         let tokens = if let Some(cmd) = &common.token_cmd {
             Tokens::Command(cmd.clone())

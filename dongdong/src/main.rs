@@ -108,7 +108,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match access_gateway::TokenSigner::new(&secret).mint_named(&tenant, &user, role, ttl, &name, &avatar) {
+            match im_core::token::TokenSigner::new(&secret).mint_named(&tenant, &user, role, ttl, &name, &avatar) {
                 Ok(token) => {
                     println!("{token}");
                     ExitCode::SUCCESS

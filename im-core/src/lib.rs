@@ -5,6 +5,7 @@
 pub mod codec;
 pub mod error;
 pub mod ids;
+pub mod token;
 
 /// Generated protobuf types of `proto/dongdong.proto` (package `dongdong.v1`),
 /// with serde impls that follow protobuf's canonical JSON mapping.

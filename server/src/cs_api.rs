@@ -100,7 +100,7 @@ impl CsApi {
             .ok_or_else(|| fail(ErrorCode::Unauthenticated, "send Authorization: Bearer <token>"))?;
         let claims: Claims =
             self.signer.verify(token.trim()).map_err(|e| fail(ErrorCode::Unauthenticated, e.to_string()))?;
-        let revoked = access_gateway::auth::is_revoked(self.revocations.as_ref(), &claims)
+        let revoked = access_gateway::is_revoked(self.revocations.as_ref(), &claims)
             .await
             .map_err(|e| fail(ErrorCode::Unavailable, e.to_string()))?;
         if revoked {

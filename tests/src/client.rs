@@ -1,22 +1,20 @@
-//! A real WebSocket client speaking the dongdong protocol, in either encoding.
+//! A real WebSocket client speaking the dongdong protocol, in either
+//! encoding: the protocol client (`dongdong-client`), with what tests want
+//! on top: waits that panic with what was seen, replies matched to their
+//! requests while pushes are kept for later.
 
-use futures_util::{SinkExt, StreamExt};
+use dongdong_client::{Connection, Incoming, Options, Target, WsError, WsMessage};
 use im_core::pb::{self, Frame, frame::Body};
 use im_core::{Encoding, ErrorCode};
 use std::collections::VecDeque;
 use std::time::Duration;
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// How long a test waits for a frame it expects.
 pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct Client {
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    ws: Connection,
     pub encoding: Encoding,
-    next_req: u64,
     /// Frames read while waiting for something else (pushes during a request).
     buffered: VecDeque<Frame>,
     pub auth_ok: Option<pb::AuthOk>,
@@ -31,14 +29,14 @@ pub enum Closed {
 
 impl Client {
     pub async fn connect(url: &str, encoding: Encoding) -> Self {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.expect("WebSocket connect");
-        Self { ws, encoding, next_req: 1, buffered: VecDeque::new(), auth_ok: None }
+        Self::try_connect(url, encoding).await.expect("WebSocket connect")
     }
 
     /// Connects, or `None` when the server refuses or closes the connection.
     pub async fn try_connect(url: &str, encoding: Encoding) -> Option<Self> {
-        let (ws, _) = tokio_tungstenite::connect_async(url).await.ok()?;
-        Some(Self { ws, encoding, next_req: 1, buffered: VecDeque::new(), auth_ok: None })
+        let target = Target::resolve(url, None).await.ok()?;
+        let ws = Connection::connect(&target, &Options { encoding, ..Options::default() }).await.ok()?;
+        Some(Self { ws, encoding, buffered: VecDeque::new(), auth_ok: None })
     }
 
     /// Connects and authenticates; panics if the server refuses.
@@ -49,35 +47,21 @@ impl Client {
     }
 
     pub fn next_req_id(&mut self) -> u64 {
-        self.next_req += 1;
-        self.next_req
+        self.ws.next_req_id()
     }
 
     pub async fn send_frame(&mut self, frame: &Frame) {
-        let bytes = im_core::encode_frame(self.encoding, frame);
-        let msg = match self.encoding {
-            Encoding::Protobuf => WsMessage::binary(bytes),
-            Encoding::Json => WsMessage::text(String::from_utf8(bytes).unwrap()),
-        };
-        self.ws.send(msg).await.expect("send frame");
+        self.ws.send(frame).await.expect("send frame");
     }
 
     /// Sends frames in one write (pipelined, as a client that has several
     /// ready does).
     pub async fn send_frames(&mut self, frames: &[Frame]) {
-        for frame in frames {
-            let bytes = im_core::encode_frame(self.encoding, frame);
-            let msg = match self.encoding {
-                Encoding::Protobuf => WsMessage::binary(bytes),
-                Encoding::Json => WsMessage::text(String::from_utf8(bytes).unwrap()),
-            };
-            self.ws.feed(msg).await.expect("send frame");
-        }
-        self.ws.flush().await.expect("flush frames");
+        self.ws.send_all(frames).await.expect("send frames");
     }
 
-    pub async fn send_raw(&mut self, msg: WsMessage) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-        self.ws.send(msg).await
+    pub async fn send_raw(&mut self, msg: WsMessage) -> Result<(), WsError> {
+        self.ws.send_raw(msg).await
     }
 
     /// The next frame from the server, or None when the connection ended.
@@ -89,22 +73,11 @@ impl Client {
     }
 
     async fn recv_socket(&mut self, wait: Duration) -> Option<Result<Frame, Closed>> {
-        loop {
-            let item = tokio::time::timeout(wait, self.ws.next()).await.ok()?;
-            let frame = match item {
-                Some(Ok(WsMessage::Binary(b))) => im_core::decode_frame(Encoding::Protobuf, &b).expect("server frame"),
-                Some(Ok(WsMessage::Text(t))) => {
-                    im_core::decode_frame(Encoding::Json, t.as_bytes()).expect("server frame")
-                }
-                Some(Ok(WsMessage::Close(Some(CloseFrame { code, reason })))) => {
-                    return Some(Err(Closed::Frame(code.into(), reason.to_string())));
-                }
-                Some(Ok(WsMessage::Close(None))) | None | Some(Err(_)) => {
-                    return Some(Err(Closed::NoFrame));
-                }
-                Some(Ok(_)) => continue,
-            };
-            return Some(Ok(frame));
+        match tokio::time::timeout(wait, self.ws.recv()).await.ok()? {
+            Incoming::Frame(f) => Some(Ok(f)),
+            Incoming::Undecodable(e) => panic!("the server sent a message that is not a frame: {e}"),
+            Incoming::Closed(Some((code, reason))) => Some(Err(Closed::Frame(code, reason))),
+            Incoming::Closed(None) => Some(Err(Closed::NoFrame)),
         }
     }
 
@@ -182,14 +155,7 @@ impl Client {
 
     /// Acks without panicking when the connection is gone.
     pub async fn try_ack(&mut self, msg_ids: Vec<String>) -> bool {
-        let req_id = self.next_req_id();
-        let frame = Frame { req_id, body: Some(Body::Ack(pb::Ack { msg_ids, event_ids: vec![] })) };
-        let bytes = im_core::encode_frame(self.encoding, &frame);
-        let msg = match self.encoding {
-            Encoding::Protobuf => WsMessage::binary(bytes),
-            Encoding::Json => WsMessage::text(String::from_utf8(bytes).unwrap()),
-        };
-        self.ws.send(msg).await.is_ok()
+        self.ws.request(Body::Ack(pb::Ack { msg_ids, event_ids: vec![] })).await.is_ok()
     }
 
     pub async fn ack(&mut self, msg_ids: Vec<String>) {
@@ -272,8 +238,8 @@ impl Client {
         self.buffered.len()
     }
 
-    pub async fn close(mut self) {
-        let _ = self.ws.close(None).await;
+    pub async fn close(self) {
+        self.ws.close().await;
     }
 }
 

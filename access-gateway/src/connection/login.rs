@@ -5,10 +5,10 @@
 use super::outbox::Outbox;
 use super::wire::{Exit, Incoming, classify, close, encode, error_frame};
 use crate::Gateway;
-use crate::auth::AuthError;
 use futures_util::{Stream, StreamExt};
 use im_core::DeviceKey;
 use im_core::pb::{self, Frame, frame::Body};
+use im_core::token::AuthError;
 use im_core::{CloseCode, Encoding, ErrorCode};
 use session_router::Registration;
 use std::sync::Arc;

@@ -1,10 +1,12 @@
-//! The bot's byte stream: plain TCP for ws://, rustls over TCP for wss://.
+//! The byte stream under a connection: plain TCP for ws://, rustls over
+//! TCP for wss://.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+/// The byte stream of a connection.
 pub enum Stream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
@@ -44,25 +46,26 @@ impl AsyncWrite for Stream {
 
 /// A TLS client configuration trusting the PEM certificates in `ca`, or the
 /// usual public roots when none is given.
-pub fn client_config(ca: Option<&std::path::Path>) -> anyhow::Result<std::sync::Arc<rustls::ClientConfig>> {
+pub fn client_config(ca: Option<&std::path::Path>) -> Result<std::sync::Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     match ca {
         Some(path) => {
-            for cert in
-                CertificateDer::pem_file_iter(path).map_err(|e| anyhow::anyhow!("--ca {}: {e}", path.display()))?
-            {
-                let cert = cert.map_err(|e| anyhow::anyhow!("--ca {}: {e}", path.display()))?;
-                roots.add(cert).map_err(|e| anyhow::anyhow!("--ca {}: {e}", path.display()))?;
+            for cert in CertificateDer::pem_file_iter(path).map_err(|e| format!("CA file {}: {e}", path.display()))? {
+                let cert = cert.map_err(|e| format!("CA file {}: {e}", path.display()))?;
+                roots.add(cert).map_err(|e| format!("CA file {}: {e}", path.display()))?;
             }
-            anyhow::ensure!(!roots.is_empty(), "--ca {}: no certificate in it", path.display());
+            if roots.is_empty() {
+                return Err(format!("CA file {}: no certificate in it", path.display()));
+            }
         }
         None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
     }
     let config =
         rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
             .with_root_certificates(roots)
             .with_no_client_auth();
     Ok(std::sync::Arc::new(config))
