@@ -46,6 +46,7 @@ pub fn session_pb(s: &Session) -> pb::ServiceSession {
         page: s.context.page.clone(),
         user_agent: s.context.user_agent.clone(),
         transfer_note: s.transfer_note.clone(),
+        queued_ms: s.queued_ms,
     }
 }
 
@@ -58,7 +59,7 @@ pub(crate) fn transferred_pb(t: &Transferred) -> pb::SessionTransferred {
     }
 }
 
-pub(crate) fn left_pb(m: &LeftMessage) -> pb::LeftMessageInfo {
+pub fn left_pb(m: &LeftMessage) -> pb::LeftMessageInfo {
     pb::LeftMessageInfo {
         id: m.id.clone(),
         group: m.group.clone(),

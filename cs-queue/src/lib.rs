@@ -21,7 +21,7 @@ mod frames;
 mod people;
 
 pub use admin::{GroupPatch, MAX_QUICK_REPLIES, MAX_REPLY_TEXT_BYTES, MAX_TITLE_BYTES};
-pub use convert::{session_pb, status_from_pb, status_pb};
+pub use convert::{left_pb, session_pb, status_from_pb, status_pb};
 pub use people::{
     DEFAULT_PAST_SESSIONS, Identity, MAX_NOTE_BYTES, MAX_PAST_SESSIONS, MAX_PROFILE_LOOKUP, PastSessions,
     TransferTargets,

@@ -70,8 +70,42 @@ pub enum CloseCode {
 }
 
 impl CloseCode {
+    /// Every close code, in numeric order.
+    pub const ALL: [CloseCode; 12] = [
+        CloseCode::Normal,
+        CloseCode::GoingAway,
+        CloseCode::ProtocolError,
+        CloseCode::PolicyViolation,
+        CloseCode::TooLarge,
+        CloseCode::InternalError,
+        CloseCode::ServiceRestart,
+        CloseCode::TryAgainLater,
+        CloseCode::Replaced,
+        CloseCode::SlowConsumer,
+        CloseCode::AckTimeout,
+        CloseCode::LoggedOut,
+    ];
+
     pub fn code(self) -> u16 {
         self as u16
+    }
+
+    /// Its name in clients' constants (`POLICY_VIOLATION`).
+    pub fn name(self) -> &'static str {
+        match self {
+            CloseCode::Normal => "NORMAL",
+            CloseCode::GoingAway => "GOING_AWAY",
+            CloseCode::ProtocolError => "PROTOCOL_ERROR",
+            CloseCode::PolicyViolation => "POLICY_VIOLATION",
+            CloseCode::TooLarge => "TOO_LARGE",
+            CloseCode::InternalError => "INTERNAL_ERROR",
+            CloseCode::ServiceRestart => "SERVICE_RESTART",
+            CloseCode::TryAgainLater => "TRY_AGAIN_LATER",
+            CloseCode::Replaced => "REPLACED",
+            CloseCode::SlowConsumer => "SLOW_CONSUMER",
+            CloseCode::AckTimeout => "ACK_TIMEOUT",
+            CloseCode::LoggedOut => "LOGGED_OUT",
+        }
     }
 }
 

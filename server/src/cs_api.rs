@@ -32,7 +32,7 @@ use im_core::ErrorCode;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
-use storage::cs::{GroupView, Policy, Profile, Session, SessionState};
+use storage::cs::{GroupView, Policy, Profile, Session};
 
 #[derive(Clone)]
 pub(crate) struct CsApi {
@@ -230,23 +230,10 @@ async fn remove_agent(
 
 async fn group_sessions(State(api): State<CsApi>, headers: HeaderMap, Path(group): Path<String>) -> ApiResult {
     let v = api.cs.group_view(&api.caller(&headers).await?, &group).await?;
-    let now = im_core::now_ms();
-    let session = |s: &Session| {
-        json!({
-            "session_id": s.id,
-            "customer": s.customer,
-            "agent": s.agent,
-            "state": s.state,
-            "conversation_id": s.conversation_id,
-            "created_ms": s.created_ms,
-            "assigned_ms": s.assigned_ms,
-            "waiting_ms": if s.state == SessionState::Waiting { now.saturating_sub(s.queued_ms) } else { 0 },
-            "previous_agents": s.previous_agents,
-        })
-    };
     ok(json!({
-        "waiting": v.waiting.iter().map(session).collect::<Vec<_>>(),
-        "active": v.active.iter().map(session).collect::<Vec<_>>(),
+        "server_time_ms": im_core::now_ms(),
+        "waiting": v.waiting.iter().map(session_json).collect::<Vec<_>>(),
+        "active": v.active.iter().map(session_json).collect::<Vec<_>>(),
     }))
 }
 
@@ -262,7 +249,8 @@ async fn left_messages(
     Query(q): Query<LimitQuery>,
 ) -> ApiResult {
     let messages = api.cs.left_messages(&api.caller(&headers).await?, &group, q.limit.unwrap_or(50)).await?;
-    ok(json!({ "left_messages": messages }))
+    // As in LeftMessageNotice frames.
+    ok(json!({ "left_messages": messages.iter().map(cs_queue::left_pb).collect::<Vec<_>>() }))
 }
 
 async fn list_replies(State(api): State<CsApi>, headers: HeaderMap) -> ApiResult {
@@ -326,27 +314,11 @@ async fn profiles(State(api): State<CsApi>, headers: HeaderMap, Query(q): Query<
     ok(json!({ "users": found.iter().map(profile_json).collect::<Vec<_>>() }))
 }
 
-/// A session as the HTTP API shows it, whole.
+/// A session as the HTTP API shows it: the `ServiceSession` of the
+/// WebSocket frames, in the same JSON (one shape per object, whichever way
+/// a client gets it).
 fn session_json(s: &Session) -> Value {
-    json!({
-        "session_id": s.id,
-        "group": s.group,
-        "customer": s.customer,
-        "agent": s.agent,
-        "state": s.state,
-        "conversations": s.conversations,
-        "created_ms": s.created_ms,
-        "assigned_ms": s.assigned_ms,
-        "ended_ms": s.ended_ms,
-        "ended_by": s.ended_by,
-        "end_reason": s.end_reason,
-        "score": s.score,
-        "comment": s.comment,
-        "previous_agents": s.previous_agents,
-        "page": s.context.page,
-        "user_agent": s.context.user_agent,
-        "transfer_note": s.transfer_note,
-    })
+    json!(cs_queue::session_pb(s))
 }
 
 #[derive(Deserialize)]

@@ -183,3 +183,69 @@ async fn dev_token(
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL", e.to_string()),
     }
 }
+
+/// The consoles' protocol constants are the server's: read from the served
+/// scripts and compared with `im_core`, so that a code added or renumbered
+/// on one side fails here, not in a browser.
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod protocol_constants {
+    use im_core::{CloseCode, ErrorCode};
+
+    fn script(name: &str) -> &'static str {
+        std::str::from_utf8(super::find(name).expect(name).body).unwrap()
+    }
+
+    /// The `KEY: value` lines of the object literal that starts at `opening`.
+    fn object(source: &str, opening: &str) -> Vec<(String, String)> {
+        let start = source.find(opening).unwrap_or_else(|| panic!("{opening} not found")) + opening.len();
+        let mut depth = 1;
+        let len = source[start..]
+            .find(|c| {
+                depth += match c {
+                    '{' => 1,
+                    '}' => -1,
+                    _ => 0,
+                };
+                depth == 0
+            })
+            .expect("the object's end");
+        let body = &source[start..start + len];
+        body.lines()
+            .filter_map(|l| l.trim().split_once(':'))
+            .filter(|(k, _)| !k.is_empty() && k.chars().all(|c| c.is_ascii_uppercase() || c == '_'))
+            .map(|(k, v)| (k.to_string(), v.trim().trim_end_matches(',').to_string()))
+            .collect()
+    }
+
+    fn protocol_error_names() -> Vec<&'static str> {
+        (1..64).filter_map(|n| ErrorCode::try_from(n).ok()).map(|c| c.as_str_name()).collect()
+    }
+
+    #[test]
+    fn close_codes_match_the_servers() {
+        let js = object(script("dd.js"), "export const CLOSE = {");
+        let server: Vec<(String, String)> =
+            CloseCode::ALL.iter().map(|c| (c.name().to_string(), c.code().to_string())).collect();
+        assert_eq!(js, server, "web/dd.js CLOSE against im_core::CloseCode");
+    }
+
+    #[test]
+    fn every_error_code_has_words_in_each_language() {
+        let codes = protocol_error_names();
+        assert!(codes.contains(&"TOO_LATE") && !codes.contains(&"ERROR_CODE_UNSPECIFIED"), "{codes:?}");
+        let english: Vec<String> =
+            object(script("dd.js"), "export const ERROR_WORDS = {").into_iter().map(|(k, _)| k).collect();
+        let ui = script("ui.js");
+        let chinese: Vec<String> =
+            object(ui, "'zh-CN': {").into_iter().map(|(k, _)| k).filter(|k| *k != "OTHER").collect();
+        for (language, words) in [("en (dd.js)", &english), ("zh-CN (ui.js)", &chinese)] {
+            for code in &codes {
+                assert!(words.iter().any(|w| w == code), "{language}: no words for {code}");
+            }
+            for w in words.iter() {
+                assert!(w == "DISCONNECTED" || codes.contains(&w.as_str()), "{language}: {w} is not an error code");
+            }
+        }
+    }
+}

@@ -393,7 +393,7 @@ async function loadLeftMessages() {
       const r = await api(auth.token, 'GET', `/api/v1/groups/${encodeURIComponent(g)}/left-messages`);
       for (const lm of r.left_messages || []) {
         if (!state.left.has(lm.id)) {
-          state.left.set(lm.id, { id: lm.id, group: lm.group, customer: lm.customer, content: lm.content, contact: lm.contact, createdMs: String(lm.created_ms), claimedBy: lm.claimed_by });
+          state.left.set(lm.id, lm);
         }
       }
     } catch (e) {
@@ -567,7 +567,7 @@ function deviceOf(ua) {
 }
 
 function pastItem(p, customer) {
-  const summary = [t('pastLine', { date: when(p.created_ms), agent: p.agent ? name(p.agent) : '—' }),
+  const summary = [t('pastLine', { date: when(p.createdMs), agent: p.agent ? name(p.agent) : '—' }),
     p.score ? ` · ${p.score}★` : '', p.comment ? el('div', { class: 'muted small' }, `“${p.comment}”`) : ''];
   return pastSessionItem(p, summary, client, me, { nameOf: name, mark: handoverMark(customer, handoverWords), onError: notifyError });
 }
@@ -678,11 +678,11 @@ function renderSide() {
       onclick: () => takeNext(g.id),
     }, t('takeNext')))));
   recentList.replaceChildren(...(state.recent.length ? state.recent.map((p) => {
-    const selected = state.selected && state.selected.kind === 'past' && state.selected.id === p.session_id;
+    const selected = state.selected && state.selected.kind === 'past' && state.selected.id === p.sessionId;
     return el('li', {}, el('button', {
-      class: `item${selected ? ' selected' : ''}`, 'data-past-id': p.session_id, 'aria-current': selected ? 'true' : undefined,
-      onclick: () => { state.selected = { kind: 'past', id: p.session_id }; renderAll(); },
-    }, t('endedLine', { customer: name(p.customer), date: when(p.ended_ms) }), p.score ? ` · ${p.score}★` : ''));
+      class: `item${selected ? ' selected' : ''}`, 'data-past-id': p.sessionId, 'aria-current': selected ? 'true' : undefined,
+      onclick: () => { state.selected = { kind: 'past', id: p.sessionId }; renderAll(); },
+    }, t('endedLine', { customer: name(p.customer), date: when(p.endedMs) }), p.score ? ` · ${p.score}★` : ''));
   }) : [el('li', { class: 'muted empty' }, t('noRecent'))]));
   const left = [...state.left.values()];
   const open = left.filter((lm) => !lm.claimedBy).length;
@@ -698,7 +698,7 @@ function renderSide() {
 function renderConversation() {
   const sel = state.selected;
   const s = currentSession();
-  const past = sel && sel.kind === 'past' ? state.recent.find((p) => p.session_id === sel.id) : null;
+  const past = sel && sel.kind === 'past' ? state.recent.find((p) => p.sessionId === sel.id) : null;
   panel.classList.toggle('open', state.panelOpen);
   const panelButton = () => el('button', { class: 'link show-panel', id: 'show-panel', 'aria-expanded': String(state.panelOpen),
     onclick: () => { state.panelOpen = !state.panelOpen; renderConversation(); } }, t('showCustomer'));
@@ -733,10 +733,10 @@ function renderConversation() {
     convHead.replaceChildren(
       el('div', { class: 'who' }, people.avatar(past.customer),
         el('div', {}, el('strong', { id: 'conv-customer' }, name(past.customer)), ' ',
-          el('span', { class: 'muted' }, `${past.group} · ${when(past.created_ms)}`), el('div', { class: 'muted small' }, t('readOnly')))),
+          el('span', { class: 'muted' }, `${past.group} · ${when(past.createdMs)}`), el('div', { class: 'muted small' }, t('readOnly')))),
       el('div', { class: 'actions' }, panelButton()));
-    if (list.ddPast !== past.session_id) {
-      list.ddPast = past.session_id;
+    if (list.ddPast !== past.sessionId) {
+      list.ddPast = past.sessionId;
       // Its own box: a later redraw of the list leaves a late transcript out.
       const box = el('div', { class: 'transcript-pane' });
       list.replaceChildren(box);
@@ -744,7 +744,7 @@ function renderConversation() {
     }
     older.hidden = true;
     composer.hidden = true;
-    loadPanel(past.customer, { page: past.page, userAgent: past.user_agent });
+    loadPanel(past.customer, past);
   } else if (sel && sel.kind === 'left' && state.left.get(sel.id)) {
     const lm = state.left.get(sel.id);
     convHead.replaceChildren(el('div', {}, t('answeringLeftBy'), el('strong', {}, name(lm.customer)), ' ', el('span', { class: 'muted' }, lm.group)),

@@ -368,14 +368,14 @@ async function pastChats() {
   } catch (e) {
     notifyError(e);
   }
-  sessions = sessions.filter((s) => !state.session || s.session_id !== state.session.sessionId);
+  sessions = sessions.filter((s) => !state.session || s.sessionId !== state.session.sessionId);
   if (!sessions.length) return '';
-  await people.want(sessions.flatMap((s) => [s.agent, ...s.previous_agents]));
+  await people.want(sessions.flatMap((s) => [s.agent, ...(s.previousAgents || [])]));
   return el('section', { class: 'past', id: 'past-chats' },
     el('h3', {}, t('earlierChats')),
     ...sessions.map((s) => {
       const agent = s.agent ? people.name(s.agent) : t('nobodyServed');
-      const summary = [t('pastLine', { date: when(s.created_ms), group: s.group, agent }), s.score ? ` · ${t('stars', { n: s.score })}` : ''];
+      const summary = [t('pastLine', { date: when(s.createdMs), group: s.group, agent }), s.score ? ` · ${t('stars', { n: s.score })}` : ''];
       return pastSessionItem(s, summary, client, me, { nameOf: (u) => people.name(u), mark: handoverMark(me, handoverWords), onError: notifyError });
     }));
 }

@@ -49,8 +49,13 @@ export class DdError extends Error {
   }
 }
 
-/** Words for people, by error code (English; ui.js adds the other languages). */
+/**
+ * Words for people, by error code (English; ui.js adds the other
+ * languages): every code of the protocol's `ErrorCode` (a test holds the
+ * list to the server's), and DISCONNECTED, this client's own.
+ */
 export const ERROR_WORDS = {
+  BAD_FRAME: 'The server could not read that request.',
   RATE_LIMITED: 'Too many messages at once; slow down a little.',
   UNAVAILABLE: 'The service is unavailable right now; it will be retried.',
   FORBIDDEN: 'You are not allowed to do that.',
@@ -145,8 +150,26 @@ const PING_EVERY_MS = 25000;
 const PONG_TIMEOUT_MS = 10000;
 const REQUEST_TIMEOUT_MS = 15000;
 const MAX_BACKOFF_MS = 10000;
+/**
+ * The protocol's WebSocket close codes (docs/protocol.md, "Close codes"),
+ * by name; a test holds them to the server's (`im_core::CloseCode`).
+ */
+export const CLOSE = {
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  PROTOCOL_ERROR: 1002,
+  POLICY_VIOLATION: 1008,
+  TOO_LARGE: 1009,
+  INTERNAL_ERROR: 1011,
+  SERVICE_RESTART: 1012,
+  TRY_AGAIN_LATER: 1013,
+  REPLACED: 4001,
+  SLOW_CONSUMER: 4002,
+  ACK_TIMEOUT: 4003,
+  LOGGED_OUT: 4004,
+};
 /** Close codes after which reconnecting would fail the same way. */
-const FINAL_CLOSES = { 1008: 'signed-out', 4001: 'replaced' };
+const FINAL_CLOSES = { [CLOSE.POLICY_VIOLATION]: 'signed-out', [CLOSE.REPLACED]: 'replaced' };
 
 export class Client extends EventTarget {
   constructor({ url, token, deviceId }) {

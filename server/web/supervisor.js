@@ -96,8 +96,10 @@ function draw(groups, details) {
         expanded.has(g.id) ? t('hideSessions') : t('showSessions')));
     const d = details.get(g.id);
     if (d) {
+      // Times on the server's clock: the browser's may be off.
+      const since = (s) => Number(s.state === 'WAITING' ? s.queuedMs : (s.assignedMs || s.createdMs));
       const row = (s) => el('tr', {}, el('td', {}, s.customer), el('td', {}, s.agent || '–'), el('td', {}, t(s.state)),
-        el('td', {}, s.waiting_ms ? duration(s.waiting_ms) : duration(Date.now() - (s.assigned_ms || s.created_ms))));
+        el('td', {}, duration(Number(d.server_time_ms) - since(s))));
       card.append(el('table', { class: 'sessions' },
         el('thead', {}, el('tr', {}, el('th', {}, t('customer')), el('th', {}, t('agent')), el('th', {}, t('state')), el('th', {}, t('for')))),
         el('tbody', {}, ...d.waiting.map(row), ...d.active.map(row))));

@@ -38,6 +38,7 @@ const t = translator({
     image: '图片', imageUnavailable: '（图片无法显示）', attach: '发送图片或文件', uploading: '正在上传 {name}…',
     dropHere: '松开即可发送', fileUnavailable: '（文件无法获取）',
     noMessages: '这次对话没有消息。', transcript: '{date} 的对话',
+    BAD_FRAME: '服务器无法读取该请求。',
     RATE_LIMITED: '发送太频繁，请稍慢一些。',
     UNAVAILABLE: '服务暂时不可用，稍后会自动重试。',
     FORBIDDEN: '您没有权限这样做。',
@@ -608,12 +609,12 @@ export function contentFromInput(text, asImage) {
  * most.
  */
 export async function drawTranscript(box, client, store, session, me, { nameOf, mark } = {}) {
-  const from = Number(session.created_ms) - 1000;
-  const to = Number(session.ended_ms || Date.now()) + 1000;
+  const from = Number(session.createdMs) - 1000;
+  const to = Number(session.endedMs || Date.now()) + 1000;
   const inSession = (e) => Number(e.message.serverTimeMs) >= from && Number(e.message.serverTimeMs) <= to;
   for (const c of session.conversations || []) {
     for (let page = 0; page < 5; page += 1) {
-      const r = await loadOlder(client, store, c, session.session_id);
+      const r = await loadOlder(client, store, c, session.sessionId);
       const oldest = Math.min(...[...(store.byConv.get(c) || new Map()).values()].map((m) => Number(m.serverTimeMs)));
       if (!r.hasMore || oldest < from) break;
     }
@@ -630,7 +631,7 @@ export async function drawTranscript(box, client, store, session, me, { nameOf, 
  */
 export function pastSessionItem(session, summary, client, me, { nameOf, mark, onError }) {
   const box = el('div', { class: 'messages transcript' });
-  const d = el('details', { 'data-session-id': session.session_id }, el('summary', {}, ...summary), box);
+  const d = el('details', { 'data-session-id': session.sessionId }, el('summary', {}, ...summary), box);
   d.addEventListener('toggle', () => {
     if (d.open && !box.childElementCount) {
       drawTranscript(box, client, new MessageStore(), session, me, { nameOf, mark }).catch(onError);

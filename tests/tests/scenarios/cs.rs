@@ -271,6 +271,10 @@ async fn queue_assign_chat_transfer_end_rate() {
     let (status, sessions) = http(&s.http_url, "GET", "/api/v1/groups/pre/sessions", Some(&admin), None).await;
     assert_eq!(status, 200);
     assert_eq!(sessions["active"][0]["customer"], "c4");
+    // The same object as in frames: the ServiceSession of CsState, in its JSON.
+    let framed = st.sessions.iter().find(|x| x.customer == "c4").expect("c4's session in bob's CsState");
+    assert_eq!(sessions["active"][0], serde_json::to_value(framed).unwrap(), "one shape on HTTP and WebSocket");
+    assert!(sessions["server_time_ms"].as_u64().is_some());
     let (_, metrics) = dongdong_tests::http::get(&s.http_url, "/metrics").await;
     assert!(metrics.contains("dongdong_cs_wait_seconds"), "wait-time histogram per group");
     assert!(metrics.contains("dongdong_cs_handle_seconds"), "handle-time histogram per group");
@@ -585,17 +589,17 @@ async fn names_notes_past_sessions_and_transfer_targets() {
     let (status, body) = http(&s.http_url, "GET", path, Some(&c1_token), None).await;
     assert_eq!(status, 200, "{body}");
     let got: Vec<&str> =
-        body["sessions"].as_array().unwrap().iter().map(|x| x["session_id"].as_str().unwrap()).collect();
+        body["sessions"].as_array().unwrap().iter().map(|x| x["sessionId"].as_str().unwrap()).collect();
     assert_eq!(got, [ids[1].as_str(), ids[0].as_str()]);
-    assert_eq!(body["sessions"][1]["transfer_note"], "asked about delivery");
+    assert_eq!(body["sessions"][1]["transferNote"], "asked about delivery");
     assert_eq!(body["sessions"][1]["page"], "https://shop.example/order/42");
     assert_eq!(body["next_before_ms"], 0);
     let (_, first) = http(&s.http_url, "GET", &format!("{path}?limit=1"), Some(&c1_token), None).await;
     let before = first["next_before_ms"].as_u64().unwrap();
-    assert_eq!(first["sessions"][0]["session_id"], ids[1].as_str());
+    assert_eq!(first["sessions"][0]["sessionId"], ids[1].as_str());
     let (_, rest) =
         http(&s.http_url, "GET", &format!("{path}?limit=1&before_ms={before}"), Some(&c1_token), None).await;
-    assert_eq!(rest["sessions"][0]["session_id"], ids[0].as_str());
+    assert_eq!(rest["sessions"][0]["sessionId"], ids[0].as_str());
     let (status, _) = http(&s.http_url, "GET", "/api/v1/users/c2/sessions", Some(&c1_token), None).await;
     assert_eq!(status, 403);
     let (_, theirs) = http(&s.http_url, "GET", path, Some(&ann_token), None).await;
