@@ -17,6 +17,7 @@ pub use limits::{Limits, RateLimits};
 pub use server::{serve, websocket_config};
 
 use dispatch::Dispatcher;
+use session_router::Router;
 use std::sync::Arc;
 
 /// Everything a connection needs, shared by all of them.
@@ -24,6 +25,8 @@ pub struct Gateway {
     pub config: GatewayConfig,
     pub signer: Arc<TokenSigner>,
     pub dispatch: Arc<Dispatcher>,
+    /// Registers connections and carries pushes, typing and presence.
+    pub router: Arc<Router>,
     pub cs: Arc<cs_queue::CsService>,
     /// Tokens revoked by user: checked at every Auth.
     pub revocations: Arc<dyn storage::Revocations>,

@@ -114,7 +114,7 @@ pub async fn serve(
     tracker.close();
     // Connections that are logging in see `shutdown`; the others are closed
     // through their mailboxes (one that registers after this sees `shutdown`).
-    gw.dispatch.router().kick_all(CloseCode::ServiceRestart, "server shutting down");
+    gw.router.kick_all(CloseCode::ServiceRestart, "server shutting down");
     info!(connections = tracker.len(), "listener closed; waiting for connections to close");
     tracker.wait().await;
 }

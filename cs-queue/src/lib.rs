@@ -18,6 +18,7 @@
 mod admin;
 mod convert;
 mod frames;
+mod notify;
 mod people;
 
 pub use admin::{GroupPatch, MAX_QUICK_REPLIES, MAX_REPLY_TEXT_BYTES, MAX_TITLE_BYTES};
@@ -40,9 +41,8 @@ use storage::cs::{
     AgentStatus, CsCommand, CsError, CsOutcome, CsReply, CsStore, GroupSpec, LeftMessage, QueueSnapshot, Session,
     SessionState, TransferTarget,
 };
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::warn;
 
 /// Settings of the customer-service layer.
 #[derive(Debug, Clone)]
@@ -107,16 +107,18 @@ pub const MAX_PAGE_BYTES: usize = 1024;
 pub const MAX_USER_AGENT_BYTES: usize = 512;
 /// Longest `TransferSession.note`.
 pub const MAX_TRANSFER_NOTE_BYTES: usize = 500;
-/// Outcomes the notifier takes at once (queue updates are coalesced per group).
-const NOTIFY_BATCH: usize = 256;
 /// Sweeps between two presence reconciliations.
 const RECONCILE_EVERY: u32 = 10;
 
 pub struct CsService {
     store: Arc<dyn CsStore>,
     dispatch: Arc<Dispatcher>,
+    router: Arc<Router>,
     config: CsConfig,
-    notices: mpsc::Sender<(String, CsOutcome)>,
+    /// Each tenant's notifications on their way (see `notify`).
+    notices: notify::Notices,
+    /// This service, for the tasks it starts.
+    me: std::sync::Weak<CsService>,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> ClientError {
@@ -155,16 +157,16 @@ fn unexpected() -> ClientError {
 }
 
 impl CsService {
-    /// Starts the service; its notifier and sweeper run until `shutdown`.
+    /// Starts the service; its sweeper runs until `shutdown`.
     pub fn start(
         store: Arc<dyn CsStore>,
         dispatch: Arc<Dispatcher>,
+        router: Arc<Router>,
         config: CsConfig,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel(4096);
-        let this = Arc::new(Self { store, dispatch, config, notices: tx });
-        tokio::spawn(notifier(Arc::downgrade(&this), rx, shutdown.clone()));
+        let this =
+            Arc::new_cyclic(|me| Self { store, dispatch, router, config, notices: Default::default(), me: me.clone() });
         tokio::spawn(sweeper(Arc::downgrade(&this), shutdown));
         this
     }
@@ -174,7 +176,7 @@ impl CsService {
     }
 
     fn router(&self) -> &Arc<Router> {
-        self.dispatch.router()
+        &self.router
     }
 
     /// Runs a command and queues the notifications of what it did.
@@ -188,8 +190,8 @@ impl CsService {
             || !outcome.ended.is_empty()
             || !outcome.timed_out.is_empty()
             || !outcome.queues.is_empty();
-        if notify && self.notices.send((tenant.to_string(), outcome.clone())).await.is_err() {
-            debug!("notifier stopped; notifications dropped");
+        if notify {
+            self.queue_notices(tenant, outcome.clone()).await;
         }
         Ok(outcome)
     }
@@ -354,91 +356,6 @@ impl CsService {
         Ok(())
     }
 
-    /// Sends the notifications of one outcome, in order.
-    async fn publish(&self, tenant: &str, outcome: CsOutcome) {
-        let router = self.router();
-        for t in &outcome.transferred {
-            let frame = event(Body::SessionTransferred(convert::transferred_pb(t)));
-            router.notify(tenant, &t.session.customer, frame.clone()).await;
-            router.notify(tenant, &t.from_agent, frame.clone()).await;
-            // A transfer to an agent: the new one too (before SessionAssigned).
-            if !t.session.agent.is_empty() {
-                router.notify(tenant, &t.session.agent, frame).await;
-            }
-        }
-        for s in &outcome.assigned {
-            metrics::histogram!("dongdong_cs_wait_seconds", "group" => s.group.clone())
-                .record(s.assigned_ms.saturating_sub(s.queued_ms) as f64 / 1000.0);
-            metrics::counter!("dongdong_cs_assignments_total", "group" => s.group.clone()).increment(1);
-            let frame = event(Body::SessionAssigned(pb::SessionAssigned { session: Some(session_pb(s)) }));
-            if router.notify(tenant, &s.customer, frame.clone()).await == 0 {
-                // The customer left the page: an agent is waiting for them.
-                let conv = &s.conversation_id;
-                self.dispatch.push_session(tenant, &s.customer, &s.agent, conv, &s.id, "session_assigned");
-            }
-            router.notify(tenant, &s.agent, frame).await;
-            self.post_first_message(tenant, s).await;
-        }
-        for s in &outcome.ended {
-            if s.assigned_ms > 0 {
-                metrics::histogram!("dongdong_cs_handle_seconds", "group" => s.group.clone())
-                    .record(s.ended_ms.saturating_sub(s.assigned_ms) as f64 / 1000.0);
-            }
-            let frame = event(Body::SessionEnded(pb::SessionEnded { session: Some(session_pb(s)) }));
-            if router.notify(tenant, &s.customer, frame.clone()).await == 0 && s.assigned_ms > 0 {
-                let conv = &s.conversation_id;
-                self.dispatch.push_session(tenant, &s.customer, &s.agent, conv, &s.id, "session_ended");
-            }
-            if !s.agent.is_empty() {
-                router.notify(tenant, &s.agent, frame).await;
-            }
-        }
-        for (group, customer) in &outcome.timed_out {
-            metrics::counter!("dongdong_cs_turned_away_total", "reason" => "WAITED_TOO_LONG").increment(1);
-            let offer = pb::LeaveMessageOffer {
-                group: group.clone(),
-                reason: pb::leave_message_offer::Reason::WaitedTooLong as i32,
-                message: "no agent could take you in time; you can leave a message".into(),
-            };
-            router.notify(tenant, customer, event(Body::LeaveMessageOffer(offer))).await;
-        }
-    }
-
-    /// Tells the waiting customers of a group whose place changed.
-    async fn publish_queue(&self, tenant: &str, q: &QueueSnapshot) {
-        for (i, (session_id, customer)) in q.waiting.iter().enumerate().skip(q.changed_from) {
-            let position = u32::try_from(i + 1).unwrap_or(u32::MAX);
-            let update = pb::QueueUpdate {
-                session_id: session_id.clone(),
-                group: q.group.clone(),
-                position,
-                estimated_wait_s: q.estimated_wait_s(position),
-            };
-            self.router().notify(tenant, customer, event(Body::QueueUpdate(update))).await;
-        }
-    }
-
-    /// Posts the customer's first message to the agent of a newly assigned
-    /// session, once (its client_msg_id is derived from the session).
-    async fn post_first_message(&self, tenant: &str, s: &Session) {
-        let Some(content) = s.first_message.clone() else { return };
-        if !s.previous_agents.is_empty() {
-            return;
-        }
-        let sender = DeviceKey::new(tenant, &s.customer, SERVICE_DEVICE);
-        let send =
-            pb::Send { client_msg_id: format!("cs-first-{}", s.id), to_user: s.agent.clone(), content: Some(content) };
-        if let Err(e) = self.dispatch.send(&sender, send).await {
-            warn!(error = %e, session = %s.id, "could not post the customer's first message");
-        }
-    }
-
-    /// Sweeps the tenants this node is responsible for (all of them on one
-    /// node; in a cluster those whose sweep lease it holds) and sets their
-    /// queue-length gauges from the sweep's authoritative snapshot.
-    /// `published` holds the (tenant, groups) whose gauges this node set
-    /// last time: those it no longer sweeps (the lease moved, the group was
-    /// deleted) are set to 0, so the sum over nodes stays right.
     /// Posts a claimed left message into the conversation of its customer
     /// and the claiming agent, as the customer's message (once: its
     /// client_msg_id is derived from the left message), so both see the
@@ -454,6 +371,12 @@ impl CsService {
         self.dispatch.send(&sender, send).await.map(|_| ())
     }
 
+    /// Sweeps the tenants this node is responsible for (all of them on one
+    /// node; in a cluster those whose sweep lease it holds) and sets their
+    /// queue-length gauges from the sweep's authoritative snapshot.
+    /// `published` holds the (tenant, groups) whose gauges this node set
+    /// last time: those it no longer sweeps (the lease moved, the group was
+    /// deleted) are set to 0, so the sum over nodes stays right.
     async fn sweep(&self, reconcile: bool, published: &mut HashMap<String, Vec<String>>) {
         let lease = (self.config.sweep_interval * 3).max(Duration::from_secs(1));
         let tenants = match self.store.sweep_tenants(self.router().node_id(), lease).await {
@@ -537,97 +460,6 @@ fn queue_update(q: &QueueSnapshot, s: &Session) -> pb::QueueUpdate {
     }
 }
 
-/// A queue's newest snapshot among a batch of outcomes.
-struct QueueChange {
-    tenant: String,
-    version: u64,
-    snapshot: QueueSnapshot,
-}
-
-/// Most (tenant, group) versions the notifier remembers before it starts over.
-const MAX_VERSIONS: usize = 100_000;
-
-async fn notifier(
-    service: std::sync::Weak<CsService>,
-    mut rx: mpsc::Receiver<(String, CsOutcome)>,
-    shutdown: CancellationToken,
-) {
-    let mut batch = Vec::new();
-    // The newest version whose positions went out, per (tenant, group).
-    let mut published: HashMap<(String, String), u64> = HashMap::new();
-    loop {
-        let first = tokio::select! {
-            n = rx.recv() => match n { Some(n) => n, None => break },
-            _ = shutdown.cancelled() => break,
-        };
-        batch.push(first);
-        while batch.len() < NOTIFY_BATCH {
-            match rx.try_recv() {
-                Ok(n) => batch.push(n),
-                Err(_) => break,
-            }
-        }
-        let Some(service) = service.upgrade() else { break };
-        // Events go out in order; queue positions once per group, from the
-        // newest snapshot by version (outcomes of concurrent commands can
-        // arrive in either order), so a busy queue does not send every
-        // customer an update per change.
-        let mut queues: Vec<QueueChange> = Vec::new();
-        for (tenant, mut outcome) in batch.drain(..) {
-            coalesce(&mut queues, &tenant, outcome.version, std::mem::take(&mut outcome.queues));
-            service.publish(&tenant, outcome).await;
-        }
-        if published.len() > MAX_VERSIONS {
-            published.clear();
-        }
-        for c in queues {
-            let (tenant, group, changed_from) = (c.tenant.clone(), c.snapshot.group.clone(), c.snapshot.changed_from);
-            if let Some(snapshot) = newest_only(&mut published, c) {
-                service.publish_queue(&tenant, &snapshot).await;
-                continue;
-            }
-            // Older than what went out already: its change is in the queue
-            // as it stands now, so the positions come from there.
-            match service.store.group_view(&tenant, &group).await {
-                Ok(Some(view)) => {
-                    service.publish_queue(&tenant, &QueueSnapshot { changed_from, ..view.queue }).await;
-                }
-                Ok(None) => {}
-                Err(e) => warn!(error = %e, "cs notifier: cannot read a queue; positions may be stale"),
-            }
-        }
-    }
-}
-
-/// Adds one outcome's queue snapshots to the batch's: per (tenant, group)
-/// the one of the highest version, changed from the lowest index of all.
-fn coalesce(queues: &mut Vec<QueueChange>, tenant: &str, version: u64, snapshots: Vec<QueueSnapshot>) {
-    for q in snapshots {
-        match queues.iter_mut().find(|c| c.tenant == tenant && c.snapshot.group == q.group) {
-            Some(c) => {
-                let from = c.snapshot.changed_from.min(q.changed_from);
-                if version > c.version {
-                    c.version = version;
-                    c.snapshot = q;
-                }
-                c.snapshot.changed_from = from;
-            }
-            None => queues.push(QueueChange { tenant: tenant.to_string(), version, snapshot: q }),
-        }
-    }
-}
-
-/// The snapshot to publish if it is not older than the last one published
-/// for its queue (and remembers it); `None` if it is.
-fn newest_only(published: &mut HashMap<(String, String), u64>, c: QueueChange) -> Option<QueueSnapshot> {
-    let newest = published.entry((c.tenant, c.snapshot.group.clone())).or_default();
-    if c.version < *newest {
-        return None;
-    }
-    *newest = c.version;
-    Some(c.snapshot)
-}
-
 async fn sweeper(service: std::sync::Weak<CsService>, shutdown: CancellationToken) {
     let Some(interval) = service.upgrade().map(|s| s.config.sweep_interval) else { return };
     let mut tick = tokio::time::interval(interval.max(Duration::from_millis(50)));
@@ -642,45 +474,5 @@ async fn sweeper(service: std::sync::Weak<CsService>, shutdown: CancellationToke
         let Some(service) = service.upgrade() else { break };
         n = n.wrapping_add(1);
         service.sweep(n.is_multiple_of(RECONCILE_EVERY), &mut published).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn snapshot(waiting: &[&str], changed_from: usize) -> QueueSnapshot {
-        let waiting = waiting.iter().map(|c| (format!("s-{c}"), c.to_string())).collect();
-        QueueSnapshot::new("g", waiting, changed_from, 0, [])
-    }
-
-    fn customers(q: &QueueSnapshot) -> Vec<&str> {
-        q.waiting.iter().map(|(_, c)| c.as_str()).collect()
-    }
-
-    /// Two commands' outcomes reach the notifier newest first: the batch
-    /// keeps the newer queue, from the lower index of the two.
-    #[test]
-    fn a_batch_keeps_the_newest_queue_whatever_the_arrival_order() {
-        let mut queues = Vec::new();
-        coalesce(&mut queues, "t", 7, vec![snapshot(&["c"], 1)]);
-        coalesce(&mut queues, "t", 6, vec![snapshot(&["b", "c"], 0)]);
-        coalesce(&mut queues, "u", 1, vec![snapshot(&["x"], 0)]);
-        assert_eq!(queues.len(), 2, "one per tenant and group");
-        assert_eq!((queues[0].version, customers(&queues[0].snapshot)), (7, vec!["c"]));
-        assert_eq!(queues[0].snapshot.changed_from, 0);
-    }
-
-    /// A snapshot older than one already published is not published (its
-    /// positions would be stale); equal or newer ones are.
-    #[test]
-    fn an_older_snapshot_than_the_one_published_is_held_back() {
-        let mut published = HashMap::new();
-        let change =
-            |version, waiting: &[&str]| QueueChange { tenant: "t".into(), version, snapshot: snapshot(waiting, 0) };
-        assert!(newest_only(&mut published, change(5, &["c"])).is_some());
-        assert!(newest_only(&mut published, change(4, &["b", "c"])).is_none());
-        assert!(newest_only(&mut published, change(5, &["c"])).is_some());
-        assert_eq!(newest_only(&mut published, change(9, &[])).map(|q| q.waiting.len()), Some(0));
     }
 }

@@ -151,14 +151,6 @@ impl Dispatcher {
         });
     }
 
-    pub fn router(&self) -> &Arc<Router> {
-        &self.router
-    }
-
-    pub fn backends(&self) -> &Backends {
-        &self.backends
-    }
-
     fn lock_of(&self, conversation_id: &str) -> &Mutex<Option<oneshot::Receiver<()>>> {
         &self.locks[(self.hasher.hash_one(conversation_id) as usize) % self.locks.len()]
     }

@@ -148,7 +148,7 @@ pub(crate) async fn assemble(
         info!(url = %config.push.webhook_url, "offline push through the webhook is on");
         dispatch.set_pusher(pusher);
     }
-    let cs = cs_queue::CsService::start(cs_store, dispatch.clone(), config.cs(), shutdown.clone());
+    let cs = cs_queue::CsService::start(cs_store, dispatch.clone(), router.clone(), config.cs(), shutdown.clone());
     for g in &config.cs.groups {
         cs.seed(&g.tenant, g.spec(), &g.agents)
             .await
@@ -178,6 +178,7 @@ pub(crate) async fn assemble(
         config: config.gateway(),
         signer,
         dispatch,
+        router: router.clone(),
         cs,
         revocations,
         limits: live_limits.limits(),

@@ -166,15 +166,20 @@ pub async fn append_is_idempotent_per_sender(b: &Backends) {
     assert_eq!(conv.last_seq, 2);
 }
 
+/// 200 appends of one conversation from 4 senders at once, as two nodes
+/// make them: each node serialises its own (the `MessageStore::append`
+/// contract; here a lock per node), the two nodes race.
 pub async fn concurrent_appends_are_gap_free(b: &Backends) {
     let t = Arc::new(tenant());
+    let nodes = [Arc::new(tokio::sync::Mutex::new(())), Arc::new(tokio::sync::Mutex::new(()))];
     let mut tasks = Vec::new();
     for sender in 0..4 {
         for i in 0..50 {
-            let (b, t) = (b.clone(), t.clone());
+            let (b, t, node) = (b.clone(), t.clone(), nodes[sender / 2].clone());
             tasks.push(tokio::spawn(async move {
                 let (from, to) = if sender % 2 == 0 { ("alice", "bob") } else { ("bob", "alice") };
                 let dev = format!("d{sender}");
+                let _serial = node.lock().await;
                 let m = b.messages.append(new_message(&t, from, &dev, to, &format!("{sender}-{i}"))).await.unwrap();
                 m.message.seq
             }));

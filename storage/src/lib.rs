@@ -89,6 +89,13 @@ pub trait MessageStore: Send + Sync + 'static {
     /// for the user and handed to the first device that registers.
     ///
     /// When this returns `Ok`, the message survives a crash.
+    ///
+    /// Callers serialise a node's appends of one conversation: the next one
+    /// starts when the one before it has returned from
+    /// [`start_append`](Self::start_append) (dispatch's conversation locks
+    /// do this). An implementation stays correct without it (gap-free,
+    /// idempotent: the cluster backend must be, for appends from two nodes
+    /// at once), but may be slower, retrying a seq another append took.
     async fn append(&self, msg: NewMessage) -> Result<Appended>;
 
     /// Starts an append and returns once its order is fixed: an append of

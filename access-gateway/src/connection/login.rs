@@ -160,7 +160,7 @@ where
     if let Some(evicted) = &registration.evicted {
         info!(evicted, "device limit reached; forgot the least recently seen device");
     }
-    let registration = match gw.dispatch.router().register(device.clone()).await {
+    let registration = match gw.router.register(device.clone()).await {
         Ok(r) => r,
         Err(e) => return Err(unavailable(e.into())),
     };
@@ -170,7 +170,7 @@ where
     let pending_count = match gw.dispatch.pending_count(&device).await {
         Ok(n) => n,
         Err(e) => {
-            gw.dispatch.router().unregister(registration.conn_id).await;
+            gw.router.unregister(registration.conn_id).await;
             return Err(unavailable(e));
         }
     };
@@ -180,7 +180,7 @@ where
             tenant: device.tenant.clone(),
             user_id: device.user.clone(),
             device_id: device.device.clone(),
-            node_id: gw.dispatch.router().node_id().to_string(),
+            node_id: gw.router.node_id().to_string(),
             server_time_ms: im_core::now_ms(),
             pending_count,
             role: claims.role.to_string(),

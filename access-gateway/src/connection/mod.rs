@@ -310,7 +310,7 @@ impl<S> Conn<S> {
         let caller = self.caller();
         let Conn { ws, outbox, gw, conn_id, device, held_acks, .. } = self;
         Box::pin(async move {
-            gw.dispatch.router().unregister(conn_id).await;
+            gw.router.unregister(conn_id).await;
             gw.cs.on_disconnect(&caller).await;
             finish(ws, outbox, exit).await;
             if let Some(mut held) = held_acks {

@@ -18,7 +18,7 @@ impl<S> Conn<S> {
         if let Some(Err(e)) = s.users.iter().map(|u| validate_id("users", u)).find(Result::is_err) {
             return self.emit(&error_frame(req_id, ErrorCode::InvalidArgument, e));
         }
-        let router = self.gw.dispatch.router().clone();
+        let router = self.gw.router.clone();
         // Watching starts now, in frame order (an unsubscribe read next
         // undoes it); the answer comes through the mailbox, one update per
         // user.
@@ -50,7 +50,7 @@ impl<S> Conn<S> {
     }
 
     pub(super) fn on_presence_unsubscribe(&mut self, u: pb::PresenceUnsubscribe) -> Result<(), Exit> {
-        self.gw.dispatch.router().unwatch(self.conn_id, &u.users);
+        self.gw.router.unwatch(self.conn_id, &u.users);
         Ok(())
     }
 }

@@ -114,7 +114,7 @@ impl<S> Conn<S> {
         let start = state.outgoing.lock().map(|mut o| o.offer(&t.to_user, frame)).unwrap_or(false);
         if start {
             // Best effort: an offline peer simply misses it.
-            let (router, tenant) = (self.gw.dispatch.router().clone(), self.device.tenant.clone());
+            let (router, tenant) = (self.gw.router.clone(), self.device.tenant.clone());
             tokio::spawn(forward(state.outgoing.clone(), router, tenant));
         }
         Ok(())

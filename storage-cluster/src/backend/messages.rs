@@ -54,10 +54,6 @@ enum InsertError {
 
 type InsertReply = oneshot::Sender<std::result::Result<(), InsertError>>;
 
-/// Appends of one conversation on one node are serialized (striped locks:
-/// bounded memory), so seq races happen only between nodes.
-const LOCK_STRIPES: usize = 1024;
-
 /// A conversation's last message, as appends need it.
 #[derive(Debug, Clone)]
 pub(super) struct LastMessage {
@@ -68,8 +64,6 @@ pub(super) struct LastMessage {
 }
 
 pub struct ClusterStore {
-    locks: Box<[tokio::sync::Mutex<()>]>,
-    hasher: std::collections::hash_map::RandomState,
     pub(super) redis: ConnectionManager,
     pub(super) messages: Collection<Document>,
     revocations: Collection<Document>,
@@ -146,8 +140,6 @@ impl ClusterStore {
         let (tx, rx) = mpsc::channel(options.max_batch * 8);
         tokio::spawn(insert_loop(messages.clone(), write_concern, rx, options.max_batch.max(1)));
         Ok(Arc::new(Self {
-            locks: (0..LOCK_STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
-            hasher: Default::default(),
             redis,
             revocations: db.collection("revocations"),
             settings: db.collection("settings"),
@@ -402,9 +394,9 @@ fn msg_id_time_ms(msg_id: &str) -> Option<u64> {
 impl MessageStore for ClusterStore {
     async fn append(&self, new: NewMessage) -> Result<Appended> {
         let _timer = CallTimer::new("mongodb+redis", "append");
-        use std::hash::BuildHasher;
-        let stripe = (self.hasher.hash_one(&new.conversation_id) as usize) % self.locks.len();
-        let _serial = self.locks[stripe].lock().await;
+        // A node's appends of one conversation come one at a time (the
+        // trait's contract: dispatch's conversation locks); what races is
+        // another node, and the unique index settles it below.
         // No look-up first: the unique index `idempotency` rejects a repeated
         // client_msg_id at insert, which costs MongoDB one operation per send
         // instead of two.
