@@ -1,9 +1,16 @@
-//! Limits and timers of the gateway. Defaults are the documented ones.
+//! Limits and timers of the gateway, as configured: [`ConnectionLimits`]
+//! are the gateway's keys of `[limits]`, [`Timeouts`] the `[timeouts]`
+//! section. Each key is declared here once, with its default and its check;
+//! the server's config embeds these types.
 
+use im_core::InvalidSetting;
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-#[derive(Debug, Clone)]
-pub struct GatewayConfig {
+/// The gateway's keys of `[limits]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ConnectionLimits {
     /// Largest WebSocket message accepted, in bytes.
     pub max_frame_bytes: usize,
     /// Frames queued for writing to one connection; beyond it the client is a
@@ -18,12 +25,6 @@ pub struct GatewayConfig {
     pub max_sends_in_flight: usize,
     /// Users one connection may watch the presence of.
     pub max_presence_subscriptions: usize,
-    /// Time allowed for the WebSocket handshake and then for the Auth frame.
-    pub auth_timeout: Duration,
-    /// A connection silent this long is closed (a WebSocket ping is sent at half).
-    pub idle_timeout: Duration,
-    /// Unacknowledged deliveries are sent again after this long.
-    pub ack_timeout: Duration,
     /// Resends of one delivery before the connection is closed (it stays pending).
     pub max_resends: u32,
     /// Open connections this node accepts; more wait in the listen backlog.
@@ -32,7 +33,7 @@ pub struct GatewayConfig {
     pub io_buffer_bytes: usize,
 }
 
-impl Default for GatewayConfig {
+impl Default for ConnectionLimits {
     fn default() -> Self {
         Self {
             max_frame_bytes: 64 * 1024,
@@ -41,9 +42,6 @@ impl Default for GatewayConfig {
             max_inflight: 512,
             max_sends_in_flight: 64,
             max_presence_subscriptions: 200,
-            auth_timeout: Duration::from_secs(10),
-            idle_timeout: Duration::from_secs(90),
-            ack_timeout: Duration::from_secs(10),
             max_resends: 3,
             max_connections: 19_000,
             io_buffer_bytes: 256,
@@ -51,13 +49,78 @@ impl Default for GatewayConfig {
     }
 }
 
+impl ConnectionLimits {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if !(1024..=16 << 20).contains(&self.max_frame_bytes) {
+            return Err(InvalidSetting::new("limits.max_frame_bytes", "must be between 1024 and 16777216"));
+        }
+        for (key, v) in [
+            ("limits.delivery_queue", self.delivery_queue),
+            ("limits.max_inflight", self.max_inflight),
+            ("limits.max_sends_in_flight", self.max_sends_in_flight),
+            ("limits.max_presence_subscriptions", self.max_presence_subscriptions),
+            ("limits.max_connections", self.max_connections),
+        ] {
+            if v == 0 {
+                return Err(InvalidSetting::new(key, "must be at least 1"));
+            }
+        }
+        if self.outbound_queue < 16 {
+            return Err(InvalidSetting::new("limits.outbound_queue", "must be at least 16"));
+        }
+        if !(128..=1 << 20).contains(&self.io_buffer_bytes) {
+            return Err(InvalidSetting::new("limits.io_buffer_bytes", "must be between 128 and 1048576"));
+        }
+        Ok(())
+    }
+}
+
+/// `[timeouts]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Time allowed for the WebSocket handshake and then for the Auth frame.
+    #[serde(with = "humantime_serde")]
+    pub auth: Duration,
+    /// A connection silent this long is closed (a WebSocket ping is sent at half).
+    #[serde(with = "humantime_serde")]
+    pub idle: Duration,
+    /// Unacknowledged deliveries are sent again after this long.
+    #[serde(with = "humantime_serde")]
+    pub ack: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Self { auth: Duration::from_secs(10), idle: Duration::from_secs(90), ack: Duration::from_secs(10) }
+    }
+}
+
+impl Timeouts {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        for (key, v) in [("timeouts.auth", self.auth), ("timeouts.idle", self.idle), ("timeouts.ack", self.ack)] {
+            if v < Duration::from_millis(10) {
+                return Err(InvalidSetting::new(key, "must be at least 10ms"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Everything a connection is bounded and timed by.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GatewayConfig {
+    pub limits: ConnectionLimits,
+    pub timeouts: Timeouts,
+}
+
 impl GatewayConfig {
     /// The delivery window's share of these limits.
     pub fn window_limits(&self) -> crate::window::WindowLimits {
         crate::window::WindowLimits {
-            max_inflight: self.max_inflight,
-            ack_timeout: self.ack_timeout,
-            max_resends: self.max_resends,
+            max_inflight: self.limits.max_inflight,
+            ack_timeout: self.timeouts.ack,
+            max_resends: self.limits.max_resends,
         }
     }
 }

@@ -11,7 +11,7 @@ pub mod tls;
 pub mod window;
 
 pub use auth::is_revoked;
-pub use config::GatewayConfig;
+pub use config::{ConnectionLimits, GatewayConfig, Timeouts};
 pub use im_core::token::{AuthError, Claims, TokenSigner};
 pub use limits::{Limits, RateLimits};
 pub use server::{serve, websocket_config};

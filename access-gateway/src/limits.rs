@@ -90,19 +90,7 @@ pub struct TenantRates {
 }
 
 /// A value out of range: the dotted key (as in the config file) and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct InvalidLimit {
-    pub key: String,
-    pub reason: String,
-}
-
-impl std::fmt::Display for InvalidLimit {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.key, self.reason)
-    }
-}
-
-impl std::error::Error for InvalidLimit {}
+pub type InvalidLimit = im_core::InvalidSetting;
 
 /// The dimensions of a refusal, as named in `/metrics` and in errors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -25,13 +25,13 @@ pub const WS_PATH: &str = "/ws";
 /// tungstenite settings from the gateway limits: small I/O buffers (the
 /// defaults allocate 128 KiB per connection) and the frame size limit.
 pub fn websocket_config(config: &GatewayConfig) -> WebSocketConfig {
-    let buffer = config.io_buffer_bytes.max(128);
+    let buffer = config.limits.io_buffer_bytes.max(128);
     WebSocketConfig::default()
         .read_buffer_size(buffer)
         .write_buffer_size(buffer)
-        .max_write_buffer_size(buffer + 4 * config.max_frame_bytes)
-        .max_message_size(Some(config.max_frame_bytes))
-        .max_frame_size(Some(config.max_frame_bytes))
+        .max_write_buffer_size(buffer + 4 * config.limits.max_frame_bytes)
+        .max_message_size(Some(config.limits.max_frame_bytes))
+        .max_frame_size(Some(config.limits.max_frame_bytes))
 }
 
 /// Accepts connections on `listener` (with TLS when `tls` is given) until
@@ -43,7 +43,7 @@ pub async fn serve(
     shutdown: CancellationToken,
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
-    let permits = Arc::new(Semaphore::new(gw.config.max_connections.max(1)));
+    let permits = Arc::new(Semaphore::new(gw.config.limits.max_connections.max(1)));
     let tracker = TaskTracker::new();
     let ws_config = websocket_config(&gw.config);
     loop {
@@ -85,7 +85,7 @@ pub async fn serve(
         let conn_tracker = tracker.clone();
         let tls = tls.clone();
         tracker.spawn(async move {
-            let deadline = tokio::time::Instant::now() + gw.config.auth_timeout;
+            let deadline = tokio::time::Instant::now() + gw.config.timeouts.auth;
             let opened = async {
                 let Some(tls) = tls else {
                     let (ws, peer, guard) = upgrade(tcp, &gw, peer, guard, ws_config).await?;

@@ -44,18 +44,29 @@ use storage::cs::{
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-/// Settings of the customer-service layer.
-#[derive(Debug, Clone)]
+/// `[cs]`: the settings of customer service.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct CsConfig {
-    /// How long a disconnected agent keeps their sessions.
+    /// A disconnected agent keeps their sessions this long.
+    #[serde(with = "humantime_serde")]
     pub agent_grace: Duration,
-    /// A waiting customer with no connection this long leaves the line
-    /// (checked on the node their last connection closed on).
+    /// A customer waiting in line who is gone (no connection) this long
+    /// leaves the line (checked on the node their last connection closed on).
+    #[serde(with = "humantime_serde")]
     pub customer_grace: Duration,
-    /// How often the tenants are swept (max wait, grace period, the
-    /// queue-length gauges); each tenant by one node.
+    /// How often max waits and grace periods are checked and the
+    /// queue-length metric set; each tenant by one node.
+    #[serde(with = "humantime_serde")]
     pub sweep_interval: Duration,
-    /// Most left messages listed in one LeftMessageNotice.
+    /// Cluster backend: ended sessions and claimed left messages are kept
+    /// this long in Redis (their messages stay in the history for good).
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
+    /// Groups created at start-up when they do not exist yet.
+    pub groups: Vec<SeedGroup>,
+    /// Most left messages listed in one LeftMessageNotice (not a setting).
+    #[serde(skip)]
     pub left_notice_limit: usize,
 }
 
@@ -65,7 +76,96 @@ impl Default for CsConfig {
             agent_grace: Duration::from_secs(60),
             customer_grace: Duration::from_secs(120),
             sweep_interval: Duration::from_secs(1),
+            retention: Duration::from_secs(30 * 24 * 3600),
+            groups: vec![SeedGroup {
+                tenant: "demo".into(),
+                id: "default".into(),
+                name: "Customer service".into(),
+                auto_join: true,
+                ..SeedGroup::default()
+            }],
             left_notice_limit: 50,
+        }
+    }
+}
+
+impl CsConfig {
+    pub fn validate(&self) -> Result<(), im_core::InvalidSetting> {
+        let invalid = |key: &str, reason: String| Err(im_core::InvalidSetting::new(key, reason));
+        if self.sweep_interval < Duration::from_millis(50) {
+            return invalid("cs.sweep_interval", "must be at least 50ms".into());
+        }
+        if self.retention < Duration::from_secs(1) {
+            return invalid("cs.retention", "must be at least 1s".into());
+        }
+        for g in &self.groups {
+            if let Err(e) = validate_id("tenant", &g.tenant) {
+                return invalid("cs.groups", e);
+            }
+            let mut spec = g.spec();
+            if spec.name.is_empty() {
+                spec.name = spec.id.clone();
+            }
+            if let Err(e) = spec.validate() {
+                return invalid("cs.groups", format!("group {:?}: {e}", g.id));
+            }
+            for a in &g.agents {
+                if let Err(e) = validate_id("agent", a) {
+                    return invalid("cs.groups", format!("group {:?}: {e}", g.id));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A service group created at start-up (`[[cs.groups]]`) if it does not
+/// exist yet.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SeedGroup {
+    pub tenant: String,
+    pub id: String,
+    pub name: String,
+    pub policy: storage::cs::Policy,
+    pub max_queue: u32,
+    #[serde(with = "humantime_serde")]
+    pub max_wait: Duration,
+    /// Every agent of the tenant who goes online joins the group.
+    pub auto_join: bool,
+    pub default_capacity: u32,
+    /// Agents added at start-up (with the default capacity unless they
+    /// already have one from another group).
+    pub agents: Vec<String>,
+}
+
+impl Default for SeedGroup {
+    fn default() -> Self {
+        let spec = GroupSpec::default();
+        Self {
+            tenant: String::new(),
+            id: String::new(),
+            name: spec.name,
+            policy: spec.policy,
+            max_queue: spec.max_queue,
+            max_wait: Duration::from_millis(spec.max_wait_ms),
+            auto_join: spec.auto_join,
+            default_capacity: spec.default_capacity,
+            agents: Vec::new(),
+        }
+    }
+}
+
+impl SeedGroup {
+    pub fn spec(&self) -> GroupSpec {
+        GroupSpec {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            policy: self.policy,
+            max_queue: self.max_queue,
+            max_wait_ms: u64::try_from(self.max_wait.as_millis()).unwrap_or(u64::MAX),
+            auto_join: self.auto_join,
+            default_capacity: self.default_capacity,
         }
     }
 }

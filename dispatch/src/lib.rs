@@ -41,32 +41,70 @@ use tracing::Instrument;
 
 pub type Result<T, E = ClientError> = std::result::Result<T, E>;
 
-/// Bounds of the dispatch layer.
-#[derive(Debug, Clone)]
+/// Dispatch's keys of `[limits]`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct DispatchLimits {
     /// History page size when the client asks for 0.
-    pub history_default: usize,
+    pub history_page_default: usize,
     /// Largest history page.
-    pub history_max: usize,
-    /// Largest custom JSON payload, text or url, in bytes (the frame limit
-    /// bounds the total; this bounds each field).
-    pub max_field_bytes: usize,
+    pub history_page_max: usize,
     /// Ack frames of the whole node waiting for the store (see [`AckQueue`]).
     pub ack_queue: usize,
-    /// How long after sending a user may recall a message.
-    pub recall_window: std::time::Duration,
 }
 
 impl Default for DispatchLimits {
     fn default() -> Self {
-        Self {
-            history_default: 50,
-            history_max: 200,
-            max_field_bytes: 32 * 1024,
-            ack_queue: 8192,
-            recall_window: std::time::Duration::from_secs(120),
-        }
+        Self { history_page_default: 50, history_page_max: 200, ack_queue: 8192 }
     }
+}
+
+impl DispatchLimits {
+    pub fn validate(&self) -> Result<(), im_core::InvalidSetting> {
+        let invalid = |key: &str, reason: &str| Err(im_core::InvalidSetting::new(key, reason));
+        for (key, v) in [
+            ("limits.ack_queue", self.ack_queue),
+            ("limits.history_page_default", self.history_page_default),
+            ("limits.history_page_max", self.history_page_max),
+        ] {
+            if v == 0 {
+                return invalid(key, "must be at least 1");
+            }
+        }
+        if self.history_page_default > self.history_page_max {
+            return invalid("limits.history_page_default", "must not exceed limits.history_page_max");
+        }
+        if self.history_page_max > 1000 {
+            return invalid("limits.history_page_max", "must be at most 1000");
+        }
+        Ok(())
+    }
+}
+
+/// `[im]`: chat features.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImConfig {
+    /// How long after sending a user may recall their message (admins:
+    /// always). "0s" turns recall off for everyone but admins.
+    #[serde(with = "humantime_serde")]
+    pub recall_window: std::time::Duration,
+}
+
+impl Default for ImConfig {
+    fn default() -> Self {
+        Self { recall_window: std::time::Duration::from_secs(120) }
+    }
+}
+
+/// What dispatch is configured with.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct DispatchConfig {
+    pub limits: DispatchLimits,
+    pub im: ImConfig,
+    /// Largest custom JSON payload, text or url, in bytes (the frame limit
+    /// bounds the total; this bounds each field).
+    pub max_field_bytes: usize,
 }
 
 /// Conversation locks are striped: bounded memory whatever the number of
@@ -77,7 +115,7 @@ pub struct Dispatcher {
     backends: Backends,
     acks: AckQueue,
     router: Arc<Router>,
-    limits: DispatchLimits,
+    limits: DispatchConfig,
     /// Per stripe: completes when the push of the latest append started
     /// under it is done (or abandoned).
     locks: Box<[Mutex<Option<oneshot::Receiver<()>>>]>,
@@ -87,9 +125,9 @@ pub struct Dispatcher {
 }
 
 impl Dispatcher {
-    pub fn new(backends: Backends, router: Arc<Router>, limits: DispatchLimits) -> Arc<Self> {
+    pub fn new(backends: Backends, router: Arc<Router>, limits: DispatchConfig) -> Arc<Self> {
         Arc::new(Self {
-            acks: AckQueue::start(backends.pending.clone(), limits.ack_queue),
+            acks: AckQueue::start(backends.pending.clone(), limits.limits.ack_queue),
             backends,
             router,
             limits,
@@ -419,8 +457,8 @@ impl Dispatcher {
             return Err(ClientError::new(ErrorCode::Forbidden, "not a member of this conversation"));
         }
         let limit = match req.limit as usize {
-            0 => self.limits.history_default,
-            n => n.min(self.limits.history_max),
+            0 => self.limits.limits.history_page_default,
+            n => n.min(self.limits.limits.history_page_max),
         };
         let page = self
             .backends

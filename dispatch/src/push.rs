@@ -34,16 +34,24 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// The `[push]` settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct PushConfig {
-    /// Empty: no pushes.
+    /// http(s) URL called for users with no connected device; empty: off.
     pub webhook_url: String,
+    /// HMAC-SHA256 key of the X-Dongdong-Signature header (≥ 16 bytes when on).
     pub secret: String,
+    /// Whether the body carries the message's first 100 characters.
     pub include_preview: bool,
+    /// At most one push per user per this long (the latest state wins).
+    #[serde(with = "humantime_serde")]
     pub min_interval: Duration,
+    /// Each webhook call's time limit.
+    #[serde(with = "humantime_serde")]
     pub timeout: Duration,
-    /// Events waiting to be handled; more are dropped (and counted).
+    /// Events waiting for the pusher; more are dropped (and counted).
     pub queue: usize,
+    /// Attempts per push (5xx and timeouts are retried with backoff; 4xx never).
     pub max_attempts: u32,
 }
 
@@ -58,6 +66,30 @@ impl Default for PushConfig {
             queue: 10_000,
             max_attempts: 5,
         }
+    }
+}
+
+impl PushConfig {
+    pub fn validate(&self) -> Result<(), im_core::InvalidSetting> {
+        let invalid = |key: &str, reason: &str| Err(im_core::InvalidSetting::new(key, reason));
+        if !self.webhook_url.is_empty() {
+            if !(self.webhook_url.starts_with("http://") || self.webhook_url.starts_with("https://")) {
+                return invalid("push.webhook_url", "must start with http:// or https://");
+            }
+            if self.secret.len() < 16 {
+                return invalid("push.secret", "must be at least 16 bytes when push.webhook_url is set");
+            }
+        }
+        if self.timeout < Duration::from_millis(100) {
+            return invalid("push.timeout", "must be at least 100ms");
+        }
+        if self.queue == 0 {
+            return invalid("push.queue", "must be at least 1");
+        }
+        if !(1..=20).contains(&self.max_attempts) {
+            return invalid("push.max_attempts", "must be between 1 and 20");
+        }
+        Ok(())
     }
 }
 

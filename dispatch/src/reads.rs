@@ -79,7 +79,7 @@ impl Dispatcher {
                         "only the sender (or an admin) may recall a message",
                     ));
                 }
-                let window = self.limits.recall_window;
+                let window = self.limits.im.recall_window;
                 let age_ms = im_core::now_ms().saturating_sub(message.server_time_ms);
                 if u128::from(age_ms) > window.as_millis() {
                     let window = humantime::format_duration(window);

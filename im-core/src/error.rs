@@ -128,3 +128,19 @@ impl ClientError {
         self.code.with_message(self.message.clone())
     }
 }
+
+/// A setting that cannot be used: its key as written in the config file
+/// (`limits.max_frame_bytes`) and why. Each crate validates its own
+/// settings beside their type and answers with this.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{key}: {reason}")]
+pub struct InvalidSetting {
+    pub key: String,
+    pub reason: String,
+}
+
+impl InvalidSetting {
+    pub fn new(key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self { key: key.into(), reason: reason.into() }
+    }
+}

@@ -16,7 +16,7 @@ pub mod pb {
 }
 
 pub use codec::{Encoding, FrameDecodeError, decode_frame, encode_deliver, encode_frame};
-pub use error::{ClientError, CloseCode, ErrorCode};
+pub use error::{ClientError, CloseCode, ErrorCode, InvalidSetting};
 pub use ids::{ConversationId, DeviceKey, Role, TenantUser, conversation_id, new_msg_id};
 
 /// Milliseconds since the Unix epoch.

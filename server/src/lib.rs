@@ -124,13 +124,13 @@ pub(crate) async fn assemble(
     let metrics = http::install_metrics();
     let secret = secret::resolve(config)?;
     let health = backends.health.clone();
-    let router = Arc::new(Router::new(node_id, backends.presence.clone(), config.limits.delivery_queue));
+    let router = Arc::new(Router::new(node_id, backends.presence.clone(), config.limits.connection.delivery_queue));
     if let Some(bus) = &backends.bus {
         router.attach_bus(bus.clone(), shutdown.clone()).await.context("cannot subscribe to the node bus")?;
     }
     router.start_presence(PRESENCE_WINDOW, PRESENCE_RECHECK, shutdown.clone());
     let live_limits = limits_api::LiveLimits::start(
-        config.limits.rates(),
+        config.limits.rates.clone(),
         &config.auth.operator_key,
         backends.settings.clone(),
         backends.bus.clone(),
@@ -143,12 +143,13 @@ pub(crate) async fn assemble(
     let files_backends = backends.clone();
     let dispatch = Dispatcher::new(backends, router.clone(), config.dispatch());
     if let Some(pusher) =
-        dispatch::push::Pusher::start(config.push(), files_backends.messages.clone(), shutdown.clone())
+        dispatch::push::Pusher::start(config.push.clone(), files_backends.messages.clone(), shutdown.clone())
     {
         info!(url = %config.push.webhook_url, "offline push through the webhook is on");
         dispatch.set_pusher(pusher);
     }
-    let cs = cs_queue::CsService::start(cs_store, dispatch.clone(), router.clone(), config.cs(), shutdown.clone());
+    let cs =
+        cs_queue::CsService::start(cs_store, dispatch.clone(), router.clone(), config.cs.clone(), shutdown.clone());
     for g in &config.cs.groups {
         cs.seed(&g.tenant, g.spec(), &g.agents)
             .await
@@ -284,7 +285,7 @@ fn on_hangup(
             match running.reload() {
                 Ok(None) => {}
                 Ok(Some(new)) => {
-                    if let Err(e) = limits.set_file(new.limits.rates()) {
+                    if let Err(e) = limits.set_file(new.limits.rates.clone()) {
                         tracing::error!(error = %e, "SIGHUP: the running limits stay");
                         continue;
                     }

@@ -1,30 +1,46 @@
-//! The cluster backend's settings: compiled even without the `backend`
-//! feature, so a build without the drivers still reads every key.
+//! The cluster backend's settings: its keys of `[storage]` (declared here
+//! once, with their defaults and checks), compiled even without the
+//! `backend` feature, so a build without the drivers still reads every key.
 
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// Where and how to reach Redis and MongoDB.
-#[derive(Debug, Clone)]
+/// Where and how to reach Redis and MongoDB. Serialized, the keys of
+/// `[storage]` that only the cluster backend reads; the fields that are
+/// not keys are set by whoever opens the backend.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct ClusterOptions {
+    /// Redis, for presence, pending ids, the node bus and customer service.
     pub redis_url: String,
+    /// MongoDB, for the message log and files.
     pub mongo_url: String,
-    /// MongoDB database holding the `messages` collection.
     pub mongo_database: String,
-    /// Write concern of message inserts: "majority" or a number of nodes.
+    /// Write concern of message inserts: "majority" or a number of members.
+    #[serde(rename = "mongo_write_concern")]
     pub write_concern: String,
-    /// Whether inserts wait for the journal.
+    /// Whether message inserts wait for the MongoDB journal.
+    #[serde(rename = "mongo_journal")]
     pub journal: bool,
-    /// Longest wait for one Redis reply.
-    pub redis_timeout: Duration,
-    /// Longest wait for MongoDB to pick a server / connect.
-    pub mongo_timeout: Duration,
-    /// Presence entries expire this long after their node last refreshed them.
+    /// Presence entries of a node that stops refreshing them expire after
+    /// this long.
+    #[serde(with = "humantime_serde")]
     pub presence_ttl: Duration,
-    /// Devices remembered per user.
+    /// Longest wait for a Redis reply, and for MongoDB to answer (server
+    /// selection); past it a send fails with UNAVAILABLE.
+    #[serde(with = "humantime_serde")]
+    pub redis_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub mongo_timeout: Duration,
+    /// Devices remembered per user (`storage.max_devices_per_user`).
+    #[serde(skip)]
     pub max_devices_per_user: usize,
     /// Most documents per insert_many.
+    #[serde(skip)]
     pub max_batch: usize,
-    /// How long ended service sessions and claimed left messages are kept.
+    /// How long ended service sessions and claimed left messages are kept
+    /// (`cs.retention`).
+    #[serde(skip)]
     pub cs_retention: Duration,
 }
 
@@ -36,12 +52,37 @@ impl Default for ClusterOptions {
             mongo_database: "dongdong".into(),
             write_concern: "majority".into(),
             journal: true,
+            presence_ttl: Duration::from_secs(60),
             redis_timeout: Duration::from_secs(2),
             mongo_timeout: Duration::from_secs(5),
-            presence_ttl: Duration::from_secs(60),
-            max_devices_per_user: 16, // storage::DEFAULT_MAX_DEVICES_PER_USER
+            max_devices_per_user: 16,
             max_batch: 256,
             cs_retention: Duration::from_secs(30 * 24 * 3600),
         }
+    }
+}
+
+impl ClusterOptions {
+    /// Checks the keys (when the cluster backend is the one in use).
+    pub fn validate(&self) -> Result<(), im_core::InvalidSetting> {
+        let invalid = |key: &str, reason: &str| Err(im_core::InvalidSetting::new(format!("storage.{key}"), reason));
+        if !self.redis_url.starts_with("redis://") && !self.redis_url.starts_with("rediss://") {
+            return invalid("redis_url", "must start with redis:// or rediss://");
+        }
+        if !self.mongo_url.starts_with("mongodb://") && !self.mongo_url.starts_with("mongodb+srv://") {
+            return invalid("mongo_url", "must start with mongodb:// or mongodb+srv://");
+        }
+        if self.mongo_database.is_empty() {
+            return invalid("mongo_database", "must not be empty");
+        }
+        if self.presence_ttl < Duration::from_secs(1) {
+            return invalid("presence_ttl", "must be at least 1s");
+        }
+        for (key, v) in [("redis_timeout", self.redis_timeout), ("mongo_timeout", self.mongo_timeout)] {
+            if v < Duration::from_millis(100) {
+                return invalid(key, "must be at least 100ms");
+            }
+        }
+        Ok(())
     }
 }

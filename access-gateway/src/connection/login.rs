@@ -36,7 +36,7 @@ pub(crate) async fn login<S>(
 where
     S: Stream<Item = Result<WsMessage, WsError>> + Unpin,
 {
-    let mut outbox = Outbox::new(gw.config.outbound_queue);
+    let mut outbox = Outbox::new(gw.config.limits.outbound_queue);
     let session = match authenticate(&mut ws, &mut outbox, &gw, &shutdown).await {
         Ok((device, role, encoding, registration, pending_count, identity)) => {
             let caller = cs_queue::Caller::of_device(&device, role);
@@ -76,8 +76,8 @@ async fn authenticate<S>(
 where
     S: Stream<Item = Result<WsMessage, WsError>> + Unpin,
 {
-    let deadline = Instant::now() + gw.config.auth_timeout;
-    let max_frame = gw.config.max_frame_bytes;
+    let deadline = Instant::now() + gw.config.timeouts.auth;
+    let max_frame = gw.config.limits.max_frame_bytes;
     let mut reject = |encoding: Encoding, req_id: u64, code: ErrorCode, message: String, close_code: CloseCode| {
         // Always room: nothing else was queued yet.
         let _ = out.push(encode(encoding, &error_frame(req_id, code, message.clone())));
@@ -87,7 +87,7 @@ where
         let item = tokio::select! {
             item = stream.next() => item,
             _ = sleep_until(deadline) => {
-                let secs = gw.config.auth_timeout.as_secs_f64();
+                let secs = gw.config.timeouts.auth.as_secs_f64();
                 return Err(reject(Encoding::Json, 0, ErrorCode::Unauthenticated,
                     format!("no Auth frame within {secs}s"), CloseCode::PolicyViolation));
             }

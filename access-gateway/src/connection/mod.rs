@@ -126,7 +126,7 @@ pub fn handle_socket<S: Socket>(
     );
     metrics::counter!("dongdong_connections_opened_total").increment(1);
     Connection {
-        timer: tokio::time::sleep_until(Instant::now() + gw.config.auth_timeout),
+        timer: tokio::time::sleep_until(Instant::now() + gw.config.timeouts.auth),
         phase: Phase::LoggingIn(Box::pin(login::login(ws, gw, shutdown, login_guard))),
         span,
         permit: None,
@@ -329,14 +329,14 @@ impl<S> Conn<S> {
 
     /// The earliest of the heartbeat's and the window's next check.
     fn timer_deadline(&self) -> Instant {
-        let idle = self.gw.config.idle_timeout;
+        let idle = self.gw.config.timeouts.idle;
         let heartbeat = self.last_heard + if self.pinged { idle } else { idle / 2 };
         self.window.next_deadline().map_or(heartbeat, |d| d.min(heartbeat))
     }
 
     fn on_timer(&mut self, now: Instant) -> Result<(), Exit> {
         let silent = now.saturating_duration_since(self.last_heard);
-        let idle = self.gw.config.idle_timeout;
+        let idle = self.gw.config.timeouts.idle;
         if silent >= idle {
             return Err(close(CloseCode::GoingAway, "idle timeout"));
         }
@@ -584,7 +584,8 @@ impl<S: Socket> Conn<S> {
         // neither a flooding client nor a flood of pushes starves the other.
         for read in [self.read_first, !self.read_first] {
             if read {
-                let acks_fit = self.held_acks.as_ref().is_none_or(|h| h.ids.len() <= self.gw.config.max_inflight);
+                let acks_fit =
+                    self.held_acks.as_ref().is_none_or(|h| h.ids.len() <= self.gw.config.limits.max_inflight);
                 if self.answering.is_none()
                     && acks_fit
                     && let Poll::Ready(item) = self.ws.poll_next_unpin(cx)

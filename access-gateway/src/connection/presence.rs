@@ -10,7 +10,7 @@ use session_router::{Push, WatchError};
 
 impl<S> Conn<S> {
     pub(super) fn on_presence_subscribe(&mut self, req_id: u64, s: pb::PresenceSubscribe) -> Result<(), Exit> {
-        let max = self.gw.config.max_presence_subscriptions;
+        let max = self.gw.config.limits.max_presence_subscriptions;
         if s.users.is_empty() || s.users.len() > max {
             let message = format!("name 1 to {max} users");
             return self.emit(&error_frame(req_id, ErrorCode::InvalidArgument, message));

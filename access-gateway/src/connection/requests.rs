@@ -27,7 +27,7 @@ impl<S> Conn<S> {
     pub(super) fn on_read(&mut self, item: Option<Result<WsMessage, WsError>>, now: Instant) -> Result<(), Exit> {
         self.last_heard = now;
         self.pinged = false;
-        match classify(item, self.gw.config.max_frame_bytes) {
+        match classify(item, self.gw.config.limits.max_frame_bytes) {
             Incoming::Data(encoding, payload) => self.on_data(encoding, &payload),
             Incoming::Heard => Ok(()),
             Incoming::Exit(Exit::Close(code @ CloseCode::TooLarge, reason)) => {
@@ -158,7 +158,7 @@ impl<S> Conn<S> {
     /// through the mailbox (sends and marks); when none is free, answers
     /// RATE_LIMITED (saying `what` is waiting) and returns false.
     fn take_reply_slot(&mut self, req_id: u64, what: &str) -> Result<bool, Exit> {
-        let max = self.gw.config.max_sends_in_flight.max(1);
+        let max = self.gw.config.limits.max_sends_in_flight.max(1);
         if self.sends_in_flight as usize >= max {
             let message = format!("more than {max} {what}");
             self.emit(&error_frame(req_id, ErrorCode::RateLimited, message))?;

@@ -74,8 +74,8 @@ fn expired_token() -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_clear_errors_and_never_hurts_others() {
     let s = TestServer::start_with(|c| {
-        c.limits.rate_per_sec = 50;
-        c.limits.rate_burst = 50;
+        c.limits.rates.rate_per_sec = 50;
+        c.limits.rates.rate_burst = 50;
     })
     .await;
     let stop = Arc::new(AtomicBool::new(false));

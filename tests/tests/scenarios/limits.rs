@@ -42,14 +42,14 @@ async fn limits_view(http: &str) -> serde_json::Value {
 async fn user_and_tenant_buckets_hold_across_devices_and_change_live() {
     let s = TestServer::start_with(|c| {
         c.auth.operator_key = OPERATOR.into();
-        c.limits.user_sends_per_sec = 1;
-        c.limits.user_sends_burst = 3;
+        c.limits.rates.user_sends_per_sec = 1;
+        c.limits.rates.user_sends_burst = 3;
         let quiet = access_gateway::limits::TenantRates {
             tenant_sends_per_sec: Some(1),
             tenant_sends_burst: Some(2),
             ..Default::default()
         };
-        c.limits.tenants.insert("quiet".into(), quiet);
+        c.limits.rates.tenants.insert("quiet".into(), quiet);
     })
     .await;
     let mut a1 = s.login("acme", "alice", "a1").await;
@@ -140,7 +140,7 @@ async fn closed_within(tcp: &mut tokio::net::TcpStream, wait: Duration) -> bool 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn logins_in_progress_are_capped_per_address() {
-    let s = TestServer::start_with(|c| c.limits.handshakes_per_address = 2).await;
+    let s = TestServer::start_with(|c| c.limits.rates.handshakes_per_address = 2).await;
     let addr = s.ws_url.trim_start_matches("ws://").trim_end_matches("/ws").to_string();
     // Two connections that never handshake hold the address's two places
     // (taken as they are accepted, in order).
@@ -174,7 +174,7 @@ async fn logins_in_progress_are_capped_per_address() {
 async fn behind_a_trusted_proxy_the_header_is_the_address() {
     let s = TestServer::start_with(|c| {
         c.server.trusted_proxy_header = "X-Forwarded-For".into();
-        c.limits.handshakes_per_address = 1;
+        c.limits.rates.handshakes_per_address = 1;
     })
     .await;
     let upgrade = |forwarded: Option<&str>| {

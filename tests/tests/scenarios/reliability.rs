@@ -61,7 +61,7 @@ async fn a_resend_after_a_recall_carries_no_recalled_text() {
 async fn never_acking_client_is_closed_and_keeps_its_pending() {
     let s = TestServer::start_with(|c| {
         c.timeouts.ack = Duration::from_millis(100);
-        c.limits.max_resends = 2;
+        c.limits.connection.max_resends = 2;
     })
     .await;
     let mut bob = s.login("acme", "bob", "b1").await;
@@ -132,9 +132,9 @@ async fn same_device_reconnecting_replaces_the_old_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_consumer_is_disconnected_and_loses_nothing() {
     let s = TestServer::start_with(|c| {
-        c.limits.outbound_queue = 16;
-        c.limits.delivery_queue = 16;
-        c.limits.max_inflight = 64;
+        c.limits.connection.outbound_queue = 16;
+        c.limits.connection.delivery_queue = 16;
+        c.limits.connection.max_inflight = 64;
     })
     .await;
     let bob = s.login("acme", "bob", "b1").await;
@@ -166,8 +166,8 @@ async fn shutdown_closes_connections_with_1012() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_of_own_deliveries_do_not_count_against_the_rate_limit() {
     let s = TestServer::start_with(|c| {
-        c.limits.rate_per_sec = 1;
-        c.limits.rate_burst = 20;
+        c.limits.rates.rate_per_sec = 1;
+        c.limits.rates.rate_burst = 20;
     })
     .await;
     let mut bob = s.login("acme", "bob", "b1").await;
@@ -260,7 +260,7 @@ impl storage::PendingStore for GatedAcks {
 async fn acks_never_block_a_connection_and_none_is_lost() {
     let dir = std::sync::Arc::new(tempfile::tempdir().unwrap());
     let mut config = dongdong_tests::server::test_config(dir.path());
-    config.limits.ack_queue = 16;
+    config.limits.dispatch.ack_queue = 16;
     let (mut backends, store) = dongdong_server::open_storage(&config, "test-node").await.unwrap();
     let gated =
         std::sync::Arc::new(GatedAcks { inner: backends.pending.clone(), gate: tokio::sync::Semaphore::new(0) });
