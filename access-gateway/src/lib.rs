@@ -3,6 +3,7 @@
 //! delivery rules of a connection are the I/O-free [`window`].
 
 mod auth;
+pub mod backlog;
 pub mod config;
 pub mod connection;
 pub mod limits;

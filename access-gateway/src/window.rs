@@ -12,6 +12,10 @@
 //! - while a replay pass runs, no live push is delivered: pushes that arrive
 //!   meanwhile are pending too, so they only mark the pass dirty, and a dirty
 //!   pass is followed by another; live delivery starts after a clean pass;
+//! - each pass over the messages is followed by a pass over the device's
+//!   pending receipts and recalls (its events), page by page; a pass over
+//!   the messages that starts meanwhile starts the events over after it;
+//! - one page (of messages or of events) is loaded at a time;
 //! - expired deliveries are resent in (conversation, seq) order, at most
 //!   `max_resends` times, then the connection is closed;
 //! - a resend carries the message as stored now (a recall since the first
@@ -32,6 +36,8 @@ use tokio::time::Instant;
 
 /// Most pending messages asked for in one replay page.
 pub const REPLAY_PAGE: usize = 256;
+/// Most pending receipts and recalls asked for in one page.
+pub const EVENT_PAGE: usize = 128;
 /// Failed page reads retried before the connection is closed, each after
 /// `REPLAY_RETRY_BACKOFF` times the number of failures so far.
 pub const REPLAY_RETRIES: u32 = 4;
@@ -83,6 +89,27 @@ pub struct PageRequest {
     pub delay: Duration,
 }
 
+/// What to load next.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Load {
+    /// A page of the messages pass; answer with [`DeliveryWindow::on_page`]
+    /// or [`DeliveryWindow::on_page_failed`].
+    Messages(PageRequest),
+    /// Up to `limit` pending events after the key `after`; answer with
+    /// [`DeliveryWindow::on_events`] or [`DeliveryWindow::on_events_failed`].
+    Events { after: Option<String>, limit: usize },
+}
+
+/// The pass over a device's pending receipts and recalls.
+#[derive(Debug, Default)]
+struct EventsPass {
+    /// The key of the last event sent (the next page starts after it).
+    after: Option<String>,
+    /// Size of the page being loaded (a shorter answer ends the pass), if
+    /// one is.
+    loading: Option<usize>,
+}
+
 /// A delivery awaiting its ack: where the message is (to read it again for
 /// a resend), not the message.
 #[derive(Debug)]
@@ -129,12 +156,20 @@ pub struct DeliveryWindow {
     /// Resends are being read again ([`Action::Reload`]); no other
     /// reload is asked for until they are.
     reloading: bool,
+    /// Boxed, like the messages pass.
+    events: Option<Box<EventsPass>>,
 }
 
 impl DeliveryWindow {
     /// A window that starts with a replay pass (a connection's first act).
     pub fn new(now: Instant) -> Self {
-        Self { inflight: Inflight::default(), replay: Some(Replay::new(now)), next_check: None, reloading: false }
+        Self {
+            inflight: Inflight::default(),
+            replay: Some(Replay::new(now)),
+            next_check: None,
+            reloading: false,
+            events: None,
+        }
     }
 
     pub fn in_flight(&self) -> usize {
@@ -159,11 +194,26 @@ impl DeliveryWindow {
         }
     }
 
-    /// The next replay page to load, if a pass is running, no page is being
-    /// loaded, and both the window and the writer (`writer_room` frames)
-    /// have room. Call it after every event; each request is answered with
-    /// [`on_page`](Self::on_page) or [`on_page_failed`](Self::on_page_failed).
-    pub fn next_page(&mut self, limits: &WindowLimits, writer_room: usize) -> Option<PageRequest> {
+    /// What to load next, if nothing is being loaded: a page of the
+    /// messages pass if one runs and both the window and the writer
+    /// (`writer_room` frames) have room, or else a page of the events pass
+    /// if one runs and the writer has room. Call it after every event.
+    pub fn next_load(&mut self, limits: &WindowLimits, writer_room: usize) -> Option<Load> {
+        if self.replay.as_ref().is_some_and(|r| r.loading) || self.events.as_ref().is_some_and(|e| e.loading.is_some())
+        {
+            return None;
+        }
+        if let Some(page) = self.next_page(limits, writer_room) {
+            return Some(Load::Messages(page));
+        }
+        let limit = EVENT_PAGE.min(writer_room);
+        let events = self.events.as_mut().filter(|_| limit > 0 && self.replay.is_none())?;
+        events.loading = Some(limit);
+        Some(Load::Events { after: events.after.clone(), limit })
+    }
+
+    /// The next page of the messages pass (see [`next_load`](Self::next_load)).
+    fn next_page(&mut self, limits: &WindowLimits, writer_room: usize) -> Option<PageRequest> {
         let room = limits.max_inflight.saturating_sub(self.inflight.len()).min(REPLAY_PAGE).min(writer_room);
         let replay = self.replay.as_mut().filter(|r| !r.loading)?;
         if room == 0 {
@@ -172,6 +222,29 @@ impl DeliveryWindow {
         replay.loading = true;
         replay.requested = room;
         Some(PageRequest { cursor: replay.cursor.clone(), limit: room, delay: REPLAY_RETRY_BACKOFF * replay.failures })
+    }
+
+    /// A page of events arrived: `count` events, the last with key
+    /// `last_key`. A short page ends the pass.
+    pub fn on_events(&mut self, count: usize, last_key: Option<&str>) {
+        let Some(events) = &mut self.events else { return };
+        let requested = events.loading.take().unwrap_or(0);
+        if count < requested {
+            self.events = None;
+        } else {
+            events.after = last_key.map(str::to_string);
+        }
+    }
+
+    /// A page of events could not be read: the pass ends (they stay
+    /// pending for the next pass or connection).
+    pub fn on_events_failed(&mut self) {
+        self.events = None;
+    }
+
+    /// Whether nothing is being replayed (messages or events).
+    pub fn is_settled(&self) -> bool {
+        self.replay.is_none() && self.events.is_none()
     }
 
     /// A requested page could not be read. Returns true when the retries
@@ -206,6 +279,9 @@ impl DeliveryWindow {
             } else {
                 finished = Some(now.saturating_duration_since(replay.started));
                 self.replay = None;
+                // Every pass over the messages is followed by one over the
+                // events (a pass that was under way starts over).
+                self.events = Some(Box::default());
             }
         }
         for m in messages {
@@ -479,6 +555,37 @@ mod tests {
         assert!(again.is_empty(), "a push of an id in flight is not sent twice");
         let (_, actions) = run(|out| w.on_push(&LIMITS, Arc::new(msg("a", 9)), now, &mut |a| out(a)));
         assert!(matches!(actions[..], [Action::Close { code: CloseCode::SlowConsumer, .. }]));
+    }
+
+    #[test]
+    fn each_messages_pass_is_followed_by_an_events_pass() {
+        let now = Instant::now();
+        let mut w = DeliveryWindow::new(now);
+        assert!(matches!(w.next_load(&LIMITS, 300), Some(Load::Messages(_))));
+        assert!(w.next_load(&LIMITS, 300).is_none(), "one load at a time");
+        run(|out| w.on_page(&LIMITS, Vec::new(), now, &mut |a| out(a)));
+        assert!(!w.is_settled(), "the events pass follows");
+        assert_eq!(w.next_load(&LIMITS, 300), Some(Load::Events { after: None, limit: EVENT_PAGE }));
+        assert!(w.next_load(&LIMITS, 300).is_none(), "one load at a time");
+        w.on_events(EVENT_PAGE, Some("k-128"));
+        let after = Some("k-128".to_string());
+        assert_eq!(w.next_load(&LIMITS, 10), Some(Load::Events { after, limit: 10 }), "sized to the writer's room");
+        // Pushes were lost meanwhile: the messages go first, then the events
+        // start over.
+        w.resync(now);
+        w.on_events(10, Some("k-138"));
+        assert!(matches!(w.next_load(&LIMITS, 300), Some(Load::Messages(_))), "messages before events");
+        run(|out| w.on_page(&LIMITS, Vec::new(), now, &mut |a| out(a)));
+        assert_eq!(w.next_load(&LIMITS, 300), Some(Load::Events { after: None, limit: EVENT_PAGE }));
+        w.on_events(3, Some("x"));
+        assert!(w.is_settled() && w.next_load(&LIMITS, 300).is_none(), "a short page ends the pass");
+        // A page that fails ends the pass too (the events stay pending).
+        w.resync(now);
+        assert!(matches!(w.next_load(&LIMITS, 300), Some(Load::Messages(_))));
+        run(|out| w.on_page(&LIMITS, Vec::new(), now, &mut |a| out(a)));
+        assert!(matches!(w.next_load(&LIMITS, 300), Some(Load::Events { .. })));
+        w.on_events_failed();
+        assert!(w.is_settled());
     }
 
     #[test]

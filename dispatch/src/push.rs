@@ -157,6 +157,109 @@ struct Slot {
     waiting: Option<PushEvent>,
 }
 
+/// What became of an offered event.
+#[derive(Debug)]
+pub enum Offer {
+    /// Send it now: the user's interval is over.
+    Send(PushEvent),
+    /// It waits for the end of the user's interval.
+    Waiting,
+    /// It replaced the event that waited (the latest state wins).
+    Coalesced,
+    /// Too many users have a push waiting: dropped.
+    Dropped,
+}
+
+/// When each user's pushes go: at most one per user per `min_interval`;
+/// what arrives meanwhile replaces what waits and goes when the interval
+/// ends. No I/O and no clock of its own (the pusher's loop drives it).
+pub struct PushSchedule {
+    min_interval: Duration,
+    max_users: usize,
+    slots: HashMap<UserKey, Slot>,
+    /// When each waiting push is due.
+    due: BTreeMap<(Instant, UserKey), ()>,
+}
+
+impl PushSchedule {
+    pub fn new(min_interval: Duration, max_users: usize) -> Self {
+        Self { min_interval, max_users, slots: HashMap::new(), due: BTreeMap::new() }
+    }
+
+    /// An event arrives at `now`.
+    pub fn offer(&mut self, event: PushEvent, now: Instant) -> Offer {
+        let key = (event.tenant.clone(), event.to_user.clone());
+        match self.slots.get_mut(&key) {
+            Some(slot) if slot.next_at > now => match slot.waiting.replace(event) {
+                None => {
+                    self.due.insert((slot.next_at, key), ());
+                    Offer::Waiting
+                }
+                Some(_) => Offer::Coalesced,
+            },
+            _ => {
+                if self.slots.len() >= self.max_users {
+                    // Forget users whose interval is over.
+                    self.slots.retain(|_, s| s.next_at > now || s.waiting.is_some());
+                }
+                if self.slots.len() >= self.max_users {
+                    return Offer::Dropped;
+                }
+                self.slots.insert(key, Slot { next_at: now + self.min_interval, waiting: None });
+                Offer::Send(event)
+            }
+        }
+    }
+
+    /// When the next waiting push is due.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.due.keys().next().map(|(at, _)| *at)
+    }
+
+    /// The pushes due at `now`, oldest due first; each starts its user's
+    /// next interval.
+    pub fn due(&mut self, now: Instant) -> Vec<PushEvent> {
+        let mut out = Vec::new();
+        while let Some(entry) = self.due.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let (_, key) = entry.remove_entry().0;
+            if let Some(slot) = self.slots.get_mut(&key)
+                && let Some(event) = slot.waiting.take()
+            {
+                slot.next_at = now + self.min_interval;
+                out.push(event);
+            }
+        }
+        out
+    }
+}
+
+/// What to do after an attempt to deliver a push.
+#[derive(Debug, PartialEq)]
+pub enum Next {
+    Done,
+    /// Try again after this long.
+    RetryAfter(Duration),
+    GiveUp,
+}
+
+/// The retry rule: 5xx, timeouts and connection errors are retried with
+/// exponential backoff (`BACKOFF_BASE` doubling, plus up to half of it in
+/// jitter) up to `max_attempts` attempts; a 4xx never is. `jitter` in
+/// [0, 1) is the caller's random draw.
+pub fn after_attempt(attempt: u32, max_attempts: u32, outcome: &Outcome, jitter: f64) -> Next {
+    match outcome {
+        Outcome::Sent | Outcome::Refused(_) => Next::Done,
+        Outcome::Failed(_) if attempt < max_attempts => {
+            let backoff = BACKOFF_BASE * 2u32.saturating_pow(attempt.saturating_sub(1));
+            Next::RetryAfter(backoff + backoff.mul_f64(jitter.clamp(0.0, 1.0) * 0.5))
+        }
+        Outcome::Failed(_) => Next::GiveUp,
+    }
+}
+
 async fn run(
     config: Arc<PushConfig>,
     messages: Arc<dyn MessageStore>,
@@ -167,54 +270,32 @@ async fn run(
     // One agent for every call: it keeps connections to the webhook open.
     let agent: ureq::Agent =
         ureq::Agent::config_builder().timeout_global(Some(config.timeout)).http_status_as_error(false).build().into();
-    let mut slots: HashMap<UserKey, Slot> = HashMap::new();
-    // When each waiting push is due.
-    let mut due: BTreeMap<(Instant, UserKey), ()> = BTreeMap::new();
+    let mut schedule = PushSchedule::new(config.min_interval, MAX_WAITING_USERS);
     loop {
-        let next_due = due.keys().next().map(|(at, _)| *at);
-        tokio::select! {
+        let next_due = schedule.next_due();
+        let ready = tokio::select! {
             _ = shutdown.cancelled() => return,
             event = rx.recv() => {
                 let Some(event) = event else { return };
-                let key = (event.tenant.clone(), event.to_user.clone());
-                let now = Instant::now();
-                match slots.get_mut(&key) {
-                    Some(slot) if slot.next_at > now => {
-                        if slot.waiting.replace(event).is_none() {
-                            due.insert((slot.next_at, key), ());
-                        } else {
-                            metrics::counter!("dongdong_push_coalesced_total").increment(1);
-                        }
+                match schedule.offer(event, Instant::now()) {
+                    Offer::Send(event) => vec![event],
+                    Offer::Waiting => continue,
+                    Offer::Coalesced => {
+                        metrics::counter!("dongdong_push_coalesced_total").increment(1);
+                        continue;
                     }
-                    _ => {
-                        if slots.len() >= MAX_WAITING_USERS {
-                            // Forget users whose interval is over.
-                            slots.retain(|_, s| s.next_at > now || s.waiting.is_some());
-                        }
-                        if slots.len() >= MAX_WAITING_USERS {
-                            metrics::counter!("dongdong_push_dropped_total", "why" => "users").increment(1);
-                            continue;
-                        }
-                        slots.insert(key, Slot { next_at: now + config.min_interval, waiting: None });
-                        spawn_send(&config, &agent, &messages, &permits, event).await;
+                    Offer::Dropped => {
+                        metrics::counter!("dongdong_push_dropped_total", "why" => "users").increment(1);
+                        continue;
                     }
                 }
             }
             _ = tokio::time::sleep_until(next_due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))), if next_due.is_some() => {
-                let now = Instant::now();
-                while let Some(((at, key), ())) = due.pop_first() {
-                    if at > now {
-                        due.insert((at, key), ());
-                        break;
-                    }
-                    if let Some(slot) = slots.get_mut(&key)
-                        && let Some(event) = slot.waiting.take()
-                    {
-                        slot.next_at = now + config.min_interval;
-                        spawn_send(&config, &agent, &messages, &permits, event).await;
-                    }
-                }
+                schedule.due(Instant::now())
             }
+        };
+        for event in ready {
+            spawn_send(&config, &agent, &messages, &permits, event).await;
         }
     }
 }
@@ -276,7 +357,9 @@ pub fn signature(secret: &[u8], timestamp_ms: u64, body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
-enum Outcome {
+/// How one attempt went.
+#[derive(Debug)]
+pub enum Outcome {
     Sent,
     /// 4xx: the receiver refused it; not retried.
     Refused(u16),
@@ -286,33 +369,33 @@ enum Outcome {
 
 async fn send(config: &PushConfig, agent: &ureq::Agent, messages: &dyn MessageStore, event: PushEvent) {
     let body = body(messages, &event).await;
-    for attempt in 1..=config.max_attempts.max(1) {
+    let max_attempts = config.max_attempts.max(1);
+    for attempt in 1..=max_attempts {
         let (agent, url, secret, body) =
             (agent.clone(), config.webhook_url.clone(), config.secret.clone().into_bytes(), body.clone());
         let outcome = tokio::task::spawn_blocking(move || post(&agent, &url, &secret, &body))
             .await
             .unwrap_or_else(|e| Outcome::Failed(e.to_string()));
-        match outcome {
-            Outcome::Sent => {
+        match (&outcome, after_attempt(attempt, max_attempts, &outcome, rand::random::<f64>())) {
+            (Outcome::Sent, _) => {
                 metrics::counter!("dongdong_push_sent_total").increment(1);
                 metrics::histogram!("dongdong_push_seconds").record(event.at.elapsed().as_secs_f64());
                 return;
             }
-            Outcome::Refused(status) => {
+            (Outcome::Refused(status), _) => {
                 metrics::counter!("dongdong_push_failed_total", "why" => "refused").increment(1);
                 tracing::warn!(status, to_user = %event.to_user, "the push webhook refused a push; not retried");
                 return;
             }
-            Outcome::Failed(why) if attempt < config.max_attempts => {
+            (Outcome::Failed(why), Next::RetryAfter(pause)) => {
                 metrics::counter!("dongdong_push_retries_total").increment(1);
-                let backoff = BACKOFF_BASE * 2u32.saturating_pow(attempt - 1);
-                let jitter = backoff.mul_f64(rand::random::<f64>() * 0.5);
                 tracing::debug!(attempt, why, "push failed; retrying");
-                tokio::time::sleep(backoff + jitter).await;
+                tokio::time::sleep(pause).await;
             }
-            Outcome::Failed(why) => {
+            (Outcome::Failed(why), _) => {
                 metrics::counter!("dongdong_push_failed_total", "why" => "gave_up").increment(1);
                 tracing::warn!(why, to_user = %event.to_user, attempts = attempt, "push failed; giving up");
+                return;
             }
         }
     }
@@ -336,15 +419,84 @@ fn post(agent: &ureq::Agent, url: &str, secret: &[u8], body: &[u8]) -> Outcome {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
     #[test]
     fn signatures_are_hmac_of_timestamp_dot_body() {
-        // HMAC-SHA256("key", "1700000000000.{}") computed independently.
-        let sig = signature(b"key", 1_700_000_000_000, b"{}");
-        assert!(sig.starts_with("sha256=") && sig.len() == 7 + 64, "{sig}");
-        assert_ne!(sig, signature(b"key", 1_700_000_000_001, b"{}"));
-        assert_ne!(sig, signature(b"other", 1_700_000_000_000, b"{}"));
+        // Python: hmac.new(b"key", b"1700000000000.{}", hashlib.sha256).hexdigest()
+        let expected = "sha256=36a72f4525d3323bd0f238fe82098164fb77b1e42288ff8e07b074c686178ad3";
+        assert_eq!(signature(b"key", 1_700_000_000_000, b"{}"), expected);
+        assert_ne!(expected, signature(b"key", 1_700_000_000_001, b"{}"));
+        assert_ne!(expected, signature(b"other", 1_700_000_000_000, b"{}"));
+    }
+
+    fn event(user: &str, msg_id: &str, at: Instant) -> PushEvent {
+        PushEvent {
+            tenant: "t".into(),
+            to_user: user.into(),
+            from_user: "amy".into(),
+            conversation_id: "c".into(),
+            msg_id: msg_id.into(),
+            kind: "message",
+            preview: None,
+            session_id: None,
+            at,
+        }
+    }
+
+    fn sent(o: Offer) -> Option<String> {
+        match o {
+            Offer::Send(e) => Some(e.msg_id),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn one_push_per_user_per_interval_and_the_latest_waits() {
+        let t0 = Instant::now();
+        let second = Duration::from_secs(1);
+        let mut s = PushSchedule::new(10 * second, 100);
+        assert_eq!(sent(s.offer(event("bob", "m1", t0), t0)).as_deref(), Some("m1"), "the first goes at once");
+        assert_eq!(sent(s.offer(event("cy", "c1", t0), t0)).as_deref(), Some("c1"), "another user has their own");
+        assert!(matches!(s.offer(event("bob", "m2", t0 + second), t0 + second), Offer::Waiting));
+        assert!(matches!(s.offer(event("bob", "m3", t0 + 2 * second), t0 + 2 * second), Offer::Coalesced));
+        assert_eq!(s.next_due(), Some(t0 + 10 * second), "when bob's interval ends");
+        assert!(s.due(t0 + 9 * second).is_empty());
+        let due: Vec<String> = s.due(t0 + 10 * second).into_iter().map(|e| e.msg_id).collect();
+        assert_eq!(due, ["m3"], "the latest state, once");
+        assert_eq!(s.next_due(), None);
+        assert!(matches!(s.offer(event("bob", "m4", t0 + 11 * second), t0 + 11 * second), Offer::Waiting));
+        assert_eq!(s.next_due(), Some(t0 + 20 * second), "a new interval started when m3 went");
+        // Overdue and not taken yet (a busy loop): a newer event goes in
+        // its place, and m4 never goes (the latest state wins).
+        assert_eq!(sent(s.offer(event("bob", "m5", t0 + 30 * second), t0 + 30 * second)).as_deref(), Some("m5"));
+        assert!(s.due(t0 + 30 * second).is_empty());
+    }
+
+    #[test]
+    fn users_with_a_push_waiting_are_bounded() {
+        let t0 = Instant::now();
+        let mut s = PushSchedule::new(Duration::from_secs(10), 2);
+        assert!(sent(s.offer(event("a", "1", t0), t0)).is_some());
+        assert!(sent(s.offer(event("b", "1", t0), t0)).is_some());
+        assert!(matches!(s.offer(event("c", "1", t0), t0), Offer::Dropped), "two users in their interval");
+        let later = t0 + Duration::from_secs(11);
+        assert!(sent(s.offer(event("c", "2", later), later)).is_some(), "intervals over: forgotten, room again");
+    }
+
+    #[test]
+    fn retries_back_off_and_stop() {
+        let failed = Outcome::Failed("HTTP 503".into());
+        assert_eq!(after_attempt(1, 5, &failed, 0.0), Next::RetryAfter(BACKOFF_BASE));
+        assert_eq!(after_attempt(3, 5, &failed, 0.0), Next::RetryAfter(BACKOFF_BASE * 4));
+        assert_eq!(
+            after_attempt(3, 5, &failed, 0.999),
+            Next::RetryAfter(BACKOFF_BASE * 4 + (BACKOFF_BASE * 2).mul_f64(0.999))
+        );
+        assert_eq!(after_attempt(5, 5, &failed, 0.0), Next::GiveUp);
+        assert_eq!(after_attempt(1, 5, &Outcome::Refused(404), 0.0), Next::Done, "4xx: never retried");
+        assert_eq!(after_attempt(1, 5, &Outcome::Sent, 0.0), Next::Done);
     }
 }

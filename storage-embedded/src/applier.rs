@@ -1,8 +1,10 @@
 //! The applier thread: it writes what the writer logged into redb, in
-//! transactions as large as what has gathered (without a sync), and now and
-//! then makes a checkpoint: a synced commit recording the last LSN applied,
-//! after which the writer deletes the log segments it covers. A flusher
-//! thread writes redb's dirty pages back meanwhile.
+//! transactions as large as what has gathered (without a sync), and when
+//! [`CheckpointPolicy`] says so (every `checkpoint_interval`, 10 s, or
+//! `checkpoint_bytes`, 64 MiB, of log, whichever comes first, if anything
+//! was applied) makes a checkpoint: a synced commit recording the last LSN
+//! applied, after which the writer deletes the log segments it covers. A
+//! flusher thread writes redb's dirty pages back meanwhile.
 
 use crate::errors::unavailable;
 use crate::options::EmbeddedOptions;
@@ -29,6 +31,41 @@ pub(crate) struct Logged {
 /// a read is waiting; it looks for waiting reads every `GATHER_SLICE`.
 const APPLY_GATHER: Duration = Duration::from_millis(2);
 const GATHER_SLICE: Duration = Duration::from_micros(250);
+
+/// When the applier makes a checkpoint: once `interval` has passed since
+/// the last, or `bytes` of log were applied since, provided anything was.
+/// Each checkpoint's fsync competes with the log's, so they are rare; the
+/// bytes bound the log on disk and the replay after a crash.
+#[derive(Debug)]
+pub(crate) struct CheckpointPolicy {
+    interval: Duration,
+    bytes: u64,
+    last: Instant,
+    applied_bytes: u64,
+    applied_any: bool,
+}
+
+impl CheckpointPolicy {
+    pub(crate) fn new(interval: Duration, bytes: u64, now: Instant) -> Self {
+        Self { interval, bytes, last: now, applied_bytes: 0, applied_any: false }
+    }
+
+    /// Batches of `bytes` of log were applied.
+    pub(crate) fn applied(&mut self, bytes: u64) {
+        self.applied_bytes = self.applied_bytes.saturating_add(bytes);
+        self.applied_any = true;
+    }
+
+    pub(crate) fn due(&self, now: Instant) -> bool {
+        self.applied_any && (now.duration_since(self.last) >= self.interval || self.applied_bytes >= self.bytes)
+    }
+
+    /// A checkpoint succeeded at `now` (a failed one changes nothing: it
+    /// is due again).
+    pub(crate) fn checkpointed(&mut self, now: Instant) {
+        *self = Self::new(self.interval, self.bytes, now);
+    }
+}
 
 /// How often the flusher writes redb's dirty pages back.
 const FLUSH_EVERY: Duration = Duration::from_millis(250);
@@ -69,9 +106,7 @@ pub(crate) fn applier_loop(
     options: &EmbeddedOptions,
 ) {
     let flusher = spawn_flusher(path);
-    let mut last_checkpoint = Instant::now();
-    let mut since_checkpoint = 0u64;
-    let mut bytes_since_checkpoint = 0u64;
+    let mut policy = CheckpointPolicy::new(options.checkpoint_interval, options.checkpoint_bytes, Instant::now());
     let mut applied = shared.checkpointed.load(Ordering::Acquire);
     let mut pending: Vec<Logged> = Vec::new();
     loop {
@@ -113,8 +148,7 @@ pub(crate) fn applier_loop(
                     }
                     drop(unapplied);
                     applied = pending.last().map_or(applied, |l| l.lsn);
-                    since_checkpoint += pending.len() as u64;
-                    bytes_since_checkpoint += pending.iter().map(|l| l.bytes).sum::<u64>();
+                    policy.applied(pending.iter().map(|l| l.bytes).sum::<u64>());
                     pending.clear();
                     shared.applied.send_replace(Applied::Upto(applied));
                 }
@@ -124,15 +158,11 @@ pub(crate) fn applier_loop(
         if disconnected {
             break;
         }
-        let due = last_checkpoint.elapsed() >= options.checkpoint_interval
-            || bytes_since_checkpoint >= options.checkpoint_bytes;
-        if since_checkpoint > 0 && due {
+        if policy.due(Instant::now()) {
             match checkpoint(db, applied) {
                 Ok(()) => {
                     shared.checkpointed.store(applied, Ordering::Release);
-                    since_checkpoint = 0;
-                    bytes_since_checkpoint = 0;
-                    last_checkpoint = Instant::now();
+                    policy.checkpointed(Instant::now());
                 }
                 Err(e) => tracing::error!(error = %e, "checkpoint failed; the log keeps growing until one succeeds"),
             }
@@ -188,4 +218,26 @@ fn checkpoint(db: &Database, applied: u64) -> Result<()> {
     txn.commit().map_err(unavailable)?;
     metrics::histogram!("dongdong_store_checkpoint_seconds").record(started.elapsed().as_secs_f64());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoints_come_by_time_or_by_log_size_and_only_after_writes() {
+        let t0 = Instant::now();
+        let mut p = CheckpointPolicy::new(Duration::from_secs(10), 1000, t0);
+        assert!(!p.due(t0 + Duration::from_secs(60)), "nothing applied: nothing to checkpoint");
+        p.applied(10);
+        assert!(!p.due(t0 + Duration::from_secs(9)));
+        assert!(p.due(t0 + Duration::from_secs(10)), "the interval passed");
+        p.checkpointed(t0 + Duration::from_secs(10));
+        assert!(!p.due(t0 + Duration::from_secs(30)), "nothing applied since");
+        p.applied(600);
+        p.applied(400);
+        assert!(p.due(t0 + Duration::from_secs(11)), "1000 bytes of log since the last");
+        // A failed checkpoint leaves it due.
+        assert!(p.due(t0 + Duration::from_secs(12)));
+    }
 }

@@ -30,6 +30,8 @@
 //! messages, so it runs over TCP, TLS or an in-memory pair alike.
 
 mod login;
+#[cfg(test)]
+mod memory_test;
 mod outbox;
 mod presence;
 mod requests;
@@ -37,7 +39,8 @@ mod typing;
 mod wire;
 
 use crate::Gateway;
-use crate::window::{Action, DeliveryWindow, PageRequest, Position, WindowLimits};
+use crate::backlog::AckBacklog;
+use crate::window::{Action, DeliveryWindow, Load, PageRequest, Position, WindowLimits};
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use im_core::DeviceKey;
 use im_core::pb::{Frame, Message};
@@ -244,8 +247,7 @@ struct Conn<S> {
     encoding: Encoding,
     outbox: Outbox,
     window: DeliveryWindow,
-    /// Replay pages being loaded, and the pass over pending events
-    /// (allocated only while either is under way).
+    /// Replay pages and resends being loaded (allocated only while one is).
     page: Option<Box<Paging>>,
     /// A request being answered (history, customer service): no frame is
     /// read until it is, so that frames take effect in the order sent.
@@ -319,7 +321,7 @@ impl<S> Conn<S> {
                 // so that a store that never recovers cannot stall shutdown.
                 let queued = poll_fn(|cx| held.poll_queued(cx, &gw, &device));
                 if tokio::time::timeout(HELD_ACKS_GRACE, queued).await.is_err() {
-                    let ids = (held.ids.len() + held.queuing_ids) as u64;
+                    let ids = held.backlog.len() as u64;
                     metrics::counter!("dongdong_acks_dropped_total").increment(ids);
                     warn!(ids, "acks held at close found no room in the ack queue; they stay pending");
                 }
@@ -425,31 +427,24 @@ impl<S> Conn<S> {
         })
     }
 
-    /// Starts loading the next replay page, if none is loading: of the
-    /// window's messages pass, or else of the events pass.
+    /// Starts loading what the window asks for next, if anything: a page
+    /// of its messages pass or of its events pass.
     fn start_page(&mut self) {
-        if self.page.as_ref().is_some_and(|p| p.loading.is_some()) {
-            return;
-        }
-        let future = match self.window.next_page(&self.gw.config.window_limits(), self.outbox.room() / 2) {
-            Some(req) => Some(self.load_page(req)),
-            None => self.load_events(),
+        let future = match self.window.next_load(&self.gw.config.window_limits(), self.outbox.room() / 2) {
+            None => return,
+            Some(Load::Messages(req)) => self.load_page(req),
+            Some(Load::Events { after, limit }) => self.load_events(after, limit),
         };
-        if let Some(future) = future {
-            self.page.get_or_insert_default().loading = Some(future);
-        }
+        self.page.get_or_insert_default().loading = Some(future);
     }
 
-    /// The next page of the events pass, if one runs.
-    fn load_events(&mut self) -> Option<BoxFuture<Loaded>> {
-        let limit = EVENT_PAGE.min(self.outbox.room() / 2);
-        let events = self.page.as_mut()?.events.as_mut().filter(|_| limit > 0)?;
-        events.requested = limit;
-        let (dispatch, device, after) = (self.gw.dispatch.clone(), self.device.clone(), events.after.clone());
-        Some(Box::pin(async move {
+    /// A page of the events pass.
+    fn load_events(&self, after: Option<String>, limit: usize) -> BoxFuture<Loaded> {
+        let (dispatch, device) = (self.gw.dispatch.clone(), self.device.clone());
+        Box::pin(async move {
             dispatch.acks().flush().await;
             Loaded::Events(dispatch.pending_events(&device, after.as_deref(), limit).await)
-        }))
+        })
     }
 
     fn on_page(&mut self, page: Loaded, now: Instant) -> Result<(), Exit> {
@@ -459,9 +454,6 @@ impl<S> Conn<S> {
                 self.apply(|window, limits, out| finished = window.on_page(limits, messages, now, out))?;
                 if let Some(took) = finished {
                     metrics::histogram!("dongdong_replay_seconds").record(took.as_secs_f64());
-                    // Every pass over the messages is followed by one over
-                    // the events (a pass that was under way starts over).
-                    self.page.get_or_insert_default().events = Some(EventsReplay::default());
                 }
                 Ok(())
             }
@@ -474,12 +466,7 @@ impl<S> Conn<S> {
                 Err(close(CloseCode::TryAgainLater, "could not read pending messages; reconnect later"))
             }
             Loaded::Events(Ok(events)) => {
-                let Some(pass) = self.page.as_mut().and_then(|p| p.events.as_mut()) else { return Ok(()) };
-                if events.len() < pass.requested {
-                    self.end_events();
-                } else {
-                    pass.after = events.last().map(|e| e.key.clone());
-                }
+                self.window.on_events(events.len(), events.last().map(|e| e.key.as_str()));
                 for event in &events {
                     self.emit(&event.frame)?;
                 }
@@ -489,7 +476,7 @@ impl<S> Conn<S> {
             Loaded::Events(Err(e)) => {
                 // Still pending: the next connection (or pass) replays them.
                 warn!(error = %e, "reading pending receipts and recalls failed");
-                self.end_events();
+                self.window.on_events_failed();
                 Ok(())
             }
             Loaded::Reloaded(positions, Ok(messages)) => {
@@ -500,16 +487,6 @@ impl<S> Conn<S> {
                 warn!(error = %e, "reading unacknowledged messages again for a resend failed");
                 self.window.on_reload_failed();
                 Ok(())
-            }
-        }
-    }
-
-    /// Ends the events pass; frees the paging state if nothing loads.
-    fn end_events(&mut self) {
-        if let Some(p) = &mut self.page {
-            p.events = None;
-            if p.is_idle() {
-                self.page = None;
             }
         }
     }
@@ -584,8 +561,10 @@ impl<S: Socket> Conn<S> {
         // neither a flooding client nor a flood of pushes starves the other.
         for read in [self.read_first, !self.read_first] {
             if read {
-                let acks_fit =
-                    self.held_acks.as_ref().is_none_or(|h| h.ids.len() <= self.gw.config.limits.max_inflight);
+                let acks_fit = self
+                    .held_acks
+                    .as_ref()
+                    .is_none_or(|h| !h.backlog.stops_reading(self.gw.config.limits.max_inflight));
                 if self.answering.is_none()
                     && acks_fit
                     && let Poll::Ready(item) = self.ws.poll_next_unpin(cx)
@@ -622,9 +601,6 @@ impl<S: Socket> Conn<S> {
     }
 }
 
-/// Most pending receipts and recalls asked for in one page.
-const EVENT_PAGE: usize = 128;
-
 /// A replay page (pending messages or pending events), or the messages of
 /// a resend read again.
 enum Loaded {
@@ -633,22 +609,19 @@ enum Loaded {
     Reloaded(Vec<Position>, dispatch::Result<Vec<Message>>),
 }
 
-/// Replay and resend state of a connection, boxed: idle connections hold
-/// none.
+/// Loads under way for a connection (replay pages, resends read again),
+/// boxed: idle connections hold none.
 #[derive(Default)]
 struct Paging {
-    /// The page being loaded.
+    /// The page being loaded (of messages or of events).
     loading: Option<BoxFuture<Loaded>>,
-    /// After each replay pass over the messages: the pass over pending
-    /// receipts and recalls.
-    events: Option<EventsReplay>,
     /// Unacknowledged messages being read again for their resend.
     reloading: Option<BoxFuture<Loaded>>,
 }
 
 impl Paging {
     fn is_idle(&self) -> bool {
-        self.loading.is_none() && self.events.is_none() && self.reloading.is_none()
+        self.loading.is_none() && self.reloading.is_none()
     }
 
     /// A page or a reload that has finished loading.
@@ -665,21 +638,11 @@ impl Paging {
     }
 }
 
-/// The pass over a device's pending receipts and recalls.
-#[derive(Default)]
-struct EventsReplay {
-    /// The key of the last event sent (the next page starts after it).
-    after: Option<String>,
-    /// Size of the page being loaded: a shorter answer ends the pass.
-    requested: usize,
-}
-
-/// Acks waiting for room in the node's ack queue, oldest first.
+/// Acks waiting for room in the node's ack queue (what to queue when is
+/// the [`AckBacklog`]'s), and the batch being queued.
 struct HeldAcks {
-    ids: Vec<String>,
-    /// The batch being queued (waiting for room), and how many ids it has.
+    backlog: AckBacklog,
     queuing: Option<BoxFuture<()>>,
-    queuing_ids: usize,
 }
 
 impl HeldAcks {
@@ -689,13 +652,10 @@ impl HeldAcks {
             if let Some(queuing) = &mut self.queuing {
                 ready!(queuing.as_mut().poll(cx));
                 self.queuing = None;
-                self.queuing_ids = 0;
+                self.backlog.batch_queued();
             }
-            if self.ids.is_empty() {
-                return Poll::Ready(());
-            }
-            let (acks, device, ids) = (gw.dispatch.acks().clone(), device.clone(), std::mem::take(&mut self.ids));
-            self.queuing_ids = ids.len();
+            let Some(ids) = self.backlog.next_batch() else { return Poll::Ready(()) };
+            let (acks, device) = (gw.dispatch.acks().clone(), device.clone());
             self.queuing = Some(Box::pin(async move { acks.ack(device, ids).await }));
         }
     }

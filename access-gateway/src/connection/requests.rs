@@ -212,10 +212,11 @@ impl<S> Conn<S> {
         // deliveries of an earlier connection, pending in the store.
         if let Some(held) = &mut self.held_acks {
             // Behind acks already held: they keep their order.
-            held.ids.extend(msg_ids);
+            held.backlog.hold(msg_ids);
         } else if let Err(Held(_, ids)) = self.gw.dispatch.acks().try_ack(self.device.clone(), msg_ids) {
             metrics::counter!("dongdong_ack_queue_full_total").increment(1);
-            self.held_acks = Some(Box::new(super::HeldAcks { ids, queuing: None, queuing_ids: 0 }));
+            let backlog = crate::backlog::AckBacklog::new(ids);
+            self.held_acks = Some(Box::new(super::HeldAcks { backlog, queuing: None }));
         }
         Ok(())
     }

@@ -155,10 +155,9 @@ async fn offline_users_get_one_signed_push_per_interval_online_users_none() {
     assert_eq!(hits.len(), 2);
     let body = hits[1].json();
     assert_eq!((body["msg_id"].as_str(), body["unread_total"].as_u64()), (Some(last.as_str()), Some(4)));
-    tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(hook.hits().len(), 2, "coalesced: nothing more");
+    // (That nothing more follows the coalesced push is the schedule's unit
+    // test, dispatch::push::tests.)
     // A recall for carol (still offline) is pushed too, without the words.
-    tokio::time::sleep(Duration::from_millis(400)).await;
     let recall = im_core::pb::frame::Body::Recall(im_core::pb::Recall { msg_id: last.clone() });
     alice.request(recall).await;
     let hits = hook.wait_for(3).await;
@@ -181,9 +180,9 @@ async fn server_errors_are_retried_client_errors_are_not() {
     // A 4xx is final.
     hook.script.lock().unwrap().extend([400]);
     alice.send_text("erin", "e-1", "hello").await.unwrap();
+    // That a 4xx is never retried is the retry rule's unit test
+    // (dispatch::push::tests): nothing to wait for here.
     hook.wait_for(4).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    assert_eq!(hook.hits().len(), 4, "no retry after 400");
     s.stop().await;
 }
 
