@@ -18,8 +18,8 @@ use crate::errors::unavailable;
 use crate::options::EmbeddedOptions;
 use crate::shared::Shared;
 use crate::tables::Table as T;
-use crate::txn::{Caches, Txn};
-use crate::wal::Wal;
+use crate::txn::{Caches, Txn, Writes};
+use crate::wal::{Ops, Wal};
 use redb::{Database, ReadableDatabase};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -208,33 +208,10 @@ fn write_batch(
                 fail_op(op, e);
                 continue;
             }
-            let outcome = match op {
-                WriteOp::Append(msg, tx) => hold(tx, txn.append(msg), Reply::Append),
-                WriteOp::Ack(dev, ids, tx) => hold(tx, txn.ack(&dev, &ids), Reply::Ack),
-                WriteOp::AckBatch(acks, tx) => {
-                    let removed = acks.iter().try_fold(0, |n, (dev, ids)| Ok(n + txn.ack(dev, ids)?));
-                    hold(tx, removed, Reply::Ack)
-                }
-                WriteOp::Register(dev, tx) => {
-                    hold(tx, txn.register(&dev, options.max_devices_per_user), Reply::Register)
-                }
-                WriteOp::MarkRead(read, tx) => hold(tx, txn.mark_read(&read), Reply::MarkRead),
-                WriteOp::Recall(tenant, msg_id, by, tx) => hold(tx, txn.recall(&tenant, &msg_id, &by), Reply::Recall),
-                WriteOp::AckEvents(acks, tx) => {
-                    let removed = acks.iter().try_fold(0, |n, (dev, ids)| Ok(n + txn.ack_events(dev, ids)?));
-                    hold(tx, removed, Reply::Ack)
-                }
-                WriteOp::Records(records, tx) => {
-                    for (key, value) in records {
-                        txn.write(T::Cs, key, value);
-                    }
-                    Ok(Reply::Records(tx))
-                }
-                WriteOp::Close => continue,
-            };
-            match outcome {
-                Ok(reply) => replies.push(reply),
-                Err(e) => failure = Some(e),
+            match run(&mut txn, op, options) {
+                Some(Ok(reply)) => replies.push(reply),
+                Some(Err(e)) => failure = Some(e),
+                None => {}
             }
         }
         (txn.writes, txn.log)
@@ -247,38 +224,73 @@ fn write_batch(
         tracing::error!(error = %e, "store batch failed; every operation in it was rejected");
         return Ok(());
     }
-    if !log.is_empty() {
-        let lsn = match wal.append(&log, durable) {
-            Ok(lsn) => lsn,
-            Err(e) => {
-                let e = StorageError::Unavailable(format!("cannot write the write-ahead log: {e}"));
-                replies.into_iter().for_each(|r| r.fail(&e));
-                metrics::counter!("dongdong_store_commit_failures_total").increment(1);
-                return Err(e);
-            }
-        };
-        {
-            // The batch's own writes move into the map; the applier gets the
-            // record's encoded ops. No write is copied.
-            let mut unapplied = shared.unapplied.lock().map_err(|_| unavailable("the store lock is poisoned"))?;
-            for (t, entries) in writes.0.into_iter().enumerate() {
-                for (k, v) in entries {
-                    unapplied.0[t].insert(k, (lsn, v));
-                }
-            }
-        }
-        let bytes = log.len() as u64;
-        // Blocks while the applier is `APPLIER_QUEUE` batches behind: backpressure.
-        if to_applier.send(Logged { lsn, ops: log, bytes }).is_err() {
-            let e = unavailable("the store's applier stopped");
-            replies.into_iter().for_each(|r| r.fail(&e));
-            return Err(e);
-        }
-        shared.answered.store(lsn, Ordering::Release);
+    if !log.is_empty()
+        && let Err(e) = hand_over(shared, wal, writes, log, durable, to_applier)
+    {
+        replies.into_iter().for_each(|r| r.fail(&e));
+        metrics::counter!("dongdong_store_commit_failures_total").increment(1);
+        return Err(e);
     }
     metrics::histogram!("dongdong_store_batch_size").record(size as f64);
     metrics::histogram!("dongdong_store_commit_seconds", "durable" => if durable { "true" } else { "false" })
         .record(started.elapsed().as_secs_f64());
     replies.into_iter().for_each(Reply::succeed);
+    Ok(())
+}
+
+/// Runs one operation of a batch: its reply, held until the batch is
+/// logged (`None`: nothing to answer).
+fn run(txn: &mut Txn<'_>, op: WriteOp, options: &EmbeddedOptions) -> Option<Result<Reply>> {
+    Some(match op {
+        WriteOp::Append(msg, tx) => hold(tx, txn.append(msg), Reply::Append),
+        WriteOp::Ack(dev, ids, tx) => hold(tx, txn.ack(&dev, &ids), Reply::Ack),
+        WriteOp::AckBatch(acks, tx) => {
+            let removed = acks.iter().try_fold(0, |n, (dev, ids)| Ok(n + txn.ack(dev, ids)?));
+            hold(tx, removed, Reply::Ack)
+        }
+        WriteOp::Register(dev, tx) => hold(tx, txn.register(&dev, options.max_devices_per_user), Reply::Register),
+        WriteOp::MarkRead(read, tx) => hold(tx, txn.mark_read(&read), Reply::MarkRead),
+        WriteOp::Recall(tenant, msg_id, by, tx) => hold(tx, txn.recall(&tenant, &msg_id, &by), Reply::Recall),
+        WriteOp::AckEvents(acks, tx) => {
+            let removed = acks.iter().try_fold(0, |n, (dev, ids)| Ok(n + txn.ack_events(dev, ids)?));
+            hold(tx, removed, Reply::Ack)
+        }
+        WriteOp::Records(records, tx) => {
+            for (key, value) in records {
+                txn.write(T::Cs, key, value);
+            }
+            Ok(Reply::Records(tx))
+        }
+        WriteOp::Close => return None,
+    })
+}
+
+/// Appends the batch's record to the log (synced when `durable`), makes its
+/// writes visible to readers as unapplied, and hands it to the applier.
+fn hand_over(
+    shared: &Shared,
+    wal: &mut Wal,
+    writes: Writes,
+    log: Ops,
+    durable: bool,
+    to_applier: &std_mpsc::SyncSender<Logged>,
+) -> Result<()> {
+    let lsn = wal
+        .append(&log, durable)
+        .map_err(|e| StorageError::Unavailable(format!("cannot write the write-ahead log: {e}")))?;
+    {
+        // The batch's own writes move into the map; the applier gets the
+        // record's encoded ops. No write is copied.
+        let mut unapplied = shared.unapplied.lock().map_err(|_| unavailable("the store lock is poisoned"))?;
+        for (t, entries) in writes.0.into_iter().enumerate() {
+            for (k, v) in entries {
+                unapplied.0[t].insert(k, (lsn, v));
+            }
+        }
+    }
+    let bytes = log.len() as u64;
+    // Blocks while the applier is `APPLIER_QUEUE` batches behind: backpressure.
+    to_applier.send(Logged { lsn, ops: log, bytes }).map_err(|_| unavailable("the store's applier stopped"))?;
+    shared.answered.store(lsn, Ordering::Release);
     Ok(())
 }

@@ -66,6 +66,34 @@ pub(crate) struct Session {
 
 type Authenticated = (Arc<DeviceKey>, im_core::Role, Encoding, Registration, u64, cs_queue::Identity);
 
+/// Why a login fails: the `Error` it is answered with, then the close.
+struct Refusal {
+    code: ErrorCode,
+    message: String,
+    close: CloseCode,
+}
+
+impl Refusal {
+    fn new(code: ErrorCode, message: impl Into<String>, close: CloseCode) -> Self {
+        Self { code, message: message.into(), close }
+    }
+
+    /// Queues the `Error` (always room: nothing else was queued yet) and
+    /// gives the close.
+    fn answer(self, out: &mut Outbox, encoding: Encoding, req_id: u64) -> Exit {
+        let _ = out.push(encode(encoding, &error_frame(req_id, self.code, self.message.clone())));
+        close(self.close, self.message)
+    }
+}
+
+/// How reading the first frame ended, when it did not yield an `Auth`.
+enum NoAuth {
+    /// Refused: in this encoding, as the answer to this req_id.
+    Refused(Encoding, u64, Refusal),
+    /// The socket ended or the server is shutting down: nothing to answer.
+    Gone(Exit),
+}
+
 /// Reads and answers the Auth frame. Replies are queued in `out`.
 async fn authenticate<S>(
     stream: &mut S,
@@ -76,103 +104,18 @@ async fn authenticate<S>(
 where
     S: Stream<Item = Result<WsMessage, WsError>> + Unpin,
 {
-    let deadline = Instant::now() + gw.config.timeouts.auth;
-    let max_frame = gw.config.limits.max_frame_bytes;
-    let mut reject = |encoding: Encoding, req_id: u64, code: ErrorCode, message: String, close_code: CloseCode| {
-        // Always room: nothing else was queued yet.
-        let _ = out.push(encode(encoding, &error_frame(req_id, code, message.clone())));
-        close(close_code, message)
+    let (encoding, req_id, auth) = match read_auth(stream, gw, shutdown).await {
+        Ok(read) => read,
+        Err(NoAuth::Refused(encoding, req_id, refusal)) => return Err(refusal.answer(out, encoding, req_id)),
+        Err(NoAuth::Gone(exit)) => return Err(exit),
     };
-    let (encoding, payload) = loop {
-        let item = tokio::select! {
-            item = stream.next() => item,
-            _ = sleep_until(deadline) => {
-                let secs = gw.config.timeouts.auth.as_secs_f64();
-                return Err(reject(Encoding::Json, 0, ErrorCode::Unauthenticated,
-                    format!("no Auth frame within {secs}s"), CloseCode::PolicyViolation));
-            }
-            _ = shutdown.cancelled() => return Err(close(CloseCode::ServiceRestart, "server shutting down")),
-        };
-        match classify(item, max_frame) {
-            Incoming::Data(enc, payload) => break (enc, payload),
-            Incoming::Heard => continue,
-            Incoming::Exit(Exit::Close(CloseCode::TooLarge, reason)) => {
-                return Err(reject(Encoding::Json, 0, ErrorCode::TooLarge, reason.into_owned(), CloseCode::TooLarge));
-            }
-            Incoming::Exit(exit) => return Err(exit),
-        }
+    let (claims, device) = match check(gw, auth).await {
+        Ok(checked) => checked,
+        Err(refusal) => return Err(refusal.answer(out, encoding, req_id)),
     };
-    let frame = match im_core::decode_frame(encoding, &payload) {
-        Ok(f) => f,
-        Err(e) => {
-            return Err(reject(encoding, 0, ErrorCode::BadFrame, e.to_string(), CloseCode::PolicyViolation));
-        }
-    };
-    let req_id = frame.req_id;
-    let auth = match frame.body {
-        Some(Body::Auth(a)) => a,
-        _ => {
-            return Err(reject(
-                encoding,
-                req_id,
-                ErrorCode::Unauthenticated,
-                "the first frame must be Auth".into(),
-                CloseCode::PolicyViolation,
-            ));
-        }
-    };
-    let claims = match gw.signer.verify(&auth.token) {
-        Ok(c) => c,
-        Err(e) => {
-            metrics::counter!("dongdong_auth_failures_total").increment(1);
-            let message = match e {
-                AuthError::Expired => "token expired".to_string(),
-                other => other.to_string(),
-            };
-            return Err(reject(encoding, req_id, ErrorCode::Unauthenticated, message, CloseCode::PolicyViolation));
-        }
-    };
-    match crate::auth::is_revoked(gw.revocations.as_ref(), &claims).await {
-        Ok(true) => {
-            metrics::counter!("dongdong_auth_failures_total").increment(1);
-            let message = "token revoked: sign in again".to_string();
-            return Err(reject(encoding, req_id, ErrorCode::Unauthenticated, message, CloseCode::PolicyViolation));
-        }
-        Ok(false) => {}
-        Err(e) => {
-            let message = format!("cannot check the token now: {e}");
-            return Err(reject(encoding, req_id, ErrorCode::Unavailable, message, CloseCode::TryAgainLater));
-        }
-    }
-    if let Err(e) = im_core::ids::validate_id("device_id", &auth.device_id) {
-        return Err(reject(encoding, req_id, ErrorCode::InvalidArgument, e, CloseCode::PolicyViolation));
-    }
-    let identity = cs_queue::Identity { name: claims.name, avatar: claims.avatar };
-    let device = Arc::new(DeviceKey::new(claims.tenant, claims.sub, auth.device_id));
-    let mut unavailable = |e: im_core::ClientError| {
-        warn!(error = %e, "could not register the connection");
-        reject(encoding, req_id, e.code, e.message, CloseCode::TryAgainLater)
-    };
-    let registration = match gw.dispatch.register_device(&device).await {
-        Ok(r) => r,
-        Err(e) => return Err(unavailable(e)),
-    };
-    if let Some(evicted) = &registration.evicted {
-        info!(evicted, "device limit reached; forgot the least recently seen device");
-    }
-    let registration = match gw.router.register(device.clone()).await {
-        Ok(r) => r,
-        Err(e) => return Err(unavailable(e.into())),
-    };
-    // Acks this node took before (e.g. on the connection this one replaces)
-    // reach the store first, so that they are not counted or replayed.
-    gw.dispatch.acks().flush().await;
-    let pending_count = match gw.dispatch.pending_count(&device).await {
-        Ok(n) => n,
-        Err(e) => {
-            gw.router.unregister(registration.conn_id).await;
-            return Err(unavailable(e));
-        }
+    let (registration, pending_count) = match register(gw, &device).await {
+        Ok(registered) => registered,
+        Err(refusal) => return Err(refusal.answer(out, encoding, req_id)),
     };
     let ok = Frame {
         req_id,
@@ -187,5 +130,106 @@ where
         })),
     };
     let _ = out.push(encode(encoding, &ok));
+    let identity = cs_queue::Identity { name: claims.name, avatar: claims.avatar };
     Ok((device, claims.role, encoding, registration, pending_count, identity))
+}
+
+/// The first frame, which must be an `Auth`, within `timeouts.auth`.
+async fn read_auth<S>(
+    stream: &mut S,
+    gw: &Gateway,
+    shutdown: &CancellationToken,
+) -> Result<(Encoding, u64, pb::Auth), NoAuth>
+where
+    S: Stream<Item = Result<WsMessage, WsError>> + Unpin,
+{
+    let deadline = Instant::now() + gw.config.timeouts.auth;
+    let refuse = |encoding, req_id, code, message: String, close| {
+        NoAuth::Refused(encoding, req_id, Refusal::new(code, message, close))
+    };
+    let (encoding, payload) = loop {
+        let item = tokio::select! {
+            item = stream.next() => item,
+            _ = sleep_until(deadline) => {
+                let secs = gw.config.timeouts.auth.as_secs_f64();
+                return Err(refuse(Encoding::Json, 0, ErrorCode::Unauthenticated,
+                    format!("no Auth frame within {secs}s"), CloseCode::PolicyViolation));
+            }
+            _ = shutdown.cancelled() => {
+                return Err(NoAuth::Gone(close(CloseCode::ServiceRestart, "server shutting down")));
+            }
+        };
+        match classify(item, gw.config.limits.max_frame_bytes) {
+            Incoming::Data(enc, payload) => break (enc, payload),
+            Incoming::Heard => continue,
+            Incoming::Exit(Exit::Close(CloseCode::TooLarge, reason)) => {
+                return Err(refuse(Encoding::Json, 0, ErrorCode::TooLarge, reason.into_owned(), CloseCode::TooLarge));
+            }
+            Incoming::Exit(exit) => return Err(NoAuth::Gone(exit)),
+        }
+    };
+    let frame = im_core::decode_frame(encoding, &payload)
+        .map_err(|e| refuse(encoding, 0, ErrorCode::BadFrame, e.to_string(), CloseCode::PolicyViolation))?;
+    match frame.body {
+        Some(Body::Auth(auth)) => Ok((encoding, frame.req_id, auth)),
+        _ => Err(refuse(
+            encoding,
+            frame.req_id,
+            ErrorCode::Unauthenticated,
+            "the first frame must be Auth".into(),
+            CloseCode::PolicyViolation,
+        )),
+    }
+}
+
+/// The token (signature, expiry, claims, not revoked) and the device id.
+async fn check(gw: &Gateway, auth: pb::Auth) -> Result<(im_core::token::Claims, Arc<DeviceKey>), Refusal> {
+    let unauthenticated =
+        |message: String| Refusal::new(ErrorCode::Unauthenticated, message, CloseCode::PolicyViolation);
+    let claims = gw.signer.verify(&auth.token).map_err(|e| {
+        metrics::counter!("dongdong_auth_failures_total").increment(1);
+        unauthenticated(match e {
+            AuthError::Expired => "token expired".to_string(),
+            other => other.to_string(),
+        })
+    })?;
+    match crate::auth::is_revoked(gw.revocations.as_ref(), &claims).await {
+        Ok(false) => {}
+        Ok(true) => {
+            metrics::counter!("dongdong_auth_failures_total").increment(1);
+            return Err(unauthenticated("token revoked: sign in again".into()));
+        }
+        Err(e) => {
+            let message = format!("cannot check the token now: {e}");
+            return Err(Refusal::new(ErrorCode::Unavailable, message, CloseCode::TryAgainLater));
+        }
+    }
+    im_core::ids::validate_id("device_id", &auth.device_id)
+        .map_err(|e| Refusal::new(ErrorCode::InvalidArgument, e, CloseCode::PolicyViolation))?;
+    let device = Arc::new(DeviceKey::new(claims.tenant.clone(), claims.sub.clone(), auth.device_id));
+    Ok((claims, device))
+}
+
+/// Records the device, registers the connection where pushes find it, and
+/// counts what is pending for the device.
+async fn register(gw: &Gateway, device: &Arc<DeviceKey>) -> Result<(Registration, u64), Refusal> {
+    let unavailable = |e: im_core::ClientError| {
+        warn!(error = %e, "could not register the connection");
+        Refusal::new(e.code, e.message, CloseCode::TryAgainLater)
+    };
+    let known = gw.dispatch.register_device(device).await.map_err(unavailable)?;
+    if let Some(evicted) = &known.evicted {
+        info!(evicted, "device limit reached; forgot the least recently seen device");
+    }
+    let registration = gw.router.register(device.clone()).await.map_err(|e| unavailable(e.into()))?;
+    // Acks this node took before (e.g. on the connection this one replaces)
+    // reach the store first, so that they are not counted or replayed.
+    gw.dispatch.acks().flush().await;
+    match gw.dispatch.pending_count(device).await {
+        Ok(n) => Ok((registration, n)),
+        Err(e) => {
+            gw.router.unregister(registration.conn_id).await;
+            Err(unavailable(e))
+        }
+    }
 }

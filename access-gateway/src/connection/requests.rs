@@ -68,17 +68,19 @@ impl<S> Conn<S> {
         match body {
             Body::Send(send) => self.on_send(req_id, send),
             Body::Ack(ack) => self.on_ack(req_id, ack),
-            Body::SyncRequest(req) => {
-                let (gw, device, caller) = (self.gw.clone(), self.device.clone(), self.caller());
-                self.answering = Some(Box::pin(async move {
-                    match history(&gw, &device, caller, req).await {
-                        Ok(page) => Frame { req_id, body: Some(Body::HistoryPage(page)) },
-                        Err(e) => reply_error(req_id, &e),
-                    }
-                }));
-                Ok(())
+            Body::MarkRead(req) => self.on_mark_read(req_id, req),
+            Body::Typing(t) => self.on_typing(req_id, t),
+            Body::PresenceSubscribe(p) => self.on_presence_subscribe(req_id, p),
+            Body::PresenceUnsubscribe(p) => self.on_presence_unsubscribe(p),
+            Body::Ping(_) => {
+                let pong = pb::Pong { server_time_ms: im_core::now_ms() };
+                self.emit(&Frame { req_id, body: Some(Body::Pong(pong)) })
             }
-            body @ (Body::RequestService(_)
+            Body::Auth(_) => self.emit(&error_frame(req_id, ErrorCode::InvalidArgument, "already authenticated")),
+            body @ (Body::SyncRequest(_)
+            | Body::ConversationsRequest(_)
+            | Body::Recall(_)
+            | Body::RequestService(_)
             | Body::CancelRequest(_)
             | Body::LeaveMessage(_)
             | Body::EndSession(_)
@@ -88,46 +90,34 @@ impl<S> Conn<S> {
             | Body::TransferSession(_)
             | Body::CsStateRequest(_)
             | Body::ClaimLeftMessage(_)) => {
-                let (gw, caller) = (self.gw.clone(), self.caller());
-                self.answering = Some(Box::pin(async move {
-                    match gw.cs.handle(&caller, body).await {
-                        Ok(body) => Frame { req_id, body: Some(body) },
-                        Err(e) => reply_error(req_id, &e),
-                    }
-                }));
+                self.answering = Some(self.answer(req_id, body));
                 Ok(())
             }
-            Body::MarkRead(req) => self.on_mark_read(req_id, req),
-            body @ (Body::ConversationsRequest(_) | Body::Recall(_)) => {
-                let (gw, device, role) = (self.gw.clone(), self.device.clone(), self.role);
-                self.answering = Some(Box::pin(async move {
-                    let answer = match body {
-                        Body::ConversationsRequest(req) => {
-                            gw.dispatch.conversations(&device, req).await.map(Body::ConversationPage)
-                        }
-                        Body::Recall(req) => gw.dispatch.recall(&device, role, req).await.map(Body::Recalled),
-                        _ => unreachable!("matched above"),
-                    };
-                    match answer {
-                        Ok(body) => Frame { req_id, body: Some(body) },
-                        Err(e) => reply_error(req_id, &e),
-                    }
-                }));
-                Ok(())
-            }
-            Body::Typing(t) => self.on_typing(req_id, t),
-            Body::PresenceSubscribe(p) => self.on_presence_subscribe(req_id, p),
-            Body::PresenceUnsubscribe(p) => self.on_presence_unsubscribe(p),
-            Body::Ping(_) => {
-                let pong = pb::Pong { server_time_ms: im_core::now_ms() };
-                self.emit(&Frame { req_id, body: Some(Body::Pong(pong)) })
-            }
-            Body::Auth(_) => self.emit(&error_frame(req_id, ErrorCode::InvalidArgument, "already authenticated")),
             other => {
                 let message = format!("{} is a server-to-client frame", server_frame_name(&other));
                 self.emit(&error_frame(req_id, ErrorCode::BadFrame, message))
             }
         }
+    }
+
+    /// The answer to a request that is answered before the next frame is
+    /// read: history, the conversation list, recall, customer service.
+    fn answer(&self, req_id: u64, body: Body) -> super::BoxFuture<Frame> {
+        let (gw, device, role, caller) = (self.gw.clone(), self.device.clone(), self.role, self.caller());
+        Box::pin(async move {
+            let answer = match body {
+                Body::SyncRequest(req) => history(&gw, &device, caller, req).await.map(Body::HistoryPage),
+                Body::ConversationsRequest(req) => {
+                    gw.dispatch.conversations(&device, req).await.map(Body::ConversationPage)
+                }
+                Body::Recall(req) => gw.dispatch.recall(&device, role, req).await.map(Body::Recalled),
+                cs => gw.cs.handle(&caller, cs).await,
+            };
+            match answer {
+                Ok(body) => Frame { req_id, body: Some(body) },
+                Err(e) => reply_error(req_id, &e),
+            }
+        })
     }
 
     /// Applies the rate limits (this connection's, its user's and its
