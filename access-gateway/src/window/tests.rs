@@ -1,0 +1,421 @@
+//! The delivery window's invariants, unit and property tests.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use super::*;
+use proptest::prelude::*;
+use std::collections::{BTreeMap, HashSet};
+
+const LIMITS: WindowLimits = WindowLimits { max_inflight: 8, ack_timeout: Duration::from_secs(10), max_resends: 2 };
+
+fn msg(conversation: &str, seq: u64) -> Message {
+    Message { msg_id: format!("{conversation}-{seq}"), conversation_id: conversation.into(), seq, ..Default::default() }
+}
+
+fn run<T>(f: impl FnOnce(&mut dyn FnMut(Action)) -> T) -> (T, Vec<Action>) {
+    let mut actions = Vec::new();
+    let t = f(&mut |a| actions.push(a));
+    (t, actions)
+}
+
+fn delivered(actions: &[Action]) -> Vec<(String, bool)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Deliver { message, replay } => Some((message.msg_id.clone(), *replay)),
+            Action::Close { .. } | Action::Reload(_) => None,
+        })
+        .collect()
+}
+
+/// A window whose first replay pass found nothing.
+fn live(now: Instant) -> DeliveryWindow {
+    let mut w = DeliveryWindow::new(now);
+    let page = w.next_page(&LIMITS, 100).unwrap();
+    assert_eq!((page.cursor, page.limit, page.delay), (None, 8, Duration::ZERO));
+    let (finished, actions) = run(|out| w.on_page(&LIMITS, Vec::new(), now, &mut |a| out(a)));
+    assert_eq!((finished, actions), (Some(Duration::ZERO), vec![]));
+    w
+}
+
+#[test]
+fn replay_pages_fit_the_window_and_the_writer() {
+    let now = Instant::now();
+    let mut w = DeliveryWindow::new(now);
+    assert_eq!(w.next_page(&LIMITS, 3).unwrap().limit, 3, "the writer has room for 3");
+    assert!(w.next_page(&LIMITS, 100).is_none(), "one page at a time");
+    let (_, actions) = run(|out| w.on_page(&LIMITS, vec![msg("a", 1), msg("a", 2), msg("b", 1)], now, &mut |a| out(a)));
+    assert_eq!(delivered(&actions), [("a-1".into(), true), ("a-2".into(), true), ("b-1".into(), true)]);
+    let page = w.next_page(&LIMITS, 100).unwrap();
+    assert_eq!((page.cursor.unwrap().msg_id, page.limit), ("b-1".to_string(), 5));
+    let (finished, _) = run(|out| w.on_page(&LIMITS, vec![msg("b", 2)], now, &mut |a| out(a)));
+    assert!(finished.is_some(), "a short page ends the pass");
+    assert!(!w.is_replaying());
+    assert_eq!(w.in_flight(), 4);
+}
+
+#[test]
+fn a_push_during_replay_waits_for_another_pass() {
+    let now = Instant::now();
+    let mut w = DeliveryWindow::new(now);
+    w.next_page(&LIMITS, 100).unwrap();
+    let (_, actions) = run(|out| w.on_push(&LIMITS, Arc::new(msg("a", 2)), now, &mut |a| out(a)));
+    assert!(actions.is_empty(), "not delivered ahead of the replay");
+    let (finished, actions) = run(|out| w.on_page(&LIMITS, vec![msg("a", 1)], now, &mut |a| out(a)));
+    assert_eq!((finished, delivered(&actions)), (None, vec![("a-1".into(), true)]));
+    let page = w.next_page(&LIMITS, 100).unwrap();
+    assert_eq!(page.cursor, None, "the dirty pass starts over");
+    let (finished, actions) = run(|out| w.on_page(&LIMITS, vec![msg("a", 1), msg("a", 2)], now, &mut |a| out(a)));
+    assert_eq!(delivered(&actions), [("a-2".into(), true)], "a-1 is still in flight");
+    assert!(finished.is_some());
+    let (_, actions) = run(|out| w.on_push(&LIMITS, Arc::new(msg("a", 3)), now, &mut |a| out(a)));
+    assert_eq!(delivered(&actions), [("a-3".into(), false)]);
+}
+
+fn at(conversation: &str, seq: u64) -> Position {
+    Position { conversation_id: conversation.into(), seq }
+}
+
+#[test]
+fn resends_read_again_in_seq_order_then_closes() {
+    let t0 = Instant::now();
+    let mut w = live(t0);
+    for (c, s) in [("b", 1), ("a", 2), ("a", 1)] {
+        run(|out| w.on_push(&LIMITS, Arc::new(msg(c, s)), t0, &mut |a| out(a)));
+    }
+    assert_eq!(w.on_ack(["b-1"].into_iter()), 1);
+    assert_eq!(w.next_deadline(), Some(t0 + Duration::from_millis(2500)));
+    let (_, early) = run(|out| w.on_tick(&LIMITS, t0 + Duration::from_secs(9), &mut |a| out(a)));
+    assert!(early.is_empty());
+    assert_eq!(w.next_deadline(), Some(t0 + Duration::from_millis(11_500)), "checked every quarter timeout");
+    let t1 = t0 + Duration::from_millis(11_500);
+    let (_, actions) = run(|out| w.on_tick(&LIMITS, t1, &mut |a| out(a)));
+    let asked = vec![at("a", 1), at("a", 2)];
+    assert_eq!(actions, [Action::Reload(asked.clone())], "read again, in seq order");
+    let (_, waiting) = run(|out| w.on_tick(&LIMITS, t1 + Duration::from_secs(10), &mut |a| out(a)));
+    assert!(waiting.is_empty(), "one reload at a time");
+    let (_, actions) = run(|out| w.on_reloaded(&asked, vec![msg("a", 1), msg("a", 2)], &mut |a| out(a)));
+    assert_eq!(delivered(&actions), [("a-1".into(), true), ("a-2".into(), true)]);
+    let (_, actions) = run(|out| w.on_tick(&LIMITS, t1 + Duration::from_secs(20), &mut |a| out(a)));
+    assert_eq!(actions, [Action::Reload(asked.clone())], "second resend");
+    w.on_reload_failed();
+    let (_, actions) = run(|out| w.on_tick(&LIMITS, t1 + Duration::from_secs(30), &mut |a| out(a)));
+    assert_eq!(actions, [Action::Close { code: CloseCode::AckTimeout, reason: "deliveries stayed unacknowledged" }]);
+}
+
+#[test]
+fn a_resend_carries_the_message_as_stored_now() {
+    let t0 = Instant::now();
+    let mut w = live(t0);
+    let mut original = msg("a", 1);
+    original.content =
+        Some(im_core::pb::Content { kind: Some(im_core::pb::content::Kind::Text("my card number is 4111".into())) });
+    run(|out| w.on_push(&LIMITS, Arc::new(original.clone()), t0, &mut |a| out(a)));
+    run(|out| w.on_push(&LIMITS, Arc::new(msg("a", 2)), t0, &mut |a| out(a)));
+    run(|out| w.on_push(&LIMITS, Arc::new(msg("a", 3)), t0, &mut |a| out(a)));
+    let t1 = t0 + LIMITS.ack_timeout;
+    let (_, actions) = run(|out| w.on_tick(&LIMITS, t1, &mut |a| out(a)));
+    let asked = vec![at("a", 1), at("a", 2), at("a", 3)];
+    assert_eq!(actions, [Action::Reload(asked.clone())]);
+    // Meanwhile: the first was recalled, the second acked, the third is
+    // no longer stored.
+    w.on_ack(["a-2"].into_iter());
+    let recalled = Message { content: None, recalled_by: "alice".into(), ..original };
+    let (_, actions) = run(|out| w.on_reloaded(&asked, vec![recalled.clone(), msg("a", 2)], &mut |a| out(a)));
+    assert_eq!(actions, [Action::Deliver { message: Arc::new(recalled), replay: true }]);
+    assert_eq!(w.in_flight(), 1, "what is no longer stored leaves the window");
+}
+
+#[test]
+fn a_full_window_closes_on_a_live_push() {
+    let now = Instant::now();
+    let mut w = live(now);
+    for s in 1..=8 {
+        run(|out| w.on_push(&LIMITS, Arc::new(msg("a", s)), now, &mut |a| out(a)));
+    }
+    let (_, again) = run(|out| w.on_push(&LIMITS, Arc::new(msg("a", 8)), now, &mut |a| out(a)));
+    assert!(again.is_empty(), "a push of an id in flight is not sent twice");
+    let (_, actions) = run(|out| w.on_push(&LIMITS, Arc::new(msg("a", 9)), now, &mut |a| out(a)));
+    assert!(matches!(actions[..], [Action::Close { code: CloseCode::SlowConsumer, .. }]));
+}
+
+#[test]
+fn each_messages_pass_is_followed_by_an_events_pass() {
+    let now = Instant::now();
+    let mut w = DeliveryWindow::new(now);
+    assert!(matches!(w.next_load(&LIMITS, 300), Some(Load::Messages(_))));
+    assert!(w.next_load(&LIMITS, 300).is_none(), "one load at a time");
+    run(|out| w.on_page(&LIMITS, Vec::new(), now, &mut |a| out(a)));
+    assert!(!w.is_settled(), "the events pass follows");
+    assert_eq!(w.next_load(&LIMITS, 300), Some(Load::Events { after: None, limit: EVENT_PAGE }));
+    assert!(w.next_load(&LIMITS, 300).is_none(), "one load at a time");
+    w.on_events(EVENT_PAGE, Some("k-128"));
+    let after = Some("k-128".to_string());
+    assert_eq!(w.next_load(&LIMITS, 10), Some(Load::Events { after, limit: 10 }), "sized to the writer's room");
+    // Pushes were lost meanwhile: the messages go first, then the events
+    // start over.
+    w.resync(now);
+    w.on_events(10, Some("k-138"));
+    assert!(matches!(w.next_load(&LIMITS, 300), Some(Load::Messages(_))), "messages before events");
+    run(|out| w.on_page(&LIMITS, Vec::new(), now, &mut |a| out(a)));
+    assert_eq!(w.next_load(&LIMITS, 300), Some(Load::Events { after: None, limit: EVENT_PAGE }));
+    w.on_events(3, Some("x"));
+    assert!(w.is_settled() && w.next_load(&LIMITS, 300).is_none(), "a short page ends the pass");
+    // A page that fails ends the pass too (the events stay pending).
+    w.resync(now);
+    assert!(matches!(w.next_load(&LIMITS, 300), Some(Load::Messages(_))));
+    run(|out| w.on_page(&LIMITS, Vec::new(), now, &mut |a| out(a)));
+    assert!(matches!(w.next_load(&LIMITS, 300), Some(Load::Events { .. })));
+    w.on_events_failed();
+    assert!(w.is_settled());
+}
+
+#[test]
+fn failed_pages_back_off_then_give_up() {
+    let now = Instant::now();
+    let mut w = DeliveryWindow::new(now);
+    for failures in 0..REPLAY_RETRIES {
+        assert_eq!(w.next_page(&LIMITS, 100).unwrap().delay, REPLAY_RETRY_BACKOFF * failures);
+        assert!(!w.on_page_failed());
+    }
+    w.next_page(&LIMITS, 100).unwrap();
+    assert!(w.on_page_failed(), "retries spent");
+}
+
+#[test]
+fn resync_after_replay_starts_a_new_pass() {
+    let now = Instant::now();
+    let mut w = live(now);
+    w.resync(now);
+    assert!(w.is_replaying());
+    assert_eq!(w.next_page(&LIMITS, 100).unwrap().cursor, None);
+}
+
+/// What the test does next.
+#[derive(Debug, Clone)]
+enum Step {
+    /// A new message in conversation `conv` is stored and pushed (or
+    /// stored only: the push was lost).
+    Push {
+        conv: u8,
+        lost: bool,
+    },
+    /// The device acks the `n`th oldest of what it was sent (mod count).
+    Ack(usize),
+    /// The store answers the page request, or fails it.
+    Page {
+        fail: bool,
+    },
+    /// The store answers the reload request, or fails it.
+    Reload {
+        fail: bool,
+    },
+    /// Time passes.
+    Wait(u64),
+    Resync,
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0u8..3, prop::bool::weighted(0.1)).prop_map(|(conv, lost)| Step::Push { conv, lost }),
+        3 => (0usize..16).prop_map(Step::Ack),
+        3 => prop::bool::weighted(0.1).prop_map(|fail| Step::Page { fail }),
+        2 => prop::bool::weighted(0.2).prop_map(|fail| Step::Reload { fail }),
+        1 => (1u64..6000).prop_map(Step::Wait),
+        1 => Just(Step::Resync),
+    ]
+}
+
+/// The device's pending set in the store, as the window's pages see it.
+#[derive(Default)]
+struct Store {
+    pending: BTreeMap<(String, u64), Message>,
+    next_seq: HashMap<String, u64>,
+}
+
+impl Store {
+    /// Every message is kept (acked or not), so what is read again is
+    /// the stored message.
+    fn reload(&self, asked: &[Position]) -> Vec<Message> {
+        asked.iter().map(|p| msg(&p.conversation_id, p.seq)).collect()
+    }
+
+    fn page(&self, req: &PageRequest) -> Vec<Message> {
+        let after = req.cursor.as_ref().map(|c| (c.conversation_id.clone(), c.seq));
+        self.pending
+            .iter()
+            .filter(|(k, _)| after.as_ref().is_none_or(|a| *k > a))
+            .take(req.limit)
+            .map(|(_, m)| m.clone())
+            .collect()
+    }
+}
+
+/// Checks the invariants after every step of a random run, then lets
+/// the device ack everything and checks that every pending message got
+/// through.
+fn check(initial: u8, steps: Vec<Step>) -> Result<(), TestCaseError> {
+    let mut now = Instant::now();
+    let mut store = Store::default();
+    for i in 0..initial {
+        let conv = format!("c{}", i % 3);
+        let seq = store.next_seq.entry(conv.clone()).or_insert(0);
+        *seq += 1;
+        store.pending.insert((conv.clone(), *seq), msg(&conv, *seq));
+    }
+    let at_connect: HashSet<String> = store.pending.values().map(|m| m.msg_id.clone()).collect();
+    let mut w = DeliveryWindow::new(now);
+    let mut page: Option<PageRequest> = None;
+    // What the device holds unacked, oldest first; and every delivery.
+    let mut unacked: Vec<String> = Vec::new();
+    let mut seen: HashSet<String> = HashSet::new();
+    let mut last_first_seq: HashMap<String, u64> = HashMap::new();
+    let mut live_started = false;
+    let mut closed = false;
+    let mut reload: Option<Vec<Position>> = None;
+    let mut apply = |actions: Vec<Action>,
+                     w: &DeliveryWindow,
+                     store: &Store,
+                     unacked: &mut Vec<String>,
+                     reload: &mut Option<Vec<Position>>|
+     -> Result<bool, TestCaseError> {
+        let mut resent: Vec<(String, u64)> = Vec::new();
+        for a in actions {
+            match a {
+                Action::Close { .. } => return Ok(true),
+                Action::Reload(asked) => {
+                    prop_assert!(reload.is_none(), "one reload at a time");
+                    prop_assert!(asked.is_sorted(), "resends in seq order");
+                    *reload = Some(asked);
+                }
+                Action::Deliver { message, replay } => {
+                    let id = message.msg_id.clone();
+                    if !replay {
+                        prop_assert!(!w.is_replaying(), "live delivery during a replay pass");
+                        if !live_started {
+                            live_started = true;
+                            let missing: Vec<_> = at_connect
+                                .iter()
+                                .filter(|id| store.pending.values().any(|m| &m.msg_id == *id) && !seen.contains(*id))
+                                .collect();
+                            prop_assert!(missing.is_empty(), "live before replay of {missing:?}");
+                        }
+                    }
+                    if seen.insert(id.clone()) {
+                        let last = last_first_seq.entry(message.conversation_id.clone()).or_insert(0);
+                        prop_assert!(message.seq > *last, "first deliveries of a conversation in seq order");
+                        *last = message.seq;
+                    } else {
+                        if let Some(prev) = resent.last() {
+                            prop_assert!(
+                                prev <= &(message.conversation_id.clone(), message.seq),
+                                "resends in seq order"
+                            );
+                        }
+                        resent.push((message.conversation_id.clone(), message.seq));
+                    }
+                    if !unacked.contains(&id) {
+                        unacked.push(id);
+                    }
+                }
+            }
+        }
+        Ok(false)
+    };
+    for s in steps {
+        let mut actions = Vec::new();
+        let mut out = |a| actions.push(a);
+        match s {
+            Step::Push { conv, lost } => {
+                let conv = format!("c{conv}");
+                let seq = store.next_seq.entry(conv.clone()).or_insert(0);
+                *seq += 1;
+                let m = msg(&conv, *seq);
+                store.pending.insert((conv, *seq), m.clone());
+                if !lost {
+                    w.on_push(&LIMITS, Arc::new(m), now, &mut out);
+                } else {
+                    w.resync(now);
+                }
+            }
+            Step::Ack(n) if !unacked.is_empty() => {
+                let id = unacked.remove(n % unacked.len());
+                store.pending.retain(|_, m| m.msg_id != id);
+                w.on_ack(std::iter::once(id.as_str()));
+            }
+            Step::Ack(_) => {}
+            Step::Page { fail } => {
+                if let Some(req) = page.take() {
+                    if fail {
+                        if w.on_page_failed() {
+                            closed = true;
+                        }
+                    } else {
+                        w.on_page(&LIMITS, store.page(&req), now, &mut out);
+                    }
+                }
+            }
+            Step::Reload { fail } => {
+                if let Some(asked) = reload.take() {
+                    if fail {
+                        w.on_reload_failed();
+                    } else {
+                        w.on_reloaded(&asked, store.reload(&asked), &mut out);
+                    }
+                }
+            }
+            Step::Wait(ms) => {
+                now += Duration::from_millis(ms);
+                w.on_tick(&LIMITS, now, &mut out);
+            }
+            Step::Resync => w.resync(now),
+        }
+        if apply(actions, &w, &store, &mut unacked, &mut reload)? || closed {
+            return Ok(());
+        }
+        if page.is_none() {
+            page = w.next_page(&LIMITS, 1000);
+        }
+        prop_assert!(w.in_flight() <= LIMITS.max_inflight);
+        let in_flight: HashSet<&str> = w.inflight.keys().map(|k| &**k).collect();
+        let held: HashSet<&str> = unacked.iter().map(String::as_str).collect();
+        prop_assert_eq!(in_flight, held, "delivered = acked + in flight");
+    }
+    // The device now acks everything it gets; the store answers every
+    // page. Everything pending must get through.
+    for _ in 0..1000 {
+        for id in unacked.drain(..) {
+            store.pending.retain(|_, m| m.msg_id != id);
+            w.on_ack(std::iter::once(id.as_str()));
+        }
+        if store.pending.is_empty() {
+            return Ok(());
+        }
+        let mut actions = Vec::new();
+        if let Some(asked) = reload.take() {
+            w.on_reloaded(&asked, store.reload(&asked), &mut |a| actions.push(a));
+        }
+        match page.take().or_else(|| w.next_page(&LIMITS, 1000)) {
+            Some(req) => {
+                w.on_page(&LIMITS, store.page(&req), now, &mut |a| actions.push(a));
+            }
+            None => {
+                // Nothing being replayed, yet something is pending: the
+                // pushes were lost and only a resync finds them.
+                w.resync(now);
+            }
+        }
+        if apply(actions, &w, &store, &mut unacked, &mut reload)? {
+            return Ok(());
+        }
+    }
+    prop_assert!(false, "pending messages never got through: {:?}", store.pending.keys());
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    #[test]
+    fn window_invariants(initial in 0u8..20, steps in prop::collection::vec(step(), 1..120)) {
+        check(initial, steps)?;
+    }
+}
