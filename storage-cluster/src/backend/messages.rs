@@ -174,6 +174,15 @@ impl ClusterStore {
         found.map(|d| decode(&d)).transpose()
     }
 
+    /// The document of the conversation's last message, whole.
+    pub(super) async fn last_document(&self, tenant: &str, conversation: &str) -> Result<Option<Document>> {
+        self.messages
+            .find_one(doc! { "tenant": tenant, "conv": conversation })
+            .sort(doc! { "seq": -1 })
+            .await
+            .map_err(mongo_err("find last"))
+    }
+
     /// The conversation's last message, from MongoDB.
     pub(super) async fn read_last(&self, tenant: &str, conversation: &str) -> Result<Option<LastMessage>> {
         let last = self
@@ -498,13 +507,7 @@ impl MessageStore for ClusterStore {
 
     async fn conversation(&self, tenant: &str, conversation_id: &str) -> Result<Option<Conversation>> {
         let _timer = CallTimer::new("mongodb", "conversation");
-        let last = self
-            .messages
-            .find_one(doc! { "tenant": tenant, "conv": conversation_id })
-            .sort(doc! { "seq": -1 })
-            .await
-            .map_err(mongo_err("find"))?;
-        let Some(last) = last else { return Ok(None) };
+        let Some(last) = self.last_document(tenant, conversation_id).await? else { return Ok(None) };
         let m = decode(&last)?;
         let mut members = [m.from_user, m.to_user];
         members.sort();

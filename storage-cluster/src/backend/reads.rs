@@ -177,12 +177,7 @@ impl ClusterStore {
         let more = listed.len() > limit;
         let listed = &listed[..listed.len().min(limit)];
         let lasts = futures_util::future::try_join_all(listed.iter().map(|(conv, _)| async move {
-            let found = self
-                .messages
-                .find_one(doc! { "tenant": tenant, "conv": conv })
-                .sort(doc! { "seq": -1 })
-                .await
-                .map_err(mongo_err("find last"))?;
+            let found = self.last_document(tenant, conv).await?;
             match found {
                 Some(d) => {
                     let m = decode(&d)?;
