@@ -39,7 +39,9 @@ trap cleanup EXIT
 # -s none: coverage-guided without AddressSanitizer (the code is safe Rust;
 # panics and -rss_limit_mb still fail a run), several times faster to run.
 echo "$me: building the fuzz targets" >&2
-if ! cargo +nightly fuzz build -O -s none >"$scratch/build.log" 2>&1; then
+# FUZZ_TARGET_DIR (CI keeps one outside the clone) or fuzz/target.
+target_dir=(--target-dir "${FUZZ_TARGET_DIR:-$PWD/target}")
+if ! cargo +nightly fuzz build -O -s none "${target_dir[@]}" >"$scratch/build.log" 2>&1; then
   status=1
   tail -40 "$scratch/build.log" >&2
   exit 1
@@ -51,7 +53,7 @@ http_tmp=$(mktemp -d "$shm/dd-fuzz.XXXXXX")
 for t in "${targets[@]}"; do
   mkdir -p "$scratch/$t"
   log="$scratch/$t.log"
-  if TMPDIR=$http_tmp cargo +nightly fuzz run -O -s none "$t" "$scratch/$t" "$PWD/corpus/$t" -- \
+  if TMPDIR=$http_tmp cargo +nightly fuzz run -O -s none "${target_dir[@]}" "$t" "$scratch/$t" "$PWD/corpus/$t" -- \
     -max_total_time="$seconds" -rss_limit_mb=1024 -max_len=65536 -print_final_stats=1 >"$log" 2>&1; then
     runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     echo "$me: $t: ${runs:-?} executions in ${seconds} s, no finding" >&2

@@ -9,7 +9,8 @@
 # server, from PyPI into a venv under .test-services/; playwright-core and
 # axe-core from npm into tests/web/node_modules), starts a private Redis and a private
 # secantusdb on free ports, points the tests at them, and stops them
-# afterwards. Extra arguments go to `cargo test`.
+# afterwards. Extra arguments go to `cargo test`. Builds go to
+# CARGO_TARGET_DIR when it is set (CI keeps one outside the clone).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -73,5 +74,5 @@ cargo test --workspace --quiet "$@"
 # --- the web consoles in a real browser ------------------------------------------
 # A real `dongdong serve` (the debug binary built above) and headless Chromium.
 echo "test.sh: web consoles in headless Chromium (tests/web)" >&2
-DD_BIN="$root/target/debug/dongdong" DD_CHROMIUM="${DD_CHROMIUM:-$(command -v chromium)}" \
+DD_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/dongdong" DD_CHROMIUM="${DD_CHROMIUM:-$(command -v chromium)}" \
   node --test --test-concurrency=1 --test-reporter=spec tests/web/console.test.mjs
