@@ -107,11 +107,39 @@ impl Timeouts {
     }
 }
 
+/// The gateway's keys of `[im]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sessions {
+    /// A connection that drops (no Close from the client) keeps its session
+    /// this long for its device to resume (`Auth.resume_token`): what it
+    /// had not acknowledged is resent and nothing replayed from storage.
+    /// "0s": no resume.
+    #[serde(with = "humantime_serde")]
+    pub resume_window: Duration,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self { resume_window: Duration::from_secs(300) }
+    }
+}
+
+impl Sessions {
+    pub fn validate(&self) -> Result<(), InvalidSetting> {
+        if self.resume_window > Duration::from_secs(3600) {
+            return Err(InvalidSetting::new("im.resume_window", "must be at most 1h (0s: no resume)"));
+        }
+        Ok(())
+    }
+}
+
 /// Everything a connection is bounded and timed by.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct GatewayConfig {
     pub limits: ConnectionLimits,
     pub timeouts: Timeouts,
+    pub sessions: Sessions,
 }
 
 impl GatewayConfig {

@@ -7,12 +7,13 @@ pub mod backlog;
 pub mod config;
 pub mod connection;
 pub mod limits;
+pub mod resume;
 mod server;
 pub mod tls;
 pub mod window;
 
 pub use auth::is_revoked;
-pub use config::{ConnectionLimits, GatewayConfig, Timeouts};
+pub use config::{ConnectionLimits, GatewayConfig, Sessions, Timeouts};
 pub use im_core::token::{AuthError, Claims, TokenSigner};
 pub use limits::{Limits, RateLimits};
 pub use server::{serve, websocket_config};
@@ -36,4 +37,6 @@ pub struct Gateway {
     /// The HTTP header a trusted reverse proxy puts the client's address in
     /// (`None`: the TCP peer's address is the client's).
     pub proxy_header: Option<String>,
+    /// Sessions of dropped connections, for their devices to resume.
+    pub parked: resume::ParkedSessions,
 }

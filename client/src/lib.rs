@@ -208,8 +208,24 @@ impl Connection {
 
     /// Sends `Auth` and waits for its answer.
     pub async fn auth(&mut self, token: &str, device: &str) -> Result<pb::AuthOk, AuthFailure> {
+        self.auth_resuming(token, device, "").await
+    }
+
+    /// Sends `Auth` asking to resume the session the `AuthOk` of an
+    /// earlier connection named (`resume_token`; empty: a fresh session)
+    /// and waits for its answer; `AuthOk.resumed` says whether it did.
+    pub async fn auth_resuming(
+        &mut self,
+        token: &str,
+        device: &str,
+        resume_token: &str,
+    ) -> Result<pb::AuthOk, AuthFailure> {
         let req = self.next_req_id();
-        let auth = Body::Auth(pb::Auth { token: token.to_string(), device_id: device.to_string() });
+        let auth = Body::Auth(pb::Auth {
+            token: token.to_string(),
+            device_id: device.to_string(),
+            resume_token: resume_token.to_string(),
+        });
         if let Err(e) = self.send(&Frame { req_id: req, body: Some(auth) }).await {
             return Err(AuthFailure::Closed(Some((0, e.to_string()))));
         }

@@ -151,7 +151,10 @@ mod tests {
 
     #[test]
     fn json_is_canonical_camel_case_with_string_u64() {
-        let f = Frame { req_id: 7, body: Some(Body::Auth(Auth { token: "t".into(), device_id: "d".into() })) };
+        let f = Frame {
+            req_id: 7,
+            body: Some(Body::Auth(Auth { token: "t".into(), device_id: "d".into(), ..Default::default() })),
+        };
         let json = String::from_utf8(encode_frame(Encoding::Json, &f)).unwrap();
         assert_eq!(json, r#"{"reqId":"7","auth":{"token":"t","deviceId":"d"}}"#);
         // Numbers are accepted for 64-bit fields too, as the JSON mapping allows.
@@ -198,7 +201,11 @@ mod tests {
 
         fn frame() -> impl Strategy<Value = Frame> {
             let body = prop_oneof![
-                (any::<String>(), any::<String>()).prop_map(|(token, device_id)| Body::Auth(Auth { token, device_id })),
+                (any::<String>(), any::<String>()).prop_map(|(token, device_id)| Body::Auth(Auth {
+                    token,
+                    device_id,
+                    ..Default::default()
+                })),
                 (any::<String>(), any::<String>(), proptest::option::of(content()))
                     .prop_map(|(client_msg_id, to_user, content)| Body::Send(Send { client_msg_id, to_user, content })),
                 (proptest::collection::vec(any::<String>(), 0..8), proptest::collection::vec(any::<String>(), 0..3))

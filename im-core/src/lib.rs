@@ -5,6 +5,8 @@
 pub mod codec;
 pub mod error;
 pub mod ids;
+#[cfg(test)]
+mod sdk_types;
 pub mod token;
 
 /// Generated protobuf types of `proto/dongdong.proto` (package `dongdong.v1`),

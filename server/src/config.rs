@@ -23,7 +23,7 @@ pub struct Config {
     pub limits: LimitsConfig,
     pub timeouts: access_gateway::Timeouts,
     pub cs: cs_queue::CsConfig,
-    pub im: dispatch::ImConfig,
+    pub im: ImSection,
     pub files: FilesSection,
     pub push: dispatch::push::PushConfig,
     pub log: LogConfig,
@@ -251,6 +251,16 @@ pub struct LimitsConfig {
     pub dispatch: dispatch::DispatchLimits,
 }
 
+/// `[im]`: chat features (dispatch's) and sessions (the gateway's).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ImSection {
+    #[serde(flatten)]
+    pub messages: dispatch::ImConfig,
+    #[serde(flatten)]
+    pub sessions: access_gateway::Sessions,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
@@ -357,6 +367,7 @@ impl Config {
         self.cs.validate()?;
         self.push.validate()?;
         self.files.validate()?;
+        self.im.sessions.validate()?;
         if !self.auth.secret.is_empty() && self.auth.secret.len() < 16 {
             let reason = "must be at least 16 bytes (or empty for a generated dev secret)";
             return Err(InvalidSetting::new("auth.secret", reason).into());
@@ -366,7 +377,11 @@ impl Config {
 
     /// The gateway's part.
     pub fn gateway(&self) -> access_gateway::GatewayConfig {
-        access_gateway::GatewayConfig { limits: self.limits.connection.clone(), timeouts: self.timeouts.clone() }
+        access_gateway::GatewayConfig {
+            limits: self.limits.connection.clone(),
+            timeouts: self.timeouts.clone(),
+            sessions: self.im.sessions.clone(),
+        }
     }
 
     /// The cluster backend's options: its keys, and what it takes from other
@@ -392,7 +407,7 @@ impl Config {
     pub fn dispatch(&self) -> dispatch::DispatchConfig {
         dispatch::DispatchConfig {
             limits: self.limits.dispatch.clone(),
-            im: self.im.clone(),
+            im: self.im.messages.clone(),
             // Each field well inside one frame.
             max_field_bytes: self.limits.connection.max_frame_bytes,
         }

@@ -172,7 +172,7 @@ pub(crate) async fn assemble(
         public_ws_url: config.server.public_ws_url.clone(),
         ws_port,
         dev_signer: dev_login.then(|| signer.clone()),
-        recall_window: config.im.recall_window,
+        recall_window: config.im.messages.recall_window,
     };
     let proxy_header = Some(config.server.trusted_proxy_header.to_ascii_lowercase()).filter(|h| !h.is_empty());
     let gateway = Arc::new(Gateway {
@@ -184,6 +184,7 @@ pub(crate) async fn assemble(
         revocations,
         limits: live_limits.limits(),
         proxy_header,
+        parked: Default::default(),
     });
     let files = files_api::FilesApi::new(api.clone(), &files_backends, config.files.clone(), &secret);
     files_api::start_retention(files_backends.files.clone(), config.files.retention, shutdown.clone());

@@ -251,6 +251,11 @@ impl Router {
         }
     }
 
+    /// Whether connection `conn_id` is registered on this node.
+    pub fn holds(&self, conn_id: u64) -> bool {
+        self.local.contains_key(&conn_id)
+    }
+
     /// Removes the connection from this node and, if it is still the
     /// device's current connection, from presence.
     pub async fn unregister(&self, conn_id: u64) {

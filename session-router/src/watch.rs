@@ -142,6 +142,11 @@ impl Router {
         Ok(out)
     }
 
+    /// The users the connection watches.
+    pub fn watched(&self, conn_id: u64) -> Vec<String> {
+        self.watchers.by_conn.get(&conn_id).map(|w| w.1.iter().map(|u| u.to_string()).collect()).unwrap_or_default()
+    }
+
     /// Stops watching `users` for the connection.
     pub fn unwatch(&self, conn_id: u64, users: &[String]) {
         let Some(mut mine) = self.watchers.by_conn.get_mut(&conn_id) else { return };

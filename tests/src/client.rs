@@ -115,7 +115,17 @@ impl Client {
     }
 
     pub async fn auth(&mut self, token: &str, device: &str) -> Result<pb::AuthOk, pb::Error> {
-        let auth = pb::Auth { token: token.into(), device_id: device.into() };
+        self.auth_resuming(token, device, "").await
+    }
+
+    /// Signs in asking to resume the session `resume_token` named.
+    pub async fn auth_resuming(
+        &mut self,
+        token: &str,
+        device: &str,
+        resume_token: &str,
+    ) -> Result<pb::AuthOk, pb::Error> {
+        let auth = pb::Auth { token: token.into(), device_id: device.into(), resume_token: resume_token.into() };
         match self.request(Body::Auth(auth)).await.body {
             Some(Body::AuthOk(ok)) => {
                 self.auth_ok = Some(ok.clone());

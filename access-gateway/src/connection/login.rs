@@ -5,6 +5,7 @@
 use super::outbox::Outbox;
 use super::wire::{Exit, Incoming, classify, close, encode, error_frame};
 use crate::Gateway;
+use crate::resume::Parked;
 use futures_util::{Stream, StreamExt};
 use im_core::DeviceKey;
 use im_core::pb::{self, Frame, frame::Body};
@@ -16,6 +17,11 @@ use tokio::time::{Instant, sleep_until};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message as WsMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+/// How long a sign-in that resumes waits for the connection it replaces
+/// (still open: the server had not noticed it was gone) to park its
+/// session; past it, the sign-in replays from storage instead.
+const REPLACED_PARKS_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// What the login phase hands on: the socket, what is queued for it, and
 /// the session with whether the server is shutting down (or why not).
@@ -38,15 +44,24 @@ where
 {
     let mut outbox = Outbox::new(gw.config.limits.outbound_queue);
     let session = match authenticate(&mut ws, &mut outbox, &gw, &shutdown).await {
-        Ok((device, role, encoding, registration, pending_count, identity)) => {
-            let caller = cs_queue::Caller::of_device(&device, role);
-            gw.cs.remember_identity(&caller, identity).await;
+        Ok(a) => {
+            let caller = cs_queue::Caller::of_device(&a.device, a.role);
+            gw.cs.remember_identity(&caller, a.identity).await;
             gw.cs.on_connect(&caller).await;
             // Checked after registering: the server closes registered
             // connections through the router, and this one may have
             // registered just after it did.
             let shutting_down = shutdown.is_cancelled();
-            Ok((Session { gw, device, role, encoding, registration, pending_count }, shutting_down))
+            let session = Session {
+                gw,
+                device: a.device,
+                role: a.role,
+                encoding: a.encoding,
+                registration: a.registration,
+                pending_count: a.pending_count,
+                resumed: a.resumed,
+            };
+            Ok((session, shutting_down))
         }
         Err(exit) => Err(exit),
     };
@@ -62,9 +77,20 @@ pub(crate) struct Session {
     pub encoding: Encoding,
     pub registration: Registration,
     pub pending_count: u64,
+    /// The session this sign-in resumed.
+    pub resumed: Option<Parked>,
 }
 
-type Authenticated = (Arc<DeviceKey>, im_core::Role, Encoding, Registration, u64, cs_queue::Identity);
+/// A successful sign-in.
+struct Authenticated {
+    device: Arc<DeviceKey>,
+    role: im_core::Role,
+    encoding: Encoding,
+    registration: Registration,
+    pending_count: u64,
+    identity: cs_queue::Identity,
+    resumed: Option<Parked>,
+}
 
 /// Why a login fails: the `Error` it is answered with, then the close.
 struct Refusal {
@@ -104,11 +130,12 @@ async fn authenticate<S>(
 where
     S: Stream<Item = Result<WsMessage, WsError>> + Unpin,
 {
-    let (encoding, req_id, auth) = match read_auth(stream, gw, shutdown).await {
+    let (encoding, req_id, mut auth) = match read_auth(stream, gw, shutdown).await {
         Ok(read) => read,
         Err(NoAuth::Refused(encoding, req_id, refusal)) => return Err(refusal.answer(out, encoding, req_id)),
         Err(NoAuth::Gone(exit)) => return Err(exit),
     };
+    let resume_from = std::mem::take(&mut auth.resume_token);
     let (claims, device) = match check(gw, auth).await {
         Ok(checked) => checked,
         Err(refusal) => return Err(refusal.answer(out, encoding, req_id)),
@@ -117,6 +144,17 @@ where
         Ok(registered) => registered,
         Err(refusal) => return Err(refusal.answer(out, encoding, req_id)),
     };
+    let resumed = match gw.parked.connection_of(&resume_from) {
+        Some(old) if !gw.config.sessions.resume_window.is_zero() => {
+            let alive = || gw.router.holds(old);
+            gw.parked.take_when_parked(old, &device, alive, Instant::now() + REPLACED_PARKS_WITHIN).await
+        }
+        _ => None,
+    };
+    metrics::counter!("dongdong_sign_ins_total", "resumed" => if resumed.is_some() { "true" } else { "false" })
+        .increment(1);
+    let resume_token =
+        if gw.config.sessions.resume_window.is_zero() { String::new() } else { gw.parked.token(registration.conn_id) };
     let ok = Frame {
         req_id,
         body: Some(Body::AuthOk(pb::AuthOk {
@@ -127,11 +165,13 @@ where
             server_time_ms: im_core::now_ms(),
             pending_count,
             role: claims.role.to_string(),
+            resume_token: resume_token.clone(),
+            resumed: resumed.is_some(),
         })),
     };
     let _ = out.push(encode(encoding, &ok));
     let identity = cs_queue::Identity { name: claims.name, avatar: claims.avatar };
-    Ok((device, claims.role, encoding, registration, pending_count, identity))
+    Ok(Authenticated { device, role: claims.role, encoding, registration, pending_count, identity, resumed })
 }
 
 /// The first frame, which must be an `Auth`, within `timeouts.auth`.

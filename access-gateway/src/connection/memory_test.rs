@@ -102,6 +102,7 @@ async fn login_replay_send_and_ack_over_an_in_memory_socket() {
         revocations: backends.revocations.clone(),
         limits: Limits::new(RateLimits::default()),
         proxy_header: None,
+        parked: Default::default(),
     });
     // Alice wrote to Bob before he ever connected: pending for him.
     let alice = DeviceKey::new("acme", "alice", "a1");
@@ -116,7 +117,7 @@ async fn login_replay_send_and_ack_over_an_in_memory_socket() {
     let mut bob = MemoryClient { to_server, from_server };
 
     let token = signer.mint("acme", "bob", Role::Customer, Duration::from_secs(60)).unwrap();
-    bob.send(1, Body::Auth(pb::Auth { token, device_id: "phone".into() }));
+    bob.send(1, Body::Auth(pb::Auth { token, device_id: "phone".into(), ..Default::default() }));
     let Frame { req_id: 1, body: Some(Body::AuthOk(ok)) } = bob.next().await else { panic!("AuthOk first") };
     assert_eq!((ok.user_id.as_str(), ok.pending_count), ("bob", 1));
     let Some(Body::Deliver(d)) = bob.next().await.body else { panic!("the replay") };

@@ -40,6 +40,7 @@ mod wire;
 
 use crate::Gateway;
 use crate::backlog::AckBacklog;
+use crate::resume;
 use crate::window::{Action, DeliveryWindow, Load, PageRequest, Position, WindowLimits};
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use im_core::DeviceKey;
@@ -276,7 +277,7 @@ impl<S> Conn<S> {
     fn new(ws: S, outbox: Outbox, session: login::Session) -> Self {
         let gw = session.gw;
         let now = Instant::now();
-        Self {
+        let mut conn = Self {
             ws,
             conn_id: session.registration.conn_id,
             mailbox: session.registration.mailbox,
@@ -297,6 +298,34 @@ impl<S> Conn<S> {
             read_first: true,
             unflushed_events: 0,
             gw,
+        };
+        if let Some(parked) = session.resumed {
+            conn.resume(parked, session.pending_count, now);
+        }
+        conn
+    }
+
+    /// Takes back a parked session (see `crate::resume`): its deliveries
+    /// in flight are resent, a replay pass runs only if more is pending,
+    /// and its presence subscriptions are watched again (their current
+    /// state pushed with `req_id` 0).
+    fn resume(&mut self, parked: resume::Parked, pending: u64, now: Instant) {
+        self.window = parked.window;
+        // A resume only asks for a reload: nothing to close for.
+        let _ = self.apply(|window, limits, out| window.resume(limits, pending, now, out));
+        if !parked.watched.is_empty() {
+            let _ = self.watch(0, parked.watched);
+        }
+    }
+
+    /// Whether the session is parked when the connection ends with `exit`:
+    /// the network went (or the client vanished: idle timeout), or the same
+    /// device signed in again (perhaps to resume it); not a goodbye, a
+    /// kick or a shutdown.
+    fn parks_on(exit: &Exit) -> bool {
+        match exit {
+            Exit::Gone { resumable } => *resumable,
+            Exit::Close(code, _) => matches!(code, CloseCode::GoingAway | CloseCode::Replaced),
         }
     }
 
@@ -310,7 +339,16 @@ impl<S> Conn<S> {
         S: Socket,
     {
         let caller = self.caller();
-        let Conn { ws, outbox, gw, conn_id, device, held_acks, .. } = self;
+        let Conn { ws, outbox, gw, conn_id, device, held_acks, window, role, .. } = self;
+        if !gw.config.sessions.resume_window.is_zero() && Self::parks_on(&exit) {
+            // Parked before it leaves the router: a sign-in that replaced it
+            // waits for one or the other (`ParkedSessions::take_when_parked`).
+            let watched = gw.router.watched(conn_id);
+            let session = resume::Parked { device: device.clone(), role, window, watched };
+            let now = Instant::now();
+            let parked = gw.parked.park(conn_id, session, now, now + gw.config.sessions.resume_window);
+            debug!(parked, "session parked for a resume");
+        }
         Box::pin(async move {
             gw.router.unregister(conn_id).await;
             gw.cs.on_disconnect(&caller).await;
@@ -519,7 +557,7 @@ impl<S: Socket> Conn<S> {
                     timer.as_mut().reset(self.timer_deadline());
                     handled
                 }
-                Event::WriteFailed => Err(Exit::Gone),
+                Event::WriteFailed => Err(Exit::Gone { resumable: true }),
             };
             if let Err(exit) = handled {
                 return Poll::Ready(exit);

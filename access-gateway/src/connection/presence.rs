@@ -18,11 +18,17 @@ impl<S> Conn<S> {
         if let Some(Err(e)) = s.users.iter().map(|u| validate_id("users", u)).find(Result::is_err) {
             return self.emit(&error_frame(req_id, ErrorCode::InvalidArgument, e));
         }
+        self.watch(req_id, s.users)
+    }
+
+    /// Watches `users` and answers with their current presence.
+    pub(super) fn watch(&mut self, req_id: u64, users: Vec<String>) -> Result<(), Exit> {
+        let max = self.gw.config.limits.max_presence_subscriptions;
         let router = self.gw.router.clone();
         // Watching starts now, in frame order (an unsubscribe read next
         // undoes it); the answer comes through the mailbox, one update per
         // user.
-        match router.watch(self.conn_id, &self.device.tenant, &s.users, max) {
+        match router.watch(self.conn_id, &self.device.tenant, &users, max) {
             Ok(()) => {}
             Err(e @ WatchError::TooMany(_)) => {
                 return self.emit(&error_frame(req_id, ErrorCode::TooLarge, e.to_string()));
@@ -34,7 +40,7 @@ impl<S> Conn<S> {
         }
         let (mailbox, tenant) = (self.mailbox.clone(), self.device.tenant.clone());
         tokio::spawn(async move {
-            let replies = match router.presence_now(&tenant, &s.users).await {
+            let replies = match router.presence_now(&tenant, &users).await {
                 Ok(updates) => {
                     updates.into_iter().map(|u| Frame { req_id, body: Some(Body::PresenceUpdate(u)) }).collect()
                 }

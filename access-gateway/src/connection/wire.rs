@@ -3,6 +3,7 @@
 use im_core::pb::{Frame, Message, frame::Body};
 use im_core::{CloseCode, Encoding, ErrorCode};
 use std::borrow::Cow;
+use tokio_tungstenite::tungstenite::error::ProtocolError;
 use tokio_tungstenite::tungstenite::{Bytes, Error as WsError, Message as WsMessage};
 
 /// Why a connection's loop ended.
@@ -11,7 +12,9 @@ pub(crate) enum Exit {
     /// Close with this code and reason.
     Close(CloseCode, Cow<'static, str>),
     /// The peer closed or the socket failed; nothing more can be written.
-    Gone,
+    /// `resumable`: not a goodbye (the socket broke, or the client's Close
+    /// was neither 1000 nor 1001): the session is parked for a resume.
+    Gone { resumable: bool },
 }
 
 pub(crate) fn close(code: CloseCode, reason: impl Into<Cow<'static, str>>) -> Exit {
@@ -51,18 +54,28 @@ pub(crate) enum Incoming {
 
 pub(crate) fn classify(item: Option<Result<WsMessage, WsError>>, max_frame: usize) -> Incoming {
     match item {
-        None | Some(Ok(WsMessage::Close(_))) => Incoming::Exit(Exit::Gone),
+        None => Incoming::Exit(Exit::Gone { resumable: true }),
+        Some(Ok(WsMessage::Close(frame))) => {
+            // 1000 (closed by the app) and 1001 (the page went away) are
+            // goodbyes; a client that drops a dead socket may send others.
+            let code = frame.map_or(1005, |f| u16::from(f.code));
+            Incoming::Exit(Exit::Gone { resumable: !matches!(code, 1000 | 1001) })
+        }
         Some(Ok(WsMessage::Text(t))) => Incoming::Data(Encoding::Json, Bytes::from(t)),
         Some(Ok(WsMessage::Binary(b))) => Incoming::Data(Encoding::Protobuf, b),
         Some(Ok(WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_))) => Incoming::Heard,
         Some(Err(WsError::Capacity(e))) => {
             Incoming::Exit(close(CloseCode::TooLarge, format!("frame too large ({e}); the limit is {max_frame} bytes")))
         }
+        // The socket ended without a Close: the network went.
+        Some(Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake))) => {
+            Incoming::Exit(Exit::Gone { resumable: true })
+        }
         Some(Err(WsError::Protocol(e))) => {
             Incoming::Exit(close(CloseCode::ProtocolError, format!("WebSocket protocol error: {e}")))
         }
         Some(Err(WsError::Utf8(_))) => Incoming::Exit(close(CloseCode::ProtocolError, "text message is not UTF-8")),
-        Some(Err(_)) => Incoming::Exit(Exit::Gone),
+        Some(Err(_)) => Incoming::Exit(Exit::Gone { resumable: true }),
     }
 }
 

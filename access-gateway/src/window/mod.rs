@@ -323,6 +323,42 @@ impl DeliveryWindow {
         out(Action::Deliver { message, replay });
     }
 
+    /// A window taken back by a resumed session (see `crate::resume`).
+    /// When the device's pending count (`pending`, counted at sign-in after
+    /// its acks were stored) equals what the window has in flight, nothing
+    /// arrived while it was away (what is in flight is pending, so equal
+    /// counts are equal sets): what is in flight is sent again now, read
+    /// again like any resend, and no replay pass runs. Otherwise a replay
+    /// pass runs as for a fresh sign-in, resends included, so that each
+    /// conversation still arrives in seq order. The pass over its events
+    /// runs either way.
+    pub fn resume(&mut self, limits: &WindowLimits, pending: u64, now: Instant, out: &mut dyn FnMut(Action)) {
+        self.reloading = false;
+        self.events = None;
+        if pending != self.inflight.len() as u64 {
+            *self = Self::new(now);
+            return;
+        }
+        self.replay = None;
+        self.events = Some(Box::default());
+        if self.inflight.is_empty() {
+            self.next_check = None;
+            return;
+        }
+        self.next_check = Some(now + limits.check_every());
+        let mut positions: Vec<Position> = self
+            .inflight
+            .values_mut()
+            .map(|sent| {
+                sent.sent_at = now;
+                sent.at.clone()
+            })
+            .collect();
+        positions.sort();
+        self.reloading = true;
+        out(Action::Reload(positions));
+    }
+
     /// The device acked these ids; returns how many were in flight here.
     /// (Ids of deliveries from an earlier connection are not, but they are
     /// still pending in the store, which the caller tells too.)

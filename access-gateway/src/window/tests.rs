@@ -126,6 +126,42 @@ fn a_resend_carries_the_message_as_stored_now() {
 }
 
 #[test]
+fn a_resumed_window_resends_what_is_in_flight_or_replays_when_more_is_pending() {
+    let t0 = Instant::now();
+    let mut w = live(t0);
+    for (c, s) in [("b", 1), ("a", 2), ("a", 1)] {
+        run(|out| w.on_push(&LIMITS, Arc::new(msg(c, s)), t0, &mut |a| out(a)));
+    }
+    w.on_ack(["b-1"].into_iter());
+    // Parked, then taken back: the store counts just the two in flight.
+    let t1 = t0 + Duration::from_secs(60);
+    let (_, actions) = run(|out| w.resume(&LIMITS, 2, t1, &mut |a| out(a)));
+    let asked = vec![at("a", 1), at("a", 2)];
+    assert_eq!(actions, [Action::Reload(asked.clone())], "in flight: read again, in seq order");
+    assert!(!w.is_replaying(), "nothing new: no replay pass");
+    assert_eq!(w.next_load(&LIMITS, 300), Some(Load::Events { after: None, limit: EVENT_PAGE }), "events still pass");
+    let (_, actions) = run(|out| w.on_reloaded(&asked, vec![msg("a", 1), msg("a", 2)], &mut |a| out(a)));
+    assert_eq!(delivered(&actions), [("a-1".into(), true), ("a-2".into(), true)]);
+    assert_eq!(w.next_deadline(), Some(t1 + LIMITS.check_every()), "timed from the resume");
+    // More pending than in flight (what arrived meanwhile), or fewer (acked
+    // elsewhere, deleted): a replay pass as for a fresh sign-in, resends
+    // included, so that each conversation stays in seq order.
+    for pending in [3, 1] {
+        let (_, actions) = run(|out| w.resume(&LIMITS, pending, t1, &mut |a| out(a)));
+        assert!(actions.is_empty() && w.is_replaying() && w.in_flight() == 0);
+        let page = w.next_page(&LIMITS, 300).unwrap();
+        let replayed = vec![msg("a", 1), msg("a", 2), msg("c", 1)];
+        let (_, actions) = run(|out| w.on_page(&LIMITS, replayed, t1, &mut |a| out(a)));
+        assert_eq!(page.cursor, None);
+        assert_eq!(delivered(&actions), [("a-1".into(), true), ("a-2".into(), true), ("c-1".into(), true)]);
+    }
+    // An empty window resumes with nothing to read again.
+    let mut empty = live(t0);
+    let (_, actions) = run(|out| empty.resume(&LIMITS, 0, t1, &mut |a| out(a)));
+    assert!(actions.is_empty() && empty.next_deadline().is_none());
+}
+
+#[test]
 fn a_full_window_closes_on_a_live_push() {
     let now = Instant::now();
     let mut w = live(now);

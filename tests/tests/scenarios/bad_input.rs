@@ -141,7 +141,7 @@ async fn bad_input_gets_clear_errors_and_never_hurts_others() {
     c.send_frame(&Frame { req_id, body: None }).await;
     let Some(Body::Error(e)) = c.reply(req_id).await.body else { panic!("expected Error") };
     assert_eq!(code(&e), ErrorCode::BadFrame);
-    let again = pb::Auth { token: s.token("acme", "clumsy"), device_id: "d".into() };
+    let again = pb::Auth { token: s.token("acme", "clumsy"), device_id: "d".into(), ..Default::default() };
     let Some(Body::Error(e)) = c.request(Body::Auth(again)).await.body else { panic!("expected Error") };
     assert_eq!(code(&e), ErrorCode::InvalidArgument);
     let bad_send = pb::Send { client_msg_id: "a".repeat(500), to_user: "bob".into(), content: None };

@@ -12,5 +12,6 @@ pub mod process;
 mod push;
 mod reads;
 mod reliability;
+mod resume;
 mod tls;
 mod web;

@@ -240,7 +240,7 @@ async fn recall_reaches_every_device_and_history_keeps_only_the_trace() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn recall_after_the_window_is_too_late_except_for_admins() {
-    let s = TestServer::start_with(|c| c.im.recall_window = Duration::ZERO).await;
+    let s = TestServer::start_with(|c| c.im.messages.recall_window = Duration::ZERO).await;
     let mut alice = s.login("acme", "alice", "a1").await;
     let ack = alice.send_text("bob", "late", "sent a while ago").await.unwrap();
     tokio::time::sleep(Duration::from_millis(5)).await;

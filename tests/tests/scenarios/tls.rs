@@ -66,7 +66,7 @@ async fn wss(s: &TestServer, config: &Arc<rustls::ClientConfig>, user: &str) -> 
     let stream = tls_connect(addr, config).await;
     let url = format!("wss://localhost:{}/ws", addr.rsplit(':').next().unwrap());
     let (mut ws, _) = tokio_tungstenite::client_async(url, stream).await.unwrap();
-    let auth = Body::Auth(pb::Auth { token: s.token("acme", user), device_id: "d".into() });
+    let auth = Body::Auth(pb::Auth { token: s.token("acme", user), device_id: "d".into(), ..Default::default() });
     ws.send(WsMessage::Binary(
         im_core::encode_frame(im_core::Encoding::Protobuf, &Frame { req_id: 1, body: Some(auth) }).into(),
     ))
