@@ -15,6 +15,8 @@ export type Pushed = 'released' | 'held' | 'duplicate' | 'dropped';
 export interface CacheIo {
   /** The messages of a conversation after `afterSeq` (a page of history). */
   history(conversationId: string, afterSeq: number, limit: number): Promise<HistoryPage>;
+  /** The newest `limit` messages before `beforeSeq`. */
+  older(conversationId: string, beforeSeq: number, limit: number): Promise<HistoryPage>;
   /** Messages released to the app, in seq order (each once). */
   released(conversationId: string, messages: Message[], how: Arrival): void;
   recalled(message: Message): void;
@@ -28,6 +30,8 @@ interface Conversation {
   high: number;
   /** Pushes that skipped ahead of `high`, held until the gap is filled. */
   held: Map<number, Message>;
+  /** Late pushes older than `low`, held until what lies between is fetched. */
+  below: Map<number, Message>;
   filling: boolean;
   /** Failed fills in a row (the next waits longer). */
   failures: number;
@@ -100,10 +104,21 @@ export class ConversationCache {
       this.release(m.conversationId, c, [m], 'live');
       return 'released';
     }
-    if (seq <= c.high) {
-      // Older than what the app has: it is history, not news.
-      return 'dropped';
+    if (seq < c.low) {
+      // Older than the first the app saw, yet pushed: owed to this device
+      // and late (another server's push overtaken by one of this server's).
+      // It goes in before, with anything between fetched from history.
+      if (c.below.size >= MAX_HELD) return 'dropped';
+      c.below.set(seq, m);
+      const added = this.drainBelow(c);
+      if (added.length === 0) {
+        this.fillBelow(m.conversationId, c);
+        return 'held';
+      }
+      this.release(m.conversationId, c, added, 'history');
+      return 'released';
     }
+    if (seq <= c.high) return 'dropped'; // in the run yet not seen: cannot be
     if (seq === c.high + 1) {
       this.accept(c, seq, m);
       c.high = seq;
@@ -131,17 +146,22 @@ export class ConversationCache {
         added.push(m);
       }
     } else {
-      // Older, right below what the app has.
+      // Older, right below what the app has (and late pushes below that).
       for (const m of sorted.filter((m) => Number(m.seq) < c.low).reverse()) {
         if (Number(m.seq) !== c.low - 1) break;
         this.accept(c, Number(m.seq), m);
         c.low = Number(m.seq);
+        c.below.delete(c.low);
         added.unshift(m);
       }
+      added.unshift(...this.drainBelow(c));
       // Newer, right above it.
       const newer: Message[] = [];
-      for (const m of sorted.filter((m) => Number(m.seq) > c.high)) {
-        if (Number(m.seq) !== c.high + 1) break;
+      for (const page of sorted.filter((m) => Number(m.seq) > c.high)) {
+        if (Number(page.seq) !== c.high + 1) break;
+        // A held copy recalled since the page was read is the newer news.
+        const held = c.held.get(Number(page.seq));
+        const m = held?.recalledBy ? held : page;
         this.accept(c, Number(m.seq), m);
         c.high = Number(m.seq);
         c.held.delete(Number(m.seq));
@@ -156,14 +176,20 @@ export class ConversationCache {
 
   /** A `Recalled` push: the message loses its content wherever it is. */
   recall(r: Recalled): Message | null {
-    const seq = this.seen.get(r.msgId ?? '');
+    const id = r.msgId ?? '';
     const c = r.conversationId ? this.conversations.get(r.conversationId) : undefined;
-    if (seq === undefined || !c) return null;
-    const m = c.bySeq.get(seq) ?? c.held.get(seq);
-    if (!m || m.recalledBy) return null;
+    if (!id || !c) return null;
+    // Shown, or held (ahead of a gap, or below the run).
+    const where = [c.bySeq, c.held, c.below].find((map) => {
+      const seq = this.seen.get(id);
+      return seq !== undefined ? map.get(seq)?.msgId === id : [...map.values()].some((m) => m.msgId === id);
+    });
+    if (!where) return null;
+    const [seq, m] = [...where].find(([, m]) => m.msgId === id) ?? [];
+    if (seq === undefined || !m || m.recalledBy) return null;
     const recalled: Message = { ...m, content: undefined, recalledBy: r.by, recalledMs: r.recalledMs };
-    (c.bySeq.has(seq) ? c.bySeq : c.held).set(seq, recalled);
-    if (c.bySeq.has(seq)) this.io.recalled(recalled);
+    where.set(seq, recalled);
+    if (where === c.bySeq) this.io.recalled(recalled);
     return recalled;
   }
 
@@ -176,7 +202,7 @@ export class ConversationCache {
   private conversation(id: string): Conversation {
     let c = this.conversations.get(id);
     if (!c) {
-      c = { bySeq: new Map(), low: 0, high: 0, held: new Map(), filling: false, failures: 0 };
+      c = { bySeq: new Map(), low: 0, high: 0, held: new Map(), below: new Map(), filling: false, failures: 0 };
       this.conversations.set(id, c);
     }
     return c;
@@ -206,6 +232,36 @@ export class ConversationCache {
     }
     for (const s of [...c.held.keys()]) if (s <= c.high) c.held.delete(s);
     return out;
+  }
+
+  /** Late pushes that now continue the run downwards, oldest first. */
+  private drainBelow(c: Conversation): Message[] {
+    const out: Message[] = [];
+    for (;;) {
+      const next = c.below.get(c.low - 1);
+      if (!next) break;
+      c.below.delete(c.low - 1);
+      if (this.seen.has(next.msgId ?? '')) continue;
+      this.accept(c, c.low - 1, next);
+      c.low -= 1;
+      out.unshift(next);
+    }
+    return out;
+  }
+
+  /** Fetches, newest first, what lies between late pushes below the run and the run. */
+  private fillBelow(conversationId: string, c: Conversation): void {
+    const top = Math.max(...c.below.keys());
+    const limit = Math.min(FILL_PAGE, c.low - top - 1);
+    this.io.older(conversationId, c.low, limit).then(
+      (page) => {
+        this.addHistory(conversationId, page.messages ?? []);
+        if (c.below.size > 0 && (page.messages ?? []).length > 0) this.fillBelow(conversationId, c);
+      },
+      () => {
+        // Tried again with the next late push; loadOlder fetches it anyway.
+      },
+    );
   }
 
   private release(conversationId: string, c: Conversation, messages: Message[], how: Arrival): Message[] {

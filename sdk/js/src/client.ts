@@ -148,6 +148,7 @@ export class DongdongClient extends Emitter<DongdongClientEvents> {
     this.http = new HttpApi(options.apiUrl ?? (globalThis as { location?: { origin: string } }).location?.origin ?? '', options.token);
     this.cache = new ConversationCache({
       history: (c, after, limit) => this.sync({ conversationId: c, afterSeq: String(after), limit }),
+      older: (c, before, limit) => this.sync({ conversationId: c, beforeSeq: String(before), limit }),
       released: (conversationId, messages, how) => {
         this.reads.messages(conversationId, messages);
         this.emit('messages', { conversationId, messages, how });
@@ -190,6 +191,7 @@ export class DongdongClient extends Emitter<DongdongClientEvents> {
   /** Closes for good (what is unsent stays in the store for the next client). */
   close(): void {
     this.connection.close();
+    this.outboxQueue.close();
     if (this.ackTimer) clearTimeout(this.ackTimer);
     for (const t of this.typingTimers.values()) clearTimeout(t);
     for (const t of this.typingOut.values()) clearInterval(t.timer);

@@ -115,9 +115,14 @@ export class Connection extends Emitter<ConnectionEvents> {
     this.setState('closed');
   }
 
-  /** Drops the socket as a network would, and comes back (for tests). */
+  /**
+   * Drops the socket as a lost network would (no Close frame where the
+   * WebSocket can do that, as Node's `ws` can), and comes back (tests).
+   */
   dropSocket(): void {
-    this.ws?.close(4000, 'dropped');
+    const ws = this.ws as (WebSocketLike & { terminate?: () => void }) | null;
+    if (ws?.terminate) ws.terminate();
+    else ws?.close(4000, 'dropped');
   }
 
   isOpen(): boolean {

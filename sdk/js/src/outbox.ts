@@ -68,6 +68,7 @@ export class Outbox {
   private readonly waiters = new Map<string, { resolve: (a: SendAck) => void; reject: (e: DongdongError) => void }>();
   private retryTimer: ReturnType<typeof setTimeout> | null = null;
   private deadlineTimer: ReturnType<typeof setTimeout> | null = null;
+  private closed = false;
 
   constructor(
     private readonly store: OutboxStore,
@@ -141,6 +142,14 @@ export class Outbox {
     this.scheduleDeadline();
   }
 
+  /** Stops its timers (the client closed; what is kept stays in the store). */
+  close(): void {
+    if (this.retryTimer) clearTimeout(this.retryTimer);
+    if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
+    this.retryTimer = this.deadlineTimer = null;
+    this.closed = true;
+  }
+
   /** The connection was lost: what was in flight is sent again later. */
   disconnected(): void {
     this.inFlight.clear();
@@ -178,7 +187,7 @@ export class Outbox {
     if (e.status !== 'pending') return;
     if (err.code === 'DISCONNECTED') return; // sent again after the reconnect
     if (err.retryable && e.tries < MAX_TRIES) {
-      if (!this.retryTimer) {
+      if (!this.retryTimer && !this.closed) {
         const delay = Math.min(5000, 200 * e.tries);
         this.retryTimer = setTimeout(() => {
           this.retryTimer = null;
@@ -218,6 +227,7 @@ export class Outbox {
 
   private scheduleDeadline(): void {
     if (this.deadlineTimer) clearTimeout(this.deadlineTimer);
+    if (this.closed) return;
     let next = Infinity;
     for (const e of this.entries.values()) if (e.status === 'pending') next = Math.min(next, e.deadlineMs);
     if (next === Infinity) return;
