@@ -2,12 +2,14 @@
 # Runs every test of the workspace: unit tests, the storage conformance suite
 # (embedded, and Redis + MongoDB), the integration scenarios (real servers,
 # real WebSocket clients, real child processes killed with SIGKILL), and the
-# web consoles' end-to-end tests in headless Chromium.
+# JS SDK's tests against real servers and the web consoles' end-to-end tests
+# in headless Chromium.
 #
 # It installs what the tests need when missing (redis-server, chromium and
 # Node.js from Debian's packages; secantusdb, a MongoDB-wire-compatible
 # server, from PyPI into a venv under .test-services/; playwright-core and
-# axe-core from npm into tests/web/node_modules), starts a private Redis and a private
+# axe-core from npm into tests/web/node_modules, the SDK's TypeScript, esbuild,
+# ws and protobufjs into sdk/js/node_modules), starts a private Redis and a private
 # secantusdb on free ports, points the tests at them, and stops them
 # afterwards. Extra arguments go to `cargo test`. Builds go to
 # CARGO_TARGET_DIR when it is set (CI keeps one outside the clone).
@@ -70,6 +72,19 @@ export DDTEST_SECANTUS_PYTHON="$venv/bin/python"
 # Build first: the crash and signal tests run the server binary as a child process.
 cargo build --workspace --all-targets --quiet
 cargo test --workspace --quiet "$@"
+
+# --- the JS SDK against real servers ------------------------------------------------
+# Built from sdk/js (TypeScript): the consoles' bundle must be the build of the
+# sources, then the SDK's own tests run against real `dongdong serve`
+# processes (killed with SIGKILL, a cluster on the private Redis and MongoDB).
+echo "test.sh: the JS SDK (sdk/js) against real servers" >&2
+if [ ! -d sdk/js/node_modules/typescript ] || [ ! -d sdk/js/node_modules/ws ]; then
+  echo "test.sh: installing the SDK's build and test tools into sdk/js/node_modules" >&2
+  (cd sdk/js && npm ci --no-audit --no-fund --loglevel=error)
+fi
+(cd sdk/js && npx tsc -p tsconfig.json && node scripts/bundle.mjs --check)
+DD_BIN="${CARGO_TARGET_DIR:-$root/target}/debug/dongdong" \
+  node --test --test-concurrency=1 --test-reporter=spec sdk/js/test/*.test.mjs
 
 # --- the web consoles in a real browser ------------------------------------------
 # A real `dongdong serve` (the debug binary built above) and headless Chromium.

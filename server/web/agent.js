@@ -5,9 +5,9 @@
 // inbox, recent sessions, the customer panel (name, page, device, note, past
 // sessions), and a sound and desktop notification for what needs attention.
 
-import { Client, MessageStore, ReadState, api, wsUrl, deviceIdFor, catchUp, loadOlder, sendTracked, storage } from './dd.js';
+import { DongdongClient, api, wsUrl, deviceIdFor, storage } from './dd.js';
 import { translator, languagePicker } from './i18n.js';
-import { el, $, duration, clock, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, contentFromInput, contentNode, enterSubmits, People, safeUrl, typingSignals, typingIndicator, pastSessionItem, recaller, uploads, useFiles, contentOfUpload } from './ui.js';
+import { el, $, entriesOf, duration, clock, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, contentFromInput, contentNode, enterSubmits, People, safeUrl, typingSignals, typingIndicator, pastSessionItem, recaller, uploads, useFiles, contentOfUpload } from './ui.js';
 
 // Every string of this page, in each language.
 const t = translator({
@@ -107,13 +107,14 @@ $('#signout').hidden = false;
 $('#signout').onclick = () => signOut('agent');
 if (auth.claims.role === 'customer') notify(t('customerToken'), 'error', 0);
 
-const client = new Client({ url: wsUrl(auth.info), token: auth.token, deviceId: deviceIdFor(auth.claims.tenant, me, 'console') });
-const store = new MessageStore();
-// Read pointers from the server: unread badges (cleared in every tab when
-// read in one) and "Read" marks on our messages.
-const reads = new ReadState(client);
-reads.addEventListener('change', () => renderAll());
-const recall = recaller(client, store, auth.info, () => renderAll());
+// The SDK: connection, outbox, conversations in order; read pointers from
+// the server (unread badges cleared in every tab when read in one, "Read"
+// marks on our messages).
+const client = new DongdongClient({ url: wsUrl(auth.info), token: auth.token, deviceId: deviceIdFor(auth.claims.tenant, me, 'console') });
+client.on('receipt', () => renderAll());
+client.on('conversation', () => renderAll());
+client.on('outbox', () => renderConversation());
+const recall = recaller(client, auth.info, () => renderAll());
 document.addEventListener('visibilitychange', () => renderAll());
 
 const state = {
@@ -139,9 +140,10 @@ const state = {
 /** Watches the online state of every customer we serve (once each per connection). */
 function watchCustomers() {
   const users = [...state.sessions.values()].map((s) => s.customer).filter((u) => !state.watching.has(u));
-  if (!users.length || !client.authed) return;
+  if (!users.length) return;
   for (const u of users) state.watching.add(u);
-  client.request({ presenceSubscribe: { users } }).catch((e) => {
+  // The SDK keeps the watch across reconnects; states come as `presence`.
+  client.watch(users).catch((e) => {
     for (const u of users) state.watching.delete(u);
     if (e.code !== 'TOO_LARGE') notifyError(e);
   });
@@ -214,7 +216,7 @@ main.replaceChildren(el('div', { class: 'workspace' },
 
 statusSel.addEventListener('change', async () => {
   try {
-    await client.request({ setStatus: { status: statusSel.value } });
+    await client.setStatus(statusSel.value);
   } catch (e) {
     notifyError(e);
     statusSel.value = state.status;
@@ -271,7 +273,7 @@ function sessionOfMessage(m) {
 }
 
 async function fillSession(s) {
-  await Promise.all(convIdsOf(s).map((c) => catchUp(client, store, c, s.sessionId).catch((e) => notifyError(e))));
+  await Promise.all(convIdsOf(s).map((c) => client.catchUp(c, { sessionId: s.sessionId }).catch((e) => notifyError(e))));
   renderAll();
 }
 
@@ -305,14 +307,12 @@ function dropSession(s, why) {
   }
 }
 
-client.addEventListener('frame', (ev) => {
-  const f = ev.detail;
-  if (f.deliver) {
-    const m = f.deliver.message;
-    if (!store.add(m)) return;
+// New messages, each once, in order (the SDK acks them once they are here).
+client.on('messages', ({ messages, how }) => {
+  for (const m of messages) {
     const s = sessionOfMessage(m);
     if (s && m.fromUser !== me) {
-      if (!state.selected || state.selected.id !== s.sessionId || document.hidden) {
+      if (how === 'live' && (!state.selected || state.selected.id !== s.sessionId || document.hidden)) {
         // A message in a session in the background: a sound and a notice.
         attention(t('newMessageFrom', { customer: name(s.customer) }), s.sessionId, m.content && m.content.text);
       }
@@ -320,18 +320,17 @@ client.addEventListener('frame', (ev) => {
     } else if (s && m.fromUser === me) {
       state.waitingSince.set(s.sessionId, 0);
     }
-    renderAll();
-    return;
   }
-  if (f.presenceUpdate) {
-    state.presence.set(f.presenceUpdate.user, f.presenceUpdate);
-    renderConversation();
-    return;
-  }
-  if (f.recalled) {
-    if (store.recall(f.recalled)) renderAll();
-    return;
-  }
+  renderAll();
+});
+client.on('presence', (p) => {
+  state.presence.set(p.user, p);
+  renderConversation();
+});
+client.on('recalled', () => renderAll());
+
+// Customer service: pushes and the answers to our requests alike.
+client.on('frame', (f) => {
   if (f.csState) {
     const cs = f.csState;
     state.status = cs.status || 'OFFLINE';
@@ -384,7 +383,7 @@ client.addEventListener('frame', (ev) => {
 });
 
 function refreshState() {
-  client.request({ csStateRequest: {} }).catch(() => {});
+  client.csState().catch(() => {});
 }
 
 async function loadLeftMessages() {
@@ -420,7 +419,7 @@ async function loadManualGroups() {
 
 async function takeNext(group) {
   try {
-    await client.request({ acceptSession: { group } });
+    await client.acceptSession(group);
   } catch (e) {
     notifyError(e);
   }
@@ -449,9 +448,9 @@ async function saveReply() {
   }
 }
 
+/** Sends through the SDK's outbox: shown as "sending…" until stored, or failed with why. */
 function send(toUser, content) {
-  sendTracked(client, store, me, toUser, content, renderConversation).then((ack) => {
-    if (!ack) return;
+  client.send(toUser, content).then((ack) => {
     for (const s of state.sessions.values()) if (s.customer === toUser) state.waitingSince.set(s.sessionId, 0);
     const sel = state.selected;
     if (sel && sel.kind === 'left') {
@@ -459,14 +458,14 @@ function send(toUser, content) {
       if (lm) lm.conversationId = ack.conversationId;
     }
     renderAll();
-  });
+  }, () => renderConversation());
 }
 
 async function pageBack() {
   const s = currentSession();
   const ids = s ? convIdsOf(s) : [];
   try {
-    for (const c of ids) state.hasMore.set(c, (await loadOlder(client, store, c, s.sessionId)).hasMore);
+    for (const c of ids) state.hasMore.set(c, (await client.loadOlder(c, { sessionId: s.sessionId })).hasMore);
   } catch (e) {
     notifyError(e);
   }
@@ -476,10 +475,8 @@ async function pageBack() {
 async function transfer(s) {
   const [kind, target] = transferPick.value.split(':');
   if (!target) return notify(t('chooseTarget'), 'error');
-  const body = { sessionId: s.sessionId, note: transferNote.value.trim() };
-  body[kind === 'agent' ? 'toAgent' : 'toGroup'] = target;
   try {
-    await client.request({ transferSession: body });
+    await client.transferSession(s.sessionId, kind === 'agent' ? { agent: target } : { group: target }, transferNote.value.trim());
     transferNote.value = '';
     transferPick.value = '';
     transferNote.hidden = true;
@@ -622,7 +619,7 @@ function attention(title, sessionId, body) {
 
 async function endSession(s) {
   try {
-    await client.request({ endSession: { sessionId: s.sessionId } });
+    await client.endSession(s.sessionId);
   } catch (e) {
     notifyError(e);
   }
@@ -630,13 +627,13 @@ async function endSession(s) {
 
 async function claim(lm) {
   try {
-    const f = await client.request({ claimLeftMessage: { leftMessageId: lm.id } });
-    for (const x of (f.leftMessageNotice && f.leftMessageNotice.leftMessages) || []) state.left.set(x.id, x);
+    const notice = await client.claimLeftMessage(lm.id);
+    for (const x of notice.leftMessages || []) state.left.set(x.id, x);
     state.selected = { kind: 'left', id: lm.id };
-    const r = await client.request({ syncRequest: { withUser: lm.customer, beforeSeq: '18446744073709551615', limit: 50 } });
-    for (const m of r.historyPage.messages || []) store.add(m);
+    // Our conversation with the customer, if we have one: its newest page.
+    const conversationId = await client.open(lm.customer);
     const x = state.left.get(lm.id);
-    if (x && r.historyPage.conversationId) x.conversationId = r.historyPage.conversationId;
+    if (x && conversationId) x.conversationId = conversationId;
   } catch (e) {
     notifyError(e);
   }
@@ -719,14 +716,15 @@ function renderConversation() {
     const ids = convIdsOf(s);
     // A conversation is per customer and agent: only this session's part.
     const since = Number(s.createdMs || 0) - 1000;
-    const entries = store.list(ids, s.customer).filter((e) => e.state !== 'stored' || Number(e.message.serverTimeMs) >= since);
+    const entries = entriesOf(client, ids, s.customer).filter((e) => e.state !== 'stored' || Number(e.message.serverTimeMs) >= since);
     drawMessages(list, entries, me, {
       onRetry: retry, nameOf: name, mark: handoverMark(s.customer, handoverWords),
-      peerRead: (c) => reads.peerReadSeq(c), ...recall,
+      peerRead: (c) => client.peerReadSeq(c), ...recall,
     });
     // On screen: read (what is shown, up to the newest).
-    if (!document.hidden && s.conversationId) reads.markRead(s.conversationId, store.newestSeq(s.conversationId));
-    older.hidden = !ids.some((c) => state.hasMore.get(c) !== false && store.oldestSeq(c) > 1);
+    const newest = s.conversationId ? client.newestSeq(s.conversationId) : 0;
+    if (!document.hidden && newest) client.markRead(s.conversationId, newest);
+    older.hidden = !ids.some((c) => state.hasMore.get(c) !== false && client.oldestSeq(c) > 1);
     composer.hidden = false;
     loadPanel(s.customer, s);
   } else if (past) {
@@ -740,7 +738,7 @@ function renderConversation() {
       // Its own box: a later redraw of the list leaves a late transcript out.
       const box = el('div', { class: 'transcript-pane' });
       list.replaceChildren(box);
-      drawTranscript(box, client, new MessageStore(), past, me, { nameOf: name, mark: handoverMark(past.customer, handoverWords) }).catch(notifyError);
+      drawTranscript(box, client, past, me, { nameOf: name, mark: handoverMark(past.customer, handoverWords) }).catch(notifyError);
     }
     older.hidden = true;
     composer.hidden = true;
@@ -749,7 +747,7 @@ function renderConversation() {
     const lm = state.left.get(sel.id);
     convHead.replaceChildren(el('div', {}, t('answeringLeftBy'), el('strong', {}, name(lm.customer)), ' ', el('span', { class: 'muted' }, lm.group)),
       el('blockquote', {}, contentNode(lm.content)), panelButton());
-    drawMessages(list, store.list(lm.conversationId ? [lm.conversationId] : [], lm.customer), me, { onRetry: retry, nameOf: name });
+    drawMessages(list, entriesOf(client, lm.conversationId ? [lm.conversationId] : [], lm.customer), me, { onRetry: retry, nameOf: name });
     older.hidden = true;
     composer.hidden = lm.claimedBy !== me;
     loadPanel(lm.customer, null);
@@ -766,12 +764,11 @@ function renderConversation() {
 /** Messages of the session's customer above our read pointer. */
 function unreadOf(s) {
   const c = s.conversationId;
-  const conv = c && store.byConv.get(c);
-  if (!conv) return 0;
-  const read = reads.readSeq(c);
+  if (!c) return 0;
+  const read = client.readSeq(c);
   const since = Number(s.createdMs || 0) - 1000;
   let n = 0;
-  for (const m of conv.values()) if (m.fromUser !== me && Number(m.seq) > read && Number(m.serverTimeMs) >= since) n += 1;
+  for (const m of client.messages(c)) if (m.fromUser !== me && Number(m.seq) > read && Number(m.serverTimeMs) >= since) n += 1;
   return n;
 }
 
@@ -784,8 +781,7 @@ function presenceNode(user) {
 }
 
 function retry(m) {
-  store.local.delete(m.clientMsgId);
-  send(m.toUser, m.content);
+  client.retry(m.clientMsgId).then(() => renderAll(), notifyError);
 }
 
 function renderAll() {
@@ -814,11 +810,10 @@ function flashTitle(text) {
 
 setInterval(renderSide, 5000); // waiting times move on
 // Who waits in manual-pick groups: no push tells agents, so look every 3 s.
-setInterval(() => { if (state.manual.length && client.authed) loadManualGroups(); }, 3000);
+setInterval(() => { if (state.manual.length && client.state === 'open') loadManualGroups(); }, 3000);
 
-client.addEventListener('ready', () => {
+client.on('ready', () => {
   state.synced = false;
-  state.watching.clear(); // subscriptions belong to the connection
   refreshState();
   loadReplies();
   loadRecent();
@@ -826,5 +821,5 @@ client.addEventListener('ready', () => {
 connectionBanner(client, (status) => {
   if (status === 'signed-out') signOut('agent');
 });
-client.start();
+client.connect();
 renderAll();

@@ -3,9 +3,9 @@
 // (when the server offers it). States: pick a group → waiting in line →
 // chatting with an agent → ended (rate it); or leave a message when offered.
 
-import { Client, MessageStore, ReadState, api, wsUrl, deviceIdFor, catchUp, loadOlder, storage, sendTracked } from './dd.js';
+import { DongdongClient, api, wsUrl, deviceIdFor, storage } from './dd.js';
 import { translator, languagePicker } from './i18n.js';
-import { el, $, duration, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, handoverMark, enterSubmits, People, typingSignals, typingIndicator, pastSessionItem, recaller, uploads, useFiles, contentOfUpload } from './ui.js';
+import { el, $, duration, when, notify, notifyError, describe, connectionBanner, signIn, signOut, drawMessages, entriesOf, handoverMark, enterSubmits, People, typingSignals, typingIndicator, pastSessionItem, recaller, uploads, useFiles, contentOfUpload } from './ui.js';
 
 // Every string of this page, in each language.
 const t = translator({
@@ -186,13 +186,13 @@ window.addEventListener('message', (ev) => {
 document.addEventListener('visibilitychange', seen);
 if (inFrame) window.parent.postMessage({ type: 'dd-hello' }, '*');
 
-const client = new Client({ url: wsUrl(auth.info), token: auth.token, deviceId: deviceIdFor(auth.claims.tenant, me, 'web') });
-const store = new MessageStore();
-// Read pointers: "Read" under what the agent has read; ours moves as the
-// chat is on screen.
-const reads = new ReadState(client);
-reads.addEventListener('change', () => renderMessages());
-const recall = recaller(client, store, auth.info, () => renderMessages());
+// The SDK: the connection, the outbox (what is typed survives a reload),
+// each conversation in order without holes, read pointers ("Read" under
+// what the agent has read; ours moves as the chat is on screen).
+const client = new DongdongClient({ url: wsUrl(auth.info), token: auth.token, deviceId: deviceIdFor(auth.claims.tenant, me, 'web') });
+client.on('receipt', () => renderMessages());
+client.on('outbox', () => renderMessages());
+const recall = recaller(client, auth.info, () => renderMessages());
 /** Conversations shown, oldest first: the session's, then any other that delivered to us. */
 const shown = [];
 const tabStore = storage('session');
@@ -237,35 +237,33 @@ function setSession(s) {
 
 async function fillHistory() {
   if (!state.session) return;
-  const jobs = shown.map((c) => catchUp(client, store, c, state.session.sessionId).catch(() => {}));
+  const jobs = shown.map((c) => client.catchUp(c, { sessionId: state.session.sessionId }).catch(() => {}));
   await Promise.all(jobs);
   render();
 }
 
-client.addEventListener('frame', (ev) => {
-  const f = ev.detail;
-  if (f.deliver) {
-    const m = f.deliver.message;
-    show([m.conversationId]);
-    if (m.fromUser !== me && away() && !store.byConv.get(m.conversationId)?.has(m.msgId)) {
-      unread += 1;
-      showUnread();
-    }
-    const outsideSession = !state.session || !(state.session.conversations || []).includes(m.conversationId);
-    if (m.fromUser !== me && outsideSession && !['active', 'waiting'].includes(state.view) && state.replyTo !== m.fromUser) {
-      // An agent answers a message we left: we can reply to them.
-      state.replyTo = m.fromUser;
-      store.add(m);
-      render();
-      return;
-    }
-    if (store.add(m)) renderMessages();
+// New messages, each once, in order (the SDK acks them once they are here).
+client.on('messages', ({ conversationId, messages, how }) => {
+  show([conversationId]);
+  const theirs = messages.filter((m) => m.fromUser !== me);
+  if (how === 'live' && theirs.length && away()) {
+    unread += theirs.length;
+    showUnread();
+  }
+  const last = theirs[theirs.length - 1];
+  const outsideSession = !state.session || !(state.session.conversations || []).includes(conversationId);
+  if (last && how === 'live' && outsideSession && !['active', 'waiting'].includes(state.view) && state.replyTo !== last.fromUser) {
+    // An agent answers a message we left: we can reply to them.
+    state.replyTo = last.fromUser;
+    render();
     return;
   }
-  if (f.recalled) {
-    if (store.recall(f.recalled)) renderMessages();
-    return;
-  }
+  renderMessages();
+});
+client.on('recalled', () => renderMessages());
+
+// Customer service: pushes and the answers to our requests alike.
+client.on('frame', (f) => {
   if (f.queueUpdate) {
     const q = f.queueUpdate;
     if (!state.session || state.session.sessionId !== q.sessionId || state.session.state !== 'WAITING') {
@@ -320,13 +318,13 @@ function onCsState(cs) {
   if (!['offer', 'left', 'rated', 'ended'].includes(state.view)) state.view = 'pick';
 }
 
-client.addEventListener('ready', () => {
-  client.request({ csStateRequest: {} }).catch(notifyError);
+client.on('ready', () => {
+  client.csState().catch(notifyError);
 });
 connectionBanner(client, (status) => {
   if (status === 'signed-out') signOut('chat');
 });
-client.start();
+client.connect();
 
 // --- views ----------------------------------------------------------------------
 
@@ -414,11 +412,11 @@ async function pickView() {
     ev.preventDefault();
     const group = fixedGroup || select.value;
     if (!group) return notify(t('noTeam'), 'error');
-    const body = { group, page: shopPage, userAgent: navigator.userAgent.slice(0, 512) };
+    const body = { page: shopPage, userAgent: navigator.userAgent.slice(0, 512) };
     if (question.value.trim()) body.firstMessage = { text: question.value.trim() };
     state.question = question.value.trim();
     try {
-      await client.request({ requestService: body });
+      await client.requestService(group, body);
     } catch (e) {
       notifyError(e);
     }
@@ -450,7 +448,7 @@ function offerView() {
   form.addEventListener('submit', async (ev) => {
     ev.preventDefault();
     try {
-      await client.request({ leaveMessage: { group: o.group, content: { text: text.value.trim() }, contact: contact.value.trim() } });
+      await client.leaveMessage(o.group, { text: text.value.trim() }, contact.value.trim());
       state.question = '';
       state.held = [];
       state.view = 'left';
@@ -501,7 +499,7 @@ function rateView() {
     ev.preventDefault();
     if (!score) return notify(t('pickStars'), 'error');
     try {
-      await client.request({ rate: { sessionId: s.sessionId, score, comment: comment.value.trim() } });
+      await client.rate(s.sessionId, score, comment.value.trim());
       tabStore.setItem(LAST_SESSION, JSON.stringify({ ...s, rated: true }));
       state.view = 'rated';
       render();
@@ -528,7 +526,7 @@ function newChat() {
 
 async function cancel() {
   try {
-    await client.request({ cancelRequest: { group: state.session.group } });
+    await client.cancelRequest(state.session.group);
     state.held = [];
     tabStore.removeItem(LAST_SESSION);
     state.session = null;
@@ -541,7 +539,7 @@ async function cancel() {
 
 async function endSession() {
   try {
-    await client.request({ endSession: { sessionId: state.session.sessionId } });
+    await client.endSession(state.session.sessionId);
   } catch (e) {
     notifyError(e);
   }
@@ -589,20 +587,22 @@ composer.addEventListener('submit', (ev) => {
   send(to, { text });
 });
 
+/** Sends through the SDK's outbox: shown as "sending…" until stored, or failed with why. */
 function send(toUser, content) {
-  sendTracked(client, store, me, toUser, content, renderMessages).then((ack) => {
-    if (ack) {
+  client.send(toUser, content).then(
+    (ack) => {
       show([ack.conversationId]);
       renderMessages();
-    }
-  });
+    },
+    () => renderMessages(),
+  );
 }
 
 async function pageBack() {
   if (!shown.length) return;
   try {
     for (const c of shown) {
-      const r = await loadOlder(client, store, c, state.session && state.session.sessionId);
+      const r = await client.loadOlder(c, { sessionId: state.session ? state.session.sessionId : undefined });
       state.hasMore.set(c, r.hasMore);
     }
   } catch (e) {
@@ -615,20 +615,17 @@ function renderMessages() {
   const peer = state.session ? state.session.agent : state.replyTo;
   // A conversation is per customer and agent: only this session's part of it.
   const since = state.session && state.session.createdMs ? Number(state.session.createdMs) - 1000 : 0;
-  const entries = store.list(shown, peer).filter((e) => e.state !== 'stored' || Number(e.message.serverTimeMs) >= since);
+  const entries = entriesOf(client, shown, peer).filter((e) => e.state !== 'stored' || Number(e.message.serverTimeMs) >= since);
   drawMessages(list, entries, me, {
     nameOf: (u) => people.name(u),
     mark: state.session ? handoverMark(me, handoverWords) : undefined,
-    onRetry: (m) => {
-      store.local.delete(m.clientMsgId);
-      send(m.toUser, m.content);
-    },
-    peerRead: (c) => reads.peerReadSeq(c),
+    onRetry: (m) => client.retry(m.clientMsgId).then(() => renderMessages(), (e) => notify(describe(e), 'error')),
+    peerRead: (c) => client.peerReadSeq(c),
     ...recall,
   });
   // What is on screen is read.
-  if (!away()) for (const c of shown) reads.markRead(c, store.newestSeq(c));
-  older.hidden = !shown.some((c) => state.hasMore.get(c) !== false && store.oldestSeq(c) > 1);
+  if (!away()) for (const c of shown) if (client.newestSeq(c)) client.markRead(c, client.newestSeq(c));
+  older.hidden = !shown.some((c) => state.hasMore.get(c) !== false && client.oldestSeq(c) > 1);
 }
 
 let renderSeq = 0;

@@ -2,7 +2,7 @@
 // notices, and drawing a conversation. Text from the network is only ever
 // set as textContent, never parsed as HTML.
 
-import { serverInfo, claimsOf, storage, ERROR_WORDS, withDetail, api, loadOlder, MessageStore, DdError } from './dd.js';
+import { serverInfo, claimsOf, storage, ERROR_WORDS, withDetail, api, DdError, CLOSE } from './dd.js';
 import { translator } from './i18n.js';
 
 const session = storage('session');
@@ -13,7 +13,7 @@ const t = translator({
     sec: '{n} s', min: '{n} min', hourMin: '{h} h {m} min',
     dismiss: 'dismiss',
     connConnecting: 'connecting…', connOnline: 'connected', connOffline: 'offline', connOfflineWhy: 'offline ({why})',
-    connStopped: 'disconnected', connSignedOut: 'signed out: {why}', refused: 'the server refused the sign-in',
+    connStopped: 'disconnected', connResuming: 'reconnecting…', connSignedOut: 'signed out: {why}', refused: 'the server refused the sign-in',
     connReplaced: 'opened in another tab or window', notSignedIn: 'not signed in',
     unreachable: 'The server cannot be reached', tryAgain: 'Try again',
     sending: 'sending…', notSent: ' not sent: {why}', retry: 'retry', newMessages: 'New messages ↓',
@@ -29,7 +29,7 @@ const t = translator({
     sec: '{n} 秒', min: '{n} 分钟', hourMin: '{h} 小时 {m} 分钟',
     dismiss: '关闭',
     connConnecting: '连接中…', connOnline: '已连接', connOffline: '离线', connOfflineWhy: '离线（{why}）',
-    connStopped: '已断开', connSignedOut: '已退出：{why}', refused: '服务器拒绝了登录',
+    connStopped: '已断开', connResuming: '正在重新连接…', connSignedOut: '已退出：{why}', refused: '服务器拒绝了登录',
     connReplaced: '已在另一个标签页或窗口中打开', notSignedIn: '未登录',
     unreachable: '无法连接服务器', tryAgain: '重试',
     sending: '发送中…', notSent: ' 未发送：{why}', retry: '重发', newMessages: '有新消息 ↓',
@@ -50,6 +50,9 @@ const t = translator({
     TOO_LATE: '已超过时限',
     INTERNAL: '服务器出错，请重试。',
     DISCONNECTED: '未连接；连接恢复后会自动发送。',
+    TIMEOUT: '服务器没有及时回应，请重试。',
+    CLOSED: '连接已关闭。',
+    EXPIRED: '未能及时发出。',
     OTHER: '出了点问题',
   },
 });
@@ -163,24 +166,50 @@ export function notifyError(e) {
   return notify(e instanceof Error && e.code ? describe(e) : String(e.message || e), 'error', 10000);
 }
 
-/** Shows the connection state in #conn and reacts to final closes. */
+/**
+ * Shows the connection state in #conn and reacts to final closes: the
+ * SDK's states (connecting, resuming, open, offline, closed), in words;
+ * `onFinal('replaced' | 'signed-out', why)` when the server closed the
+ * connection for good.
+ */
 export function connectionBanner(client, onFinal) {
   const conn = $('#conn');
-  client.addEventListener('status', (ev) => {
-    const { status, detail } = ev.detail;
+  client.on('state', ({ state, reason, code }) => {
+    const closedBy = state === 'closed' ? code : undefined;
+    const status = state === 'open' ? 'online'
+      : state !== 'closed' ? state
+        : closedBy === CLOSE.REPLACED ? 'replaced' : closedBy ? 'signed-out' : 'stopped';
     const words = {
       connecting: t('connConnecting'),
+      resuming: t('connResuming'),
       online: t('connOnline'),
-      offline: detail ? t('connOfflineWhy', { why: detail }) : t('connOffline'),
+      offline: reason ? t('connOfflineWhy', { why: reason }) : t('connOffline'),
       stopped: t('connStopped'),
-      'signed-out': t('connSignedOut', { why: detail || t('refused') }),
+      'signed-out': t('connSignedOut', { why: reason || t('refused') }),
       replaced: t('connReplaced'),
     };
     conn.textContent = words[status] || status;
     conn.dataset.status = status;
-    if (status === 'signed-out' || status === 'replaced') onFinal(status, detail);
+    if (status === 'signed-out' || status === 'replaced') onFinal(status, reason);
   });
-  client.addEventListener('servererror', (ev) => notifyError(ev.detail));
+  client.on('error', (e) => notifyError(e));
+}
+
+/**
+ * What `drawMessages` draws of some conversations (earlier ones first),
+ * from the SDK: each conversation's messages in seq order, then this
+ * device's sends to `peer` not yet stored (sending, or failed with why).
+ */
+export function entriesOf(client, conversationIds, peer) {
+  const out = [];
+  for (const c of conversationIds) for (const m of client.messages(c)) out.push({ message: m, state: 'stored' });
+  const me = client.me ? client.me.userId : '';
+  for (const e of client.outbox()) {
+    if ((e.status !== 'pending' && e.status !== 'failed') || (peer && e.toUser !== peer)) continue;
+    const message = { clientMsgId: e.clientMsgId, fromUser: me, toUser: e.toUser, content: e.content };
+    out.push(e.status === 'failed' ? { message, state: 'failed', error: describe(e.error) } : { message, state: 'sending' });
+  }
+  return out;
 }
 
 const TOKEN_KEY = (page) => `dd.token.${page}`;
@@ -561,16 +590,15 @@ function messageNode({ message: m, state, error }, me, onRetry, name, receipt, o
 /**
  * Recall for a page: `canRecall(m)` while m is within the server's recall
  * window (`recall_window_ms` of /api/v1/info); `recall(m)` asks the server
- * and applies the answer to `store`, then calls `changed`.
+ * (the SDK applies the answer to its cache), then calls `changed`.
  */
-export function recaller(client, store, info, changed) {
+export function recaller(client, info, changed) {
   const windowMs = Number(info.recall_window_ms || 0);
   return {
     canRecall: (m) => windowMs > 0 && Date.now() - Number(m.serverTimeMs || 0) < windowMs,
     onRecall: async (m) => {
       try {
-        const f = await client.request({ recall: { msgId: m.msgId } });
-        store.recall(f.recalled);
+        await client.recall(m.msgId);
         changed();
       } catch (e) {
         notifyError(e);
@@ -608,18 +636,31 @@ export function contentFromInput(text, asImage) {
  * and agent, so it also holds their other sessions), a few pages back at
  * most.
  */
-export async function drawTranscript(box, client, store, session, me, { nameOf, mark } = {}) {
+export async function drawTranscript(box, client, session, me, { nameOf, mark } = {}) {
   const from = Number(session.createdMs) - 1000;
   const to = Number(session.endedMs || Date.now()) + 1000;
-  const inSession = (e) => Number(e.message.serverTimeMs) >= from && Number(e.message.serverTimeMs) <= to;
+  const entries = [];
   for (const c of session.conversations || []) {
+    // Pages of history outside the SDK's cache (a past chat is read, not lived).
+    const pages = [];
+    let before = '18446744073709551615';
     for (let page = 0; page < 5; page += 1) {
-      const r = await loadOlder(client, store, c, session.sessionId);
-      const oldest = Math.min(...[...(store.byConv.get(c) || new Map()).values()].map((m) => Number(m.serverTimeMs)));
-      if (!r.hasMore || oldest < from) break;
+      let p;
+      try {
+        p = await client.sync({ conversationId: c, beforeSeq: before, limit: 50, sessionId: session.sessionId });
+      } catch (e) {
+        if (e.code === 'NOT_FOUND') break;
+        throw e;
+      }
+      const ms = p.messages || [];
+      pages.unshift(ms);
+      if (!p.hasMore || !ms.length || Number(ms[0].serverTimeMs) < from) break;
+      before = ms[0].seq;
+    }
+    for (const m of pages.flat()) {
+      if (Number(m.serverTimeMs) >= from && Number(m.serverTimeMs) <= to) entries.push({ message: m, state: 'stored' });
     }
   }
-  const entries = store.list(session.conversations || [], null).filter((e) => e.state === 'stored' && inSession(e));
   if (!entries.length) return box.replaceChildren(el('p', { class: 'muted small' }, t('noMessages')));
   drawMessages(box, entries, me, { nameOf, mark });
   box.scrollTop = 0;
@@ -627,14 +668,14 @@ export async function drawTranscript(box, client, store, session, me, { nameOf, 
 
 /**
  * A past session as a <details>: `summary` nodes, and its chat drawn when
- * first opened (with `drawTranscript`, into a store of its own).
+ * first opened (with `drawTranscript`).
  */
 export function pastSessionItem(session, summary, client, me, { nameOf, mark, onError }) {
   const box = el('div', { class: 'messages transcript' });
   const d = el('details', { 'data-session-id': session.sessionId }, el('summary', {}, ...summary), box);
   d.addEventListener('toggle', () => {
     if (d.open && !box.childElementCount) {
-      drawTranscript(box, client, new MessageStore(), session, me, { nameOf, mark }).catch(onError);
+      drawTranscript(box, client, session, me, { nameOf, mark }).catch(onError);
     }
   });
   return d;
@@ -655,33 +696,26 @@ export function handoverMark(customer, words) {
 
 /**
  * Tells `peer()` while the user types into `input`: "typing" at the first
- * keystroke and again every 3 s while it goes on; "stopped" after 4 s
- * without a keystroke, when the text is cleared, or when the returned
- * function is called (on send).
+ * keystroke (the SDK repeats it every 3 s); "stopped" after 4 s without a
+ * keystroke, when the text is cleared, or when the returned function is
+ * called (on send).
  */
 export function typingSignals(client, input, peer) {
-  let sentAt = 0;
   let to = null;
   let idle;
-  const signal = (typing) => {
-    if (to && client.authed) client.raw({ typing: { toUser: to, typing } });
-  };
+  // The SDK repeats "typing" every 3 s until told to stop.
   const stop = () => {
     clearTimeout(idle);
-    if (sentAt) signal(false);
-    sentAt = 0;
+    if (to) client.typing(to, false);
+    to = null;
   };
   input.addEventListener('input', () => {
     const p = peer();
-    if (p !== to) {
-      stop();
+    if (p !== to) stop();
+    if (!p || !input.value.trim()) return stop();
+    if (!to && client.state === 'open') {
       to = p;
-    }
-    if (!to || !input.value.trim()) return stop();
-    const now = Date.now();
-    if (now - sentAt >= 3000) {
-      signal(true);
-      sentAt = now;
+      client.typing(to, true);
     }
     clearTimeout(idle);
     idle = setTimeout(stop, 4000);
@@ -695,24 +729,20 @@ export function typingSignals(client, input, peer) {
  * refresh.
  */
 export function typingIndicator(client, line, peer, words) {
-  let timer;
   const hide = () => {
-    clearTimeout(timer);
     line.hidden = true;
   };
-  client.addEventListener('frame', (ev) => {
-    const f = ev.detail;
-    if (f.deliver && f.deliver.message.fromUser === peer()) return hide();
-    const t = f.typing;
-    if (!t || !t.fromUser) return;
-    if (t.fromUser !== peer() || !t.typing) {
-      if (t.fromUser === peer()) hide();
+  client.on('messages', ({ messages }) => {
+    if (messages.some((m) => m.fromUser === peer())) hide();
+  });
+  // The SDK ends a "typing" that is not refreshed within 6 s.
+  client.on('typing', (ty) => {
+    if (ty.fromUser !== peer() || !ty.typing) {
+      if (ty.fromUser === peer()) hide();
       return;
     }
-    clearTimeout(timer);
-    line.textContent = words(t.fromUser);
+    line.textContent = words(ty.fromUser);
     line.hidden = false;
-    timer = setTimeout(hide, 6000);
   });
   return hide;
 }

@@ -809,6 +809,53 @@ scenario('pages reconnect by themselves after the server restarts; nothing is lo
   }
 });
 
+scenario('tabs of one browser share one connection; closing the leading tab hands it over', async () => {
+  const kim = await person('kim');
+  const token = await devToken('kim', 'customer');
+  const sockets = (page) => {
+    page.ddSockets = 0;
+    page.ddErrors = [];
+    page.setDefaultTimeout(STEP_MS);
+    page.on('websocket', () => { page.ddSockets += 1; });
+    page.on('pageerror', (e) => page.ddErrors.push(e.message));
+    return page;
+  };
+  const first = sockets(await kim.context.newPage());
+  first.ddName = 'kim-1';
+  pages.add(first);
+  await first.goto(`${base}/chat#token=${token}`);
+  await online(first);
+  await first.waitForSelector('#request');
+  // A second tab of the same browser: no socket of its own, and connected
+  // at once through the first (its first request, the service state, too).
+  const second = sockets(await kim.context.newPage());
+  second.ddName = 'kim-2';
+  pages.add(second);
+  const started = Date.now();
+  await second.goto(`${base}/chat#token=${token}`);
+  await online(second);
+  const connectMs = Date.now() - started;
+  await second.waitForSelector('#request');
+  assert.ok(connectMs < 1000, `the second tab connected in ${connectMs} ms`);
+  assert.equal(second.ddSockets, 0, 'the second tab opened no WebSocket');
+  assert.equal(first.ddSockets, 1);
+  console.error(`second tab connected in ${connectMs} ms (page load included)`);
+  // The leading tab closes: the other takes the connection over and goes on.
+  const closedAt = Date.now();
+  await first.close();
+  while (second.ddSockets === 0) {
+    assert.ok(Date.now() - closedAt < STEP_MS, 'the second tab did not take the connection over');
+    await second.waitForTimeout(20);
+  }
+  await online(second);
+  console.error(`the second tab took over ${Date.now() - closedAt} ms after the first closed`);
+  assert.equal(second.ddSockets, 1, 'the second tab connected itself');
+  await second.fill('#question', 'still here?');
+  await second.click('#request');
+  await second.waitForSelector('#waiting, #offer, #agent-name');
+  assert.deepEqual(second.ddErrors, []);
+});
+
 scenario('the widget embeds in a shop page with one script tag', async () => {
   const token = await devToken('kim', 'customer', 'Kim Lee');
   const kai = await agentOnline('kai');

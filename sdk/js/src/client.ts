@@ -65,7 +65,7 @@ export interface ClientOptions {
 /** Every event a client emits, with its payload. */
 export interface DongdongClientEvents {
   /** The connection's state changed. */
-  state: { state: ConnectionState; reason?: string };
+  state: { state: ConnectionState; reason?: string; code?: number };
   /** Signed in (first time, after a reconnect, resumed or not). */
   ready: AuthOk;
   /**
@@ -90,13 +90,22 @@ export interface DongdongClientEvents {
   queue: QueueUpdate;
   leftMessages: LeftMessageNotice;
   leaveMessageOffer: LeaveMessageOffer;
+  /** Your customer-service state (the answer to `csState`). */
+  csState: CsState;
   /** An `Error` the server pushed that answers no request (e.g. a refused frame). */
   error: DongdongError;
+  /**
+   * Every frame the server pushed (and every customer-service answer),
+   * after the typed events above: for what they do not cover.
+   */
+  frame: Frame;
 }
 
 /** A send under way: the promise of its SendAck, with its id. */
 export type PendingSend = Promise<SendAck> & { clientMsgId: string };
 
+/** `before_seq` for "the newest". */
+const NEWEST = '18446744073709551615';
 /** How long a peer's "typing" lasts without a refresh. */
 const TYPING_TTL_MS = 6000;
 /** A "still typing" refresh is sent this often while typing. */
@@ -266,20 +275,77 @@ export class DongdongClient extends Emitter<DongdongClientEvents> {
     return this.cache.messages(conversationId);
   }
 
-  /** Fetches older messages (a page before the oldest held); resolves with how many came. */
-  async loadOlder(conversationId: string, limit = 50): Promise<{ added: number; hasMore: boolean }> {
+  /** The highest seq held of a conversation (0: none). */
+  newestSeq(conversationId: string): number {
+    return this.cache.newestSeq(conversationId);
+  }
+
+  /** The lowest seq held of a conversation (0: none; 1: it is all here). */
+  oldestSeq(conversationId: string): number {
+    return this.cache.oldestSeq(conversationId);
+  }
+
+  /**
+   * Fetches older messages (a page before the oldest held, or the newest
+   * page when none is); resolves with how many came. `sessionId`: a
+   * customer-service session that grants the reading (an agent reading the
+   * conversation of a session transferred to them).
+   */
+  async loadOlder(
+    conversationId: string,
+    { limit = 50, sessionId }: { limit?: number; sessionId?: string } = {},
+  ): Promise<{ added: number; hasMore: boolean }> {
     const oldest = this.cache.oldestSeq(conversationId);
     if (oldest === 1) return { added: 0, hasMore: false };
-    const before = oldest === 0 ? '18446744073709551615' : String(oldest);
+    const before = oldest === 0 ? NEWEST : String(oldest);
     let page: HistoryPage;
     try {
-      page = await this.sync({ conversationId, beforeSeq: before, limit });
+      page = await this.sync({ conversationId, beforeSeq: before, limit, sessionId });
     } catch (e) {
+      // A conversation nobody wrote in yet (e.g. a session just assigned).
       if ((e as DongdongError).code === 'NOT_FOUND') return { added: 0, hasMore: false };
       throw e;
     }
     const added = this.cache.addHistory(conversationId, page.messages ?? []);
     return { added: added.length, hasMore: !!page.hasMore };
+  }
+
+  /**
+   * Brings a conversation's cache up to what the server has: everything
+   * after the newest held (a page at a time), or the newest page when none
+   * is held, and a page before the oldest when fewer than 50 are held. For
+   * a conversation the client was not pushed (a session just transferred
+   * to an agent), or after a long time away.
+   */
+  async catchUp(conversationId: string, { sessionId }: { sessionId?: string } = {}): Promise<void> {
+    if (this.cache.newestSeq(conversationId) === 0) {
+      await this.loadOlder(conversationId, { sessionId });
+      return;
+    }
+    for (let round = 0; round < 50; round += 1) {
+      const after = String(this.cache.newestSeq(conversationId));
+      const page = await this.sync({ conversationId, afterSeq: after, limit: 200, sessionId });
+      this.cache.addHistory(conversationId, page.messages ?? []);
+      if (!page.hasMore || (page.messages ?? []).length === 0) break;
+    }
+    // A few messages held (a replay after a long time away): a screenful
+    // of what came before them too.
+    const held = this.cache.newestSeq(conversationId) - this.cache.oldestSeq(conversationId) + 1;
+    if (this.cache.oldestSeq(conversationId) > 1 && held < 50) await this.loadOlder(conversationId, { sessionId });
+  }
+
+  /** Opens the conversation with `user`: its newest page into the cache; resolves with its id ('' when none yet). */
+  async open(user: string, limit = 50): Promise<string> {
+    let page: HistoryPage;
+    try {
+      page = await this.sync({ withUser: user, beforeSeq: NEWEST, limit });
+    } catch (e) {
+      if ((e as DongdongError).code === 'NOT_FOUND') return '';
+      throw e;
+    }
+    const id = page.conversationId ?? '';
+    if (id) this.cache.addHistory(id, page.messages ?? []);
+    return id;
   }
 
   /** One page of history as the server has it (SyncRequest), outside the cache. */
@@ -320,7 +386,11 @@ export class DongdongClient extends Emitter<DongdongClientEvents> {
 
   // ---- presence and typing --------------------------------------------
 
-  /** Watches users' online state (kept across reconnects); resolves with their state now. */
+  /**
+   * Watches users' online state (kept across reconnects): their state now
+   * and every change come as `presence` events. Resolves once the server
+   * has the subscription.
+   */
   async watch(users: string[]): Promise<PresenceUpdate[]> {
     for (const u of users) this.watched.add(u);
     if (!this.connection.isOpen()) return [];
@@ -368,12 +438,12 @@ export class DongdongClient extends Emitter<DongdongClientEvents> {
     group: string,
     options: { firstMessage?: Content; page?: string; userAgent?: string } = {},
   ): Promise<{ queue?: QueueUpdate; assigned?: SessionAssigned; offer?: LeaveMessageOffer }> {
-    const f = await this.connection.request({ requestService: { group, ...options } });
+    const f = await this.answer({ requestService: { group, ...options } });
     return { queue: f.queueUpdate, assigned: f.sessionAssigned, offer: f.leaveMessageOffer };
   }
 
   async cancelRequest(group: string): Promise<void> {
-    await this.connection.request({ cancelRequest: { group } });
+    await this.answer({ cancelRequest: { group } });
   }
 
   /** Customer: leaves a message for `group` (resolves with its id). */
@@ -382,7 +452,7 @@ export class DongdongClient extends Emitter<DongdongClientEvents> {
   }
 
   async endSession(sessionId: string): Promise<SessionEnded> {
-    return (await this.connection.request({ endSession: { sessionId } })).sessionEnded ?? {};
+    return (await this.answer({ endSession: { sessionId } })).sessionEnded ?? {};
   }
 
   /** Customer: rates an ended session (1–5) once. */
@@ -392,32 +462,41 @@ export class DongdongClient extends Emitter<DongdongClientEvents> {
 
   /** Your open sessions, places in line and (agents) status and load. */
   async csState(): Promise<CsState> {
-    return (await this.connection.request({ csStateRequest: {} })).csState ?? {};
+    return (await this.answer({ csStateRequest: {} })).csState ?? {};
   }
 
   /** Agent: online, away or offline. */
   async setStatus(status: 'ONLINE' | 'AWAY' | 'OFFLINE'): Promise<void> {
-    await this.connection.request({ setStatus: { status } });
+    await this.answer({ setStatus: { status } });
   }
 
   /** Agent (manual-pick groups): takes the next customer, or this one. */
   async acceptSession(group: string, customer = ''): Promise<SessionAssigned> {
-    return (await this.connection.request({ acceptSession: { group, customer } })).sessionAssigned ?? {};
+    return (await this.answer({ acceptSession: { group, customer } })).sessionAssigned ?? {};
   }
 
   async transferSession(sessionId: string, to: { agent?: string; group?: string }, note = ''): Promise<SessionTransferred> {
-    const f = await this.connection.request({
-      transferSession: { sessionId, toAgent: to.agent, toGroup: to.group, note },
-    });
+    const f = await this.answer({ transferSession: { sessionId, toAgent: to.agent, toGroup: to.group, note } });
     return f.sessionTransferred ?? {};
   }
 
   /** Agent: claims a left message to answer it. */
   async claimLeftMessage(leftMessageId: string): Promise<LeftMessageNotice> {
-    return (await this.connection.request({ claimLeftMessage: { leftMessageId } })).leftMessageNotice ?? {};
+    return (await this.answer({ claimLeftMessage: { leftMessageId } })).leftMessageNotice ?? {};
   }
 
   // ---- inside ----------------------------------------------------------
+
+  /**
+   * A customer-service request: its answer is state too (a place in line,
+   * an assignment, an offer), so it is also emitted as its event, and a
+   * page can handle answers and pushes in one place.
+   */
+  private async answer(body: Omit<Frame, 'reqId'>): Promise<Frame> {
+    const f = await this.connection.request(body);
+    this.pushed({ ...f, reqId: '0' });
+    return f;
+  }
 
   private ready(ok: AuthOk): void {
     this.emit('ready', ok);
@@ -429,8 +508,12 @@ export class DongdongClient extends Emitter<DongdongClientEvents> {
   private async subscribe(users: string[]): Promise<PresenceUpdate[]> {
     const out: PresenceUpdate[] = [];
     for (let i = 0; i < users.length; i += 200) {
-      const reqId = await this.connection.request({ presenceSubscribe: { users: users.slice(i, i + 200) } });
-      if (reqId.presenceUpdate) out.push(reqId.presenceUpdate);
+      // The first user's state answers; the others' come as pushes.
+      const f = await this.connection.request({ presenceSubscribe: { users: users.slice(i, i + 200) } });
+      if (f.presenceUpdate) {
+        out.push(f.presenceUpdate);
+        this.emit('presence', f.presenceUpdate);
+      }
     }
     return out;
   }
@@ -465,9 +548,12 @@ export class DongdongClient extends Emitter<DongdongClientEvents> {
       this.emit('leftMessages', f.leftMessageNotice);
     } else if (f.leaveMessageOffer) {
       this.emit('leaveMessageOffer', f.leaveMessageOffer);
+    } else if (f.csState) {
+      this.emit('csState', f.csState);
     } else if (f.error) {
       this.emit('error', DongdongError.fromFrame(f.error));
     }
+    this.emit('frame', f);
   }
 
   private receipt(r: ReadReceipt): void {

@@ -50,7 +50,8 @@ export interface ConnectionOptions {
 }
 
 export interface ConnectionEvents {
-  state: { state: ConnectionState; reason?: string };
+  /** `code`: the server's close code, when it closed the connection for good. */
+  state: { state: ConnectionState; reason?: string; code?: number };
   /** After each sign-in: the server's `AuthOk` (with `resumed`). */
   ready: AuthOk;
   /** A frame that is not the answer to a request (pushes: req_id 0). */
@@ -158,10 +159,10 @@ export class Connection extends Emitter<ConnectionEvents> {
     return true;
   }
 
-  private setState(state: ConnectionState, reason?: string): void {
+  private setState(state: ConnectionState, reason?: string, code?: number): void {
     if (this.state === state && !reason) return;
     this.state = state;
-    this.emit('state', { state, reason });
+    this.emit('state', { state, reason, code });
   }
 
   private async open(): Promise<void> {
@@ -267,13 +268,13 @@ export class Connection extends Emitter<ConnectionEvents> {
     const final = FINAL[code];
     if (final) {
       this.stopped = true;
-      this.setState('closed', reason || final);
+      this.setState('closed', reason || final, code);
       return;
     }
-    if (code === CLOSE.POLICY_VIOLATION && this.me === null && typeof this.options.token !== 'function') {
-      // Refused before ever signing in, with a token that cannot change.
+    if (code === CLOSE.POLICY_VIOLATION && typeof this.options.token !== 'function') {
+      // The token was refused (bad, expired, revoked), and it cannot change.
       this.stopped = true;
-      this.setState('closed', reason || 'sign-in refused');
+      this.setState('closed', reason || 'sign-in refused', code);
       return;
     }
     if (code === CLOSE.POLICY_VIOLATION) this.resumeToken = '';

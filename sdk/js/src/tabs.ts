@@ -21,7 +21,7 @@ export interface Link {
 
 type Wire =
   | { type: 'hello'; from: string }
-  | { type: 'state'; state: ConnectionState; reason?: string; me: AuthOk | null }
+  | { type: 'state'; state: ConnectionState; reason?: string; code?: number; me: AuthOk | null }
   | { type: 'frame'; frame: Frame }
   | { type: 'request'; from: string; id: number; body: Omit<Frame, 'reqId'>; timeoutMs?: number }
   | { type: 'reply'; to: string; id: number; frame?: Frame; error?: { code: DongdongError['code']; message: string; retryable: boolean } }
@@ -125,8 +125,8 @@ export class SharedLink extends Emitter<ConnectionEvents> implements Link {
     const c = new Connection(this.options);
     this.leader = c;
     c.on('state', (s) => {
-      this.setState(s.state, s.reason);
-      this.post({ type: 'state', state: s.state, reason: s.reason, me: c.me });
+      this.setState(s.state, s.reason, s.code);
+      this.post({ type: 'state', state: s.state, reason: s.reason, code: s.code, me: c.me });
     });
     c.on('ready', (ok) => {
       this.me = ok;
@@ -156,7 +156,7 @@ export class SharedLink extends Emitter<ConnectionEvents> implements Link {
     if (w.type === 'state') {
       const wasOpen = this.state === 'open';
       this.me = w.me;
-      this.setState(w.state, w.reason);
+      this.setState(w.state, w.reason, w.code);
       if (w.state !== 'open') this.fail(new DongdongError('DISCONNECTED', 'the connection was lost', true));
       // Each sign-in of the leader passes through another state first.
       if (w.state === 'open' && w.me && !wasOpen) this.emit('ready', w.me);
@@ -172,10 +172,10 @@ export class SharedLink extends Emitter<ConnectionEvents> implements Link {
     }
   }
 
-  private setState(state: ConnectionState, reason?: string): void {
+  private setState(state: ConnectionState, reason?: string, code?: number): void {
     if (this.state === state && !reason) return;
     this.state = state;
-    this.emit('state', { state, reason });
+    this.emit('state', { state, reason, code });
   }
 
   private fail(e: DongdongError): void {
