@@ -110,10 +110,17 @@ fn page(name: &str, frameable: bool) -> Response {
     response
 }
 
+/// The SDK's bundle, which any page may import as a module.
+const SDK_BUNDLE: &str = "dongdong-client.js";
+
 async fn web_file(Path(file): Path<String>) -> Response {
     let mut response = serve(find(&file));
     if file.ends_with(".html") {
         response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP_CONSOLE));
+    }
+    if file == SDK_BUNDLE {
+        // A module script from another origin needs CORS; it is public code.
+        response.headers_mut().insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     }
     response
 }

@@ -21,6 +21,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { deflateSync } from 'node:zlib';
+import http from 'node:http';
 
 const here = path.dirname(fileURLToPath(import.meta.url));
 const root = path.resolve(here, '../..');
@@ -854,6 +855,50 @@ scenario('tabs of one browser share one connection; closing the leading tab hand
   await second.click('#request');
   await second.waitForSelector('#waiting, #offer, #agent-name');
   assert.deepEqual(second.ddErrors, []);
+});
+
+scenario("docs/sdk.md's five-minute chat page works as written, from another origin", async () => {
+  // The page exactly as the guide gives it, pointed at this server's ports,
+  // served from a directory of its own on another origin.
+  const guide = readFileSync(path.join(root, 'docs/sdk.md'), 'utf8');
+  const page = guide.match(/```html\n([\s\S]*?)```/)[1];
+  const info = await (await fetch(`${base}/api/v1/info`)).json();
+  const html = page.replaceAll('127.0.0.1:7801', new URL(base).host).replaceAll('127.0.0.1:7800', `127.0.0.1:${info.ws_port}`);
+  const site = http.createServer((req, res) => {
+    res.writeHead(req.url.startsWith('/chat.html') ? 200 : 404, { 'content-type': 'text/html; charset=utf-8' });
+    res.end(req.url.startsWith('/chat.html') ? html : 'not found');
+  });
+  await new Promise((r) => site.listen(0, '127.0.0.1', r));
+  try {
+    const at = (token, to) => `http://localhost:${site.address().port}/chat.html#token=${token}&to=${to}`;
+    const [ada, ben] = [await person('ada'), await person('ben')];
+    const adaPage = await ada.context.newPage();
+    const benPage = await ben.context.newPage();
+    for (const [p, n] of [[adaPage, 'ada'], [benPage, 'ben']]) {
+      p.ddName = n;
+      p.setDefaultTimeout(STEP_MS);
+      p.ddErrors = [];
+      p.on('pageerror', (e) => p.ddErrors.push(e.message));
+      pages.add(p);
+    }
+    await adaPage.goto(at(await devToken('ada', 'customer'), 'ben'));
+    await benPage.goto(at(await devToken('ben', 'customer'), 'ada'));
+    await adaPage.waitForFunction(() => document.title === 'chat · open');
+    await benPage.waitForFunction(() => document.title === 'chat · open');
+    await adaPage.fill('#text', 'hi ben, from the guide');
+    await adaPage.press('#text', 'Enter');
+    await benPage.waitForFunction(() => document.querySelector('#log').textContent.includes('ada: hi ben, from the guide'));
+    await benPage.fill('#text', 'hi ada');
+    await benPage.press('#text', 'Enter');
+    const both = ['ada: hi ben, from the guide', 'ben: hi ada'];
+    for (const p of [adaPage, benPage]) {
+      await p.waitForFunction((n) => document.querySelectorAll('#log li').length === n, both.length);
+      assert.deepEqual(await p.$$eval('#log li', (ls) => ls.map((l) => l.textContent)), both);
+      assert.deepEqual(p.ddErrors, []);
+    }
+  } finally {
+    site.close();
+  }
 });
 
 scenario('the widget embeds in a shop page with one script tag', async () => {

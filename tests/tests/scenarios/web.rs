@@ -15,7 +15,8 @@ async fn consoles_are_served_and_dev_sign_in_mints_working_tokens() {
         ("/agent", "/web/agent.js"),
         ("/chat", "/web/chat.js"),
         ("/supervisor", "/web/supervisor.js"),
-        ("/web/dd.js", "export class Client"),
+        ("/web/dd.js", "export const DdError"),
+        ("/web/dongdong-client.js", "var DongdongClient = class"),
         ("/web/style.css", ":root"),
         ("/web/embed.js", "iframe"),
     ] {
