@@ -204,3 +204,27 @@ test('a resume within the window keeps presence watches; after a restart the cli
     await server.stop();
   }
 });
+
+test('protobuf binary frames: the same conversation, the same guarantees', async () => {
+  const { protobufCodec } = await import('../dist/protobuf.js');
+  const server = await Server.start();
+  const alice = client(server, 'alice', 'alice-1', { codec: protobufCodec() });
+  const bob = client(server, 'bob');
+  try {
+    await Promise.all([alice.connect(), bob.connect(), ready(alice), ready(bob)]);
+    const acks = await Promise.all([...Array(20).keys()].map((i) => alice.sendText('bob', `p${i}`)));
+    assert.ok(acks.every((a) => a.msgId && Number(a.seq) > 0));
+    const conversation = acks[0].conversationId;
+    await until('bob has them', () => bob.messages(conversation).length === 20);
+    const back = ready(alice);
+    alice.connection.dropSocket();
+    assert.equal((await back).resumed, true, 'a binary session resumes too');
+    await bob.sendText('alice', 'got them');
+    await until('alice has the answer', () => alice.messages(conversation).length === 21);
+    assert.deepEqual(inSeqOrder(alice.messages(conversation)), [...[...Array(20).keys()].map((i) => `p${i}`), 'got them']);
+  } finally {
+    alice.close();
+    bob.close();
+    await server.stop();
+  }
+});
