@@ -125,14 +125,13 @@ impl Client {
         device: &str,
         resume_token: &str,
     ) -> Result<pb::AuthOk, pb::Error> {
-        let auth = pb::Auth { token: token.into(), device_id: device.into(), resume_token: resume_token.into() };
-        match self.request(Body::Auth(auth)).await.body {
-            Some(Body::AuthOk(ok)) => {
+        match self.ws.auth_resuming(token, device, resume_token).await {
+            Ok(ok) => {
                 self.auth_ok = Some(ok.clone());
                 Ok(ok)
             }
-            Some(Body::Error(e)) => Err(e),
-            other => panic!("unexpected reply to Auth: {other:?}"),
+            Err(dongdong_client::AuthFailure::Refused(e)) => Err(e),
+            Err(other) => panic!("no answer to Auth: {other}"),
         }
     }
 
