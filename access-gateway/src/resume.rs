@@ -204,6 +204,19 @@ mod tests {
         assert!(p.is_empty());
     }
 
+    /// What docs/protocol.md and the closing note say a parked session
+    /// costs: its entries in the two maps (the window's map empty), before
+    /// the heap of its in-flight ids and watched users.
+    #[test]
+    fn a_parked_session_costs_a_few_hundred_bytes() {
+        use std::mem::size_of;
+        let by_conn = size_of::<(u64, (Parked, Instant))>() + 1; // + the table's control byte
+        let by_deadline = size_of::<((Instant, u64), ())>() + 8; // + B-tree node overhead, about
+        let device = size_of::<DeviceKey>() + 16; // the Arc's counts (shared with nothing once parked)
+        let total = by_conn + by_deadline + device;
+        assert!(total <= 320, "a parked session is {total} bytes before its heap");
+    }
+
     #[test]
     fn expiry_forgets_sessions_in_deadline_order() {
         let (p, t0) = (ParkedSessions::default(), Instant::now());

@@ -166,7 +166,7 @@ const input = el('textarea', { id: 'input', rows: 2, placeholder: t('typeMessage
 const asImage = el('input', { type: 'checkbox', id: 'as-image' });
 const replyPick = el('select', { id: 'quick-replies', 'aria-label': t('quickReplies') });
 // Photos and files: the attach button, pasted into the text, dropped on the conversation.
-useFiles(auth.token);
+useFiles(client);
 const attach = uploads(input, list, (meta) => {
   const peer = currentPeer();
   if (peer) send(peer, contentOfUpload(meta));

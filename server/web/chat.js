@@ -554,7 +554,7 @@ const list = el('div', { id: 'messages', class: 'messages', 'aria-live': 'polite
 const input = el('textarea', { id: 'input', rows: 2, placeholder: t('typeMessage'), maxLength: 4000, 'aria-label': t('chatMessage') });
 const sendBtn = el('button', { class: 'primary', id: 'send', type: 'submit' }, t('send'));
 // A photo of the broken parcel: the attach button, paste, or drop on the chat.
-useFiles(auth.token);
+useFiles(client);
 const attach = uploads(input, list, (meta) => {
   const to = chatPeer();
   if (to) send(to, contentOfUpload(meta));

@@ -2,7 +2,7 @@
 // notices, and drawing a conversation. Text from the network is only ever
 // set as textContent, never parsed as HTML.
 
-import { serverInfo, claimsOf, storage, ERROR_WORDS, withDetail, api, DdError, CLOSE } from './dd.js';
+import { serverInfo, claimsOf, storage, ERROR_WORDS, withDetail, api, CLOSE } from './dd.js';
 import { translator } from './i18n.js';
 
 const session = storage('session');
@@ -308,23 +308,17 @@ export function signOut(page) {
 
 // --- uploaded files -----------------------------------------------------------
 
-let filesToken = null;
-const linkCache = new Map(); // fileId -> Promise of { url, thumbnail_url, expires_ms }
+let files = null; // the SDK's client: uploads and signed links
 
-/** The token pages use to upload and to ask for links to uploads. */
-export function useFiles(token) {
-  filesToken = token;
+/** The client pages upload through and ask links to uploads of (the SDK renews them). */
+export function useFiles(client) {
+  files = client;
 }
 
-/** Signed links to an upload (cached until a minute before they expire). */
-export function fileLink(fileId) {
-  const cached = linkCache.get(fileId);
-  if (cached && cached.expires > Date.now() + 60000) return cached.promise;
-  const promise = api(filesToken, 'POST', `/api/v1/files/${encodeURIComponent(fileId)}/link`);
-  const entry = { promise, expires: Infinity };
-  promise.then((l) => { entry.expires = Number(l.expires_ms); }, () => linkCache.delete(fileId));
-  linkCache.set(fileId, entry);
-  return promise;
+/** Signed links to an upload: { url, thumbnail_url }. */
+export async function fileLink(fileId) {
+  const [url, thumbnail] = await Promise.all([files.fileLink(fileId), files.fileLink(fileId, true)]);
+  return { url, thumbnail_url: thumbnail };
 }
 
 /** 1.2 MB, 340 KB, 12 B. */
@@ -366,7 +360,7 @@ function uploadedFile(file) {
 /**
  * Uploading for a composer: an attach button (with its hidden file input),
  * pasting files into `input`, dropping them on `dropZone`; a progress bar
- * while each uploads. `onUploaded(meta)` gets the server's answer.
+ * while each uploads. `onUploaded(info)` gets the SDK's FileInfo.
  * Returns { button, progress } for the page to place.
  */
 export function uploads(input, dropZone, onUploaded) {
@@ -407,46 +401,26 @@ export function uploads(input, dropZone, onUploaded) {
   return { button: wrap, progress };
 }
 
-/** One upload with progress; resolves with the server's answer. */
-function upload(file, progress) {
-  return new Promise((resolve, reject) => {
-    const xhr = new XMLHttpRequest();
-    xhr.open('POST', `/api/v1/files?name=${encodeURIComponent(file.name || '')}`);
-    xhr.setRequestHeader('authorization', `Bearer ${filesToken}`);
-    xhr.setRequestHeader('content-type', file.type || 'application/octet-stream');
-    progress.hidden = false;
-    progress.value = 0;
-    progress.title = t('uploading', { name: file.name || '' });
-    xhr.upload.onprogress = (ev) => {
-      if (ev.lengthComputable) progress.value = Math.round((100 * ev.loaded) / ev.total);
-    };
-    xhr.onload = () => {
-      progress.hidden = true;
-      let data = {};
-      try {
-        data = JSON.parse(xhr.responseText);
-      } catch {
-        // not JSON: described by the status below
-      }
-      if (xhr.status === 201) resolve(data);
-      else {
-        const err = data.error || {};
-        reject(new DdError(err.code || 'INTERNAL', err.message || `HTTP ${xhr.status}`, xhr.status >= 500));
-      }
-    };
-    xhr.onerror = () => {
-      progress.hidden = true;
-      reject(new DdError('UNAVAILABLE', 'the upload did not reach the server', true));
-    };
-    xhr.send(file);
-  });
+/** One upload with progress; resolves with the SDK's FileInfo. */
+async function upload(file, progress) {
+  progress.hidden = false;
+  progress.value = 0;
+  progress.title = t('uploading', { name: file.name || '' });
+  try {
+    return await files.upload(file, {
+      name: file.name || '',
+      onProgress: (sent, total) => { if (total) progress.value = Math.round((100 * sent) / total); },
+    });
+  } finally {
+    progress.hidden = true;
+  }
 }
 
 /** The message content that sends an upload. */
-export function contentOfUpload(meta) {
-  return meta.content_type.startsWith('image/')
-    ? { image: { fileId: meta.file_id } }
-    : { file: { fileId: meta.file_id, name: meta.name } };
+export function contentOfUpload(info) {
+  return info.contentType.startsWith('image/')
+    ? { image: { fileId: info.fileId } }
+    : { file: { fileId: info.fileId, name: info.name } };
 }
 
 /** The node for one message's content. */
