@@ -7,7 +7,7 @@ use dongdong_tests::client::{Client, Closed, code, msg};
 use dongdong_tests::http::get as http_get;
 use dongdong_tests::services::{PrivateMongo, PrivateRedis, required};
 use im_core::pb::{self, frame::Body};
-use im_core::{CloseCode, ErrorCode};
+use im_core::{CloseCode, Encoding, ErrorCode};
 use std::collections::HashSet;
 use std::time::Duration;
 
@@ -252,12 +252,19 @@ async fn three_nodes_chat_across_nodes_and_devices() {
     let got = receive_all(b2, &c.nodes[2].ws_url, &c.token("bob"), "b2", &want).await;
     assert!(want.is_subset(&got));
 
-    // The same device connecting on another node replaces the old connection.
-    let _b1_again = c.login(0, "bob", "b1").await;
+    // The same device connecting on another node replaces the old
+    // connection. Its session stays on its node (resume is per node): the
+    // other node signs it in afresh; back on its node it is resumed.
+    let resume = b1.auth_ok.as_ref().unwrap().resume_token.clone();
+    let mut elsewhere = Client::connect(&c.nodes[0].ws_url, Encoding::Protobuf).await;
+    let ok = elsewhere.auth_resuming(&c.token("bob"), "b1", &resume).await.unwrap();
+    assert!(!ok.resumed, "another node does not know the session");
     assert_eq!(
         b1.closed().await,
         Closed::Frame(CloseCode::Replaced.code(), "replaced by a newer connection of the same device".into())
     );
+    let mut home = Client::connect(&c.nodes[1].ws_url, Encoding::Protobuf).await;
+    assert!(home.auth_resuming(&c.token("bob"), "b1", &resume).await.unwrap().resumed, "its own node resumes it");
     let (status, body) = http_get(&c.nodes[0].http_url, "/healthz").await;
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("\"redis\":\"ok\"") && body.contains("\"mongodb\":\"ok\""), "{body}");
