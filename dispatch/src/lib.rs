@@ -24,6 +24,7 @@
 mod acks;
 pub mod push;
 mod reads;
+pub mod search;
 
 pub use acks::{AckQueue, Held};
 
@@ -122,6 +123,8 @@ pub struct Dispatcher {
     hasher: std::collections::hash_map::RandomState,
     /// Offline push, when a webhook is configured.
     pusher: std::sync::OnceLock<Arc<push::Pusher>>,
+    /// The search indexer, once started.
+    indexer: std::sync::OnceLock<Arc<search::Indexer>>,
 }
 
 impl Dispatcher {
@@ -134,6 +137,7 @@ impl Dispatcher {
             locks: (0..LOCK_STRIPES).map(|_| Mutex::new(None)).collect(),
             hasher: Default::default(),
             pusher: Default::default(),
+            indexer: Default::default(),
         })
     }
 
@@ -322,6 +326,9 @@ impl Dispatcher {
             }
         }
         drop(pushed);
+        if let Some(indexer) = self.indexer() {
+            indexer.wake();
+        }
         let m = &appended.message;
         if appended.duplicate {
             metrics::counter!("dongdong_duplicate_sends_total").increment(1);

@@ -107,6 +107,9 @@ impl Dispatcher {
         };
         if outcome.fresh {
             metrics::counter!("dongdong_recalls_total").increment(1);
+            if let Some(indexer) = self.indexer() {
+                indexer.remove(&who.tenant, &req.msg_id);
+            }
             let m = &outcome.message;
             let frame = Arc::new(Frame { req_id: 0, body: Some(Body::Recalled(recalled.clone())) });
             self.router.notify_users(&who.tenant, &[&m.from_user, &m.to_user], frame, Some(who)).await;

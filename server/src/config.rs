@@ -26,6 +26,7 @@ pub struct Config {
     pub im: ImSection,
     pub files: FilesSection,
     pub push: dispatch::push::PushConfig,
+    pub search: dispatch::search::SearchConfig,
     pub log: LogConfig,
     /// Where it was loaded from, to load it again on SIGHUP (`None`: built
     /// in code).
@@ -366,6 +367,7 @@ impl Config {
         self.timeouts.validate()?;
         self.cs.validate()?;
         self.push.validate()?;
+        self.search.validate()?;
         self.files.validate()?;
         self.im.sessions.validate()?;
         if !self.auth.secret.is_empty() && self.auth.secret.len() < 16 {

@@ -11,6 +11,7 @@ pub mod fuzzing;
 mod http;
 mod limits_api;
 mod media;
+mod search_api;
 pub mod secret;
 mod web;
 
@@ -148,6 +149,7 @@ pub(crate) async fn assemble(
         info!(url = %config.push.webhook_url, "offline push through the webhook is on");
         dispatch.set_pusher(pusher);
     }
+    dispatch.start_indexer(config.search.clone(), shutdown.clone());
     let cs =
         cs_queue::CsService::start(cs_store, dispatch.clone(), router.clone(), config.cs.clone(), shutdown.clone());
     for g in &config.cs.groups {
@@ -175,6 +177,7 @@ pub(crate) async fn assemble(
         recall_window: config.im.messages.recall_window,
     };
     let proxy_header = Some(config.server.trusted_proxy_header.to_ascii_lowercase()).filter(|h| !h.is_empty());
+    let search = search_api::SearchApi { api: api.clone(), dispatch: dispatch.clone() };
     let gateway = Arc::new(Gateway {
         config: config.gateway(),
         signer,
@@ -191,6 +194,7 @@ pub(crate) async fn assemble(
     let routes = cs_api::routes(api.clone())
         .merge(admin_api::routes(api))
         .merge(files_api::routes(files))
+        .merge(search_api::routes(search))
         .merge(limits_api::routes(live_limits.clone()))
         .merge(web::routes(web));
     Ok(Assembled { gateway, router, health, metrics, routes, limits: live_limits })

@@ -4,7 +4,7 @@ var __defProp = Object.defineProperty;
 var __defNormalProp = (obj, key, value) => key in obj ? __defProp(obj, key, { enumerable: true, configurable: true, writable: true, value }) : obj[key] = value;
 var __publicField = (obj, key, value) => __defNormalProp(obj, typeof key !== "symbol" ? key + "" : key, value);
 
-// src/backoff.ts
+// sdk/js/src/backoff.ts
 var Backoff = class {
   constructor(floorMs = 500, ceilingMs = 2e4, random = Math.random) {
     __publicField(this, "floorMs", floorMs);
@@ -24,7 +24,7 @@ var Backoff = class {
   }
 };
 
-// src/cache.ts
+// sdk/js/src/cache.ts
 var MAX_HELD = 1e3;
 var FILL_PAGE = 200;
 var ConversationCache = class {
@@ -247,7 +247,7 @@ var ConversationCache = class {
   }
 };
 
-// src/codec.ts
+// sdk/js/src/codec.ts
 var jsonCodec = {
   binary: false,
   encode: (frame) => JSON.stringify(frame),
@@ -257,7 +257,7 @@ var jsonCodec = {
   }
 };
 
-// src/errors.ts
+// sdk/js/src/errors.ts
 var DongdongError = class _DongdongError extends Error {
   constructor(code, message, retryable) {
     super(message || code);
@@ -274,7 +274,7 @@ var DongdongError = class _DongdongError extends Error {
   }
 };
 
-// src/events.ts
+// sdk/js/src/events.ts
 var Emitter = class {
   constructor() {
     __publicField(this, "listeners", /* @__PURE__ */ new Map());
@@ -301,7 +301,7 @@ var Emitter = class {
   }
 };
 
-// src/protocol.ts
+// sdk/js/src/protocol.ts
 var ERROR_CODES = ["ERROR_CODE_UNSPECIFIED", "BAD_FRAME", "UNAUTHENTICATED", "FORBIDDEN", "NOT_FOUND", "TOO_LARGE", "RATE_LIMITED", "UNAVAILABLE", "INTERNAL", "INVALID_ARGUMENT", "CONFLICT", "TOO_LATE"];
 var CLOSE = {
   NORMAL: 1e3,
@@ -318,7 +318,7 @@ var CLOSE = {
   LOGGED_OUT: 4004
 };
 
-// src/connection.ts
+// sdk/js/src/connection.ts
 var FINAL = {
   [CLOSE.REPLACED]: "this device signed in on another connection",
   [CLOSE.LOGGED_OUT]: "logged out by the server"
@@ -537,7 +537,7 @@ var Connection = class extends Emitter {
   }
 };
 
-// src/http.ts
+// sdk/js/src/http.ts
 var RENEW_BEFORE_MS = 6e4;
 var MAX_LINKS = 1e3;
 var HttpApi = class {
@@ -636,7 +636,7 @@ function answer(status, text) {
   throw new DongdongError(e.code ?? "INTERNAL", e.message ?? `HTTP ${status}`, status >= 500 || status === 429);
 }
 
-// src/outbox.ts
+// sdk/js/src/outbox.ts
 var KEEP_SENT = 1e3;
 var WINDOW = 32;
 var MAX_TRIES = 50;
@@ -814,7 +814,7 @@ var Outbox = class {
   }
 };
 
-// src/reads.ts
+// sdk/js/src/reads.ts
 var LIST_PAGES = 5;
 var ReadState = class {
   constructor(io) {
@@ -940,7 +940,7 @@ var ReadState = class {
   }
 };
 
-// src/stores.ts
+// sdk/js/src/stores.ts
 var MemoryStore = class {
   constructor() {
     __publicField(this, "data", /* @__PURE__ */ new Map());
@@ -1009,7 +1009,7 @@ function defaultStore() {
   return typeof indexedDB !== "undefined" ? new IndexedDbStore() : new MemoryStore();
 }
 
-// src/tabs.ts
+// sdk/js/src/tabs.ts
 function canShareTabs() {
   const nav = globalThis.navigator;
   return typeof BroadcastChannel !== "undefined" && !!nav?.locks;
@@ -1153,7 +1153,7 @@ var SharedLink = class extends Emitter {
   }
 };
 
-// src/client.ts
+// sdk/js/src/client.ts
 var NEWEST = "18446744073709551615";
 var TYPING_TTL_MS = 6e3;
 var TYPING_REFRESH_MS = 3e3;
@@ -1369,6 +1369,17 @@ var DongdongClient = class extends Emitter {
     const r = (await this.connection.request({ recall: { msgId } })).recalled ?? {};
     this.cache.recall(r);
     return r;
+  }
+  /**
+   * Finds messages you may read (yours; an agent's also his groups'
+   * sessions; an admin's the tenant), newest first. Pass `next_cursor` of
+   * a page as `cursor` for the next. Each hit has the message (open its
+   * conversation at `message.seq`) and a snippet whose `matched` parts are
+   * what was found. See docs/protocol.md, "Search".
+   */
+  async search(req) {
+    const searchRequest = typeof req === "string" ? { query: req } : req;
+    return (await this.connection.request({ searchRequest })).searchPage ?? {};
   }
   // ---- read state ------------------------------------------------------
   /** The conversation list, most recently active first (current after each reconnect). */

@@ -8,12 +8,14 @@ mod messages;
 mod presence;
 mod reads;
 mod revocations;
+mod search;
 mod settings;
 
 pub use bus::RedisBus;
 pub use cs::RedisCs;
 pub use messages::ClusterStore;
 pub use presence::RedisPresence;
+pub use search::ClusterSearch;
 
 use crate::ClusterOptions;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -110,6 +112,7 @@ pub async fn connect(options: ClusterOptions, node_id: &str) -> Result<(Backends
         let store = ClusterStore::connect(redis.clone(), &options).await?;
         let presence = RedisPresence::start(redis.clone(), node_id, options.presence_ttl);
         let bus = RedisBus::new(&options.redis_url, redis.clone(), options.redis_timeout)?;
+        let search = Arc::new(ClusterSearch::open(redis.clone(), &store.db, node_id).await?);
         let backends = Backends {
             messages: store.clone(),
             pending: store.clone(),
@@ -121,6 +124,7 @@ pub async fn connect(options: ClusterOptions, node_id: &str) -> Result<(Backends
             revocations: store.clone(),
             files: store.clone(),
             settings: store.clone(),
+            search,
         };
         Ok((backends, store))
     }

@@ -23,6 +23,7 @@ mod reads;
 mod records;
 mod recovery;
 mod revocations;
+mod search;
 mod settings;
 mod shared;
 mod store;
@@ -33,6 +34,7 @@ mod writer;
 
 pub use options::EmbeddedOptions;
 pub use presence::MemoryPresence;
+pub use search::EmbeddedSearch;
 pub use store::EmbeddedStore;
 
 use std::path::Path;
@@ -55,6 +57,7 @@ pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<(Backends, Arc<Embed
             revocations: store.clone(),
             files: store.clone(),
             settings: store.clone(),
+            search: EmbeddedSearch::open(store.clone(), &dir.join("search"))?,
         };
         Ok((backends, store))
     }

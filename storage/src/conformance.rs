@@ -10,9 +10,11 @@
 mod cs;
 mod files;
 mod reads;
+mod search;
 pub use cs::*;
 pub use files::*;
 pub use reads::*;
+pub use search::*;
 
 use crate::{Backends, DeviceKey, HistoryQuery, NewMessage, PendingCursor, PresenceEntry};
 use im_core::pb::{Content, Message, content};
@@ -55,7 +57,8 @@ macro_rules! conformance_suite {
                 unread_counts_are_exact_under_concurrent_sends_and_reads,
                 conversation_list_is_ordered_and_paged,
                 recall_deletes_content_everywhere_and_is_idempotent,
-                files_store_read_ranges_and_refs
+                files_store_read_ranges_and_refs,
+                search_finds_words_inside_sentences_within_scope
             );
         }
     };

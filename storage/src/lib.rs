@@ -29,6 +29,8 @@ pub use files::{FileMeta, FileStore};
 pub mod conformance;
 pub mod cs;
 mod model;
+pub mod search;
+pub use search::SearchIndex;
 
 pub use model::*;
 
@@ -267,4 +269,6 @@ pub struct Backends {
     pub files: Arc<dyn FileStore>,
     /// Settings changed while running (the rate limits).
     pub settings: Arc<dyn Settings>,
+    /// The message search index.
+    pub search: Arc<dyn SearchIndex>,
 }

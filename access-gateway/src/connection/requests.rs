@@ -79,6 +79,7 @@ impl<S> Conn<S> {
             Body::Auth(_) => self.emit(&error_frame(req_id, ErrorCode::InvalidArgument, "already authenticated")),
             body @ (Body::SyncRequest(_)
             | Body::ConversationsRequest(_)
+            | Body::SearchRequest(_)
             | Body::Recall(_)
             | Body::RequestService(_)
             | Body::CancelRequest(_)
@@ -111,6 +112,7 @@ impl<S> Conn<S> {
                     gw.dispatch.conversations(&device, req).await.map(Body::ConversationPage)
                 }
                 Body::Recall(req) => gw.dispatch.recall(&device, role, req).await.map(Body::Recalled),
+                Body::SearchRequest(req) => gw.dispatch.search(&device, role, req).await.map(Body::SearchPage),
                 cs => gw.cs.handle(&caller, cs).await,
             };
             match answer {

@@ -100,6 +100,7 @@ pub(crate) fn server_frame_name(body: &Body) -> &'static str {
         Body::ReadReceipt(_) => "ReadReceipt",
         Body::ConversationPage(_) => "ConversationPage",
         Body::Recalled(_) => "Recalled",
+        Body::SearchPage(_) => "SearchPage",
         _ => "a client frame",
     }
 }

@@ -20,6 +20,8 @@ import type {
   QueueUpdate,
   ReadReceipt,
   Recalled,
+  SearchPage,
+  SearchRequest,
   SendAck,
   ServiceSession,
   SessionAssigned,
@@ -358,6 +360,18 @@ export class DongdongClient extends Emitter<DongdongClientEvents> {
     const r = (await this.connection.request({ recall: { msgId } })).recalled ?? {};
     this.cache.recall(r);
     return r;
+  }
+
+  /**
+   * Finds messages you may read (yours; an agent's also his groups'
+   * sessions; an admin's the tenant), newest first. Pass `next_cursor` of
+   * a page as `cursor` for the next. Each hit has the message (open its
+   * conversation at `message.seq`) and a snippet whose `matched` parts are
+   * what was found. See docs/protocol.md, "Search".
+   */
+  async search(req: SearchRequest | string): Promise<SearchPage> {
+    const searchRequest = typeof req === 'string' ? { query: req } : req;
+    return (await this.connection.request({ searchRequest })).searchPage ?? {};
   }
 
   // ---- read state ------------------------------------------------------

@@ -83,6 +83,12 @@ export interface Frame {
   conversationPage?: ConversationPage;
   recalled?: Recalled;
   /**
+   * client -> server: message search, answered with SearchPage
+   * (docs/protocol.md, "Search")
+   */
+  searchRequest?: SearchRequest;
+  searchPage?: SearchPage;
+  /**
    * server -> client
    */
   authOk?: AuthOk;
@@ -683,6 +689,82 @@ export interface ConversationItem {
 
 export interface ConversationPage {
   items?: ConversationItem[];
+  /**
+   * Pass as cursor for the next page; empty when there is none.
+   */
+  nextCursor?: string;
+}
+
+/**
+ * Client -> server: find messages I may read (a customer: her
+ * conversations; an agent: his conversations and the customer-service
+ * sessions of his groups; an admin: the tenant). Answered with SearchPage,
+ * newest first. Every field narrows the search; give words or at least
+ * one filter.
+ */
+export interface SearchRequest {
+  /**
+   * Words that must all appear (case-insensitive; Chinese found inside
+   * sentences: 处理 finds 待处理); "quoted words" must appear in that
+   * order. At most 256 characters, 16 words or phrases.
+   */
+  query?: string;
+  conversationId?: string;
+  /**
+   * Conversations with this user (the other party).
+   */
+  withUser?: string;
+  /**
+   * Messages this user sent.
+   */
+  fromUser?: string;
+  /**
+   * Any of "text", "image", "file" (its name is searched), "custom" (its
+   * type is searched); empty: all.
+   */
+  kinds?: string[];
+  /**
+   * server_time_ms in [since_ms, until_ms); 0: unbounded.
+   */
+  sinceMs?: string;
+  untilMs?: string;
+  /**
+   * Messages of this customer-service session, or of this group's sessions.
+   */
+  sessionId?: string;
+  group?: string;
+  /**
+   * next_cursor of the previous page; empty for the first page.
+   */
+  cursor?: string;
+  /**
+   * 0 means the server default (20); capped at 50.
+   */
+  limit?: number;
+}
+
+/**
+ * A piece of a snippet; matched pieces are what the query found.
+ */
+export interface SnippetPart {
+  text?: string;
+  matched?: boolean;
+}
+
+export interface SearchHit {
+  /**
+   * The message as stored now (open its conversation at message.seq).
+   */
+  message?: Message;
+  /**
+   * Up to 120 characters of its text around the first match, "…" where
+   * text was left out; empty for an image.
+   */
+  snippet?: SnippetPart[];
+}
+
+export interface SearchPage {
+  hits?: SearchHit[];
   /**
    * Pass as cursor for the next page; empty when there is none.
    */

@@ -228,3 +228,29 @@ test('protobuf binary frames: the same conversation, the same guarantees', async
     await server.stop();
   }
 });
+
+test('search finds a Chinese word inside a sentence, marks it, and never a recalled message', async () => {
+  const server = await Server.start();
+  const alice = client(server, 'alice');
+  try {
+    await alice.connect();
+    await ready(alice);
+    const kept = await alice.sendText('bob', '我想申请退款，订单JD2026-000123');
+    const recalled = await alice.sendText('bob', '退款已经不需要了');
+    await alice.recall(recalled.msgId);
+    let page = {};
+    await until('the message is searchable', async () => {
+      page = await alice.search('退款');
+      return (page.hits ?? []).length > 0;
+    });
+    assert.deepEqual(page.hits.map((h) => h.message.msgId), [kept.msgId]);
+    const marked = page.hits[0].snippet.filter((p) => p.matched).map((p) => p.text);
+    assert.deepEqual(marked, ['退款']);
+    const byNumber = await alice.search({ query: '000123', withUser: 'bob' });
+    assert.equal(byNumber.hits[0].message.seq, kept.seq);
+    await assert.rejects(alice.search('   '), (e) => e.code === 'INVALID_ARGUMENT');
+  } finally {
+    alice.close();
+    await server.stop();
+  }
+});

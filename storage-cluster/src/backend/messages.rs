@@ -65,6 +65,7 @@ pub(super) struct LastMessage {
 
 pub struct ClusterStore {
     pub(super) redis: ConnectionManager,
+    pub(super) db: mongodb::Database,
     pub(super) messages: Collection<Document>,
     revocations: Collection<Document>,
     settings: Collection<Document>,
@@ -141,6 +142,7 @@ impl ClusterStore {
         tokio::spawn(insert_loop(messages.clone(), write_concern, rx, options.max_batch.max(1)));
         Ok(Arc::new(Self {
             redis,
+            db: db.clone(),
             revocations: db.collection("revocations"),
             settings: db.collection("settings"),
             reads: db.collection("reads"),

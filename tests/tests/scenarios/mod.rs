@@ -13,5 +13,6 @@ mod push;
 mod reads;
 mod reliability;
 mod resume;
+mod search;
 mod tls;
 mod web;
