@@ -111,9 +111,9 @@ async fn run(
     loop {
         let started = tokio::time::Instant::now();
         let more = match index_step(&backends, &mut removals).await {
-            Ok(more) => {
+            Ok(step) => {
                 failures = 0;
-                more
+                step.more
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -140,9 +140,37 @@ async fn run(
     }
 }
 
-/// Indexes one page of the feed and the removals waiting; returns whether
-/// the feed has more.
-async fn index_step(backends: &Backends, removals: &mut mpsc::Receiver<(String, String)>) -> storage::Result<bool> {
+/// What one indexing step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// Messages indexed.
+    pub indexed: u64,
+    /// The feed position moved.
+    pub moved: bool,
+    /// The feed had a full page: more is waiting.
+    pub more: bool,
+}
+
+/// Forgets the index and indexes every stored message again (`dongdong
+/// reindex`); `progress` hears the running count. Returns how many were
+/// indexed here. In a cluster, a running node holding the indexing lease
+/// does the rebuild instead (this returns 0 then).
+pub async fn rebuild(backends: &Backends, mut progress: impl FnMut(u64)) -> storage::Result<u64> {
+    backends.search.clear().await?;
+    let (_keep, mut removals) = mpsc::channel(1);
+    let mut total = 0;
+    loop {
+        let step = index_step(backends, &mut removals).await?;
+        total += step.indexed;
+        progress(total);
+        if !step.moved {
+            return Ok(total);
+        }
+    }
+}
+
+/// Indexes one page of the feed and the removals waiting.
+async fn index_step(backends: &Backends, removals: &mut mpsc::Receiver<(String, String)>) -> storage::Result<Step> {
     // Read each time: in a cluster another node may have indexed meanwhile.
     let position = backends.search.position().await?;
     let page = backends.search.feed(position.as_deref(), FEED_PAGE).await?;
@@ -150,8 +178,9 @@ async fn index_step(backends: &Backends, removals: &mut mpsc::Receiver<(String, 
     while let Ok(r) = removals.try_recv() {
         removed.push(r);
     }
-    if page.next == position && removed.is_empty() {
-        return Ok(false);
+    let moved = page.next != position;
+    if !moved && removed.is_empty() {
+        return Ok(Step { indexed: 0, moved, more: false });
     }
     let more = page.items.len() == FEED_PAGE;
     let mut tags = SessionTags::new(backends);
@@ -172,7 +201,7 @@ async fn index_step(backends: &Backends, removals: &mut mpsc::Receiver<(String, 
     if let Some(lag) = lag {
         metrics::histogram!("dongdong_search_index_lag_seconds").record(lag as f64 / 1000.0);
     }
-    Ok(more)
+    Ok(Step { indexed: count, moved, more })
 }
 
 fn document(item: FeedItem, session_id: String, group: String) -> Option<SearchDoc> {

@@ -60,6 +60,14 @@ enum Command {
         #[arg(long, default_value = "")]
         avatar: String,
     },
+    /// Rebuild the message search index from the stored messages. Run it
+    /// with the server stopped (embedded: the data directory is locked
+    /// while a server runs); in a cluster the index is cleared and the node
+    /// holding the indexing lease rebuilds it if one is running.
+    Reindex {
+        #[command(flatten)]
+        common: Common,
+    },
     /// Load a server with simulated clients and check nothing was lost.
     /// Exits 1 when the correctness report is not clean.
     Bot {
@@ -95,6 +103,28 @@ fn main() -> ExitCode {
             }
         }
         Command::Bot { scenario } => bot(*scenario),
+        Command::Reindex { common } => {
+            let overrides = Overrides { data_dir: common.data, ..Overrides::default() };
+            let config = match Config::load(common.config.as_deref(), &overrides) {
+                Ok(c) => c,
+                Err(e) => return config_error(e),
+            };
+            init_tracing("warn");
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("dongdong: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(reindex(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("dongdong: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Token { common, tenant, user, role, ttl, name, avatar } => {
             let overrides = Overrides { data_dir: common.data, ..Overrides::default() };
             let config = match Config::load(common.config.as_deref(), &overrides) {
@@ -176,6 +206,20 @@ fn init_tracing(filter: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
+}
+
+async fn reindex(config: Config) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut last_report = started;
+    let n = dongdong_server::reindex(&config, |n| {
+        if last_report.elapsed() >= Duration::from_secs(1) {
+            last_report = std::time::Instant::now();
+            eprintln!("reindex: {n} messages indexed");
+        }
+    })
+    .await?;
+    println!("reindex: {n} messages indexed in {:.1} s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {

@@ -89,6 +89,16 @@ pub async fn open_storage(config: &Config, node_id: &str) -> anyhow::Result<(Bac
     }
 }
 
+/// Rebuilds the search index of the configured storage from its messages
+/// (`dongdong reindex`); returns how many were indexed.
+pub async fn reindex(config: &Config, progress: impl FnMut(u64)) -> anyhow::Result<u64> {
+    let node_id = format!("reindex-{}", config.node_id());
+    let (backends, store) = open_storage(config, &node_id).await?;
+    let result = dispatch::search::rebuild(&backends, progress).await;
+    store.close().await;
+    Ok(result.context("cannot rebuild the search index")?)
+}
+
 /// Runs a server on the configured storage until `shutdown` fires.
 pub async fn run(
     ws: TcpListener,

@@ -187,3 +187,86 @@ async fn agents_find_their_groups_sessions_and_files_by_name() {
     let mut friend = Client::login(&s.ws_url, &s.token_with_role("shop", "friend", Role::Customer), "dev").await;
     assert_eq!(texts(&page(&mut friend, search("退款")).await), ["退款 is on my mind"]);
 }
+
+/// Every hit of `req`, page by page; panics on a message found twice.
+async fn all_hits(c: &mut Client, req: pb::SearchRequest) -> Vec<pb::Message> {
+    let mut out: Vec<pb::Message> = Vec::new();
+    let mut cursor = String::new();
+    loop {
+        let p = page(c, pb::SearchRequest { cursor: cursor.clone(), limit: 50, ..req.clone() }).await;
+        out.extend(p.hits.into_iter().map(|h| h.message.unwrap()));
+        if p.next_cursor.is_empty() {
+            break;
+        }
+        cursor = p.next_cursor;
+    }
+    let ids: std::collections::HashSet<&str> = out.iter().map(|m| m.msg_id.as_str()).collect();
+    assert_eq!(ids.len(), out.len(), "a message found twice");
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_and_a_reindex_every_acked_message_is_found_once_and_a_recalled_one_never() {
+    use super::child::{ChildServer, binary};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let signer = access_gateway::TokenSigner::new(dongdong_tests::SECRET.as_bytes());
+    let token = |u: &str| signer.mint("acme", u, Role::Customer, Duration::from_secs(600)).unwrap();
+    let server = ChildServer::start(&data);
+    let mut alice = Client::login(&server.ws_url, &token("alice"), "a1").await;
+    let gone = alice.send_text("bob", "gone", "退款 that will be recalled").await.unwrap();
+    let recalled = alice.request(Body::Recall(pb::Recall { msg_id: gone.msg_id.clone() })).await;
+    assert!(matches!(recalled.body, Some(Body::Recalled(_))));
+    let mut reqs = Vec::new();
+    for i in 0..300 {
+        reqs.push(alice.send_text_nowait("bob", &format!("m{i}"), &format!("申请退款 number n{i}x")).await);
+    }
+    let mut acked = Vec::new();
+    for r in reqs.iter().take(150) {
+        if let Some(Body::SendAck(a)) = alice.reply(*r).await.body {
+            acked.push(a.msg_id);
+        }
+    }
+    server.kill9();
+
+    let server = ChildServer::start(&data);
+    let mut alice = Client::login(&server.ws_url, &token("alice"), "a1").await;
+    let history =
+        alice.sync(pb::SyncRequest { with_user: "bob".into(), limit: 400, ..Default::default() }).await.unwrap();
+    let stored: Vec<&pb::Message> = history.messages.iter().filter(|m| m.recalled_by.is_empty()).collect();
+    let req = pb::SearchRequest { with_user: "bob".into(), ..search("退款") };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut found = all_hits(&mut alice, req.clone()).await;
+    while found.len() < stored.len() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        found = all_hits(&mut alice, req.clone()).await;
+    }
+    let found_ids: std::collections::HashSet<&str> = found.iter().map(|m| m.msg_id.as_str()).collect();
+    assert_eq!(found.len(), stored.len(), "every stored message found once after the crash");
+    for id in &acked {
+        assert!(found_ids.contains(id.as_str()), "acked message {id} not found");
+    }
+    assert!(!found_ids.contains(gone.msg_id.as_str()), "a recalled message is never found");
+    let one = &stored[7];
+    let word = format!("n{}x", dongdong_tests::client::text_of(one).rsplit('n').next().unwrap().trim_end_matches('x'));
+    let exact = all_hits(&mut alice, search(&word)).await;
+    assert_eq!(exact.iter().map(|m| &m.msg_id).collect::<Vec<_>>(), [&one.msg_id], "{word}");
+    let status = tokio::task::spawn_blocking(move || server.signal("TERM")).await.unwrap();
+    assert!(status.success());
+
+    // A rebuild from the stored messages finds the same.
+    let out = std::process::Command::new(binary())
+        .args(["reindex", "--data"])
+        .arg(&data)
+        .env("DONGDONG_AUTH__SECRET", dongdong_tests::SECRET)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains(&format!("reindex: {} messages indexed", stored.len())), "{said}");
+    let server = ChildServer::start(&data);
+    let mut alice = Client::login(&server.ws_url, &token("alice"), "a1").await;
+    let again = all_hits(&mut alice, req).await;
+    assert_eq!(again.len(), stored.len());
+    drop(server);
+}
