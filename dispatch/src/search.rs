@@ -304,7 +304,7 @@ impl Dispatcher {
                 examined += 1;
                 query.before = Some(SearchCursor::of(&c.msg_id));
                 let message = self.backends.messages.get_by_id(&who.tenant, &c.msg_id).await?;
-                match message.and_then(|m| hit(&query.clauses, m)) {
+                match message.and_then(|m| hit(&query.clauses, m, c.session_id)) {
                     Some(h) => hits.push(h),
                     None => indexer.remove(&who.tenant, &c.msg_id),
                 }
@@ -401,7 +401,7 @@ impl Dispatcher {
 }
 
 /// The result for `message` if it (as stored now) still matches.
-fn hit(clauses: &[text::Clause], message: Message) -> Option<pb::SearchHit> {
+fn hit(clauses: &[text::Clause], message: Message, session_id: String) -> Option<pb::SearchHit> {
     if !message.recalled_by.is_empty() {
         return None;
     }
@@ -411,5 +411,5 @@ fn hit(clauses: &[text::Clause], message: Message) -> Option<pb::SearchHit> {
         .into_iter()
         .map(|p| pb::SnippetPart { text: p.text, matched: p.matched })
         .collect();
-    Some(pb::SearchHit { message: Some(message), snippet })
+    Some(pb::SearchHit { message: Some(message), snippet, session_id })
 }

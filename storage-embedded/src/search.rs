@@ -64,7 +64,7 @@ fn schema() -> (Schema, Fields) {
         conversation: b.add_text_field("conversation", STRING | STORED),
         from: b.add_text_field("from", STRING),
         kind: b.add_text_field("kind", STRING),
-        session: b.add_text_field("session", STRING),
+        session: b.add_text_field("session", STRING | STORED),
         group: b.add_text_field("group", STRING),
         ts: b.add_u64_field("ts", INDEXED | FAST),
         seq: b.add_u64_field("seq", STORED),
@@ -233,7 +233,8 @@ impl Inner {
                 return Err(corrupt("a search entry without its ids"));
             };
             let seq = doc.get_first(f.seq).and_then(|v| v.as_u64()).unwrap_or(0);
-            hits.push(IndexHit { msg_id, conversation_id, seq });
+            let session_id = text(f.session).unwrap_or_default();
+            hits.push(IndexHit { msg_id, conversation_id, seq, session_id });
         }
         Ok(hits)
     }

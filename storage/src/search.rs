@@ -127,6 +127,8 @@ pub struct IndexHit {
     pub msg_id: String,
     pub conversation_id: String,
     pub seq: u64,
+    /// The customer-service session the message was part of ("": none).
+    pub session_id: String,
 }
 
 /// A backend's message search index.

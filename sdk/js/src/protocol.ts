@@ -761,6 +761,11 @@ export interface SearchHit {
    * text was left out; empty for an image.
    */
   snippet?: SnippetPart[];
+  /**
+   * The customer-service session the message was part of (read around it
+   * with SyncRequest { conversation_id, session_id }); empty otherwise.
+   */
+  sessionId?: string;
 }
 
 export interface SearchPage {

@@ -314,7 +314,7 @@ impl SearchIndex for ClusterSearch {
         let options = FindOptions::builder()
             .sort(doc! { "_id": -1 })
             .limit(query.limit.max(1) as i64)
-            .projection(doc! { "_id": 1, "c": 1, "seq": 1 })
+            .projection(doc! { "_id": 1, "c": 1, "seq": 1, "s": 1 })
             .build();
         let docs: Vec<Document> = self
             .entries
@@ -332,6 +332,7 @@ impl SearchIndex for ClusterSearch {
                     msg_id: d.get_str("_id").map_err(|_| bad())?.to_string(),
                     conversation_id: d.get_str("c").map_err(|_| bad())?.to_string(),
                     seq: d.get_i64("seq").map_err(|_| bad())? as u64,
+                    session_id: d.get_str("s").unwrap_or_default().to_string(),
                 })
             })
             .collect()

@@ -174,6 +174,17 @@ async fn agents_find_their_groups_sessions_and_files_by_name() {
     let mut ben = Client::login(&s.ws_url, &s.token_with_role("shop", "ben", Role::Agent), "dev").await;
     let found = until_found(&mut ben, search("退款"), 1).await;
     assert_eq!(texts(&found), ["我想申请退款，订单JD2026-000777"]);
+    // The hit names its session: ben reads the chat around it with it.
+    let hit = &found.hits[0];
+    assert_eq!(hit.session_id, session.session_id);
+    let m = hit.message.as_ref().unwrap();
+    let around = pb::SyncRequest {
+        conversation_id: m.conversation_id.clone(),
+        session_id: hit.session_id.clone(),
+        before_seq: m.seq + 20,
+        ..Default::default()
+    };
+    assert_eq!(ben.sync(around).await.unwrap().messages.len(), 3);
     let by_session = pb::SearchRequest { session_id: session.session_id.clone(), ..Default::default() };
     assert_eq!(page(&mut ben, by_session).await.hits.len(), 3, "the whole session, by its id");
     let files = pb::SearchRequest { kinds: vec!["file".into()], ..search("发票") };
