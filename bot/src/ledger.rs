@@ -127,6 +127,13 @@ pub struct Correctness {
     pub marks: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub receipts: Option<u64>,
+    /// `search`: messages a query should have found (by a scan of what the
+    /// user wrote and received) and did not: must be 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search_missed: Option<u64>,
+    /// `search`: results that do not match or are not the user's: must be 0.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub search_foreign: Option<u64>,
 }
 
 impl Correctness {
@@ -137,6 +144,8 @@ impl Correctness {
             && self.sender_order_violated == 0
             && self.receipts_missing.unwrap_or(0) == 0
             && self.unread_left.unwrap_or(0) == 0
+            && self.search_missed.unwrap_or(0) == 0
+            && self.search_foreign.unwrap_or(0) == 0
     }
 
     /// Checks `acked` against what the devices logged.

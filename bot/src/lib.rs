@@ -16,6 +16,7 @@ mod offline;
 mod pairs;
 mod receipts;
 mod report;
+mod search;
 mod soak;
 
 pub use ledger::Correctness;
@@ -218,6 +219,26 @@ pub enum Scenario {
         #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
         offline_for: Duration,
     },
+    /// U users write a conversation each of generated Chinese and English
+    /// sentences with order ids, then search it: the index lag of the last
+    /// message, each query's time, and recall checked against a scan.
+    Search {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 10)]
+        users: usize,
+        /// Messages in all.
+        #[arg(long, default_value_t = 5000)]
+        messages: usize,
+        #[arg(long, default_value_t = 200)]
+        queries: usize,
+        /// Unacknowledged sends per user while writing.
+        #[arg(long, default_value_t = 50)]
+        window: usize,
+        /// Seed of the corpus and the queries.
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// Customers arrive at a rate into a service group served by agent bots
     /// that reply after a think time and end each session.
     Cs {
@@ -260,6 +281,7 @@ impl Scenario {
             | Scenario::History { common, .. }
             | Scenario::Idle { common, .. }
             | Scenario::Soak { common, .. }
+            | Scenario::Search { common, .. }
             | Scenario::Cs { common, .. } => common,
         }
     }
@@ -296,6 +318,9 @@ pub async fn run(scenario: Scenario, find_secret: FindSecret) -> anyhow::Result<
         Scenario::Soak { pairs, devices, rate, payload, wave_every, wave_share, offline_for, .. } => {
             let opts = soak::Options { pairs, devices, rate, payload, wave_every, wave_share, offline_for };
             soak::run(&ctx, opts).await?
+        }
+        Scenario::Search { users, messages, queries, window, seed, .. } => {
+            search::run(&ctx, &search::Options { users, messages, queries, window, seed }).await?
         }
         Scenario::Cs { api, group, arrivals, agents, capacity, messages, think, payload, .. } => {
             let opts = cs::Options { api, group, arrivals, agents, capacity, messages, think, payload };

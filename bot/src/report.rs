@@ -246,6 +246,11 @@ impl Report {
                 unread
             );
         }
+        if let (Some(missed), Some(foreign)) = (c.search_missed, c.search_foreign) {
+            println!(
+                "  search        matching messages not found {missed}, results not matching or not the user's {foreign} (against a scan)"
+            );
+        }
         if !c.missing_examples.is_empty() {
             println!("  missing e.g.  {}", c.missing_examples.join(", "));
         }

@@ -96,7 +96,7 @@ pub async fn reindex(config: &Config, progress: impl FnMut(u64)) -> anyhow::Resu
     let (backends, store) = open_storage(config, &node_id).await?;
     let result = dispatch::search::rebuild(&backends, progress).await;
     store.close().await;
-    Ok(result.context("cannot rebuild the search index")?)
+    result.context("cannot rebuild the search index")
 }
 
 /// Runs a server on the configured storage until `shutdown` fires.

@@ -50,6 +50,7 @@ static ASSETS: &[Asset] = &[
     asset!("agent.js", JS),
     asset!("chat.js", JS),
     asset!("supervisor.js", JS),
+    asset!("search.js", JS),
     asset!("embed.js", JS),
     asset!("style.css", "text/css; charset=utf-8"),
     asset!("icon.svg", "image/svg+xml"),

@@ -7,6 +7,7 @@
 
 import { DongdongClient, api, wsUrl, deviceIdFor, storage } from './dd.js';
 import { translator, languagePicker } from './i18n.js';
+import { searchPanel } from './search.js';
 import { el, $, entriesOf, duration, clock, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, contentFromInput, contentNode, enterSubmits, People, safeUrl, typingSignals, typingIndicator, pastSessionItem, recaller, uploads, useFiles, contentOfUpload } from './ui.js';
 
 // Every string of this page, in each language.
@@ -211,7 +212,9 @@ main.replaceChildren(el('div', { class: 'workspace' },
     el('h3', {}, t('sessions')), sessionList,
     pickBox,
     el('h3', {}, t('leftMessagesTitle'), leftCount), leftList,
-    el('h3', {}, t('recent')), recentList),
+    el('h3', {}, t('recent')), recentList,
+    // Her chats and her groups' sessions (the server's rule).
+    searchPanel(() => client, me, { nameOf: name })),
   pane, panel));
 
 statusSel.addEventListener('change', async () => {

@@ -5,13 +5,14 @@
 
 import { DongdongClient, api, wsUrl, deviceIdFor, storage } from './dd.js';
 import { translator, languagePicker } from './i18n.js';
+import { searchPanel } from './search.js';
 import { el, $, duration, when, notify, notifyError, describe, connectionBanner, signIn, signOut, drawMessages, entriesOf, handoverMark, enterSubmits, People, typingSignals, typingIndicator, pastSessionItem, recaller, uploads, useFiles, contentOfUpload } from './ui.js';
 
 // Every string of this page, in each language.
 const t = translator({
   en: {
     title: 'Chat with us',
-    signOut: 'Sign out',
+    signOut: 'Sign out', searchToggle: 'Search',
     agentHere: '{agent} is here to help you.',
     beingPassed: 'You are being passed to another agent; please wait a moment.',
     nowTalkingTo: 'You are now talking to {agent}.',
@@ -76,7 +77,7 @@ const t = translator({
   },
   'zh-CN': {
     title: '在线客服',
-    signOut: '退出',
+    signOut: '退出', searchToggle: '搜索',
     agentHere: '客服 {agent} 为您服务。',
     beingPassed: '正在为您转接其他客服，请稍候。',
     nowTalkingTo: '现在由 {agent} 为您服务。',
@@ -652,5 +653,14 @@ async function render() {
   if (chatting && document.activeElement !== input) input.focus();
 }
 
-main.replaceChildren(el('div', { class: 'chat' }, older, list, typingLine, stage, composer));
+// Her own history, behind a toggle so the chat keeps the room.
+const finder = searchPanel(() => client, me, { nameOf: (u) => people.name(u) });
+finder.hidden = true;
+const findToggle = el('button', { type: 'button', class: 'link', id: 'search-toggle', 'aria-expanded': 'false', onclick: () => {
+  finder.hidden = !finder.hidden;
+  findToggle.setAttribute('aria-expanded', String(!finder.hidden));
+  if (!finder.hidden) finder.querySelector('input').focus();
+} }, t('searchToggle'));
+$('header.top').insertBefore(findToggle, $('#signout'));
+main.replaceChildren(el('div', { class: 'chat' }, finder, older, list, typingLine, stage, composer));
 render();

@@ -2,7 +2,8 @@
 // longest wait, the agents online and their load, and the sessions in
 // progress, from the HTTP API (admin token), refreshed every 2 s.
 
-import { api } from './dd.js';
+import { DongdongClient, api, wsUrl, deviceIdFor } from './dd.js';
+import { searchPanel } from './search.js';
 import { el, $, duration, notifyError, signIn, signOut } from './ui.js';
 import { translator, languagePicker } from './i18n.js';
 
@@ -43,7 +44,19 @@ const conn = $('#conn');
 
 const grid = el('div', { id: 'groups', class: 'groups' });
 const updated = el('p', { class: 'muted small', id: 'updated' });
-main.replaceChildren(grid, updated);
+// Search over the whole shop: a socket of its own, opened on the first search.
+let searcher = null;
+function searchClient() {
+  if (!searcher) {
+    const client = new DongdongClient({ url: wsUrl(auth.info), token: auth.token, deviceId: deviceIdFor(auth.claims.tenant, auth.claims.sub, 'supervisor') });
+    searcher = new Promise((resolve) => {
+      const off = client.on('ready', () => { off(); resolve(client); });
+      client.connect();
+    });
+  }
+  return searcher;
+}
+main.replaceChildren(grid, updated, searchPanel(searchClient, auth.claims.sub));
 const expanded = new Set();
 let lastError = '';
 

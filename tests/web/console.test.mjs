@@ -1099,3 +1099,61 @@ scenario('the widget speaks Chinese to a Chinese browser, and English once switc
   assert.equal(await mei.getAttribute('html', 'lang'), 'en');
   assert.deepEqual(mei.ddErrors, []);
 });
+
+scenario('search: a colleague finds a Chinese word in a session and opens it there; the customer her own order number; the supervisor the shop; a stranger nothing', async () => {
+  await setCapacity('sia', 2);
+  await setCapacity('tao', 2);
+  const sia = await agentOnline('sia');
+  const qin = await (await person('qin', { width: 390, height: 844 }, 'zh-CN')).open('/chat');
+  await signIn(qin, 'qin', 'customer', '秦女士');
+  await qin.selectOption('#group', 'default');
+  await qin.click('#request');
+  await waitText(qin, '#agent-name', /sia/);
+  await say(qin, '我想申请退款，订单JD2026-000888');
+  await waitMessage(sia, '我想申请退款，订单JD2026-000888');
+  await say(sia, '好的，马上处理');
+  await say(sia, 'Anything else?');
+
+  // tao, in the same group, finds the customer's words inside her sentence.
+  const tao = await (await person('tao')).open('/agent');
+  await signIn(tao, 'tao', 'agent');
+  await online(tao);
+  await tao.fill('#search-input', '退款');
+  await tao.press('#search-input', 'Enter');
+  await waitText(tao, '#search-status', /^1 found$/);
+  assert.equal(await tao.textContent('#search-results mark'), '退款');
+  await tao.click('#search-results .search-open');
+  await tao.waitForSelector('#search-dialog[open] .msg.search-hit');
+  assert.equal(await tao.textContent('#search-dialog .msg.search-hit .bubble'), '我想申请退款，订单JD2026-000888');
+  const around = await tao.$$eval('#search-dialog .msg .bubble', (bs) => bs.map((b) => b.textContent));
+  assert.deepEqual(around, ['我想申请退款，订单JD2026-000888', '好的，马上处理', 'Anything else?'], 'the chat around it');
+  await assertAccessible(tao, 'the workspace with a search result open');
+  await shot(tao, 'console-agent-search.png');
+  await tao.keyboard.press('Escape');
+  await tao.waitForFunction(() => !document.querySelector('#search-dialog').open);
+
+  // The customer finds her order number in her own history (in Chinese).
+  await qin.click('#search-toggle');
+  await qin.fill('#search-input', '000888');
+  await qin.press('#search-input', 'Enter');
+  await waitText(qin, '#search-status', /^找到 1 条$/);
+  assert.equal(await qin.textContent('#search-results mark'), '000888');
+  await assertAccessible(qin, 'the widget with a search result');
+
+  // The supervisor searches the whole shop.
+  const boss = await (await person('sam')).open('/supervisor');
+  await signIn(boss, 'sam', 'admin');
+  await boss.fill('#search-input', '处理');
+  await boss.press('#search-input', 'Enter');
+  await waitText(boss, '#search-status', /^1 found$/);
+  assert.equal(await boss.textContent('#search-results mark'), '处理');
+
+  // Another customer finds nothing of it.
+  const zed = await (await person('zed', { width: 400, height: 700 })).open('/chat');
+  await signIn(zed, 'zed', 'customer');
+  await zed.click('#search-toggle');
+  await zed.fill('#search-input', '退款');
+  await zed.press('#search-input', 'Enter');
+  await waitText(zed, '#search-status', /^Nothing found\.$/);
+  for (const p of [tao, qin, boss, zed]) assert.deepEqual(p.ddErrors, []);
+});
