@@ -81,6 +81,11 @@ pub struct Common {
     /// frames read together.
     #[arg(long, default_value = "per-message", value_parser = ["per-message", "batched"])]
     pub ack: String,
+    /// What message texts say after their send time: `dots` (padding), or
+    /// `mixed`: generated Chinese and English sentences with order ids, as
+    /// a search index has to tokenize them.
+    #[arg(long, default_value = "dots", value_parser = ["dots", "mixed"])]
+    pub text: String,
     /// Frame encoding: protobuf (binary messages) or json (text messages).
     #[arg(long, default_value = "protobuf", value_parser = ["protobuf", "json"])]
     pub encoding: String,
@@ -449,6 +454,10 @@ impl Ctx {
     /// A text payload of `size` bytes carrying the send time.
     pub fn payload(&self, sent_us: u64, size: usize) -> String {
         let mut s = format!("{sent_us:020}");
+        if self.common.text == "mixed" {
+            s.push(' ');
+            s.push_str(&search::sentence(&mut rand::rng(), sent_us as usize % 1_000_000));
+        }
         if size > s.len() {
             s.push_str(&".".repeat(size - s.len()));
         }
@@ -464,6 +473,9 @@ impl Ctx {
         let mut m = serde_json::Map::new();
         m.insert("encoding".into(), self.common.encoding.clone().into());
         m.insert("ack".into(), self.common.ack.clone().into());
+        if self.common.text != "dots" {
+            m.insert("text".into(), self.common.text.clone().into());
+        }
         m
     }
 

@@ -38,7 +38,7 @@ const MAX_PAGES: usize = 40;
 
 /// A sentence of the corpus: Chinese words with fillers, English words, and
 /// sometimes an order id.
-fn sentence(rng: &mut StdRng, n: usize) -> String {
+pub(crate) fn sentence(rng: &mut impl Rng, n: usize) -> String {
     let mut s = String::new();
     for _ in 0..rng.random_range(2..6) {
         if rng.random_bool(0.6) {
@@ -89,7 +89,6 @@ async fn answer(ctx: &Ctx, conn: &mut Conn, req: u64) -> anyhow::Result<Option<p
                 ctx.live.error(format!("search: {}", error_name(e.code)));
                 return Ok(None);
             }
-            Ok(Incoming::Frame(Frame { req_id, body: Some(Body::SendAck(_)) })) if req_id == req => continue,
             Ok(Incoming::Frame(_)) => continue,
             Ok(Incoming::Closed(_)) => anyhow::bail!("the server closed a searcher's connection"),
             Err(_) => {
@@ -100,11 +99,19 @@ async fn answer(ctx: &Ctx, conn: &mut Conn, req: u64) -> anyhow::Result<Option<p
     }
 }
 
-/// Every hit of `q`, page by page: msg_ids in the order returned.
-async fn search_all(ctx: &Ctx, conn: &mut Conn, q: &str) -> anyhow::Result<Option<Vec<String>>> {
+/// Every hit of `q` (the first `pages` pages), page by page: msg_ids in
+/// the order returned, and the first page's round trip.
+async fn search_all(
+    ctx: &Ctx,
+    conn: &mut Conn,
+    q: &str,
+    pages: usize,
+) -> anyhow::Result<Option<(Vec<String>, Duration)>> {
     let mut ids = Vec::new();
     let mut cursor = String::new();
-    for _ in 0..MAX_PAGES {
+    let mut first = None;
+    let asked = Instant::now();
+    for _ in 0..pages {
         let req = conn
             .send(Body::SearchRequest(pb::SearchRequest {
                 query: q.to_string(),
@@ -114,13 +121,56 @@ async fn search_all(ctx: &Ctx, conn: &mut Conn, q: &str) -> anyhow::Result<Optio
             }))
             .await;
         let Some(page) = answer(ctx, conn, req).await? else { return Ok(None) };
+        first.get_or_insert(asked.elapsed());
         ids.extend(page.hits.into_iter().filter_map(|h| h.message.map(|m| m.msg_id)));
         if page.next_cursor.is_empty() {
             break;
         }
         cursor = page.next_cursor;
     }
-    Ok(Some(ids))
+    Ok(Some((ids, first.unwrap_or_default())))
+}
+
+/// Writes `count` sentences to `to` with `window` unacknowledged; returns
+/// the connection and (msg_id, text, ack time) of each acknowledged one.
+async fn fill(
+    ctx: &Ctx,
+    mut conn: Conn,
+    to: &str,
+    count: usize,
+    window: usize,
+    rng: &mut StdRng,
+    first: usize,
+) -> anyhow::Result<(Conn, Vec<(String, String, Instant)>)> {
+    let mut in_flight: HashMap<u64, String> = HashMap::new();
+    let mut written = Vec::with_capacity(count);
+    let mut sent = 0;
+    while sent < count || !in_flight.is_empty() {
+        while sent < count && in_flight.len() < window {
+            let text = sentence(rng, first + sent);
+            let req = conn.send_text(to, format!("q{sent}"), text.clone()).await;
+            ctx.live.sent.fetch_add(1, Ordering::Relaxed);
+            in_flight.insert(req, text);
+            sent += 1;
+        }
+        match tokio::time::timeout(QUERY_TIMEOUT, conn.recv()).await {
+            Ok(Incoming::Frame(Frame { req_id, body: Some(Body::SendAck(a)) })) => {
+                if let Some(text) = in_flight.remove(&req_id) {
+                    ctx.live.acked.fetch_add(1, Ordering::Relaxed);
+                    written.push((a.msg_id, text, Instant::now()));
+                }
+            }
+            Ok(Incoming::Frame(Frame { req_id, body: Some(Body::Error(e)) }))
+                if in_flight.remove(&req_id).is_some() =>
+            {
+                ctx.live.error(format!("send: {}", error_name(e.code)));
+            }
+            Ok(Incoming::Frame(_)) => {}
+            Ok(Incoming::Closed(_)) => anyhow::bail!("the server closed a sender's connection"),
+            Err(_) => anyhow::bail!("no SendAck within {QUERY_TIMEOUT:?}"),
+        }
+    }
+    Ok((conn, written))
 }
 
 pub struct Options {
@@ -148,57 +198,48 @@ pub async fn run(ctx: &Arc<Ctx>, o: &Options) -> anyhow::Result<Report> {
         .collect();
     progress.phase("connecting");
     let (conns, connects) = connect_all(ctx, specs, ctx.common.ramp).await;
-    let mut conns: Vec<Conn> = conns.into_iter().flatten().collect();
+    let conns: Vec<Conn> = conns.into_iter().flatten().collect();
     anyhow::ensure!(conns.len() == users.len(), "could not connect every user");
 
-    // 1. The corpus: user i writes to user i+1, round robin, window-pipelined.
+    // 1. The corpus: user i writes to user i+1, all users at once, each
+    //    with `window` sends unacknowledged.
     progress.phase("sending");
-    let mut rng = StdRng::seed_from_u64(o.seed);
-    let mut texts: HashMap<String, (String, usize, usize)> = HashMap::new();
-    let mut last_ack = Instant::now();
-    let mut last_id = String::new();
     let fill_started = Instant::now();
     let per_user = o.messages.div_ceil(o.users);
-    for (i, conn) in conns.iter_mut().enumerate() {
-        let to = (i + 1) % users.len();
-        let mut in_flight: HashMap<u64, String> = HashMap::new();
-        let mut sent = 0;
-        while sent < per_user || !in_flight.is_empty() {
-            while sent < per_user && in_flight.len() < o.window {
-                let text = sentence(&mut rng, i * per_user + sent);
-                let req = conn.send_text(&users[to], format!("q{sent}"), text.clone()).await;
-                ctx.live.sent.fetch_add(1, Ordering::Relaxed);
-                in_flight.insert(req, text);
-                sent += 1;
-            }
-            match tokio::time::timeout(QUERY_TIMEOUT, conn.recv()).await {
-                Ok(Incoming::Frame(Frame { req_id, body: Some(Body::SendAck(a)) })) => {
-                    if let Some(text) = in_flight.remove(&req_id) {
-                        ctx.live.acked.fetch_add(1, Ordering::Relaxed);
-                        last_ack = Instant::now();
-                        last_id = a.msg_id.clone();
-                        texts.insert(a.msg_id, (text, i, to));
-                    }
-                }
-                Ok(Incoming::Frame(Frame { req_id, body: Some(Body::Error(e)) }))
-                    if in_flight.remove(&req_id).is_some() =>
-                {
-                    ctx.live.error(format!("send: {}", error_name(e.code)));
-                }
-                Ok(Incoming::Frame(_)) => {}
-                Ok(Incoming::Closed(_)) => anyhow::bail!("the server closed a sender's connection"),
-                Err(_) => anyhow::bail!("no SendAck within {QUERY_TIMEOUT:?}"),
-            }
-        }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, conn) in conns.into_iter().enumerate() {
+        let (ctx, to, window) = (ctx.clone(), users[(i + 1) % users.len()].clone(), o.window);
+        let mut rng = StdRng::seed_from_u64(o.seed.wrapping_add(i as u64));
+        tasks.spawn(async move {
+            let written = fill(&ctx, conn, &to, per_user, window, &mut rng, i * per_user).await;
+            (i, written)
+        });
     }
+    let mut slots: Vec<Option<Conn>> = (0..users.len()).map(|_| None).collect();
+    let mut texts: HashMap<String, (String, usize, usize)> = HashMap::new();
+    let (mut last_ack, mut last_id) = (fill_started, String::new());
+    while let Some(done) = tasks.join_next().await {
+        let (i, written) = done?;
+        let (conn, written) = written?;
+        for (id, text, acked_at) in written {
+            if acked_at >= last_ack {
+                (last_ack, last_id) = (acked_at, id.clone());
+            }
+            texts.insert(id, (text, i, (i + 1) % users.len()));
+        }
+        slots[i] = Some(conn);
+    }
+    let mut conns: Vec<Conn> = slots.into_iter().flatten().collect();
     let fill_secs = fill_started.elapsed().as_secs_f64();
+    anyhow::ensure!(!texts.is_empty(), "nothing was acknowledged");
 
     // 2. Index lag: until the last acked message is found by its own words.
+    let mut rng = StdRng::seed_from_u64(o.seed);
     progress.phase("indexing");
     let (last_text, writer, _) = texts[&last_id].clone();
     let probe = format!("\"{last_text}\"");
     let lag = loop {
-        let found = search_all(ctx, &mut conns[writer], &probe).await?.unwrap_or_default();
+        let found = search_all(ctx, &mut conns[writer], &probe, 1).await?.map(|f| f.0).unwrap_or_default();
         if found.contains(&last_id) {
             break last_ack.elapsed();
         }
@@ -206,10 +247,24 @@ pub async fn run(ctx: &Arc<Ctx>, o: &Options) -> anyhow::Result<Report> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
 
-    // 3. Queries, checked against a scan of each user's messages.
+    // 3. Queries, checked against a scan of each user's messages; and the
+    //    same queries tenant-wide by an admin (first page only: a scan of
+    //    everything per query would take the bot longer than the server).
     progress.phase("querying");
     let corpus: Vec<String> = texts.values().map(|(t, _, _)| t.clone()).collect();
+    let mut of_user: Vec<Vec<(&str, &str)>> = vec![Vec::new(); users.len()];
+    for (id, (t, from, to)) in &texts {
+        of_user[*from].push((id, t));
+        if to != from {
+            of_user[*to].push((id, t));
+        }
+    }
+    let admin_spec =
+        ConnSpec { target: 0, source: None, user: ctx.user("admin"), role: Role::Admin, device: "d0".into() };
+    let (admin, _) = connect_all(ctx, vec![admin_spec], Duration::ZERO).await;
+    let Some(mut admin) = admin.into_iter().flatten().next() else { anyhow::bail!("could not connect the admin") };
     let mut h = report::histogram();
+    let mut tenant_h = report::histogram();
     let mut c = Correctness { acked: texts.len() as u64, ..Default::default() };
     let (mut missing, mut foreign, mut results) = (0u64, 0u64, 0u64);
     let started = Instant::now();
@@ -217,14 +272,10 @@ pub async fn run(ctx: &Arc<Ctx>, o: &Options) -> anyhow::Result<Report> {
         let q = query(&mut rng, &corpus);
         let who = rng.random_range(0..users.len());
         let clauses = search::parse(&q).map_err(|e| anyhow::anyhow!("query {q}: {e}"))?;
-        let expected: HashSet<&str> = texts
-            .iter()
-            .filter(|(_, (t, from, to))| (*from == who || *to == who) && search::matches(&clauses, t))
-            .map(|(id, _)| id.as_str())
-            .collect();
-        let asked = Instant::now();
-        let Some(found) = search_all(ctx, &mut conns[who], &q).await? else { continue };
-        let _ = h.record((asked.elapsed().as_micros() as u64).max(1));
+        let expected: HashSet<&str> =
+            of_user[who].iter().filter(|(_, t)| search::matches(&clauses, t)).map(|(id, _)| *id).collect();
+        let Some((found, first_page)) = search_all(ctx, &mut conns[who], &q, MAX_PAGES).await? else { continue };
+        let _ = h.record((first_page.as_micros() as u64).max(1));
         results += found.len() as u64;
         let distinct: HashSet<&str> = found.iter().map(String::as_str).collect();
         c.duplicates += (found.len() - distinct.len()) as u64;
@@ -237,6 +288,12 @@ pub async fn run(ctx: &Arc<Ctx>, o: &Options) -> anyhow::Result<Report> {
             }
         }
         foreign += distinct.iter().filter(|id| !expected.contains(*id)).count() as u64;
+        let Some((found, first_page)) = search_all(ctx, &mut admin, &q, 1).await? else { continue };
+        let _ = tenant_h.record((first_page.as_micros() as u64).max(1));
+        // What the admin found must match and be of this run's corpus.
+        foreign +=
+            found.iter().filter(|id| texts.get(*id).is_none_or(|(t, _, _)| !search::matches(&clauses, t))).count()
+                as u64;
     }
     let query_secs = started.elapsed().as_secs_f64();
     progress.finish();
@@ -263,6 +320,9 @@ pub async fn run(ctx: &Arc<Ctx>, o: &Options) -> anyhow::Result<Report> {
     f.insert("index_lag_ms".into(), (lag.as_millis() as u64).into());
     f.insert("queries_per_s".into(), ((o.queries as f64 / query_secs.max(1e-9)).round()).into());
     f.insert("results".into(), results.into());
+    if let Some(l) = Latency::of(&tenant_h) {
+        f.insert("tenant_wide_first_page_ms".into(), serde_json::to_value(l)?);
+    }
     Ok(report)
 }
 

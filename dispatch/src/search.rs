@@ -195,11 +195,14 @@ async fn index_step(backends: &Backends, removals: &mut mpsc::Receiver<(String, 
         }
     }
     let count = docs.len() as u64;
-    let lag = docs.last().map(|d| im_core::now_ms().saturating_sub(d.server_time_ms));
+    let times: Vec<u64> = docs.iter().map(|d| d.server_time_ms).collect();
     backends.search.apply(docs, removed, page.next).await?;
     metrics::counter!("dongdong_search_indexed_total").increment(count);
-    if let Some(lag) = lag {
-        metrics::histogram!("dongdong_search_index_lag_seconds").record(lag as f64 / 1000.0);
+    // Each message's time from its append to being searchable.
+    let now = im_core::now_ms();
+    let lag = metrics::histogram!("dongdong_search_index_lag_seconds");
+    for t in times {
+        lag.record(now.saturating_sub(t) as f64 / 1000.0);
     }
     Ok(Step { indexed: count, moved, more })
 }

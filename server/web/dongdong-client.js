@@ -4,7 +4,7 @@ var __defProp = Object.defineProperty;
 var __defNormalProp = (obj, key, value) => key in obj ? __defProp(obj, key, { enumerable: true, configurable: true, writable: true, value }) : obj[key] = value;
 var __publicField = (obj, key, value) => __defNormalProp(obj, typeof key !== "symbol" ? key + "" : key, value);
 
-// sdk/js/src/backoff.ts
+// src/backoff.ts
 var Backoff = class {
   constructor(floorMs = 500, ceilingMs = 2e4, random = Math.random) {
     __publicField(this, "floorMs", floorMs);
@@ -24,7 +24,7 @@ var Backoff = class {
   }
 };
 
-// sdk/js/src/cache.ts
+// src/cache.ts
 var MAX_HELD = 1e3;
 var FILL_PAGE = 200;
 var ConversationCache = class {
@@ -247,7 +247,7 @@ var ConversationCache = class {
   }
 };
 
-// sdk/js/src/codec.ts
+// src/codec.ts
 var jsonCodec = {
   binary: false,
   encode: (frame) => JSON.stringify(frame),
@@ -257,7 +257,7 @@ var jsonCodec = {
   }
 };
 
-// sdk/js/src/errors.ts
+// src/errors.ts
 var DongdongError = class _DongdongError extends Error {
   constructor(code, message, retryable) {
     super(message || code);
@@ -274,7 +274,7 @@ var DongdongError = class _DongdongError extends Error {
   }
 };
 
-// sdk/js/src/events.ts
+// src/events.ts
 var Emitter = class {
   constructor() {
     __publicField(this, "listeners", /* @__PURE__ */ new Map());
@@ -301,7 +301,7 @@ var Emitter = class {
   }
 };
 
-// sdk/js/src/protocol.ts
+// src/protocol.ts
 var ERROR_CODES = ["ERROR_CODE_UNSPECIFIED", "BAD_FRAME", "UNAUTHENTICATED", "FORBIDDEN", "NOT_FOUND", "TOO_LARGE", "RATE_LIMITED", "UNAVAILABLE", "INTERNAL", "INVALID_ARGUMENT", "CONFLICT", "TOO_LATE"];
 var CLOSE = {
   NORMAL: 1e3,
@@ -318,7 +318,7 @@ var CLOSE = {
   LOGGED_OUT: 4004
 };
 
-// sdk/js/src/connection.ts
+// src/connection.ts
 var FINAL = {
   [CLOSE.REPLACED]: "this device signed in on another connection",
   [CLOSE.LOGGED_OUT]: "logged out by the server"
@@ -537,7 +537,7 @@ var Connection = class extends Emitter {
   }
 };
 
-// sdk/js/src/http.ts
+// src/http.ts
 var RENEW_BEFORE_MS = 6e4;
 var MAX_LINKS = 1e3;
 var HttpApi = class {
@@ -636,7 +636,7 @@ function answer(status, text) {
   throw new DongdongError(e.code ?? "INTERNAL", e.message ?? `HTTP ${status}`, status >= 500 || status === 429);
 }
 
-// sdk/js/src/outbox.ts
+// src/outbox.ts
 var KEEP_SENT = 1e3;
 var WINDOW = 32;
 var MAX_TRIES = 50;
@@ -814,7 +814,7 @@ var Outbox = class {
   }
 };
 
-// sdk/js/src/reads.ts
+// src/reads.ts
 var LIST_PAGES = 5;
 var ReadState = class {
   constructor(io) {
@@ -940,7 +940,7 @@ var ReadState = class {
   }
 };
 
-// sdk/js/src/stores.ts
+// src/stores.ts
 var MemoryStore = class {
   constructor() {
     __publicField(this, "data", /* @__PURE__ */ new Map());
@@ -1009,7 +1009,7 @@ function defaultStore() {
   return typeof indexedDB !== "undefined" ? new IndexedDbStore() : new MemoryStore();
 }
 
-// sdk/js/src/tabs.ts
+// src/tabs.ts
 function canShareTabs() {
   const nav = globalThis.navigator;
   return typeof BroadcastChannel !== "undefined" && !!nav?.locks;
@@ -1153,7 +1153,7 @@ var SharedLink = class extends Emitter {
   }
 };
 
-// sdk/js/src/client.ts
+// src/client.ts
 var NEWEST = "18446744073709551615";
 var TYPING_TTL_MS = 6e3;
 var TYPING_REFRESH_MS = 3e3;

@@ -677,3 +677,49 @@ async fn cs_invariants_hold_with_three_nodes_500_customers_20_agents() {
         total as f64 / elapsed.as_secs_f64()
     );
 }
+
+/// Searches until `want` hits come back (the index trails the acks).
+async fn search_until(c: &mut Client, query: &str, want: usize, within: Duration) -> Vec<String> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let req = pb::SearchRequest { query: query.into(), limit: 50, ..Default::default() };
+        let texts: Vec<String> = match c.request(Body::SearchRequest(req)).await.body {
+            Some(Body::SearchPage(p)) => p
+                .hits
+                .iter()
+                .map(|h| dongdong_tests::client::text_of(h.message.as_ref().unwrap()).to_string())
+                .collect(),
+            other => panic!("expected SearchPage, got {other:?}"),
+        };
+        if texts.len() >= want || std::time::Instant::now() > deadline {
+            return texts;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn search_finds_what_any_node_stored_and_survives_the_indexing_node() {
+    let Some((redis, mongo)) = shared_servers() else { return };
+    let mut cluster = Cluster::start(2, redis, mongo);
+    let mut alice = cluster.login(0, "alice", "a1").await;
+    let mut bob = cluster.login(1, "bob", "b1").await;
+    // (Deliveries are acked: the nodes close connections that do not.)
+    alice.send_text("bob", "m1", "我想申请退款，订单JD2026-000123").await.unwrap();
+    bob.receive_and_ack(1).await;
+    bob.send_text("alice", "m2", "好的，退款已处理").await.unwrap();
+    alice.receive_and_ack(1).await;
+    let found = search_until(&mut bob, "退款", 2, Duration::from_secs(15)).await;
+    assert_eq!(found, ["好的，退款已处理", "我想申请退款，订单JD2026-000123"], "newest first, from both nodes");
+    let found = search_until(&mut alice, "000123", 1, Duration::from_secs(5)).await;
+    assert_eq!(found, ["我想申请退款，订单JD2026-000123"]);
+    let mut eve = cluster.login(1, "eve", "e1").await;
+    assert!(search_until(&mut eve, "退款", 1, Duration::ZERO).await.is_empty(), "a stranger finds nothing");
+    // The first node (which took the indexing lease) dies: the other takes
+    // it over when it expires and indexes what is sent after.
+    cluster.nodes.remove(0).kill9();
+    bob.send_text("alice", "m3", "退款 arrives tomorrow").await.unwrap();
+    let found = search_until(&mut bob, "退款", 3, Duration::from_secs(40)).await;
+    assert_eq!(found.len(), 3, "indexed by the surviving node: {found:?}");
+    assert_eq!(found[0], "退款 arrives tomorrow");
+}
