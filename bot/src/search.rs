@@ -78,6 +78,16 @@ fn query(rng: &mut StdRng, texts: &[String]) -> String {
     }
 }
 
+/// Acks a delivery as a client does (the server closes a connection that
+/// leaves them unacknowledged); other frames are dropped.
+async fn ack_delivery(conn: &mut Conn, frame: Frame) {
+    if let Some(Body::Deliver(d)) = frame.body
+        && let Some(m) = d.message
+    {
+        conn.send(Body::Ack(pb::Ack { msg_ids: vec![m.msg_id], event_ids: Vec::new() })).await;
+    }
+}
+
 /// Waits for the answer to `req`; `None` on an error or timeout.
 async fn answer(ctx: &Ctx, conn: &mut Conn, req: u64) -> anyhow::Result<Option<pb::SearchPage>> {
     loop {
@@ -89,8 +99,8 @@ async fn answer(ctx: &Ctx, conn: &mut Conn, req: u64) -> anyhow::Result<Option<p
                 ctx.live.error(format!("search: {}", error_name(e.code)));
                 return Ok(None);
             }
-            Ok(Incoming::Frame(_)) => continue,
-            Ok(Incoming::Closed(_)) => anyhow::bail!("the server closed a searcher's connection"),
+            Ok(Incoming::Frame(f)) => ack_delivery(conn, f).await,
+            Ok(Incoming::Closed(why)) => anyhow::bail!("the server closed a searcher's connection: {why:?}"),
             Err(_) => {
                 ctx.live.error("search: timeout");
                 return Ok(None);
@@ -153,21 +163,30 @@ async fn fill(
             in_flight.insert(req, text);
             sent += 1;
         }
-        match tokio::time::timeout(QUERY_TIMEOUT, conn.recv()).await {
-            Ok(Incoming::Frame(Frame { req_id, body: Some(Body::SendAck(a)) })) => {
-                if let Some(text) = in_flight.remove(&req_id) {
-                    ctx.live.acked.fetch_add(1, Ordering::Relaxed);
-                    written.push((a.msg_id, text, Instant::now()));
-                }
-            }
-            Ok(Incoming::Frame(Frame { req_id, body: Some(Body::Error(e)) }))
-                if in_flight.remove(&req_id).is_some() =>
-            {
-                ctx.live.error(format!("send: {}", error_name(e.code)));
-            }
-            Ok(Incoming::Frame(_)) => {}
-            Ok(Incoming::Closed(_)) => anyhow::bail!("the server closed a sender's connection"),
+        let first = match tokio::time::timeout(QUERY_TIMEOUT, conn.recv()).await {
+            Ok(incoming) => incoming,
             Err(_) => anyhow::bail!("no SendAck within {QUERY_TIMEOUT:?}"),
+        };
+        // Everything that has arrived, before sending more: deliveries are
+        // acked as they are read, or the server closes a consumer that
+        // leaves too many unacknowledged.
+        let mut next = Some(first);
+        while let Some(incoming) = next.take().or_else(|| conn.try_recv()) {
+            match incoming {
+                Incoming::Frame(Frame { req_id, body: Some(Body::SendAck(a)) }) => {
+                    if let Some(text) = in_flight.remove(&req_id) {
+                        ctx.live.acked.fetch_add(1, Ordering::Relaxed);
+                        written.push((a.msg_id, text, Instant::now()));
+                    }
+                }
+                Incoming::Frame(Frame { req_id, body: Some(Body::Error(e)) })
+                    if in_flight.remove(&req_id).is_some() =>
+                {
+                    ctx.live.error(format!("send: {}", error_name(e.code)));
+                }
+                Incoming::Frame(f) => ack_delivery(&mut conn, f).await,
+                Incoming::Closed(why) => anyhow::bail!("the server closed a sender's connection: {why:?}"),
+            }
         }
     }
     Ok((conn, written))
@@ -231,6 +250,16 @@ pub async fn run(ctx: &Arc<Ctx>, o: &Options) -> anyhow::Result<Report> {
     }
     let mut conns: Vec<Conn> = slots.into_iter().flatten().collect();
     let fill_secs = fill_started.elapsed().as_secs_f64();
+    // Every message was pushed before its ack: read and ack the last
+    // deliveries, so that no connection is closed for leaving them.
+    for conn in &mut conns {
+        while let Ok(incoming) = tokio::time::timeout(Duration::from_millis(20), conn.recv()).await {
+            match incoming {
+                Incoming::Frame(f) => ack_delivery(conn, f).await,
+                Incoming::Closed(why) => anyhow::bail!("the server closed a user's connection: {why:?}"),
+            }
+        }
+    }
     anyhow::ensure!(!texts.is_empty(), "nothing was acknowledged");
 
     // 2. Index lag: until the last acked message is found by its own words.
@@ -246,6 +275,24 @@ pub async fn run(ctx: &Arc<Ctx>, o: &Options) -> anyhow::Result<Report> {
         anyhow::ensure!(last_ack.elapsed() < Duration::from_secs(120), "the last message never became searchable");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
+
+    // Fresh connections for the queries: the others sat idle through the
+    // catch-up (the server closes silent connections after timeouts.idle).
+    drop(conns);
+    let specs = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| ConnSpec {
+            target: i % ctx.targets.len(),
+            source: None,
+            user: u.clone(),
+            role: Role::Customer,
+            device: "d1".into(),
+        })
+        .collect();
+    let (conns, _) = connect_all(ctx, specs, Duration::ZERO).await;
+    let mut conns: Vec<Conn> = conns.into_iter().flatten().collect();
+    anyhow::ensure!(conns.len() == users.len(), "could not connect every user again");
 
     // 3. Queries, checked against a scan of each user's messages; and the
     //    same queries tenant-wide by an admin (first page only: a scan of

@@ -108,9 +108,10 @@ async fn run(
     shutdown: CancellationToken,
 ) {
     let mut failures = 0u32;
+    let mut agents = AgentCache::default();
     loop {
         let started = tokio::time::Instant::now();
-        let more = match index_step(&backends, &mut removals).await {
+        let more = match index_step(&backends, &mut removals, &mut agents).await {
             Ok(step) => {
                 failures = 0;
                 step.more
@@ -158,9 +159,10 @@ pub struct Step {
 pub async fn rebuild(backends: &Backends, mut progress: impl FnMut(u64)) -> storage::Result<u64> {
     backends.search.clear().await?;
     let (_keep, mut removals) = mpsc::channel(1);
+    let mut agents = AgentCache::default();
     let mut total = 0;
     loop {
-        let step = index_step(backends, &mut removals).await?;
+        let step = index_step(backends, &mut removals, &mut agents).await?;
         total += step.indexed;
         progress(total);
         if !step.moved {
@@ -170,7 +172,11 @@ pub async fn rebuild(backends: &Backends, mut progress: impl FnMut(u64)) -> stor
 }
 
 /// Indexes one page of the feed and the removals waiting.
-async fn index_step(backends: &Backends, removals: &mut mpsc::Receiver<(String, String)>) -> storage::Result<Step> {
+async fn index_step(
+    backends: &Backends,
+    removals: &mut mpsc::Receiver<(String, String)>,
+    agents: &mut AgentCache,
+) -> storage::Result<Step> {
     // Read each time: in a cluster another node may have indexed meanwhile.
     let position = backends.search.position().await?;
     let page = backends.search.feed(position.as_deref(), FEED_PAGE).await?;
@@ -183,7 +189,7 @@ async fn index_step(backends: &Backends, removals: &mut mpsc::Receiver<(String, 
         return Ok(Step { indexed: 0, moved, more: false });
     }
     let more = page.items.len() == FEED_PAGE;
-    let mut tags = SessionTags::new(backends);
+    let mut tags = SessionTags::new(backends, agents);
     let mut docs = Vec::with_capacity(page.items.len());
     for item in page.items {
         if !item.message.recalled_by.is_empty() {
@@ -226,27 +232,44 @@ fn document(item: FeedItem, session_id: String, group: String) -> Option<SearchD
     })
 }
 
+/// Who is an agent, remembered for a while across indexing steps (a user
+/// made an agent is seen as one within [`AGENTS_FOR`]).
+#[derive(Default)]
+struct AgentCache {
+    known: HashMap<(String, String), bool>,
+    since: Option<tokio::time::Instant>,
+}
+
+const AGENTS_FOR: Duration = Duration::from_secs(10);
+/// Users remembered at most (then forgotten all at once).
+const AGENTS_MAX: usize = 100_000;
+
 /// Finds the customer-service session a message was part of: a
 /// conversation between an agent and a customer, during one of the
-/// customer's sessions that had that conversation. Remembers per page.
+/// customer's sessions that had that conversation. Remembers the
+/// customers' sessions for one step.
 struct SessionTags<'a> {
     backends: &'a Backends,
-    agents: HashMap<(String, String), bool>,
+    agents: &'a mut AgentCache,
     sessions: HashMap<(String, String), Vec<storage::cs::Session>>,
 }
 
 impl<'a> SessionTags<'a> {
-    fn new(backends: &'a Backends) -> Self {
-        Self { backends, agents: HashMap::new(), sessions: HashMap::new() }
+    fn new(backends: &'a Backends, agents: &'a mut AgentCache) -> Self {
+        if agents.since.is_none_or(|t| t.elapsed() > AGENTS_FOR) || agents.known.len() > AGENTS_MAX {
+            agents.known.clear();
+            agents.since = Some(tokio::time::Instant::now());
+        }
+        Self { backends, agents, sessions: HashMap::new() }
     }
 
     async fn is_agent(&mut self, tenant: &str, user: &str) -> bool {
         let key = (tenant.to_string(), user.to_string());
-        if let Some(known) = self.agents.get(&key) {
+        if let Some(known) = self.agents.known.get(&key) {
             return *known;
         }
         let agent = matches!(self.backends.cs.agent(tenant, user).await, Ok(Some(_)));
-        self.agents.insert(key, agent);
+        self.agents.known.insert(key, agent);
         agent
     }
 

@@ -299,8 +299,11 @@ impl SearchIndex for EmbeddedSearch {
             for (_, msg_id) in &removed {
                 writer.delete_term(Term::from_field_text(this.fields.msg_id, msg_id));
             }
+            // No delete before each add: the position commits with the
+            // entries, so the feed never hands a message over twice (a
+            // delete per entry made every commit look up each id in every
+            // segment).
             for doc in docs {
-                writer.delete_term(Term::from_field_text(this.fields.msg_id, &doc.msg_id));
                 writer.add_document(this.document(doc)).map_err(failed)?;
             }
             let mut current = this.position.lock().map_err(|_| failed("the position lock is poisoned"))?;
