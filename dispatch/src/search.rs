@@ -25,8 +25,9 @@ use tokio_util::sync::CancellationToken;
 /// Results per page when the client asks for 0, and the most.
 pub const PAGE_DEFAULT: usize = 20;
 pub const PAGE_MAX: usize = 50;
-/// Messages read from the feed per step.
+/// Messages read from the feed per call, and calls per commit at most.
 const FEED_PAGE: usize = 2000;
+const STEP_PAGES: usize = 10;
 /// Candidates examined for one page, at most (then the page ends early,
 /// with a cursor to go on).
 const MAX_EXAMINED: usize = 1000;
@@ -179,30 +180,41 @@ async fn index_step(
 ) -> storage::Result<Step> {
     // Read each time: in a cluster another node may have indexed meanwhile.
     let position = backends.search.position().await?;
-    let page = backends.search.feed(position.as_deref(), FEED_PAGE).await?;
+    // Up to STEP_PAGES pages go into one commit: a commit costs the same
+    // for ten messages as for thousands, so the pace is set by the commit
+    // interval, never by the page size.
+    let mut next = position.clone();
+    let mut more = false;
+    let mut tags = SessionTags::new(backends, agents);
+    let mut docs = Vec::new();
+    for _ in 0..STEP_PAGES {
+        let page = backends.search.feed(next.as_deref(), FEED_PAGE).await?;
+        more = page.items.len() == FEED_PAGE;
+        next = page.next;
+        for item in page.items {
+            if !item.message.recalled_by.is_empty() {
+                continue;
+            }
+            let (session_id, group) = tags.of(&item).await;
+            if let Some(doc) = document(item, session_id, group) {
+                docs.push(doc);
+            }
+        }
+        if !more {
+            break;
+        }
+    }
     let mut removed = Vec::new();
     while let Ok(r) = removals.try_recv() {
         removed.push(r);
     }
-    let moved = page.next != position;
+    let moved = next != position;
     if !moved && removed.is_empty() {
         return Ok(Step { indexed: 0, moved, more: false });
     }
-    let more = page.items.len() == FEED_PAGE;
-    let mut tags = SessionTags::new(backends, agents);
-    let mut docs = Vec::with_capacity(page.items.len());
-    for item in page.items {
-        if !item.message.recalled_by.is_empty() {
-            continue;
-        }
-        let (session_id, group) = tags.of(&item).await;
-        if let Some(doc) = document(item, session_id, group) {
-            docs.push(doc);
-        }
-    }
     let count = docs.len() as u64;
     let times: Vec<u64> = docs.iter().map(|d| d.server_time_ms).collect();
-    backends.search.apply(docs, removed, page.next).await?;
+    backends.search.apply(docs, removed, next).await?;
     metrics::counter!("dongdong_search_indexed_total").increment(count);
     // Each message's time from its append to being searchable.
     let now = im_core::now_ms();

@@ -5,8 +5,8 @@
 //!
 //! Why tantivy: it is the kept, embeddable inverted index for Rust
 //! (segments, merges, phrase queries on positions, fast fields to sort by),
-//! so what is ours stays small: the tokens (`search::analyze`, given to
-//! tantivy pre-tokenized) and the feed. Each commit carries the feed
+//! so what is ours stays small: the tokens (`search::analyze`, registered
+//! as the body field's tokenizer) and the feed. Each commit carries the feed
 //! position as its payload, so a crash loses no entries: the index holds
 //! exactly what it committed, and indexing resumes after that position.
 
@@ -28,8 +28,48 @@ use tantivy::query::{AllQuery, BooleanQuery, Occur, PhraseQuery, Query, RangeQue
 use tantivy::schema::{
     FAST, Field, INDEXED, IndexRecordOption, STORED, STRING, Schema, TextFieldIndexing, TextOptions, Value,
 };
-use tantivy::tokenizer::{PreTokenizedString, Token};
+use tantivy::tokenizer::{Token, TokenStream, Tokenizer};
 use tantivy::{Index, IndexReader, IndexWriter, Order, ReloadPolicy, TantivyDocument, Term};
+
+/// The tokenizer of the body field: `search::tokens`, as tantivy asks.
+#[derive(Clone, Default)]
+struct Terms;
+
+/// The tokens of one text, walked by tantivy.
+struct Tokens {
+    tokens: std::vec::IntoIter<search::Token>,
+    current: Token,
+}
+
+impl TokenStream for Tokens {
+    fn advance(&mut self) -> bool {
+        let Some(t) = self.tokens.next() else { return false };
+        self.current.offset_from = t.start;
+        self.current.offset_to = t.end;
+        self.current.position = t.position as usize;
+        self.current.text = t.term;
+        true
+    }
+
+    fn token(&self) -> &Token {
+        &self.current
+    }
+
+    fn token_mut(&mut self) -> &mut Token {
+        &mut self.current
+    }
+}
+
+impl Tokenizer for Terms {
+    type TokenStream<'a> = Tokens;
+
+    fn token_stream<'a>(&'a mut self, text: &'a str) -> Tokens {
+        Tokens { tokens: search::tokens(text).into_iter(), current: Token::default() }
+    }
+}
+
+/// The body field's tokenizer, by the name the schema gives it.
+const TOKENIZER: &str = "dongdong";
 
 /// The indexing buffer: tantivy's smallest (it flushes a segment when full).
 const WRITER_BYTES: usize = 15_000_000;
@@ -55,7 +95,9 @@ struct Fields {
 fn schema() -> (Schema, Fields) {
     let mut b = Schema::builder();
     let body = TextOptions::default().set_indexing_options(
-        TextFieldIndexing::default().set_tokenizer("raw").set_index_option(IndexRecordOption::WithFreqsAndPositions),
+        TextFieldIndexing::default()
+            .set_tokenizer(TOKENIZER)
+            .set_index_option(IndexRecordOption::WithFreqsAndPositions),
     );
     let fields = Fields {
         msg_id: b.add_text_field("msg_id", STRING | STORED),
@@ -112,6 +154,7 @@ impl EmbeddedSearch {
             }
             Err(e) => return Err(failed(e)),
         };
+        index.tokenizers().register(TOKENIZER, Terms);
         let writer = index.writer_with_num_threads(1, WRITER_BYTES).map_err(failed)?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(failed)?;
         let position = Mutex::new(index.load_metas().map_err(failed)?.payload.filter(|p| !p.is_empty()));
@@ -141,17 +184,7 @@ impl Inner {
         d.add_u64(f.seq, doc.seq);
         d.add_u64(f.hi, (key >> 64) as u64);
         d.add_u64(f.lo, key as u64);
-        let tokens = search::tokens(&doc.text)
-            .into_iter()
-            .map(|t| Token {
-                offset_from: t.start,
-                offset_to: t.end,
-                position: t.position as usize,
-                text: t.term,
-                position_length: 1,
-            })
-            .collect();
-        d.add_pre_tokenized_text(f.body, PreTokenizedString { text: doc.text, tokens });
+        d.add_text(f.body, &doc.text);
         d
     }
 
