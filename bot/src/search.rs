@@ -192,6 +192,18 @@ async fn fill(
     Ok((conn, written))
 }
 
+/// One customer connection per user on `device`, spread over the targets.
+fn user_specs(ctx: &Ctx, users: &[String], device: &str) -> Vec<ConnSpec> {
+    let spec = |(i, user): (usize, &String)| ConnSpec {
+        target: i % ctx.targets.len(),
+        source: None,
+        user: user.clone(),
+        role: Role::Customer,
+        device: device.into(),
+    };
+    users.iter().enumerate().map(spec).collect()
+}
+
 pub struct Options {
     pub users: usize,
     pub messages: usize,
@@ -204,17 +216,7 @@ pub async fn run(ctx: &Arc<Ctx>, o: &Options) -> anyhow::Result<Report> {
     anyhow::ensure!(o.users >= 2 && o.messages >= 1 && o.window >= 1, "--users ≥ 2, --messages and --window ≥ 1");
     let progress = report::progress(ctx.live.clone(), Duration::from_secs(1), "search", ctx.common.json);
     let users: Vec<String> = (0..o.users).map(|i| ctx.user(&format!("s{i}"))).collect();
-    let specs = users
-        .iter()
-        .enumerate()
-        .map(|(i, u)| ConnSpec {
-            target: i % ctx.targets.len(),
-            source: None,
-            user: u.clone(),
-            role: Role::Customer,
-            device: "d0".into(),
-        })
-        .collect();
+    let specs = user_specs(ctx, &users, "d0");
     progress.phase("connecting");
     let (conns, connects) = connect_all(ctx, specs, ctx.common.ramp).await;
     let conns: Vec<Conn> = conns.into_iter().flatten().collect();
@@ -279,17 +281,7 @@ pub async fn run(ctx: &Arc<Ctx>, o: &Options) -> anyhow::Result<Report> {
     // Fresh connections for the queries: the others sat idle through the
     // catch-up (the server closes silent connections after timeouts.idle).
     drop(conns);
-    let specs = users
-        .iter()
-        .enumerate()
-        .map(|(i, u)| ConnSpec {
-            target: i % ctx.targets.len(),
-            source: None,
-            user: u.clone(),
-            role: Role::Customer,
-            device: "d1".into(),
-        })
-        .collect();
+    let specs = user_specs(ctx, &users, "d1");
     let (conns, _) = connect_all(ctx, specs, Duration::ZERO).await;
     let mut conns: Vec<Conn> = conns.into_iter().flatten().collect();
     anyhow::ensure!(conns.len() == users.len(), "could not connect every user again");

@@ -11,13 +11,13 @@
 use super::{Dispatcher, Result, invalid};
 use ::search as text;
 use im_core::ids::{validate_conversation_id, validate_id};
-use im_core::pb::{self, Message, content::Kind};
+use im_core::pb::{self, Message};
 use im_core::{ClientError, ErrorCode, Role};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 use storage::search::FeedItem;
-use storage::search::{IndexQuery, SearchCursor, SearchDoc, SearchScope};
+use storage::search::{IndexQuery, SearchCursor, SearchDoc, SearchScope, searchable};
 use storage::{Backends, DeviceKey};
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
@@ -59,17 +59,6 @@ impl SearchConfig {
             return Err(im_core::InvalidSetting::new("search.commit_interval", "must be at most 60s"));
         }
         Ok(())
-    }
-}
-
-/// The kind name and searchable text of a message's content: a text's
-/// text, a file's name, a custom message's type; an image has none.
-pub fn searchable(message: &Message) -> Option<(&'static str, &str)> {
-    match message.content.as_ref()?.kind.as_ref()? {
-        Kind::Text(t) => Some(("text", t)),
-        Kind::Image(_) => Some(("image", "")),
-        Kind::File(f) => Some(("file", &f.name)),
-        Kind::Custom(c) => Some(("custom", &c.r#type)),
     }
 }
 
@@ -196,7 +185,7 @@ async fn index_step(
                 continue;
             }
             let (session_id, group) = tags.of(&item).await;
-            if let Some(doc) = document(item, session_id, group) {
+            if let Some(doc) = SearchDoc::of(item, session_id, group) {
                 docs.push(doc);
             }
         }
@@ -223,25 +212,6 @@ async fn index_step(
         lag.record(now.saturating_sub(t) as f64 / 1000.0);
     }
     Ok(Step { indexed: count, moved, more })
-}
-
-fn document(item: FeedItem, session_id: String, group: String) -> Option<SearchDoc> {
-    let (kind, body) = searchable(&item.message)?;
-    let body = body.to_string();
-    let m = item.message;
-    Some(SearchDoc {
-        tenant: item.tenant,
-        msg_id: m.msg_id,
-        conversation_id: m.conversation_id,
-        members: item.members,
-        from_user: m.from_user,
-        server_time_ms: m.server_time_ms,
-        seq: m.seq,
-        kind,
-        text: body,
-        session_id,
-        group,
-    })
 }
 
 /// Who is an agent, remembered for a while across indexing steps (a user

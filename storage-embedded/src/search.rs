@@ -163,6 +163,11 @@ impl EmbeddedSearch {
     }
 }
 
+/// A lock of the index, or `Unavailable` when a panic poisoned it.
+fn locked<'a, T>(lock: &'a Mutex<T>, what: &str) -> Result<std::sync::MutexGuard<'a, T>> {
+    lock.lock().map_err(|_| failed(format!("the {what} lock is poisoned")))
+}
+
 impl Inner {
     fn document(&self, doc: SearchDoc) -> TantivyDocument {
         let f = &self.fields;
@@ -317,7 +322,7 @@ impl SearchIndex for EmbeddedSearch {
     }
 
     async fn position(&self) -> Result<Option<String>> {
-        self.inner.position.lock().map(|p| p.clone()).map_err(|_| failed("the position lock is poisoned"))
+        Ok(locked(&self.inner.position, "position")?.clone())
     }
 
     async fn apply(
@@ -328,7 +333,7 @@ impl SearchIndex for EmbeddedSearch {
     ) -> Result<()> {
         let this = self.inner.clone();
         blocking(move || {
-            let mut writer = this.writer.lock().map_err(|_| failed("the writer lock is poisoned"))?;
+            let mut writer = locked(&this.writer, "writer")?;
             for (_, msg_id) in &removed {
                 writer.delete_term(Term::from_field_text(this.fields.msg_id, msg_id));
             }
@@ -339,7 +344,7 @@ impl SearchIndex for EmbeddedSearch {
             for doc in docs {
                 writer.add_document(this.document(doc)).map_err(failed)?;
             }
-            let mut current = this.position.lock().map_err(|_| failed("the position lock is poisoned"))?;
+            let mut current = locked(&this.position, "position")?;
             let position = position.or_else(|| current.clone());
             let mut commit = writer.prepare_commit().map_err(failed)?;
             commit.set_payload(position.as_deref().unwrap_or(""));
@@ -359,12 +364,12 @@ impl SearchIndex for EmbeddedSearch {
     async fn clear(&self) -> Result<()> {
         let this = self.inner.clone();
         blocking(move || {
-            let mut writer = this.writer.lock().map_err(|_| failed("the writer lock is poisoned"))?;
+            let mut writer = locked(&this.writer, "writer")?;
             writer.delete_all_documents().map_err(failed)?;
             let mut commit = writer.prepare_commit().map_err(failed)?;
             commit.set_payload("");
             commit.commit().map_err(failed)?;
-            *this.position.lock().map_err(|_| failed("the position lock is poisoned"))? = None;
+            *locked(&this.position, "position")? = None;
             this.reader.reload().map_err(failed)
         })
         .await

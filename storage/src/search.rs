@@ -52,6 +52,42 @@ pub struct SearchDoc {
     pub group: String,
 }
 
+/// The kind name and searchable text of a message's content: a text's
+/// text, a file's name, a custom message's type; an image has none. `None`
+/// for a message without content (recalled).
+pub fn searchable(message: &Message) -> Option<(&'static str, &str)> {
+    use im_core::pb::content::Kind;
+    match message.content.as_ref()?.kind.as_ref()? {
+        Kind::Text(t) => Some(("text", t)),
+        Kind::Image(_) => Some(("image", "")),
+        Kind::File(f) => Some(("file", &f.name)),
+        Kind::Custom(c) => Some(("custom", &c.r#type)),
+    }
+}
+
+impl SearchDoc {
+    /// The entry of a fed message, in the customer-service session (and
+    /// group) given; `None` for a message without content.
+    pub fn of(item: FeedItem, session_id: String, group: String) -> Option<Self> {
+        let (kind, text) = searchable(&item.message)?;
+        let text = text.to_string();
+        let m = item.message;
+        Some(Self {
+            tenant: item.tenant,
+            msg_id: m.msg_id,
+            conversation_id: m.conversation_id,
+            members: item.members,
+            from_user: m.from_user,
+            server_time_ms: m.server_time_ms,
+            seq: m.seq,
+            kind,
+            text,
+            session_id,
+            group,
+        })
+    }
+}
+
 /// Whose messages a query may return.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SearchScope {

@@ -21,7 +21,7 @@
 use super::{CallTimer, redis_err, unavailable};
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
-use mongodb::bson::{Bson, Document, doc};
+use mongodb::bson::{Document, doc};
 use mongodb::options::{FindOptions, IndexOptions, InsertManyOptions};
 use mongodb::{Collection, IndexModel};
 use redis::aio::ConnectionManager;
@@ -44,6 +44,8 @@ pub struct ClusterSearch {
     node: String,
     /// `dd:search:lease:<database>`: one indexer per database.
     lease_key: String,
+    /// Takes the lease when free, renews it when held: 1, else 0.
+    lease_script: redis::Script,
     messages: Collection<Document>,
     entries: Collection<Document>,
     meta: Collection<Document>,
@@ -70,6 +72,17 @@ fn mongo(what: &'static str) -> impl Fn(mongodb::error::Error) -> StorageError {
     move |e| StorageError::Unavailable(format!("mongodb {what}: {e}"))
 }
 
+/// Every document of `collection` that `filter` finds, with `options`.
+async fn find_all(
+    collection: &Collection<Document>,
+    filter: Document,
+    options: FindOptions,
+    what: &'static str,
+) -> Result<Vec<Document>> {
+    let cursor = collection.find(filter).with_options(options).await.map_err(mongo(what))?;
+    cursor.try_collect().await.map_err(mongo(what))
+}
+
 impl ClusterSearch {
     pub async fn open(redis: ConnectionManager, db: &mongodb::Database, node: &str) -> Result<Self> {
         let entries: Collection<Document> = db.collection("search");
@@ -89,6 +102,11 @@ impl ClusterSearch {
             redis,
             node: node.to_string(),
             lease_key: format!("dd:search:lease:{}", db.name()),
+            lease_script: redis::Script::new(
+                "local v = redis.call('GET', KEYS[1]) \
+                 if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end \
+                 return 0",
+            ),
             messages: db.collection("messages"),
             meta: db.collection("search_meta"),
             entries,
@@ -96,16 +114,16 @@ impl ClusterSearch {
         })
     }
 
+    fn state(&self) -> Result<std::sync::MutexGuard<'_, FeedState>> {
+        self.state.lock().map_err(|_| unavailable("search state lock poisoned"))
+    }
+
     /// Takes or renews the indexing lease; whether this node holds it.
     async fn lease(&self) -> Result<bool> {
         let _t = CallTimer::new("redis", "search_lease");
         let ms = LEASE.as_millis() as u64;
-        let script = redis::Script::new(
-            "local v = redis.call('GET', KEYS[1]) \
-             if v == false or v == ARGV[1] then redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2]) return 1 end \
-             return 0",
-        );
-        let held: i64 = script
+        let held: i64 = self
+            .lease_script
             .key(&self.lease_key)
             .arg(&self.node)
             .arg(ms)
@@ -117,15 +135,7 @@ impl ClusterSearch {
 
     async fn messages(&self, filter: Document, limit: Option<i64>) -> Result<Vec<FeedItem>> {
         let options = FindOptions::builder().sort(doc! { "_id": 1 }).limit(limit).build();
-        let docs: Vec<Document> = self
-            .messages
-            .find(filter)
-            .with_options(options)
-            .await
-            .map_err(mongo("search feed"))?
-            .try_collect()
-            .await
-            .map_err(mongo("search feed"))?;
+        let docs = find_all(&self.messages, filter, options, "search feed").await?;
         let mut items = Vec::with_capacity(docs.len());
         for d in &docs {
             let message = super::messages::decode(d)?;
@@ -141,17 +151,9 @@ impl ClusterSearch {
     async fn sweep(&self, safe: &str, upto: &str) -> Result<Vec<FeedItem>> {
         let options = FindOptions::builder().projection(doc! { "_id": 1 }).build();
         let filter = doc! { "_id": { "$gt": safe, "$lte": upto } };
-        let ids: Vec<Document> = self
-            .messages
-            .find(filter)
-            .with_options(options)
-            .await
-            .map_err(mongo("search sweep"))?
-            .try_collect()
-            .await
-            .map_err(mongo("search sweep"))?;
+        let ids = find_all(&self.messages, filter, options, "search sweep").await?;
         let missing: Vec<String> = {
-            let state = self.state.lock().map_err(|_| unavailable("search state lock poisoned"))?;
+            let state = self.state()?;
             ids.iter()
                 .filter_map(|d| d.get_str("_id").ok())
                 .filter(|id| !state.seen.contains(*id))
@@ -197,14 +199,10 @@ impl ClusterSearch {
             }
             f.insert("$or", any);
         }
-        let mut members = Vec::new();
-        if let Some(u) = &q.with_user {
-            members.push(Bson::from(u));
-        }
-        if !members.is_empty() {
-            f.insert("m", doc! { "$all": members });
-        }
-        for (field, value) in [("c", &q.conversation_id), ("f", &q.from_user), ("s", &q.session_id), ("g", &q.group)] {
+        // `m` is an array: a plain value matches any member.
+        for (field, value) in
+            [("m", &q.with_user), ("c", &q.conversation_id), ("f", &q.from_user), ("s", &q.session_id), ("g", &q.group)]
+        {
             if let Some(v) = value {
                 f.insert(field, v);
             }
@@ -236,17 +234,12 @@ impl SearchIndex for ClusterSearch {
         let (safe, high) = split(after);
         let now = im_core::now_ms();
         let settled = id_at(now.saturating_sub(LATE.as_millis() as u64));
-        let sweep_due = self
-            .state
-            .lock()
-            .map_err(|_| unavailable("search state lock poisoned"))?
-            .last_sweep
-            .is_none_or(|t| t.elapsed() >= SWEEP_EVERY);
+        let sweep_due = self.state()?.last_sweep.is_none_or(|t| t.elapsed() >= SWEEP_EVERY);
         if sweep_due && safe < high {
             let upto = settled.clone().min(high.clone());
             if upto > safe {
                 let items = self.sweep(&safe, &upto).await?;
-                let mut state = self.state.lock().map_err(|_| unavailable("search state lock poisoned"))?;
+                let mut state = self.state()?;
                 state.last_sweep = Some(Instant::now());
                 state.seen.retain(|id| *id > upto);
                 state.seen.extend(items.iter().map(|i| i.message.msg_id.clone()));
@@ -259,7 +252,7 @@ impl SearchIndex for ClusterSearch {
         };
         // Nothing read earlier waits for a sweep: what is settled now is final.
         let safe = if safe == high { settled.min(last.clone()).max(safe) } else { safe };
-        let mut state = self.state.lock().map_err(|_| unavailable("search state lock poisoned"))?;
+        let mut state = self.state()?;
         if state.seen.len() < MAX_SEEN {
             state.seen.extend(items.iter().map(|i| i.message.msg_id.clone()).filter(|id| *id > safe));
         }
@@ -316,15 +309,7 @@ impl SearchIndex for ClusterSearch {
             .limit(query.limit.max(1) as i64)
             .projection(doc! { "_id": 1, "c": 1, "seq": 1, "s": 1 })
             .build();
-        let docs: Vec<Document> = self
-            .entries
-            .find(Self::filter(query))
-            .with_options(options)
-            .await
-            .map_err(mongo("search"))?
-            .try_collect()
-            .await
-            .map_err(mongo("search"))?;
+        let docs = find_all(&self.entries, Self::filter(query), options, "search").await?;
         let bad = || StorageError::Corrupt("search entry".into());
         docs.iter()
             .map(|d| {
@@ -341,7 +326,7 @@ impl SearchIndex for ClusterSearch {
     async fn clear(&self) -> Result<()> {
         self.entries.delete_many(doc! {}).await.map_err(mongo("search clear"))?;
         self.meta.delete_many(doc! {}).await.map_err(mongo("search clear"))?;
-        self.state.lock().map_err(|_| unavailable("search state lock poisoned"))?.seen.clear();
+        self.state()?.seen.clear();
         Ok(())
     }
 }

@@ -41,25 +41,9 @@ async fn feed_until(b: &Backends, ids: &[String], group_of: &HashMap<String, Str
             .into_iter()
             .filter_map(|item| {
                 missing.remove(&item.message.msg_id);
-                let m = item.message;
-                let text = match m.content?.kind? {
-                    content::Kind::Text(t) => t,
-                    _ => return None,
-                };
-                let group = group_of.get(&m.msg_id).cloned().unwrap_or_default();
-                Some(SearchDoc {
-                    session_id: if group.is_empty() { String::new() } else { format!("s-{group}") },
-                    group,
-                    tenant: item.tenant,
-                    msg_id: m.msg_id,
-                    conversation_id: m.conversation_id,
-                    members: item.members,
-                    from_user: m.from_user,
-                    server_time_ms: m.server_time_ms,
-                    seq: m.seq,
-                    kind: "text",
-                    text,
-                })
+                let group = group_of.get(&item.message.msg_id).cloned().unwrap_or_default();
+                let session = if group.is_empty() { String::new() } else { format!("s-{group}") };
+                SearchDoc::of(item, session, group)
             })
             .collect();
         b.search.apply(docs, Vec::new(), page.next.clone()).await.unwrap();

@@ -678,24 +678,10 @@ async fn cs_invariants_hold_with_three_nodes_500_customers_20_agents() {
     );
 }
 
-/// Searches until `want` hits come back (the index trails the acks).
+/// The texts `query` finds once `want` are found, or when `within` ran out.
 async fn search_until(c: &mut Client, query: &str, want: usize, within: Duration) -> Vec<String> {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        let req = pb::SearchRequest { query: query.into(), limit: 50, ..Default::default() };
-        let texts: Vec<String> = match c.request(Body::SearchRequest(req)).await.body {
-            Some(Body::SearchPage(p)) => p
-                .hits
-                .iter()
-                .map(|h| dongdong_tests::client::text_of(h.message.as_ref().unwrap()).to_string())
-                .collect(),
-            other => panic!("expected SearchPage, got {other:?}"),
-        };
-        if texts.len() >= want || std::time::Instant::now() > deadline {
-            return texts;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    use super::search::{found_within, search, texts};
+    texts(&found_within(c, search(query), want, within).await)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

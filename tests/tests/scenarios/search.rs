@@ -11,7 +11,7 @@ use im_core::{ErrorCode, Role};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-fn search(query: &str) -> pb::SearchRequest {
+pub(super) fn search(query: &str) -> pb::SearchRequest {
     pb::SearchRequest { query: query.into(), ..Default::default() }
 }
 
@@ -29,14 +29,25 @@ async fn error(c: &mut Client, req: pb::SearchRequest) -> ErrorCode {
     }
 }
 
-fn texts(p: &pb::SearchPage) -> Vec<String> {
+pub(super) fn texts(p: &pb::SearchPage) -> Vec<String> {
     p.hits.iter().map(|h| dongdong_tests::client::text_of(h.message.as_ref().unwrap()).to_string()).collect()
 }
 
 /// Searches until `want` results come back: the index trails the acks by
 /// its commit interval.
 async fn until_found(c: &mut Client, req: pb::SearchRequest, want: usize) -> pb::SearchPage {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    found_within(c, req, want, Duration::from_secs(10)).await
+}
+
+/// The first page with `want` results, or the last one searched when
+/// `within` ran out.
+pub(super) async fn found_within(
+    c: &mut Client,
+    req: pb::SearchRequest,
+    want: usize,
+    within: Duration,
+) -> pb::SearchPage {
+    let deadline = Instant::now() + within;
     loop {
         let p = page(c, req.clone()).await;
         if p.hits.len() >= want || Instant::now() > deadline {
