@@ -209,6 +209,9 @@ pub const MAX_USER_AGENT_BYTES: usize = 512;
 pub const MAX_TRANSFER_NOTE_BYTES: usize = 500;
 /// Sweeps between two presence reconciliations.
 const RECONCILE_EVERY: u32 = 10;
+/// Ended sessions of a member looked at by
+/// [`CsService::may_read_conversation`] (newest first).
+pub const SESSIONS_LOOKED_AT: usize = 100;
 
 pub struct CsService {
     store: Arc<dyn CsStore>,
@@ -424,6 +427,45 @@ impl CsService {
             return Err(err(ErrorCode::Forbidden, "that conversation is not part of this session"));
         }
         Ok(())
+    }
+
+    /// Whether `who` may read the service-session conversation between
+    /// `members` (`conversation_id`) without being one of them: as a party
+    /// of a session it belongs to (an agent it was transferred to, who
+    /// must see what came before), as an agent of that session's group
+    /// (a colleague reading a customer's past sessions), or as an admin.
+    /// Looks at the members' open sessions and their last
+    /// [`SESSIONS_LOOKED_AT`] ended ones.
+    pub async fn may_read_conversation(
+        &self,
+        who: &Caller,
+        conversation_id: &str,
+        members: &[String],
+    ) -> Result<bool, ClientError> {
+        if who.role == Role::Admin {
+            return Ok(true);
+        }
+        if who.role != Role::Agent {
+            return Ok(false);
+        }
+        let tenant = who.tenant();
+        let mut groups = None;
+        for member in members.iter().filter(|m| *m != who.user()) {
+            let mut sessions = self.store.user_sessions(tenant, member).await?;
+            sessions.extend(self.store.past_sessions(tenant, member, 0, SESSIONS_LOOKED_AT).await?);
+            for s in sessions.iter().filter(|s| s.conversations.iter().any(|c| c == conversation_id)) {
+                if s.parties().contains(&who.user()) {
+                    return Ok(true);
+                }
+                if groups.is_none() {
+                    groups = Some(self.store.agent(tenant, who.user()).await?.map(|a| a.groups).unwrap_or_default());
+                }
+                if groups.as_ref().is_some_and(|g| g.contains(&s.group)) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
     }
 
     async fn send_left_messages(&self, tenant: &str, agent: &str, groups: &[String]) -> Result<(), ClientError> {

@@ -60,12 +60,18 @@ pub(crate) fn routes(api: CsApi) -> Router {
         .with_state(api)
 }
 
-pub(crate) struct ApiError(StatusCode, ErrorCode, String);
+/// An HTTP API failure: `{"error": {"code", "message", "field"?}}`, where
+/// `field` names the body's field at fault when one is (so that a form
+/// can mark it and say so in its own language).
+pub(crate) struct ApiError(StatusCode, ErrorCode, String, Option<String>);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = json!({ "error": { "code": self.1.as_str_name(), "message": self.2 } });
-        (self.0, Json(body)).into_response()
+        let mut error = json!({ "code": self.1.as_str_name(), "message": self.2 });
+        if let Some(field) = self.3 {
+            error["field"] = json!(field);
+        }
+        (self.0, Json(json!({ "error": error }))).into_response()
     }
 }
 
@@ -77,7 +83,7 @@ impl From<ClientError> for ApiError {
 
 pub(crate) fn fail(code: ErrorCode, message: impl Into<String>) -> ApiError {
     let status = StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    ApiError(status, code, message.into())
+    ApiError(status, code, message.into(), None)
 }
 
 pub(crate) type ApiResult = Result<Response, ApiError>;
@@ -86,8 +92,23 @@ fn ok(v: Value) -> ApiResult {
     Ok(Json(v).into_response())
 }
 
+/// The request's JSON body, or INVALID_ARGUMENT saying which field is
+/// wrong and how, without the parser's framing ("Failed to deserialize
+/// ... at line 1 column 20").
 pub(crate) fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonRejection>) -> Result<T, ApiError> {
-    body.map(|Json(b)| b).map_err(|e| fail(ErrorCode::InvalidArgument, e.body_text()))
+    body.map(|Json(b)| b).map_err(|e| {
+        let text = e.body_text();
+        let text = text.split_once("target type: ").map_or(text.as_str(), |(_, t)| t);
+        let text = text.rsplit_once(" at line ").map_or(text, |(t, _)| t).replace('`', "'");
+        match text.split_once(": ") {
+            Some((field, why)) if !field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
+                let mut err = fail(ErrorCode::InvalidArgument, format!("{field}: {why}"));
+                err.3 = Some(field.to_string());
+                err
+            }
+            _ => fail(ErrorCode::InvalidArgument, text),
+        }
+    })
 }
 
 impl CsApi {

@@ -339,7 +339,10 @@ fn links(f: &FilesApi, m: &FileMeta) -> serde_json::Value {
 }
 
 /// Whether `caller` may read the file: its uploader, an admin of its
-/// tenant, or a member of a conversation where a message refers to it.
+/// tenant, a member of a conversation where a message refers to it, or
+/// whoever may read that conversation as part of a service session (the
+/// agent a session was transferred to, agents of the session's group:
+/// [`cs_queue::CsService::may_read_conversation`]).
 async fn may_read(f: &FilesApi, caller: &Caller, m: &FileMeta) -> Result<bool, crate::cs_api::ApiError> {
     if caller.tenant != m.tenant {
         return Ok(false);
@@ -348,9 +351,17 @@ async fn may_read(f: &FilesApi, caller: &Caller, m: &FileMeta) -> Result<bool, c
         return Ok(true);
     }
     let refs = f.files.file_refs(&m.tenant, &m.id, 100).await.map_err(im_core::ClientError::from)?;
+    let mut conversations = Vec::new();
     for conv in refs {
         let found = f.messages.conversation(&m.tenant, &conv).await.map_err(im_core::ClientError::from)?;
-        if found.is_some_and(|c| c.has_member(&caller.user)) {
+        match found {
+            Some(c) if c.has_member(&caller.user) => return Ok(true),
+            Some(c) => conversations.push(c),
+            None => {}
+        }
+    }
+    for c in conversations {
+        if f.api.cs.may_read_conversation(caller, &c.conversation_id, &c.members).await? {
             return Ok(true);
         }
     }

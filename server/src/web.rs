@@ -11,15 +11,16 @@
 //! embedding application.
 
 use access_gateway::TokenSigner;
-use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use im_core::{Role, ids::validate_id};
 use serde::Deserialize;
 use serde_json::json;
-use std::sync::Arc;
+use std::io::Write as _;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// One embedded file: its name under `/web/`, its content type and bytes.
@@ -51,6 +52,7 @@ static ASSETS: &[Asset] = &[
     asset!("chat.js", JS),
     asset!("supervisor.js", JS),
     asset!("search.js", JS),
+    asset!("settings.js", JS),
     asset!("embed.js", JS),
     asset!("style.css", "text/css; charset=utf-8"),
     asset!("icon.svg", "image/svg+xml"),
@@ -88,9 +90,9 @@ pub(crate) struct Web {
 pub(crate) fn routes(web: Web) -> Router {
     let mut router = Router::new()
         .route("/", get(|| async { Redirect::temporary("/web/index.html") }))
-        .route("/agent", get(|| async { page("agent.html", false) }))
-        .route("/supervisor", get(|| async { page("supervisor.html", false) }))
-        .route("/chat", get(|| async { page("chat.html", true) }))
+        .route("/agent", get(|h: HeaderMap| async move { page("agent.html", false, &h) }))
+        .route("/supervisor", get(|h: HeaderMap| async move { page("supervisor.html", false, &h) }))
+        .route("/chat", get(|h: HeaderMap| async move { page("chat.html", true, &h) }))
         .route("/web/{file}", get(web_file))
         .route("/api/v1/info", get(info));
     if web.dev_signer.is_some() {
@@ -99,13 +101,77 @@ pub(crate) fn routes(web: Web) -> Router {
     router.with_state(web)
 }
 
-fn find(name: &str) -> Option<&'static Asset> {
-    ASSETS.iter().find(|a| a.name == name)
+/// An asset as served: its references to other assets carry the version
+/// (so that they may be cached for good), with its ETag and, where it is
+/// smaller, its gzip encoding.
+struct Served {
+    asset: &'static Asset,
+    body: Vec<u8>,
+    gzip: Option<Vec<u8>>,
+}
+
+/// Versioned URLs are cached this long without asking again.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+/// The version of the whole set of assets: a digest of their bytes. Every
+/// asset changes URL when any does (the consoles are one release).
+fn version() -> &'static str {
+    static VERSION: OnceLock<String> = OnceLock::new();
+    VERSION.get_or_init(|| {
+        use sha2::{Digest, Sha256};
+        let mut digest = Sha256::new();
+        for a in ASSETS {
+            digest.update(a.name.as_bytes());
+            digest.update(a.body);
+        }
+        hex::encode(&digest.finalize()[..6])
+    })
+}
+
+/// `body` with `"/web/NAME"` (pages) and `'./NAME'` (module imports) of
+/// every asset turned into `…NAME?v=VERSION`; not `embed.js`, whose bare URL
+/// is what shops put in their pages (and what index.html shows them).
+fn versioned(body: &[u8]) -> Vec<u8> {
+    let Ok(text) = std::str::from_utf8(body) else { return body.to_vec() };
+    let mut out = text.to_string();
+    for a in ASSETS.iter().filter(|a| a.name != "embed.js") {
+        for (open, close) in [("\"/web/", "\""), ("'./", "'")] {
+            let from = format!("{open}{}{close}", a.name);
+            out = out.replace(&from, &format!("{open}{}?v={}{close}", a.name, version()));
+        }
+    }
+    out.into_bytes()
+}
+
+fn gzip(body: &[u8]) -> Option<Vec<u8>> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(body).ok()?;
+    let packed = encoder.finish().ok()?;
+    (packed.len() < body.len()).then_some(packed)
+}
+
+/// Every asset, prepared once (on first use: ~100 KB compressed in a few ms).
+fn served() -> &'static [Served] {
+    static SERVED: OnceLock<Vec<Served>> = OnceLock::new();
+    SERVED.get_or_init(|| {
+        ASSETS
+            .iter()
+            .map(|asset| {
+                let body = if asset.name.ends_with(".svg") { asset.body.to_vec() } else { versioned(asset.body) };
+                let gzip = gzip(&body);
+                Served { asset, body, gzip }
+            })
+            .collect()
+    })
+}
+
+fn find(name: &str) -> Option<&'static Served> {
+    served().iter().find(|a| a.asset.name == name)
 }
 
 /// A console page. `/chat` may be framed by any shop page; the consoles may not.
-fn page(name: &str, frameable: bool) -> Response {
-    let mut response = serve(find(name));
+fn page(name: &str, frameable: bool, request: &HeaderMap) -> Response {
+    let mut response = serve(find(name), false, request);
     let csp = if frameable { CSP_FRAMEABLE } else { CSP_CONSOLE };
     response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
     response
@@ -114,8 +180,12 @@ fn page(name: &str, frameable: bool) -> Response {
 /// The SDK's bundle, which any page may import as a module.
 const SDK_BUNDLE: &str = "dongdong-client.js";
 
-async fn web_file(Path(file): Path<String>) -> Response {
-    let mut response = serve(find(&file));
+async fn web_file(Path(file): Path<String>, RawQuery(query): RawQuery, request: HeaderMap) -> Response {
+    // The current version's URL is cached for good; any other (a page of
+    // an older release, or a bare /web/embed.js in a shop's page) asks
+    // again each time (answered 304 while it has not changed).
+    let current = query.as_deref().is_some_and(|q| q.split('&').any(|p| p.strip_prefix("v=") == Some(version())));
+    let mut response = serve(find(&file), current, &request);
     if file.ends_with(".html") {
         response.headers_mut().insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(CSP_CONSOLE));
     }
@@ -126,20 +196,58 @@ async fn web_file(Path(file): Path<String>) -> Response {
     response
 }
 
-fn serve(asset: Option<&'static Asset>) -> Response {
-    match asset {
-        Some(a) => (
-            [
-                (header::CONTENT_TYPE, a.content_type),
-                // The assets change with the binary: revalidate, never serve stale.
-                (header::CACHE_CONTROL, "no-cache"),
-                (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-            ],
-            a.body,
+/// Whether the client takes gzip (`Accept-Encoding`, not with q=0).
+fn takes_gzip(request: &HeaderMap) -> bool {
+    request.get_all(header::ACCEPT_ENCODING).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).any(
+        |coding| {
+            let mut parts = coding.split(';').map(str::trim);
+            let name = parts.next().unwrap_or("");
+            let zero = parts.any(|p| p.strip_prefix("q=").is_some_and(|q| q.parse::<f32>().is_ok_and(|q| q == 0.0)));
+            (name.eq_ignore_ascii_case("gzip") || name == "*") && !zero
+        },
+    )
+}
+
+/// Whether `If-None-Match` names `etag` (or `*`).
+fn not_modified(request: &HeaderMap, etag: &str) -> bool {
+    request
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/"))
+        .any(|t| t == etag || t == "*")
+}
+
+/// The asset, gzip-encoded when the client takes it, with an ETag per
+/// encoding (the release's version: an asset's bytes change only with it);
+/// 304 when the client has it. `immutable`: asked for by the current
+/// version's URL.
+fn serve(asset: Option<&'static Served>, immutable: bool, request: &HeaderMap) -> Response {
+    let Some(a) = asset else { return (StatusCode::NOT_FOUND, "not found\n").into_response() };
+    let gzip = a.gzip.as_deref().filter(|_| takes_gzip(request));
+    let etag = format!("\"{}{}\"", version(), if gzip.is_some() { "-gz" } else { "" });
+    let cache = if immutable { IMMUTABLE } else { "no-cache" };
+    let mut response = if not_modified(request, &etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        let mut r = (
+            [(header::CONTENT_TYPE, a.asset.content_type), (header::X_CONTENT_TYPE_OPTIONS, "nosniff")],
+            gzip.unwrap_or(&a.body),
         )
-            .into_response(),
-        None => (StatusCode::NOT_FOUND, "not found\n").into_response(),
+            .into_response();
+        if gzip.is_some() {
+            r.headers_mut().insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+        }
+        r
+    };
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    headers.insert(header::VARY, HeaderValue::from_static("accept-encoding"));
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, v);
     }
+    response
 }
 
 async fn info(State(web): State<Web>) -> Json<serde_json::Value> {
@@ -202,7 +310,7 @@ mod protocol_constants {
     use im_core::{CloseCode, ErrorCode};
 
     fn script(name: &str) -> &'static str {
-        std::str::from_utf8(super::find(name).expect(name).body).unwrap()
+        std::str::from_utf8(super::find(name).expect(name).asset.body).unwrap()
     }
 
     /// The `KEY: value` lines of the object literal that starts at `opening`.

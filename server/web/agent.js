@@ -8,7 +8,7 @@
 import { DongdongClient, api, wsUrl, deviceIdFor, storage } from './dd.js';
 import { translator, languagePicker } from './i18n.js';
 import { searchPanel } from './search.js';
-import { el, $, entriesOf, duration, clock, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, contentFromInput, contentNode, enterSubmits, People, safeUrl, typingSignals, typingIndicator, pastSessionItem, recaller, uploads, useFiles, contentOfUpload } from './ui.js';
+import { el, $, keepFocus, reasonWords, entriesOf, duration, clock, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, contentFromInput, contentNode, enterSubmits, People, safeUrl, typingSignals, typingIndicator, pastSessionItem, recaller, uploads, useFiles, contentOfUpload } from './ui.js';
 
 // Every string of this page, in each language.
 const t = translator({
@@ -49,6 +49,11 @@ const t = translator({
     newMessageFrom: 'New message from {customer}',
     isTyping: '{name} is typing…',
     isOnline: '● online', isOffline: '○ offline', lastSeen: '○ offline, last seen {when}',
+    statusWhenConnected: 'Not connected yet: your status is set as soon as the connection opens.',
+    endConfirm: 'Press again to end',
+    shortcuts: 'Keys: Alt+↓ / Alt+↑ next or previous chat, Alt+M the reply box',
+    chats: 'Other chats', noChats: 'Answered left messages and messages outside a session appear here.',
+    outsideSession: 'Outside a session (an answered left message, or a message after the session ended)',
   },
   'zh-CN': {
     title: '客服工作台', signOut: '退出',
@@ -87,6 +92,11 @@ const t = translator({
     isOnline: '● 在线', isOffline: '○ 离线', lastSeen: '○ 离线，最后在线 {when}',
     transferToLabel: '转接给 ', transfer: '转接', endSession: '结束会话',
     answeringLeftBy: '正在回复留言，留言人 ', pickSession: '请在左侧选择一个会话。',
+    statusWhenConnected: '尚未连接：连接建立后立即设置您的状态。',
+    endConfirm: '再按一次结束',
+    shortcuts: '快捷键：Alt+↓ / Alt+↑ 切换到下一个或上一个对话，Alt+M 回复框',
+    chats: '其他对话', noChats: '已回复的留言和会话之外的消息会出现在这里。',
+    outsideSession: '会话之外的对话（已回复的留言，或会话结束后的消息）',
   },
 });
 // `t` is also a transfer's name below: this one is always the strings.
@@ -125,7 +135,7 @@ const state = {
   groups: [],
   sessions: new Map(), // sessionId -> ServiceSession (ours, open)
   waitingSince: new Map(), // sessionId -> ms of the oldest customer message not yet answered
-  selected: null, // { kind: 'session', id } | { kind: 'left', id }
+  selected: null, // { kind: 'session' | 'left' | 'past' | 'chat', id } (a chat's id: its conversation)
   left: new Map(), // left message id -> LeftMessageInfo (unclaimed, or claimed by us)
   hasMore: new Map(),
   replies: [],
@@ -136,7 +146,16 @@ const state = {
   panelOpen: false, // the customer panel, on narrow windows
   presence: new Map(), // user -> PresenceUpdate of the customers we serve
   watching: new Set(), // users subscribed on this connection
+  wanted: null, // a status chosen that the server does not have yet
+  handedOver: new Set(), // customers we transferred to someone else (this page)
+  loading: new Set(), // chats whose history was asked for
 };
+
+// Our conversations outside an open session worth listing: those with
+// activity in the last week after the last session with that person ended
+// (an answered left message, a customer writing after the end), or unread.
+const CHAT_WINDOW_MS = 7 * 24 * 3600 * 1000;
+const CHATS_SHOWN = 20;
 
 /** Watches the online state of every customer we serve (once each per connection). */
 function watchCustomers() {
@@ -159,6 +178,7 @@ const pickBox = el('div', { id: 'manual-pick' });
 const sessionList = el('ul', { id: 'sessions', class: 'list', 'aria-label': t('sessions') });
 const leftList = el('ul', { id: 'left-messages', class: 'list', 'aria-label': t('leftMessages') });
 const leftCount = el('span', { id: 'left-count', class: 'badge' });
+const chatList = el('ul', { id: 'chats', class: 'list', 'aria-label': t('chats') });
 const convHead = el('div', { id: 'conv-head', class: 'conv-head' });
 const older = el('button', { class: 'link', id: 'older', hidden: true, onclick: pageBack }, t('earlier'));
 // Focusable, so that keyboard users can scroll it.
@@ -210,23 +230,61 @@ main.replaceChildren(el('div', { class: 'workspace' },
       el('label', { class: 'inline' }, soundOn, t('sound')),
       'Notification' in window ? el('label', { class: 'inline' }, notifyOn, t('notifications')) : ''),
     el('h3', {}, t('sessions')), sessionList,
+    el('p', { class: 'muted small', id: 'shortcuts' }, t('shortcuts')),
     pickBox,
     el('h3', {}, t('leftMessagesTitle'), leftCount), leftList,
+    el('h3', {}, t('chats')), chatList,
     el('h3', {}, t('recent')), recentList,
     // Her chats and her groups' sessions (the server's rule).
     searchPanel(() => client, me, { nameOf: name })),
   pane, panel));
 
-statusSel.addEventListener('change', async () => {
-  try {
-    await client.setStatus(statusSel.value);
-  } catch (e) {
-    notifyError(e);
-    statusSel.value = state.status;
-  }
+// The status chosen is kept until the server has it: chosen before the
+// connection is up (or while it is down), it is sent once it opens.
+statusSel.addEventListener('change', () => {
+  state.wanted = statusSel.value;
+  if (client.state !== 'open') notify(t('statusWhenConnected'), 'info');
+  applyStatus();
 });
 
+async function applyStatus() {
+  const wanted = state.wanted;
+  if (!wanted || client.state !== 'open') return;
+  try {
+    await client.setStatus(wanted);
+    if (state.wanted === wanted) state.wanted = null;
+  } catch (e) {
+    if (e.code === 'DISCONNECTED') return; // sent again on 'ready'
+    if (state.wanted === wanted) state.wanted = null;
+    notifyError(e);
+  }
+  renderSide();
+}
+
 enterSubmits(input, composer);
+
+// Keyboard: Alt+↓ / Alt+↑ move through the sessions and chats (in the
+// order listed) and put the cursor in the reply box; Alt+M goes there.
+document.addEventListener('keydown', (ev) => {
+  if (!ev.altKey || ev.ctrlKey || ev.metaKey) return;
+  if (ev.key === 'ArrowDown' || ev.key === 'ArrowUp') {
+    if (ev.target instanceof HTMLSelectElement) return;
+    const order = [...state.sessions.keys()].map((id) => ({ kind: 'session', id }))
+      .concat(chats().map((c) => ({ kind: 'chat', id: c.conversationId })));
+    if (!order.length) return;
+    ev.preventDefault();
+    const sel = state.selected;
+    const at = order.findIndex((x) => sel && x.kind === sel.kind && x.id === sel.id);
+    const step = ev.key === 'ArrowDown' ? 1 : -1;
+    state.selected = order[at < 0 ? (step > 0 ? 0 : order.length - 1) : (at + step + order.length) % order.length];
+    hideTyping();
+    renderAll();
+    input.focus();
+  } else if (ev.code === 'KeyM' && !composer.hidden) {
+    ev.preventDefault();
+    input.focus();
+  }
+});
 const stopTyping = typingSignals(client, input, () => currentPeer());
 const hideTyping = typingIndicator(client, typingLine, () => currentPeer(), (u) => t('isTyping', { name: name(u) }));
 composer.addEventListener('submit', (ev) => {
@@ -255,9 +313,30 @@ function currentSession() {
   return state.selected && state.selected.kind === 'session' ? state.sessions.get(state.selected.id) : null;
 }
 
+function currentChat() {
+  const id = state.selected && state.selected.kind === 'chat' ? state.selected.id : null;
+  return id ? client.conversations().find((c) => c.conversationId === id) || null : null;
+}
+
+/** Our conversations outside open sessions (see CHAT_WINDOW_MS), most recent first. */
+function chats() {
+  const serving = new Set([...state.sessions.values()].map((s) => s.customer));
+  const ended = new Map();
+  for (const p of state.recent) ended.set(p.customer, Math.max(ended.get(p.customer) || 0, Number(p.endedMs || 0)));
+  const since = Date.now() - CHAT_WINDOW_MS;
+  const selected = state.selected && state.selected.kind === 'chat' ? state.selected.id : null;
+  return client.conversations().filter((c) => {
+    if (!c.peer || c.peer === me || serving.has(c.peer) || !c.lastMessage) return false;
+    if (c.conversationId === selected || Number(c.unread || 0) > 0) return true;
+    const at = Number(c.lastMessage.serverTimeMs || 0);
+    return !state.handedOver.has(c.peer) && at >= since && at > (ended.get(c.peer) || 0);
+  }).slice(0, CHATS_SHOWN);
+}
+
 function currentPeer() {
   if (!state.selected) return null;
   if (state.selected.kind === 'session') return currentSession() ? currentSession().customer : null;
+  if (state.selected.kind === 'chat') return currentChat() ? currentChat().peer : null;
   const lm = state.left.get(state.selected.id);
   return lm && lm.claimedBy === me ? lm.customer : null;
 }
@@ -291,7 +370,7 @@ function addSession(s, announce) {
       names.then(() => {
         notify(t('newCustomerIn', { customer: name(s.customer), group: s.group }), 'assign', 8000);
         flashTitle(t('newCustomer', { customer: name(s.customer) }));
-        attention(t('newCustomer', { customer: name(s.customer) }), s.sessionId);
+        attention(t('newCustomer', { customer: name(s.customer) }), { kind: 'session', id: s.sessionId });
       });
     }
     if (!state.selected) state.selected = { kind: 'session', id: s.sessionId };
@@ -317,11 +396,20 @@ client.on('messages', ({ messages, how }) => {
     if (s && m.fromUser !== me) {
       if (how === 'live' && (!state.selected || state.selected.id !== s.sessionId || document.hidden)) {
         // A message in a session in the background: a sound and a notice.
-        attention(t('newMessageFrom', { customer: name(s.customer) }), s.sessionId, m.content && m.content.text);
+        attention(t('newMessageFrom', { customer: name(s.customer) }), { kind: 'session', id: s.sessionId }, m.content && m.content.text);
       }
       if (!state.waitingSince.get(s.sessionId)) state.waitingSince.set(s.sessionId, Number(m.serverTimeMs));
     } else if (s && m.fromUser === me) {
       state.waitingSince.set(s.sessionId, 0);
+    } else if (!s && m.fromUser !== me && how === 'live') {
+      // Outside any session of ours (a follow-up to an answered left
+      // message): listed under "Other chats", announced like any message.
+      state.handedOver.delete(m.fromUser);
+      people.want([m.fromUser]);
+      if (!state.selected || state.selected.id !== m.conversationId || document.hidden) {
+        attention(t('newMessageFrom', { customer: name(m.fromUser) }), { kind: 'chat', id: m.conversationId }, m.content && m.content.text);
+        notify(t('newMessageFrom', { customer: name(m.fromUser) }), 'info');
+      }
     }
   }
   renderAll();
@@ -364,7 +452,12 @@ client.on('frame', (f) => {
   } else if (f.sessionTransferred) {
     const t = f.sessionTransferred;
     if (t.session.agent === me) addSession(t.session, true);
-    else dropSession(t.session, tr('transferredAway', { customer: name(t.session.customer), to: t.session.agent ? name(t.session.agent) : t.session.group, reason: t.reason }));
+    else {
+      state.handedOver.add(t.session.customer);
+      dropSession(t.session);
+      const { customer, agent, group } = t.session;
+      people.want([customer, agent]).then(() => notify(tr('transferredAway', { customer: name(customer), to: agent ? name(agent) : group, reason: reasonWords(t.reason) })));
+    }
     refreshState();
   } else if (f.sessionEnded) {
     const s = f.sessionEnded.session;
@@ -587,8 +680,8 @@ const handoverWords = (from, to) => t('handover', { from: name(from), to: name(t
 // --- alerts ---------------------------------------------------------------------
 
 let audio = null;
-/** A short two-tone chime (no sound file to load), and a desktop notification. */
-function attention(title, sessionId, body) {
+/** A short two-tone chime (no sound file to load), and a desktop notification opening `selection`. */
+function attention(title, selection, body) {
   if (soundOn.checked) {
     try {
       audio = audio || new AudioContext();
@@ -610,19 +703,45 @@ function attention(title, sessionId, body) {
     }
   }
   if (notifyOn.checked && 'Notification' in window && Notification.permission === 'granted' && (document.hidden || !document.hasFocus())) {
-    const n = new Notification(title, { body: body ? body.slice(0, 120) : '', tag: sessionId });
+    const n = new Notification(title, { body: body ? body.slice(0, 120) : '', tag: selection.id });
     n.onclick = () => {
       window.focus();
-      state.selected = { kind: 'session', id: sessionId };
+      state.selected = selection;
       renderAll();
       n.close();
     };
   }
 }
 
+/**
+ * End session, in two steps: the first press asks (for a few seconds),
+ * the second ends. Drawn anew with the header; the question survives redraws.
+ */
+const END_CONFIRM_MS = 4000;
+let endAsked = null; // { sessionId, until }
+function endButton(s) {
+  const asking = endAsked && endAsked.sessionId === s.sessionId && Date.now() < endAsked.until;
+  return el('button', {
+    id: 'end', class: 'danger', 'data-confirm': asking ? 'true' : undefined,
+    onclick: () => {
+      if (asking) {
+        endAsked = null;
+        endSession(s);
+      } else {
+        endAsked = { sessionId: s.sessionId, until: Date.now() + END_CONFIRM_MS };
+        setTimeout(renderConversation, END_CONFIRM_MS + 50);
+      }
+      renderConversation();
+    },
+  }, asking ? t('endConfirm') : t('endSession'));
+}
+
 async function endSession(s) {
+  const fromKeyboard = document.activeElement && document.activeElement.id === 'end';
   try {
     await client.endSession(s.sessionId);
+    // Not onto the next session's End button: to the list.
+    if (fromKeyboard) focusFallback().focus();
   } catch (e) {
     notifyError(e);
   }
@@ -645,8 +764,20 @@ async function claim(lm) {
 
 // --- drawing ----------------------------------------------------------------------
 
+/** Where the focus goes when what had it is gone (a session ended, transferred). */
+const focusFallback = () => document.querySelector('#sessions button.item, #chats button.item') || statusSel;
+
+// Redraws keep the keyboard focus where it was (ui.js keepFocus).
 function renderSide() {
-  statusSel.value = state.status;
+  keepFocus(drawSide, focusFallback);
+}
+
+function renderConversation() {
+  keepFocus(drawConversation, focusFallback);
+}
+
+function drawSide() {
+  statusSel.value = state.wanted || state.status;
   statusSel.dataset.status = state.status;
   loadLine.textContent = ` ${state.load}/${state.capacity} · ${state.groups.join(', ') || t('noGroup')}`;
   const now = Date.now();
@@ -693,9 +824,26 @@ function renderSide() {
     lm.contact ? el('div', { class: 'muted small' }, t('contactIs', { contact: lm.contact })) : '',
     lm.claimedBy ? el('button', { class: 'link', onclick: () => { state.selected = { kind: 'left', id: lm.id }; renderAll(); } }, t('answer'))
       : el('button', { class: 'link claim', onclick: () => claim(lm) }, t('claim')))));
+  const shown = chats();
+  chatList.replaceChildren(...(shown.length ? shown.map((c) => {
+    const selected = state.selected && state.selected.kind === 'chat' && state.selected.id === c.conversationId;
+    const unread = Number(c.unread || 0);
+    return el('li', {}, el('button', {
+      class: `item${selected ? ' selected' : ''}`, 'data-chat-id': c.conversationId, 'data-peer': c.peer,
+      'aria-current': selected ? 'true' : undefined,
+      onclick: () => {
+        state.selected = { kind: 'chat', id: c.conversationId };
+        hideTyping();
+        renderAll();
+        input.focus();
+      },
+    }, people.avatar(c.peer), ' ', el('strong', {}, name(c.peer)),
+    unread ? el('span', { class: 'badge unread', 'data-unread': String(unread) }, String(unread)) : '',
+    el('div', { class: 'muted small' }, when(c.lastMessage.serverTimeMs))));
+  }) : [el('li', { class: 'muted empty' }, t('noChats'))]));
 }
 
-function renderConversation() {
+function drawConversation() {
   const sel = state.selected;
   const s = currentSession();
   const past = sel && sel.kind === 'past' ? state.recent.find((p) => p.sessionId === sel.id) : null;
@@ -714,7 +862,7 @@ function renderConversation() {
       el('div', { class: 'actions' },
         el('span', {}, t('transferToLabel')), transferPick, transferNote,
         el('button', { id: 'transfer', onclick: () => transfer(s) }, t('transfer')),
-        el('button', { id: 'end', class: 'danger', onclick: () => endSession(s) }, t('endSession')),
+        endButton(s),
         panelButton()));
     const ids = convIdsOf(s);
     // A conversation is per customer and agent: only this session's part.
@@ -751,9 +899,31 @@ function renderConversation() {
     convHead.replaceChildren(el('div', {}, t('answeringLeftBy'), el('strong', {}, name(lm.customer)), ' ', el('span', { class: 'muted' }, lm.group)),
       el('blockquote', {}, contentNode(lm.content)), panelButton());
     drawMessages(list, entriesOf(client, lm.conversationId ? [lm.conversationId] : [], lm.customer), me, { onRetry: retry, nameOf: name });
+    const newest = lm.conversationId ? client.newestSeq(lm.conversationId) : 0;
+    if (!document.hidden && newest) client.markRead(lm.conversationId, newest);
     older.hidden = true;
     composer.hidden = lm.claimedBy !== me;
     loadPanel(lm.customer, null);
+  } else if (currentChat()) {
+    const c = currentChat();
+    convHead.replaceChildren(
+      el('div', { class: 'who' }, people.avatar(c.peer),
+        el('div', {}, el('strong', { id: 'conv-customer' }, name(c.peer)), ' ', presenceNode(c.peer),
+          el('div', { class: 'muted small' }, t('outsideSession')))),
+      el('div', { class: 'actions' }, panelButton()));
+    // Its recent history, once (a live message alone starts no history).
+    if (!state.loading.has(c.conversationId)) {
+      state.loading.add(c.conversationId);
+      client.catchUp(c.conversationId).then(() => renderAll(), (e) => { state.loading.delete(c.conversationId); notifyError(e); });
+    }
+    drawMessages(list, entriesOf(client, [c.conversationId], c.peer), me, {
+      onRetry: retry, nameOf: name, peerRead: (id) => client.peerReadSeq(id), ...recall,
+    });
+    const newest = client.newestSeq(c.conversationId);
+    if (!document.hidden && newest) client.markRead(c.conversationId, newest);
+    older.hidden = true;
+    composer.hidden = false;
+    loadPanel(c.peer, null);
   } else {
     convHead.replaceChildren(el('p', { class: 'muted' }, t('pickSession')));
     list.replaceChildren();
@@ -790,7 +960,8 @@ function retry(m) {
 function renderAll() {
   renderSide();
   renderConversation();
-  const unread = [...state.sessions.values()].reduce((n, s) => n + unreadOf(s), 0);
+  const unread = [...state.sessions.values()].reduce((n, s) => n + unreadOf(s), 0)
+    + chats().reduce((n, c) => n + Number(c.unread || 0), 0);
   if (!flashing) document.title = `${unread ? `(${unread}) ` : ''}${t('title')} · dongdong`;
 }
 
@@ -818,6 +989,7 @@ setInterval(() => { if (state.manual.length && client.state === 'open') loadManu
 client.on('ready', () => {
   state.synced = false;
   refreshState();
+  applyStatus();
   loadReplies();
   loadRecent();
 });

@@ -6,7 +6,7 @@
 import { DongdongClient, api, wsUrl, deviceIdFor, storage } from './dd.js';
 import { translator, languagePicker } from './i18n.js';
 import { searchPanel } from './search.js';
-import { el, $, duration, when, notify, notifyError, describe, connectionBanner, signIn, signOut, drawMessages, entriesOf, handoverMark, enterSubmits, People, typingSignals, typingIndicator, pastSessionItem, recaller, uploads, useFiles, contentOfUpload } from './ui.js';
+import { el, $, reasonWords, duration, when, notify, notifyError, describe, connectionBanner, signIn, signOut, drawMessages, entriesOf, handoverMark, enterSubmits, People, typingSignals, typingIndicator, pastSessionItem, recaller, uploads, useFiles, contentOfUpload } from './ui.js';
 
 // Every string of this page, in each language.
 const t = translator({
@@ -162,21 +162,22 @@ signoutBtn.onclick = () => signOut('chat');
 const people = new People(auth.token);
 people.addEventListener('change', () => render());
 
-// Unread messages, counted while the tab is hidden or the embedding page's
-// chat is closed: in the tab's title and, through embed.js, on the launcher.
+// Unread messages: the server's count (so it includes what came while the
+// customer was away, on any device), in the tab's title and, through
+// embed.js, on the launcher. What is on screen is marked read; while the
+// tab is hidden or the embedding page's chat is closed, nothing is.
 const inFrame = window.parent !== window;
 let embedOpen = !inFrame; // embed.js tells when its chat opens and closes
-let unread = 0;
 const away = () => document.hidden || !embedOpen;
+let shownUnread = -1;
 function showUnread() {
+  const unread = client.unreadTotal(); // called once the client exists (its events)
+  if (unread === shownUnread) return;
+  shownUnread = unread;
   document.title = `${unread ? `(${unread}) ` : ''}${t('title')} · dongdong`;
   if (inFrame) window.parent.postMessage({ type: 'dd-unread', count: unread }, '*');
 }
 function seen() {
-  if (unread && !away()) {
-    unread = 0;
-    showUnread();
-  }
   if (!away()) renderMessages();
 }
 window.addEventListener('message', (ev) => {
@@ -192,6 +193,7 @@ if (inFrame) window.parent.postMessage({ type: 'dd-hello' }, '*');
 // what the agent has read; ours moves as the chat is on screen).
 const client = new DongdongClient({ url: wsUrl(auth.info), token: auth.token, deviceId: deviceIdFor(auth.claims.tenant, me, 'web') });
 client.on('receipt', () => renderMessages());
+client.on('conversation', () => showUnread());
 client.on('outbox', () => renderMessages());
 const recall = recaller(client, auth.info, () => renderMessages());
 /** Conversations shown, oldest first: the session's, then any other that delivered to us. */
@@ -247,10 +249,6 @@ async function fillHistory() {
 client.on('messages', ({ conversationId, messages, how }) => {
   show([conversationId]);
   const theirs = messages.filter((m) => m.fromUser !== me);
-  if (how === 'live' && theirs.length && away()) {
-    unread += theirs.length;
-    showUnread();
-  }
   const last = theirs[theirs.length - 1];
   const outsideSession = !state.session || !(state.session.conversations || []).includes(conversationId);
   if (last && how === 'live' && outsideSession && !['active', 'waiting'].includes(state.view) && state.replyTo !== last.fromUser) {
@@ -277,15 +275,18 @@ client.on('frame', (f) => {
   } else if (f.sessionAssigned) {
     const fresh = !state.session || state.session.agent !== f.sessionAssigned.session.agent || state.view !== 'active';
     setSession(f.sessionAssigned.session);
-    if (fresh) notify(t('agentHere', { agent: people.name(f.sessionAssigned.session.agent) }), 'assign');
+    const agent = f.sessionAssigned.session.agent;
+    // By name (the token's or the profile's), once it is known.
+    if (fresh) people.want([agent]).then(() => notify(t('agentHere', { agent: people.name(agent) }), 'assign'));
     // What was typed while waiting goes to the agent now, in order.
     for (const text of state.held.splice(0)) send(f.sessionAssigned.session.agent, { text });
     fillHistory();
   } else if (f.sessionTransferred) {
     setSession(f.sessionTransferred.session);
-    notify(f.sessionTransferred.session.state === 'WAITING'
+    const agent = f.sessionTransferred.session.agent;
+    people.want([agent]).then(() => notify(f.sessionTransferred.session.state === 'WAITING'
       ? t('beingPassed')
-      : t('nowTalkingTo', { agent: people.name(f.sessionTransferred.session.agent) }));
+      : t('nowTalkingTo', { agent: people.name(agent) })));
   } else if (f.sessionEnded) {
     setSession(f.sessionEnded.session);
   } else if (f.leaveMessageOffer) {
@@ -492,7 +493,7 @@ function rateView() {
   const comment = el('textarea', { id: 'rate-comment', rows: 2, maxLength: 1000, placeholder: t('anythingToAdd') });
   const form = el('form', { class: 'card', id: 'rate' },
     el('h2', {}, t('chatEnded')),
-    el('p', { class: 'muted' }, s.endReason ? `(${s.endReason})` : ''),
+    el('p', { class: 'muted' }, s.endReason ? `(${reasonWords(s.endReason)})` : ''),
     el('p', {}, t('howDidWeDo')), stars, comment,
     el('button', { type: 'submit', class: 'primary', id: 'rate-submit' }, t('sendRating')),
     el('button', { type: 'button', class: 'link', onclick: newChat }, t('skip')));

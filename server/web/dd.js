@@ -75,7 +75,9 @@ export async function api(token, method, path, body) {
   const data = await r.json().catch(() => ({}));
   if (!r.ok) {
     const err = data.error || {};
-    throw new DdError(err.code || 'INTERNAL', err.message || `HTTP ${r.status}`, r.status >= 500);
+    const e = new DdError(err.code || 'INTERNAL', err.message || `HTTP ${r.status}`, r.status >= 500);
+    if (err.field) e.field = err.field; // the body's field at fault
+    throw e;
   }
   return data;
 }

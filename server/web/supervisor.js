@@ -1,17 +1,19 @@
 // The supervisor view (/supervisor): per group, the queue length, the
 // longest wait, the agents online and their load, and the sessions in
-// progress, from the HTTP API (admin token), refreshed every 2 s.
+// progress, from the HTTP API (admin token), refreshed every 2 s; search
+// over the shop; and the shop's settings (settings.js).
 
 import { DongdongClient, api, wsUrl, deviceIdFor } from './dd.js';
 import { searchPanel } from './search.js';
-import { el, $, duration, notifyError, signIn, signOut } from './ui.js';
+import { settingsPanel } from './settings.js';
+import { el, $, duration, notifyError, signIn, signOut, keepFocus } from './ui.js';
 import { translator, languagePicker } from './i18n.js';
 
 // Every string of this page, in each language.
 const t = translator({
   en: {
     title: 'Supervisor', signOut: 'Sign out', live: 'live', updated: 'updated {time}', notUpdating: 'not updating: {why}',
-    noGroups: 'No groups in this tenant yet (PUT /api/v1/groups/{group}).',
+    noGroups: 'No service groups yet: create one under Settings below.',
     waiting: 'waiting', longestWait: 'longest wait', agentsOnline: 'agents online', inProgress: 'in progress',
     agent: 'agent', status: 'status', load: 'load', loadOf: '{load} of {capacity}', disconnected: 'disconnected',
     ONLINE: 'online', AWAY: 'away', OFFLINE: 'offline', WAITING: 'waiting', ACTIVE: 'active', ENDED: 'ended',
@@ -20,7 +22,7 @@ const t = translator({
   },
   'zh-CN': {
     title: '客服主管', signOut: '退出', live: '实时', updated: '更新于 {time}', notUpdating: '未更新：{why}',
-    noGroups: '该租户还没有客服组（PUT /api/v1/groups/{group}）。',
+    noGroups: '还没有客服组：请在下方“设置”中创建。',
     waiting: '排队中', longestWait: '最长等待', agentsOnline: '在线客服', inProgress: '进行中',
     agent: '客服', status: '状态', load: '接待量', loadOf: '{load} / {capacity}', disconnected: '已断开',
     ONLINE: '在线', AWAY: '忙碌', OFFLINE: '离线', WAITING: '排队中', ACTIVE: '进行中', ENDED: '已结束',
@@ -56,7 +58,8 @@ function searchClient() {
   }
   return searcher;
 }
-main.replaceChildren(grid, updated, searchPanel(searchClient, auth.claims.sub));
+// The shop's settings: every change shows in the live view at once.
+main.replaceChildren(grid, updated, searchPanel(searchClient, auth.claims.sub), settingsPanel(auth.token, () => refresh()));
 const expanded = new Set();
 let lastError = '';
 
@@ -67,7 +70,8 @@ async function refresh() {
     await Promise.all(groups.filter((g) => expanded.has(g.id)).map(async (g) => {
       details.set(g.id, await api(auth.token, 'GET', `/api/v1/groups/${encodeURIComponent(g.id)}/sessions`));
     }));
-    draw(groups, details);
+    // Redrawn every 2 s: the keyboard focus stays where it was.
+    keepFocus(() => draw(groups, details));
     conn.textContent = t('live');
     conn.dataset.status = 'online';
     lastError = '';
@@ -105,7 +109,7 @@ function draw(groups, details) {
           el('td', {}, a.id),
           el('td', {}, a.connected ? t(a.status) : t('disconnected')),
           el('td', {}, el('meter', { min: 0, max: a.capacity || 1, value: a.load, title: t('loadOf', { load: a.load, capacity: a.capacity }) }), ` ${a.load}/${a.capacity}`))))),
-      el('button', { class: 'link', onclick: () => { if (expanded.has(g.id)) expanded.delete(g.id); else expanded.add(g.id); refresh(); } },
+      el('button', { class: 'link', id: `sessions-of-${g.id}`, onclick: () => { if (expanded.has(g.id)) expanded.delete(g.id); else expanded.add(g.id); refresh(); } },
         expanded.has(g.id) ? t('hideSessions') : t('showSessions')));
     const d = details.get(g.id);
     if (d) {

@@ -22,6 +22,9 @@ const t = translator({
     image: 'image', imageUnavailable: '(image unavailable)', attach: 'Attach a photo or file', uploading: 'Uploading {name}…',
     dropHere: 'Drop to send', fileUnavailable: '(file unavailable)',
     noMessages: 'No messages in this chat.', transcript: 'Chat of {date}',
+    'reason:transfer': 'transfer', 'reason:agent went offline': 'the agent went offline',
+    'reason:agent disconnected': 'the agent lost the connection', 'reason:ended by the customer': 'ended by the customer',
+    'reason:ended by the agent': 'ended by the agent', 'reason:ended by an admin': 'ended by an administrator',
     ...ERROR_WORDS,
     OTHER: 'Something went wrong',
   },
@@ -38,6 +41,9 @@ const t = translator({
     image: '图片', imageUnavailable: '（图片无法显示）', attach: '发送图片或文件', uploading: '正在上传 {name}…',
     dropHere: '松开即可发送', fileUnavailable: '（文件无法获取）',
     noMessages: '这次对话没有消息。', transcript: '{date} 的对话',
+    'reason:transfer': '转接', 'reason:agent went offline': '客服已离线',
+    'reason:agent disconnected': '客服连接中断', 'reason:ended by the customer': '由顾客结束',
+    'reason:ended by the agent': '由客服结束', 'reason:ended by an admin': '由管理员结束',
     BAD_FRAME: '服务器无法读取该请求。',
     RATE_LIMITED: '发送太频繁，请稍慢一些。',
     UNAVAILABLE: '服务暂时不可用，稍后会自动重试。',
@@ -57,9 +63,41 @@ const t = translator({
   },
 });
 
+/** Why a session moved or ended (the server's reason), in the page's language. */
+export function reasonWords(reason) {
+  if (!reason) return '';
+  const words = t(`reason:${reason}`);
+  return words === `reason:${reason}` ? reason : words;
+}
+
 /** A failure in words for people, in the page's language. */
 export function describe(e) {
   return withDetail(t(e.code in ERROR_WORDS ? e.code : 'OTHER'), e);
+}
+
+/** Attributes that name a list entry across redraws (the focused one is found again). */
+const FOCUS_KEYS = ['data-session-id', 'data-chat-id', 'data-past-id', 'data-left-id', 'data-take', 'data-group'];
+
+function focusKey(e) {
+  if (e.id) return `#${CSS.escape(e.id)}`;
+  const attr = FOCUS_KEYS.find((k) => e.hasAttribute(k));
+  return attr ? `${e.tagName.toLowerCase()}[${attr}="${CSS.escape(e.getAttribute(attr))}"]` : null;
+}
+
+/**
+ * Runs `draw` (which may replace elements) and gives the focus back to the
+ * element that had it, or to its redrawn twin (same id or list key), so
+ * that a keyboard user is never thrown to <body> by a redraw. When it is
+ * gone for good, `fallback()` (if any) says where the focus goes.
+ */
+export function keepFocus(draw, fallback) {
+  const had = document.activeElement;
+  const key = had && had !== document.body ? focusKey(had) : null;
+  draw();
+  if (!had || had === document.body || document.contains(had)) return;
+  const twin = key ? document.querySelector(key) : null;
+  const next = twin || (fallback ? fallback() : null);
+  if (next) next.focus({ preventScroll: true });
 }
 
 /** document.createElement with properties, attributes (data-*, aria-*) and children. */
@@ -114,6 +152,7 @@ export class People extends EventTarget {
     super();
     this.token = token;
     this.known = new Map(); // id -> { name, avatar } (empty when the user has none)
+    this.asking = new Map(); // id -> the lookup in flight
   }
 
   name(id) {
@@ -121,16 +160,27 @@ export class People extends EventTarget {
     return (p && p.name) || id;
   }
 
+  /** Looks up the names not known yet; resolves once all of `ids` are (or failed). */
   async want(ids) {
-    const fresh = [...new Set(ids)].filter((id) => id && !this.known.has(id)).slice(0, 100);
-    if (!fresh.length) return;
-    for (const id of fresh) this.known.set(id, {});
+    const unique = [...new Set(ids)].filter(Boolean);
+    const fresh = unique.filter((id) => !this.known.has(id) && !this.asking.has(id)).slice(0, 100);
+    if (fresh.length) {
+      const lookup = this.lookUp(fresh);
+      for (const id of fresh) this.asking.set(id, lookup);
+    }
+    await Promise.all(unique.map((id) => this.asking.get(id)).filter(Boolean));
+  }
+
+  async lookUp(ids) {
     try {
-      const r = await api(this.token, 'GET', `/api/v1/users?ids=${fresh.map(encodeURIComponent).join(',')}`);
+      const r = await api(this.token, 'GET', `/api/v1/users?ids=${ids.map(encodeURIComponent).join(',')}`);
+      for (const id of ids) this.known.set(id, {});
       for (const u of r.users || []) this.known.set(u.user, { name: u.name, avatar: u.avatar });
       this.dispatchEvent(new Event('change'));
     } catch {
-      for (const id of fresh) this.known.delete(id); // asked again next time
+      // Asked again next time.
+    } finally {
+      for (const id of ids) this.asking.delete(id);
     }
   }
 
@@ -483,7 +533,9 @@ export function safeUrl(u) {
  * with `canRecall(m)` and `onRecall(m)` they offer recall.
  */
 export function drawMessages(box, entries, me, { onRetry, nameOf, mark, peerRead, canRecall, onRecall } = {}) {
-  const atBottom = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  // Following the newest unless the reader scrolled up (remembered: a box
+  // drawn while hidden, e.g. a closed embedded widget, has no geometry).
+  const atBottom = box.clientHeight === 0 ? box.ddStick !== false : box.scrollHeight - box.scrollTop - box.clientHeight < 40;
   // Elements are kept per message and state: a redraw moves them, so images
   // stay loaded and nothing flickers.
   const cache = box.ddCache || new Map();
@@ -516,13 +568,18 @@ export function drawMessages(box, entries, me, { onRetry, nameOf, mark, peerRead
   box.replaceChildren(...items, pill);
   if (atBottom || mineLast || !sameConversation) {
     box.scrollTop = box.scrollHeight;
+    box.ddStick = true;
     pill.hidden = true;
   } else if (appended) {
     pill.hidden = false;
   }
 }
 
-/** The "new messages" pill of a message list, made once. */
+/**
+ * The "new messages" pill of a message list, made once; and what keeps the
+ * list at its newest message while the reader has not scrolled up: when it
+ * is shown after being hidden, or resized, it goes to the newest again.
+ */
 function newMessagesPill(box) {
   if (box.ddPill) return box.ddPill;
   const pill = el('button', {
@@ -530,8 +587,15 @@ function newMessagesPill(box) {
     onclick: () => { box.scrollTop = box.scrollHeight; pill.hidden = true; },
   }, t('newMessages'));
   box.addEventListener('scroll', () => {
-    if (box.scrollHeight - box.scrollTop - box.clientHeight < 40) pill.hidden = true;
+    if (box.clientHeight === 0) return;
+    box.ddStick = box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+    if (box.ddStick) pill.hidden = true;
   });
+  if (typeof ResizeObserver !== 'undefined') {
+    new ResizeObserver(() => {
+      if (box.clientHeight > 0 && box.ddStick !== false) box.scrollTop = box.scrollHeight;
+    }).observe(box);
+  }
   box.ddPill = pill;
   return pill;
 }

@@ -154,7 +154,11 @@ function scenario(name, fn) {
       await keepScreenshots(name);
       throw e;
     } finally {
-      // Everyone leaves: the next scenario starts with nobody connected.
+      // Every session still open ends, and everyone leaves: the next
+      // scenario starts with an empty line and nobody connected (a
+      // session left open would come back to the queue after the agent's
+      // grace period, in the middle of another scenario).
+      for (const p of pages) if (!p.isClosed() && new URL(p.url()).pathname === '/agent') await endAll(p).catch(() => {});
       for (const c of contexts) await c.close().catch(() => {});
       contexts.clear();
       pages.clear();
@@ -281,6 +285,23 @@ async function shot(page, file) {
   await page.setViewportSize(size);
 }
 
+/** Ends every session in an agent's list. */
+async function endAll(page) {
+  for (let i = 0; i < 10; i += 1) {
+    const id = await page.$eval('#sessions [data-session-id]', (b) => b.dataset.sessionId).catch(() => null);
+    if (!id) return;
+    await page.click(`[data-session-id="${id}"]`, { timeout: 2000 });
+    await endSession(page);
+    await page.waitForFunction((x) => !document.querySelector(`[data-session-id="${x}"]`), id, { timeout: 5000 });
+  }
+}
+
+/** End session: the button asks once, the second press ends. */
+async function endSession(page) {
+  await page.click('#end');
+  await page.click('#end[data-confirm]');
+}
+
 function assertOnceInOrder(ms, expected) {
   const ids = ms.map((m) => m.id);
   assert.equal(new Set(ids).size, ids.length, `a message is shown twice: ${JSON.stringify(ms)}`);
@@ -389,7 +410,7 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
 
   // bob frees his slot; amy hands carol over to him.
   await bob.click('[data-customer="dave"]');
-  await bob.click('#end');
+  await endSession(bob);
   await dave.waitForSelector('#rate');
   await waitText(bob, '#load', /0\/1/);
   // The picker lists the agents free now, with their load; a note goes along.
@@ -452,7 +473,7 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
   await shot(carol, 'console-chat.png');
 
   // bob ends the session; carol rates it.
-  await bob.click('#end');
+  await endSession(bob);
   await carol.waitForSelector('#rate');
   await assertAccessible(carol, 'the rating form');
   // The stars are one radio group: arrow keys move the choice, one is checked.
@@ -544,6 +565,26 @@ scenario('leave a message when nobody is online; an agent claims and answers it'
   await waitMessage(fay, 'thank you!');
   await assertAccessible(erin, 'the answer to a left message');
   await assertAccessible(fay, 'answering a left message on a phone');
+
+  // After a reload the answered message is an ordinary chat, listed; erin's
+  // follow-up chimes, counts in the title, and opens there.
+  await fay.reload();
+  await online(fay);
+  await fay.waitForSelector('#chats [data-peer="erin"]');
+  const chimes = async () => Number(await fay.evaluate(() => document.body.dataset.chimes || 0));
+  const before = await chimes();
+  await say(erin, 'one more thing: the lid is cracked too');
+  await fay.waitForFunction((n) => Number(document.body.dataset.chimes || 0) > n, before);
+  await fay.waitForSelector('#chats [data-peer="erin"] [data-unread="1"]');
+  assert.match(await fay.title(), /^\(1\) /);
+  await fay.click('#chats [data-peer="erin"]');
+  await waitMessage(fay, 'one more thing: the lid is cracked too');
+  assertOnceInOrder(await shownMessages(fay), ['my blender is broken, please call me', 'Hi erin, a new blender is on its way.',
+    'thank you!', 'one more thing: the lid is cracked too']);
+  await fay.waitForFunction(() => !document.querySelector('#chats [data-unread]') && !/^\(/.test(document.title));
+  await say(fay, 'A new lid is in the box too.');
+  await waitMessage(erin, 'A new lid is in the box too.');
+  await assertAccessible(fay, 'a chat outside a session');
   assert.deepEqual(fay.ddErrors, []);
   assert.deepEqual(erin.ddErrors, []);
 });
@@ -570,6 +611,178 @@ scenario('an agent of a manual-pick group takes the next customer', async () => 
   const texts = (await shownMessages(lee)).map((m) => m.text);
   assert.ok(texts.indexOf('it is about order 77') < texts.indexOf('and the invoice'), `in the order typed: ${texts}`);
   assert.equal(texts.filter((x) => x === 'it is about order 77').length, 1);
+});
+
+scenario('the owner sets up a group, two agents and three quick replies in /supervisor alone; a customer is served by them', async () => {
+  const owner = await (await person('owner', { width: 1200, height: 900 }, 'zh-CN')).open('/supervisor');
+  await signIn(owner, 'olive', 'admin');
+  await owner.waitForSelector('#settings #group-form');
+  await assertAccessible(owner, 'the settings');
+  // A mistake is named by its field, in the page's language, before saving.
+  await owner.fill('#group-id', 'presale');
+  await owner.fill('#group-name', '售前咨询');
+  await owner.selectOption('#group-policy', 'round-robin');
+  await owner.fill('#group-max-queue', '0');
+  await owner.click('#group-save');
+  await waitText(owner, '#group-max-queue-error', /^同时排队的最多人数：请填写 1 到 10000 之间的整数。$/);
+  assert.equal(await owner.getAttribute('#group-max-queue', 'aria-invalid'), 'true');
+  assert.equal(await owner.evaluate(() => document.activeElement.id), 'group-max-queue');
+  await owner.fill('#group-max-queue', '20');
+  await owner.click('#group-save');
+  await owner.waitForSelector('[data-settings-group="presale"]');
+  assert.equal(await owner.getAttribute('#group-max-queue', 'aria-invalid'), null);
+  // The live view shows it at once.
+  await owner.waitForSelector('.group[data-group="presale"]');
+  // Its agents, with how many chats each takes at once.
+  for (const [agent, capacity] of [['odile', '2'], ['otto', '3']]) {
+    await owner.fill('#agent-id', agent);
+    await owner.fill('#agent-capacity', capacity);
+    await owner.click('#agent-add');
+    await owner.waitForSelector(`[data-settings-agent="${agent}"]`);
+  }
+  await owner.fill('#agent-id', 'oscar');
+  await owner.fill('#agent-capacity', '0');
+  await owner.click('#agent-add');
+  await waitText(owner, '#agent-capacity-error', /同时接待人数：请填写 1 到 1000 之间的整数。/);
+  assert.equal(await owner.$$eval('[data-settings-agent="oscar"]', (n) => n.length), 0);
+  // otto takes two at once after all: changed in place.
+  await owner.fill('[data-capacity-of="otto"]', '2');
+  await owner.press('[data-capacity-of="otto"]', 'Tab');
+  await owner.waitForFunction(() => document.querySelector('.group[data-group="presale"] tr[data-agent="otto"]')?.textContent.includes('0/2'));
+  // Three quick replies for the group.
+  const replies = [['问候', '您好，请问有什么可以帮您？'], ['发货', '订单会在 24 小时内发货。'], ['再见', '感谢您的咨询，再见！']];
+  for (const [title, text] of replies) {
+    await owner.selectOption('#reply-group', 'presale');
+    await owner.fill('#reply-title', title);
+    await owner.fill('#reply-text', text);
+    await owner.click('#reply-save');
+    await owner.waitForFunction((x) => [...document.querySelectorAll('[data-settings-reply]')].some((r) => r.textContent.includes(x)), title);
+  }
+  await assertAccessible(owner, 'the settings with a group, agents and replies');
+  await shot(owner, 'console-settings.png');
+  assert.deepEqual(owner.ddErrors, []);
+
+  // odile goes online and has the replies; a customer picks the group and is served.
+  const odile = await agentOnline('odile');
+  await waitText(odile, '#load', /presale/);
+  // (and the demo group's: every agent joins it by going online)
+  assert.deepEqual((await odile.$$eval('#quick-replies option', (o) => o.map((x) => x.textContent).filter((x) => x.endsWith('(presale)')))).sort(),
+    ['问候 (presale)', '发货 (presale)', '再见 (presale)'].sort());
+  const ophelia = await (await person('ophelia', { width: 400, height: 700 })).open('/chat');
+  await signIn(ophelia, 'ophelia', 'customer');
+  await ophelia.selectOption('#group', 'presale');
+  await ophelia.fill('#question', 'when will my order ship?');
+  await ophelia.click('#request');
+  await waitText(ophelia, '#agent-name', /odile/);
+  await odile.click('[data-customer="ophelia"]');
+  await odile.selectOption('#quick-replies', { label: '发货 (presale)' });
+  await odile.press('#input', 'Enter');
+  await waitMessage(ophelia, '订单会在 24 小时内发货。');
+  await endSession(odile);
+  await odile.waitForFunction(() => !document.querySelector('[data-customer="ophelia"]'));
+});
+
+scenario('an agent who chooses Online before the connection is up is set online once it opens', async () => {
+  await setCapacity('nell', 1);
+  const nellP = await person('nell');
+  // A slow network: every WebSocket opens 2.5 s late.
+  await nellP.context.addInitScript(() => {
+    const Real = window.WebSocket;
+    window.WebSocket = class SlowSocket extends Real {
+      constructor(...args) {
+        super(...args);
+        this.ddOpenAt = Date.now() + 2500;
+      }
+
+      get readyState() {
+        const r = super.readyState;
+        return r === 1 && Date.now() < this.ddOpenAt ? 0 : r;
+      }
+
+      set onopen(fn) {
+        super.onopen = fn ? (e) => setTimeout(() => fn.call(this, e), Math.max(0, this.ddOpenAt - Date.now())) : null;
+      }
+
+      get onopen() {
+        return super.onopen;
+      }
+    };
+  });
+  const nell = await nellP.open('/agent');
+  await nell.fill('#signin-tenant', 'demo');
+  await nell.fill('#signin-user', 'nell');
+  await nell.selectOption('#signin-role', 'agent');
+  await nell.click('#signin-submit');
+  await nell.waitForSelector('#status');
+  assert.notEqual(await nell.getAttribute('#conn', 'data-status'), 'online', 'the socket is not up yet');
+  await nell.selectOption('#status', 'ONLINE');
+  // Kept, and set by the server once the connection opens.
+  await nell.waitForSelector('#status[data-status="ONLINE"]');
+  assert.equal(await nell.inputValue('#status'), 'ONLINE');
+  const nora = await (await person('nora', { width: 400, height: 700 })).open('/chat');
+  await signIn(nora, 'nora', 'customer');
+  await nora.fill('#question', 'is anyone there?');
+  await nora.click('#request');
+  await waitText(nora, '#agent-name', /nell/);
+  await nell.click('[data-customer="nora"]');
+  await waitMessage(nell, 'is anyone there?');
+  assert.deepEqual(nell.ddErrors, []);
+  await endSession(nell);
+  await nell.waitForFunction(() => !document.querySelector('[data-customer="nora"]'));
+});
+
+scenario('the keyboard: focus survives redraws, Alt+arrows move between chats, End asks first', async () => {
+  await setCapacity('vera', 3);
+  const vera = await agentOnline('vera');
+  const customers = [];
+  for (const who of ['wes', 'xia']) {
+    const c = await (await person(who, { width: 400, height: 700 })).open('/chat');
+    await signIn(c, who, 'customer');
+    await c.fill('#question', `hello from ${who}`);
+    await c.click('#request');
+    await waitText(c, '#agent-name', /vera/);
+    customers.push(c);
+  }
+  const [wes, xia] = customers;
+  await vera.waitForSelector('[data-customer="xia"]');
+  const focused = () => vera.evaluate(() => {
+    const a = document.activeElement;
+    return a === document.body ? 'body' : a.id || a.dataset.customer || a.tagName;
+  });
+  // On a session in the list: a message redraws the list, the focus stays.
+  await vera.focus('[data-customer="wes"]');
+  await say(xia, 'are you there?');
+  await vera.waitForFunction(() => document.querySelector('[data-customer="xia"] [data-unread]'));
+  assert.equal(await focused(), 'wes');
+  // On Transfer in the header: a message redraws the header, the focus stays.
+  await vera.keyboard.press('Enter');
+  await vera.focus('#transfer');
+  await say(wes, 'my parcel is late');
+  await waitMessage(vera, 'my parcel is late');
+  assert.equal(await focused(), 'transfer');
+  // Alt+↓ opens the next chat with the cursor in the reply box; Alt+↑ back.
+  await vera.keyboard.press('Alt+ArrowDown');
+  await waitText(vera, '#conv-customer', /xia/);
+  assert.equal(await focused(), 'input');
+  await vera.keyboard.press('Alt+ArrowUp');
+  await waitText(vera, '#conv-customer', /wes/);
+  await vera.focus('#messages');
+  await vera.keyboard.press('Alt+KeyM');
+  assert.equal(await focused(), 'input');
+  // End asks first; after it the focus is on the next chat, not lost.
+  await vera.focus('#end');
+  await vera.keyboard.press('Enter');
+  await vera.waitForSelector('#end[data-confirm]');
+  assert.equal(await focused(), 'end');
+  assert.equal(await vera.$$eval('[data-customer="wes"]', (n) => n.length), 1, 'not ended by one press');
+  await vera.keyboard.press('Enter');
+  await vera.waitForFunction(() => !document.querySelector('[data-customer="wes"]'));
+  assert.notEqual(await focused(), 'body');
+  await assertAccessible(vera, 'the workspace after ending by keyboard');
+  assert.deepEqual(vera.ddErrors, []);
+  await vera.click('[data-customer="xia"]');
+  await endSession(vera);
+  await vera.waitForFunction(() => !document.querySelector('[data-customer="xia"]'));
 });
 
 scenario('an agent hears and sees what needs attention: a chime, a desktop notification, the title', async () => {
@@ -755,6 +968,31 @@ scenario('a customer sends a photo and a file: the agent sees the thumbnail, ope
   await shot(olga, 'console-agent-files.png');
   await assertAccessible(olga, 'the workspace with a photo and a file');
   await assertAccessible(kira, 'the widget with a photo and a file');
+
+  // olga hands kira to petra: petra opens the photo and the file the note speaks
+  // of, live and in her transcript once the session has ended.
+  await setCapacity('petra', 3);
+  const petra = await agentOnline('petra');
+  await olga.focus('#transfer-target');
+  await olga.waitForSelector('#transfer-target option[value="agent:petra"]', { state: 'attached' });
+  await olga.selectOption('#transfer-target', 'agent:petra');
+  await olga.fill('#transfer-note', 'photo and invoice received');
+  await olga.click('#transfer');
+  await petra.click('[data-customer="kira"]');
+  const photoShown = async (page, scope) => page.waitForFunction((s) => {
+    const img = document.querySelector(`${s} a.file-image img`);
+    return img && img.complete && img.naturalWidth > 0;
+  }, scope);
+  await photoShown(petra, '#messages .msg.theirs');
+  await petra.waitForSelector('#messages .msg.theirs a.file[href]');
+  assert.doesNotMatch(await petra.textContent('#messages'), /unavailable/, 'nothing shown as unavailable');
+  const petraGot = await petra.$eval('#messages .msg.theirs a.file', async (a) => [...new Uint8Array(await (await fetch(a.href)).arrayBuffer())]);
+  assert.deepEqual(Buffer.from(petraGot), words);
+  await endSession(petra);
+  await petra.waitForSelector('[data-past-id]');
+  await petra.click('[data-past-id]');
+  await photoShown(petra, '#messages .transcript-pane');
+  assert.deepEqual(petra.ddErrors, []);
 });
 
 scenario('errors reach people in words; dev sign-in refuses bad input', async () => {
@@ -941,7 +1179,33 @@ scenario('the widget embeds in a shop page with one script tag', async () => {
   const href = await widget.evaluate(() => location.href);
   assert.ok(href.startsWith(`${base}/chat`) && !href.includes('token='), href);
   assert.ok(href.includes('group=default'), href);
+
+  // She closes the chat and leaves; kai writes a long answer meanwhile.
+  await shop.click('button[aria-label="Close the chat"]');
+  await shop.goto('about:blank');
+  const lines = Array.from({ length: 24 }, (_, i) => `line ${i + 1} of the answer`);
+  for (const line of lines) await say(kai, line);
+  // Back on the shop's page: the launcher counts what came while she was away.
+  await shop.goto(shopUrl);
+  await shop.waitForFunction(() => [...document.querySelectorAll('button')].some((b) => /Chat with us\s*24$/.test(b.textContent)));
+  await shop.click('text=Chat with us');
+  const back = () => shop.frames().find((f) => f.url().includes('/chat'));
+  await frame.locator('#messages .bubble', { hasText: 'line 24 of the answer' }).waitFor();
+  // It opens at the newest message, and follows new ones.
+  await back().waitForFunction(() => {
+    const box = document.querySelector('#messages');
+    return box.scrollHeight > box.clientHeight && box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  });
+  await say(kai, 'and one more thing');
+  await frame.locator('#messages .bubble', { hasText: 'and one more thing' }).waitFor();
+  await back().waitForFunction(() => {
+    const box = document.querySelector('#messages');
+    return box.scrollHeight - box.scrollTop - box.clientHeight < 40;
+  });
+  await shop.waitForFunction(() => [...document.querySelectorAll('button')].some((b) => /^Chat with us$/.test(b.textContent)));
   assert.deepEqual(errors, []);
+  await endSession(kai);
+  await kai.waitForFunction(() => !document.querySelector('[data-customer="kim"]'));
 });
 
 const AXE = path.join(here, 'node_modules/axe-core/axe.min.js');
@@ -1040,6 +1304,9 @@ scenario('a long chat keeps the header, the newest message and the composer in v
   assert.equal(await lin.$$eval('#messages .bubble b', (b) => b.length), 0, 'never HTML from a message');
   assert.deepEqual(lin.ddErrors, []);
   assert.deepEqual(kim.ddErrors, []);
+  // Done: the next scenarios find the line empty.
+  await endSession(kim);
+  await kim.waitForFunction(() => !document.querySelector('[data-customer="lin"]'));
 });
 
 scenario('the widget speaks Chinese to a Chinese browser, and English once switched', async () => {

@@ -728,3 +728,77 @@ async fn an_admin_disconnects_a_device_or_a_user_and_revokes_tokens_for_good() {
     // Others never noticed.
     assert!(bystander.send_text("mallory", "after", "are you back?").await.is_ok());
 }
+
+/// A small PNG, uploaded by `token`'s user; its file id.
+async fn upload_photo(s: &TestServer, token: &str) -> String {
+    let mut png = std::io::Cursor::new(Vec::new());
+    image::DynamicImage::new_rgb8(40, 30).write_to(&mut png, image::ImageFormat::Png).unwrap();
+    let auth = format!("Bearer {token}");
+    let headers = [("authorization", auth.as_str()), ("content-type", "image/png")];
+    let r =
+        dongdong_tests::http::send(&s.http_url, "POST", "/api/v1/files?name=parcel.png", &headers, png.get_ref()).await;
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    r.json()["file_id"].as_str().unwrap().to_string()
+}
+
+/// The status of `POST /api/v1/files/{id}/link` for `user`.
+async fn link_status(s: &TestServer, id: &str, user: &str, role: Role) -> u16 {
+    let auth = format!("Bearer {}", token(s, user, role));
+    let path = format!("/api/v1/files/{id}/link");
+    dongdong_tests::http::send(&s.http_url, "POST", &path, &[("authorization", &auth)], &[]).await.status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transferred_session_keeps_its_photos_readable_by_whoever_serves_it() {
+    let s = start(Duration::from_secs(60)).await;
+    let admin = admin_setup(&s).await;
+    for (path, body) in [
+        ("/api/v1/groups/post", json!({"name": "After-sales"})),
+        ("/api/v1/groups/post/agents/carl", json!({"capacity": 1})),
+        ("/api/v1/groups/pre/agents/dan", json!({"capacity": 1})),
+    ] {
+        let (status, body) = http(&s.http_url, "PUT", path, Some(&admin), Some(&body)).await;
+        assert!(status == 200 || status == 201, "{path}: {body}");
+    }
+    let mut ann = login(&s, "ann", Role::Agent).await;
+    cs(&mut ann, set_status(pb::AgentStatus::Online)).await;
+    let mut c1 = login(&s, "c1", Role::Customer).await;
+    let Body::SessionAssigned(a) = cs(&mut c1, request("pre", Some("my parcel arrived broken"))).await else {
+        panic!("assigned")
+    };
+    let session = a.session.unwrap();
+    assert_eq!(session.agent, "ann");
+    let photo = upload_photo(&s, &token(&s, "c1", Role::Customer)).await;
+    let image = pb::Image { file_id: photo.clone(), ..Default::default() };
+    let content = pb::Content { kind: Some(pb::content::Kind::Image(image)) };
+    c1.send("ann", "photo-1", content).await.unwrap();
+    assert_eq!(link_status(&s, &photo, "ann", Role::Agent).await, 200);
+    assert_eq!(link_status(&s, &photo, "carl", Role::Agent).await, 404, "not an agent of the session's group");
+
+    // ann hands the session to bob: he must see the photo the note speaks of.
+    let mut bob = login(&s, "bob", Role::Agent).await;
+    cs(&mut bob, set_status(pb::AgentStatus::Online)).await;
+    let to_bob = Body::TransferSession(pb::TransferSession {
+        session_id: session.session_id.clone(),
+        target: Some(pb::transfer_session::Target::ToAgent("bob".into())),
+        note: "photo received".into(),
+    });
+    let Body::SessionTransferred(_) = cs(&mut ann, to_bob).await else { panic!("transferred") };
+    assert_eq!(link_status(&s, &photo, "bob", Role::Agent).await, 200, "the new agent reads the customer's photo");
+    // A colleague of the group reads it (past sessions); an agent of another
+    // group, another customer and another tenant's admin do not.
+    assert_eq!(link_status(&s, &photo, "dan", Role::Agent).await, 200);
+    assert_eq!(link_status(&s, &photo, "carl", Role::Agent).await, 404);
+    assert_eq!(link_status(&s, &photo, "c2", Role::Customer).await, 404);
+    let stranger = format!("Bearer {}", s.token_with_role("elsewhere", "root", Role::Admin));
+    let path = format!("/api/v1/files/{photo}/link");
+    let other = dongdong_tests::http::send(&s.http_url, "POST", &path, &[("authorization", &stranger)], &[]).await;
+    assert_eq!(other.status, 404);
+
+    // Still so in his transcript, once the session has ended.
+    let end = Body::EndSession(pb::EndSession { session_id: session.session_id.clone() });
+    let Body::SessionEnded(_) = cs(&mut bob, end).await else { panic!("ended") };
+    assert_eq!(link_status(&s, &photo, "bob", Role::Agent).await, 200);
+    assert_eq!(link_status(&s, &photo, "ann", Role::Agent).await, 200);
+    s.stop().await;
+}

@@ -79,3 +79,44 @@ async fn dev_sign_in_does_not_exist_with_a_configured_secret() {
     assert_eq!(get(&s.http_url, "/chat").await.0, 200);
     s.stop().await;
 }
+
+#[tokio::test]
+async fn assets_are_compressed_versioned_and_revalidated() {
+    use dongdong_tests::http::send;
+    use std::io::Read as _;
+    let s = TestServer::start().await;
+    let gunzip = |b: &[u8]| {
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(b).read_to_string(&mut out).expect("gzip");
+        out
+    };
+    // The page: compressed when asked, revalidated each time (its URL has no version).
+    let page = send(&s.http_url, "GET", "/agent", &[("accept-encoding", "gzip, br")], &[]).await;
+    assert_eq!(page.status, 200);
+    assert_eq!((page.header("content-encoding"), page.header("cache-control")), (Some("gzip"), Some("no-cache")));
+    let html = gunzip(&page.body);
+    let etag = page.header("etag").expect("an ETag").to_string();
+    let again = send(&s.http_url, "GET", "/agent", &[("accept-encoding", "gzip"), ("if-none-match", &etag)], &[]).await;
+    assert_eq!((again.status, again.body.len()), (304, 0));
+    let plain = send(&s.http_url, "GET", "/agent", &[], &[]).await;
+    assert_eq!((plain.header("content-encoding"), String::from_utf8_lossy(&plain.body)), (None, html.as_str().into()));
+    assert_ne!(plain.header("etag"), Some(etag.as_str()), "one ETag per encoding");
+
+    // Its script by a versioned URL: cached for good; its imports versioned too.
+    let start = html.find("/web/agent.js?v=").expect("a versioned script URL");
+    let url = &html[start..html[start..].find('"').unwrap() + start];
+    let script = send(&s.http_url, "GET", url, &[("accept-encoding", "gzip")], &[]).await;
+    assert_eq!(script.status, 200);
+    assert_eq!(script.header("cache-control"), Some("public, max-age=31536000, immutable"));
+    let js = gunzip(&script.body);
+    assert!(js.contains("from './ui.js?v="), "imports carry the version");
+    assert!(script.body.len() * 2 < js.len(), "gzip: {} of {} bytes", script.body.len(), js.len());
+    // An old version's URL, and the bare URL shops use, are revalidated instead.
+    for path in ["/web/agent.js?v=000000000000", "/web/embed.js"] {
+        let r = send(&s.http_url, "GET", path, &[], &[]).await;
+        assert_eq!((r.status, r.header("cache-control")), (200, Some("no-cache")), "{path}");
+    }
+    let (_, index) = get(&s.http_url, "/web/index.html").await;
+    assert!(index.contains("src=\"/web/embed.js\""), "the embed snippet shown to shops stays bare");
+    s.stop().await;
+}
