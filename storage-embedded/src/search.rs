@@ -125,6 +125,8 @@ pub struct EmbeddedSearch {
 struct Inner {
     store: Arc<EmbeddedStore>,
     fields: Fields,
+    /// Where every write runs (see [`Background`]).
+    background: Background,
     writer: Mutex<IndexWriter>,
     reader: IndexReader,
     /// The feed position of the last commit (its payload).
@@ -155,10 +157,13 @@ impl EmbeddedSearch {
             Err(e) => return Err(failed(e)),
         };
         index.tokenizers().register(TOKENIZER, Terms);
-        let writer = index.writer_with_num_threads(1, WRITER_BYTES).map_err(failed)?;
+        let background = Background::start()?;
+        // Made there, so that tantivy's threads start at its priority.
+        let for_writer = index.clone();
+        let writer = background.run_now(move || for_writer.writer_with_num_threads(1, WRITER_BYTES).map_err(failed))?;
         let reader = index.reader_builder().reload_policy(ReloadPolicy::Manual).try_into().map_err(failed)?;
         let position = Mutex::new(index.load_metas().map_err(failed)?.payload.filter(|p| !p.is_empty()));
-        let inner = Inner { store, fields, writer: Mutex::new(writer), reader, position };
+        let inner = Inner { store, fields, background, writer: Mutex::new(writer), reader, position };
         Ok(Arc::new(Self { inner: Arc::new(inner) }))
     }
 }
@@ -332,7 +337,7 @@ impl SearchIndex for EmbeddedSearch {
         position: Option<String>,
     ) -> Result<()> {
         let this = self.inner.clone();
-        blocking(move || {
+        self.inner.background.run(move || {
             let mut writer = locked(&this.writer, "writer")?;
             for (_, msg_id) in &removed {
                 writer.delete_term(Term::from_field_text(this.fields.msg_id, msg_id));
@@ -363,7 +368,7 @@ impl SearchIndex for EmbeddedSearch {
 
     async fn clear(&self) -> Result<()> {
         let this = self.inner.clone();
-        blocking(move || {
+        self.inner.background.run(move || {
             let mut writer = locked(&this.writer, "writer")?;
             writer.delete_all_documents().map_err(failed)?;
             let mut commit = writer.prepare_commit().map_err(failed)?;
@@ -379,3 +384,69 @@ impl SearchIndex for EmbeddedSearch {
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f).await.map_err(|e| failed(format!("task failed: {e}")))?
 }
+
+/// The CPU priority of the index's writes: the lowest (nice 19, Linux).
+const WRITER_NICE: i32 = 19;
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// A thread of the index's own for its writes (adding, deleting,
+/// committing), at the lowest CPU priority; the threads tantivy starts from
+/// it (indexing, merging, compressing the store) inherit that priority. So
+/// indexing takes the CPU the send path leaves and never the send path's:
+/// on a busy machine the index lags, messages do not. Queries run at
+/// normal priority on the blocking pool.
+struct Background {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl Background {
+    fn start() -> Result<Self> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("dd-search-writer".into())
+            .spawn(move || {
+                lower_priority();
+                while let Ok(job) = rx.recv() {
+                    // A panic fails its job (its answer is dropped), not the thread.
+                    let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
+                }
+            })
+            .map_err(failed)?;
+        Ok(Self { jobs })
+    }
+
+    fn send<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> Result<T> + Send + 'static,
+        answer: impl FnOnce(Result<T>) + Send + 'static,
+    ) -> Result<()> {
+        self.jobs.send(Box::new(move || answer(f()))).map_err(|_| failed("the writer thread is gone"))
+    }
+
+    /// Runs `f` there, blocking until it is done (opening).
+    fn run_now<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.send(f, move |r| drop(tx.send(r)))?;
+        rx.recv().map_err(|_| failed("a write failed"))?
+    }
+
+    async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.send(f, move |r| drop(tx.send(r)))?;
+        rx.await.map_err(|_| failed("a write failed"))?
+    }
+}
+
+/// Linux keeps a nice value per thread: this thread's, and so that of the
+/// threads it starts. Elsewhere the writes run at normal priority.
+#[cfg(target_os = "linux")]
+fn lower_priority() {
+    let me = rustix::thread::gettid();
+    if let Err(e) = rustix::process::setpriority_process(Some(me), WRITER_NICE) {
+        tracing::warn!(error = %e, "search index: could not lower the writer thread's priority");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn lower_priority() {}
