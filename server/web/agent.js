@@ -31,7 +31,7 @@ const t = translator({
    
     noGroup: 'no group yet', waitingFor: 'waiting {wait}', answered: 'answered',
     noCustomers: 'No customers yet: new ones appear here.', goOnline: 'Go online to get customers.',
-    waitingSuffix: ' waiting', takeNext: 'Take next', contactIs: 'contact: {contact}',
+    waitingSuffix: ' waiting', takeNext: 'Take next', contactIs: 'contact: {contact}', callBack: 'Call back: ', writeBack: 'Write back: ',
     answer: 'Answer', claim: 'Claim and answer',
     groupSince: '{group} · since {since}', before: ' · before: {agents}',
     transferToLabel: 'Transfer to ', transfer: 'Transfer', endSession: 'End session',
@@ -74,7 +74,7 @@ const t = translator({
    
     noGroup: '尚未加入客服组', waitingFor: '已等待 {wait}', answered: '已回复',
     noCustomers: '暂无顾客：新顾客会出现在这里。', goOnline: '设为在线即可接待顾客。',
-    waitingSuffix: ' 人等待', takeNext: '接待下一位', contactIs: '联系方式：{contact}',
+    waitingSuffix: ' 人等待', takeNext: '接待下一位', contactIs: '联系方式：{contact}', callBack: '回电：', writeBack: '回信：',
     answer: '回复', claim: '认领并回复',
     groupSince: '{group} · 开始于 {since}', before: ' · 之前：{agents}',
     pickTarget: '请选择…', agents: '客服', groups: '客服组', agentLoad: '{name}（{load}/{capacity}）',
@@ -821,7 +821,7 @@ function drawSide() {
   leftList.replaceChildren(...left.map((lm) => el('li', { 'data-left-id': lm.id },
     el('div', {}, el('strong', {}, name(lm.customer)), ' ', el('span', { class: 'muted' }, `${lm.group} · ${clock(lm.createdMs)}`)),
     el('div', { class: 'small' }, contentNode(lm.content)),
-    lm.contact ? el('div', { class: 'muted small' }, t('contactIs', { contact: lm.contact })) : '',
+    lm.contact ? el('div', { class: 'small' }, contactNode(lm.contact)) : '',
     lm.claimedBy ? el('button', { class: 'link', onclick: () => { state.selected = { kind: 'left', id: lm.id }; renderAll(); } }, t('answer'))
       : el('button', { class: 'link claim', onclick: () => claim(lm) }, t('claim')))));
   const shown = chats();
@@ -896,7 +896,8 @@ function drawConversation() {
     loadPanel(past.customer, past);
   } else if (sel && sel.kind === 'left' && state.left.get(sel.id)) {
     const lm = state.left.get(sel.id);
-    convHead.replaceChildren(el('div', {}, t('answeringLeftBy'), el('strong', {}, name(lm.customer)), ' ', el('span', { class: 'muted' }, lm.group)),
+    convHead.replaceChildren(el('div', {}, t('answeringLeftBy'), el('strong', {}, name(lm.customer)), ' ', el('span', { class: 'muted' }, lm.group),
+      lm.contact ? el('div', { class: 'small', id: 'left-contact' }, contactNode(lm.contact)) : ''),
       el('blockquote', {}, contentNode(lm.content)), panelButton());
     drawMessages(list, entriesOf(client, lm.conversationId ? [lm.conversationId] : [], lm.customer), me, { onRetry: retry, nameOf: name });
     const newest = lm.conversationId ? client.newestSeq(lm.conversationId) : 0;
@@ -943,6 +944,18 @@ function unreadOf(s) {
   let n = 0;
   for (const m of client.messages(c)) if (m.fromUser !== me && Number(m.seq) > read && Number(m.serverTimeMs) >= since) n += 1;
   return n;
+}
+
+/**
+ * The contact a customer left, as a way to reach her: a phone number to
+ * call (tel:), an address to write to (mailto:), or the text as given.
+ */
+function contactNode(contact) {
+  const phone = /^\+?[\d\s()-]{5,}$/.test(contact) ? `tel:${contact.replace(/[^\d+]/g, '')}` : null;
+  const mail = /^[^\s@]+@[^\s@]+\.[^\s@]+$/.test(contact) ? `mailto:${contact}` : null;
+  const href = phone || mail;
+  return el('span', {}, t(phone ? 'callBack' : mail ? 'writeBack' : 'contactIs', { contact }),
+    href ? el('a', { href, class: 'contact-link', 'data-contact': contact }, contact) : '');
 }
 
 /** Whether the customer is online, or since when they are gone. */

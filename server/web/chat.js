@@ -32,6 +32,7 @@ const t = translator({
     endChat: 'End chat',
     thanksFeedback: 'Thanks for your feedback',
     newChat: 'Start a new chat',
+    answeredBy: '{agent} answered the message you left. Reply below, or start a new chat.',
     howCanWeHelp: 'How can we help?',
     nobodyOnlineSuffix: ' (nobody online: leave a message)',
     questionPlaceholder: 'Your question (optional)',
@@ -97,6 +98,7 @@ const t = translator({
     endChat: '结束对话',
     thanksFeedback: '感谢您的评价',
     newChat: '开始新的咨询',
+    answeredBy: '{agent} 已回复您的留言。可在下方回复，或开始新的咨询。',
     howCanWeHelp: '有什么可以帮您？',
     nobodyOnlineSuffix: '（暂无客服在线：可留言）',
     questionPlaceholder: '您的问题（选填）',
@@ -202,7 +204,7 @@ const tabStore = storage('session');
 const LAST_SESSION = `dd.chat.last.${auth.claims.tenant}.${me}`;
 
 const state = {
-  view: 'loading', // pick | waiting | offer | active | ended | rated | left
+  view: 'loading', // pick | waiting | offer | active | ended | rated | left | answered
   session: null,
   queue: null, // { position, estimatedWaitS }
   offer: null,
@@ -253,8 +255,7 @@ client.on('messages', ({ conversationId, messages, how }) => {
   const outsideSession = !state.session || !(state.session.conversations || []).includes(conversationId);
   if (last && how === 'live' && outsideSession && !['active', 'waiting'].includes(state.view) && state.replyTo !== last.fromUser) {
     // An agent answers a message we left: we can reply to them.
-    state.replyTo = last.fromUser;
-    render();
+    answered(last.fromUser);
     return;
   }
   renderMessages();
@@ -317,7 +318,7 @@ function onCsState(cs) {
     fillHistory();
     return;
   }
-  if (!['offer', 'left', 'rated', 'ended'].includes(state.view)) state.view = 'pick';
+  if (!['offer', 'left', 'rated', 'ended', 'answered'].includes(state.view)) state.view = 'pick';
 }
 
 client.on('ready', () => {
@@ -347,6 +348,9 @@ const views = {
       el('button', { id: 'cancel', onclick: cancel }, t('leaveLine')));
   },
   offer: offerView,
+  answered: () => el('section', { class: 'card', id: 'answered' },
+    el('p', {}, people.avatar(state.replyTo), ' ', t('answeredBy', { agent: people.name(state.replyTo) })),
+    el('button', { class: 'primary', id: 'new-chat', onclick: newChat }, t('newChat'))),
   left: () => el('section', { class: 'card', id: 'left' },
     el('h2', {}, t('thankYou')),
     el('p', {}, t('leftDone')),
@@ -515,6 +519,39 @@ function rateView() {
   return form;
 }
 
+/** An agent answered a message we left: the thread and a reply box, no other form. */
+function answered(agent) {
+  state.replyTo = agent;
+  if (['pick', 'left', 'loading'].includes(state.view)) state.view = 'answered';
+  people.want([agent]).then(() => render());
+  render();
+}
+
+// Her history is the server's: in a browser that has never seen it, the
+// answer to a message she left is found in her conversation list (a
+// conversation with activity in the last week after any session of it
+// ended), and opens as it would have live.
+const ANSWER_WINDOW_MS = 7 * 24 * 3600 * 1000;
+client.on('conversations', (list) => findAnswer(list).catch(() => {}));
+
+async function findAnswer(list) {
+  if (state.replyTo || !['pick', 'left', 'loading'].includes(state.view)) return;
+  const since = Date.now() - ANSWER_WINDOW_MS;
+  const recent = list.filter((c) => c.peer && c.peer !== me && c.lastMessage && Number(c.lastMessage.serverTimeMs) >= since).slice(0, 5);
+  if (!recent.length) return;
+  const { sessions } = await api(auth.token, 'GET', `/api/v1/users/${encodeURIComponent(me)}/sessions?limit=20`);
+  for (const c of recent) {
+    const ended = Math.max(0, ...sessions.filter((p) => (p.conversations || []).includes(c.conversationId) || p.conversationId === c.conversationId)
+      .map((p) => Number(p.endedMs || 0)));
+    if (Number(c.lastMessage.serverTimeMs) <= ended) continue;
+    if (state.replyTo || !['pick', 'left', 'loading'].includes(state.view)) return;
+    show([c.conversationId]);
+    await client.catchUp(c.conversationId);
+    answered(c.peer);
+    return;
+  }
+}
+
 function newChat() {
   tabStore.removeItem(LAST_SESSION);
   // The old chat leaves the live list: it is under "Your earlier chats".
@@ -645,7 +682,7 @@ async function render() {
   // Chatting in a session, or replying to the agent who answered a left message.
   const chatting = ['active', 'waiting'].includes(state.view) || (!!state.replyTo && state.view !== 'offer');
   input.placeholder = state.view === 'waiting' ? t('typeWhileWaiting')
-    : state.view === 'active' || !state.replyTo ? t('typeMessage') : t('replyTo', { agent: state.replyTo });
+    : state.view === 'active' || !state.replyTo ? t('typeMessage') : t('replyTo', { agent: people.name(state.replyTo) });
   composer.hidden = !chatting;
   input.disabled = !chatting;
   sendBtn.disabled = !chatting;

@@ -1495,7 +1495,7 @@ var DongdongClient = class extends Emitter {
     this.outboxQueue.flush();
     if (!ok.resumed && this.watched.size > 0) void this.subscribe([...this.watched]).catch(() => {
     });
-    void this.reads.load().catch(() => {
+    void this.reads.load().then(() => this.emit("conversations", this.reads.list()), () => {
     });
   }
   async subscribe(users) {

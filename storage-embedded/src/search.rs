@@ -337,27 +337,29 @@ impl SearchIndex for EmbeddedSearch {
         position: Option<String>,
     ) -> Result<()> {
         let this = self.inner.clone();
-        self.inner.background.run(move || {
-            let mut writer = locked(&this.writer, "writer")?;
-            for (_, msg_id) in &removed {
-                writer.delete_term(Term::from_field_text(this.fields.msg_id, msg_id));
-            }
-            // No delete before each add: the position commits with the
-            // entries, so the feed never hands a message over twice (a
-            // delete per entry made every commit look up each id in every
-            // segment).
-            for doc in docs {
-                writer.add_document(this.document(doc)).map_err(failed)?;
-            }
-            let mut current = locked(&this.position, "position")?;
-            let position = position.or_else(|| current.clone());
-            let mut commit = writer.prepare_commit().map_err(failed)?;
-            commit.set_payload(position.as_deref().unwrap_or(""));
-            commit.commit().map_err(failed)?;
-            *current = position;
-            this.reader.reload().map_err(failed)
-        })
-        .await
+        self.inner
+            .background
+            .run(move || {
+                let mut writer = locked(&this.writer, "writer")?;
+                for (_, msg_id) in &removed {
+                    writer.delete_term(Term::from_field_text(this.fields.msg_id, msg_id));
+                }
+                // No delete before each add: the position commits with the
+                // entries, so the feed never hands a message over twice (a
+                // delete per entry made every commit look up each id in every
+                // segment).
+                for doc in docs {
+                    writer.add_document(this.document(doc)).map_err(failed)?;
+                }
+                let mut current = locked(&this.position, "position")?;
+                let position = position.or_else(|| current.clone());
+                let mut commit = writer.prepare_commit().map_err(failed)?;
+                commit.set_payload(position.as_deref().unwrap_or(""));
+                commit.commit().map_err(failed)?;
+                *current = position;
+                this.reader.reload().map_err(failed)
+            })
+            .await
     }
 
     async fn candidates(&self, query: &IndexQuery) -> Result<Vec<IndexHit>> {
@@ -368,16 +370,18 @@ impl SearchIndex for EmbeddedSearch {
 
     async fn clear(&self) -> Result<()> {
         let this = self.inner.clone();
-        self.inner.background.run(move || {
-            let mut writer = locked(&this.writer, "writer")?;
-            writer.delete_all_documents().map_err(failed)?;
-            let mut commit = writer.prepare_commit().map_err(failed)?;
-            commit.set_payload("");
-            commit.commit().map_err(failed)?;
-            *locked(&this.position, "position")? = None;
-            this.reader.reload().map_err(failed)
-        })
-        .await
+        self.inner
+            .background
+            .run(move || {
+                let mut writer = locked(&this.writer, "writer")?;
+                writer.delete_all_documents().map_err(failed)?;
+                let mut commit = writer.prepare_commit().map_err(failed)?;
+                commit.set_payload("");
+                commit.commit().map_err(failed)?;
+                *locked(&this.position, "position")? = None;
+                this.reader.reload().map_err(failed)
+            })
+            .await
     }
 }
 

@@ -544,6 +544,8 @@ scenario('leave a message when nobody is online; an agent claims and answers it'
   const fay = await agentOnline('fay', { width: 390, height: 740 });
   await fay.waitForSelector('[data-left-id] .claim');
   await waitText(fay, '#left-messages', /blender is broken/);
+  // The number she left is a way to call her back.
+  assert.equal(await fay.getAttribute('#left-messages a.contact-link', 'href'), 'tel:5550100');
   await fay.click('[data-left-id] .claim');
   await fay.waitForSelector('#composer:not([hidden])');
   // The question opens the conversation; no error on the way.
@@ -561,6 +563,11 @@ scenario('leave a message when nobody is online; an agent claims and answers it'
   const ms = await shownMessages(erin);
   assertOnceInOrder(ms, ['my blender is broken, please call me', 'Hi erin, a new blender is on its way.']);
   await erin.waitForSelector('#composer:not([hidden])');
+  // The thread and one reply box, not another "How can we help?" form; her
+  // question was read by the agent who answered it.
+  await erin.waitForSelector('#answered');
+  assert.equal(await erin.$$eval('#pick', (n) => n.length), 0);
+  await erin.waitForSelector('#messages .msg.mine [data-receipt="read"]');
   await say(erin, 'thank you!');
   await waitMessage(fay, 'thank you!');
   await assertAccessible(erin, 'the answer to a left message');
@@ -584,6 +591,18 @@ scenario('leave a message when nobody is online; an agent claims and answers it'
   await fay.waitForFunction(() => !document.querySelector('#chats [data-unread]') && !/^\(/.test(document.title));
   await say(fay, 'A new lid is in the box too.');
   await waitMessage(erin, 'A new lid is in the box too.');
+  // In a browser she never used, her question and the answers are there too.
+  const fresh = await (await person('erin-phone', { width: 400, height: 700 })).open('/chat');
+  await signIn(fresh, 'erin', 'customer');
+  await waitMessage(fresh, 'A new lid is in the box too.');
+  await fresh.waitForSelector('#answered');
+  await fresh.waitForSelector('#composer:not([hidden])');
+  assertOnceInOrder(await shownMessages(fresh), ['my blender is broken, please call me', 'Hi erin, a new blender is on its way.',
+    'thank you!', 'one more thing: the lid is cracked too', 'A new lid is in the box too.']);
+  await say(fresh, 'got it, thanks');
+  await waitMessage(fay, 'got it, thanks');
+  await assertAccessible(fresh, 'an answered left message in another browser');
+  assert.deepEqual(fresh.ddErrors, []);
   await assertAccessible(fay, 'a chat outside a session');
   assert.deepEqual(fay.ddErrors, []);
   assert.deepEqual(erin.ddErrors, []);

@@ -82,6 +82,8 @@ export interface DongdongClientEvents {
   outbox: OutboxEntry;
   /** A conversation's list entry changed (last message, unread, pointers). */
   conversation: ConversationItem;
+  /** The conversation list was loaded from the server (after each sign-in): current now. */
+  conversations: ConversationItem[];
   /** Someone read a conversation up to a seq (you on another device, or the peer). */
   receipt: ReadReceipt;
   /** The peer is typing (`typing`), or stopped; expires after 6 s without a refresh. */
@@ -516,7 +518,7 @@ export class DongdongClient extends Emitter<DongdongClientEvents> {
     this.emit('ready', ok);
     this.outboxQueue.flush();
     if (!ok.resumed && this.watched.size > 0) void this.subscribe([...this.watched]).catch(() => {});
-    void this.reads.load().catch(() => {});
+    void this.reads.load().then(() => this.emit('conversations', this.reads.list()), () => {});
   }
 
   private async subscribe(users: string[]): Promise<PresenceUpdate[]> {
