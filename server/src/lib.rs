@@ -185,6 +185,7 @@ pub(crate) async fn assemble(
         ws_port,
         dev_signer: dev_login.then(|| signer.clone()),
         recall_window: config.im.messages.recall_window,
+        max_file_bytes: config.files.max_bytes,
     };
     let proxy_header = Some(config.server.trusted_proxy_header.to_ascii_lowercase()).filter(|h| !h.is_empty());
     let search = search_api::SearchApi { api: api.clone(), dispatch: dispatch.clone() };

@@ -85,6 +85,8 @@ pub(crate) struct Web {
     pub dev_signer: Option<Arc<TokenSigner>>,
     /// `im.recall_window`: pages offer recall only within it.
     pub recall_window: Duration,
+    /// `files.max_bytes`: pages say the limit, and refuse a larger file before sending it.
+    pub max_file_bytes: u64,
 }
 
 pub(crate) fn routes(web: Web) -> Router {
@@ -256,6 +258,7 @@ async fn info(State(web): State<Web>) -> Json<serde_json::Value> {
         "ws_port": web.ws_port,
         "dev_login": web.dev_signer.is_some(),
         "recall_window_ms": web.recall_window.as_millis() as u64,
+        "max_file_bytes": web.max_file_bytes,
     }))
 }
 

@@ -356,7 +356,23 @@ function sessionOfMessage(m) {
 
 async function fillSession(s) {
   await Promise.all(convIdsOf(s).map((c) => client.catchUp(c, { sessionId: s.sessionId }).catch((e) => notifyError(e))));
+  if (state.sessions.has(s.sessionId)) state.waitingSince.set(s.sessionId, waitingFrom(s));
   renderAll();
+}
+
+/**
+ * Since when the customer has waited for an answer, from the session's
+ * messages (after a reload as much as live): her oldest message after the
+ * last one of an agent; 0 when answered; the assignment when nobody spoke.
+ */
+function waitingFrom(s) {
+  const since = Number(s.createdMs || 0) - 1000;
+  const ms = convIdsOf(s).flatMap((c) => client.messages(c)).filter((m) => Number(m.serverTimeMs) >= since)
+    .sort((a, b) => Number(a.serverTimeMs) - Number(b.serverTimeMs));
+  if (!ms.length) return Number(s.assignedMs || s.createdMs || Date.now());
+  let from = 0;
+  for (const m of ms) from = m.fromUser === s.customer ? from || Number(m.serverTimeMs) : 0;
+  return from;
 }
 
 function addSession(s, announce) {
@@ -466,6 +482,7 @@ client.on('frame', (f) => {
     loadRecent();
   } else if (f.leftMessageNotice) {
     let fresh = 0;
+    people.want((f.leftMessageNotice.leftMessages || []).map((lm) => lm.customer));
     for (const lm of f.leftMessageNotice.leftMessages || []) {
       if (!state.left.has(lm.id) && !lm.claimedBy) fresh += 1;
       if (!lm.claimedBy || lm.claimedBy === me) state.left.set(lm.id, lm);
@@ -486,6 +503,7 @@ async function loadLeftMessages() {
   for (const g of state.groups) {
     try {
       const r = await api(auth.token, 'GET', `/api/v1/groups/${encodeURIComponent(g)}/left-messages`);
+      people.want((r.left_messages || []).map((lm) => lm.customer));
       for (const lm of r.left_messages || []) {
         if (!state.left.has(lm.id)) {
           state.left.set(lm.id, lm);
@@ -656,7 +674,7 @@ async function loadPanel(customer, session) {
 function deviceOf(ua) {
   const browser = [['Edg/', 'Edge'], ['Chrome/', 'Chrome'], ['Firefox/', 'Firefox'], ['Safari/', 'Safari']].find(([k]) => ua.includes(k));
   const os = [['Android', 'Android'], ['iPhone', 'iPhone'], ['iPad', 'iPad'], ['Windows', 'Windows'], ['Mac OS', 'macOS'], ['Linux', 'Linux']].find(([k]) => ua.includes(k));
-  return el('span', { title: ua }, browser || os ? `${browser ? browser[1] : ''}${browser && os ? ' · ' : ''}${os ? os[1] : ''}` : ua);
+  return el('span', { title: ua, class: 'user-text' }, browser || os ? `${browser ? browser[1] : ''}${browser && os ? ' · ' : ''}${os ? os[1] : ''}` : ua);
 }
 
 function pastItem(p, customer) {

@@ -12,7 +12,7 @@ import { el, $, reasonWords, duration, when, notify, notifyError, describe, conn
 const t = translator({
   en: {
     title: 'Chat with us',
-    signOut: 'Sign out', searchToggle: 'Search',
+    signOut: 'Sign out', searchToggle: 'Search', closeChat: 'Close the chat',
     agentHere: '{agent} is here to help you.',
     beingPassed: 'You are being passed to another agent; please wait a moment.',
     nowTalkingTo: 'You are now talking to {agent}.',
@@ -66,7 +66,7 @@ const t = translator({
     conversation: 'conversation',
     chatMessage: 'chat message',
     typeWhileWaiting: 'Add to your question; it goes to the agent who takes you',
-    attachLater: 'Photos and files can be sent once an agent is with you.',
+    attachLater: 'Photos and files can be sent once an agent is with you.', photo: 'photo',
     heldTitle: 'To be sent when an agent joins:',
     handover: '{from} transferred you to {to}',
     earlierChats: 'Your earlier chats',
@@ -78,7 +78,7 @@ const t = translator({
   },
   'zh-CN': {
     title: '在线客服',
-    signOut: '退出', searchToggle: '搜索',
+    signOut: '退出', searchToggle: '搜索', closeChat: '关闭聊天',
     agentHere: '客服 {agent} 为您服务。',
     beingPassed: '正在为您转接其他客服，请稍候。',
     nowTalkingTo: '现在由 {agent} 为您服务。',
@@ -132,7 +132,7 @@ const t = translator({
     conversation: '对话',
     chatMessage: '聊天消息',
     typeWhileWaiting: '可以补充您的问题，客服接入后会收到',
-    attachLater: '客服接入后即可发送图片和文件。',
+    attachLater: '客服接入后即可发送图片和文件。', photo: '照片',
     heldTitle: '客服接入后将发送：',
     handover: '{from} 已将您转接给 {to}',
     earlierChats: '您以前的咨询',
@@ -148,6 +148,14 @@ document.title = `${t('title')} · dongdong`;
 $('.brand').textContent = t('title');
 $('#signout').textContent = t('signOut');
 $('header.top').append(languagePicker());
+// Embedded (embed.js): the close button is the widget's own, at the end of
+// its header (one outside the frame covered the header's controls).
+if (window.parent !== window) {
+  $('header.top').append(el('button', {
+    type: 'button', class: 'link close-embed', id: 'close-embed', 'aria-label': t('closeChat'), title: t('closeChat'),
+    onclick: () => window.parent.postMessage({ type: 'dd-close' }, '*'),
+  }, '×'));
+}
 
 const main = $('#main');
 const auth = await signIn('chat', 'customer', main);
@@ -209,7 +217,7 @@ const state = {
   queue: null, // { position, estimatedWaitS }
   offer: null,
   hasMore: new Map(),
-  held: [], // what was typed while waiting in line: sent to the agent on assignment
+  held: [], // what was typed (strings) or attached ({ content, label }) while waiting in line: sent to the agent on assignment
 };
 
 function show(convIds) {
@@ -280,7 +288,7 @@ client.on('frame', (f) => {
     // By name (the token's or the profile's), once it is known.
     if (fresh) people.want([agent]).then(() => notify(t('agentHere', { agent: people.name(agent) }), 'assign'));
     // What was typed while waiting goes to the agent now, in order.
-    for (const text of state.held.splice(0)) send(f.sessionAssigned.session.agent, { text });
+    for (const h of state.held.splice(0)) send(agent, typeof h === 'string' ? { text: h } : h.content);
     fillHistory();
   } else if (f.sessionTransferred) {
     setSession(f.sessionTransferred.session);
@@ -344,7 +352,7 @@ const views = {
       el('p', { id: 'queue-wait', class: 'muted' }, wait),
       state.question ? el('p', { class: 'small' }, t('yourQuestionIs'), el('q', {}, state.question)) : '',
       state.held.length ? el('div', { class: 'small' }, t('heldTitle'),
-        el('ul', { id: 'held' }, ...state.held.map((h) => el('li', {}, h)))) : '',
+        el('ul', { id: 'held' }, ...state.held.map((h) => el('li', {}, typeof h === 'string' ? h : h.label)))) : '',
       el('button', { id: 'cancel', onclick: cancel }, t('leaveLine')));
   },
   offer: offerView,
@@ -442,7 +450,7 @@ function offerView() {
   }[o.reason] || o.message || '';
   const text = el('textarea', { id: 'left-text', rows: 4, required: true, maxLength: 4000, placeholder: t('yourMessage') });
   // What was typed as the question is not lost.
-  text.value = [state.question, ...state.held].filter(Boolean).join('\n');
+  text.value = [state.question, ...state.held.filter((h) => typeof h === 'string')].filter(Boolean).join('\n');
   const contact = el('input', { id: 'left-contact', placeholder: t('contactPlaceholder'), maxLength: 256 });
   const form = el('form', { class: 'card', id: 'offer' },
     el('h2', {}, t('leaveMessage')),
@@ -597,7 +605,12 @@ useFiles(client);
 const attach = uploads(input, list, (meta) => {
   const to = chatPeer();
   if (to) send(to, contentOfUpload(meta));
-  else notify(t('attachLater'), 'info');
+  else if (state.view === 'waiting') {
+    // Held with what was typed, and sent in order once an agent joins.
+    state.held.push({ content: contentOfUpload(meta), label: `📎 ${meta.name || t('photo')}` });
+    drawnView = null;
+    render();
+  } else notify(t('attachLater'), 'info');
 });
 const composer = el('form', { id: 'composer', class: 'composer' }, attach.button, input, sendBtn);
 enterSubmits(input, composer);

@@ -278,7 +278,7 @@ export function settingsPanel(token, changed = () => {}) {
     const rows = g.agents.map((a) => {
       const cap = el('input', { type: 'number', min: 1, max: MAX_CAPACITY, step: 1, value: String(a.capacity), 'aria-label': `${t('capacity')}: ${a.id}`, 'data-capacity-of': a.id });
       cap.addEventListener('change', () => putAgent(g, a.id, cap.value, cap));
-      return el('tr', { 'data-settings-agent': a.id }, el('td', {}, a.id), el('td', {}, cap),
+      return el('tr', { 'data-settings-agent': a.id }, el('td', { class: 'user-text' }, a.id), el('td', {}, cap),
         el('td', {}, el('button', { type: 'button', 'data-action': 'remove', onclick: () => removeAgent(g, a.id) }, t('remove'))));
     });
     const add = el('form', { class: 'add-agent', id: 'agent-form', noValidate: true }, aId.row, aCapacity.row,
@@ -329,7 +329,7 @@ export function settingsPanel(token, changed = () => {}) {
     replyList.replaceChildren(team.length ? el('table', { class: 'settings-table' },
       el('thead', {}, el('tr', {}, el('th', {}, t('group')), el('th', {}, t('title')), el('th', {}, t('text')), el('th', {}, ''))),
       el('tbody', {}, ...team.map((r) => el('tr', { 'data-settings-reply': r.id },
-        el('td', {}, groupName(r.group)), el('td', {}, r.title), el('td', { class: 'small' }, r.text),
+        el('td', {}, groupName(r.group)), el('td', { class: 'user-text' }, r.title), el('td', { class: 'small user-text' }, r.text),
         el('td', { class: 'buttons' },
           el('button', { type: 'button', 'data-action': 'edit', onclick: () => editReply(r.id) }, t('edit')),
           twoStep(t('delete'), 'delete', () => deleteReply(r))))))) : el('p', { class: 'muted small' }, t('noReplies')));

@@ -6,7 +6,7 @@
 import { DongdongClient, api, wsUrl, deviceIdFor } from './dd.js';
 import { searchPanel } from './search.js';
 import { settingsPanel } from './settings.js';
-import { el, $, duration, notifyError, signIn, signOut, keepFocus } from './ui.js';
+import { el, $, duration, notifyError, signIn, signOut, keepFocus, People } from './ui.js';
 import { translator, languagePicker } from './i18n.js';
 
 // Every string of this page, in each language.
@@ -19,6 +19,7 @@ const t = translator({
     ONLINE: 'online', AWAY: 'away', OFFLINE: 'offline', WAITING: 'waiting', ACTIVE: 'active', ENDED: 'ended',
     hideSessions: 'Hide sessions', showSessions: 'Show sessions',
     customer: 'customer', state: 'state', for: 'for',
+    'least-loaded': 'fewest chats first', 'round-robin': 'in turn', 'manual-pick': 'agents pick',
   },
   'zh-CN': {
     title: '客服主管', signOut: '退出', live: '实时', updated: '更新于 {time}', notUpdating: '未更新：{why}',
@@ -28,6 +29,7 @@ const t = translator({
     ONLINE: '在线', AWAY: '忙碌', OFFLINE: '离线', WAITING: '排队中', ACTIVE: '进行中', ENDED: '已结束',
     hideSessions: '收起会话', showSessions: '查看会话',
     customer: '顾客', state: '状态', for: '时长',
+    'least-loaded': '优先分配给接待最少的客服', 'round-robin': '轮流分配', 'manual-pick': '客服自行接待',
   },
 });
 
@@ -62,6 +64,10 @@ function searchClient() {
 main.replaceChildren(grid, updated, searchPanel(searchClient, auth.claims.sub), settingsPanel(auth.token, () => refresh()));
 const expanded = new Set();
 let lastError = '';
+// People by name (the token's or the profile's), once known.
+const people = new People(auth.token);
+let shown = null; // the last groups and details drawn
+people.addEventListener('change', () => { if (shown) keepFocus(() => draw(...shown)); });
 
 async function refresh() {
   try {
@@ -71,6 +77,9 @@ async function refresh() {
       details.set(g.id, await api(auth.token, 'GET', `/api/v1/groups/${encodeURIComponent(g.id)}/sessions`));
     }));
     // Redrawn every 2 s: the keyboard focus stays where it was.
+    shown = [groups, details];
+    people.want([...groups.flatMap((g) => g.agents.map((a) => a.id)),
+      ...[...details.values()].flatMap((d) => [...d.waiting, ...d.active].flatMap((x) => [x.customer, x.agent]))]);
     keepFocus(() => draw(groups, details));
     conn.textContent = t('live');
     conn.dataset.status = 'online';
@@ -97,7 +106,7 @@ function draw(groups, details) {
   grid.replaceChildren(...groups.map((g) => {
     const agents = g.agents.filter((a) => a.connected || a.load > 0);
     const card = el('section', { class: 'card group', 'data-group': g.id },
-      el('h2', {}, g.name || g.id, ' ', el('span', { class: 'muted small' }, `${g.id} · ${g.policy}`)),
+      el('h2', {}, g.name || g.id, ' ', el('span', { class: 'muted small' }, `${g.id} · ${t(g.policy)}`)),
       el('div', { class: 'stats' },
         stat(t('waiting'), g.queue_length, 'queue_length'),
         stat(t('longestWait'), g.queue_length ? duration(g.longest_wait_ms) : '–', 'longest_wait'),
@@ -106,8 +115,8 @@ function draw(groups, details) {
       el('table', { class: 'agents' },
         el('thead', {}, el('tr', {}, el('th', {}, t('agent')), el('th', {}, t('status')), el('th', {}, t('load')))),
         el('tbody', {}, ...(agents.length ? agents : g.agents).map((a) => el('tr', { 'data-agent': a.id },
-          el('td', {}, a.id),
-          el('td', {}, a.connected ? t(a.status) : t('disconnected')),
+          el('td', { class: 'user-text' }, people.name(a.id)),
+          el('td', {}, a.connected ? t(String(a.status).toUpperCase()) : t('disconnected')),
           el('td', {}, el('meter', { min: 0, max: a.capacity || 1, value: a.load, title: t('loadOf', { load: a.load, capacity: a.capacity }) }), ` ${a.load}/${a.capacity}`))))),
       el('button', { class: 'link', id: `sessions-of-${g.id}`, onclick: () => { if (expanded.has(g.id)) expanded.delete(g.id); else expanded.add(g.id); refresh(); } },
         expanded.has(g.id) ? t('hideSessions') : t('showSessions')));
@@ -115,7 +124,7 @@ function draw(groups, details) {
     if (d) {
       // Times on the server's clock: the browser's may be off.
       const since = (s) => Number(s.state === 'WAITING' ? s.queuedMs : (s.assignedMs || s.createdMs));
-      const row = (s) => el('tr', {}, el('td', {}, s.customer), el('td', {}, s.agent || '–'), el('td', {}, t(s.state)),
+      const row = (s) => el('tr', {}, el('td', { class: 'user-text' }, people.name(s.customer)), el('td', { class: 'user-text' }, s.agent ? people.name(s.agent) : '–'), el('td', {}, t(s.state)),
         el('td', {}, duration(Number(d.server_time_ms) - since(s))));
       card.append(el('table', { class: 'sessions' },
         el('thead', {}, el('tr', {}, el('th', {}, t('customer')), el('th', {}, t('agent')), el('th', {}, t('state')), el('th', {}, t('for')))),

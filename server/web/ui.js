@@ -19,9 +19,15 @@ const t = translator({
     sending: 'sending…', notSent: ' not sent: {why}', retry: 'retry', newMessages: 'New messages ↓',
     receiptSent: 'Sent', receiptRead: 'Read', recall: 'Recall', recallTitle: 'Recall this message (delete it for everyone)',
     recalledMine: 'You recalled a message', recalledBy: '{who} recalled a message',
-    image: 'image', imageUnavailable: '(image unavailable)', attach: 'Attach a photo or file', uploading: 'Uploading {name}…',
+    image: 'image', file: 'file', imageUnavailable: '(image unavailable)', attach: 'Attach a photo or file', uploading: 'Uploading {name}…',
     dropHere: 'Drop to send', fileUnavailable: '(file unavailable)',
+    fileTooLarge: '{name} is too large: files up to {max} can be sent.', fileRefused: '{name} cannot be sent: photos (JPEG, PNG, GIF, WebP) and documents can.',
+    tooManyUploads: 'Too many files at once: wait a minute, then send the rest.',
     noMessages: 'No messages in this chat.', transcript: 'Chat of {date}',
+    signInNeeded: 'Sign-in needed', openWithToken: 'Open this page with a token: ', tokenMinted: '. The application embedding it mints tokens with the server\'s secret.',
+    signInDev: 'Sign in (development)', devNote: 'This server runs with its generated dev secret, so it mints a token for anyone. With a real secret this form does not exist.',
+    tenant: 'Tenant', user: 'User', displayName: 'Display name', role: 'Role', signIn: 'Sign in', optional: 'optional', example: 'e.g. {user}',
+    signInFailed: 'Sign-in failed: {why}', 'role:customer': 'customer', 'role:agent': 'agent', 'role:admin': 'admin',
     'reason:transfer': 'transfer', 'reason:agent went offline': 'the agent went offline',
     'reason:agent disconnected': 'the agent lost the connection', 'reason:ended by the customer': 'ended by the customer',
     'reason:ended by the agent': 'ended by the agent', 'reason:ended by an admin': 'ended by an administrator',
@@ -38,9 +44,15 @@ const t = translator({
     sending: '发送中…', notSent: ' 未发送：{why}', retry: '重发', newMessages: '有新消息 ↓',
     receiptSent: '已发送', receiptRead: '已读', recall: '撤回', recallTitle: '撤回这条消息（所有人都看不到）',
     recalledMine: '你撤回了一条消息', recalledBy: '{who} 撤回了一条消息',
-    image: '图片', imageUnavailable: '（图片无法显示）', attach: '发送图片或文件', uploading: '正在上传 {name}…',
+    image: '图片', file: '文件', imageUnavailable: '（图片无法显示）', attach: '发送图片或文件', uploading: '正在上传 {name}…',
     dropHere: '松开即可发送', fileUnavailable: '（文件无法获取）',
+    fileTooLarge: '{name} 太大了：可发送不超过 {max} 的文件。', fileRefused: '{name} 无法发送：可以发送照片和文档。',
+    tooManyUploads: '一次发送的文件太多：请等一分钟再发送其余的。',
     noMessages: '这次对话没有消息。', transcript: '{date} 的对话',
+    signInNeeded: '需要登录', openWithToken: '请带上登录凭证打开此页面：', tokenMinted: '。嵌入本页面的应用用服务器的密钥签发凭证。',
+    signInDev: '登录（开发模式）', devNote: '此服务器使用自动生成的开发密钥，任何人都能获得登录凭证。配置正式密钥后，此表单不存在。',
+    tenant: '租户', user: '用户', displayName: '显示名称', role: '角色', signIn: '登录', optional: '选填', example: '例如 {user}',
+    signInFailed: '登录失败：{why}', 'role:customer': '顾客', 'role:agent': '客服', 'role:admin': '管理员',
     'reason:transfer': '转接', 'reason:agent went offline': '客服已离线',
     'reason:agent disconnected': '客服连接中断', 'reason:ended by the customer': '由顾客结束',
     'reason:ended by the agent': '由客服结束', 'reason:ended by an admin': '由管理员结束',
@@ -307,28 +319,27 @@ export async function signIn(page, role, mount) {
     if (!info.dev_login) {
       mount.replaceChildren(
         el('div', { class: 'signin card' },
-          el('h2', {}, 'Sign-in needed'),
-          el('p', {}, 'Open this page with a token: ', el('code', {}, `${location.pathname}#token=<token>`),
-            '. The application embedding it mints tokens with the server\'s secret.')),
+          el('h2', {}, t('signInNeeded')),
+          el('p', {}, t('openWithToken'), el('code', {}, `${location.pathname}#token=<token>`), t('tokenMinted'))),
       );
       return;
     }
     const tenant = el('input', { id: 'signin-tenant', name: 'tenant', value: 'demo', required: true, autocomplete: 'off' });
-    const user = el('input', { id: 'signin-user', name: 'user', value: '', required: true, autocomplete: 'off', placeholder: role === 'customer' ? 'e.g. carol' : 'e.g. amy' });
+    const user = el('input', { id: 'signin-user', name: 'user', value: '', required: true, autocomplete: 'off', placeholder: t('example', { user: role === 'customer' ? 'carol' : 'amy' }) });
     // Only the roles this page is for: the customer widget never signs in an admin.
-    const displayName = el('input', { id: 'signin-name', name: 'name', value: '', autocomplete: 'off', maxLength: 64, placeholder: 'optional' });
+    const displayName = el('input', { id: 'signin-name', name: 'name', value: '', autocomplete: 'off', maxLength: 64, placeholder: t('optional') });
     const roleSel = el('select', { id: 'signin-role', name: 'role' },
-      ...PAGE_ROLES[role].map((r) => el('option', { value: r, selected: r === role }, r)));
+      ...PAGE_ROLES[role].map((r) => el('option', { value: r, selected: r === role }, t(`role:${r}`))));
     const err = el('p', { class: 'error', role: 'alert' });
     const form = el('form', { class: 'signin card', id: 'signin' },
-      el('h2', {}, 'Sign in (development)'),
-      el('p', { class: 'muted' }, 'This server runs with its generated dev secret, so it mints a token for anyone. With a real secret this form does not exist.'),
-      el('label', { for: 'signin-tenant' }, 'Tenant'), tenant,
-      el('label', { for: 'signin-user' }, 'User'), user,
-      el('label', { for: 'signin-name' }, 'Display name'), displayName,
-      el('label', { for: 'signin-role' }, 'Role'), roleSel,
+      el('h2', {}, t('signInDev')),
+      el('p', { class: 'muted' }, t('devNote')),
+      el('label', { for: 'signin-tenant' }, t('tenant')), tenant,
+      el('label', { for: 'signin-user' }, t('user')), user,
+      el('label', { for: 'signin-name' }, t('displayName')), displayName,
+      el('label', { for: 'signin-role' }, t('role')), roleSel,
       err,
-      el('button', { type: 'submit', class: 'primary', id: 'signin-submit' }, 'Sign in'));
+      el('button', { type: 'submit', class: 'primary', id: 'signin-submit' }, t('signIn')));
     form.addEventListener('submit', async (ev) => {
       ev.preventDefault();
       err.textContent = '';
@@ -343,7 +354,7 @@ export async function signIn(page, role, mount) {
         session.setItem(TOKEN_KEY(page), data.token);
         resolve({ token: data.token, claims: claimsOf(data.token), info, params });
       } catch (e) {
-        err.textContent = `Sign-in failed: ${e.message}`;
+        err.textContent = t('signInFailed', { why: e.message });
       }
     });
     mount.replaceChildren(form);
@@ -374,7 +385,7 @@ export async function fileLink(fileId) {
 /** 1.2 MB, 340 KB, 12 B. */
 export function byteSize(n) {
   const v = Number(n || 0);
-  if (v >= 1 << 20) return `${(v / (1 << 20)).toFixed(1)} MB`;
+  if (v >= 1 << 20) return `${(v / (1 << 20)).toFixed(1).replace(/\.0$/, '')} MB`;
   if (v >= 1024) return `${Math.round(v / 1024)} KB`;
   return `${v} B`;
 }
@@ -403,7 +414,7 @@ function uploadedImage(image) {
 /** An uploaded file: name, size, a download link. */
 function uploadedFile(file) {
   const a = el('a', { class: 'file', download: file.name || 'file', 'data-file-id': file.fileId },
-    `📎 ${file.name || 'file'} (${byteSize(file.sizeBytes)})`);
+    `📎 ${file.name || t('file')}${Number(file.sizeBytes || 0) ? ` (${byteSize(file.sizeBytes)})` : ''}`);
   return linked(a, file.fileId, () => {}, () => a.after(el('span', { class: 'muted' }, ` ${t('fileUnavailable')}`)));
 }
 
@@ -440,11 +451,22 @@ export function uploads(input, dropZone, onUploaded) {
     send([...ev.dataTransfer.files]);
   });
   async function send(files) {
+    const max = Number((await serverInfo().catch(() => ({}))).max_file_bytes || 0);
     for (const f of files) {
+      const name = f.name || t('image');
+      // Too large: said before a byte is sent, with the limit.
+      if (max && f.size > max) {
+        notify(t('fileTooLarge', { name, max: byteSize(max) }), 'error', 10000);
+        continue;
+      }
       try {
         onUploaded(await upload(f, progress));
       } catch (e) {
-        notifyError(e);
+        // In the reader's words, never the server's (MIME types, byte counts).
+        if (e.code === 'TOO_LARGE') notify(t('fileTooLarge', { name, max: byteSize(max) }), 'error', 10000);
+        else if (e.code === 'INVALID_ARGUMENT') notify(t('fileRefused', { name }), 'error', 10000);
+        else if (e.code === 'RATE_LIMITED') notify(t('tooManyUploads'), 'error', 10000);
+        else notifyError(e);
       }
     }
   }

@@ -455,6 +455,8 @@ scenario('queue, assignment, chat, transfer, reload, reconnect, end and rating',
   await bob.click('[data-customer="carol"]');
   await waitMessage(bob, expected[expected.length - 1]);
   assertOnceInOrder(await shownMessages(bob), expected);
+  // He wrote last: the list says answered, not "waiting" since the assignment.
+  await waitText(bob, '[data-customer="carol"]', /answered/);
 
   // carol closes the tab: bob sees her go; bob writes; she comes back in a
   // new tab, gets it, and bob sees her back.
@@ -586,6 +588,8 @@ scenario('leave a message when nobody is online; an agent claims and answers it'
   assert.match(await fay.title(), /^\(1\) /);
   await fay.click('#chats [data-peer="erin"]');
   await waitMessage(fay, 'one more thing: the lid is cracked too');
+  // Its history comes right after it.
+  await fay.waitForFunction(() => document.querySelectorAll('#messages .msg').length >= 4);
   assertOnceInOrder(await shownMessages(fay), ['my blender is broken, please call me', 'Hi erin, a new blender is on its way.',
     'thank you!', 'one more thing: the lid is cracked too']);
   await fay.waitForFunction(() => !document.querySelector('#chats [data-unread]') && !/^\(/.test(document.title));
@@ -595,6 +599,7 @@ scenario('leave a message when nobody is online; an agent claims and answers it'
   const fresh = await (await person('erin-phone', { width: 400, height: 700 })).open('/chat');
   await signIn(fresh, 'erin', 'customer');
   await waitMessage(fresh, 'A new lid is in the box too.');
+  await fresh.waitForFunction(() => document.querySelectorAll('#messages .msg').length >= 5);
   await fresh.waitForSelector('#answered');
   await fresh.waitForSelector('#composer:not([hidden])');
   assertOnceInOrder(await shownMessages(fresh), ['my blender is broken, please call me', 'Hi erin, a new blender is on its way.',
@@ -619,6 +624,9 @@ scenario('an agent of a manual-pick group takes the next customer', async () => 
   await max.fill('#input', 'it is about order 77');
   await max.press('#input', 'Enter');
   await waitText(max, '#held', /it is about order 77/);
+  // A photo attached while waiting is held too (it was uploaded and dropped).
+  await max.setInputFiles('#attach-input', { name: 'receipt.png', mimeType: 'image/png', buffer: makePng(120, 90) });
+  await waitText(max, '#held', /receipt\.png/);
   await max.fill('#input', 'and the invoice');
   await max.press('#input', 'Enter');
   await lee.waitForSelector('[data-take="vip"]:not([disabled])');
@@ -630,6 +638,10 @@ scenario('an agent of a manual-pick group takes the next customer', async () => 
   const texts = (await shownMessages(lee)).map((m) => m.text);
   assert.ok(texts.indexOf('it is about order 77') < texts.indexOf('and the invoice'), `in the order typed: ${texts}`);
   assert.equal(texts.filter((x) => x === 'it is about order 77').length, 1);
+  // The photo arrived between the two, as it was attached.
+  await lee.waitForSelector('#messages .msg.theirs a.file-image');
+  const order = await lee.$$eval('#messages .msg', (ms) => ms.map((m) => (m.querySelector('a.file-image') ? 'photo' : m.querySelector('.bubble').textContent)));
+  assert.ok(order.indexOf('it is about order 77') < order.indexOf('photo') && order.indexOf('photo') < order.indexOf('and the invoice'), `in the order given: ${order}`);
 });
 
 scenario('the owner sets up a group, two agents and three quick replies in /supervisor alone; a customer is served by them', async () => {
@@ -678,6 +690,7 @@ scenario('the owner sets up a group, two agents and three quick replies in /supe
     await owner.waitForFunction((x) => [...document.querySelectorAll('[data-settings-reply]')].some((r) => r.textContent.includes(x)), title);
   }
   await assertAccessible(owner, 'the settings with a group, agents and replies');
+  await assertChinese(owner, 'the settings', ['olive', 'demo', 'default', 'returns', 'vip', 'presale', 'Pre', 'sales', 'Returns', 'VIP', 'odile', 'otto']);
   await shot(owner, 'console-settings.png');
   assert.deepEqual(owner.ddErrors, []);
 
@@ -1186,7 +1199,7 @@ scenario('the widget embeds in a shop page with one script tag', async () => {
   await kai.click('#show-panel');
   await waitText(kai, '#panel-page', /127\.0\.0\.1:8999\/p\/42/);
   // Closed, a message counts on the launcher; opened, the count goes.
-  await shop.click('button[aria-label="Close the chat"]');
+  await frame.locator('#close-embed').click();
   await kai.click('#customer-panel .close-panel');
   await say(kai, 'Hello Kim, how can I help?');
   await shop.waitForFunction(() => [...document.querySelectorAll('button')].some((b) => /Chat with us\s*1$/.test(b.textContent)));
@@ -1200,7 +1213,7 @@ scenario('the widget embeds in a shop page with one script tag', async () => {
   assert.ok(href.includes('group=default'), href);
 
   // She closes the chat and leaves; kai writes a long answer meanwhile.
-  await shop.click('button[aria-label="Close the chat"]');
+  await frame.locator('#close-embed').click();
   await shop.goto('about:blank');
   const lines = Array.from({ length: 24 }, (_, i) => `line ${i + 1} of the answer`);
   for (const line of lines) await say(kai, line);
@@ -1222,6 +1235,19 @@ scenario('the widget embeds in a shop page with one script tag', async () => {
     return box.scrollHeight - box.scrollTop - box.clientHeight < 40;
   });
   await shop.waitForFunction(() => [...document.querySelectorAll('button')].some((b) => /^Chat with us$/.test(b.textContent)));
+  // On a phone it fills the screen; its close button sits in its header,
+  // clear of the language picker.
+  await frame.locator('#close-embed').click();
+  await shop.setViewportSize({ width: 390, height: 844 });
+  await shop.click('text=Chat with us');
+  assert.deepEqual(await shop.$eval('iframe', (f) => { const r = f.getBoundingClientRect(); return [r.left, r.top, r.width, r.height]; }), [0, 0, 390, 844]);
+  const [x, lang] = await back().evaluate(() => ['#close-embed', '#lang'].map((q) => {
+    const r = document.querySelector(q).getBoundingClientRect();
+    return [r.left, r.right, r.top, r.bottom];
+  }));
+  assert.ok(x[0] >= lang[1] || x[1] <= lang[0] || x[2] >= lang[3] || x[3] <= lang[2], `the close button covers the language picker: ${x} ${lang}`);
+  await frame.locator('#close-embed').click();
+  await shop.waitForSelector('text=Chat with us');
   assert.deepEqual(errors, []);
   await endSession(kai);
   await kai.waitForFunction(() => !document.querySelector('[data-customer="kim"]'));
@@ -1247,6 +1273,36 @@ async function axeViolations(page) {
 async function assertAccessible(page, state) {
   const v = await axeViolations(page);
   assert.deepEqual(v, [], `${page.ddName}, ${state}: WCAG AA violations:\n${v.join('\n')}`);
+}
+
+/**
+ * Fails when the Chinese page shows Latin words (text, placeholders, labels
+ * and titles people read) other than names, ids, URLs and codes: `allowed`
+ * (the scenario's user and group ids and names), keys and the product's
+ * name. What people typed (message bubbles, form values) is theirs.
+ */
+async function assertChinese(page, state, allowed = []) {
+  const found = await page.evaluate((allowed) => {
+    const ok = new Set(['dongdong', 'Enter', 'Shift', 'Alt', 'M', 'http', 's', 'JPEG', 'PNG', 'GIF', 'WebP', 'PDF', 'MB', 'KB', 'B', ...allowed]);
+    // What people wrote or chose (messages, replies, a user agent) is theirs.
+    const skip = 'script, style, code, kbd, .bubble, blockquote, .user-text, option[lang], #lang, .avatar';
+    const words = [];
+    const check = (text, where) => {
+      for (const w of (text.replace(/\b\S+:\/\/\S+/g, '').match(/[A-Za-z][A-Za-z'’]*/g) || [])) if (!ok.has(w)) words.push(`${w} (${where})`);
+    };
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+      const e = n.parentElement;
+      if (!e || e.closest(skip) || !e.checkVisibility()) continue;
+      check(n.textContent, `${e.tagName.toLowerCase()}${e.id ? `#${e.id}` : ''}`);
+    }
+    for (const e of document.querySelectorAll('[placeholder], [aria-label], [title]')) {
+      if (e.closest(skip) || !e.checkVisibility()) continue;
+      for (const a of ['placeholder', 'aria-label', 'title']) if (e.hasAttribute(a)) check(e.getAttribute(a), `${a} of ${e.tagName.toLowerCase()}${e.id ? `#${e.id}` : ''}`);
+    }
+    return words;
+  }, allowed);
+  assert.deepEqual(found, [], `${page.ddName}, ${state}: Latin text in the Chinese page:\n${found.join('\n')}`);
 }
 
 /** Whether the element at `selector` is wholly inside the window. */
@@ -1342,6 +1398,8 @@ scenario('the widget speaks Chinese to a Chinese browser, and English once switc
   await waitText(mei, '#offer-reason', /^现在没有客服在线。/);
   assert.equal(await mei.inputValue('#left-text'), '我的订单还没到');
   await assertAccessible(mei, 'the leave-a-message form in Chinese');
+  const names = ['mei', 'wei', 'lan', 'boss', 'demo', 'default', 'returns', 'vip', 'presale', 'Pre', 'sales', 'Returns', 'VIP'];
+  await assertChinese(mei, 'the leave-a-message form', names);
   await shot(mei, 'console-chat-zh.png');
   // An agent's workspace in Chinese too.
   const wei = await (await person('wei', { width: 1280, height: 800 }, 'zh-CN')).open('/agent');
@@ -1351,6 +1409,7 @@ scenario('the widget speaks Chinese to a Chinese browser, and English once switc
   await waitText(wei, '#sessions', /设为在线即可接待顾客。/);
   assert.equal(await wei.$eval('#status option[value="ONLINE"]', (o) => o.textContent), '● 在线');
   await assertAccessible(wei, 'the workspace in Chinese');
+  await assertChinese(wei, 'the workspace', names);
   // wei goes online; a customer with a Chinese name asks in Chinese.
   await wei.selectOption('#status', 'ONLINE');
   const lan = await (await person('lan', { width: 390, height: 844 }, 'zh-CN')).open('/chat');
@@ -1366,6 +1425,8 @@ scenario('the widget speaks Chinese to a Chinese browser, and English once switc
   await waitMessage(lan, '有的，M 码还有货。');
   await waitText(wei, '#customer-panel h3', /^顾客$/);
   await assertAccessible(wei, 'the workspace in Chinese with a session');
+  await assertChinese(wei, 'the workspace with a session', names);
+  await assertChinese(lan, 'the widget with an agent', names);
   await shot(wei, 'console-agent-zh.png');
   assert.deepEqual(wei.ddErrors, []);
   const boss = await (await person('boss', { width: 1280, height: 800 }, 'zh-CN')).open('/supervisor');
@@ -1374,6 +1435,7 @@ scenario('the widget speaks Chinese to a Chinese browser, and English once switc
   assert.equal(await boss.textContent('.brand'), '客服主管');
   await waitText(boss, '[data-group="returns"] .stats', /排队中/);
   await assertAccessible(boss, 'the supervisor view in Chinese');
+  await assertChinese(boss, 'the supervisor view and the settings', names);
   await shot(boss, 'console-supervisor-zh.png');
   // She switches to English: the page reloads in English and remembers it.
   await mei.selectOption('#lang', 'en');
