@@ -151,6 +151,8 @@ fn group_summary(v: &GroupView, now: u64) -> Value {
             "status": a.status,
             "connected": a.connected,
             "load": a.load,
+            // Of `load` (all the agent's groups), the sessions of this one.
+            "group_load": v.active.iter().filter(|s| s.agent == a.id).count(),
             "capacity": a.capacity,
         })).collect::<Vec<_>>(),
     })

@@ -15,7 +15,7 @@ const t = translator({
     title: 'Supervisor', signOut: 'Sign out', live: 'live', updated: 'updated {time}', notUpdating: 'not updating: {why}',
     noGroups: 'No service groups yet: create one under Settings below.',
     waiting: 'waiting', longestWait: 'longest wait', agentsOnline: 'agents online', inProgress: 'in progress',
-    agent: 'agent', status: 'status', load: 'load', loadOf: '{load} of {capacity}', disconnected: 'disconnected',
+    agent: 'agent', status: 'status', load: 'load here', loadAll: '{here} in this group, {load} of {capacity} in all', elsewhere: ' (+{n} in other groups)', disconnected: 'disconnected',
     ONLINE: 'online', AWAY: 'away', OFFLINE: 'offline', WAITING: 'waiting', ACTIVE: 'active', ENDED: 'ended',
     hideSessions: 'Hide sessions', showSessions: 'Show sessions',
     customer: 'customer', state: 'state', for: 'for',
@@ -25,7 +25,7 @@ const t = translator({
     title: '客服主管', signOut: '退出', live: '实时', updated: '更新于 {time}', notUpdating: '未更新：{why}',
     noGroups: '还没有客服组：请在下方“设置”中创建。',
     waiting: '排队中', longestWait: '最长等待', agentsOnline: '在线客服', inProgress: '进行中',
-    agent: '客服', status: '状态', load: '接待量', loadOf: '{load} / {capacity}', disconnected: '已断开',
+    agent: '客服', status: '状态', load: '本组接待', loadAll: '本组 {here}，全部 {load} / {capacity}', elsewhere: '（其他组 +{n}）', disconnected: '已断开',
     ONLINE: '在线', AWAY: '忙碌', OFFLINE: '离线', WAITING: '排队中', ACTIVE: '进行中', ENDED: '已结束',
     hideSessions: '收起会话', showSessions: '查看会话',
     customer: '顾客', state: '状态', for: '时长',
@@ -117,7 +117,9 @@ function draw(groups, details) {
         el('tbody', {}, ...(agents.length ? agents : g.agents).map((a) => el('tr', { 'data-agent': a.id },
           el('td', { class: 'user-text' }, people.name(a.id)),
           el('td', {}, a.connected ? t(String(a.status).toUpperCase()) : t('disconnected')),
-          el('td', {}, el('meter', { min: 0, max: a.capacity || 1, value: a.load, title: t('loadOf', { load: a.load, capacity: a.capacity }) }), ` ${a.load}/${a.capacity}`))))),
+          // What the agent serves in this group; the title has all groups.
+          el('td', { 'data-group-load': String(a.group_load) }, el('meter', { min: 0, max: a.capacity || 1, value: a.group_load, title: t('loadAll', { here: a.group_load, load: a.load, capacity: a.capacity }) }),
+            ` ${a.group_load}/${a.capacity}`, a.load > a.group_load ? el('span', { class: 'muted small' }, t('elsewhere', { n: a.load - a.group_load })) : ''))))),
       el('button', { class: 'link', id: `sessions-of-${g.id}`, onclick: () => { if (expanded.has(g.id)) expanded.delete(g.id); else expanded.add(g.id); refresh(); } },
         expanded.has(g.id) ? t('hideSessions') : t('showSessions')));
     const d = details.get(g.id);

@@ -710,6 +710,10 @@ scenario('the owner sets up a group, two agents and three quick replies in /supe
   await odile.selectOption('#quick-replies', { label: '发货 (presale)' });
   await odile.press('#input', 'Enter');
   await waitMessage(ophelia, '订单会在 24 小时内发货。');
+  // Her load shows where it is spent: 1 in presale, 0 (+1 elsewhere) in the demo group she also joined.
+  await owner.waitForSelector('.group[data-group="presale"] tr[data-agent="odile"] [data-group-load="1"]');
+  await owner.waitForSelector('.group[data-group="default"] tr[data-agent="odile"] [data-group-load="0"]');
+  await waitText(owner, '.group[data-group="default"] tr[data-agent="odile"]', /其他组 \+1/);
   await endSession(odile);
   await odile.waitForFunction(() => !document.querySelector('[data-customer="ophelia"]'));
 });
