@@ -413,14 +413,7 @@ impl CsService {
             .session(who.tenant(), session_id)
             .await?
             .ok_or_else(|| err(ErrorCode::NotFound, "no such session"))?;
-        let mut party = who.role == Role::Admin || s.parties().contains(&who.user());
-        if !party && who.role == Role::Agent {
-            // An agent of the session's group reads it too (a customer's
-            // past sessions with colleagues).
-            let agent = self.store.agent(who.tenant(), who.user()).await?;
-            party = agent.is_some_and(|a| a.groups.contains(&s.group));
-        }
-        if !party {
+        if !self.reads_session(who, &s, &mut None).await? {
             return Err(err(ErrorCode::Forbidden, "not a party of this session"));
         }
         if !s.conversations.iter().any(|c| c == conversation_id) {
@@ -454,18 +447,33 @@ impl CsService {
             let mut sessions = self.store.user_sessions(tenant, member).await?;
             sessions.extend(self.store.past_sessions(tenant, member, 0, SESSIONS_LOOKED_AT).await?);
             for s in sessions.iter().filter(|s| s.conversations.iter().any(|c| c == conversation_id)) {
-                if s.parties().contains(&who.user()) {
-                    return Ok(true);
-                }
-                if groups.is_none() {
-                    groups = Some(self.store.agent(tenant, who.user()).await?.map(|a| a.groups).unwrap_or_default());
-                }
-                if groups.as_ref().is_some_and(|g| g.contains(&s.group)) {
+                if self.reads_session(who, s, &mut groups).await? {
                     return Ok(true);
                 }
             }
         }
         Ok(false)
+    }
+
+    /// Whether `who` may read session `s`: an admin, a party of it, or an
+    /// agent of its group (a customer's past sessions with colleagues).
+    /// `groups` keeps the agent's groups across calls (looked up once).
+    async fn reads_session(
+        &self,
+        who: &Caller,
+        s: &Session,
+        groups: &mut Option<Vec<String>>,
+    ) -> Result<bool, ClientError> {
+        if who.role == Role::Admin || s.parties().contains(&who.user()) {
+            return Ok(true);
+        }
+        if who.role != Role::Agent {
+            return Ok(false);
+        }
+        if groups.is_none() {
+            *groups = Some(self.store.agent(who.tenant(), who.user()).await?.map(|a| a.groups).unwrap_or_default());
+        }
+        Ok(groups.as_ref().is_some_and(|g| g.contains(&s.group)))
     }
 
     async fn send_left_messages(&self, tenant: &str, agent: &str, groups: &[String]) -> Result<(), ClientError> {

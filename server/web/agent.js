@@ -149,6 +149,7 @@ const state = {
   wanted: null, // a status chosen that the server does not have yet
   handedOver: new Set(), // customers we transferred to someone else (this page)
   loading: new Set(), // chats whose history was asked for
+  chatsShown: [], // the Other chats list as last drawn
 };
 
 // Our conversations outside an open session worth listing: those with
@@ -336,7 +337,7 @@ function chats() {
 function currentPeer() {
   if (!state.selected) return null;
   if (state.selected.kind === 'session') return currentSession() ? currentSession().customer : null;
-  if (state.selected.kind === 'chat') return currentChat() ? currentChat().peer : null;
+  if (state.selected.kind === 'chat') return (currentChat() || {}).peer || null;
   const lm = state.left.get(state.selected.id);
   return lm && lm.claimedBy === me ? lm.customer : null;
 }
@@ -843,6 +844,7 @@ function drawSide() {
     lm.claimedBy ? el('button', { class: 'link', onclick: () => { state.selected = { kind: 'left', id: lm.id }; renderAll(); } }, t('answer'))
       : el('button', { class: 'link claim', onclick: () => claim(lm) }, t('claim')))));
   const shown = chats();
+  state.chatsShown = shown; // for the title (renderAll) without a second pass
   chatList.replaceChildren(...(shown.length ? shown.map((c) => {
     const selected = state.selected && state.selected.kind === 'chat' && state.selected.id === c.conversationId;
     const unread = Number(c.unread || 0);
@@ -863,6 +865,7 @@ function drawSide() {
 
 function drawConversation() {
   const sel = state.selected;
+  const chat = currentChat();
   const s = currentSession();
   const past = sel && sel.kind === 'past' ? state.recent.find((p) => p.sessionId === sel.id) : null;
   panel.classList.toggle('open', state.panelOpen);
@@ -923,8 +926,8 @@ function drawConversation() {
     older.hidden = true;
     composer.hidden = lm.claimedBy !== me;
     loadPanel(lm.customer, null);
-  } else if (currentChat()) {
-    const c = currentChat();
+  } else if (chat) {
+    const c = chat;
     convHead.replaceChildren(
       el('div', { class: 'who' }, people.avatar(c.peer),
         el('div', {}, el('strong', { id: 'conv-customer' }, name(c.peer)), ' ', presenceNode(c.peer),
@@ -992,7 +995,7 @@ function renderAll() {
   renderSide();
   renderConversation();
   const unread = [...state.sessions.values()].reduce((n, s) => n + unreadOf(s), 0)
-    + chats().reduce((n, c) => n + Number(c.unread || 0), 0);
+    + state.chatsShown.reduce((n, c) => n + Number(c.unread || 0), 0);
   if (!flashing) document.title = `${unread ? `(${unread}) ` : ''}${t('title')} · dongdong`;
 }
 

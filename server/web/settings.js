@@ -297,8 +297,8 @@ export function settingsPanel(token, changed = () => {}) {
   async function putAgent(g, agent, capacity, input) {
     clearMarks(agentFields);
     const capField = input ? { input, label: t('capacity'), error: aCapacity.error } : aCapacity;
-    const bad = (!input && badText(aId, true, MAX_ID_BYTES) && [aId, badText(aId, true, MAX_ID_BYTES)])
-      || (badNumber(capField, 1, MAX_CAPACITY) && [capField, badNumber(capField, 1, MAX_CAPACITY)]);
+    const checks = input ? [] : [[aId, badText(aId, true, MAX_ID_BYTES)]];
+    const bad = [...checks, [capField, badNumber(capField, 1, MAX_CAPACITY)]].find(([, words]) => words);
     if (bad) return mark(bad[0], bad[1]);
     try {
       await api(token, 'PUT', `/api/v1/groups/${encodeURIComponent(g.id)}/agents/${encodeURIComponent(agent)}`, { capacity: Number(capacity) });
