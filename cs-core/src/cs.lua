@@ -16,7 +16,8 @@
 -- ids scored by queue key), prefix.."S:"..id (ended session, expires),
 -- prefix.."L:"..id (claimed left message, expires), prefix.."h:"..user
 -- (zset of the ids of the user's ended sessions scored by end time,
--- expires), prefix.."version" (the tenant's count of commands run).
+-- expires), prefix.."ended" (zset of the tenant's ended session ids scored
+-- by end time, trimmed to the retention), prefix.."version" (the tenant's count of commands run).
 -- Returns the CsOutcome as json.
 
 local K_GROUPS, K_AGENTS, K_OPEN, K_CUST, K_LEFT = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
@@ -198,6 +199,7 @@ local function assign(s, agent_id)
   s.state = 'active'
   s.agent = agent_id
   s.assigned_ms = now
+  if (s.first_assigned_ms or 0) == 0 then s.first_assigned_ms = now end
   table.insert(fx.assigned, copy(s))
   local a = agent(agent_id)
   if a then
@@ -393,7 +395,7 @@ handlers.request = function(c)
   end
   if not online then return err('no_agent_online') end
   local s = { id = c.session_id, group = c.group, customer = c.customer, agent = '', conversation_id = '',
-              conversations = {}, state = 'waiting', created_ms = now, queued_ms = now, assigned_ms = 0,
+              conversations = {}, state = 'waiting', created_ms = now, queued_ms = now, assigned_ms = 0, first_assigned_ms = 0,
               ended_ms = 0, ended_by = '', end_reason = '', score = 0, comment = '',
               first_message = c.first_message, queue_key = 0, previous_agents = {},
               context = c.context or { page = '', user_agent = '' }, transfer_note = '' }
@@ -610,6 +612,9 @@ end
 -- Past sessions of each party (Session::parties), newest last, as long as
 -- the ended sessions are kept.
 local function index_past(s)
+  local ended = P .. 'ended'
+  redis.call('ZADD', ended, s.ended_ms, s.id)
+  redis.call('ZREMRANGEBYSCORE', ended, '-inf', '(' .. (now - retention * 1000))
   local seen = {}
   local parties = { s.customer }
   for _, a in ipairs(s.previous_agents) do table.insert(parties, a) end

@@ -246,6 +246,9 @@ pub struct Session {
     pub queued_ms: u64,
     /// When its current agent got it.
     pub assigned_ms: u64,
+    /// When its first agent got it; 0 while it never had one.
+    #[serde(default)]
+    pub first_assigned_ms: u64,
     pub ended_ms: u64,
     /// Who ended it: a user id, or empty when the server did.
     pub ended_by: String,

@@ -4,7 +4,7 @@
 //! HTTP layer only maps requests and answers.
 
 use super::*;
-use storage::cs::{Agent, Group, GroupView, Policy, QuickReply};
+use storage::cs::{Agent, AgentStatus, Group, GroupView, Policy, QuickReply};
 
 /// Most quick replies per tenant (group and personal ones together).
 pub const MAX_QUICK_REPLIES: usize = 1000;
@@ -51,7 +51,7 @@ impl CsService {
         self.all_group_views(caller).await
     }
 
-    async fn all_group_views(&self, caller: &Caller) -> Result<Vec<GroupView>, ClientError> {
+    pub(crate) async fn all_group_views(&self, caller: &Caller) -> Result<Vec<GroupView>, ClientError> {
         let mut out = Vec::new();
         for g in self.store.groups(caller.tenant()).await? {
             if let Some(v) = self.store.group_view(caller.tenant(), &g.spec.id).await? {
@@ -59,6 +59,24 @@ impl CsService {
             }
         }
         Ok(out)
+    }
+
+    /// Sets an agent's status for them (admin), as their own `SetStatus`
+    /// would; their connected devices get the new `CsState`.
+    pub async fn set_agent_status(&self, caller: &Caller, agent: &str, status: AgentStatus) -> Result<Agent, ClientError> {
+        require(caller, &[Role::Admin], "setting an agent's status")?;
+        validate_id("agent", agent).map_err(invalid)?;
+        if self.store.agent(caller.tenant(), agent).await?.is_none() {
+            return Err(not_found("agent"));
+        }
+        self.run(caller, CsCommand::SetStatus { agent: agent.to_string(), status }).await?;
+        let them = Caller::new(caller.tenant(), agent, Role::Agent);
+        let state = self.state(&them).await?;
+        if status == AgentStatus::Online {
+            self.send_left_messages(caller.tenant(), agent, &state.groups).await?;
+        }
+        self.router().notify(caller.tenant(), agent, event(Body::CsState(state))).await;
+        self.store.agent(caller.tenant(), agent).await?.ok_or_else(|| not_found("agent"))
     }
 
     /// One group's settings, agents, queue and open sessions (admin).

@@ -20,8 +20,10 @@ mod convert;
 mod frames;
 mod notify;
 mod people;
+mod reports;
 
 pub use admin::{GroupPatch, MAX_QUICK_REPLIES, MAX_REPLY_TEXT_BYTES, MAX_TITLE_BYTES};
+pub use reports::{AgentFigures, GroupFigures, MAX_REPORT_RANGE_MS, MAX_REPORT_SESSIONS, Mean, Summary};
 pub use convert::{left_pb, session_pb, status_from_pb, status_pb};
 pub use people::{
     DEFAULT_PAST_SESSIONS, Identity, MAX_NOTE_BYTES, MAX_PAST_SESSIONS, MAX_PROFILE_LOOKUP, PastSessions,
@@ -220,6 +222,8 @@ pub struct CsService {
     config: CsConfig,
     /// Each tenant's notifications on their way (see `notify`).
     notices: notify::Notices,
+    /// First replies of ended sessions found by the reports.
+    first_replies: reports::FirstReplies,
     /// This service, for the tasks it starts.
     me: std::sync::Weak<CsService>,
 }
@@ -269,7 +273,15 @@ impl CsService {
         shutdown: CancellationToken,
     ) -> Arc<Self> {
         let this =
-            Arc::new_cyclic(|me| Self { store, dispatch, router, config, notices: Default::default(), me: me.clone() });
+            Arc::new_cyclic(|me| Self {
+                store,
+                dispatch,
+                router,
+                config,
+                notices: Default::default(),
+                first_replies: Default::default(),
+                me: me.clone(),
+            });
         tokio::spawn(sweeper(Arc::downgrade(&this), shutdown));
         this
     }

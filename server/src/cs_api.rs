@@ -9,6 +9,8 @@
 //! - agent (or admin): quick replies (of their groups, and personal ones),
 //!   the unclaimed left messages of a group, a customer's note, whom a
 //!   session can be transferred to;
+//! - admin: an agent's status set for them; the figures of a time range per
+//!   group and agent (`/api/v1/reports/summary`);
 //! - people: names and avatars (from the tokens' claims) and past sessions
 //!   (customers: their own).
 //!
@@ -57,6 +59,8 @@ pub(crate) fn routes(api: CsApi) -> Router {
         .route("/api/v1/customers/{user}", get(customer))
         .route("/api/v1/customers/{user}/note", put(put_note))
         .route("/api/v1/transfer-targets", get(transfer_targets))
+        .route("/api/v1/agents/{agent}/status", put(put_agent_status))
+        .route("/api/v1/reports/summary", get(report_summary))
         .with_state(api)
 }
 
@@ -249,6 +253,68 @@ async fn remove_agent(
 ) -> ApiResult {
     api.cs.remove_member(&api.caller(&headers).await?, &group, &agent).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StatusBody {
+    status: storage::cs::AgentStatus,
+}
+
+async fn put_agent_status(
+    State(api): State<CsApi>,
+    headers: HeaderMap,
+    Path(agent): Path<String>,
+    body: Result<Json<StatusBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    let caller = api.caller(&headers).await?;
+    let b = json_body(body)?;
+    ok(json!(api.cs.set_agent_status(&caller, &agent, b.status).await?))
+}
+
+#[derive(Deserialize)]
+struct RangeQuery {
+    #[serde(default)]
+    from: u64,
+    #[serde(default)]
+    to: u64,
+}
+
+async fn report_summary(
+    State(api): State<CsApi>,
+    headers: HeaderMap,
+    q: Result<Query<RangeQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let caller = api.caller(&headers).await?;
+    let Query(q) = q.map_err(|e| fail(ErrorCode::InvalidArgument, format!("from and to are ms since the epoch: {e}")))?;
+    let r = api.cs.summary(&caller, q.from, q.to).await?;
+    ok(json!({
+        "from_ms": r.from_ms,
+        "to_ms": r.to_ms,
+        "truncated": r.truncated,
+        "groups": r.groups.iter().map(|g| json!({
+            "group": g.group,
+            "served": g.served,
+            "abandoned": g.abandoned,
+            "transferred": g.transferred,
+            "waiting_now": g.waiting_now,
+            "active_now": g.active_now,
+            "wait_avg_ms": g.wait.avg(),
+            "wait_max_ms": g.wait_max_ms,
+            "first_response_avg_ms": g.first_response.avg(),
+            "handle_avg_ms": g.handle.avg(),
+            "csat_avg": g.csat.exact_avg(),
+            "csat_count": g.csat.count,
+        })).collect::<Vec<_>>(),
+        "agents": r.agents.iter().map(|a| json!({
+            "agent": a.agent,
+            "served": a.served,
+            "first_response_avg_ms": a.first_response.avg(),
+            "handle_avg_ms": a.handle.avg(),
+            "csat_avg": a.csat.exact_avg(),
+            "csat_count": a.csat.count,
+        })).collect::<Vec<_>>(),
+    }))
 }
 
 async fn group_sessions(State(api): State<CsApi>, headers: HeaderMap, Path(group): Path<String>) -> ApiResult {

@@ -74,6 +74,11 @@ fn history_key(tenant: &str, user: &str, ended_ms: u64, id: &str) -> Vec<u8> {
     Key::new().s("h").s(tenant).s(user).n(ended_ms).s(id).into_vec()
 }
 
+/// The tenant's ended sessions by end time (for reports).
+fn ended_key(tenant: &str, ended_ms: u64, id: &str) -> Vec<u8> {
+    Key::new().s("e").s(tenant).n(ended_ms).s(id).into_vec()
+}
+
 fn prefix(kind: &str, tenant: &str) -> Vec<u8> {
     Key::new().s(kind).s(tenant).into_vec()
 }
@@ -206,6 +211,7 @@ impl EmbeddedCs {
                         for user in s.parties() {
                             out.push((history_key(t, user, s.ended_ms, &id), Some(Vec::new())));
                         }
+                        out.push((ended_key(t, s.ended_ms, &id), Some(Vec::new())));
                     }
                     Some(s) => out.push((key("s", t, &id), Some(encode(s)?))),
                     None => out.push((key("s", t, &id), None)),
@@ -221,6 +227,39 @@ impl EmbeddedCs {
             }
         }
         Ok(out)
+    }
+
+    /// The sessions named by the index keys in `from..to` (each `<prefix
+    /// of skip bytes><time><id>`), newest first, at most `limit`.
+    async fn sessions_indexed(
+        &self,
+        tenant: &str,
+        skip: usize,
+        from: Vec<u8>,
+        to: Vec<u8>,
+        limit: usize,
+    ) -> Result<Vec<Session>> {
+        let tenant = tenant.to_string();
+        self.store
+            .read_db(move |db| {
+                let txn = db.begin_read().map_err(unavailable)?;
+                let table = txn.open_table(CS).map_err(unavailable)?;
+                let mut out = Vec::new();
+                for item in table.range(from.as_slice()..to.as_slice()).map_err(unavailable)?.rev() {
+                    if out.len() >= limit {
+                        break;
+                    }
+                    let (k, _) = item.map_err(unavailable)?;
+                    let k = k.value();
+                    let mut r = Reader::new(&k[skip..]);
+                    let Some(id) = r.n().and_then(|_| r.s()) else { continue };
+                    if let Some(v) = table.get(key("S", &tenant, id).as_slice()).map_err(unavailable)? {
+                        out.push(decode(v.value())?);
+                    }
+                }
+                Ok(out)
+            })
+            .await
     }
 
     /// Drops the tenant's state from memory: the next command reloads it.
@@ -301,30 +340,17 @@ impl CsStore for EmbeddedCs {
         self.with_tenant(tenant, |ts| ts.user_sessions(user).into_iter().cloned().collect()).await
     }
 
+    async fn ended_sessions(&self, tenant: &str, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<Session>> {
+        let start = Key::new().s("e").s(tenant).into_vec();
+        let from = Key::new().s("e").s(tenant).n(from_ms).into_vec();
+        let to = Key::new().s("e").s(tenant).n(to_ms).into_vec();
+        self.sessions_indexed(tenant, start.len(), from, to, limit).await
+    }
+
     async fn past_sessions(&self, tenant: &str, user: &str, before_ms: u64, limit: usize) -> Result<Vec<Session>> {
         let from = Key::new().s("h").s(tenant).s(user).into_vec();
         let to = Key::new().s("h").s(tenant).s(user).n(if before_ms == 0 { u64::MAX } else { before_ms }).into_vec();
-        let tenant = tenant.to_string();
-        self.store
-            .read_db(move |db| {
-                let txn = db.begin_read().map_err(unavailable)?;
-                let table = txn.open_table(CS).map_err(unavailable)?;
-                let mut out = Vec::new();
-                for item in table.range(from.as_slice()..to.as_slice()).map_err(unavailable)?.rev() {
-                    if out.len() >= limit {
-                        break;
-                    }
-                    let (k, _) = item.map_err(unavailable)?;
-                    let k = k.value();
-                    let mut r = Reader::new(&k[from.len()..]);
-                    let Some(id) = r.n().and_then(|_| r.s()) else { continue };
-                    if let Some(v) = table.get(key("S", &tenant, id).as_slice()).map_err(unavailable)? {
-                        out.push(decode(v.value())?);
-                    }
-                }
-                Ok(out)
-            })
-            .await
+        self.sessions_indexed(tenant, from.len(), from, to, limit).await
     }
 
     async fn update_profile(&self, tenant: &str, user: &str, update: ProfileUpdate) -> Result<()> {

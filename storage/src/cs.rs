@@ -30,6 +30,10 @@ pub trait CsStore: Send + Sync + 'static {
     /// Waiting and active sessions where `user` is the customer or the agent.
     async fn user_sessions(&self, tenant: &str, user: &str) -> Result<Vec<Session>>;
 
+    /// The tenant's sessions that ended in `from_ms..to_ms`, newest first,
+    /// at most `limit` (for reports; kept as long as ended sessions are).
+    async fn ended_sessions(&self, tenant: &str, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<Session>>;
+
     /// Ended sessions `user` took part in ([`Session::parties`]) that ended
     /// before `before_ms` (0: any), newest first, at most `limit`. Kept as
     /// long as the ended sessions are (the cluster's `cs.retention`).

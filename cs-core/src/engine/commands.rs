@@ -115,6 +115,7 @@ impl TenantState {
             created_ms: now,
             queued_ms: now,
             assigned_ms: 0,
+            first_assigned_ms: 0,
             ended_ms: 0,
             ended_by: String::new(),
             end_reason: String::new(),
@@ -222,6 +223,9 @@ impl TenantState {
         s.agent = agent.into();
         s.derive_conversations(&tenant);
         s.assigned_ms = now;
+        if s.first_assigned_ms == 0 {
+            s.first_assigned_ms = now;
+        }
         fx.assigned.push(s.clone());
         if let Some(a) = self.agents.get_mut(agent) {
             a.load += 1;

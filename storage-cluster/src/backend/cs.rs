@@ -13,8 +13,8 @@
 //! sessions), `customers` ("customer\ngroup" -> session), `left` (unclaimed
 //! left messages), `replies`, `q:<group>` (the queue, a sorted set),
 //! `S:<id>` and `L:<id>` (ended sessions and claimed left messages, kept for
-//! the retention period), `h:<user>` (the user's ended sessions by end time,
-//! as long), `p:<user>` (profile hash). `dd:cs:tenants` lists tenants for the sweep.
+//! the retention period), `ended` and `h:<user>` (the tenant's and the user's
+//! ended sessions by end time, as long), `p:<user>` (profile hash). `dd:cs:tenants` lists tenants for the sweep.
 
 use super::{CallTimer, redis_err};
 use redis::AsyncCommands;
@@ -125,6 +125,29 @@ impl RedisCs {
         values.iter().map(|v| decode(v)).collect()
     }
 
+    /// The ended sessions a zset of the tenant (`index` after its prefix)
+    /// scores in `min..=max` (Redis score bounds), newest first.
+    async fn sessions_indexed(&self, tenant: &str, index: &str, max: &str, min: &str, limit: usize) -> Result<Vec<Session>> {
+        let p = prefix(tenant);
+        let mut conn = self.conn();
+        let ids: Vec<String> = redis::cmd("ZREVRANGEBYSCORE")
+            .arg(format!("{p}{index}"))
+            .arg(max)
+            .arg(min)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("cs read"))?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| format!("{p}S:{id}")).collect();
+        let raw: Vec<Option<String>> = conn.mget(keys).await.map_err(redis_err("cs read"))?;
+        raw.iter().flatten().map(|s| session(tenant, s)).collect()
+    }
+
     async fn open_sessions(&self, tenant: &str) -> Result<Vec<Session>> {
         let values: Vec<String> =
             self.conn().hvals(format!("{}open", prefix(tenant))).await.map_err(redis_err("cs read"))?;
@@ -232,26 +255,14 @@ impl CsStore for RedisCs {
         Ok(v)
     }
 
+    async fn ended_sessions(&self, tenant: &str, from_ms: u64, to_ms: u64, limit: usize) -> Result<Vec<Session>> {
+        let max = format!("({to_ms}");
+        self.sessions_indexed(tenant, "ended", &max, &from_ms.to_string(), limit).await
+    }
+
     async fn past_sessions(&self, tenant: &str, user: &str, before_ms: u64, limit: usize) -> Result<Vec<Session>> {
-        let p = prefix(tenant);
-        let mut conn = self.conn();
         let max = if before_ms == 0 { "+inf".to_string() } else { format!("({before_ms}") };
-        let ids: Vec<String> = redis::cmd("ZREVRANGEBYSCORE")
-            .arg(format!("{p}h:{user}"))
-            .arg(max)
-            .arg("-inf")
-            .arg("LIMIT")
-            .arg(0)
-            .arg(limit)
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err("cs read"))?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let keys: Vec<String> = ids.iter().map(|id| format!("{p}S:{id}")).collect();
-        let raw: Vec<Option<String>> = conn.mget(keys).await.map_err(redis_err("cs read"))?;
-        raw.iter().flatten().map(|s| session(tenant, s)).collect()
+        self.sessions_indexed(tenant, &format!("h:{user}"), &max, "-inf", limit).await
     }
 
     async fn update_profile(&self, tenant: &str, user: &str, update: ProfileUpdate) -> Result<()> {

@@ -607,6 +607,7 @@ pub async fn cs_past_sessions_and_profiles(b: &Backends) {
         cs.now += 1000;
         let (s, _) = cs.request("c0", "g").await;
         if i == 1 {
+            cs.now += 5;
             cs.online("bob").await;
             let to = if s.agent == "ann" { "bob" } else { "ann" };
             let t = CsCommand::Transfer {
@@ -652,6 +653,19 @@ pub async fn cs_past_sessions_and_profiles(b: &Backends) {
     assert_eq!(past("c0", 0, 10).await, newest_first);
     let rated = b.cs.past_sessions(&cs.t, "c0", 0, 10).await.unwrap();
     assert_eq!(rated.last().unwrap().score, 4);
+    // The tenant's ended sessions by end time (reports), rated ones once.
+    let ended = |from: u64, to: u64, limit: usize| {
+        let t = cs.t.clone();
+        async move {
+            b.cs.ended_sessions(&t, from, to, limit).await.unwrap().into_iter().map(|s| s.id).collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(ended(0, u64::MAX, 10).await, newest_first);
+    assert_eq!(ended(0, u64::MAX, 1).await, newest_first[..1]);
+    assert_eq!(ended(0, second.ended_ms, 10).await, newest_first[2..], "the end bound is exclusive");
+    assert_eq!(ended(second.ended_ms, u64::MAX, 10).await, newest_first[..2], "the start bound is inclusive");
+    assert_eq!(rated.last().unwrap().first_assigned_ms, rated.last().unwrap().assigned_ms);
+    assert!(second.first_assigned_ms < second.assigned_ms, "a transfer keeps the first assignment");
 
     // Profiles: identity and note are written apart and keep each other.
     let t = cs.t.clone();

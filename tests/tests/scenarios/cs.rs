@@ -802,3 +802,86 @@ async fn a_transferred_session_keeps_its_photos_readable_by_whoever_serves_it() 
     assert_eq!(link_status(&s, &photo, "ann", Role::Agent).await, 200);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_supervisor_sees_the_days_figures_from_the_server_and_sets_an_agents_status() {
+    let s = start(Duration::from_secs(60)).await;
+    let admin = admin_setup(&s).await;
+    let since = im_core::now_ms() - 60_000;
+    let mut ann = login(&s, "ann", Role::Agent).await;
+    cs(&mut ann, set_status(pb::AgentStatus::Online)).await;
+    // c1 is served: ann answers, c1 ends and rates 4.
+    let mut c1 = login(&s, "c1", Role::Customer).await;
+    let Body::SessionAssigned(a) = cs(&mut c1, request("pre", Some("where is my parcel?"))).await else {
+        panic!("assigned")
+    };
+    let session = a.session.unwrap();
+    ann.send("c1", "hello-1", text_content("It left the warehouse today.")).await.unwrap();
+    let end = Body::EndSession(pb::EndSession { session_id: session.session_id.clone() });
+    let Body::SessionEnded(_) = cs(&mut c1, end).await else { panic!("ended") };
+    let rate = Body::Rate(pb::Rate { session_id: session.session_id.clone(), score: 4, comment: String::new() });
+    assert!(matches!(cs(&mut c1, rate).await, Body::CsOk(_)));
+    // c2 waits behind c3 (ann has room for one) and gives up: abandoned.
+    let mut c3 = login(&s, "c3", Role::Customer).await;
+    let Body::SessionAssigned(_) = cs(&mut c3, request("pre", None)).await else { panic!("assigned") };
+    let mut c2 = login(&s, "c2", Role::Customer).await;
+    let Body::QueueUpdate(_) = cs(&mut c2, request("pre", None)).await else { panic!("queued") };
+    let Body::CsOk(_) = cs(&mut c2, Body::CancelRequest(pb::CancelRequest { group: "pre".into() })).await else {
+        panic!("cancelled")
+    };
+
+    // The figures come from the server: the same from any page, any time.
+    let path = format!("/api/v1/reports/summary?from={since}");
+    let (status, r) = http(&s.http_url, "GET", &path, Some(&admin), None).await;
+    assert_eq!(status, 200, "{r}");
+    let pre = r["groups"].as_array().unwrap().iter().find(|g| g["group"] == "pre").expect("the group's figures");
+    assert_eq!(pre["served"], 1, "{r}");
+    assert_eq!(pre["abandoned"], 1, "{r}");
+    assert_eq!(pre["active_now"], 1, "c3 is being served: {r}");
+    assert_eq!(pre["csat_avg"], 4.0, "{r}");
+    assert_eq!(pre["csat_count"], 1);
+    let first = pre["first_response_avg_ms"].as_u64().expect("ann answered");
+    assert!(first < 30_000, "{r}");
+    let ann_row = r["agents"].as_array().unwrap().iter().find(|a| a["agent"] == "ann").expect("ann's figures");
+    assert_eq!(ann_row["served"], 1);
+    assert_eq!(ann_row["first_response_avg_ms"], first);
+    assert_eq!(ann_row["csat_avg"], 4.0);
+    // A range before any of it is empty; a bad one is refused with words.
+    let before = format!("/api/v1/reports/summary?from={}&to={since}", since - 3_600_000);
+    let (_, empty) = http(&s.http_url, "GET", &before, Some(&admin), None).await;
+    let pre = empty["groups"].as_array().unwrap().iter().find(|g| g["group"] == "pre").unwrap();
+    assert_eq!(pre["served"], 0);
+    assert!(pre["first_response_avg_ms"].is_null());
+    for bad in ["from=5&to=4", "from=1000", "from=yesterday"] {
+        let path = format!("/api/v1/reports/summary?{bad}");
+        let (status, e) = http(&s.http_url, "GET", &path, Some(&admin), None).await;
+        assert_eq!((status, e["error"]["code"].as_str()), (400, Some("INVALID_ARGUMENT")), "{bad}: {e}");
+    }
+    let agent_token = token(&s, "ann", Role::Agent);
+    let (status, _) = http(&s.http_url, "GET", "/api/v1/reports/summary", Some(&agent_token), None).await;
+    assert_eq!(status, 403);
+
+    // The supervisor sets ann away: her devices are told, she gets no one new.
+    let (status, body) =
+        http(&s.http_url, "PUT", "/api/v1/agents/ann/status", Some(&admin), Some(&json!({"status": "away"}))).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "away");
+    let pushed = ann
+        .next_matching("CsState", |b| match b {
+            Body::CsState(st) if st.status == pb::AgentStatus::Away as i32 => Some(st.clone()),
+            _ => None,
+        })
+        .await;
+    assert_eq!(pushed.load, 1, "c3 stays with her");
+    let (status, body) =
+        http(&s.http_url, "PUT", "/api/v1/agents/ann/status", Some(&admin), Some(&json!({"status": "asleep"}))).await;
+    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("status")), "{body}");
+    let (status, _) =
+        http(&s.http_url, "PUT", "/api/v1/agents/nobody/status", Some(&admin), Some(&json!({"status": "away"}))).await;
+    assert_eq!(status, 404);
+    let (status, _) =
+        http(&s.http_url, "PUT", "/api/v1/agents/bob/status", Some(&agent_token), Some(&json!({"status": "away"})))
+            .await;
+    assert_eq!(status, 403);
+    s.stop().await;
+}
