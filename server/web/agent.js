@@ -8,7 +8,7 @@
 import { DongdongClient, api, wsUrl, deviceIdFor, storage } from './dd.js';
 import { translator, languagePicker } from './i18n.js';
 import { searchPanel } from './search.js';
-import { el, $, keepFocus, reasonWords, entriesOf, duration, clock, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, contentFromInput, contentNode, enterSubmits, People, safeUrl, typingSignals, typingIndicator, pastSessionItem, recaller, uploads, useFiles, contentOfUpload } from './ui.js';
+import { el, $, keepFocus, reasonWords, entriesOf, duration, clock, when, notify, notifyError, connectionBanner, signIn, signOut, drawMessages, drawTranscript, handoverMark, contentFromInput, contentNode, enterSubmits, People, safeUrl, typingSignals, typingIndicator, pastSessionItem, recaller, uploads, useFiles, contentOfUpload, twoStepButton } from './ui.js';
 
 // Every string of this page, in each language.
 const t = translator({
@@ -732,27 +732,9 @@ function attention(title, selection, body) {
   }
 }
 
-/**
- * End session, in two steps: the first press asks (for a few seconds),
- * the second ends. Drawn anew with the header; the question survives redraws.
- */
-const END_CONFIRM_MS = 4000;
-let endAsked = null; // { sessionId, until }
+/** End session, in two steps (the question survives redraws). */
 function endButton(s) {
-  const asking = endAsked && endAsked.sessionId === s.sessionId && Date.now() < endAsked.until;
-  return el('button', {
-    id: 'end', class: 'danger', 'data-confirm': asking ? 'true' : undefined,
-    onclick: () => {
-      if (asking) {
-        endAsked = null;
-        endSession(s);
-      } else {
-        endAsked = { sessionId: s.sessionId, until: Date.now() + END_CONFIRM_MS };
-        setTimeout(renderConversation, END_CONFIRM_MS + 50);
-      }
-      renderConversation();
-    },
-  }, asking ? t('endConfirm') : t('endSession'));
+  return twoStepButton(`end:${s.sessionId}`, t('endSession'), t('endConfirm'), () => endSession(s), { id: 'end' }, renderConversation);
 }
 
 async function endSession(s) {

@@ -5,7 +5,7 @@
 // field, in the page's language, before or after the server sees it.
 
 import { api } from './dd.js';
-import { el, notify, describe } from './ui.js';
+import { el, notify, describe, twoStepButton } from './ui.js';
 import { translator } from './i18n.js';
 
 // The server's limits (cs-core: MAX_QUEUE_LIMIT, MAX_CAPACITY; im-core: MAX_ID_BYTES).
@@ -106,26 +106,6 @@ function showFailure(e, byName) {
   else notify(e.code === 'FORBIDDEN' ? t('notAdmin') : describe(e), 'error', 10000);
 }
 
-/** A button that asks once before `act` (a second press within 4 s). */
-function twoStep(label, id, act) {
-  const b = el('button', { type: 'button', class: 'danger', 'data-action': id }, label);
-  let until = 0;
-  b.addEventListener('click', () => {
-    if (Date.now() < until) {
-      until = 0;
-      b.textContent = label;
-      b.removeAttribute('data-confirm');
-      act();
-      return;
-    }
-    until = Date.now() + 4000;
-    b.textContent = t('deleteAsk');
-    b.dataset.confirm = 'true';
-    setTimeout(() => { if (Date.now() >= until) { b.textContent = label; b.removeAttribute('data-confirm'); } }, 4100);
-  });
-  return b;
-}
-
 /**
  * The settings section. `token`: an admin's; `changed()` is called after
  * every change (the live view refreshes).
@@ -200,12 +180,12 @@ export function settingsPanel(token, changed = () => {}) {
     groupList.replaceChildren(el('table', { class: 'settings-table' },
       el('thead', {}, el('tr', {}, el('th', {}, t('name')), el('th', {}, t('policy')), el('th', {}, t('agents')), el('th', {}, ''))),
       el('tbody', {}, ...groups.map((g) => el('tr', { 'data-settings-group': g.id },
-        el('td', {}, el('strong', {}, g.name || g.id), el('div', { class: 'muted small' }, g.id)),
+        el('td', {}, el('strong', { class: 'user-text' }, g.name || g.id), el('div', { class: 'muted small' }, el('code', {}, g.id))),
         el('td', {}, t(g.policy)),
         el('td', {}, String(g.agents.length)),
         el('td', { class: 'buttons' },
           el('button', { type: 'button', 'data-action': 'edit', onclick: () => editGroup(g.id) }, t('edit')),
-          twoStep(t('delete'), 'delete', () => deleteGroup(g))))))));
+          twoStepButton(`delete-group:${g.id}`, t('delete'), t('deleteAsk'), () => deleteGroup(g), { 'data-action': 'delete' })))))));
     const keep = rGroup.input.value;
     rGroup.input.replaceChildren(...groups.map((g) => el('option', { value: g.id }, g.name || g.id)));
     if (groups.some((g) => g.id === keep)) rGroup.input.value = keep;
@@ -332,7 +312,7 @@ export function settingsPanel(token, changed = () => {}) {
         el('td', {}, groupName(r.group)), el('td', { class: 'user-text' }, r.title), el('td', { class: 'small user-text' }, r.text),
         el('td', { class: 'buttons' },
           el('button', { type: 'button', 'data-action': 'edit', onclick: () => editReply(r.id) }, t('edit')),
-          twoStep(t('delete'), 'delete', () => deleteReply(r))))))) : el('p', { class: 'muted small' }, t('noReplies')));
+          twoStepButton(`delete-reply:${r.id}`, t('delete'), t('deleteAsk'), () => deleteReply(r), { 'data-action': 'delete' })))))) : el('p', { class: 'muted small' }, t('noReplies')));
     replyLegend.textContent = editingReply ? t('editReply') : t('newReply');
   }
 

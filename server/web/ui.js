@@ -88,7 +88,7 @@ export function describe(e) {
 }
 
 /** Attributes that name a list entry across redraws (the focused one is found again). */
-const FOCUS_KEYS = ['data-session-id', 'data-chat-id', 'data-past-id', 'data-left-id', 'data-take', 'data-group'];
+const FOCUS_KEYS = ['data-session-id', 'data-chat-id', 'data-past-id', 'data-left-id', 'data-take', 'data-group', 'data-agent-status', 'data-open', 'data-move', 'data-move-go', 'data-end'];
 
 function focusKey(e) {
   if (e.id) return `#${CSS.escape(e.id)}`;
@@ -130,6 +130,39 @@ export function el(tag, props = {}, ...children) {
 }
 
 export const $ = (sel, root = document) => root.querySelector(sel);
+
+/** How long a two-step button waits for its second press. */
+export const CONFIRM_MS = 4000;
+const asked = new Map(); // key -> until when the question stands
+/**
+ * A button that asks before `act`: the first press shows `askLabel` (with
+ * data-confirm) for CONFIRM_MS, a second press within that time acts.
+ * The question is kept by `key`, so a button drawn anew by a redraw keeps
+ * asking; `redraw` (optional) is called when the question lapses.
+ */
+export function twoStepButton(key, label, askLabel, act, props = {}, redraw = null) {
+  const asking = () => (asked.get(key) || 0) > Date.now();
+  const b = el('button', { type: 'button', class: 'danger', ...props, 'data-confirm': asking() ? 'true' : undefined }, asking() ? askLabel : label);
+  const reset = () => { b.textContent = label; b.removeAttribute('data-confirm'); };
+  b.addEventListener('click', () => {
+    if (asking()) {
+      asked.delete(key);
+      reset();
+      act();
+      return;
+    }
+    asked.set(key, Date.now() + CONFIRM_MS);
+    b.textContent = askLabel;
+    b.dataset.confirm = 'true';
+    setTimeout(() => {
+      if (asking()) return;
+      asked.delete(key);
+      if (redraw) redraw();
+      else reset();
+    }, CONFIRM_MS + 50);
+  });
+  return b;
+}
 
 // Nothing fails silently: a failure nobody caught is shown too.
 window.addEventListener('unhandledrejection', (ev) => notifyError(ev.reason || 'unexpected error'));

@@ -1509,3 +1509,85 @@ scenario('search: a colleague finds a Chinese word in a session and opens it the
   await waitText(zed, '#search-status', /^Nothing found\.$/);
   for (const p of [tao, qin, boss, zed]) assert.deepEqual(p.ddErrors, []);
 });
+
+scenario("the supervisor's day: the figures come from the server after a reload; she reads a chat, moves one to another agent, ends one and sets an agent away", async () => {
+  await setCapacity('vera', 2);
+  await setCapacity('walt', 2);
+  const vera = await agentOnline('vera');
+  const sup = await (await person('supervisor', { width: 1280, height: 900 }, 'zh-CN')).open('/supervisor');
+  await signIn(sup, 'sam', 'admin');
+  await waitStat(sup, 'default', 'queue_length', 0);
+  const served0 = Number(await stat(sup, 'default', 'served').catch(() => '0')) || 0;
+
+  // xena is served by vera, who answers; xena ends the chat and gives 4 stars.
+  const xena = await (await person('xena', { width: 400, height: 700 })).open('/chat');
+  await signIn(xena, 'xena', 'customer');
+  await xena.selectOption('#group', 'default');
+  await xena.fill('#question', 'my order never came');
+  await xena.click('#request');
+  await waitText(xena, '#agent-name', /vera/);
+  await waitMessage(vera, 'my order never came');
+  await say(vera, 'Let me look: it is at the depot.');
+  await waitMessage(xena, 'Let me look: it is at the depot.');
+  await xena.click('#end');
+  await xena.waitForSelector('#rate');
+  await xena.click('.star[data-score="4"]');
+  await xena.click('#rate-submit');
+  await xena.waitForSelector('#rated');
+
+  // The day's figures are the server's: a reload keeps them.
+  await sup.reload();
+  await online(sup);
+  await waitStat(sup, 'default', 'served', served0 + 1);
+  assert.notEqual(await stat(sup, 'default', 'first_response_avg'), '–', 'vera answered: a first reply time');
+  assert.match(await stat(sup, 'default', 'csat'), /★/);
+  await sup.waitForSelector('[data-agent-served="vera"]');
+  assert.equal(await sup.textContent('[data-agent-served="vera"]'), '1');
+
+  // yuri asks; vera has him. The supervisor opens his chat read-only.
+  const yuri = await (await person('yuri', { width: 400, height: 700 })).open('/chat');
+  await signIn(yuri, 'yuri', 'customer');
+  await yuri.selectOption('#group', 'default');
+  await yuri.fill('#question', 'can I change the address?');
+  await yuri.click('#request');
+  await waitText(yuri, '#agent-name', /vera/);
+  await waitMessage(vera, 'can I change the address?');
+  await sup.click('#sessions-of-default');
+  await sup.waitForSelector('[data-open]');
+  const id = await sup.$eval('tr[data-session] [data-open]', (b) => b.dataset.open);
+  await sup.click(`[data-open="${id}"]`);
+  await sup.waitForSelector('#session-view[open]');
+  await waitText(sup, '#session-view-messages', /can I change the address\?/);
+  assert.equal(await sup.$('#session-view textarea, #session-view input'), null, 'read only: nowhere to write');
+  // What is said next shows in the open view.
+  await say(vera, 'Yes, until it ships.');
+  await waitText(sup, '#session-view-messages', /Yes, until it ships\./);
+  await assertChinese(sup, 'a chat read by the supervisor', ['sam', 'vera', 'yuri', 'default', 'xena', 'walt', 'demo', 'fay', 'lee']);
+  await assertAccessible(sup, 'a chat read by the supervisor');
+  await sup.click('#session-view-close');
+
+  // vera has to leave: the supervisor moves yuri to walt.
+  const walt = await agentOnline('walt');
+  await sup.waitForSelector(`[data-move="${id}"] option[value="agent:walt"]`, { state: 'attached' });
+  await sup.selectOption(`[data-move="${id}"]`, 'agent:walt');
+  await sup.click(`[data-move-go="${id}"]`);
+  await walt.waitForSelector('[data-customer="yuri"]');
+  await vera.waitForFunction(() => !document.querySelector('[data-customer="yuri"]'));
+  await waitText(yuri, '#agent-name', /walt/);
+  await walt.click('[data-customer="yuri"]');
+  await waitMessage(walt, 'can I change the address?');
+
+  // And sets vera away from the supervisor: her own page says so.
+  await sup.selectOption('[data-agent="vera"] [data-agent-status="vera"]', 'away');
+  await vera.waitForFunction(() => document.querySelector('#status').value === 'AWAY');
+
+  // yuri's chat is ended by the supervisor, after asking once.
+  await sup.waitForSelector(`[data-end="${id}"]`);
+  await sup.click(`[data-end="${id}"]`);
+  await sup.click(`[data-end="${id}"][data-confirm]`);
+  await yuri.waitForSelector('#rate');
+  await walt.waitForFunction(() => !document.querySelector('[data-customer="yuri"]'));
+  await waitStat(sup, 'default', 'served', served0 + 2);
+  await assertChinese(sup, "the supervisor's day", ['sam', 'vera', 'yuri', 'default', 'xena', 'walt', 'demo', 'fay', 'lee']);
+  await shot(sup, 'console-supervisor-day.png');
+});
