@@ -429,7 +429,8 @@ client.on('messages', ({ messages, how }) => {
       }
     }
   }
-  renderAll();
+  // A burst of messages (a backlog, a chatty customer) is drawn once per frame.
+  renderSoon();
 });
 client.on('presence', (p) => {
   state.presence.set(p.user, p);
@@ -971,6 +972,17 @@ function presenceNode(user) {
 
 function retry(m) {
   client.retry(m.clientMsgId).then(() => renderAll(), notifyError);
+}
+
+let renderQueued = false;
+/** renderAll at the next frame (once, however often asked before it). */
+function renderSoon() {
+  if (renderQueued) return;
+  renderQueued = true;
+  const run = () => { renderQueued = false; renderAll(); };
+  // A hidden tab gets no frames; its title still counts what came.
+  if (document.hidden) setTimeout(run, 0);
+  else requestAnimationFrame(run);
 }
 
 function renderAll() {

@@ -600,7 +600,12 @@ export function drawMessages(box, entries, me, { onRetry, nameOf, mark, peerRead
   entries.forEach((entry, i) => {
     // A hand-over between two agents is marked where it happened.
     const between = mark && i > 0 ? mark(entries[i - 1], entry) : null;
-    if (between) items.push(el('div', { class: 'handover', role: 'note' }, between));
+    if (between) {
+      const hk = `handover|${keys[keys.length - 1]}|${between}`;
+      const node = cache.get(hk) || el('div', { class: 'handover', role: 'note' }, between);
+      next.set(hk, node);
+      items.push(node);
+    }
     const m = entry.message;
     const name = nameOf ? nameOf(m.fromUser) : m.fromUser;
     const mine = m.fromUser === me && entry.state === 'stored';
@@ -620,13 +625,38 @@ export function drawMessages(box, entries, me, { onRetry, nameOf, mark, peerRead
   box.ddCache = next;
   box.ddLastKey = keys[keys.length - 1];
   const pill = newMessagesPill(box);
-  box.replaceChildren(...items, pill);
+  placeInOrder(box, [...items, pill]);
   if (atBottom || mineLast || !sameConversation) {
     box.scrollTop = box.scrollHeight;
     box.ddStick = true;
     pill.hidden = true;
   } else if (appended) {
     pill.hidden = false;
+  }
+}
+
+/**
+ * Makes `nodes` the children of `box`, in order, touching only what
+ * changed: a message appended to a long chat is one insertion, not a
+ * thousand (replaceChildren would detach and attach every node, and the
+ * browser would lay the whole list out again).
+ */
+function placeInOrder(box, nodes) {
+  // What goes first, so that nothing kept moves to make room.
+  const keep = new Set(nodes);
+  for (const c of [...box.childNodes]) if (!keep.has(c)) c.remove();
+  let cur = box.firstChild;
+  for (const node of nodes) {
+    if (cur === node) {
+      cur = cur.nextSibling;
+      continue;
+    }
+    box.insertBefore(node, cur);
+  }
+  while (cur) {
+    const stale = cur;
+    cur = cur.nextSibling;
+    stale.remove();
   }
 }
 

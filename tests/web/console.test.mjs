@@ -1350,6 +1350,29 @@ scenario('a long chat keeps the header, the newest message and the composer in v
     assert.ok(!grows, `${page.ddName}: the page itself does not scroll, only the list`);
   }
 
+  // A new message is drawn in place: its bubble added (the sender's own
+  // redrawn as it is stored and read), nothing else of the 60 detached and
+  // attached again (that took a long task per message in a long chat), and
+  // the bubbles already there are the same elements.
+  for (const page of [kim, lin]) {
+    await page.evaluate(() => {
+      window.ddChurn = { added: 0, removed: 0 };
+      window.ddFirst = document.querySelector('#messages .msg');
+      new MutationObserver((records) => {
+        for (const r of records) {
+          window.ddChurn.added += [...r.addedNodes].filter((n) => n.nodeType === 1).length;
+          window.ddChurn.removed += [...r.removedNodes].filter((n) => n.nodeType === 1).length;
+        }
+      }).observe(document.querySelector('#messages'), { childList: true });
+    });
+  }
+  await say(lin, 'one more thing');
+  await waitMessage(kim, 'one more thing');
+  for (const page of [kim, lin]) {
+    const churn = await page.evaluate(() => ({ ...window.ddChurn, same: document.querySelector('#messages .msg') === window.ddFirst }));
+    assert.ok(churn.added <= 3 && churn.removed <= 2 && churn.same, `${page.ddName}: a new message redrew the list: ${JSON.stringify(churn)}`);
+  }
+
   // kim scrolls up to read: a new message does not pull her down, a pill says so.
   await kim.$eval('#messages', (b) => { b.scrollTop = 0; });
   await say(lin, 'are you still there?');
