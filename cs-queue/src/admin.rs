@@ -63,7 +63,12 @@ impl CsService {
 
     /// Sets an agent's status for them (admin), as their own `SetStatus`
     /// would; their connected devices get the new `CsState`.
-    pub async fn set_agent_status(&self, caller: &Caller, agent: &str, status: AgentStatus) -> Result<Agent, ClientError> {
+    pub async fn set_agent_status(
+        &self,
+        caller: &Caller,
+        agent: &str,
+        status: AgentStatus,
+    ) -> Result<Agent, ClientError> {
         require(caller, &[Role::Admin], "setting an agent's status")?;
         validate_id("agent", agent).map_err(invalid)?;
         if self.store.agent(caller.tenant(), agent).await?.is_none() {

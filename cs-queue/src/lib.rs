@@ -23,12 +23,12 @@ mod people;
 mod reports;
 
 pub use admin::{GroupPatch, MAX_QUICK_REPLIES, MAX_REPLY_TEXT_BYTES, MAX_TITLE_BYTES};
-pub use reports::{AgentFigures, GroupFigures, MAX_REPORT_RANGE_MS, MAX_REPORT_SESSIONS, Mean, Summary};
 pub use convert::{left_pb, session_pb, status_from_pb, status_pb};
 pub use people::{
     DEFAULT_PAST_SESSIONS, Identity, MAX_NOTE_BYTES, MAX_PAST_SESSIONS, MAX_PROFILE_LOOKUP, PastSessions,
     TransferTargets,
 };
+pub use reports::{AgentFigures, GroupFigures, MAX_REPORT_RANGE_MS, MAX_REPORT_SESSIONS, Mean, Summary};
 
 use dispatch::Dispatcher;
 use im_core::ClientError;
@@ -272,16 +272,15 @@ impl CsService {
         config: CsConfig,
         shutdown: CancellationToken,
     ) -> Arc<Self> {
-        let this =
-            Arc::new_cyclic(|me| Self {
-                store,
-                dispatch,
-                router,
-                config,
-                notices: Default::default(),
-                first_replies: Default::default(),
-                me: me.clone(),
-            });
+        let this = Arc::new_cyclic(|me| Self {
+            store,
+            dispatch,
+            router,
+            config,
+            notices: Default::default(),
+            first_replies: Default::default(),
+            me: me.clone(),
+        });
         tokio::spawn(sweeper(Arc::downgrade(&this), shutdown));
         this
     }

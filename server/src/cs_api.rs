@@ -90,6 +90,13 @@ pub(crate) fn fail(code: ErrorCode, message: impl Into<String>) -> ApiError {
     ApiError(status, code, message.into(), None)
 }
 
+/// INVALID_ARGUMENT naming the body's `field` at fault.
+pub(crate) fn field_error(field: &str, message: impl Into<String>) -> ApiError {
+    let mut err = fail(ErrorCode::InvalidArgument, message);
+    err.3 = Some(field.to_string());
+    err
+}
+
 pub(crate) type ApiResult = Result<Response, ApiError>;
 
 fn ok(v: Value) -> ApiResult {
@@ -106,9 +113,7 @@ pub(crate) fn json_body<T>(body: Result<Json<T>, axum::extract::rejection::JsonR
         let text = text.rsplit_once(" at line ").map_or(text, |(t, _)| t).replace('`', "'");
         match text.split_once(": ") {
             Some((field, why)) if !field.is_empty() && field.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => {
-                let mut err = fail(ErrorCode::InvalidArgument, format!("{field}: {why}"));
-                err.3 = Some(field.to_string());
-                err
+                field_error(field, format!("{field}: {why}"))
             }
             _ => fail(ErrorCode::InvalidArgument, text),
         }
@@ -286,7 +291,8 @@ async fn report_summary(
     q: Result<Query<RangeQuery>, axum::extract::rejection::QueryRejection>,
 ) -> ApiResult {
     let caller = api.caller(&headers).await?;
-    let Query(q) = q.map_err(|e| fail(ErrorCode::InvalidArgument, format!("from and to are ms since the epoch: {e}")))?;
+    let Query(q) =
+        q.map_err(|e| fail(ErrorCode::InvalidArgument, format!("from and to are ms since the epoch: {e}")))?;
     let r = api.cs.summary(&caller, q.from, q.to).await?;
     ok(json!({
         "from_ms": r.from_ms,

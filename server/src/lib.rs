@@ -14,6 +14,7 @@ mod media;
 mod search_api;
 pub mod secret;
 mod web;
+mod widget_api;
 
 pub use config::{Config, ConfigError, Overrides};
 
@@ -189,6 +190,7 @@ pub(crate) async fn assemble(
     };
     let proxy_header = Some(config.server.trusted_proxy_header.to_ascii_lowercase()).filter(|h| !h.is_empty());
     let search = search_api::SearchApi { api: api.clone(), dispatch: dispatch.clone() };
+    let widget = widget_api::WidgetApi { api: api.clone(), settings: files_backends.settings.clone() };
     let gateway = Arc::new(Gateway {
         config: config.gateway(),
         signer,
@@ -206,6 +208,7 @@ pub(crate) async fn assemble(
         .merge(admin_api::routes(api))
         .merge(files_api::routes(files))
         .merge(search_api::routes(search))
+        .merge(widget_api::routes(widget))
         .merge(limits_api::routes(live_limits.clone()))
         .merge(web::routes(web));
     Ok(Assembled { gateway, router, health, metrics, routes, limits: live_limits })

@@ -4,7 +4,7 @@
 // chatting with an agent → ended (rate it); or leave a message when offered.
 
 import { DongdongClient, api, wsUrl, deviceIdFor, storage } from './dd.js';
-import { translator, languagePicker } from './i18n.js';
+import { translator, languagePicker, lang } from './i18n.js';
 import { searchPanel } from './search.js';
 import { el, $, reasonWords, duration, when, notify, notifyError, describe, connectionBanner, signIn, signOut, drawMessages, entriesOf, handoverMark, enterSubmits, People, typingSignals, typingIndicator, pastSessionItem, recaller, uploads, useFiles, contentOfUpload } from './ui.js';
 
@@ -197,6 +197,17 @@ window.addEventListener('message', (ev) => {
 });
 document.addEventListener('visibilitychange', seen);
 if (inFrame) window.parent.postMessage({ type: 'dd-hello' }, '*');
+// How the shop set its widget (/supervisor's settings): the greeting here,
+// the colour here and on the launcher, whose words and corner embed.js
+// takes from us.
+const widget = await api(auth.token, 'GET', '/api/v1/widget').catch(() => null);
+if (widget) {
+  if (/^#[0-9a-f]{6}$/i.test(widget.color)) document.documentElement.style.setProperty('--accent', widget.color);
+  if (inFrame) {
+    window.parent.postMessage({ type: 'dd-look', label_en: widget.label_en, label_zh: widget.label_zh, color: widget.color, position: widget.position }, '*');
+  }
+}
+const greeting = widget ? (lang.startsWith('zh') ? widget.greeting_zh : widget.greeting_en) : '';
 
 // The SDK: the connection, the outbox (what is typed survives a reload),
 // each conversation in order without holes, read pointers ("Read" under
@@ -395,7 +406,8 @@ async function pastChats() {
 const handoverWords = (from, to) => t('handover', { from: people.name(from), to: people.name(to) });
 
 async function pickView() {
-  const box = el('section', { class: 'card pick', id: 'pick' }, el('h2', {}, t('howCanWeHelp')));
+  const box = el('section', { class: 'card pick', id: 'pick' }, el('h2', {}, t('howCanWeHelp')),
+    greeting ? el('p', { id: 'greeting', class: 'greeting user-text' }, greeting) : '');
   let groups = [];
   try {
     groups = (await api(auth.token, 'GET', '/api/v1/service-groups')).groups;

@@ -1,6 +1,7 @@
 // The shop's settings in the supervisor view (admins): service groups
 // (name, how customers are assigned, queue limits), their agents and
-// capacities, and the team's quick replies. Every change goes through the
+// capacities, the team's quick replies, and the chat widget's look (the
+// launcher's words per language, colour, corner, the greeting). Every change goes through the
 // HTTP API and is live on every node at once; a mistake is named by its
 // field, in the page's language, before or after the server sees it.
 
@@ -15,6 +16,9 @@ const MAX_ID_BYTES = 128;
 // cs-queue: MAX_TITLE_BYTES, MAX_REPLY_TEXT_BYTES.
 const MAX_TITLE_BYTES = 200;
 const MAX_TEXT_BYTES = 4000;
+// server widget_api: MAX_LABEL_CHARS, MAX_GREETING_CHARS.
+const MAX_LABEL_CHARS = 40;
+const MAX_GREETING_CHARS = 500;
 
 const t = translator({
   en: {
@@ -33,6 +37,11 @@ const t = translator({
     required: '{field}: please fill this in.', tooLong: '{field}: at most {n} characters.',
     between: '{field}: a whole number from {min} to {max}.', atLeast: '{field}: at least {min}.',
     fieldSays: '{field}: {why}', notAdmin: 'Only an administrator can change settings.',
+    widget: 'Chat widget', labelEn: 'Chat button text (English)', labelZh: 'Chat button text (Chinese)',
+    greetingEn: 'Greeting above the question (English)', greetingZh: 'Greeting above the question (Chinese)',
+    color: 'Colour', position: 'Corner', right: 'bottom right', left: 'bottom left',
+    widgetHint: 'Empty texts keep the defaults ("Chat with us" / "在线咨询"). Shown the next time a shop page opens the widget.',
+    badColor: '{field}: a colour such as #c8102e.', tooLongChars: '{field}: at most {n} characters.',
   },
   'zh-CN': {
     settings: '设置', groups: '客服组', newGroup: '新建客服组', editGroup: '编辑客服组 {name}',
@@ -50,6 +59,11 @@ const t = translator({
     required: '{field}：请填写。', tooLong: '{field}：最多 {n} 个字符。',
     between: '{field}：请填写 {min} 到 {max} 之间的整数。', atLeast: '{field}：至少为 {min}。',
     fieldSays: '{field}：{why}', notAdmin: '只有管理员可以修改设置。',
+    widget: '聊天窗口', labelEn: '咨询按钮文字（英文）', labelZh: '咨询按钮文字（中文）',
+    greetingEn: '提问上方的欢迎语（英文）', greetingZh: '提问上方的欢迎语（中文）',
+    color: '颜色', position: '位置', right: '右下角', left: '左下角',
+    widgetHint: '文字留空则使用默认（“Chat with us” / “在线咨询”）。商店页面下次打开聊天窗口时生效。',
+    badColor: '{field}：请填写颜色，例如 #c8102e。', tooLongChars: '{field}：最多 {n} 个字符。',
   },
 });
 
@@ -158,10 +172,56 @@ export function settingsPanel(token, changed = () => {}) {
     saveReply();
   });
 
+  // --- the widget's look ---
+  const wLabelEn = field('widget-label-en', t('labelEn'), el('input', { maxLength: MAX_LABEL_CHARS, lang: 'en' }));
+  const wLabelZh = field('widget-label-zh', t('labelZh'), el('input', { maxLength: MAX_LABEL_CHARS, lang: 'zh-CN' }));
+  const wGreetingEn = field('widget-greeting-en', t('greetingEn'), el('textarea', { rows: 2, maxLength: MAX_GREETING_CHARS, lang: 'en' }));
+  const wGreetingZh = field('widget-greeting-zh', t('greetingZh'), el('textarea', { rows: 2, maxLength: MAX_GREETING_CHARS, lang: 'zh-CN' }));
+  const wColor = field('widget-color', t('color'), el('input', { type: 'color', value: '#c8102e' }));
+  const wPosition = field('widget-position', t('position'), el('select', {}, el('option', { value: 'right' }, t('right')), el('option', { value: 'left' }, t('left'))));
+  const widgetFields = [wLabelEn, wLabelZh, wGreetingEn, wGreetingZh, wColor, wPosition];
+  const widgetByName = { label_en: wLabelEn, label_zh: wLabelZh, greeting_en: wGreetingEn, greeting_zh: wGreetingZh, color: wColor, position: wPosition };
+  const widgetForm = el('form', { id: 'widget-form', class: 'settings-form', noValidate: true },
+    el('fieldset', {}, el('legend', {}, t('widget')), el('p', { class: 'muted small' }, t('widgetHint')), ...widgetFields.map((f) => f.row),
+      el('div', { class: 'buttons' }, el('button', { type: 'submit', class: 'primary', id: 'widget-save' }, t('save')))));
+  widgetForm.addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    saveWidget();
+  });
+
   const section = el('section', { class: 'card settings', id: 'settings', 'aria-labelledby': 'settings-title' },
     el('h2', { id: 'settings-title' }, t('settings')),
     el('h3', {}, t('groups')), groupList, groupForm, agentsBox,
-    el('h3', {}, t('replies')), replyList, replyForm);
+    el('h3', {}, t('replies')), replyList, replyForm,
+    el('h3', {}, t('widget')), widgetForm);
+
+  function drawWidget(w) {
+    for (const [name, f] of Object.entries(widgetByName)) f.input.value = w[name] ?? '';
+  }
+
+  async function loadWidget() {
+    try {
+      drawWidget(await api(token, 'GET', '/api/v1/widget'));
+    } catch (e) {
+      showFailure(e, {});
+    }
+  }
+
+  async function saveWidget() {
+    clearMarks(widgetFields);
+    const chars = (f, n) => ([...f.input.value.trim()].length > n ? t('tooLongChars', { field: f.label, n }) : '');
+    const bad = [[wLabelEn, chars(wLabelEn, MAX_LABEL_CHARS)], [wLabelZh, chars(wLabelZh, MAX_LABEL_CHARS)],
+      [wGreetingEn, chars(wGreetingEn, MAX_GREETING_CHARS)], [wGreetingZh, chars(wGreetingZh, MAX_GREETING_CHARS)],
+      [wColor, /^#[0-9a-f]{6}$/i.test(wColor.input.value) ? '' : t('badColor', { field: wColor.label })]].find(([, words]) => words);
+    if (bad) return mark(bad[0], bad[1]);
+    const body = Object.fromEntries(Object.entries(widgetByName).map(([name, f]) => [name, f.input.value.trim()]));
+    try {
+      drawWidget(await api(token, 'PUT', '/api/v1/widget', body));
+    } catch (e) {
+      return showFailure(e, widgetByName);
+    }
+    notify(t('saved'));
+  }
 
   async function load() {
     try {
@@ -359,5 +419,6 @@ export function settingsPanel(token, changed = () => {}) {
   editGroup(null);
   editReply(null);
   load();
+  loadWidget();
   return section;
 }

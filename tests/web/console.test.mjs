@@ -1614,3 +1614,61 @@ scenario("the supervisor's day: the figures come from the server after a reload;
   await assertChinese(sup, "the supervisor's day", ['sam', 'vera', 'yuri', 'default', 'xena', 'walt', 'demo', 'fay', 'lee']);
   await shot(sup, 'console-supervisor-day.png');
 });
+
+scenario("the owner sets the widget's words, colour, corner and greeting in /supervisor; a Chinese shop page shows them", async () => {
+  const admin = await devToken('sam', 'admin');
+  const putWidget = (body) => fetch(`${base}/api/v1/widget`, {
+    method: 'PUT', headers: { 'content-type': 'application/json', authorization: `Bearer ${admin}` }, body: JSON.stringify(body),
+  });
+  try {
+    const sup = await (await person('owner', { width: 1280, height: 900 }, 'zh-CN')).open('/supervisor');
+    await signIn(sup, 'sam', 'admin');
+    await sup.waitForSelector('#widget-form');
+    // A greeting over the limit is named by its field, in her language, before anything is sent.
+    await sup.fill('#widget-greeting-zh', '长'.repeat(501));
+    await sup.$eval('#widget-greeting-zh', (e) => { e.value = '长'.repeat(501); });
+    await sup.click('#widget-save');
+    await waitText(sup, '#widget-greeting-zh-error', /提问上方的欢迎语（中文）：最多 500 个字符/);
+    assert.equal(await sup.getAttribute('#widget-greeting-zh', 'aria-invalid'), 'true');
+    await sup.fill('#widget-label-zh', '联系客服');
+    await sup.fill('#widget-greeting-zh', '您好！我们的工作时间是 9:00–18:00。');
+    await sup.$eval('#widget-color', (e) => { e.value = '#0a7d32'; });
+    await sup.selectOption('#widget-position', 'left');
+    await sup.click('#widget-save');
+    await sup.waitForSelector('.notice >> text=已保存。');
+    await assertChinese(sup, 'the widget settings', ['sam', 'demo', 'default', 'returns', 'vip', 'fay', 'lee', 'Chat', 'with', 'us']);
+    await assertAccessible(sup, 'the widget settings');
+    // The server names a wrong field too (for integrations that use the API).
+    const bad = await putWidget({ color: 'red' });
+    assert.equal(bad.status, 400);
+    assert.equal((await bad.json()).error.field, 'color');
+
+    // A Chinese shop page: the launcher says it, in the colour, on the left;
+    // the widget greets above the question.
+    const token = await devToken('mei', 'customer', '梅');
+    const shop = await (await person('shop', { width: 1280, height: 800 }, 'zh-CN')).context.newPage();
+    shop.ddName = 'shop';
+    pages.add(shop);
+    const shopUrl = 'http://127.0.0.1:8999/zh/shop';
+    await shop.route(shopUrl, (route) => route.fulfill({ contentType: 'text/html', body: `<!doctype html><html lang="zh-CN"><body><h1>梅的小店</h1>
+      <script src="${base}/web/embed.js" data-token="${token}" data-group="default"></script></body></html>` }));
+    await shop.goto(shopUrl);
+    await shop.waitForFunction(() => [...document.querySelectorAll('button')].some((b) => b.textContent.startsWith('联系客服')));
+    const look = await shop.evaluate(() => {
+      const b = [...document.querySelectorAll('button')].find((x) => x.textContent.startsWith('联系客服'));
+      const r = b.getBoundingClientRect();
+      return { background: getComputedStyle(b).backgroundColor, left: r.left, width: window.innerWidth };
+    });
+    assert.equal(look.background, 'rgb(10, 125, 50)');
+    assert.ok(look.left < look.width / 2, `the launcher is on the left: ${JSON.stringify(look)}`);
+    await shop.click('text=联系客服');
+    const frame = shop.frameLocator('iframe[title="联系客服"]');
+    await frame.locator('#greeting').waitFor();
+    assert.equal(await frame.locator('#greeting').textContent(), '您好！我们的工作时间是 9:00–18:00。');
+    await shot(sup, 'console-settings-widget.png');
+  } finally {
+    // Back to the defaults: other scenarios expect "Chat with us".
+    const r = await putWidget({});
+    assert.equal(r.status, 200);
+  }
+});

@@ -127,7 +127,14 @@ impl RedisCs {
 
     /// The ended sessions a zset of the tenant (`index` after its prefix)
     /// scores in `min..=max` (Redis score bounds), newest first.
-    async fn sessions_indexed(&self, tenant: &str, index: &str, max: &str, min: &str, limit: usize) -> Result<Vec<Session>> {
+    async fn sessions_indexed(
+        &self,
+        tenant: &str,
+        index: &str,
+        max: &str,
+        min: &str,
+        limit: usize,
+    ) -> Result<Vec<Session>> {
         let p = prefix(tenant);
         let mut conn = self.conn();
         let ids: Vec<String> = redis::cmd("ZREVRANGEBYSCORE")

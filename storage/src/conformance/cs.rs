@@ -656,9 +656,7 @@ pub async fn cs_past_sessions_and_profiles(b: &Backends) {
     // The tenant's ended sessions by end time (reports), rated ones once.
     let ended = |from: u64, to: u64, limit: usize| {
         let t = cs.t.clone();
-        async move {
-            b.cs.ended_sessions(&t, from, to, limit).await.unwrap().into_iter().map(|s| s.id).collect::<Vec<_>>()
-        }
+        async move { b.cs.ended_sessions(&t, from, to, limit).await.unwrap().into_iter().map(|s| s.id).collect::<Vec<_>>() }
     };
     assert_eq!(ended(0, u64::MAX, 10).await, newest_first);
     assert_eq!(ended(0, u64::MAX, 1).await, newest_first[..1]);
