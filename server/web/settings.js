@@ -62,7 +62,7 @@ const t = translator({
     widget: '聊天窗口', labelEn: '咨询按钮文字（英文）', labelZh: '咨询按钮文字（中文）',
     greetingEn: '提问上方的欢迎语（英文）', greetingZh: '提问上方的欢迎语（中文）',
     color: '颜色', position: '位置', right: '右下角', left: '左下角',
-    widgetHint: '文字留空则使用默认（“Chat with us” / “在线咨询”）。商店页面下次打开聊天窗口时生效。',
+    widgetHint: '文字留空则使用默认文字（中文页面为“在线咨询”）。商店页面下次打开聊天窗口时生效。',
     badColor: '{field}：请填写颜色，例如 #c8102e。', tooLongChars: '{field}：最多 {n} 个字符。',
   },
 });
@@ -369,7 +369,7 @@ export function settingsPanel(token, changed = () => {}) {
     replyList.replaceChildren(team.length ? el('table', { class: 'settings-table' },
       el('thead', {}, el('tr', {}, el('th', {}, t('group')), el('th', {}, t('title')), el('th', {}, t('text')), el('th', {}, ''))),
       el('tbody', {}, ...team.map((r) => el('tr', { 'data-settings-reply': r.id },
-        el('td', {}, groupName(r.group)), el('td', { class: 'user-text' }, r.title), el('td', { class: 'small user-text' }, r.text),
+        el('td', { class: 'user-text' }, groupName(r.group)), el('td', { class: 'user-text' }, r.title), el('td', { class: 'small user-text' }, r.text),
         el('td', { class: 'buttons' },
           el('button', { type: 'button', 'data-action': 'edit', onclick: () => editReply(r.id) }, t('edit')),
           twoStepButton(`delete-reply:${r.id}`, t('delete'), t('deleteAsk'), () => deleteReply(r), { 'data-action': 'delete' })))))) : el('p', { class: 'muted small' }, t('noReplies')));

@@ -25,8 +25,8 @@ const t = translator({
     'least-loaded': 'fewest chats first', 'round-robin': 'in turn', 'manual-pick': 'agents pick',
     today: 'Today', served: 'served', abandoned: 'gave up waiting', avgWait: 'average wait', firstResponse: 'first reply',
     csat: 'satisfaction', csatOf: '{avg} ★ ({n})', ratings: '{n} ratings', noSessions: 'Nobody is waiting or being served.', servedToday: 'served today', none: '–',
-    statusOf: 'Status of {name}', actions: 'actions', open: 'Open', end: 'End', endAsk: 'End now?',
-    moveTo: 'Move to…', moveLabel: 'Move the chat of {name} to', move: 'Move', toGroup: 'group {name}',
+    actions: 'actions', open: 'Open', end: 'End', endAsk: 'End now?',
+    moveTo: 'Move to…', move: 'Move', toGroup: 'group {name}',
     movedNote: 'Moved by the supervisor.', moved: 'The chat of {name} was moved.', ended: 'The chat of {name} was ended.',
     statusSet: '{name} is now {status}.', chatOf: 'Chat of {customer} with {agent}', readOnly: 'Read only: you see what they write, they do not see you.',
     close: 'Close', figuresFailed: 'The day\'s figures could not be loaded: {why}',
@@ -42,8 +42,8 @@ const t = translator({
     'least-loaded': '优先分配给接待最少的客服', 'round-robin': '轮流分配', 'manual-pick': '客服自行接待',
     today: '今日', served: '已接待', abandoned: '放弃排队', avgWait: '平均等待', firstResponse: '首次回复',
     csat: '满意度', csatOf: '{avg} ★（{n} 条）', ratings: '{n} 条评价', noSessions: '没有排队或进行中的会话。', servedToday: '今日接待', none: '–',
-    statusOf: '{name} 的状态', actions: '操作', open: '查看', end: '结束', endAsk: '确认结束？',
-    moveTo: '转给…', moveLabel: '将 {name} 的会话转给', move: '转接', toGroup: '{name} 组',
+    actions: '操作', open: '查看', end: '结束', endAsk: '确认结束？',
+    moveTo: '转给…', move: '转接', toGroup: '{name} 组',
     movedNote: '由主管转接。', moved: '{name} 的会话已转接。', ended: '{name} 的会话已结束。',
     statusSet: '{name} 现在是{status}。', chatOf: '{customer} 与 {agent} 的会话', readOnly: '只读：您能看到双方的消息，他们看不到您。',
     close: '关闭', figuresFailed: '今日数据加载失败：{why}',
@@ -214,9 +214,13 @@ async function end(s) {
   refresh();
 }
 
-function statusPicker(a) {
+// Ids of a row's cells, for labels made of what the row shows (the
+// person's name, then what the control is for).
+const cellId = (...parts) => parts.map((p) => String(p).replace(/[^A-Za-z0-9_-]/g, (c) => `_${c.codePointAt(0)}`)).join('-');
+
+function statusPicker(g, a) {
   const current = String(a.status).toUpperCase();
-  const pick = el('select', { 'data-agent-status': a.id, 'aria-label': t('statusOf', { name: people.name(a.id) }), onchange: (ev) => setStatus(a.id, ev.target.value) },
+  const pick = el('select', { 'data-agent-status': a.id, 'aria-labelledby': `${cellId('who', g.id, a.id)} ${cellId('status-head', g.id)}`, onchange: (ev) => setStatus(a.id, ev.target.value) },
     ...['online', 'away', 'offline'].map((v) => el('option', { value: v, selected: v.toUpperCase() === current }, t(v.toUpperCase()))));
   return el('td', {}, pick, a.connected ? '' : el('span', { class: 'muted small' }, ` ${t('disconnected')}`));
 }
@@ -228,7 +232,7 @@ function sessionActions(s) {
       ...targets.agents.filter((a) => a.id !== s.agent).map((a) => [`agent:${a.id}`, people.name(a.id)]),
       ...targets.groups.map((g) => [`group:${g.id}`, t('toGroup', { name: g.name || g.id })]),
     ].map(([value, label]) => el('option', { value, selected: chosen.get(s.sessionId) === value }, label));
-    const select = el('select', { 'data-move': s.sessionId, 'aria-label': t('moveLabel', { name: people.name(s.customer) }), onchange: (ev) => chosen.set(s.sessionId, ev.target.value) },
+    const select = el('select', { 'data-move': s.sessionId, id: cellId('move', s.sessionId), 'aria-labelledby': `${cellId('customer', s.sessionId)} ${cellId('move', s.sessionId)}`, onchange: (ev) => chosen.set(s.sessionId, ev.target.value) },
       el('option', { value: '' }, t('moveTo')), ...options);
     cells.push(select, el('button', { type: 'button', 'data-move-go': s.sessionId, onclick: () => move(s) }, t('move')));
   }
@@ -259,13 +263,13 @@ function draw(groups, details) {
         stat(t('firstResponse'), ms(f && f.first_response_avg_ms), 'first_response_avg'),
         stat(t('csat'), csatStat(f), 'csat')),
       el('table', { class: 'agents' },
-        el('thead', {}, el('tr', {}, el('th', {}, t('agent')), el('th', {}, t('status')), el('th', {}, t('load')),
+        el('thead', {}, el('tr', {}, el('th', {}, t('agent')), el('th', { id: cellId('status-head', g.id) }, t('status')), el('th', {}, t('load')),
           el('th', {}, t('servedToday')), el('th', {}, t('firstResponse')), el('th', {}, t('csat')))),
         el('tbody', {}, ...(agents.length ? agents : g.agents).map((a) => {
           const af = today.agents.get(a.id);
           return el('tr', { 'data-agent': a.id },
-            el('td', { class: 'user-text' }, people.name(a.id)),
-            statusPicker(a),
+            el('td', { class: 'user-text', id: cellId('who', g.id, a.id) }, people.name(a.id)),
+            statusPicker(g, a),
             // What the agent serves in this group; the title has all groups.
             el('td', { 'data-group-load': String(a.group_load) }, el('meter', { min: 0, max: a.capacity || 1, value: a.group_load, title: t('loadAll', { here: a.group_load, load: a.load, capacity: a.capacity }) }),
               ` ${a.group_load}/${a.capacity}`, a.load > a.group_load ? el('span', { class: 'muted small' }, t('elsewhere', { n: a.load - a.group_load })) : ''),
@@ -279,7 +283,7 @@ function draw(groups, details) {
     if (d) {
       // Times on the server's clock: the browser's may be off.
       const since = (s) => Number(s.state === 'WAITING' ? s.queuedMs : (s.assignedMs || s.createdMs));
-      const row = (s) => el('tr', { 'data-session': s.sessionId }, el('td', { class: 'user-text' }, people.name(s.customer)), el('td', { class: 'user-text' }, s.agent ? people.name(s.agent) : '–'), el('td', {}, t(s.state)),
+      const row = (s) => el('tr', { 'data-session': s.sessionId }, el('td', { class: 'user-text', id: cellId('customer', s.sessionId) }, people.name(s.customer)), el('td', { class: 'user-text' }, s.agent ? people.name(s.agent) : '–'), el('td', {}, t(s.state)),
         el('td', {}, duration(Number(d.server_time_ms) - since(s))), sessionActions(s));
       card.append(el('table', { class: 'sessions' },
         el('thead', {}, el('tr', {}, el('th', {}, t('customer')), el('th', {}, t('agent')), el('th', {}, t('state')), el('th', {}, t('for')), el('th', {}, t('actions')))),

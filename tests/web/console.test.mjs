@@ -646,8 +646,11 @@ scenario('an agent of a manual-pick group takes the next customer', async () => 
 
 scenario('the owner sets up a group, two agents and three quick replies in /supervisor alone; a customer is served by them', async () => {
   const owner = await (await person('owner', { width: 1200, height: 900 }, 'zh-CN')).open('/supervisor');
+  await owner.waitForSelector('#signin-submit');
+  await shot(owner, 'first-day-1-sign-in.png');
   await signIn(owner, 'olive', 'admin');
   await owner.waitForSelector('#settings #group-form');
+  await shot(owner, 'first-day-2-fresh.png');
   await assertAccessible(owner, 'the settings');
   // A mistake is named by its field, in the page's language, before saving.
   await owner.fill('#group-id', 'presale');
@@ -676,6 +679,8 @@ scenario('the owner sets up a group, two agents and three quick replies in /supe
   await owner.click('#agent-add');
   await waitText(owner, '#agent-capacity-error', /同时接待人数：请填写 1 到 1000 之间的整数。/);
   assert.equal(await owner.$$eval('[data-settings-agent="oscar"]', (n) => n.length), 0);
+  await owner.$eval('#settings', (e) => e.scrollIntoView());
+  await shot(owner, 'first-day-3-group.png');
   // otto takes two at once after all: changed in place.
   await owner.fill('[data-capacity-of="otto"]', '2');
   await owner.press('[data-capacity-of="otto"]', 'Tab');
@@ -691,6 +696,8 @@ scenario('the owner sets up a group, two agents and three quick replies in /supe
   }
   await assertAccessible(owner, 'the settings with a group, agents and replies');
   await assertChinese(owner, 'the settings', ['olive', 'demo', 'default', 'returns', 'vip', 'presale', 'Pre', 'sales', 'Returns', 'VIP', 'odile', 'otto']);
+  await owner.$eval('#reply-form', (e) => e.scrollIntoView({ block: 'end' }));
+  await shot(owner, 'first-day-4-replies.png');
   await shot(owner, 'console-settings.png');
   assert.deepEqual(owner.ddErrors, []);
 
@@ -710,10 +717,14 @@ scenario('the owner sets up a group, two agents and three quick replies in /supe
   await odile.selectOption('#quick-replies', { label: '发货 (presale)' });
   await odile.press('#input', 'Enter');
   await waitMessage(ophelia, '订单会在 24 小时内发货。');
+  await shot(odile, 'first-day-5-agent.png');
+  await shot(ophelia, 'first-day-6-customer.png');
+  await owner.$eval('.group[data-group="presale"]', (e) => e.scrollIntoView());
   // Her load shows where it is spent: 1 in presale, 0 (+1 elsewhere) in the demo group she also joined.
   await owner.waitForSelector('.group[data-group="presale"] tr[data-agent="odile"] [data-group-load="1"]');
   await owner.waitForSelector('.group[data-group="default"] tr[data-agent="odile"] [data-group-load="0"]');
   await waitText(owner, '.group[data-group="default"] tr[data-agent="odile"]', /其他组 \+1/);
+  await shot(owner, 'first-day-7-supervisor.png');
   await endSession(odile);
   await odile.waitForFunction(() => !document.querySelector('[data-customer="ophelia"]'));
 });
@@ -1534,23 +1545,25 @@ scenario('search: a colleague finds a Chinese word in a session and opens it the
 });
 
 scenario("the supervisor's day: the figures come from the server after a reload; she reads a chat, moves one to another agent, ends one and sets an agent away", async () => {
-  await setCapacity('vera', 2);
+  await setCapacity('vivi', 2);
   await setCapacity('walt', 2);
-  const vera = await agentOnline('vera');
+  const vivi = await agentOnline('vivi');
   const sup = await (await person('supervisor', { width: 1280, height: 900 }, 'zh-CN')).open('/supervisor');
   await signIn(sup, 'sam', 'admin');
   await waitStat(sup, 'default', 'queue_length', 0);
-  const served0 = Number(await stat(sup, 'default', 'served').catch(() => '0')) || 0;
+  // The day so far (earlier scenarios served people too), once loaded.
+  await sup.waitForFunction(() => /^\d+$/.test(document.querySelector('[data-group="default"] [data-stat="served"]')?.textContent || ''));
+  const served0 = Number(await stat(sup, 'default', 'served'));
 
-  // xena is served by vera, who answers; xena ends the chat and gives 4 stars.
+  // xena is served by vivi, who answers; xena ends the chat and gives 4 stars.
   const xena = await (await person('xena', { width: 400, height: 700 })).open('/chat');
   await signIn(xena, 'xena', 'customer');
   await xena.selectOption('#group', 'default');
   await xena.fill('#question', 'my order never came');
   await xena.click('#request');
-  await waitText(xena, '#agent-name', /vera/);
-  await waitMessage(vera, 'my order never came');
-  await say(vera, 'Let me look: it is at the depot.');
+  await waitText(xena, '#agent-name', /vivi/);
+  await waitMessage(vivi, 'my order never came');
+  await say(vivi, 'Let me look: it is at the depot.');
   await waitMessage(xena, 'Let me look: it is at the depot.');
   await xena.click('#end');
   await xena.waitForSelector('#rate');
@@ -1562,19 +1575,19 @@ scenario("the supervisor's day: the figures come from the server after a reload;
   await sup.reload();
   await online(sup);
   await waitStat(sup, 'default', 'served', served0 + 1);
-  assert.notEqual(await stat(sup, 'default', 'first_response_avg'), '–', 'vera answered: a first reply time');
+  assert.notEqual(await stat(sup, 'default', 'first_response_avg'), '–', 'vivi answered: a first reply time');
   assert.match(await stat(sup, 'default', 'csat'), /★/);
-  await sup.waitForSelector('[data-agent-served="vera"]');
-  assert.equal(await sup.textContent('[data-agent-served="vera"]'), '1');
+  await sup.waitForSelector('[data-agent-served="vivi"]');
+  assert.equal(await sup.textContent('[data-agent-served="vivi"]'), '1');
 
-  // yuri asks; vera has him. The supervisor opens his chat read-only.
+  // yuri asks; vivi has him. The supervisor opens his chat read-only.
   const yuri = await (await person('yuri', { width: 400, height: 700 })).open('/chat');
   await signIn(yuri, 'yuri', 'customer');
   await yuri.selectOption('#group', 'default');
   await yuri.fill('#question', 'can I change the address?');
   await yuri.click('#request');
-  await waitText(yuri, '#agent-name', /vera/);
-  await waitMessage(vera, 'can I change the address?');
+  await waitText(yuri, '#agent-name', /vivi/);
+  await waitMessage(vivi, 'can I change the address?');
   await sup.click('#sessions-of-default');
   await sup.waitForSelector('[data-open]');
   const id = await sup.$eval('tr[data-session] [data-open]', (b) => b.dataset.open);
@@ -1583,26 +1596,26 @@ scenario("the supervisor's day: the figures come from the server after a reload;
   await waitText(sup, '#session-view-messages', /can I change the address\?/);
   assert.equal(await sup.$('#session-view textarea, #session-view input'), null, 'read only: nowhere to write');
   // What is said next shows in the open view.
-  await say(vera, 'Yes, until it ships.');
+  await say(vivi, 'Yes, until it ships.');
   await waitText(sup, '#session-view-messages', /Yes, until it ships\./);
-  await assertChinese(sup, 'a chat read by the supervisor', ['sam', 'vera', 'yuri', 'default', 'xena', 'walt', 'demo', 'fay', 'lee']);
+  await assertChinese(sup, 'a chat read by the supervisor', ['sam', 'vivi', 'yuri', 'default', 'xena', 'walt', 'demo', 'fay', 'lee']);
   await assertAccessible(sup, 'a chat read by the supervisor');
   await sup.click('#session-view-close');
 
-  // vera has to leave: the supervisor moves yuri to walt.
+  // vivi has to leave: the supervisor moves yuri to walt.
   const walt = await agentOnline('walt');
   await sup.waitForSelector(`[data-move="${id}"] option[value="agent:walt"]`, { state: 'attached' });
   await sup.selectOption(`[data-move="${id}"]`, 'agent:walt');
   await sup.click(`[data-move-go="${id}"]`);
   await walt.waitForSelector('[data-customer="yuri"]');
-  await vera.waitForFunction(() => !document.querySelector('[data-customer="yuri"]'));
+  await vivi.waitForFunction(() => !document.querySelector('[data-customer="yuri"]'));
   await waitText(yuri, '#agent-name', /walt/);
   await walt.click('[data-customer="yuri"]');
   await waitMessage(walt, 'can I change the address?');
 
-  // And sets vera away from the supervisor: her own page says so.
-  await sup.selectOption('[data-agent="vera"] [data-agent-status="vera"]', 'away');
-  await vera.waitForFunction(() => document.querySelector('#status').value === 'AWAY');
+  // And sets vivi away from the supervisor: her own page says so.
+  await sup.selectOption('[data-agent="vivi"] [data-agent-status="vivi"]', 'away');
+  await vivi.waitForFunction(() => document.querySelector('#status').value === 'AWAY');
 
   // yuri's chat is ended by the supervisor, after asking once.
   await sup.waitForSelector(`[data-end="${id}"]`);
@@ -1611,7 +1624,7 @@ scenario("the supervisor's day: the figures come from the server after a reload;
   await yuri.waitForSelector('#rate');
   await walt.waitForFunction(() => !document.querySelector('[data-customer="yuri"]'));
   await waitStat(sup, 'default', 'served', served0 + 2);
-  await assertChinese(sup, "the supervisor's day", ['sam', 'vera', 'yuri', 'default', 'xena', 'walt', 'demo', 'fay', 'lee']);
+  await assertChinese(sup, "the supervisor's day", ['sam', 'vivi', 'yuri', 'default', 'xena', 'walt', 'demo', 'fay', 'lee']);
   await shot(sup, 'console-supervisor-day.png');
 });
 
