@@ -41,6 +41,10 @@ const t = translator({
     greetingEn: 'Greeting above the question (English)', greetingZh: 'Greeting above the question (Chinese)',
     color: 'Colour', position: 'Corner', right: 'bottom right', left: 'bottom left',
     widgetHint: 'Empty texts keep the defaults ("Chat with us" / "在线咨询"). Shown the next time a shop page opens the widget.',
+    deactivate: 'Deactivate', deactivateAsk: 'Press again: out of every group, signed out',
+    deactivateTitle: 'Someone who leaves the team: offline, out of every group, their sign-ins refused',
+    deactivated: '{agent} is out of every group and signed out; adding them to a group and a new sign-in brings them back.',
+    deactivatedReason: 'Your account was deactivated by an administrator.',
     badColor: '{field}: a colour such as #c8102e.', tooLongChars: '{field}: at most {n} characters.',
   },
   'zh-CN': {
@@ -63,6 +67,10 @@ const t = translator({
     greetingEn: '提问上方的欢迎语（英文）', greetingZh: '提问上方的欢迎语（中文）',
     color: '颜色', position: '位置', right: '右下角', left: '左下角',
     widgetHint: '文字留空则使用默认文字（中文页面为“在线咨询”）。商店页面下次打开聊天窗口时生效。',
+    deactivate: '停用', deactivateAsk: '再按一次：移出所有组并登出',
+    deactivateTitle: '离开团队的人：离线、移出所有组、拒绝其登录凭证',
+    deactivated: '{agent} 已移出所有组并登出；重新加入客服组并重新登录即可恢复。',
+    deactivatedReason: '您的账号已被管理员停用。',
     badColor: '{field}：请填写颜色，例如 #c8102e。', tooLongChars: '{field}：最多 {n} 个字符。',
   },
 });
@@ -319,7 +327,8 @@ export function settingsPanel(token, changed = () => {}) {
       const cap = el('input', { type: 'number', min: 1, max: MAX_CAPACITY, step: 1, value: String(a.capacity), 'aria-label': `${t('capacity')}: ${a.id}`, 'data-capacity-of': a.id });
       cap.addEventListener('change', () => putAgent(g, a.id, cap.value, cap));
       return el('tr', { 'data-settings-agent': a.id }, el('td', { class: 'user-text' }, a.id), el('td', {}, cap),
-        el('td', {}, el('button', { type: 'button', 'data-action': 'remove', onclick: () => removeAgent(g, a.id) }, t('remove'))));
+        el('td', { class: 'buttons' }, el('button', { type: 'button', 'data-action': 'remove', onclick: () => removeAgent(g, a.id) }, t('remove')),
+          twoStepButton(`deactivate:${a.id}`, t('deactivate'), t('deactivateAsk'), () => deactivate(a.id), { 'data-action': 'deactivate', title: t('deactivateTitle') })));
     });
     const add = el('form', { class: 'add-agent', id: 'agent-form', noValidate: true }, aId.row, aCapacity.row,
       el('button', { type: 'submit', id: 'agent-add' }, t('add')));
@@ -347,6 +356,26 @@ export function settingsPanel(token, changed = () => {}) {
     }
     notify(input ? t('saved') : t('added', { agent, group: g.name || g.id }));
     if (!input) aId.input.value = '';
+    await load();
+    changed();
+  }
+
+  /**
+   * Someone who leaves the team: offline (their open chats go back to the
+   * queue), out of every group, and the tokens they had refused (their
+   * pages are signed out at once, on every node).
+   */
+  async function deactivate(agent) {
+    try {
+      await api(token, 'PUT', `/api/v1/agents/${encodeURIComponent(agent)}/status`, { status: 'offline' });
+      for (const g of groups.filter((x) => x.agents.some((a) => a.id === agent))) {
+        await api(token, 'DELETE', `/api/v1/groups/${encodeURIComponent(g.id)}/agents/${encodeURIComponent(agent)}`);
+      }
+      await api(token, 'POST', `/api/v1/admin/users/${encodeURIComponent(agent)}/revoke`, { reason: t('deactivatedReason') });
+      notify(t('deactivated', { agent }));
+    } catch (e) {
+      showFailure(e, {});
+    }
     await load();
     changed();
   }

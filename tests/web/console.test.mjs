@@ -1626,6 +1626,16 @@ scenario("the supervisor's day: the figures come from the server after a reload;
   await waitStat(sup, 'default', 'served', served0 + 2);
   await assertChinese(sup, "the supervisor's day", ['sam', 'vivi', 'yuri', 'default', 'xena', 'walt', 'demo', 'fay', 'lee']);
   await shot(sup, 'console-supervisor-day.png');
+
+  // walt leaves the team: deactivated from the settings, he is signed out at
+  // once and is in no group any more.
+  await sup.click('[data-settings-group="default"] [data-action="edit"]');
+  await sup.click('[data-settings-agent="walt"] [data-action="deactivate"]');
+  await sup.click('[data-settings-agent="walt"] [data-action="deactivate"][data-confirm]');
+  await walt.waitForSelector('#signin-submit');
+  await sup.waitForFunction(() => !document.querySelector('[data-settings-agent="walt"]'));
+  await sup.waitForSelector('.notice >> text=walt 已移出所有组并登出');
+  await assertChinese(sup, 'an agent deactivated', ['Pre', 'sales', 'sam', 'vivi', 'yuri', 'default', 'xena', 'walt', 'demo', 'fay', 'lee', 'presale', 'returns', 'vip', 'odile', 'otto']);
 });
 
 scenario("the owner sets the widget's words, colour, corner and greeting in /supervisor; a Chinese shop page shows them", async () => {
