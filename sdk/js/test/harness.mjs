@@ -48,12 +48,20 @@ export class Server {
     const s = new Server();
     s.dir = dir ?? mkdtempSync(path.join(tmpdir(), 'dd-sdk-'));
     s.ownsDir = dir === null;
-    s.wsPort = await freePort();
-    s.httpPort = await freePort();
     s.extra = extra;
     s.storage = storage ?? `[storage]\ndata_dir = "${path.join(s.dir, 'data')}"\n`;
-    await s.run();
-    return s;
+    // A port found free may be taken by someone else before the server
+    // binds it (tests run beside other servers): then try other ports.
+    for (let attempt = 1; ; attempt += 1) {
+      s.wsPort = await freePort();
+      s.httpPort = await freePort();
+      try {
+        await s.run();
+        return s;
+      } catch (e) {
+        if (attempt >= 5 || !/exited with/.test(e.message)) throw e;
+      }
+    }
   }
 
   get url() {
