@@ -324,9 +324,11 @@ export function settingsPanel(token, changed = () => {}) {
     const g = groups.find((x) => x.id === editing);
     if (!g) return agentsBox.replaceChildren();
     const rows = g.agents.map((a) => {
-      const cap = el('input', { type: 'number', min: 1, max: MAX_CAPACITY, step: 1, value: String(a.capacity), 'aria-label': `${t('capacity')}: ${a.id}`, 'data-capacity-of': a.id });
+      // Labelled by what the row shows: the agent, then the column.
+      const who = `settings-agent-${[...a.id].map((c) => (/[A-Za-z0-9_-]/.test(c) ? c : `_${c.codePointAt(0)}`)).join('')}`;
+      const cap = el('input', { type: 'number', min: 1, max: MAX_CAPACITY, step: 1, value: String(a.capacity), 'aria-labelledby': `${who} settings-capacity-head`, 'data-capacity-of': a.id });
       cap.addEventListener('change', () => putAgent(g, a.id, cap.value, cap));
-      return el('tr', { 'data-settings-agent': a.id }, el('td', { class: 'user-text' }, a.id), el('td', {}, cap),
+      return el('tr', { 'data-settings-agent': a.id }, el('td', { class: 'user-text', id: who }, a.id), el('td', {}, cap),
         el('td', { class: 'buttons' }, el('button', { type: 'button', 'data-action': 'remove', onclick: () => removeAgent(g, a.id) }, t('remove')),
           twoStepButton(`deactivate:${a.id}`, t('deactivate'), t('deactivateAsk'), () => deactivate(a.id), { 'data-action': 'deactivate', title: t('deactivateTitle') })));
     });
@@ -338,7 +340,7 @@ export function settingsPanel(token, changed = () => {}) {
     });
     agentsBox.replaceChildren(el('h4', {}, t('agentsOf', { name: g.name || g.id })),
       rows.length ? el('table', { class: 'settings-table', id: 'group-agent-table' },
-        el('thead', {}, el('tr', {}, el('th', {}, t('agents')), el('th', {}, t('capacity')), el('th', {}, ''))),
+        el('thead', {}, el('tr', {}, el('th', {}, t('agents')), el('th', { id: 'settings-capacity-head' }, t('capacity')), el('th', {}, ''))),
         el('tbody', {}, ...rows)) : el('p', { class: 'muted small' }, t('noAgents')),
       add);
   }
