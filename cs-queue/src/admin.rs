@@ -74,12 +74,7 @@ impl CsService {
         if self.store.agent(caller.tenant(), agent).await?.is_none() {
             return Err(not_found("agent"));
         }
-        self.run(caller, CsCommand::SetStatus { agent: agent.to_string(), status }).await?;
-        let them = Caller::new(caller.tenant(), agent, Role::Agent);
-        let state = self.state(&them).await?;
-        if status == AgentStatus::Online {
-            self.send_left_messages(caller.tenant(), agent, &state.groups).await?;
-        }
+        let state = self.apply_status(caller, agent, status).await?;
         self.router().notify(caller.tenant(), agent, event(Body::CsState(state))).await;
         self.store.agent(caller.tenant(), agent).await?.ok_or_else(|| not_found("agent"))
     }

@@ -121,12 +121,7 @@ impl CsService {
         require(caller, &[Role::Agent], "SetStatus")?;
         let status =
             status_from_pb(r.status).ok_or_else(|| invalid("status must be ONLINE, AWAY or OFFLINE".into()))?;
-        self.run(caller, CsCommand::SetStatus { agent: caller.user.clone(), status }).await?;
-        let state = self.state(caller).await?;
-        if status == AgentStatus::Online {
-            self.send_left_messages(&caller.tenant, &caller.user, &state.groups).await?;
-        }
-        Ok(Body::CsState(state))
+        Ok(Body::CsState(self.apply_status(caller, &caller.user, status).await?))
     }
 
     async fn accept_session(&self, caller: &Caller, r: pb::AcceptSession) -> Result<Body, ClientError> {

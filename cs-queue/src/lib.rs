@@ -487,6 +487,23 @@ impl CsService {
         Ok(groups.as_ref().is_some_and(|g| g.contains(&s.group)))
     }
 
+    /// Sets `agent`'s status (run by `caller`: the agent, or an admin for
+    /// them) and answers their new `CsState`; going online also brings the
+    /// unclaimed left messages of their groups.
+    async fn apply_status(
+        &self,
+        caller: &Caller,
+        agent: &str,
+        status: AgentStatus,
+    ) -> Result<pb::CsState, ClientError> {
+        self.run(caller, CsCommand::SetStatus { agent: agent.to_string(), status }).await?;
+        let state = self.state(&Caller::new(caller.tenant(), agent, Role::Agent)).await?;
+        if status == AgentStatus::Online {
+            self.send_left_messages(caller.tenant(), agent, &state.groups).await?;
+        }
+        Ok(state)
+    }
+
     async fn send_left_messages(&self, tenant: &str, agent: &str, groups: &[String]) -> Result<(), ClientError> {
         let mut all = Vec::new();
         for g in groups {

@@ -5,7 +5,7 @@
 //! document (`widget.<tenant>`, the embedded database or MongoDB), so every
 //! node serves the same, across restarts.
 
-use crate::cs_api::{ApiResult, CsApi, fail, json_body};
+use crate::cs_api::{ApiError, ApiResult, CsApi, fail, field_error, json_body};
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
@@ -97,7 +97,7 @@ fn setting_name(tenant: &str) -> String {
 }
 
 impl WidgetApi {
-    async fn load(&self, tenant: &str) -> Result<Widget, crate::cs_api::ApiError> {
+    async fn load(&self, tenant: &str) -> Result<Widget, ApiError> {
         let stored = self
             .settings
             .setting(&setting_name(tenant))
@@ -128,7 +128,7 @@ async fn replace(
     let mut widget = json_body(body)?;
     widget.color = widget.color.trim().to_ascii_lowercase();
     if let Err((field, why)) = widget.check() {
-        return Err(crate::cs_api::field_error(field, format!("{field}: {why}")));
+        return Err(field_error(field, format!("{field}: {why}")));
     }
     let text = serde_json::to_string(&widget).map_err(|e| fail(ErrorCode::Internal, e.to_string()))?;
     w.settings

@@ -200,14 +200,15 @@ if (inFrame) window.parent.postMessage({ type: 'dd-hello' }, '*');
 // How the shop set its widget (/supervisor's settings): the greeting here,
 // the colour here and on the launcher, whose words and corner embed.js
 // takes from us.
-const widget = await api(auth.token, 'GET', '/api/v1/widget').catch(() => null);
-if (widget) {
+// Asked beside everything else the page loads, not before it.
+const widgetLook = api(auth.token, 'GET', '/api/v1/widget').catch(() => null);
+widgetLook.then((widget) => {
+  if (!widget) return;
   if (/^#[0-9a-f]{6}$/i.test(widget.color)) document.documentElement.style.setProperty('--accent', widget.color);
   if (inFrame) {
     window.parent.postMessage({ type: 'dd-look', label_en: widget.label_en, label_zh: widget.label_zh, color: widget.color, position: widget.position }, '*');
   }
-}
-const greeting = widget ? (lang.startsWith('zh') ? widget.greeting_zh : widget.greeting_en) : '';
+});
 
 // The SDK: the connection, the outbox (what is typed survives a reload),
 // each conversation in order without holes, read pointers ("Read" under
@@ -406,6 +407,8 @@ async function pastChats() {
 const handoverWords = (from, to) => t('handover', { from: people.name(from), to: people.name(to) });
 
 async function pickView() {
+  const widget = await widgetLook;
+  const greeting = widget ? (lang.startsWith('zh') ? widget.greeting_zh : widget.greeting_en) : '';
   const box = el('section', { class: 'card pick', id: 'pick' }, el('h2', {}, t('howCanWeHelp')),
     greeting ? el('p', { id: 'greeting', class: 'greeting user-text' }, greeting) : '');
   let groups = [];

@@ -6,7 +6,7 @@
 // field, in the page's language, before or after the server sees it.
 
 import { api } from './dd.js';
-import { el, notify, describe, twoStepButton } from './ui.js';
+import { el, notify, describe, twoStepButton, domId } from './ui.js';
 import { translator } from './i18n.js';
 
 // The server's limits (cs-core: MAX_QUEUE_LIMIT, MAX_CAPACITY; im-core: MAX_ID_BYTES).
@@ -325,7 +325,7 @@ export function settingsPanel(token, changed = () => {}) {
     if (!g) return agentsBox.replaceChildren();
     const rows = g.agents.map((a) => {
       // Labelled by what the row shows: the agent, then the column.
-      const who = `settings-agent-${[...a.id].map((c) => (/[A-Za-z0-9_-]/.test(c) ? c : `_${c.codePointAt(0)}`)).join('')}`;
+      const who = domId('settings-agent', a.id);
       const cap = el('input', { type: 'number', min: 1, max: MAX_CAPACITY, step: 1, value: String(a.capacity), 'aria-labelledby': `${who} settings-capacity-head`, 'data-capacity-of': a.id });
       cap.addEventListener('change', () => putAgent(g, a.id, cap.value, cap));
       return el('tr', { 'data-settings-agent': a.id }, el('td', { class: 'user-text', id: who }, a.id), el('td', {}, cap),

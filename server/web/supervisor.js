@@ -9,7 +9,7 @@
 import { DongdongClient, api, wsUrl, deviceIdFor } from './dd.js';
 import { searchPanel } from './search.js';
 import { settingsPanel } from './settings.js';
-import { el, $, duration, notify, notifyError, signIn, signOut, keepFocus, People, drawTranscript, twoStepButton } from './ui.js';
+import { el, $, duration, notify, notifyError, signIn, signOut, keepFocus, People, drawTranscript, twoStepButton, domId } from './ui.js';
 import { translator, languagePicker } from './i18n.js';
 
 // Every string of this page, in each language.
@@ -214,13 +214,9 @@ async function end(s) {
   refresh();
 }
 
-// Ids of a row's cells, for labels made of what the row shows (the
-// person's name, then what the control is for).
-const cellId = (...parts) => parts.map((p) => String(p).replace(/[^A-Za-z0-9_-]/g, (c) => `_${c.codePointAt(0)}`)).join('-');
-
 function statusPicker(g, a) {
   const current = String(a.status).toUpperCase();
-  const pick = el('select', { 'data-agent-status': a.id, 'aria-labelledby': `${cellId('who', g.id, a.id)} ${cellId('status-head', g.id)}`, onchange: (ev) => setStatus(a.id, ev.target.value) },
+  const pick = el('select', { 'data-agent-status': a.id, 'aria-labelledby': `${domId('who', g.id, a.id)} ${domId('status-head', g.id)}`, onchange: (ev) => setStatus(a.id, ev.target.value) },
     ...['online', 'away', 'offline'].map((v) => el('option', { value: v, selected: v.toUpperCase() === current }, t(v.toUpperCase()))));
   return el('td', {}, pick, a.connected ? '' : el('span', { class: 'muted small' }, ` ${t('disconnected')}`));
 }
@@ -232,7 +228,7 @@ function sessionActions(s) {
       ...targets.agents.filter((a) => a.id !== s.agent).map((a) => [`agent:${a.id}`, people.name(a.id)]),
       ...targets.groups.map((g) => [`group:${g.id}`, t('toGroup', { name: g.name || g.id })]),
     ].map(([value, label]) => el('option', { value, selected: chosen.get(s.sessionId) === value }, label));
-    const select = el('select', { 'data-move': s.sessionId, id: cellId('move', s.sessionId), 'aria-labelledby': `${cellId('customer', s.sessionId)} ${cellId('move', s.sessionId)}`, onchange: (ev) => chosen.set(s.sessionId, ev.target.value) },
+    const select = el('select', { 'data-move': s.sessionId, id: domId('move', s.sessionId), 'aria-labelledby': `${domId('customer', s.sessionId)} ${domId('move', s.sessionId)}`, onchange: (ev) => chosen.set(s.sessionId, ev.target.value) },
       el('option', { value: '' }, t('moveTo')), ...options);
     cells.push(select, el('button', { type: 'button', 'data-move-go': s.sessionId, onclick: () => move(s) }, t('move')));
   }
@@ -263,12 +259,12 @@ function draw(groups, details) {
         stat(t('firstResponse'), ms(f && f.first_response_avg_ms), 'first_response_avg'),
         stat(t('csat'), csatStat(f), 'csat')),
       el('table', { class: 'agents' },
-        el('thead', {}, el('tr', {}, el('th', {}, t('agent')), el('th', { id: cellId('status-head', g.id) }, t('status')), el('th', {}, t('load')),
+        el('thead', {}, el('tr', {}, el('th', {}, t('agent')), el('th', { id: domId('status-head', g.id) }, t('status')), el('th', {}, t('load')),
           el('th', {}, t('servedToday')), el('th', {}, t('firstResponse')), el('th', {}, t('csat')))),
         el('tbody', {}, ...(agents.length ? agents : g.agents).map((a) => {
           const af = today.agents.get(a.id);
           return el('tr', { 'data-agent': a.id },
-            el('td', { class: 'user-text', id: cellId('who', g.id, a.id) }, people.name(a.id)),
+            el('td', { class: 'user-text', id: domId('who', g.id, a.id) }, people.name(a.id)),
             statusPicker(g, a),
             // What the agent serves in this group; the title has all groups.
             el('td', { 'data-group-load': String(a.group_load) }, el('meter', { min: 0, max: a.capacity || 1, value: a.group_load, title: t('loadAll', { here: a.group_load, load: a.load, capacity: a.capacity }) }),
@@ -283,7 +279,7 @@ function draw(groups, details) {
     if (d) {
       // Times on the server's clock: the browser's may be off.
       const since = (s) => Number(s.state === 'WAITING' ? s.queuedMs : (s.assignedMs || s.createdMs));
-      const row = (s) => el('tr', { 'data-session': s.sessionId }, el('td', { class: 'user-text', id: cellId('customer', s.sessionId) }, people.name(s.customer)), el('td', { class: 'user-text' }, s.agent ? people.name(s.agent) : '–'), el('td', {}, t(s.state)),
+      const row = (s) => el('tr', { 'data-session': s.sessionId }, el('td', { class: 'user-text', id: domId('customer', s.sessionId) }, people.name(s.customer)), el('td', { class: 'user-text' }, s.agent ? people.name(s.agent) : '–'), el('td', {}, t(s.state)),
         el('td', {}, duration(Number(d.server_time_ms) - since(s))), sessionActions(s));
       card.append(el('table', { class: 'sessions' },
         el('thead', {}, el('tr', {}, el('th', {}, t('customer')), el('th', {}, t('agent')), el('th', {}, t('state')), el('th', {}, t('for')), el('th', {}, t('actions')))),

@@ -131,6 +131,12 @@ export function el(tag, props = {}, ...children) {
 
 export const $ = (sel, root = document) => root.querySelector(sel);
 
+/**
+ * An element id made of `parts` (user and group ids, any characters): for
+ * labels made of what a table row shows (aria-labelledby its name cell).
+ */
+export const domId = (...parts) => parts.map((p) => String(p).replace(/[^A-Za-z0-9_-]/g, (c) => `_${c.codePointAt(0)}`)).join('-');
+
 /** How long a two-step button waits for its second press. */
 export const CONFIRM_MS = 4000;
 const asked = new Map(); // key -> until when the question stands
@@ -652,11 +658,6 @@ function placeInOrder(box, nodes) {
       continue;
     }
     box.insertBefore(node, cur);
-  }
-  while (cur) {
-    const stale = cur;
-    cur = cur.nextSibling;
-    stale.remove();
   }
 }
 
