@@ -885,3 +885,45 @@ async fn the_supervisor_sees_the_days_figures_from_the_server_and_sets_an_agents
     assert_eq!(status, 403);
     s.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_widget_look_is_set_by_an_admin_checked_field_by_field_and_read_by_customers() {
+    let s = start(Duration::from_secs(60)).await;
+    let admin = token(&s, "root", Role::Admin);
+    let customer = token(&s, "c1", Role::Customer);
+    // Nothing set: the defaults.
+    let (status, look) = http(&s.http_url, "GET", "/api/v1/widget", Some(&customer), None).await;
+    assert_eq!(status, 200, "{look}");
+    assert_eq!(
+        (look["color"].as_str(), look["position"].as_str(), look["label_zh"].as_str()),
+        (Some("#c8102e"), Some("right"), Some(""))
+    );
+    // Each wrong field is named; nothing is stored.
+    for (body, field) in [
+        (json!({"label_en": "x".repeat(41)}), "label_en"),
+        (json!({"greeting_zh": "长".repeat(501)}), "greeting_zh"),
+        (json!({"label_zh": "联系\u{7}客服"}), "label_zh"),
+        (json!({"color": "red"}), "color"),
+        (json!({"position": "top"}), "position"),
+    ] {
+        let (status, e) = http(&s.http_url, "PUT", "/api/v1/widget", Some(&admin), Some(&body)).await;
+        assert_eq!((status, e["error"]["field"].as_str()), (400, Some(field)), "{body}: {e}");
+    }
+    let agent = token(&s, "ann", Role::Agent);
+    let (status, _) = http(&s.http_url, "PUT", "/api/v1/widget", Some(&agent), Some(&json!({}))).await;
+    assert_eq!(status, 403);
+    // Set, then read by a customer as set (the colour in lower case).
+    let body = json!({"label_zh": "联系客服", "greeting_zh": "您好！\n工作时间 9:00–18:00", "color": "#0A7D32", "position": "left"});
+    let (status, saved) = http(&s.http_url, "PUT", "/api/v1/widget", Some(&admin), Some(&body)).await;
+    assert_eq!(status, 200, "{saved}");
+    let (_, look) = http(&s.http_url, "GET", "/api/v1/widget", Some(&customer), None).await;
+    assert_eq!(look, saved);
+    assert_eq!((look["color"].as_str(), look["position"].as_str()), (Some("#0a7d32"), Some("left")));
+    assert_eq!(look["greeting_zh"], "您好！\n工作时间 9:00–18:00");
+    // Another tenant has its own.
+    let other = format!("Bearer {}", s.token_with_role("elsewhere", "c9", Role::Customer));
+    let r = dongdong_tests::http::send(&s.http_url, "GET", "/api/v1/widget", &[("authorization", &other)], &[]).await;
+    assert_eq!(r.status, 200);
+    assert!(!String::from_utf8_lossy(&r.body).contains("联系客服"));
+    s.stop().await;
+}
