@@ -140,6 +140,9 @@ pub struct GatewayConfig {
     pub limits: ConnectionLimits,
     pub timeouts: Timeouts,
     pub sessions: Sessions,
+    /// More than one node stores messages (the cluster backend): see
+    /// [`WindowLimits::order_across_nodes`](crate::window::WindowLimits).
+    pub order_across_nodes: bool,
 }
 
 impl GatewayConfig {
@@ -149,6 +152,7 @@ impl GatewayConfig {
             max_inflight: self.limits.max_inflight,
             ack_timeout: self.timeouts.ack,
             max_resends: self.limits.max_resends,
+            order_across_nodes: self.order_across_nodes,
         }
     }
 }

@@ -192,6 +192,16 @@ mod tests {
         async fn pending(&self, _: &DeviceKey, _: Option<&PendingCursor>, _: usize) -> storage::Result<Vec<Message>> {
             Ok(Vec::new())
         }
+        async fn pending_between(
+            &self,
+            _: &DeviceKey,
+            _: &str,
+            _: u64,
+            _: u64,
+            _: usize,
+        ) -> storage::Result<Vec<Message>> {
+            Ok(Vec::new())
+        }
         async fn pending_count(&self, _: &DeviceKey) -> storage::Result<u64> {
             Ok(0)
         }

@@ -416,6 +416,19 @@ impl Dispatcher {
         Ok(self.backends.pending.pending(device, cursor, limit).await?)
     }
 
+    /// What the device still has pending in one conversation strictly
+    /// between two seqs: a live push that skipped ahead waits for it.
+    pub async fn pending_between(
+        &self,
+        device: &DeviceKey,
+        conversation_id: &str,
+        after_seq: u64,
+        before_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>> {
+        Ok(self.backends.pending.pending_between(device, conversation_id, after_seq, before_seq, limit).await?)
+    }
+
     /// The next page of the device's pending receipts and recalls.
     pub async fn pending_events(
         &self,

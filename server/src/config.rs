@@ -383,6 +383,7 @@ impl Config {
             limits: self.limits.connection.clone(),
             timeouts: self.timeouts.clone(),
             sessions: self.im.sessions.clone(),
+            order_across_nodes: self.storage.backend == Backend::Cluster,
         }
     }
 

@@ -265,6 +265,24 @@ impl PendingStore for EmbeddedStore {
         .await
     }
 
+    async fn pending_between(
+        &self,
+        device: &DeviceKey,
+        conversation_id: &str,
+        after_seq: u64,
+        before_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>> {
+        // Keys are in (conversation, seq) order: a page from just after
+        // (conversation, after_seq) starts with what is asked for.
+        let from =
+            PendingCursor { conversation_id: conversation_id.to_string(), seq: after_seq, msg_id: String::new() };
+        let mut page = self.pending(device, Some(&from), limit).await?;
+        let end = page.iter().position(|m| m.conversation_id != conversation_id || m.seq >= before_seq);
+        page.truncate(end.unwrap_or(page.len()));
+        Ok(page)
+    }
+
     async fn pending_count(&self, device: &DeviceKey) -> Result<u64> {
         let key = device_key(&device.tenant, &device.user, &device.device);
         self.read_now(move |db, shared| {

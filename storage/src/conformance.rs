@@ -36,6 +36,7 @@ macro_rules! conformance_suite {
                 pending_for_recipient_devices_and_other_sender_devices,
                 pending_for_user_without_devices_goes_to_first_device,
                 pending_pages_in_conversation_seq_order,
+                pending_between_is_one_conversations_seq_range,
                 ack_removes_pending_and_counts,
                 ack_batch_removes_each_devices_ids,
                 history_pages_both_ways,
@@ -267,6 +268,46 @@ pub async fn pending_pages_in_conversation_seq_order(b: &Backends) {
             assert_eq!(seqs, vec![1, 2, 3, 4], "conversation {conv} in seq order, page size {page}");
         }
     }
+}
+
+pub async fn pending_between_is_one_conversations_seq_range(b: &Backends) {
+    let t = tenant();
+    let bob = DeviceKey::new(&t, "bob", "b1");
+    b.devices.register_device(&bob).await.unwrap();
+    // Two conversations whose seqs overlap, and bob's own sends from b1
+    // (never pending for b1) in the first.
+    let mut with_alice = Vec::new();
+    for i in 0..8 {
+        let m = if i % 3 == 2 {
+            b.messages.append(new_message(&t, "bob", "b1", "alice", &format!("own{i}"))).await.unwrap().message
+        } else {
+            send(b, &t, "alice", "bob", &format!("a{i}")).await
+        };
+        with_alice.push(m);
+        send(b, &t, "carol", "bob", &format!("c{i}")).await;
+    }
+    let conv = with_alice[0].conversation_id.clone();
+    let acked = with_alice[3].msg_id.clone();
+    assert_eq!(b.pending.ack(&bob, std::slice::from_ref(&acked)).await.unwrap(), 1);
+    let expected = |after: u64, before: u64| -> Vec<Message> {
+        with_alice
+            .iter()
+            .filter(|m| m.seq > after && m.seq < before && m.from_user == "alice" && m.msg_id != acked)
+            .cloned()
+            .collect()
+    };
+    for (after, before) in [(0, 9), (0, 100), (1, 7), (2, 4), (5, 6), (6, 6), (7, 3)] {
+        let got = b.pending.pending_between(&bob, &conv, after, before, 100).await.unwrap();
+        assert_eq!(got, expected(after, before), "seqs strictly between {after} and {before}");
+    }
+    // A limit keeps the lowest seqs.
+    let got = b.pending.pending_between(&bob, &conv, 0, 100, 2).await.unwrap();
+    assert_eq!(got, expected(0, 100)[..2].to_vec());
+    // Another device of bob's, or a conversation bob is not in: nothing.
+    let other = DeviceKey::new(&t, "bob", "never-seen");
+    assert!(b.pending.pending_between(&other, &conv, 0, 100, 100).await.unwrap().is_empty());
+    let elsewhere = im_core::conversation_id(&t, "alice", "dave");
+    assert!(b.pending.pending_between(&bob, &elsewhere, 0, 100, 100).await.unwrap().is_empty());
 }
 
 pub async fn ack_removes_pending_and_counts(b: &Backends) {

@@ -163,6 +163,20 @@ pub trait PendingStore: Send + Sync + 'static {
     /// interleave is up to the implementation.
     async fn pending(&self, device: &DeviceKey, after: Option<&PendingCursor>, limit: usize) -> Result<Vec<Message>>;
 
+    /// Up to `limit` pending messages of `device` in one conversation with
+    /// `after_seq < seq < before_seq`, in `seq` order: what a connection
+    /// that delivered the conversation up to `after_seq` still owes the
+    /// device before `before_seq` (docs/storage.md, "Seq order across
+    /// nodes"). Fewer than `limit` means that is all of them.
+    async fn pending_between(
+        &self,
+        device: &DeviceKey,
+        conversation_id: &str,
+        after_seq: u64,
+        before_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>>;
+
     /// How many messages are pending for `device`.
     async fn pending_count(&self, device: &DeviceKey) -> Result<u64>;
 

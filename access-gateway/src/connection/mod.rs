@@ -41,7 +41,7 @@ mod wire;
 use crate::Gateway;
 use crate::backlog::AckBacklog;
 use crate::resume;
-use crate::window::{Action, DeliveryWindow, Load, PageRequest, Position, WindowLimits};
+use crate::window::{Action, DeliveryWindow, GapRead, Load, PageRequest, Position, WindowLimits};
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use im_core::DeviceKey;
 use im_core::pb::{Frame, Message};
@@ -447,6 +447,9 @@ impl<S> Conn<S> {
             Mail::Push(Push::Event(frame)) => self.emit(&frame),
             Mail::Push(Push::Reply(frame)) => {
                 self.sends_in_flight = self.sends_in_flight.saturating_sub(1);
+                if let Some(im_core::pb::frame::Body::SendAck(ack)) = &frame.body {
+                    self.window.on_sent(&ack.conversation_id, ack.seq);
+                }
                 self.emit(&frame)
             }
         }
@@ -468,12 +471,32 @@ impl<S> Conn<S> {
     /// Starts loading what the window asks for next, if anything: a page
     /// of its messages pass or of its events pass.
     fn start_page(&mut self) {
+        if self.page.as_ref().is_none_or(|p| p.gap.is_none())
+            && let Some(read) = self.window.next_gap(&self.gw.config.window_limits())
+        {
+            let gap = self.load_gap(read);
+            self.page.get_or_insert_default().gap = Some(gap);
+        }
         let future = match self.window.next_load(&self.gw.config.window_limits(), self.outbox.room() / 2) {
             None => return,
             Some(Load::Messages(req)) => self.load_page(req),
             Some(Load::Events { after, limit }) => self.load_events(after, limit),
         };
         self.page.get_or_insert_default().loading = Some(future);
+    }
+
+    /// The device's pending messages in a gap of a conversation, which
+    /// held live pushes wait for.
+    fn load_gap(&self, read: GapRead) -> BoxFuture<Loaded> {
+        let (dispatch, device) = (self.gw.dispatch.clone(), self.device.clone());
+        Box::pin(async move {
+            if !read.delay.is_zero() {
+                tokio::time::sleep(read.delay).await;
+            }
+            let (conv, after, before, limit) = (&*read.conversation_id, read.after, read.before, read.limit);
+            let found = dispatch.pending_between(&device, conv, after, before, limit).await;
+            Loaded::Gap(read, found)
+        })
     }
 
     /// A page of the events pass.
@@ -515,6 +538,14 @@ impl<S> Conn<S> {
                 // Still pending: the next connection (or pass) replays them.
                 warn!(error = %e, "reading pending receipts and recalls failed");
                 self.window.on_events_failed();
+                Ok(())
+            }
+            Loaded::Gap(read, Ok(messages)) => {
+                self.apply(|window, limits, out| window.on_gap(limits, &read, messages, now, out))
+            }
+            Loaded::Gap(read, Err(e)) => {
+                warn!(error = %e, "reading the pending messages a live push waits for failed");
+                self.window.on_gap_failed(&read, now);
                 Ok(())
             }
             Loaded::Reloaded(positions, Ok(messages)) => {
@@ -645,6 +676,7 @@ enum Loaded {
     Messages(dispatch::Result<Vec<Message>>),
     Events(dispatch::Result<Vec<storage::PendingEvent>>),
     Reloaded(Vec<Position>, dispatch::Result<Vec<Message>>),
+    Gap(GapRead, dispatch::Result<Vec<Message>>),
 }
 
 /// Loads under way for a connection (replay pages, resends read again),
@@ -655,16 +687,18 @@ struct Paging {
     loading: Option<BoxFuture<Loaded>>,
     /// Unacknowledged messages being read again for their resend.
     reloading: Option<BoxFuture<Loaded>>,
+    /// Pending messages that held live pushes wait for (cluster mode).
+    gap: Option<BoxFuture<Loaded>>,
 }
 
 impl Paging {
     fn is_idle(&self) -> bool {
-        self.loading.is_none() && self.reloading.is_none()
+        self.loading.is_none() && self.reloading.is_none() && self.gap.is_none()
     }
 
     /// A page or a reload that has finished loading.
     fn poll_loaded(&mut self, cx: &mut Context<'_>) -> Option<Loaded> {
-        for slot in [&mut self.loading, &mut self.reloading] {
+        for slot in [&mut self.loading, &mut self.reloading, &mut self.gap] {
             if let Some(future) = slot
                 && let Poll::Ready(loaded) = future.as_mut().poll(cx)
             {

@@ -22,10 +22,16 @@
 //!   delivery shows): the window keeps only ids and positions in flight,
 //!   never the messages, and asks for them to be read again;
 //! - at most `max_inflight` deliveries are in flight: replay pages are sized
-//!   to the room left, and a live push beyond it closes the connection.
+//!   to the room left, and a live push beyond it closes the connection;
+//! - when more than one node stores messages (`order_across_nodes`), each
+//!   conversation still reaches the device in seq order: a live push that
+//!   skips ahead waits while the device's pending messages before it are
+//!   read (`order`).
 
 use im_core::CloseCode;
 use im_core::pb::Message;
+pub use order::GapRead;
+use order::{Admit, Order};
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::BuildHasherDefault;
@@ -49,6 +55,9 @@ pub struct WindowLimits {
     pub max_inflight: usize,
     pub ack_timeout: Duration,
     pub max_resends: u32,
+    /// Several nodes store messages (the cluster backend): live pushes of a
+    /// conversation can race, and are put back in seq order (`order`).
+    pub order_across_nodes: bool,
 }
 
 impl WindowLimits {
@@ -158,6 +167,9 @@ pub struct DeliveryWindow {
     reloading: bool,
     /// Boxed, like the messages pass.
     events: Option<Box<EventsPass>>,
+    /// Per-conversation order of live pushes (cluster mode only; allocated
+    /// on the first push).
+    order: Option<Box<Order>>,
 }
 
 impl DeliveryWindow {
@@ -169,6 +181,7 @@ impl DeliveryWindow {
             next_check: None,
             reloading: false,
             events: None,
+            order: None,
         }
     }
 
@@ -191,6 +204,9 @@ impl DeliveryWindow {
         match &mut self.replay {
             Some(replay) => replay.dirty = true,
             None => self.replay = Some(Replay::new(now)),
+        }
+        if let Some(order) = &mut self.order {
+            order.replaying();
         }
     }
 
@@ -285,9 +301,14 @@ impl DeliveryWindow {
             }
         }
         for m in messages {
-            if !self.inflight.contains_key(m.msg_id.as_str()) {
-                self.deliver(limits, Arc::new(m), true, now, out);
+            if self.inflight.contains_key(m.msg_id.as_str()) {
+                continue;
             }
+            if limits.order_across_nodes && !self.order.get_or_insert_default().replayed(&m) {
+                // Delivered on this connection already; its ack is on the way.
+                continue;
+            }
+            self.deliver(limits, Arc::new(m), true, now, out);
         }
         finished
     }
@@ -302,11 +323,91 @@ impl DeliveryWindow {
         if self.inflight.contains_key(message.msg_id.as_str()) {
             return;
         }
+        if limits.order_across_nodes {
+            match self.order.get_or_insert_default().admit(&message, limits.max_inflight) {
+                Admit::Deliver => {}
+                Admit::Behind => {
+                    metrics::counter!("dongdong_pushes_behind_total").increment(1);
+                    return;
+                }
+                Admit::Held => {
+                    metrics::counter!("dongdong_pushes_held_total").increment(1);
+                    return;
+                }
+                Admit::Overflow => {
+                    // Everything held is pending: a replay pass sends it in order.
+                    metrics::counter!("dongdong_order_replays_total").increment(1);
+                    self.resync(now);
+                    return;
+                }
+            }
+        }
+        self.deliver_live(limits, message, now, out);
+    }
+
+    fn deliver_live(
+        &mut self,
+        limits: &WindowLimits,
+        message: Arc<Message>,
+        now: Instant,
+        out: &mut dyn FnMut(Action),
+    ) {
         if self.inflight.len() >= limits.max_inflight {
             out(Action::Close { code: CloseCode::SlowConsumer, reason: "too many unacknowledged deliveries" });
             return;
         }
         self.deliver(limits, message, false, now, out);
+    }
+
+    /// The device's own send was stored at `seq` (its `SendAck`): it is not
+    /// delivered to this device, so it fills a gap in the conversation.
+    pub fn on_sent(&mut self, conversation_id: &str, seq: u64) {
+        if let Some(order) = &mut self.order {
+            order.sent(conversation_id, seq);
+        }
+    }
+
+    /// The gap to read before held pushes can go out, if one waits and
+    /// nothing is being replayed: see [`on_gap`](Self::on_gap).
+    pub fn next_gap(&mut self, limits: &WindowLimits) -> Option<GapRead> {
+        let order = self.order.as_mut().filter(|_| self.replay.is_none())?;
+        let room = limits.max_inflight.saturating_sub(self.inflight.len()).min(REPLAY_PAGE);
+        let mut read = order.next_read(room)?;
+        read.delay = REPLAY_RETRY_BACKOFF * order.failures;
+        Some(read)
+    }
+
+    /// The device's pending messages of a [`GapRead`] arrived: they go out
+    /// first, then the held pushes that now follow in order.
+    pub fn on_gap(
+        &mut self,
+        limits: &WindowLimits,
+        read: &GapRead,
+        messages: Vec<Message>,
+        now: Instant,
+        out: &mut dyn FnMut(Action),
+    ) {
+        let Some(order) = self.order.as_mut().filter(|o| o.is_reading(read)) else { return };
+        let filled = messages.len();
+        let ready = order.on_read(read, messages);
+        metrics::counter!("dongdong_order_gap_reads_total").increment(1);
+        metrics::counter!("dongdong_order_gap_filled_total").increment(filled as u64);
+        for message in ready {
+            if !self.inflight.contains_key(message.msg_id.as_str()) {
+                self.deliver_live(limits, message, now, out);
+            }
+        }
+    }
+
+    /// A [`GapRead`] failed: it is read again after a pause, and after
+    /// [`REPLAY_RETRIES`] failures in a row a replay pass takes over.
+    pub fn on_gap_failed(&mut self, read: &GapRead, now: Instant) {
+        let Some(order) = self.order.as_mut().filter(|o| o.is_reading(read)) else { return };
+        order.on_read_failed();
+        if order.failures > REPLAY_RETRIES {
+            metrics::counter!("dongdong_order_replays_total").increment(1);
+            self.resync(now);
+        }
     }
 
     fn deliver(
@@ -443,5 +544,6 @@ impl DeliveryWindow {
     }
 }
 
+mod order;
 #[cfg(test)]
 mod tests;

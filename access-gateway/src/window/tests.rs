@@ -3,9 +3,10 @@
 
 use super::*;
 use proptest::prelude::*;
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 
-const LIMITS: WindowLimits = WindowLimits { max_inflight: 8, ack_timeout: Duration::from_secs(10), max_resends: 2 };
+const LIMITS: WindowLimits =
+    WindowLimits { max_inflight: 8, ack_timeout: Duration::from_secs(10), max_resends: 2, order_across_nodes: false };
 
 fn msg(conversation: &str, seq: u64) -> Message {
     Message { msg_id: format!("{conversation}-{seq}"), conversation_id: conversation.into(), seq, ..Default::default() }
@@ -453,5 +454,217 @@ proptest! {
     #[test]
     fn window_invariants(initial in 0u8..20, steps in prop::collection::vec(step(), 1..120)) {
         check(initial, steps)?;
+    }
+}
+
+// ---- Seq order across nodes (`order`) ----
+
+const ORDERED: WindowLimits = WindowLimits { order_across_nodes: true, ..LIMITS };
+
+fn push(w: &mut DeliveryWindow, m: Message, now: Instant) -> Vec<(String, bool)> {
+    delivered(&run(|out| w.on_push(&ORDERED, Arc::new(m), now, &mut |a| out(a))).1)
+}
+
+fn answer(w: &mut DeliveryWindow, read: &GapRead, found: Vec<Message>, now: Instant) -> Vec<(String, bool)> {
+    delivered(&run(|out| w.on_gap(&ORDERED, read, found, now, &mut |a| out(a))).1)
+}
+
+fn live_ordered(now: Instant) -> DeliveryWindow {
+    let mut w = DeliveryWindow::new(now);
+    w.next_page(&ORDERED, 100).unwrap();
+    run(|out| w.on_page(&ORDERED, Vec::new(), now, &mut |a| out(a)));
+    w
+}
+
+#[test]
+fn a_push_that_skips_ahead_waits_for_the_pending_messages_before_it() {
+    let now = Instant::now();
+    let mut w = live_ordered(now);
+    // Nothing known of "a" yet: the first push asks what is pending before it.
+    assert!(push(&mut w, msg("a", 5), now).is_empty());
+    let read = w.next_gap(&ORDERED).unwrap();
+    assert_eq!((&*read.conversation_id, read.after, read.before, read.limit), ("a", 0, 5, 8));
+    assert!(w.next_gap(&ORDERED).is_none(), "one gap read at a time");
+    // Seq 6 arrives meanwhile: held behind 5.
+    assert!(push(&mut w, msg("a", 6), now).is_empty());
+    let out = answer(&mut w, &read, vec![msg("a", 3), msg("a", 4)], now);
+    assert_eq!(out, [("a-3".into(), false), ("a-4".into(), false), ("a-5".into(), false), ("a-6".into(), false)]);
+    // The late pushes of 3 and 4 (from the slower node) are dropped.
+    assert!(push(&mut w, msg("a", 4), now).is_empty());
+    w.on_ack(["a-3", "a-4", "a-5", "a-6"].into_iter());
+    assert!(push(&mut w, msg("a", 3), now).is_empty(), "acked already: not delivered twice");
+    // Next in line: no read.
+    assert_eq!(push(&mut w, msg("a", 7), now), [("a-7".into(), false)]);
+    assert!(w.next_gap(&ORDERED).is_none());
+    // A gap: 8 is on its way from another node.
+    assert!(push(&mut w, msg("a", 9), now).is_empty());
+    let read = w.next_gap(&ORDERED).unwrap();
+    assert_eq!((read.after, read.before), (7, 9));
+    assert_eq!(push(&mut w, msg("a", 8), now), [], "held too: the read decides");
+    assert_eq!(answer(&mut w, &read, vec![msg("a", 8)], now), [("a-8".into(), false), ("a-9".into(), false)]);
+}
+
+#[test]
+fn the_devices_own_sends_fill_gaps_without_a_read() {
+    let now = Instant::now();
+    let mut w = live_ordered(now);
+    assert!(push(&mut w, msg("a", 1), now).is_empty());
+    let read = w.next_gap(&ORDERED).unwrap();
+    assert_eq!(answer(&mut w, &read, vec![], now), [("a-1".into(), false)]);
+    // The device sent 2 and 4; 3 is someone else's, still on its way.
+    w.on_sent("a", 2);
+    w.on_sent("a", 4);
+    assert!(push(&mut w, msg("a", 5), now).is_empty(), "3 is missing");
+    let read = w.next_gap(&ORDERED).unwrap();
+    assert_eq!((read.after, read.before), (2, 5), "2 was the device's own");
+    assert_eq!(answer(&mut w, &read, vec![msg("a", 3)], now), [("a-3".into(), false), ("a-5".into(), false)]);
+    w.on_sent("a", 6);
+    assert_eq!(push(&mut w, msg("a", 7), now), [("a-7".into(), false)], "6 was the device's own");
+    assert!(w.next_gap(&ORDERED).is_none());
+}
+
+#[test]
+fn held_pushes_give_way_to_a_replay_pass_when_reads_fail_or_too_many_wait() {
+    let now = Instant::now();
+    let mut w = live_ordered(now);
+    assert!(push(&mut w, msg("a", 3), now).is_empty());
+    for failures in 1..=REPLAY_RETRIES {
+        let read = w.next_gap(&ORDERED).unwrap();
+        assert_eq!(read.delay, REPLAY_RETRY_BACKOFF * (failures - 1));
+        w.on_gap_failed(&read, now);
+        assert!(!w.is_replaying());
+    }
+    let read = w.next_gap(&ORDERED).unwrap();
+    w.on_gap_failed(&read, now);
+    assert!(w.is_replaying(), "the retries are spent: a replay pass sends what was held");
+    assert!(w.next_gap(&ORDERED).is_none(), "nothing is held any more");
+    let page = w.next_page(&ORDERED, 100).unwrap();
+    let (_, actions) = run(|out| w.on_page(&ORDERED, vec![msg("a", 2), msg("a", 3)], now, &mut |a| out(a)));
+    assert_eq!(delivered(&actions), [("a-2".into(), true), ("a-3".into(), true)]);
+    assert!(page.cursor.is_none());
+    // A stale answer of the read given up on changes nothing.
+    assert!(answer(&mut w, &read, vec![msg("a", 1)], now).is_empty());
+    // More held than max_inflight: replay.
+    let mut w = live_ordered(now);
+    for seq in 0..=ORDERED.max_inflight as u64 {
+        assert!(push(&mut w, msg("b", 10 + seq), now).is_empty());
+    }
+    assert!(w.is_replaying());
+}
+
+/// The device's view of a conversation stored by two nodes, each pushing
+/// its own messages in seq order, the pushes of the two racing; some
+/// messages are the device's own sends.
+#[derive(Debug, Clone)]
+enum OrderStep {
+    /// The next message is stored (by node `node`, or sent by the device).
+    Store { node: u8, own: bool },
+    /// The oldest push of `node` still travelling arrives.
+    Arrive(u8),
+    /// The oldest own send's `SendAck` arrives.
+    SendAck,
+    /// The gap read under way is answered.
+    Answer,
+    /// The device acks its oldest delivery.
+    Ack,
+}
+
+fn order_step() -> impl Strategy<Value = OrderStep> {
+    prop_oneof![
+        4 => (0u8..2, prop::bool::weighted(0.2)).prop_map(|(node, own)| OrderStep::Store { node, own }),
+        4 => (0u8..2).prop_map(OrderStep::Arrive),
+        1 => Just(OrderStep::SendAck),
+        2 => Just(OrderStep::Answer),
+        2 => Just(OrderStep::Ack),
+    ]
+}
+
+fn check_order(steps: Vec<OrderStep>) -> Result<(), TestCaseError> {
+    let limits = WindowLimits { max_inflight: 1000, ..ORDERED };
+    let now = Instant::now();
+    let mut w = DeliveryWindow::new(now);
+    w.next_page(&limits, 100).unwrap();
+    run(|out| w.on_page(&limits, Vec::new(), now, &mut |a| out(a)));
+    let mut stored: Vec<bool> = Vec::new(); // by seq - 1: the device's own send
+    let mut travelling: [VecDeque<u64>; 2] = Default::default();
+    let mut own_acks: VecDeque<u64> = VecDeque::new();
+    let mut pending: BTreeMap<u64, Message> = BTreeMap::new();
+    let mut reading: Option<GapRead> = None;
+    let mut seen: Vec<u64> = Vec::new();
+    let mut unacked: VecDeque<String> = VecDeque::new();
+    let on_out = |actions: Vec<Action>, seen: &mut Vec<u64>, unacked: &mut VecDeque<String>| {
+        for a in actions {
+            match a {
+                Action::Deliver { message, .. } => {
+                    seen.push(message.seq);
+                    unacked.push_back(message.msg_id.clone());
+                }
+                other => return Err(TestCaseError::fail(format!("unexpected {other:?}"))),
+            }
+        }
+        Ok(())
+    };
+    let drain = steps.len();
+    let tail = (0..4 * (drain + 8)).map(|i| match i % 4 {
+        0 => OrderStep::Arrive(0),
+        1 => OrderStep::Arrive(1),
+        2 => OrderStep::SendAck,
+        _ => OrderStep::Answer,
+    });
+    for step in steps.into_iter().chain(tail) {
+        match step {
+            OrderStep::Store { node, own } => {
+                stored.push(own);
+                let seq = stored.len() as u64;
+                if own {
+                    own_acks.push_back(seq);
+                } else {
+                    pending.insert(seq, msg("a", seq));
+                    travelling[node as usize].push_back(seq);
+                }
+            }
+            OrderStep::Arrive(node) => {
+                if let Some(seq) = travelling[node as usize].pop_front() {
+                    let (_, actions) = run(|out| w.on_push(&limits, Arc::new(msg("a", seq)), now, &mut |a| out(a)));
+                    on_out(actions, &mut seen, &mut unacked)?;
+                }
+            }
+            OrderStep::SendAck => {
+                if let Some(seq) = own_acks.pop_front() {
+                    w.on_sent("a", seq);
+                }
+            }
+            OrderStep::Answer => {
+                if let Some(read) = reading.take() {
+                    let found: Vec<Message> =
+                        pending.range(read.after + 1..read.before).map(|(_, m)| m.clone()).take(read.limit).collect();
+                    let (_, actions) = run(|out| w.on_gap(&limits, &read, found, now, &mut |a| out(a)));
+                    on_out(actions, &mut seen, &mut unacked)?;
+                }
+            }
+            OrderStep::Ack => {
+                if let Some(id) = unacked.pop_front() {
+                    let seq: u64 = id.trim_start_matches("a-").parse().unwrap();
+                    pending.remove(&seq);
+                    w.on_ack(std::iter::once(id.as_str()));
+                }
+            }
+        }
+        if reading.is_none() {
+            reading = w.next_gap(&limits);
+        }
+        prop_assert!(seen.windows(2).all(|p| p[0] < p[1]), "seq order: {seen:?}");
+        prop_assert!(!w.is_replaying(), "no fallback needed within the bounds");
+    }
+    let expected: Vec<u64> = (1..=stored.len() as u64).filter(|s| !stored[*s as usize - 1]).collect();
+    prop_assert_eq!(seen, expected, "every message once, in seq order");
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+    #[test]
+    fn pushes_racing_from_two_nodes_reach_the_device_in_seq_order(steps in prop::collection::vec(order_step(), 1..150)) {
+        check_order(steps)?;
     }
 }

@@ -42,6 +42,12 @@ const ORPHAN_AGE: Duration = Duration::from_secs(60);
 /// nodes. The node that just won a seq knows the next one, so a loser can lose
 /// several times in a row while the winner's burst lasts.
 const SEQ_RACE_BUDGET: Duration = Duration::from_secs(10);
+/// Ids read per round trip when looking for a gap's pending messages, and
+/// the most looked at (a device with more pending than this in the seq
+/// range is replayed instead).
+const GAP_SCAN_PAGE: usize = 512;
+const GAP_SCAN_MAX: usize = 8 * GAP_SCAN_PAGE;
+
 /// Conversations whose last seq this node caches.
 const SEQ_CACHE_MAX: usize = 100_000;
 
@@ -619,6 +625,60 @@ impl PendingStore for ClusterStore {
             let _: std::result::Result<(), _> = redis::cmd("ZREM").arg(&key).arg(&orphans).query_async(&mut conn).await;
         }
         Ok(out)
+    }
+
+    async fn pending_between(
+        &self,
+        device: &DeviceKey,
+        conversation_id: &str,
+        after_seq: u64,
+        before_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<Message>> {
+        let _timer = CallTimer::new("mongodb+redis", "pending_between");
+        if before_seq <= after_seq + 1 || limit == 0 {
+            return Ok(Vec::new());
+        }
+        // The set is scored by seq across conversations: the ids in the
+        // range are read a page at a time and MongoDB keeps the conversation's.
+        let key = pending_key(&device.tenant, &device.user, &device.device);
+        let mut conn = self.redis.clone();
+        let mut ids = Vec::new();
+        loop {
+            let page: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+                .arg(&key)
+                .arg(format!("({after_seq}"))
+                .arg(format!("({before_seq}"))
+                .arg("LIMIT")
+                .arg(ids.len())
+                .arg(GAP_SCAN_PAGE)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_err("ZRANGEBYSCORE"))?;
+            let last_page = page.len() < GAP_SCAN_PAGE;
+            ids.extend(page);
+            if last_page {
+                break;
+            }
+            if ids.len() >= GAP_SCAN_MAX {
+                return Err(StorageError::Unavailable(format!(
+                    "more than {GAP_SCAN_MAX} messages pending for the device in the seq range"
+                )));
+            }
+        }
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let filter = doc! { "_id": { "$in": ids }, "conv": conversation_id, "tenant": &device.tenant };
+        let cursor = self
+            .messages
+            .find(filter)
+            .sort(doc! { "seq": 1 })
+            .limit(limit.min(i64::MAX as usize) as i64)
+            .await
+            .map_err(mongo_err("find"))?;
+        let docs: Vec<Document> = cursor.try_collect().await.map_err(mongo_err("find"))?;
+        docs.iter().map(decode).collect()
     }
 
     async fn pending_count(&self, device: &DeviceKey) -> Result<u64> {

@@ -251,6 +251,16 @@ async fn three_nodes_chat_across_nodes_and_devices() {
     let want: HashSet<String> = acks.iter().map(|a| a.msg_id.clone()).collect();
     let got = receive_all(b2, &c.nodes[2].ws_url, &c.token("bob"), "b2", &want).await;
     assert!(want.is_subset(&got));
+    // b1 reads and acks alice's share too (unacked, it would be closed
+    // with 4003 after the resends when the machine is slow).
+    let from_alice: HashSet<String> =
+        acks.iter().filter(|a| !a.client_msg_id.starts_with("n2-")).map(|a| a.msg_id.clone()).collect();
+    let mut acked = HashSet::new();
+    while !from_alice.is_subset(&acked) {
+        let d = b1.next_deliver().await;
+        b1.ack(vec![msg(&d).msg_id.clone()]).await;
+        acked.insert(msg(&d).msg_id.clone());
+    }
 
     // The same device connecting on another node replaces the old
     // connection. Its session stays on its node (resume is per node): the
@@ -708,4 +718,246 @@ async fn search_finds_what_any_node_stored_and_survives_the_indexing_node() {
     let found = search_until(&mut bob, "退款", 3, Duration::from_secs(40)).await;
     assert_eq!(found.len(), 3, "indexed by the surviving node: {found:?}");
     assert_eq!(found[0], "退款 arrives tomorrow");
+}
+
+/// What one device saw of a conversation: each message's first arrival
+/// (seq, text), in arrival order.
+#[derive(Default)]
+struct Seen {
+    first: Vec<(u64, String)>,
+    ids: HashSet<String>,
+}
+
+impl Seen {
+    /// Records and acks a frame; returns the SendAck if it was one.
+    async fn take(&mut self, c: &mut Client, frame: pb::Frame, who: &str) -> Option<pb::SendAck> {
+        match frame.body {
+            Some(Body::Deliver(d)) => {
+                let m = msg(&d);
+                c.try_ack(vec![m.msg_id.clone()]).await;
+                if self.ids.insert(m.msg_id.clone()) {
+                    self.first.push((m.seq, dongdong_tests::client::text_of(m).to_string()));
+                }
+                None
+            }
+            Some(Body::SendAck(ack)) => Some(ack),
+            Some(Body::Error(e)) => panic!("{who}: unexpected error {e:?}"),
+            _ => None,
+        }
+    }
+
+    /// Reads (acking each message) until `want` distinct messages arrived,
+    /// signing in again as `device` of `user` if the connection closes.
+    async fn read_until(&mut self, c: &mut Client, want: usize, at: (&Cluster, usize, &str, &str)) {
+        let (cluster, node, user, device) = at;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        while self.ids.len() < want {
+            assert!(tokio::time::Instant::now() < deadline, "{device}: {} of {want} messages", self.ids.len());
+            match c.recv(Duration::from_secs(5)).await {
+                Some(Ok(frame)) => {
+                    self.take(c, frame, device).await;
+                }
+                Some(Err(closed)) => {
+                    eprintln!("{device} was disconnected ({closed:?}); signing in again");
+                    *c = cluster.login(node, user, device).await;
+                }
+                None => {}
+            }
+        }
+    }
+
+    /// Every first arrival in seq order, and exactly the seqs `expected`.
+    fn check(&self, expected: &[u64], who: &str) {
+        let out_of_order = self.first.windows(2).filter(|p| p[1].0 < p[0].0).count();
+        assert_eq!(out_of_order, 0, "{who} saw {out_of_order} messages arrive after a higher seq");
+        let seqs: Vec<u64> = self.first.iter().map(|(s, _)| *s).collect();
+        assert_eq!(seqs, expected, "{who} got every message once");
+    }
+}
+
+/// What a sender did: the seq of each of its messages by the index it
+/// was written in, and which were refused with a retryable error and sent
+/// again (they take their place when retried).
+struct Sent {
+    seqs: Vec<u64>,
+    retried: HashSet<usize>,
+}
+
+/// Sends `rounds` × `per_round` pipelined messages to `to` (texts
+/// `{prefix}{i}`), as a client does: a send refused with a retryable error
+/// goes again, first in the next round. Reads and acks what arrives
+/// meanwhile.
+async fn send_pipelined(
+    mut c: Client,
+    to: &str,
+    prefix: &str,
+    rounds: usize,
+    per_round: usize,
+) -> (Sent, Seen, Client) {
+    let total = rounds * per_round;
+    let mut seen = Seen::default();
+    let mut sent = Sent { seqs: vec![0; total], retried: HashSet::new() };
+    let (mut next, mut again) = (0, std::collections::VecDeque::new());
+    let mut attempts = 0;
+    while next < total || !again.is_empty() {
+        attempts += 1;
+        assert!(attempts < 100 * rounds, "{prefix}: too many refused sends");
+        let mut by_req = std::collections::HashMap::new();
+        while by_req.len() < per_round {
+            let Some(i) = again.pop_front().or_else(|| {
+                (next < total).then(|| {
+                    next += 1;
+                    next - 1
+                })
+            }) else {
+                break;
+            };
+            let cmid = format!("{prefix}{i}");
+            by_req.insert(c.send_text_nowait(to, &cmid, &cmid).await, i);
+        }
+        while !by_req.is_empty() {
+            let frame = match c.recv(Duration::from_secs(30)).await {
+                Some(Ok(frame)) => frame,
+                other => panic!("{prefix}: no reply to a send ({other:?})"),
+            };
+            match frame.body {
+                Some(Body::Error(ref e)) if e.retryable && by_req.contains_key(&frame.req_id) => {
+                    let i = by_req.remove(&frame.req_id).unwrap();
+                    sent.retried.insert(i);
+                    again.push_back(i);
+                }
+                _ => {
+                    let req_id = frame.req_id;
+                    if let Some(ack) = seen.take(&mut c, frame, prefix).await {
+                        sent.seqs[by_req.remove(&req_id).unwrap()] = ack.seq;
+                    }
+                }
+            }
+        }
+        if !again.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    (sent, seen, c)
+}
+
+/// Senders of one conversation on two nodes, stalled in turn (SIGSTOP for
+/// 50 ms, as a busy node stalls), and the second devices of both users on a
+/// third node: every device gets every message once, in seq order, and
+/// each sender's messages in the order written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_third_device_sees_senders_on_two_nodes_in_seq_order() {
+    let Some((redis, mongo)) = shared_servers() else { return };
+    let c = Cluster::start(3, redis, mongo);
+    let key = Some(super::child::OPERATOR_KEY);
+    let (path, fast) = ("/api/v1/admin/limits", 100_000);
+    let rates = serde_json::json!({
+        "rate_per_sec": fast, "rate_burst": fast, "user_frames_per_sec": fast,
+        "user_frames_burst": fast, "user_sends_per_sec": fast, "user_sends_burst": fast,
+    });
+    let (status, body) = dongdong_tests::http::request(&c.nodes[0].http_url, "PUT", path, key, Some(&rates)).await;
+    assert_eq!(status, 200, "{body}");
+    for node in &c.nodes {
+        let started = std::time::Instant::now();
+        while dongdong_tests::http::request(&node.http_url, "GET", path, key, None).await.1["effective"]["user_sends_per_sec"]
+            != fast
+        {
+            assert!(started.elapsed() < Duration::from_secs(5), "the limits did not reach {}", node.ws_url);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (rounds, per_round) = (40, 25);
+    let per_user = rounds * per_round;
+    let a1 = c.login(0, "alice", "a1").await;
+    let b1 = c.login(1, "bob", "b1").await;
+    let mut a3 = c.login(2, "alice", "a3").await;
+    let mut b3 = c.login(2, "bob", "b3").await;
+    let c = std::sync::Arc::new(c);
+    let watchers = tokio::spawn({
+        let c = c.clone();
+        async move {
+            let (mut sa, mut sb) = (Seen::default(), Seen::default());
+            let want = 2 * per_user;
+            tokio::join!(
+                sa.read_until(&mut a3, want, (&c, 2, "alice", "a3")),
+                sb.read_until(&mut b3, want, (&c, 2, "bob", "b3"))
+            );
+            (sa, sb)
+        }
+    });
+    let stalling = tokio_util::sync::CancellationToken::new();
+    let pids = [c.nodes[0].pid(), c.nodes[1].pid()];
+    let stall = tokio::spawn({
+        let stop = stalling.clone();
+        async move {
+            let mut stalls = 0;
+            while !stop.is_cancelled() {
+                for pid in pids {
+                    let signal = |s: &str| std::process::Command::new("kill").arg(s).arg(pid.to_string()).status();
+                    signal("-STOP").unwrap();
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    signal("-CONT").unwrap();
+                    stalls += 1;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+            stalls
+        }
+    });
+    let started = std::time::Instant::now();
+    // Each sender reads on (and acks) until the other's messages are in.
+    let sender =
+        |client, node, (user, device, peer, prefix): (&'static str, &'static str, &'static str, &'static str)| {
+            let c = c.clone();
+            async move {
+                let (sent, mut seen, mut client) = send_pipelined(client, peer, prefix, rounds, per_round).await;
+                seen.read_until(&mut client, per_user, (&c, node, user, device)).await;
+                (sent, seen)
+            }
+        };
+    let ((alice_sent, a1_seen), (bob_sent, b1_seen)) =
+        tokio::join!(sender(a1, 0, ("alice", "a1", "bob", "a")), sender(b1, 1, ("bob", "b1", "alice", "b")));
+    stalling.cancel();
+    let stalls = stall.await.unwrap();
+    let (a3_seen, b3_seen) = watchers.await.unwrap();
+    let retried = alice_sent.retried.len() + bob_sent.retried.len();
+    eprintln!(
+        "{} messages from senders on two nodes, {stalls} stalls, {retried} sends retried, in {:?}",
+        2 * per_user,
+        started.elapsed()
+    );
+
+    for (who, sent) in [("alice", &alice_sent), ("bob", &bob_sent)] {
+        let in_place: Vec<u64> =
+            sent.seqs.iter().enumerate().filter(|(i, _)| !sent.retried.contains(i)).map(|(_, s)| *s).collect();
+        assert!(in_place.windows(2).all(|p| p[0] < p[1]), "{who}'s sends got seqs in the order written");
+    }
+    let all: Vec<u64> = (1..=2 * per_user as u64).collect();
+    a3_seen.check(&all, "a3 (node 3)");
+    b3_seen.check(&all, "b3 (node 3)");
+    let sorted = |s: &Sent| {
+        let mut v = s.seqs.clone();
+        v.sort_unstable();
+        v
+    };
+    a1_seen.check(&sorted(&bob_sent), "a1 (node 1)");
+    b1_seen.check(&sorted(&alice_sent), "b1 (node 2)");
+    // Each sender's messages in the order of their seqs on the third node
+    // (the order written, but for retried sends, which take their place
+    // when retried).
+    for seen in [&a3_seen, &b3_seen] {
+        for (prefix, sent) in [("a", &alice_sent), ("b", &bob_sent)] {
+            let order: Vec<u64> = seen
+                .first
+                .iter()
+                .filter_map(|(_, t)| t.strip_prefix(prefix)?.parse::<usize>().ok())
+                .map(|i| sent.seqs[i])
+                .collect();
+            assert!(order.windows(2).all(|p| p[0] < p[1]), "{prefix}'s messages in the order sent");
+            assert_eq!(order.len(), per_user);
+        }
+    }
+    let (_, metrics) = http_get(&c.nodes[2].http_url, "/metrics").await;
+    let reads = metrics.lines().find(|l| l.starts_with("dongdong_order_gap_reads_total")).unwrap_or("no gap reads");
+    eprintln!("node 3: {reads}");
 }

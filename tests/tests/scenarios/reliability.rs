@@ -222,6 +222,16 @@ impl storage::PendingStore for GatedAcks {
     ) -> Result<Vec<pb::Message>, storage::StorageError> {
         self.inner.pending(device, after, limit).await
     }
+    async fn pending_between(
+        &self,
+        device: &storage::DeviceKey,
+        conversation_id: &str,
+        after_seq: u64,
+        before_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<pb::Message>, storage::StorageError> {
+        self.inner.pending_between(device, conversation_id, after_seq, before_seq, limit).await
+    }
     async fn pending_count(&self, device: &storage::DeviceKey) -> Result<u64, storage::StorageError> {
         self.inner.pending_count(device).await
     }
