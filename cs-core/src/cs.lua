@@ -333,6 +333,12 @@ handlers.put_group = function(c)
   local spec = c.spec
   if spec.name == '' then spec.name = spec.id end
   local g = group(spec.id)
+  if g and c.only and #c.only > 0 then
+    -- Only the fields named: what another admin changed meanwhile stays.
+    for _, k in ipairs(c.only) do g[k] = spec[k] end
+    dirty_g[spec.id] = true
+    return ok({ kind = 'group', group = g })
+  end
   if not g then
     g = { members = {}, avg_handle_ms = 0, rr_last = '' }
     groups[spec.id] = g

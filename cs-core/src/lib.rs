@@ -126,6 +126,32 @@ impl GroupSpec {
     }
 }
 
+/// A settable field of [`GroupSpec`] (named as it is serialized).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupField {
+    Name,
+    Policy,
+    MaxQueue,
+    MaxWaitMs,
+    AutoJoin,
+    DefaultCapacity,
+}
+
+impl GroupSpec {
+    /// Sets `field` of `self` to its value in `from`.
+    pub fn take_field(&mut self, from: &GroupSpec, field: GroupField) {
+        match field {
+            GroupField::Name => self.name.clone_from(&from.name),
+            GroupField::Policy => self.policy = from.policy,
+            GroupField::MaxQueue => self.max_queue = from.max_queue,
+            GroupField::MaxWaitMs => self.max_wait_ms = from.max_wait_ms,
+            GroupField::AutoJoin => self.auto_join = from.auto_join,
+            GroupField::DefaultCapacity => self.default_capacity = from.default_capacity,
+        }
+    }
+}
+
 /// A group with its members.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Group {
@@ -393,8 +419,15 @@ pub enum TransferTarget {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "op")]
 pub enum CsCommand {
-    /// Creates or updates a group's settings; members are kept.
-    PutGroup { spec: GroupSpec },
+    /// Creates or updates a group's settings; members are kept. With
+    /// `only`, an existing group takes just those fields of `spec` and
+    /// keeps the others, in the same atomic step (two admins changing
+    /// different fields at once both stick); a new group takes all of it.
+    PutGroup {
+        spec: GroupSpec,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        only: Vec<GroupField>,
+    },
     /// Deletes a group nobody waits in and no open session belongs to.
     DeleteGroup { group: String },
     /// Adds `agent` to `group` (or updates it) with `capacity`, which applies
@@ -455,7 +488,7 @@ impl CsCommand {
     /// Checks what needs no state (both backends run it first) and fills
     /// defaults.
     pub fn precheck(&mut self) -> std::result::Result<(), CsError> {
-        if let CsCommand::PutGroup { spec } = self {
+        if let CsCommand::PutGroup { spec, .. } = self {
             if spec.name.is_empty() {
                 spec.name = spec.id.clone();
             }

@@ -82,7 +82,7 @@ fn text(t: &str) -> Content {
 impl Script {
     /// The commands that create the groups.
     pub fn setup(&self) -> Vec<CsCommand> {
-        GROUPS.iter().map(|g| CsCommand::PutGroup { spec: spec(g, 0) }).collect()
+        GROUPS.iter().map(|g| CsCommand::PutGroup { spec: spec(g, 0), only: vec![] }).collect()
     }
 
     /// All users the commands can name: agents, then customers.
@@ -158,7 +158,27 @@ impl Script {
                 CsCommand::LeaveMessage { message }
             }
             15 => CsCommand::Claim { id: pick(&self.left), agent },
-            16 => CsCommand::PutGroup { spec: spec(&group, x) },
+            16 => {
+                // Every other change names some fields only (the admin API's
+                // partial update): the others keep their value.
+                let all = [
+                    GroupField::Name,
+                    GroupField::Policy,
+                    GroupField::MaxQueue,
+                    GroupField::MaxWaitMs,
+                    GroupField::AutoJoin,
+                    GroupField::DefaultCapacity,
+                ];
+                let only = if x % 2 == 0 {
+                    Vec::new()
+                } else {
+                    all.into_iter().filter(|f| (*f as usize + y) % 3 == 0).collect()
+                };
+                let mut spec = spec(&group, x);
+                spec.name = format!("{group} v{x}");
+                spec.max_wait_ms += y as u64;
+                CsCommand::PutGroup { spec, only }
+            }
             _ => CsCommand::DeleteGroup { group },
         }
     }

@@ -4,7 +4,7 @@
 //! HTTP layer only maps requests and answers.
 
 use super::*;
-use storage::cs::{Agent, AgentStatus, Group, GroupView, Policy, QuickReply};
+use storage::cs::{Agent, AgentStatus, Group, GroupField, GroupView, Policy, QuickReply};
 
 /// Most quick replies per tenant (group and personal ones together).
 pub const MAX_QUICK_REPLIES: usize = 1000;
@@ -24,14 +24,28 @@ pub struct GroupPatch {
 }
 
 impl GroupPatch {
-    fn apply(self, spec: &mut GroupSpec) {
+    /// Sets the given fields of `spec`; returns which they were.
+    fn apply(self, spec: &mut GroupSpec) -> Vec<GroupField> {
         let GroupPatch { name, policy, max_queue, max_wait_ms, auto_join, default_capacity } = self;
+        let mut set = Vec::new();
+        let mut mark = |given: bool, field| {
+            if given {
+                set.push(field)
+            }
+        };
+        mark(name.is_some(), GroupField::Name);
+        mark(policy.is_some(), GroupField::Policy);
+        mark(max_queue.is_some(), GroupField::MaxQueue);
+        mark(max_wait_ms.is_some(), GroupField::MaxWaitMs);
+        mark(auto_join.is_some(), GroupField::AutoJoin);
+        mark(default_capacity.is_some(), GroupField::DefaultCapacity);
         spec.name = name.unwrap_or(std::mem::take(&mut spec.name));
         spec.policy = policy.unwrap_or(spec.policy);
         spec.max_queue = max_queue.unwrap_or(spec.max_queue);
         spec.max_wait_ms = max_wait_ms.unwrap_or(spec.max_wait_ms);
         spec.auto_join = auto_join.unwrap_or(spec.auto_join);
         spec.default_capacity = default_capacity.unwrap_or(spec.default_capacity);
+        set
     }
 }
 
@@ -97,9 +111,17 @@ impl CsService {
         validate_id("group", group).map_err(invalid)?;
         let current = self.store.group_view(caller.tenant(), group).await?;
         let created = current.is_none();
-        let mut spec = current.map_or_else(|| GroupSpec { id: group.into(), ..GroupSpec::default() }, |v| v.group.spec);
-        patch.apply(&mut spec);
-        let CsReply::Group { group } = self.run(caller, CsCommand::PutGroup { spec }).await? else {
+        let mut spec = current
+            .as_ref()
+            .map_or_else(|| GroupSpec { id: group.into(), ..GroupSpec::default() }, |v| v.group.spec.clone());
+        let only = patch.apply(&mut spec);
+        if let Some(view) = current.filter(|_| only.is_empty()) {
+            // Nothing to change.
+            return Ok((view.group, false));
+        }
+        // Only the fields given are written, in one step with the read of
+        // the others: a concurrent change of another field stays.
+        let CsReply::Group { group } = self.run(caller, CsCommand::PutGroup { spec, only }).await? else {
             return Err(unexpected());
         };
         Ok((group, created))

@@ -321,7 +321,7 @@ impl CsService {
     pub async fn seed(&self, tenant: &str, spec: GroupSpec, agents: &[String]) -> Result<(), ClientError> {
         let group = spec.id.clone();
         if self.store.group_view(tenant, &group).await?.is_none() {
-            self.execute(tenant, CsCommand::PutGroup { spec }).await?.reply.map_err(|e| cs_error(&e))?;
+            self.execute(tenant, CsCommand::PutGroup { spec, only: vec![] }).await?.reply.map_err(|e| cs_error(&e))?;
         }
         for agent in agents {
             let known = self.store.agent(tenant, agent).await?.is_some_and(|a| a.groups.contains(&group));

@@ -326,7 +326,7 @@ mod tests {
         let mailbox = router.register(customer).await.unwrap().mailbox;
         for tenant in ["slow", "fast"] {
             let spec = GroupSpec { id: "g".into(), default_capacity: 50, ..Default::default() };
-            cs.execute(tenant, CsCommand::PutGroup { spec }).await.unwrap();
+            cs.execute(tenant, CsCommand::PutGroup { spec, only: vec![] }).await.unwrap();
             let member = CsCommand::PutMember { group: "g".into(), agent: "amy".into(), capacity: None };
             cs.execute(tenant, member).await.unwrap();
             cs.execute(tenant, CsCommand::Connected { agent: "amy".into() }).await.unwrap();

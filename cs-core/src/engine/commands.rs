@@ -4,15 +4,22 @@
 use super::*;
 
 impl TenantState {
-    pub(super) fn put_group(&mut self, spec: GroupSpec) -> Result<CsReply, CsError> {
+    pub(super) fn put_group(&mut self, spec: GroupSpec, only: &[GroupField]) -> Result<CsReply, CsError> {
         let id = spec.id.clone();
+        let existed = self.groups.contains_key(&id);
         let group = self.groups.entry(id.clone()).or_insert_with(|| Group {
             spec: spec.clone(),
             members: Vec::new(),
             avg_handle_ms: 0,
             rr_last: String::new(),
         });
-        group.spec = spec;
+        if existed && !only.is_empty() {
+            for field in only {
+                group.spec.take_field(&spec, *field);
+            }
+        } else {
+            group.spec = spec;
+        }
         let group = group.clone();
         self.dirty.insert(Dirty::Group(id));
         Ok(CsReply::Group { group })

@@ -267,7 +267,7 @@ impl TenantState {
 
     fn run(&mut self, command: CsCommand, now: u64, fx: &mut Effects) -> Result<CsReply, CsError> {
         match command {
-            CsCommand::PutGroup { spec } => self.put_group(spec),
+            CsCommand::PutGroup { spec, only } => self.put_group(spec, &only),
             CsCommand::DeleteGroup { group } => self.delete_group(&group),
             CsCommand::PutMember { group, agent, capacity } => self.put_member(&group, &agent, capacity),
             CsCommand::RemoveMember { group, agent } => self.remove_member(&group, &agent),

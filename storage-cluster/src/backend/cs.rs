@@ -496,7 +496,7 @@ mod tests {
         let cs = RedisCs::new(redis, Duration::from_secs(600));
         let t = format!("lease-{}", im_core::new_msg_id());
         let spec = GroupSpec { id: "g".into(), ..GroupSpec::default() };
-        assert!(cs.execute(&t, CsCommand::PutGroup { spec }, 1).await.unwrap().reply.is_ok());
+        assert!(cs.execute(&t, CsCommand::PutGroup { spec, only: vec![] }, 1).await.unwrap().reply.is_ok());
         let lease = Duration::from_millis(400);
         let (n1, n2) = (format!("n1-{t}"), format!("n2-{t}"));
         let sweeps = |node: String| {

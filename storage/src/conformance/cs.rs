@@ -4,8 +4,8 @@
 use super::{tenant, text};
 use crate::Backends;
 use crate::cs::{
-    AgentStatus, CsCommand, CsError, CsOutcome, CsReply, GroupSpec, LeftMessage, Policy, Profile, ProfileUpdate,
-    QuickReply, Session, SessionState, TransferTarget,
+    AgentStatus, CsCommand, CsError, CsOutcome, CsReply, GroupField, GroupSpec, LeftMessage, Policy, Profile,
+    ProfileUpdate, QuickReply, Session, SessionState, TransferTarget,
 };
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -43,7 +43,7 @@ impl<'a> Cs<'a> {
 
     async fn group(&self, id: &str, policy: Policy, agents: &[(&str, u32)]) {
         let spec = GroupSpec { id: id.into(), policy, ..GroupSpec::default() };
-        self.ok(CsCommand::PutGroup { spec }).await;
+        self.ok(CsCommand::PutGroup { spec, only: vec![] }).await;
         for (a, cap) in agents {
             self.ok(CsCommand::PutMember { group: id.into(), agent: (*a).into(), capacity: Some(*cap) }).await;
         }
@@ -80,7 +80,9 @@ impl<'a> Cs<'a> {
 pub async fn cs_groups_and_members(b: &Backends) {
     let cs = Cs::new(b);
     let bad = GroupSpec { id: "g".into(), max_queue: 0, ..GroupSpec::default() };
-    assert!(matches!(cs.err(CsCommand::PutGroup { spec: bad }).await, CsError::Invalid(m) if m.contains("max_queue")));
+    assert!(
+        matches!(cs.err(CsCommand::PutGroup { spec: bad, only: vec![] }).await, CsError::Invalid(m) if m.contains("max_queue"))
+    );
     cs.group("pre", Policy::LeastLoaded, &[("ann", 3), ("bob", 2)]).await;
     cs.group("after", Policy::RoundRobin, &[("bob", 4)]).await;
     let no_group = CsCommand::PutMember { group: "nope".into(), agent: "ann".into(), capacity: Some(1) };
@@ -99,10 +101,30 @@ pub async fn cs_groups_and_members(b: &Backends) {
     );
     // Updating settings keeps the members.
     let spec = GroupSpec { id: "pre".into(), name: "Pre-sales".into(), max_queue: 7, ..GroupSpec::default() };
-    cs.ok(CsCommand::PutGroup { spec }).await;
+    cs.ok(CsCommand::PutGroup { spec, only: vec![] }).await;
     let view = b.cs.group_view(&cs.t, "pre").await.unwrap().unwrap();
     assert_eq!((view.group.spec.name.as_str(), view.group.spec.max_queue), ("Pre-sales", 7));
     assert_eq!(view.group.members, ["ann", "bob"]);
+    // Two admins change different fields from the same read: both stick.
+    let read = view.group.spec.clone();
+    let mut one = read.clone();
+    one.max_queue = 9;
+    let mut other = read.clone();
+    other.name = "Pre-sales & returns".into();
+    other.max_queue = 1; // stale: not named, not written
+    let (a, b2) = tokio::join!(
+        cs.run(CsCommand::PutGroup { spec: one, only: vec![GroupField::MaxQueue] }),
+        cs.run(CsCommand::PutGroup { spec: other, only: vec![GroupField::Name] })
+    );
+    assert!(a.reply.is_ok() && b2.reply.is_ok());
+    let spec = b.cs.group_view(&cs.t, "pre").await.unwrap().unwrap().group.spec;
+    assert_eq!((spec.name.as_str(), spec.max_queue, spec.policy), ("Pre-sales & returns", 9, read.policy));
+    // A new group takes the whole spec, named fields or not.
+    let new = GroupSpec { id: "fresh".into(), max_queue: 4, ..GroupSpec::default() };
+    cs.ok(CsCommand::PutGroup { spec: new, only: vec![GroupField::MaxQueue] }).await;
+    let spec = b.cs.group_view(&cs.t, "fresh").await.unwrap().unwrap().group.spec;
+    assert_eq!((spec.name.as_str(), spec.max_queue), ("fresh", 4));
+    cs.ok(CsCommand::DeleteGroup { group: "fresh".into() }).await;
     cs.ok(CsCommand::RemoveMember { group: "pre".into(), agent: "bob".into() }).await;
     assert_eq!(b.cs.agent(&cs.t, "bob").await.unwrap().unwrap().groups, ["after"]);
     cs.ok(CsCommand::DeleteGroup { group: "after".into() }).await;
@@ -184,7 +206,7 @@ pub async fn cs_least_loaded_fifo_and_positions(b: &Backends) {
 pub async fn cs_queue_full_and_round_robin(b: &Backends) {
     let mut cs = Cs::new(b);
     let spec = GroupSpec { id: "rr".into(), policy: Policy::RoundRobin, max_queue: 2, ..GroupSpec::default() };
-    cs.ok(CsCommand::PutGroup { spec }).await;
+    cs.ok(CsCommand::PutGroup { spec, only: vec![] }).await;
     for a in ["a1", "a2", "a3"] {
         cs.ok(CsCommand::PutMember { group: "rr".into(), agent: a.into(), capacity: Some(10) }).await;
         cs.online(a).await;
@@ -344,7 +366,7 @@ pub async fn cs_transfer(b: &Backends) {
 pub async fn cs_agent_grace_and_max_wait(b: &Backends) {
     let mut cs = Cs::new(b);
     let spec = GroupSpec { id: "g".into(), max_wait_ms: 90_000, ..GroupSpec::default() };
-    cs.ok(CsCommand::PutGroup { spec }).await;
+    cs.ok(CsCommand::PutGroup { spec, only: vec![] }).await;
     cs.ok(CsCommand::PutMember { group: "g".into(), agent: "ann".into(), capacity: Some(2) }).await;
     cs.ok(CsCommand::PutMember { group: "g".into(), agent: "bob".into(), capacity: Some(1) }).await;
     cs.online("ann").await;
@@ -413,7 +435,7 @@ pub async fn cs_agent_grace_and_max_wait(b: &Backends) {
 pub async fn cs_end_rate_left_messages_and_quick_replies(b: &Backends) {
     let mut cs = Cs::new(b);
     let spec = GroupSpec { id: "g".into(), auto_join: true, default_capacity: 3, ..GroupSpec::default() };
-    cs.ok(CsCommand::PutGroup { spec }).await;
+    cs.ok(CsCommand::PutGroup { spec, only: vec![] }).await;
     cs.ok(CsCommand::Connected { agent: "ann".into() }).await;
     let out = cs.ok(CsCommand::SetStatus { agent: "ann".into(), status: AgentStatus::Online }).await;
     let Ok(CsReply::Agent { agent }) = out.reply else { panic!("{:?}", out.reply) };
@@ -510,7 +532,7 @@ pub async fn cs_concurrent_assignment_keeps_invariants(b: &Backends) {
     let t = cs.as_str().to_string();
     let now = 1_700_000_000_000;
     let spec = GroupSpec { id: "g".into(), max_queue: 1000, ..GroupSpec::default() };
-    b.cs.execute(&t, CsCommand::PutGroup { spec }, now).await.unwrap();
+    b.cs.execute(&t, CsCommand::PutGroup { spec, only: vec![] }, now).await.unwrap();
     let agents: Vec<String> = (0..8).map(|i| format!("agent{i}")).collect();
     for a in &agents {
         b.cs.execute(&t, CsCommand::PutMember { group: "g".into(), agent: a.clone(), capacity: Some(3) }, now)

@@ -321,6 +321,21 @@ async fn limits_set_on_one_node_apply_on_every_node_within_a_second() {
         }
     }
     assert!(refused >= 1, "4 sends with 2 tokens");
+    // Two admins change different fields of a group at once through two
+    // nodes: each writes only its own field, so both stick.
+    let admin = c.signer.mint(&c.tenant, "root", im_core::Role::Admin, Duration::from_secs(600)).unwrap();
+    for round in 0..20u64 {
+        let path = "/api/v1/groups/race";
+        let (queue, name) =
+            (serde_json::json!({ "max_queue": 10 + round }), serde_json::json!({ "name": format!("Race {round}") }));
+        let (a, b) = tokio::join!(
+            dongdong_tests::http::request(&c.nodes[0].http_url, "PUT", path, Some(&admin), Some(&queue)),
+            dongdong_tests::http::request(&c.nodes[1].http_url, "PUT", path, Some(&admin), Some(&name))
+        );
+        assert!(a.0 < 300 && b.0 < 300, "{a:?} {b:?}");
+        let (_, g) = dongdong_tests::http::request(&c.nodes[0].http_url, "GET", path, Some(&admin), None).await;
+        assert_eq!((g["max_queue"].as_u64(), g["name"].as_str()), (Some(10 + round), Some(&*format!("Race {round}"))));
+    }
     // A node started later reads the stored override.
     c.add_node(2);
     let (_, view) = dongdong_tests::http::request(&c.nodes[2].http_url, "GET", path, key, None).await;
