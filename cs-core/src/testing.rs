@@ -172,7 +172,7 @@ impl Script {
                 let only = if x % 2 == 0 {
                     Vec::new()
                 } else {
-                    all.into_iter().filter(|f| (*f as usize + y) % 3 == 0).collect()
+                    all.into_iter().filter(|f| (*f as usize + y).is_multiple_of(3)).collect()
                 };
                 let mut spec = spec(&group, x);
                 spec.name = format!("{group} v{x}");
