@@ -598,7 +598,29 @@ handlers.sweep = function(c)
   -- Every group's queue, for the queue-length metric; unchanged ones from
   -- their end, so no position update goes out for them.
   for _, gid in ipairs(sorted_keys(K_GROUPS)) do note_change(gid, redis.call('ZCARD', qkey(gid))) end
-  return ok({ kind = 'done' })
+  -- What is due next (CsReply::Swept), before the assignment pass.
+  local next_due, waiting, connected = nil, false, false
+  local function due(t) if not next_due or t < next_due then next_due = t end end
+  for _, gid in ipairs(sorted_keys(K_GROUPS)) do
+    local g = group(gid)
+    for _, id in ipairs(redis.call('ZRANGE', qkey(gid), 0, -1)) do
+      local s = session(id)
+      if s then
+        waiting = true
+        if g then due(s.queued_ms + g.max_wait_ms) end
+      end
+    end
+  end
+  for _, id in ipairs(sorted_keys(K_AGENTS)) do
+    local a = agent(id)
+    if a then
+      if a.connected then connected = true end
+      if not a.connected and a.disconnected_ms > 0 and (a.status ~= 'offline' or a.load > 0) then
+        due(a.disconnected_ms + c.grace_ms)
+      end
+    end
+  end
+  return ok({ kind = 'swept', next_due_ms = next_due or 0, waiting = waiting, agents_connected = connected })
 end
 
 local handler = handlers[cmd.op]

@@ -566,6 +566,15 @@ pub enum CsReply {
         message: LeftMessage,
     },
     Done,
+    /// A sweep's answer: when the tenant next has a timed rule due (the
+    /// earliest max wait of a waiting customer or end of an agent's grace
+    /// period; 0: none), whether customers are waiting, and whether agents
+    /// are connected (their nodes may die: they are reconciled now and then).
+    Swept {
+        next_due_ms: u64,
+        waiting: bool,
+        agents_connected: bool,
+    },
 }
 
 /// A session moved away from an agent.

@@ -38,7 +38,7 @@ use im_core::{ErrorCode, Role, ids::validate_id};
 use session_router::Router;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use storage::cs::{
     AgentStatus, CsCommand, CsError, CsOutcome, CsReply, CsStore, GroupSpec, LeftMessage, QueueSnapshot, Session,
     SessionState, TransferTarget,
@@ -555,8 +555,9 @@ impl CsService {
     /// `published` holds the (tenant, groups) whose gauges this node set
     /// last time: those it no longer sweeps (the lease moved, the group was
     /// deleted) are set to 0, so the sum over nodes stays right.
-    async fn sweep(&self, reconcile: bool, published: &mut HashMap<String, Vec<String>>) {
+    async fn sweep(&self, published: &mut HashMap<String, Vec<String>>, reconciled: &mut HashMap<String, Instant>) {
         let lease = (self.config.sweep_interval * 3).max(Duration::from_secs(1));
+        let reconcile_every = self.config.sweep_interval * RECONCILE_EVERY;
         let tenants = match self.store.sweep_tenants(self.router().node_id(), lease).await {
             Ok(t) => t,
             Err(e) => {
@@ -566,10 +567,16 @@ impl CsService {
         };
         let grace_ms = u64::try_from(self.config.agent_grace.as_millis()).unwrap_or(u64::MAX);
         let mut now_published = HashMap::with_capacity(tenants.len());
+        let mut now_reconciled = HashMap::with_capacity(tenants.len());
         for tenant in tenants {
-            if reconcile {
-                self.reconcile(&tenant).await;
-            }
+            let started = Instant::now();
+            match reconciled.remove(&tenant).filter(|at| started.duration_since(*at) < reconcile_every) {
+                Some(at) => now_reconciled.insert(tenant.clone(), at),
+                None => {
+                    self.reconcile(&tenant).await;
+                    now_reconciled.insert(tenant.clone(), started)
+                }
+            };
             match self.execute(&tenant, CsCommand::Sweep { grace_ms }).await {
                 Ok(outcome) => {
                     let mut groups = Vec::with_capacity(outcome.queues.len());
@@ -577,7 +584,11 @@ impl CsService {
                         queue_gauge(&tenant, &q.group).set(q.waiting.len() as f64);
                         groups.push(q.group.clone());
                     }
-                    now_published.insert(tenant, groups);
+                    now_published.insert(tenant.clone(), groups);
+                    let next = self.next_sweep(&outcome.reply, reconcile_every);
+                    if let Err(e) = self.store.swept(&tenant, outcome.version, next).await {
+                        warn!(error = %e, tenant, "cs sweep: cannot record when the tenant is next due");
+                    }
                 }
                 Err(e) => {
                     warn!(error = %e, tenant, "cs sweep failed");
@@ -594,6 +605,27 @@ impl CsService {
             }
         }
         *published = now_published;
+        *reconciled = now_reconciled;
+    }
+
+    /// When a swept tenant next needs a sweep (ms), if before its next
+    /// command: its next timed rule; every interval while customers wait
+    /// (the queue-length gauge is the sweeping node's); and while agents
+    /// are connected, in time to reconcile them (their node may die).
+    fn next_sweep(&self, reply: &Result<CsReply, storage::cs::CsError>, reconcile_every: Duration) -> Option<u64> {
+        let now = im_core::now_ms();
+        let after = |d: Duration| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let Ok(CsReply::Swept { next_due_ms, waiting, agents_connected }) = reply else {
+            return Some(after(self.config.sweep_interval));
+        };
+        [
+            (*next_due_ms > 0).then_some(*next_due_ms),
+            waiting.then(|| after(self.config.sweep_interval)),
+            agents_connected.then(|| after(reconcile_every)),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// Agents recorded as connected whose connections are all gone (their
@@ -642,15 +674,13 @@ async fn sweeper(service: std::sync::Weak<CsService>, shutdown: CancellationToke
     let Some(interval) = service.upgrade().map(|s| s.config.sweep_interval) else { return };
     let mut tick = tokio::time::interval(interval.max(Duration::from_millis(50)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut n: u32 = 0;
-    let mut published = HashMap::new();
+    let (mut published, mut reconciled) = (HashMap::new(), HashMap::new());
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = shutdown.cancelled() => break,
         }
         let Some(service) = service.upgrade() else { break };
-        n = n.wrapping_add(1);
-        service.sweep(n.is_multiple_of(RECONCILE_EVERY), &mut published).await;
+        service.sweep(&mut published, &mut reconciled).await;
     }
 }

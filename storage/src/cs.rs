@@ -64,8 +64,19 @@ pub trait CsStore: Send + Sync + 'static {
 
     /// The tenants `node` sweeps now, so that each tenant is swept by one
     /// node: all of them on the embedded backend (one node); in a cluster,
-    /// those whose lease `node` holds or takes because it expired. A lease
+    /// those due (a command ran, or a timed rule is due; see
+    /// [`swept`](Self::swept)) whose lease `node` holds or takes because it
+    /// expired. A lease
     /// lasts `lease` from each call of its holder, so another node takes
     /// over that long after the holder stops.
     async fn sweep_tenants(&self, node: &str, lease: std::time::Duration) -> Result<Vec<String>>;
+
+    /// `tenant` was swept (the sweep's outcome had `version`) and next
+    /// needs one at `next_due_ms`, or only after a command when `None`.
+    /// A store that sweeps every tenant every time ignores it; one that
+    /// sweeps by due time (the cluster's) must not lose the mark of a
+    /// command that ran after the sweep.
+    async fn swept(&self, _tenant: &str, _version: u64, _next_due_ms: Option<u64>) -> Result<()> {
+        Ok(())
+    }
 }

@@ -533,6 +533,28 @@ impl TenantState {
         }
     }
 
+    /// What the sweep answers (see [`CsReply::Swept`]): what is due next
+    /// after it, before the assignment pass.
+    pub(super) fn swept(&self, grace_ms: u64) -> CsReply {
+        let mut next = u64::MAX;
+        let mut waiting = false;
+        for (group, q) in &self.queues {
+            let max_wait = self.groups.get(group).map_or(u64::MAX, |g| g.spec.max_wait_ms);
+            for s in q.values().filter_map(|id| self.sessions.get(id)) {
+                waiting = true;
+                next = next.min(s.queued_ms.saturating_add(max_wait));
+            }
+        }
+        let mut agents_connected = false;
+        for a in self.agents.values() {
+            agents_connected |= a.connected;
+            if !a.connected && a.disconnected_ms > 0 && (a.status != AgentStatus::Offline || a.load > 0) {
+                next = next.min(a.disconnected_ms.saturating_add(grace_ms));
+            }
+        }
+        CsReply::Swept { next_due_ms: if next == u64::MAX { 0 } else { next }, waiting, agents_connected }
+    }
+
     /// Hands waiting customers to available agents until no group that
     /// assigns automatically has both.
     pub(super) fn assign_pass(&mut self, now: u64, fx: &mut Effects) {

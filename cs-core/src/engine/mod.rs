@@ -304,7 +304,7 @@ impl TenantState {
             CsCommand::Claim { id, agent } => self.claim(&id, &agent, now),
             CsCommand::Sweep { grace_ms } => {
                 self.sweep(grace_ms, now, fx);
-                Ok(CsReply::Done)
+                Ok(self.swept(grace_ms))
             }
         }
     }

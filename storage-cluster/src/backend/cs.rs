@@ -27,6 +27,12 @@ use storage::cs::*;
 const TENANTS: &str = "dd:cs:tenants";
 /// Sweep leases: tenant -> "<node>|<expiry in ms, Redis' clock>".
 const SWEEPERS: &str = "dd:cs:sweepers";
+/// Tenants by when they next need a sweep (ms): a command marks its tenant
+/// due at once, a sweep sets when its timed rules are next due (or removes
+/// the tenant). Idle tenants are not in it, and cost nothing per second.
+const DUE: &str = "dd:cs:due";
+/// Most tenants one node sweeps per round (the rest are next).
+const SWEEP_BATCH: isize = 512;
 
 /// Sets quick reply ARGV[1] to ARGV[2] unless it is new and the hash
 /// already holds ARGV[3] replies; 1 if stored.
@@ -46,6 +52,10 @@ pub struct RedisCs {
     retention: Duration,
     /// Tenants this node has added to `dd:cs:tenants`.
     known: dashmap::DashSet<String>,
+    /// Whether this node has put every tenant of `dd:cs:tenants` in the
+    /// due index once (tenants from before the index, or whose mark a
+    /// crash lost).
+    seeded: std::sync::atomic::AtomicBool,
 }
 
 fn prefix(tenant: &str) -> String {
@@ -113,6 +123,7 @@ impl RedisCs {
             put_reply: redis::Script::new(PUT_REPLY),
             retention,
             known: Default::default(),
+            seeded: Default::default(),
         }
     }
 
@@ -198,6 +209,11 @@ impl CsStore for RedisCs {
         if command_adds_tenant(&outcome) && !self.known.contains(tenant) {
             let _: () = conn.sadd(TENANTS, tenant).await.map_err(redis_err("cs tenants"))?;
             self.known.insert(tenant.to_string());
+        }
+        if outcome.reply.is_ok() && !matches!(command, CsCommand::Sweep { .. }) {
+            // Due at once: the next sweep looks at what the command left
+            // (after it, so a sweep that ran before it cannot clear the mark).
+            self.mark_due(&mut conn, tenant, now_ms).await?;
         }
         Ok(outcome)
     }
@@ -346,7 +362,29 @@ impl CsStore for RedisCs {
     }
 
     async fn sweep_tenants(&self, node: &str, lease: Duration) -> Result<Vec<String>> {
-        let tenants = self.tenants().await?;
+        let mut conn = self.conn();
+        if !self.seeded.load(std::sync::atomic::Ordering::Relaxed) {
+            let all = self.tenants().await?;
+            for chunk in all.chunks(1000) {
+                let mut pipe = redis::pipe();
+                for t in chunk {
+                    pipe.cmd("ZADD").arg(DUE).arg("NX").arg(0).arg(t).ignore();
+                }
+                pipe.query_async::<()>(&mut conn).await.map_err(redis_err("cs due"))?;
+            }
+            self.seeded.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        let now = im_core::now_ms();
+        let tenants: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(DUE)
+            .arg("-inf")
+            .arg(now)
+            .arg("LIMIT")
+            .arg(0)
+            .arg(SWEEP_BATCH)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("cs due"))?;
         if tenants.is_empty() {
             return Ok(tenants);
         }
@@ -364,6 +402,37 @@ impl CsStore for RedisCs {
         let mut v: Vec<String> = self.conn().smembers(TENANTS).await.map_err(redis_err("cs tenants"))?;
         v.sort();
         Ok(v)
+    }
+
+    async fn swept(&self, tenant: &str, version: u64, next_due_ms: Option<u64>) -> Result<()> {
+        let mut conn = self.conn();
+        let _: () = match next_due_ms {
+            Some(at) => conn.zadd(DUE, tenant, at).await,
+            None => conn.zrem(DUE, tenant).await,
+        }
+        .map_err(redis_err("cs due"))?;
+        // A command that ran after the sweep may have had its mark
+        // overwritten just now: it is set again (not atomic with the
+        // above, but always after it, which is what matters).
+        let now: Option<u64> = conn.get(format!("{}version", prefix(tenant))).await.map_err(redis_err("cs due"))?;
+        if now.is_some_and(|v| v > version) {
+            self.mark_due(&mut conn, tenant, im_core::now_ms()).await?;
+        }
+        Ok(())
+    }
+}
+
+impl RedisCs {
+    /// Makes `tenant` due for a sweep at `at` unless it is due sooner.
+    async fn mark_due(&self, conn: &mut ConnectionManager, tenant: &str, at: u64) -> Result<()> {
+        redis::cmd("ZADD")
+            .arg(DUE)
+            .arg("LT")
+            .arg(at)
+            .arg(tenant)
+            .query_async::<()>(conn)
+            .await
+            .map_err(redis_err("cs due"))
     }
 }
 
@@ -445,6 +514,7 @@ mod tests {
         let mut conn = cs.conn();
         let _: () = conn.srem(TENANTS, tenant).await.unwrap();
         let _: () = conn.hdel(SWEEPERS, tenant).await.unwrap();
+        let _: () = conn.zrem(DUE, tenant).await.unwrap();
     }
 
     async fn run_both(lua: &RedisCs, tenant: &str, steps: Vec<Step>) -> std::result::Result<(), TestCaseError> {
@@ -513,6 +583,45 @@ mod tests {
         tokio::time::sleep(lease + Duration::from_millis(100)).await;
         assert!(sweeps(n2.clone()).await, "n1 stopped renewing: n2 takes over");
         assert!(!sweeps(n1).await, "and keeps it");
+        forget_tenant(&cs, &t).await;
+    }
+
+    /// A tenant is swept after a command or when a timed rule is due, and
+    /// not while idle; a command that runs while a sweep is being recorded
+    /// keeps its mark.
+    #[tokio::test]
+    async fn a_tenant_is_swept_when_due_and_not_while_idle() {
+        let Some(url) = required_env("DDTEST_REDIS_URL") else { return };
+        let redis = super::super::connect_redis(&url, Duration::from_secs(2)).await.unwrap();
+        let cs = RedisCs::new(redis, Duration::from_secs(600));
+        let t = format!("due-{}", im_core::new_msg_id());
+        // Due: in the index at or before now (other tests' tenants may be
+        // due in the same Redis, ahead of this one in a sweep's batch).
+        let due = || async {
+            let at: Option<u64> = cs.conn().zscore(DUE, &t).await.unwrap();
+            at.is_some_and(|at| at <= im_core::now_ms())
+        };
+        let now = im_core::now_ms();
+        let spec = GroupSpec { id: "g".into(), ..GroupSpec::default() };
+        assert!(cs.execute(&t, CsCommand::PutGroup { spec, only: vec![] }, now).await.unwrap().reply.is_ok());
+        assert!(due().await, "a command makes its tenant due");
+        let sweep = cs.execute(&t, CsCommand::Sweep { grace_ms: 1000 }, now).await.unwrap();
+        let idle = CsReply::Swept { next_due_ms: 0, waiting: false, agents_connected: false };
+        assert_eq!(sweep.reply, Ok(idle));
+        cs.swept(&t, sweep.version, None).await.unwrap();
+        assert!(!due().await, "idle: not swept");
+        // A command between the sweep and its record keeps the tenant due.
+        let sweep = cs.execute(&t, CsCommand::Sweep { grace_ms: 1000 }, now).await.unwrap();
+        let member = CsCommand::PutMember { group: "g".into(), agent: "ann".into(), capacity: None };
+        assert!(cs.execute(&t, member, now).await.unwrap().reply.is_ok());
+        cs.swept(&t, sweep.version, None).await.unwrap();
+        assert!(due().await, "the command after the sweep is not lost");
+        // A timed rule: due then, not before.
+        let sweep = cs.execute(&t, CsCommand::Sweep { grace_ms: 1000 }, now).await.unwrap();
+        cs.swept(&t, sweep.version, Some(now + 60_000)).await.unwrap();
+        assert!(!due().await);
+        cs.swept(&t, sweep.version, Some(now - 1)).await.unwrap();
+        assert!(due().await);
         forget_tenant(&cs, &t).await;
     }
 

@@ -376,9 +376,13 @@ pub async fn cs_agent_grace_and_max_wait(b: &Backends) {
     assert_eq!((s1.agent.as_str(), s2.agent.as_str()), ("ann", "ann"));
     cs.ok(CsCommand::Disconnected { agent: "ann".into() }).await;
     let grace = 60_000;
+    let disconnected = cs.now;
     cs.now += grace - 1;
     let out = cs.ok(CsCommand::Sweep { grace_ms: grace }).await;
     assert!(out.transferred.is_empty(), "within the grace period");
+    // The sweep says when it is next needed: the end of ann's grace.
+    let due = CsReply::Swept { next_due_ms: disconnected + grace, waiting: false, agents_connected: false };
+    assert_eq!(out.reply, Ok(due));
     // Back in time: nothing changes.
     cs.ok(CsCommand::Connected { agent: "ann".into() }).await;
     cs.now += grace * 2;
@@ -421,7 +425,12 @@ pub async fn cs_agent_grace_and_max_wait(b: &Backends) {
     assert_eq!(out.timed_out, [("g".to_string(), "c3".to_string())]);
     assert_eq!(out.ended[0].end_reason, "waited too long");
     cs.now += 59_999;
-    assert!(cs.ok(CsCommand::Sweep { grace_ms: grace }).await.timed_out.is_empty());
+    let out = cs.ok(CsCommand::Sweep { grace_ms: grace }).await;
+    assert!(out.timed_out.is_empty());
+    // c2 still waits (requeued when ann's grace ended): due at the end of
+    // its max wait; bob is connected.
+    let Ok(CsReply::Swept { next_due_ms, waiting, agents_connected }) = out.reply else { panic!("{:?}", out.reply) };
+    assert_eq!((next_due_ms, waiting, agents_connected), (cs.now + 1, true, true));
     cs.now += 1;
     let out = cs.ok(CsCommand::Sweep { grace_ms: grace }).await;
     assert_eq!(out.timed_out, [("g".to_string(), "c2".to_string())]);
