@@ -22,23 +22,43 @@ def delay_s():
 
 
 async def pipe(reader, writer):
+    """Forwards each chunk the delay after it arrived, in order: a link with
+    latency, not a queue that serves one chunk per delay (two writes sent
+    back to back arrive together, as over a real network)."""
+    loop = asyncio.get_running_loop()
+    chunks = asyncio.Queue()
+
+    async def forward():
+        try:
+            while True:
+                due, data = await chunks.get()
+                if data is None:
+                    break
+                wait = due - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            try:
+                writer.close()
+            except Exception:
+                pass
+
+    sender = asyncio.ensure_future(forward())
     try:
         while True:
             data = await reader.read(65536)
             if not data:
                 break
-            d = delay_s()
-            if d:
-                await asyncio.sleep(d)
-            writer.write(data)
-            await writer.drain()
+            chunks.put_nowait((loop.time() + delay_s(), data))
     except (ConnectionError, OSError):
         pass
     finally:
-        try:
-            writer.close()
-        except Exception:
-            pass
+        chunks.put_nowait((0, None))
+        await sender
 
 
 async def handle(client_reader, client_writer):

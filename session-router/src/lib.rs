@@ -282,7 +282,12 @@ impl Router {
     /// [`deliver`](Self::deliver), also telling whether the recipient has
     /// a connected device (true when that could not be looked up).
     pub async fn deliver_checked(&self, tenant: &str, message: Arc<Message>) -> (usize, bool) {
-        let mut entries = match self.lookup_for_push(tenant, &message.to_user).await {
+        // Both users' connections at once: one round trip to the registry.
+        let to_self = message.from_user == message.to_user;
+        let (recipient, sender) = tokio::join!(self.lookup_for_push(tenant, &message.to_user), async {
+            if to_self { Ok(Vec::new()) } else { self.lookup_for_push(tenant, &message.from_user).await }
+        });
+        let mut entries = match recipient {
             Ok(e) => e,
             Err(e) => {
                 // Nothing is lost: the message is pending for every device,
@@ -296,13 +301,9 @@ impl Router {
             }
         };
         let recipient_online = !entries.is_empty();
-        if message.from_user != message.to_user {
-            match self.lookup_for_push(tenant, &message.from_user).await {
-                Ok(e) => entries.extend(e),
-                Err(e) => {
-                    tracing::warn!(error = %e, "presence lookup failed for the sender's devices")
-                }
-            }
+        match sender {
+            Ok(e) => entries.extend(e),
+            Err(e) => tracing::warn!(error = %e, "presence lookup failed for the sender's devices"),
         }
         let mut pushed = 0;
         for entry in entries {

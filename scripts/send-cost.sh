@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# What one message costs a cluster node in Redis: a private Redis behind
+# scripts/redis-delay-proxy.py (DELAY_MS each way, default 5), one node on
+# it and the MongoDB in MONGO_URL; alice and bob both connected to the node,
+# alice sends N messages (default 40) one at a time, bob acks each as he
+# reads it. Prints the SendAck latency (its median divided by the proxy's
+# round trip is the number of Redis round trips on the send path: the node
+# waits for nothing else but MongoDB) and Redis' own command counts per
+# message (INFO commandstats on the Redis behind the proxy, acks included).
+#
+#   MONGO_URL=mongodb://127.0.0.1:27017 scripts/send-cost.sh
+#
+# BIN picks the dongdong binary (default: target/release/dongdong, built first).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+: "${MONGO_URL:?set MONGO_URL}"
+N=${N:-40} DELAY_MS=${DELAY_MS:-5}
+if [ -z "${BIN:-}" ]; then
+  cargo build -q --release -p dongdong
+  BIN=target/release/dongdong
+fi
+work=$(mktemp -d)
+trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+redis_port=$(free_port) proxy_port=$(free_port) ws=$(free_port)
+redis-server --port "$redis_port" --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
+for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+echo 0 >"$work/delay"
+python3 scripts/redis-delay-proxy.py "$proxy_port" "$redis_port" "$work/delay" &
+secret=send-cost-secret-0123456789abcdef0123
+export DONGDONG_AUTH__SECRET=$secret DONGDONG_STORAGE__BACKEND=cluster \
+  DONGDONG_STORAGE__REDIS_URL=redis://127.0.0.1:$proxy_port DONGDONG_STORAGE__MONGO_URL=$MONGO_URL \
+  DONGDONG_STORAGE__MONGO_DATABASE=sendcost_$(date +%s) DONGDONG_LOG__FILTER=warn DONGDONG_STORAGE__NODE_ID=cost-1
+"$BIN" serve --data "$work/node" --listen 127.0.0.1:$ws --http 127.0.0.1:$(free_port) >/dev/null 2>"$work/node.log" &
+for _ in $(seq 200); do (echo >"/dev/tcp/127.0.0.1/$ws") 2>/dev/null && break; sleep 0.05; done
+SECRET=$secret N=$N DELAY_MS=$DELAY_MS WS=$ws REDIS_PORT=$redis_port DELAY_FILE=$work/delay python3 - <<'EOF'
+import base64, hashlib, hmac, json, os, socket, statistics, struct, subprocess, threading, time
+
+secret, n, delay = os.environ["SECRET"].encode(), int(os.environ["N"]), int(os.environ["DELAY_MS"])
+ws_port, redis_port = int(os.environ["WS"]), os.environ["REDIS_PORT"]
+
+def b64(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+def token(user):
+    now = int(time.time())
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = b64(json.dumps({"tenant": "cost", "sub": user, "role": "customer", "exp": now + 3600, "iat": now}).encode())
+    return f"{head}.{body}.{b64(hmac.new(secret, f'{head}.{body}'.encode(), hashlib.sha256).digest())}"
+
+class Ws:
+    def __init__(self, user):
+        self.s = socket.create_connection(("127.0.0.1", ws_port))
+        self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        key = base64.b64encode(os.urandom(16)).decode()
+        self.s.sendall((f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
+        self.buf = b""
+        while b"\r\n\r\n" not in self.buf:
+            self.buf += self.s.recv(4096)
+        self.buf = self.buf.split(b"\r\n\r\n", 1)[1]
+        self.send({"reqId": "1", "auth": {"token": token(user), "deviceId": user + "-1"}})
+        assert "authOk" in self.recv(), user
+
+    def send(self, obj):
+        data, mask = json.dumps(obj).encode(), os.urandom(4)
+        n = len(data)
+        hdr = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n))
+        self.s.sendall(hdr + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(data)))
+
+    def need(self, k):
+        while len(self.buf) < k:
+            chunk = self.s.recv(65536)
+            if not chunk:
+                raise EOFError
+            self.buf += chunk
+
+    def recv(self):
+        while True:
+            self.need(2)
+            op, n = self.buf[0] & 0x0F, self.buf[1] & 0x7F
+            at = 2
+            if n == 126:
+                self.need(4); n = struct.unpack(">H", self.buf[2:4])[0]; at = 4
+            elif n == 127:
+                self.need(10); n = struct.unpack(">Q", self.buf[2:10])[0]; at = 10
+            self.need(at + n)
+            payload, self.buf = self.buf[at:at + n], self.buf[at + n:]
+            if op == 1:
+                return json.loads(payload)
+
+alice, bob = Ws("alice"), Ws("bob")
+got = []
+def reader():
+    while len(got) < n + 1:
+        f = bob.recv()
+        if "deliver" in f:
+            m = f["deliver"]["message"]
+            bob.send({"ack": {"msgIds": [m["msgId"]]}})
+            got.append(m["msgId"])
+threading.Thread(target=reader, daemon=True).start()
+# One message first, so that the node's caches are warm, then the delay.
+alice.send({"reqId": "2", "send": {"clientMsgId": "warm", "toUser": "bob", "content": {"text": "hi"}}})
+while "sendAck" not in alice.recv():
+    pass
+time.sleep(0.5)
+with open(os.environ["DELAY_FILE"], "w") as f:
+    f.write(str(delay))
+time.sleep(0.2)
+
+def stats():
+    out = subprocess.run(["redis-cli", "-p", redis_port, "INFO", "commandstats"], capture_output=True, text=True).stdout
+    return {l[8:].split(":")[0]: int(l.split("calls=")[1].split(",")[0]) for l in out.splitlines() if l.startswith("cmdstat_")}
+
+before = stats()
+lat = []
+for i in range(n):
+    t = time.perf_counter()
+    alice.send({"reqId": str(10 + i), "send": {"clientMsgId": f"m{i}", "toUser": "bob", "content": {"text": f"m{i}"}}})
+    while "sendAck" not in alice.recv():
+        pass
+    lat.append((time.perf_counter() - t) * 1000)
+deadline = time.time() + 30
+while len(got) < n + 1 and time.time() < deadline:
+    time.sleep(0.05)
+time.sleep(4 * delay / 1000 + 0.5)  # the acks' writes
+after = stats()
+delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+delta.pop("info", None)
+per = ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(delta.items(), key=lambda kv: -kv[1]) if v)
+p50 = statistics.median(lat)
+print(f"{n} sends, both users online on one node, Redis {delay} ms away each way: SendAck p50 {p50:.1f} ms "
+      f"(= {p50 / (2 * delay):.1f} Redis round trips of {2 * delay} ms), min {min(lat):.1f} ms; "
+      f"Redis commands per message: {sum(delta.values()) / n:.2f} ({per}); delivered {len(got) - 1} of {n}")
+EOF
