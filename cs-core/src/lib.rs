@@ -116,8 +116,8 @@ impl GroupSpec {
         if self.max_queue == 0 || self.max_queue > MAX_QUEUE_LIMIT {
             return Err(format!("max_queue must be between 1 and {MAX_QUEUE_LIMIT}"));
         }
-        if self.max_wait_ms < 1000 {
-            return Err("max_wait must be at least 1s".into());
+        if !(1000..=MAX_WAIT_LIMIT_MS).contains(&self.max_wait_ms) {
+            return Err("max_wait must be between 1s and 30 days".into());
         }
         if self.default_capacity == 0 || self.default_capacity > MAX_CAPACITY {
             return Err(format!("default_capacity must be between 1 and {MAX_CAPACITY}"));
@@ -151,6 +151,10 @@ impl GroupSpec {
         }
     }
 }
+
+/// Longest `max_wait` a group may have (due times stay exact in the Lua
+/// copy's JSON).
+pub const MAX_WAIT_LIMIT_MS: u64 = 30 * 24 * 3600 * 1000;
 
 /// A group with its members.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

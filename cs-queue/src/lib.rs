@@ -613,8 +613,11 @@ impl CsService {
     /// (the queue-length gauge is the sweeping node's); and while agents
     /// are connected, in time to reconcile them (their node may die).
     fn next_sweep(&self, reply: &Result<CsReply, storage::cs::CsError>, reconcile_every: Duration) -> Option<u64> {
+        // Due half an interval early, so that the tick it is meant for
+        // (which started before this sweep) finds it due.
         let now = im_core::now_ms();
-        let after = |d: Duration| now.saturating_add(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let slack = self.config.sweep_interval / 2;
+        let after = |d: Duration| now.saturating_add(u64::try_from((d - slack).as_millis()).unwrap_or(u64::MAX));
         let Ok(CsReply::Swept { next_due_ms, waiting, agents_connected }) = reply else {
             return Some(after(self.config.sweep_interval));
         };

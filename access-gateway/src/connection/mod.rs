@@ -493,6 +493,8 @@ impl<S> Conn<S> {
             if !read.delay.is_zero() {
                 tokio::time::sleep(read.delay).await;
             }
+            // Like a replay page: what this connection acked is not read back.
+            dispatch.acks().flush().await;
             let (conv, after, before, limit) = (&*read.conversation_id, read.after, read.before, read.limit);
             let found = dispatch.pending_between(&device, conv, after, before, limit).await;
             Loaded::Gap(read, found)

@@ -442,6 +442,11 @@ impl DeliveryWindow {
         }
         self.replay = None;
         self.events = Some(Box::default());
+        if let Some(order) = &mut self.order {
+            // The gap read of the old connection is gone with it; equal
+            // counts mean nothing was held.
+            order.replaying();
+        }
         if self.inflight.is_empty() {
             self.next_check = None;
             return;

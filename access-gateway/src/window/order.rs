@@ -239,12 +239,14 @@ impl Order {
         self.failures += 1;
     }
 
-    /// A replay pass starts: it delivers everything pending in order, so
-    /// nothing is held and no gap read matters any more.
+    /// A replay pass starts (or a parked window resumes): it delivers
+    /// everything pending in order, so nothing is held and no gap read
+    /// matters any more.
     pub(super) fn replaying(&mut self) {
-        for conv in self.convs.values_mut() {
-            conv.held.clear();
-        }
+        // What was known is rebuilt by the pass (its pages are read after
+        // this connection's acks are stored), so nothing known wrongly
+        // outlives a replay.
+        self.convs.clear();
         self.held = 0;
         self.reading = None;
         self.waiting.clear();

@@ -213,7 +213,11 @@ impl CsStore for RedisCs {
         if outcome.reply.is_ok() && !matches!(command, CsCommand::Sweep { .. }) {
             // Due at once: the next sweep looks at what the command left
             // (after it, so a sweep that ran before it cannot clear the mark).
-            self.mark_due(&mut conn, tenant, now_ms).await?;
+            // The command is done: a mark that cannot be written is found
+            // again by a node's seed at start (or the next command).
+            if let Err(e) = self.mark_due(&mut conn, tenant, now_ms).await {
+                tracing::warn!(error = %e, tenant, "cs: could not mark the tenant due for a sweep");
+            }
         }
         Ok(outcome)
     }

@@ -42,11 +42,9 @@ const ORPHAN_AGE: Duration = Duration::from_secs(60);
 /// nodes. The node that just won a seq knows the next one, so a loser can lose
 /// several times in a row while the winner's burst lasts.
 const SEQ_RACE_BUDGET: Duration = Duration::from_secs(10);
-/// Ids read per round trip when looking for a gap's pending messages, and
-/// the most looked at (a device with more pending than this in the seq
-/// range is replayed instead).
-const GAP_SCAN_PAGE: usize = 512;
-const GAP_SCAN_MAX: usize = 8 * GAP_SCAN_PAGE;
+/// The most pending ids looked at for a gap (a device with more pending
+/// than this in the seq range is replayed instead).
+const GAP_SCAN_MAX: usize = 4096;
 
 /// Conversations whose last seq this node caches.
 const SEQ_CACHE_MAX: usize = 100_000;
@@ -246,8 +244,7 @@ impl ClusterStore {
                 [prefix, msg_id.to_string(), seq.to_string(), leave_out.to_string(), slot.into(), now_ms.to_string()];
             let conversation = new.conversation_id.clone();
             async move {
-                let script = redis::Script::new(MARK_PENDING);
-                let mut call = script.prepare_invoke();
+                let mut call = MARK_PENDING_SCRIPT.prepare_invoke();
                 call.key(&keys[0]).key(&keys[1]);
                 for a in &args {
                     call.arg(a);
@@ -570,7 +567,8 @@ impl MessageStore for ClusterStore {
 const PENDING_PAGE: &str = include_str!("lua/pending-page.lua");
 
 /// See the script's header and [`ClusterStore::mark_pending`].
-const MARK_PENDING: &str = include_str!("lua/mark-pending.lua");
+static MARK_PENDING_SCRIPT: std::sync::LazyLock<redis::Script> =
+    std::sync::LazyLock::new(|| redis::Script::new(include_str!("lua/mark-pending.lua")));
 
 /// Registers a device; a user's first device takes over the user slot; past
 /// the limit the least recently seen device is forgotten with its pending set.
@@ -607,8 +605,12 @@ impl PendingStore for ClusterStore {
         let now = im_core::now_ms();
         let mut out = Vec::with_capacity(page.len());
         let mut orphans = Vec::new();
-        for (id, _) in page {
+        for (id, score) in page {
             match found.remove(&id) {
+                // Marked at a seq its append then lost to another node and
+                // stored at a later one meanwhile: it is being marked again
+                // at its real seq, and comes later in the set (or live).
+                Some(m) if m.seq != score => {}
                 Some(m) => out.push(m),
                 None if msg_id_time_ms(&id).is_some_and(|t| t + ORPHAN_AGE.as_millis() as u64 <= now) => {
                     orphans.push(id)
@@ -640,28 +642,21 @@ impl PendingStore for ClusterStore {
         // range are read a page at a time and MongoDB keeps the conversation's.
         let key = pending_key(&device.tenant, &device.user, &device.device);
         let mut conn = self.redis.clone();
-        let mut ids = Vec::new();
-        loop {
-            let page: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-                .arg(&key)
-                .arg(format!("({after_seq}"))
-                .arg(format!("({before_seq}"))
-                .arg("LIMIT")
-                .arg(ids.len())
-                .arg(GAP_SCAN_PAGE)
-                .query_async(&mut conn)
-                .await
-                .map_err(redis_err("ZRANGEBYSCORE"))?;
-            let last_page = page.len() < GAP_SCAN_PAGE;
-            ids.extend(page);
-            if last_page {
-                break;
-            }
-            if ids.len() >= GAP_SCAN_MAX {
-                return Err(StorageError::Unavailable(format!(
-                    "more than {GAP_SCAN_MAX} messages pending for the device in the seq range"
-                )));
-            }
+        // One read (paging by offset could skip an id acked between pages).
+        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&key)
+            .arg(format!("({after_seq}"))
+            .arg(format!("({before_seq}"))
+            .arg("LIMIT")
+            .arg(0)
+            .arg(GAP_SCAN_MAX + 1)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("ZRANGEBYSCORE"))?;
+        if ids.len() > GAP_SCAN_MAX {
+            return Err(StorageError::Unavailable(format!(
+                "more than {GAP_SCAN_MAX} messages pending for the device in the seq range"
+            )));
         }
         if ids.is_empty() {
             return Ok(Vec::new());
