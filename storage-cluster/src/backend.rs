@@ -149,6 +149,42 @@ mod tests {
 
     storage::conformance_suite!(fresh);
 
+    /// A replay page leaves out a message whose pending mark still has
+    /// another seq than the one it was stored at (its append lost the seq
+    /// race to another node after marking it, and marks it again): handed
+    /// out at the old place it would break the conversation's order.
+    #[tokio::test]
+    async fn a_pending_mark_at_another_seq_is_left_for_later() {
+        let Some((b, ())) = fresh().await else { return };
+        let t = format!("t{}", im_core::new_msg_id());
+        let bob = storage::DeviceKey::new(&t, "bob", "b1");
+        b.devices.register_device(&bob).await.unwrap();
+        let mut sent = Vec::new();
+        for i in 0..3 {
+            let new = storage::NewMessage {
+                tenant: t.clone(),
+                conversation_id: im_core::conversation_id(&t, "alice", "bob"),
+                from_user: "alice".into(),
+                from_device: "a1".into(),
+                to_user: "bob".into(),
+                client_msg_id: format!("m{i}"),
+                content: im_core::pb::Content { kind: Some(im_core::pb::content::Kind::Text(format!("m{i}"))) },
+            };
+            sent.push(b.messages.append(new).await.unwrap().message);
+        }
+        let options = ClusterOptions { redis_url: required_env("DDTEST_REDIS_URL").unwrap(), ..Default::default() };
+        let mut redis = connect_redis(&options.redis_url, Duration::from_secs(2)).await.unwrap();
+        // Seq 3's mark, as if still at the seq 1 it first tried.
+        let key = pending_key(&t, "bob", "b1");
+        let _: () = redis::cmd("ZADD").arg(&key).arg(1).arg(&sent[2].msg_id).query_async(&mut redis).await.unwrap();
+        let page = b.pending.pending(&bob, None, 10).await.unwrap();
+        let seqs: Vec<u64> = page.iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [1, 2], "seq 3 waits for its real mark");
+        let _: () = redis::cmd("ZADD").arg(&key).arg(3).arg(&sent[2].msg_id).query_async(&mut redis).await.unwrap();
+        let seqs: Vec<u64> = b.pending.pending(&bob, None, 10).await.unwrap().iter().map(|m| m.seq).collect();
+        assert_eq!(seqs, [1, 2, 3]);
+    }
+
     #[tokio::test]
     async fn unreachable_servers_are_named() {
         let options = ClusterOptions {
