@@ -324,7 +324,9 @@ impl DeliveryWindow {
             return;
         }
         if limits.order_across_nodes {
-            match self.order.get_or_insert_default().admit(&message, limits.max_inflight) {
+            // What waits counts against the window's room like what is out.
+            let room = limits.max_inflight.saturating_sub(self.inflight.len());
+            match self.order.get_or_insert_default().admit(&message, room) {
                 Admit::Deliver => {}
                 Admit::Behind => {
                     metrics::counter!("dongdong_pushes_behind_total").increment(1);
@@ -393,9 +395,17 @@ impl DeliveryWindow {
         metrics::counter!("dongdong_order_gap_reads_total").increment(1);
         metrics::counter!("dongdong_order_gap_filled_total").increment(filled as u64);
         for message in ready {
-            if !self.inflight.contains_key(message.msg_id.as_str()) {
-                self.deliver_live(limits, message, now, out);
+            if self.inflight.contains_key(message.msg_id.as_str()) {
+                continue;
             }
+            if self.inflight.len() >= limits.max_inflight {
+                // No room for the rest: they are pending, and a replay pass
+                // sends them in order as acks make room.
+                metrics::counter!("dongdong_order_replays_total").increment(1);
+                self.resync(now);
+                return;
+            }
+            self.deliver(limits, message, false, now, out);
         }
     }
 

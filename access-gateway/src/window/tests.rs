@@ -544,12 +544,27 @@ fn held_pushes_give_way_to_a_replay_pass_when_reads_fail_or_too_many_wait() {
     assert!(page.cursor.is_none());
     // A stale answer of the read given up on changes nothing.
     assert!(answer(&mut w, &read, vec![msg("a", 1)], now).is_empty());
-    // More held than max_inflight: replay.
+    // More held than the window has room for: replay.
     let mut w = live_ordered(now);
     for seq in 0..=ORDERED.max_inflight as u64 {
         assert!(push(&mut w, msg("b", 10 + seq), now).is_empty());
     }
     assert!(w.is_replaying());
+    // A gap read that finds more than the window has room for: what does
+    // not fit is left to a replay pass (not a slow-consumer close).
+    let mut w = live_ordered(now);
+    assert!(push(&mut w, msg("c", 20), now).is_empty());
+    let read = w.next_gap(&ORDERED).unwrap();
+    assert_eq!(read.limit, ORDERED.max_inflight);
+    // Pushes of other conversations wait for their own reads meanwhile.
+    for i in 0..ORDERED.max_inflight as u64 - 2 {
+        assert_eq!(push(&mut w, msg(&format!("d{i}"), 1), now).len(), 0);
+    }
+    let found: Vec<Message> = (1..20).map(|seq| msg("c", seq)).collect();
+    let (_, actions) = run(|out| w.on_gap(&ORDERED, &read, found, now, &mut |a| out(a)));
+    assert!(actions.iter().all(|a| matches!(a, Action::Deliver { .. })), "{actions:?}");
+    assert_eq!(w.in_flight(), ORDERED.max_inflight);
+    assert!(w.is_replaying(), "the rest waits for a replay pass");
 }
 
 /// The device's view of a conversation stored by two nodes, each pushing
