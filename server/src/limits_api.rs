@@ -116,13 +116,19 @@ impl LiveLimits {
             bus: bus.clone(),
             operator_key: (!operator_key.is_empty()).then(|| Sha256::digest(operator_key.as_bytes()).into()),
         });
+        // Subscribed before the first read: a change announced while the
+        // node starts is either read here or heard of (a node started in the
+        // same moment as an override once ran without it).
+        let changes = match &bus {
+            Some(bus) => Some(bus.subscribe(CHANNEL).await?),
+            None => None,
+        };
         if let Err(e) = live.reread().await {
             // A stored override that cannot be read now: the file's values
             // stand until it can (the next announcement or SIGHUP).
             warn!(error = %e, "cannot read the stored limits override; running with the config file's");
         }
-        if let Some(bus) = bus {
-            let mut changes = bus.subscribe(CHANNEL).await?;
+        if let Some(mut changes) = changes {
             let this = Arc::downgrade(&live);
             let stop = shutdown.clone();
             tokio::spawn(async move {
