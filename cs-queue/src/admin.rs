@@ -28,23 +28,30 @@ impl GroupPatch {
     fn apply(self, spec: &mut GroupSpec) -> Vec<GroupField> {
         let GroupPatch { name, policy, max_queue, max_wait_ms, auto_join, default_capacity } = self;
         let mut set = Vec::new();
-        let mut mark = |given: bool, field| {
-            if given {
-                set.push(field)
-            }
-        };
-        mark(name.is_some(), GroupField::Name);
-        mark(policy.is_some(), GroupField::Policy);
-        mark(max_queue.is_some(), GroupField::MaxQueue);
-        mark(max_wait_ms.is_some(), GroupField::MaxWaitMs);
-        mark(auto_join.is_some(), GroupField::AutoJoin);
-        mark(default_capacity.is_some(), GroupField::DefaultCapacity);
-        spec.name = name.unwrap_or(std::mem::take(&mut spec.name));
-        spec.policy = policy.unwrap_or(spec.policy);
-        spec.max_queue = max_queue.unwrap_or(spec.max_queue);
-        spec.max_wait_ms = max_wait_ms.unwrap_or(spec.max_wait_ms);
-        spec.auto_join = auto_join.unwrap_or(spec.auto_join);
-        spec.default_capacity = default_capacity.unwrap_or(spec.default_capacity);
+        if let Some(v) = name {
+            spec.name = v;
+            set.push(GroupField::Name);
+        }
+        if let Some(v) = policy {
+            spec.policy = v;
+            set.push(GroupField::Policy);
+        }
+        if let Some(v) = max_queue {
+            spec.max_queue = v;
+            set.push(GroupField::MaxQueue);
+        }
+        if let Some(v) = max_wait_ms {
+            spec.max_wait_ms = v;
+            set.push(GroupField::MaxWaitMs);
+        }
+        if let Some(v) = auto_join {
+            spec.auto_join = v;
+            set.push(GroupField::AutoJoin);
+        }
+        if let Some(v) = default_capacity {
+            spec.default_capacity = v;
+            set.push(GroupField::DefaultCapacity);
+        }
         set
     }
 }

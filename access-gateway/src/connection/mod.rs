@@ -471,13 +471,14 @@ impl<S> Conn<S> {
     /// Starts loading what the window asks for next, if anything: a page
     /// of its messages pass or of its events pass.
     fn start_page(&mut self) {
+        let limits = self.gw.config.window_limits();
         if self.page.as_ref().is_none_or(|p| p.gap.is_none())
-            && let Some(read) = self.window.next_gap(&self.gw.config.window_limits())
+            && let Some(read) = self.window.next_gap(&limits)
         {
             let gap = self.load_gap(read);
             self.page.get_or_insert_default().gap = Some(gap);
         }
-        let future = match self.window.next_load(&self.gw.config.window_limits(), self.outbox.room() / 2) {
+        let future = match self.window.next_load(&limits, self.outbox.room() / 2) {
             None => return,
             Some(Load::Messages(req)) => self.load_page(req),
             Some(Load::Events { after, limit }) => self.load_events(after, limit),

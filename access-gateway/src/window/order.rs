@@ -102,13 +102,19 @@ pub(super) struct Order {
 }
 
 impl Order {
+    /// The conversation's state, made on its first push (the id is copied
+    /// only then: this runs for every live push).
     fn conv(&mut self, id: &str) -> &mut Conv {
-        if !self.convs.contains_key(id) && self.convs.len() >= MAX_CONVERSATIONS {
-            // Forget the idle ones: their next push costs a read, no more.
-            let reading = self.reading.clone();
-            self.convs.retain(|k, c| !c.held.is_empty() || reading.as_deref() == Some(&**k));
+        if !self.convs.contains_key(id) {
+            if self.convs.len() >= MAX_CONVERSATIONS {
+                // Forget the idle ones: their next push costs a read, no more.
+                let reading = self.reading.clone();
+                self.convs.retain(|k, c| !c.held.is_empty() || reading.as_deref() == Some(&**k));
+            }
+            self.convs.insert(id.into(), Conv::default());
         }
-        self.convs.entry(id.into()).or_default()
+        let Some(conv) = self.convs.get_mut(id) else { unreachable!("inserted above") };
+        conv
     }
 
     /// Whether a live push goes out now; `max_held` bounds what waits.
