@@ -10,7 +10,8 @@
 # server, from PyPI into a venv under .test-services/; playwright-core and
 # axe-core from npm into tests/web/node_modules, the SDK's TypeScript, esbuild,
 # ws and protobufjs into sdk/js/node_modules), starts a private Redis and a private
-# secantusdb on free ports, points the tests at them, and stops them
+# secantusdb and a private 3-master Redis Cluster on free ports, points the
+# tests at them, and stops them
 # afterwards. Extra arguments go to `cargo test`. Builds go to
 # CARGO_TARGET_DIR when it is set (CI keeps one outside the clone).
 set -euo pipefail
@@ -53,17 +54,22 @@ mongo_port=$(free_port)
 "$venv/bin/python" -m secantus --port "$mongo_port" --storage-path "$run_dir/mongo" \
   >"$run_dir/secantus.log" 2>&1 &
 mongo_pid=$!
+redis_cluster_pids=()
 cleanup() {
-  kill "$redis_pid" "$mongo_pid" 2>/dev/null || true
-  wait "$redis_pid" "$mongo_pid" 2>/dev/null || true
+  kill "$redis_pid" "$mongo_pid" "${redis_cluster_pids[@]}" 2>/dev/null || true
+  wait "$redis_pid" "$mongo_pid" "${redis_cluster_pids[@]}" 2>/dev/null || true
   rm -rf "$run_dir"
 }
 trap cleanup EXIT
 wait_port "$redis_port" redis-server
 wait_port "$mongo_port" secantusdb
+# A 3-master Redis Cluster: the conformance suite and the 3-node tests run on
+# it too.
+start_redis_cluster "$run_dir/redis-cluster" 3 0
 
 export DDTEST_REDIS_URL="redis://127.0.0.1:$redis_port"
 export DDTEST_MONGO_URL="mongodb://127.0.0.1:$mongo_port"
+export DDTEST_REDIS_CLUSTER="$redis_cluster_seeds"
 # Failure tests start servers of their own with these.
 export DDTEST_REDIS_SERVER="$(command -v redis-server)"
 export DDTEST_SECANTUS_PYTHON="$venv/bin/python"

@@ -2,6 +2,7 @@
 //! timing, error mapping.
 
 mod bus;
+mod conn;
 mod cs;
 mod files;
 mod messages;
@@ -12,6 +13,7 @@ mod search;
 mod settings;
 
 pub use bus::RedisBus;
+pub use conn::RedisConn;
 pub use cs::RedisCs;
 pub use messages::ClusterStore;
 pub use presence::RedisPresence;
@@ -19,6 +21,7 @@ pub use search::ClusterSearch;
 
 use crate::ClusterOptions;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
 use std::sync::Arc;
 use std::time::Duration;
 use storage::{Backends, Result, StorageError};
@@ -84,34 +87,59 @@ pub(crate) fn redis_err(what: &'static str) -> impl Fn(redis::RedisError) -> Sto
     }
 }
 
-/// Connects to Redis with explicit timeouts; the manager reconnects by itself.
-pub async fn connect_redis(url: &str, timeout: Duration) -> Result<ConnectionManager> {
-    let client =
-        redis::Client::open(url).map_err(|e| StorageError::Unavailable(format!("invalid redis_url {url:?}: {e}")))?;
-    let config = ConnectionManagerConfig::new()
-        .set_response_timeout(Some(timeout))
-        .set_connection_timeout(Some(timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(1));
-    let mut conn = tokio::time::timeout(timeout * 2, ConnectionManager::new_with_config(client, config))
-        .await
-        .map_err(|_| StorageError::Unavailable(format!("cannot reach Redis at {url}: timed out")))?
-        .map_err(|e| StorageError::Unavailable(format!("cannot reach Redis at {url}: {e}")))?;
-    let _: String = redis::cmd("PING")
-        .query_async(&mut conn)
-        .await
-        .map_err(|e| StorageError::Unavailable(format!("cannot reach Redis at {url}: {e}")))?;
+/// Connects to Redis with explicit timeouts, to the cluster when seed nodes
+/// are given; either connection reconnects by itself.
+pub async fn connect_redis(options: &ClusterOptions) -> Result<RedisConn> {
+    let timeout = options.redis_timeout;
+    let target = options.redis_target();
+    let unreachable = |e: &dyn std::fmt::Display| StorageError::Unavailable(format!("cannot reach {target}: {e}"));
+    let mut conn = if options.redis_cluster.is_empty() {
+        let url = &options.redis_url;
+        let client = redis::Client::open(url.as_str())
+            .map_err(|e| StorageError::Unavailable(format!("invalid redis_url {url:?}: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(Some(timeout))
+            .set_connection_timeout(Some(timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(1));
+        let manager = tokio::time::timeout(timeout * 2, ConnectionManager::new_with_config(client, config))
+            .await
+            .map_err(|_| unreachable(&"timed out"))?
+            .map_err(|e| unreachable(&e))?;
+        RedisConn::Single(manager)
+    } else {
+        let client = cluster_client(&options.redis_cluster, timeout)
+            .build()
+            .map_err(|e| StorageError::Unavailable(format!("invalid redis_cluster: {e}")))?;
+        let conn = tokio::time::timeout(timeout * 2, client.get_async_connection())
+            .await
+            .map_err(|_| unreachable(&"timed out"))?
+            .map_err(|e| unreachable(&e))?;
+        RedisConn::Cluster(conn)
+    };
+    let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(|e| unreachable(&e))?;
     Ok(conn)
+}
+
+/// A Redis Cluster client with the backend's timeouts: MOVED and ASK are
+/// followed, and a request is retried while the cluster fails over.
+pub(crate) fn cluster_client(seeds: &[String], timeout: Duration) -> ClusterClientBuilder {
+    ClusterClientBuilder::new(seeds.to_vec())
+        .connection_timeout(timeout)
+        .response_timeout(timeout)
+        .retries(4)
+        .min_retry_wait(50)
+        .max_retry_wait(1000)
 }
 
 /// The cluster backend for node `node_id`: every storage trait. Fails with
 /// a message naming Redis or MongoDB when either cannot be reached.
 pub async fn connect(options: ClusterOptions, node_id: &str) -> Result<(Backends, Arc<ClusterStore>)> {
     {
-        let redis = connect_redis(&options.redis_url, options.redis_timeout).await?;
+        let redis = connect_redis(&options).await?;
         let store = ClusterStore::connect(redis.clone(), &options).await?;
         let presence = RedisPresence::start(redis.clone(), node_id, options.presence_ttl);
-        let bus = RedisBus::new(&options.redis_url, redis.clone(), options.redis_timeout)?;
+        let bus = RedisBus::new(&options, redis.clone())?;
         let search = Arc::new(ClusterSearch::open(redis.clone(), &store.db, node_id).await?);
         let backends = Backends {
             messages: store.clone(),
@@ -130,24 +158,59 @@ pub async fn connect(options: ClusterOptions, node_id: &str) -> Result<(Backends
     }
 }
 
+/// The test servers `scripts/test.sh` starts: its single Redis, or
+/// (`cluster`) its Redis Cluster (`DDTEST_REDIS_CLUSTER`, seeds separated by
+/// commas). None (the test is skipped) when not set, outside CI.
+#[cfg(test)]
+pub(crate) fn test_redis_options(cluster: bool) -> Option<ClusterOptions> {
+    use storage::conformance::required_env;
+    let mut options = ClusterOptions::default();
+    if cluster {
+        options.redis_cluster = required_env("DDTEST_REDIS_CLUSTER")?.split(',').map(String::from).collect();
+    } else {
+        options.redis_url = required_env("DDTEST_REDIS_URL")?;
+    }
+    Some(options)
+}
+
+#[cfg(test)]
+pub(crate) async fn test_redis(cluster: bool) -> Option<RedisConn> {
+    Some(connect_redis(&test_redis_options(cluster)?).await.unwrap())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use storage::conformance::required_env;
 
-    async fn fresh() -> Option<(Backends, ())> {
+    async fn fresh_on(cluster: bool) -> Option<(Backends, ())> {
         let options = ClusterOptions {
-            redis_url: required_env("DDTEST_REDIS_URL")?,
             mongo_url: required_env("DDTEST_MONGO_URL")?,
             mongo_database: "dongdong_conformance".into(),
-            ..ClusterOptions::default()
+            ..test_redis_options(cluster)?
         };
         let node = format!("conformance-{}", im_core::new_msg_id());
         let (backends, _) = connect(options, &node).await.unwrap();
         Some((backends, ()))
     }
 
+    async fn fresh() -> Option<(Backends, ())> {
+        fresh_on(false).await
+    }
+
     storage::conformance_suite!(fresh);
+
+    /// The same suite with Redis Cluster under the backend: every script and
+    /// pipeline keeps to one slot (or is split by one), the bus is sharded.
+    mod on_redis_cluster {
+        use super::*;
+
+        async fn fresh() -> Option<(Backends, ())> {
+            fresh_on(true).await
+        }
+
+        storage::conformance_suite!(fresh);
+    }
 
     /// A replay page leaves out a message whose pending mark still has
     /// another seq than the one it was stored at (its append lost the seq
@@ -172,8 +235,7 @@ mod tests {
             };
             sent.push(b.messages.append(new).await.unwrap().message);
         }
-        let options = ClusterOptions { redis_url: required_env("DDTEST_REDIS_URL").unwrap(), ..Default::default() };
-        let mut redis = connect_redis(&options.redis_url, Duration::from_secs(2)).await.unwrap();
+        let mut redis = test_redis(false).await.unwrap();
         // Seq 3's mark, as if still at the seq 1 it first tried.
         let key = pending_key(&t, "bob", "b1");
         let _: () = redis::cmd("ZADD").arg(&key).arg(1).arg(&sent[2].msg_id).query_async(&mut redis).await.unwrap();
@@ -207,8 +269,16 @@ mod tests {
 
     #[tokio::test]
     async fn presence_is_refreshed_recreated_and_expires_with_its_node() {
-        let Some(url) = required_env("DDTEST_REDIS_URL") else { return };
-        let redis = connect_redis(&url, Duration::from_secs(2)).await.unwrap();
+        presence_refresh(false).await;
+    }
+
+    #[tokio::test]
+    async fn presence_is_refreshed_on_redis_cluster() {
+        presence_refresh(true).await;
+    }
+
+    async fn presence_refresh(cluster: bool) {
+        let Some(redis) = test_redis(cluster).await else { return };
         let tenant = format!("t{}", im_core::new_msg_id());
         let device = storage::DeviceKey::new(&tenant, "alice", "phone");
         let ttl = Duration::from_millis(600);

@@ -13,6 +13,11 @@ use std::time::Duration;
 pub struct ClusterOptions {
     /// Redis, for presence, pending ids, the node bus and customer service.
     pub redis_url: String,
+    /// Seed nodes of a Redis Cluster (`redis://host:port` each), used
+    /// instead of `redis_url` when given. A list, or in an environment
+    /// variable one string with the seeds separated by commas.
+    #[serde(deserialize_with = "seeds")]
+    pub redis_cluster: Vec<String>,
     /// MongoDB, for the message log and files.
     pub mongo_url: String,
     pub mongo_database: String,
@@ -48,6 +53,7 @@ impl Default for ClusterOptions {
     fn default() -> Self {
         Self {
             redis_url: "redis://127.0.0.1:6379".into(),
+            redis_cluster: Vec::new(),
             mongo_url: "mongodb://127.0.0.1:27017".into(),
             mongo_database: "dongdong".into(),
             write_concern: "majority".into(),
@@ -62,12 +68,40 @@ impl Default for ClusterOptions {
     }
 }
 
+/// A list of strings, or one string of comma-separated items (as an
+/// environment variable gives it).
+fn seeds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Seeds {
+        List(Vec<String>),
+        One(String),
+    }
+    Ok(match Seeds::deserialize(d)? {
+        Seeds::List(v) => v,
+        Seeds::One(s) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
+    })
+}
+
 impl ClusterOptions {
+    /// Where Redis is, for messages: the cluster's seeds, or the URL.
+    pub fn redis_target(&self) -> String {
+        if self.redis_cluster.is_empty() {
+            format!("Redis at {}", self.redis_url)
+        } else {
+            format!("the Redis Cluster at {}", self.redis_cluster.join(","))
+        }
+    }
+
     /// Checks the keys (when the cluster backend is the one in use).
     pub fn validate(&self) -> Result<(), im_core::InvalidSetting> {
         let invalid = |key: &str, reason: &str| Err(im_core::InvalidSetting::new(format!("storage.{key}"), reason));
-        if !self.redis_url.starts_with("redis://") && !self.redis_url.starts_with("rediss://") {
+        let redis_scheme = |url: &str| url.starts_with("redis://") || url.starts_with("rediss://");
+        if !redis_scheme(&self.redis_url) {
             return invalid("redis_url", "must start with redis:// or rediss://");
+        }
+        if !self.redis_cluster.iter().all(|seed| redis_scheme(seed)) {
+            return invalid("redis_cluster", "every seed node must start with redis:// or rediss://");
         }
         if !self.mongo_url.starts_with("mongodb://") && !self.mongo_url.starts_with("mongodb+srv://") {
             return invalid("mongo_url", "must start with mongodb:// or mongodb+srv://");

@@ -3,11 +3,17 @@
 //! resubscribes after a loss. Messages published while it was away are lost,
 //! and so are those a full inbox drops: either way the node is told (an
 //! empty payload) before any later message, and its connections replay.
+//!
+//! On a Redis Cluster the channels are sharded (`SPUBLISH`/`SSUBSCRIBE`,
+//! Redis 7): a message goes only to the master that owns its channel's slot,
+//! not to every node of the cluster as plain `PUBLISH` would, so the bus
+//! grows with the cluster. The cluster client resubscribes where the slot
+//! moves (failover, resharding); a lost connection is reported to the node
+//! the same way as on a single Redis.
 
-use super::{CallTimer, redis_err};
+use super::{CallTimer, ClusterOptions, RedisConn, redis_err};
 use async_trait::async_trait;
 use futures_util::StreamExt;
-use redis::aio::ConnectionManager;
 use std::time::Duration;
 use storage::{NodeBus, Result, StorageError};
 use tokio::sync::mpsc;
@@ -15,9 +21,14 @@ use tokio::sync::mpsc;
 /// Pushes queued for this node before the connection task takes them.
 const INBOX: usize = 65_536;
 
+enum Subscriber {
+    Single(redis::Client),
+    Cluster(Vec<String>),
+}
+
 pub struct RedisBus {
-    client: redis::Client,
-    publisher: ConnectionManager,
+    subscriber: Subscriber,
+    publisher: RedisConn,
     timeout: Duration,
 }
 
@@ -26,10 +37,16 @@ pub(crate) fn channel(node_id: &str) -> String {
 }
 
 impl RedisBus {
-    pub fn new(url: &str, publisher: ConnectionManager, timeout: Duration) -> Result<Self> {
-        let client =
-            redis::Client::open(url).map_err(|e| StorageError::Unavailable(format!("invalid redis_url: {e}")))?;
-        Ok(Self { client, publisher, timeout })
+    pub fn new(options: &ClusterOptions, publisher: RedisConn) -> Result<Self> {
+        let subscriber = if options.redis_cluster.is_empty() {
+            Subscriber::Single(
+                redis::Client::open(options.redis_url.as_str())
+                    .map_err(|e| StorageError::Unavailable(format!("invalid redis_url: {e}")))?,
+            )
+        } else {
+            Subscriber::Cluster(options.redis_cluster.clone())
+        };
+        Ok(Self { subscriber, publisher, timeout: options.redis_timeout })
     }
 }
 
@@ -37,7 +54,8 @@ impl RedisBus {
 impl NodeBus for RedisBus {
     async fn publish(&self, node_id: &str, payload: Vec<u8>) -> Result<()> {
         let _timer = CallTimer::new("redis", "publish");
-        let _receivers: u64 = redis::cmd("PUBLISH")
+        let command = if self.publisher.is_cluster() { "SPUBLISH" } else { "PUBLISH" };
+        let _receivers: u64 = redis::cmd(command)
             .arg(channel(node_id))
             .arg(payload)
             .query_async(&mut self.publisher.clone())
@@ -50,12 +68,101 @@ impl NodeBus for RedisBus {
     async fn subscribe(&self, node_id: &str) -> Result<mpsc::Receiver<Vec<u8>>> {
         let (tx, rx) = mpsc::channel(INBOX);
         let name = channel(node_id);
+        let timed_out = |_| StorageError::Unavailable("redis subscribe: timed out".into());
         // Subscribe once now so that start-up fails loudly if Redis is away.
-        let first = tokio::time::timeout(self.timeout, subscribe_once(&self.client, &name))
-            .await
-            .map_err(|_| StorageError::Unavailable("redis subscribe: timed out".into()))??;
-        tokio::spawn(subscriber(self.client.clone(), name, first, tx));
+        match &self.subscriber {
+            Subscriber::Single(client) => {
+                let first =
+                    tokio::time::timeout(self.timeout, subscribe_once(client, &name)).await.map_err(timed_out)??;
+                tokio::spawn(subscriber(client.clone(), name, first, Inbox::new(tx)));
+            }
+            Subscriber::Cluster(seeds) => {
+                let (pushes, received) = mpsc::unbounded_channel();
+                let client = super::cluster_client(seeds, self.timeout)
+                    .use_protocol(redis::ProtocolVersion::RESP3)
+                    .push_sender(pushes)
+                    .build()
+                    .map_err(redis_err("cluster pubsub client"))?;
+                let conn = tokio::time::timeout(self.timeout, async {
+                    let mut conn = client.get_async_connection().await?;
+                    conn.ssubscribe(&name).await?;
+                    Ok::<_, redis::RedisError>(conn)
+                })
+                .await
+                .map_err(timed_out)?
+                .map_err(redis_err("SSUBSCRIBE"))?;
+                tokio::spawn(sharded_subscriber(conn, name, received, Inbox::new(tx)));
+            }
+        }
         Ok(rx)
+    }
+}
+
+/// Where the subscriber puts what arrives: the node's bounded inbox. When it
+/// is full, pushes are dropped and the node hears so (an empty payload)
+/// before the next one.
+struct Inbox {
+    tx: mpsc::Sender<Vec<u8>>,
+    dropped: bool,
+}
+
+impl Inbox {
+    fn new(tx: mpsc::Sender<Vec<u8>>) -> Self {
+        Self { tx, dropped: false }
+    }
+
+    /// False once the node has stopped listening.
+    fn deliver(&mut self, payload: Vec<u8>) -> bool {
+        // The marker first, and the push only once the marker went.
+        let sent = if self.dropped { self.tx.try_send(Vec::new()) } else { Ok(()) };
+        match sent.and_then(|()| self.tx.try_send(payload)) {
+            Ok(()) => self.dropped = false,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Dropped pushes stay pending: the empty payload sent
+                // ahead of the next push makes the connections replay.
+                metrics::counter!("dongdong_bus_dropped_total").increment(1);
+                self.dropped = true;
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        }
+        true
+    }
+
+    /// Tells the node that pushes may have been lost; false once it has
+    /// stopped listening.
+    async fn lost(&mut self) -> bool {
+        self.dropped = false;
+        self.tx.send(Vec::new()).await.is_ok()
+    }
+}
+
+async fn sharded_subscriber(
+    conn: redis::cluster_async::ClusterConnection,
+    channel: String,
+    mut pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
+    mut inbox: Inbox,
+) {
+    // Held for the subscription's life: the client resubscribes with it.
+    let _conn = conn;
+    while let Some(push) = pushes.recv().await {
+        let open = match push.kind {
+            redis::PushKind::SMessage => match push.data.into_iter().nth(1) {
+                Some(redis::Value::BulkString(payload)) => inbox.deliver(payload),
+                _ => true,
+            },
+            redis::PushKind::Disconnection => {
+                // One of the cluster's connections closed: the client
+                // reconnects and resubscribes; what was published
+                // meanwhile may be lost.
+                metrics::counter!("dongdong_bus_disconnects_total").increment(1);
+                tracing::warn!(channel, "a node bus connection to the Redis Cluster closed; resubscribing");
+                inbox.lost().await
+            }
+            _ => true,
+        };
+        if !open {
+            return;
+        }
     }
 }
 
@@ -65,7 +172,7 @@ async fn subscribe_once(client: &redis::Client, channel: &str) -> Result<redis::
     Ok(pubsub)
 }
 
-async fn subscriber(client: redis::Client, channel: String, first: redis::aio::PubSub, tx: mpsc::Sender<Vec<u8>>) {
+async fn subscriber(client: redis::Client, channel: String, first: redis::aio::PubSub, mut inbox: Inbox) {
     let mut pubsub = Some(first);
     let mut backoff = Duration::from_millis(50);
     loop {
@@ -76,7 +183,7 @@ async fn subscriber(client: redis::Client, channel: String, first: redis::aio::P
                     tracing::info!(channel, "resubscribed to the node bus");
                     backoff = Duration::from_millis(50);
                     // Tell the node that pushes may have been lost meanwhile.
-                    if tx.send(Vec::new()).await.is_err() {
+                    if !inbox.lost().await {
                         return;
                     }
                     p
@@ -85,7 +192,7 @@ async fn subscriber(client: redis::Client, channel: String, first: redis::aio::P
                     tracing::warn!(error = %e, "node bus subscribe failed; retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
-                    if tx.is_closed() {
+                    if inbox.tx.is_closed() {
                         return;
                     }
                     continue;
@@ -93,21 +200,9 @@ async fn subscriber(client: redis::Client, channel: String, first: redis::aio::P
             },
         };
         let mut stream = current.into_on_message();
-        // Pushes were dropped: the node must hear so before any later one.
-        let mut dropped = false;
         while let Some(msg) = stream.next().await {
-            let payload: Vec<u8> = msg.get_payload_bytes().to_vec();
-            // The marker first, and the push only once the marker went.
-            let sent = if dropped { tx.try_send(Vec::new()) } else { Ok(()) };
-            match sent.and_then(|()| tx.try_send(payload)) {
-                Ok(()) => dropped = false,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    // Dropped pushes stay pending: the empty payload sent
-                    // ahead of the next push makes the connections replay.
-                    metrics::counter!("dongdong_bus_dropped_total").increment(1);
-                    dropped = true;
-                }
-                Err(mpsc::error::TrySendError::Closed(_)) => return,
+            if !inbox.deliver(msg.get_payload_bytes().to_vec()) {
+                return;
             }
         }
         metrics::counter!("dongdong_bus_disconnects_total").increment(1);

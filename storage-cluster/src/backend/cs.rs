@@ -16,9 +16,9 @@
 //! the retention period), `ended` and `h:<user>` (the tenant's and the user's
 //! ended sessions by end time, as long), `p:<user>` (profile hash). `dd:cs:tenants` lists tenants for the sweep.
 
+use super::RedisConn;
 use super::{CallTimer, redis_err};
 use redis::AsyncCommands;
-use redis::aio::ConnectionManager;
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 use storage::Result;
@@ -45,7 +45,7 @@ const SWEEP_LEASE: &str = include_str!("lua/sweep-lease.lua");
 
 /// The cluster [`CsStore`].
 pub struct RedisCs {
-    redis: ConnectionManager,
+    redis: RedisConn,
     script: redis::Script,
     sweep_lease: redis::Script,
     put_reply: redis::Script,
@@ -115,7 +115,7 @@ fn session(tenant: &str, json: &str) -> Result<Session> {
 
 impl RedisCs {
     /// `retention`: how long ended sessions and claimed left messages stay.
-    pub fn new(redis: ConnectionManager, retention: Duration) -> Self {
+    pub fn new(redis: RedisConn, retention: Duration) -> Self {
         Self {
             redis,
             script: redis::Script::new(LUA_SCRIPT),
@@ -127,7 +127,7 @@ impl RedisCs {
         }
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> RedisConn {
         self.redis.clone()
     }
 
@@ -428,7 +428,7 @@ impl CsStore for RedisCs {
 
 impl RedisCs {
     /// Makes `tenant` due for a sweep at `at` unless it is due sooner.
-    async fn mark_due(&self, conn: &mut ConnectionManager, tenant: &str, at: u64) -> Result<()> {
+    async fn mark_due(&self, conn: &mut RedisConn, tenant: &str, at: u64) -> Result<()> {
         redis::cmd("ZADD")
             .arg(DUE)
             .arg("LT")
@@ -457,7 +457,6 @@ mod tests {
     use futures_util::future::join_all;
     use proptest::prelude::*;
     use proptest::test_runner::{Config, TestCaseError, TestRunner};
-    use storage::conformance::required_env;
 
     fn step() -> impl Strategy<Value = Step> {
         (0..testing::OPS, 0usize..12, 0usize..12, 0u64..30_000).prop_map(|(op, x, y, dt)| Step { op, x, y, dt })
@@ -565,8 +564,7 @@ mod tests {
     /// over once the lease has run out.
     #[tokio::test]
     async fn one_node_sweeps_a_tenant_until_its_lease_runs_out() {
-        let Some(url) = required_env("DDTEST_REDIS_URL") else { return };
-        let redis = super::super::connect_redis(&url, Duration::from_secs(2)).await.unwrap();
+        let Some(redis) = super::super::test_redis(false).await else { return };
         let cs = RedisCs::new(redis, Duration::from_secs(600));
         let t = format!("lease-{}", im_core::new_msg_id());
         let spec = GroupSpec { id: "g".into(), ..GroupSpec::default() };
@@ -595,8 +593,7 @@ mod tests {
     /// keeps its mark.
     #[tokio::test]
     async fn a_tenant_is_swept_when_due_and_not_while_idle() {
-        let Some(url) = required_env("DDTEST_REDIS_URL") else { return };
-        let redis = super::super::connect_redis(&url, Duration::from_secs(2)).await.unwrap();
+        let Some(redis) = super::super::test_redis(false).await else { return };
         let cs = RedisCs::new(redis, Duration::from_secs(600));
         let t = format!("due-{}", im_core::new_msg_id());
         // Due: in the index at or before now (other tests' tenants may be
@@ -636,11 +633,22 @@ mod tests {
     /// 2,000) through both copies of the rules.
     #[test]
     fn the_lua_script_and_the_rust_engine_agree_step_by_step() {
-        let Some(url) = required_env("DDTEST_REDIS_URL") else { return };
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        let redis = rt.block_on(super::super::connect_redis(&url, Duration::from_secs(2))).unwrap();
-        let lua = RedisCs::new(redis, Duration::from_secs(600));
         let cases = std::env::var("DD_CS_DIFF_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+        differential(false, cases);
+    }
+
+    /// The same on Redis Cluster, fewer cases: the script reaches keys of
+    /// its tenant's slot that are not among its declared keys (queues,
+    /// ended sessions), which a cluster allows only within one slot.
+    #[test]
+    fn the_lua_script_agrees_on_redis_cluster() {
+        differential(true, 150);
+    }
+
+    fn differential(cluster: bool, cases: u32) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let Some(redis) = rt.block_on(super::super::test_redis(cluster)) else { return };
+        let lua = RedisCs::new(redis, Duration::from_secs(600));
         let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
         let result = runner.run(&proptest::collection::vec(step(), 1..60), |steps| {
             let tenant = format!("diff-{}", im_core::new_msg_id());

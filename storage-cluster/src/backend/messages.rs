@@ -16,6 +16,7 @@
 //!
 //! Inserts of concurrent senders are batched into `insert_many` calls.
 
+use super::RedisConn;
 use super::{CallTimer, ClusterOptions, convs_key, devices_key, events_keys, pending_key, redis_err};
 use async_trait::async_trait;
 use dashmap::DashMap;
@@ -25,7 +26,6 @@ use mongodb::bson::{Binary, Document, doc, spec::BinarySubtype};
 use mongodb::options::{Acknowledgment, IndexOptions, WriteConcern};
 use mongodb::{Collection, IndexModel};
 use prost::Message as _;
-use redis::aio::ConnectionManager;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storage::{
@@ -68,7 +68,7 @@ pub(super) struct LastMessage {
 }
 
 pub struct ClusterStore {
-    pub(super) redis: ConnectionManager,
+    pub(super) redis: RedisConn,
     pub(super) db: mongodb::Database,
     pub(super) messages: Collection<Document>,
     revocations: Collection<Document>,
@@ -113,7 +113,7 @@ pub(super) fn mongo_err(what: &'static str) -> impl Fn(mongodb::error::Error) ->
 }
 
 impl ClusterStore {
-    pub(crate) async fn connect(redis: ConnectionManager, options: &ClusterOptions) -> Result<Arc<Self>> {
+    pub(crate) async fn connect(redis: RedisConn, options: &ClusterOptions) -> Result<Arc<Self>> {
         let url = &options.mongo_url;
         let unreachable =
             |e: mongodb::error::Error| StorageError::Unavailable(format!("cannot reach MongoDB at {url}: {e}"));

@@ -5,10 +5,10 @@
 //! Removal compares the epoch, so a late close never removes a newer entry;
 //! a refresh re-creates an entry Redis lost, and never overwrites a newer one.
 
+use super::RedisConn;
 use super::{CallTimer, presence_key, redis_err};
 use async_trait::async_trait;
 use dashmap::DashMap;
-use redis::aio::ConnectionManager;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use storage::{DeviceKey, PresenceEntry, PresenceRegistry, Result};
@@ -39,7 +39,7 @@ fn seen_key(tenant: &str, user: &str) -> String {
 }
 
 pub struct RedisPresence {
-    redis: ConnectionManager,
+    redis: RedisConn,
     ttl: Duration,
     /// Entries this node registered, refreshed until unregistered.
     local: DashMap<DeviceKey, PresenceEntry>,
@@ -63,7 +63,7 @@ fn decode(device: Arc<DeviceKey>, v: &str) -> Option<(PresenceEntry, u64)> {
 
 impl RedisPresence {
     /// Starts the refresh task of `node_id`'s entries; it ends with the registry.
-    pub fn start(redis: ConnectionManager, node_id: &str, ttl: Duration) -> Arc<Self> {
+    pub fn start(redis: RedisConn, node_id: &str, ttl: Duration) -> Arc<Self> {
         let this = Arc::new(Self { redis, ttl, local: DashMap::new(), refreshing: tokio::sync::Mutex::new(()) });
         tokio::spawn(refresh_loop(Arc::downgrade(&this), ttl / 3, node_id.to_string()));
         this

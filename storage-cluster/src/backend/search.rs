@@ -18,13 +18,13 @@
 //! node) only costs the read. One node indexes at a time: the holder of
 //! the Redis lease `dd:search:lease:<database>`.
 
+use super::RedisConn;
 use super::{CallTimer, redis_err, unavailable};
 use async_trait::async_trait;
 use futures_util::TryStreamExt;
 use mongodb::bson::{Document, doc};
 use mongodb::options::{FindOptions, IndexOptions, InsertManyOptions};
 use mongodb::{Collection, IndexModel};
-use redis::aio::ConnectionManager;
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -40,7 +40,7 @@ const LEASE: Duration = Duration::from_secs(15);
 const MAX_SEEN: usize = 2_000_000;
 
 pub struct ClusterSearch {
-    redis: ConnectionManager,
+    redis: RedisConn,
     node: String,
     /// `dd:search:lease:<database>`: one indexer per database.
     lease_key: String,
@@ -84,7 +84,7 @@ async fn find_all(
 }
 
 impl ClusterSearch {
-    pub async fn open(redis: ConnectionManager, db: &mongodb::Database, node: &str) -> Result<Self> {
+    pub async fn open(redis: RedisConn, db: &mongodb::Database, node: &str) -> Result<Self> {
         let entries: Collection<Document> = db.collection("search");
         let indexes = [
             ("tenant_terms", doc! { "t": 1, "terms": 1, "_id": -1 }),

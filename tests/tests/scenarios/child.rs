@@ -26,11 +26,12 @@ impl ChildServer {
         Self::start_with(data_dir, "child-node", &[])
     }
 
-    /// A node of a cluster on the given Redis and MongoDB.
-    pub fn start_cluster(data_dir: &Path, node_id: &str, redis_url: &str, mongo_url: &str, database: &str) -> Self {
+    /// A node of a cluster on the given Redis (the variable that names it,
+    /// and its value) and MongoDB.
+    pub fn start_cluster(data_dir: &Path, node_id: &str, redis: (&str, &str), mongo_url: &str, database: &str) -> Self {
         let env = [
             ("DONGDONG_STORAGE__BACKEND", "cluster"),
-            ("DONGDONG_STORAGE__REDIS_URL", redis_url),
+            redis,
             ("DONGDONG_STORAGE__MONGO_URL", mongo_url),
             ("DONGDONG_STORAGE__MONGO_DATABASE", database),
             // Fast failure detection for the failure tests.

@@ -1,6 +1,8 @@
 //! Cluster mode with real `dongdong serve` processes sharing Redis and
 //! MongoDB (secantusdb): chat across nodes, a node killed with SIGKILL, Redis
-//! restarted under traffic, MongoDB stopped and started.
+//! restarted under traffic, MongoDB stopped and started. The tests that do
+//! not stop Redis run twice: on a single Redis and (module
+//! `on_redis_cluster`) on the test script's 3-master Redis Cluster.
 
 use super::child::ChildServer;
 use dongdong_tests::client::{Client, Closed, code, msg};
@@ -16,13 +18,38 @@ struct Cluster {
     tenant: String,
     signer: access_gateway::TokenSigner,
     dir: tempfile::TempDir,
-    redis_url: String,
+    redis: Redis,
     mongo_url: String,
     database: String,
 }
 
+/// The Redis the nodes share.
+#[derive(Clone, Copy)]
+enum On {
+    /// One Redis (`storage.redis_url`).
+    Single,
+    /// A Redis Cluster (`storage.redis_cluster`).
+    Cluster,
+}
+
+#[derive(Clone)]
+enum Redis {
+    Url(String),
+    Cluster(String),
+}
+
+impl Redis {
+    /// The setting that points a node at it.
+    fn env(&self) -> (&'static str, &str) {
+        match self {
+            Redis::Url(url) => ("DONGDONG_STORAGE__REDIS_URL", url),
+            Redis::Cluster(seeds) => ("DONGDONG_STORAGE__REDIS_CLUSTER", seeds),
+        }
+    }
+}
+
 impl Cluster {
-    fn start(n: usize, redis_url: String, mongo_url: String) -> Self {
+    fn start(n: usize, redis: Redis, mongo_url: String) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let id = im_core::new_msg_id().replace('-', "");
         let database = format!("dd_{}", &id[20..]);
@@ -31,7 +58,7 @@ impl Cluster {
             tenant: format!("t{}", &id[16..]),
             signer: access_gateway::TokenSigner::new(dongdong_tests::SECRET.as_bytes()),
             dir,
-            redis_url,
+            redis,
             mongo_url,
             database,
         };
@@ -44,7 +71,7 @@ impl Cluster {
     fn add_node(&mut self, i: usize) {
         let data = self.dir.path().join(format!("node{i}"));
         let node =
-            ChildServer::start_cluster(&data, &self.node_id(i), &self.redis_url, &self.mongo_url, &self.database);
+            ChildServer::start_cluster(&data, &self.node_id(i), self.redis.env(), &self.mongo_url, &self.database);
         self.nodes.push(node);
     }
 
@@ -63,8 +90,13 @@ impl Cluster {
     }
 }
 
-fn shared_servers() -> Option<(String, String)> {
-    Some((required("DDTEST_REDIS_URL")?, required("DDTEST_MONGO_URL")?))
+/// The test script's Redis (or Redis Cluster) and MongoDB.
+fn shared_servers(on: On) -> Option<(Redis, String)> {
+    let redis = match on {
+        On::Single => Redis::Url(required("DDTEST_REDIS_URL")?),
+        On::Cluster => Redis::Cluster(required("DDTEST_REDIS_CLUSTER")?),
+    };
+    Some((redis, required("DDTEST_MONGO_URL")?))
 }
 
 /// Sends with the same client_msg_id until acked, as a client does when it
@@ -109,7 +141,11 @@ async fn receive_all(mut c: Client, url: &str, token: &str, device: &str, want: 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_chat_across_nodes_and_devices() {
-    let Some((redis, mongo)) = shared_servers() else { return };
+    three_nodes_chat_across_nodes_and_devices_on(On::Single).await;
+}
+
+async fn three_nodes_chat_across_nodes_and_devices_on(on: On) {
+    let Some((redis, mongo)) = shared_servers(on) else { return };
     let c = Cluster::start(3, redis, mongo);
     let mut a1 = c.login(0, "alice", "a1").await;
     let mut b1 = c.login(1, "bob", "b1").await;
@@ -294,7 +330,11 @@ async fn three_nodes_chat_across_nodes_and_devices() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_set_on_one_node_apply_on_every_node_within_a_second() {
-    let Some((redis, mongo)) = shared_servers() else { return };
+    limits_set_on_one_node_apply_on_every_node_within_a_second_on(On::Single).await;
+}
+
+async fn limits_set_on_one_node_apply_on_every_node_within_a_second_on(on: On) {
+    let Some((redis, mongo)) = shared_servers(on) else { return };
     let mut c = Cluster::start(2, redis, mongo);
     let mut alice = c.login(1, "alice", "a1").await;
     let key = Some(super::child::OPERATOR_KEY);
@@ -344,7 +384,11 @@ async fn limits_set_on_one_node_apply_on_every_node_within_a_second() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_node_loses_nothing_acked_and_users_move_to_another() {
-    let Some((redis, mongo)) = shared_servers() else { return };
+    killed_node_loses_nothing_acked_and_users_move_to_another_on(On::Single).await;
+}
+
+async fn killed_node_loses_nothing_acked_and_users_move_to_another_on(on: On) {
+    let Some((redis, mongo)) = shared_servers(on) else { return };
     let c = Cluster::start(3, redis, mongo);
     let bob = c.login(0, "bob", "phone").await;
     let mut alice = c.login(1, "alice", "a1").await;
@@ -376,7 +420,7 @@ async fn redis_restart_under_traffic_loses_nothing_and_recovers() {
     let Some(mongo) = required("DDTEST_MONGO_URL") else { return };
     let redis_dir = tempfile::tempdir().unwrap();
     let Some(mut redis) = PrivateRedis::start(redis_dir.path()) else { return };
-    let c = Cluster::start(2, redis.url(), mongo);
+    let c = Cluster::start(2, Redis::Url(redis.url()), mongo);
     let bob = c.login(1, "bob", "b1").await;
     let mut alice = c.login(0, "alice", "a1").await;
     let mut acked = HashSet::new();
@@ -404,7 +448,7 @@ async fn mongodb_down_gives_retryable_errors_and_no_ack_then_recovers() {
     let Some(redis) = required("DDTEST_REDIS_URL") else { return };
     let mongo_dir = tempfile::tempdir().unwrap();
     let Some(mut mongo) = PrivateMongo::start(&mongo_dir.path().join("db")) else { return };
-    let mut c = Cluster::start(0, redis, mongo.url());
+    let mut c = Cluster::start(0, Redis::Url(redis), mongo.url());
     let data = c.dir.path().join("node0");
     let node_id = c.node_id(0);
     c.nodes.push(ChildServer::start_with(
@@ -412,7 +456,7 @@ async fn mongodb_down_gives_retryable_errors_and_no_ack_then_recovers() {
         &node_id,
         &[
             ("DONGDONG_STORAGE__BACKEND", "cluster"),
-            ("DONGDONG_STORAGE__REDIS_URL", &c.redis_url),
+            c.redis.env(),
             ("DONGDONG_STORAGE__MONGO_URL", &c.mongo_url),
             ("DONGDONG_STORAGE__MONGO_DATABASE", &c.database),
             ("DONGDONG_STORAGE__MONGO_TIMEOUT", "1s"),
@@ -473,9 +517,13 @@ fn unreachable_redis_or_mongodb_stops_start_up_naming_it() {
 /// transfer and the first message all cross the bus.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn customer_service_across_nodes() {
+    customer_service_across_nodes_on(On::Single).await;
+}
+
+async fn customer_service_across_nodes_on(on: On) {
     use dongdong_tests::http::request as http;
     use im_core::Role;
-    let Some((redis, mongo)) = shared_servers() else { return };
+    let Some((redis, mongo)) = shared_servers(on) else { return };
     let c = Cluster::start(3, redis, mongo);
     let mint = |user: &str, role| c.signer.mint(&c.tenant, user, role, Duration::from_secs(600)).unwrap();
     let admin = mint("root", Role::Admin);
@@ -557,6 +605,10 @@ async fn customer_service_across_nodes() {
 /// capacity, and the queue and the loads are back to zero on every node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cs_invariants_hold_with_three_nodes_500_customers_20_agents() {
+    cs_invariants_hold_with_three_nodes_500_customers_20_agents_on(On::Single).await;
+}
+
+async fn cs_invariants_hold_with_three_nodes_500_customers_20_agents_on(on: On) {
     use dongdong_tests::http::request as http;
     use im_core::Role;
     use std::sync::Arc;
@@ -564,7 +616,7 @@ async fn cs_invariants_hold_with_three_nodes_500_customers_20_agents() {
     const CUSTOMERS: usize = 500;
     const AGENTS: usize = 20;
     const CAPACITY: usize = 5;
-    let Some((redis, mongo)) = shared_servers() else { return };
+    let Some((redis, mongo)) = shared_servers(on) else { return };
     let c = Arc::new(Cluster::start(3, redis, mongo));
     let mint = {
         let c = c.clone();
@@ -711,7 +763,11 @@ async fn search_until(c: &mut Client, query: &str, want: usize, within: Duration
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn search_finds_what_any_node_stored_and_survives_the_indexing_node() {
-    let Some((redis, mongo)) = shared_servers() else { return };
+    search_finds_what_any_node_stored_and_survives_the_indexing_node_on(On::Single).await;
+}
+
+async fn search_finds_what_any_node_stored_and_survives_the_indexing_node_on(on: On) {
+    let Some((redis, mongo)) = shared_servers(on) else { return };
     let mut cluster = Cluster::start(2, redis, mongo);
     let mut alice = cluster.login(0, "alice", "a1").await;
     let mut bob = cluster.login(1, "bob", "b1").await;
@@ -862,7 +918,11 @@ async fn send_pipelined(
 /// each sender's messages in the order written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_third_device_sees_senders_on_two_nodes_in_seq_order() {
-    let Some((redis, mongo)) = shared_servers() else { return };
+    a_third_device_sees_senders_on_two_nodes_in_seq_order_on(On::Single).await;
+}
+
+async fn a_third_device_sees_senders_on_two_nodes_in_seq_order_on(on: On) {
+    let Some((redis, mongo)) = shared_servers(on) else { return };
     let c = Cluster::start(3, redis, mongo);
     let key = Some(super::child::OPERATOR_KEY);
     let (path, fast) = ("/api/v1/admin/limits", 100_000);
@@ -975,4 +1035,44 @@ async fn a_third_device_sees_senders_on_two_nodes_in_seq_order() {
     let (_, metrics) = http_get(&c.nodes[2].http_url, "/metrics").await;
     let reads = metrics.lines().find(|l| l.starts_with("dongdong_order_gap_reads_total")).unwrap_or("no gap reads");
     eprintln!("node 3: {reads}");
+}
+
+/// The tests above that do not stop Redis, on the Redis Cluster.
+mod on_redis_cluster {
+    use super::On;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn three_nodes_chat_across_nodes_and_devices() {
+        super::three_nodes_chat_across_nodes_and_devices_on(On::Cluster).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn limits_set_on_one_node_apply_on_every_node_within_a_second() {
+        super::limits_set_on_one_node_apply_on_every_node_within_a_second_on(On::Cluster).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn killed_node_loses_nothing_acked_and_users_move_to_another() {
+        super::killed_node_loses_nothing_acked_and_users_move_to_another_on(On::Cluster).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn customer_service_across_nodes() {
+        super::customer_service_across_nodes_on(On::Cluster).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn cs_invariants_hold_with_three_nodes_500_customers_20_agents() {
+        super::cs_invariants_hold_with_three_nodes_500_customers_20_agents_on(On::Cluster).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn search_finds_what_any_node_stored_and_survives_the_indexing_node() {
+        super::search_finds_what_any_node_stored_and_survives_the_indexing_node_on(On::Cluster).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_third_device_sees_senders_on_two_nodes_in_seq_order() {
+        super::a_third_device_sees_senders_on_two_nodes_in_seq_order_on(On::Cluster).await;
+    }
 }
