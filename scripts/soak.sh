@@ -4,8 +4,10 @@
 # report is clean, no server log has a panic, and each server's RSS is flat
 # after warm-up. Two profiles:
 #
-#   scripts/soak.sh cluster  [OUT.md]   3 nodes on a private Redis and secantusdb
-#   scripts/soak.sh embedded [OUT.md]   1 node on the embedded backend
+#   scripts/soak.sh cluster       [OUT.md]   3 nodes on a private Redis and secantusdb
+#   scripts/soak.sh redis-cluster [OUT.md]   3 nodes on a private Redis Cluster (3
+#                                            masters, a replica each) and secantusdb
+#   scripts/soak.sh embedded      [OUT.md]   1 node on the embedded backend
 #
 # Load (both): `bot soak` pairs (one device per receiver) and `bot soak`
 # multi-device (3 devices per receiver); every bot reconnects when its
@@ -23,10 +25,14 @@
 # scripts/redis-delay-proxy.py: no root needed). Embedded: kill -9 of the
 # node and its restart. After each fault (for a pause or a delay, after its
 # end): the seconds until every node's /healthz answered 200 again; the
-# bots' reports give the longest reconnect.
+# bots' reports give the longest reconnect. Redis Cluster (every Redis with an
+# append-only file, fsync always): faults 0 (kill a node) and 4, kill -9 of a
+# random master, whose replica is promoted (cluster-node-timeout 2 s); the
+# killed process restarts from its files and rejoins as a replica.
 #
 # Environment: SOAK_FAULTS (the cluster faults in turn, by number: 0 kill
-# a node, 1 Redis, 2 MongoDB, 3 delay; default "0 1 2 3"), SOAK_MINUTES (default 60; 5 for a quick run), SOAK_PAIRS
+# a node, 1 Redis, 2 MongoDB, 3 delay, 4 a Redis Cluster master; default
+# "0 1 2 3", for redis-cluster "4 0"), SOAK_MINUTES (default 60; 5 for a quick run), SOAK_PAIRS
 # (default 40), SOAK_RATE (msg/s per sender, default 2), SOAK_MD_PAIRS
 # (default 20), SOAK_FAULT_EVERY, SOAK_CS_CHUNK (default 60), SOAK_KEEP=1
 # keeps the work directory. The bots and the servers share this machine's cores.
@@ -36,9 +42,9 @@ root=$PWD
 profile=${1:-}
 out=${2:-/dev/stdout}
 case "$profile" in
-  cluster | embedded) ;;
+  cluster | redis-cluster | embedded) ;;
   *)
-    echo "usage: scripts/soak.sh cluster|embedded [OUT.md]" >&2
+    echo "usage: scripts/soak.sh cluster|redis-cluster|embedded [OUT.md]" >&2
     exit 2
     ;;
 esac
@@ -71,7 +77,7 @@ log() { echo "soak.sh: $(date -u +%H:%M:%S) $*" >&2; echo "$(date -u +%s) $*" >>
 # --- backing services (cluster) ----------------------------------------------
 redis_port=""
 mongo_port=""
-if [ "$profile" = cluster ]; then
+if [ "$profile" != embedded ]; then
   command -v redis-server >/dev/null 2>&1 || apt_install redis-server
   venv="$root/.test-services/venv"
   if ! "$venv/bin/python" -c "import secantus" >/dev/null 2>&1; then
@@ -79,6 +85,29 @@ if [ "$profile" = cluster ]; then
     python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check secantusdb
   fi
+fi
+if [ "$profile" = redis-cluster ]; then
+  REDIS_CLUSTER_ARGS="--appendonly yes --appendfsync always" start_redis_cluster "$work/redis-cluster" 3 1
+  pids+=("${redis_cluster_pids[@]}")
+  # Restarts the cluster node on PORT from its files (it rejoins as a replica).
+  restart_cluster_node() {
+    local port=$1
+    redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
+      --cluster-config-file "$work/redis-cluster/$port/nodes.conf" --cluster-node-timeout 2000 \
+      --save "" --appendonly yes --appendfsync always --dir "$work/redis-cluster/$port" \
+      --logfile "$work/redis-cluster/$port/redis.log" &
+    pids+=("$!")
+    wait_port "$port" "redis-server (cluster node)"
+  }
+fi
+if [ "$profile" != embedded ]; then
+  mongo_port=$(free_port)
+  "$venv/bin/python" -m secantus --port "$mongo_port" --storage-path "$work/mongo" >"$work/secantus.log" 2>&1 &
+  mongo_pid=$!
+  pids+=("$mongo_pid")
+  wait_port "$mongo_port" secantusdb
+fi
+if [ "$profile" = cluster ]; then
   redis_port=$(free_port)
   start_redis() {
     # Persistent as docs/storage.md requires: pending ids are the delivery
@@ -90,11 +119,6 @@ if [ "$profile" = cluster ]; then
     wait_port "$redis_port" redis-server
   }
   start_redis
-  mongo_port=$(free_port)
-  "$venv/bin/python" -m secantus --port "$mongo_port" --storage-path "$work/mongo" >"$work/secantus.log" 2>&1 &
-  mongo_pid=$!
-  pids+=("$mongo_pid")
-  wait_port "$mongo_port" secantusdb
   proxy_port=$(free_port)
   python3 "$root/scripts/redis-delay-proxy.py" "$proxy_port" "$redis_port" "$work/delay" &
   pids+=("$!")
@@ -102,7 +126,7 @@ if [ "$profile" = cluster ]; then
 fi
 
 # --- nodes -------------------------------------------------------------------
-if [ "$profile" = cluster ]; then n=3; else n=1; fi
+if [ "$profile" = embedded ]; then n=1; else n=3; fi
 ws_ports=()
 http_ports=()
 for i in $(seq 1 "$n"); do
@@ -116,6 +140,9 @@ start_node() { # index (0-based)
     local redis=$redis_port
     [ "$i" = 2 ] && redis=$proxy_port
     env=(DONGDONG_STORAGE__BACKEND=cluster "DONGDONG_STORAGE__REDIS_URL=redis://127.0.0.1:$redis"
+      "DONGDONG_STORAGE__MONGO_URL=mongodb://127.0.0.1:$mongo_port" DONGDONG_STORAGE__MONGO_DATABASE=soak)
+  elif [ "$profile" = redis-cluster ]; then
+    env=(DONGDONG_STORAGE__BACKEND=cluster "DONGDONG_STORAGE__REDIS_CLUSTER=$redis_cluster_seeds"
       "DONGDONG_STORAGE__MONGO_URL=mongodb://127.0.0.1:$mongo_port" DONGDONG_STORAGE__MONGO_DATABASE=soak)
   fi
   env "${env[@]}" DONGDONG_AUTH__SECRET="$secret" DONGDONG_AUTH__OPERATOR_KEY="$operator" \
@@ -187,7 +214,8 @@ pids+=("$rss_loop")
 
 # --- faults ------------------------------------------------------------------
 k=0
-read -r -a kinds <<<"${SOAK_FAULTS:-0 1 2 3}"
+if [ "$profile" = redis-cluster ]; then default_faults="4 0"; else default_faults="0 1 2 3"; fi
+read -r -a kinds <<<"${SOAK_FAULTS:-$default_faults}"
 next=$((SECONDS + fault_every))
 while [ $((next + 30)) -le "$end" ]; do
   while [ "$SECONDS" -lt "$next" ]; do sleep 1; done
@@ -227,6 +255,26 @@ while [ $((next + 30)) -le "$end" ]; do
       rm -f "$work/delay"
       t0=$(python3 -c 'import time; print(time.time())')
       recovered "$t0" "Redis delay on node 2 (from its end)"
+      ;;
+    4)
+      # A random master of the Redis Cluster, killed; its replica takes over.
+      ports=()
+      for p in "${redis_cluster_ports[@]}"; do
+        redis-cli -p "$p" role 2>/dev/null | head -1 | grep -q master && ports+=("$p")
+      done
+      port=${ports[$((RANDOM % ${#ports[@]}))]}
+      pid=$(redis-cli -p "$port" info server | awk -F: '/^process_id/ {print $2}' | tr -d '\r')
+      log "fault $k: Redis Cluster master on port $port killed (kill -9 $pid)"
+      kill -9 "$pid"
+      # Promoted when every slot is served again.
+      other=$(printf '%s\n' "${redis_cluster_ports[@]}" | grep -v "^$port$" | head -1)
+      until redis-cli -p "$other" cluster nodes 2>/dev/null | grep "127.0.0.1:$port@" | grep -q 'master,fail \|,fail '; do
+        sleep 0.1
+      done
+      until redis-cli -p "$other" cluster info 2>/dev/null | grep -q '^cluster_state:ok'; do sleep 0.1; done
+      log "fault $k: a replica took over after $(python3 -c "import time; print(f'{time.time() - $t0:.1f}')") s"
+      recovered "$t0" "Redis Cluster master killed"
+      restart_cluster_node "$port"
       ;;
   esac
 done

@@ -165,6 +165,7 @@ impl Dispatcher {
             preview,
             session_id: None,
             at: tokio::time::Instant::now(),
+            queue_id: None,
         });
     }
 
@@ -190,6 +191,7 @@ impl Dispatcher {
             preview: None,
             session_id: Some(session_id.to_string()),
             at: tokio::time::Instant::now(),
+            queue_id: None,
         });
     }
 

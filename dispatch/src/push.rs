@@ -19,16 +19,25 @@
 //!   a few requests run at once, each with a timeout; 5xx, timeouts and
 //!   connection errors are retried with exponential backoff and jitter up
 //!   to `max_attempts`, 4xx never. Nothing here waits on a message's path.
-//! - What is lost: the queue and the waiting pushes are in memory; a node
-//!   that dies loses them (the messages themselves stay pending).
+//! - Idempotent: `Idempotency-Key` is the same for every call about one
+//!   (user, message or session, kind), so a receiver drops repeats.
+//! - Durable in cluster mode: the events a node holds (waiting for their
+//!   user's interval, being retried) are kept in Redis (a stream per node,
+//!   `storage::PushQueue`); a node that dies leaves them there and another
+//!   node takes them over after `takeover_after` and sends them (again, if
+//!   the dead node had sent one but not yet recorded it: the key dedupes
+//!   it). Lost on a kill -9: only what arrived in the last moment before it
+//!   was written (the events travel from the send path to the pusher
+//!   through memory). The embedded backend's single node keeps its queue in
+//!   memory: a kill -9 loses the pushes it held (the messages stay pending).
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde_json::json;
 use sha2::Sha256;
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use storage::MessageStore;
+use storage::{MessageStore, PushQueue};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +62,10 @@ pub struct PushConfig {
     pub queue: usize,
     /// Attempts per push (5xx and timeouts are retried with backoff; 4xx never).
     pub max_attempts: u32,
+    /// Cluster: the pushes of a node that stopped keeping them (it died) are
+    /// sent by another node after this long.
+    #[serde(with = "humantime_serde")]
+    pub takeover_after: Duration,
 }
 
 impl Default for PushConfig {
@@ -65,6 +78,7 @@ impl Default for PushConfig {
             timeout: Duration::from_secs(5),
             queue: 10_000,
             max_attempts: 5,
+            takeover_after: Duration::from_secs(60),
         }
     }
 }
@@ -89,6 +103,9 @@ impl PushConfig {
         if !(1..=20).contains(&self.max_attempts) {
             return invalid("push.max_attempts", "must be between 1 and 20");
         }
+        if self.takeover_after < Duration::from_secs(1) {
+            return invalid("push.takeover_after", "must be at least 1s");
+        }
         Ok(())
     }
 }
@@ -106,6 +123,50 @@ pub struct PushEvent {
     /// Customer-service events: the session.
     pub session_id: Option<String>,
     pub at: Instant,
+    /// Where the event is kept (cluster), once it is.
+    pub queue_id: Option<String>,
+}
+
+impl PushEvent {
+    /// The same for every call about one (user, message or session, kind).
+    pub fn idempotency_key(&self) -> String {
+        use sha2::Digest;
+        let what = if self.msg_id.is_empty() { self.session_id.as_deref().unwrap_or("") } else { &self.msg_id };
+        let digest = Sha256::digest(format!("{}\n{}\n{}\n{}", self.tenant, self.to_user, what, self.kind));
+        hex::encode(&digest[..16])
+    }
+
+    /// The event as kept in the push queue.
+    fn encode(&self) -> Vec<u8> {
+        json!({
+            "tenant": self.tenant, "to_user": self.to_user, "from_user": self.from_user,
+            "conversation_id": self.conversation_id, "msg_id": self.msg_id, "kind": self.kind,
+            "preview": self.preview, "session_id": self.session_id,
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// An event read back from the push queue; None if it is not one.
+    fn decode(bytes: &[u8], queue_id: String) -> Option<Self> {
+        let v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+        let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        let kind = ["message", "recall", "session_assigned", "session_ended"]
+            .into_iter()
+            .find(|k| v.get("kind").and_then(|x| x.as_str()) == Some(*k))?;
+        Some(Self {
+            tenant: text("tenant")?,
+            to_user: text("to_user")?,
+            from_user: text("from_user").unwrap_or_default(),
+            conversation_id: text("conversation_id").unwrap_or_default(),
+            msg_id: text("msg_id").unwrap_or_default(),
+            kind,
+            preview: text("preview"),
+            session_id: text("session_id"),
+            at: Instant::now(),
+            queue_id: Some(queue_id),
+        })
+    }
 }
 
 /// Requests to the webhook in flight at once.
@@ -122,9 +183,11 @@ pub struct Pusher {
 
 impl Pusher {
     /// Starts the pusher, or returns `None` when no webhook is configured.
+    /// `queue`: where held events outlive the node (cluster), if anywhere.
     pub fn start(
         config: PushConfig,
         messages: Arc<dyn MessageStore>,
+        queue: Option<Arc<dyn PushQueue>>,
         shutdown: CancellationToken,
     ) -> Option<Arc<Self>> {
         if config.webhook_url.is_empty() {
@@ -132,7 +195,7 @@ impl Pusher {
         }
         let (tx, rx) = mpsc::channel(config.queue.max(1));
         let include_preview = config.include_preview;
-        tokio::spawn(run(Arc::new(config), messages, rx, shutdown));
+        tokio::spawn(run(Arc::new(config), messages, queue, rx, shutdown));
         Some(Arc::new(Self { tx, include_preview }))
     }
 
@@ -164,10 +227,10 @@ pub enum Offer {
     Send(PushEvent),
     /// It waits for the end of the user's interval.
     Waiting,
-    /// It replaced the event that waited (the latest state wins).
-    Coalesced,
-    /// Too many users have a push waiting: dropped.
-    Dropped,
+    /// It replaced the event that waited, returned (the latest state wins).
+    Coalesced(PushEvent),
+    /// Too many users have a push waiting: dropped (returned).
+    Dropped(PushEvent),
 }
 
 /// When each user's pushes go: at most one per user per `min_interval`;
@@ -195,7 +258,7 @@ impl PushSchedule {
                     self.due.insert((slot.next_at, key), ());
                     Offer::Waiting
                 }
-                Some(_) => Offer::Coalesced,
+                Some(old) => Offer::Coalesced(old),
             },
             _ => {
                 if self.slots.len() >= self.max_users {
@@ -203,12 +266,17 @@ impl PushSchedule {
                     self.slots.retain(|_, s| s.next_at > now || s.waiting.is_some());
                 }
                 if self.slots.len() >= self.max_users {
-                    return Offer::Dropped;
+                    return Offer::Dropped(event);
                 }
                 self.slots.insert(key, Slot { next_at: now + self.min_interval, waiting: None });
                 Offer::Send(event)
             }
         }
+    }
+
+    /// The queue ids of the events that wait.
+    pub fn waiting_ids(&self) -> impl Iterator<Item = &String> {
+        self.slots.values().filter_map(|s| s.waiting.as_ref()?.queue_id.as_ref())
     }
 
     /// When the next waiting push is due.
@@ -260,9 +328,18 @@ pub fn after_attempt(attempt: u32, max_attempts: u32, outcome: &Outcome, jitter:
     }
 }
 
+/// Most events written to the push queue at once.
+const PUT_BATCH: usize = 256;
+/// Most events taken over from stopped nodes per pass.
+const TAKEOVER_BATCH: usize = 1024;
+
+/// The events this node holds in the push queue that are being sent.
+type InFlight = Arc<Mutex<HashSet<String>>>;
+
 async fn run(
     config: Arc<PushConfig>,
     messages: Arc<dyn MessageStore>,
+    queue: Option<Arc<dyn PushQueue>>,
     mut rx: mpsc::Receiver<PushEvent>,
     shutdown: CancellationToken,
 ) {
@@ -271,49 +348,178 @@ async fn run(
     let agent: ureq::Agent =
         ureq::Agent::config_builder().timeout_global(Some(config.timeout)).http_status_as_error(false).build().into();
     let mut schedule = PushSchedule::new(config.min_interval, MAX_WAITING_USERS);
+    let in_flight: InFlight = Default::default();
+    // Held events are kept well within the takeover time; stopped nodes'
+    // events are looked for a few times per takeover time.
+    let mut keep = tokio::time::interval(config.takeover_after / 3);
+    let mut takeover = tokio::time::interval(config.takeover_after / 4);
+    for tick in [&mut keep, &mut takeover] {
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    let ctx =
+        SendContext { config: config.clone(), agent, messages, queue: queue.clone(), in_flight: in_flight.clone() };
+    // Pushes to send as soon as one of the `CONCURRENT` requests is free.
+    // The loop never waits for one, so that new events are written to the
+    // queue at once even while the webhook is slow or down; past
+    // `config.queue` of them, new ones are dropped (counted).
+    let mut ready: std::collections::VecDeque<PushEvent> = Default::default();
     loop {
         let next_due = schedule.next_due();
-        let ready = tokio::select! {
+        let new = tokio::select! {
             _ = shutdown.cancelled() => return,
+            permit = permits.clone().acquire_owned(), if !ready.is_empty() => {
+                if let (Ok(permit), Some(event)) = (permit, ready.pop_front()) {
+                    spawn_send(&ctx, permit, event);
+                }
+                continue;
+            }
             event = rx.recv() => {
                 let Some(event) = event else { return };
-                match schedule.offer(event, Instant::now()) {
-                    Offer::Send(event) => vec![event],
-                    Offer::Waiting => continue,
-                    Offer::Coalesced => {
-                        metrics::counter!("dongdong_push_coalesced_total").increment(1);
-                        continue;
-                    }
-                    Offer::Dropped => {
-                        metrics::counter!("dongdong_push_dropped_total", "why" => "users").increment(1);
-                        continue;
+                let mut batch = vec![event];
+                while batch.len() < PUT_BATCH {
+                    match rx.try_recv() {
+                        Ok(e) => batch.push(e),
+                        Err(_) => break,
                     }
                 }
+                if let Some(q) = &queue {
+                    let encoded: Vec<Vec<u8>> = batch.iter().map(PushEvent::encode).collect();
+                    match q.put(&encoded).await {
+                        Ok(ids) => batch.iter_mut().zip(ids).for_each(|(e, id)| e.queue_id = Some(id)),
+                        Err(e) => {
+                            metrics::counter!("dongdong_push_unqueued_total").increment(batch.len() as u64);
+                            tracing::warn!(error = %e, "cannot keep pushes in the push queue; they are held in memory only");
+                        }
+                    }
+                }
+                offer_all(&mut schedule, &queue, batch).await
             }
             _ = tokio::time::sleep_until(next_due.unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))), if next_due.is_some() => {
                 schedule.due(Instant::now())
             }
+            _ = keep.tick(), if queue.is_some() => {
+                let mut held: Vec<String> = schedule.waiting_ids().cloned().collect();
+                held.extend(ready.iter().filter_map(|e| e.queue_id.clone()));
+                held.extend(in_flight.lock().map(|f| f.iter().cloned().collect::<Vec<_>>()).unwrap_or_default());
+                if let Some(q) = &queue
+                    && let Err(e) = q.keep(&held).await
+                {
+                    tracing::warn!(error = %e, "cannot keep the held pushes; another node may take them over");
+                }
+                continue;
+            }
+            _ = takeover.tick(), if queue.is_some() => {
+                let Some(q) = &queue else { continue };
+                match q.take_over(config.takeover_after, TAKEOVER_BATCH).await {
+                    Ok(taken) if !taken.is_empty() => {
+                        let (events, stale) = latest_per_user(taken);
+                        metrics::counter!("dongdong_push_taken_over_total").increment(events.len() as u64);
+                        tracing::info!(events = events.len(), "took over pushes of a stopped node");
+                        forget(&queue, stale).await;
+                        offer_all(&mut schedule, &queue, events).await
+                    }
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "push takeover pass failed");
+                        continue;
+                    }
+                }
+            }
         };
-        for event in ready {
-            spawn_send(&config, &agent, &messages, &permits, event).await;
+        let mut over = Vec::new();
+        for event in new {
+            if ready.len() < config.queue {
+                ready.push_back(event);
+            } else {
+                metrics::counter!("dongdong_push_dropped_total", "why" => "queue").increment(1);
+                over.extend(event.queue_id);
+            }
         }
+        forget(&queue, over).await;
     }
 }
 
-/// Sends in a task of its own once one of the `CONCURRENT` permits is
-/// free. Waiting for it here holds the loop, so that a slow webhook fills
-/// the bounded queue (whose overflow is dropped) rather than memory.
-async fn spawn_send(
-    config: &Arc<PushConfig>,
-    agent: &ureq::Agent,
-    messages: &Arc<dyn MessageStore>,
-    permits: &Arc<Semaphore>,
-    event: PushEvent,
-) {
-    let Ok(permit) = permits.clone().acquire_owned().await else { return };
-    let (config, agent, messages) = (config.clone(), agent.clone(), messages.clone());
+/// Offers events to the schedule; those to send now are returned. What the
+/// schedule lets go (replaced, dropped) is done with in the queue.
+async fn offer_all(
+    schedule: &mut PushSchedule,
+    queue: &Option<Arc<dyn PushQueue>>,
+    events: Vec<PushEvent>,
+) -> Vec<PushEvent> {
+    let mut ready = Vec::new();
+    let mut gone = Vec::new();
+    for event in events {
+        match schedule.offer(event, Instant::now()) {
+            Offer::Send(event) => ready.push(event),
+            Offer::Waiting => {}
+            Offer::Coalesced(old) => {
+                metrics::counter!("dongdong_push_coalesced_total").increment(1);
+                gone.extend(old.queue_id);
+            }
+            Offer::Dropped(event) => {
+                metrics::counter!("dongdong_push_dropped_total", "why" => "users").increment(1);
+                gone.extend(event.queue_id);
+            }
+        }
+    }
+    forget(queue, gone).await;
+    ready
+}
+
+/// Done with these events in the queue (best effort: one left behind is
+/// taken over and sent again, and its key dedupes it).
+async fn forget(queue: &Option<Arc<dyn PushQueue>>, ids: Vec<String>) {
+    if let Some(q) = queue
+        && !ids.is_empty()
+        && let Err(e) = q.done(&ids).await
+    {
+        tracing::warn!(error = %e, "cannot forget sent pushes in the push queue");
+    }
+}
+
+/// Events taken over, decoded: the latest of each user (the latest state
+/// wins, as in the schedule), and the ids of the rest.
+fn latest_per_user(taken: Vec<(String, Vec<u8>)>) -> (Vec<PushEvent>, Vec<String>) {
+    let mut latest: HashMap<UserKey, PushEvent> = HashMap::new();
+    let mut stale = Vec::new();
+    for (id, bytes) in taken {
+        let Some(event) = PushEvent::decode(&bytes, id.clone()) else {
+            stale.push(id);
+            continue;
+        };
+        let key = (event.tenant.clone(), event.to_user.clone());
+        if let Some(old) = latest.insert(key, event) {
+            stale.extend(old.queue_id);
+        }
+    }
+    (latest.into_values().collect(), stale)
+}
+
+/// What a send needs.
+struct SendContext {
+    config: Arc<PushConfig>,
+    agent: ureq::Agent,
+    messages: Arc<dyn MessageStore>,
+    queue: Option<Arc<dyn PushQueue>>,
+    in_flight: InFlight,
+}
+
+/// Sends in a task of its own, holding one of the `CONCURRENT` permits.
+fn spawn_send(ctx: &SendContext, permit: tokio::sync::OwnedSemaphorePermit, event: PushEvent) {
+    let (config, agent, messages, queue, in_flight) =
+        (ctx.config.clone(), ctx.agent.clone(), ctx.messages.clone(), ctx.queue.clone(), ctx.in_flight.clone());
+    if let (Some(id), Ok(mut f)) = (&event.queue_id, in_flight.lock()) {
+        f.insert(id.clone());
+    }
     tokio::spawn(async move {
+        let id = event.queue_id.clone();
         send(&config, &agent, messages.as_ref(), event).await;
+        if let Some(id) = id {
+            if let Ok(mut f) = in_flight.lock() {
+                f.remove(&id);
+            }
+            forget(&queue, vec![id]).await;
+        }
         drop(permit);
     });
 }
@@ -369,11 +575,12 @@ pub enum Outcome {
 
 async fn send(config: &PushConfig, agent: &ureq::Agent, messages: &dyn MessageStore, event: PushEvent) {
     let body = body(messages, &event).await;
+    let key = event.idempotency_key();
     let max_attempts = config.max_attempts.max(1);
     for attempt in 1..=max_attempts {
-        let (agent, url, secret, body) =
-            (agent.clone(), config.webhook_url.clone(), config.secret.clone().into_bytes(), body.clone());
-        let outcome = tokio::task::spawn_blocking(move || post(&agent, &url, &secret, &body))
+        let (agent, url, secret, body, key) =
+            (agent.clone(), config.webhook_url.clone(), config.secret.clone().into_bytes(), body.clone(), key.clone());
+        let outcome = tokio::task::spawn_blocking(move || post(&agent, &url, &secret, &body, &key))
             .await
             .unwrap_or_else(|e| Outcome::Failed(e.to_string()));
         match (&outcome, after_attempt(attempt, max_attempts, &outcome, rand::random::<f64>())) {
@@ -402,11 +609,12 @@ async fn send(config: &PushConfig, agent: &ureq::Agent, messages: &dyn MessageSt
 }
 
 /// One POST, blocking (run on the blocking pool).
-fn post(agent: &ureq::Agent, url: &str, secret: &[u8], body: &[u8]) -> Outcome {
+fn post(agent: &ureq::Agent, url: &str, secret: &[u8], body: &[u8], key: &str) -> Outcome {
     let now = im_core::now_ms();
     let result = agent
         .post(url)
         .header("content-type", "application/json")
+        .header("idempotency-key", key)
         .header("x-dongdong-timestamp", now.to_string())
         .header("x-dongdong-signature", signature(secret, now, body))
         .send(body);
@@ -443,6 +651,7 @@ mod tests {
             preview: None,
             session_id: None,
             at,
+            queue_id: None,
         }
     }
 
@@ -461,7 +670,7 @@ mod tests {
         assert_eq!(sent(s.offer(event("bob", "m1", t0), t0)).as_deref(), Some("m1"), "the first goes at once");
         assert_eq!(sent(s.offer(event("cy", "c1", t0), t0)).as_deref(), Some("c1"), "another user has their own");
         assert!(matches!(s.offer(event("bob", "m2", t0 + second), t0 + second), Offer::Waiting));
-        assert!(matches!(s.offer(event("bob", "m3", t0 + 2 * second), t0 + 2 * second), Offer::Coalesced));
+        assert!(matches!(s.offer(event("bob", "m3", t0 + 2 * second), t0 + 2 * second), Offer::Coalesced(_)));
         assert_eq!(s.next_due(), Some(t0 + 10 * second), "when bob's interval ends");
         assert!(s.due(t0 + 9 * second).is_empty());
         let due: Vec<String> = s.due(t0 + 10 * second).into_iter().map(|e| e.msg_id).collect();
@@ -481,7 +690,7 @@ mod tests {
         let mut s = PushSchedule::new(Duration::from_secs(10), 2);
         assert!(sent(s.offer(event("a", "1", t0), t0)).is_some());
         assert!(sent(s.offer(event("b", "1", t0), t0)).is_some());
-        assert!(matches!(s.offer(event("c", "1", t0), t0), Offer::Dropped), "two users in their interval");
+        assert!(matches!(s.offer(event("c", "1", t0), t0), Offer::Dropped(_)), "two users in their interval");
         let later = t0 + Duration::from_secs(11);
         assert!(sent(s.offer(event("c", "2", later), later)).is_some(), "intervals over: forgotten, room again");
     }

@@ -517,6 +517,18 @@ mod tests {
 
     #[test]
     #[allow(clippy::result_large_err)]
+    fn redis_cluster_seeds_are_a_list_or_one_string_with_commas() {
+        let seeds = |toml: &str| Config::from_toml_str(toml).map(|c| c.storage.cluster.redis_cluster);
+        let list = "[storage]\nbackend = \"cluster\"\nredis_cluster = [\"redis://a:1\", \"redis://b:2\"]\n";
+        assert_eq!(seeds(list).unwrap(), ["redis://a:1", "redis://b:2"]);
+        let one = "[storage]\nbackend = \"cluster\"\nredis_cluster = \"redis://a:1, redis://b:2,\"\n";
+        assert_eq!(seeds(one).unwrap(), ["redis://a:1", "redis://b:2"]);
+        let e = seeds("[storage]\nbackend = \"cluster\"\nredis_cluster = [\"a:1\"]\n").unwrap_err();
+        assert!(e.to_string().contains("storage.redis_cluster"), "{e}");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)]
     fn a_wrong_type_in_a_shared_section_names_the_key() {
         let e = Config::from_toml_str("[limits]\nmax_inflight = \"many\"\n").unwrap_err();
         assert!(e.to_string().contains("limits.max_inflight: invalid type"), "{e}");

@@ -154,9 +154,12 @@ pub(crate) async fn assemble(
     let revocations = backends.revocations.clone();
     let files_backends = backends.clone();
     let dispatch = Dispatcher::new(backends, router.clone(), config.dispatch());
-    if let Some(pusher) =
-        dispatch::push::Pusher::start(config.push.clone(), files_backends.messages.clone(), shutdown.clone())
-    {
+    if let Some(pusher) = dispatch::push::Pusher::start(
+        config.push.clone(),
+        files_backends.messages.clone(),
+        files_backends.push_queue.clone(),
+        shutdown.clone(),
+    ) {
         info!(url = %config.push.webhook_url, "offline push through the webhook is on");
         dispatch.set_pusher(pusher);
     }

@@ -7,6 +7,7 @@ mod cs;
 mod files;
 mod messages;
 mod presence;
+mod pushq;
 mod reads;
 mod revocations;
 mod search;
@@ -17,6 +18,7 @@ pub use conn::RedisConn;
 pub use cs::RedisCs;
 pub use messages::ClusterStore;
 pub use presence::RedisPresence;
+pub use pushq::RedisPushQueue;
 pub use search::ClusterSearch;
 
 use crate::ClusterOptions;
@@ -141,6 +143,8 @@ pub async fn connect(options: ClusterOptions, node_id: &str) -> Result<(Backends
         let presence = RedisPresence::start(redis.clone(), node_id, options.presence_ttl);
         let bus = RedisBus::new(&options, redis.clone())?;
         let search = Arc::new(ClusterSearch::open(redis.clone(), &store.db, node_id).await?);
+        let push_queue: Arc<dyn storage::PushQueue> =
+            Arc::new(RedisPushQueue::open(redis.clone(), &options.mongo_database, node_id).await?);
         let backends = Backends {
             messages: store.clone(),
             pending: store.clone(),
@@ -153,6 +157,7 @@ pub async fn connect(options: ClusterOptions, node_id: &str) -> Result<(Backends
             files: store.clone(),
             settings: store.clone(),
             search,
+            push_queue: Some(push_queue),
         };
         Ok((backends, store))
     }

@@ -58,6 +58,7 @@ pub fn open(dir: &Path, options: EmbeddedOptions) -> Result<(Backends, Arc<Embed
             files: store.clone(),
             settings: store.clone(),
             search: EmbeddedSearch::open(store.clone(), &dir.join("search"))?,
+            push_queue: None,
         };
         Ok((backends, store))
     }

@@ -258,6 +258,26 @@ pub trait NodeBus: Send + Sync + 'static {
     async fn subscribe(&self, node_id: &str) -> Result<tokio::sync::mpsc::Receiver<Vec<u8>>>;
 }
 
+/// Offline pushes waiting for the webhook, kept where another node finds
+/// them if the node holding them dies (the cluster backend: a Redis stream
+/// per node with a consumer group). Each event is opaque bytes; its id names
+/// where it is kept. A node `put`s events when they arrive, `keep`s those it
+/// still holds (waiting for their user's interval or being retried) well
+/// within `idle`, and is `done` with them when sent, refused, given up or
+/// replaced by a later one; events nobody kept for `idle` are taken over by
+/// any node's `take_over` (its own included: events it lost track of).
+#[async_trait]
+pub trait PushQueue: Send + Sync + 'static {
+    /// Stores the events; their ids, in order.
+    async fn put(&self, events: &[Vec<u8>]) -> Result<Vec<String>>;
+    /// Keeps the events from being taken over for another `idle`.
+    async fn keep(&self, ids: &[String]) -> Result<()>;
+    /// Forgets the events.
+    async fn done(&self, ids: &[String]) -> Result<()>;
+    /// At most `max` events nobody kept for `idle`, now this node's.
+    async fn take_over(&self, idle: std::time::Duration, max: usize) -> Result<Vec<(String, Vec<u8>)>>;
+}
+
 /// Reachability of the backend's servers, for `/healthz`.
 #[async_trait]
 pub trait HealthCheck: Send + Sync + 'static {
@@ -285,4 +305,7 @@ pub struct Backends {
     pub settings: Arc<dyn Settings>,
     /// The message search index.
     pub search: Arc<dyn SearchIndex>,
+    /// Offline pushes that outlive their node; `None` for single-node
+    /// backends (their queue is in memory).
+    pub push_queue: Option<Arc<dyn PushQueue>>,
 }

@@ -28,8 +28,16 @@ impl ChildServer {
 
     /// A node of a cluster on the given Redis (the variable that names it,
     /// and its value) and MongoDB.
-    pub fn start_cluster(data_dir: &Path, node_id: &str, redis: (&str, &str), mongo_url: &str, database: &str) -> Self {
-        let env = [
+    /// `extra`: more settings.
+    pub fn start_cluster(
+        data_dir: &Path,
+        node_id: &str,
+        redis: (&str, &str),
+        mongo_url: &str,
+        database: &str,
+        extra: &[(&str, &str)],
+    ) -> Self {
+        let mut env = vec![
             ("DONGDONG_STORAGE__BACKEND", "cluster"),
             redis,
             ("DONGDONG_STORAGE__MONGO_URL", mongo_url),
@@ -38,6 +46,7 @@ impl ChildServer {
             ("DONGDONG_TIMEOUTS__ACK", "1s"),
             ("DONGDONG_AUTH__OPERATOR_KEY", OPERATOR_KEY),
         ];
+        env.extend_from_slice(extra);
         Self::start_with(data_dir, node_id, &env)
     }
 

@@ -21,6 +21,8 @@ struct Cluster {
     redis: Redis,
     mongo_url: String,
     database: String,
+    /// More settings of every node.
+    extra_env: Vec<(String, String)>,
 }
 
 /// The Redis the nodes share.
@@ -61,6 +63,7 @@ impl Cluster {
             redis,
             mongo_url,
             database,
+            extra_env: Vec::new(),
         };
         for i in 0..n {
             c.add_node(i);
@@ -70,8 +73,15 @@ impl Cluster {
 
     fn add_node(&mut self, i: usize) {
         let data = self.dir.path().join(format!("node{i}"));
-        let node =
-            ChildServer::start_cluster(&data, &self.node_id(i), self.redis.env(), &self.mongo_url, &self.database);
+        let extra: Vec<(&str, &str)> = self.extra_env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let node = ChildServer::start_cluster(
+            &data,
+            &self.node_id(i),
+            self.redis.env(),
+            &self.mongo_url,
+            &self.database,
+            &extra,
+        );
         self.nodes.push(node);
     }
 
@@ -1037,9 +1047,97 @@ async fn a_third_device_sees_senders_on_two_nodes_in_seq_order_on(on: On) {
     eprintln!("node 3: {reads}");
 }
 
+/// Pushes a node holds (being retried against a webhook that answers 503,
+/// or waiting for their user's interval) outlive a kill -9 of that node:
+/// the other node takes them over and every offline user gets one push,
+/// of the latest message (the coalesced ones never go).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_held_by_a_killed_node_are_sent_by_another_once() {
+    durable_pushes_on(On::Single).await;
+}
+
+async fn durable_pushes_on(on: On) {
+    use super::push::{Receiver, SECRET};
+    let Some((redis, mongo)) = shared_servers(on) else { return };
+    let hook = Receiver::start().await;
+    hook.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut c = Cluster::start(0, redis, mongo);
+    c.extra_env = [
+        ("DONGDONG_PUSH__WEBHOOK_URL", hook.url.as_str()),
+        ("DONGDONG_PUSH__SECRET", SECRET),
+        ("DONGDONG_PUSH__MIN_INTERVAL", "1h"),
+        ("DONGDONG_PUSH__MAX_ATTEMPTS", "20"),
+        ("DONGDONG_PUSH__TAKEOVER_AFTER", "2s"),
+    ]
+    .iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    c.add_node(0);
+    c.add_node(1);
+    let mut alice = c.login(0, "alice", "a1").await;
+    // 20 offline users, one message each: pushed at once, refused (503),
+    // retried. And vic gets three: the first is retried, the other two
+    // wait for his interval (an hour), the third replacing the second.
+    let mut want = std::collections::HashMap::new();
+    for i in 0..20 {
+        let user = format!("u{i}");
+        want.insert(user.clone(), alice.send_text(&user, &format!("p{i}"), "offline").await.unwrap().msg_id);
+    }
+    for i in 0..3 {
+        let id = alice.send_text("vic", &format!("v{i}"), "offline").await.unwrap().msg_id;
+        want.insert("vic".to_string(), id);
+    }
+    // Node 0 holds them all: 8 being retried (its requests at once), the
+    // rest waiting for one of those, vic's third for his interval.
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    let tried =
+        || hook.hits().iter().map(|h| h.json()["to_user"].as_str().unwrap().to_string()).collect::<HashSet<_>>();
+    while tried().len() < 8 {
+        assert!(tokio::time::Instant::now() < until, "node 0 did not try the webhook");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(std::process::Command::new("kill").args(["-9", &c.nodes[0].pid().to_string()]).status().unwrap().success());
+    let killed_at = hook.hits().len();
+    hook.down.store(false, std::sync::atomic::Ordering::SeqCst);
+    // Node 1 takes them over (2 s unclaimed) and sends them.
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    let taken = |hits: &[super::push::Hit]| -> Vec<(String, String, String)> {
+        hits.iter()
+            .filter(|h| h.status == 200)
+            .map(|h| {
+                let b = h.json();
+                (b["to_user"].as_str().unwrap().into(), b["msg_id"].as_str().unwrap().into(), h.idempotency_key.clone())
+            })
+            .collect()
+    };
+    while taken(&hook.hits()).len() < want.len() {
+        assert!(tokio::time::Instant::now() < until, "pushes missing: {:?}", taken(&hook.hits()));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Nothing more follows (a second takeover would send them again).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let hits = hook.hits();
+    let got = taken(&hits);
+    assert_eq!(got.len(), want.len(), "each user once: {got:?}");
+    for (user, msg_id, key) in &got {
+        assert_eq!(Some(msg_id), want.get(user), "{user} is pushed the latest message");
+        assert_eq!(key.len(), 32, "an idempotency key");
+    }
+    let keys: HashSet<&String> = got.iter().map(|(_, _, k)| k).collect();
+    assert_eq!(keys.len(), got.len(), "one key per (user, message)");
+    assert!(hits.len() > killed_at, "the pushes after the kill came from node 1");
+    let (_, metrics) = http_get(&c.nodes[1].http_url, "/metrics").await;
+    assert!(metrics.contains("dongdong_push_taken_over_total"), "{metrics}");
+}
+
 /// The tests above that do not stop Redis, on the Redis Cluster.
 mod on_redis_cluster {
     use super::On;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pushes_held_by_a_killed_node_are_sent_by_another_once() {
+        super::durable_pushes_on(On::Cluster).await;
+    }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn three_nodes_chat_across_nodes_and_devices() {

@@ -11,37 +11,39 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 
-const SECRET: &str = "push-secret-for-the-tests";
+pub(super) const SECRET: &str = "push-secret-for-the-tests";
 
 /// One request the receiver got.
 #[derive(Debug, Clone)]
-struct Hit {
+pub(super) struct Hit {
     timestamp: String,
     signature: String,
+    pub(super) idempotency_key: String,
     body: Vec<u8>,
-    status: u16,
+    pub(super) status: u16,
 }
 
 impl Hit {
-    fn json(&self) -> Value {
+    pub(super) fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap()
     }
 }
 
 /// A webhook receiver: answers each request with the next scripted status
-/// (200 when the script is empty) and records it.
+/// (200 when the script is empty; 503 while `down`) and records it.
 #[derive(Clone)]
-struct Receiver {
-    url: String,
+pub(super) struct Receiver {
+    pub(super) url: String,
     hits: Arc<Mutex<Vec<Hit>>>,
     script: Arc<Mutex<VecDeque<u16>>>,
+    pub(super) down: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Receiver {
-    async fn start() -> Self {
+    pub(super) async fn start() -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/hook", listener.local_addr().unwrap());
-        let r = Receiver { url, hits: Default::default(), script: Default::default() };
+        let r = Receiver { url, hits: Default::default(), script: Default::default(), down: Default::default() };
         let me = r.clone();
         tokio::spawn(async move {
             while let Ok((mut tcp, _)) = listener.accept().await {
@@ -79,10 +81,15 @@ impl Receiver {
                             .map(|(_, v)| v.trim().to_string())
                             .unwrap_or_default()
                     };
-                    let status = me.script.lock().unwrap().pop_front().unwrap_or(200);
+                    let status = if me.down.load(std::sync::atomic::Ordering::SeqCst) {
+                        503
+                    } else {
+                        me.script.lock().unwrap().pop_front().unwrap_or(200)
+                    };
                     me.hits.lock().unwrap().push(Hit {
                         timestamp: header("x-dongdong-timestamp"),
                         signature: header("x-dongdong-signature"),
+                        idempotency_key: header("idempotency-key"),
                         body: buf[head_end..head_end + len].to_vec(),
                         status,
                     });
@@ -94,7 +101,7 @@ impl Receiver {
         r
     }
 
-    fn hits(&self) -> Vec<Hit> {
+    pub(super) fn hits(&self) -> Vec<Hit> {
         self.hits.lock().unwrap().clone()
     }
 
