@@ -56,6 +56,7 @@ start_redis_cluster() {
     # shellcheck disable=SC2086
     redis-server --port "$port" --bind 127.0.0.1 --cluster-enabled yes \
       --cluster-config-file "$dir/$port/nodes.conf" --cluster-node-timeout "${REDIS_CLUSTER_NODE_TIMEOUT:-2000}" \
+      --repl-diskless-sync-delay 0 \
       --save "" --appendonly no --dir "$dir/$port" --logfile "$dir/$port/redis.log" ${REDIS_CLUSTER_ARGS:-} &
     redis_cluster_pids+=($!)
     redis_cluster_ports+=("$port")
@@ -71,10 +72,15 @@ start_redis_cluster() {
       sleep 0.05
     done
   done
-  # Replicas join after the slots are covered: wait until each knows its master.
+  # Replicas join after the slots are covered: wait until each knows its
+  # master and has synced with it (one that has not cannot take over).
   for i in $(seq 400); do
-    [ "$(redis-cli -p "${redis_cluster_ports[0]}" cluster nodes | grep -c ' slave ')" -ge $((masters * replicas)) ] && break
-    [ "$i" = 400 ] && { echo "$me: the Redis Cluster's replicas did not join" >&2; return 1; }
+    if [ "$(redis-cli -p "${redis_cluster_ports[0]}" cluster nodes | grep -c ' slave ')" -ge $((masters * replicas)) ] &&
+      [ "$(for p in "${redis_cluster_ports[@]}"; do redis-cli -p "$p" info replication; done |
+        grep -c 'master_link_status:up')" -ge $((masters * replicas)) ]; then
+      break
+    fi
+    [ "$i" = 400 ] && { echo "$me: the Redis Cluster's replicas did not join and sync" >&2; return 1; }
     sleep 0.05
   done
   redis_cluster_seeds=$(printf 'redis://127.0.0.1:%s,' "${redis_cluster_ports[@]}")

@@ -10,6 +10,10 @@
 #
 #   MONGO_URL=mongodb://127.0.0.1:27017 scripts/send-cost.sh
 #
+# REDIS_CLUSTER=1: a private 3-master Redis Cluster instead, with no proxy
+# (the client follows the cluster's own addresses): only the commands per
+# message, summed over the masters, mean anything then.
+#
 # BIN picks the dongdong binary (default: target/release/dongdong, built first).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,23 +25,35 @@ if [ -z "${BIN:-}" ]; then
 fi
 work=$(mktemp -d)
 trap 'kill $(jobs -p) 2>/dev/null; wait 2>/dev/null; rm -rf "$work"' EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-redis_port=$(free_port) proxy_port=$(free_port) ws=$(free_port)
-redis-server --port "$redis_port" --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
-for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+me=send-cost.sh
+# shellcheck source=scripts/lib.sh
+. scripts/lib.sh
+ws=$(free_port)
 echo 0 >"$work/delay"
-python3 scripts/redis-delay-proxy.py "$proxy_port" "$redis_port" "$work/delay" &
+if [ -n "${REDIS_CLUSTER:-}" ]; then
+  start_redis_cluster "$work/redis-cluster" 3 0
+  redis_ports=$(IFS=,; echo "${redis_cluster_ports[*]}")
+  export DONGDONG_STORAGE__REDIS_CLUSTER=$redis_cluster_seeds
+  DELAY_MS=0
+else
+  redis_port=$(free_port) proxy_port=$(free_port)
+  redis-server --port "$redis_port" --save '' --appendonly no --dir "$work" >"$work/redis.log" 2>&1 &
+  for _ in $(seq 100); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  python3 scripts/redis-delay-proxy.py "$proxy_port" "$redis_port" "$work/delay" &
+  redis_ports=$redis_port
+  export DONGDONG_STORAGE__REDIS_URL=redis://127.0.0.1:$proxy_port
+fi
 secret=send-cost-secret-0123456789abcdef0123
 export DONGDONG_AUTH__SECRET=$secret DONGDONG_STORAGE__BACKEND=cluster \
-  DONGDONG_STORAGE__REDIS_URL=redis://127.0.0.1:$proxy_port DONGDONG_STORAGE__MONGO_URL=$MONGO_URL \
+  DONGDONG_STORAGE__MONGO_URL=$MONGO_URL \
   DONGDONG_STORAGE__MONGO_DATABASE=sendcost_$(date +%s) DONGDONG_LOG__FILTER=warn DONGDONG_STORAGE__NODE_ID=cost-1
 "$BIN" serve --data "$work/node" --listen 127.0.0.1:$ws --http 127.0.0.1:$(free_port) >/dev/null 2>"$work/node.log" &
 for _ in $(seq 200); do (echo >"/dev/tcp/127.0.0.1/$ws") 2>/dev/null && break; sleep 0.05; done
-SECRET=$secret N=$N DELAY_MS=$DELAY_MS WS=$ws REDIS_PORT=$redis_port DELAY_FILE=$work/delay python3 - <<'EOF'
+SECRET=$secret N=$N DELAY_MS=$DELAY_MS WS=$ws REDIS_PORTS=$redis_ports DELAY_FILE=$work/delay python3 - <<'EOF'
 import base64, hashlib, hmac, json, os, socket, statistics, struct, subprocess, threading, time
 
 secret, n, delay = os.environ["SECRET"].encode(), int(os.environ["N"]), int(os.environ["DELAY_MS"])
-ws_port, redis_port = int(os.environ["WS"]), os.environ["REDIS_PORT"]
+ws_port, redis_ports = int(os.environ["WS"]), os.environ["REDIS_PORTS"].split(",")
 
 def b64(b):
     return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
@@ -109,8 +125,14 @@ with open(os.environ["DELAY_FILE"], "w") as f:
 time.sleep(0.2)
 
 def stats():
-    out = subprocess.run(["redis-cli", "-p", redis_port, "INFO", "commandstats"], capture_output=True, text=True).stdout
-    return {l[8:].split(":")[0]: int(l.split("calls=")[1].split(",")[0]) for l in out.splitlines() if l.startswith("cmdstat_")}
+    total = {}
+    for port in redis_ports:
+        out = subprocess.run(["redis-cli", "-p", port, "INFO", "commandstats"], capture_output=True, text=True).stdout
+        for l in out.splitlines():
+            if l.startswith("cmdstat_"):
+                k = l[8:].split(":")[0]
+                total[k] = total.get(k, 0) + int(l.split("calls=")[1].split(",")[0])
+    return total
 
 before = stats()
 lat = []
@@ -126,10 +148,12 @@ while len(got) < n + 1 and time.time() < deadline:
 time.sleep(4 * delay / 1000 + 0.5)  # the acks' writes
 after = stats()
 delta = {k: after.get(k, 0) - before.get(k, 0) for k in after}
-delta.pop("info", None)
+for k in ("info", "cluster|nodes", "cluster|slots", "cluster|shards"):
+    delta.pop(k, None)
 per = ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(delta.items(), key=lambda kv: -kv[1]) if v)
 p50 = statistics.median(lat)
-print(f"{n} sends, both users online on one node, Redis {delay} ms away each way: SendAck p50 {p50:.1f} ms "
-      f"(= {p50 / (2 * delay):.1f} Redis round trips of {2 * delay} ms), min {min(lat):.1f} ms; "
+where = (f"Redis {delay} ms away each way: SendAck p50 {p50:.1f} ms (= {p50 / (2 * delay):.1f} Redis round trips "
+         f"of {2 * delay} ms)" if delay else f"Redis Cluster of {len(redis_ports)} masters: SendAck p50 {p50:.1f} ms")
+print(f"{n} sends, both users online on one node, {where}, min {min(lat):.1f} ms; "
       f"Redis commands per message: {sum(delta.values()) / n:.2f} ({per}); delivered {len(got) - 1} of {n}")
 EOF

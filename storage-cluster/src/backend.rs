@@ -117,7 +117,7 @@ pub async fn connect_redis(options: &ClusterOptions) -> Result<RedisConn> {
             .await
             .map_err(|_| unreachable(&"timed out"))?
             .map_err(|e| unreachable(&e))?;
-        RedisConn::Cluster(conn)
+        RedisConn::Cluster(conn::ClusterHandle::new(client, conn, timeout))
     };
     let _: String = redis::cmd("PING").query_async(&mut conn).await.map_err(|e| unreachable(&e))?;
     Ok(conn)

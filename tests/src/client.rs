@@ -162,6 +162,30 @@ impl Client {
         req_id
     }
 
+    /// Sends and waits for the reply; None when the connection ended first
+    /// (or no reply came within 10 s).
+    pub async fn try_send_text(
+        &mut self,
+        to: &str,
+        client_msg_id: &str,
+        text: &str,
+    ) -> Option<Result<pb::SendAck, pb::Error>> {
+        let req_id = self.next_req_id();
+        let send =
+            pb::Send { client_msg_id: client_msg_id.into(), to_user: to.into(), content: Some(text_content(text)) };
+        self.ws.send(&Frame { req_id, body: Some(Body::Send(send)) }).await.ok()?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.recv(left).await? {
+                Ok(Frame { req_id: r, body: Some(Body::SendAck(a)) }) if r == req_id => return Some(Ok(a)),
+                Ok(Frame { req_id: r, body: Some(Body::Error(e)) }) if r == req_id => return Some(Err(e)),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
     /// Acks without panicking when the connection is gone.
     pub async fn try_ack(&mut self, msg_ids: Vec<String>) -> bool {
         self.ws.request(Body::Ack(pb::Ack { msg_ids, event_ids: vec![] })).await.is_ok()

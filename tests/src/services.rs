@@ -91,6 +91,123 @@ impl Drop for PrivateRedis {
     }
 }
 
+/// A private Redis Cluster: `masters` masters with a replica each, every
+/// node with an append-only file (fsync always) and a node timeout of 2 s,
+/// so a killed master's replica takes over within seconds.
+pub struct PrivateRedisCluster {
+    nodes: Vec<(u16, Option<Child>)>,
+    cli: PathBuf,
+}
+
+impl PrivateRedisCluster {
+    pub fn start(dir: &Path, masters: usize) -> Option<Self> {
+        let program = required("DDTEST_REDIS_SERVER")?;
+        let cli = Path::new(&program).with_file_name("redis-cli");
+        let cli = if cli.exists() { cli } else { PathBuf::from("redis-cli") };
+        let mut nodes = Vec::new();
+        for _ in 0..masters * 2 {
+            // The cluster bus listens on port + 10000.
+            let port = loop {
+                let p = free_port();
+                if p < 55_000 && TcpListener::bind(("127.0.0.1", p + 10_000)).is_ok() {
+                    break p;
+                }
+            };
+            let node_dir = dir.join(port.to_string());
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let child = Command::new(&program)
+                .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+                .args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000", "--repl-diskless-sync-delay", "0"])
+                .args(["--appendonly", "yes", "--appendfsync", "always", "--dir"])
+                .arg(&node_dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start redis-server");
+            nodes.push((port, Some(child)));
+        }
+        for (port, _) in &nodes {
+            wait_for_port(*port, "redis-server (cluster node)");
+        }
+        let out = Command::new(&cli)
+            .args(["--cluster", "create"])
+            .args(nodes.iter().map(|(p, _)| format!("127.0.0.1:{p}")))
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(out.status.success(), "redis-cli --cluster create: {}", String::from_utf8_lossy(&out.stdout));
+        let c = Self { nodes, cli };
+        // A replica that has not synced with its master yet cannot take over.
+        c.wait_until(|c| c.replicas() == masters && c.ok() && c.synced(), "the Redis Cluster to come up");
+        Some(c)
+    }
+
+    fn cli(&self, port: u16, args: &[&str]) -> String {
+        let out = Command::new(&self.cli).arg("-p").arg(port.to_string()).args(args).output();
+        out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default()
+    }
+
+    fn live(&self) -> impl Iterator<Item = u16> + '_ {
+        self.nodes.iter().filter(|(_, c)| c.is_some()).map(|(p, _)| *p)
+    }
+
+    fn replicas(&self) -> usize {
+        self.live().next().map(|p| self.cli(p, &["cluster", "nodes"]).matches(" slave ").count()).unwrap_or(0)
+    }
+
+    /// Every replica has synced with its master.
+    fn synced(&self) -> bool {
+        self.live().all(|p| {
+            let info = self.cli(p, &["info", "replication"]);
+            !info.contains("role:slave") || info.contains("master_link_status:up")
+        })
+    }
+
+    /// Every live node sees all slots served.
+    fn ok(&self) -> bool {
+        self.live().all(|p| self.cli(p, &["cluster", "info"]).contains("cluster_state:ok"))
+    }
+
+    fn wait_until(&self, done: impl Fn(&Self) -> bool, what: &str) {
+        let until = Instant::now() + Duration::from_secs(30);
+        while !done(self) {
+            let nodes = || self.live().next().map(|p| self.cli(p, &["cluster", "nodes"])).unwrap_or_default();
+            assert!(Instant::now() < until, "timed out waiting for {what}:\n{}", nodes());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The seeds, for `storage.redis_cluster`.
+    pub fn seeds(&self) -> String {
+        self.nodes.iter().map(|(p, _)| format!("redis://127.0.0.1:{p}")).collect::<Vec<_>>().join(",")
+    }
+
+    /// Kills a master (SIGKILL) and returns once its replica has taken its
+    /// slots over; how long that took.
+    pub fn kill_a_master(&mut self) -> Duration {
+        let started = Instant::now();
+        let port = self.live().find(|p| self.cli(*p, &["role"]).starts_with("master")).expect("a master");
+        let slot = self.nodes.iter_mut().find(|(p, _)| *p == port).unwrap();
+        stop_child(&mut slot.1, port);
+        self.wait_until(
+            |c| {
+                let nodes = c.live().next().map(|p| c.cli(p, &["cluster", "nodes"])).unwrap_or_default();
+                nodes.lines().any(|l| l.contains(&format!("127.0.0.1:{port}@")) && l.contains(",fail ")) && c.ok()
+            },
+            "a replica to take over",
+        );
+        started.elapsed()
+    }
+}
+
+impl Drop for PrivateRedisCluster {
+    fn drop(&mut self) {
+        for (port, child) in &mut self.nodes {
+            stop_child(child, *port);
+        }
+    }
+}
+
 /// A secantusdb server that can be stopped and started on the same data.
 pub struct PrivateMongo {
     python: String,

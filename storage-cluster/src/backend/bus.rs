@@ -77,21 +77,15 @@ impl NodeBus for RedisBus {
                 tokio::spawn(subscriber(client.clone(), name, first, Inbox::new(tx)));
             }
             Subscriber::Cluster(seeds) => {
-                let (pushes, received) = mpsc::unbounded_channel();
-                let client = super::cluster_client(seeds, self.timeout)
-                    .use_protocol(redis::ProtocolVersion::RESP3)
-                    .push_sender(pushes)
-                    .build()
-                    .map_err(redis_err("cluster pubsub client"))?;
-                let conn = tokio::time::timeout(self.timeout, async {
-                    let mut conn = client.get_async_connection().await?;
-                    conn.ssubscribe(&name).await?;
-                    Ok::<_, redis::RedisError>(conn)
-                })
-                .await
-                .map_err(timed_out)?
-                .map_err(redis_err("SSUBSCRIBE"))?;
-                tokio::spawn(sharded_subscriber(conn, name, received, Inbox::new(tx)));
+                let sharded = Sharded {
+                    seeds: seeds.clone(),
+                    channel: name,
+                    timeout: self.timeout,
+                    publisher: self.publisher.clone(),
+                    probe: format!("dd-bus-probe:{}", im_core::new_msg_id()).into_bytes(),
+                };
+                let first = tokio::time::timeout(self.timeout, sharded.subscribe()).await.map_err(timed_out)??;
+                tokio::spawn(sharded.run(first, Inbox::new(tx)));
             }
         }
         Ok(rx)
@@ -136,32 +130,139 @@ impl Inbox {
     }
 }
 
-async fn sharded_subscriber(
-    conn: redis::cluster_async::ClusterConnection,
+/// A silent subscription is probed after this long: a message of its own
+/// is published to its channel.
+const PROBE_AFTER: Duration = Duration::from_secs(10);
+
+/// A subscription to a sharded channel of a Redis Cluster. The cluster
+/// client resubscribes by itself where the channel's slot moves, but it can
+/// wedge after a failover (see `conn.rs`) and then receives nothing, without
+/// an error. So a subscription that was silent for `PROBE_AFTER` publishes a
+/// probe to itself; if it does not come back within the timeout (three
+/// times), the subscription is made afresh and the node told that pushes
+/// may have been lost.
+struct Sharded {
+    seeds: Vec<String>,
     channel: String,
-    mut pushes: mpsc::UnboundedReceiver<redis::PushInfo>,
-    mut inbox: Inbox,
-) {
-    // Held for the subscription's life: the client resubscribes with it.
-    let _conn = conn;
-    while let Some(push) = pushes.recv().await {
-        let open = match push.kind {
-            redis::PushKind::SMessage => match push.data.into_iter().nth(1) {
-                Some(redis::Value::BulkString(payload)) => inbox.deliver(payload),
-                _ => true,
-            },
-            redis::PushKind::Disconnection => {
-                // One of the cluster's connections closed: the client
-                // reconnects and resubscribes; what was published
-                // meanwhile may be lost.
-                metrics::counter!("dongdong_bus_disconnects_total").increment(1);
-                tracing::warn!(channel, "a node bus connection to the Redis Cluster closed; resubscribing");
-                inbox.lost().await
+    timeout: Duration,
+    publisher: RedisConn,
+    probe: Vec<u8>,
+}
+
+impl Sharded {
+    /// Publishes the probe to the channel (best effort).
+    async fn probe(&self) {
+        let probe = redis::cmd("SPUBLISH").arg(&self.channel).arg(&self.probe).clone();
+        let mut publisher = self.publisher.clone();
+        let _ = tokio::time::timeout(self.timeout, probe.query_async::<u64>(&mut publisher)).await;
+    }
+}
+
+type Subscription = (redis::cluster_async::ClusterConnection, mpsc::UnboundedReceiver<redis::PushInfo>);
+
+impl Sharded {
+    async fn subscribe(&self) -> Result<Subscription> {
+        let (pushes, received) = mpsc::unbounded_channel();
+        let client = super::cluster_client(&self.seeds, self.timeout)
+            .use_protocol(redis::ProtocolVersion::RESP3)
+            .push_sender(pushes)
+            .build()
+            .map_err(redis_err("cluster pubsub client"))?;
+        let mut conn = client.get_async_connection().await.map_err(redis_err("cluster pubsub connect"))?;
+        conn.ssubscribe(&self.channel).await.map_err(redis_err("SSUBSCRIBE"))?;
+        Ok((conn, received))
+    }
+
+    async fn run(self, first: Subscription, mut inbox: Inbox) {
+        let mut current = Some(first);
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let (conn, pushes) = match current.take() {
+                Some(s) => s,
+                None => match tokio::time::timeout(self.timeout * 2, self.subscribe()).await {
+                    Ok(Ok(s)) => {
+                        tracing::info!(channel = self.channel, "subscribed to the node bus afresh");
+                        backoff = Duration::from_millis(50);
+                        if !inbox.lost().await {
+                            return;
+                        }
+                        s
+                    }
+                    failed => {
+                        let e = failed.map_or_else(
+                            |_| "timed out".to_string(),
+                            |r| r.err().map(|e| e.to_string()).unwrap_or_default(),
+                        );
+                        tracing::warn!(error = e, "node bus subscribe failed; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                        if inbox.tx.is_closed() {
+                            return;
+                        }
+                        continue;
+                    }
+                },
+            };
+            if !self.listen(pushes, &mut inbox).await {
+                return;
             }
-            _ => true,
-        };
-        if !open {
-            return;
+            drop(conn);
+            metrics::counter!("dongdong_bus_disconnects_total").increment(1);
+            tracing::warn!(
+                channel = self.channel,
+                "the node bus subscription is deaf (its probe did not come back); subscribing afresh"
+            );
+        }
+    }
+
+    /// Hands on what arrives until the subscription is found deaf (true)
+    /// or the node stops listening (false).
+    async fn listen(&self, mut pushes: mpsc::UnboundedReceiver<redis::PushInfo>, inbox: &mut Inbox) -> bool {
+        let mut deadline = tokio::time::Instant::now() + PROBE_AFTER;
+        let mut probes_unanswered = 0u32;
+        loop {
+            match tokio::time::timeout_at(deadline, pushes.recv()).await {
+                Ok(None) => return true,
+                Ok(Some(push)) => match push.kind {
+                    redis::PushKind::SMessage => {
+                        deadline = tokio::time::Instant::now() + PROBE_AFTER;
+                        probes_unanswered = 0;
+                        match push.data.into_iter().nth(1) {
+                            Some(redis::Value::BulkString(payload))
+                                if payload != self.probe && !inbox.deliver(payload) =>
+                            {
+                                return false;
+                            }
+                            _ => {}
+                        }
+                    }
+                    redis::PushKind::Disconnection => {
+                        // One of the cluster's connections closed: the
+                        // client reconnects and resubscribes; what was
+                        // published meanwhile may be lost. Probed at once:
+                        // the resubscription may not happen (a failover).
+                        metrics::counter!("dongdong_bus_disconnects_total").increment(1);
+                        tracing::warn!(channel = self.channel, "a node bus connection to the Redis Cluster closed");
+                        if !inbox.lost().await {
+                            return false;
+                        }
+                        if probes_unanswered == 0 {
+                            probes_unanswered = 1;
+                            deadline = tokio::time::Instant::now() + self.timeout;
+                            self.probe().await;
+                        }
+                    }
+                    _ => {}
+                },
+                Err(_) => {
+                    if probes_unanswered >= 3 {
+                        return true;
+                    }
+                    probes_unanswered += 1;
+                    deadline = tokio::time::Instant::now() + self.timeout;
+                    self.probe().await;
+                }
+            }
         }
     }
 }

@@ -13,13 +13,87 @@
 //! customer-service prefix).
 
 use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 #[derive(Clone)]
 pub enum RedisConn {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(Arc<ClusterHandle>),
+}
+
+/// A cluster connection that is replaced when it is stuck. The cluster
+/// client (redis-rs 1.8) can wedge after a master fails over: every request
+/// times out, even to masters that are fine, and stays so (the soak with a
+/// master killed found it, twice). When every request has failed with a
+/// timeout or an I/O error for `stuck_after`, a new connection is made from
+/// the seeds and takes the old one's place for every user of the handle.
+pub struct ClusterHandle {
+    client: ClusterClient,
+    conn: arc_swap::ArcSwap<ClusterConnection>,
+    /// Since when every request failed (none: the last one succeeded).
+    failing_since: std::sync::Mutex<Option<Instant>>,
+    rebuilding: AtomicBool,
+    stuck_after: Duration,
+    timeout: Duration,
+}
+
+impl ClusterHandle {
+    pub fn new(client: ClusterClient, conn: ClusterConnection, timeout: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            conn: arc_swap::ArcSwap::from_pointee(conn),
+            failing_since: Default::default(),
+            rebuilding: AtomicBool::new(false),
+            stuck_after: (timeout * 3).max(Duration::from_secs(3)),
+            timeout,
+        })
+    }
+
+    fn current(&self) -> ClusterConnection {
+        (**self.conn.load()).clone()
+    }
+
+    /// Notes how a request went; replaces the connection when stuck.
+    fn observe<T>(self: &Arc<Self>, result: &RedisResult<T>) {
+        let Ok(mut since) = self.failing_since.lock() else { return };
+        match result {
+            Err(e) if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() => {
+                let started = *since.get_or_insert_with(Instant::now);
+                if started.elapsed() >= self.stuck_after && !self.rebuilding.swap(true, Ordering::AcqRel) {
+                    tokio::spawn(self.clone().rebuild());
+                }
+            }
+            _ => *since = None,
+        }
+    }
+
+    async fn rebuild(self: Arc<Self>) {
+        tracing::warn!("every Redis Cluster request failed for {:?}; connecting afresh", self.stuck_after);
+        let mut pause = Duration::from_millis(200);
+        loop {
+            match tokio::time::timeout(self.timeout * 2, self.client.get_async_connection()).await {
+                Ok(Ok(conn)) => {
+                    self.conn.store(Arc::new(conn));
+                    if let Ok(mut since) = self.failing_since.lock() {
+                        *since = None;
+                    }
+                    metrics::counter!("dongdong_redis_cluster_reconnects_total").increment(1);
+                    tracing::warn!("connected to the Redis Cluster afresh");
+                    break;
+                }
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot connect to the Redis Cluster; retrying"),
+                Err(_) => tracing::warn!("connecting to the Redis Cluster timed out; retrying"),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+        self.rebuilding.store(false, Ordering::Release);
+    }
 }
 
 impl RedisConn {
@@ -84,7 +158,14 @@ impl ConnectionLike for RedisConn {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             RedisConn::Single(c) => c.req_packed_command(cmd),
-            RedisConn::Cluster(c) => c.req_packed_command(cmd),
+            RedisConn::Cluster(handle) => {
+                let handle = handle.clone();
+                Box::pin(async move {
+                    let result = handle.current().req_packed_command(cmd).await;
+                    handle.observe(&result);
+                    result
+                })
+            }
         }
     }
 
@@ -96,34 +177,40 @@ impl ConnectionLike for RedisConn {
     ) -> RedisFuture<'a, Vec<Value>> {
         match self {
             RedisConn::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            RedisConn::Cluster(c) => match split(pipeline) {
-                None => c.req_packed_commands(pipeline, offset, count),
-                Some(parts) => {
-                    let conn = c.clone();
-                    let total = pipeline.len();
-                    Box::pin(async move {
-                        let replies = futures_util::future::try_join_all(parts.iter().map(|(pipe, _)| {
-                            let mut conn = conn.clone();
-                            async move { conn.req_packed_commands(pipe, 0, pipe.len()).await }
-                        }))
-                        .await?;
-                        let mut out = vec![Value::Nil; total];
-                        for ((_, at), values) in parts.iter().zip(replies) {
-                            for (&i, v) in at.iter().zip(values) {
-                                out[i] = v;
-                            }
+            RedisConn::Cluster(handle) => {
+                let handle = handle.clone();
+                Box::pin(async move {
+                    let conn = handle.current();
+                    let result = match split(pipeline) {
+                        None => conn.clone().req_packed_commands(pipeline, offset, count).await,
+                        Some(parts) => {
+                            let replies = futures_util::future::try_join_all(parts.iter().map(|(pipe, _)| {
+                                let mut conn = conn.clone();
+                                async move { conn.req_packed_commands(pipe, 0, pipe.len()).await }
+                            }))
+                            .await;
+                            replies.map(|replies| {
+                                let mut out = vec![Value::Nil; pipeline.len()];
+                                for ((_, at), values) in parts.iter().zip(replies) {
+                                    for (&i, v) in at.iter().zip(values) {
+                                        out[i] = v;
+                                    }
+                                }
+                                out
+                            })
                         }
-                        Ok(out)
-                    })
-                }
-            },
+                    };
+                    handle.observe(&result);
+                    result
+                })
+            }
         }
     }
 
     fn get_db(&self) -> i64 {
         match self {
             RedisConn::Single(c) => c.get_db(),
-            RedisConn::Cluster(c) => c.get_db(),
+            RedisConn::Cluster(handle) => handle.current().get_db(),
         }
     }
 }

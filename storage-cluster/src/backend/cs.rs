@@ -33,14 +33,17 @@ const SWEEPERS: &str = "dd:cs:sweepers";
 const DUE: &str = "dd:cs:due";
 /// Most tenants one node sweeps per round (the rest are next).
 const SWEEP_BATCH: isize = 512;
+/// The nodes that sweep, scored by when each was last seen (ms, its own
+/// clock; each writes every 2 leases): a tenant whose lease is free goes to
+/// the node that rendezvous hashing picks among those seen within 5 leases.
+const SWEEP_NODES: &str = "dd:cs:sweepnodes";
 
 /// Sets quick reply ARGV[1] to ARGV[2] unless it is new and the hash
 /// already holds ARGV[3] replies; 1 if stored.
 const PUT_REPLY: &str = include_str!("lua/put-reply.lua");
 
-/// Returns the tenants (ARGV[3..]) whose sweep lease node ARGV[1] holds or
-/// takes because it expired; renews them for ARGV[2] ms. Redis' own clock,
-/// so the nodes' clocks need not agree.
+/// Returns the tenants whose sweep lease a node holds, or takes because it
+/// is free or expired and the tenant is the node's to take; renews them.
 const SWEEP_LEASE: &str = include_str!("lua/sweep-lease.lua");
 
 /// The cluster [`CsStore`].
@@ -56,6 +59,8 @@ pub struct RedisCs {
     /// due index once (tenants from before the index, or whose mark a
     /// crash lost).
     seeded: std::sync::atomic::AtomicBool,
+    /// When this node next writes that it is seen in `SWEEP_NODES` (ms).
+    next_seen: std::sync::atomic::AtomicU64,
 }
 
 fn prefix(tenant: &str) -> String {
@@ -124,6 +129,7 @@ impl RedisCs {
             retention,
             known: Default::default(),
             seeded: Default::default(),
+            next_seen: Default::default(),
         }
     }
 
@@ -379,24 +385,35 @@ impl CsStore for RedisCs {
             self.seeded.store(true, std::sync::atomic::Ordering::Relaxed);
         }
         let now = im_core::now_ms();
-        let tenants: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(DUE)
-            .arg("-inf")
-            .arg(now)
-            .arg("LIMIT")
-            .arg(0)
-            .arg(SWEEP_BATCH)
-            .query_async(&mut conn)
-            .await
-            .map_err(redis_err("cs due"))?;
+        let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1);
+        let mut pipe = redis::pipe();
+        // Seen by the others every 2 leases (not every round: an idle
+        // cluster costs a command per node and round).
+        if now >= self.next_seen.load(std::sync::atomic::Ordering::Relaxed) {
+            pipe.cmd("ZADD").arg(SWEEP_NODES).arg(now).arg(node).ignore();
+            pipe.cmd("ZREMRANGEBYSCORE").arg(SWEEP_NODES).arg("-inf").arg(now.saturating_sub(lease_ms * 100)).ignore();
+            self.next_seen.store(now + 2 * lease_ms, std::sync::atomic::Ordering::Relaxed);
+        }
+        pipe.cmd("ZRANGEBYSCORE").arg(DUE).arg("-inf").arg(now).arg("LIMIT").arg(0).arg(SWEEP_BATCH);
+        let (tenants,): (Vec<String>,) = pipe.query_async(&mut conn).await.map_err(redis_err("cs due"))?;
         if tenants.is_empty() {
             return Ok(tenants);
         }
+        let nodes: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(SWEEP_NODES)
+            .arg(now.saturating_sub(5 * lease_ms))
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_err("cs sweep nodes"))?;
         let _t = CallTimer::new("redis", "cs_sweep_lease");
         let mut invocation = self.sweep_lease.key(SWEEPERS);
-        invocation.arg(node).arg(u64::try_from(lease.as_millis()).unwrap_or(u64::MAX).max(1));
+        invocation.arg(node).arg(lease_ms);
         for t in &tenants {
-            invocation.arg(t);
+            // Free leases go to their rendezvous node, so that the nodes
+            // share the tenants; held ones stay with their holder, expired
+            // ones go to whoever finds them first (its holder died).
+            invocation.arg(t).arg(if rendezvous(t, &nodes, node) == node { "1" } else { "0" });
         }
         let mine: Vec<String> = invocation.invoke_async(&mut self.conn()).await.map_err(redis_err("cs sweep lease"))?;
         Ok(mine)
@@ -412,7 +429,13 @@ impl CsStore for RedisCs {
         let mut conn = self.conn();
         let _: () = match next_due_ms {
             Some(at) => conn.zadd(DUE, tenant, at).await,
-            None => conn.zrem(DUE, tenant).await,
+            // Idle: its lease is freed too, so that when it is next due its
+            // rendezvous node takes it (the nodes share the tenants).
+            None => {
+                let mut pipe = redis::pipe();
+                pipe.zrem(DUE, tenant).ignore().hdel(SWEEPERS, tenant).ignore();
+                pipe.query_async(&mut conn).await
+            }
         }
         .map_err(redis_err("cs due"))?;
         // A command that ran after the sweep may have had its mark
@@ -438,6 +461,19 @@ impl RedisCs {
             .await
             .map_err(redis_err("cs due"))
     }
+}
+
+/// The node among `nodes` (and `me`) that sweeps `tenant` when its lease is
+/// free: the one whose hash with the tenant is highest. Every node computes
+/// the same from the same list, and a node that joins or leaves moves only
+/// its own share.
+fn rendezvous<'a>(tenant: &str, nodes: &'a [String], me: &'a str) -> &'a str {
+    use sha2::Digest;
+    let score = |node: &str| {
+        let d = sha2::Sha256::digest(format!("{tenant}\n{node}"));
+        u64::from_be_bytes([d[0], d[1], d[2], d[3], d[4], d[5], d[6], d[7]])
+    };
+    nodes.iter().map(String::as_str).chain(std::iter::once(me)).max_by_key(|n| (score(n), *n)).unwrap_or(me)
 }
 
 /// Whether the tenant now has state worth sweeping (a group or an agent).
@@ -565,6 +601,9 @@ mod tests {
     #[tokio::test]
     async fn one_node_sweeps_a_tenant_until_its_lease_runs_out() {
         let Some(redis) = super::super::test_redis(false).await else { return };
+        let _alone = SWEEPERS_LOCK.lock().await;
+        // Nodes of an earlier test are no longer seen (5 leases).
+        tokio::time::sleep(Duration::from_millis(2100)).await;
         let cs = RedisCs::new(redis, Duration::from_secs(600));
         let t = format!("lease-{}", im_core::new_msg_id());
         let spec = GroupSpec { id: "g".into(), ..GroupSpec::default() };
@@ -586,6 +625,65 @@ mod tests {
         assert!(sweeps(n2.clone()).await, "n1 stopped renewing: n2 takes over");
         assert!(!sweeps(n1).await, "and keeps it");
         forget_tenant(&cs, &t).await;
+    }
+
+    /// The tests whose nodes ask for tenants to sweep, one at a time: each
+    /// node seen within a lease gets a share of the free ones.
+    static SWEEPERS_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    /// Three nodes share the due tenants whose leases are free, each tenant
+    /// swept by one; a node that stops leaves its share to the others.
+    #[tokio::test]
+    async fn nodes_share_the_tenants_to_sweep() {
+        let Some(redis) = super::super::test_redis(false).await else { return };
+        let _alone = SWEEPERS_LOCK.lock().await;
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let cs = RedisCs::new(redis, Duration::from_secs(600));
+        let run = im_core::new_msg_id();
+        let tenants: Vec<String> = (0..60).map(|i| format!("share-{run}-{i}")).collect();
+        let spec = GroupSpec { id: "g".into(), ..GroupSpec::default() };
+        for t in &tenants {
+            let put = CsCommand::PutGroup { spec: spec.clone(), only: vec![] };
+            assert!(cs.execute(t, put, 1).await.unwrap().reply.is_ok());
+        }
+        let lease = Duration::from_millis(400);
+        let nodes: Vec<String> = (1..=3).map(|i| format!("n{i}-{run}")).collect();
+        // Every node is seen before any takes a lease.
+        for n in &nodes {
+            let _ = cs.conn().zadd::<_, _, _, ()>(SWEEP_NODES, n, im_core::now_ms()).await;
+        }
+        let share = |node: String| {
+            let cs = &cs;
+            let tenants = &tenants;
+            async move {
+                let mine = cs.sweep_tenants(&node, lease).await.unwrap();
+                mine.into_iter().filter(|t| tenants.contains(t)).collect::<std::collections::BTreeSet<_>>()
+            }
+        };
+        let mut shares = Vec::new();
+        for n in &nodes {
+            shares.push(share(n.clone()).await);
+        }
+        let sizes: Vec<usize> = shares.iter().map(|s| s.len()).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 60, "each tenant once: {sizes:?}");
+        assert!(sizes.iter().all(|&n| n >= 8), "shared: {sizes:?}");
+        // The same again: each keeps its share.
+        for (n, before) in nodes.iter().zip(&shares) {
+            assert_eq!(&share(n.clone()).await, before);
+        }
+        // Node 3 stops; 1 and 2 go on renewing theirs, and take its share
+        // once its leases ran out.
+        let (mut a, mut b) = (Default::default(), Default::default());
+        for _ in 0..3 {
+            tokio::time::sleep(lease / 2).await;
+            (a, b) = (share(nodes[0].clone()).await, share(nodes[1].clone()).await);
+        }
+        assert_eq!(a.len() + b.len(), 60, "{} + {}", a.len(), b.len());
+        assert!(a.is_disjoint(&b));
+        assert!(a.is_superset(&shares[0]) && b.is_superset(&shares[1]), "each keeps its own");
+        for t in &tenants {
+            forget_tenant(&cs, t).await;
+        }
     }
 
     /// A tenant is swept after a command or when a timed rule is due, and

@@ -7,7 +7,7 @@
 use super::child::ChildServer;
 use dongdong_tests::client::{Client, Closed, code, msg};
 use dongdong_tests::http::get as http_get;
-use dongdong_tests::services::{PrivateMongo, PrivateRedis, required};
+use dongdong_tests::services::{PrivateMongo, PrivateRedis, PrivateRedisCluster, required};
 use im_core::pb::{self, frame::Body};
 use im_core::{CloseCode, Encoding, ErrorCode};
 use std::collections::HashSet;
@@ -451,6 +451,63 @@ async fn redis_restart_under_traffic_loses_nothing_and_recovers() {
     let mut carol = c.login(1, "carol", "c1").await;
     let ack = alice.send_text("carol", "after", "recovered").await.unwrap();
     assert_eq!(msg(&carol.next_deliver().await).msg_id, ack.msg_id);
+}
+
+/// A Redis Cluster master killed under traffic (its replica takes over):
+/// sends meanwhile fail with retryable errors, every acked message is
+/// delivered, and the nodes recover without a restart. (redis 1.8.1's
+/// cluster client left every request stranded after such a failover; the
+/// soak found it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_master_killed_under_traffic_loses_nothing_acked() {
+    let Some(mongo) = required("DDTEST_MONGO_URL") else { return };
+    let redis_dir = tempfile::tempdir().unwrap();
+    let Some(redis) = PrivateRedisCluster::start(redis_dir.path(), 3) else { return };
+    let c = Cluster::start(2, Redis::Cluster(redis.seeds()), mongo);
+    let bob = c.login(1, "bob", "b1").await;
+    let mut alice = c.login(0, "alice", "a1").await;
+    let mut acked = HashSet::new();
+    let mut retryable_errors = 0;
+    let mut redis = Some(redis);
+    let mut failover = None;
+    for i in 0..150 {
+        if i == 30 {
+            // Killed while alice goes on sending.
+            let mut r = redis.take().unwrap();
+            failover = Some(tokio::task::spawn_blocking(move || (r.kill_a_master(), r)));
+        }
+        // As a client does: retryable errors retried, a closed connection
+        // (1013: its replay could not read Redis) opened again.
+        let cmid = format!("f{i}");
+        let ack = loop {
+            match alice.try_send_text("bob", &cmid, &cmid).await {
+                Some(Ok(ack)) => break ack,
+                Some(Err(e)) => assert!(e.retryable, "only retryable errors: {e:?}"),
+                None => {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    if let Some(mut again) = Client::try_connect(&c.nodes[0].ws_url, Encoding::Protobuf).await
+                        && again.auth(&c.token("alice"), "a1").await.is_ok()
+                    {
+                        alice = again;
+                    }
+                }
+            }
+            retryable_errors += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        acked.insert(ack.msg_id);
+    }
+    let (took, _redis) = failover.unwrap().await.unwrap();
+    eprintln!("a replica took over after {took:?}; retryable errors meanwhile: {retryable_errors}");
+    let got = receive_all(bob, &c.nodes[1].ws_url, &c.token("bob"), "b1", &acked).await;
+    assert!(acked.is_subset(&got));
+    // Recovered without a restart: a new conversation, across the nodes.
+    let mut carol = c.login(1, "carol", "c1").await;
+    let ack = alice.send_text("carol", "after", "recovered").await.unwrap();
+    assert_eq!(msg(&carol.next_deliver().await).msg_id, ack.msg_id);
+    for node in &c.nodes {
+        assert_eq!(http_get(&node.http_url, "/healthz").await.0, 200);
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
