@@ -228,10 +228,10 @@ impl Sharded {
                         deadline = tokio::time::Instant::now() + PROBE_AFTER;
                         probes_unanswered = 0;
                         match push.data.into_iter().nth(1) {
-                            Some(redis::Value::BulkString(payload))
-                                if payload != self.probe && !inbox.deliver(payload) =>
-                            {
-                                return false;
+                            Some(redis::Value::BulkString(payload)) if payload != self.probe => {
+                                if !inbox.deliver(payload) {
+                                    return false;
+                                }
                             }
                             _ => {}
                         }
