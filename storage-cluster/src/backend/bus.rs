@@ -227,13 +227,9 @@ impl Sharded {
                     redis::PushKind::SMessage => {
                         deadline = tokio::time::Instant::now() + PROBE_AFTER;
                         probes_unanswered = 0;
-                        match push.data.into_iter().nth(1) {
-                            Some(redis::Value::BulkString(payload)) if payload != self.probe => {
-                                if !inbox.deliver(payload) {
-                                    return false;
-                                }
-                            }
-                            _ => {}
+                        let Some(redis::Value::BulkString(payload)) = push.data.into_iter().nth(1) else { continue };
+                        if payload != self.probe && !inbox.deliver(payload) {
+                            return false;
                         }
                     }
                     redis::PushKind::Disconnection => {
