@@ -10,6 +10,10 @@
 #
 #   MONGO_URL=mongodb://127.0.0.1:27017 scripts/send-cost.sh
 #
+# RECIPIENT: same-node (default), other-node (bob on a second node on the
+# same Redis and MongoDB: pushes cross the bus) or offline (bob never
+# connects: his pending marks and, with no webhook, nothing else).
+#
 # REDIS_CLUSTER=1: a private 3-master Redis Cluster instead, with no proxy
 # (the client follows the cluster's own addresses): only the commands per
 # message, summed over the masters, mean anything then.
@@ -49,7 +53,16 @@ export DONGDONG_AUTH__SECRET=$secret DONGDONG_STORAGE__BACKEND=cluster \
   DONGDONG_STORAGE__MONGO_DATABASE=sendcost_$(date +%s) DONGDONG_LOG__FILTER=warn DONGDONG_STORAGE__NODE_ID=cost-1
 "$BIN" serve --data "$work/node" --listen 127.0.0.1:$ws --http 127.0.0.1:$(free_port) >/dev/null 2>"$work/node.log" &
 for _ in $(seq 200); do (echo >"/dev/tcp/127.0.0.1/$ws") 2>/dev/null && break; sleep 0.05; done
-SECRET=$secret N=$N DELAY_MS=$DELAY_MS WS=$ws REDIS_PORTS=$redis_ports DELAY_FILE=$work/delay python3 - <<'EOF'
+RECIPIENT=${RECIPIENT:-same-node}
+ws_bob=$ws
+if [ "$RECIPIENT" = other-node ]; then
+  ws_bob=$(free_port)
+  DONGDONG_STORAGE__NODE_ID=cost-2 "$BIN" serve --data "$work/node2" --listen 127.0.0.1:$ws_bob \
+    --http 127.0.0.1:$(free_port) >/dev/null 2>"$work/node2.log" &
+  for _ in $(seq 200); do (echo >"/dev/tcp/127.0.0.1/$ws_bob") 2>/dev/null && break; sleep 0.05; done
+fi
+SECRET=$secret N=$N DELAY_MS=$DELAY_MS WS=$ws WS_BOB=$ws_bob RECIPIENT=$RECIPIENT REDIS_PORTS=$redis_ports \
+  DELAY_FILE=$work/delay python3 - <<'EOF'
 import base64, hashlib, hmac, json, os, socket, statistics, struct, subprocess, threading, time
 
 secret, n, delay = os.environ["SECRET"].encode(), int(os.environ["N"]), int(os.environ["DELAY_MS"])
@@ -65,8 +78,8 @@ def token(user):
     return f"{head}.{body}.{b64(hmac.new(secret, f'{head}.{body}'.encode(), hashlib.sha256).digest())}"
 
 class Ws:
-    def __init__(self, user):
-        self.s = socket.create_connection(("127.0.0.1", ws_port))
+    def __init__(self, user, port=ws_port):
+        self.s = socket.create_connection(("127.0.0.1", port))
         self.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         key = base64.b64encode(os.urandom(16)).decode()
         self.s.sendall((f"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -105,7 +118,9 @@ class Ws:
             if op == 1:
                 return json.loads(payload)
 
-alice, bob = Ws("alice"), Ws("bob")
+recipient = os.environ["RECIPIENT"]
+alice = Ws("alice")
+bob = None if recipient == "offline" else Ws("bob", int(os.environ["WS_BOB"]))
 got = []
 def reader():
     while len(got) < n + 1:
@@ -114,7 +129,8 @@ def reader():
             m = f["deliver"]["message"]
             bob.send({"ack": {"msgIds": [m["msgId"]]}})
             got.append(m["msgId"])
-threading.Thread(target=reader, daemon=True).start()
+if bob:
+    threading.Thread(target=reader, daemon=True).start()
 # One message first, so that the node's caches are warm, then the delay.
 alice.send({"reqId": "2", "send": {"clientMsgId": "warm", "toUser": "bob", "content": {"text": "hi"}}})
 while "sendAck" not in alice.recv():
@@ -143,7 +159,7 @@ for i in range(n):
         pass
     lat.append((time.perf_counter() - t) * 1000)
 deadline = time.time() + 30
-while len(got) < n + 1 and time.time() < deadline:
+while bob and len(got) < n + 1 and time.time() < deadline:
     time.sleep(0.05)
 time.sleep(4 * delay / 1000 + 0.5)  # the acks' writes
 after = stats()
@@ -154,6 +170,9 @@ per = ", ".join(f"{k} {v / n:.2f}" for k, v in sorted(delta.items(), key=lambda 
 p50 = statistics.median(lat)
 where = (f"Redis {delay} ms away each way: SendAck p50 {p50:.1f} ms (= {p50 / (2 * delay):.1f} Redis round trips "
          f"of {2 * delay} ms)" if delay else f"Redis Cluster of {len(redis_ports)} masters: SendAck p50 {p50:.1f} ms")
-print(f"{n} sends, both users online on one node, {where}, min {min(lat):.1f} ms; "
-      f"Redis commands per message: {sum(delta.values()) / n:.2f} ({per}); delivered {len(got) - 1} of {n}")
+who = {"same-node": "both users online on one node", "other-node": "the recipient online on another node",
+       "offline": "the recipient offline"}[recipient]
+print(f"{n} sends, {who}, {where}, min {min(lat):.1f} ms; "
+      f"Redis commands per message: {sum(delta.values()) / n:.2f} ({per}); "
+      + (f"delivered {len(got) - 1} of {n}" if bob else "nobody to deliver to"))
 EOF
