@@ -141,6 +141,8 @@ const PROBE_AFTER: Duration = Duration::from_secs(10);
 /// probe to itself; if it does not come back within the timeout (three
 /// times), the subscription is made afresh and the node told that pushes
 /// may have been lost.
+type Subscription = (redis::cluster_async::ClusterConnection, mpsc::UnboundedReceiver<redis::PushInfo>);
+
 struct Sharded {
     seeds: Vec<String>,
     channel: String,
@@ -156,11 +158,7 @@ impl Sharded {
         let mut publisher = self.publisher.clone();
         let _ = tokio::time::timeout(self.timeout, probe.query_async::<u64>(&mut publisher)).await;
     }
-}
 
-type Subscription = (redis::cluster_async::ClusterConnection, mpsc::UnboundedReceiver<redis::PushInfo>);
-
-impl Sharded {
     async fn subscribe(&self) -> Result<Subscription> {
         let (pushes, received) = mpsc::unbounded_channel();
         let client = super::cluster_client(&self.seeds, self.timeout)

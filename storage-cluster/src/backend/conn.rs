@@ -16,8 +16,9 @@ use redis::aio::{ConnectionLike, ConnectionManager};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 #[derive(Clone)]
@@ -35,8 +36,10 @@ pub enum RedisConn {
 pub struct ClusterHandle {
     client: ClusterClient,
     conn: arc_swap::ArcSwap<ClusterConnection>,
-    /// Since when every request failed (none: the last one succeeded).
-    failing_since: std::sync::Mutex<Option<Instant>>,
+    /// Since when every request failed, in ms after `born` (0: the last one
+    /// succeeded). Atomic: every request of the node passes here.
+    failing_since: AtomicU64,
+    born: Instant,
     rebuilding: AtomicBool,
     stuck_after: Duration,
     timeout: Duration,
@@ -47,7 +50,8 @@ impl ClusterHandle {
         Arc::new(Self {
             client,
             conn: arc_swap::ArcSwap::from_pointee(conn),
-            failing_since: Default::default(),
+            failing_since: AtomicU64::new(0),
+            born: Instant::now(),
             rebuilding: AtomicBool::new(false),
             stuck_after: (timeout * 3).max(Duration::from_secs(3)),
             timeout,
@@ -60,15 +64,22 @@ impl ClusterHandle {
 
     /// Notes how a request went; replaces the connection when stuck.
     fn observe<T>(self: &Arc<Self>, result: &RedisResult<T>) {
-        let Ok(mut since) = self.failing_since.lock() else { return };
         match result {
             Err(e) if e.is_timeout() || e.is_io_error() || e.is_connection_dropped() || e.is_unrecoverable_error() => {
-                let started = *since.get_or_insert_with(Instant::now);
-                if started.elapsed() >= self.stuck_after && !self.rebuilding.swap(true, Ordering::AcqRel) {
+                // At least 1, so that 0 keeps meaning "not failing".
+                let now = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX).max(1);
+                let since = match self.failing_since.compare_exchange(0, now, Ordering::AcqRel, Ordering::Acquire) {
+                    Ok(_) => now,
+                    Err(since) => since,
+                };
+                let stuck = Duration::from_millis(now.saturating_sub(since)) >= self.stuck_after;
+                if stuck && !self.rebuilding.swap(true, Ordering::AcqRel) {
                     tokio::spawn(self.clone().rebuild());
                 }
             }
-            _ => *since = None,
+            // Read first: the common case writes nothing.
+            _ if self.failing_since.load(Ordering::Relaxed) != 0 => self.failing_since.store(0, Ordering::Release),
+            _ => {}
         }
     }
 
@@ -79,9 +90,7 @@ impl ClusterHandle {
             match tokio::time::timeout(self.timeout * 2, self.client.get_async_connection()).await {
                 Ok(Ok(conn)) => {
                     self.conn.store(Arc::new(conn));
-                    if let Ok(mut since) = self.failing_since.lock() {
-                        *since = None;
-                    }
+                    self.failing_since.store(0, Ordering::Release);
                     metrics::counter!("dongdong_redis_cluster_reconnects_total").increment(1);
                     tracing::warn!("connected to the Redis Cluster afresh");
                     break;
@@ -116,7 +125,7 @@ pub(crate) fn hash_part(key: &[u8]) -> &[u8] {
 
 /// The key a command is routed by: the first key of a script, else its
 /// first argument. None for commands without one.
-fn routing_key(cmd: &Cmd) -> Option<Vec<u8>> {
+fn routing_key(cmd: &Cmd) -> Option<&[u8]> {
     let mut args = cmd.args_iter().map(|a| match a {
         redis::Arg::Simple(s) => s,
         _ => &[][..],
@@ -125,9 +134,9 @@ fn routing_key(cmd: &Cmd) -> Option<Vec<u8>> {
     if matches!(name.as_slice(), b"EVAL" | b"EVALSHA" | b"EVAL_RO" | b"EVALSHA_RO" | b"FCALL" | b"FCALL_RO") {
         let _script = args.next()?;
         let keys: usize = std::str::from_utf8(args.next()?).ok()?.parse().ok()?;
-        return if keys == 0 { None } else { args.next().map(<[u8]>::to_vec) };
+        return if keys == 0 { None } else { args.next() };
     }
-    args.next().map(<[u8]>::to_vec)
+    args.next()
 }
 
 /// The pipeline's commands grouped by the hash part of their routing key,
@@ -136,22 +145,34 @@ fn split(pipeline: &Pipeline) -> Option<Vec<(Pipeline, Vec<usize>)>> {
     if pipeline.is_transaction() {
         return None;
     }
-    let mut groups: Vec<(Vec<u8>, Pipeline, Vec<usize>)> = Vec::new();
+    // Indexes first (a pipeline of one slot, the common case, is not
+    // copied), by hash part: a presence refresh has one per user.
+    let mut group_of: HashMap<&[u8], usize> = HashMap::new();
+    let mut groups: Vec<Vec<usize>> = Vec::new();
     for (i, cmd) in pipeline.cmd_iter().enumerate() {
-        let part = routing_key(cmd).map(|k| hash_part(&k).to_vec()).unwrap_or_default();
-        match groups.iter_mut().find(|(p, _, _)| *p == part) {
-            Some((_, pipe, at)) => {
-                pipe.add_command(cmd.clone());
-                at.push(i);
-            }
-            None => {
-                let mut pipe = redis::pipe();
-                pipe.add_command(cmd.clone());
-                groups.push((part, pipe, vec![i]));
-            }
-        }
+        let part = routing_key(cmd).map(hash_part).unwrap_or_default();
+        let g = *group_of.entry(part).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[g].push(i);
     }
-    (groups.len() > 1).then(|| groups.into_iter().map(|(_, pipe, at)| (pipe, at)).collect())
+    if groups.len() < 2 {
+        return None;
+    }
+    let cmds: Vec<&Cmd> = pipeline.cmd_iter().collect();
+    Some(
+        groups
+            .into_iter()
+            .map(|at| {
+                let mut pipe = redis::pipe();
+                for &i in &at {
+                    pipe.add_command(cmds[i].clone());
+                }
+                (pipe, at)
+            })
+            .collect(),
+    )
 }
 
 impl ConnectionLike for RedisConn {

@@ -601,9 +601,7 @@ mod tests {
     #[tokio::test]
     async fn one_node_sweeps_a_tenant_until_its_lease_runs_out() {
         let Some(redis) = super::super::test_redis(false).await else { return };
-        let _alone = SWEEPERS_LOCK.lock().await;
-        // Nodes of an earlier test are no longer seen (5 leases).
-        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let _alone = sweep_alone().await;
         let cs = RedisCs::new(redis, Duration::from_secs(600));
         let t = format!("lease-{}", im_core::new_msg_id());
         let spec = GroupSpec { id: "g".into(), ..GroupSpec::default() };
@@ -631,13 +629,20 @@ mod tests {
     /// node seen within a lease gets a share of the free ones.
     static SWEEPERS_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
+    /// Holds the lock, once the nodes of an earlier such test are no longer
+    /// seen (5 of their 400 ms leases).
+    async fn sweep_alone() -> tokio::sync::MutexGuard<'static, ()> {
+        let guard = SWEEPERS_LOCK.lock().await;
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        guard
+    }
+
     /// Three nodes share the due tenants whose leases are free, each tenant
     /// swept by one; a node that stops leaves its share to the others.
     #[tokio::test]
     async fn nodes_share_the_tenants_to_sweep() {
         let Some(redis) = super::super::test_redis(false).await else { return };
-        let _alone = SWEEPERS_LOCK.lock().await;
-        tokio::time::sleep(Duration::from_millis(2100)).await;
+        let _alone = sweep_alone().await;
         let cs = RedisCs::new(redis, Duration::from_secs(600));
         let run = im_core::new_msg_id();
         let tenants: Vec<String> = (0..60).map(|i| format!("share-{run}-{i}")).collect();

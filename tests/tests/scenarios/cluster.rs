@@ -149,11 +149,6 @@ async fn receive_all(mut c: Client, url: &str, token: &str, device: &str, want: 
     got
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_nodes_chat_across_nodes_and_devices() {
-    three_nodes_chat_across_nodes_and_devices_on(On::Single).await;
-}
-
 async fn three_nodes_chat_across_nodes_and_devices_on(on: On) {
     let Some((redis, mongo)) = shared_servers(on) else { return };
     let c = Cluster::start(3, redis, mongo);
@@ -338,11 +333,6 @@ async fn three_nodes_chat_across_nodes_and_devices_on(on: On) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn limits_set_on_one_node_apply_on_every_node_within_a_second() {
-    limits_set_on_one_node_apply_on_every_node_within_a_second_on(On::Single).await;
-}
-
 async fn limits_set_on_one_node_apply_on_every_node_within_a_second_on(on: On) {
     let Some((redis, mongo)) = shared_servers(on) else { return };
     let mut c = Cluster::start(2, redis, mongo);
@@ -390,11 +380,6 @@ async fn limits_set_on_one_node_apply_on_every_node_within_a_second_on(on: On) {
     c.add_node(2);
     let (_, view) = dongdong_tests::http::request(&c.nodes[2].http_url, "GET", path, key, None).await;
     assert_eq!(view["effective"]["user_sends_per_sec"], 1, "{view}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_node_loses_nothing_acked_and_users_move_to_another() {
-    killed_node_loses_nothing_acked_and_users_move_to_another_on(On::Single).await;
 }
 
 async fn killed_node_loses_nothing_acked_and_users_move_to_another_on(on: On) {
@@ -582,11 +567,6 @@ fn unreachable_redis_or_mongodb_stops_start_up_naming_it() {
 /// Customer service across nodes: groups made through one node's HTTP API,
 /// customers and agents on different nodes, assignment, queue positions,
 /// transfer and the first message all cross the bus.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn customer_service_across_nodes() {
-    customer_service_across_nodes_on(On::Single).await;
-}
-
 async fn customer_service_across_nodes_on(on: On) {
     use dongdong_tests::http::request as http;
     use im_core::Role;
@@ -670,11 +650,6 @@ async fn customer_service_across_nodes_on(on: On) {
 /// customers dropping their connections at random. At the end every
 /// customer was served exactly once, no agent ever held more than its
 /// capacity, and the queue and the loads are back to zero on every node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cs_invariants_hold_with_three_nodes_500_customers_20_agents() {
-    cs_invariants_hold_with_three_nodes_500_customers_20_agents_on(On::Single).await;
-}
-
 async fn cs_invariants_hold_with_three_nodes_500_customers_20_agents_on(on: On) {
     use dongdong_tests::http::request as http;
     use im_core::Role;
@@ -828,11 +803,6 @@ async fn search_until(c: &mut Client, query: &str, want: usize, within: Duration
     texts(&found_within(c, search(query), want, within).await)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn search_finds_what_any_node_stored_and_survives_the_indexing_node() {
-    search_finds_what_any_node_stored_and_survives_the_indexing_node_on(On::Single).await;
-}
-
 async fn search_finds_what_any_node_stored_and_survives_the_indexing_node_on(on: On) {
     let Some((redis, mongo)) = shared_servers(on) else { return };
     let mut cluster = Cluster::start(2, redis, mongo);
@@ -983,11 +953,6 @@ async fn send_pipelined(
 /// 50 ms, as a busy node stalls), and the second devices of both users on a
 /// third node: every device gets every message once, in seq order, and
 /// each sender's messages in the order written.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_third_device_sees_senders_on_two_nodes_in_seq_order() {
-    a_third_device_sees_senders_on_two_nodes_in_seq_order_on(On::Single).await;
-}
-
 async fn a_third_device_sees_senders_on_two_nodes_in_seq_order_on(on: On) {
     let Some((redis, mongo)) = shared_servers(on) else { return };
     let c = Cluster::start(3, redis, mongo);
@@ -1108,11 +1073,6 @@ async fn a_third_device_sees_senders_on_two_nodes_in_seq_order_on(on: On) {
 /// or waiting for their user's interval) outlive a kill -9 of that node:
 /// the other node takes them over and every offline user gets one push,
 /// of the latest message (the coalesced ones never go).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn pushes_held_by_a_killed_node_are_sent_by_another_once() {
-    durable_pushes_on(On::Single).await;
-}
-
 async fn durable_pushes_on(on: On) {
     use super::push::{Receiver, SECRET};
     let Some((redis, mongo)) = shared_servers(on) else { return };
@@ -1187,47 +1147,36 @@ async fn durable_pushes_on(on: On) {
     assert!(metrics.contains("dongdong_push_taken_over_total"), "{metrics}");
 }
 
-/// The tests above that do not stop Redis, on the Redis Cluster.
-mod on_redis_cluster {
-    use super::On;
+/// Each test as `name` on the single Redis and as `on_redis_cluster::name`
+/// on the Redis Cluster: the tests above that do not stop Redis.
+macro_rules! on_both_redis {
+    ($($name:ident => $body:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $body(On::Single).await;
+            }
+        )*
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn pushes_held_by_a_killed_node_are_sent_by_another_once() {
-        super::durable_pushes_on(On::Cluster).await;
-    }
+        mod on_redis_cluster {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    $body(On::Cluster).await;
+                }
+            )*
+        }
+    };
+}
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn three_nodes_chat_across_nodes_and_devices() {
-        super::three_nodes_chat_across_nodes_and_devices_on(On::Cluster).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn limits_set_on_one_node_apply_on_every_node_within_a_second() {
-        super::limits_set_on_one_node_apply_on_every_node_within_a_second_on(On::Cluster).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn killed_node_loses_nothing_acked_and_users_move_to_another() {
-        super::killed_node_loses_nothing_acked_and_users_move_to_another_on(On::Cluster).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn customer_service_across_nodes() {
-        super::customer_service_across_nodes_on(On::Cluster).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn cs_invariants_hold_with_three_nodes_500_customers_20_agents() {
-        super::cs_invariants_hold_with_three_nodes_500_customers_20_agents_on(On::Cluster).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn search_finds_what_any_node_stored_and_survives_the_indexing_node() {
-        super::search_finds_what_any_node_stored_and_survives_the_indexing_node_on(On::Cluster).await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_third_device_sees_senders_on_two_nodes_in_seq_order() {
-        super::a_third_device_sees_senders_on_two_nodes_in_seq_order_on(On::Cluster).await;
-    }
+on_both_redis! {
+    three_nodes_chat_across_nodes_and_devices => three_nodes_chat_across_nodes_and_devices_on,
+    limits_set_on_one_node_apply_on_every_node_within_a_second => limits_set_on_one_node_apply_on_every_node_within_a_second_on,
+    killed_node_loses_nothing_acked_and_users_move_to_another => killed_node_loses_nothing_acked_and_users_move_to_another_on,
+    customer_service_across_nodes => customer_service_across_nodes_on,
+    cs_invariants_hold_with_three_nodes_500_customers_20_agents => cs_invariants_hold_with_three_nodes_500_customers_20_agents_on,
+    search_finds_what_any_node_stored_and_survives_the_indexing_node => search_finds_what_any_node_stored_and_survives_the_indexing_node_on,
+    a_third_device_sees_senders_on_two_nodes_in_seq_order => a_third_device_sees_senders_on_two_nodes_in_seq_order_on,
+    pushes_held_by_a_killed_node_are_sent_by_another_once => durable_pushes_on,
 }
